@@ -1,0 +1,140 @@
+"""Every config key of infonoise_jax, defined once, with units.
+
+Other configs start from `get_config()` here and override values; they never add keys.
+Override any key on the command line: `--config.train.num_steps=2000`.
+
+The default is the main job: InfoNoise on scikit-learn digits (8x8, embedded, no
+download), a few minutes on a 2-core CPU.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # PRNG seed for init, data order, sigma and noise draws
+
+  # ---------------------------------------------------------------- data
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "digits"  # digits | fashion_mnist_local | gaussian_mixture | toy2d | tfds:<name>
+  c.data.split = "train"  # split to train on (tfds sources)
+  c.data.tfds_data_dir = ""  # tfds data_dir; '' = tfds default (~/tensorflow_datasets)
+  c.data.image_key = "image"  # feature holding the image (tfds sources)
+  c.data.local_dir = "/usr/share/datasets/fashion-mnist"  # Debian dataset-fashion-mnist files
+  c.data.image_size = 0  # resize square images to this side in pixels; 0 = keep native size
+  c.data.binarize = False  # threshold pixels at the mid value -> {-0.5, +0.5} * 2 * scale
+  c.data.scale = 1.0  # data range is [-scale, scale] (binarized: {-scale/2... } see data/)
+  c.data.num_components = 8  # gaussian_mixture: number of components
+  c.data.dim = 16  # gaussian_mixture: dimension
+  c.data.num_examples = 8192  # synthetic sources: size of the fixed training set
+  c.data.random_flip = False  # horizontal flip augmentation (images)
+
+  # ---------------------------------------------------------------- diffusion (EDM)
+  c.edm = ml_collections.ConfigDict()
+  c.edm.sigma_data = 0.5  # std of the data assumed by the preconditioning
+  c.edm.sigma_min = 0.002  # smallest noise level (sampling and schedule range)
+  c.edm.sigma_max = 80.0  # largest noise level
+
+  # ---------------------------------------------------------------- network
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "unet"  # unet (SongUNet family) | mlp
+  c.model.arch = "ddpmpp"  # unet: ddpmpp | ncsnpp
+  c.model.model_channels = 64  # unet: base channels
+  c.model.channel_mult = (1, 2)  # unet: per-resolution multipliers
+  c.model.num_blocks = 2  # unet: residual blocks per resolution
+  c.model.attn_resolutions = (4,)  # unet: resolutions (pixels) with self-attention
+  c.model.dropout = 0.0  # dropout probability in residual blocks
+  c.model.embedding_type = ""  # positional | fourier; '' = arch default
+  c.model.encoder_type = ""  # standard | residual; '' = arch default
+  c.model.hidden_dims = (512, 512, 512)  # mlp: hidden widths
+  c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+
+  # ---------------------------------------------------------------- training noise schedule
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.name = "infonoise"  # infonoise | lognormal | loguniform | logitnormal | laplace |
+  #                                cosine | cdcd | vdmpp | iddpm | edm2
+  c.schedule.lognormal = ml_collections.ConfigDict()
+  c.schedule.lognormal.p_mean = -1.2  # mean of ln sigma (EDM CIFAR-10)
+  c.schedule.lognormal.p_std = 1.2  # std of ln sigma
+  c.schedule.logitnormal = ml_collections.ConfigDict()
+  c.schedule.logitnormal.mean = 0.0  # SD3: mean of logit(t), sigma = t/(1-t)
+  c.schedule.logitnormal.std = 1.0  # SD3: std of logit(t)
+  c.schedule.laplace = ml_collections.ConfigDict()
+  c.schedule.laplace.mu = 0.0  # Hang et al. 2024: location of log-SNR = -2 ln sigma
+  c.schedule.laplace.b = 0.5  # scale of log-SNR
+  c.schedule.cosine = ml_collections.ConfigDict()
+  c.schedule.cosine.shift = 0.0  # ln-sigma shift of the cosine schedule sigma = tan(pi t/2)
+
+  c.schedule.infonoise = ml_collections.ConfigDict()
+  c.schedule.infonoise.num_bins = 128  # K bins uniform in ln sigma (ours: 64..256)
+  c.schedule.infonoise.sigma_min = 0.002  # grid lower edge (ours)
+  c.schedule.infonoise.sigma_max = 80.0  # grid upper edge (ours)
+  c.schedule.infonoise.refresh_every = 100  # M: steps between refreshes (ours)
+  c.schedule.infonoise.warmup_steps = 500  # W: steps drawn from the base before refreshing (ours)
+  c.schedule.infonoise.ema_beta = 0.9  # EMA of bin means across refreshes (ours)
+  c.schedule.infonoise.min_count = 4  # bins with fewer new samples keep old value (ours)
+  c.schedule.infonoise.smoothing = 1.0  # Gaussian smoothing width in bins; 0 = off (ours)
+  c.schedule.infonoise.gate = "pinned"  # low-noise gate pivot: pinned | onset
+  c.schedule.infonoise.gate_pivot = 0.2  # c for gate=pinned (0.15 natural images, 0.2 other)
+  c.schedule.infonoise.gate_power = 3.0  # n in sigma^n / (sigma^n + c^n)
+  c.schedule.infonoise.onset_threshold = 0.002  # p for gate=onset, in (0, 1)
+  c.schedule.infonoise.compensate = True  # pi ~ rho / w (True) or pi ~ rho (False)
+  c.schedule.infonoise.floor = 0.01  # uniform-in-ln-sigma mass mixed into pi (ours)
+  c.schedule.infonoise.base = "lognormal"  # warm-up distribution: lognormal | loguniform
+
+  c.schedule.adaptive = ml_collections.ConfigDict()  # CDCD / VDM++ / iDDPM / EDM2 peers
+  c.schedule.adaptive.num_bins = 64  # bins in ln sigma for the loss tables
+  c.schedule.adaptive.ema_beta = 0.99  # per-step EMA of per-bin loss statistics
+  c.schedule.adaptive.floor = 0.01  # uniform mass mixed in so every bin is visited
+  c.schedule.adaptive.warmup_steps = 100  # steps drawn from the base distribution first
+  c.schedule.adaptive.edm2_channels = 128  # EDM2 uncertainty MLP: Fourier features width
+  c.schedule.adaptive.edm2_lr = 1e-2  # EDM2 uncertainty MLP: Adam learning rate
+
+  # ---------------------------------------------------------------- optimizer
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-3  # peak Adam learning rate
+  c.optim.warmup_steps = 200  # linear lr warm-up (steps)
+  c.optim.b1 = 0.9  # Adam beta1
+  c.optim.b2 = 0.999  # Adam beta2
+  c.optim.eps = 1e-8  # Adam epsilon
+  c.optim.grad_clip = 1.0  # global-norm clip; 0 = off
+  c.optim.ema_halflife_kimg = 50.0  # EMA half-life in thousands of images (EDM: 500)
+  c.optim.ema_warmup_ratio = 0.05  # EMA half-life capped at this fraction of images seen
+
+  # ---------------------------------------------------------------- training loop
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 256  # global batch (examples per step over all devices and hosts)
+  c.train.num_steps = 4000  # total optimizer steps
+  c.train.log_every = 100  # steps between scalar summaries
+  c.train.checkpoint_every = 1000  # steps between checkpoints
+  c.train.keep_checkpoints = 3  # checkpoints retained
+  c.train.sample_every = 2000  # steps between sample grids / schedule plots (0 = end only)
+  c.train.num_samples = 64  # images in a logged sample grid
+  c.train.fid_every = 0  # steps between FID evaluations; 0 = off
+  c.train.fid_num_samples = 5000  # samples per FID evaluation
+  c.train.profile_bins = 32  # bins of the per-noise-level loss summary
+
+  # ---------------------------------------------------------------- sampler
+  c.sampler = ml_collections.ConfigDict()
+  c.sampler.name = "heun"  # heun | euler | stochastic
+  c.sampler.num_steps = 18  # sigma levels (heun: 2N-1 network evaluations)
+  c.sampler.grid = "karras"  # karras | infogrid | infogrid_rescaled
+  c.sampler.rho = 7.0  # Karras grid exponent
+  c.sampler.s_churn = 0.0  # stochastic sampler: churn
+  c.sampler.s_tmin = 0.0  # stochastic sampler: lowest sigma with churn
+  c.sampler.s_tmax = float("inf")  # stochastic sampler: highest sigma with churn
+  c.sampler.s_noise = 1.0  # stochastic sampler: noise inflation
+
+  # ---------------------------------------------------------------- FID
+  c.fid = ml_collections.ConfigDict()
+  c.fid.weights_path = "~/.cache/infonoise_jax/inception_fid.npz"  # converted weights
+  c.fid.ref_stats = ""  # reference statistics .npz; '' = compute from data and cache
+  c.fid.batch_size = 250  # images per Inception forward pass (global)
+
+  # ---------------------------------------------------------------- system
+  c.system = ml_collections.ConfigDict()
+  c.system.distributed = False  # call jax.distributed.initialize (multi-host)
+  c.system.coordinator_address = ""  # host:port; '' = auto-detect (Cloud TPU)
+  c.system.num_processes = 0  # 0 = auto-detect
+  c.system.process_id = -1  # -1 = auto-detect
+  return c

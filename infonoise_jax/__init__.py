@@ -1,0 +1,1 @@
+"""infonoise_jax: diffusion training with information-guided noise schedules."""

@@ -1,0 +1,61 @@
+"""The interface every training noise distribution implements.
+
+A schedule is an immutable, hashable object holding only static settings (so it can be
+closed over by `jax.jit`); everything that changes during training lives in its *state*,
+a fixed-shape pytree of arrays stored inside the TrainState. All four methods are pure
+and jittable: no Python control flow on traced values, no host callbacks.
+
+  state  = schedule.init_state()
+  sigma_B, lossweight_B = schedule.sample(state, key, batch_size)
+  state, metrics = schedule.update(state, step, sigma_B, err_B, loss_B)
+  pdf_G  = schedule.density(state, log_sigma_G)
+
+`lossweight_B` multiplies the per-example EDM loss w(sigma)*err: ones for plain sampling
+distributions, importance weights w/p for importance-sampling methods (VDM++), or a
+learned per-sigma weight (EDM2 uncertainty). `err_B` is the unweighted, stop-gradient
+x-space error ||D - x0||^2 (mean over dims) and `loss_B` = w(sigma) * err_B.
+`density` is the sampling density of ln(sigma) (integrates to 1 over ln sigma).
+`metrics` is a dict of scalar arrays (may be empty) logged by the trainer.
+"""
+
+from typing import Any, Protocol, runtime_checkable
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+State = Any  # a pytree of arrays with fixed shapes
+
+
+@runtime_checkable
+class Schedule(Protocol):
+  """Training noise distribution over sigma (see module docstring)."""
+
+  def init_state(self) -> State: ...
+
+  def sample(self, state: State, key: Array, batch_size: int) -> tuple[Array, Array]: ...
+
+  def update(
+    self, state: State, step: Array, sigma_B: Array, err_B: Array, loss_B: Array
+  ) -> tuple[State, dict[str, Array]]: ...
+
+  def density(self, state: State, log_sigma_G: Array) -> Array: ...
+
+
+class StatelessSchedule:
+  """Mixin for fixed distributions: empty state, no-op update, unit loss weights."""
+
+  def init_state(self) -> State:
+    return {}
+
+  def update(self, state, step, sigma_B, err_B, loss_B):
+    del step, sigma_B, err_B, loss_B
+    return state, {}
+
+  def sample(self, state, key, batch_size):
+    del state
+    sigma_B = self.sample_sigma(key, batch_size)
+    return sigma_B, jnp.ones_like(sigma_B)
+
+  def sample_sigma(self, key: Array, batch_size: int) -> Array:
+    raise NotImplementedError
