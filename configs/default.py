@@ -10,21 +10,63 @@ download), a few minutes on a 2-core CPU.
 import ml_collections
 
 
-def get_config() -> ml_collections.ConfigDict:
+SCHEDULE_NAMES = (
+  "infonoise",
+  "lognormal",
+  "loguniform",
+  "logitnormal",
+  "laplace",
+  "cosine",
+  "cdcd",
+  "vdmpp",
+  "iddpm",
+  "edm2",
+)
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  """The default config; `variant` is a comma list from `configs/default.py:<variant>`.
+
+  Variants: any schedule name (sets schedule.name), `binarized` (data.binarize=True),
+  `mlp` (the MLP denoiser), `fashion` (Fashion-MNIST from the Debian package, 28x28).
+  """
+  c = _base_config()
+  for token in filter(None, (t.strip() for t in variant.split(","))):
+    if token in SCHEDULE_NAMES:
+      c.schedule.name = token
+    elif token == "binarized":
+      c.data.binarize = True
+    elif token == "mlp":
+      c.model.name = "mlp"
+    elif token == "fashion":
+      c.data.name = "fashion_mnist_local"
+      c.model.channel_mult = (1, 2, 2)
+      c.model.attn_resolutions = (7,)
+    else:
+      raise ValueError(
+        f"Unknown config variant {token!r} in 'configs/default.py:{variant}'. "
+        f"Valid: {', '.join(SCHEDULE_NAMES)}, binarized, mlp, fashion."
+      )
+  return c
+
+
+def _base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0  # PRNG seed for init, data order, sigma and noise draws
 
   # ---------------------------------------------------------------- data
   c.data = ml_collections.ConfigDict()
-  c.data.name = "digits"  # digits | fashion_mnist_local | gaussian_mixture | toy2d | tfds:<name>
-  c.data.split = "train"  # split to train on (tfds sources)
+  c.data.name = "digits"  # digits | fashion_mnist_local | gaussian_mixture | toy2d[:ring|moons|
+  #                          checkerboard] | tfds:<name> (see infonoise_jax/data/sources.py)
+  c.data.split = "train"  # split: tfds split; train | test for the local and synthetic sources
   c.data.tfds_data_dir = ""  # tfds data_dir; '' = tfds default (~/tensorflow_datasets)
   c.data.image_key = "image"  # feature holding the image (tfds sources)
   c.data.local_dir = "/usr/share/datasets/fashion-mnist"  # Debian dataset-fashion-mnist files
-  c.data.image_size = 0  # resize square images to this side in pixels; 0 = keep native size
-  c.data.binarize = False  # threshold pixels at the mid value -> {-0.5, +0.5} * 2 * scale
-  c.data.scale = 1.0  # data range is [-scale, scale] (binarized: {-scale/2... } see data/)
+  c.data.image_size = 0  # side in pixels after box-averaging by an integer factor; 0 = native
+  c.data.binarize = False  # images: pixel > mid-range -> +scale, else -scale
+  c.data.scale = 1.0  # data lie in [-scale, scale]; binarized {-scale, +scale} (METHOD.md: 0.5)
   c.data.num_components = 8  # gaussian_mixture: number of components
+  c.data.component_std = 0.1  # gaussian_mixture: per-dim std of each component (x scale)
   c.data.dim = 16  # gaussian_mixture: dimension
   c.data.num_examples = 8192  # synthetic sources: size of the fixed training set
   c.data.random_flip = False  # horizontal flip augmentation (images)

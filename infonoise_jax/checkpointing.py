@@ -1,0 +1,78 @@
+"""A thin Orbax wrapper: periodic saves with retention, resume, save-on-preemption.
+
+All processes call every method (Orbax coordinates multi-host saves). The whole
+TrainState is one item, so the schedule state and the step (hence the data position)
+come back with the parameters.
+"""
+
+import os
+import signal
+import threading
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Owns `<workdir>/checkpoints`; restores into the shardings of a template state."""
+
+  def __init__(self, workdir: str, keep: int):
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, meta: dict | None = None, force: bool = False) -> bool:
+    """Saves `state` at `step` (skips a step that is already saved)."""
+    if step in self._manager.all_steps():
+      return False
+    args = ocp.args.Composite(
+      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {})
+    )
+    saved = self._manager.save(step, args=args, force=force)
+    return bool(saved)
+
+  def restore(self, template: Any, step: int | None = None) -> tuple[Any, dict]:
+    """Restores the latest (or given) step into the structure and shardings of `template`."""
+    step = self._manager.latest_step() if step is None else step
+    abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), template
+    )
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+    restored = self._manager.restore(step, args=args)
+    return restored.state, dict(restored.meta or {})
+
+  def reached_preemption(self, step: int) -> bool:
+    return bool(self._manager.reached_preemption(step))
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+class PreemptionFlag:
+  """Set by SIGTERM (and SIGINT if asked); the loop polls it, saves and exits cleanly."""
+
+  def __init__(self, signals=(signal.SIGTERM,)):
+    self._event = threading.Event()
+    self._previous = {}
+    if threading.current_thread() is threading.main_thread():
+      for sig in signals:
+        self._previous[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    self._event.set()
+
+  def is_set(self) -> bool:
+    return self._event.is_set()
+
+  def restore_handlers(self) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)

@@ -1,0 +1,130 @@
+"""What a run shows its user: window scalars, sample grids, the schedule plot.
+
+The schedule plot is METHOD.md section 3's diagnostic: on a ln-sigma axis, the sampling
+density pi, the effective allocation pi*w and (for InfoNoise) the estimated gated
+entropy-rate profile, each normalized on the grid so they can be compared.
+"""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from infonoise_jax import edm, sampling, steps
+from infonoise_jax.evaluation import plots
+
+
+def window_scalars(config: ml_collections.ConfigDict, host: dict, step_range) -> dict:
+  """Means over a log window of the summed step metrics; per-noise-bin mean loss."""
+  n = max(step_range[1] - step_range[0], 1)
+  out = {}
+  for k, v in host.items():
+    if k in ("sigma", "bin_loss_sum", "bin_count") or np.ndim(v) != 0:
+      continue
+    out[k] = float(v) / n
+  lo, hi = np.log(config.edm.sigma_min), np.log(config.edm.sigma_max)
+  edges = np.linspace(lo, hi, config.train.profile_bins + 1)
+  centres = 0.5 * (edges[1:] + edges[:-1])
+  for c, s, cnt in zip(centres, host["bin_loss_sum"], host["bin_count"], strict=True):
+    if cnt > 0:
+      out[f"loss_by_log_sigma/{c:+.2f}"] = float(s / cnt)
+  return out
+
+
+def schedule_curves(config, schedule, schedule_state, num: int = 256):
+  """Normalized curves on a ln-sigma grid: density, effective allocation, profile."""
+  lo, hi = np.log(config.edm.sigma_min), np.log(config.edm.sigma_max)
+  grid_G = jnp.linspace(lo, hi, num)
+  dx = float(grid_G[1] - grid_G[0])
+  normalize = lambda v: np.asarray(v) / max(float(np.sum(v) * dx), 1e-30)
+  density_G = np.asarray(schedule.density(schedule_state, grid_G))
+  alloc_G = density_G * np.asarray(edm.loss_weight(jnp.exp(grid_G), config.edm.sigma_data))
+  curves = {
+    "sampling density pi": normalize(density_G),
+    "effective allocation pi*w": normalize(alloc_G),
+  }
+  if hasattr(schedule, "profile"):
+    log_sigma_K, rho_K = schedule.profile(schedule_state)
+    curves["estimated profile (gated)"] = normalize(np.interp(grid_G, log_sigma_K, rho_K))
+  return np.asarray(grid_G), curves
+
+
+def sampling_sigmas(run, state) -> jax.Array:
+  """The sampler's sigma grid; InfoGrid uses the run's current InfoNoise profile."""
+  profile = run.schedule.profile(state.schedule_state) if hasattr(run.schedule, "profile") else None
+  return sampling.make_sigmas(run.config, profile=profile)
+
+
+@functools.cache
+def _generator(run, num: int):
+  config, shape = run.config, run.source.shape
+  denoise = steps.make_denoiser(config, run.model)
+  s = config.sampler
+
+  def generate(params, key, sigmas):
+    fn = lambda x, sigma: denoise(params, x, sigma)
+    return sampling.sample(
+      fn,
+      key,
+      (num, *shape),
+      sigmas,
+      method=s.name,
+      s_churn=s.s_churn,
+      s_tmin=s.s_tmin,
+      s_tmax=s.s_tmax,
+      s_noise=s.s_noise,
+    )
+
+  out = NamedSharding(run.mesh, P("data")) if num % jax.device_count() == 0 else run.replicated
+  return jax.jit(generate, out_shardings=out)
+
+
+def generate_samples(run, state, num: int, seed: int) -> np.ndarray:
+  """`num` samples from the EMA model, gathered to every host as numpy."""
+  sigmas = sampling_sigmas(run, state)
+  images = _generator(run, num)(state.ema_params, jax.random.key(seed), sigmas)
+  return np.asarray(multihost_utils.process_allgather(images, tiled=True))
+
+
+def write_images(run, state, writer, workdir: str, step: int) -> tuple[dict, np.ndarray]:
+  """Sample grid and schedule plot to TensorBoard and PNG files; returns paths, samples."""
+  paths = {}
+  samples = generate_samples(run, state, run.config.train.num_samples, run.config.seed + step)
+  grid_G, curves = schedule_curves(run.config, run.schedule, state.schedule_state)
+  plot = plots.schedule_plot(grid_G, curves, title=f"{run.config.schedule.name} @ step {step}")
+  images = {"schedule": plot[None]}
+  if run.source.is_image:
+    images["samples"] = plots.image_grid(samples)[None]
+  writer.write_images(step, images)
+  if jax.process_index() == 0:
+    os.makedirs(os.path.join(workdir, "images"), exist_ok=True)
+    for name, img in images.items():
+      paths[name] = os.path.join(workdir, "images", f"{name}_{step:07d}.png")
+      plots.save_png(paths[name], img[0])
+  return paths, samples
+
+
+def write_final(run, state, writer, workdir: str, step: int) -> None:
+  """Final images plus an .npz of samples; prints where everything is."""
+  paths, samples = write_images(run, state, writer, workdir, step)
+  if jax.process_index() != 0:
+    return
+  npz = os.path.join(workdir, "samples.npz")
+  np.savez(npz, samples=samples, step=step)
+  logging.info("Done at step %d.", step)
+  lines = [
+    f"Finished {step} steps. Outputs in {os.path.abspath(workdir)}:",
+    f"  TensorBoard logs : {os.path.join(workdir, 'tensorboard')}  "
+    f"(tensorboard --logdir {workdir})",
+    f"  checkpoints      : {os.path.join(workdir, 'checkpoints')}",
+    f"  samples (.npz)   : {npz}",
+  ]
+  lines += [f"  {name:<17}: {p}" for name, p in paths.items()]
+  print("\n".join(lines), flush=True)

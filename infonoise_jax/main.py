@@ -1,0 +1,57 @@
+"""Command-line entry: flags -> (optional) jax.distributed init -> train_and_evaluate.
+
+  python -m infonoise_jax.main --config=configs/default.py --workdir=runs/digits \
+      --config.train.num_steps=2000 --config.schedule.name=lognormal
+
+A `:variant` suffix on the config path is passed to its get_config (see configs/).
+"""
+
+import os
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from infonoise_jax import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and samples.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def initialize_distributed(config) -> None:
+  """Opt-in multi-host start-up; must run before any other JAX call."""
+  s = config.system
+  if not s.distributed:
+    return
+  if jax.config.jax_platforms in (None, "", "cpu") and s.coordinator_address:
+    # CPU collectives across processes (used by the localhost multi-process test).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  kwargs = {}
+  if s.coordinator_address:
+    kwargs["coordinator_address"] = s.coordinator_address
+  if s.num_processes > 0:
+    kwargs["num_processes"] = s.num_processes
+  if s.process_id >= 0:
+    kwargs["process_id"] = s.process_id
+  jax.distributed.initialize(**kwargs)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = FLAGS.config
+  initialize_distributed(config)
+  logging.info(
+    "JAX process %d/%d, %d local devices: %s",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.devices()[0].device_kind,
+  )
+  train.train_and_evaluate(config, os.path.expanduser(FLAGS.workdir))
+
+
+if __name__ == "__main__":
+  app.run(main)

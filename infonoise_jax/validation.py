@@ -1,0 +1,95 @@
+"""Config validation that runs once, before anything is compiled or read.
+
+Each component validates its own section where it is built (`make_schedule`,
+`make_model`, `load_source`, `sampling.make_sigmas`); this module checks the rest and
+that a config defines exactly the keys of `configs/default.py`, so a typo in a derived
+config fails with the key's name instead of being silently ignored.
+"""
+
+import importlib.util
+import math
+import pathlib
+
+import jax
+import ml_collections
+
+DEFAULT_CONFIG_PATH = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
+
+
+def load_config_file(path: str | pathlib.Path, arg: str | None = None) -> ml_collections.ConfigDict:
+  """Loads `get_config(arg)` from a config file by path (as ml_collections' flags do)."""
+  spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
+  keys = set()
+  for k, v in config.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      keys |= _flat_keys(v, f"{prefix}{k}.")
+    else:
+      keys.add(f"{prefix}{k}")
+  return keys
+
+
+def check_keys(config: ml_collections.ConfigDict) -> None:
+  """Every key must be one that configs/default.py defines (catches typos)."""
+  known = _flat_keys(load_config_file(DEFAULT_CONFIG_PATH))
+  unknown = sorted(_flat_keys(config) - known)
+  if unknown:
+    raise ValueError(
+      f"Unknown config key(s) {unknown}: every key must be defined in configs/default.py. "
+      "Check the spelling, or add the key there with its units."
+    )
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+  if not ok:
+    raise ValueError(f"config.{key}: {message}")
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+  """Raises ValueError naming the key for any invalid general setting."""
+  check_keys(config)
+  t, o, e = config.train, config.optim, config.edm
+  n_dev = jax.device_count() if num_devices is None else num_devices
+  n_proc = jax.process_count()
+  _require(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
+  _require(
+    t.batch_size % n_dev == 0,
+    "train.batch_size",
+    f"global batch {t.batch_size} is not divisible by the {n_dev} devices; "
+    f"use a multiple of {n_dev}, e.g. --config.train.batch_size={max(n_dev, t.batch_size // n_dev * n_dev)}",
+  )
+  _require(t.batch_size % n_proc == 0, "train.batch_size", f"not divisible by {n_proc} processes")
+  _require(t.num_steps >= 1, "train.num_steps", f"must be >= 1, got {t.num_steps}")
+  for key in ("log_every", "checkpoint_every", "keep_checkpoints", "num_samples", "profile_bins"):
+    _require(t[key] >= 1, f"train.{key}", f"must be >= 1, got {t[key]}")
+  for key in ("sample_every", "fid_every"):
+    _require(t[key] >= 0, f"train.{key}", f"must be >= 0 (0 = off), got {t[key]}")
+  _require(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
+  _require(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
+  for key in ("b1", "b2"):
+    _require(0 <= o[key] < 1, f"optim.{key}", f"must be in [0, 1), got {o[key]}")
+  _require(o.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 = off), got {o.grad_clip}")
+  _require(o.ema_halflife_kimg > 0, "optim.ema_halflife_kimg", "must be > 0")
+  _require(o.ema_warmup_ratio >= 0, "optim.ema_warmup_ratio", "must be >= 0 (0 = off)")
+  _require(e.sigma_data > 0, "edm.sigma_data", f"must be > 0, got {e.sigma_data}")
+  _require(
+    0 < e.sigma_min < e.sigma_max and math.isfinite(e.sigma_max),
+    "edm.sigma_min",
+    f"need 0 < sigma_min < sigma_max < inf, got {e.sigma_min}, {e.sigma_max}",
+  )
+  _require(
+    config.model.dtype in ("float32", "bfloat16"),
+    "model.dtype",
+    f"must be 'float32' or 'bfloat16', got {config.model.dtype!r}",
+  )
+  _require(
+    not (config.sampler.grid.startswith("infogrid") and config.schedule.name != "infonoise"),
+    "sampler.grid",
+    f"{config.sampler.grid!r} needs a learned InfoNoise profile, but schedule.name is "
+    f"{config.schedule.name!r}; use --config.sampler.grid=karras or schedule.name=infonoise",
+  )
