@@ -9,7 +9,6 @@ download), a few minutes on a 2-core CPU.
 
 import ml_collections
 
-
 SCHEDULE_NAMES = (
   "infonoise",
   "lognormal",

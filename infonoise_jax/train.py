@@ -9,6 +9,7 @@ restored step (the pipeline is a pure function of the step).
 import json
 import os
 import time
+
 import jax
 import jax.numpy as jnp
 import ml_collections
