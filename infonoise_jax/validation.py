@@ -60,8 +60,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   _require(
     t.batch_size % n_dev == 0,
     "train.batch_size",
-    f"global batch {t.batch_size} is not divisible by the {n_dev} devices; "
-    f"use a multiple of {n_dev}, e.g. --config.train.batch_size={max(n_dev, t.batch_size // n_dev * n_dev)}",
+    f"global batch {t.batch_size} is not divisible by the {n_dev} devices; use a multiple, "
+    f"e.g. --config.train.batch_size={max(n_dev, t.batch_size // n_dev * n_dev)}",
   )
   _require(t.batch_size % n_proc == 0, "train.batch_size", f"not divisible by {n_proc} processes")
   _require(t.num_steps >= 1, "train.num_steps", f"must be >= 1, got {t.num_steps}")
