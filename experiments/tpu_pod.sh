@@ -13,12 +13,14 @@ set -euo pipefail
 : "${TPU:?set TPU to the TPU VM name}" "${ZONE:?set ZONE}" "${WORKDIR:?set WORKDIR (gs://...)}"
 CONFIG=${1:?usage: tpu_pod.sh <config.py> [overrides...]}
 shift
-REPO=${REPO:-https://github.com/infonoise/infonoise_jax}
 OVERRIDES=$(printf ' %q' "$@")
+# Ship this checkout's HEAD to every worker (no repository hosting assumed).
+cd "$(git rev-parse --show-toplevel)"
+git archive --format=tar.gz -o /tmp/infonoise_jax.tgz HEAD
+gcloud compute tpus tpu-vm scp /tmp/infonoise_jax.tgz "$TPU":~/ --zone "$ZONE" --worker=all
 gcloud compute tpus tpu-vm ssh "$TPU" --zone "$ZONE" --worker=all --command "
   set -e
-  [ -d infonoise_jax ] || git clone $REPO infonoise_jax
-  cd infonoise_jax && git pull -q
+  mkdir -p infonoise_jax && tar -xzf infonoise_jax.tgz -C infonoise_jax && cd infonoise_jax
   python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt 'jax[tpu]'
   .venv/bin/python -m infonoise_jax.main --config=$CONFIG --workdir=$WORKDIR \
       --config.system.distributed=True $OVERRIDES
