@@ -8,7 +8,6 @@ restored step (the pipeline is a pure function of the step).
 
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -88,36 +87,68 @@ class Run:
 @jax.jit
 def _accumulate(acc: dict, new: dict) -> dict:
   """Sums a step's metrics into the window (the last sigma batch is kept as is)."""
-  out = jax.tree.map(
-    jnp.add,
-    {k: v for k, v in acc.items() if k != "sigma"},
-    {k: v for k, v in new.items() if k != "sigma"},
-  )
+  out = jax.tree.map(jnp.add, _without_sigma(acc), _without_sigma(new))
   out["sigma"] = new["sigma"]
   return out
+
+
+def _without_sigma(m: dict) -> dict:
+  return {k: v for k, v in m.items() if k != "sigma"}
+
+
+class _WindowLogger:
+  """Accumulates step metrics per log window; fetches, checks and writes them one late."""
+
+  def __init__(self, run: Run, writer, ckpt: checkpointing.Checkpointer, start: int):
+    self.run, self.writer, self.ckpt = run, writer, ckpt
+    t = run.config.train
+    self.fetcher = metrics.DelayedFetcher(start)
+    self.progress = metrics.ProgressReporter(t.num_steps, t.batch_size, t.log_every)
+    self.progress(start)  # starts the clock
+    self.window, self.window_start, self.perf = None, start, {}
+
+  def add(self, step_metrics: dict) -> None:
+    w = self.window
+    self.window = step_metrics if w is None else _accumulate(w, step_metrics)
+
+  def end_window(self, step: int) -> None:
+    self.perf[step] = self.progress(step) or {}
+    done = self.fetcher.push(step, self.window)
+    self.window, self.window_start = None, step
+    if done is not None:
+      self._write(done)
+
+  def flush(self, step: int) -> None:
+    """Writes every pending window and checks the open one (before a checkpoint or exit)."""
+    done = self.fetcher.flush()
+    if done is not None:
+      self._write(done)
+    if self.window is not None:
+      host = jax.device_get({k: self.window[k] for k in ("loss", "grad_norm")})
+      metrics.check_finite(host, (self.window_start, step), self._last_good())
+
+  def _last_good(self) -> str | None:
+    last = self.ckpt.latest_step()
+    return None if last is None else f"{self.ckpt.directory}/{last}"
+
+  def _write(self, done: metrics.FetchedWindow) -> None:
+    host, step_range = done.metrics, (done.start_step, done.end_step)
+    metrics.check_finite(_without_sigma(host), step_range, self._last_good())
+    scalars = diagnostics.window_scalars(self.run.config, host, step_range)
+    scalars.update(self.perf.pop(done.end_step, {}))
+    self.writer.write_scalars(done.end_step, scalars)
+    self.writer.write_histograms(done.end_step, {"sigma/log_sigma": np.log(host["sigma"])})
+    logging.info(
+      "step %d: loss %.4f, grad_norm %.3g", done.end_step, scalars["loss"], scalars["grad_norm"]
+    )
 
 
 def _restore_or_init(run: Run, ckpt: checkpointing.Checkpointer) -> TrainState:
   state = run.init_fn()
   if ckpt.latest_step() is not None:
     state, meta = ckpt.restore(state)
-    logging.info("Resumed from %s at step %d (%s)", ckpt.directory, int(state.step), meta)
+    logging.info("Resumed from %s at step %d", ckpt.directory, int(state.step))
   return state
-
-
-def _log_window(run: Run, writer, window, step_range, ckpt, progress) -> None:
-  """Fetches a finished window's metrics (one window late), checks them and writes them."""
-  host = jax.device_get(window)
-  last_good = ckpt.latest_step()
-  metrics.check_finite(
-    {k: v for k, v in host.items() if k != "sigma"},
-    step_range,
-    f"{ckpt.directory} (step {last_good})" if last_good is not None else "none saved yet",
-  )
-  scalars = diagnostics.window_scalars(run.config, host, step_range)
-  scalars.update(progress.update(step_range[1], time.time()))
-  writer.write_scalars(step_range[1], scalars)
-  writer.write_histograms(step_range[1], {"sigma/log_sigma": np.log(host["sigma"])})
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> TrainState:
@@ -127,59 +158,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   writer = metrics.create_writer(os.path.join(workdir, "tensorboard"), jax.process_index() > 0)
   ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
   state = _restore_or_init(run, ckpt)
-  start = int(state.step)
-  num_steps = config.train.num_steps
+  step, num_steps = int(state.step), config.train.num_steps
   logging.info(
     "%s | %d params | %d devices x %d processes | steps %d..%d",
     run.source.describe(),
     run.num_params(state),
     jax.device_count(),
     jax.process_count(),
-    start,
+    step,
     num_steps,
   )
-  progress = metrics.ProgressReporter(num_steps, config.train.batch_size, start, time.time())
+  log = _WindowLogger(run, writer, ckpt, step)
   preempted = checkpointing.PreemptionFlag()
-  window, pending, window_start = None, None, start
-  batches = run.pipeline.iterate(start)
-  step = start
+  batches = run.pipeline.iterate(step)
+  t = config.train
   try:
     while step < num_steps:
       state, step_metrics = run.train_step(state, run.global_batch(next(batches)))
       step += 1
-      window = step_metrics if window is None else _accumulate(window, step_metrics)
-      if step % config.train.log_every == 0 or step == num_steps:
-        if pending is not None:
-          _log_window(run, writer, *pending, ckpt, progress)
-        pending, window, window_start = (window, (window_start, step)), None, step
-      if config.train.sample_every and step % config.train.sample_every == 0 and step < num_steps:
+      log.add(step_metrics)
+      if step % t.log_every == 0 or step == num_steps:
+        log.end_window(step)
+      if t.sample_every and step % t.sample_every == 0 and step < num_steps:
         diagnostics.write_images(run, state, writer, workdir, step)
       stop = preempted.is_set() or ckpt.reached_preemption(step)
-      if step % config.train.checkpoint_every == 0 or step == num_steps or stop:
-        _save(run, ckpt, state, step, pending, window, window_start)
+      if step % t.checkpoint_every == 0 or step == num_steps or stop:
+        log.flush(step)  # a NaN state is never saved over a good checkpoint
+        meta = {"step": step, "config": json.loads(config.to_json_best_effort())}
+        ckpt.save(step, state, meta=meta, force=True)
       if stop:
         logging.warning("Preemption signal at step %d: checkpoint saved, exiting.", step)
         break
-    if pending is not None:
-      _log_window(run, writer, *pending, ckpt, progress)
+    log.flush(step)
     if step == num_steps:
       diagnostics.write_final(run, state, writer, workdir, step)
   finally:
+    batches.close()
     preempted.restore_handlers()
     ckpt.close()
     writer.flush()
   return state
-
-
-def _save(run, ckpt, state, step, pending, window, window_start) -> None:
-  """Checks the unlogged metrics before saving, so a NaN state never overwrites a good one."""
-  unchecked = [pending] if pending is not None else []
-  if window is not None:
-    unchecked.append((window, (window_start, step)))
-  last = ckpt.latest_step()
-  where = f"{ckpt.directory} (step {last})" if last is not None else "none saved yet"
-  for win, step_range in unchecked:
-    host = jax.device_get({k: win[k] for k in ("loss", "grad_norm")})
-    metrics.check_finite(host, step_range, where)
-  meta = {"step": step, "config": json.loads(run.config.to_json_best_effort())}
-  ckpt.save(step, state, meta=meta, force=True)

@@ -1,0 +1,107 @@
+"""The command line in subprocesses: SIGTERM save-and-exit, and multi-host training.
+
+The multi-host test starts two processes that meet through `jax.distributed.initialize`
+on a localhost coordinator (CPU collectives over gloo), each with one CPU device, and
+checks that they train to the same state as one process with two devices and the same
+global batch, and that both save and then restore the checkpoint.
+"""
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _env(num_devices: int) -> dict:
+  env = {k: v for k, v in os.environ.items() if not k.startswith("XLA_")}
+  env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(num_devices), PYTHONUNBUFFERED="1")
+  return env
+
+
+def _cmd(workdir, *overrides):
+  return [
+      sys.executable, "-m", "infonoise_jax.main", "--config=configs/test.py",
+      f"--workdir={workdir}", *overrides,
+  ]
+
+
+def _restore(workdir: pathlib.Path, step: int) -> dict:
+  path = workdir / "checkpoints" / str(step) / "state"
+  return ocp.StandardCheckpointer().restore(path)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_sigterm_saves_a_restorable_checkpoint_and_exits(tmp_path):
+  log = tmp_path / "log.txt"
+  overrides = ["--config.train.num_steps=100000", "--config.train.checkpoint_every=100000"]
+  with open(log, "w") as f:
+    proc = subprocess.Popen(
+        _cmd(tmp_path / "run", *overrides), cwd=ROOT, env=_env(1), stdout=f, stderr=f
+    )
+    deadline = time.time() + 120
+    while "loss" not in log.read_text() and time.time() < deadline and proc.poll() is None:
+      time.sleep(0.2)
+    assert proc.poll() is None, log.read_text()[-3000:]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+  steps = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
+  assert len(steps) == 1 and 0 < steps[0] < 100000
+  state = _restore(tmp_path / "run", steps[0])
+  assert int(state["step"]) == steps[0]
+  assert "Preemption" in log.read_text()
+
+
+def _two_processes(workdir, num_steps: int) -> None:
+  port = _free_port()
+  procs = []
+  for pid in range(2):
+    args = [
+        f"--config.train.num_steps={num_steps}",
+        "--config.system.distributed=True",
+        f"--config.system.coordinator_address=127.0.0.1:{port}",
+        "--config.system.num_processes=2",
+        f"--config.system.process_id={pid}",
+    ]
+    log = open(pathlib.Path(workdir).parent / f"{pathlib.Path(workdir).name}_p{pid}.log", "a")
+    procs.append(
+        subprocess.Popen(_cmd(workdir, *args), cwd=ROOT, env=_env(1), stdout=log, stderr=log)
+    )
+  for p in procs:
+    assert p.wait(timeout=300) == 0, "a process failed; see the *_p?.log files in " + str(workdir)
+
+
+def test_two_processes_train_like_one_and_save_and_restore_together(tmp_path):
+  single = tmp_path / "single"
+  subprocess.run(_cmd(single), cwd=ROOT, env=_env(2), check=True, capture_output=True, timeout=300)
+  multi = tmp_path / "multi"
+  _two_processes(multi, num_steps=4)  # both processes save step 4 ...
+  _two_processes(multi, num_steps=8)  # ... and both restore it and continue to step 8
+  a, b = _restore(single, 8), _restore(multi, 8)
+  flat_a = {"/".join(map(str, k)): v for k, v in _flatten(a)}
+  flat_b = {"/".join(map(str, k)): v for k, v in _flatten(b)}
+  assert flat_a.keys() == flat_b.keys()
+  for k in flat_a:
+    np.testing.assert_allclose(flat_a[k], flat_b[k], rtol=2e-5, atol=2e-6, err_msg=k)
+  logs = "".join(p.read_text() for p in tmp_path.glob("multi_p*.log"))
+  assert "Resumed" in logs
+
+
+def _flatten(tree, prefix=()):
+  if isinstance(tree, dict):
+    for k, v in tree.items():
+      yield from _flatten(v, (*prefix, k))
+  else:
+    yield prefix, np.asarray(tree)

@@ -1,0 +1,146 @@
+"""End-to-end tests of the trainer: sharding equivalence, resume, compile count, errors."""
+
+import os
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from infonoise_jax import checkpointing, metrics, train
+from infonoise_jax.validation import load_config_file
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _config(variant: str = "", **overrides):
+  c = load_config_file(ROOT / "configs" / "test.py", variant)
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def _assert_trees_equal(a, b, rtol=0.0, atol=0.0):
+  leaves_a, tree_a = jax.tree.flatten(a)
+  leaves_b, tree_b = jax.tree.flatten(b)
+  assert tree_a == tree_b
+  for x, y in zip(leaves_a, leaves_b, strict=True):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def _run_steps(config, devices, num_steps):
+  run = train.Run(config, "/tmp/unused", devices)
+  state = run.init_fn()
+  for step in range(num_steps):
+    state, _ = run.train_step(state, run.global_batch(run.pipeline.batch(step)))
+  return run, jax.device_get(state)
+
+
+def test_one_device_and_eight_devices_give_the_same_state():
+  config = _config()
+  _, state_1 = _run_steps(config, jax.devices()[:1], 6)
+  _, state_8 = _run_steps(config, jax.devices(), 6)
+  # Same math, different reduction order over the sharded batch: equal to float32 rounding.
+  _assert_trees_equal(state_1, state_8, rtol=2e-5, atol=2e-6)
+  assert int(state_8.schedule_state["num_refreshes"]) >= 2  # refreshes happened on device
+
+
+def test_step_compiles_once_and_has_no_host_callbacks():
+  config = _config()
+  run, _ = _run_steps(config, jax.devices(), 8)  # spans warm-up and several refreshes
+  assert run.train_step._cache_size() == 1
+  state = run.init_fn()
+  batch = run.global_batch(run.pipeline.batch(0))
+  jaxpr = str(jax.make_jaxpr(run.train_step)(state, batch))
+  assert "callback" not in jaxpr
+  assert "infeed" not in jaxpr and "outfeed" not in jaxpr
+
+
+def test_resume_is_bit_identical(tmp_path):
+  config = _config()
+  straight = jax.device_get(train.train_and_evaluate(config, str(tmp_path / "straight")))
+  half = _config(**{"train.num_steps": 4})
+  train.train_and_evaluate(half, str(tmp_path / "resumed"))
+  resumed = jax.device_get(train.train_and_evaluate(config, str(tmp_path / "resumed")))
+  assert int(resumed.step) == config.train.num_steps
+  _assert_trees_equal(straight, resumed)
+
+
+def test_digits_end_to_end_leaves_logs_checkpoint_and_images(tmp_path):
+  from tensorboard.backend.event_processing import event_accumulator
+
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(_config(), str(workdir))
+  assert (workdir / "config.json").exists()
+  ckpt = checkpointing.Checkpointer(str(workdir), 3)
+  assert ckpt.latest_step() == 8
+  ckpt.close()
+  events = list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  assert events
+  acc = event_accumulator.EventAccumulator(str(events[0]), size_guidance={"images": 0})
+  acc.Reload()
+  tags = set(acc.Tags()["scalars"]) | set(acc.Tags()["tensors"])
+  assert {"loss", "grad_norm", "learning_rate", "perf/steps_per_sec"} <= tags
+  assert "schedule" in acc.Tags()["images"] and "samples" in acc.Tags()["images"]
+  samples = np.load(workdir / "samples.npz")["samples"]
+  assert samples.shape == (8, 8, 8, 1) and np.all(np.isfinite(samples))
+  from PIL import Image
+
+  grid = Image.open(next((workdir / "images").glob("samples_*.png")))
+  assert grid.size[0] >= 8 * 3 and grid.size[1] >= 8
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"data.name": "no_such_data"}, "data.name"),
+        ({"train.batch_size": 12}, "train.batch_size"),
+        ({"schedule.name": "no_such_schedule"}, "schedule.name"),
+        ({"model.name": "transformer"}, "model.name"),
+        ({"sampler.grid": "infogrid", "schedule.name": "lognormal"}, "sampler.grid"),
+        ({"edm.sigma_min": 100.0}, "edm.sigma_min"),
+    ],
+)
+def test_bad_config_fails_before_compiling_naming_the_key(tmp_path, overrides, key):
+  with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+    train.train_and_evaluate(_config(**overrides), str(tmp_path / "bad"))
+  assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_unknown_config_key_is_rejected(tmp_path):
+  config = _config()
+  config.unlock()
+  config.train.num_stpes = 3
+  with pytest.raises(ValueError, match="num_stpes"):
+    train.train_and_evaluate(config, str(tmp_path / "typo"))
+
+
+def test_nan_aborts_with_step_range_and_keeps_last_good_checkpoint(tmp_path):
+  workdir = str(tmp_path / "nan")
+  train.train_and_evaluate(_config(**{"train.num_steps": 4}), workdir)
+  # An absurd learning rate makes the parameters overflow within a few steps.
+  bad = _config(**{"train.num_steps": 40, "optim.lr": 1e30, "optim.grad_clip": 0.0})
+  with pytest.raises(metrics.NonFiniteError, match=r"between steps \d+ and \d+") as info:
+    train.train_and_evaluate(bad, workdir)
+  assert "checkpoints" in str(info.value)
+  ckpt = checkpointing.Checkpointer(workdir, 3)
+  assert ckpt.latest_step() == 4  # the good checkpoint survived; nothing NaN was saved
+  ckpt.close()
+
+
+def test_config_typo_on_the_command_line_fails_naming_the_key(tmp_path):
+  import subprocess
+  import sys
+
+  result = subprocess.run(
+      [sys.executable, "-m", "infonoise_jax.main", "--config=configs/test.py",
+       f"--workdir={tmp_path}", "--config.train.num_stpes=3"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
+  assert result.returncode != 0
+  assert "num_stpes" in result.stderr
