@@ -1,0 +1,187 @@
+"""Fixed training noise distributions: the hand-tuned peers InfoNoise is compared against.
+
+Each class draws sigma from a fixed law and returns unit loss weights (METHOD.md section 6).
+`density` is the exact density of ln(sigma) under `sample` (tests check this by goodness of
+fit). With l = ln sigma:
+
+  lognormal    l ~ N(p_mean, p_std^2)                                  (EDM, Karras et al. 2022)
+  loguniform   l ~ U[ln sigma_min, ln sigma_max]
+  logitnormal  logit(t) ~ N(mean, std^2), sigma = t / (1 - t)          (SD3, Esser et al. 2024)
+               Since ln(t / (1 - t)) = logit(t), this is l ~ N(mean, std^2): the same law as
+               `lognormal` with (p_mean, p_std) = (mean, std); kept under its own name.
+  laplace      lambda = -2 l ~ Laplace(mu, b)  =>  l ~ Laplace(-mu/2, b/2)  (Hang et al. 2024)
+  cosine       t ~ U[t_lo, t_hi], sigma = e^shift tan(pi t / 2)       (iDDPM cosine, shifted)
+               t_lo, t_hi = (2/pi) atan(sigma_{min,max} e^-shift): truncated to [sigma_min,
+               sigma_max]. Then p(l) = 1 / (pi cosh(l - shift) (t_hi - t_lo)) on that range.
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from infonoise_jax.schedules.base import Array, State, StatelessSchedule
+
+
+def _positive(value: float, key: str) -> float:
+  if not value > 0:
+    raise ValueError(f"{key} must be > 0, got {value!r}")
+  return float(value)
+
+
+def _finite(value: float, key: str) -> float:
+  if not math.isfinite(value):
+    raise ValueError(f"{key} must be finite, got {value!r}")
+  return float(value)
+
+
+def sigma_range(config: ml_collections.ConfigDict) -> tuple[float, float]:
+  """Validated (edm.sigma_min, edm.sigma_max)."""
+  lo = _positive(config.edm.sigma_min, "edm.sigma_min")
+  hi = _finite(config.edm.sigma_max, "edm.sigma_max")
+  if not hi > lo:
+    raise ValueError(f"edm.sigma_max must be > edm.sigma_min, got {hi!r} <= {lo!r}")
+  return lo, hi
+
+
+def normal_log_density(log_sigma: Array, mean: float, std: float) -> Array:
+  """N(mean, std^2) density of l = ln sigma."""
+  z = (log_sigma - mean) / std
+  return jnp.exp(-0.5 * z * z) / (std * math.sqrt(2.0 * math.pi))
+
+
+@dataclasses.dataclass(frozen=True)
+class LogNormal(StatelessSchedule):
+  """EDM: ln sigma ~ N(p_mean, p_std^2) (Karras et al. 2022, eq. in Table 1, 'training')."""
+
+  p_mean: float = -1.2
+  p_std: float = 1.2
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "LogNormal":
+    c = config.schedule.lognormal
+    return cls(
+      p_mean=_finite(c.p_mean, "schedule.lognormal.p_mean"),
+      p_std=_positive(c.p_std, "schedule.lognormal.p_std"),
+    )
+
+  def sample_sigma(self, key: Array, batch_size: int) -> Array:
+    z_B = jax.random.normal(key, (batch_size,), jnp.float32)
+    return jnp.exp(self.p_mean + self.p_std * z_B)
+
+  def density(self, state: State, log_sigma_G: Array) -> Array:
+    del state
+    return normal_log_density(log_sigma_G, self.p_mean, self.p_std)
+
+
+@dataclasses.dataclass(frozen=True)
+class LogUniform(StatelessSchedule):
+  """ln sigma ~ U[ln sigma_min, ln sigma_max] (edm.sigma_min / edm.sigma_max)."""
+
+  sigma_min: float = 0.002
+  sigma_max: float = 80.0
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "LogUniform":
+    lo, hi = sigma_range(config)
+    return cls(sigma_min=lo, sigma_max=hi)
+
+  def sample_sigma(self, key: Array, batch_size: int) -> Array:
+    lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
+    return jnp.exp(jax.random.uniform(key, (batch_size,), jnp.float32, lo, hi))
+
+  def density(self, state: State, log_sigma_G: Array) -> Array:
+    del state
+    lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
+    inside_G = (log_sigma_G >= lo) & (log_sigma_G <= hi)
+    return jnp.where(inside_G, 1.0 / (hi - lo), 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class LogitNormal(StatelessSchedule):
+  """SD3: logit(t) ~ N(mean, std^2), sigma = t/(1-t); exactly ln sigma ~ N(mean, std^2)."""
+
+  mean: float = 0.0
+  std: float = 1.0
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "LogitNormal":
+    c = config.schedule.logitnormal
+    return cls(
+      mean=_finite(c.mean, "schedule.logitnormal.mean"),
+      std=_positive(c.std, "schedule.logitnormal.std"),
+    )
+
+  def sample_sigma(self, key: Array, batch_size: int) -> Array:
+    logit_t_B = self.mean + self.std * jax.random.normal(key, (batch_size,), jnp.float32)
+    # sigma = t / (1 - t) with t = sigmoid(logit_t) is exp(logit_t); computed directly, it
+    # stays finite where t rounds to 0 or 1.
+    return jnp.exp(logit_t_B)
+
+  def density(self, state: State, log_sigma_G: Array) -> Array:
+    del state
+    return normal_log_density(log_sigma_G, self.mean, self.std)
+
+
+@dataclasses.dataclass(frozen=True)
+class Laplace(StatelessSchedule):
+  """Hang et al. 2024: log-SNR lambda = -2 ln sigma ~ Laplace(mu, b)."""
+
+  mu: float = 0.0
+  b: float = 0.5
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "Laplace":
+    c = config.schedule.laplace
+    return cls(mu=_finite(c.mu, "schedule.laplace.mu"), b=_positive(c.b, "schedule.laplace.b"))
+
+  def sample_sigma(self, key: Array, batch_size: int) -> Array:
+    lambda_B = self.mu + self.b * jax.random.laplace(key, (batch_size,), jnp.float32)
+    return jnp.exp(-0.5 * lambda_B)
+
+  def density(self, state: State, log_sigma_G: Array) -> Array:
+    del state
+    # p(l) = p_lambda(-2 l) |d lambda / d l| = (1 / b) exp(-|-2 l - mu| / b).
+    return jnp.exp(-jnp.abs(-2.0 * log_sigma_G - self.mu) / self.b) / self.b
+
+
+@dataclasses.dataclass(frozen=True)
+class Cosine(StatelessSchedule):
+  """sigma = e^shift tan(pi t / 2), t uniform, truncated to [sigma_min, sigma_max].
+
+  Shift 0 is the iDDPM cosine schedule alpha_bar = cos^2(pi t / 2) (Nichol & Dhariwal 2021,
+  eq. 17 with s = 0), since sigma^2 = (1 - alpha_bar) / alpha_bar; a shift moves the log-SNR
+  by -2 shift (Hoogeboom et al. 2023). Density of l: 1 / (pi cosh(l - shift) (t_hi - t_lo)).
+  """
+
+  shift: float = 0.0
+  sigma_min: float = 0.002
+  sigma_max: float = 80.0
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "Cosine":
+    lo, hi = sigma_range(config)
+    shift = _finite(config.schedule.cosine.shift, "schedule.cosine.shift")
+    return cls(shift=shift, sigma_min=lo, sigma_max=hi)
+
+  def _t_range(self) -> tuple[float, float]:
+    scale = math.exp(-self.shift)
+    t_lo = 2.0 / math.pi * math.atan(self.sigma_min * scale)
+    t_hi = 2.0 / math.pi * math.atan(self.sigma_max * scale)
+    return t_lo, t_hi
+
+  def sample_sigma(self, key: Array, batch_size: int) -> Array:
+    t_lo, t_hi = self._t_range()
+    t_B = jax.random.uniform(key, (batch_size,), jnp.float32, t_lo, t_hi)
+    sigma_B = math.exp(self.shift) * jnp.tan(0.5 * math.pi * t_B)
+    return jnp.clip(sigma_B, self.sigma_min, self.sigma_max)  # float32 rounding only
+
+  def density(self, state: State, log_sigma_G: Array) -> Array:
+    del state
+    t_lo, t_hi = self._t_range()
+    # dt/dl = (2/pi) d atan(e^(l - shift)) / dl = 1 / (pi cosh(l - shift)).
+    pdf_G = 1.0 / (math.pi * jnp.cosh(log_sigma_G - self.shift) * (t_hi - t_lo))
+    lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
+    return jnp.where((log_sigma_G >= lo) & (log_sigma_G <= hi), pdf_G, 0.0)
