@@ -128,10 +128,10 @@ def _base_config() -> ml_collections.ConfigDict:
   c.schedule.adaptive.ema_beta = 0.99  # per-step EMA of per-bin loss statistics
   c.schedule.adaptive.floor = 0.01  # uniform mass mixed in so every bin is visited
   c.schedule.adaptive.warmup_steps = 100  # steps drawn from the base distribution first
-  c.schedule.adaptive.edm2_channels = 128  # EDM2 uncertainty MLP: Fourier features width
   c.schedule.adaptive.base = "lognormal"  # warm-up / importance base on the bin grid
   #   (edm.sigma_min..max): lognormal (schedule.lognormal, truncated) | loguniform
   c.schedule.adaptive.cdcd_signal = "err"  # CDCD fits: err (unweighted, ours) | loss (w err)
+  c.schedule.adaptive.edm2_channels = 128  # EDM2 uncertainty MLP: Fourier features width
   c.schedule.adaptive.edm2_lr = 1e-2  # EDM2 uncertainty MLP: Adam learning rate
 
   # ---------------------------------------------------------------- optimizer
