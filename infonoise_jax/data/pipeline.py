@@ -1,0 +1,192 @@
+"""Stateless, resumable batching: a training step's batch is a pure function of (seed, step).
+
+The stream is the concatenation of per-epoch permutations of the N examples. The global
+batch of step s covers stream positions p = s*B, ..., s*B + B - 1; position p belongs to
+epoch e = p // N and holds example perm_e[p % N], where perm_e is seeded by (seed, e).
+Every epoch thus visits every example exactly once (for any N, B), and resuming at step k
+needs no saved iterator state. Process i of P takes the contiguous slice
+[i*B/P, (i+1)*B/P) of the global batch, so the processes' shares are disjoint and their
+concatenation is the single-process global batch. Optional horizontal flips are a hash of
+(seed, p), hence also independent of the process split.
+
+Randomness comes from a counter-based integer hash (the splitmix64 finalizer) rather than a
+NumPy generator, so the stream is identical across NumPy versions and machines.
+"""
+
+import queue
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+from infonoise_jax.data.sources import Source
+
+_PERMUTATION_STREAM = 1
+_FLIP_STREAM = 2
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+  """splitmix64 finalizer on uint64 arrays (wrap-around arithmetic is intended)."""
+  z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+  z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+  return z ^ (z >> np.uint64(31))
+
+
+def stream_hash(seed: int, stream: int, counter: int, i_N: np.ndarray) -> np.ndarray:
+  """Pseudo-random uint64 per entry of `i_N`, a pure function of (seed, stream, counter, i)."""
+  key = np.array([seed % 2**64], np.uint64)
+  for word in (stream, counter):
+    key = _mix64(key ^ np.array([word % 2**64], np.uint64))
+  return _mix64(key + np.asarray(i_N, np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+
+
+def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+  """perm_e: the order in which epoch `epoch` visits the examples (int64, length N)."""
+  keys_N = stream_hash(seed, _PERMUTATION_STREAM, epoch, np.arange(num_examples))
+  return np.argsort(keys_N, kind="stable")
+
+
+class Pipeline:
+  """This process's share of each step's global batch (see module docstring)."""
+
+  def __init__(
+    self,
+    source: Source,
+    global_batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    *,
+    random_flip: bool = False,
+  ):
+    if global_batch_size < 1 or process_count < 1:
+      raise ValueError(
+        f"Batch size ({global_batch_size}) and process count ({process_count}) must be >= 1"
+      )
+    if global_batch_size % process_count:
+      raise ValueError(
+        f"Global batch size (train.batch_size={global_batch_size}) must be divisible by "
+        f"the number of processes ({process_count})"
+      )
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+    if random_flip and not source.is_image:
+      raise ValueError(f"data.random_flip needs images; {source.name} holds vectors")
+    self.source = source
+    self.global_batch_size = global_batch_size
+    self.local_batch_size = global_batch_size // process_count
+    self.seed = seed
+    self.process_index = process_index
+    self.process_count = process_count
+    self.random_flip = random_flip
+    self._perms: dict[int, np.ndarray] = {}  # a few recent epochs' permutations
+    self._perms_lock = threading.Lock()  # batch() may run in the prefetch and main threads
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    with self._perms_lock:
+      perm = self._perms.get(epoch)
+      if perm is None:
+        perm = epoch_permutation(self.seed, epoch, self.source.num_examples)
+        if len(self._perms) >= 4:
+          self._perms.pop(min(self._perms))
+        self._perms[epoch] = perm
+      return perm
+
+  def positions(self, step: int) -> np.ndarray:
+    """Stream positions p (int64) of this process's share of step `step`'s global batch."""
+    first = step * self.global_batch_size + self.process_index * self.local_batch_size
+    return first + np.arange(self.local_batch_size, dtype=np.int64)
+
+  def indices(self, step: int) -> np.ndarray:
+    """Example indices of this process's share: perm_e[p % N] with e = p // N."""
+    n = self.source.num_examples
+    p_B = self.positions(step)
+    epoch_B, offset_B = p_B // n, p_B % n
+    idx_B = np.empty_like(p_B)
+    for epoch in np.unique(epoch_B):  # one epoch, or two when the batch straddles a boundary
+      sel = epoch_B == epoch
+      idx_B[sel] = self._permutation(int(epoch))[offset_B[sel]]
+    return idx_B
+
+  def batch(self, step: int) -> np.ndarray:
+    """This process's (global_batch_size // process_count, *shape) float32 batch for `step`."""
+    if step < 0:
+      raise ValueError(f"step must be >= 0, got {step}")
+    x_BX = self.source.get(self.indices(step))
+    if self.random_flip:  # flip along W of (B, H, W, C) where the position's hash bit is set
+      flip_B = (stream_hash(self.seed, _FLIP_STREAM, 0, self.positions(step)) & 1) == 1
+      x_BX[flip_B] = x_BX[flip_B, :, ::-1]
+    return x_BX
+
+  def iterate(self, start_step: int = 0, buffer_size: int = 2) -> "Prefetcher":
+    """Batches for steps start_step, start_step + 1, ... prepared by a background thread."""
+    return Prefetcher(self.batch, start_step, buffer_size)
+
+
+class Prefetcher:
+  """Iterator over produce(start), produce(start + 1), ... computed ahead in one thread.
+
+  Holds at most `buffer_size` finished batches. An exception in the thread is re-raised by
+  `next`. Call `close()` (or use it as a context manager) to stop the thread early.
+  """
+
+  def __init__(self, produce: Callable[[int], np.ndarray], start_step: int, buffer_size: int):
+    if buffer_size < 1:
+      raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+    self._queue: queue.Queue = queue.Queue(maxsize=buffer_size)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(
+      target=self._work, args=(produce, start_step), name="data-prefetch", daemon=True
+    )
+    self._thread.start()
+
+  def _put(self, item) -> bool:
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def _work(self, produce: Callable[[int], np.ndarray], step: int) -> None:
+    while not self._stop.is_set():
+      try:
+        item = produce(step)
+      except BaseException as e:  # handed to the consumer, which re-raises it
+        self._put(e)
+        return
+      if not self._put(item):
+        return
+      step += 1
+
+  def __iter__(self) -> "Prefetcher":
+    return self
+
+  def __next__(self) -> np.ndarray:
+    while not self._stop.is_set():
+      try:
+        item = self._queue.get(timeout=0.1)
+      except queue.Empty:
+        continue
+      if isinstance(item, BaseException):
+        self.close()
+        raise item
+      return item
+    raise StopIteration
+
+  def close(self) -> None:
+    """Stops the thread and drops the prefetched batches."""
+    self._stop.set()
+    while True:
+      try:
+        self._queue.get_nowait()
+      except queue.Empty:
+        break
+    self._thread.join()
+
+  def __enter__(self) -> "Prefetcher":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

@@ -1,0 +1,252 @@
+"""Training data sources: load `config.data` into a `Source` of float32 examples.
+
+Every source yields examples in [-scale, scale] (`data.scale`; EDM's sigma_data = 0.5 suits
+scale 1 images; the unbounded Gaussian mixture has means ~ N(0, (scale/2)^2)), images as
+(H, W, C) and vectors as (D,). Images map their pixel range
+[0, max] linearly onto [-1, 1] (mid-range -> 0), are optionally box-averaged down to
+`data.image_size`, optionally binarized (value > 0 -> +1, else -1; METHOD.md's binarized
+data is +-0.5, i.e. scale 0.5) and finally multiplied by `scale`.
+
+  digits               scikit-learn digits, 1797 x 8x8x1, pixels 0..16 (embedded default).
+  fashion_mnist_local  Debian `dataset-fashion-mnist` IDX files, 60000 (train) / 10000 (test).
+  gaussian_mixture     fixed seeded set from an equal-weight isotropic Gaussian mixture;
+                       `Source.mixture` exposes its means and std for exact posteriors.
+  toy2d[:kind]         2-D vectors: checkerboard (default), ring or moons.
+  tfds:<name>          any TFDS dataset with a fixed-size uint8 image feature, read by random
+                       access (`builder.as_data_source`, no TensorFlow); never downloads.
+
+Small sets are held in memory as one float32 array; tfds sets above `MAX_IN_MEMORY_BYTES`
+are read lazily, a batch at a time. Synthetic sets are fixed: split 'train' draws from
+seed 0, 'test' from seed 1, independent of the training seed.
+"""
+
+import dataclasses
+import gzip
+import os
+from collections.abc import Callable
+
+import ml_collections
+import numpy as np
+
+from infonoise_jax.data import synthetic
+from infonoise_jax.data.synthetic import GaussianMixture
+
+MAX_IN_MEMORY_BYTES = 2 * 2**30  # float32 bytes above which a tfds set is read lazily
+LOCAL_NAMES = ("digits", "fashion_mnist_local", "gaussian_mixture", "toy2d")
+VALID_NAMES = (*LOCAL_NAMES, *(f"toy2d:{k}" for k in synthetic.TOY2D_KINDS), "tfds:<name>")
+_SYNTHETIC_SEEDS = {"train": 0, "test": 1}
+_FASHION_FILES = {"train": "train-{}-idx{}-ubyte.gz", "test": "t10k-{}-idx{}-ubyte.gz"}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Source:
+  """A fixed set of float32 examples in [-scale, scale], in memory or read lazily."""
+
+  name: str
+  shape: tuple[int, ...]  # one example: (H, W, C) or (D,)
+  num_examples: int
+  is_image: bool
+  scale: float
+  binarized: bool = False
+  array: np.ndarray | None = None  # (N, *shape) float32, when held in memory
+  reader: Callable[[np.ndarray], np.ndarray] | None = None  # lazy: indices -> (B, *shape)
+  labels: np.ndarray | None = None  # (N,) int class / component labels, where known
+  mixture: GaussianMixture | None = None  # gaussian_mixture: the generating distribution
+
+  def get(self, indices_B: np.ndarray) -> np.ndarray:
+    """Examples at `indices_B` as a new (B, *shape) float32 array."""
+    if self.array is not None:
+      return np.take(self.array, indices_B, axis=0)
+    return self.reader(np.asarray(indices_B))
+
+  def describe(self) -> str:
+    kind = "image" if self.is_image else "vector"
+    s = f"{self.scale:g}"
+    values = f"values {{-{s}, +{s}}}" if self.binarized else f"values in [-{s}, {s}]"
+    if self.mixture is not None:
+      k, std = len(self.mixture.weights_K), self.mixture.std
+      values = f"{k} Gaussian components of std {std:g}"
+    where = "in memory" if self.array is not None else "read lazily"
+    return f"{self.name}: {self.num_examples} {kind}s of shape {self.shape}, {values}, {where}"
+
+
+def load_source(config: ml_collections.ConfigDict) -> Source:
+  """Builds the training `Source` from `config.data`; fails fast with the offending key."""
+  d = config.data
+  name = d.name
+  if d.scale <= 0:
+    raise ValueError(f"data.scale must be > 0, got {d.scale}")
+  if name.startswith("tfds:") and len(name) > 5:
+    return tfds_source(name[5:], d)
+  base, _, kind = name.partition(":")
+  if base not in LOCAL_NAMES or (kind and (base != "toy2d" or kind not in synthetic.TOY2D_KINDS)):
+    raise ValueError(f"Unknown data.name={name!r}; valid: {', '.join(VALID_NAMES)}")
+  if d.split not in _SYNTHETIC_SEEDS or (base == "digits" and d.split != "train"):
+    valid = "train" if base == "digits" else "train | test"
+    raise ValueError(f"data.split={d.split!r} is not a split of {name!r}; valid: {valid}")
+  if base == "digits":
+    return _digits(d)
+  if base == "fashion_mnist_local":
+    return _fashion_mnist_local(d)
+  if d.image_size or d.binarize or d.random_flip:
+    raise ValueError(
+      f"data.name={name!r} is a vector source: data.image_size must be 0 and "
+      "data.binarize / data.random_flip False"
+    )
+  seed = _SYNTHETIC_SEEDS[d.split]
+  if base == "gaussian_mixture":
+    mixture = GaussianMixture.make(d.num_components, d.dim, d.scale, d.component_std)
+    x_ND, k_N = mixture.draw(d.num_examples, seed)
+    return Source(name, (d.dim,), d.num_examples, False, d.scale, False, x_ND, None, k_N, mixture)
+  x_N2 = synthetic.toy2d(kind or "checkerboard", d.num_examples, seed) * np.float32(d.scale)
+  return Source(name, (2,), d.num_examples, False, d.scale, array=x_N2)
+
+
+def images_to_float(
+  u_NHWC: np.ndarray, max_value: float, image_size: int, binarize: bool, scale: float
+) -> np.ndarray:
+  """Pixels in [0, max_value] -> float32 in [-scale, scale] (module docstring order)."""
+  x = u_NHWC.astype(np.float32) * np.float32(2.0 / max_value) - np.float32(1.0)
+  n, h, w, c = x.shape
+  if image_size and image_size != h:
+    f = h // image_size  # box average over f x f blocks (validated by check_image_shape)
+    x = x.reshape(n, image_size, f, image_size, f, c).mean(axis=(2, 4))
+  if binarize:
+    x = np.where(x > 0, np.float32(1.0), np.float32(-1.0))
+  return x * np.float32(scale)
+
+
+def check_image_shape(name: str, native_HWC: tuple[int, ...], image_size: int) -> tuple:
+  """The (H, W, C) a source yields after resizing; ValueError when it cannot produce it."""
+  if len(native_HWC) != 3 or None in native_HWC:
+    raise ValueError(f"{name}: images must have a fixed (H, W, C) shape, got {native_HWC}")
+  h, w, c = native_HWC
+  if h != w:
+    raise ValueError(f"{name}: only square images are supported, got {h}x{w}")
+  if image_size == 0 or image_size == h:
+    return (h, w, c)
+  if image_size < 0 or h % image_size:
+    sizes = [s for s in range(1, h + 1) if h % s == 0]
+    raise ValueError(
+      f"data.image_size={image_size} cannot be made from {name}'s {h}x{h} images "
+      f"(box averaging by an integer factor); valid: 0 (native) or one of {sizes}"
+    )
+  return (image_size, image_size, c)
+
+
+def _image_source(name: str, u_NHWC: np.ndarray, max_value: float, d, labels=None) -> Source:
+  shape = check_image_shape(name, u_NHWC.shape[1:], d.image_size)
+  x = images_to_float(u_NHWC, max_value, d.image_size, d.binarize, d.scale)
+  return Source(name, shape, len(x), True, d.scale, d.binarize, x, None, labels)
+
+
+def _digits(d) -> Source:
+  from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
+
+  digits = load_digits()
+  u_NHWC = digits.images.reshape(-1, 8, 8, 1)
+  return _image_source("digits", u_NHWC, 16.0, d, digits.target.astype(np.int32))
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Reads a gzip'ed IDX file of unsigned bytes (the MNIST format) into a uint8 array."""
+  with gzip.open(path, "rb") as f:
+    raw = f.read()
+  if raw[:3] != b"\x00\x00\x08":
+    raise ValueError(f"{path}: not an IDX file of unsigned bytes")
+  ndim = raw[3]
+  dims = np.frombuffer(raw, ">u4", ndim, 4).astype(np.int64)
+  data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+  if data.size != np.prod(dims):
+    raise ValueError(f"{path}: header says {tuple(dims)} but holds {data.size} bytes")
+  return data.reshape(dims)
+
+
+def _fashion_mnist_local(d) -> Source:
+  image_file, label_file = (
+    os.path.join(d.local_dir, _FASHION_FILES[d.split].format(kind, n))
+    for kind, n in (("images", 3), ("labels", 1))
+  )
+  for path in (image_file, label_file):
+    if not os.path.exists(path):
+      raise FileNotFoundError(
+        f"data.name='fashion_mnist_local' needs {path} (data.local_dir={d.local_dir!r}). "
+        "Install it with: apt-get install dataset-fashion-mnist"
+      )
+  u_NHWC = read_idx(image_file)[..., None]
+  labels_N = read_idx(label_file).astype(np.int32)
+  return _image_source("fashion_mnist_local", u_NHWC, 255.0, d, labels_N)
+
+
+def _prepare_command(name: str, data_dir: str) -> str:
+  return (
+    'python -c "import tensorflow_datasets as tfds; '
+    f"tfds.builder('{name}', data_dir='{data_dir}', file_format='array_record')"
+    '.download_and_prepare()"'
+  )
+
+
+def _open_tfds(name: str, d):
+  """(builder, data source) for a prepared tfds dataset, or a clear error. Never downloads."""
+  import tensorflow_datasets as tfds
+
+  data_dir = d.tfds_data_dir or None
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f"data.name='tfds:{name}': tfds has no dataset {name!r}") from e
+  try:
+    return builder, builder.as_data_source(split=d.split)
+  except Exception as e:
+    if builder.is_prepared():
+      raise ValueError(
+        f"data.name='tfds:{name}', data.split={d.split!r}: cannot open for random access "
+        f"({e}). Splits: {list(builder.info.splits)}. It must be prepared in array_record "
+        f"format: {_prepare_command(name, data_dir or tfds.core.constants.DATA_DIR)}"
+      ) from e
+    shown_dir = data_dir or tfds.core.constants.DATA_DIR
+    raise FileNotFoundError(
+      f"tfds dataset {name!r} is not prepared in data_dir {shown_dir!r} "
+      "(data.tfds_data_dir). Training never downloads data. On a machine with internet "
+      f"run:\n  {_prepare_command(name, shown_dir)}\nthen copy that directory here and set "
+      "--config.data.tfds_data_dir to it."
+    ) from e
+
+
+def tfds_source(name: str, d, in_memory: bool | None = None) -> Source:
+  """A tfds image dataset by random access; `in_memory=None` decides by MAX_IN_MEMORY_BYTES."""
+  import tensorflow_datasets as tfds
+
+  builder, ds = _open_tfds(name, d)
+  features = builder.info.features
+  feature = features[d.image_key] if d.image_key in features else None
+  if not isinstance(feature, tfds.features.Image) or feature.np_dtype != np.uint8:
+    raise ValueError(
+      f"data.image_key={d.image_key!r} is not a uint8 image feature of tfds:{name}; "
+      f"features: {list(features)}"
+    )
+  label = "label" if "label" in features else None
+  shape = check_image_shape(f"tfds:{name}", tuple(feature.shape), d.image_size)
+  n = len(ds)
+
+  def read_labelled(indices_B: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    examples = [ds[int(i)] for i in indices_B]  # random access, decoded without TensorFlow
+    u_BHWC = np.stack([ex[d.image_key] for ex in examples])
+    x = images_to_float(u_BHWC, 255.0, d.image_size, d.binarize, d.scale)
+    return x, (np.array([ex[label] for ex in examples], np.int32) if label else None)
+
+  def read(indices_B: np.ndarray) -> np.ndarray:
+    return read_labelled(indices_B)[0]
+
+  if in_memory is None:
+    in_memory = n * int(np.prod(shape)) * 4 <= MAX_IN_MEMORY_BYTES
+  if not in_memory:
+    return Source(f"tfds:{name}", shape, n, True, d.scale, d.binarize, reader=read)
+  x = np.empty((n, *shape), np.float32)
+  labels = np.empty((n,), np.int32) if label else None
+  for start in range(0, n, 1024):
+    chunk = slice(start, min(start + 1024, n))
+    x[chunk], y = read_labelled(np.arange(chunk.start, chunk.stop))
+    if label:
+      labels[chunk] = y
+  return Source(f"tfds:{name}", shape, n, True, d.scale, d.binarize, x, None, labels)
