@@ -1,0 +1,130 @@
+"""Diagnostic images as uint8 numpy arrays, ready for a MetricWriter or a PNG file.
+
+* `image_grid`: a batch of samples tiled into one RGB image.
+* `schedule_plot`: densities over ln(sigma) (METHOD.md 2-4): the InfoNoise profile
+  rho (4-5), the sampling density pi (6) and the effective allocation phi = pi w (2), each
+  normalized to unit area on the grid so their shapes can be compared.
+
+Plots use matplotlib's object API on an Agg canvas (headless, no pyplot global state),
+imported lazily so the rest of the package does not need it.
+"""
+
+import io
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from etils import epath
+from PIL import Image
+
+PLOT_SIZE_PX = (640, 400)  # (width, height): readable in TensorBoard's image card
+
+
+def to_uint8(images: np.ndarray, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+  """Maps floats in `value_range` linearly to 0..255 (rounded, clipped); uint8 passes through."""
+  images = np.asarray(images)
+  if images.dtype == np.uint8:
+    return images
+  lo, hi = value_range
+  scaled = (np.nan_to_num(images.astype(np.float64)) - lo) * (255.0 / (hi - lo))
+  return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def image_grid(
+  images_NHWC: np.ndarray,
+  ncols: int,
+  *,
+  padding: int = 1,
+  pad_value: int = 0,
+  value_range: tuple[float, float] = (-1.0, 1.0),
+) -> np.ndarray:
+  """Tiles N images row-major into an (H', W', 3) uint8 grid.
+
+  Image i sits at row i // ncols, column i % ncols, its top-left pixel at
+  (padding + row (H + padding), padding + col (W + padding)); unused cells and the
+  padding hold `pad_value`. Floats are mapped from `value_range`; 1-channel images are
+  repeated to RGB, an alpha channel is dropped.
+  """
+  x_NHWC = to_uint8(images_NHWC, value_range)
+  if x_NHWC.ndim == 3:
+    x_NHWC = x_NHWC[..., None]
+  n, h, w, c = x_NHWC.shape
+  x_NHWC = np.repeat(x_NHWC, 3, axis=-1) if c == 1 else x_NHWC[..., :3]
+  ncols = max(1, min(ncols, n))
+  nrows = -(-n // ncols)
+  grid = np.full(
+    (nrows * (h + padding) + padding, ncols * (w + padding) + padding, 3), pad_value, np.uint8
+  )
+  for i in range(n):
+    top = padding + (i // ncols) * (h + padding)
+    left = padding + (i % ncols) * (w + padding)
+    grid[top : top + h, left : left + w] = x_NHWC[i]
+  return grid
+
+
+def save_png(path: str | epath.PathLike, image: np.ndarray) -> None:
+  """Writes an (H, W[, 1|3|4]) image as PNG (local or cloud path); floats map from [-1, 1]."""
+  image = np.asarray(image)
+  if image.ndim == 3 and image.shape[-1] == 1:
+    image = image[..., 0]
+  buf = io.BytesIO()
+  Image.fromarray(to_uint8(image)).save(buf, format="PNG")
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(buf.getvalue())
+
+
+def normalize_on_grid(log_sigma_G: np.ndarray, values_G: np.ndarray) -> np.ndarray:
+  """values / (trapezoid integral over ln sigma), so the curve has unit area on the grid.
+
+  Non-finite or negative values are treated as 0; an all-zero curve is returned as zeros.
+  """
+  x_G = np.asarray(log_sigma_G, np.float64)
+  v_G = np.asarray(values_G, np.float64)
+  v_G = np.where(np.isfinite(v_G) & (v_G > 0), v_G, 0.0)
+  area = float(np.sum(0.5 * (v_G[1:] + v_G[:-1]) * np.diff(x_G)))
+  return v_G / area if area > 0 else v_G
+
+
+def schedule_plot(
+  log_sigma_G: np.ndarray,
+  curves: Mapping[str, np.ndarray],
+  title: str = "",
+  *,
+  markers: Mapping[str, float] | None = None,
+  normalize: bool = True,
+  size_px: Sequence[int] = PLOT_SIZE_PX,
+) -> np.ndarray:
+  """Line plot of `curves[name]` (values on the grid `log_sigma_G`) against ln sigma.
+
+  Typical curves: "InfoNoise profile rho", "sampling density pi", "effective allocation
+  pi*w". With `normalize`, each is divided by its area on the grid (`normalize_on_grid`).
+  `markers[name] = ln sigma` draws a labelled vertical line (e.g. the gate pivot ln c, or
+  ln sigma_data). Returns an (H, W, 3) uint8 image of `size_px` = (width, height).
+  """
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  dpi = 100
+  width, height = size_px
+  fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+  canvas = FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
+  x_G = np.asarray(log_sigma_G, np.float64)
+  for name, values_G in curves.items():
+    y_G = normalize_on_grid(x_G, values_G) if normalize else np.asarray(values_G, np.float64)
+    ax.plot(x_G, y_G, label=name, linewidth=1.8)
+  for i, (name, position) in enumerate((markers or {}).items()):
+    ax.axvline(position, color=f"C{len(curves) + i}", linestyle="--", linewidth=1.0, label=name)
+  ax.set_xlabel("ln σ")
+  ax.set_ylabel("density per unit ln σ" if normalize else "value")
+  ax.set_xlim(float(x_G[0]), float(x_G[-1]))
+  if normalize:
+    ax.set_ylim(bottom=0.0)
+  ax.grid(alpha=0.3)
+  if curves or markers:
+    ax.legend(loc="upper right", fontsize="small")
+  if title:
+    ax.set_title(title)
+  fig.tight_layout()
+  canvas.draw()
+  return np.asarray(canvas.buffer_rgba())[..., :3].copy()
