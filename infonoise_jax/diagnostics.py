@@ -28,7 +28,7 @@ def window_scalars(config: ml_collections.ConfigDict, host: dict, step_range) ->
   for k, v in host.items():
     if k in ("sigma", "bin_loss_sum", "bin_count") or np.ndim(v) != 0:
       continue
-    out[k] = float(v) / n
+    out[k] = float(v) if "/" in k else float(v) / n  # "a/b": a snapshot, not a sum
   lo, hi = np.log(config.edm.sigma_min), np.log(config.edm.sigma_max)
   edges = np.linspace(lo, hi, config.train.profile_bins + 1)
   centres = 0.5 * (edges[1:] + edges[:-1])
@@ -39,20 +39,18 @@ def window_scalars(config: ml_collections.ConfigDict, host: dict, step_range) ->
 
 
 def schedule_curves(config, schedule, schedule_state, num: int = 256):
-  """Normalized curves on a ln-sigma grid: density, effective allocation, profile."""
+  """Curves on a ln-sigma grid: density pi, effective allocation pi*w, InfoNoise profile.
+
+  Unnormalized; `plots.schedule_plot` normalizes each on the grid so they compare.
+  """
   lo, hi = np.log(config.edm.sigma_min), np.log(config.edm.sigma_max)
   grid_G = jnp.linspace(lo, hi, num)
-  dx = float(grid_G[1] - grid_G[0])
-  normalize = lambda v: np.asarray(v) / max(float(np.sum(v) * dx), 1e-30)
   density_G = np.asarray(schedule.density(schedule_state, grid_G))
-  alloc_G = density_G * np.asarray(edm.loss_weight(jnp.exp(grid_G), config.edm.sigma_data))
-  curves = {
-    "sampling density pi": normalize(density_G),
-    "effective allocation pi*w": normalize(alloc_G),
-  }
+  w_G = np.asarray(edm.loss_weight(jnp.exp(grid_G), config.edm.sigma_data))
+  curves = {"sampling density pi": density_G, "effective allocation pi*w": density_G * w_G}
   if hasattr(schedule, "profile"):
     log_sigma_K, rho_K = schedule.profile(schedule_state)
-    curves["estimated profile (gated)"] = normalize(np.interp(grid_G, log_sigma_K, rho_K))
+    curves["estimated profile (gated)"] = np.interp(grid_G, log_sigma_K, rho_K)
   return np.asarray(grid_G), curves
 
 
@@ -101,7 +99,9 @@ def write_images(run, state, writer, workdir: str, step: int) -> tuple[dict, np.
   plot = plots.schedule_plot(grid_G, curves, title=f"{run.config.schedule.name} @ step {step}")
   images = {"schedule": plot[None]}
   if run.source.is_image:
-    images["samples"] = plots.image_grid(samples)[None]
+    upscale = max(1, 32 // samples.shape[1])  # tiny images (8x8 digits) get visible pixels
+    big = samples.repeat(upscale, axis=1).repeat(upscale, axis=2)
+    images["samples"] = plots.image_grid(big, ncols=int(np.ceil(np.sqrt(len(big)))))[None]
   writer.write_images(step, images)
   if jax.process_index() == 0:
     os.makedirs(os.path.join(workdir, "images"), exist_ok=True)

@@ -6,6 +6,7 @@
 A `:variant` suffix on the config path is passed to its get_config (see configs/).
 """
 
+import logging as logging_lib
 import os
 
 import jax
@@ -38,9 +39,18 @@ def initialize_distributed(config) -> None:
   jax.distributed.initialize(**kwargs)
 
 
+class _QuietLibraries(logging_lib.Filter):
+  """Drops INFO chatter of Orbax and absl's own internals; warnings still pass."""
+
+  def filter(self, record: logging_lib.LogRecord) -> bool:
+    noisy = "/orbax/" in record.pathname or "/jax/_src/" in record.pathname
+    return record.levelno >= logging_lib.WARNING or not noisy
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   config = FLAGS.config
   initialize_distributed(config)
   logging.info(

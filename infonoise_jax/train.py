@@ -10,7 +10,6 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -86,10 +85,16 @@ class Run:
 
 @jax.jit
 def _accumulate(acc: dict, new: dict) -> dict:
-  """Sums a step's metrics into the window (the last sigma batch is kept as is)."""
-  out = jax.tree.map(jnp.add, _without_sigma(acc), _without_sigma(new))
-  out["sigma"] = new["sigma"]
-  return out
+  """Sums a step's metrics into the window.
+
+  Snapshots are kept as their newest value instead: the sigma batch, and schedule state
+  readouts, named "<schedule>/<name>" (e.g. "infonoise/refreshes").
+  """
+  return {k: new[k] if _is_snapshot(k) else acc[k] + new[k] for k in new}
+
+
+def _is_snapshot(key: str) -> bool:
+  return key == "sigma" or "/" in key
 
 
 def _without_sigma(m: dict) -> dict:
