@@ -114,8 +114,9 @@ class Pipeline:
       raise ValueError(f"step must be >= 0, got {step}")
     x_BX = self.source.get(self.indices(step))
     if self.random_flip:  # flip along W of (B, H, W, C) where the position's hash bit is set
-      flip_B = (stream_hash(self.seed, _FLIP_STREAM, 0, self.positions(step)) & 1) == 1
-      x_BX[flip_B] = x_BX[flip_B, :, ::-1]
+      bit_B = stream_hash(self.seed, _FLIP_STREAM, 0, self.positions(step)) & np.uint64(1)
+      rows = np.flatnonzero(bit_B)
+      x_BX[rows] = x_BX[rows, :, ::-1]
     return x_BX
 
   def iterate(self, start_step: int = 0, buffer_size: int = 2) -> "Prefetcher":
