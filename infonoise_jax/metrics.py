@@ -106,7 +106,7 @@ class TensorBoardWriter:
       )
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-    host = {k: float(np.asarray(v)) for k, v in scalars.items()}
+    host = {k: float(np.asarray(v).item()) for k, v in scalars.items()}
     logger.info("[%d] %s", step, ", ".join(f"{k}={v:.6g}" for k, v in sorted(host.items())))
     self._add(step, [summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in host.items()])
 
@@ -309,7 +309,21 @@ class DelayedFetcher:
   device arrays (still being computed: dispatch is asynchronous). `push` starts their
   device-to-host copy without waiting and returns window k-1's metrics as host values. By
   then the device has finished window k-1 and is busy with queued steps of window k, so the
-  conversion never stalls it. Call `flush()` once after the loop for the last window.
+  conversion never stalls it. `flush()` fetches the pending window now (blocking): call it
+  after the loop, and at checkpoint steps (a multiple of the log period) before saving, so
+  a non-finite state is never saved:
+
+    fetcher = DelayedFetcher(start_step)
+    for step in range(start_step + 1, num_steps + 1):
+      state, window_metrics = train_step(state, batch)  # window_metrics: device arrays
+      windows = []
+      if step % log_every == 0:
+        windows.append(fetcher.push(step, window_metrics))  # window k-1, on host
+      if step % checkpoint_every == 0 or step == num_steps:
+        windows.append(fetcher.flush())  # window k, blocking, before saving
+      for w in filter(None, windows):
+        check_finite(w.metrics, (w.start_step, w.end_step), last_checkpoint_path)
+        writer.write_scalars(w.end_step, w.metrics)
   """
 
   def __init__(self, start_step: int = 0):
@@ -335,7 +349,7 @@ def _to_host(start_step: int, end_step: int, metrics: Any) -> FetchedWindow:
     jax.tree_util.keystr(path, simple=True, separator="/"): np.asarray(leaf)
     for path, leaf in jax.tree.leaves_with_path(jax.device_get(metrics))
   }
-  host = {k: float(v) if v.size == 1 else v for k, v in host.items()}
+  host = {k: float(v.item()) if v.size == 1 else v for k, v in host.items()}
   return FetchedWindow(start_step, end_step, host)
 
 
