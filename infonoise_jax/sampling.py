@@ -1,0 +1,215 @@
+"""Samplers of the EDM probability-flow ODE / SDE, on device, and the grid chosen by config.
+
+`sample` runs EDM Algorithm 1 (deterministic Heun), plain Euler, or Algorithm 2 (stochastic
+Heun with churn; Karras et al. 2022) as a `lax.fori_loop` over a sigma grid from
+`sampling_grids` (Karras rho grid or InfoGrid, METHOD.md section 5). The denoiser is any
+`denoise_fn(x_B..., sigma_B) -> D(x; sigma)`, e.g. `edm.denoise` with EMA params closed over.
+
+Network evaluations for a grid of N nonzero levels plus the final 0 (`num_evaluations`):
+heun and stochastic take N steps, each with a second-order correction except the last one
+(to sigma = 0), so 2N - 1 evaluations (18 levels -> 35); euler takes N.
+
+Sharding: pass `sharding` (e.g. NamedSharding(mesh, P('data'))) to lay the batch out over
+devices; the noise draws do not depend on the layout (threefry is partitionable), so sharded
+and unsharded runs give the same samples.
+"""
+
+import functools
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from infonoise_jax.sampling_grids import bin_edges, infogrid_sigmas, karras_sigmas
+
+__all__ = [
+  "METHODS",
+  "GRIDS",
+  "bin_edges",
+  "infogrid_sigmas",
+  "karras_sigmas",
+  "make_sigmas",
+  "num_evaluations",
+  "sample",
+  "sample_from_config",
+  "validate_sampler_config",
+]
+
+Array = jax.Array
+DenoiseFn = Callable[[Array, Array], Array]
+Profile = tuple[Array, Array]  # (log_sigma_K, rate_K), e.g. InfoNoise.profile(state)
+
+METHODS = ("heun", "euler", "stochastic")
+GRIDS = ("karras", "infogrid", "infogrid_rescaled")
+
+
+def num_evaluations(num_steps: int, method: str) -> int:
+  """Network evaluations of `sample` on a grid of `num_steps` nonzero levels plus a final 0."""
+  _check_method(method)
+  return num_steps if method == "euler" else 2 * num_steps - 1
+
+
+def sample(
+  denoise_fn: DenoiseFn,
+  key: Array,
+  shape: tuple[int, ...],
+  sigmas: Array,
+  method: str = "heun",
+  s_churn: float = 0.0,
+  s_tmin: float = 0.0,
+  s_tmax: float = float("inf"),
+  s_noise: float = 1.0,
+  sharding: jax.sharding.Sharding | None = None,
+) -> Array:
+  """Draws samples x_B... of `shape` by integrating from sigmas[0] down to sigmas[-1].
+
+  Args:
+    denoise_fn: D(x_B...; sigma_B) with sigma_B of shape (B,) = (shape[0],).
+    key: PRNG key; split into the initial noise and (stochastic) per-step churn noise.
+    shape: batch shape, leading axis the batch.
+    sigmas: descending grid of N + 1 entries, normally ending in 0 (`make_sigmas`).
+    method: 'heun' (EDM Alg. 1), 'euler', or 'stochastic' (EDM Alg. 2).
+    s_churn, s_tmin, s_tmax, s_noise: Alg. 2 settings (ignored unless stochastic).
+    sharding: optional layout of the batch (applied to the state at every step).
+
+  Returns the final x, float32, of `shape`. Jittable (shape, method are static).
+  """
+  _check_method(method)
+  num_steps = sigmas.shape[0] - 1
+  if num_steps < 1:
+    raise ValueError(f"sigmas needs at least 2 entries (one step), got {sigmas.shape[0]}")
+  sigmas = jnp.asarray(sigmas, jnp.float32)
+  init_key, churn_key = jax.random.split(key)
+  constrain = (lambda x: x) if sharding is None else _constrainer(sharding)
+  # Alg. 1/2 line 2: x_0 ~ N(0, sigma_0^2 I).
+  x = constrain(sigmas[0] * jax.random.normal(init_key, shape, jnp.float32))
+  # Alg. 2: gamma_i = min(S_churn / N, sqrt(2) - 1) where sigma_i in [S_tmin, S_tmax].
+  gamma_max = min(s_churn / num_steps, math.sqrt(2.0) - 1.0) if method == "stochastic" else 0.0
+  step_fn = functools.partial(
+    _step, denoise_fn, gamma_max=gamma_max, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise
+  )
+
+  def step(i, x, second_order):
+    key_i = jax.random.fold_in(churn_key, i)
+    return constrain(step_fn(x, sigmas[i], sigmas[i + 1], key_i, second_order))
+
+  second_order = method != "euler"
+  x = jax.lax.fori_loop(0, num_steps - 1, lambda i, x: step(i, x, second_order), x)
+  # The last step (to sigma = 0 on our grids) is first order (Alg. 1 line 7: only if t_{i+1} != 0).
+  return step(num_steps - 1, x, False)
+
+
+def _step(
+  denoise_fn: DenoiseFn,
+  x: Array,
+  sigma_cur: Array,
+  sigma_next: Array,
+  key: Array,
+  second_order: bool,
+  gamma_max: float,
+  s_tmin: float,
+  s_tmax: float,
+  s_noise: float,
+) -> Array:
+  """One step of EDM Alg. 2 (Alg. 1 when gamma_max = 0; Euler when not second_order)."""
+  batch = x.shape[0]
+  if gamma_max > 0:
+    in_range = (sigma_cur >= s_tmin) & (sigma_cur <= s_tmax)
+    gamma = jnp.where(in_range, gamma_max, 0.0)
+    sigma_hat = sigma_cur * (1.0 + gamma)  # Alg. 2 line 5
+    eps = s_noise * jax.random.normal(key, x.shape, x.dtype)  # line 4: eps ~ N(0, S_noise^2 I)
+    # line 6: x_hat = x + sqrt(sigma_hat^2 - sigma^2) eps, written so it cannot go negative.
+    x_hat = x + sigma_cur * jnp.sqrt(gamma * (2.0 + gamma)) * eps
+  else:
+    sigma_hat, x_hat = sigma_cur, x
+  # Euler step, Alg. 1 lines 4-5: d = (x - D(x; sigma)) / sigma.
+  d_cur = (x_hat - denoise_fn(x_hat, jnp.full((batch,), sigma_hat))) / sigma_hat
+  x_next = x_hat + (sigma_next - sigma_hat) * d_cur
+  if second_order:
+    # Heun correction, Alg. 1 lines 7-8: average the slopes at both ends.
+    d_next = (x_next - denoise_fn(x_next, jnp.full((batch,), sigma_next))) / sigma_next
+    x_next = x_hat + (sigma_next - sigma_hat) * 0.5 * (d_cur + d_next)
+  return x_next
+
+
+def _constrainer(sharding: jax.sharding.Sharding) -> Callable[[Array], Array]:
+  return lambda x: jax.lax.with_sharding_constraint(x, sharding)
+
+
+def validate_sampler_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the offending key of config.sampler / config.edm."""
+  s = config.sampler
+  if s.name not in METHODS:
+    raise ValueError(f"sampler.name must be one of {METHODS}, got {s.name!r}")
+  if s.grid not in GRIDS:
+    raise ValueError(f"sampler.grid must be one of {GRIDS}, got {s.grid!r}")
+  if isinstance(s.num_steps, bool) or not isinstance(s.num_steps, int) or s.num_steps < 1:
+    raise ValueError(f"sampler.num_steps must be an int >= 1, got {s.num_steps!r}")
+  checks = [
+    ("sampler.rho", s.rho > 0, s.rho, "> 0"),
+    ("sampler.s_churn", s.s_churn >= 0, s.s_churn, ">= 0"),
+    ("sampler.s_noise", s.s_noise >= 0, s.s_noise, ">= 0"),
+    ("sampler.s_tmin", 0 <= s.s_tmin <= s.s_tmax, s.s_tmin, ">= 0 and <= sampler.s_tmax"),
+    ("edm.sigma_min", config.edm.sigma_min > 0, config.edm.sigma_min, "> 0"),
+    ("edm.sigma_max", config.edm.sigma_max > config.edm.sigma_min, config.edm.sigma_max,
+     "> edm.sigma_min"),
+  ]  # fmt: skip
+  for name, ok, value, want in checks:
+    if not ok:
+      raise ValueError(f"{name} must be {want}, got {value!r}")
+
+
+def make_sigmas(config: ml_collections.ConfigDict, profile: Profile | None = None) -> Array:
+  """The sigma grid of config.sampler over [edm.sigma_min, edm.sigma_max], final 0 appended.
+
+  `profile` = (log_sigma_K, rate_K) is required for the infogrid grids (METHOD.md section 5).
+  """
+  validate_sampler_config(config)
+  s, edm = config.sampler, config.edm
+  if s.grid == "karras":
+    return karras_sigmas(s.num_steps, edm.sigma_min, edm.sigma_max, s.rho)
+  if profile is None:
+    raise ValueError(
+      f"sampler.grid={s.grid!r} needs a profile (log_sigma_K, rate_K), e.g. from "
+      "InfoNoise.profile(state); use sampler.grid='karras' otherwise"
+    )
+  log_sigma_K, rate_K = profile
+  return infogrid_sigmas(
+    log_sigma_K,
+    rate_K,
+    s.num_steps,
+    rescaled=s.grid == "infogrid_rescaled",
+    sigma_min=edm.sigma_min,
+    sigma_max=edm.sigma_max,
+  )
+
+
+def sample_from_config(
+  denoise_fn: DenoiseFn,
+  key: Array,
+  shape: tuple[int, ...],
+  config: ml_collections.ConfigDict,
+  profile: Profile | None = None,
+  sharding: jax.sharding.Sharding | None = None,
+) -> Array:
+  """`sample` with the grid and settings of config.sampler (see `make_sigmas`)."""
+  s = config.sampler
+  return sample(
+    denoise_fn,
+    key,
+    shape,
+    make_sigmas(config, profile),
+    method=s.name,
+    s_churn=s.s_churn,
+    s_tmin=s.s_tmin,
+    s_tmax=s.s_tmax,
+    s_noise=s.s_noise,
+    sharding=sharding,
+  )
+
+
+def _check_method(method: str) -> None:
+  if method not in METHODS:
+    raise ValueError(f"sampler.name (method) must be one of {METHODS}, got {method!r}")
