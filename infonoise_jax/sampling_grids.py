@@ -110,9 +110,10 @@ def infogrid_sigmas(
   target_N = 1.0 - jnp.arange(num_steps, dtype=jnp.float32) / max(num_steps - 1, 1)
   u_N = _invert_piecewise_linear_cdf(u_E, cdf_E, mass_K, target_N)
   sigma_N = u_N if rescaled else jnp.exp(u_N)
-  sigma_N = sigma_N.at[0].set(jnp.exp(hi))
+  # Pin the end points to the range itself (exp(log(.)) may move them by an ulp).
+  sigma_N = sigma_N.at[0].set(jnp.exp(hi) if sigma_max is None else sigma_max)
   if num_steps > 1:
-    sigma_N = sigma_N.at[-1].set(jnp.exp(lo))
+    sigma_N = sigma_N.at[-1].set(jnp.exp(lo) if sigma_min is None else sigma_min)
   return jnp.concatenate([sigma_N, jnp.zeros((1,), jnp.float32)])
 
 

@@ -109,6 +109,8 @@ def test_infogrid_puts_equal_profile_mass_between_steps(rescaled, limits):
   hi = limits[1] or np.exp(edges_E[-1])
   assert sig.shape == (n + 1,) and sig[-1] == 0.0
   np.testing.assert_allclose([sig[0], sig[-2]], [hi, lo], rtol=1e-5)
+  if limits[0] is not None:
+    assert sig[0] == np.float32(hi) and sig[-2] == np.float32(lo)
   assert np.all(np.diff(sig) < 0)
   # Rescaled: density sigma dH/dsigma per sigma = rate per unit sigma (module docstring).
   coord = np.exp if rescaled else (lambda l: l)
