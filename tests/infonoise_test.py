@@ -1,0 +1,316 @@
+"""Tests for the InfoNoise estimator: convergence to closed-form profiles from Bayes-optimal errors,
+sampling goodness-of-fit, sharding equivalence, compile-once, robustness and validation."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from configs import default
+from infonoise_jax import profiles
+from infonoise_jax.schedules.base import Schedule
+from infonoise_jax.schedules.infonoise import InfoNoise
+
+SD = 0.5
+STEPS, BATCH = 300, 256
+FAST = dict(num_bins=64, refresh_every=20, warmup_steps=20, floor=0.05, gate_pivot=0.2)
+
+
+def _simulate(sched, denoise_fn, draw_x0, num_steps, batch, seed=0):
+  """Runs sample -> Bayes-optimal error -> update for num_steps inside one jitted scan."""
+  key = jax.random.key(seed)
+
+  def body(state, step):
+    ks, kx, ke = jax.random.split(jax.random.fold_in(key, step), 3)
+    sigma_B, _ = sched.sample(state, ks, batch)
+    x0_BD = draw_x0(kx, batch)
+    x_BD = x0_BD + sigma_B[:, None] * jax.random.normal(ke, x0_BD.shape)
+    err_B = jnp.mean(jnp.square(denoise_fn(x_BD, sigma_B) - x0_BD), axis=-1)
+    state, metrics = sched.update(state, step, sigma_B, err_B, err_B)
+    return state, metrics["infonoise/max_dcdf"]
+
+  run = jax.jit(lambda s: jax.lax.scan(body, s, jnp.arange(num_steps)))
+  return run(sched.init_state())
+
+
+def _analytic_rho(sched, mmse_fn, pivot):
+  x_K = sched.log_sigma_centres
+  q_K = profiles.entropy_rate(mmse_fn(jnp.exp(x_K)), jnp.exp(x_K))
+  return profiles.gated_profile(x_K, q_K, pivot, sched.gate_power)
+
+
+def _tv_to(sched, state, rho_ref_K):
+  _, rho_K = sched.profile(state)
+  return float(profiles.allocation_mismatch(rho_K, rho_ref_K))
+
+
+# ------------------------------------------------------------------- convergence (issue 2 bar)
+@pytest.fixture(scope="module")
+def gaussian_run():
+  s = 0.5
+  sched = InfoNoise(**FAST)
+  draw = lambda k, b: s * jax.random.normal(k, (b, 8))
+  denoise = lambda x, sg: profiles.gaussian_denoiser(x, sg, 0.0, s)
+  state, dcdf_T = _simulate(sched, denoise, draw, STEPS, BATCH)
+  return sched, state, dcdf_T, s
+
+
+def test_gaussian_profile_converges(gaussian_run):
+  sched, state, dcdf_T, s = gaussian_run
+  ref_K = _analytic_rho(sched, lambda sg: profiles.gaussian_mmse(sg, s), 0.2)
+  assert _tv_to(sched, state, ref_K) < 0.05
+  assert int(state["refreshes"]) == (STEPS - 20) // 20 + 1
+  assert float(dcdf_T[-1]) < 1e-2  # METHOD.md 4.9: converged table
+
+
+def test_mixture_profile_converges_8d():
+  means_ND = jax.random.normal(jax.random.key(3), (6, 8))
+  stds_N = jnp.array([0.05, 0.1, 0.1, 0.2, 0.2, 0.3])
+  w_N = jnp.array([0.1, 0.2, 0.2, 0.2, 0.2, 0.1])
+
+  def draw(k, b):
+    kn, kz = jax.random.split(k)
+    n_B = jax.random.choice(kn, 6, (b,), p=w_N)
+    return means_ND[n_B] + stds_N[n_B, None] * jax.random.normal(kz, (b, 8))
+
+  sched = InfoNoise(**FAST)
+  denoise = lambda x, sg: profiles.mixture_denoiser(x, sg, means_ND, stds_N, w_N)
+  state, _ = _simulate(sched, denoise, draw, STEPS, BATCH)
+  mmse = lambda sg: profiles.mixture_mmse(jax.random.key(9), sg, means_ND, stds_N, w_N, 8192)
+  ref_K = _analytic_rho(sched, mmse, 0.2)
+  assert _tv_to(sched, state, ref_K) < 0.05
+
+
+@pytest.fixture(scope="module")
+def binary_run():
+  a = 0.5
+  sched = InfoNoise(**{**FAST, "gate": "onset"})
+  draw = lambda k, b: a * jnp.sign(jax.random.normal(k, (b, 8)))
+  state, _ = _simulate(sched, lambda x, sg: profiles.binary_denoiser(x, sg, a), draw, STEPS, BATCH)
+  return sched, state, a
+
+
+def test_binary_profile_converges_and_onset_below_peak(binary_run):
+  sched, state, a = binary_run
+  x_K = sched.log_sigma_centres
+  q_K = profiles.entropy_rate(profiles.binary_mmse(jnp.exp(x_K), a), jnp.exp(x_K))
+  c_exact = float(profiles.onset_pivot(x_K, q_K, sched.onset_threshold))
+  c_est = float(state["gate_pivot"])
+  assert abs(math.log(c_est / c_exact)) < 0.1
+  assert c_est < 0.6 * float(jnp.exp(x_K[jnp.argmax(q_K)]))  # the gate keeps the window
+  ref_K = profiles.gated_profile(x_K, q_K, c_est, sched.gate_power)
+  assert _tv_to(sched, state, ref_K) < 0.05
+
+
+def _peak_sigma(sched, state):
+  """Argmax of the ungated entropy rate q = m / sigma^2 (METHOD.md 4.4) of the estimate."""
+  x_K = sched.log_sigma_centres
+  return math.exp(float(x_K[jnp.argmax(state["m_K"] / jnp.exp(2 * x_K))]))
+
+
+def test_binary_peaks_far_above_continuous_of_same_variance(binary_run, gaussian_run):
+  sched, state_bin, a = binary_run
+  _, state_g, _, s = gaussian_run
+  assert a == s
+  assert 0.3 < _peak_sigma(sched, state_bin) < 0.6  # closed form: 0.41
+  # Gaussian: q >= 0.92 max(q) only below sigma = 0.15 (closed form); binary: q peaks at 0.41
+  assert _peak_sigma(sched, state_bin) > 2.5 * _peak_sigma(sched, state_g)
+
+
+# ------------------------------------------------------------------- sampling
+def _table_state(sched):
+  """A state with a non-trivial table: a two-bump profile after one refresh."""
+  x_K = sched.log_sigma_centres
+  m_K = jnp.exp(2 * x_K) * (jnp.exp(-((x_K + 2) ** 2)) + 0.3 * jnp.exp(-((x_K - 1) ** 2)))
+  state = {**sched.init_state(), "sums_K": m_K * 10, "counts_K": jnp.full_like(m_K, 10.0)}
+  return sched._refresh(state)
+
+
+def test_samples_follow_table_ks():
+  sched = InfoNoise(num_bins=32, smoothing=0.0)
+  state = _table_state(sched)
+  n = 20000
+  sigma_B, lw_B = jax.jit(sched.sample, static_argnums=2)(state, jax.random.key(1), n)
+  x_E, cdf_E = sched.cdf(state)
+  xs = np.sort(np.log(np.asarray(sigma_B, np.float64)))
+  model = np.interp(xs, np.asarray(x_E), np.asarray(cdf_E))
+  ks = max(np.max(np.arange(1, n + 1) / n - model), np.max(model - np.arange(n) / n))
+  assert ks < 1.63 / math.sqrt(n)  # KS critical value at alpha = 0.01
+  np.testing.assert_array_equal(np.asarray(lw_B), 1.0)
+
+
+def test_density_matches_table_and_normalizes():
+  sched = InfoNoise(num_bins=32)
+  state = _table_state(sched)
+  x_G = jnp.linspace(math.log(1e-4), math.log(1e3), 40001)
+  pdf_G = sched.density(state, x_G)
+  assert abs(float(jnp.sum(pdf_G) * (x_G[1] - x_G[0])) - 1.0) < 2e-3
+  x_E, cdf_E = sched.cdf(state)
+  mid_K = 0.5 * (x_E[1:] + x_E[:-1])
+  np.testing.assert_allclose(
+    sched.density(state, mid_K) * sched.bin_width, jnp.diff(cdf_E), rtol=1e-5
+  )
+
+
+def test_base_distribution_before_first_refresh():
+  sched = InfoNoise(num_bins=16)
+  state = sched.init_state()
+  sigma_B, _ = sched.sample(state, jax.random.key(0), 20000)
+  ln = np.log(np.asarray(sigma_B))
+  assert abs(ln.mean() - (-1.2)) < 0.05 and abs(ln.std() - 1.2) < 0.05  # EDM log-normal
+  x = jnp.array([-1.2])
+  np.testing.assert_allclose(sched.density(state, x), 1 / (1.2 * math.sqrt(2 * math.pi)), 1e-5)
+  uni = InfoNoise(num_bins=16, base="loguniform")
+  ln = np.log(np.asarray(uni.sample(uni.init_state(), jax.random.key(0), 20000)[0]))
+  assert ln.min() >= math.log(0.002) - 1e-5 and ln.max() <= math.log(80) + 1e-5
+  assert abs(ln.mean() - 0.5 * (math.log(0.002) + math.log(80))) < 0.1
+
+
+# ------------------------------------------------------------------- sharding and compilation
+def _update_run(sched, sigma_TB, err_TB, shardings=None):
+  def run(state, sigma_TB, err_TB):
+    def body(st, xs):
+      st, _ = sched.update(st, xs[0], xs[1], xs[2], xs[2])
+      return st, None
+
+    steps = jnp.arange(sigma_TB.shape[0])
+    return jax.lax.scan(body, state, (steps, sigma_TB, err_TB))[0]
+
+  if shardings is not None:
+    sigma_TB, err_TB = (jax.device_put(a, shardings) for a in (sigma_TB, err_TB))
+  return jax.jit(run)(sched.init_state(), sigma_TB, err_TB)
+
+
+def test_one_device_and_eight_devices_agree():
+  assert jax.device_count() == 8
+  sched = InfoNoise(num_bins=32, refresh_every=3, warmup_steps=2, gate="onset")
+  k1, k2 = jax.random.split(jax.random.key(0))
+  sigma_TB = jnp.exp(jax.random.uniform(k1, (10, 64), minval=-6, maxval=4))
+  err_TB = profiles.gaussian_mmse(sigma_TB, 0.5) * jax.random.exponential(k2, (10, 64))
+  single = _update_run(sched, sigma_TB, err_TB)
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  sharded = _update_run(sched, sigma_TB, err_TB, NamedSharding(mesh, P(None, "data")))
+  assert int(sharded["refreshes"]) == 3
+  for k in single:
+    np.testing.assert_allclose(
+      np.asarray(single[k]), np.asarray(sharded[k]), rtol=1e-5, atol=1e-7, err_msg=k
+    )
+
+
+def _all_primitives(jaxpr):
+  """Primitive names in a jaxpr and all sub-jaxprs (scan/cond/pjit bodies)."""
+  for eqn in jaxpr.eqns:
+    yield eqn.primitive.name
+    for v in eqn.params.values():
+      for sub in v if isinstance(v, (tuple, list)) else (v,):
+        if hasattr(sub, "eqns"):
+          yield from _all_primitives(sub)
+        elif hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
+          yield from _all_primitives(sub.jaxpr)
+
+
+def test_step_has_no_callbacks_and_compiles_once():
+  sched = InfoNoise(num_bins=16, refresh_every=3, warmup_steps=4)
+
+  @jax.jit
+  def step_fn(state, step, key):
+    sigma_B, _ = sched.sample(state, key, 32)
+    err_B = profiles.gaussian_mmse(sigma_B, 0.5)
+    return sched.update(state, step, sigma_B, err_B, err_B)
+
+  state = sched.init_state()
+  jaxpr = jax.make_jaxpr(step_fn)(state, jnp.int32(0), jax.random.key(0)).jaxpr
+  assert not [p for p in _all_primitives(jaxpr) if "callback" in p]
+  for i in range(14):
+    state, metrics = step_fn(state, jnp.int32(i), jax.random.key(i))
+  assert step_fn._cache_size() == 1
+  assert int(metrics["infonoise/refreshes"]) == 4  # after steps 4, 7, 10, 13
+  assert isinstance(sched, Schedule) and hash(sched) == hash(InfoNoise(**vars(sched)))
+
+
+# ------------------------------------------------------------------- robustness
+def _assert_density_ok(sched, state):
+  x_G = sched.log_sigma_centres
+  pdf_G = sched.density(state, x_G)
+  assert bool(jnp.all(jnp.isfinite(pdf_G)) & jnp.all(pdf_G > 0))
+  assert abs(float(jnp.sum(pdf_G)) * sched.bin_width - 1.0) < 1e-4
+  for v in jax.tree.leaves(state):
+    assert bool(jnp.all(jnp.isfinite(v))), state
+
+
+def test_nonfinite_errors_dropped_and_counted():
+  sched = InfoNoise(num_bins=16, refresh_every=1, warmup_steps=1, min_count=1)
+  sigma_B = jnp.array([0.1, 0.1, 1.0, 1.0, jnp.nan, 2.0])
+  err_B = jnp.array([jnp.nan, 0.01, jnp.inf, 0.5, 0.3, -jnp.inf])
+  state, metrics = sched.update(sched.init_state(), jnp.int32(0), sigma_B, err_B, err_B)
+  assert int(metrics["infonoise/dropped"]) == 4
+  _assert_density_ok(sched, state)
+  i_01, i_1 = sched._bin_index(jnp.array([0.1, 1.0]))[0]
+  np.testing.assert_allclose(state["m_K"][jnp.array([i_01, i_1])], [0.01, 0.5], rtol=1e-6)
+
+
+@pytest.mark.parametrize("gate", ["pinned", "onset", "onset_literal", "none"])
+def test_empty_single_and_extreme_batches_keep_density_valid(gate):
+  sched = InfoNoise(num_bins=16, refresh_every=1, warmup_steps=1, gate=gate)
+  update = jax.jit(sched.update)
+  state = sched.init_state()
+  batches = [
+    (jnp.array([0.3]), jnp.array([0.05])),  # single sample (below min_count: nothing updates)
+    (jnp.full((8,), 0.3), jnp.zeros(8)),  # zero error (Bayes error underflows)
+    (jnp.full((8,), 0.01), jnp.full((8,), 3e38)),  # huge errors
+    (jnp.array([1e-9, 1e9, 0.0, -1.0]), jnp.ones(4)),  # out of range sigma
+  ]
+  for i, (sigma_B, err_B) in enumerate(batches):
+    state, _ = update(state, jnp.int32(i), sigma_B, err_B, err_B)
+    _assert_density_ok(sched, state)
+  assert int(state["refreshes"]) == 4
+  _, rho_K = sched.profile(state)
+  assert abs(float(jnp.sum(rho_K)) * sched.bin_width - 1.0) < 1e-4
+
+
+def test_min_count_carries_samples_to_next_window():
+  sched = InfoNoise(num_bins=8, refresh_every=1, warmup_steps=1, min_count=3, smoothing=0.0)
+  state = sched.init_state()
+  for i, e in enumerate([2.0, 4.0, 6.0]):
+    state, _ = sched.update(state, jnp.int32(i), jnp.array([1.0]), jnp.array([e]), None)
+  k = int(sched._bin_index(jnp.array([1.0]))[0][0])
+  np.testing.assert_allclose(float(state["m_K"][k]), 4.0, rtol=1e-6)  # mean of all three
+  assert float(state["counts_K"][k]) == 0.0
+
+
+def test_unseen_bins_interpolated_in_log_sigma():
+  sched = InfoNoise(num_bins=8, smoothing=0.0)
+  seen_K = jnp.array([False, True, False, False, True, False, False, False])
+  m_K = jnp.where(seen_K, jnp.array([0, 1.0, 0, 0, 8.0, 0, 0, 0]), 1.0)
+  filled_K = sched._fill_unseen(m_K, seen_K)
+  want = [math.exp(-2 * sched.bin_width), 1, 2, 4, 8, 8, 8, 8]  # geometric inside, m~s^2 below
+  np.testing.assert_allclose(filled_K, want, rtol=1e-5)
+
+
+# ------------------------------------------------------------------- config
+def test_from_config_and_validation():
+  config = default.get_config()
+  sched = InfoNoise.from_config(config)
+  assert sched.num_bins == config.schedule.infonoise.num_bins
+  assert sched.sigma_data == config.edm.sigma_data
+  assert sched.base_p_mean == config.schedule.lognormal.p_mean
+  bad = {
+    "sigma_min": 100.0,
+    "num_bins": 1,
+    "onset_threshold": 1.5,
+    "ema_beta": 1.0,
+    "refresh_every": 0,
+    "floor": -0.1,
+    "gate": "magic",
+    "base": "uniform",
+  }
+  for key, value in bad.items():
+    cfg = ml_collections.ConfigDict(config.to_dict())
+    cfg.schedule.infonoise[key] = value
+    with pytest.raises(ValueError, match=f"schedule.infonoise.{key} "):
+      InfoNoise.from_config(cfg)
