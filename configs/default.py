@@ -115,10 +115,11 @@ def _base_config() -> ml_collections.ConfigDict:
   c.schedule.infonoise.ema_beta = 0.9  # EMA of bin means across refreshes (ours)
   c.schedule.infonoise.min_count = 4  # bins with fewer new samples keep old value (ours)
   c.schedule.infonoise.smoothing = 1.0  # Gaussian smoothing width in bins; 0 = off (ours)
-  c.schedule.infonoise.gate = "pinned"  # low-noise gate pivot: pinned | onset
+  c.schedule.infonoise.gate = "pinned"  # gate pivot: pinned | onset | onset_literal | none (off)
   c.schedule.infonoise.gate_pivot = 0.2  # c for gate=pinned (0.15 natural images, 0.2 other)
   c.schedule.infonoise.gate_power = 3.0  # n in sigma^n / (sigma^n + c^n)
-  c.schedule.infonoise.onset_threshold = 0.002  # p for gate=onset, in (0, 1)
+  c.schedule.infonoise.onset_threshold = 0.2  # p for gate=onset (profiles.onset_pivot), in (0, 1)
+  c.schedule.infonoise.onset_literal_threshold = 0.002  # p for gate=onset_literal (paper, 2nd-hand)
   c.schedule.infonoise.compensate = True  # pi ~ rho / w (True) or pi ~ rho (False)
   c.schedule.infonoise.floor = 0.01  # uniform-in-ln-sigma mass mixed into pi (ours)
   c.schedule.infonoise.base = "lognormal"  # warm-up distribution: lognormal | loguniform
