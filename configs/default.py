@@ -133,7 +133,7 @@ def _base_config() -> ml_collections.ConfigDict:
   #   (edm.sigma_min..max): lognormal (schedule.lognormal, truncated) | loguniform
   c.schedule.adaptive.cdcd_signal = "err"  # CDCD fits: err (unweighted, ours) | loss (w err)
   c.schedule.adaptive.edm2_channels = 128  # EDM2 uncertainty MLP: Fourier features width
-  c.schedule.adaptive.edm2_lr = 1e-2  # EDM2 uncertainty MLP: Adam learning rate
+  c.schedule.adaptive.edm2_lr = 3e-3  # EDM2 uncertainty MLP: Adam lr (1e-2: u jitters ~0.1)
 
   # ---------------------------------------------------------------- optimizer
   c.optim = ml_collections.ConfigDict()
