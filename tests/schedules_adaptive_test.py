@@ -187,7 +187,7 @@ def test_non_finite_entries_are_dropped_from_bins(cls):
   state, metrics = jax.jit(schedule.update)(
     schedule.init_state(), jnp.int32(0), dirty_sigma_B, dirty_err_B, dirty_loss_B
   )
-  assert int(metrics["schedule/dropped"]) == 4
+  assert int(metrics[f"{schedule.name}/dropped"]) == 4
   # Reference per-bin sums and counts of the finite entries, in numpy.
   stat_B = np.asarray(schedule.statistic(err_B, loss_B), np.float64)[ok_B]
   width = (schedule.log_hi - schedule.log_lo) / schedule.num_bins
@@ -207,7 +207,7 @@ def test_non_finite_entries_are_dropped_by_edm2():
   state = schedule.init_state()
   dirty, metrics = update(state, 0, dirty_sigma_B, dirty_loss_B, dirty_loss_B)
   clean, _ = update(state, 0, sigma_B[ok_B], loss_B[ok_B], loss_B[ok_B])
-  assert int(metrics["schedule/dropped"]) == 4
+  assert int(metrics["edm2/dropped"]) == 4
   for a, b in zip(jax.tree.leaves(dirty), jax.tree.leaves(clean), strict=True):
     assert np.all(np.isfinite(a))
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

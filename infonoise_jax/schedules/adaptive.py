@@ -76,6 +76,7 @@ class Binned:
   p_mean: float = -1.2
   p_std: float = 1.2
 
+  name: ClassVar[str] = "binned"  # registry name, prefixes the metrics ("<name>/...")
   importance: ClassVar[bool] = False  # sample returns weights base / pi
 
   @classmethod
@@ -222,7 +223,7 @@ class Binned:
     pmf_K = mix_floor(self.target(self.estimates(new)), self.floor)
     new["pmf_K"] = jnp.where(num_updates >= self.warmup_steps, pmf_K, state["pmf_K"])
     cdf_change = jnp.max(jnp.abs(jnp.cumsum(new["pmf_K"]) - jnp.cumsum(state["pmf_K"])))
-    metrics = {"schedule/cdf_change": cdf_change, "schedule/dropped": jnp.sum(~ok_B)}
+    metrics = {f"{self.name}/cdf_change": cdf_change, f"{self.name}/dropped": jnp.sum(~ok_B)}
     return new, metrics
 
 
@@ -240,6 +241,7 @@ class CDCD(Binned):
   """
 
   signal: str = "err"
+  name: ClassVar[str] = "cdcd"
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "CDCD":
@@ -267,6 +269,7 @@ class VDMPP(Binned):
   base(l) / pi(l). With base = loguniform, pi_k is proportional to the per-bin mean loss.
   """
 
+  name: ClassVar[str] = "vdmpp"
   importance: ClassVar[bool] = True
 
   def statistic(self, err_B: Array, loss_B: Array) -> Array:
@@ -287,6 +290,7 @@ class IDDPM(Binned):
   steps) and the floor is iDDPM's uniform mixing.
   """
 
+  name: ClassVar[str] = "iddpm"
   importance: ClassVar[bool] = True
 
   def statistic(self, err_B: Array, loss_B: Array) -> Array:
@@ -384,5 +388,5 @@ class EDM2:
     keep = n == 0  # nothing finite to learn from: leave params and Adam state as they were
     new = {**state, "params": params, "opt_state": opt_state}
     new = jax.tree.map(lambda old, upd: jnp.where(keep, old, upd), state, new)
-    metrics = {"schedule/edm2_objective": value, "schedule/dropped": jnp.sum(~ok_B)}
+    metrics = {"edm2/objective": value, "edm2/dropped": jnp.sum(~ok_B)}
     return new, metrics
