@@ -30,8 +30,10 @@ and returns the smallest sigma (scanning up from low noise, linear in ln sigma b
 points) with D >= p. Properties, on the closed forms (p = 0.2, the config default):
 * scale-equivariant (q depends on sigma/scale only), so c scales with the data;
 * Gaussian N(0, s^2): D = sigma^2/(s^2 + sigma^2), c = s sqrt(p/(1-p)) = s/2;
-* bits of scale a: c ~ 0.47 a-ish below the peak (a = 0.5: c = 0.19, peak 0.41, gate at the peak
-  0.90), because q rises steeply out of 0 and D reaches p on the rising flank;
+* bits of scale a: c = 0.38 a, under half the profile's peak at 0.82 a (a = 0.5: c = 0.19, peak
+  0.41, gate 0.90 at the peak), because q rises steeply out of 0 and D reaches p on that flank;
+* a mixture of narrow components (width w): c = w/2, the end of the within-component plateau,
+  well below the between-component decision window;
 * natural-image-like data (Gaussian with 1/f^2 power spectrum, 32x32 or 64x64, per-pixel std
   0.5): c = 0.12-0.14, near the 0.15 reported for CIFAR-10; the plateau ends near the sqrt of
   the smallest spectral variance, which is what the gate should cut.

@@ -13,6 +13,10 @@ The estimator is a pure function on a small fixed-shape state that lives in the 
   sample   inverse CDF, piecewise linear in ln sigma; the base distribution (EDM log-normal or
            log-uniform) until the first refresh.
 
+State (fixed shapes, K = num_bins): sums_K, counts_K (open window), m_K (EMA of the per-dim error,
+init 1), seen_K, cdf_E (K+1 edges), refreshes, max_dcdf (last refresh), dropped (non-finite
+errors so far), gate_pivot (c actually used). `profile` and `cdf` expose it for plots/InfoGrid.
+
 Choices marked (ours) in METHOD.md are settings here (see configs/default.py,
 `schedule.infonoise`). The gate pivot rules live in `infonoise_jax.profiles`.
 """
