@@ -12,7 +12,7 @@ from configs.default import get_config
 from infonoise_jax import schedules
 from infonoise_jax.schedules import fixed
 
-N_SAMPLES = 20_000
+N_SAMPLES = 100_000
 # KS critical value at alpha = 0.001 is 1.95 / sqrt(N); samples use fixed seeds.
 KS_TOL = 1.95 / math.sqrt(N_SAMPLES)
 GRID_G = np.linspace(-25.0, 25.0, 200_001)
