@@ -35,6 +35,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       c.schedule.name = token
     elif token == "binarized":
       c.data.binarize = True
+      c.data.scale = 0.5  # METHOD.md's binarized data: {-0.5, +0.5}
     elif token == "mlp":
       c.model.name = "mlp"
     elif token == "fashion":

@@ -42,7 +42,15 @@ class Checkpointer:
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), template
     )
     args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
-    restored = self._manager.restore(step, args=args)
+    try:
+      restored = self._manager.restore(step, args=args)
+    except ValueError as e:
+      raise ValueError(
+        f"The checkpoint at {self.directory}/{step} does not match the state this config "
+        "builds (a model, schedule or optimizer setting changed since it was saved). Resume "
+        "with the config in the workdir's config.json, or start a new --workdir; the "
+        f"checkpoint was left untouched. Orbax said: {e}"
+      ) from e
     return restored.state, dict(restored.meta or {})
 
   def reached_preemption(self, step: int) -> bool:

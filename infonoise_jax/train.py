@@ -59,6 +59,7 @@ class Run:
       config.seed,
       jax.process_index(),
       jax.process_count(),
+      random_flip=config.data.random_flip,
     )
     abstract = jax.eval_shape(self._init)
     self.state_sharding = jax.tree.map(lambda _: self.replicated, abstract)

@@ -33,11 +33,13 @@ class TrainState:
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """Adam with a linear learning-rate warm-up (EDM's ramp) and optional global-norm clipping."""
   lr = optax.linear_schedule(0.0, config.optim.lr, max(int(config.optim.warmup_steps), 1))
-  parts = []
-  if config.optim.grad_clip > 0:
-    parts.append(optax.clip_by_global_norm(config.optim.grad_clip))
-  parts.append(optax.adam(lr, b1=config.optim.b1, b2=config.optim.b2, eps=config.optim.eps))
-  return optax.chain(*parts)
+  # The clip stage is always present (inf = off) so the optimizer state has the same
+  # structure whatever grad_clip is, and a run can resume with clipping switched.
+  clip = config.optim.grad_clip if config.optim.grad_clip > 0 else float("inf")
+  return optax.chain(
+    optax.clip_by_global_norm(clip),
+    optax.adam(lr, b1=config.optim.b1, b2=config.optim.b2, eps=config.optim.eps),
+  )
 
 
 def learning_rate(config: ml_collections.ConfigDict, step: jax.Array) -> jax.Array:

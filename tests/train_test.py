@@ -46,7 +46,7 @@ def test_one_device_and_eight_devices_give_the_same_state():
   _, state_8 = _run_steps(config, jax.devices(), 6)
   # Same math, different reduction order over the sharded batch: equal to float32 rounding.
   _assert_trees_equal(state_1, state_8, rtol=2e-5, atol=2e-6)
-  assert int(state_8.schedule_state["num_refreshes"]) >= 2  # refreshes happened on device
+  assert int(state_8.schedule_state["refreshes"]) >= 2  # refreshes happened on device
 
 
 def test_step_compiles_once_and_has_no_host_callbacks():
@@ -95,15 +95,15 @@ def test_digits_end_to_end_leaves_logs_checkpoint_and_images(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "overrides, key",
-    [
-        ({"data.name": "no_such_data"}, "data.name"),
-        ({"train.batch_size": 12}, "train.batch_size"),
-        ({"schedule.name": "no_such_schedule"}, "schedule.name"),
-        ({"model.name": "transformer"}, "model.name"),
-        ({"sampler.grid": "infogrid", "schedule.name": "lognormal"}, "sampler.grid"),
-        ({"edm.sigma_min": 100.0}, "edm.sigma_min"),
-    ],
+  "overrides, key",
+  [
+    ({"data.name": "no_such_data"}, "data.name"),
+    ({"train.batch_size": 12}, "train.batch_size"),
+    ({"schedule.name": "no_such_schedule"}, "schedule.name"),
+    ({"model.name": "transformer"}, "model.name"),
+    ({"sampler.grid": "infogrid", "schedule.name": "lognormal"}, "sampler.grid"),
+    ({"edm.sigma_min": 100.0}, "edm.sigma_min"),
+  ],
 )
 def test_bad_config_fails_before_compiling_naming_the_key(tmp_path, overrides, key):
   with pytest.raises(ValueError, match=key.replace(".", r"\.")):
@@ -123,7 +123,7 @@ def test_nan_aborts_with_step_range_and_keeps_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path / "nan")
   train.train_and_evaluate(_config(**{"train.num_steps": 4}), workdir)
   # An absurd learning rate makes the parameters overflow within a few steps.
-  bad = _config(**{"train.num_steps": 40, "optim.lr": 1e30, "optim.grad_clip": 0.0})
+  bad = _config(**{"train.num_steps": 40, "optim.lr": 1e30})
   with pytest.raises(metrics.NonFiniteError, match=r"between steps \d+ and \d+") as info:
     train.train_and_evaluate(bad, workdir)
   assert "checkpoints" in str(info.value)
@@ -137,10 +137,19 @@ def test_config_typo_on_the_command_line_fails_naming_the_key(tmp_path):
   import sys
 
   result = subprocess.run(
-      [sys.executable, "-m", "infonoise_jax.main", "--config=configs/test.py",
-       f"--workdir={tmp_path}", "--config.train.num_stpes=3"],
-      cwd=ROOT, capture_output=True, text=True, timeout=120,
-      env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    [
+      sys.executable,
+      "-m",
+      "infonoise_jax.main",
+      "--config=configs/test.py",
+      f"--workdir={tmp_path}",
+      "--config.train.num_stpes=3",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
   )
   assert result.returncode != 0
   assert "num_stpes" in result.stderr
