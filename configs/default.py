@@ -40,6 +40,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       c.model.name = "mlp"
     elif token == "fashion":
       c.data.name = "fashion_mnist_local"
+      c.model.name = "unet"
       c.model.channel_mult = (1, 2, 2)
       c.model.attn_resolutions = (7,)
     else:
@@ -79,7 +80,7 @@ def _base_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- network
   c.model = ml_collections.ConfigDict()
-  c.model.name = "unet"  # unet (SongUNet family) | mlp
+  c.model.name = "mlp"  # mlp | unet (SongUNet family); the 8x8 main job uses the MLP
   c.model.arch = "ddpmpp"  # unet: ddpmpp | ncsnpp
   c.model.model_channels = 64  # unet: base channels
   c.model.channel_mult = (1, 2)  # unet: per-resolution multipliers
@@ -122,7 +123,8 @@ def _base_config() -> ml_collections.ConfigDict:
   c.schedule.infonoise.onset_threshold = 0.2  # p for gate=onset (profiles.onset_pivot), in (0, 1)
   c.schedule.infonoise.onset_literal_threshold = 0.002  # p for gate=onset_literal (paper, 2nd-hand)
   c.schedule.infonoise.compensate = True  # pi ~ rho / w (True) or pi ~ rho (False)
-  c.schedule.infonoise.floor = 0.01  # uniform-in-ln-sigma mass mixed into pi (ours)
+  c.schedule.infonoise.floor = 0.0  # uniform-in-ln-sigma mass mixed into pi (ours); 0: a floor
+  #   in pi dominates the effective allocation pi*w at low sigma, where w ~ 1/sigma^2
   c.schedule.infonoise.base = "lognormal"  # warm-up distribution: lognormal | loguniform
 
   c.schedule.adaptive = ml_collections.ConfigDict()  # CDCD / VDM++ / iDDPM / EDM2 peers
