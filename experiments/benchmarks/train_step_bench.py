@@ -27,7 +27,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from infonoise_jax import steps
-from infonoise_jax.models import make_model
+from infonoise_jax.models import make_model, param_count
 from infonoise_jax.schedules import make_schedule
 from infonoise_jax.train_state import make_optimizer
 from infonoise_jax.validation import load_config_file
@@ -101,15 +101,10 @@ def main():
     if args.batch_size:
       config.train.batch_size = args.batch_size
     r = bench(config, shape, args.iters)
-    model = make_model(config, shape)
-    params = jax.eval_shape(
-      lambda: model.init(
-        {"params": jax.random.key(0)}, jnp.zeros((1, *shape)), jnp.zeros((1,)), train=False
-      )
-    )
-    n = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(params))
+    n = param_count(make_model(config, shape), shape)
     print(
-      f"| {dtype} | {config.train.batch_size} | {n:,} | {r['compile_s']:.1f} | {r['step_ms']:.1f} | "
+      f"| {dtype} | {config.train.batch_size} | {n:,} | {r['compile_s']:.1f} | "
+      f"{r['step_ms']:.1f} | "
       f"{r['images_per_s']:.0f} | {r['peak_mem_gib']:.1f} | {r['tflop_per_step']:.2f} | "
       f"{100 * r['mfu']:.1f}% |",
       flush=True,
