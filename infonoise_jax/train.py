@@ -18,6 +18,7 @@ from jax.sharding import PartitionSpec as P
 
 from infonoise_jax import checkpointing, diagnostics, metrics, steps
 from infonoise_jax.data import Pipeline, load_source
+from infonoise_jax.evaluation import fid_eval
 from infonoise_jax.models import make_model
 from infonoise_jax.schedules import make_schedule
 from infonoise_jax.train_state import TrainState, make_optimizer
@@ -160,6 +161,7 @@ def _restore_or_init(run: Run, ckpt: checkpointing.Checkpointer) -> TrainState:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> TrainState:
   """Trains from scratch or resumes from `workdir`; returns the final state."""
   run = Run(config, workdir, devices)
+  periodic_fid = fid_eval.PeriodicFID(run) if config.train.fid_every else None  # fails early
   write_config(config, workdir)
   writer = metrics.create_writer(os.path.join(workdir, "tensorboard"), jax.process_index() > 0)
   ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
@@ -187,10 +189,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         log.end_window(step)
       if t.sample_every and step % t.sample_every == 0 and step < num_steps:
         diagnostics.write_images(run, state, writer, workdir, step)
+      if periodic_fid and (step % t.fid_every == 0 or step == num_steps):
+        periodic_fid.write(state, writer, step)
       stop = preempted.is_set() or ckpt.reached_preemption(step)
       if step % t.checkpoint_every == 0 or step == num_steps or stop:
         log.flush(step)  # a NaN state is never saved over a good checkpoint
         meta = {"step": step, "config": json.loads(config.to_json_best_effort())}
+        meta["data_shape"] = list(run.source.shape)  # lets sample/evaluate skip the data
         ckpt.save(step, state, meta=meta, force=True)
       if stop:
         logging.warning("Preemption signal at step %d: checkpoint saved, exiting.", step)

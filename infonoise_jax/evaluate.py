@@ -1,0 +1,98 @@
+"""FID of a trained run's EMA model with EDM's protocol; writes <workdir>/fid.json.
+
+  python -m infonoise_jax.evaluate --workdir=runs/cifar10 [--num=50000] [--seed_sets=3] \
+      [--ref_stats=stats.npz] [--grid=karras] [--steps=18] [--step=200000]
+
+EDM's protocol: 50k samples per seed set, seed sets 0, 1, 2, report the minimum (`fids`
+keeps every set). Seed set s scores exactly the samples `python -m infonoise_jax.sample
+--seed=s --num=<num>` writes. Reference statistics: --ref_stats, else the run's fid.ref_stats,
+else computed from the run's dataset (train split) and cached in fid.cache_dir (see
+evaluation/fid_eval.py). Needs the converted Inception weights (fid.weights_path or
+--weights; docs/fid.md); without them inception.load_params says how to get them.
+"""
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+import jax
+
+from infonoise_jax import sample, sampling
+from infonoise_jax.evaluation import fid_eval
+
+
+def evaluate(
+  workdir: str,
+  num: int = 50000,
+  seed_sets: int = 3,
+  ref_stats: str | None = None,
+  grid: str | None = None,
+  num_steps: int | None = None,
+  step: int | None = None,
+  weights: str | None = None,
+  batch: int | None = None,
+  devices: Sequence[jax.Device] | None = None,
+) -> dict:
+  """FID of the run's EMA model (min over `seed_sets` seed sets); writes and returns fid.json."""
+  if seed_sets < 1:
+    raise ValueError(f"--seed_sets must be >= 1, got {seed_sets}")
+  config = sample.load_config(workdir)
+  mesh = sample.make_mesh(devices)
+  extractor = fid_eval.make_extractor(config, mesh, weights)  # missing weights fail here
+  sampler, state, step = sample.restore(workdir, step, devices)
+  ref, ref_path = fid_eval.load_reference(config, extractor, ref_stats)
+  run_config = sample.sampler_config(config, grid, num_steps)
+  sigmas = sample.make_sigmas(sampler, state.schedule_state, run_config)
+  seeds = list(range(seed_sets))
+  scores = fid_eval.model_fid(sampler, state.ema_params, sigmas, ref, extractor, num, seeds, batch)
+  s = run_config.sampler
+  result = {
+    "fid": scores["fid"],
+    "fids": scores["fids"],
+    "seeds": seeds,
+    "num_samples": num,
+    "checkpoint_step": step,
+    "sampler": {
+      "method": s.name,
+      "grid": s.grid,
+      "num_steps": s.num_steps,
+      "network_evaluations": sampling.num_evaluations(s.num_steps, s.name),
+    },
+    "reference": {"stats": os.path.abspath(os.path.expanduser(ref_path)), "num_images": ref.n},
+  }
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "fid.json"), "w") as f:
+      json.dump(result, f, indent=2)
+  return result
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(
+    prog="python -m infonoise_jax.evaluate", description=__doc__.split("\n")[0]
+  )
+  p.add_argument("--workdir", required=True, help="training run directory")
+  p.add_argument("--num", type=int, default=50000, help="samples per seed set")
+  p.add_argument("--seed_sets", type=int, default=3, help="seed sets 0..S-1; FID is their min")
+  p.add_argument("--ref_stats", default=None, help=".npz of mu, sigma, n (default: from data)")
+  p.add_argument("--grid", choices=sampling.GRIDS, default=None, help="default: the run's")
+  p.add_argument("--steps", type=int, default=None, help="sigma levels (default: the run's)")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--weights", default=None, help="Inception .npz (default: fid.weights_path)")
+  p.add_argument("--batch", type=int, default=None, help="samples per call (fid.batch_size)")
+  return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  a = _parse(argv)
+  result = evaluate(
+    a.workdir, a.num, a.seed_sets, a.ref_stats, a.grid, a.steps, a.step, a.weights, a.batch
+  )
+  if jax.process_index() == 0:
+    print(json.dumps(result, indent=2), flush=True)
+    print(f"written to {os.path.join(a.workdir, 'fid.json')}", flush=True)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -1,0 +1,307 @@
+"""Draw samples from a trained run's EMA model: the library behind it and the command.
+
+  python -m infonoise_jax.sample --workdir=runs/digits --num=1000 --out=runs/digits/samples \
+      [--seed=0] [--grid=karras|infogrid|infogrid_rescaled] [--steps=18] [--step=4000]
+
+The run is rebuilt from `<workdir>/config.json` and its checkpoint (no training data is read:
+the example shape is stored in the checkpoint's meta), the EMA parameters and schedule state
+are restored, and the samples are drawn on device, sharded over every device in fixed-size
+batches (one compile). Writes `<out>/samples.npz` (`samples`: float32 model output divided by
+data.scale, so the data range is [-1, 1]; `uint8`: EDM's quantization of it) and, for images,
+`<out>/samples.png`, a grid of the first (up to) 64.
+
+Seeds: sample j of seed s starts from the key fold_in(key(s), j) (initial noise and any churn
+noise), so it does not depend on the batch size, the device count or `--num` (a larger --num
+extends the same set). The infogrid grids use the checkpoint's learned InfoNoise profile
+(METHOD.md section 5).
+"""
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+from collections.abc import Iterator, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from infonoise_jax import checkpointing, sampling, steps
+from infonoise_jax.data import load_source
+from infonoise_jax.evaluation import fid, plots
+from infonoise_jax.models import make_model
+from infonoise_jax.schedules import Schedule, make_schedule
+from infonoise_jax.train_state import TrainState, make_optimizer
+from infonoise_jax.validation import check_keys
+
+GRID_IMAGES = 64  # images in samples.png
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Sampler:
+  """What drawing from a trained model needs (hashable by identity, for the jit cache)."""
+
+  config: ml_collections.ConfigDict
+  model: nn.Module
+  schedule: Schedule
+  mesh: jax.sharding.Mesh
+  data_shape: tuple[int, ...]  # one example: (H, W, C) or (D,)
+
+  @classmethod
+  def from_run(cls, run) -> "Sampler":
+    """From a `train.Run` (its mesh, model, schedule and the source's example shape)."""
+    return cls(run.config, run.model, run.schedule, run.mesh, tuple(run.source.shape))
+
+  @property
+  def is_image(self) -> bool:
+    return len(self.data_shape) == 3
+
+  @property
+  def data_sharding(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P("data"))
+
+
+def _tuples(value):
+  """JSON lists -> tuples (config.json stores the config's tuples as lists)."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config a run wrote to `<workdir>/config.json`."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+      f"{path} not found: --workdir must be a training run directory (the --workdir given "
+      "to python -m infonoise_jax.main)"
+    )
+  with open(path) as f:
+    config = ml_collections.ConfigDict(_tuples(json.load(f)))
+  check_keys(config)
+  return config
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """Saved checkpoint steps of a run, ascending (unfinished temporary saves are ignored)."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+
+
+def _checkpoint_meta(workdir: str, step: int) -> dict:
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  options = ocp.CheckpointManagerOptions(create=False)
+  with ocp.CheckpointManager(directory, options=options) as manager:
+    restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+  return dict(restored.meta or {})
+
+
+def _pick_step(workdir: str, step: int | None) -> int:
+  saved = checkpoint_steps(workdir)
+  if not saved:
+    raise FileNotFoundError(
+      f"No checkpoint in {os.path.join(workdir, 'checkpoints')}: train the run first "
+      "(python -m infonoise_jax.main --workdir=...) or point --workdir at a trained run"
+    )
+  if step is None:
+    return saved[-1]
+  if step not in saved:
+    raise ValueError(f"--step={step}: no such checkpoint in {workdir}; saved steps: {saved}")
+  return step
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+  devices = jax.devices() if devices is None else list(devices)
+  auto = (jax.sharding.AxisType.Auto,)
+  return jax.make_mesh((len(devices),), ("data",), axis_types=auto, devices=devices)
+
+
+def restore(
+  workdir: str, step: int | None = None, devices: Sequence[jax.Device] | None = None
+) -> tuple[Sampler, TrainState, int]:
+  """Rebuilds a run from its workdir and restores the latest (or given) checkpoint.
+
+  Returns (sampler, state, step); the state is replicated over `devices` (default: all).
+  """
+  config = load_config(workdir)
+  step = _pick_step(workdir, step)
+  meta = _checkpoint_meta(workdir, step)
+  if "data_shape" in meta:
+    data_shape = tuple(int(d) for d in meta["data_shape"])
+  else:  # checkpoints from before the shape was stored: read the data once for its shape
+    logging.info("Checkpoint meta has no data_shape; loading the data source for it.")
+    data_shape = tuple(load_source(config).shape)
+  mesh = make_mesh(devices)
+  model, schedule = make_model(config, data_shape), make_schedule(config)
+  init = functools.partial(
+    steps.init_state, config, model, schedule, make_optimizer(config), data_shape, config.seed
+  )
+  replicated = NamedSharding(mesh, P())
+  template = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), jax.eval_shape(init)
+  )
+  ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
+  try:
+    state, _ = ckpt.restore(template, step)
+  finally:
+    ckpt.close()
+  return Sampler(config, model, schedule, mesh, data_shape), state, step
+
+
+def sampler_config(
+  config: ml_collections.ConfigDict, grid: str | None = None, num_steps: int | None = None
+) -> ml_collections.ConfigDict:
+  """A copy of `config` with sampler.grid / sampler.num_steps overridden where given."""
+  config = config.copy_and_resolve_references()
+  if grid is not None:
+    config.sampler.grid = grid
+  if num_steps is not None:
+    config.sampler.num_steps = int(num_steps)
+  return config
+
+
+def make_sigmas(sampler: Sampler, schedule_state, config=None) -> jax.Array:
+  """The sigma grid of `config.sampler` (default the run's); infogrid uses the learned profile."""
+  config = sampler.config if config is None else config
+  grid = config.sampler.grid
+  if not grid.startswith("infogrid"):
+    return sampling.make_sigmas(config)
+  if not hasattr(sampler.schedule, "profile"):
+    raise ValueError(
+      f"grid={grid!r} needs the learned InfoNoise profile, but this run was trained with "
+      f"schedule.name={sampler.config.schedule.name!r}; use --grid=karras"
+    )
+  return sampling.make_sigmas(config, profile=sampler.schedule.profile(schedule_state))
+
+
+def round_batch(sampler: Sampler, num: int, batch: int | None = None) -> int:
+  """Batch per call: `batch` (default fid.batch_size), at most `num`, a multiple of devices."""
+  batch = sampler.config.fid.batch_size if batch is None else batch
+  n_dev = sampler.mesh.devices.size
+  return math.ceil(max(1, min(batch, num)) / n_dev) * n_dev
+
+
+@functools.cache
+def _draw_fn(sampler: Sampler, batch: int):
+  """Jitted (params, seed_key, start, sigmas) -> samples start .. start+batch-1, sharded."""
+  s, shape = sampler.config.sampler, sampler.data_shape
+  denoise = steps.make_denoiser(sampler.config, sampler.model)
+
+  def draw(params, seed_key, start, sigmas):
+    idx_B = jax.lax.with_sharding_constraint(start + jnp.arange(batch), sampler.data_sharding)
+    keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(seed_key, idx_B)
+
+    def one(key):  # one sample, its own key: independent of batch and layout
+      fn = lambda x, sigma: denoise(params, x, sigma)
+      kwargs = dict(s_churn=s.s_churn, s_tmin=s.s_tmin, s_tmax=s.s_tmax, s_noise=s.s_noise)
+      return sampling.sample(fn, key, (1, *shape), sigmas, method=s.name, **kwargs)[0]
+
+    return jax.vmap(one)(keys_B)
+
+  return jax.jit(draw, out_shardings=sampler.data_sharding)
+
+
+def draw(
+  sampler: Sampler, params, sigmas: jax.Array, num: int, seed: int, batch: int | None = None
+) -> Iterator[np.ndarray]:
+  """Yields samples 0..num-1 of seed `seed` in batches, as numpy on every host (model units)."""
+  batch = round_batch(sampler, num, batch)
+  fn, key = _draw_fn(sampler, batch), jax.random.key(seed)
+  for start in range(0, num, batch):
+    x = fn(params, key, start, sigmas)
+    yield np.asarray(multihost_utils.process_allgather(x, tiled=True))[: num - start]
+
+
+def draw_all(sampler: Sampler, params, sigmas, num: int, seed: int, batch=None) -> np.ndarray:
+  return np.concatenate(list(draw(sampler, params, sigmas, num, seed, batch)), axis=0)
+
+
+def write_samples(out: str, samples: np.ndarray, scale: float, is_image: bool, **meta) -> dict:
+  """Writes samples.npz (float in [-1, 1] data units, uint8) and samples.png; returns paths."""
+  os.makedirs(out, exist_ok=True)
+  x = (np.asarray(samples, np.float32) / np.float32(scale)).astype(np.float32)
+  paths = {"npz": os.path.join(out, "samples.npz")}
+  np.savez(paths["npz"], samples=x, uint8=fid.to_uint8(x), data_scale=scale, **meta)
+  if is_image:
+    first = x[:GRID_IMAGES]
+    upscale = max(1, 32 // first.shape[1])  # tiny images (8x8 digits) get visible pixels
+    first = first.repeat(upscale, axis=1).repeat(upscale, axis=2)
+    paths["png"] = os.path.join(out, "samples.png")
+    plots.save_png(paths["png"], plots.image_grid(first, ncols=math.ceil(math.sqrt(len(first)))))
+  return paths
+
+
+def sample_run(
+  workdir: str,
+  num: int,
+  out: str,
+  seed: int = 0,
+  grid: str | None = None,
+  num_steps: int | None = None,
+  step: int | None = None,
+  batch: int | None = None,
+  devices: Sequence[jax.Device] | None = None,
+) -> tuple[np.ndarray, dict]:
+  """The command: restore, draw `num` samples, write them to `out`; returns (samples, paths)."""
+  if num < 1:
+    raise ValueError(f"--num must be >= 1, got {num}")
+  config = load_config(workdir)
+  # Fail on a grid the run cannot provide before restoring anything.
+  if (grid or config.sampler.grid).startswith("infogrid") and config.schedule.name != "infonoise":
+    raise ValueError(
+      f"grid={grid or config.sampler.grid!r} needs a learned InfoNoise profile, but the run in "
+      f"{workdir} was trained with schedule.name={config.schedule.name!r}; use --grid=karras"
+    )
+  sampler, state, step = restore(workdir, step, devices)
+  config = sampler_config(sampler.config, grid, num_steps)
+  sigmas = make_sigmas(sampler, state.schedule_state, config)
+  samples = draw_all(sampler, state.ema_params, sigmas, num, seed, batch)
+  paths = {}
+  if jax.process_index() == 0:
+    s = config.sampler
+    meta = dict(seed=seed, step=step, grid=s.grid, num_steps=s.num_steps, method=s.name)
+    paths = write_samples(out, samples, config.data.scale, sampler.is_image, **meta)
+  return samples, paths
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(
+    prog="python -m infonoise_jax.sample", description=__doc__.split("\n")[0]
+  )
+  p.add_argument("--workdir", required=True, help="training run directory")
+  p.add_argument("--num", type=int, default=GRID_IMAGES, help="number of samples")
+  p.add_argument("--out", default=None, help="output directory (default <workdir>/samples)")
+  p.add_argument("--seed", type=int, default=0, help="sample j uses key fold_in(key(seed), j)")
+  p.add_argument("--grid", choices=sampling.GRIDS, default=None, help="default: the run's")
+  p.add_argument("--steps", type=int, default=None, help="sigma levels (default: the run's)")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--batch", type=int, default=None, help="samples per call (fid.batch_size)")
+  return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  a = _parse(argv)
+  out = a.out or os.path.join(a.workdir, "samples")
+  samples, paths = sample_run(a.workdir, a.num, out, a.seed, a.grid, a.steps, a.step, a.batch)
+  if jax.process_index() == 0:
+    lines = [f"{len(samples)} samples of shape {samples.shape[1:]} from {a.workdir}:"]
+    lines += [f"  {name:<4}: {path}" for name, path in paths.items()]
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
