@@ -31,7 +31,9 @@ def _load_config(name: str, variant: str = ""):
 
 
 def _config(**model):
+  """Default config with `model` overrides; the network is a U-Net unless `name` says else."""
   c = default.get_config()
+  c.model.name = "unet"
   for k, v in model.items():
     setattr(c.model, k, v)
   return c
