@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 
@@ -34,8 +34,12 @@ def evaluate(
   weights: str | None = None,
   batch: int | None = None,
   devices: Sequence[jax.Device] | None = None,
+  report: Callable[[str], None] | None = None,
 ) -> dict:
-  """FID of the run's EMA model (min over `seed_sets` seed sets); writes and returns fid.json."""
+  """FID of the run's EMA model (min over `seed_sets` seed sets); writes and returns fid.json.
+
+  `report(line)` receives progress lines (the command prints them on process 0).
+  """
   if seed_sets < 1:
     raise ValueError(f"--seed_sets must be >= 1, got {seed_sets}")
   config = sample.load_config(workdir)
@@ -46,7 +50,10 @@ def evaluate(
   run_config = sample.sampler_config(config, grid, num_steps)
   sigmas = sample.make_sigmas(sampler, state.schedule_state, run_config)
   seeds = list(range(seed_sets))
-  scores = fid_eval.model_fid(sampler, state.ema_params, sigmas, ref, extractor, num, seeds, batch)
+  if report is not None:
+    report(f"{workdir} @ step {step}: FID of {num} samples x {seed_sets} seed sets vs {ref_path}")
+  params = state.ema_params
+  scores = fid_eval.model_fid(sampler, params, sigmas, ref, extractor, num, seeds, batch, report)
   s = run_config.sampler
   result = {
     "fid": scores["fid"],
@@ -86,9 +93,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
   a = _parse(argv)
-  result = evaluate(
-    a.workdir, a.num, a.seed_sets, a.ref_stats, a.grid, a.steps, a.step, a.weights, a.batch
-  )
+  report = (lambda line: print(line, flush=True)) if jax.process_index() == 0 else None
+  args = (a.workdir, a.num, a.seed_sets, a.ref_stats, a.grid, a.steps, a.step, a.weights)
+  result = evaluate(*args, a.batch, report=report)
   if jax.process_index() == 0:
     print(json.dumps(result, indent=2), flush=True)
     print(f"written to {os.path.join(a.workdir, 'fid.json')}", flush=True)

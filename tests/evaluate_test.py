@@ -105,7 +105,9 @@ def test_periodic_fid_is_logged_every_fid_every_steps_and_at_the_end(fid_run):
 def test_evaluate_command_writes_fid_json(fid_run, reference, weights, capsys):
   evaluate.main([f"--workdir={fid_run}", f"--num={N}", "--seed_sets=2", f"--weights={weights}"])
   result = json.loads(pathlib.Path(fid_run, "fid.json").read_text())
-  assert result == json.loads(capsys.readouterr().out.rsplit("written to", 1)[0])
+  out = capsys.readouterr().out  # progress lines, the JSON, where it was written
+  assert "seed set 0: FID" in out and "seed set 1: FID" in out
+  assert result == json.loads(out[out.index("\n{") + 1 : out.rindex("written to")])
   assert result["num_samples"] == N and result["seeds"] == [0, 1] and len(result["fids"]) == 2
   assert np.isfinite(result["fid"]) and result["fid"] > 0 and result["fid"] == min(result["fids"])
   assert result["fids"][0] != result["fids"][1]  # different noise, different samples

@@ -13,7 +13,7 @@ FID of seed set s scores samples 0..num-1 of `sample.draw(..., seed=s)`: the ver
 """
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import ml_collections
@@ -121,8 +121,12 @@ def model_fid(
   num: int,
   seeds: Sequence[int] = (0,),
   batch: int | None = None,
+  report: Callable[[str], None] | None = None,
 ) -> dict[str, float | list[float]]:
-  """FID of `num` samples per seed set (EDM protocol: 50k, seeds 0, 1, 2, report the min)."""
+  """FID of `num` samples per seed set (EDM protocol: 50k, seeds 0, 1, 2, report the min).
+
+  `report(line)`, if given, is called with a progress line after each seed set.
+  """
   _check_images(sampler.data_shape, "the model")
   if num < 2:
     raise ValueError(f"FID needs at least 2 samples, got num={num}")
@@ -132,6 +136,8 @@ def model_fid(
     for x in sample.draw(sampler, params, sigmas, num, seed, batch):
       acc = fid.update_stats(acc, extractor(to_images(x, scale)))
     fids.append(fid.frechet_distance(fid.finalize_stats(acc), ref))
+    if report is not None:
+      report(f"seed set {seed}: FID {fids[-1]:.4f} ({num} samples)")
   return {"fid": min(fids), "fids": fids}
 
 
