@@ -152,6 +152,10 @@ class PeriodicFID:
   def __init__(self, run, extractor: fid.FeatureFn | None = None):
     self.sampler = sample.Sampler.from_run(run)
     _check_images(self.sampler.data_shape, run.source.name)
+    if run.config.train.fid_num_samples < 2:
+      raise ValueError(
+        f"train.fid_num_samples must be >= 2, got {run.config.train.fid_num_samples}"
+      )
     self.extractor = extractor or make_extractor(run.config, run.mesh)
     source = run.source if run.config.data.split == "train" else None  # else: load train
     self.ref, self.ref_path = load_reference(run.config, self.extractor, source=source)
