@@ -116,9 +116,9 @@ def main():
   path = os.path.join(args.out, "results.jsonl")
   print(f"devices: {jax.devices()}", flush=True)
   with open(path, "a") as out:
-    for data in args.data.split(","):
-      for arm in args.arms.split(","):
-        for seed in map(int, args.seeds.split(",")):
+    for seed in map(int, args.seeds.split(",")):  # seed-major: a cut-short run stays paired
+      for data in args.data.split(","):
+        for arm in args.arms.split(","):
           run_arm(args, data, arm, seed, out)
   print(summarize(path))
 
