@@ -28,8 +28,12 @@ def _env(num_devices: int) -> dict:
 
 def _cmd(workdir, *overrides):
   return [
-      sys.executable, "-m", "infonoise_jax.main", "--config=configs/test.py",
-      f"--workdir={workdir}", *overrides,
+    sys.executable,
+    "-m",
+    "infonoise_jax.main",
+    "--config=configs/test.py",
+    f"--workdir={workdir}",
+    *overrides,
   ]
 
 
@@ -49,7 +53,7 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits(tmp_path):
   overrides = ["--config.train.num_steps=100000", "--config.train.checkpoint_every=100000"]
   with open(log, "w") as f:
     proc = subprocess.Popen(
-        _cmd(tmp_path / "run", *overrides), cwd=ROOT, env=_env(1), stdout=f, stderr=f
+      _cmd(tmp_path / "run", *overrides), cwd=ROOT, env=_env(1), stdout=f, stderr=f
     )
     deadline = time.time() + 120
     while "loss" not in log.read_text() and time.time() < deadline and proc.poll() is None:
@@ -57,7 +61,9 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits(tmp_path):
     assert proc.poll() is None, log.read_text()[-3000:]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
-  steps = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
+  steps = sorted(
+    int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()
+  )
   assert len(steps) == 1 and 0 < steps[0] < 100000
   state = _restore(tmp_path / "run", steps[0])
   assert int(state["step"]) == steps[0]
@@ -69,15 +75,15 @@ def _two_processes(workdir, num_steps: int) -> None:
   procs = []
   for pid in range(2):
     args = [
-        f"--config.train.num_steps={num_steps}",
-        "--config.system.distributed=True",
-        f"--config.system.coordinator_address=127.0.0.1:{port}",
-        "--config.system.num_processes=2",
-        f"--config.system.process_id={pid}",
+      f"--config.train.num_steps={num_steps}",
+      "--config.system.distributed=True",
+      f"--config.system.coordinator_address=127.0.0.1:{port}",
+      "--config.system.num_processes=2",
+      f"--config.system.process_id={pid}",
     ]
     log = open(pathlib.Path(workdir).parent / f"{pathlib.Path(workdir).name}_p{pid}.log", "a")
     procs.append(
-        subprocess.Popen(_cmd(workdir, *args), cwd=ROOT, env=_env(1), stdout=log, stderr=log)
+      subprocess.Popen(_cmd(workdir, *args), cwd=ROOT, env=_env(1), stdout=log, stderr=log)
     )
   for p in procs:
     assert p.wait(timeout=300) == 0, "a process failed; see the *_p?.log files in " + str(workdir)

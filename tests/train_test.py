@@ -155,3 +155,27 @@ def test_config_typo_on_the_command_line_fails_naming_the_key(tmp_path):
   )
   assert result.returncode != 0
   assert "num_stpes" in result.stderr
+
+
+def test_mock_cifar10_end_to_end_with_the_unet(tmp_path):
+  import tensorflow_datasets as tfds
+
+  config = _config(
+    **{
+      "data.name": "tfds:cifar10",
+      "model.name": "unet",
+      "model.model_channels": 16,
+      "model.channel_mult": (1, 2),
+      "model.num_blocks": 1,
+      "model.attn_resolutions": (16,),
+      "train.num_steps": 2,
+      "train.batch_size": 8,
+      "train.num_samples": 8,
+      "sampler.num_steps": 2,
+    }
+  )
+  with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
+    state = train.train_and_evaluate(config, str(tmp_path / "c10"))
+  assert int(state.step) == 2
+  samples = np.load(tmp_path / "c10" / "samples.npz")["samples"]
+  assert samples.shape == (8, 32, 32, 3) and np.all(np.isfinite(samples))
