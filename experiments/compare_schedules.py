@@ -33,6 +33,16 @@ ARMS = {
   "infonoise": {"schedule.name": "infonoise"},
   "infonoise_onset": {"schedule.name": "infonoise", "schedule.infonoise.gate": "onset"},
   "infonoise_nocomp": {"schedule.name": "infonoise", "schedule.infonoise.compensate": False},
+  "infonoise_onset_nocomp": {
+    "schedule.name": "infonoise",
+    "schedule.infonoise.gate": "onset",
+    "schedule.infonoise.compensate": False,
+  },
+  "infonoise_onset_comp": {
+    "schedule.name": "infonoise",
+    "schedule.infonoise.gate": "onset",
+    "schedule.infonoise.compensate": True,
+  },
 }
 DATA = {
   "continuous": {},
