@@ -13,11 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from infonoise_jax import edm, sampling, steps
+from infonoise_jax import edm, sample
 from infonoise_jax.evaluation import plots
 
 
@@ -54,41 +51,17 @@ def schedule_curves(config, schedule, schedule_state, num: int = 256):
   return np.asarray(grid_G), curves
 
 
-def sampling_sigmas(run, state) -> jax.Array:
-  """The sampler's sigma grid; InfoGrid uses the run's current InfoNoise profile."""
-  profile = run.schedule.profile(state.schedule_state) if hasattr(run.schedule, "profile") else None
-  return sampling.make_sigmas(run.config, profile=profile)
-
-
 @functools.cache
-def _generator(run, num: int):
-  config, shape = run.config, run.source.shape
-  denoise = steps.make_denoiser(config, run.model)
-  s = config.sampler
-
-  def generate(params, key, sigmas):
-    fn = lambda x, sigma: denoise(params, x, sigma)
-    return sampling.sample(
-      fn,
-      key,
-      (num, *shape),
-      sigmas,
-      method=s.name,
-      s_churn=s.s_churn,
-      s_tmin=s.s_tmin,
-      s_tmax=s.s_tmax,
-      s_noise=s.s_noise,
-    )
-
-  out = NamedSharding(run.mesh, P("data")) if num % jax.device_count() == 0 else run.replicated
-  return jax.jit(generate, out_shardings=out)
+def _sampler(run) -> sample.Sampler:
+  """One Sampler per run, so its jitted draw function compiles once."""
+  return sample.Sampler.from_run(run)
 
 
 def generate_samples(run, state, num: int, seed: int) -> np.ndarray:
-  """`num` samples from the EMA model, gathered to every host as numpy."""
-  sigmas = sampling_sigmas(run, state)
-  images = _generator(run, num)(state.ema_params, jax.random.key(seed), sigmas)
-  return np.asarray(multihost_utils.process_allgather(images, tiled=True))
+  """`num` samples from the EMA model, the same way the `sample` command draws them."""
+  sampler = _sampler(run)
+  sigmas = sample.make_sigmas(sampler, state.schedule_state)
+  return sample.draw_all(sampler, state.ema_params, sigmas, num, seed)
 
 
 def write_images(run, state, writer, workdir: str, step: int) -> tuple[dict, np.ndarray]:

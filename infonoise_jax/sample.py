@@ -39,6 +39,7 @@ from jax.sharding import PartitionSpec as P
 from infonoise_jax import checkpointing, sampling, steps
 from infonoise_jax.data import load_source
 from infonoise_jax.evaluation import fid, plots
+from infonoise_jax.mesh import make_mesh
 from infonoise_jax.models import make_model
 from infonoise_jax.schedules import Schedule, make_schedule
 from infonoise_jax.train_state import TrainState, make_optimizer
@@ -122,12 +123,6 @@ def _pick_step(workdir: str, step: int | None) -> int:
   if step not in saved:
     raise ValueError(f"--step={step}: no such checkpoint in {workdir}; saved steps: {saved}")
   return step
-
-
-def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-  devices = jax.devices() if devices is None else list(devices)
-  auto = (jax.sharding.AxisType.Auto,)
-  return jax.make_mesh((len(devices),), ("data",), axis_types=auto, devices=devices)
 
 
 def restore(

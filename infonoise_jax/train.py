@@ -19,18 +19,11 @@ from jax.sharding import PartitionSpec as P
 from infonoise_jax import checkpointing, diagnostics, metrics, steps
 from infonoise_jax.data import Pipeline, load_source
 from infonoise_jax.evaluation import fid_eval
+from infonoise_jax.mesh import make_mesh
 from infonoise_jax.models import make_model
 from infonoise_jax.schedules import make_schedule
 from infonoise_jax.train_state import TrainState, make_optimizer
 from infonoise_jax.validation import validate_config
-
-
-def make_mesh(devices=None) -> jax.sharding.Mesh:
-  """A 1-D data-parallel mesh over `devices` (default: every device of every process)."""
-  devices = jax.devices() if devices is None else devices
-  return jax.make_mesh(
-    (len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
-  )
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
