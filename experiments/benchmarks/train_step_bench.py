@@ -8,6 +8,9 @@ images/s, peak device memory, XLA's FLOP count per step and model FLOPs utilizat
   python experiments/benchmarks/train_step_bench.py --config=configs/cifar10_infonoise.py \
       --dtypes=float32,bfloat16 --iters=30
 
+FLOPs come from XLA's cost analysis of the step lowered for CPU; on the GPU machine (jax
+0.11.2) that count came back empty, so run the script once on CPU with a small
+`--batch_size` and scale per image (BENCHMARKS.md does this).
 MFU uses the card's dense peak: H100/H200 SXM 989 TFLOP/s for bf16 and 495 TFLOP/s for
 TF32 (JAX's default fp32 matmul precision on Hopper is TF32-like).
 """
