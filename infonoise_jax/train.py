@@ -16,7 +16,7 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from infonoise_jax import checkpointing, diagnostics, metrics, steps
+from infonoise_jax import checkpointing, diagnostics, metrics, sampling, steps
 from infonoise_jax.data import Pipeline, load_source
 from infonoise_jax.evaluation import fid_eval
 from infonoise_jax.mesh import make_mesh
@@ -38,6 +38,7 @@ class Run:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, devices=None):
     validate_config(config, None if devices is None else len(devices))
+    sampling.validate_sampler_config(config)  # used only at the end: fail now, not then
     self.config = config
     self.workdir = workdir
     self.source = load_source(config)
@@ -57,6 +58,10 @@ class Run:
     )
     abstract = jax.eval_shape(self._init)
     self.state_sharding = jax.tree.map(lambda _: self.replicated, abstract)
+    # Shapes, dtypes and shardings only: the restore target, so resuming allocates once.
+    self.abstract_state = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, self.state_sharding
+    )
     self.init_fn = jax.jit(self._init, out_shardings=self.state_sharding)
     self.train_step = jax.jit(
       steps.make_train_step(config, self.model, self.schedule, self.optimizer),
@@ -144,10 +149,10 @@ class _WindowLogger:
 
 
 def _restore_or_init(run: Run, ckpt: checkpointing.Checkpointer) -> TrainState:
-  state = run.init_fn()
-  if ckpt.latest_step() is not None:
-    state, meta = ckpt.restore(state)
-    logging.info("Resumed from %s at step %d", ckpt.directory, int(state.step))
+  if ckpt.latest_step() is None:
+    return run.init_fn()
+  state, _ = ckpt.restore(run.abstract_state)
+  logging.info("Resumed from %s at step %d", ckpt.directory, int(state.step))
   return state
 
 

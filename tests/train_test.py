@@ -105,6 +105,8 @@ def test_digits_end_to_end_leaves_logs_checkpoint_and_images(tmp_path):
     ({"model.name": "transformer"}, "model.name"),
     ({"sampler.grid": "infogrid", "schedule.name": "lognormal"}, "sampler.grid"),
     ({"edm.sigma_min": 100.0}, "edm.sigma_min"),
+    ({"sampler.name": "rk4"}, "sampler.name"),
+    ({"data.image_size": 3}, "data.image_size"),
   ],
 )
 def test_bad_config_fails_before_compiling_naming_the_key(tmp_path, overrides, key):
