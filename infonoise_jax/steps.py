@@ -103,7 +103,7 @@ def make_train_step(
       "loss": loss,
       "loss_edm": jnp.mean(loss_B),  # w(sigma)*err without the schedule's loss weights
       "err_x": jnp.mean(err_B),  # unweighted x-space error (InfoNoise's input)
-      "grad_norm": optax.global_norm(grads),
+      "grad_norm": optax.tree.norm(grads),
       "learning_rate": learning_rate(config, state.step),
       "ema_beta": beta,
       "bin_loss_sum": bin_loss_P,
