@@ -30,6 +30,13 @@ from infonoise_jax.validation import DEFAULT_CONFIG_PATH, load_config_file
 ARMS = {
   "lognormal": {"schedule.name": "lognormal"},
   "loguniform": {"schedule.name": "loguniform"},
+  "logitnormal": {"schedule.name": "logitnormal"},
+  "laplace": {"schedule.name": "laplace"},
+  "cosine": {"schedule.name": "cosine"},
+  "cdcd": {"schedule.name": "cdcd"},
+  "vdmpp": {"schedule.name": "vdmpp"},
+  "iddpm": {"schedule.name": "iddpm"},
+  "edm2": {"schedule.name": "edm2"},
   "infonoise": {"schedule.name": "infonoise"},
   "infonoise_onset": {"schedule.name": "infonoise", "schedule.infonoise.gate": "onset"},
   "infonoise_nocomp": {"schedule.name": "infonoise", "schedule.infonoise.compensate": False},
