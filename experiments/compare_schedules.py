@@ -57,18 +57,9 @@ DATA = {
 }
 
 
-def _set(config, key, value):
-  node = config
-  *parents, leaf = key.split(".")
-  for p in parents:
-    node = node[p]
-  node[leaf] = value
-
-
 def make_config(args, data: str, arm: str, seed: int):
   c = load_config_file(DEFAULT_CONFIG_PATH)
-  for k, v in {**DATA[data], **ARMS[arm]}.items():
-    _set(c, k, v)
+  c.update_from_flattened_dict({**DATA[data], **ARMS[arm]})
   c.seed = seed
   c.train.num_steps = args.steps
   c.train.batch_size = args.batch_size

@@ -15,12 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def _config(variant: str = "", **overrides):
   c = load_config_file(ROOT / "configs" / "test.py", variant)
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict(overrides)
   return c
 
 

@@ -100,29 +100,24 @@ class LogUniform(StatelessSchedule):
 
 
 @dataclasses.dataclass(frozen=True)
-class LogitNormal(StatelessSchedule):
-  """SD3: logit(t) ~ N(mean, std^2), sigma = t/(1-t); exactly ln sigma ~ N(mean, std^2)."""
+class LogitNormal(LogNormal):
+  """SD3: logit(t) ~ N(mean, std^2), sigma = t/(1-t).
 
-  mean: float = 0.0
-  std: float = 1.0
+  ln(t/(1-t)) = logit(t), so this is exactly ln sigma ~ N(mean, std^2): the log-normal law
+  (sampled as exp(logit t), which stays finite where t would round to 0 or 1), with its own
+  config section and SD3's defaults (0, 1).
+  """
+
+  p_mean: float = 0.0
+  p_std: float = 1.0
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "LogitNormal":
     c = config.schedule.logitnormal
     return cls(
-      mean=_finite(c.mean, "schedule.logitnormal.mean"),
-      std=_positive(c.std, "schedule.logitnormal.std"),
+      p_mean=_finite(c.mean, "schedule.logitnormal.mean"),
+      p_std=_positive(c.std, "schedule.logitnormal.std"),
     )
-
-  def sample_sigma(self, key: Array, batch_size: int) -> Array:
-    logit_t_B = self.mean + self.std * jax.random.normal(key, (batch_size,), jnp.float32)
-    # sigma = t / (1 - t) with t = sigmoid(logit_t) is exp(logit_t); computed directly, it
-    # stays finite where t rounds to 0 or 1.
-    return jnp.exp(logit_t_B)
-
-  def density(self, state: State, log_sigma_G: Array) -> Array:
-    del state
-    return normal_log_density(log_sigma_G, self.mean, self.std)
 
 
 @dataclasses.dataclass(frozen=True)
