@@ -17,13 +17,22 @@ import orbax.checkpoint as ocp
 class Checkpointer:
   """Owns `<workdir>/checkpoints`; restores into the shardings of a template state."""
 
-  def __init__(self, workdir: str, keep: int):
+  def __init__(self, workdir: str, keep: int, create: bool = True):
+    """`create=False` for readers (sample, evaluate): a missing folder is not made."""
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def restore_meta(self, step: int) -> dict:
+    """The JSON metadata saved with `step`, without reading the state."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(restored.meta or {})
 
   def save(self, step: int, state: Any, meta: dict | None = None, force: bool = False) -> bool:
     """Saves `state` at `step` (skips a step that is already saved)."""

@@ -30,14 +30,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
-from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from infonoise_jax import checkpointing, sampling, steps
-from infonoise_jax.data import load_source
 from infonoise_jax.evaluation import fid, plots
 from infonoise_jax.mesh import make_mesh
 from infonoise_jax.models import make_model
@@ -95,33 +92,17 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
-def checkpoint_steps(workdir: str) -> list[int]:
-  """Saved checkpoint steps of a run, ascending (unfinished temporary saves are ignored)."""
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
-
-
-def _checkpoint_meta(workdir: str, step: int) -> dict:
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  options = ocp.CheckpointManagerOptions(create=False)
-  with ocp.CheckpointManager(directory, options=options) as manager:
-    restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-  return dict(restored.meta or {})
-
-
-def _pick_step(workdir: str, step: int | None) -> int:
-  saved = checkpoint_steps(workdir)
+def _pick_step(ckpt: checkpointing.Checkpointer, step: int | None) -> int:
+  saved = ckpt.all_steps()
   if not saved:
     raise FileNotFoundError(
-      f"No checkpoint in {os.path.join(workdir, 'checkpoints')}: train the run first "
+      f"No checkpoint in {ckpt.directory}: train the run first "
       "(python -m infonoise_jax.main --workdir=...) or point --workdir at a trained run"
     )
   if step is None:
     return saved[-1]
   if step not in saved:
-    raise ValueError(f"--step={step}: no such checkpoint in {workdir}; saved steps: {saved}")
+    raise ValueError(f"--step={step}: no such checkpoint in {ckpt.directory}; saved steps: {saved}")
   return step
 
 
@@ -133,24 +114,24 @@ def restore(
   Returns (sampler, state, step); the state is replicated over `devices` (default: all).
   """
   config = load_config(workdir)
-  step = _pick_step(workdir, step)
-  meta = _checkpoint_meta(workdir, step)
-  if "data_shape" in meta:
-    data_shape = tuple(int(d) for d in meta["data_shape"])
-  else:  # checkpoints from before the shape was stored: read the data once for its shape
-    logging.info("Checkpoint meta has no data_shape; loading the data source for it.")
-    data_shape = tuple(load_source(config).shape)
-  mesh = make_mesh(devices)
-  model, schedule = make_model(config, data_shape), make_schedule(config)
-  init = functools.partial(
-    steps.init_state, config, model, schedule, make_optimizer(config), data_shape, config.seed
-  )
-  replicated = NamedSharding(mesh, P())
-  template = jax.tree.map(
-    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), jax.eval_shape(init)
-  )
-  ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise FileNotFoundError(
+      f"No checkpoint in {os.path.join(workdir, 'checkpoints')}: train the run first "
+      "(python -m infonoise_jax.main --workdir=...) or point --workdir at a trained run"
+    )
+  ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints, create=False)
   try:
+    step = _pick_step(ckpt, step)
+    data_shape = tuple(int(d) for d in ckpt.restore_meta(step)["data_shape"])
+    mesh = make_mesh(devices)
+    model, schedule = make_model(config, data_shape), make_schedule(config)
+    init = functools.partial(
+      steps.init_state, config, model, schedule, make_optimizer(config), data_shape, config.seed
+    )
+    replicated = NamedSharding(mesh, P())
+    template = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), jax.eval_shape(init)
+    )
     state, _ = ckpt.restore(template, step)
   finally:
     ckpt.close()

@@ -6,7 +6,6 @@ the latest checkpoint into it if one exists, then continue the data stream at th
 restored step (the pipeline is a pure function of the step).
 """
 
-import json
 import os
 
 import jax
@@ -192,8 +191,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
       stop = preempted.is_set() or ckpt.reached_preemption(step)
       if step % t.checkpoint_every == 0 or step == num_steps or stop:
         log.flush(step)  # a NaN state is never saved over a good checkpoint
-        meta = {"step": step, "config": json.loads(config.to_json_best_effort())}
-        meta["data_shape"] = list(run.source.shape)  # lets sample/evaluate skip the data
+        # The example shape lets sample/evaluate rebuild the model without the data; the
+        # config itself is in <workdir>/config.json.
+        meta = {"step": step, "data_shape": list(run.source.shape)}
         ckpt.save(step, state, meta=meta, force=True)
       if stop:
         logging.warning("Preemption signal at step %d: checkpoint saved, exiting.", step)

@@ -46,7 +46,11 @@ def _infogrid(sampler, schedule_state):
 
 def test_restore_gives_the_trained_state_without_reading_data(trained, monkeypatch):
   workdir, final = trained
-  monkeypatch.setattr(sample, "load_source", lambda *_: pytest.fail("read the data"))
+  from infonoise_jax import data
+  from infonoise_jax.data import sources
+
+  for module in (data, sources):  # wherever the sampler could reach the data from
+    monkeypatch.setattr(module, "load_source", lambda *_: pytest.fail("read the data"))
   sampler, state, step = sample.restore(workdir)
   assert step == 8 and sampler.data_shape == (8, 8, 1)
   for got, want in [
