@@ -18,6 +18,12 @@ from infonoise_jax import edm, sample
 from infonoise_jax.evaluation import plots
 
 
+def is_snapshot(key: str) -> bool:
+  """Metrics kept as their newest value in a log window, not summed: the sigma batch and
+  state readouts named "<schedule>/<name>" (e.g. "infonoise/refreshes")."""
+  return key == "sigma" or "/" in key
+
+
 def window_scalars(config: ml_collections.ConfigDict, host: dict, step_range) -> dict:
   """Means over a log window of the summed step metrics; per-noise-bin mean loss."""
   n = max(step_range[1] - step_range[0], 1)
@@ -25,7 +31,7 @@ def window_scalars(config: ml_collections.ConfigDict, host: dict, step_range) ->
   for k, v in host.items():
     if k in ("sigma", "bin_loss_sum", "bin_count") or np.ndim(v) != 0:
       continue
-    out[k] = float(v) if "/" in k else float(v) / n  # "a/b": a snapshot, not a sum
+    out[k] = float(v) if is_snapshot(k) else float(v) / n
   lo, hi = np.log(config.edm.sigma_min), np.log(config.edm.sigma_max)
   edges = np.linspace(lo, hi, config.train.profile_bins + 1)
   centres = 0.5 * (edges[1:] + edges[:-1])
@@ -74,7 +80,8 @@ def write_images(run, state, writer, workdir: str, step: int) -> tuple[dict, np.
   if run.source.is_image:
     upscale = max(1, 32 // samples.shape[1])  # tiny images (8x8 digits) get visible pixels
     big = samples.repeat(upscale, axis=1).repeat(upscale, axis=2)
-    images["samples"] = plots.image_grid(big, ncols=int(np.ceil(np.sqrt(len(big)))))[None]
+    ncols, scale = int(np.ceil(np.sqrt(len(big)))), run.source.scale
+    images["samples"] = plots.image_grid(big, ncols, value_range=(-scale, scale))[None]
   writer.write_images(step, images)
   if jax.process_index() == 0:
     os.makedirs(os.path.join(workdir, "images"), exist_ok=True)

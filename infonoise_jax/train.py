@@ -84,16 +84,8 @@ class Run:
 
 @jax.jit
 def _accumulate(acc: dict, new: dict) -> dict:
-  """Sums a step's metrics into the window.
-
-  Snapshots are kept as their newest value instead: the sigma batch, and schedule state
-  readouts, named "<schedule>/<name>" (e.g. "infonoise/refreshes").
-  """
-  return {k: new[k] if _is_snapshot(k) else acc[k] + new[k] for k in new}
-
-
-def _is_snapshot(key: str) -> bool:
-  return key == "sigma" or "/" in key
+  """Sums a step's metrics into the window; snapshots keep their newest value."""
+  return {k: new[k] if diagnostics.is_snapshot(k) else acc[k] + new[k] for k in new}
 
 
 def _without_sigma(m: dict) -> dict:
