@@ -7,6 +7,7 @@ images/s, peak device memory, XLA's FLOP count per step and model FLOPs utilizat
 
   python experiments/benchmarks/train_step_bench.py --config=configs/cifar10_infonoise.py \
       --dtypes=float32,bfloat16 --iters=30
+  python experiments/benchmarks/train_step_bench.py --config=configs/cifar10_edm.py:ncsnpp
 
 FLOPs come from XLA's cost analysis of the step lowered for CPU; on the GPU machine (jax
 0.11.2) that count came back empty, so run the script once on CPU with a small
@@ -100,7 +101,9 @@ def bench(config, shape, iters: int) -> dict:
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--config", default="configs/cifar10_infonoise.py")
+  p.add_argument(
+    "--config", default="configs/cifar10_infonoise.py", help="path[:variant], e.g. ...:ncsnpp"
+  )
   p.add_argument("--dtypes", default="float32,bfloat16")
   p.add_argument("--batch_size", type=int, default=0, help="0 = the config's")
   p.add_argument("--iters", type=int, default=30)
@@ -112,7 +115,8 @@ def main():
   print("| dtype | batch | params | compile s | step ms | images/s | peak GiB | TFLOP/step | MFU |")
   print("|---|---|---|---|---|---|---|---|---|")
   for dtype in args.dtypes.split(","):
-    config = load_config_file(args.config)
+    path, _, variant = args.config.partition(":")
+    config = load_config_file(path, variant or None)
     config.model.dtype = dtype
     if args.batch_size:
       config.train.batch_size = args.batch_size
