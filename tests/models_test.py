@@ -246,3 +246,44 @@ def test_arch_defaults_and_overrides():
   assert mixed.embedding_type == "fourier" and mixed.channel_mult_noise == 2
   mlp = make_model(_config(name="mlp", hidden_dims=(8, 8), dtype="bfloat16"), (3,))
   assert isinstance(mlp, MLPDenoiser) and mlp.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("channels", [8, 64, 96])
+def test_group_norm_matches_flax_and_folds_the_shift(channels):
+  """Per-channel-statistics GroupNorm == flax.linen.GroupNorm(x + shift), EDM groups/eps."""
+  kx, ks, kp = jax.random.split(jax.random.key(3), 3)
+  x = 3.0 + 2.0 * jax.random.normal(kx, (4, 5, 6, channels))
+  shift = jax.random.normal(ks, (4, channels))
+  ours = unet_layers.GroupNorm(epsilon=1e-6)
+  ref = flax.linen.GroupNorm(num_groups=unet_layers.num_groups(channels), epsilon=1e-6)
+  params = ref.init(kp, x)
+  params = jax.tree.map(lambda p: p + jax.random.normal(kp, p.shape), params)  # not 1 / 0
+  want = ref.apply(params, x + shift[:, None, None, :])
+  got = ours.apply(params, x, shift)
+  np.testing.assert_allclose(got, want, atol=2e-5, rtol=0)
+  np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), atol=2e-5, rtol=0)
+  # Gradients through the folded shift equal those through the materialised sum.
+  loss = lambda f: lambda x, s: jnp.sum(jnp.sin(f(x, s)))
+  g_ours = jax.grad(loss(lambda x, s: ours.apply(params, x, s)), argnums=(0, 1))(x, shift)
+  g_ref = jax.grad(loss(lambda x, s: ref.apply(params, x + s[:, None, None, :])), (0, 1))(x, shift)
+  for a, b in zip(g_ours, g_ref, strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("rate", [0.13, 0.5])
+def test_dropout_rate_and_scale(rate):
+  """Drop fraction within 5 sigma of the rate; kept values are x / (1 - rate), mean kept."""
+  x = jnp.full((8, 16, 16, 64), 2.0, jnp.float32)
+  y = unet_layers.dropout(x, rate, jax.random.key(0))
+  n = x.size
+  dropped = float(jnp.mean(y == 0))
+  assert abs(dropped - rate) < 5 * np.sqrt(rate * (1 - rate) / n)
+  kept = np.unique(np.asarray(y[y != 0]))
+  np.testing.assert_allclose(kept, [2.0 / (1 - rate)], rtol=1e-4)
+  # Both 16-bit halves of each word are used: neighbouring channels (one word) differ.
+  assert float(jnp.mean((y[..., 0::2] == 0) == (y[..., 1::2] == 0))) < 0.9
+  # Different keys give different masks; the same key the same mask.
+  np.testing.assert_array_equal(y, unet_layers.dropout(x, rate, jax.random.key(0)))
+  assert bool(jnp.any(y != unet_layers.dropout(x, rate, jax.random.key(1))))
+  with pytest.raises(ValueError, match="even channel count"):
+    unet_layers.dropout(jnp.ones((2, 3)), rate, jax.random.key(0))

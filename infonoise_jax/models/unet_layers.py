@@ -40,11 +40,73 @@ def num_groups(channels: int) -> int:
   return min(32, channels // 4)
 
 
-def group_norm(channels: int, dtype: Dtype, name: str) -> nn.GroupNorm:
-  """GroupNorm with EDM's SongUNet epsilon 1e-6 (statistics reduced in float32 by flax)."""
-  return nn.GroupNorm(
-    num_groups=num_groups(channels), epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, name=name
-  )
+class GroupNorm(nn.Module):
+  """GroupNorm (EDM: min(32, C // 4) groups, epsilon 1e-6) from per-channel statistics.
+
+  `__call__(x_BHWC, shift_BC=None)` normalises x + shift (shift broadcast over H and W)
+  without materialising the sum. Statistics are sums of x and x^2 over H, W per (example,
+  channel) in float32, combined per group (var = E[x^2] - E[x]^2, like flax's default
+  `use_fast_variance`); the normalisation is then one per-channel affine map x a + b. On
+  GPU this keeps the reductions on contiguous channels and the backward pass to one
+  reduction and one elementwise pass (docs/design.md, "U-Net speed"). Parameters `scale`
+  and `bias` as in `flax.linen.GroupNorm`.
+  """
+
+  epsilon: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BHWC: Array, shift_BC: Array | None = None) -> Array:
+    b, h, w, c = x_BHWC.shape
+    g = num_groups(c)
+    scale_C = self.param("scale", nn.initializers.ones_init(), (c,), jnp.float32)
+    bias_C = self.param("bias", nn.initializers.zeros_init(), (c,), jnp.float32)
+    x32 = x_BHWC.astype(jnp.float32)
+    s1_BC = jnp.sum(x32, axis=(1, 2))
+    s2_BC = jnp.sum(jnp.square(x32), axis=(1, 2))
+    n = h * w
+    if shift_BC is not None:  # sums of (x + e): s2 + 2 e s1 + n e^2, s1 + n e
+      e_BC = shift_BC.astype(jnp.float32)
+      s2_BC = s2_BC + 2.0 * e_BC * s1_BC + n * jnp.square(e_BC)
+      s1_BC = s1_BC + n * e_BC
+    count = n * (c // g)
+    mean_BG = s1_BC.reshape(b, g, c // g).sum(-1) / count
+    var_BG = jnp.maximum(s2_BC.reshape(b, g, c // g).sum(-1) / count - jnp.square(mean_BG), 0.0)
+    rstd_BC = jnp.repeat(jax.lax.rsqrt(var_BG + self.epsilon), c // g, axis=1)
+    mean_BC = jnp.repeat(mean_BG, c // g, axis=1)
+    a_BC = rstd_BC * scale_C
+    b_BC = bias_C - mean_BC * a_BC
+    if shift_BC is not None:
+      b_BC = b_BC + e_BC * a_BC
+    y = x32 * a_BC[:, None, None, :] + b_BC[:, None, None, :]
+    return y.astype(self.dtype)
+
+
+def group_norm(channels: int, dtype: Dtype, name: str) -> GroupNorm:
+  """GroupNorm with EDM's SongUNet epsilon 1e-6 for `channels` channels."""
+  del channels  # the group count follows the input's channels (num_groups)
+  return GroupNorm(epsilon=1e-6, dtype=dtype, name=name)
+
+
+def dropout(x_BHWC: Array, rate: float, rng: Array) -> Array:
+  """Inverted dropout from 16 random bits per element, two elements per threefry word.
+
+  An element is dropped when its 16-bit draw is below round(rate * 2^16) (the rate is exact
+  to 2^-17); kept elements are scaled by 1 / (1 - that rate). The 32-bit words are drawn
+  for half the channels and kept in memory (optimization barrier), then split in two: one
+  threefry hash per two elements instead of one per element, which is what made dropout
+  the costliest elementwise work of the U-Net step on GPU (docs/design.md, "U-Net speed").
+  Threefry keeps the masks independent of how the batch is sharded.
+  """
+  *lead, c = x_BHWC.shape
+  if c % 2:
+    raise ValueError(f"dropout needs an even channel count, got {c}")
+  threshold = int(round(rate * 2**16))
+  keep_prob = 1.0 - threshold / 2**16
+  words = jax.lax.optimization_barrier(jax.random.bits(rng, (*lead, c // 2), jnp.uint32))
+  bits = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(x_BHWC.shape)
+  keep = bits >= jnp.uint16(threshold)
+  return jnp.where(keep, x_BHWC / jnp.asarray(keep_prob, x_BHWC.dtype), jnp.zeros((), x_BHWC.dtype))
 
 
 def _filter_2d(resample_filter: tuple[int, ...]) -> np.ndarray:
@@ -91,7 +153,8 @@ def upsample(x_BHWC: Array, resample_filter: tuple[int, ...]) -> Array:
 class Conv2D(nn.Module):
   """k x k convolution ('same' padding) with optional FIR up/down-sampling around it.
 
-  kernel=0 resamples only. Unfused: resample, then convolve. `fused_down` convolves first
+  kernel=0 resamples only. `add_bias=False` returns (conv output, bias) for the caller to
+  add. Unfused: resample, then convolve. `fused_down` convolves first
   with the padding enlarged by the filter's, then filters with stride 2 (EDM's residual
   encoder path).
   """
@@ -103,10 +166,11 @@ class Conv2D(nn.Module):
   resample_filter: tuple[int, ...] = (1, 1)
   fused_down: bool = False
   init_gain: float = 1.0
+  add_bias: bool = True
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BHWC: Array) -> Array:
+  def __call__(self, x_BHWC: Array) -> Array | tuple[Array, Array]:
     x = x_BHWC.astype(self.dtype)
     if self.up:
       x = upsample(x, self.resample_filter)
@@ -125,6 +189,8 @@ class Conv2D(nn.Module):
     )
     if self.down and self.fused_down:
       x = downsample(x, self.resample_filter, pad=False)
+    if not self.add_bias:  # the caller adds it (e.g. folded into a GroupNorm shift)
+      return x, b
     return x + b.astype(self.dtype)
 
 
@@ -183,11 +249,14 @@ class UNetBlock(nn.Module):
     c_in, c_out, dt = x_BHWC.shape[-1], self.out_channels, self.dtype
     resample = dict(up=self.up, down=self.down, resample_filter=self.resample_filter, dtype=dt)
     h = nn.silu(group_norm(c_in, dt, "norm0")(x_BHWC))
-    h = Conv2D(c_out, 3, name="conv0", **resample)(h)
-    h = h + dense(c_out, dt, "affine")(emb_BE)[:, None, None, :]
-    h = nn.silu(group_norm(c_out, dt, "norm1")(h))
-    if self.dropout > 0:
-      h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h, bias_C = Conv2D(c_out, 3, add_bias=False, name="conv0", **resample)(h)
+    # norm1(h + bias + A emb) without materialising the sum: the bias and the embedding
+    # enter as a per-(example, channel) shift, so their gradients come from the norm's
+    # statistics instead of extra passes over h.
+    shift_BC = dense(c_out, dt, "affine")(emb_BE).astype(jnp.float32) + bias_C
+    h = nn.silu(group_norm(c_out, dt, "norm1")(h, shift_BC))
+    if self.dropout > 0 and train:
+      h = dropout(h, self.dropout, self.make_rng("dropout"))
     h = Conv2D(c_out, 3, init_gain=self.zero_init_scale, dtype=dt, name="conv1")(h)
     skip = x_BHWC.astype(dt)
     if c_out != c_in or self.up or self.down:
