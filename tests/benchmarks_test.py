@@ -10,8 +10,6 @@ import sys
 import numpy as np
 import pytest
 
-from infonoise_jax.validation import load_config_file
-
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "experiments", "benchmarks"))
 
@@ -21,9 +19,7 @@ import train_step_bench  # noqa: E402
 
 @pytest.fixture(scope="module")
 def tiny_config():
-  config = load_config_file(os.path.join(ROOT, "configs", "test.py"))
-  config.train.batch_size = 16
-  return config
+  return train_step_bench.config_for(os.path.join(ROOT, "configs", "test.py"), "float32", 16)
 
 
 def test_train_step_bench_reports_finite_throughput_and_flops(tiny_config):

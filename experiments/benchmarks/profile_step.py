@@ -25,9 +25,7 @@ if not __package__:  # run as a script: make the repository root importable
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax
-from train_step_bench import build
-
-from infonoise_jax.validation import load_config_file
+from train_step_bench import build, config_for
 
 # Substrings of a GPU kernel's name, first match wins.
 KINDS = (
@@ -99,6 +97,9 @@ def profile(config, shape, steps: int, outdir: str, top: int) -> None:
     count[key] += 1
     hlo_of.setdefault(key, hlo[:60])
   total = sum(by_kind.values())
+  if not events:
+    print(f"no GPU kernels in the trace ({jax.default_backend()} backend): this reads GPU traces")
+    return
   # Idle device time between consecutive kernels, charged to the kernel that follows.
   idle = collections.Counter()
   for (_, _, s0, d0), (name, hlo, s1, _) in zip(events, events[1:], strict=False):
@@ -141,11 +142,7 @@ def main():
   shape = tuple(int(s) for s in args.shape.split(","))
   print(f"{jax.device_count()} x {jax.devices()[0].device_kind}, jax {jax.__version__}")
   for dtype in args.dtypes.split(","):
-    path, _, variant = args.config.partition(":")
-    config = load_config_file(path, variant or None)
-    config.model.dtype = dtype
-    if args.batch_size:
-      config.train.batch_size = args.batch_size
+    config = config_for(args.config, dtype, args.batch_size)
     profile(config, shape, args.steps, args.outdir, args.top)
 
 

@@ -54,6 +54,16 @@ def step_flops(step, state, x) -> float:
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
+def config_for(config_arg: str, dtype: str, batch_size: int = 0):
+  """The config of `path[:variant]` with compute dtype `dtype` and, if nonzero, `batch_size`."""
+  path, _, variant = config_arg.partition(":")
+  config = load_config_file(path, variant or None)
+  config.model.dtype = dtype
+  if batch_size:
+    config.train.batch_size = batch_size
+  return config
+
+
 def build(config, shape):
   """The jitted train step, a replicated initial state and a sharded synthetic batch."""
   model, schedule = make_model(config, shape), make_schedule(config)
@@ -133,11 +143,7 @@ def main():
   )
   print("|---|---|---|---|---|---|---|---|---|---|")
   for dtype in args.dtypes.split(","):
-    path, _, variant = args.config.partition(":")
-    config = load_config_file(path, variant or None)
-    config.model.dtype = dtype
-    if args.batch_size:
-      config.train.batch_size = args.batch_size
+    config = config_for(args.config, dtype, args.batch_size)
     r = bench(config, shape, args.iters)
     n = param_count(make_model(config, shape), shape)
     print(
