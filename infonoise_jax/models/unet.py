@@ -117,7 +117,7 @@ class _Decoder(nn.Module):
         )
         x = block(x, emb_BE, train)
     tag = f"{res0}x{res0}"
-    x = nn.silu(L.group_norm(x.shape[-1], dt, f"{tag}_aux_norm")(x))
+    x = nn.silu(L.group_norm(dt, f"{tag}_aux_norm")(x))
     gain = kw["zero_init_scale"]
     return L.Conv2D(self.out_channels, 3, init_gain=gain, dtype=dt, name=f"{tag}_aux_conv")(x)
 

@@ -82,9 +82,8 @@ class GroupNorm(nn.Module):
     return y.astype(self.dtype)
 
 
-def group_norm(channels: int, dtype: Dtype, name: str) -> GroupNorm:
-  """GroupNorm with EDM's SongUNet epsilon 1e-6 for `channels` channels."""
-  del channels  # the group count follows the input's channels (num_groups)
+def group_norm(dtype: Dtype, name: str) -> GroupNorm:
+  """GroupNorm with EDM's SongUNet epsilon 1e-6; the groups follow the input's channels."""
   return GroupNorm(epsilon=1e-6, dtype=dtype, name=name)
 
 
@@ -248,13 +247,13 @@ class UNetBlock(nn.Module):
   def __call__(self, x_BHWC: Array, emb_BE: Array, train: bool) -> Array:
     c_in, c_out, dt = x_BHWC.shape[-1], self.out_channels, self.dtype
     resample = dict(up=self.up, down=self.down, resample_filter=self.resample_filter, dtype=dt)
-    h = nn.silu(group_norm(c_in, dt, "norm0")(x_BHWC))
+    h = nn.silu(group_norm(dt, "norm0")(x_BHWC))
     h, bias_C = Conv2D(c_out, 3, add_bias=False, name="conv0", **resample)(h)
     # norm1(h + bias + A emb) without materialising the sum: the bias and the embedding
     # enter as a per-(example, channel) shift, so their gradients come from the norm's
     # statistics instead of extra passes over h.
     shift_BC = dense(c_out, dt, "affine")(emb_BE).astype(jnp.float32) + bias_C
-    h = nn.silu(group_norm(c_out, dt, "norm1")(h, shift_BC))
+    h = nn.silu(group_norm(dt, "norm1")(h, shift_BC))
     if self.dropout > 0 and train:
       h = dropout(h, self.dropout, self.make_rng("dropout"))
     h = Conv2D(c_out, 3, init_gain=self.zero_init_scale, dtype=dt, name="conv1")(h)
@@ -270,7 +269,7 @@ class UNetBlock(nn.Module):
     b, h, w, c = x_BHWC.shape
     dt = self.dtype
     qkv = Conv2D(3 * c, 1, init_gain=math.sqrt(0.2), dtype=dt, name="qkv")(
-      group_norm(c, dt, "norm2")(x_BHWC)
+      group_norm(dt, "norm2")(x_BHWC)
     )
     # Channel o of the qkv projection is (feature c, role j) with o = 3 c + j, as in EDM.
     qkv_BNC3 = qkv.reshape(b, h * w, c, 3)
