@@ -90,6 +90,9 @@ def profile(config, shape, steps: int, outdir: str, top: int) -> None:
   count = collections.Counter()
   hlo_of = {}
   events = sorted(device_events(trace_dir), key=lambda e: e[2])
+  if not events:
+    print(f"no GPU kernels in the trace ({jax.default_backend()} backend): this reads GPU traces")
+    return
   for name, hlo, _, ns in events:
     by_kind[kind_of(name)] += ns
     key = name[:90]
@@ -97,9 +100,6 @@ def profile(config, shape, steps: int, outdir: str, top: int) -> None:
     count[key] += 1
     hlo_of.setdefault(key, hlo[:60])
   total = sum(by_kind.values())
-  if not events:
-    print(f"no GPU kernels in the trace ({jax.default_backend()} backend): this reads GPU traces")
-    return
   # Idle device time between consecutive kernels, charged to the kernel that follows.
   idle = collections.Counter()
   for (_, _, s0, d0), (name, hlo, s1, _) in zip(events, events[1:], strict=False):
@@ -108,7 +108,7 @@ def profile(config, shape, steps: int, outdir: str, top: int) -> None:
       idle[f"{name[:60]} ({hlo[:40]})"] += gap
   dtype = config.model.dtype
   kernel_ms, idle_ms = total / steps / 1e6, sum(idle.values()) / steps / 1e6
-  print(f"\n## {dtype}: step {step_ms:.1f} ms (median of 20, untraced)")
+  print(f"\n## {dtype}: step {step_ms:.1f} ms synced (median of 20, untraced)")
   print(f"kernels {kernel_ms:.1f} ms/step, idle gaps inside steps {idle_ms:.1f} ms/step")
   print("| kind | ms/step | share |\n|---|---|---|")
   for kind, ns in by_kind.most_common():
