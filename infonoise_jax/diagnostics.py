@@ -78,10 +78,8 @@ def write_images(run, state, writer, workdir: str, step: int) -> tuple[dict, np.
   plot = plots.schedule_plot(grid_G, curves, title=f"{run.config.schedule.name} @ step {step}")
   images = {"schedule": plot[None]}
   if run.source.is_image:
-    upscale = max(1, 32 // samples.shape[1])  # tiny images (8x8 digits) get visible pixels
-    big = samples.repeat(upscale, axis=1).repeat(upscale, axis=2)
-    ncols, scale = int(np.ceil(np.sqrt(len(big)))), run.source.scale
-    images["samples"] = plots.image_grid(big, ncols, value_range=(-scale, scale))[None]
+    scale = run.source.scale
+    images["samples"] = plots.sample_grid(samples, value_range=(-scale, scale))[None]
   writer.write_images(step, images)
   if jax.process_index() == 0:
     os.makedirs(os.path.join(workdir, "images"), exist_ok=True)

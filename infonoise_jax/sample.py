@@ -92,13 +92,17 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
+def _no_checkpoint(directory: str) -> FileNotFoundError:
+  return FileNotFoundError(
+    f"No checkpoint in {directory}: train the run first "
+    "(python -m infonoise_jax.main --workdir=...) or point --workdir at a trained run"
+  )
+
+
 def _pick_step(ckpt: checkpointing.Checkpointer, step: int | None) -> int:
   saved = ckpt.all_steps()
   if not saved:
-    raise FileNotFoundError(
-      f"No checkpoint in {ckpt.directory}: train the run first "
-      "(python -m infonoise_jax.main --workdir=...) or point --workdir at a trained run"
-    )
+    raise _no_checkpoint(ckpt.directory)
   if step is None:
     return saved[-1]
   if step not in saved:
@@ -115,10 +119,7 @@ def restore(
   """
   config = load_config(workdir)
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    raise FileNotFoundError(
-      f"No checkpoint in {os.path.join(workdir, 'checkpoints')}: train the run first "
-      "(python -m infonoise_jax.main --workdir=...) or point --workdir at a trained run"
-    )
+    raise _no_checkpoint(os.path.join(workdir, "checkpoints"))
   ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints, create=False)
   try:
     step = _pick_step(ckpt, step)
@@ -150,17 +151,23 @@ def sampler_config(
   return config
 
 
+def check_grid(config: ml_collections.ConfigDict, grid: str | None = None) -> None:
+  """Raises if `grid` (default config.sampler.grid) needs a profile the run does not learn."""
+  grid = grid or config.sampler.grid
+  if grid.startswith("infogrid") and config.schedule.name != "infonoise":
+    raise ValueError(
+      f"grid={grid!r} needs the learned InfoNoise profile, but this run was trained with "
+      f"schedule.name={config.schedule.name!r}; use --grid=karras"
+    )
+
+
 def make_sigmas(sampler: Sampler, schedule_state, config=None) -> jax.Array:
   """The sigma grid of `config.sampler` (default the run's); infogrid uses the learned profile."""
   config = sampler.config if config is None else config
   grid = config.sampler.grid
   if not grid.startswith("infogrid"):
     return sampling.make_sigmas(config)
-  if not hasattr(sampler.schedule, "profile"):
-    raise ValueError(
-      f"grid={grid!r} needs the learned InfoNoise profile, but this run was trained with "
-      f"schedule.name={sampler.config.schedule.name!r}; use --grid=karras"
-    )
+  check_grid(sampler.config, grid)
   return sampling.make_sigmas(config, profile=sampler.schedule.profile(schedule_state))
 
 
@@ -213,11 +220,8 @@ def write_samples(out: str, samples: np.ndarray, scale: float, is_image: bool, *
   paths = {"npz": os.path.join(out, "samples.npz")}
   np.savez(paths["npz"], samples=x, uint8=fid.to_uint8(x), data_scale=scale, **meta)
   if is_image:
-    first = x[:GRID_IMAGES]
-    upscale = max(1, 32 // first.shape[1])  # tiny images (8x8 digits) get visible pixels
-    first = first.repeat(upscale, axis=1).repeat(upscale, axis=2)
     paths["png"] = os.path.join(out, "samples.png")
-    plots.save_png(paths["png"], plots.image_grid(first, ncols=math.ceil(math.sqrt(len(first)))))
+    plots.save_png(paths["png"], plots.sample_grid(x[:GRID_IMAGES]))
   return paths
 
 
@@ -235,13 +239,7 @@ def sample_run(
   """The command: restore, draw `num` samples, write them to `out`; returns (samples, paths)."""
   if num < 1:
     raise ValueError(f"--num must be >= 1, got {num}")
-  config = load_config(workdir)
-  # Fail on a grid the run cannot provide before restoring anything.
-  if (grid or config.sampler.grid).startswith("infogrid") and config.schedule.name != "infonoise":
-    raise ValueError(
-      f"grid={grid or config.sampler.grid!r} needs a learned InfoNoise profile, but the run in "
-      f"{workdir} was trained with schedule.name={config.schedule.name!r}; use --grid=karras"
-    )
+  check_grid(load_config(workdir), grid)  # before restoring anything
   sampler, state, step = restore(workdir, step, devices)
   config = sampler_config(sampler.config, grid, num_steps)
   sigmas = make_sigmas(sampler, state.schedule_state, config)

@@ -84,3 +84,17 @@ def test_schedule_plot_x_axis_is_ln_sigma():
   left, right = peak_column(-4.0), peak_column(2.0)
   # peaks 6 ln-sigma units apart on a 10-unit axis: about 0.6 of the axes width apart
   assert 0.4 * size[0] < right - left < 0.65 * size[0]
+
+
+def test_sample_grid_upscales_tiny_images_only():
+  """8x8 images are repeated 4x to 32x32 (nearest); 32x32 ones are tiled as they are."""
+  rng = np.random.default_rng(0)
+  tiny = rng.uniform(-1, 1, (5, 8, 8, 1)).astype(np.float32)
+  grid = plots.sample_grid(tiny)
+  want = plots.image_grid(tiny.repeat(4, axis=1).repeat(4, axis=2), 3)  # ceil(sqrt(5)) = 3
+  np.testing.assert_array_equal(grid, want)
+  assert grid.shape == (2 * 33 + 1, 3 * 33 + 1, 3)
+  big = rng.uniform(-2, 2, (4, 32, 32, 3)).astype(np.float32)
+  np.testing.assert_array_equal(
+    plots.sample_grid(big, value_range=(-2, 2)), plots.image_grid(big, 2, value_range=(-2, 2))
+  )

@@ -10,6 +10,7 @@ imported lazily so the rest of the package does not need it.
 """
 
 import io
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -59,6 +60,16 @@ def image_grid(
     left = padding + (i % ncols) * (w + padding)
     grid[top : top + h, left : left + w] = x_NHWC[i]
   return grid
+
+
+def sample_grid(
+  images_NHWC: np.ndarray, value_range: tuple[float, float] = (-1.0, 1.0), min_side: int = 32
+) -> np.ndarray:
+  """A near-square grid of samples; images smaller than `min_side` are upscaled (nearest) by
+  an integer factor so that tiny ones (8x8 digits) get visible pixels."""
+  up = max(1, min_side // images_NHWC.shape[1])
+  big = np.asarray(images_NHWC).repeat(up, axis=1).repeat(up, axis=2)
+  return image_grid(big, math.ceil(math.sqrt(len(big))), value_range=value_range)
 
 
 def save_png(path: str | epath.PathLike, image: np.ndarray) -> None:
