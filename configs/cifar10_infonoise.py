@@ -1,9 +1,9 @@
 """InfoNoise on EDM's CIFAR-10 recipe: configs/cifar10_edm.py with only the schedule changed.
 
 Launch: `--config=configs/cifar10_infonoise.py` (DDPM++) or `...:ncsnpp`. The network,
-optimizer, EMA, loss weight and sampler stay EDM's (METHOD.md section 2: InfoNoise changes
+optimizer, EMA, loss weight and sampler stay EDM's (docs/method.md section 2: InfoNoise changes
 only pi). Warm-up draws from EDM's log-normal; the low-noise gate is pinned at c = 0.15, the
-value reported for natural images (METHOD.md section 4, step 5).
+value reported for natural images (docs/method.md section 4, step 5).
 """
 
 import importlib.util

@@ -35,7 +35,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       c.schedule.name = token
     elif token == "binarized":
       c.data.binarize = True
-      c.data.scale = 0.5  # METHOD.md's binarized data: {-0.5, +0.5}
+      c.data.scale = 0.5  # docs/method.md's binarized data: {-0.5, +0.5}
     elif token == "mlp":
       c.model.name = "mlp"
     elif token == "fashion":
@@ -65,7 +65,7 @@ def _base_config() -> ml_collections.ConfigDict:
   c.data.local_dir = "/usr/share/datasets/fashion-mnist"  # Debian dataset-fashion-mnist files
   c.data.image_size = 0  # side in pixels after box-averaging by an integer factor; 0 = native
   c.data.binarize = False  # images: pixel > mid-range -> +scale, else -scale
-  c.data.scale = 1.0  # data lie in [-scale, scale]; binarized {-scale, +scale} (METHOD.md: 0.5)
+  c.data.scale = 1.0  # data lie in [-scale, scale]; binarized {-scale, +scale} (docs/method.md: 0.5)
   c.data.num_components = 8  # gaussian_mixture: number of components
   c.data.component_std = 0.1  # gaussian_mixture: per-dim std of each component (x scale)
   c.data.dim = 16  # gaussian_mixture: dimension

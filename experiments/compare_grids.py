@@ -2,7 +2,7 @@
 
 Draws samples from a run's EMA model with each grid and number of Heun steps and reports
 the Frechet distance to the training data in pixel space (lower is better). Same model,
-same seeds, only the sigma grid changes (METHOD.md section 5).
+same seeds, only the sigma grid changes (docs/method.md section 5).
 
   python experiments/compare_grids.py --workdir=runs/digits --num=2000 --steps=10,18,50
 """

@@ -1,6 +1,6 @@
 """What a run shows its user: window scalars, sample grids, the schedule plot.
 
-The schedule plot is METHOD.md section 3's diagnostic: on a ln-sigma axis, the sampling
+The schedule plot is docs/method.md section 3's diagnostic: on a ln-sigma axis, the sampling
 density pi, the effective allocation pi*w and (for InfoNoise) the estimated gated
 entropy-rate profile, each normalized on the grid so they can be compared.
 """

@@ -1,6 +1,6 @@
 """EDM diffusion math (Karras et al. 2022) as small pure functions.
 
-METHOD.md section 2: variance-exploding forward process x_sigma = x_0 + sigma*eps,
+docs/method.md section 2: variance-exploding forward process x_sigma = x_0 + sigma*eps,
 preconditioned denoiser D(x; sigma) = c_skip x + c_out F(c_in x; c_noise) and the
 loss weight w(sigma) = (sigma^2 + sd^2) / (sigma sd)^2.
 """
@@ -47,6 +47,6 @@ def add_noise(x0_B: Array, sigma_B: Array, eps_B: Array) -> Array:
 
 
 def per_example_error(denoised_B: Array, x0_B: Array) -> Array:
-  """Unweighted x-space error ||D - x_0||^2, averaged over data dimensions (METHOD.md 4)."""
+  """Unweighted x-space error ||D - x_0||^2, averaged over data dimensions (docs/method.md 4)."""
   axes = tuple(range(1, x0_B.ndim))
   return jnp.mean(jnp.square(denoised_B.astype(jnp.float32) - x0_B.astype(jnp.float32)), axes)

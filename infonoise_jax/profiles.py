@@ -1,6 +1,6 @@
 """Information profiles: exact mmse curves, Bayes denoisers, gates and allocation diagnostics.
 
-METHOD.md section 3. Conventions used throughout this module:
+docs/method.md section 3. Conventions used throughout this module:
 
 * **mmse is the per-dimension mean**, mmse(sigma) = E||x_0 - E[x_0|x_sigma]||^2 / d. This is what
   the InfoNoise estimator averages (`edm.per_example_error` takes the mean over data dims), so
@@ -18,7 +18,7 @@ fair bits {-a, a}^d by Gauss-Hermite quadrature of the 1-D integral.
 **Gate pivot ("onset") rule (ours).** The paper's automatic pivot is known only second-hand;
 its literal reading (`onset_pivot_literal`: r = (m/sigma^3)/max, c = largest sigma with
 r >= p) gives c = 4.4 for bits of scale 0.5 whose profile peaks at 0.41, erasing the decision
-window (METHOD.md 4.5). The gate's stated job is to cut the *low-noise region*, where the profile
+window (docs/method.md 4.5). The gate's stated job is to cut the *low-noise region*, where the profile
 still shows its sigma -> 0 behaviour: for continuous data q -> q_0 (about 1 per dim, the
 "1/sigma tail" of dH/dsigma); for discrete data q -> 0. `onset_pivot` therefore measures how far
 the profile has moved away from its low-noise value q_0 = q(sigma_min), relative to its full
@@ -54,7 +54,7 @@ Array = jax.Array
 
 # ----------------------------------------------------------------------------- closed forms
 def gaussian_mmse(sigma: Array, std: float) -> Array:
-  """Per-dim mmse of N(mu, std^2 I): std^2 sigma^2 / (std^2 + sigma^2) (METHOD.md 3)."""
+  """Per-dim mmse of N(mu, std^2 I): std^2 sigma^2 / (std^2 + sigma^2) (docs/method.md 3)."""
   return std**2 * sigma**2 / (std**2 + sigma**2)
 
 
@@ -163,12 +163,12 @@ def binary_denoiser(x_BD: Array, sigma_B: Array, scale: float) -> Array:
 
 # ----------------------------------------------------------------------------- profiles
 def entropy_rate(mmse: Array, sigma: Array) -> Array:
-  """q = dH(X_0|X_sigma)/d ln sigma = mmse / sigma^2 (METHOD.md 3, I-MMSE)."""
+  """q = dH(X_0|X_sigma)/d ln sigma = mmse / sigma^2 (docs/method.md 3, I-MMSE)."""
   return mmse / sigma**2
 
 
 def low_noise_gate(sigma: Array, pivot: Array | float, power: float = 3.0) -> Array:
-  """g(sigma) = sigma^n / (sigma^n + c^n) (METHOD.md 4.5), computed stably in log space."""
+  """g(sigma) = sigma^n / (sigma^n + c^n) (docs/method.md 4.5), computed stably in log space."""
   return jax.nn.sigmoid(power * (jnp.log(sigma) - jnp.log(pivot)))
 
 
@@ -208,7 +208,7 @@ def onset_pivot_literal(log_sigma_G: Array, q_G: Array, threshold: float = 0.002
 def gated_profile(
   log_sigma_G: Array, q_G: Array, pivot: Array | float, power: float = 3.0
 ) -> Array:
-  """rho = q g, normalized to grid masses (METHOD.md 4.5)."""
+  """rho = q g, normalized to grid masses (docs/method.md 4.5)."""
   return normalize(q_G * low_noise_gate(jnp.exp(log_sigma_G), pivot, power))
 
 

@@ -13,7 +13,7 @@ data.scale, so the data range is [-1, 1]; `uint8`: EDM's quantization of it) and
 Seeds: sample j of seed s starts from the key fold_in(key(s), j) (initial noise and any churn
 noise), so it does not depend on the batch size, the device count or `--num` (a larger --num
 extends the same set). The infogrid grids use the checkpoint's learned InfoNoise profile
-(METHOD.md section 5).
+(docs/method.md section 5).
 """
 
 import argparse

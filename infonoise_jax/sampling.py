@@ -2,7 +2,7 @@
 
 `sample` runs EDM Algorithm 1 (deterministic Heun), plain Euler, or Algorithm 2 (stochastic
 Heun with churn; Karras et al. 2022) as a `lax.fori_loop` over a sigma grid from
-`sampling_grids` (Karras rho grid or InfoGrid, METHOD.md section 5). The denoiser is any
+`sampling_grids` (Karras rho grid or InfoGrid, docs/method.md section 5). The denoiser is any
 `denoise_fn(x_B..., sigma_B) -> D(x; sigma)`, e.g. `edm.denoise` with EMA params closed over.
 
 Network evaluations for a grid of N nonzero levels plus the final 0 (`num_evaluations`):
@@ -164,7 +164,7 @@ def validate_sampler_config(config: ml_collections.ConfigDict) -> None:
 def make_sigmas(config: ml_collections.ConfigDict, profile: Profile | None = None) -> Array:
   """The sigma grid of config.sampler over [edm.sigma_min, edm.sigma_max], final 0 appended.
 
-  `profile` = (log_sigma_K, rate_K) is required for the infogrid grids (METHOD.md section 5).
+  `profile` = (log_sigma_K, rate_K) is required for the infogrid grids (docs/method.md section 5).
   """
   validate_sampler_config(config)
   s, edm = config.sampler, config.edm

@@ -1,4 +1,4 @@
-"""Sampling discretizations in sigma: the Karras rho grid and InfoGrid (METHOD.md section 5).
+"""Sampling discretizations in sigma: the Karras rho grid and InfoGrid (docs/method.md section 5).
 
 Every grid has `num_steps` noise levels sigma_0 > ... > sigma_{N-1} > 0 followed by a final 0,
 so it has N + 1 entries and the sampler takes N steps (the last one from sigma_{N-1} to 0),
@@ -6,7 +6,7 @@ as in EDM (Karras et al. 2022, eq. 5 and Algorithm 1).
 
 InfoGrid places the levels by the information profile instead of a fixed power law. The
 profile is given on bin centres in ln sigma as `rate_K`, the (gated) conditional-entropy rate
-per unit ln sigma, r = dH/d ln sigma = sigma dH/dsigma >= 0 (METHOD.md section 3), treated as
+per unit ln sigma, r = dH/d ln sigma = sigma dH/dsigma >= 0 (docs/method.md section 3), treated as
 piecewise constant per bin (bin edges midway between centres, the outer edges half a spacing
 beyond the outer centres). With F the normalized CDF of that rate over [sigma_min, sigma_max],
 the levels are
@@ -71,7 +71,7 @@ def infogrid_sigmas(
   sigma_min: float | Array | None = None,
   sigma_max: float | Array | None = None,
 ) -> Array:
-  """InfoGrid (METHOD.md section 5): sigma_i = F^{-1}(1 - i/(N-1)), then a final 0.
+  """InfoGrid (docs/method.md section 5): sigma_i = F^{-1}(1 - i/(N-1)), then a final 0.
 
   Args:
     log_sigma_K: bin centres in ln sigma, ascending, K >= 2.

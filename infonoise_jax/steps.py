@@ -2,7 +2,7 @@
 
 `train_step(state, batch_BX) -> (state, metrics)` is the whole training update: draw
 sigma_B from the schedule, noise the batch, evaluate the preconditioned denoiser, take
-per-example losses (METHOD.md section 2), apply Adam, update the EMA, and update the
+per-example losses (docs/method.md section 2), apply Adam, update the EMA, and update the
 schedule's state from the unweighted errors -- all inside one jitted function, so
 InfoNoise's record and refresh run on device with no host round-trip. Under `jax.jit`
 with the batch sharded over the data axis, every mean and segment sum below is a

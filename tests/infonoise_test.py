@@ -65,7 +65,7 @@ def test_gaussian_profile_converges(gaussian_run):
   ref_K = _analytic_rho(sched, lambda sg: profiles.gaussian_mmse(sg, s), 0.2)
   assert _tv_to(sched, state, ref_K) < 0.05
   assert int(state["refreshes"]) == (STEPS - 20) // 20 + 1
-  assert float(dcdf_T[-1]) < 1e-2  # METHOD.md 4.9: converged table
+  assert float(dcdf_T[-1]) < 1e-2  # docs/method.md 4.9: converged table
 
 
 def test_mixture_profile_converges_8d():
@@ -108,7 +108,7 @@ def test_binary_profile_converges_and_onset_below_peak(binary_run):
 
 
 def _peak_sigma(sched, state):
-  """Argmax of the ungated entropy rate q = m / sigma^2 (METHOD.md 4.4) of the estimate."""
+  """Argmax of the ungated entropy rate q = m / sigma^2 (docs/method.md 4.4) of the estimate."""
   x_K = sched.log_sigma_centres
   return math.exp(float(x_K[jnp.argmax(state["m_K"] / jnp.exp(2 * x_K))]))
 

@@ -4,7 +4,7 @@ Every source yields examples in [-scale, scale] (`data.scale`; EDM's sigma_data 
 scale 1 images; the unbounded Gaussian mixture has means ~ N(0, (scale/2)^2)), images as
 (H, W, C) and vectors as (D,). Images map their pixel range
 [0, max] linearly onto [-1, 1] (mid-range -> 0), are optionally box-averaged down to
-`data.image_size`, optionally binarized (value > 0 -> +1, else -1; METHOD.md's binarized
+`data.image_size`, optionally binarized (value > 0 -> +1, else -1; docs/method.md's binarized
 data is +-0.5, i.e. scale 0.5) and finally multiplied by `scale`.
 
   digits               scikit-learn digits, 1797 x 8x8x1, pixels 0..16 (embedded default).

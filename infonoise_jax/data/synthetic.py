@@ -1,6 +1,6 @@
 """Synthetic data with known structure: a Gaussian mixture with exact posteriors, 2-D toys.
 
-The Gaussian mixture is the closed-form check of METHOD.md section 3: for
+The Gaussian mixture is the closed-form check of docs/method.md section 3: for
 x_sigma = x_0 + sigma eps with x_0 ~ sum_k w_k N(mu_k, s^2 I), the posterior mean
 E[x_0 | x_sigma] is a softmax-weighted average of per-component Wiener estimates, so the
 Bayes mmse is an exact expectation of a known function (`GaussianMixture.posterior_mean`).

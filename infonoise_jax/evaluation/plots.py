@@ -1,7 +1,7 @@
 """Diagnostic images as uint8 numpy arrays, ready for a MetricWriter or a PNG file.
 
 * `image_grid`: a batch of samples tiled into one RGB image.
-* `schedule_plot`: densities over ln(sigma) (METHOD.md 2-4): the InfoNoise profile
+* `schedule_plot`: densities over ln(sigma) (docs/method.md 2-4): the InfoNoise profile
   rho (4-5), the sampling density pi (6) and the effective allocation phi = pi w (2), each
   normalized to unit area on the grid so their shapes can be compared.
 

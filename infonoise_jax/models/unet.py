@@ -1,6 +1,6 @@
 """EDM's SongUNet (the DDPM++ and NCSN++ U-Nets of Song et al. 2021) in Flax linen.
 
-Computes F(c_in x; c_noise) of the EDM denoiser (METHOD.md section 2): input the
+Computes F(c_in x; c_noise) of the EDM denoiser (docs/method.md section 2): input the
 preconditioned image x_BHWC (c_in x) and c_noise_B = ln(sigma) / 4, output F with x's shape.
 
 Layout (EDM `SongUNet`, unconditional; parameter names mirror the PyTorch module names):

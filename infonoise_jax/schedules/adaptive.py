@@ -181,7 +181,7 @@ class Binned:
 
   def sample(self, state: State, key: Array, batch_size: int) -> tuple[Array, Array]:
     bin_key, pos_key, base_key = jax.random.split(key, 3)
-    # Pick a bin by its mass, then l uniform inside it (METHOD.md 4, step 7).
+    # Pick a bin by its mass, then l uniform inside it (docs/method.md 4, step 7).
     logits_K = jnp.log(state["pmf_K"])
     bin_B = jax.random.categorical(bin_key, logits_K, shape=(batch_size,))
     u_B = jax.random.uniform(pos_key, (batch_size,), jnp.float32)

@@ -1,6 +1,6 @@
 """Fixed training noise distributions: the hand-tuned peers InfoNoise is compared against.
 
-Each class draws sigma from a fixed law and returns unit loss weights (METHOD.md section 6).
+Each class draws sigma from a fixed law and returns unit loss weights (docs/method.md section 6).
 `density` is the exact density of ln(sigma) under `sample` (tests check this by goodness of
 fit). With l = ln sigma:
 

@@ -1,4 +1,4 @@
-"""InfoNoise: the online, information-guided training noise distribution (METHOD.md section 4).
+"""InfoNoise: the online, information-guided training noise distribution (docs/method.md section 4).
 
 The estimator is a pure function on a small fixed-shape state that lives in the TrainState:
 
@@ -17,7 +17,7 @@ State (fixed shapes, K = num_bins): sums_K, counts_K (open window), m_K (EMA of 
 init 1), seen_K, cdf_E (K+1 edges), refreshes, max_dcdf (last refresh), dropped (non-finite
 errors so far), gate_pivot (c actually used). `profile` and `cdf` expose it for plots/InfoGrid.
 
-Choices marked (ours) in METHOD.md are settings here (see configs/default.py,
+Choices marked (ours) in docs/method.md are settings here (see configs/default.py,
 `schedule.infonoise`). The gate pivot rules live in `infonoise_jax.profiles`.
 """
 
