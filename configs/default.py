@@ -65,7 +65,9 @@ def _base_config() -> ml_collections.ConfigDict:
   c.data.local_dir = "/usr/share/datasets/fashion-mnist"  # Debian dataset-fashion-mnist files
   c.data.image_size = 0  # side in pixels after box-averaging by an integer factor; 0 = native
   c.data.binarize = False  # images: pixel > mid-range -> +scale, else -scale
-  c.data.scale = 1.0  # data lie in [-scale, scale]; binarized {-scale, +scale} (docs/method.md: 0.5)
+  c.data.scale = (
+    1.0  # data lie in [-scale, scale]; binarized {-scale, +scale} (docs/method.md: 0.5)
+  )
   c.data.num_components = 8  # gaussian_mixture: number of components
   c.data.component_std = 0.1  # gaussian_mixture: per-dim std of each component (x scale)
   c.data.dim = 16  # gaussian_mixture: dimension
@@ -188,4 +190,9 @@ def _base_config() -> ml_collections.ConfigDict:
   c.system.coordinator_address = ""  # host:port; '' = auto-detect (Cloud TPU)
   c.system.num_processes = 0  # 0 = auto-detect
   c.system.process_id = -1  # -1 = auto-detect
+  # Persistent XLA compilation cache (and GPU autotuning results): a restarted or resumed run
+  # of the same config loads its compiled step instead of compiling again. '' = off. A local
+  # folder per machine (also on TPU pods, where the workdir is on gs://).
+  c.system.compilation_cache_dir = "~/.cache/infonoise_jax/xla"
+  c.system.compilation_cache_min_secs = 1.0  # cache only programs that took this long to build
   return c

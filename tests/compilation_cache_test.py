@@ -1,0 +1,74 @@
+"""The persistent compilation cache: a second process with the same config loads its
+compiled programs from `system.compilation_cache_dir` instead of compiling them again."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Runs the real command line and prints how many programs came from the persistent cache,
+# counted by JAX's own monitoring event for a cache hit.
+_DRIVER = """
+import atexit, sys
+import jax
+hits = []
+def _on_event(name, **kwargs):
+  if name == "/jax/compilation_cache/cache_hits":
+    hits.append(name)
+jax.monitoring.register_event_listener(_on_event)
+atexit.register(lambda: print("CACHE_HITS", len(hits), flush=True))
+from absl import app
+from infonoise_jax import main
+sys.argv = ["infonoise_jax.main"] + sys.argv[1:]
+app.run(main.main)
+"""
+
+
+def _run(workdir: pathlib.Path, cache: pathlib.Path) -> int:
+  env = {k: v for k, v in os.environ.items() if not k.startswith("XLA_")}
+  env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      _DRIVER,
+      "--config=configs/test.py",
+      f"--workdir={workdir}",
+      f"--config.system.compilation_cache_dir={cache}",
+      "--config.system.compilation_cache_min_secs=0",
+      "--config.train.num_steps=4",
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("CACHE_HITS")]
+  assert lines, proc.stdout[-2000:]
+  return int(lines[-1].split()[1])
+
+
+def test_second_process_reuses_the_compiled_programs(tmp_path):
+  cache = tmp_path / "xla_cache"
+  assert _run(tmp_path / "first", cache) == 0  # empty cache: everything compiled
+  entries = [p for p in cache.rglob("*") if p.is_file()]
+  assert entries, "the first run wrote nothing to the compilation cache"
+  # A fresh run of the same config in another workdir: the step (and the rest) load from disk.
+  assert _run(tmp_path / "second", cache) >= 1
+
+
+def test_empty_folder_turns_the_cache_off(tmp_path):
+  from infonoise_jax import main
+  import jax
+  import ml_collections
+
+  system = ml_collections.ConfigDict(
+    {"compilation_cache_dir": "", "compilation_cache_min_secs": 1.0}
+  )
+  before = jax.config.jax_compilation_cache_dir
+  main.configure_compilation_cache(system)
+  assert jax.config.jax_compilation_cache_dir == before
