@@ -18,7 +18,8 @@ fair bits {-a, a}^d by Gauss-Hermite quadrature of the 1-D integral.
 **Gate pivot ("onset") rule (ours).** The paper's automatic pivot is known only second-hand;
 its literal reading (`onset_pivot_literal`: r = (m/sigma^3)/max, c = largest sigma with
 r >= p) gives c = 4.4 for bits of scale 0.5 whose profile peaks at 0.41, erasing the decision
-window (docs/method.md 4.5). The gate's stated job is to cut the *low-noise region*, where the profile
+window (docs/method.md 4, step 5).
+The gate's stated job is to cut the *low-noise region*, where the profile
 still shows its sigma -> 0 behaviour: for continuous data q -> q_0 (about 1 per dim, the
 "1/sigma tail" of dH/dsigma); for discrete data q -> 0. `onset_pivot` therefore measures how far
 the profile has moved away from its low-noise value q_0 = q(sigma_min), relative to its full

@@ -62,9 +62,10 @@ def test_second_process_reuses_the_compiled_programs(tmp_path):
 
 
 def test_empty_folder_turns_the_cache_off(tmp_path):
-  from infonoise_jax import main
   import jax
   import ml_collections
+
+  from infonoise_jax import main
 
   system = ml_collections.ConfigDict(
     {"compilation_cache_dir": "", "compilation_cache_min_secs": 1.0}

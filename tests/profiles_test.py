@@ -152,7 +152,7 @@ def test_onset_mixture_marks_component_width_below_separation_bump():
 
 
 def test_onset_literal_reproduces_second_hand_numbers():
-  """docs/method.md 4.5: the literal reading gives 4.4 for bits of scale 0.5 and 0.49 for N(0, 0.25)."""
+  """docs/method.md 4.5: the literal reading gives 4.4 for bits of scale 0.5, 0.49 for N(0, .25)."""
   q_bin = profiles.entropy_rate(profiles.binary_mmse(SIGMA_G, 0.5), SIGMA_G)
   q_gau = profiles.entropy_rate(profiles.gaussian_mmse(SIGMA_G, 0.5), SIGMA_G)
   c_bin = float(profiles.onset_pivot_literal(LOG_SIGMA_G, q_bin, 0.002))
