@@ -3,7 +3,9 @@
   python -m infonoise_jax.main --config=configs/default.py --workdir=runs/digits \
       --config.train.num_steps=2000 --config.schedule.name=lognormal
 
-A `:variant` suffix on the config path is passed to its get_config (see configs/).
+A `:variant` suffix on the config path is passed to its get_config (see configs/). Installed,
+the same command is `infonoise-train --config=configs/default.py ...` from any directory: a
+config path that does not exist is looked up among the shipped configs by file name.
 """
 
 import logging as logging_lib
@@ -14,6 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from infonoise_jax import train
+from infonoise_jax.validation import resolve_config_path
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -84,5 +87,33 @@ def main(argv):
   train.train_and_evaluate(config, os.path.expanduser(FLAGS.workdir))
 
 
+def _resolve_config_arg(argv: list[str]) -> list[str]:
+  """`--config=PATH[:variant]` (or `--config PATH...`) with PATH resolved by
+  `resolve_config_path`, so the shipped configs are found from any directory."""
+
+  def resolve(value: str) -> str:
+    path, sep, variant = value.partition(":")
+    try:
+      return f"{resolve_config_path(path)}{sep}{variant}"
+    except FileNotFoundError as e:
+      raise app.UsageError(f"--config: {e}") from None
+
+  out = list(argv[:1])
+  args = iter(argv[1:])
+  for a in args:
+    if a.startswith("--config="):
+      a = "--config=" + resolve(a.removeprefix("--config="))
+    elif a == "--config":
+      out.append(a)
+      a = resolve(next(args, ""))
+    out.append(a)
+  return out
+
+
+def run() -> None:
+  """Console script `infonoise-train` (the same as `python -m infonoise_jax.main`)."""
+  app.run(main, flags_parser=lambda argv: app.parse_flags_with_usage(_resolve_config_arg(argv)))
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

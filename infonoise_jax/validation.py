@@ -13,15 +13,48 @@ import pathlib
 import jax
 import ml_collections
 
-DEFAULT_CONFIG_PATH = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
+
+def config_dir() -> pathlib.Path:
+  """The shipped configs: `infonoise_jax.configs` when installed, `<checkout>/configs` otherwise."""
+  spec = importlib.util.find_spec("infonoise_jax.configs")
+  if spec is not None and spec.submodule_search_locations:
+    return pathlib.Path(next(iter(spec.submodule_search_locations)))
+  return pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+DEFAULT_CONFIG_PATH = config_dir() / "default.py"
+
+
+def resolve_config_path(path: str | pathlib.Path) -> pathlib.Path:
+  """`path` if it is a file; else the shipped config of that file name (`configs/test.py`
+  run from any directory, e.g. by an installed `infonoise-train`). Raises naming both."""
+  given = pathlib.Path(path).expanduser()
+  if given.is_file():
+    return given
+  shipped = config_dir() / given.name
+  if shipped.is_file():
+    return shipped
+  names = sorted(p.name for p in config_dir().glob("*.py") if not p.name.startswith("_"))
+  raise FileNotFoundError(
+    f"Config file {str(path)!r} not found (relative to {pathlib.Path.cwd()}) and not a shipped "
+    f"config ({', '.join(names)} in {config_dir()}); give the path of your config file."
+  )
 
 
 def load_config_file(path: str | pathlib.Path, arg: str | None = None) -> ml_collections.ConfigDict:
-  """Loads `get_config(arg)` from a config file by path (as ml_collections' flags do)."""
-  spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+  """Loads `get_config(arg)` from a config file by path (as ml_collections' flags do); a path
+  that does not exist is looked up among the shipped configs (`resolve_config_path`)."""
+  path = resolve_config_path(path)
+  spec = importlib.util.spec_from_file_location(path.stem, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def default_config(variant: str = "") -> ml_collections.ConfigDict:
+  """The shipped `configs/default.py` config; a config file of your own, anywhere on disk, can
+  start from it: `from infonoise_jax.validation import default_config`."""
+  return load_config_file(DEFAULT_CONFIG_PATH, variant)
 
 
 def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
@@ -36,7 +69,7 @@ def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
 
 def check_keys(config: ml_collections.ConfigDict) -> None:
   """Every key must be one that configs/default.py defines (catches typos)."""
-  known = _flat_keys(load_config_file(DEFAULT_CONFIG_PATH))
+  known = _flat_keys(default_config())
   unknown = sorted(_flat_keys(config) - known)
   if unknown:
     raise ValueError(
