@@ -1,19 +1,34 @@
 """Compare training noise schedules on one recipe: quality against training steps, by seed.
 
-Trains the same network with each schedule arm and seed, and every `--eval_every` steps
-draws samples from the EMA model (same sampler for every arm) and measures the Frechet
-distance between sample and data statistics in pixel space (lower is better). For 8x8
-digits, pixel space is a small (64-d) and honest feature space; it needs no extra network.
+Arms (schedule x config overrides) x seeds on one dataset at a fixed budget, with the same
+network, optimizer, EMA and sampler for every arm. The seeds of an arm train side by side in
+one jitted step vmapped over a run axis (`infonoise_jax.multirun`); arms run one after another,
+or in `--workers` processes sharing the accelerator (each with an equal memory fraction).
+Every `--eval_every` steps each run draws `--num_samples` samples from its EMA model and the
+Frechet distance (FD) between sample and data statistics is measured in pixel space (lower is
+better; binarized data also gets `fd_decoded`, the FD of samples thresholded to the two
+levels). At the last step each run is evaluated a second time with other sample seeds: the
+mean |difference| is the metric's noise, the tolerance of the speedup (evaluation/speedup.py).
+A `floor` record holds the FD of `--num_samples` real images to the data statistics: what a
+perfect model would score.
 
-  python experiments/compare_schedules.py --out=/tmp/cmp --steps=6000 --seeds=0,1,2 \
-      --data=continuous,binarized --arms=lognormal,infonoise,infonoise_onset
+  python experiments/compare_schedules.py --out=/tmp/cmp --config=configs/default.py:fashion \
+      --data=continuous,binarized --arms=lognormal,loguniform,infonoise --seeds=0,1,2 \
+      --steps=4000 --eval_every=500 [--set=train.batch_size=128 ...] [--workers=3]
 
-Writes <out>/results.jsonl (one line per evaluation) and prints a markdown summary.
+Writes, under --out: results.jsonl (append-only, one line per evaluation with the resolved
+config and its hash; a rerun with the same arguments skips every evaluation already there, so
+it never duplicates one), summary.md (tables and speedups) and curves_<data>.png,
+speedup_<data>.png.
 """
 
 import argparse
+import ast
+import fcntl
+import hashlib
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -23,10 +38,19 @@ if not __package__:  # run as a script: make the repository root importable
 import jax
 import numpy as np
 
-from infonoise_jax import diagnostics, train
-from infonoise_jax.evaluation import fid
+from infonoise_jax import multirun
+from infonoise_jax.data import load_source
+from infonoise_jax.evaluation import fid, report
 from infonoise_jax.validation import DEFAULT_CONFIG_PATH, load_config_file
 
+# Adaptive peers on InfoNoise's terms (issue 12 item 4): InfoNoise's warm-up (500 steps), bins
+# (128) and memory (EMA 0.9 per 100-step refresh ~ 0.999 per step). The peers still update every
+# step and keep their uniform floor (0.01; VDM++'s importance weights need p > 0).
+FAIR = {
+  "schedule.adaptive.warmup_steps": 500,
+  "schedule.adaptive.num_bins": 128,
+  "schedule.adaptive.ema_beta": 0.999,
+}
 ARMS = {
   "lognormal": {"schedule.name": "lognormal"},
   "loguniform": {"schedule.name": "loguniform"},
@@ -37,7 +61,12 @@ ARMS = {
   "vdmpp": {"schedule.name": "vdmpp"},
   "iddpm": {"schedule.name": "iddpm"},
   "edm2": {"schedule.name": "edm2"},
+  "cdcd_fair": {"schedule.name": "cdcd", **FAIR},
+  "vdmpp_fair": {"schedule.name": "vdmpp", **FAIR},
+  "iddpm_fair": {"schedule.name": "iddpm", **FAIR},
+  "edm2_fair": {"schedule.name": "edm2", **FAIR},
   "infonoise": {"schedule.name": "infonoise"},
+  "infonoise_pinned": {"schedule.name": "infonoise", "schedule.infonoise.gate": "pinned"},
   "infonoise_onset": {"schedule.name": "infonoise", "schedule.infonoise.gate": "onset"},
   "infonoise_nocomp": {"schedule.name": "infonoise", "schedule.infonoise.compensate": False},
   "infonoise_onset_nocomp": {
@@ -57,78 +86,219 @@ DATA = {
 }
 
 
-def make_config(args, data: str, arm: str, seed: int):
-  c = load_config_file(DEFAULT_CONFIG_PATH)
-  c.update_from_flattened_dict({**DATA[data], **ARMS[arm]})
-  c.seed = seed
+def parse_overrides(items) -> dict:
+  """['a.b=1', 'c=x'] -> {'a.b': 1, 'c': 'x'} (Python literals, else strings)."""
+  out = {}
+  for item in items or []:
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise ValueError(f"--set expects key=value, got {item!r}")
+    try:
+      out[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key] = value
+  return out
+
+
+def parse_arms(spec: str, extra) -> dict[str, dict]:
+  """Named arms from ARMS, plus --arm 'name:key=value;key=value' definitions."""
+  arms = {}
+  for name in filter(None, spec.split(",")):
+    if name not in ARMS:
+      raise ValueError(f"--arms: unknown arm {name!r}; known: {', '.join(ARMS)} (or use --arm)")
+    arms[name] = ARMS[name]
+  for item in extra or []:
+    name, sep, body = item.partition(":")
+    if not sep or not name:
+      raise ValueError(f"--arm expects 'name:key=value;...', got {item!r}")
+    arms[name] = parse_overrides(body.split(";"))
+  return arms
+
+
+def make_config(args, data: str, arm: dict):
+  path, _, variant = args.config.partition(":")
+  c = load_config_file(path, variant) if variant else load_config_file(path)
+  c.update_from_flattened_dict({**DATA[data], **parse_overrides(args.set), **arm})
   c.train.num_steps = args.steps
-  c.train.batch_size = args.batch_size
+  c.seed = 0  # the run's seed is set per run by MultiRun; hashed configs are seed-free
   return c
 
 
-def data_stats(run) -> fid.Stats:
-  x = run.source.array.reshape(run.source.num_examples, -1).astype(np.float64)
-  return fid.stats_of_features(x)
+def config_hash(config) -> str:
+  return hashlib.sha256(config.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_arm(args, data: str, arm: str, seed: int, out) -> None:
-  config = make_config(args, data, arm, seed)
-  run = train.Run(config, "/tmp/unused")
-  ref = data_stats(run)
-  state = run.init_fn()
-  t0 = time.time()
+def read_records(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def append_record(path: str, rec: dict) -> None:
+  """One JSON line, under an exclusive lock (several worker processes append to one file)."""
+  with open(path, "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    f.write(json.dumps(rec) + "\n")
+    f.flush()
+    fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def frechet(x_ND: np.ndarray, ref: fid.Stats) -> float:
+  return fid.frechet_distance(fid.stats_of_features(x_ND.reshape(len(x_ND), -1)), ref)
+
+
+def eval_metrics(x_NX: np.ndarray, source, ref: fid.Stats) -> dict:
+  """FD in pixel space; binarized data also FD of samples decoded to the two levels."""
+  out = {"fd": frechet(x_NX.astype(np.float64), ref)}
+  if source.binarized:
+    decoded = np.where(x_NX > 0, source.scale, -source.scale).astype(np.float64)
+    out["fd_decoded"] = frechet(decoded, ref)
+  return out
+
+
+def eval_steps(args) -> list[int]:
+  return sorted({*range(args.eval_every, args.steps + 1, args.eval_every), args.steps})
+
+
+def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
+  """Trains every seed of one (data, arm) side by side; appends the missing evaluations."""
+  config = make_config(args, data, arm)
+  h = config_hash(config)
+  seeds = [int(s) for s in args.seeds.split(",")]
+  done = {
+    (r["seed"], r["step"], r.get("resample", False))
+    for r in read_records(path)
+    if r.get("kind") == "eval" and r["config_hash"] == h and r["data"] == data
+  }
+  todo = {(s, t, False) for s in seeds for t in eval_steps(args)}
+  todo |= {(s, args.steps, True) for s in seeds}
+  if todo <= done:
+    print(f"{data}/{arm_name}: all {len(todo)} evaluations already in {path}", flush=True)
+    return
+  mr = multirun.MultiRun(config, seeds)
+  x_all = mr.source.array.reshape(mr.source.num_examples, -1).astype(np.float64)
+  ref = fid.stats_of_features(x_all)  # binarized data: also the decoded samples' reference
+  resolved = json.loads(config.to_json_best_effort())
+  state, bad = mr.init()
+  t0, last = time.time(), 0
   for step in range(1, args.steps + 1):
-    state, _ = run.train_step(state, run.global_batch(run.pipeline.batch(step - 1)))
-    if step % args.eval_every == 0 or step == args.steps:
-      x = diagnostics.generate_samples(run, state, args.num_samples, 10_000 + step)
-      d = fid.frechet_distance(fid.stats_of_features(x.reshape(len(x), -1)), ref)
-      rec = {
-        "data": data,
-        "arm": arm,
-        "seed": seed,
-        "step": step,
-        "fd": d,
-        "wall_s": round(time.time() - t0, 1),
-      }
-      if step == args.steps and hasattr(run.schedule, "profile"):
-        ls_K, rho_K = run.schedule.profile(state.schedule_state)
-        rec["profile_peak_sigma"] = float(np.exp(ls_K[int(np.argmax(rho_K))]))
-        rec["gate_pivot"] = float(state.schedule_state["gate_pivot"])
-      out.write(json.dumps(rec) + "\n")
-      out.flush()
-      print(json.dumps(rec), flush=True)
+    state, bad, _ = mr.train_step(state, mr.batch(step - 1), bad)
+    if step not in eval_steps(args):
+      continue
+    multirun.check_finite(bad, seeds, (last + 1, step))
+    train_s = time.time() - t0
+    for r, seed in enumerate(seeds):
+      for resample in (False, True):
+        if (seed, step, resample) not in todo - done:
+          continue
+        sample_seed = 10_000 + step + (1_000_000 if resample else 0)
+        x = mr.samples(state, r, args.num_samples, sample_seed)
+        rec = {
+          "kind": "eval",
+          "data": data,
+          "arm": arm_name,
+          "seed": seed,
+          "step": step,
+          "images_seen": step * config.train.batch_size,
+          "resample": resample,
+          **eval_metrics(x, mr.source, ref),
+          "num_samples": args.num_samples,
+          "train_wall_s": round(train_s, 1),
+          "runs_side_by_side": mr.num_runs,
+          "device": jax.devices()[0].device_kind,
+          "config_hash": h,
+          "config": resolved,
+        }
+        if step == args.steps and hasattr(mr.schedule, "profile"):
+          s = mr.run_state(state, r).schedule_state
+          ls_K, rho_K = mr.schedule.profile(s)
+          rec["profile_peak_sigma"] = float(np.exp(ls_K[int(np.argmax(rho_K))]))
+          rec["gate_pivot"] = float(s["gate_pivot"])
+        append_record(path, rec)
+        print(json.dumps({k: v for k, v in rec.items() if k != "config"}), flush=True)
+    last = step
 
 
-def summarize(path: str) -> str:
-  recs = [json.loads(line) for line in open(path)]
-  lines = ["| data | arm | step | FD mean | FD min..max (seeds) |", "|---|---|---|---|---|"]
-  keys = sorted({(r["data"], r["arm"], r["step"]) for r in recs})
-  for data, arm, step in keys:
-    v = [r["fd"] for r in recs if (r["data"], r["arm"], r["step"]) == (data, arm, step)]
-    lines.append(f"| {data} | {arm} | {step} | {np.mean(v):.4f} | {min(v):.4f}..{max(v):.4f} |")
-  return "\n".join(lines)
+def write_floor(args, data: str, path: str) -> None:
+  """FD of `num_samples` real images (a random subset) to the full data statistics."""
+  if any(r.get("kind") == "floor" and r["data"] == data for r in read_records(path)):
+    return
+  config = make_config(args, data, {})
+  source = load_source(config)
+  x = source.array.reshape(source.num_examples, -1).astype(np.float64)
+  ref = fid.stats_of_features(x)
+  idx = np.random.default_rng(0).choice(len(x), min(args.num_samples, len(x)), replace=False)
+  fd = frechet(x[idx], ref)
+  append_record(path, {"kind": "floor", "data": data, "fd": fd, "num_samples": len(idx)})
 
 
-def main():
+def groups(args) -> list[tuple[str, str, dict]]:
+  arms = parse_arms(args.arms, args.arm)
+  return [(d, a, arms[a]) for d in args.data.split(",") for a in arms]
+
+
+def spawn_workers(args) -> None:
+  """Runs the (data, arm) groups in `--workers` processes on the same accelerator."""
+  frac = 0.9 / args.workers
+  env = {**os.environ, "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{frac:.3f}"}
+  argv = [a for a in sys.argv[1:] if not a.startswith("--workers")]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, os.path.abspath(__file__), *argv, f"--shard={i}/{args.workers}"], env=env
+    )
+    for i in range(args.workers)
+  ]
+  codes = [p.wait() for p in procs]
+  if any(codes):
+    raise SystemExit(f"worker exit codes {codes}")
+
+
+def parse(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--out", required=True)
+  p.add_argument("--config", default=str(DEFAULT_CONFIG_PATH), help="path[:variant]")
   p.add_argument("--steps", type=int, default=6000)
   p.add_argument("--eval_every", type=int, default=1000)
-  p.add_argument("--batch_size", type=int, default=256)
   p.add_argument("--num_samples", type=int, default=2048)
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--data", default="continuous,binarized")
-  p.add_argument("--arms", default="lognormal,infonoise,infonoise_onset")
-  args = p.parse_args()
+  p.add_argument("--arms", default="lognormal,infonoise")
+  p.add_argument("--arm", action="append", help="extra arm 'name:key=value;key=value'")
+  p.add_argument("--set", action="append", help="override for every arm, key=value")
+  p.add_argument("--workers", type=int, default=1, help="processes sharing the accelerator")
+  p.add_argument("--shard", default="0/1", help="(internal) i/n: this worker's groups")
+  p.add_argument("--baseline", default="", help="arm for speedups; '' = best fixed arm")
+  args = p.parse_args(argv)
+  for d in args.data.split(","):
+    if d not in DATA:
+      p.error(f"--data: unknown {d!r}; known: {', '.join(DATA)}")
+  if args.steps < 1 or args.eval_every < 1 or args.workers < 1:
+    p.error("--steps, --eval_every and --workers must be >= 1")
+  groups(args)  # bad arm specs fail here, before any work
+  return args
+
+
+def main(argv=None) -> None:
+  args = parse(argv)
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, "results.jsonl")
-  print(f"devices: {jax.devices()}", flush=True)
-  with open(path, "a") as out:
-    for seed in map(int, args.seeds.split(",")):  # seed-major: a cut-short run stays paired
-      for data in args.data.split(","):
-        for arm in args.arms.split(","):
-          run_arm(args, data, arm, seed, out)
-  print(summarize(path))
+  if args.workers > 1:
+    for d in args.data.split(","):
+      write_floor(args, d, path)
+    spawn_workers(args)
+  else:
+    i, n = map(int, args.shard.split("/"))
+    print(f"devices: {jax.devices()}", flush=True)
+    for d in args.data.split(","):
+      write_floor(args, d, path)
+    for k, (d, a, arm) in enumerate(groups(args)):
+      if k % n == i:
+        run_group(args, d, a, arm, path)
+    if n > 1:
+      return
+  arm_names = list(dict.fromkeys(a for _, a, _ in groups(args)))
+  print(report.write_report(args.out, read_records(path), arm_names, args.baseline), flush=True)
 
 
 if __name__ == "__main__":

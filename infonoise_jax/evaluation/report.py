@@ -1,0 +1,170 @@
+"""Tables, curves and speedups from a schedule comparison's results.jsonl.
+
+Records (experiments/compare_schedules.py): `kind == "eval"` lines carry data, arm, seed,
+step, images_seen, the metric `fd` (lower is better), `resample` (a second evaluation of the
+same model with other sample seeds, at the last step) and the resolved config; `kind ==
+"floor"` lines the metric of real data against itself. The metric's noise (the speedup's
+tolerance, evaluation/speedup.py) is the mean |fd - fd_resample| over the runs of a data kind.
+"""
+
+import collections
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from infonoise_jax.evaluation import plots, speedup
+
+FIXED_SCHEDULES = ("lognormal", "loguniform", "logitnormal", "laplace", "cosine")
+
+
+def curves_by_arm(records, data: str, metric: str = "fd") -> dict[str, dict[int, speedup.Curve]]:
+  """{arm: {seed: Curve}} from the non-resample evaluations of one data kind."""
+  pts = collections.defaultdict(dict)
+  for r in records:
+    if r.get("kind") == "eval" and r["data"] == data and not r.get("resample") and metric in r:
+      pts[(r["arm"], r["seed"])][r["step"]] = r[metric]
+  out = collections.defaultdict(dict)
+  for (arm, seed), by_step in pts.items():
+    out[arm][seed] = speedup.Curve.of(list(by_step), list(by_step.values()))
+  return dict(out)
+
+
+def metric_noise(records, data: str, metric: str = "fd") -> float:
+  """Mean |metric - metric of a resampled evaluation| at the same (arm, seed, step)."""
+  first, second = {}, {}
+  for r in records:
+    if r.get("kind") == "eval" and r["data"] == data and metric in r:
+      (second if r.get("resample") else first)[(r["arm"], r["seed"], r["step"])] = r[metric]
+  diffs = [abs(first[k] - v) for k, v in second.items() if k in first]
+  return float(np.mean(diffs)) if diffs else 0.0
+
+
+def schedule_of(records, arm: str) -> str:
+  for r in records:
+    if r.get("kind") == "eval" and r["arm"] == arm:
+      return r["config"]["schedule"]["name"]
+  return ""
+
+
+def table(curves: dict[str, dict[int, speedup.Curve]], arms: Sequence[str]) -> str:
+  """Markdown: seed-mean metric per evaluation step, min..max over seeds at the last one."""
+  arms = [a for a in arms if a in curves]
+  steps = sorted(set.intersection(*(set(c.steps) for a in arms for c in curves[a].values())))
+  head = "| arm | seeds | " + " | ".join(f"{int(s)}" for s in steps) + " |"
+  lines = [head, "|---" * (len(steps) + 2) + "|"]
+  for a in arms:
+    by_seed = curves[a]
+    cells = []
+    for s in steps:
+      v = [dict(zip(c.steps, c.values, strict=True))[s] for c in by_seed.values()]
+      cell = f"{np.mean(v):.4g}"
+      if s == steps[-1]:
+        cell += f" ({min(v):.4g}..{max(v):.4g})"
+      cells.append(cell)
+    lines.append(f"| {a} | {len(by_seed)} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def speedup_lines(curves, baseline: str, arms: Sequence[str], tolerance: float) -> list[str]:
+  lines = [
+    f"Speedup to the final value of `{baseline}` (tolerance = metric noise {tolerance:.4g}):",
+    "",
+    "| arm | pooled | per seed |",
+    "|---|---|---|",
+  ]
+  for a in arms:
+    if a == baseline or a not in curves:
+      continue
+    per = speedup.per_seed(curves[baseline], curves[a], tolerance)
+    pool = speedup.pooled(curves[baseline], curves[a], tolerance)
+    cells = ", ".join(f"{s}: {v.describe()}" for s, v in per.items())
+    lines.append(f"| {a} | {pool.describe()} | {cells} |")
+  return lines
+
+
+def curves_plot(curves, arms: Sequence[str], title: str, floor: float | None, batch: int):
+  """Metric against training images seen: seed mean line, min..max band. (H, W, 3) uint8."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  fig = Figure(figsize=(7.5, 4.5), dpi=100)
+  canvas = FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
+  for i, a in enumerate(x for x in arms if x in curves):
+    m = speedup.mean_curve(list(curves[a].values()))
+    vals = np.array(
+      [[dict(zip(c.steps, c.values, strict=True))[s] for s in m.steps] for c in curves[a].values()]
+    )
+    kimg = np.asarray(m.steps) * batch / 1000.0
+    ax.plot(kimg, m.values, color=f"C{i}", label=f"{a} ({len(curves[a])} seeds)", lw=1.8)
+    ax.fill_between(kimg, vals.min(0), vals.max(0), color=f"C{i}", alpha=0.2)
+  if floor is not None:
+    ax.axhline(floor, color="k", ls=":", lw=1.0, label="floor (real data)")
+  ax.set_yscale("log")
+  ax.set_xlabel("training images seen (thousands)")
+  ax.set_ylabel("Frechet distance, pixel space (lower is better)")
+  ax.set_title(title)
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(fontsize="small")
+  fig.tight_layout()
+  canvas.draw()
+  return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def speedup_plot(curves, baseline: str, arms: Sequence[str], tolerance: float, title: str):
+  """Per-seed (dots) and pooled (bar) speedups over the baseline; 'not reached' at 0."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  fig = Figure(figsize=(6.5, 4.0), dpi=100)
+  canvas = FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
+  others = [a for a in arms if a != baseline and a in curves]
+  for i, a in enumerate(others):
+    pool = speedup.pooled(curves[baseline], curves[a], tolerance).ratio
+    ax.bar(i, pool or 0.0, color=f"C{i}", alpha=0.5)
+    if pool is None:
+      ax.text(i, 0.02, "not reached", ha="center", rotation=90, fontsize="small")
+    per = speedup.per_seed(curves[baseline], curves[a], tolerance)
+    ys = [v.ratio if v.ratio is not None else 0.0 for v in per.values()]
+    ax.scatter([i] * len(ys), ys, color="k", s=12, zorder=3)
+  ax.axhline(1.0, color="k", lw=0.8)
+  ax.set_xticks(range(len(others)), others, rotation=20, fontsize="small")
+  ax.set_ylabel(f"speedup to {baseline}'s final value")
+  ax.set_title(title)
+  fig.tight_layout()
+  canvas.draw()
+  return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def write_report(out: str, records: list[dict], arms: Sequence[str], baseline: str = "") -> str:
+  """summary.md, curves_<data>.png and speedup_<data>.png under `out`; returns the markdown."""
+  md = []
+  for data in sorted({r["data"] for r in records if r.get("kind") == "eval"}):
+    curves = curves_by_arm(records, data)
+    if not curves:
+      continue
+    floors = [r["fd"] for r in records if r.get("kind") == "floor" and r["data"] == data]
+    floor = floors[0] if floors else None
+    noise = metric_noise(records, data)
+    batch = next(r["config"]["train"]["batch_size"] for r in records if r.get("kind") == "eval")
+    md += [f"## {data}", "", table(curves, arms), ""]
+    md.append(f"Floor (real data, same sample count): {floor:.4g}." if floor else "No floor.")
+    md.append(f"Metric noise (mean |FD - FD resampled| at the last step): {noise:.4g}.")
+    if "fd_decoded" in next(r for r in records if r.get("data") == data and "fd" in r):
+      md += ["", "Decoded samples (thresholded to the two levels):", ""]
+      md.append(table(curves_by_arm(records, data, "fd_decoded"), arms))
+    fixed = [a for a in curves if schedule_of(records, a) in FIXED_SCHEDULES]
+    base = baseline or (speedup.best_arm({a: curves[a] for a in fixed}) if fixed else "")
+    if base in curves:
+      md += ["", *speedup_lines(curves, base, arms, noise)]
+      img = speedup_plot(curves, base, arms, noise, f"{data}: speedup over {base}")
+      plots.save_png(os.path.join(out, f"speedup_{data}.png"), img)
+    img = curves_plot(curves, arms, data, floor, batch)
+    plots.save_png(os.path.join(out, f"curves_{data}.png"), img)
+    md.append("")
+  text = "\n".join(md)
+  with open(os.path.join(out, "summary.md"), "w") as f:
+    f.write(text + "\n")
+  return text

@@ -1,0 +1,90 @@
+"""Several seeds of one recipe trained side by side: the train step vmapped over a run axis.
+
+A small network leaves an accelerator idle at one run's batch. Runs that share everything
+static (network, schedule settings, optimizer, batch size) and differ only in their seed share
+one compiled step: every leaf of the TrainState gains a leading run axis R, the data batch is
+(R, B, ...), and `jax.vmap(train_step)` is jitted once. Runs stay independent: each has its own
+seed (init, data order, sigma and noise draws) and its own schedule state, so the result of run
+r is the result of `train.Run` with that seed, up to floating-point reassociation.
+
+Arms that differ in schedule or any other static setting compile different steps; those run
+one after another or in separate processes (experiments/compare_schedules.py,
+experiments/benchmarks/parallel_runs_bench.py measures the options).
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from infonoise_jax import sample, steps
+from infonoise_jax.data import Pipeline, load_source
+from infonoise_jax.mesh import make_mesh
+from infonoise_jax.models import make_model
+from infonoise_jax.schedules import make_schedule
+from infonoise_jax.train_state import TrainState, make_optimizer
+from infonoise_jax.validation import validate_config
+
+
+class MultiRun:
+  """Runs `seeds` of one config in one jitted, vmapped step (single process)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, seeds: list[int], source=None):
+    if not seeds or len(set(seeds)) != len(seeds):
+      raise ValueError(f"seeds must be distinct and non-empty; got {seeds}")
+    validate_config(config, 1)
+    self.config = config
+    self.seeds = [int(s) for s in seeds]
+    self.source = load_source(config) if source is None else source
+    self.model = make_model(config, self.source.shape)
+    self.schedule = make_schedule(config)
+    self.optimizer = make_optimizer(config)
+    self.pipelines = [
+      Pipeline(self.source, config.train.batch_size, s, random_flip=config.data.random_flip)
+      for s in self.seeds
+    ]
+    step = steps.make_train_step(config, self.model, self.schedule, self.optimizer)
+
+    def train_step(state, x0_RBX, bad_R):
+      state, metrics = jax.vmap(step)(state, x0_RBX)
+      return state, bad_R | ~jnp.isfinite(metrics["loss"]), metrics["loss"]
+
+    self.train_step = jax.jit(train_step, donate_argnums=(0, 2))
+    init = lambda seed: steps.init_state(
+      config, self.model, self.schedule, self.optimizer, self.source.shape, seed
+    )
+    self._init = jax.jit(jax.vmap(init))
+    mesh = make_mesh(jax.devices()[:1])  # training is single-device too
+    self.sampler = sample.Sampler(config, self.model, self.schedule, mesh, self.source.shape)
+
+  @property
+  def num_runs(self) -> int:
+    return len(self.seeds)
+
+  def init(self) -> tuple[TrainState, jax.Array]:
+    """The stacked initial states and a per-run 'non-finite loss seen' flag."""
+    return self._init(jnp.asarray(self.seeds, jnp.int32)), jnp.zeros((self.num_runs,), bool)
+
+  def batch(self, step: int) -> np.ndarray:
+    """(R, B, ...) batch of every run for 0-based `step`."""
+    return np.stack([p.batch(step) for p in self.pipelines])
+
+  def run_state(self, state: TrainState, r: int) -> TrainState:
+    """Run r's TrainState (no run axis)."""
+    return jax.tree.map(lambda a: a[r], state)
+
+  def samples(self, state: TrainState, r: int, num: int, seed: int) -> np.ndarray:
+    """`num` samples of run r's EMA model with the config's sampler (model units)."""
+    s = self.run_state(state, r)
+    sigmas = sample.make_sigmas(self.sampler, s.schedule_state)
+    return sample.draw_all(self.sampler, s.ema_params, sigmas, num, seed)
+
+
+def check_finite(bad_R: jax.Array, seeds: list[int], step_range: tuple[int, int]) -> None:
+  """Stops loudly when any run saw a non-finite loss in `step_range`."""
+  bad = np.asarray(bad_R)
+  if bad.any():
+    which = [s for s, b in zip(seeds, bad, strict=True) if b]
+    raise FloatingPointError(
+      f"non-finite loss in steps {step_range[0]}..{step_range[1]} for seeds {which}"
+    )

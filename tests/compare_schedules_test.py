@@ -1,0 +1,104 @@
+"""The comparison harness on CPU: tiny config, two schedules, two seeds side by side.
+
+Checks the vmapped multi-run step against the single-run trainer, the curves / table /
+speedup outputs, and that a resumed harness appends only the missing evaluations.
+"""
+
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from infonoise_jax import multirun, train
+from infonoise_jax.validation import load_config_file
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+
+import compare_schedules  # noqa: E402
+
+TEST_CONFIG = os.path.join(ROOT, "configs", "test.py")
+
+
+def test_vmapped_runs_match_single_runs():
+  config = load_config_file(TEST_CONFIG, "infonoise")
+  mr = multirun.MultiRun(config, [3, 5])
+  state, bad = mr.init()
+  for step in range(4):
+    state, bad, _ = mr.train_step(state, mr.batch(step), bad)
+  assert not np.asarray(bad).any()
+  for r, seed in enumerate([3, 5]):
+    c = load_config_file(TEST_CONFIG, "infonoise")
+    c.seed = seed
+    run = train.Run(c, "/tmp/unused", devices=jax.devices()[:1])
+    single = run.init_fn()
+    for step in range(4):
+      single, _ = run.train_step(single, run.global_batch(run.pipeline.batch(step)))
+    mine = mr.run_state(state, r)
+    for a, b in zip(jax.tree.leaves(mine.params), jax.tree.leaves(single.params), strict=True):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6)
+    np.testing.assert_allclose(
+      np.asarray(mine.schedule_state["m_K"]), np.asarray(single.schedule_state["m_K"]), rtol=1e-4
+    )
+
+
+def test_check_finite_names_the_seed_and_steps():
+  with pytest.raises(FloatingPointError, match=r"steps 11..20 for seeds \[7\]"):
+    multirun.check_finite(np.array([False, True]), [3, 7], (11, 20))
+
+
+def _args(out):
+  return [
+    f"--out={out}",
+    f"--config={TEST_CONFIG}",
+    "--steps=4",
+    "--eval_every=2",
+    "--num_samples=32",
+    "--seeds=0,1",
+    "--data=continuous",
+    "--arms=lognormal,infonoise",
+  ]
+
+
+def _evals(out):
+  with open(os.path.join(out, "results.jsonl")) as f:
+    recs = [json.loads(line) for line in f]
+  return [r for r in recs if r["kind"] == "eval"]
+
+
+def test_harness_writes_curves_table_speedup_and_resumes_without_duplicates(tmp_path):
+  out = str(tmp_path)
+  compare_schedules.main(_args(out))
+  evals = _evals(out)
+  # 2 arms x 2 seeds x (evals at 2 and 4, plus the resampled one at 4)
+  assert len(evals) == 12
+  keys = [(r["arm"], r["seed"], r["step"], r["resample"]) for r in evals]
+  assert len(set(keys)) == len(keys)
+  assert all(np.isfinite(r["fd"]) and r["fd"] > 0 for r in evals)
+  hashes = {r["arm"]: r["config_hash"] for r in evals}
+  assert hashes["lognormal"] != hashes["infonoise"]
+  assert evals[0]["config"]["schedule"]["name"] in ("lognormal", "infonoise")
+  for name in ("summary.md", "curves_continuous.png", "speedup_continuous.png"):
+    assert os.path.getsize(os.path.join(out, name)) > 0
+  summary = open(os.path.join(out, "summary.md")).read()
+  assert "| lognormal | 2 |" in summary and "Speedup to the final value of `lognormal`" in summary
+
+  # an interrupted run: drop the last three evaluations, rerun the same command
+  path = os.path.join(out, "results.jsonl")
+  lines = open(path).read().splitlines()
+  with open(path, "w") as f:
+    f.write("\n".join(lines[:-3]) + "\n")
+  compare_schedules.main(_args(out))
+  again = _evals(out)
+  keys = [(r["arm"], r["seed"], r["step"], r["resample"]) for r in again]
+  assert len(again) == 12 and len(set(keys)) == 12
+  compare_schedules.main(_args(out))  # complete: nothing appended
+  assert len(_evals(out)) == 12
+
+
+def test_bad_arm_fails_before_any_work(tmp_path):
+  with pytest.raises(ValueError, match="unknown arm 'lognorm'"):
+    compare_schedules.main([f"--out={tmp_path}", "--arms=lognorm"])
