@@ -215,6 +215,7 @@ def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
           ls_K, rho_K = mr.schedule.profile(s)
           rec["profile_peak_sigma"] = float(np.exp(ls_K[int(np.argmax(rho_K))]))
           rec["gate_pivot"] = float(s["gate_pivot"])
+          rec["m_K"] = [float(v) for v in np.asarray(s["m_K"])]  # learned per-bin error
         append_record(path, rec)
         print(json.dumps({k: v for k, v in rec.items() if k != "config"}), flush=True)
     last = step
