@@ -87,8 +87,8 @@ def _base_config() -> ml_collections.ConfigDict:
   c.edm = ml_collections.ConfigDict()
   c.edm.sigma_data = 0.5  # std of the data assumed by the preconditioning; 0 = token data's
   #                         one-hot std data.scale * sqrt(V - 1) / V (data/tokens.py)
-  c.edm.sigma_min = 0.002  # smallest noise level (sampling and schedule range)
-  c.edm.sigma_max = 80.0  # largest noise level
+  c.edm.sigma_min = 0.002  # smallest noise level; the one range of schedules, grids and sampler
+  c.edm.sigma_max = 80.0  # largest noise level (see infonoise_jax/log_sigma.py)
 
   # ---------------------------------------------------------------- network
   c.model = ml_collections.ConfigDict()
@@ -128,8 +128,6 @@ def _base_config() -> ml_collections.ConfigDict:
 
   c.schedule.infonoise = ml_collections.ConfigDict()
   c.schedule.infonoise.num_bins = 128  # K bins uniform in ln sigma (ours: 64..256)
-  c.schedule.infonoise.sigma_min = 0.002  # grid lower edge (ours)
-  c.schedule.infonoise.sigma_max = 80.0  # grid upper edge (ours)
   c.schedule.infonoise.refresh_every = 100  # M: steps between refreshes (ours)
   c.schedule.infonoise.warmup_steps = 500  # W: steps drawn from the base before refreshing (ours)
   c.schedule.infonoise.ema_beta = 0.9  # EMA of bin means across refreshes (ours)

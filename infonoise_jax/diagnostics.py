@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from infonoise_jax import edm, sample
+from infonoise_jax import edm, log_sigma, sample
 from infonoise_jax.evaluation import plots
 
 
@@ -32,9 +32,7 @@ def window_scalars(config: ml_collections.ConfigDict, host: dict, step_range) ->
     if k in ("sigma", "bin_loss_sum", "bin_count") or np.ndim(v) != 0:
       continue
     out[k] = float(v) if is_snapshot(k) else float(v) / n
-  lo, hi = np.log(config.edm.sigma_min), np.log(config.edm.sigma_max)
-  edges = np.linspace(lo, hi, config.train.profile_bins + 1)
-  centres = 0.5 * (edges[1:] + edges[:-1])
+  centres = log_sigma.LogSigmaGrid.from_config(config, config.train.profile_bins).centres_np()
   for c, s, cnt in zip(centres, host["bin_loss_sum"], host["bin_count"], strict=True):
     if cnt > 0:
       out[f"loss_by_log_sigma/{c:+.2f}"] = float(s / cnt)
@@ -46,7 +44,7 @@ def schedule_curves(config, schedule, schedule_state, num: int = 256):
 
   Unnormalized; `plots.schedule_plot` normalizes each on the grid so they compare.
   """
-  lo, hi = np.log(config.edm.sigma_min), np.log(config.edm.sigma_max)
+  lo, hi = np.log(log_sigma.sigma_range(config))
   grid_G = jnp.linspace(lo, hi, num)
   density_G = np.asarray(schedule.density(schedule_state, grid_G))
   w_G = np.asarray(edm.loss_weight(jnp.exp(grid_G), config.edm.sigma_data))

@@ -19,7 +19,6 @@ extends the same set). The infogrid grids use the checkpoint's learned InfoNoise
 import argparse
 import dataclasses
 import functools
-import json
 import math
 import os
 import sys
@@ -35,12 +34,12 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from infonoise_jax import checkpointing, sampling, steps
+from infonoise_jax.checkpointing import load_config
 from infonoise_jax.evaluation import fid, plots
 from infonoise_jax.mesh import make_mesh
 from infonoise_jax.models import make_model
 from infonoise_jax.schedules import Schedule, make_schedule
 from infonoise_jax.train_state import TrainState, make_optimizer
-from infonoise_jax.validation import check_keys
 
 GRID_IMAGES = 64  # images in samples.png
 
@@ -67,29 +66,6 @@ class Sampler:
   @property
   def data_sharding(self) -> NamedSharding:
     return NamedSharding(self.mesh, P("data"))
-
-
-def _tuples(value):
-  """JSON lists -> tuples (config.json stores the config's tuples as lists)."""
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The resolved config a run wrote to `<workdir>/config.json`."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-      f"{path} not found: --workdir must be a training run directory (the --workdir given "
-      "to python -m infonoise_jax.main)"
-    )
-  with open(path) as f:
-    config = ml_collections.ConfigDict(_tuples(json.load(f)))
-  check_keys(config)
-  return config
 
 
 def _no_checkpoint(directory: str) -> FileNotFoundError:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from infonoise_jax import edm
+from infonoise_jax import edm, log_sigma
 from infonoise_jax.schedules.base import Schedule
 from infonoise_jax.train_state import TrainState, ema_decay, learning_rate, step_keys
 
@@ -46,18 +46,6 @@ def init_state(
   )
 
 
-def _noise_bin_stats(
-  config: ml_collections.ConfigDict, sigma_B: jax.Array, loss_B: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-  """Per-noise-level loss sums and counts on a ln-sigma grid (for TensorBoard)."""
-  num = config.train.profile_bins
-  lo, hi = jnp.log(config.edm.sigma_min), jnp.log(config.edm.sigma_max)
-  idx_B = jnp.clip(((jnp.log(sigma_B) - lo) / (hi - lo) * num).astype(jnp.int32), 0, num - 1)
-  sums_P = jax.ops.segment_sum(loss_B, idx_B, num_segments=num)
-  counts_P = jax.ops.segment_sum(jnp.ones_like(loss_B), idx_B, num_segments=num)
-  return sums_P, counts_P
-
-
 def make_train_step(
   config: ml_collections.ConfigDict,
   model: nn.Module,
@@ -66,6 +54,7 @@ def make_train_step(
 ) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, Any]]]:
   """Returns the pure train step closed over the static model, schedule and optimizer."""
   sigma_data = config.edm.sigma_data
+  loss_grid = log_sigma.LogSigmaGrid.from_config(config, config.train.profile_bins)
 
   def train_step(state: TrainState, x0_BX: jax.Array) -> tuple[TrainState, dict[str, Any]]:
     keys = step_keys(state)
@@ -98,7 +87,8 @@ def make_train_step(
       jax.lax.stop_gradient(err_B),
       jax.lax.stop_gradient(loss_B),
     )
-    bin_loss_P, bin_count_P = _noise_bin_stats(config, sigma_B, loss_B)
+    # Per-noise-level loss sums and counts (TensorBoard's loss_by_log_sigma).
+    bin_loss_P, bin_count_P = loss_grid.record(jnp.log(sigma_B), loss_B)
     metrics = {
       "loss": loss,
       "loss_edm": jnp.mean(loss_B),  # w(sigma)*err without the schedule's loss weights

@@ -18,7 +18,9 @@ from infonoise_jax.schedules.infonoise import InfoNoise
 
 SD = 0.5
 STEPS, BATCH = 300, 256
-FAST = dict(num_bins=64, refresh_every=20, warmup_steps=20, floor=0.05, gate_pivot=0.2)
+FAST = dict(
+  num_bins=64, refresh_every=20, warmup_steps=20, floor=0.05, gate="pinned", gate_pivot=0.2
+)
 
 
 def _simulate(sched, denoise_fn, draw_x0, num_steps, batch, seed=0):
@@ -39,7 +41,7 @@ def _simulate(sched, denoise_fn, draw_x0, num_steps, batch, seed=0):
 
 
 def _analytic_rho(sched, mmse_fn, pivot):
-  x_K = sched.log_sigma_centres
+  x_K = sched.grid.centres()
   q_K = profiles.entropy_rate(mmse_fn(jnp.exp(x_K)), jnp.exp(x_K))
   return profiles.gated_profile(x_K, q_K, pivot, sched.gate_power)
 
@@ -97,7 +99,7 @@ def binary_run():
 
 def test_binary_profile_converges_and_onset_below_peak(binary_run):
   sched, state, a = binary_run
-  x_K = sched.log_sigma_centres
+  x_K = sched.grid.centres()
   q_K = profiles.entropy_rate(profiles.binary_mmse(jnp.exp(x_K), a), jnp.exp(x_K))
   c_exact = float(profiles.onset_pivot(x_K, q_K, sched.onset_threshold))
   c_est = float(state["gate_pivot"])
@@ -109,7 +111,7 @@ def test_binary_profile_converges_and_onset_below_peak(binary_run):
 
 def _peak_sigma(sched, state):
   """Argmax of the ungated entropy rate q = m / sigma^2 (docs/method.md 4.4) of the estimate."""
-  x_K = sched.log_sigma_centres
+  x_K = sched.grid.centres()
   return math.exp(float(x_K[jnp.argmax(state["m_K"] / jnp.exp(2 * x_K))]))
 
 
@@ -144,7 +146,7 @@ def _ks(sigma_B, cdf_fn):
 def table_case():
   """A schedule with a non-trivial table (a two-bump profile, one refresh) and its sampler."""
   sched = InfoNoise(num_bins=32, smoothing=0.0)
-  x_K = np.asarray(sched.log_sigma_centres)
+  x_K = np.asarray(sched.grid.centres())
   m_K = np.exp(2 * x_K) * (np.exp(-((x_K + 2) ** 2)) + 0.3 * np.exp(-((x_K - 1) ** 2)))
   state = {**sched.init_state(), "sums_K": jnp.asarray(m_K * 10), "counts_K": jnp.full(32, 10.0)}
   state = jax.jit(sched._refresh)(state)
@@ -156,7 +158,7 @@ def table_case():
 def test_samples_follow_table_and_density_matches(table_case):
   sched, state, fn, fine_G = table_case
   sigma_B, lw_B, pdf_G = fn(state, jax.random.key(1))
-  x_E, cdf_E = (np.asarray(a, np.float64) for a in sched.cdf(state))
+  x_E, cdf_E = (np.asarray(a, np.float64) for a in (sched.grid.edges(), state["cdf_E"]))
   assert _ks(sigma_B, lambda x: np.interp(x, x_E, cdf_E)) < KS_TOL
   np.testing.assert_array_equal(np.asarray(lw_B), 1.0)
   n = fine_G.size
@@ -244,7 +246,7 @@ def _checked_update(sched):
 
   def fn(state, step, sigma_B, err_B):
     state, metrics = sched.update(state, step, sigma_B, err_B, err_B)
-    return state, metrics, sched.density(state, sched.log_sigma_centres), sched.profile(state)[1]
+    return state, metrics, sched.density(state, sched.grid.centres()), sched.profile(state)[1]
 
   return jax.jit(fn)
 
@@ -273,7 +275,7 @@ def test_nonfinite_errors_dropped_and_counted():
 
 @pytest.mark.parametrize("gate", ["onset", "onset_literal"])
 def test_empty_and_extreme_batches_keep_density_valid(gate):
-  sched = InfoNoise(num_bins=16, refresh_every=1, warmup_steps=1, gate=gate)
+  sched = InfoNoise(num_bins=16, refresh_every=1, warmup_steps=1, gate=gate, floor=0.01)
   update = _checked_update(sched)
   state = sched.init_state()
   batches = [
@@ -318,7 +320,6 @@ def test_from_config_and_validation():
   assert sched.sigma_data == config.edm.sigma_data
   assert sched.base_p_mean == config.schedule.lognormal.p_mean
   bad = {
-    "sigma_min": 100.0,
     "num_bins": 1,
     "onset_threshold": 1.5,
     "ema_beta": 1.0,

@@ -21,10 +21,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from jax.scipy.special import ndtr
 
-from infonoise_jax.schedules.base import Array, State
-from infonoise_jax.schedules.fixed import _finite, _positive, normal_log_density, sigma_range
+from infonoise_jax import log_sigma
+from infonoise_jax.schedules.base import Array, State, finite, positive
 
 
 def isotonic_increasing(y_K: Array) -> Array:
@@ -36,21 +35,6 @@ def isotonic_increasing(y_K: Array) -> Array:
   mean_KK = jnp.where(j_KK >= i_KK, mean_KK, jnp.inf)
   min_right_KK = jax.lax.cummin(mean_KK, axis=1, reverse=True)  # [i, k] = min_{j>=k} mean(i..j)
   return jnp.max(jnp.where(i_KK <= j_KK, min_right_KK, -jnp.inf), axis=0)
-
-
-def fill_unseen(est_K: Array, seen_K: Array) -> Array:
-  """Bins not seen take the linear interpolation (in bin index) of the nearest seen ones."""
-  k = est_K.shape[0]
-  idx_K = jnp.arange(k)
-  left_K = jax.lax.cummax(jnp.where(seen_K, idx_K, -1), axis=0)
-  right_K = jax.lax.cummin(jnp.where(seen_K, idx_K, k), axis=0, reverse=True)
-  has_l_K, has_r_K = left_K >= 0, right_K < k
-  v_l_K = est_K[jnp.clip(left_K, 0, k - 1)]
-  v_r_K = est_K[jnp.clip(right_K, 0, k - 1)]
-  frac_K = (idx_K - left_K) / jnp.maximum(right_K - left_K, 1)
-  both_K = v_l_K + frac_K * (v_r_K - v_l_K)
-  one_K = jnp.where(has_l_K, v_l_K, jnp.where(has_r_K, v_r_K, 1.0))
-  return jnp.where(seen_K, est_K, jnp.where(has_l_K & has_r_K, both_K, one_K))
 
 
 def mix_floor(target_K: Array, floor: float) -> Array:
@@ -67,8 +51,8 @@ class Binned:
   """Shared estimator and piecewise-constant sampler (module docstring); subclass per method."""
 
   num_bins: int = 64
-  log_lo: float = math.log(0.002)
-  log_hi: float = math.log(80.0)
+  sigma_min: float = 0.002
+  sigma_max: float = 80.0
   ema_beta: float = 0.99
   floor: float = 0.01
   warmup_steps: int = 100
@@ -82,7 +66,7 @@ class Binned:
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, **extra) -> "Binned":
     a = config.schedule.adaptive
-    lo, hi = sigma_range(config)
+    lo, hi = log_sigma.sigma_range(config)
     if int(a.num_bins) < 2:
       raise ValueError(f"schedule.adaptive.num_bins must be >= 2, got {a.num_bins!r}")
     if not 0.0 <= a.ema_beta < 1.0:
@@ -91,65 +75,44 @@ class Binned:
       raise ValueError(f"schedule.adaptive.floor must be in (0, 1], got {a.floor!r}")
     if int(a.warmup_steps) < 0:
       raise ValueError(f"schedule.adaptive.warmup_steps must be >= 0, got {a.warmup_steps!r}")
-    if a.base not in ("lognormal", "loguniform"):
-      raise ValueError(f"schedule.adaptive.base must be lognormal|loguniform, got {a.base!r}")
+    if a.base not in log_sigma.BASE_LAWS:
+      raise ValueError(
+        f"schedule.adaptive.base must be one of {log_sigma.BASE_LAWS}, got {a.base!r}"
+      )
     ln = config.schedule.lognormal
     return cls(
       num_bins=int(a.num_bins),
-      log_lo=math.log(lo),
-      log_hi=math.log(hi),
+      sigma_min=lo,
+      sigma_max=hi,
       ema_beta=float(a.ema_beta),
       floor=float(a.floor),
       warmup_steps=int(a.warmup_steps),
       base=a.base,
-      p_mean=_finite(ln.p_mean, "schedule.lognormal.p_mean"),
-      p_std=_positive(ln.p_std, "schedule.lognormal.p_std"),
+      p_mean=finite(ln.p_mean, "schedule.lognormal.p_mean"),
+      p_std=positive(ln.p_std, "schedule.lognormal.p_std"),
       **extra,
     )
 
-  # ---------------------------------------------------------------- base distribution
-  def _base_cdf(self, log_sigma: Array) -> Array:
-    """CDF of the (untruncated) base in l; the truncated base is its restriction to the grid."""
-    if self.base == "loguniform":
-      return jnp.clip((log_sigma - self.log_lo) / (self.log_hi - self.log_lo), 0.0, 1.0)
-    return ndtr((log_sigma - self.p_mean) / self.p_std)
+  @property
+  def grid(self) -> log_sigma.LogSigmaGrid:
+    return log_sigma.LogSigmaGrid(self.num_bins, self.sigma_min, self.sigma_max)
+
+  @property
+  def base_law(self) -> log_sigma.Law:
+    """The base law of l = ln sigma, truncated to the grid."""
+    g = self.grid
+    return log_sigma.base_law(self.base, self.p_mean, self.p_std, g).truncated(g.lo, g.hi)
 
   def base_density(self, log_sigma_G: Array) -> Array:
-    """Density of l under the base, truncated to [log_lo, log_hi] and renormalized."""
-    mass = self._base_cdf(jnp.float32(self.log_hi)) - self._base_cdf(jnp.float32(self.log_lo))
-    if self.base == "loguniform":
-      pdf_G = jnp.full_like(log_sigma_G, 1.0 / (self.log_hi - self.log_lo))
-    else:
-      pdf_G = normal_log_density(log_sigma_G, self.p_mean, self.p_std) / mass
-    return jnp.where((log_sigma_G >= self.log_lo) & (log_sigma_G <= self.log_hi), pdf_G, 0.0)
+    """Density of l under the base, truncated to the grid and renormalized."""
+    return self.base_law.density(log_sigma_G)
 
   def _base_pmf(self) -> Array:
-    cdf_E = self._base_cdf(self._edges())
-    return jnp.diff(cdf_E) / (cdf_E[-1] - cdf_E[0])
-
-  def _sample_base(self, key: Array, batch_size: int) -> Array:
-    if self.base == "loguniform":
-      return jax.random.uniform(key, (batch_size,), jnp.float32, self.log_lo, self.log_hi)
-    lo = (self.log_lo - self.p_mean) / self.p_std
-    hi = (self.log_hi - self.p_mean) / self.p_std
-    z_B = jax.random.truncated_normal(key, lo, hi, (batch_size,), jnp.float32)
-    return self.p_mean + self.p_std * z_B
-
-  # ---------------------------------------------------------------- bins
-  def _edges(self) -> Array:
-    return jnp.linspace(self.log_lo, self.log_hi, self.num_bins + 1, dtype=jnp.float32)
-
-  def _width(self) -> float:
-    return (self.log_hi - self.log_lo) / self.num_bins
-
-  def _bin_index(self, log_sigma_B: Array) -> Array:
-    idx_B = jnp.floor((log_sigma_B - self.log_lo) / self._width()).astype(jnp.int32)
-    return jnp.clip(idx_B, 0, self.num_bins - 1)
+    return jnp.diff(self.base_law.cdf(self.grid.edges()))
 
   def centers(self) -> Array:
     """Bin centers in l = ln sigma, shape [K]."""
-    e_E = self._edges()
-    return 0.5 * (e_E[1:] + e_E[:-1])
+    return self.grid.centres()
 
   # ---------------------------------------------------------------- method hooks
   def statistic(self, err_B: Array, loss_B: Array) -> Array:
@@ -177,7 +140,7 @@ class Binned:
     """Per-bin discounted mean of the statistic, unseen bins interpolated, shape [K]."""
     seen_K = state["count_K"] > 0
     est_K = state["sum_K"] / jnp.where(seen_K, state["count_K"], 1.0)
-    return fill_unseen(est_K, seen_K)
+    return log_sigma.fill_unseen(est_K, seen_K, if_none_seen=1.0)
 
   def sample(self, state: State, key: Array, batch_size: int) -> tuple[Array, Array]:
     bin_key, pos_key, base_key = jax.random.split(key, 3)
@@ -185,9 +148,10 @@ class Binned:
     logits_K = jnp.log(state["pmf_K"])
     bin_B = jax.random.categorical(bin_key, logits_K, shape=(batch_size,))
     u_B = jax.random.uniform(pos_key, (batch_size,), jnp.float32)
-    l_adapt_B = self.log_lo + (bin_B + u_B) * self._width()
-    l_B = jnp.where(self._active(state), l_adapt_B, self._sample_base(base_key, batch_size))
-    l_B = jnp.clip(l_B, self.log_lo, self.log_hi)
+    g = self.grid
+    l_adapt_B = g.lo + (bin_B + u_B) * g.width
+    l_B = jnp.where(self._active(state), l_adapt_B, self.base_law.sample(base_key, batch_size))
+    l_B = jnp.clip(l_B, g.lo, g.hi)
     if self.importance:
       weight_B = self.importance_weight(state, l_B)
     else:
@@ -195,9 +159,7 @@ class Binned:
     return jnp.exp(l_B), weight_B
 
   def density(self, state: State, log_sigma_G: Array) -> Array:
-    idx_G = self._bin_index(log_sigma_G)
-    inside_G = (log_sigma_G >= self.log_lo) & (log_sigma_G <= self.log_hi)
-    adapt_G = jnp.where(inside_G, state["pmf_K"][idx_G] / self._width(), 0.0)
+    adapt_G = self.grid.step_density(state["pmf_K"], log_sigma_G)
     return jnp.where(self._active(state), adapt_G, self.base_density(log_sigma_G))
 
   def importance_weight(self, state: State, log_sigma_B: Array) -> Array:
@@ -212,10 +174,7 @@ class Binned:
     stat_B = self.statistic(err_B, loss_B).astype(jnp.float32)
     l_B = jnp.log(sigma_B.astype(jnp.float32))
     ok_B = jnp.isfinite(stat_B) & jnp.isfinite(l_B)
-    idx_B = self._bin_index(jnp.where(ok_B, l_B, self.log_lo))
-    k = self.num_bins
-    n_K = jax.ops.segment_sum(ok_B.astype(jnp.float32), idx_B, k)
-    s_K = jax.ops.segment_sum(jnp.where(ok_B, stat_B, 0.0), idx_B, k)
+    s_K, n_K = self.grid.record(l_B, stat_B, ok_B)
     sum_K = self.ema_beta * state["sum_K"] + s_K
     count_K = self.ema_beta * state["count_K"] + n_K
     num_updates = state["num_updates"] + 1
@@ -255,7 +214,7 @@ class CDCD(Binned):
 
   def target(self, est_K: Array) -> Array:
     f_K = isotonic_increasing(est_K)
-    return jnp.gradient(f_K) / self._width()  # dF/dl at the bin centers
+    return jnp.gradient(f_K) / self.grid.width  # dF/dl at the bin centers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,7 +278,7 @@ class EDM2:
   p_mean: float = -1.2
   p_std: float = 1.2
   channels: int = 128
-  lr: float = 1e-2
+  lr: float = 3e-3
   feature_seed: int = 0
 
   @classmethod
@@ -328,11 +287,16 @@ class EDM2:
     if int(a.edm2_channels) < 1:
       raise ValueError(f"schedule.adaptive.edm2_channels must be >= 1, got {a.edm2_channels!r}")
     return cls(
-      p_mean=_finite(ln.p_mean, "schedule.lognormal.p_mean"),
-      p_std=_positive(ln.p_std, "schedule.lognormal.p_std"),
+      p_mean=finite(ln.p_mean, "schedule.lognormal.p_mean"),
+      p_std=positive(ln.p_std, "schedule.lognormal.p_std"),
       channels=int(a.edm2_channels),
-      lr=_positive(a.edm2_lr, "schedule.adaptive.edm2_lr"),
+      lr=positive(a.edm2_lr, "schedule.adaptive.edm2_lr"),
     )
+
+  @property
+  def law(self) -> log_sigma.LogNormalLaw:
+    """The base log-normal of ln sigma, not truncated (as in EDM2)."""
+    return log_sigma.LogNormalLaw(self.p_mean, self.p_std)
 
   def _optimizer(self) -> optax.GradientTransformation:
     return optax.adam(self.lr)
@@ -357,14 +321,13 @@ class EDM2:
     return p["b"] + feat_BC @ p["v_C"] / math.sqrt(self.channels)
 
   def sample(self, state: State, key: Array, batch_size: int) -> tuple[Array, Array]:
-    z_B = jax.random.normal(key, (batch_size,), jnp.float32)
-    sigma_B = jnp.exp(self.p_mean + self.p_std * z_B)
+    sigma_B = jnp.exp(self.law.sample(key, batch_size))
     u_B = jax.lax.stop_gradient(self.log_variance(state, sigma_B))
     return sigma_B, jnp.exp(-u_B)
 
   def density(self, state: State, log_sigma_G: Array) -> Array:
     del state
-    return normal_log_density(log_sigma_G, self.p_mean, self.p_std)
+    return self.law.density(log_sigma_G)
 
   def update(
     self, state: State, step: Array, sigma_B: Array, err_B: Array, loss_B: Array

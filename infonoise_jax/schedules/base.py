@@ -18,6 +18,7 @@ x-space error ||D - x0||^2 (mean over dims) and `loss_B` = w(sigma) * err_B.
 `metrics` is a dict of scalar arrays (may be empty) logged by the trainer.
 """
 
+import math
 from typing import Any, Protocol, runtime_checkable
 
 import jax
@@ -59,3 +60,17 @@ class StatelessSchedule:
 
   def sample_sigma(self, key: Array, batch_size: int) -> Array:
     raise NotImplementedError
+
+
+def positive(value: float, key: str) -> float:
+  """`value` as a float; ValueError naming the config `key` unless it is > 0."""
+  if not value > 0:
+    raise ValueError(f"{key} must be > 0, got {value!r}")
+  return float(value)
+
+
+def finite(value: float, key: str) -> float:
+  """`value` as a float; ValueError naming the config `key` unless it is finite."""
+  if not math.isfinite(value):
+    raise ValueError(f"{key} must be finite, got {value!r}")
+  return float(value)

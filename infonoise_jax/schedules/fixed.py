@@ -22,34 +22,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from infonoise_jax.schedules.base import Array, State, StatelessSchedule
-
-
-def _positive(value: float, key: str) -> float:
-  if not value > 0:
-    raise ValueError(f"{key} must be > 0, got {value!r}")
-  return float(value)
-
-
-def _finite(value: float, key: str) -> float:
-  if not math.isfinite(value):
-    raise ValueError(f"{key} must be finite, got {value!r}")
-  return float(value)
-
-
-def sigma_range(config: ml_collections.ConfigDict) -> tuple[float, float]:
-  """Validated (edm.sigma_min, edm.sigma_max)."""
-  lo = _positive(config.edm.sigma_min, "edm.sigma_min")
-  hi = _finite(config.edm.sigma_max, "edm.sigma_max")
-  if not hi > lo:
-    raise ValueError(f"edm.sigma_max must be > edm.sigma_min, got {hi!r} <= {lo!r}")
-  return lo, hi
-
-
-def normal_log_density(log_sigma: Array, mean: float, std: float) -> Array:
-  """N(mean, std^2) density of l = ln sigma."""
-  z = (log_sigma - mean) / std
-  return jnp.exp(-0.5 * z * z) / (std * math.sqrt(2.0 * math.pi))
+from infonoise_jax import log_sigma
+from infonoise_jax.schedules.base import Array, State, StatelessSchedule, finite, positive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,17 +37,20 @@ class LogNormal(StatelessSchedule):
   def from_config(cls, config: ml_collections.ConfigDict) -> "LogNormal":
     c = config.schedule.lognormal
     return cls(
-      p_mean=_finite(c.p_mean, "schedule.lognormal.p_mean"),
-      p_std=_positive(c.p_std, "schedule.lognormal.p_std"),
+      p_mean=finite(c.p_mean, "schedule.lognormal.p_mean"),
+      p_std=positive(c.p_std, "schedule.lognormal.p_std"),
     )
 
+  @property
+  def law(self) -> log_sigma.LogNormalLaw:
+    return log_sigma.LogNormalLaw(self.p_mean, self.p_std)
+
   def sample_sigma(self, key: Array, batch_size: int) -> Array:
-    z_B = jax.random.normal(key, (batch_size,), jnp.float32)
-    return jnp.exp(self.p_mean + self.p_std * z_B)
+    return jnp.exp(self.law.sample(key, batch_size))
 
   def density(self, state: State, log_sigma_G: Array) -> Array:
     del state
-    return normal_log_density(log_sigma_G, self.p_mean, self.p_std)
+    return self.law.density(log_sigma_G)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,18 +62,19 @@ class LogUniform(StatelessSchedule):
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "LogUniform":
-    lo, hi = sigma_range(config)
+    lo, hi = log_sigma.sigma_range(config)
     return cls(sigma_min=lo, sigma_max=hi)
 
+  @property
+  def law(self) -> log_sigma.LogUniformLaw:
+    return log_sigma.LogUniformLaw(math.log(self.sigma_min), math.log(self.sigma_max))
+
   def sample_sigma(self, key: Array, batch_size: int) -> Array:
-    lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
-    return jnp.exp(jax.random.uniform(key, (batch_size,), jnp.float32, lo, hi))
+    return jnp.exp(self.law.sample(key, batch_size))
 
   def density(self, state: State, log_sigma_G: Array) -> Array:
     del state
-    lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
-    inside_G = (log_sigma_G >= lo) & (log_sigma_G <= hi)
-    return jnp.where(inside_G, 1.0 / (hi - lo), 0.0)
+    return self.law.density(log_sigma_G)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,8 +93,8 @@ class LogitNormal(LogNormal):
   def from_config(cls, config: ml_collections.ConfigDict) -> "LogitNormal":
     c = config.schedule.logitnormal
     return cls(
-      p_mean=_finite(c.mean, "schedule.logitnormal.mean"),
-      p_std=_positive(c.std, "schedule.logitnormal.std"),
+      p_mean=finite(c.mean, "schedule.logitnormal.mean"),
+      p_std=positive(c.std, "schedule.logitnormal.std"),
     )
 
 
@@ -130,7 +108,7 @@ class Laplace(StatelessSchedule):
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "Laplace":
     c = config.schedule.laplace
-    return cls(mu=_finite(c.mu, "schedule.laplace.mu"), b=_positive(c.b, "schedule.laplace.b"))
+    return cls(mu=finite(c.mu, "schedule.laplace.mu"), b=positive(c.b, "schedule.laplace.b"))
 
   def sample_sigma(self, key: Array, batch_size: int) -> Array:
     lambda_B = self.mu + self.b * jax.random.laplace(key, (batch_size,), jnp.float32)
@@ -157,8 +135,8 @@ class Cosine(StatelessSchedule):
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "Cosine":
-    lo, hi = sigma_range(config)
-    shift = _finite(config.schedule.cosine.shift, "schedule.cosine.shift")
+    lo, hi = log_sigma.sigma_range(config)
+    shift = finite(config.schedule.cosine.shift, "schedule.cosine.shift")
     return cls(shift=shift, sigma_min=lo, sigma_max=hi)
 
   def _t_range(self) -> tuple[float, float]:

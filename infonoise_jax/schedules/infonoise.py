@@ -22,20 +22,17 @@ Choices marked (ours) in docs/method.md are settings here (see configs/default.p
 """
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import ndtri
 
-from infonoise_jax import edm, profiles
+from infonoise_jax import edm, log_sigma, profiles
 
 Array = jax.Array
 State = dict[str, Array]
 
 _GATES = ("pinned", "onset", "onset_literal", "none")
-_BASES = ("lognormal", "loguniform")
 _TINY = 1e-30  # floor on m so log-space steps stay finite (Bayes errors underflow to 0)
 _ERR_MAX = 1e30  # clip on a single error so sums of finite errors stay finite
 
@@ -52,13 +49,13 @@ class InfoNoise:
   ema_beta: float = 0.9
   min_count: int = 4
   smoothing: float = 1.0
-  gate: str = "pinned"
+  gate: str = "onset"
   gate_pivot: float = 0.2
   gate_power: float = 3.0
   onset_threshold: float = 0.2
   onset_literal_threshold: float = 0.002
   compensate: bool = True
-  floor: float = 0.01
+  floor: float = 0.0
   base: str = "lognormal"
   sigma_data: float = 0.5
   base_p_mean: float = -1.2
@@ -69,12 +66,13 @@ class InfoNoise:
 
   @classmethod
   def from_config(cls, config) -> "InfoNoise":
-    """Builds from the whole ConfigDict (schedule.infonoise, edm.sigma_data, schedule.lognormal)."""
+    """Builds from the whole ConfigDict (schedule.infonoise, edm, schedule.lognormal)."""
     c = config.schedule.infonoise
+    sigma_min, sigma_max = log_sigma.sigma_range(config)
     return cls(
       num_bins=int(c.num_bins),
-      sigma_min=float(c.sigma_min),
-      sigma_max=float(c.sigma_max),
+      sigma_min=sigma_min,
+      sigma_max=sigma_max,
       refresh_every=int(c.refresh_every),
       warmup_steps=int(c.warmup_steps),
       ema_beta=float(c.ema_beta),
@@ -93,34 +91,33 @@ class InfoNoise:
       base_p_std=float(config.schedule.lognormal.p_std),
     )
 
-  # --------------------------------------------------------------------------- grid
+  # --------------------------------------------------------------------------- grid, base
+  @property
+  def grid(self) -> log_sigma.LogSigmaGrid:
+    """The K bins in ln sigma over [sigma_min, sigma_max]."""
+    return log_sigma.LogSigmaGrid(self.num_bins, self.sigma_min, self.sigma_max)
+
   @property
   def bin_width(self) -> float:
     """Delta = width of a bin in ln sigma."""
-    return (math.log(self.sigma_max) - math.log(self.sigma_min)) / self.num_bins
+    return self.grid.width
 
   @property
-  def log_sigma_edges(self) -> Array:
-    """K+1 bin edges in ln sigma."""
-    e = np.linspace(math.log(self.sigma_min), math.log(self.sigma_max), self.num_bins + 1)
-    return jnp.asarray(e, jnp.float32)
-
-  @property
-  def log_sigma_centres(self) -> Array:
-    """K bin centres in ln sigma."""
-    e = self.log_sigma_edges
-    return 0.5 * (e[1:] + e[:-1])
+  def base_law(self) -> log_sigma.Law:
+    """The warm-up law of ln sigma (not truncated: sampled as is until the first refresh)."""
+    return log_sigma.base_law(self.base, self.base_p_mean, self.base_p_std, self.grid)
 
   # --------------------------------------------------------------------------- interface
   def init_state(self) -> State:
-    k = self.num_bins
+    k, g = self.num_bins, self.grid
     z = jnp.zeros((), jnp.float32)
     return {
       "sums_K": jnp.zeros((k,), jnp.float32),
       "counts_K": jnp.zeros((k,), jnp.float32),
       "m_K": jnp.ones((k,), jnp.float32),
       "seen_K": jnp.zeros((k,), jnp.bool_),
-      "cdf_E": self._base_cdf(self.log_sigma_edges),
+      # the base restricted to the grid, as a table: the reference of the first max|dCDF|
+      "cdf_E": self.base_law.truncated(g.lo, g.hi).cdf(g.edges()).astype(jnp.float32),
       "refreshes": jnp.zeros((), jnp.int32),
       "max_dcdf": z + 1.0,
       "dropped": jnp.zeros((), jnp.int32),
@@ -131,7 +128,9 @@ class InfoNoise:
     """sigma_B from the table (or the base before the first refresh) and unit loss weights."""
     u_B = jax.random.uniform(key, (batch_size,), jnp.float32, 1e-7, 1.0 - 1e-7)
     log_sigma_B = jnp.where(
-      state["refreshes"] > 0, self._table_inverse(state["cdf_E"], u_B), self._base_inverse(u_B)
+      state["refreshes"] > 0,
+      self._table_inverse(state["cdf_E"], u_B),
+      self.base_law.inverse_cdf(u_B),
     )
     sigma_B = jnp.exp(log_sigma_B)
     return sigma_B, jnp.ones_like(sigma_B)
@@ -157,18 +156,13 @@ class InfoNoise:
 
   def density(self, state: State, log_sigma_G: Array) -> Array:
     """Sampling density of ln sigma: piecewise constant pi_k / Delta, or the base density."""
-    pi_K = jnp.diff(state["cdf_E"])
-    idx_G = jnp.floor((log_sigma_G - math.log(self.sigma_min)) / self.bin_width).astype(jnp.int32)
-    inside_G = (idx_G >= 0) & (idx_G < self.num_bins)
-    table_G = jnp.where(inside_G, pi_K[jnp.clip(idx_G, 0, self.num_bins - 1)], 0.0)
-    return jnp.where(
-      state["refreshes"] > 0, table_G / self.bin_width, self._base_density(log_sigma_G)
-    )
+    table_G = self.grid.step_density(jnp.diff(state["cdf_E"]), log_sigma_G)
+    return jnp.where(state["refreshes"] > 0, table_G, self.base_law.density(log_sigma_G))
 
   # --------------------------------------------------------------------------- diagnostics
   def profile(self, state: State) -> tuple[Array, Array]:
     """(ln sigma_K, rho_K): gated, normalized entropy rate per unit ln sigma at the bin centres."""
-    log_sigma_K = self.log_sigma_centres
+    log_sigma_K = self.grid.centres()
     q_K = self._entropy_rate(state["m_K"])
     if self.gate == "none":
       rho_K = profiles.normalize(q_K)
@@ -176,28 +170,15 @@ class InfoNoise:
       rho_K = profiles.gated_profile(log_sigma_K, q_K, state["gate_pivot"], self.gate_power)
     return log_sigma_K, rho_K / self.bin_width
 
-  def cdf(self, state: State) -> tuple[Array, Array]:
-    """(ln sigma_E, CDF_E): the sampling table at the K+1 bin edges."""
-    return self.log_sigma_edges, state["cdf_E"]
-
   # --------------------------------------------------------------------------- internals
-  def _bin_index(self, sigma_B: Array) -> tuple[Array, Array]:
-    log_sigma_B = jnp.log(jnp.maximum(sigma_B, 1e-38))
-    pos_B = (log_sigma_B - math.log(self.sigma_min)) / self.bin_width
-    inside_B = (pos_B >= 0.0) & (pos_B <= self.num_bins)
-    return jnp.clip(jnp.floor(pos_B), 0, self.num_bins - 1).astype(jnp.int32), inside_B
-
   def _record(self, state: State, sigma_B: Array, err_B: Array) -> State:
     """Step 2: per-bin segment sums and counts; NaN/Inf are dropped and counted."""
     sigma_B = sigma_B.astype(jnp.float32)
     err_B = err_B.astype(jnp.float32)
     finite_B = jnp.isfinite(err_B) & jnp.isfinite(sigma_B) & (sigma_B > 0)
-    idx_B, inside_B = self._bin_index(jnp.where(finite_B, sigma_B, 1.0))
-    valid_B = finite_B & inside_B
-    err_B = jnp.where(valid_B, jnp.clip(err_B, 0.0, _ERR_MAX), 0.0)
-    k = self.num_bins
-    sums_K = jax.ops.segment_sum(err_B, idx_B, num_segments=k)
-    counts_K = jax.ops.segment_sum(valid_B.astype(jnp.float32), idx_B, num_segments=k)
+    log_sigma_B = jnp.log(jnp.where(finite_B, sigma_B, 1.0))
+    valid_B = finite_B & self.grid.contains(log_sigma_B)
+    sums_K, counts_K = self.grid.record(log_sigma_B, jnp.clip(err_B, 0.0, _ERR_MAX), valid_B)
     return {
       **state,
       "sums_K": state["sums_K"] + sums_K,
@@ -236,30 +217,20 @@ class InfoNoise:
     Below the lowest seen bin m ~ sigma^2 (constant q, the continuous-data limit); above the
     highest, m is held (m -> Var(x0) at high noise). With no bin seen, m is unchanged.
     """
-    k = self.num_bins
-    i_K = jnp.arange(k)
-    left_K = jax.lax.cummax(jnp.where(seen_K, i_K, -1))
-    right_K = jax.lax.cummin(jnp.where(seen_K, i_K, k), reverse=True)
-    lm_K = jnp.log(m_K)
-    lm_l = lm_K[jnp.clip(left_K, 0, k - 1)]
-    lm_r = lm_K[jnp.clip(right_K, 0, k - 1)]
-    t_K = (i_K - left_K) / jnp.maximum(right_K - left_K, 1)
-    both = lm_l + t_K * (lm_r - lm_l)
-    below = lm_r + 2.0 * self.bin_width * (i_K - right_K)  # ln m = ln m_r + 2 (x - x_r)
-    filled = jnp.where(left_K < 0, jnp.where(right_K < k, below, lm_K), both)
-    filled = jnp.where(right_K >= k, jnp.where(left_K >= 0, lm_l, lm_K), filled)
-    return jnp.where(seen_K, m_K, jnp.exp(filled))
+    slope = 2.0 * self.bin_width  # ln m = ln m_r + 2 (x - x_r)
+    filled_K = jnp.exp(log_sigma.fill_unseen(jnp.log(m_K), seen_K, slope_below=slope))
+    return jnp.where(seen_K, m_K, filled_K)
 
   def _entropy_rate(self, m_K: Array) -> Array:
     """Step 4: q_k = m_k / sigma_k^2, optionally smoothed in ln q across bins (ours)."""
-    log_q_K = jnp.log(jnp.maximum(m_K, _TINY)) - 2.0 * self.log_sigma_centres
+    log_q_K = jnp.log(jnp.maximum(m_K, _TINY)) - 2.0 * self.grid.centres()
     if self.smoothing > 0:
       log_q_K = _smoothing_matrix(self.num_bins, self.smoothing) @ log_q_K
     return jnp.exp(log_q_K)
 
   def _pivot(self, q_K: Array, old: Array) -> Array:
     """Step 5: the gate pivot c (pinned, or an automatic rule from profiles)."""
-    x_K = self.log_sigma_centres
+    x_K = self.grid.centres()
     if self.gate == "onset":
       return profiles.onset_pivot(x_K, q_K, self.onset_threshold)
     if self.gate == "onset_literal":
@@ -268,7 +239,7 @@ class InfoNoise:
 
   def _cdf_from_profile(self, q_K: Array, pivot: Array) -> Array:
     """Steps 5-7: rho = q g; pi ~ rho / w (or rho); uniform floor; CDF at the K+1 edges."""
-    x_K = self.log_sigma_centres
+    x_K = self.grid.centres()
     log_rho_K = jnp.log(q_K)
     if self.gate != "none":
       log_rho_K += jax.nn.log_sigmoid(self.gate_power * (x_K - jnp.log(pivot)))
@@ -284,30 +255,7 @@ class InfoNoise:
     k = jnp.clip(jnp.searchsorted(cdf_E, u_B, side="right") - 1, 0, self.num_bins - 1)
     lo_B, hi_B = cdf_E[k], cdf_E[k + 1]
     t_B = jnp.clip((u_B - lo_B) / jnp.maximum(hi_B - lo_B, 1e-12), 0.0, 1.0)
-    return math.log(self.sigma_min) + (k + t_B) * self.bin_width
-
-  def _base_inverse(self, u_B: Array) -> Array:
-    """Step 8: inverse CDF of the base distribution of ln sigma."""
-    if self.base == "lognormal":
-      return self.base_p_mean + self.base_p_std * ndtri(u_B)
-    lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
-    return lo + u_B * (hi - lo)
-
-  def _base_density(self, log_sigma_G: Array) -> Array:
-    if self.base == "lognormal":
-      z = (log_sigma_G - self.base_p_mean) / self.base_p_std
-      return jnp.exp(-0.5 * z**2) / (self.base_p_std * math.sqrt(2.0 * math.pi))
-    lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
-    return jnp.where((log_sigma_G >= lo) & (log_sigma_G <= hi), 1.0 / (hi - lo), 0.0)
-
-  def _base_cdf(self, log_sigma_E: Array) -> Array:
-    """Base distribution restricted to the grid, as a CDF table (reference for max|dCDF|)."""
-    if self.base == "lognormal":
-      f_E = jax.scipy.stats.norm.cdf(log_sigma_E, self.base_p_mean, self.base_p_std)
-    else:
-      f_E = log_sigma_E - log_sigma_E[0]
-    f_E = f_E - f_E[0]
-    return (f_E / f_E[-1]).astype(jnp.float32)
+    return self.grid.lo + (k + t_B) * self.bin_width
 
 
 def _smoothing_matrix(k: int, width: float) -> Array:
@@ -319,9 +267,9 @@ def _smoothing_matrix(k: int, width: float) -> Array:
 
 def _validate(s: InfoNoise) -> None:
   """Raises ValueError naming the config key of the first invalid setting."""
+  log_sigma.check_range(s.sigma_min, s.sigma_max, ("edm.sigma_min", "edm.sigma_max"))
   key = "schedule.infonoise."
   checks = [
-    ("sigma_min", 0 < s.sigma_min < s.sigma_max, f"must be in (0, sigma_max = {s.sigma_max})"),
     ("num_bins", s.num_bins >= 2, "must be >= 2"),
     ("refresh_every", s.refresh_every >= 1, "must be >= 1"),
     ("warmup_steps", s.warmup_steps >= 0, "must be >= 0"),
@@ -334,7 +282,7 @@ def _validate(s: InfoNoise) -> None:
     ("onset_threshold", 0.0 < s.onset_threshold < 1.0, "must be in (0, 1)"),
     ("onset_literal_threshold", 0.0 < s.onset_literal_threshold < 1.0, "must be in (0, 1)"),
     ("floor", 0.0 <= s.floor <= 1.0, "must be in [0, 1]"),
-    ("base", s.base in _BASES, f"must be one of {_BASES}"),
+    ("base", s.base in log_sigma.BASE_LAWS, f"must be one of {log_sigma.BASE_LAWS}"),
   ]
   for name, ok, why in checks:
     if not ok:
