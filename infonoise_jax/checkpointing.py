@@ -18,6 +18,14 @@ import orbax.checkpoint as ocp
 from infonoise_jax.validation import check_keys
 
 
+def saved_steps(workdir: str) -> list[int]:
+  """Finished checkpoint steps in `<workdir>/checkpoints`, read without creating anything."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
 class Checkpointer:
   """Owns `<workdir>/checkpoints`; restores into the shardings of a template state."""
 

@@ -9,13 +9,14 @@ restored step (the pipeline is a pure function of the step).
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from infonoise_jax import checkpointing, diagnostics, metrics, sampling, steps
+from infonoise_jax import checkpointing, diagnostics, metrics, resume, sampling, steps
 from infonoise_jax.data import Pipeline, load_source
 from infonoise_jax.evaluation import fid_eval
 from infonoise_jax.mesh import make_mesh
@@ -23,13 +24,6 @@ from infonoise_jax.models import make_model
 from infonoise_jax.schedules import make_schedule
 from infonoise_jax.train_state import TrainState, make_optimizer
 from infonoise_jax.validation import validate_config
-
-
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def resolve_sigma_data(config: ml_collections.ConfigDict, source) -> None:
@@ -80,6 +74,9 @@ class Run:
       in_shardings=(self.state_sharding, self.batch_sharding),
       out_shardings=(self.state_sharding, self.replicated),
       donate_argnums=0,
+    )
+    self.copy_state = jax.jit(
+      lambda s: jax.tree.map(jnp.copy, s), out_shardings=self.state_sharding
     )
 
   def _init(self) -> TrainState:
@@ -134,15 +131,15 @@ class _WindowLogger:
       self._write(done)
     if self.window is not None:
       host = jax.device_get({k: self.window[k] for k in ("loss", "grad_norm")})
-      metrics.check_finite(host, (self.window_start, step), self._last_good())
+      metrics.check_finite(host, (self.window_start, step), self.last_good())
 
-  def _last_good(self) -> str | None:
+  def last_good(self) -> str | None:
     last = self.ckpt.latest_step()
     return None if last is None else f"{self.ckpt.directory}/{last}"
 
   def _write(self, done: metrics.FetchedWindow) -> None:
     host, step_range = done.metrics, (done.start_step, done.end_step)
-    metrics.check_finite(_without_sigma(host), step_range, self._last_good())
+    metrics.check_finite(_without_sigma(host), step_range, self.last_good())
     scalars = diagnostics.window_scalars(self.run.config, host, step_range)
     scalars.update(self.perf.pop(done.end_step, {}))
     self.writer.write_scalars(done.end_step, scalars)
@@ -150,6 +147,50 @@ class _WindowLogger:
     logging.info(
       "step %d: loss %.4f, grad_norm %.3g", done.end_step, scalars["loss"], scalars["grad_norm"]
     )
+
+
+@jax.jit
+def _nonfinite_parts(state: TrainState) -> dict:
+  """Per top-level field of the state: True where any float leaf holds NaN or Inf."""
+  bad = lambda tree: jnp.any(
+    jnp.stack(
+      [
+        jnp.any(~jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(x.dtype, jnp.inexact)
+      ]
+      or [jnp.bool_(False)]
+    )
+  )
+  return {
+    k: bad(getattr(state, k)) for k in ("params", "ema_params", "opt_state", "schedule_state")
+  }
+
+
+def check_before_save(run: Run, state: TrainState, step: int, last_good: str | None) -> None:
+  """Raises NonFiniteError unless `state` is finite and its next step's loss is too.
+
+  A finite state can still be diverged (with lr 1e9 the parameters reach 1e9 and the next
+  forward pass overflows), so the next step is taken on a copy (the same compiled step) and
+  its loss and gradient norm are checked as well.
+  """
+  probe, probe_metrics = run.train_step(
+    run.copy_state(state), run.global_batch(run.pipeline.batch(step))
+  )
+  host = jax.device_get(
+    {
+      "next loss": probe_metrics["loss"],
+      "next grad_norm": probe_metrics["grad_norm"],
+      **{f"state {k}": jnp.where(v, jnp.nan, 0.0) for k, v in _nonfinite_parts(state).items()},
+    }
+  )
+  del probe
+  try:
+    metrics.check_finite(host, (step, step + 1), last_good)
+  except metrics.NonFiniteError as e:
+    raise metrics.NonFiniteError(
+      f"Not saving the state of step {step}, it has diverged: {e}", e.metrics, e.step_range
+    ) from None
 
 
 def _restore_or_init(run: Run, ckpt: checkpointing.Checkpointer) -> TrainState:
@@ -161,14 +202,21 @@ def _restore_or_init(run: Run, ckpt: checkpointing.Checkpointer) -> TrainState:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> TrainState:
-  """Trains from scratch or resumes from `workdir`; returns the final state."""
-  run = Run(config, workdir, devices)
+  """Trains from scratch or resumes from `workdir`; returns the final state.
+
+  Nothing is written to `workdir` until the config is valid, a resume's changes are allowed
+  (resume.py) and the checkpoint is restored.
+  """
+  run = Run(config, workdir, devices)  # validates, loads the data, resolves derived values
+  saved = checkpointing.saved_steps(workdir)
+  accepted = resume.check(config, workdir, saved[-1]) if saved else {}
   periodic_fid = fid_eval.PeriodicFID(run) if config.train.fid_every else None  # fails early
-  write_config(config, workdir)
-  writer = metrics.create_writer(os.path.join(workdir, "tensorboard"), jax.process_index() > 0)
   ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
   state = _restore_or_init(run, ckpt)
   step, num_steps = int(state.step), config.train.num_steps
+  if jax.process_index() == 0:
+    resume.record(config, workdir, step, accepted)
+  writer = metrics.create_writer(os.path.join(workdir, "tensorboard"), jax.process_index() > 0)
   logging.info(
     "%s | %d params | %d devices x %d processes | steps %d..%d",
     run.source.describe(),
@@ -196,6 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
       stop = preempted.is_set() or ckpt.reached_preemption(step)
       if step % t.checkpoint_every == 0 or step == num_steps or stop:
         log.flush(step)  # a NaN state is never saved over a good checkpoint
+        check_before_save(run, state, step, log.last_good())
         # The example shape lets sample/evaluate rebuild the model without the data; the
         # config itself is in <workdir>/config.json.
         meta = {"step": step, "data_shape": list(run.source.shape)}

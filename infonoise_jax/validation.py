@@ -83,9 +83,24 @@ def _require(ok: bool, key: str, message: str) -> None:
     raise ValueError(f"config.{key}: {message}")
 
 
+def _check_no_nan(config: ml_collections.ConfigDict) -> None:
+  """No float setting may be NaN (a NaN compares False with every bound below)."""
+  for key in sorted(_flat_keys(config)):
+    value = config
+    for part in key.split("."):
+      value = value[part]
+    values = value if isinstance(value, tuple | list) else (value,)
+    bad = any(isinstance(v, float) and math.isnan(v) for v in values)
+    _require(not bad, key, f"must be a number, got {value}")
+
+
 def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Raises ValueError naming the key for any invalid general setting."""
   check_keys(config)
+  _check_no_nan(config)
+  d = config.data
+  _require(0 < d.scale < math.inf, "data.scale", f"must be a finite number > 0, got {d.scale}")
+  _require(d.num_examples >= 1, "data.num_examples", f"must be >= 1, got {d.num_examples}")
   t, o, e = config.train, config.optim, config.edm
   n_dev = jax.device_count() if num_devices is None else num_devices
   n_proc = jax.process_count()

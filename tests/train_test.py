@@ -102,6 +102,9 @@ def test_digits_end_to_end_leaves_logs_checkpoint_and_images(tmp_path):
     ({"edm.sigma_min": 100.0}, "edm.sigma_min"),
     ({"sampler.name": "rk4"}, "sampler.name"),
     ({"data.image_size": 3}, "data.image_size"),
+    ({"data.scale": float("nan")}, "data.scale"),
+    ({"data.num_examples": 0}, "data.num_examples"),
+    ({"schedule.lognormal.p_std": float("nan")}, "schedule.lognormal.p_std"),
   ],
 )
 def test_bad_config_fails_before_compiling_naming_the_key(tmp_path, overrides, key):
@@ -116,19 +119,6 @@ def test_unknown_config_key_is_rejected(tmp_path):
   config.train.num_stpes = 3
   with pytest.raises(ValueError, match="num_stpes"):
     train.train_and_evaluate(config, str(tmp_path / "typo"))
-
-
-def test_nan_aborts_with_step_range_and_keeps_last_good_checkpoint(tmp_path):
-  workdir = str(tmp_path / "nan")
-  train.train_and_evaluate(_config(**{"train.num_steps": 4}), workdir)
-  # An absurd learning rate makes the parameters overflow within a few steps.
-  bad = _config(**{"train.num_steps": 40, "optim.lr": 1e30})
-  with pytest.raises(metrics.NonFiniteError, match=r"between steps \d+ and \d+") as info:
-    train.train_and_evaluate(bad, workdir)
-  assert "checkpoints" in str(info.value)
-  ckpt = checkpointing.Checkpointer(workdir, 3)
-  assert ckpt.latest_step() == 4  # the good checkpoint survived; nothing NaN was saved
-  ckpt.close()
 
 
 def test_config_typo_on_the_command_line_fails_naming_the_key(tmp_path):

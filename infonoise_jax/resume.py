@@ -1,0 +1,116 @@
+"""What a resumed run may change, and the record of it: `config.json` and its history.
+
+A workdir holds one run. Its resolved config is `<workdir>/config.json`; a resume may change
+only the keys of `RESUMABLE` (how long to train, how often to log and save, where the data
+lives, sampling and evaluation settings, the machine layout), since they do not change what
+the saved state means. Any other change (seed, batch size, data, model, schedule, optimizer,
+EDM constants) is refused before anything is written. Accepted changes are appended, one
+JSON line per resume, to `<workdir>/config_history.jsonl`; `config.json` is then rewritten
+with the new values. See docs/reliability.md.
+"""
+
+import datetime
+import json
+import os
+
+import ml_collections
+
+# Keys (or whole sections, ending in ".") a resume may change.
+RESUMABLE = (
+  "train.num_steps",
+  "train.log_every",
+  "train.checkpoint_every",
+  "train.keep_checkpoints",
+  "train.sample_every",
+  "train.num_samples",
+  "train.fid_every",
+  "train.fid_num_samples",
+  "train.profile_bins",
+  "data.tfds_data_dir",
+  "data.local_dir",
+  "sampler.",
+  "fid.",
+  "system.",
+)
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "config_history.jsonl"
+
+
+class ResumeRefusedError(ValueError):
+  """A resume would change a key that fixes what the saved state means."""
+
+
+def is_resumable(key: str) -> bool:
+  return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _as_json(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def changes(config: ml_collections.ConfigDict, workdir: str) -> dict[str, tuple]:
+  """{key: (saved value, new value)} for every key whose value differs from config.json.
+
+  Empty when the workdir has no config.json (a run from before it was written). Keys only
+  one side has (the code gained or lost a key) are not changes.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path) as f:
+      saved = _flat(json.load(f))
+  except (OSError, ValueError) as e:
+    raise ValueError(
+      f"{path} is unreadable ({e}); restore it from a backup, or start a new --workdir"
+    ) from e
+  new = _flat(_as_json(config))
+  dump = lambda v: json.dumps(v, sort_keys=True)
+  return {
+    k: (saved[k], new[k])
+    for k in sorted(saved.keys() & new.keys())
+    if dump(saved[k]) != dump(new[k])
+  }
+
+
+def check(config: ml_collections.ConfigDict, workdir: str, step: int) -> dict[str, tuple]:
+  """Raises ResumeRefusedError naming every refused key; returns the accepted changes."""
+  diff = changes(config, workdir)
+  refused = {k: v for k, v in diff.items() if not is_resumable(k)}
+  if refused:
+    listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
+    raise ResumeRefusedError(
+      f"Cannot resume {workdir} at step {step} with a changed {listed}: these keys fix what "
+      f"the saved state means. Resume with the saved values ({os.path.join(workdir, CONFIG_FILE)}"
+      "), or start a new --workdir to train with the new ones. Nothing was written."
+    )
+  return diff
+
+
+def record(
+  config: ml_collections.ConfigDict, workdir: str, step: int, accepted: dict[str, tuple]
+) -> None:
+  """Writes config.json (atomically) and appends the accepted changes to the history."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG_FILE)
+  with open(path + ".tmp", "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(path + ".tmp", path)
+  if accepted:
+    entry = {
+      "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+      "resumed_at_step": step,
+      "changes": {k: {"from": old, "to": new} for k, (old, new) in accepted.items()},
+    }
+    with open(os.path.join(workdir, HISTORY_FILE), "a") as f:
+      f.write(json.dumps(entry, sort_keys=True) + "\n")
