@@ -26,10 +26,13 @@ RESUMABLE = (
   "train.fid_every",
   "train.fid_num_samples",
   "train.profile_bins",
+  "train.eval_every",
+  "train.eval_num_samples",
   "data.tfds_data_dir",
   "data.local_dir",
   "sampler.",
   "fid.",
+  "seq_metrics.",
   "system.",
 )
 CONFIG_FILE = "config.json"

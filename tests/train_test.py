@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from infonoise_jax import checkpointing, metrics, train
+from infonoise_jax import checkpointing, train
 from infonoise_jax.validation import load_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
