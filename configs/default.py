@@ -9,19 +9,6 @@ download), a few minutes on a 2-core CPU.
 
 import ml_collections
 
-SCHEDULE_NAMES = (
-  "infonoise",
-  "lognormal",
-  "loguniform",
-  "logitnormal",
-  "laplace",
-  "cosine",
-  "cdcd",
-  "vdmpp",
-  "iddpm",
-  "edm2",
-)
-
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   """The default config; `variant` is a comma list from `configs/default.py:<variant>`.
@@ -29,9 +16,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   Variants: any schedule name (sets schedule.name), `binarized` (data.binarize=True),
   `mlp` (the MLP denoiser), `fashion` (Fashion-MNIST from the Debian package, 28x28).
   """
+  from infonoise_jax.schedules import SCHEDULES  # the one list of schedule names
+
   c = _base_config()
   for token in filter(None, (t.strip() for t in variant.split(","))):
-    if token in SCHEDULE_NAMES:
+    if token in SCHEDULES:
       c.schedule.name = token
     elif token == "binarized":
       c.data.binarize = True
@@ -46,7 +35,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     else:
       raise ValueError(
         f"Unknown config variant {token!r} in 'configs/default.py:{variant}'. "
-        f"Valid: {', '.join(SCHEDULE_NAMES)}, binarized, mlp, fashion."
+        f"Valid: {', '.join(SCHEDULES)}, binarized, mlp, fashion."
       )
   return c
 
@@ -112,8 +101,7 @@ def _base_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- training noise schedule
   c.schedule = ml_collections.ConfigDict()
-  c.schedule.name = "infonoise"  # infonoise | lognormal | loguniform | logitnormal | laplace |
-  #                                cosine | cdcd | vdmpp | iddpm | edm2
+  c.schedule.name = "infonoise"  # a name in infonoise_jax.schedules.SCHEDULES (README lists them)
   c.schedule.lognormal = ml_collections.ConfigDict()
   c.schedule.lognormal.p_mean = -1.2  # mean of ln sigma (EDM CIFAR-10)
   c.schedule.lognormal.p_std = 1.2  # std of ln sigma

@@ -56,29 +56,48 @@ class Checkpointer:
     saved = self._manager.save(step, args=args, force=force)
     return bool(saved)
 
-  def restore(self, template: Any, step: int | None = None) -> tuple[Any, dict]:
-    """Restores the latest (or given) step into the structure and shardings of `template`."""
+  def restore(self, abstract: Any, step: int | None = None) -> tuple[Any, dict]:
+    """Restores the latest (or given) step into `abstract` (`train_state.abstract_state`).
+
+    A checkpoint written with an older state layout is brought to the current one
+    (`_restore_older_layout`).
+    """
     step = self._manager.latest_step() if step is None else step
-    abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), template
-    )
-    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
     try:
-      restored = self._manager.restore(step, args=args)
+      return self._restore(step, abstract)
     except ValueError as e:
-      raise ValueError(
-        f"The checkpoint at {self.directory}/{step} does not match the state this config "
-        "builds (a model, schedule or optimizer setting changed since it was saved). Resume "
-        "with the config in the workdir's config.json, or start a new --workdir; the "
-        f"checkpoint was left untouched. Orbax said: {e}"
-      ) from e
+      return self._restore_older_layout(step, abstract, e)
+
+  def _restore(self, step: int, abstract: Any) -> tuple[Any, dict]:
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+    restored = self._manager.restore(step, args=args)
     return restored.state, dict(restored.meta or {})
+
+  def _restore_older_layout(self, step: int, abstract: Any, error: ValueError):
+    """Older TrainState layouts, each read and migrated (else the mismatch error):
+
+    * a schedule state without `num_updates` (InfoNoise before `update` stopped taking the
+      optimizer step): it was updated once per step, so num_updates = step.
+    """
+    sched = getattr(abstract, "schedule_state", None)
+    if isinstance(sched, dict) and "num_updates" in sched:
+      old = abstract.replace(schedule_state={k: v for k, v in sched.items() if k != "num_updates"})
+      try:
+        state, meta = self._restore(step, old)
+      except ValueError:
+        pass
+      else:
+        counter = jax.device_put(state.step, sched["num_updates"].sharding)
+        return state.replace(schedule_state={**state.schedule_state, "num_updates": counter}), meta
+    raise ValueError(
+      f"The checkpoint at {self.directory}/{step} does not match the state this config "
+      "builds (a model, schedule or optimizer setting changed since it was saved). Resume "
+      "with the config in the workdir's config.json, or start a new --workdir; the "
+      f"checkpoint was left untouched. Orbax said: {error}"
+    ) from error
 
   def reached_preemption(self, step: int) -> bool:
     return bool(self._manager.reached_preemption(step))
-
-  def wait(self) -> None:
-    self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.wait_until_finished()

@@ -16,6 +16,7 @@ from absl import logging
 
 from infonoise_jax import edm, log_sigma, sample
 from infonoise_jax.evaluation import plots
+from infonoise_jax.schedules import has_profile
 
 
 def is_snapshot(key: str) -> bool:
@@ -49,7 +50,7 @@ def schedule_curves(config, schedule, schedule_state, num: int = 256):
   density_G = np.asarray(schedule.density(schedule_state, grid_G))
   w_G = np.asarray(edm.loss_weight(jnp.exp(grid_G), config.edm.sigma_data))
   curves = {"sampling density pi": density_G, "effective allocation pi*w": density_G * w_G}
-  if hasattr(schedule, "profile"):
+  if has_profile(schedule):
     log_sigma_K, rho_K = schedule.profile(schedule_state)
     curves["estimated profile (gated)"] = np.interp(grid_G, log_sigma_K, rho_K)
   return np.asarray(grid_G), curves

@@ -43,7 +43,7 @@ def evaluate(
   if seed_sets < 1:
     raise ValueError(f"--seed_sets must be >= 1, got {seed_sets}")
   config = sample.load_config(workdir)
-  sample.check_grid(config, grid)  # before loading weights or restoring
+  sampling.check_grid(config, grid)  # before loading weights or restoring
   mesh = sample.make_mesh(devices)
   extractor = fid_eval.make_extractor(config, mesh, weights)  # missing weights fail here
   sampler, state, step = sample.restore(workdir, step, devices)

@@ -39,7 +39,7 @@ from infonoise_jax.evaluation import fid, plots
 from infonoise_jax.mesh import make_mesh
 from infonoise_jax.models import make_model
 from infonoise_jax.schedules import Schedule, make_schedule
-from infonoise_jax.train_state import TrainState, make_optimizer
+from infonoise_jax.train_state import TrainState, abstract_state, make_optimizer
 
 GRID_IMAGES = 64  # images in samples.png
 
@@ -105,11 +105,7 @@ def restore(
     init = functools.partial(
       steps.init_state, config, model, schedule, make_optimizer(config), data_shape, config.seed
     )
-    replicated = NamedSharding(mesh, P())
-    template = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), jax.eval_shape(init)
-    )
-    state, _ = ckpt.restore(template, step)
+    state, _ = ckpt.restore(abstract_state(init, NamedSharding(mesh, P())), step)
   finally:
     ckpt.close()
   return Sampler(config, model, schedule, mesh, data_shape), state, step
@@ -127,23 +123,13 @@ def sampler_config(
   return config
 
 
-def check_grid(config: ml_collections.ConfigDict, grid: str | None = None) -> None:
-  """Raises if `grid` (default config.sampler.grid) needs a profile the run does not learn."""
-  grid = grid or config.sampler.grid
-  if grid.startswith("infogrid") and config.schedule.name != "infonoise":
-    raise ValueError(
-      f"grid={grid!r} needs the learned InfoNoise profile, but this run was trained with "
-      f"schedule.name={config.schedule.name!r}; use --grid=karras"
-    )
-
-
 def make_sigmas(sampler: Sampler, schedule_state, config=None) -> jax.Array:
   """The sigma grid of `config.sampler` (default the run's); infogrid uses the learned profile."""
   config = sampler.config if config is None else config
   grid = config.sampler.grid
   if not grid.startswith("infogrid"):
     return sampling.make_sigmas(config)
-  check_grid(sampler.config, grid)
+  sampling.check_grid(sampler.config, grid)
   return sampling.make_sigmas(config, profile=sampler.schedule.profile(schedule_state))
 
 
@@ -215,7 +201,7 @@ def sample_run(
   """The command: restore, draw `num` samples, write them to `out`; returns (samples, paths)."""
   if num < 1:
     raise ValueError(f"--num must be >= 1, got {num}")
-  check_grid(load_config(workdir), grid)  # before restoring anything
+  sampling.check_grid(load_config(workdir), grid)  # before restoring anything
   sampler, state, step = restore(workdir, step, devices)
   config = sampler_config(sampler.config, grid, num_steps)
   sigmas = make_sigmas(sampler, state.schedule_state, config)

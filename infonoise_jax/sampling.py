@@ -22,18 +22,19 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from infonoise_jax import log_sigma, schedules
 from infonoise_jax.sampling_grids import bin_edges, infogrid_sigmas, karras_sigmas
 
 __all__ = [
   "METHODS",
   "GRIDS",
   "bin_edges",
+  "check_grid",
   "infogrid_sigmas",
   "karras_sigmas",
   "make_sigmas",
   "num_evaluations",
   "sample",
-  "sample_from_config",
   "validate_sampler_config",
 ]
 
@@ -152,13 +153,24 @@ def validate_sampler_config(config: ml_collections.ConfigDict) -> None:
     ("sampler.s_churn", s.s_churn >= 0, s.s_churn, ">= 0"),
     ("sampler.s_noise", s.s_noise >= 0, s.s_noise, ">= 0"),
     ("sampler.s_tmin", 0 <= s.s_tmin <= s.s_tmax, s.s_tmin, ">= 0 and <= sampler.s_tmax"),
-    ("edm.sigma_min", config.edm.sigma_min > 0, config.edm.sigma_min, "> 0"),
-    ("edm.sigma_max", config.edm.sigma_max > config.edm.sigma_min, config.edm.sigma_max,
-     "> edm.sigma_min"),
-  ]  # fmt: skip
+  ]
   for name, ok, value, want in checks:
     if not ok:
       raise ValueError(f"{name} must be {want}, got {value!r}")
+  log_sigma.sigma_range(config)
+  check_grid(config)
+
+
+def check_grid(config: ml_collections.ConfigDict, grid: str | None = None) -> None:
+  """Raises unless `grid` (default sampler.grid) can be built for the run's schedule: the
+  InfoGrid grids need a schedule that learns a profile (`schedules.has_profile`)."""
+  grid = grid or config.sampler.grid
+  if grid.startswith("infogrid") and not schedules.has_profile(config.schedule.name):
+    raise ValueError(
+      f"sampler.grid={grid!r} needs a learned information profile, but schedule.name="
+      f"{config.schedule.name!r} learns none (those that do: {', '.join(schedules.PROFILED)}); "
+      "use the karras grid (--grid=karras, or --config.sampler.grid=karras)"
+    )
 
 
 def make_sigmas(config: ml_collections.ConfigDict, profile: Profile | None = None) -> Array:
@@ -183,30 +195,6 @@ def make_sigmas(config: ml_collections.ConfigDict, profile: Profile | None = Non
     rescaled=s.grid == "infogrid_rescaled",
     sigma_min=edm.sigma_min,
     sigma_max=edm.sigma_max,
-  )
-
-
-def sample_from_config(
-  denoise_fn: DenoiseFn,
-  key: Array,
-  shape: tuple[int, ...],
-  config: ml_collections.ConfigDict,
-  profile: Profile | None = None,
-  sharding: jax.sharding.Sharding | None = None,
-) -> Array:
-  """`sample` with the grid and settings of config.sampler (see `make_sigmas`)."""
-  s = config.sampler
-  return sample(
-    denoise_fn,
-    key,
-    shape,
-    make_sigmas(config, profile),
-    method=s.name,
-    s_churn=s.s_churn,
-    s_tmin=s.s_tmin,
-    s_tmax=s.s_tmax,
-    s_noise=s.s_noise,
-    sharding=sharding,
   )
 
 

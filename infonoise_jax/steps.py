@@ -82,7 +82,6 @@ def make_train_step(
     ema_params = jax.tree.map(lambda e, p: beta * e + (1.0 - beta) * p, state.ema_params, params)
     schedule_state, schedule_metrics = schedule.update(
       state.schedule_state,
-      state.step,
       sigma_B,
       jax.lax.stop_gradient(err_B),
       jax.lax.stop_gradient(loss_B),

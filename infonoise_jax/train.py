@@ -16,13 +16,13 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from infonoise_jax import checkpointing, diagnostics, metrics, resume, sampling, steps
+from infonoise_jax import checkpointing, diagnostics, metrics, resume, steps
 from infonoise_jax.data import Pipeline, load_source
 from infonoise_jax.evaluation import fid_eval
 from infonoise_jax.mesh import make_mesh
 from infonoise_jax.models import make_model
 from infonoise_jax.schedules import make_schedule
-from infonoise_jax.train_state import TrainState, make_optimizer
+from infonoise_jax.train_state import TrainState, abstract_state, make_optimizer
 from infonoise_jax.validation import validate_config
 
 
@@ -43,7 +43,6 @@ class Run:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, devices=None):
     validate_config(config, None if devices is None else len(devices))
-    sampling.validate_sampler_config(config)  # used only at the end: fail now, not then
     self.config = config
     self.workdir = workdir
     self.source = load_source(config)
@@ -62,12 +61,8 @@ class Run:
       jax.process_count(),
       random_flip=config.data.random_flip,
     )
-    abstract = jax.eval_shape(self._init)
-    self.state_sharding = jax.tree.map(lambda _: self.replicated, abstract)
-    # Shapes, dtypes and shardings only: the restore target, so resuming allocates once.
-    self.abstract_state = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, self.state_sharding
-    )
+    self.abstract_state = abstract_state(self._init, self.replicated)
+    self.state_sharding = jax.tree.map(lambda a: a.sharding, self.abstract_state)
     self.init_fn = jax.jit(self._init, out_shardings=self.state_sharding)
     self.train_step = jax.jit(
       steps.make_train_step(config, self.model, self.schedule, self.optimizer),

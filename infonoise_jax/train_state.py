@@ -11,6 +11,7 @@ key array so that every leaf is a plain numeric array that Orbax saves on any ba
 `step_keys` wraps it back into a typed key before use.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -28,6 +29,14 @@ class TrainState:
   opt_state: Any  # optax state
   schedule_state: Any  # noise schedule state (see schedules/base.py)
   rng: jax.Array  # uint32 key data of the run's root PRNG key
+
+
+def abstract_state(init_fn: Callable[[], TrainState], sharding) -> TrainState:
+  """Shapes, dtypes and `sharding` (one for every leaf) of `init_fn()`, without running it:
+  the restore target, so a resumed run allocates its state once."""
+  return jax.tree.map(
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), jax.eval_shape(init_fn)
+  )
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

@@ -7,11 +7,12 @@ config fails with the key's name instead of being silently ignored.
 """
 
 import importlib.util
-import math
 import pathlib
 
 import jax
 import ml_collections
+
+from infonoise_jax import log_sigma, sampling
 
 
 def config_dir() -> pathlib.Path:
@@ -129,19 +130,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     "edm.sigma_data",
     f"must be > 0, or 0 for token data (the one-hot std), got {e.sigma_data}",
   )
-  _require(
-    0 < e.sigma_min < e.sigma_max and math.isfinite(e.sigma_max),
-    "edm.sigma_min",
-    f"need 0 < sigma_min < sigma_max < inf, got {e.sigma_min}, {e.sigma_max}",
-  )
+  log_sigma.sigma_range(config)
   _require(
     config.model.dtype in ("float32", "bfloat16"),
     "model.dtype",
     f"must be 'float32' or 'bfloat16', got {config.model.dtype!r}",
   )
-  _require(
-    not (config.sampler.grid.startswith("infogrid") and config.schedule.name != "infonoise"),
-    "sampler.grid",
-    f"{config.sampler.grid!r} needs a learned InfoNoise profile, but schedule.name is "
-    f"{config.schedule.name!r}; use --config.sampler.grid=karras or schedule.name=infonoise",
-  )
+  sampling.validate_sampler_config(config)  # used at the end of training: fail now, not then

@@ -2,10 +2,15 @@
 
 import json
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
+from jax.sharding import SingleDeviceSharding
 
 from configs import default
-from infonoise_jax import checkpointing
+from infonoise_jax import checkpointing, train_state
+from infonoise_jax.schedules import InfoNoise
 
 
 def _write_config(workdir, d: dict) -> None:
@@ -43,3 +48,60 @@ def test_load_config_errors_name_the_file(tmp_path):
   _write_config(tmp_path, d)
   with pytest.raises(ValueError, match="num_stepz"):
     checkpointing.load_config(str(tmp_path))
+
+
+def _tiny_state(step: int):
+  schedule = InfoNoise(num_bins=4)
+  return train_state.TrainState(
+    step=jnp.int32(step),
+    params={"w": jnp.arange(3.0)},
+    ema_params={"w": jnp.arange(3.0) * 2},
+    opt_state=(jnp.zeros(3),),
+    schedule_state=schedule.init_state(),
+    rng=jax.random.key_data(jax.random.key(0)),
+  )
+
+
+def _abstract(state):
+  return train_state.abstract_state(lambda: state, SingleDeviceSharding(jax.devices()[0]))
+
+
+def test_save_restore_round_trip_with_meta_and_retention(tmp_path):
+  ckpt = checkpointing.Checkpointer(str(tmp_path), keep=2)
+  states = {s: _tiny_state(s) for s in (1, 2, 3)}
+  for s, state in states.items():
+    assert ckpt.save(s, state, meta={"step": s, "data_shape": [8, 8, 1]}, force=True)
+  assert not ckpt.save(3, states[3], force=True)  # an existing step is not rewritten
+  ckpt.close()
+  reader = checkpointing.Checkpointer(str(tmp_path), keep=2, create=False)
+  assert reader.all_steps() == [2, 3] and reader.latest_step() == 3
+  assert reader.restore_meta(2) == {"step": 2, "data_shape": [8, 8, 1]}
+  restored, meta = reader.restore(_abstract(states[3]), step=2)
+  assert meta["step"] == 2 and int(restored.step) == 2
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(states[2]), strict=True):
+    np.testing.assert_array_equal(a, b)
+  reader.close()
+
+
+def test_a_schedule_state_saved_without_its_update_counter_is_migrated(tmp_path):
+  # InfoNoise's state before `update` stopped taking the optimizer step had no num_updates.
+  new = _tiny_state(7)
+  old = new.replace(
+    schedule_state={k: v for k, v in new.schedule_state.items() if k != "num_updates"}
+  )
+  ckpt = checkpointing.Checkpointer(str(tmp_path), keep=1)
+  ckpt.save(7, old, force=True)
+  restored, _ = ckpt.restore(_abstract(new))
+  assert int(restored.schedule_state["num_updates"]) == 7  # one update per step
+  assert jax.tree.structure(restored) == jax.tree.structure(new)
+  ckpt.close()
+
+
+def test_a_mismatched_checkpoint_is_a_clear_error_and_left_untouched(tmp_path):
+  ckpt = checkpointing.Checkpointer(str(tmp_path), keep=1)
+  ckpt.save(5, _tiny_state(5), force=True)
+  other = _tiny_state(5).replace(params={"w": jnp.zeros(4)})
+  with pytest.raises(ValueError, match="does not match the state this config builds"):
+    ckpt.restore(_abstract(other))
+  assert ckpt.all_steps() == [5]
+  ckpt.close()

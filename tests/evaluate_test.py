@@ -130,7 +130,7 @@ def test_evaluate_errors_are_clear(fid_run, tmp_path):
   with pytest.raises(FileNotFoundError, match="No checkpoint"):
     (tmp_path / "config.json").write_text(pathlib.Path(fid_run, "config.json").read_text())
     evaluate.evaluate(str(tmp_path), num=N)
-  with pytest.raises(ValueError, match="InfoNoise profile.*lognormal"):
+  with pytest.raises(ValueError, match="information profile.*lognormal"):
     sample.sample_run(fid_run, 4, str(tmp_path / "out"), grid="infogrid")
 
 

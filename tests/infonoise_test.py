@@ -33,7 +33,7 @@ def _simulate(sched, denoise_fn, draw_x0, num_steps, batch, seed=0):
     x0_BD = draw_x0(kx, batch)
     x_BD = x0_BD + sigma_B[:, None] * jax.random.normal(ke, x0_BD.shape)
     err_B = jnp.mean(jnp.square(denoise_fn(x_BD, sigma_B) - x0_BD), axis=-1)
-    state, metrics = sched.update(state, step, sigma_B, err_B, err_B)
+    state, metrics = sched.update(state, sigma_B, err_B, err_B)
     return state, metrics["infonoise/max_dcdf"]
 
   run = jax.jit(lambda s: jax.lax.scan(body, s, jnp.arange(num_steps)))
@@ -182,11 +182,10 @@ def test_base_distribution_before_first_refresh(table_case):
 def _update_run(sched, sigma_TB, err_TB, shardings=None):
   def run(state, sigma_TB, err_TB):
     def body(st, xs):
-      st, _ = sched.update(st, xs[0], xs[1], xs[2], xs[2])
+      st, _ = sched.update(st, xs[0], xs[1], xs[1])
       return st, None
 
-    steps = jnp.arange(sigma_TB.shape[0])
-    return jax.lax.scan(body, state, (steps, sigma_TB, err_TB))[0]
+    return jax.lax.scan(body, state, (sigma_TB, err_TB))[0]
 
   if shardings is not None:
     sigma_TB, err_TB = (jax.device_put(a, shardings) for a in (sigma_TB, err_TB))
@@ -225,18 +224,19 @@ def test_step_has_no_callbacks_and_compiles_once():
   sched = InfoNoise(num_bins=16, refresh_every=3, warmup_steps=4)
 
   @jax.jit
-  def step_fn(state, step, key):
+  def step_fn(state, key):
     sigma_B, _ = sched.sample(state, key, 32)
     err_B = profiles.gaussian_mmse(sigma_B, 0.5)
-    return sched.update(state, step, sigma_B, err_B, err_B)
+    return sched.update(state, sigma_B, err_B, err_B)
 
   state = sched.init_state()
-  jaxpr = jax.make_jaxpr(step_fn)(state, jnp.int32(0), jax.random.key(0)).jaxpr
+  jaxpr = jax.make_jaxpr(step_fn)(state, jax.random.key(0)).jaxpr
   assert not [p for p in _all_primitives(jaxpr) if "callback" in p]
   for i in range(14):
-    state, metrics = step_fn(state, jnp.int32(i), jax.random.key(i))
+    state, metrics = step_fn(state, jax.random.key(i))
   assert step_fn._cache_size() == 1
-  assert int(metrics["infonoise/refreshes"]) == 4  # after steps 4, 7, 10, 13
+  assert int(metrics["infonoise/refreshes"]) == 4  # after updates 4, 7, 10, 13
+  assert int(state["num_updates"]) == 14
   assert isinstance(sched, Schedule) and hash(sched) == hash(InfoNoise(**vars(sched)))
 
 
@@ -244,8 +244,8 @@ def test_step_has_no_callbacks_and_compiles_once():
 def _checked_update(sched):
   """Jitted update that also returns the density and profile on the bin centres."""
 
-  def fn(state, step, sigma_B, err_B):
-    state, metrics = sched.update(state, step, sigma_B, err_B, err_B)
+  def fn(state, sigma_B, err_B):
+    state, metrics = sched.update(state, sigma_B, err_B, err_B)
     return state, metrics, sched.density(state, sched.grid.centres()), sched.profile(state)[1]
 
   return jax.jit(fn)
@@ -264,9 +264,7 @@ def test_nonfinite_errors_dropped_and_counted():
   sched = InfoNoise(num_bins=16, refresh_every=1, warmup_steps=1, min_count=1)
   sigma_B = jnp.array([0.1, 0.1, 1.0, 1.0, jnp.nan, 2.0])
   err_B = jnp.array([jnp.nan, 0.01, jnp.inf, 0.5, 0.3, -jnp.inf])
-  state, metrics, pdf_K, rho_K = _checked_update(sched)(
-    sched.init_state(), jnp.int32(0), sigma_B, err_B
-  )
+  state, metrics, pdf_K, rho_K = _checked_update(sched)(sched.init_state(), sigma_B, err_B)
   assert int(metrics["infonoise/dropped"]) == 4
   _assert_valid(sched, state, pdf_K, rho_K)
   i_01, i_1 = np.floor((np.log([0.1, 1.0]) - math.log(0.002)) / sched.bin_width).astype(int)
@@ -283,8 +281,8 @@ def test_empty_and_extreme_batches_keep_density_valid(gate):
     (jnp.full((4,), 0.01), jnp.full((4,), 3e38)),  # huge errors
     (jnp.array([1e-9, 1e9, 0.0, -1.0]), jnp.ones(4)),  # out-of-range sigma: nothing recorded
   ]
-  for i, (sigma_B, err_B) in enumerate(batches):
-    state, metrics, pdf_K, rho_K = update(state, jnp.int32(i), sigma_B, err_B)
+  for sigma_B, err_B in batches:
+    state, metrics, pdf_K, rho_K = update(state, sigma_B, err_B)
     _assert_valid(sched, state, pdf_K, rho_K)
   assert int(state["refreshes"]) == 3
   assert float(jnp.sum(state["counts_K"])) == 0.0
@@ -295,8 +293,8 @@ def test_single_sample_batches_and_min_count_carry_over():
   sched = InfoNoise(num_bins=8, refresh_every=1, warmup_steps=1, min_count=3, smoothing=0.0)
   update = _checked_update(sched)
   state = sched.init_state()
-  for i, e in enumerate([2.0, 4.0, 6.0]):
-    state, _, pdf_K, rho_K = update(state, jnp.int32(i), jnp.array([1.0]), jnp.array([e]))
+  for e in [2.0, 4.0, 6.0]:
+    state, _, pdf_K, rho_K = update(state, jnp.array([1.0]), jnp.array([e]))
     _assert_valid(sched, state, pdf_K, rho_K)
   k = int((0.0 - math.log(0.002)) / sched.bin_width)
   assert float(state["m_K"][k]) == pytest.approx(4.0, rel=1e-6)  # mean of all three

@@ -112,7 +112,7 @@ def _copy_config(workdir: str, dest: pathlib.Path, **config_edits) -> str:
 
 def test_infogrid_on_a_non_infonoise_run_is_a_clear_error(trained, restored, tmp_path):
   lognormal = _copy_config(trained[0], tmp_path / "lognormal", schedule__name="lognormal")
-  with pytest.raises(ValueError, match=r"InfoNoise profile.*'lognormal'.*--grid=karras"):
+  with pytest.raises(ValueError, match=r"information profile.*'lognormal'.*--grid=karras"):
     sample.sample_run(lognormal, 4, str(tmp_path / "out"), grid="infogrid")
   # The library check, for a sampler whose schedule has no profile.
   sampler = restored[0]

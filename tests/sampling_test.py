@@ -296,16 +296,6 @@ def test_make_sigmas_follows_config():
     np.testing.assert_array_equal(got, want)
 
 
-def test_sample_from_config_equals_sample():
-  c = _config(num_steps=5, name="stochastic", s_churn=10.0)
-  key = jax.random.key(2)
-  got = sampling.sample_from_config(gaussian_denoiser, key, (4, 3), c)
-  want = sampling.sample(
-    gaussian_denoiser, key, (4, 3), sampling.make_sigmas(c), "stochastic", 10.0, 0.0, np.inf, 1.0
-  )
-  np.testing.assert_array_equal(got, want)
-
-
 @pytest.mark.parametrize(
   "override,key",
   [

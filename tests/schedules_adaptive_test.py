@@ -35,7 +35,7 @@ def _run(schedule, feed, steps=STEPS, seed=0):
     sample_key, feed_key = jax.random.split(key)
     sigma_B, _ = schedule.sample(state, sample_key, BATCH)
     err_B, loss_B = feed(jnp.log(sigma_B), feed_key)
-    state, _ = schedule.update(state, jnp.int32(0), sigma_B, err_B, loss_B)
+    state, _ = schedule.update(state, sigma_B, err_B, loss_B)
     return state, None
 
   keys = jax.random.split(jax.random.key(seed), steps)
@@ -181,7 +181,7 @@ def test_non_finite_entries_are_dropped_from_bins(cls):
   sigma_B, loss_B, dirty_sigma_B, dirty_loss_B, ok_B = _dirty_batch()
   err_B, dirty_err_B = 0.5 * loss_B, 0.5 * dirty_loss_B
   state, metrics = jax.jit(schedule.update)(
-    schedule.init_state(), jnp.int32(0), dirty_sigma_B, dirty_err_B, dirty_loss_B
+    schedule.init_state(), dirty_sigma_B, dirty_err_B, dirty_loss_B
   )
   assert int(metrics[f"{schedule.name}/dropped"]) == 4
   # Reference per-bin sums and counts of the finite entries, in numpy.
@@ -201,8 +201,8 @@ def test_non_finite_entries_are_dropped_by_edm2():
   sigma_B, loss_B, dirty_sigma_B, dirty_loss_B, ok_B = _dirty_batch()
   update = jax.jit(schedule.update)
   state = schedule.init_state()
-  dirty, metrics = update(state, 0, dirty_sigma_B, dirty_loss_B, dirty_loss_B)
-  clean, _ = update(state, 0, sigma_B[ok_B], loss_B[ok_B], loss_B[ok_B])
+  dirty, metrics = update(state, dirty_sigma_B, dirty_loss_B, dirty_loss_B)
+  clean, _ = update(state, sigma_B[ok_B], loss_B[ok_B], loss_B[ok_B])
   assert int(metrics["edm2/dropped"]) == 4
   for a, b in zip(jax.tree.leaves(dirty), jax.tree.leaves(clean), strict=True):
     assert np.all(np.isfinite(a))
@@ -216,16 +216,16 @@ def test_step_loop_compiles_once_with_fixed_state_shapes(cls):
   traces = []
 
   @jax.jit
-  def step(state, key, t):
-    traces.append(t)  # runs only while tracing
+  def step(state, key):
+    traces.append(key)  # runs only while tracing
     sigma_B, weight_B = schedule.sample(state, key, 8)
     loss_B = weight_B * jnp.log1p(sigma_B)
-    return schedule.update(state, t, sigma_B, loss_B, loss_B)
+    return schedule.update(state, sigma_B, loss_B, loss_B)
 
   state0 = schedule.init_state()
   state = state0
   for t in range(4):  # crosses the end of warm-up
-    state, metrics = step(state, jax.random.key(t), jnp.int32(t))
+    state, metrics = step(state, jax.random.key(t))
   assert len(traces) == 1
   assert jax.tree.structure(state) == jax.tree.structure(state0)
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(state0), strict=True):
@@ -241,8 +241,8 @@ def test_warmup_samples_the_base_then_the_table():
   l_G = jnp.linspace(-8.0, 6.0, 301)
   np.testing.assert_allclose(*densities(state, l_G), rtol=1e-6)
   sigma_B, loss_B = jnp.array([0.05, 20.0]), jnp.array([1.0, 50.0])
-  for t in range(3):
-    state, _ = update(state, jnp.int32(t), sigma_B, loss_B, loss_B)
+  for _ in range(3):
+    state, _ = update(state, sigma_B, loss_B, loss_B)
   pdf_G, base_G = densities(state, jnp.full((301,), math.log(20.0)))
   assert float(pdf_G[0]) > 5.0 * float(base_G[0])
   sigma_N, _ = jax.jit(lambda st, k: schedule.sample(st, k, 4096))(state, jax.random.key(0))

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("infonoise_jax.schedules.infonoise")  # the registry imports InfoNoise
 
-from configs.default import SCHEDULE_NAMES, get_config
+from configs.default import get_config
 from infonoise_jax import schedules
 from infonoise_jax.schedules import fixed
 
@@ -97,7 +97,7 @@ def test_settings_are_static_and_state_is_empty():
   assert a == b and hash(a) == hash(b)
   sample = jax.jit(lambda s, k: s.sample({}, k, 4), static_argnums=0)
   assert sample(a, jax.random.key(0))[0].shape == (4,)
-  state, metrics = a.update({}, 0, None, None, None)
+  state, metrics = a.update({}, None, None, None)
   assert state == {} and metrics == {}
 
 
@@ -119,14 +119,27 @@ def test_invalid_values_name_the_key(key, value):
     schedule_cls.from_config(_config(**{key: value}))
 
 
-def test_registry_builds_every_name():
-  names = set(schedules.SCHEDULES)
-  # Every registered schedule is a documented value (and `:variant`) of configs/default.py.
-  assert names == set(SCHEDULE_NAMES)
-  for name in sorted(names):
+def test_registry_builds_every_name_and_its_config_variant():
+  for name, cls in schedules.SCHEDULES.items():
     schedule = schedules.make_schedule(_config(**{"schedule.name": name}))
-    assert type(schedule) is schedules.SCHEDULES[name]
+    assert type(schedule) is cls
     assert isinstance(schedule, schedules.Schedule)
+    assert get_config(name).schedule.name == name  # `configs/default.py:<name>`
+
+
+@pytest.mark.parametrize("name", sorted(schedules.SCHEDULES))
+def test_dataclass_defaults_equal_the_default_config(name):
+  # A schedule built in code with no arguments is the one `configs/default.py` builds.
+  cls = schedules.SCHEDULES[name]
+  assert cls() == cls.from_config(get_config())
+
+
+def test_profile_capability_is_declared_not_guessed():
+  assert schedules.PROFILED == ("infonoise",)
+  assert set(schedules.FIXED) == {"lognormal", "loguniform", "logitnormal", "laplace", "cosine"}
+  for name, cls in schedules.SCHEDULES.items():
+    schedule = schedules.make_schedule(_config(**{"schedule.name": name}))
+    assert schedules.has_profile(schedule) == schedules.has_profile(name) == hasattr(cls, "profile")
 
 
 def test_unknown_name_lists_valid_names():

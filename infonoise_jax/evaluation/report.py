@@ -14,8 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from infonoise_jax.evaluation import plots, speedup
+from infonoise_jax.schedules import FIXED
 
-FIXED_SCHEDULES = ("lognormal", "loguniform", "logitnormal", "laplace", "cosine")
+FIXED_SCHEDULES = FIXED  # the fixed laws (schedules registry)
 
 
 def curves_by_arm(records, data: str, metric: str = "fd") -> dict[str, dict[int, speedup.Curve]]:

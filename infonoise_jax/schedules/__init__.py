@@ -8,10 +8,11 @@ whole config with `from_config(config)`. Adding a schedule: docs/schedules.md.
 import ml_collections
 
 from infonoise_jax.schedules.adaptive import CDCD, EDM2, IDDPM, VDMPP
-from infonoise_jax.schedules.base import Schedule, StatelessSchedule
+from infonoise_jax.schedules.base import HasProfile, Schedule, StatelessSchedule
 from infonoise_jax.schedules.fixed import Cosine, Laplace, LogitNormal, LogNormal, LogUniform
 from infonoise_jax.schedules.infonoise import InfoNoise
 
+# The one list of schedule names (configs/default.py's variants and docs follow it).
 SCHEDULES: dict[str, type] = {
   "infonoise": InfoNoise,
   "lognormal": LogNormal,
@@ -26,6 +27,17 @@ SCHEDULES: dict[str, type] = {
 }
 
 
+PROFILED = tuple(name for name, cls in SCHEDULES.items() if issubclass(cls, HasProfile))
+FIXED = tuple(name for name, cls in SCHEDULES.items() if issubclass(cls, StatelessSchedule))
+
+
+def has_profile(schedule: Schedule | str) -> bool:
+  """Whether a schedule (or the one registered under a name) learns a profile (`HasProfile`)."""
+  if isinstance(schedule, str):
+    return schedule in PROFILED
+  return isinstance(schedule, HasProfile)
+
+
 def make_schedule(config: ml_collections.ConfigDict) -> Schedule:
   """The schedule named by config.schedule.name, built from the whole config."""
   name = config.schedule.name
@@ -37,6 +49,9 @@ def make_schedule(config: ml_collections.ConfigDict) -> Schedule:
 __all__ = [
   "CDCD",
   "EDM2",
+  "FIXED",
+  "HasProfile",
+  "PROFILED",
   "IDDPM",
   "SCHEDULES",
   "VDMPP",
@@ -48,5 +63,6 @@ __all__ = [
   "LogitNormal",
   "Schedule",
   "StatelessSchedule",
+  "has_profile",
   "make_schedule",
 ]

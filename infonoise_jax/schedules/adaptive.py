@@ -168,9 +168,8 @@ class Binned:
     return jnp.where(p_B > 0, self.base_density(log_sigma_B) / jnp.where(p_B > 0, p_B, 1.0), 0.0)
 
   def update(
-    self, state: State, step: Array, sigma_B: Array, err_B: Array, loss_B: Array
+    self, state: State, sigma_B: Array, err_B: Array, loss_B: Array
   ) -> tuple[State, dict[str, Array]]:
-    del step  # warm-up counts this schedule's own updates, kept in the state
     stat_B = self.statistic(err_B, loss_B).astype(jnp.float32)
     l_B = jnp.log(sigma_B.astype(jnp.float32))
     ok_B = jnp.isfinite(stat_B) & jnp.isfinite(l_B)
@@ -330,9 +329,9 @@ class EDM2:
     return self.law.density(log_sigma_G)
 
   def update(
-    self, state: State, step: Array, sigma_B: Array, err_B: Array, loss_B: Array
+    self, state: State, sigma_B: Array, err_B: Array, loss_B: Array
   ) -> tuple[State, dict[str, Array]]:
-    del step, err_B
+    del err_B
     loss_B = jax.lax.stop_gradient(loss_B.astype(jnp.float32))
     sigma_B = sigma_B.astype(jnp.float32)
     ok_B = jnp.isfinite(loss_B) & jnp.isfinite(sigma_B) & (sigma_B > 0)

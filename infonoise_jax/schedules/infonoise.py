@@ -5,8 +5,8 @@ The estimator is a pure function on a small fixed-shape state that lives in the 
   record   every step, per-bin sums and counts of the unweighted errors err = ||D - x0||^2 / d
            (a segment-sum over the global batch; under jit with a sharded batch this *is* the
            cross-device reduction), non-finite errors dropped and counted;
-  refresh  every M steps once W steps have been recorded (a select on the step counter, so
-           nothing recompiles): window mean per bin, EMA across refreshes, bins with fewer than
+  refresh  every M updates once W have been recorded (a select on the state's update counter,
+           so nothing recompiles): window mean per bin, EMA across refreshes, bins with fewer than
            n_min samples keep their value *and their samples* for the next window (ours), bins
            never seen are filled by interpolation, optional smoothing, q = m / sigma^2, low-noise
            gate, weight compensation pi ~ rho / w, uniform floor, CDF table, max|dCDF|;
@@ -15,7 +15,8 @@ The estimator is a pure function on a small fixed-shape state that lives in the 
 
 State (fixed shapes, K = num_bins): sums_K, counts_K (open window), m_K (EMA of the per-dim error,
 init 1), seen_K, cdf_E (K+1 edges), refreshes, max_dcdf (last refresh), dropped (non-finite
-errors so far), gate_pivot (c actually used). `profile` and `cdf` expose it for plots/InfoGrid.
+errors so far), gate_pivot (c actually used), num_updates (batches recorded). `profile` exposes
+the learned profile for plots and InfoGrid.
 
 Choices marked (ours) in docs/method.md are settings here (see configs/default.py,
 `schedule.infonoise`). The gate pivot rules live in `infonoise_jax.profiles`.
@@ -122,6 +123,7 @@ class InfoNoise:
       "max_dcdf": z + 1.0,
       "dropped": jnp.zeros((), jnp.int32),
       "gate_pivot": z + self.gate_pivot,
+      "num_updates": jnp.zeros((), jnp.int32),
     }
 
   def sample(self, state: State, key: Array, batch_size: int) -> tuple[Array, Array]:
@@ -136,12 +138,12 @@ class InfoNoise:
     return sigma_B, jnp.ones_like(sigma_B)
 
   def update(
-    self, state: State, step: Array, sigma_B: Array, err_B: Array, loss_B: Array
+    self, state: State, sigma_B: Array, err_B: Array, loss_B: Array
   ) -> tuple[State, dict[str, Array]]:
-    """Records the batch, then refreshes if `step` (0-based, this step) closes a window."""
+    """Records the batch, then refreshes if this update closes a window."""
     del loss_B
     state = self._record(state, sigma_B, err_B)
-    n = step + 1  # steps recorded so far
+    n = state["num_updates"]  # updates recorded so far, this one included
     w, m = self.warmup_steps, self.refresh_every
     do_refresh = (n >= max(w, 1)) & ((n - w) % m == 0)
     refreshed = self._refresh(state)
@@ -184,6 +186,7 @@ class InfoNoise:
       "sums_K": state["sums_K"] + sums_K,
       "counts_K": state["counts_K"] + counts_K,
       "dropped": state["dropped"] + jnp.sum(~finite_B).astype(jnp.int32),
+      "num_updates": state["num_updates"] + 1,
     }
 
   def _refresh(self, state: State) -> State:
