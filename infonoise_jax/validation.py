@@ -7,6 +7,7 @@ config fails with the key's name instead of being silently ignored.
 """
 
 import importlib.util
+import math
 import pathlib
 
 import jax
