@@ -19,25 +19,9 @@ from infonoise_jax.evaluation import plots
 from infonoise_jax.schedules import has_profile
 
 
-def is_snapshot(key: str) -> bool:
-  """Metrics kept as their newest value in a log window, not summed: the sigma batch and
-  state readouts named "<schedule>/<name>" (e.g. "infonoise/refreshes")."""
-  return key == "sigma" or "/" in key
-
-
-def window_scalars(config: ml_collections.ConfigDict, host: dict, step_range) -> dict:
-  """Means over a log window of the summed step metrics; per-noise-bin mean loss."""
-  n = max(step_range[1] - step_range[0], 1)
-  out = {}
-  for k, v in host.items():
-    if k in ("sigma", "bin_loss_sum", "bin_count") or np.ndim(v) != 0:
-      continue
-    out[k] = float(v) if is_snapshot(k) else float(v) / n
-  centres = log_sigma.LogSigmaGrid.from_config(config, config.train.profile_bins).centres_np()
-  for c, s, cnt in zip(centres, host["bin_loss_sum"], host["bin_count"], strict=True):
-    if cnt > 0:
-      out[f"loss_by_log_sigma/{c:+.2f}"] = float(s / cnt)
-  return out
+def loss_bin_edges(config: ml_collections.ConfigDict) -> np.ndarray:
+  """Edges (profile_bins + 1,) in ln sigma of the per-noise-bin loss summary (steps.py)."""
+  return log_sigma.LogSigmaGrid.from_config(config, config.train.profile_bins).edges_np()
 
 
 def schedule_curves(config, schedule, schedule_state, num: int = 256):

@@ -1,249 +1,118 @@
-"""Training-loop metrics on the host: TensorBoard writers, console progress, NaN/Inf guard.
+"""Training-loop metrics on the host and device: window aggregation, progress, NaN/Inf guard.
 
-* `create_writer` returns clu's default writer when `clu.metric_writers` imports (it needs
-  TensorFlow), else `TensorBoardWriter`, a TensorFlow-free writer with the same methods that
-  writes real event files through tensorboard's own `EventFileWriter` and protos.
-* `ProgressReporter` turns (step, wall time) into steps/s, images/s and time left.
+* `window_metrics` turns one train step's metrics into `clu.metrics` objects, merged over a
+  log window on device: per-step values (loss, grad norm) are `Average`s, readouts of the
+  state (learning rate, EMA beta, the schedule's `<name>/<key>` readouts) `LastValue`s, the
+  per-noise-bin losses a `BinnedAverage` and the ln-sigma histogram a `BinCounts` (so the
+  sigmas of a batch are counted into bins on device, never gathered).
+* `ProgressReporter` turns (step, wall time) into steps/s, images/s and time left;
+  `format_progress` makes the one console line per log window.
 * `DelayedFetcher` fetches a log window's device metrics one window late, so the host never
   waits on the device (STYLE.md idiom 8).
 * `check_finite` aborts with `NonFiniteError`, naming the metric and the step range.
+* The TensorBoard writers are in `writers.py` (`create_writer` is re-exported here).
 """
 
 import dataclasses
-import io
-import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
+import flax.struct
 import jax
+import jax.numpy as jnp
 import numpy as np
-from PIL import Image
-from tensorboard.compat.proto import event_pb2, summary_pb2
-from tensorboard.plugins.hparams import summary_v2 as hparams_summary
-from tensorboard.plugins.text import summary_v2 as text_summary
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
-from tensorboard.util import tensor_util
+from clu import metrics as clu_metrics
 
-logger = logging.getLogger(__name__)
+from infonoise_jax.writers import MetricWriter, create_writer  # noqa: F401 - re-exported
 
-DEFAULT_NUM_BUCKETS = 30  # tensorboard's (and TF's) default histogram bucket count
+# ------------------------------------------------------------------------------ window metrics
 
-
-class MetricWriter(Protocol):
-  """The methods of `clu.metric_writers.MetricWriter` the trainer uses."""
-
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None: ...
-
-  def write_images(self, step: int, images: Mapping[str, Any]) -> None: ...
-
-  def write_histograms(
-    self, step: int, arrays: Mapping[str, Any], num_buckets: Mapping[str, int] | None = None
-  ) -> None: ...
-
-  def write_texts(self, step: int, texts: Mapping[str, str]) -> None: ...
-
-  def write_hparams(self, hparams: Mapping[str, Any]) -> None: ...
-
-  def flush(self) -> None: ...
-
-  def close(self) -> None: ...
+AVERAGED = ("loss", "loss_edm", "err_x", "grad_norm")  # per-step values: mean over the window
+BINNED_LOSS = "loss_by_log_sigma"  # per-noise-bin mean loss, (profile_bins,)
+SIGMA_COUNTS = "log_sigma_counts"  # sigmas drawn per ln-sigma bin, (profile_bins,)
 
 
-# ------------------------------------------------------------------------------ writers
+@flax.struct.dataclass
+class BinnedAverage(clu_metrics.Metric):
+  """Per-bin mean over a window: sums and counts per bin; empty bins compute to NaN."""
+
+  total_P: jax.Array
+  count_P: jax.Array
+
+  @classmethod
+  def from_model_output(cls, total_P, count_P, **_) -> "BinnedAverage":
+    return cls(jnp.asarray(total_P, jnp.float32), jnp.asarray(count_P, jnp.float32))
+
+  def merge(self, other: "BinnedAverage") -> "BinnedAverage":
+    return type(self)(self.total_P + other.total_P, self.count_P + other.count_P)
+
+  def compute(self) -> jax.Array:
+    return jnp.where(self.count_P > 0, self.total_P / jnp.maximum(self.count_P, 1), jnp.nan)
 
 
-def create_writer(
-  logdir: str | None, just_logging: bool, *, asynchronous: bool = True, use_clu: bool = True
-) -> MetricWriter:
-  """Writer for process 0 (`just_logging=False`) or any other process (logging only).
+@flax.struct.dataclass
+class BinCounts(clu_metrics.Metric):
+  """Counts per bin, summed over a window (a histogram made on device)."""
 
-  With TensorFlow importable (and `use_clu`), this is `clu.metric_writers.create_default_writer`
-  and TensorFlow is kept off the GPUs; otherwise a `TensorBoardWriter` (whose event file I/O
-  already runs on a background thread, so `asynchronous` only concerns the clu path).
-  """
-  clu_writers = _import_clu_writers() if use_clu else None
-  if clu_writers is not None:
-    return clu_writers.create_default_writer(
-      logdir, just_logging=just_logging, asynchronous=asynchronous
-    )
-  return TensorBoardWriter(None if just_logging else logdir)
+  count_P: jax.Array
 
+  @classmethod
+  def from_model_output(cls, count_P, **_) -> "BinCounts":
+    return cls(jnp.asarray(count_P, jnp.float32))
 
-def _import_clu_writers():
-  """`clu.metric_writers`, or None when it cannot import (no or broken TensorFlow)."""
-  try:
-    from clu import metric_writers  # imports TensorFlow
-  except Exception as e:  # noqa: BLE001 - a broken TF install must not stop training
-    logger.info("clu.metric_writers unavailable (%s): using TensorBoardWriter.", e)
-    return None
-  try:
-    import tensorflow as tf
+  def merge(self, other: "BinCounts") -> "BinCounts":
+    return type(self)(self.count_P + other.count_P)
 
-    tf.config.set_visible_devices([], "GPU")  # TF only writes summaries: leave GPUs to JAX
-  except (ImportError, RuntimeError, ValueError) as e:
-    logger.info("Could not hide GPUs from TensorFlow: %s", e)
-  return metric_writers
+  def compute(self) -> jax.Array:
+    return self.count_P
 
 
-class TensorBoardWriter:
-  """clu-compatible MetricWriter without TensorFlow; `logdir=None` only logs.
-
-  Scalars are written as `simple_value`, images as PNG `Summary.Image` (N > 1 images under
-  `<key>/<i>`), histograms as `HistogramProto` with TF's equal-width buckets, texts and
-  hparams through tensorboard's numpy summary builders; TensorBoard reads all of them.
-  Scalars are also logged through `logging`, like clu's LoggingWriter.
-  """
-
-  def __init__(self, logdir: str | None, flush_secs: float = 30.0):
-    self._events = None if logdir is None else EventFileWriter(str(logdir), flush_secs=flush_secs)
-
-  def _add(self, step: int, values: list[summary_pb2.Summary.Value]) -> None:
-    if self._events is not None and values:
-      summary = summary_pb2.Summary(value=values)
-      self._events.add_event(
-        event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)
-      )
-
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-    host = {k: float(np.asarray(v).item()) for k, v in scalars.items()}
-    logger.info("[%d] %s", step, ", ".join(f"{k}={v:.6g}" for k, v in sorted(host.items())))
-    self._add(step, [summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in host.items()])
-
-  def write_images(self, step: int, images: Mapping[str, Any]) -> None:
-    """`images[key]`: NHWC or HWC, uint8 or float in [0, 1] (as tf.summary.image), C in 1/3/4."""
-    logger.info("[%d] Got images: %s.", step, {k: np.shape(v) for k, v in images.items()})
-    values = []
-    for key, batch in images.items():
-      batch_NHWC = _to_uint8(np.asarray(batch))
-      if batch_NHWC.ndim == 3:
-        batch_NHWC = batch_NHWC[None]
-      n = batch_NHWC.shape[0]
-      for i, image_HWC in enumerate(batch_NHWC):
-        tag = key if n == 1 else f"{key}/{i}"
-        values.append(summary_pb2.Summary.Value(tag=tag, image=_image_proto(image_HWC)))
-    self._add(step, values)
-
-  def write_histograms(
-    self, step: int, arrays: Mapping[str, Any], num_buckets: Mapping[str, int] | None = None
-  ) -> None:
-    values = []
-    for key, array in arrays.items():
-      k = (num_buckets or {}).get(key) or DEFAULT_NUM_BUCKETS
-      histo = histogram_proto(np.asarray(array), k)
-      if histo is not None:
-        values.append(summary_pb2.Summary.Value(tag=key, histo=histo))
-    self._add(step, values)
-
-  def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
-    logger.info("[%d] Got texts: %s.", step, texts)
-    for key, text in texts.items():
-      self._add(step, list(text_summary.text_pb(key, text).value))
-
-  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
-    flat = {
-      k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in _flatten(hparams)
-    }
-    logger.info("[Hyperparameters] %s", flat)
-    self._add(0, list(hparams_summary.hparams_pb(flat).value))
-
-  def write_summaries(
-    self, step: int, values: Mapping[str, Any], metadata: Mapping[str, Any] | None = None
-  ) -> None:
-    """Raw tensor summaries; `metadata[key]` is a SummaryMetadata proto or its bytes."""
-    out = []
-    for key, value in values.items():
-      md = (metadata or {}).get(key)
-      if isinstance(md, bytes):
-        md = summary_pb2.SummaryMetadata.FromString(md)
-      tensor = tensor_util.make_tensor_proto(np.asarray(value))
-      out.append(summary_pb2.Summary.Value(tag=key, tensor=tensor, metadata=md))
-    self._add(step, out)
-
-  def write_videos(self, step: int, videos: Mapping[str, Any]) -> None:
-    del step, videos
-    logger.warning("TensorBoardWriter does not write videos.")
-
-  def write_audios(self, step: int, audios: Mapping[str, Any], *, sample_rate: int) -> None:
-    del step, audios, sample_rate
-    logger.warning("TensorBoardWriter does not write audio.")
-
-  def flush(self) -> None:
-    if self._events is not None:
-      self._events.flush()
-
-  def close(self) -> None:
-    if self._events is not None:
-      self._events.close()
-      self._events = None
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-  """Nested mappings -> [("a.b", leaf)], as clu flattens hparams."""
-  out = []
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.extend(_flatten(v, f"{prefix}{k}."))
-    else:
-      out.append((f"{prefix}{k}", v))
+def window_metrics(step_metrics: Mapping[str, jax.Array]) -> dict[str, clu_metrics.Metric]:
+  """One step's metrics (steps.train_step) as clu metrics; merge with `merge_windows`."""
+  out = {
+    BINNED_LOSS: BinnedAverage.from_model_output(
+      step_metrics["bin_loss_sum"], step_metrics["bin_count"]
+    ),
+    SIGMA_COUNTS: BinCounts.from_model_output(step_metrics["bin_count"]),
+  }
+  for name, value in step_metrics.items():
+    if name in ("bin_loss_sum", "bin_count"):
+      continue
+    kind = clu_metrics.Average if name in AVERAGED else clu_metrics.LastValue
+    out[name] = kind.from_model_output(jnp.asarray(value, jnp.float32))
   return out
 
 
-def _to_uint8(images: np.ndarray) -> np.ndarray:
-  """uint8 as is; floats in [0, 1] times 255.5, truncated (tf.image.convert_image_dtype)."""
-  if images.dtype == np.uint8:
-    return images
-  return np.clip(np.nan_to_num(images.astype(np.float64)) * 255.5, 0, 255).astype(np.uint8)
+@jax.jit
+def accumulate(window: dict | None, step_metrics: Mapping[str, jax.Array]) -> dict:
+  """`window` merged with one step's metrics (a new window if `window` is None), on device."""
+  new = window_metrics(step_metrics)
+  return new if window is None else {k: window[k].merge(new[k]) for k in window}
 
 
-def _image_proto(image_HWC: np.ndarray) -> summary_pb2.Summary.Image:
-  height, width, channels = image_HWC.shape
-  buf = io.BytesIO()
-  Image.fromarray(image_HWC[..., 0] if channels == 1 else image_HWC).save(buf, format="PNG")
-  return summary_pb2.Summary.Image(
-    height=height, width=width, colorspace=channels, encoded_image_string=buf.getvalue()
-  )
+@jax.jit
+def compute_window(window: dict) -> dict[str, jax.Array]:
+  return {k: m.compute() for k, m in window.items()}
 
 
-def histogram_proto(array: np.ndarray, num_buckets: int) -> summary_pb2.HistogramProto | None:
-  """TF's histogram: `num_buckets` equal-width buckets over [min, max] of the finite values,
-  bucket = floor((x - min) / width) clamped to the last; one unit bucket if min == max."""
-  x = array.astype(np.float64).ravel()
-  x = x[np.isfinite(x)]
-  if x.size == 0:
-    return None
-  lo, hi = float(x.min()), float(x.max())
-  if hi == lo:
-    limits, counts = np.array([hi + 0.5]), np.array([x.size])
-  else:
-    idx = np.minimum(
-      np.floor((x - lo) / ((hi - lo) / num_buckets)).astype(np.int64), num_buckets - 1
-    )
-    counts = np.bincount(idx, minlength=num_buckets)
-    limits = np.linspace(lo, hi, num_buckets + 1)[1:]
-    limits[-1] = hi
-  return summary_pb2.HistogramProto(
-    min=lo,
-    max=hi,
-    num=float(x.size),
-    sum=float(x.sum()),
-    sum_squares=float(np.dot(x, x)),
-    bucket_limit=limits.tolist(),
-    bucket=counts.astype(np.float64).tolist(),
-  )
+def histogram_values(edges_E: np.ndarray, counts_P: np.ndarray) -> np.ndarray:
+  """Bin centres repeated by their counts: a histogram counted on device, as values that any
+  MetricWriter's `write_histograms` takes (with `num_buckets` = the number of bins)."""
+  centres_P = 0.5 * (edges_E[1:] + edges_E[:-1])
+  return np.repeat(centres_P, np.rint(np.asarray(counts_P)).astype(np.int64))
 
 
 # ------------------------------------------------------------------------------ progress
 
 
 class ProgressReporter:
-  """Console progress every `every` steps: steps/s, images/s, time left.
+  """Throughput of each log window: steps/s, images/s and time left.
 
   Call it after each step (or at least at every multiple of `every`). The first call only
   starts the clock; later calls at multiples of `every` measure the window since the last
-  report, log one line and return the numbers as scalars for the writer, else None.
-  Rates are per window, so the first window includes compilation; time left uses the
-  latest window's rate.
+  one and return the numbers (scalars for the writer), else None. Rates are per window, so
+  the first window includes compilation; time left uses the latest window's rate.
   """
 
   def __init__(
@@ -253,11 +122,9 @@ class ProgressReporter:
     every: int,
     *,
     time_fn: Callable[[], float] = time.monotonic,
-    print_fn: Callable[[str], None] | None = None,
   ):
     self.num_steps, self.batch_size, self.every = num_steps, batch_size, every
     self._time_fn = time_fn
-    self._print_fn = print_fn or logger.info
     self._last: tuple[int, float] | None = None
 
   def __call__(self, step: int) -> dict[str, float] | None:
@@ -265,22 +132,34 @@ class ProgressReporter:
     if self._last is None:
       self._last = (step, now)
       return None
-    if step % self.every or step <= self._last[0]:
+    if (step % self.every and step != self.num_steps) or step <= self._last[0]:
       return None
     last_step, last_time = self._last
     self._last = (step, now)
     steps_per_sec = (step - last_step) / max(now - last_time, 1e-9)
-    eta_s = max(self.num_steps - step, 0) / steps_per_sec
-    self._print_fn(
-      f"step {step}/{self.num_steps} ({100.0 * step / self.num_steps:.1f}%) | "
-      f"{steps_per_sec:.3g} steps/s | {steps_per_sec * self.batch_size:.4g} img/s | "
-      f"ETA {format_duration(eta_s)}"
-    )
     return {
       "perf/steps_per_sec": steps_per_sec,
       "perf/images_per_sec": steps_per_sec * self.batch_size,
-      "perf/eta_seconds": eta_s,
+      "perf/eta_seconds": max(self.num_steps - step, 0) / steps_per_sec,
     }
+
+
+def format_progress(step: int, num_steps: int, scalars: Mapping[str, float]) -> str:
+  """The console line of one log window (about 90 characters), e.g.
+  `step 1200/4000 | loss 0.0412 | grad 0.31 | lr 1.00e-03 | 5,120 img/s | ETA 3m05s`."""
+  parts = [f"step {step}/{num_steps}"]
+  for key, label, fmt in (
+    ("loss", "loss", ".4g"),
+    ("grad_norm", "grad", ".3g"),
+    ("learning_rate", "lr", ".2e"),
+    ("perf/images_per_sec", "img/s", ",.0f"),
+  ):
+    if key in scalars:
+      value = format(scalars[key], fmt)
+      parts.append(f"{value} {label}" if label == "img/s" else f"{label} {value}")
+  if "perf/eta_seconds" in scalars:
+    parts.append(f"ETA {format_duration(scalars['perf/eta_seconds'])}")
+  return " | ".join(parts)
 
 
 def format_duration(seconds: float) -> str:

@@ -97,7 +97,6 @@ def make_train_step(
       "ema_beta": beta,
       "bin_loss_sum": bin_loss_P,
       "bin_count": bin_count_P,
-      "sigma": sigma_B,
       **schedule_metrics,
     }
     new_state = state.replace(

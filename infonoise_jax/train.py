@@ -87,18 +87,9 @@ class Run:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))
 
 
-@jax.jit
-def _accumulate(acc: dict, new: dict) -> dict:
-  """Sums a step's metrics into the window; snapshots keep their newest value."""
-  return {k: new[k] if diagnostics.is_snapshot(k) else acc[k] + new[k] for k in new}
-
-
-def _without_sigma(m: dict) -> dict:
-  return {k: v for k, v in m.items() if k != "sigma"}
-
-
 class _WindowLogger:
-  """Accumulates step metrics per log window; fetches, checks and writes them one late."""
+  """Aggregates step metrics per log window (clu metrics, on device); fetches, checks and
+  writes them one window late, and prints one progress line per window on process 0."""
 
   def __init__(self, run: Run, writer, ckpt: checkpointing.Checkpointer, start: int):
     self.run, self.writer, self.ckpt = run, writer, ckpt
@@ -107,14 +98,14 @@ class _WindowLogger:
     self.progress = metrics.ProgressReporter(t.num_steps, t.batch_size, t.log_every)
     self.progress(start)  # starts the clock
     self.window, self.window_start, self.perf = None, start, {}
+    self.loss_by_log_sigma = None  # the latest window's per-bin mean loss (for the plots)
 
   def add(self, step_metrics: dict) -> None:
-    w = self.window
-    self.window = step_metrics if w is None else _accumulate(w, step_metrics)
+    self.window = metrics.accumulate(self.window, step_metrics)
 
   def end_window(self, step: int) -> None:
     self.perf[step] = self.progress(step) or {}
-    done = self.fetcher.push(step, self.window)
+    done = self.fetcher.push(step, metrics.compute_window(self.window))
     self.window, self.window_start = None, step
     if done is not None:
       self._write(done)
@@ -125,22 +116,49 @@ class _WindowLogger:
     if done is not None:
       self._write(done)
     if self.window is not None:
-      host = jax.device_get({k: self.window[k] for k in ("loss", "grad_norm")})
-      metrics.check_finite(host, (self.window_start, step), self.last_good())
+      host = jax.device_get(metrics.compute_window(self.window))
+      checked = {k: host[k] for k in ("loss", "grad_norm")}
+      metrics.check_finite(checked, (self.window_start, step), self.last_good())
 
   def last_good(self) -> str | None:
     last = self.ckpt.latest_step()
     return None if last is None else f"{self.ckpt.directory}/{last}"
 
   def _write(self, done: metrics.FetchedWindow) -> None:
-    host, step_range = done.metrics, (done.start_step, done.end_step)
-    metrics.check_finite(_without_sigma(host), step_range, self.last_good())
-    scalars = diagnostics.window_scalars(self.run.config, host, step_range)
-    scalars.update(self.perf.pop(done.end_step, {}))
-    self.writer.write_scalars(done.end_step, scalars)
-    self.writer.write_histograms(done.end_step, {"sigma/log_sigma": np.log(host["sigma"])})
-    logging.info(
-      "step %d: loss %.4f, grad_norm %.3g", done.end_step, scalars["loss"], scalars["grad_norm"]
+    host, step = done.metrics, done.end_step
+    scalars = {k: v for k, v in host.items() if np.ndim(v) == 0}
+    metrics.check_finite(scalars, (done.start_step, step), self.last_good())
+    scalars.update(self.perf.pop(step, {}))
+    self.writer.write_scalars(step, scalars)
+    edges = diagnostics.loss_bin_edges(self.run.config)
+    counts = host[metrics.SIGMA_COUNTS]
+    self.writer.write_histograms(
+      step, {"log_sigma": metrics.histogram_values(edges, counts)}, {"log_sigma": len(counts)}
+    )
+    self.loss_by_log_sigma = (edges, host[metrics.BINNED_LOSS])
+    if jax.process_index() == 0:
+      logging.info(metrics.format_progress(step, self.run.config.train.num_steps, scalars))
+
+
+def warn_if_schedule_never_adapts(config: ml_collections.ConfigDict) -> None:
+  """Says so when `train.num_steps` ends before the schedule's first refresh from the data."""
+  name, n = config.schedule.name, config.train.num_steps
+  if name == "infonoise":
+    key, warmup = "schedule.infonoise.warmup_steps", config.schedule.infonoise.warmup_steps
+  elif name in ("cdcd", "vdmpp", "iddpm", "edm2"):
+    key, warmup = "schedule.adaptive.warmup_steps", config.schedule.adaptive.warmup_steps
+  else:
+    return
+  if n <= max(warmup, 1):
+    logging.warning(
+      "train.num_steps=%d <= %s=%d: the %s schedule first adapts after step %d, so this run "
+      "trains on its warm-up distribution (schedule base) throughout. Lower %s or train longer.",
+      n,
+      key,
+      warmup,
+      name,
+      max(warmup, 1),
+      key,
     )
 
 
@@ -209,9 +227,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
   state = _restore_or_init(run, ckpt)
   step, num_steps = int(state.step), config.train.num_steps
+  if step >= num_steps:  # before the writer exists: no second event file, no duplicate images
+    ckpt.close()
+    if jax.process_index() == 0:
+      logging.info(
+        "%s already finished: its checkpoint is at step %d and train.num_steps=%d, so there is "
+        "nothing to do. To train further, pass a larger --config.train.num_steps.",
+        workdir,
+        step,
+        num_steps,
+      )
+    return state
   if jax.process_index() == 0:
     resume.record(config, workdir, step, accepted)
+  warn_if_schedule_never_adapts(config)
   writer = metrics.create_writer(os.path.join(workdir, "tensorboard"), jax.process_index() > 0)
+  if step == 0:
+    writer.write_hparams(config.to_dict())
   logging.info(
     "%s | %d params | %d devices x %d processes | steps %d..%d",
     run.source.describe(),

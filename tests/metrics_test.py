@@ -7,17 +7,21 @@ take clu's path; the read-back helper accepts both encodings TensorBoard underst
 
 import importlib.util
 import io
-import logging
 import os
+import pathlib
 
+import fsspec
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+from tensorboard import data_compat
 from tensorboard.backend.event_processing import event_accumulator as ea
+from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.util import tensor_util
 
-from infonoise_jax import metrics
+from infonoise_jax import metrics, writers
 
 HAS_TF = importlib.util.find_spec("tensorflow") is not None
 
@@ -68,66 +72,154 @@ def _event_files(logdir) -> list[str]:
 
 # ------------------------------------------------------------------------------ writers
 
+# What clu's writer (TensorFlow's tf.summary) writes for the calls in `_write_all`, by plugin,
+# as TensorBoard reads it back; the TensorFlow-free writer must write the same.
+CLU_TAGS = {
+  ("scalars", "loss"),
+  ("scalars", "lr"),
+  ("images", "grid"),
+  ("images", "gray"),
+  ("histograms", "sigma"),
+  ("text", "note"),
+  ("hparams", "_hparams_/session_start_info"),
+}
+
+
+def tags_by_plugin(logdir) -> set[tuple[str, str]]:
+  """(plugin, tag) of every summary value under `logdir`, legacy protos migrated to the TF2
+  form as TensorBoard itself does (tensorboard.data_compat)."""
+  out = set()
+  for path in sorted(_event_paths(logdir)):
+    for event in event_file_loader.EventFileLoader(str(path)).Load():
+      for value in event.summary.value:
+        value = data_compat.migrate_value(value)
+        out.add((value.metadata.plugin_data.plugin_name, value.tag))
+  return out
+
+
+def _event_paths(logdir) -> list[str]:
+  return [os.path.join(d, f) for d, _, fs in os.walk(logdir) for f in fs if "tfevents" in f]
+
+
+def _event_files(logdir) -> list[str]:
+  return [f for _, _, fs in os.walk(logdir) for f in fs if f.startswith("events.out")]
+
+
+GRID_HWC = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+# floats in [0, 1] -> floor(255.5 v), as tf.summary.image does; two images
+GRAY_NHWC = np.array([0.0, 0.5, 1.0, 2.0])[None, None, :, None] * np.ones((2, 3, 1, 1))
+GRAY_NHWC[1] = 0.25
+# 5 buckets over [0, 5]: the centers 0.5..4.5 with multiplicity 1..5 plus both endpoints
+HIST_X = np.concatenate([np.repeat(np.arange(5) + 0.5, np.arange(1, 6)), [0.0, 5.0]])
+
+
+def _write_all(writer) -> None:
+  writer.write_hparams({"optim": {"lr": 1e-3}, "model": "unet"})
+  writer.write_scalars(10, {"loss": 0.5, "lr": jnp.float32(1e-3)})
+  writer.write_scalars(20, {"loss": np.float32(0.25)})
+  writer.write_images(20, {"grid": GRID_HWC, "gray": GRAY_NHWC})
+  writer.write_histograms(20, {"sigma": HIST_X}, num_buckets={"sigma": 5})
+  writer.write_texts(20, {"note": "hello"})
+  writer.close()
+
 
 def test_writer_class_is_clu_iff_tensorflow_importable(tmp_path):
   writer = metrics.create_writer(str(tmp_path), just_logging=False)
   if HAS_TF:
     from clu import metric_writers
 
-    assert isinstance(writer, metric_writers.AsyncMultiWriter)
+    assert isinstance(writer, metric_writers.AsyncWriter)
   else:
-    assert isinstance(writer, metrics.TensorBoardWriter)
+    assert isinstance(writer, writers.TensorBoardXWriter)
   writer.close()
 
 
-@pytest.mark.parametrize("use_clu", [True, False], ids=["default", "tensorboard_fallback"])
+def test_writer_has_every_method_of_clus_interface():
+  """clu's MetricWriter abstract methods (read from clu's source: it imports without TF)."""
+  import ast
+
+  import clu
+
+  source = pathlib.Path(clu.__file__).parent / "metric_writers" / "interface.py"
+  tree = ast.parse(source.read_text())
+  (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MetricWriter"]
+  abstract = {n.name for n in cls.body if isinstance(n, ast.FunctionDef)} - {"__init__"}
+  assert abstract <= set(dir(writers.TensorBoardXWriter))
+  assert abstract <= set(dir(writers.MetricWriter))
+
+
+@pytest.mark.parametrize("use_clu", [True, False], ids=["default", "tensorboardx"])
 def test_writer_round_trip(tmp_path, use_clu):
-  rng = np.random.default_rng(0)
-  grid_HWC = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
-  # floats in [0, 1] -> floor(255.5 v), as tf.summary.image does
-  gray_NHWC = np.array([0.0, 0.5, 1.0, 2.0])[None, None, :, None] * np.ones((2, 3, 1, 1))
-  gray_NHWC[1] = 0.25
-  # 5 buckets over [0, 5]: the centers 0.5..4.5 with multiplicity 1..5 plus both endpoints
-  hist_x = np.concatenate([np.repeat(np.arange(5) + 0.5, np.arange(1, 6)), [0.0, 5.0]])
-
-  writer = metrics.create_writer(str(tmp_path), just_logging=False, use_clu=use_clu)
-  writer.write_hparams({"optim": {"lr": 1e-3}, "model": "unet"})
-  writer.write_scalars(10, {"loss": 0.5, "lr": jnp.float32(1e-3)})
-  writer.write_scalars(20, {"loss": np.float32(0.25)})
-  writer.write_images(20, {"grid": grid_HWC, "gray": gray_NHWC})
-  writer.write_histograms(20, {"sigma": hist_x}, num_buckets={"sigma": 5})
-  writer.write_texts(20, {"note": "hello"})
-  writer.close()
-
+  _write_all(metrics.create_writer(str(tmp_path), just_logging=False, use_clu=use_clu))
+  assert tags_by_plugin(tmp_path) == CLU_TAGS
   got = read_back(str(tmp_path))
   assert [s for s, _ in got["scalars"]["loss"]] == [10, 20]
   np.testing.assert_allclose([v for _, v in got["scalars"]["loss"]], [0.5, 0.25])
   np.testing.assert_allclose(got["scalars"]["lr"][0][1], 1e-3, rtol=1e-6)
   (grid,) = got["images"]["grid"]
-  np.testing.assert_array_equal(grid, grid_HWC)
-  assert len(got["images"]["gray"]) == 2
-  np.testing.assert_array_equal(got["images"]["gray"][0][0, :, 0], [0, 127, 255, 255])
-  np.testing.assert_array_equal(got["images"]["gray"][1], np.full((3, 4, 1), 63))
+  np.testing.assert_array_equal(grid, GRID_HWC)
+  # clu: one card with both images; tensorboardX: both tiled side by side into one image.
+  gray = got["images"]["gray"]
+  first, second = (gray[0], gray[1]) if len(gray) == 2 else (gray[0][:, :4], gray[0][:, 4:8])
+  np.testing.assert_array_equal(first[0, :, 0], [0, 127, 255, 255])
+  np.testing.assert_array_equal(second[..., 0], np.full((3, 4), 63))
   np.testing.assert_array_equal(got["histograms"]["sigma"], [2, 2, 3, 4, 6])
   assert got["texts"]["note"] == "hello"
-  assert any(t.startswith("_hparams_/") for t in got["tensors"])
 
 
-@pytest.mark.parametrize("use_clu", [True, False], ids=["default", "tensorboard_fallback"])
-def test_writer_just_logging_writes_no_files(tmp_path, use_clu):
-  writer = metrics.create_writer(str(tmp_path), just_logging=True, use_clu=use_clu)
+@pytest.mark.skipif(not HAS_TF, reason="needs TensorFlow for clu's writer")
+def test_writer_tags_equal_clus_side_by_side(tmp_path):
+  _write_all(metrics.create_writer(str(tmp_path / "clu"), just_logging=False))
+  _write_all(metrics.create_writer(str(tmp_path / "tbx"), just_logging=False, use_clu=False))
+  assert tags_by_plugin(tmp_path / "clu") == tags_by_plugin(tmp_path / "tbx") == CLU_TAGS
+
+
+def test_writer_just_logging_writes_no_files(tmp_path):
+  writer = metrics.create_writer(str(tmp_path), just_logging=True)
   writer.write_scalars(1, {"loss": 1.0})
   writer.write_images(1, {"img": np.zeros((2, 2, 3), np.uint8)})
+  writer.write_texts(1, {"t": "x"})
   writer.close()
   assert _event_files(tmp_path) == []
 
 
-def test_writer_fallback_logs_scalars(tmp_path, caplog):
-  writer = metrics.TensorBoardWriter(str(tmp_path))
-  with caplog.at_level(logging.INFO, logger=metrics.__name__):
-    writer.write_scalars(7, {"loss": 0.125, "grad_norm": 3.0})
+def test_writer_writes_remote_urls_through_fsspec(tmp_path):
+  """A `memory://` log dir (standing in for gs://) gets the events, not a local copy."""
+  fs = fsspec.filesystem("memory")
+  writer = writers.TensorBoardXWriter("memory://bucket/run/tensorboard")
+  writer.write_scalars(3, {"loss": 0.5})
+  writer.flush()
+  writer.write_scalars(4, {"loss": 0.25})
   writer.close()
-  assert "[7] grad_norm=3, loss=0.125" in caplog.text
+  (name,) = fs.ls("/bucket/run/tensorboard", detail=False)
+  local = tmp_path / "copy"
+  local.mkdir()
+  (local / pathlib.PurePosixPath(name).name).write_bytes(fs.cat_file(name))
+  assert [v for _, v in read_back(str(local))["scalars"]["loss"]] == [0.5, 0.25]
+  assert not any(p.name in ("memory:", "bucket") for p in pathlib.Path.cwd().iterdir())
+
+
+# ------------------------------------------------------------------------------ window metrics
+
+
+def test_window_metrics_average_last_binned_and_counts():
+  steps = [
+    {"loss": 1.0, "grad_norm": 2.0, "learning_rate": 0.1, "infonoise/refreshes": 0,
+     "bin_loss_sum": [2.0, 0.0, 0.0], "bin_count": [1.0, 0.0, 0.0]},
+    {"loss": 3.0, "grad_norm": 4.0, "learning_rate": 0.2, "infonoise/refreshes": 1,
+     "bin_loss_sum": [4.0, 3.0, 0.0], "bin_count": [3.0, 1.0, 0.0]},
+  ]  # fmt: skip
+  window = None
+  for m in steps:
+    window = metrics.accumulate(window, jax.tree.map(jnp.asarray, m))
+  got = jax.device_get(metrics.compute_window(window))
+  assert got["loss"] == pytest.approx(2.0) and got["grad_norm"] == pytest.approx(3.0)
+  assert got["learning_rate"] == pytest.approx(0.2) and got["infonoise/refreshes"] == 1
+  np.testing.assert_allclose(got[metrics.BINNED_LOSS], [1.5, 3.0, np.nan])
+  np.testing.assert_allclose(got[metrics.SIGMA_COUNTS], [4.0, 1.0, 0.0])
+  edges = np.array([0.0, 1.0, 2.0, 3.0])
+  values = metrics.histogram_values(edges, got[metrics.SIGMA_COUNTS])
+  np.testing.assert_allclose(np.histogram(values, edges)[0], [4, 1, 0])
 
 
 # ------------------------------------------------------------------------------ progress
@@ -135,9 +227,8 @@ def test_writer_fallback_logs_scalars(tmp_path, caplog):
 
 def test_progress_reporter_on_fake_clock():
   times = iter([0.0, 10.0, 12.0, 15.0, 16.0])
-  lines = []
   progress = metrics.ProgressReporter(
-    num_steps=1000, batch_size=32, every=100, time_fn=lambda: next(times), print_fn=lines.append
+    num_steps=1000, batch_size=32, every=100, time_fn=lambda: next(times)
   )
   assert progress(0) is None  # starts the clock at t=0
   out = progress(100)  # 100 steps in 10 s
@@ -148,10 +239,9 @@ def test_progress_reporter_on_fake_clock():
   out = progress(200)  # 100 steps in 5 s (since t=10)
   assert out["perf/steps_per_sec"] == pytest.approx(20.0)
   assert out["perf/eta_seconds"] == pytest.approx(40.0)
-  assert lines == [
-    "step 100/1000 (10.0%) | 10 steps/s | 320 img/s | ETA 1m30s",
-    "step 200/1000 (20.0%) | 20 steps/s | 640 img/s | ETA 40s",
-  ]
+  line = metrics.format_progress(200, 1000, {"loss": 0.04123, "grad_norm": 0.3125, **out,
+                                             "learning_rate": 1e-3, "bin_0": 5.0})  # fmt: skip
+  assert line == "step 200/1000 | loss 0.04123 | grad 0.312 | lr 1.00e-03 | 640 img/s | ETA 40s"
   assert metrics.format_duration(3723) == "1h02m03s"
 
 

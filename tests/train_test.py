@@ -1,5 +1,6 @@
 """End-to-end tests of the trainer: sharding equivalence, resume, compile count, errors."""
 
+import logging
 import os
 import pathlib
 
@@ -65,11 +66,19 @@ def test_resume_is_bit_identical(tmp_path):
   _assert_trees_equal(straight, resumed)
 
 
-def test_digits_end_to_end_leaves_logs_checkpoint_and_images(tmp_path):
+def test_digits_end_to_end_leaves_logs_checkpoint_and_images(tmp_path, caplog):
   from tensorboard.backend.event_processing import event_accumulator
 
   workdir = tmp_path / "run"
-  train.train_and_evaluate(_config(), str(workdir))
+  with caplog.at_level(logging.INFO, logger="absl"):
+    train.train_and_evaluate(_config(), str(workdir))
+  # One short progress line per log window (8 steps, log_every 2), the per-bin losses not.
+  progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+  assert [line.split(" | ")[0] for line in progress] == [f"step {s}/8" for s in (2, 4, 6, 8)]
+  assert all(len(line) <= 100 and " | loss " in line and " img/s" in line for line in progress)
+  ours = [r.getMessage() for r in caplog.records if "infonoise_jax" in r.pathname]
+  assert max(len(m) for m in ours) < 400
+  assert "loss_by_log_sigma" not in caplog.text
   assert (workdir / "config.json").exists()
   ckpt = checkpointing.Checkpointer(str(workdir), 3)
   assert ckpt.latest_step() == 8
@@ -80,6 +89,8 @@ def test_digits_end_to_end_leaves_logs_checkpoint_and_images(tmp_path):
   acc.Reload()
   tags = set(acc.Tags()["scalars"]) | set(acc.Tags()["tensors"])
   assert {"loss", "grad_norm", "learning_rate", "perf/steps_per_sec"} <= tags
+  assert not any(t.startswith("loss_by_log_sigma/") for t in tags)  # a plot, not 32 charts
+  assert "log_sigma" in set(acc.Tags()["histograms"]) | set(acc.Tags()["tensors"])
   # Our writer stores images as image summaries; TensorFlow's (clu path) as tensors.
   image_tags = set(acc.Tags()["images"]) | set(acc.Tags()["tensors"])
   assert {"schedule", "samples"} <= image_tags
@@ -89,6 +100,26 @@ def test_digits_end_to_end_leaves_logs_checkpoint_and_images(tmp_path):
 
   grid = Image.open(next((workdir / "images").glob("samples_*.png")))
   assert grid.size[0] >= 8 * 3 and grid.size[1] >= 8
+
+  # Running the finished run again says so and writes nothing.
+  files = {p: p.stat().st_size for p in workdir.rglob("*") if p.is_file()}
+  caplog.clear()
+  with caplog.at_level(logging.INFO, logger="absl"):
+    train.train_and_evaluate(_config(), str(workdir))
+  assert "already finished" in caplog.text
+  assert {p: p.stat().st_size for p in workdir.rglob("*") if p.is_file()} == files
+
+
+def test_warns_when_the_run_ends_before_the_schedule_adapts(caplog):
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    train.warn_if_schedule_never_adapts(_config(**{"schedule.infonoise.warmup_steps": 8}))
+    assert "schedule.infonoise.warmup_steps=8" in caplog.text
+    caplog.clear()
+    train.warn_if_schedule_never_adapts(_config(**{"schedule.infonoise.warmup_steps": 7}))
+    train.warn_if_schedule_never_adapts(_config("lognormal"))
+    assert caplog.text == ""
+    train.warn_if_schedule_never_adapts(_config("vdmpp"))  # adaptive warm-up 100 > 8 steps
+    assert "schedule.adaptive.warmup_steps=100" in caplog.text
 
 
 @pytest.mark.parametrize(
