@@ -40,7 +40,7 @@ import numpy as np
 
 from infonoise_jax import multirun
 from infonoise_jax.data import load_source
-from infonoise_jax.evaluation import fid, report
+from infonoise_jax.evaluation import fid, plots, report
 from infonoise_jax.validation import DEFAULT_CONFIG_PATH, load_config_file
 
 # Adaptive peers on InfoNoise's terms (issue 12 item 4): InfoNoise's warm-up (500 steps), bins
@@ -181,13 +181,13 @@ def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
   ref = fid.stats_of_features(x_all)  # binarized data: also the decoded samples' reference
   resolved = json.loads(config.to_json_best_effort())
   state, bad = mr.init()
-  t0, last = time.time(), 0
+  train_s, t0, last = 0.0, time.time(), 0  # train_s: training wall time, evaluations excluded
   for step in range(1, args.steps + 1):
     state, bad, _ = mr.train_step(state, mr.batch(step - 1), bad)
     if step not in eval_steps(args):
       continue
-    multirun.check_finite(bad, seeds, (last + 1, step))
-    train_s = time.time() - t0
+    multirun.check_finite(bad, seeds, (last + 1, step))  # syncs: the steps are done
+    train_s += time.time() - t0
     for r, seed in enumerate(seeds):
       for resample in (False, True):
         if (seed, step, resample) not in todo - done:
@@ -204,7 +204,7 @@ def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
           "resample": resample,
           **eval_metrics(x, mr.source, ref),
           "num_samples": args.num_samples,
-          "train_wall_s": round(train_s, 1),
+          "train_wall_s": round(train_s, 2),
           "runs_side_by_side": mr.num_runs,
           "device": jax.devices()[0].device_kind,
           "config_hash": h,
@@ -217,8 +217,11 @@ def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
           rec["gate_pivot"] = float(s["gate_pivot"])
           rec["m_K"] = [float(v) for v in np.asarray(s["m_K"])]  # learned per-bin error
         append_record(path, rec)
-        print(json.dumps({k: v for k, v in rec.items() if k != "config"}), flush=True)
-    last = step
+        print(json.dumps({k: v for k, v in rec.items() if k not in ("config", "m_K")}), flush=True)
+        if step == args.steps and r == 0 and not resample and mr.source.is_image:
+          grid = plots.sample_grid(x[:64], value_range=(-mr.source.scale, mr.source.scale))
+          plots.save_png(os.path.join(args.out, f"samples_{data}_{arm_name}.png"), grid)
+    last, t0 = step, time.time()
 
 
 def write_floor(args, data: str, path: str) -> None:
@@ -270,6 +273,7 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument("--workers", type=int, default=1, help="processes sharing the accelerator")
   p.add_argument("--shard", default="0/1", help="(internal) i/n: this worker's groups")
   p.add_argument("--baseline", default="", help="arm for speedups; '' = best fixed arm")
+  p.add_argument("--report_only", action="store_true", help="only rewrite the report files")
   args = p.parse_args(argv)
   for d in args.data.split(","):
     if d not in DATA:
@@ -284,7 +288,9 @@ def main(argv=None) -> None:
   args = parse(argv)
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, "results.jsonl")
-  if args.workers > 1:
+  if args.report_only:
+    pass
+  elif args.workers > 1:
     for d in args.data.split(","):
       write_floor(args, d, path)
     spawn_workers(args)
