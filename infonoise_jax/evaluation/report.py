@@ -153,7 +153,7 @@ def write_report(out: str, records: list[dict], arms: Sequence[str], baseline: s
     md += [f"## {data}", "", table(curves, arms), ""]
     md.append(f"Floor (real data, same sample count): {floor:.4g}." if floor else "No floor.")
     md.append(f"Metric noise (mean |FD - FD resampled| at the last step): {noise:.4g}.")
-    if "fd_decoded" in next(r for r in records if r.get("data") == data and "fd" in r):
+    if any("fd_decoded" in r for r in records if r.get("data") == data):
       md += ["", "Decoded samples (thresholded to the two levels):", ""]
       md.append(table(curves_by_arm(records, data, "fd_decoded"), arms))
     fixed = [a for a in curves if schedule_of(records, a) in FIXED_SCHEDULES]
