@@ -91,7 +91,7 @@ def test_trained_run_reproduces_the_estimators_profile(tmp_path):
   )
   prof = np.load(f"{out}/profile.npz")
   sched = train.make_schedule(c)
-  centres_K = np.asarray(sched.log_sigma_centres)
+  centres_K = np.asarray(sched.grid.centres())
   m_K = np.asarray(state.schedule_state["m_K"])
   seen_K = np.asarray(state.schedule_state["seen_K"])
   mine_K = np.exp(np.interp(centres_K, prof["log_sigma"], np.log(prof["mmse"])))
