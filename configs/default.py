@@ -181,7 +181,7 @@ def _base_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- sampler
   c.sampler = ml_collections.ConfigDict()
-  c.sampler.name = "heun"  # heun | euler | stochastic
+  c.sampler.name = "heun"  # heun (EDM) | exp_heun (stable on any grid) | euler | stochastic
   c.sampler.num_steps = 18  # sigma levels (heun: 2N-1 network evaluations)
   c.sampler.grid = "karras"  # karras | infogrid | infogrid_rescaled
   c.sampler.rho = 7.0  # Karras grid exponent

@@ -77,8 +77,19 @@ def write_final(run, state, writer, workdir: str, step: int) -> None:
   paths, samples = write_images(run, state, writer, workdir, step)
   if jax.process_index() != 0:
     return
-  npz = os.path.join(workdir, "samples.npz")
-  np.savez(npz, samples=samples, step=step)
+  s = run.config.sampler
+  written = sample.write_samples(  # the sample command's format (and the same png)
+    workdir,
+    samples,
+    run.config.data.scale,
+    run.source.is_image,
+    seed=run.config.seed,
+    step=step,
+    grid=s.grid,
+    num_steps=s.num_steps,
+    method=s.name,
+  )
+  npz = written["npz"]
   logging.info("Done at step %d.", step)
   lines = [
     f"Finished {step} steps. Outputs in {os.path.abspath(workdir)}:",

@@ -1,7 +1,8 @@
 """Draw samples from a trained run's EMA model: the library behind it and the command.
 
   python -m infonoise_jax.sample --workdir=runs/digits --num=1000 --out=runs/digits/samples \
-      [--seed=0] [--grid=karras|infogrid|infogrid_rescaled] [--steps=18] [--step=4000]
+      [--seed=0] [--grid=karras|infogrid|infogrid_rescaled] [--method=heun|exp_heun|euler|...]
+      [--steps=18] [--step=4000]
 
 The run is rebuilt from `<workdir>/config.json` and its checkpoint (no training data is read:
 the example shape is stored in the checkpoint's meta), the EMA parameters and schedule state
@@ -112,14 +113,19 @@ def restore(
 
 
 def sampler_config(
-  config: ml_collections.ConfigDict, grid: str | None = None, num_steps: int | None = None
+  config: ml_collections.ConfigDict,
+  grid: str | None = None,
+  num_steps: int | None = None,
+  method: str | None = None,
 ) -> ml_collections.ConfigDict:
-  """A copy of `config` with sampler.grid / sampler.num_steps overridden where given."""
+  """A copy of `config` with sampler.grid / num_steps / name overridden where given."""
   config = config.copy_and_resolve_references()
   if grid is not None:
     config.sampler.grid = grid
   if num_steps is not None:
     config.sampler.num_steps = int(num_steps)
+  if method is not None:
+    config.sampler.name = method
   return config
 
 
@@ -197,13 +203,15 @@ def sample_run(
   step: int | None = None,
   batch: int | None = None,
   devices: Sequence[jax.Device] | None = None,
+  method: str | None = None,
 ) -> tuple[np.ndarray, dict]:
   """The command: restore, draw `num` samples, write them to `out`; returns (samples, paths)."""
   if num < 1:
     raise ValueError(f"--num must be >= 1, got {num}")
-  sampling.check_grid(load_config(workdir), grid)  # before restoring anything
+  sampling.validate_sampler_config(sampler_config(load_config(workdir), grid, num_steps, method))
   sampler, state, step = restore(workdir, step, devices)
-  config = sampler_config(sampler.config, grid, num_steps)
+  config = sampler_config(sampler.config, grid, num_steps, method)
+  sampler = dataclasses.replace(sampler, config=config)  # the draw function follows config
   sigmas = make_sigmas(sampler, state.schedule_state, config)
   samples = draw_all(sampler, state.ema_params, sigmas, num, seed, batch)
   paths = {}
@@ -224,6 +232,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--seed", type=int, default=0, help="sample j uses key fold_in(key(seed), j)")
   p.add_argument("--grid", choices=sampling.GRIDS, default=None, help="default: the run's")
   p.add_argument("--steps", type=int, default=None, help="sigma levels (default: the run's)")
+  p.add_argument("--method", choices=sampling.METHODS, default=None, help="default: the run's")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--batch", type=int, default=None, help="samples per call (fid.batch_size)")
   return p.parse_args(argv)
@@ -232,7 +241,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
   a = _parse(argv)
   out = a.out or os.path.join(a.workdir, "samples")
-  samples, paths = sample_run(a.workdir, a.num, out, a.seed, a.grid, a.steps, a.step, a.batch)
+  samples, paths = sample_run(
+    a.workdir, a.num, out, a.seed, a.grid, a.steps, a.step, a.batch, method=a.method
+  )
   if jax.process_index() == 0:
     lines = [f"{len(samples)} samples of shape {samples.shape[1:]} from {a.workdir}:"]
     lines += [f"  {name:<4}: {path}" for name, path in paths.items()]

@@ -1,5 +1,6 @@
 """Tests for the sample command (infonoise_jax/sample.py) on a tiny trained InfoNoise run."""
 
+import dataclasses
 import json
 import pathlib
 
@@ -28,7 +29,14 @@ def command_samples(trained, tmp_path_factory):
   """The command's output: 10 samples, seed 3, InfoGrid, on all 8 devices (one batch of 16)."""
   out = tmp_path_factory.mktemp("out")
   sample.main(
-    [f"--workdir={trained[0]}", "--num=10", f"--out={out}", "--seed=3", "--grid=infogrid"]
+    [
+      f"--workdir={trained[0]}",
+      "--num=10",
+      f"--out={out}",
+      "--seed=3",
+      "--grid=infogrid",
+      "--method=exp_heun",
+    ]
   )
   return out
 
@@ -60,12 +68,18 @@ def test_restore_gives_the_trained_state_without_reading_data(trained, monkeypat
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(got), want)
 
 
-def test_command_writes_requested_samples_and_grid(command_samples):
+def test_command_writes_requested_samples_and_grid(trained, command_samples):
   from PIL import Image
 
   with np.load(command_samples / "samples.npz") as f:
     x, u8 = f["samples"], f["uint8"]
     assert int(f["seed"]) == 3 and int(f["step"]) == 8 and str(f["grid"]) == "infogrid"
+    assert str(f["method"]) == "exp_heun"
+    command_keys = set(f.files)
+  with np.load(pathlib.Path(trained[0]) / "samples.npz") as f:  # the trainer's: one format
+    assert set(f.files) == command_keys
+    assert f["samples"].dtype == np.float32 and str(f["method"]) == "heun"
+    np.testing.assert_array_equal(f["uint8"], fid.to_uint8(f["samples"]))
   assert x.shape == (10, 8, 8, 1) and x.dtype == np.float32 and np.all(np.isfinite(x))
   np.testing.assert_array_equal(u8, fid.to_uint8(x))
   assert len(np.unique(x.reshape(10, -1), axis=0)) == 10  # distinct samples
@@ -86,6 +100,8 @@ def test_infogrid_uses_the_checkpointed_profile(restored):
 def test_seeds_reproduce_across_calls_devices_and_batch_sizes(trained, command_samples):
   written = np.load(command_samples / "samples.npz")["samples"]
   sampler, state, _ = sample.restore(trained[0], devices=jax.devices()[:1])
+  config = sample.sampler_config(sampler.config, method="exp_heun")  # as the command's --method
+  sampler = dataclasses.replace(sampler, config=config)
   sigmas = _infogrid(sampler, state.schedule_state)
   one_device = sample.draw_all(sampler, state.ema_params, sigmas, 10, seed=3, batch=4)
   # 1 device in batches of 4 vs the command's 8 devices in one batch of 16: the same samples

@@ -12,7 +12,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from configs import default
-from infonoise_jax import sampling
+from infonoise_jax import profiles, sampling
 
 SMIN, SMAX = 0.002, 80.0
 CHURN = dict(s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.0)  # EDM ImageNet-like churn
@@ -195,6 +195,7 @@ def test_heun_matches_numpy_reference_of_algorithm1():
 # steps are off by 25 standard errors and fail the 18-step Heun tolerance.)
 MOMENT_CASES = [
   ("heun", 18, 0.13, {}),
+  ("exp_heun", 18, 0.13, {}),
   ("heun", 64, 0.01, {}),
   ("euler", 256, 0.01, {}),
   ("stochastic", 128, 0.015, CHURN),
@@ -245,7 +246,7 @@ def test_network_evaluations_counted_at_run_time(method):
   x = sampling.sample(counting_denoiser, jax.random.key(0), (4, 3), sigmas, method, **CHURN)
   jax.block_until_ready(x)
   jax.effects_barrier()
-  expected = {"heun": 35, "euler": 18, "stochastic": 35}[method]
+  expected = {"heun": 35, "exp_heun": 35, "euler": 18, "stochastic": 35}[method]
   assert len(calls) == expected == sampling.num_evaluations(18, method)
 
 
@@ -320,3 +321,62 @@ def test_make_sigmas_rejects_bad_edm_range():
   c.edm.sigma_max = c.edm.sigma_min / 2
   with pytest.raises(ValueError, match=r"edm\.sigma_max"):
     sampling.make_sigmas(c)
+
+
+# ------------------------------------------------------------------ large step ratios (InfoGrid)
+
+
+def _gaussian_infogrid(num_steps: int, rescaled: bool) -> np.ndarray:
+  """InfoGrid from the exact entropy-rate profile of the Gaussian data above."""
+  log_sigma_K = np.linspace(np.log(SMIN), np.log(SMAX), 128)
+  mmse_K = profiles.spectral_gaussian_mmse(jnp.exp(log_sigma_K), jnp.asarray(_LAM))
+  rate_K = profiles.entropy_rate(mmse_K, jnp.exp(log_sigma_K))
+  return np.asarray(
+    sampling.infogrid_sigmas(log_sigma_K, rate_K, num_steps, rescaled, SMIN, SMAX), np.float64
+  )
+
+
+def _ode_error(method: str, sigmas: np.ndarray, n: int = 4096) -> tuple[float, np.ndarray]:
+  """RMS distance of the samples from the exact probability-flow ODE solution started from
+  the same x_T: x(0) = mu + C^{1/2} (C + sigma_max^2 I)^{-1/2} (x_T - mu); and the samples."""
+  key = jax.random.key(0)
+  x = np.asarray(
+    jax.jit(lambda k: sampling.sample(gaussian_denoiser, k, (n, 3), sigmas, method))(key)
+  )
+  init_key, _ = jax.random.split(key)  # as sampling.sample draws x_T
+  x_T = SMAX * np.asarray(jax.random.normal(init_key, (n, 3), jnp.float32), np.float64)
+  scale_D = np.sqrt(_LAM / (_LAM + SMAX**2))
+  exact = MU + ((x_T - MU) @ _U * scale_D) @ _U.T
+  return float(np.sqrt(np.mean((x - exact) ** 2))), x
+
+
+def test_exp_heun_is_stable_where_edm_heun_blows_up_on_infogrid(caplog):
+  """Regression: 18-step InfoGrid's first step goes from 80 to ~1; EDM's Heun amplified the
+  denoiser change there ~40x and drew samples far outside the data (exact denoiser)."""
+  sigmas = _gaussian_infogrid(18, rescaled=False)
+  assert sampling.max_step_ratio(sigmas) > 50
+  data_std = np.sqrt(_LAM.max())
+  err_exp, x_exp = _ode_error("exp_heun", sigmas)
+  err_heun, _ = _ode_error("heun", sigmas)
+  assert err_exp < 0.2 * data_std  # 18 steps: discretization error, not instability
+  assert np.abs(x_exp - MU).max() < 6 * data_std
+  assert err_heun > 10 * data_std  # the defect exp_heun fixes; heun warns about it:
+  with caplog.at_level("WARNING"):
+    assert sampling.check_step_ratios(sigmas, "heun", "infogrid")
+    assert not sampling.check_step_ratios(sigmas, "exp_heun", "infogrid")
+  assert "exp_heun" in caplog.text
+
+
+@pytest.mark.parametrize("grid", ["karras", "infogrid_rescaled"])
+def test_heun_within_tested_ratios_matches_the_ode(grid):
+  """The grids with step ratios up to HEUN_TESTED_RATIO: EDM's Heun and exp_heun both track
+  the exact solution, and no warning is given."""
+  sigmas = (
+    np.asarray(sampling.karras_sigmas(18, SMIN, SMAX, 7.0))
+    if grid == "karras"
+    else _gaussian_infogrid(18, rescaled=True)
+  )
+  assert sampling.max_step_ratio(sigmas) <= sampling.HEUN_TESTED_RATIO
+  assert not sampling.check_step_ratios(sigmas, "heun", grid)
+  for method in ("heun", "exp_heun"):
+    assert _ode_error(method, sigmas)[0] < 0.1 * np.sqrt(_LAM.max())
