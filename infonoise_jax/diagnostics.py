@@ -40,6 +40,32 @@ def schedule_curves(config, schedule, schedule_state, num: int = 256):
   return np.asarray(grid_G), curves
 
 
+HISTORY_POINTS = 128  # ln-sigma grid of the schedule-history heatmap
+
+
+def history_grid(config: ml_collections.ConfigDict) -> np.ndarray:
+  lo, hi = np.log(log_sigma.sigma_range(config))
+  return np.linspace(lo, hi, HISTORY_POINTS)
+
+
+def history_curve(run, schedule_state) -> jax.Array:
+  """The curve one heatmap row shows, on device (fetched later with the window's metrics):
+  the gated profile for schedules that learn one, else the sampling density."""
+  grid_G = jnp.asarray(history_grid(run.config), jnp.float32)
+  if has_profile(run.schedule):
+    log_sigma_K, rho_K = run.schedule.profile(schedule_state)
+    return jnp.interp(grid_G, log_sigma_K, rho_K)
+  return run.schedule.density(schedule_state, grid_G)
+
+
+def _markers(config, schedule_state) -> dict[str, float]:
+  """ln sigma_data, and InfoNoise's gate pivot ln c (the value in use) when it has one."""
+  markers = {"ln σ_data": float(np.log(config.edm.sigma_data))}
+  if isinstance(schedule_state, dict) and "gate_pivot" in schedule_state:
+    markers["gate pivot ln c"] = float(np.log(jax.device_get(schedule_state["gate_pivot"])))
+  return markers
+
+
 @functools.cache
 def _sampler(run) -> sample.Sampler:
   """One Sampler per run, so its jitted draw function compiles once."""
@@ -53,28 +79,48 @@ def generate_samples(run, state, num: int, seed: int) -> np.ndarray:
   return sample.draw_all(sampler, state.ema_params, sigmas, num, seed)
 
 
-def write_images(run, state, writer, workdir: str, step: int) -> tuple[dict, np.ndarray]:
-  """Sample grid and schedule plot to TensorBoard and PNG files; returns paths, samples."""
-  paths = {}
-  samples = generate_samples(run, state, run.config.train.num_samples, run.config.seed + step)
-  grid_G, curves = schedule_curves(run.config, run.schedule, state.schedule_state)
-  plot = plots.schedule_plot(grid_G, curves, title=f"{run.config.schedule.name} @ step {step}")
-  images = {"schedule": plot[None]}
+def write_images(run, state, writer, workdir: str, step: int, log=None) -> tuple[dict, np.ndarray]:
+  """Pictures to TensorBoard and PNG files; returns (paths, samples).
+
+  The schedule plot (gate pivot and sigma_data marked), a sample grid (images) or scatter plot
+  (2-D data) from the fixed seed `config.seed` (so they compare across steps), and, given the
+  window logger `log`, the loss against ln sigma of the latest window and the schedule's
+  history as a heatmap.
+  """
+  config = run.config
+  samples = generate_samples(run, state, config.train.num_samples, config.seed)
+  grid_G, curves = schedule_curves(config, run.schedule, state.schedule_state)
+  title = f"{config.schedule.name} @ step {step}"
+  markers = _markers(config, state.schedule_state)
+  images = {"schedule": plots.schedule_plot(grid_G, curves, title=title, markers=markers)}
   if run.source.is_image:
     scale = run.source.scale
-    images["samples"] = plots.sample_grid(samples, value_range=(-scale, scale))[None]
-  writer.write_images(step, images)
+    images["samples"] = plots.sample_grid(samples, value_range=(-scale, scale))
+  elif tuple(run.source.shape) == (2,):
+    reference = run.source.array[:2000] if run.source.array is not None else None
+    images["samples"] = plots.scatter_plot(samples, reference, title=f"samples @ step {step}")
+  if log is not None and log.loss_by_log_sigma is not None:
+    edges, loss = log.loss_by_log_sigma
+    images["loss_by_log_sigma"] = plots.loss_by_noise_plot(edges, loss, title=title)
+  if log is not None and len(log.history) >= 2:
+    steps_T, rows = zip(*log.history, strict=True)
+    what = "profile" if has_profile(run.schedule) else "sampling density"
+    images["schedule_history"] = plots.heatmap_plot(
+      history_grid(config), steps_T, np.stack(rows), title=f"{config.schedule.name}: {what}"
+    )
+  writer.write_images(step, {name: img[None] for name, img in images.items()})
+  paths = {}
   if jax.process_index() == 0:
     os.makedirs(os.path.join(workdir, "images"), exist_ok=True)
     for name, img in images.items():
       paths[name] = os.path.join(workdir, "images", f"{name}_{step:07d}.png")
-      plots.save_png(paths[name], img[0])
+      plots.save_png(paths[name], img)
   return paths, samples
 
 
-def write_final(run, state, writer, workdir: str, step: int) -> None:
+def write_final(run, state, writer, workdir: str, step: int, log=None) -> None:
   """Final images plus an .npz of samples; prints where everything is."""
-  paths, samples = write_images(run, state, writer, workdir, step)
+  paths, samples = write_images(run, state, writer, workdir, step, log)
   if jax.process_index() != 0:
     return
   s = run.config.sampler

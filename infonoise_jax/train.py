@@ -87,6 +87,9 @@ class Run:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))
 
 
+HISTORY = "schedule_history"  # the window's schedule curve (diagnostics.history_curve)
+
+
 class _WindowLogger:
   """Aggregates step metrics per log window (clu metrics, on device); fetches, checks and
   writes them one window late, and prints one progress line per window on process 0."""
@@ -99,13 +102,16 @@ class _WindowLogger:
     self.progress(start)  # starts the clock
     self.window, self.window_start, self.perf = None, start, {}
     self.loss_by_log_sigma = None  # the latest window's per-bin mean loss (for the plots)
+    self.history: list[tuple[int, np.ndarray]] = []  # (step, schedule curve) per window
 
   def add(self, step_metrics: dict) -> None:
     self.window = metrics.accumulate(self.window, step_metrics)
 
-  def end_window(self, step: int) -> None:
+  def end_window(self, step: int, state: TrainState) -> None:
     self.perf[step] = self.progress(step) or {}
-    done = self.fetcher.push(step, metrics.compute_window(self.window))
+    values = metrics.compute_window(self.window)
+    values[HISTORY] = diagnostics.history_curve(self.run, state.schedule_state)
+    done = self.fetcher.push(step, values)
     self.window, self.window_start = None, step
     if done is not None:
       self._write(done)
@@ -136,6 +142,7 @@ class _WindowLogger:
       step, {"log_sigma": metrics.histogram_values(edges, counts)}, {"log_sigma": len(counts)}
     )
     self.loss_by_log_sigma = (edges, host[metrics.BINNED_LOSS])
+    self.history.append((step, host[HISTORY]))
     if jax.process_index() == 0:
       logging.info(metrics.format_progress(step, self.run.config.train.num_steps, scalars))
 
@@ -263,9 +270,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
       step += 1
       log.add(step_metrics)
       if step % t.log_every == 0 or step == num_steps:
-        log.end_window(step)
+        log.end_window(step, state)
       if t.sample_every and step % t.sample_every == 0 and step < num_steps:
-        diagnostics.write_images(run, state, writer, workdir, step)
+        diagnostics.write_images(run, state, writer, workdir, step, log)
       if periodic_fid and (step % t.fid_every == 0 or step == num_steps):
         periodic_fid.write(state, writer, step)
       stop = preempted.is_set() or ckpt.reached_preemption(step)
@@ -283,7 +290,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         break
     log.flush(step)
     if step == num_steps:
-      diagnostics.write_final(run, state, writer, workdir, step)
+      diagnostics.write_final(run, state, writer, workdir, step, log)
   finally:
     batches.close()
     preempted.restore_handlers()

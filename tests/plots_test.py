@@ -98,3 +98,39 @@ def test_sample_grid_upscales_tiny_images_only():
   np.testing.assert_array_equal(
     plots.sample_grid(big, value_range=(-2, 2)), plots.image_grid(big, 2, value_range=(-2, 2))
   )
+
+
+def test_loss_plot_puts_points_where_the_bins_are():
+  """Loss peaked in one bin: the plotted line's highest pixel lies above that bin's centre."""
+  size = (320, 200)
+  edges = np.linspace(-6.0, 4.0, 11)
+  loss = np.ones(10)
+  loss[7] = 5.0  # bin centre 1.5
+  loss[0] = np.nan  # an empty bin is left out, not drawn at 0
+  image = plots.loss_by_noise_plot(edges, loss, size_px=size)
+  assert image.shape == (size[1], size[0], 3)
+  rows, cols = np.nonzero(_pixels_of(image, BLUE))
+  top_col = cols[np.argmin(rows)]
+  left, right = cols.min(), cols.max()  # the drawn line spans centres -3.5 .. 3.5
+  assert abs((top_col - left) / (right - left) - (1.5 + 3.5) / 7.0) < 0.05
+
+
+def test_heatmap_rows_follow_training_steps():
+  """A bump that moves right over training: its brightest column moves right row by row."""
+  x_G = np.linspace(-6.0, 4.0, 64)
+  rows = np.stack([np.exp(-4 * (x_G - c) ** 2) for c in (-4.0, -1.0, 2.0)])
+  image = plots.heatmap_plot(x_G, [100, 200, 300], rows, size_px=(400, 300))
+  assert image.shape == (300, 400, 3)
+  # viridis' brightest colour is yellow: its centroid column per band of image rows
+  yellow = (image[..., 0] > 200) & (image[..., 1] > 200) & (image[..., 2] < 100)
+  r, c = np.nonzero(yellow)
+  bands = np.array_split(np.unique(r), 3)  # top (step 100) to bottom (step 300)
+  centroids = [c[np.isin(r, band)].mean() for band in bands]
+  assert centroids[0] < centroids[1] < centroids[2]
+
+
+def test_scatter_plot_draws_samples_and_data():
+  rng = np.random.default_rng(0)
+  image = plots.scatter_plot(rng.normal(size=(200, 2)), rng.normal(size=(500, 2)))
+  assert image.shape == (480, 480, 3)
+  assert _pixels_of(image, BLUE).sum() > 100

@@ -93,7 +93,8 @@ def test_digits_end_to_end_leaves_logs_checkpoint_and_images(tmp_path, caplog):
   assert "log_sigma" in set(acc.Tags()["histograms"]) | set(acc.Tags()["tensors"])
   # Our writer stores images as image summaries; TensorFlow's (clu path) as tensors.
   image_tags = set(acc.Tags()["images"]) | set(acc.Tags()["tensors"])
-  assert {"schedule", "samples"} <= image_tags
+  assert {"schedule", "samples", "loss_by_log_sigma", "schedule_history"} <= image_tags
+  assert any(t.startswith("_hparams_/") for t in acc.Tags()["tensors"])
   samples = np.load(workdir / "samples.npz")["samples"]
   assert samples.shape == (8, 8, 8, 1) and np.all(np.isfinite(samples))
   from PIL import Image

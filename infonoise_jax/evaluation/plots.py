@@ -139,3 +139,85 @@ def schedule_plot(
   fig.tight_layout()
   canvas.draw()
   return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def _figure(size_px: Sequence[int]):
+  """(figure, canvas, axes) on an Agg canvas of `size_px` = (width, height) pixels."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  dpi = 100
+  fig = Figure(figsize=(size_px[0] / dpi, size_px[1] / dpi), dpi=dpi)
+  return fig, FigureCanvasAgg(fig), fig.add_subplot()
+
+
+def _render(fig, canvas) -> np.ndarray:
+  fig.tight_layout()
+  canvas.draw()
+  return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def loss_by_noise_plot(
+  edges_E: np.ndarray, loss_P: np.ndarray, title: str = "", size_px: Sequence[int] = PLOT_SIZE_PX
+) -> np.ndarray:
+  """Per-noise-bin mean loss against ln sigma, one point per bin (empty bins, NaN, omitted)."""
+  fig, canvas, ax = _figure(size_px)
+  centres_P = 0.5 * (np.asarray(edges_E[1:]) + np.asarray(edges_E[:-1]))
+  loss_P = np.asarray(loss_P, np.float64)
+  ok = np.isfinite(loss_P)
+  ax.plot(centres_P[ok], loss_P[ok], marker="o", markersize=3, linewidth=1.5)
+  ax.set_xlabel("ln σ")
+  ax.set_ylabel("mean weighted loss in bin")
+  ax.set_xlim(float(edges_E[0]), float(edges_E[-1]))
+  ax.grid(alpha=0.3)
+  if title:
+    ax.set_title(title)
+  return _render(fig, canvas)
+
+
+def heatmap_plot(
+  log_sigma_G: np.ndarray,
+  steps_T: Sequence[int],
+  values_TG: np.ndarray,
+  title: str = "",
+  size_px: Sequence[int] = PLOT_SIZE_PX,
+) -> np.ndarray:
+  """Rows of `values_TG` (one per training step in `steps_T`, each normalized to unit area
+  on the ln-sigma grid) as a heatmap: ln sigma across, training step down."""
+  fig, canvas, ax = _figure(size_px)
+  x_G = np.asarray(log_sigma_G, np.float64)
+  rows_TG = np.stack([normalize_on_grid(x_G, v) for v in np.asarray(values_TG)])
+  steps_T = np.asarray(steps_T, np.float64)
+  # Row t covers the steps between its neighbours' midpoints.
+  half = np.diff(steps_T) / 2 if len(steps_T) > 1 else np.array([0.5])
+  y_edges = np.concatenate([[steps_T[0] - half[0]], steps_T[:-1] + half, [steps_T[-1] + half[-1]]])
+  x_edges = np.concatenate([[x_G[0]], 0.5 * (x_G[1:] + x_G[:-1]), [x_G[-1]]])
+  mesh = ax.pcolormesh(x_edges, y_edges, rows_TG, shading="flat", cmap="viridis")
+  fig.colorbar(mesh, ax=ax, label="density per unit ln σ")
+  ax.set_xlabel("ln σ")
+  ax.set_ylabel("training step")
+  ax.invert_yaxis()
+  if title:
+    ax.set_title(title)
+  return _render(fig, canvas)
+
+
+def scatter_plot(
+  points_N2: np.ndarray,
+  reference_M2: np.ndarray | None = None,
+  title: str = "",
+  size_px: Sequence[int] = (480, 480),
+) -> np.ndarray:
+  """2-D samples as a scatter plot, over the training data (grey) when given."""
+  fig, canvas, ax = _figure(size_px)
+  if reference_M2 is not None:
+    ref = np.asarray(reference_M2)
+    ax.scatter(ref[:, 0], ref[:, 1], s=2, color="0.75", label="data")
+  pts = np.asarray(points_N2)
+  ax.scatter(pts[:, 0], pts[:, 1], s=4, color="C0", label="samples")
+  ax.set_aspect("equal", adjustable="datalim")
+  ax.grid(alpha=0.3)
+  ax.legend(loc="upper right", fontsize="small")
+  if title:
+    ax.set_title(title)
+  return _render(fig, canvas)
