@@ -62,6 +62,8 @@ def _base_config() -> ml_collections.ConfigDict:
   c.data.dim = 16  # gaussian_mixture: dimension
   c.data.num_examples = 8192  # synthetic sources: size of the fixed training set
   c.data.random_flip = False  # horizontal flip augmentation (images)
+  c.data.num_workers = -1  # grain worker processes making batches; 0 = one thread; -1 = auto:
+  #                          min(16, CPUs / 2) for lazily read tfds sets, else one thread
   # Token sources (dna, text; infonoise_jax/data/sequences.py): windows of tokens, each token a
   # centred one-hot vector scaled by data.scale (data/tokens.py), example shape (seq_len, V).
   c.data.path = ""  # file or folder to read; '' = dna: kaptive-data's reference database,

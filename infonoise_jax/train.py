@@ -147,6 +147,14 @@ class _WindowLogger:
       logging.info(metrics.format_progress(step, self.run.config.train.num_steps, scalars))
 
 
+def data_workers(config: ml_collections.ConfigDict, source) -> int:
+  """data.num_workers, with -1 resolved: grain workers only where examples are read lazily."""
+  n = config.data.num_workers
+  if n >= 0:
+    return n
+  return 0 if source.reader is None else max(1, min(16, (os.cpu_count() or 2) // 2))
+
+
 def warn_if_schedule_never_adapts(config: ml_collections.ConfigDict) -> None:
   """Says so when `train.num_steps` ends before the schedule's first refresh from the data."""
   name, n = config.schedule.name, config.train.num_steps
@@ -262,7 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   )
   log = _WindowLogger(run, writer, ckpt, step)
   preempted = checkpointing.PreemptionFlag()
-  batches = run.pipeline.iterate(step)
+  batches = run.pipeline.iterate(step, num_workers=data_workers(config, run.source))
   t = config.train
   try:
     while step < num_steps:

@@ -115,6 +115,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   )
   _require(t.batch_size % n_proc == 0, "train.batch_size", f"not divisible by {n_proc} processes")
   _require(t.num_steps >= 1, "train.num_steps", f"must be >= 1, got {t.num_steps}")
+  _require(
+    config.data.num_workers >= -1,
+    "data.num_workers",
+    f"must be >= 0, or -1 for auto, got {config.data.num_workers}",
+  )
   for key in ("log_every", "checkpoint_every", "keep_checkpoints", "num_samples", "profile_bins"):
     _require(t[key] >= 1, f"train.{key}", f"must be >= 1, got {t[key]}")
   for key in ("sample_every", "fid_every"):

@@ -82,6 +82,13 @@ class Pipeline:
     self._perms: dict[int, np.ndarray] = {}  # a few recent epochs' permutations
     self._perms_lock = threading.Lock()  # batch() may run in the prefetch and main threads
 
+  def __getstate__(self) -> dict:  # for grain workers: no lock, no cached permutations
+    return {k: v for k, v in self.__dict__.items() if k not in ("_perms", "_perms_lock")}
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state)
+    self._perms, self._perms_lock = {}, threading.Lock()
+
   def _permutation(self, epoch: int) -> np.ndarray:
     with self._perms_lock:
       perm = self._perms.get(epoch)
@@ -119,9 +126,68 @@ class Pipeline:
       x_BX[rows] = x_BX[rows, :, ::-1]
     return x_BX
 
-  def iterate(self, start_step: int = 0, buffer_size: int = 2) -> "Prefetcher":
-    """Batches for steps start_step, start_step + 1, ... prepared by a background thread."""
+  def iterate(self, start_step: int = 0, buffer_size: int = 2, num_workers: int = 0):
+    """Batches for steps start_step, start_step + 1, ...: with `num_workers` = 0 prepared by
+    one background thread; otherwise by that many grain worker processes (`GrainBatches`),
+    for sources read lazily (decoding per example is the bottleneck). Same batches either way.
+    """
+    if num_workers > 0:
+      return GrainBatches(self, start_step, num_workers, buffer_size)
     return Prefetcher(self.batch, start_step, buffer_size)
+
+
+class _StepBatch:
+  """step -> Pipeline.batch(step); a picklable callable for grain's worker processes."""
+
+  def __init__(self, pipeline: "Pipeline"):
+    self.pipeline = pipeline
+
+  def __call__(self, step: int) -> np.ndarray:
+    return self.pipeline.batch(int(step))
+
+
+class GrainBatches:
+  """Iterator over this process's batches of steps start, start + 1, ..., computed by grain
+  worker processes (`grain.IterDataset.mp_prefetch`): worker k of K computes the batches of
+  steps start + k, start + k + K, ... and grain returns them in step order.
+
+  Every batch is still the pure function `Pipeline.batch(step)` of the module docstring, so
+  the stream is the same as the thread's (and resumes at any step); like grain's
+  `ShardByJaxProcess`, each JAX process reads only its own share of every global batch, but
+  the shares are slices of one global order, so the concatenation over processes does not
+  depend on the number of processes. The source is pickled to the workers (lazy readers
+  reopen their files there).
+  """
+
+  def __init__(self, pipeline: "Pipeline", start_step: int, num_workers: int, buffer_size: int):
+    import grain
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():  # grain reads its absl flags; outside app.run use defaults
+      flags.FLAGS.mark_as_parsed()
+    steps = grain.MapDataset.range(start_step, 2**62).map(_StepBatch(pipeline))
+    options = grain.MultiprocessingOptions(
+      num_workers=num_workers, per_worker_buffer_size=max(1, buffer_size)
+    )
+    self._iterator = iter(steps.to_iter_dataset().mp_prefetch(options))
+
+  def __iter__(self) -> "GrainBatches":
+    return self
+
+  def __next__(self) -> np.ndarray:
+    return next(self._iterator)
+
+  def close(self) -> None:
+    """Stops the worker processes."""
+    close = getattr(self._iterator, "close", None)
+    if close is not None:
+      close()
+
+  def __enter__(self) -> "GrainBatches":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
 
 
 class Prefetcher:

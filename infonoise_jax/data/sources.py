@@ -237,6 +237,41 @@ def _open_tfds(name: str, d):
     ) from e
 
 
+class _TfdsReader:
+  """indices -> float images of a prepared tfds dataset, by random access without TensorFlow.
+
+  Picklable: a copy sent to a data worker process reopens the dataset there on first use.
+  """
+
+  def __init__(self, name: str, data_config: dict, label: str | None, ds=None):
+    self.name, self.data_config, self.label, self._ds = name, data_config, label, ds
+
+  def __getstate__(self) -> dict:
+    return {**self.__dict__, "_ds": None}
+
+  def _source(self):
+    if self._ds is None:
+      self._ds = _open_tfds(self.name, ml_collections.ConfigDict(self.data_config))[1]
+    return self._ds
+
+  def read_labelled(self, indices_B: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    d, ds = self.data_config, self._source()
+    # Random access, decoded without TensorFlow; one batched read (2.5x faster than one
+    # example at a time on Fashion-MNIST, BENCHMARKS.md).
+    keys = [int(i) for i in indices_B]
+    try:
+      examples = ds.__getitems__(keys)
+    except TypeError:  # tfds.testing.mock_data's sources have no batched read
+      examples = [ds[i] for i in keys]
+    u_BHWC = np.stack([ex[d["image_key"]] for ex in examples])
+    x = images_to_float(u_BHWC, 255.0, d["image_size"], d["binarize"], d["scale"])
+    labels = np.array([ex[self.label] for ex in examples], np.int32) if self.label else None
+    return x, labels
+
+  def __call__(self, indices_B: np.ndarray) -> np.ndarray:
+    return self.read_labelled(indices_B)[0]
+
+
 def tfds_source(name: str, d, in_memory: bool | None = None) -> Source:
   """A tfds image dataset by random access; `in_memory=None` decides by MAX_IN_MEMORY_BYTES."""
   import tensorflow_datasets as tfds
@@ -253,14 +288,8 @@ def tfds_source(name: str, d, in_memory: bool | None = None) -> Source:
   shape = check_image_shape(f"tfds:{name}", tuple(feature.shape), d.image_size)
   n = len(ds)
 
-  def read_labelled(indices_B: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    examples = [ds[int(i)] for i in indices_B]  # random access, decoded without TensorFlow
-    u_BHWC = np.stack([ex[d.image_key] for ex in examples])
-    x = images_to_float(u_BHWC, 255.0, d.image_size, d.binarize, d.scale)
-    return x, (np.array([ex[label] for ex in examples], np.int32) if label else None)
-
-  def read(indices_B: np.ndarray) -> np.ndarray:
-    return read_labelled(indices_B)[0]
+  reader = _TfdsReader(name, d.to_dict(), label, ds)
+  read_labelled, read = reader.read_labelled, reader
 
   if in_memory is None:
     in_memory = n * int(np.prod(shape)) * 4 <= MAX_IN_MEMORY_BYTES
