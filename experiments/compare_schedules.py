@@ -43,14 +43,12 @@ from infonoise_jax.data import load_source
 from infonoise_jax.evaluation import fid, plots, report
 from infonoise_jax.validation import DEFAULT_CONFIG_PATH, load_config_file
 
-# Adaptive peers on InfoNoise's terms (issue 12 item 4): InfoNoise's warm-up (500 steps), bins
-# (128) and memory (EMA 0.9 per 100-step refresh ~ 0.999 per step). The peers still update every
-# step and keep their uniform floor (0.01; VDM++'s importance weights need p > 0).
-FAIR = {
-  "schedule.adaptive.warmup_steps": 500,
-  "schedule.adaptive.num_bins": 128,
-  "schedule.adaptive.ema_beta": 0.999,
-}
+# Adaptive peers on InfoNoise's terms (issue 12 item 4): an arm with FAIR set takes the resolved
+# config's InfoNoise warm-up, bin count and memory (its EMA of beta per refresh of M steps is
+# beta^(1/M) per step). The peers still update every step (as in their papers) and keep their
+# uniform floor (VDM++ / iDDPM importance weights need p > 0). EDM2 has no bins or warm-up (it
+# learns a weight with its own Adam from step 0), so it has no fair variant.
+FAIR = "fair"
 ARMS = {
   "lognormal": {"schedule.name": "lognormal"},
   "loguniform": {"schedule.name": "loguniform"},
@@ -61,10 +59,9 @@ ARMS = {
   "vdmpp": {"schedule.name": "vdmpp"},
   "iddpm": {"schedule.name": "iddpm"},
   "edm2": {"schedule.name": "edm2"},
-  "cdcd_fair": {"schedule.name": "cdcd", **FAIR},
-  "vdmpp_fair": {"schedule.name": "vdmpp", **FAIR},
-  "iddpm_fair": {"schedule.name": "iddpm", **FAIR},
-  "edm2_fair": {"schedule.name": "edm2", **FAIR},
+  "cdcd_fair": {"schedule.name": "cdcd", FAIR: True},
+  "vdmpp_fair": {"schedule.name": "vdmpp", FAIR: True},
+  "iddpm_fair": {"schedule.name": "iddpm", FAIR: True},
   "infonoise": {"schedule.name": "infonoise"},
   "infonoise_pinned": {"schedule.name": "infonoise", "schedule.infonoise.gate": "pinned"},
   "infonoise_onset": {"schedule.name": "infonoise", "schedule.infonoise.gate": "onset"},
@@ -118,7 +115,14 @@ def parse_arms(spec: str, extra) -> dict[str, dict]:
 def make_config(args, data: str, arm: dict):
   path, _, variant = args.config.partition(":")
   c = load_config_file(path, variant) if variant else load_config_file(path)
+  arm = dict(arm)
+  fair = arm.pop(FAIR, False)
   c.update_from_flattened_dict({**DATA[data], **parse_overrides(args.set), **arm})
+  if fair:
+    info, peers = c.schedule.infonoise, c.schedule.adaptive
+    peers.warmup_steps = info.warmup_steps
+    peers.num_bins = info.num_bins
+    peers.ema_beta = round(info.ema_beta ** (1.0 / info.refresh_every), 6)
   c.train.num_steps = args.steps
   c.seed = 0  # the run's seed is set per run by MultiRun; hashed configs are seed-free
   return c

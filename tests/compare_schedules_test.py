@@ -102,3 +102,20 @@ def test_harness_writes_curves_table_speedup_and_resumes_without_duplicates(tmp_
 def test_bad_arm_fails_before_any_work(tmp_path):
   with pytest.raises(ValueError, match="unknown arm 'lognorm'"):
     compare_schedules.main([f"--out={tmp_path}", "--arms=lognorm"])
+
+
+def test_every_named_arm_builds_and_fair_peers_take_infonoise_terms():
+  from infonoise_jax.schedules import make_schedule
+
+  args = compare_schedules.parse(["--out=/unused", f"--config={TEST_CONFIG}"])
+  info = make_schedule(compare_schedules.make_config(args, "continuous", {}))
+  for name, arm in compare_schedules.ARMS.items():
+    sched = make_schedule(compare_schedules.make_config(args, "binarized", arm))
+    if name.endswith("_fair"):
+      c = compare_schedules.make_config(args, "continuous", arm).schedule
+      assert c.adaptive.warmup_steps == c.infonoise.warmup_steps
+      assert c.adaptive.num_bins == c.infonoise.num_bins
+      # same memory: per-step EMA over the span of InfoNoise's per-refresh EMA
+      per_step = c.infonoise.ema_beta ** (1.0 / c.infonoise.refresh_every)
+      assert abs(c.adaptive.ema_beta - per_step) < 2e-4
+      assert sched.num_bins == info.num_bins and sched.warmup_steps == info.warmup_steps
