@@ -15,6 +15,8 @@ Models (`model.name`):
         encoder and resample filter; `model.embedding_type` / `model.encoder_type` override.
         Needs square images whose side is divisible by 2**(len(channel_mult) - 1).
   mlp   residual MLP (mlp.py) on the flattened input; any data_shape.
+  transformer  adaLN-Zero transformer over positions (transformer.py) for token windows
+        (L, V): model.width / depth / num_heads / mlp_ratio / pos_embedding.
 
 Recommended settings (parameter counts from jax.eval_shape; CPU times: one jitted train step
 at batch 64 on the shared 2-core machine under load, so relative rather than absolute):
@@ -27,6 +29,8 @@ at batch 64 on the shared 2-core machine under load, so relative rather than abs
     attn_resolutions (7,) or (14,), dropout 0.1 -> DDPM++ 7.0M (28 -> 14 -> 7); about
     0.6 TFLOP per step at batch 64, i.e. a GPU job (CPU: ~20 s/step). For CPU smoke runs:
     model_channels 32, num_blocks 1 -> 1.26M.
+  token windows (L, V) (configs/dna.py, configs/text.py): transformer; CPU tests width 32,
+    depth 1 (~20k); GPU width 384, depth 8, heads 6 -> ~14M params (dna.py / text.py).
   toy / vector data, 8x8 or 14x14 images: name mlp, hidden_dims (512, 512, 512) -> 1.8M for
     2-D data, 2.0M at 14x14 (~0.13 s/step at batch 256 on 8x8).
 """
@@ -39,9 +43,10 @@ import jax.numpy as jnp
 
 from infonoise_jax.models import unet_layers
 from infonoise_jax.models.mlp import MLPDenoiser
+from infonoise_jax.models.transformer import POS_EMBEDDINGS, SequenceTransformer
 from infonoise_jax.models.unet import ARCHS, SongUNet, unet_channel_counts
 
-__all__ = ["MLPDenoiser", "SongUNet", "make_model", "param_count"]
+__all__ = ["MLPDenoiser", "SequenceTransformer", "SongUNet", "make_model", "param_count"]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _MLP_EMB_DIM = 128
@@ -117,6 +122,31 @@ def _make_mlp(m: Any, data_shape: tuple[int, ...]) -> MLPDenoiser:
   )
 
 
+def _make_transformer(m: Any, data_shape: tuple[int, ...]) -> SequenceTransformer:
+  if len(data_shape) != 2:
+    raise ValueError(
+      f"config.model.name='transformer' needs token windows of shape (L, V), got data_shape="
+      f"{data_shape}; use it with data.name=dna | text"
+    )
+  _check(m.width >= 2 and m.width % 2 == 0, "width", m.width, "must be even and >= 2")
+  _check(m.depth >= 1, "depth", m.depth, "must be >= 1")
+  _check(m.num_heads >= 1 and m.width % m.num_heads == 0, "num_heads", m.num_heads,
+         f"must be >= 1 and divide model.width={m.width}")  # fmt: skip
+  _check(m.mlp_ratio >= 1, "mlp_ratio", m.mlp_ratio, "must be >= 1")
+  _check(m.pos_embedding in POS_EMBEDDINGS, "pos_embedding", m.pos_embedding,
+         f"must be one of {', '.join(POS_EMBEDDINGS)}")  # fmt: skip
+  return SequenceTransformer(
+    width=int(m.width),
+    depth=int(m.depth),
+    num_heads=int(m.num_heads),
+    mlp_ratio=int(m.mlp_ratio),
+    pos_embedding=m.pos_embedding,
+    dropout=float(m.dropout),
+    emb_dim=int(m.width),
+    dtype=_DTYPES[m.dtype],
+  )
+
+
 def make_model(config: Any, data_shape: tuple[int, ...]) -> nn.Module:
   """The network named by `config.model` for per-example `data_shape` (raises ValueError)."""
   m = config.model
@@ -126,7 +156,9 @@ def make_model(config: Any, data_shape: tuple[int, ...]) -> nn.Module:
     return _make_unet(m, data_shape)
   if m.name == "mlp":
     return _make_mlp(m, data_shape)
-  raise ValueError(f"config.model.name={m.name!r}: must be 'unet' or 'mlp'")
+  if m.name == "transformer":
+    return _make_transformer(m, data_shape)
+  raise ValueError(f"config.model.name={m.name!r}: must be 'unet', 'mlp' or 'transformer'")
 
 
 def param_count(module: nn.Module, data_shape: tuple[int, ...]) -> int:
