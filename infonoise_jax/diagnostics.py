@@ -15,7 +15,7 @@ import numpy as np
 from absl import logging
 
 from infonoise_jax import edm, log_sigma, sample
-from infonoise_jax.evaluation import plots
+from infonoise_jax.evaluation import plots, sequence_eval
 from infonoise_jax.schedules import has_profile
 
 
@@ -109,6 +109,8 @@ def write_images(run, state, writer, workdir: str, step: int, log=None) -> tuple
       history_grid(config), steps_T, np.stack(rows), title=f"{config.schedule.name}: {what}"
     )
   writer.write_images(step, {name: img[None] for name, img in images.items()})
+  if run.source.encoding is not None:  # token data: the samples decoded by argmax, as text
+    writer.write_texts(step, {"samples": sample_texts(run.source.encoding, samples)})
   paths = {}
   if jax.process_index() == 0:
     os.makedirs(os.path.join(workdir, "images"), exist_ok=True)
@@ -118,12 +120,21 @@ def write_images(run, state, writer, workdir: str, step: int, log=None) -> tuple
   return paths, samples
 
 
+def sample_texts(encoding, samples_NLV: np.ndarray, num: int = 8) -> str:
+  """The first `num` samples decoded to their symbols, as TensorBoard markdown."""
+  texts = [encoding.to_text(ids) for ids in encoding.decode(samples_NLV[:num])]
+  return sequence_eval.format_texts(texts)
+
+
 def write_final(run, state, writer, workdir: str, step: int, log=None) -> None:
   """Final images plus an .npz of samples; prints where everything is."""
   paths, samples = write_images(run, state, writer, workdir, step, log)
   if jax.process_index() != 0:
     return
   s = run.config.sampler
+  extra = {}
+  if run.source.encoding is not None:  # decoded tokens and the vocabulary that reads them
+    extra = dict(tokens=run.source.encoding.decode(samples), vocab=run.source.encoding.vocab)
   written = sample.write_samples(  # the sample command's format (and the same png)
     workdir,
     samples,
@@ -134,6 +145,7 @@ def write_final(run, state, writer, workdir: str, step: int, log=None) -> None:
     grid=s.grid,
     num_steps=s.num_steps,
     method=s.name,
+    **extra,
   )
   npz = written["npz"]
   logging.info("Done at step %d.", step)

@@ -30,6 +30,7 @@ RESUMABLE = (
   "train.eval_num_samples",
   "data.tfds_data_dir",
   "data.local_dir",
+  "data.path",
   "sampler.",
   "fid.",
   "seq_metrics.",

@@ -6,6 +6,7 @@ the latest checkpoint into it if one exists, then continue the data stream at th
 restored step (the pipeline is a pure function of the step).
 """
 
+import functools
 import os
 
 import jax
@@ -18,7 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 from infonoise_jax import checkpointing, diagnostics, metrics, resume, steps
 from infonoise_jax.data import Pipeline, load_source
-from infonoise_jax.evaluation import fid_eval
+from infonoise_jax.evaluation import fid_eval, sequence_eval
 from infonoise_jax.mesh import make_mesh
 from infonoise_jax.models import make_model
 from infonoise_jax.schedules import make_schedule
@@ -239,6 +240,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   saved = checkpointing.saved_steps(workdir)
   accepted = resume.check(config, workdir, saved[-1]) if saved else {}
   periodic_fid = fid_eval.PeriodicFID(run) if config.train.fid_every else None  # fails early
+  seq_eval = (
+    sequence_eval.SequenceEvaluator(config, run.source) if config.train.eval_every else None
+  )
   ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
   state = _restore_or_init(run, ckpt)
   step, num_steps = int(state.step), config.train.num_steps
@@ -283,6 +287,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         diagnostics.write_images(run, state, writer, workdir, step, log)
       if periodic_fid and (step % t.fid_every == 0 or step == num_steps):
         periodic_fid.write(state, writer, step)
+      if seq_eval and (step % t.eval_every == 0 or step == num_steps):
+        draw = functools.partial(diagnostics.generate_samples, run, state)
+        seq_eval.write(draw, writer, step)
       stop = preempted.is_set() or ckpt.reached_preemption(step)
       if step % t.checkpoint_every == 0 or step == num_steps or stop:
         log.flush(step)  # a NaN state is never saved over a good checkpoint

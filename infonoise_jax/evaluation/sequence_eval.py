@@ -1,0 +1,94 @@
+"""The trainer's periodic domain evaluation for token data (train.eval_every), as FID for images.
+
+Built once before training (so missing held-out data or a bad setting fails before any
+compile): a fixed set of train.eval_num_samples held-out windows (split 'test', chosen by a
+seeded permutation), and the reference models fitted on the training windows (DNA: the cached
+feature classifier; text: the n-gram model). Every evaluation draws the same number of EMA
+samples (the same noise each time), decodes them by argmax and writes
+`domain/<metric>` scalars (`sequence_metrics.dna_metrics` / `text_metrics`) and, for text, the
+first seq_metrics.num_texts decoded samples as TensorBoard text.
+"""
+
+import os
+from collections.abc import Callable
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from infonoise_jax.data import load_source, sequences
+from infonoise_jax.data.sources import Source
+from infonoise_jax.evaluation import sequence_metrics
+from infonoise_jax.evaluation.sequence_classifier import FeatureClassifier
+
+
+def held_out(config: ml_collections.ConfigDict, num: int) -> np.ndarray:
+  """`num` held-out windows (token ids) of the run's data, a fixed seeded choice."""
+  c = config.copy_and_resolve_references()
+  c.data.split = "test"
+  ids_NL = load_source(c).token_ids
+  if num > len(ids_NL):
+    raise ValueError(
+      f"train.eval_num_samples={num} exceeds the {len(ids_NL)} held-out windows of "
+      f"data.name={config.data.name!r}; use at most that many (or raise data.val_fraction)"
+    )
+  return ids_NL[np.random.default_rng(config.seed).permutation(len(ids_NL))[:num]]
+
+
+def format_texts(texts: list[str]) -> str:
+  """Decoded samples as TensorBoard markdown: one fenced block each, newlines kept."""
+  return "\n\n".join(f"```\n{t}\n```" for t in texts)
+
+
+class SequenceEvaluator:
+  """`metrics(samples_NLV)` -> dict of floats; `write(...)` logs them (module docstring)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, source: Source):
+    if source.encoding is None:
+      raise ValueError(
+        f"train.eval_every needs token data (data.name=dna | text), got {config.data.name!r}"
+      )
+    s = config.seq_metrics
+    self.config, self.encoding = config, source.encoding
+    self.num = int(config.train.eval_num_samples)
+    if self.num < 2:
+      raise ValueError(f"train.eval_num_samples must be >= 2, got {self.num}")
+    vocab, length = self.encoding.vocab, source.shape[0]
+    self.is_dna = config.data.name == "dna"
+    sizes = s.kmer_sizes if self.is_dna else s.ngram_sizes
+    key = "seq_metrics.kmer_sizes" if self.is_dna else "seq_metrics.ngram_sizes"
+    if not sizes or min(sizes) < 1 or max(sizes) > length:
+      raise ValueError(f"{key}={tuple(sizes)}: sizes must lie in [1, data.seq_len={length}]")
+    self.sizes = tuple(int(k) for k in sizes)
+    self.ref_NL = held_out(config, self.num)
+    if self.is_dna:
+      cache = s.cache_dir or os.path.join(sequences.cache_dir(), "seq_classifiers")
+      clf = FeatureClassifier(
+        source.token_ids, vocab, s.classifier_width, s.classifier_steps, cache, config.seed
+      )
+      self.features, self.lm = clf.features, None
+    else:
+      self.features = None
+      self.lm = sequence_metrics.NgramLM(source.token_ids, int(s.lm_order), len(vocab))
+
+  def metrics(self, samples_NLV: np.ndarray) -> dict[str, float]:
+    ids_NL = self.encoding.decode(samples_NLV)
+    if self.is_dna:
+      return sequence_metrics.dna_metrics(
+        ids_NL, self.ref_NL, self.encoding.vocab, self.sizes, self.features
+      )
+    return sequence_metrics.text_metrics(
+      ids_NL, self.ref_NL, self.encoding.size, self.sizes, self.lm
+    )
+
+  def write(self, draw: Callable[[int, int], np.ndarray], writer, step: int) -> dict:
+    """Draws train.eval_num_samples samples with `draw(num, seed)`, writes and returns metrics."""
+    samples_NLV = draw(self.num, self.config.seed)
+    values = self.metrics(samples_NLV)
+    writer.write_scalars(step, {f"domain/{k}": v for k, v in values.items()})
+    if not self.is_dna:
+      ids_NL = self.encoding.decode(samples_NLV[: self.config.seq_metrics.num_texts])
+      texts = [self.encoding.to_text(r) for r in ids_NL]
+      writer.write_texts(step, {"domain/samples": format_texts(texts)})
+    logging.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in sorted(values.items())))
+    return values
