@@ -162,6 +162,37 @@ def binary_denoiser(x_BD: Array, sigma_B: Array, scale: float) -> Array:
   return scale * jnp.tanh(scale * x_BD / sigma_B[:, None] ** 2)
 
 
+def _onehot_mmse_one(key, sigma, codewords_VV, log_probs_V, num_samples):
+  k_S = jax.random.categorical(key, log_probs_V, shape=(num_samples,))
+  y_SV = codewords_VV[k_S] + sigma * jax.random.normal(
+    jax.random.fold_in(key, 1), k_S.shape + (codewords_VV.shape[1],)
+  )
+  # log p(j|y) = log pi_j - ||y - x_j||^2 / (2 sigma^2) + const
+  dist_SV = jnp.sum(jnp.square(y_SV[:, None, :] - codewords_VV[None]), axis=-1)
+  r_SV = jax.nn.softmax(log_probs_V[None] - dist_SV / (2.0 * sigma**2), axis=-1)
+  m_SD = r_SV @ codewords_VV
+  # tr Cov(x0|y) = sum_j r_j ||x_j - m||^2 (exact given y)
+  spread_SV = jnp.sum(jnp.square(codewords_VV[None] - m_SD[:, None, :]), axis=-1)
+  return jnp.mean(jnp.sum(r_SV * spread_SV, axis=-1)) / codewords_VV.shape[1]
+
+
+def onehot_mmse(
+  key: Array, sigma_G: Array, probs_V: Array, scale: float, num_samples: int = 4096
+) -> Array:
+  """Per-dim mmse of one-hot tokens a (e_k - 1/V) (data/tokens.py), k ~ probs_V, independent
+  positions: the per-position categorical posterior p(k|y) = softmax(log pi_k - ||y - x_k||^2 /
+  (2 sigma^2)), its covariance trace exact given y, Monte Carlo over y. For sequences whose
+  positions are dependent this is an upper bound on the true mmse (context only helps).
+  """
+  probs_V = jnp.asarray(probs_V, jnp.float32)
+  v = probs_V.shape[0]
+  codewords_VV = scale * (jnp.eye(v) - 1.0 / v)
+  log_p = jnp.log(jnp.maximum(probs_V, 1e-30))
+  keys = jax.random.split(key, sigma_G.shape[0])
+  fn = lambda ks: _onehot_mmse_one(ks[0], ks[1], codewords_VV, log_p, num_samples)
+  return jax.lax.map(fn, (keys, jnp.asarray(sigma_G, jnp.float32)))
+
+
 # ----------------------------------------------------------------------------- profiles
 def entropy_rate(mmse: Array, sigma: Array) -> Array:
   """q = dH(X_0|X_sigma)/d ln sigma = mmse / sigma^2 (docs/method.md 3, I-MMSE)."""
