@@ -51,7 +51,8 @@ def launch(args, extra: list[str]) -> dict:
       cmd = [
         sys.executable, "-m", "infonoise_jax.main", f"--config=configs/{domain}.py:{arm}",
         f"--workdir={workdir}", f"--config.data.path={path}",
-        f"--config.train.num_steps={args.max_steps}", f"--config.train.eval_every={args.eval_every}",
+        f"--config.train.num_steps={args.max_steps}",
+        f"--config.train.eval_every={args.eval_every}",
         f"--config.train.sample_every={args.eval_every * 4}",
         f"--config.train.checkpoint_every={args.max_steps}", *extra,
       ]  # fmt: skip
@@ -182,7 +183,8 @@ def main() -> None:
     scalars = {arm: read_scalars(wd) for arm, wd in workdirs.items()}
     for arm, s in scalars.items():
       rows += [(domain, arm, st, tag, v) for tag, pts in s.items() for st, v in pts]
-    eval_steps = [{st for st, _ in s.get("domain/nll_per_char" if domain == "text" else "domain/kmer_js_3", [])} for s in scalars.values()]  # fmt: skip
+    key = "domain/nll_per_char" if domain == "text" else "domain/kmer_js_3"
+    eval_steps = [{st for st, _ in s.get(key, [])} for s in scalars.values()]
     common = max(set.intersection(*eval_steps)) if all(eval_steps) else None
     dsum = {"last_common_eval_step": common}
     for arm, s in scalars.items():
