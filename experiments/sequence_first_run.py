@@ -126,7 +126,8 @@ def profile_plot(domain: str, workdirs: dict, out_png: str) -> dict:
     grid_G, curves = diagnostics.schedule_curves(s2.config, s2.schedule, st2.schedule_state)
     eff = curves["effective allocation pi*w"]
     ax[1].plot(grid_G, eff / eff.sum(), label=f"{arm}: pi*w")
-  ax[1].plot(log_sigma_K, q_est / q_est.sum() * len(log_sigma_K) / 256, ":", label="learned q")
+  rho_K = np.asarray(sched.profile(state.schedule_state)[1])  # gated, sums to 1 over K bins
+  ax[1].plot(log_sigma_K, rho_K * len(log_sigma_K) / 256, ":", label="learned gated profile")
   ax[1].set(xlabel="ln sigma", ylabel="normalized on the grid", title=f"{domain}: allocation")
   ax[1].legend(fontsize=8)
   fig.tight_layout()
