@@ -27,6 +27,8 @@ _spec.loader.exec_module(default)
 
 def token_config(data_name: str, seq_len: int, variant: str) -> ml_collections.ConfigDict:
   """The token-data recipe shared by configs/dna.py and configs/text.py."""
+  from infonoise_jax.schedules import SCHEDULES  # the one list of schedule names
+
   c = default.get_config()
   c.data.name = data_name
   c.data.seq_len = seq_len
@@ -52,7 +54,7 @@ def token_config(data_name: str, seq_len: int, variant: str) -> ml_collections.C
   c.train.eval_num_samples = 1024
   c.sampler.num_steps = 32
   for token in filter(None, (t.strip() for t in variant.split(","))):
-    if token in default.SCHEDULE_NAMES:
+    if token in SCHEDULES:
       c.schedule.name = token
     elif token == "cpu":
       c.model.width, c.model.depth, c.model.num_heads = 64, 2, 4
@@ -64,9 +66,7 @@ def token_config(data_name: str, seq_len: int, variant: str) -> ml_collections.C
       c.sampler.num_steps = 16
       c.seq_metrics.classifier_steps = 200
     else:
-      raise ValueError(
-        f"Unknown config variant {token!r}; valid: {', '.join(default.SCHEDULE_NAMES)}, cpu"
-      )
+      raise ValueError(f"Unknown config variant {token!r}; valid: {', '.join(SCHEDULES)}, cpu")
   return c
 
 

@@ -120,13 +120,17 @@ def _dna_files(path: str) -> list[str]:
   return [path]
 
 
-@functools.lru_cache(maxsize=4)  # the trainer reads the train and the held-out split
 def dna_groups(path: str) -> tuple[tuple[str, str], ...]:
   """(record name, upper-case sequence) of every record under `path`, duplicates kept once."""
   path = path or DNA_DEFAULT_DIR
   if not os.path.exists(path):
     fix = f"Install it with: {DNA_APT}" if path == DNA_DEFAULT_DIR else "Point it at a file."
     raise FileNotFoundError(f"data.name='dna' needs {path!r} (data.path). {fix}")
+  return _read_dna(path, os.path.getmtime(path))
+
+
+@functools.lru_cache(maxsize=4)  # the trainer reads the train and the held-out split
+def _read_dna(path: str, mtime: float) -> tuple[tuple[str, str], ...]:
   groups, seen = [], set()
   for file in _dna_files(path):
     reader = read_genbank if file.lower().endswith(GENBANK_EXTS) else read_fasta
@@ -162,7 +166,6 @@ def _tar_texts(path: str) -> list[tuple[str, str]]:
     ]
 
 
-@functools.lru_cache(maxsize=4)
 def text_groups(path: str) -> tuple[tuple[str, str], ...]:
   """(work name, normalized text) per text file (or sdist member) under `path`."""
   default = not path
@@ -170,6 +173,11 @@ def text_groups(path: str) -> tuple[tuple[str, str], ...]:
   if not os.path.exists(path):
     fix = f"Fetch it with: {shakespeare_command()}" if default else "Point it at a file."
     raise FileNotFoundError(f"data.name='text' needs {path!r} (data.path). {fix}")
+  return _read_text(path, os.path.getmtime(path))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_text(path: str, mtime: float) -> tuple[tuple[str, str], ...]:
   if path.endswith((".tar.gz", ".tgz", ".tar")):
     raw = _tar_texts(path)
   else:

@@ -30,7 +30,7 @@ at batch 64 on the shared 2-core machine under load, so relative rather than abs
     0.6 TFLOP per step at batch 64, i.e. a GPU job (CPU: ~20 s/step). For CPU smoke runs:
     model_channels 32, num_blocks 1 -> 1.26M.
   token windows (L, V) (configs/dna.py, configs/text.py): transformer; CPU tests width 32,
-    depth 1 (~20k); GPU width 384, depth 8, heads 6 -> ~14M params (dna.py / text.py).
+    depth 1 (~25k); GPU width 384, depth 8, heads 6 -> 21.9M params (dna.py / text.py).
   toy / vector data, 8x8 or 14x14 images: name mlp, hidden_dims (512, 512, 512) -> 1.8M for
     2-D data, 2.0M at 14x14 (~0.13 s/step at batch 256 on 8x8).
 """
