@@ -153,7 +153,8 @@ def data_workers(config: ml_collections.ConfigDict, source) -> int:
   n = config.data.num_workers
   if n >= 0:
     return n
-  return 0 if source.reader is None else max(1, min(16, (os.cpu_count() or 2) // 2))
+  in_memory = source.reader is None or source.token_ids is not None  # tokens: encoded cheaply
+  return 0 if in_memory else max(1, min(16, (os.cpu_count() or 2) // 2))
 
 
 def warn_if_schedule_never_adapts(config: ml_collections.ConfigDict) -> None:

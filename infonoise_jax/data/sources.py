@@ -334,6 +334,17 @@ def token_encoding(d, groups_train: list[tuple[str, str]] | None = None) -> Toke
   return TokenEncoding(vocab, float(d.scale))
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class EncodedWindows:
+  """A token source's reader: window indices -> encoded (B, L, V) float32 (picklable)."""
+
+  encoding: TokenEncoding
+  ids_NL: np.ndarray
+
+  def __call__(self, indices_B: np.ndarray) -> np.ndarray:
+    return self.encoding.encode(self.ids_NL[indices_B])
+
+
 def token_source(d) -> Source:
   """Windows of one split of a token source (module docstring of data/sequences.py)."""
   _check_token_keys(d)
@@ -358,7 +369,7 @@ def token_source(d) -> Source:
       "--config.data.unknown_policy=replace"
     )
   shape = (d.seq_len, encoding.size)
-  reader = lambda idx_B: encoding.encode(ids_NL[idx_B])
+  reader = EncodedWindows(encoding, ids_NL)
   return Source(
     d.name, shape, len(ids_NL), False, d.scale, reader=reader,
     encoding=encoding, token_ids=ids_NL, stats=stats,
