@@ -47,6 +47,9 @@ def launch(args, extra: list[str]) -> dict:
       workdir = os.path.join(args.workdir, name)
       os.makedirs(workdir, exist_ok=True)
       env = dict(os.environ, XLA_PYTHON_CLIENT_MEM_FRACTION=str(args.mem_fraction))
+      # Four processes compiling side by side confuse XLA's GPU autotuner ("Delay kernel timed
+      # out", docs/design.md); the default kernels are used instead.
+      env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_gpu_autotune_level=0").strip()
       path = args.dna_path if domain == "dna" else args.text_path
       cmd = [
         sys.executable, "-m", "infonoise_jax.main", f"--config=configs/{domain}.py:{arm}",
