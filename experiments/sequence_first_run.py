@@ -86,6 +86,8 @@ def read_scalars(workdir: str) -> dict[str, list[tuple[int, float]]]:
   from tensorboard.backend.event_processing import event_accumulator
 
   out = {}
+  if not os.path.isdir(os.path.join(workdir, "tensorboard")):
+    return out  # the run failed before writing anything (its log.txt says why)
   for f in sorted(os.listdir(os.path.join(workdir, "tensorboard"))):
     acc = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard", f))
     acc.Reload()
