@@ -6,6 +6,7 @@ come back with the parameters.
 """
 
 import json
+import logging as logging_lib
 import os
 import signal
 import threading
@@ -14,6 +15,8 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
 
 from infonoise_jax.validation import check_keys
 
@@ -26,14 +29,76 @@ def saved_steps(workdir: str) -> list[int]:
   return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
 
 
+class CheckpointError(RuntimeError):
+  """A checkpoint could not be written or read; the message names the folder and the cause."""
+
+
+class SaveFailedError(CheckpointError):
+  pass
+
+
+class CorruptCheckpointError(CheckpointError):
+  def __init__(self, message: str, step: int):
+    super().__init__(message)
+    self.step = step
+
+
+def _cause(e: BaseException) -> str:
+  """The innermost OSError of an exception chain (the real cause), else `e`, on one line."""
+  seen, inner = set(), e
+  while inner is not None and id(inner) not in seen:
+    seen.add(id(inner))
+    if isinstance(inner, OSError) and inner.errno:
+      e = inner
+      break
+    inner = inner.__cause__ or inner.__context__
+  if isinstance(e, OSError) and e.errno:
+    where = f": {e.filename}" if e.filename else ""
+    return f"{os.strerror(e.errno)} [errno {e.errno}]{where}"
+  text = " ".join(str(e).split())
+  return f"{type(e).__name__}: {text[:300]}"
+
+
+def _leaf_shapes(tree: Any) -> dict[str, tuple]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(p, simple=True, separator="/"): tuple(x.shape) for p, x in leaves}
+
+
+class _OrbaxErrors(logging_lib.Handler):
+  """Keeps the last exception Orbax logged: its save thread logs a failed write and drops
+  it (then deletes old steps as if the save had worked), so the cause is taken from here."""
+
+  def __init__(self):
+    super().__init__(logging_lib.ERROR)
+    self.last: BaseException | None = None
+
+  def emit(self, record: logging_lib.LogRecord) -> None:
+    if "/orbax/" in record.pathname and record.exc_info and record.exc_info[1] is not None:
+      self.last = record.exc_info[1]
+
+
 class Checkpointer:
-  """Owns `<workdir>/checkpoints`; restores into the shardings of a template state."""
+  """Owns `<workdir>/checkpoints`; restores into the shardings of a template state.
+
+  Saves run in the background. A save counts only once its step is finalized on disk:
+  `check_saves()` (cheap, every step) raises SaveFailedError as soon as a finished save left
+  no step, `wait()` blocks until the last one is on disk. Older steps beyond `keep` are
+  deleted only after a newer one is confirmed (Orbax's own retention would delete them even
+  when the new save failed).
+  """
 
   def __init__(self, workdir: str, keep: int, create: bool = True):
     """`create=False` for readers (sample, evaluate): a missing folder is not made."""
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, "checkpoints")
+    self.corrupt_directory = os.path.join(self.workdir, "checkpoints_corrupt")
+    self.keep = keep
+    options = ocp.CheckpointManagerOptions(max_to_keep=None, create=create)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._pending: int | None = None  # a save started and not yet confirmed on disk
+    self._failed = False
+    self._errors = _OrbaxErrors()
+    logging_lib.getLogger("absl").addHandler(self._errors)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -43,38 +108,137 @@ class Checkpointer:
 
   def restore_meta(self, step: int) -> dict:
     """The JSON metadata saved with `step`, without reading the state."""
-    restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    except Exception as e:
+      raise self._corrupt(step, e) from e
     return dict(restored.meta or {})
 
-  def save(self, step: int, state: Any, meta: dict | None = None, force: bool = False) -> bool:
-    """Saves `state` at `step` (skips a step that is already saved)."""
+  # ---------------------------------------------------------------- saving
+
+  def _save_failed(self, step: int, e: BaseException | None) -> SaveFailedError:
+    self._failed, self._pending = True, None
+    cause = _cause(e) if e is not None else "the save ended without writing the step"
+    kept = [s for s in saved_steps(self.workdir) if s != step]
+    return SaveFailedError(
+      f"Saving checkpoint step {step} in {self.directory} failed: {cause}. Earlier "
+      f"checkpoints are kept ({kept or 'none'}); fix the folder (space, permissions) and "
+      "rerun the same command to resume"
+    )
+
+  def _confirm(self, step: int) -> None:
+    """Raises unless `step` is finalized on disk; then applies retention."""
+    self._pending = None
+    self._manager.reload()
+    if step not in self._manager.all_steps():
+      error = self._errors.last
+      try:
+        self._manager.check_for_errors()
+      except Exception as e:
+        error = e
+      raise self._save_failed(step, error)
+    for old in self.all_steps()[: -self.keep]:
+      self._manager.delete(old)
+
+  def save(self, step: int, state: Any, meta: dict | None = None, force: bool = False) -> None:
+    """Starts saving `state` at `step` (a step already on disk is left as it is).
+
+    Waits for the previous save first (every process at the same step, so all agree on its
+    outcome). Raises SaveFailedError if that one failed, if this one fails to start, or if
+    Orbax declines it: a save is never silently skipped.
+    """
+    self.wait()
     if step in self._manager.all_steps():
-      return False
+      return
     args = ocp.args.Composite(
       state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {})
     )
-    saved = self._manager.save(step, args=args, force=force)
-    return bool(saved)
+    try:
+      saved = self._manager.save(step, args=args, force=force)
+    except Exception as e:
+      raise self._save_failed(step, e) from e
+    if not saved:
+      self._failed = True
+      raise SaveFailedError(f"Orbax declined to save step {step} in {self.directory}")
+    self._pending = step
+
+  def check_saves(self) -> None:
+    """Raises SaveFailedError if the last save has finished without its step (no blocking)."""
+    if self._pending is not None and not self._manager.is_saving_in_progress():
+      self._confirm(self._pending)
+
+  def wait(self) -> None:
+    """Blocks until the last save is on disk; raises SaveFailedError if it is not."""
+    if self._pending is None:
+      return
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:
+      self._errors.last = e
+    self._confirm(self._pending)
+
+  def close(self) -> None:
+    """Waits for the last save (unless one already failed) and releases Orbax's threads."""
+    try:
+      if not self._failed:
+        self.wait()
+    finally:
+      logging_lib.getLogger("absl").removeHandler(self._errors)
+      try:
+        self._manager.close()
+      except Exception:  # the failure was already reported (SaveFailedError)
+        if not self._failed:
+          raise
+
+  # ---------------------------------------------------------------- restoring
+
+  def _saved_shapes(self, step: int) -> dict[str, tuple] | None:
+    """Leaf path -> shape of the saved state, from its metadata; None if unreadable."""
+    try:
+      path = os.path.join(self.directory, str(step), "state")
+      metadata = ocp.StandardCheckpointHandler().metadata(epath.Path(path))
+      return _leaf_shapes(getattr(metadata, "tree", metadata))
+    except Exception:
+      return None
+
+  def _corrupt(self, step: int, e: BaseException) -> CorruptCheckpointError:
+    return CorruptCheckpointError(
+      f"Checkpoint {self.directory}/{step} is corrupt or incomplete ({_cause(e)})", step
+    )
 
   def restore(self, abstract: Any, step: int | None = None) -> tuple[Any, dict]:
     """Restores the latest (or given) step into `abstract` (`train_state.abstract_state`).
 
     A checkpoint written with an older state layout is brought to the current one
-    (`_restore_older_layout`).
+    (`_restore_older_layout`). Raises ValueError if the checkpoint holds a different state
+    (the config changed) and CorruptCheckpointError if it cannot be read although its layout
+    matches, or its metadata is unreadable.
     """
     step = self._manager.latest_step() if step is None else step
     try:
       return self._restore(step, abstract)
-    except ValueError as e:
-      return self._restore_older_layout(step, abstract, e)
+    except Exception as e:
+      error = e
+    migrated = self._restore_older_layout(step, abstract)
+    if migrated is not None:
+      return migrated
+    saved = self._saved_shapes(step)
+    if saved is not None and saved != _leaf_shapes(abstract):
+      raise ValueError(
+        f"The checkpoint at {self.directory}/{step} does not match the state this config "
+        "builds (a model, schedule or optimizer setting changed since it was saved). Resume "
+        "with the config in the workdir's config.json, or start a new --workdir; the "
+        "checkpoint was left untouched"
+      ) from error
+    raise self._corrupt(step, error) from error
 
   def _restore(self, step: int, abstract: Any) -> tuple[Any, dict]:
     args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
     restored = self._manager.restore(step, args=args)
     return restored.state, dict(restored.meta or {})
 
-  def _restore_older_layout(self, step: int, abstract: Any, error: ValueError):
-    """Older TrainState layouts, each read and migrated (else the mismatch error):
+  def _restore_older_layout(self, step: int, abstract: Any) -> tuple[Any, dict] | None:
+    """Older TrainState layouts, each read and migrated (None: not one of them):
 
     * a schedule state without `num_updates` (InfoNoise before `update` stopped taking the
       optimizer step): it was updated once per step, so num_updates = step.
@@ -84,30 +248,75 @@ class Checkpointer:
       old = abstract.replace(schedule_state={k: v for k, v in sched.items() if k != "num_updates"})
       try:
         state, meta = self._restore(step, old)
-      except ValueError:
-        pass
-      else:
-        counter = jax.device_put(state.step, sched["num_updates"].sharding)
-        return state.replace(schedule_state={**state.schedule_state, "num_updates": counter}), meta
-    raise ValueError(
-      f"The checkpoint at {self.directory}/{step} does not match the state this config "
-      "builds (a model, schedule or optimizer setting changed since it was saved). Resume "
-      "with the config in the workdir's config.json, or start a new --workdir; the "
-      f"checkpoint was left untouched. Orbax said: {error}"
-    ) from error
+      except Exception:
+        return None
+      counter = jax.device_put(state.step, sched["num_updates"].sharding)
+      return state.replace(schedule_state={**state.schedule_state, "num_updates": counter}), meta
+    return None
+
+  def _move_aside(self, step: int) -> str:
+    """Moves a corrupt step out of the checkpoint folder (never deletes it)."""
+    dest = os.path.join(self.corrupt_directory, str(step))
+    if jax.process_index() == 0:
+      os.makedirs(self.corrupt_directory, exist_ok=True)
+      suffix = 0
+      while os.path.exists(dest):
+        suffix += 1
+        dest = os.path.join(self.corrupt_directory, f"{step}.{suffix}")
+      os.rename(os.path.join(self.directory, str(step)), dest)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
+    self._manager.reload()
+    return dest
+
+  def restore_newest_good(self, abstract: Any) -> tuple[Any, dict] | None:
+    """Restores the newest readable step; corrupt newer ones are moved to checkpoints_corrupt/.
+
+    Returns None when there is no checkpoint; raises CorruptCheckpointError when none of the
+    saved steps can be read (all were moved aside).
+    """
+    steps = self.all_steps()
+    for step in reversed(steps):
+      try:
+        return self.restore(abstract, step)
+      except CorruptCheckpointError as e:
+        dest = self._move_aside(step)
+        logging.warning("%s: moved it to %s; trying the previous checkpoint.", e, dest)
+    if steps:
+      raise CorruptCheckpointError(
+        f"No readable checkpoint in {self.directory}: steps {steps} are all corrupt (moved to "
+        f"{self.corrupt_directory}); restore them from a backup, or start a new --workdir",
+        steps[-1],
+      )
+    return None
 
   def reached_preemption(self, step: int) -> bool:
     return bool(self._manager.reached_preemption(step))
 
-  def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: saved and stopped early; requeue the same command
+
+
+class Preempted(Exception):
+  """The run saved a checkpoint on a preemption signal and stopped before num_steps."""
+
+  exit_code = PREEMPTED_EXIT_CODE
+
+  def __init__(self, step: int, directory: str):
+    super().__init__(
+      f"Preempted: checkpoint of step {step} saved in {directory}; rerun the same command to "
+      f"resume (exit code {PREEMPTED_EXIT_CODE})"
+    )
+    self.step = step
 
 
 class PreemptionFlag:
   """Set by SIGTERM (and SIGINT if asked); the loop polls it, saves and exits cleanly."""
 
-  def __init__(self, signals=(signal.SIGTERM,)):
+  def __init__(self, signals=None):
+    signals = (signal.SIGTERM,) if signals is None else signals
     self._event = threading.Event()
     self._previous = {}
     if threading.current_thread() is threading.main_thread():

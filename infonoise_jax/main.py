@@ -15,12 +15,16 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from infonoise_jax import train
+from infonoise_jax import cli, train
 from infonoise_jax.validation import resolve_config_path
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and samples.")
+flags.DEFINE_bool(
+  "fresh", False, "Start over in a workdir that has logs but no checkpoint (old logs moved aside)."
+)
+flags.DEFINE_bool("debug", False, "Show the full traceback of an error (or INFONOISE_DEBUG=1).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -74,6 +78,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  cli.run_command(_train_command, FLAGS.debug)
+
+
+def _train_command() -> None:
   config = FLAGS.config
   initialize_distributed(config)
   configure_compilation_cache(config.system)
@@ -84,7 +92,8 @@ def main(argv):
     jax.local_device_count(),
     jax.devices()[0].device_kind,
   )
-  train.train_and_evaluate(config, os.path.expanduser(FLAGS.workdir))
+  workdir = os.path.expanduser(FLAGS.workdir)
+  train.train_and_evaluate(config, workdir, fresh=FLAGS.fresh)
 
 
 def _resolve_config_arg(argv: list[str]) -> list[str]:

@@ -18,6 +18,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from infonoise_jax import checkpointing, diagnostics, metrics, resume, steps
+from infonoise_jax import workdir as workdir_lib
 from infonoise_jax.data import Pipeline, load_source
 from infonoise_jax.evaluation import fid_eval, sequence_eval
 from infonoise_jax.mesh import make_mesh
@@ -224,43 +225,66 @@ def check_before_save(run: Run, state: TrainState, step: int, last_good: str | N
 
 
 def _restore_or_init(run: Run, ckpt: checkpointing.Checkpointer) -> TrainState:
-  if ckpt.latest_step() is None:
+  """The newest readable checkpoint (corrupt newer ones are moved aside), else a new state."""
+  restored = ckpt.restore_newest_good(run.abstract_state)
+  if restored is None:
     return run.init_fn()
-  state, _ = ckpt.restore(run.abstract_state)
+  state = restored[0]
   logging.info("Resumed from %s at step %d", ckpt.directory, int(state.step))
   return state
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> TrainState:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, devices=None, fresh: bool = False
+) -> TrainState:
   """Trains from scratch or resumes from `workdir`; returns the final state.
 
-  Nothing is written to `workdir` until the config is valid, a resume's changes are allowed
-  (resume.py) and the checkpoint is restored.
+  Nothing is written to `workdir` until the config is valid, the workdir's lock is held, a
+  resume's changes are allowed (resume.py) and the checkpoint is restored. `fresh`: start
+  over in a workdir that has logs but no checkpoint, moving the old logs aside.
   """
+  workdir_lib.check_is_directory(workdir)
   run = Run(config, workdir, devices)  # validates, loads the data, resolves derived values
+  with workdir_lib.Lock(workdir):
+    return _train(run, workdir, fresh)
+
+
+def _train(run: Run, workdir: str, fresh: bool) -> TrainState:
+  config = run.config
   saved = checkpointing.saved_steps(workdir)
+  workdir_lib.check_start(workdir, saved, fresh)
   accepted = resume.check(config, workdir, saved[-1]) if saved else {}
   periodic_fid = fid_eval.PeriodicFID(run) if config.train.fid_every else None  # fails early
   seq_eval = (
     sequence_eval.SequenceEvaluator(config, run.source) if config.train.eval_every else None
   )
   ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
-  state = _restore_or_init(run, ckpt)
-  step, num_steps = int(state.step), config.train.num_steps
-  if step >= num_steps:  # before the writer exists: no second event file, no duplicate images
-    ckpt.close()
+  try:
+    state = _restore_or_init(run, ckpt)
+    step, num_steps = int(state.step), config.train.num_steps
+    workdir_lib.check_not_past(workdir, step, num_steps)  # below the saved step: an error
+    if step == num_steps:  # before the writer exists: no second event file, no duplicate images
+      if jax.process_index() == 0:
+        logging.info(
+          "%s already finished: its checkpoint is at step %d and train.num_steps=%d, so there "
+          "is nothing to do. To train further, pass a larger --config.train.num_steps.",
+          workdir,
+          step,
+          num_steps,
+        )
+      return state
     if jax.process_index() == 0:
-      logging.info(
-        "%s already finished: its checkpoint is at step %d and train.num_steps=%d, so there is "
-        "nothing to do. To train further, pass a larger --config.train.num_steps.",
-        workdir,
-        step,
-        num_steps,
-      )
-    return state
-  if jax.process_index() == 0:
-    resume.record(config, workdir, step, accepted)
-  warn_if_schedule_never_adapts(config)
+      resume.record(config, workdir, step, accepted)
+    warn_if_schedule_never_adapts(config)
+    return _loop(run, workdir, ckpt, state, periodic_fid, seq_eval)
+  finally:
+    ckpt.close()
+
+
+def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eval) -> TrainState:
+  """The step loop, from `state` to train.num_steps (or a preemption)."""
+  config, t, step = run.config, run.config.train, int(state.step)
+  num_steps = t.num_steps
   writer = metrics.create_writer(os.path.join(workdir, "tensorboard"), jax.process_index() > 0)
   if step == 0:
     writer.write_hparams(config.to_dict())
@@ -274,13 +298,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     num_steps,
   )
   log = _WindowLogger(run, writer, ckpt, step)
-  preempted = checkpointing.PreemptionFlag()
+  # One process: our SIGTERM flag. Several: JAX's preemption service catches SIGTERM on any
+  # of them and Orbax's reached_preemption agrees on one step for all (no local handler, so
+  # no process can enter the collective save alone).
+  preempted = checkpointing.PreemptionFlag(() if jax.process_count() > 1 else None)
   batches = run.pipeline.iterate(step, num_workers=data_workers(config, run.source))
-  t = config.train
   try:
     while step < num_steps:
       state, step_metrics = run.train_step(state, run.global_batch(next(batches)))
       step += 1
+      ckpt.check_saves()  # a failed background save stops the run here
       log.add(step_metrics)
       if step % t.log_every == 0 or step == num_steps:
         log.end_window(step, state)
@@ -302,14 +329,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
           meta["vocab"] = run.source.encoding.vocab
         ckpt.save(step, state, meta=meta, force=True)
       if stop:
-        logging.warning("Preemption signal at step %d: checkpoint saved, exiting.", step)
-        break
+        ckpt.wait()
+        raise checkpointing.Preempted(step, ckpt.directory)
     log.flush(step)
+    ckpt.wait()  # the final checkpoint is on disk before "Finished" is printed
     if step == num_steps:
       diagnostics.write_final(run, state, writer, workdir, step, log)
   finally:
     batches.close()
     preempted.restore_handlers()
-    ckpt.close()
     writer.flush()
   return state

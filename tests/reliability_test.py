@@ -10,6 +10,7 @@ import pathlib
 import pytest
 
 from infonoise_jax import checkpointing, resume, train
+from infonoise_jax import workdir as workdir_lib
 from infonoise_jax.validation import load_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -129,3 +130,240 @@ def test_nan_loss_aborts_with_step_range_before_any_save(tmp_path):
     train.train_and_evaluate(config, str(tmp_path / "nan"))
   assert "no checkpoint was saved before it" in str(info.value)
   assert checkpointing.saved_steps(str(tmp_path / "nan")) == []
+
+
+# ------------------------------------------------------------------ 2. a failed save fails the run
+
+
+def _fail_meta_writes(monkeypatch, from_step: int, errno_code: int) -> None:
+  """Makes the background write of the checkpoint's meta item fail from `from_step` on, as a
+  full disk (ENOSPC) or a read-only folder (EROFS) would."""
+  import errno
+  import os
+
+  from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler
+
+  original = handler.JsonCheckpointHandler._save_fn
+
+  async def failing(self, x, directory):
+    if x.get("step", 0) >= from_step:
+      raise OSError(errno_code, os.strerror(errno_code), str(directory / "metadata"))
+    return await original(self, x, directory)
+
+  assert errno.ENOSPC and errno.EROFS
+  monkeypatch.setattr(handler.JsonCheckpointHandler, "_save_fn", failing)
+
+
+@pytest.mark.parametrize(
+  "errno_name, num_steps, cause",
+  [("ENOSPC", 16, "No space left on device"), ("EROFS", 8, "Read-only file system")],
+)
+def test_failed_save_stops_the_run_keeping_earlier_checkpoints(
+  trained, tmp_path, monkeypatch, capsys, errno_name, num_steps, cause
+):
+  import errno
+
+  workdir = _copy(trained, tmp_path)  # checkpoint 4 on disk
+  _fail_meta_writes(monkeypatch, 8, getattr(errno, errno_name))
+  # keep_checkpoints=1: a save that were taken as done would delete step 4.
+  config = _config(**{"train.num_steps": num_steps, "train.keep_checkpoints": 1})
+  with pytest.raises(checkpointing.SaveFailedError) as info:
+    train.train_and_evaluate(config, str(workdir))
+  message = str(info.value)
+  assert "\n" not in message
+  assert f"Saving checkpoint step 8 in {workdir / 'checkpoints'} failed: {cause}" in message
+  assert "Earlier checkpoints are kept ([4])" in message
+  assert checkpointing.saved_steps(str(workdir)) == [4]  # stopped before any later save
+  assert "Finished" not in capsys.readouterr().out
+  assert (workdir / "samples.npz").read_bytes() == (trained / "samples.npz").read_bytes()
+  assert not (workdir / "run.lock").exists()  # released on the way out
+  # The kept checkpoint still resumes: the run completes once the folder is fixed.
+  monkeypatch.undo()
+  state = train.train_and_evaluate(config, str(workdir))
+  assert int(state.step) == num_steps
+
+
+@pytest.mark.skipif(
+  not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
+  reason="root writes into read-only folders; the EROFS case above covers it",
+)
+def test_read_only_checkpoint_folder_stops_the_run(trained, tmp_path, capsys):
+  workdir = _copy(trained, tmp_path)
+  (workdir / "checkpoints").chmod(0o555)
+  try:
+    with pytest.raises(checkpointing.SaveFailedError, match="checkpoints"):
+      train.train_and_evaluate(_config(**{"train.num_steps": 8}), str(workdir))
+  finally:
+    (workdir / "checkpoints").chmod(0o755)
+  assert checkpointing.saved_steps(str(workdir)) == [4]
+  assert "Finished" not in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ 4. one run per workdir
+
+
+def _write_lock(workdir: pathlib.Path, host: str, pid: int) -> None:
+  (workdir / "run.lock").write_text(json.dumps({"host": host, "pid": pid, "started": "then"}))
+
+
+def test_a_live_lock_refuses_a_second_run_naming_the_holder(trained, tmp_path):
+  import os
+  import socket
+
+  workdir = _copy(trained, tmp_path)
+  _write_lock(workdir, socket.gethostname(), os.getpid())  # this very process: alive
+  before = _snapshot(workdir)
+  with pytest.raises(workdir_lib.WorkdirLockedError) as info:
+    train.train_and_evaluate(_config(**{"train.num_steps": 8}), str(workdir))
+  assert f"pid {os.getpid()} on host {socket.gethostname()}" in str(info.value)
+  assert _snapshot(workdir) == before
+
+
+def test_a_lock_from_another_host_is_never_taken_over(trained, tmp_path):
+  workdir = _copy(trained, tmp_path)
+  _write_lock(workdir, "some-other-host", 1)
+  with pytest.raises(workdir_lib.WorkdirLockedError, match=r"some-other-host.*remove .*run\.lock"):
+    train.train_and_evaluate(_config(**{"train.num_steps": 8}), str(workdir))
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(trained, tmp_path):
+  import socket
+  import subprocess
+
+  workdir = _copy(trained, tmp_path)
+  dead = subprocess.Popen(["true"])
+  dead.wait()
+  _write_lock(workdir, socket.gethostname(), dead.pid)
+  state = train.train_and_evaluate(_config(**{"train.num_steps": 6}), str(workdir))
+  assert int(state.step) == 6
+  assert not (workdir / "run.lock").exists()
+
+
+def test_a_declined_save_is_an_error(trained, tmp_path, monkeypatch):
+  import orbax.checkpoint as ocp
+
+  workdir = _copy(trained, tmp_path)
+  monkeypatch.setattr(ocp.CheckpointManager, "save", lambda *a, **k: False)
+  with pytest.raises(checkpointing.SaveFailedError, match="declined to save step 8"):
+    train.train_and_evaluate(_config(**{"train.num_steps": 8}), str(workdir))
+
+
+# ------------------------------------------------------------------ 5. corrupt checkpoints
+
+
+@pytest.fixture(scope="module")
+def trained8(tmp_path_factory) -> pathlib.Path:
+  """A run trained to step 8 (checkpoints 4 and 8)."""
+  workdir = tmp_path_factory.mktemp("trained8") / "run"
+  train.train_and_evaluate(_config(), str(workdir))
+  return workdir
+
+
+def _truncate_largest_array_file(step_dir: pathlib.Path) -> None:
+  largest = max(
+    (p for p in (step_dir / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+  )
+  with open(largest, "r+b") as f:
+    f.truncate(1000)
+
+
+def _corrupt(step_dir: pathlib.Path, kind: str) -> None:
+  import shutil
+
+  if kind == "truncated array file":
+    _truncate_largest_array_file(step_dir)
+  elif kind == "missing _METADATA":
+    (step_dir / "state" / "_METADATA").unlink()
+  elif kind == "missing meta item":
+    shutil.rmtree(step_dir / "meta")
+
+
+def _restore_plain(workdir: pathlib.Path, step: int):
+  import jax
+
+  run = train.Run(_config(), str(workdir))
+  ckpt = checkpointing.Checkpointer(str(workdir), 3)
+  state, _ = ckpt.restore(run.abstract_state, step)
+  ckpt.close()
+  return jax.device_get(state)
+
+
+@pytest.mark.parametrize("kind", ["truncated array file", "missing _METADATA", "missing meta item"])
+def test_corrupt_latest_step_is_moved_aside_and_the_previous_one_resumes(
+  trained8, tmp_path, caplog, kind
+):
+  import numpy as np
+
+  workdir = _copy(trained8, tmp_path)
+  files_before = sorted(p.name for p in (workdir / "checkpoints" / "8").rglob("*"))
+  _corrupt(workdir / "checkpoints" / "8", kind)
+  state = train.train_and_evaluate(_config(), str(workdir))  # resumes from 4, retrains 5..8
+  aside = workdir / "checkpoints_corrupt" / "8"
+  assert aside.is_dir()  # moved, never deleted
+  assert len(list(aside.rglob("*"))) >= len(files_before) - 3
+  assert any("checkpoints/8 is corrupt" in r.getMessage() for r in caplog.records)
+  assert checkpointing.saved_steps(str(workdir)) == [4, 8]
+  # Resume is bit-identical, so the retrained step 8 equals the one that was lost.
+  import jax
+
+  original = _restore_plain(trained8, 8)
+  for a, b in zip(jax.tree.leaves(original), jax.tree.leaves(jax.device_get(state)), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_every_checkpoint_corrupt_is_one_clear_error(trained8, tmp_path):
+  workdir = _copy(trained8, tmp_path)
+  for step in (4, 8):
+    _truncate_largest_array_file(workdir / "checkpoints" / str(step))
+  with pytest.raises(checkpointing.CorruptCheckpointError, match=r"steps \[4, 8\] are all corrupt"):
+    train.train_and_evaluate(_config(), str(workdir))
+  assert sorted(p.name for p in (workdir / "checkpoints_corrupt").iterdir()) == ["4", "8"]
+
+
+def test_a_changed_config_is_not_taken_for_corruption(trained8, tmp_path):
+  workdir = _copy(trained8, tmp_path)
+  (workdir / "config.json").unlink()  # a run from before config.json: only the state can tell
+  with pytest.raises(ValueError, match="does not match the state this config builds"):
+    train.train_and_evaluate(_config(**{"model.hidden_dims": (32, 32)}), str(workdir))
+  assert not (workdir / "checkpoints_corrupt").exists()
+  assert checkpointing.saved_steps(str(workdir)) == [4, 8]
+
+
+# ------------------------------------------------------------------ 6. impossible workdir states
+
+
+def test_logs_without_checkpoints_are_refused_unless_fresh(trained, tmp_path):
+  import shutil
+
+  workdir = _copy(trained, tmp_path)
+  shutil.rmtree(workdir / "checkpoints")
+  before = _snapshot(workdir)
+  with pytest.raises(
+    workdir_lib.WorkdirError, match="TensorBoard logs .* but no checkpoint.*--fresh"
+  ):
+    train.train_and_evaluate(_config(), str(workdir))
+  assert _snapshot(workdir) == before
+  train.train_and_evaluate(_config(**{"train.num_steps": 2}), str(workdir), fresh=True)
+  moved = list(workdir.glob("tensorboard.before-*"))
+  assert len(moved) == 1 and list(moved[0].glob("events.out.tfevents.*"))
+  old_events = {p.name for p in moved[0].glob("events.out.tfevents.*")}
+  new_events = {p.name for p in (workdir / "tensorboard").glob("events.out.tfevents.*")}
+  assert new_events and not (old_events & new_events)
+
+
+def test_num_steps_below_the_saved_step_says_the_run_is_past_it(trained, tmp_path):
+  workdir = _copy(trained, tmp_path)
+  before = _snapshot(workdir)
+  with pytest.raises(workdir_lib.WorkdirError, match="already at step 4, past train.num_steps=2"):
+    train.train_and_evaluate(_config(**{"train.num_steps": 2}), str(workdir))
+  assert _snapshot(workdir) == before
+
+
+def test_workdir_that_is_a_file_fails_before_loading_data(tmp_path):
+  path = tmp_path / "afile"
+  path.write_text("not a run")
+  config = _config(
+    **{"data.name": "fashion_mnist_local", "data.local_dir": str(tmp_path / "nodata")}
+  )
+  with pytest.raises(workdir_lib.WorkdirError, match="is a file, not a directory"):
+    train.train_and_evaluate(config, str(path))

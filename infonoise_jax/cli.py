@@ -1,0 +1,59 @@
+"""How the commands end: one readable line for what a user can cause, a traceback on request.
+
+A bad file, key, value, data set, checkpoint or workdir, a failed save, a NaN and missing
+weights end the process with `error: <what happened and the fix>` on stderr and exit code 1;
+a preempted run that saved its checkpoint exits with PREEMPTED_EXIT_CODE (75) so a scheduler
+requeues it. `--debug` or INFONOISE_DEBUG=1 shows the full traceback instead (and the
+libraries' own error logs); anything else (a bug) always shows it.
+"""
+
+import logging as logging_lib
+import os
+import sys
+from collections.abc import Callable
+
+from infonoise_jax.checkpointing import CheckpointError, Preempted
+
+DEBUG_ENV = "INFONOISE_DEBUG"
+ERROR_EXIT_CODE = 1
+# What a user's input or machine can cause; everything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, FloatingPointError, CheckpointError)
+
+
+def debug_requested(flag: bool = False) -> bool:
+  return flag or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def one_line(e: BaseException) -> str:
+  return " ".join(str(e).split()) or type(e).__name__
+
+
+class QuietLibraryErrors(logging_lib.Filter):
+  """Without --debug: library (Orbax, JAX) error records keep their first line, not the
+  traceback they carry; the failure is reported once, as our own one line."""
+
+  def filter(self, record: logging_lib.LogRecord) -> bool:
+    if "/orbax/" in record.pathname or "/jax/_src/" in record.pathname:
+      record.exc_info, record.exc_text, record.stack_info = None, None, None
+      record.msg, record.args = str(record.getMessage()).split("\n", 1)[0], ()
+    return True
+
+
+def run_command(fn: Callable[[], object], debug: bool = False) -> None:
+  """Runs a command's body; ends the process as the module docstring says."""
+  debug = debug_requested(debug)
+  if not debug:
+    quiet = QuietLibraryErrors()
+    for handler in logging_lib.getLogger().handlers:
+      handler.addFilter(quiet)
+  try:
+    fn()
+  except Preempted as e:
+    print(one_line(e), file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
+  except USER_ERRORS as e:
+    if debug:
+      raise
+    hint = f"(--debug or {DEBUG_ENV}=1 shows the traceback)"
+    print(f"error: {one_line(e)} {hint}", file=sys.stderr, flush=True)
+    sys.exit(ERROR_EXIT_CODE)

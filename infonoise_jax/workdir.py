@@ -1,0 +1,208 @@
+"""One run per workdir, and the workdir states a run must not start in (docs/reliability.md).
+
+The lock is `<workdir>/run.lock`, a JSON file naming its holder (host, pid, start time),
+created exclusively (O_EXCL) by process 0 before anything is written and removed when the
+run ends. A second run on the same workdir is refused with the holder's name. A lock left
+by a process that died on this host (its pid no longer runs) is stale and taken over with a
+warning; a lock held from another host cannot be checked from here and is reported, with
+the command to remove it once that run is known to be gone. On `gs://` (and other object
+stores) creation is check-then-write, not atomic: two runs started within the same second
+can both proceed, and staleness is never assumed.
+"""
+
+import datetime
+import json
+import os
+import socket
+
+import jax
+import numpy as np
+from absl import logging
+
+LOCK_FILE = "run.lock"
+TENSORBOARD = "tensorboard"
+
+
+class WorkdirError(ValueError):
+  """The workdir is in a state a run must not start in; the message says what to do."""
+
+
+class WorkdirLockedError(WorkdirError):
+  """Another run holds the workdir's lock."""
+
+
+def _is_remote(path: str) -> bool:
+  return "://" in path
+
+
+def check_is_directory(workdir: str) -> None:
+  """Raises if `workdir` exists and is not a directory (before any data is loaded)."""
+  if not _is_remote(workdir) and os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(
+      f"--workdir={workdir} is a file, not a directory; point --workdir at a new or existing "
+      "run directory"
+    )
+
+
+def has_event_files(workdir: str) -> bool:
+  """True if `<workdir>/tensorboard` holds TensorBoard event files (at any depth)."""
+  root = os.path.join(workdir, TENSORBOARD)
+  for _, _, files in os.walk(root):
+    if any(f.startswith("events.out.tfevents") for f in files):
+      return True
+  return False
+
+
+def check_start(workdir: str, saved_steps: list[int], fresh: bool) -> None:
+  """Refuses to start at step 0 into another run's logs; `fresh` moves them aside instead."""
+  if saved_steps:
+    if fresh:
+      raise WorkdirError(
+        f"--fresh starts over only a workdir without checkpoints, and {workdir} has steps "
+        f"{saved_steps}: drop --fresh to resume, or use a new --workdir"
+      )
+    return
+  if not has_event_files(workdir):
+    return
+  logs = os.path.join(workdir, TENSORBOARD)
+  if not fresh:
+    raise WorkdirError(
+      f"{workdir} has TensorBoard logs ({logs}) but no checkpoint: starting again at step 0 "
+      "would interleave two runs' curves. Pass --fresh to move the old logs aside and start "
+      "over, or use a new --workdir"
+    )
+  stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+  aside = f"{logs}.before-{stamp}"
+  if jax.process_index() == 0:
+    os.rename(logs, aside)
+  logging.warning("--fresh: moved the previous run's TensorBoard logs to %s", aside)
+
+
+def check_not_past(workdir: str, step: int, num_steps: int) -> None:
+  if step > num_steps:
+    raise WorkdirError(
+      f"{workdir} is already at step {step}, past train.num_steps={num_steps}: nothing to "
+      f"train. Raise --config.train.num_steps above {step} to continue it"
+    )
+
+
+def _holder() -> dict:
+  now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+  return {"host": socket.gethostname(), "pid": os.getpid(), "started": now}
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # exists, owned by someone else
+    return True
+  return True
+
+
+class Lock:
+  """`with Lock(workdir):` holds the workdir for one run (see the module docstring)."""
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self.path = os.path.join(workdir, LOCK_FILE)
+    self._mine: dict | None = None
+
+  def _describe(self, holder: dict | None) -> str:
+    if not holder:
+      return f"an unreadable lock file {self.path}"
+    return f"pid {holder.get('pid')} on host {holder.get('host')} (since {holder.get('started')})"
+
+  def _read(self) -> dict | None:
+    try:
+      if _is_remote(self.path):
+        from etils import epath
+
+        return json.loads(epath.Path(self.path).read_text())
+      with open(self.path) as f:
+        return json.load(f)
+    except (OSError, ValueError):
+      return None
+
+  def _refuse(self, holder: dict | None) -> WorkdirLockedError:
+    return WorkdirLockedError(
+      f"{self.workdir} is in use by another run: {self._describe(holder)}. Wait for it to "
+      f"end, use another --workdir, or, if that run is gone, remove {self.path}"
+    )
+
+  def _acquire_remote(self) -> None:
+    from etils import epath
+
+    path = epath.Path(self.path)
+    if path.exists():
+      raise self._refuse(self._read())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    self._mine = _holder()
+    path.write_text(json.dumps(self._mine))
+
+  def _acquire_local(self) -> None:
+    os.makedirs(self.workdir, exist_ok=True)
+    for _ in range(3):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        holder = self._read()
+        stale = (
+          holder is not None
+          and holder.get("host") == socket.gethostname()
+          and isinstance(holder.get("pid"), int)
+          and not _pid_alive(holder["pid"])
+        )
+        if not stale:
+          raise self._refuse(holder) from None
+        logging.warning("Taking over the stale lock of %s (%s)", self._describe(holder), self.path)
+        try:
+          os.remove(self.path)
+        except FileNotFoundError:
+          pass  # another run took it over first; the next O_EXCL decides
+        continue
+      self._mine = _holder()
+      with os.fdopen(fd, "w") as f:
+        json.dump(self._mine, f)
+      return
+    raise self._refuse(self._read())
+
+  def acquire(self) -> None:
+    """Process 0 takes the lock; every process learns the outcome (one decision)."""
+    error = None
+    if jax.process_index() == 0:
+      try:
+        self._acquire_remote() if _is_remote(self.path) else self._acquire_local()
+      except Exception as e:  # every process must hear of it, or the others would hang
+        error = e
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      refused = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+      if int(refused) and error is None:
+        error = WorkdirLockedError(f"{self.workdir} is in use by another run (see process 0)")
+    if error is not None:
+      raise error
+
+  def release(self) -> None:
+    if self._mine is None:
+      return
+    if self._read() == self._mine:  # never remove a lock another run has taken over
+      if _is_remote(self.path):
+        from etils import epath
+
+        epath.Path(self.path).unlink(missing_ok=True)
+      else:
+        try:
+          os.remove(self.path)
+        except FileNotFoundError:
+          pass
+    self._mine = None
+
+  def __enter__(self) -> "Lock":
+    self.acquire()
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.release()
