@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 
 import jax
 
-from infonoise_jax import sample, sampling
-from infonoise_jax.evaluation import fid_eval
+from infonoise_jax import cli, sample, sampling
+from infonoise_jax.evaluation import fid, fid_eval
 
 
 def evaluate(
@@ -44,6 +44,9 @@ def evaluate(
     raise ValueError(f"--seed_sets must be >= 1, got {seed_sets}")
   config = sample.load_config(workdir)
   sampling.check_grid(config, grid)  # before loading weights or restoring
+  sample.check_step(workdir, step)  # the checkpoint and step, before the weights
+  if ref_stats or config.fid.ref_stats:
+    fid.check_stats_file(ref_stats or config.fid.ref_stats)
   mesh = sample.make_mesh(devices)
   extractor = fid_eval.make_extractor(config, mesh, weights)  # missing weights fail here
   sampler, state, step = sample.restore(workdir, step, devices)
@@ -89,11 +92,16 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--weights", default=None, help="Inception .npz (default: fid.weights_path)")
   p.add_argument("--batch", type=int, default=None, help="samples per call (fid.batch_size)")
+  p.add_argument("--debug", action="store_true", help="show the traceback of an error")
   return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
   a = _parse(argv)
+  cli.run_command(lambda: _command(a), a.debug)
+
+
+def _command(a: argparse.Namespace) -> None:
   report = (lambda line: print(line, flush=True)) if jax.process_index() == 0 else None
   args = (a.workdir, a.num, a.seed_sets, a.ref_stats, a.grid, a.steps, a.step, a.weights)
   result = evaluate(*args, a.batch, report=report)

@@ -34,7 +34,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from infonoise_jax import checkpointing, sampling, steps
+from infonoise_jax import checkpointing, cli, sampling, steps
 from infonoise_jax.checkpointing import load_config
 from infonoise_jax.evaluation import fid, plots
 from infonoise_jax.mesh import make_mesh
@@ -74,6 +74,18 @@ def _no_checkpoint(directory: str) -> FileNotFoundError:
     f"No checkpoint in {directory}: train the run first "
     "(python -m infonoise_jax.main --workdir=...) or point --workdir at a trained run"
   )
+
+
+def check_step(workdir: str, step: int | None = None) -> int:
+  """The step to restore (latest if None), checked from the folder without reading it."""
+  saved = checkpointing.saved_steps(workdir)
+  if not saved:
+    raise _no_checkpoint(os.path.join(workdir, "checkpoints"))
+  if step is None:
+    return saved[-1]
+  if step not in saved:
+    raise ValueError(f"--step={step}: no such checkpoint in {workdir}/checkpoints; saved: {saved}")
+  return step
 
 
 def _pick_step(ckpt: checkpointing.Checkpointer, step: int | None) -> int:
@@ -235,11 +247,16 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--method", choices=sampling.METHODS, default=None, help="default: the run's")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--batch", type=int, default=None, help="samples per call (fid.batch_size)")
+  p.add_argument("--debug", action="store_true", help="show the traceback of an error")
   return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
   a = _parse(argv)
+  cli.run_command(lambda: _command(a), a.debug)
+
+
+def _command(a: argparse.Namespace) -> None:
   out = a.out or os.path.join(a.workdir, "samples")
   samples, paths = sample_run(
     a.workdir, a.num, out, a.seed, a.grid, a.steps, a.step, a.batch, method=a.method

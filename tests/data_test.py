@@ -4,6 +4,7 @@ import gzip
 import itertools
 import os
 import pickle
+import re
 import threading
 
 import numpy as np
@@ -217,6 +218,24 @@ def test_fashion_mnist_local_from_idx_files(tmp_path):
   np.testing.assert_array_equal(src.labels, np.arange(5))
   with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
     load_source(_config(name="fashion_mnist_local", local_dir=str(tmp_path)))  # no train files
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not gzip", "truncated header"])
+def test_damaged_idx_file_is_named(tmp_path, damage):
+  images = np.zeros((5, 28, 28), np.uint8)
+  path = tmp_path / "t10k-images-idx3-ubyte.gz"
+  _write_idx(path, images)
+  _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.arange(5, dtype=np.uint8))
+  raw = path.read_bytes()
+  if damage == "truncated":
+    path.write_bytes(raw[: len(raw) // 2])
+  elif damage == "not gzip":
+    path.write_bytes(b"<html>not the data</html>")
+  else:
+    with gzip.open(path, "wb") as f:
+      f.write(bytes([0, 0, 8, 3, 0, 0]))
+  with pytest.raises(ValueError, match=re.escape(str(path)) + ".*dataset-fashion-mnist"):
+    load_source(_config(name="fashion_mnist_local", split="test", local_dir=str(tmp_path)))
 
 
 @pytest.mark.skipif(not os.path.isdir(FASHION_DIR), reason="apt-get install dataset-fashion-mnist")

@@ -140,3 +140,27 @@ def test_periodic_fid_needs_images(tmp_path):
   with pytest.raises(ValueError, match=r"FID needs images"):
     train.train_and_evaluate(c, str(tmp_path / "toy"))
   assert not (tmp_path / "toy" / "checkpoints").exists()
+
+
+def test_workdir_step_and_ref_stats_are_checked_before_weights(tmp_path):
+  """The Inception weights are the last thing evaluate asks for (they may need a download)."""
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(load_config_file(ROOT / "configs" / "test.py", ""), workdir)
+  missing = str(tmp_path / "missing_weights.npz")  # would fail with the weights' message
+  with pytest.raises(ValueError, match=r"--step=5: .*saved: \[4, 8\]"):
+    evaluate.evaluate(workdir, num=N, step=5, weights=missing)
+  bad = tmp_path / "bad.npz"
+  bad.write_bytes(b"truncated")
+  with pytest.raises(ValueError, match=f"reference statistics {bad}: not a readable .npz"):
+    evaluate.evaluate(workdir, num=N, ref_stats=str(bad), weights=missing)
+  small = tmp_path / "small.npz"
+  np.savez(small, mu=np.zeros(10), sigma=np.eye(10), n=np.array(5))
+  with pytest.raises(ValueError, match=r"mu \(10,\) .* \(2048,\)"):
+    evaluate.evaluate(workdir, num=N, ref_stats=str(small), weights=missing)
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  (empty / "config.json").write_text(pathlib.Path(workdir, "config.json").read_text())
+  with pytest.raises(FileNotFoundError, match="No checkpoint"):
+    evaluate.evaluate(str(empty), num=N, weights=missing)
+  with pytest.raises(FileNotFoundError, match="missing_weights"):  # all good: now the weights
+    evaluate.evaluate(workdir, num=N, weights=missing)

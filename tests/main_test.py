@@ -78,10 +78,10 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits(tmp_path):
   assert len(steps) == 1 and 0 < steps[0] < 100000
   state = _restore(tmp_path / "run", steps[0])
   assert int(state["step"]) == steps[0]
-  assert "Preemption" in log.read_text()
+  assert "Preempted: checkpoint of step" in log.read_text()
 
 
-def _two_processes(workdir, num_steps: int) -> None:
+def _start_two_processes(workdir, num_steps: int, *overrides) -> list[subprocess.Popen]:
   port = _free_port()
   procs = []
   for pid in range(2):
@@ -91,12 +91,21 @@ def _two_processes(workdir, num_steps: int) -> None:
       f"--config.system.coordinator_address=127.0.0.1:{port}",
       "--config.system.num_processes=2",
       f"--config.system.process_id={pid}",
+      *overrides,
     ]
-    log = open(pathlib.Path(workdir).parent / f"{pathlib.Path(workdir).name}_p{pid}.log", "a")
+    log = open(_log_path(workdir, pid), "a")
     procs.append(
       subprocess.Popen(_cmd(workdir, *args), cwd=ROOT, env=_env(1), stdout=log, stderr=log)
     )
-  for p in procs:
+  return procs
+
+
+def _log_path(workdir, pid: int) -> pathlib.Path:
+  return pathlib.Path(workdir).parent / f"{pathlib.Path(workdir).name}_p{pid}.log"
+
+
+def _two_processes(workdir, num_steps: int) -> None:
+  for p in _start_two_processes(workdir, num_steps):
     assert p.wait(timeout=300) == 0, "a process failed; see the *_p?.log files in " + str(workdir)
 
 
@@ -116,3 +125,85 @@ def test_two_processes_train_like_one_and_save_and_restore_together(tmp_path):
     np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6, err_msg=jax.tree_util.keystr(path))
   logs = "".join(p.read_text() for p in tmp_path.glob("multi_p*.log"))
   assert "Resumed" in logs
+
+
+def _wait_for(path: pathlib.Path, text: str, procs, timeout: float = 180) -> None:
+  deadline = time.time() + timeout
+  while time.time() < deadline and all(p.poll() is None for p in procs):
+    if path.exists() and text in path.read_text():
+      return
+    time.sleep(0.2)
+  raise AssertionError(
+    f"{text!r} not in {path}: " + (path.read_text()[-3000:] if path.exists() else "")
+  )
+
+
+def test_sigterm_on_one_of_two_processes_saves_one_step_on_both_and_resumes(tmp_path):
+  import re
+
+  workdir = tmp_path / "pod"
+  long = ["--config.train.checkpoint_every=100000"]
+  procs = _start_two_processes(workdir, 100000, *long)
+  _wait_for(_log_path(workdir, 0), "loss", procs)
+  procs[1].send_signal(signal.SIGTERM)  # only process 1 is told
+  codes = [p.wait(timeout=300) for p in procs]
+  logs = [_log_path(workdir, pid).read_text() for pid in range(2)]
+  assert codes == [PREEMPTED_EXIT_CODE] * 2, logs[0][-2000:] + logs[1][-2000:]
+  saved = [int(m) for log in logs for m in re.findall(r"Preempted: checkpoint of step (\d+)", log)]
+  assert len(saved) == 2 and saved[0] == saved[1], saved  # both saved the same step
+  step = saved[0]
+  on_disk = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert on_disk == [step]
+  assert int(_restore(workdir, step)["step"]) == step
+  for p in _start_two_processes(workdir, step + 2, *long):  # the requeued job resumes there
+    assert p.wait(timeout=300) == 0
+  assert f"at step {step}" in _log_path(workdir, 0).read_text().split("Preempted")[-1]
+  assert int(_restore(workdir, step + 2)["step"]) == step + 2
+
+
+def test_a_second_run_on_a_busy_workdir_is_refused_in_one_line(tmp_path):
+  log = tmp_path / "first.txt"
+  with open(log, "w") as f:
+    first = subprocess.Popen(
+      _cmd(tmp_path / "run", "--config.train.num_steps=100000"),
+      cwd=ROOT,
+      env=_env(1),
+      stdout=f,
+      stderr=f,
+    )
+    try:
+      _wait_for(log, "loss", [first])
+      second = subprocess.run(
+        _cmd(tmp_path / "run"), cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=300
+      )
+    finally:
+      first.send_signal(signal.SIGTERM)
+      first_code = first.wait(timeout=120)
+  assert second.returncode == 1, second.stderr[-3000:]
+  errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+  assert (
+    len(errors) == 1 and f"pid {first.pid}" in errors[0] and "in use by another run" in errors[0]
+  )
+  assert "Traceback" not in second.stderr
+  assert first_code == PREEMPTED_EXIT_CODE  # the first run was not disturbed
+
+
+def test_user_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
+  afile = tmp_path / "afile"
+  afile.write_text("not a run")
+  quiet = subprocess.run(
+    _cmd(afile), cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=300
+  )
+  assert quiet.returncode == 1
+  errors = [line for line in quiet.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and f"--workdir={afile} is a file" in errors[0]
+  assert "Traceback" not in quiet.stderr
+  loud = subprocess.run(
+    _cmd(afile),
+    cwd=ROOT,
+    env={**_env(1), "INFONOISE_DEBUG": "1"},
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert loud.returncode != 0 and "Traceback" in loud.stderr and "WorkdirError" in loud.stderr

@@ -25,6 +25,7 @@ seed 0, 'test' from seed 1, independent of the training seed.
 import dataclasses
 import gzip
 import os
+import zlib
 from collections.abc import Callable
 
 import ml_collections
@@ -174,15 +175,19 @@ def _digits(d) -> Source:
 
 def read_idx(path: str) -> np.ndarray:
   """Reads a gzip'ed IDX file of unsigned bytes (the MNIST format) into a uint8 array."""
-  with gzip.open(path, "rb") as f:
-    raw = f.read()
-  if raw[:3] != b"\x00\x00\x08":
-    raise ValueError(f"{path}: not an IDX file of unsigned bytes")
+  fix = "reinstall it (apt-get install --reinstall dataset-fashion-mnist) or fix data.local_dir"
+  try:
+    with gzip.open(path, "rb") as f:
+      raw = f.read()
+  except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+    raise ValueError(f"{path} is not a complete gzip file ({e}); {fix}") from e
+  if raw[:3] != b"\x00\x00\x08" or len(raw) < 4 + 4 * raw[3]:
+    raise ValueError(f"{path}: not an IDX file of unsigned bytes; {fix}")
   ndim = raw[3]
   dims = np.frombuffer(raw, ">u4", ndim, 4).astype(np.int64)
   data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
   if data.size != np.prod(dims):
-    raise ValueError(f"{path}: header says {tuple(dims)} but holds {data.size} bytes")
+    raise ValueError(f"{path}: header says {tuple(dims)} but holds {data.size} bytes; {fix}")
   return data.reshape(dims)
 
 

@@ -13,6 +13,7 @@ covariance are accumulated on the host in float64 (numpy). Model samples are flo
 import math
 import os
 import re
+import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
@@ -171,6 +172,24 @@ def save_stats(path: str, stats: Stats) -> None:
   tmp = f"{path}.tmp{os.getpid()}.npz"
   np.savez(tmp, mu=stats.mu_D, sigma=stats.sigma_DD, n=np.array(stats.n))
   os.replace(tmp, path)  # atomic: readers never see a partial file
+
+
+def check_stats_file(path: str, dim: int = inception.FEATURE_DIM) -> None:
+  """Raises ValueError naming `path` unless it is an .npz of mu (dim,), sigma (dim, dim), n."""
+  what = f"reference statistics {path}"
+  fix = "give an .npz written by this package (fid.save_stats), or leave it out to compute one"
+  try:
+    with np.load(os.path.expanduser(path)) as f:
+      shapes = {k: f[k].shape for k in ("mu", "sigma", "n") if k in f.files}
+  except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+    raise ValueError(f"{what}: not a readable .npz ({e}); {fix}") from e
+  if set(shapes) != {"mu", "sigma", "n"}:
+    raise ValueError(f"{what}: needs arrays mu, sigma and n, has {sorted(shapes)}; {fix}")
+  if shapes["mu"] != (dim,) or shapes["sigma"] != (dim, dim):
+    raise ValueError(
+      f"{what}: mu {shapes['mu']} and sigma {shapes['sigma']} are not Inception pool features "
+      f"({dim},) and ({dim}, {dim}); {fix}"
+    )
 
 
 def load_stats(path: str) -> Stats:
