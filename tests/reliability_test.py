@@ -367,3 +367,25 @@ def test_workdir_that_is_a_file_fails_before_loading_data(tmp_path):
   )
   with pytest.raises(workdir_lib.WorkdirError, match="is a file, not a directory"):
     train.train_and_evaluate(config, str(path))
+
+
+# ------------------------------------------------------------------ 8. one-line errors
+
+
+@pytest.mark.parametrize("command", ["sample", "evaluate"])
+def test_one_line_error_and_debug_traceback(tmp_path, capsys, monkeypatch, command):
+  import importlib
+
+  module = importlib.import_module(f"infonoise_jax.{command}")
+  args = [f"--workdir={tmp_path / 'no_run'}"]
+  monkeypatch.delenv("INFONOISE_DEBUG", raising=False)
+  with pytest.raises(SystemExit) as info:
+    module.main(args)
+  assert info.value.code == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: ") and "config.json not found" in err[0]
+  with pytest.raises(FileNotFoundError, match="config.json"):
+    module.main([*args, "--debug"])
+  monkeypatch.setenv("INFONOISE_DEBUG", "1")
+  with pytest.raises(FileNotFoundError, match="config.json"):
+    module.main(args)
