@@ -163,7 +163,14 @@ class Checkpointer:
     self._pending = step
 
   def check_saves(self) -> None:
-    """Raises SaveFailedError if the last save has finished without its step (no blocking)."""
+    """Raises SaveFailedError if the last save has finished without its step (no blocking).
+
+    One process only: with several, each would see its save finish at a different step, and
+    retention's delete is a barrier; they agree in `wait()`, which every process calls at the
+    same step (before the next save, and at the end).
+    """
+    if jax.process_count() > 1:
+      return
     if self._pending is not None and not self._manager.is_saving_in_progress():
       self._confirm(self._pending)
 
