@@ -31,6 +31,7 @@ RESUMABLE = (
   "data.tfds_data_dir",
   "data.local_dir",
   "data.path",
+  "data.num_workers",
   "sampler.",
   "fid.",
   "seq_metrics.",
