@@ -118,3 +118,28 @@ def test_end_to_end_through_main_logs_metrics_texts_and_resumes_bit_identically(
   assert config["edm"]["sigma_data"] == pytest.approx(np.sqrt(len(vocab) - 1) / len(vocab))
   tokens = np.load(resumed / "samples.npz")["tokens"]
   assert tokens.shape == (8, 32) and tokens.max() < len(vocab)
+
+
+@pytest.mark.parametrize(
+  "domain, overrides, key",
+  [
+    ("dna", {"data.path": "/nonexistent/genome.fa"}, "data.path"),
+    ("dna", {"data.seq_len": 10**7}, "data.seq_len"),
+    ("dna", {"data.unknown_policy": "ignore"}, "data.unknown_policy"),
+    ("text", {"data.vocab": "x"}, "data.vocab"),
+    ("text", {"model.num_heads": 5}, "model.num_heads"),
+    ("text", {"train.eval_num_samples": 10**7}, "train.eval_num_samples"),
+  ],
+)
+def test_bad_token_input_fails_before_compiling_naming_the_key(tmp_path, domain, overrides, key):
+  config = _config(domain, overrides)
+  with pytest.raises((ValueError, FileNotFoundError), match=key.replace(".", r"\.")):
+    train.train_and_evaluate(config, str(tmp_path / "bad"))
+  assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_sigma_data_zero_needs_token_data(tmp_path):
+  c = load_config_file(ROOT / "configs" / "test.py")
+  c.edm.sigma_data = 0.0
+  with pytest.raises(ValueError, match=r"edm\.sigma_data"):
+    train.train_and_evaluate(c, str(tmp_path / "bad"))
