@@ -129,6 +129,9 @@ def _base_config() -> ml_collections.ConfigDict:
   c.schedule.infonoise.gate_power = 3.0  # n in sigma^n / (sigma^n + c^n)
   c.schedule.infonoise.onset_threshold = 0.2  # p for gate=onset (profiles.onset_pivot), in (0, 1)
   c.schedule.infonoise.onset_literal_threshold = 0.002  # p for gate=onset_literal (paper, 2nd-hand)
+  c.schedule.infonoise.onset_refreshes = 0  # automatic pivot set at the first N refreshes, then
+  #   held (ours); 0 = at every refresh. On learned errors it drifts down as the net trains
+  #   (experiments/RESULTS.md section 7); the default stays 0 until a comparison decides
   c.schedule.infonoise.compensate = True  # pi ~ rho / w (True) or pi ~ rho (False)
   c.schedule.infonoise.floor = 0.0  # uniform-in-ln-sigma mass mixed into pi (ours); 0: a floor
   #   in pi dominates the effective allocation pi*w at low sigma, where w ~ 1/sigma^2

@@ -331,3 +331,31 @@ def test_from_config_and_validation():
     cfg.schedule.infonoise[key] = value
     with pytest.raises(ValueError, match=f"schedule.infonoise.{key} "):
       InfoNoise.from_config(cfg)
+
+
+@pytest.mark.parametrize("held", [0, 1, 2])
+def test_onset_refreshes_holds_the_pivot_after_n_refreshes(held):
+  sched = InfoNoise(
+    num_bins=32,
+    refresh_every=1,
+    warmup_steps=1,
+    min_count=1,
+    smoothing=0.0,
+    ema_beta=0.0,
+    gate="onset",
+    onset_refreshes=held,
+  )
+  sigma_K = jnp.exp(sched.grid.centres())
+  state, pivots = sched.init_state(), []
+  for std in (0.5, 0.05, 0.05):  # Gaussian data whose scale changes after the first refresh
+    err_K = profiles.gaussian_mmse(sigma_K, std)
+    state, _ = sched.update(state, sigma_K, err_K, err_K)
+    pivots.append(float(state["gate_pivot"]))
+  assert pivots[0] == pytest.approx(0.25, rel=0.1)  # c = std / 2 for Gaussian data
+  if held == 1:
+    assert pivots[1] == pivots[2] == pivots[0]
+  else:  # the rule follows the new profile (from the second refresh on, or always)
+    assert pivots[1] == pytest.approx(0.025, rel=0.1)
+    assert pivots[2] == pivots[1]
+  with pytest.raises(ValueError, match="schedule.infonoise.onset_refreshes"):
+    InfoNoise(onset_refreshes=-1)

@@ -55,6 +55,7 @@ class InfoNoise:
   gate_power: float = 3.0
   onset_threshold: float = 0.2
   onset_literal_threshold: float = 0.002
+  onset_refreshes: int = 0
   compensate: bool = True
   floor: float = 0.0
   base: str = "lognormal"
@@ -84,6 +85,7 @@ class InfoNoise:
       gate_power=float(c.gate_power),
       onset_threshold=float(c.onset_threshold),
       onset_literal_threshold=float(c.onset_literal_threshold),
+      onset_refreshes=int(c.onset_refreshes),
       compensate=bool(c.compensate),
       floor=float(c.floor),
       base=str(c.base),
@@ -200,7 +202,7 @@ class InfoNoise:
     seen_K = state["seen_K"] | new_K
     m_K = self._fill_unseen(m_K, seen_K)
     q_K = self._entropy_rate(m_K)
-    pivot = self._pivot(q_K, state["gate_pivot"])
+    pivot = self._pivot(q_K, state["gate_pivot"], state["refreshes"])
     cdf_E = self._cdf_from_profile(q_K, pivot)
     return {
       **state,
@@ -231,14 +233,23 @@ class InfoNoise:
       log_q_K = _smoothing_matrix(self.num_bins, self.smoothing) @ log_q_K
     return jnp.exp(log_q_K)
 
-  def _pivot(self, q_K: Array, old: Array) -> Array:
-    """Step 5: the gate pivot c (pinned, or an automatic rule from profiles)."""
+  def _pivot(self, q_K: Array, old: Array, refreshes: Array) -> Array:
+    """Step 5: the gate pivot c (pinned, or an automatic rule from profiles).
+
+    With onset_refreshes = N > 0 an automatic rule sets c at the first N refreshes only and c
+    is held afterwards (ours): on learned errors the rule otherwise follows the network's
+    training progress rather than the data (experiments/RESULTS.md section 7).
+    """
     x_K = self.grid.centres()
     if self.gate == "onset":
-      return profiles.onset_pivot(x_K, q_K, self.onset_threshold)
-    if self.gate == "onset_literal":
-      return profiles.onset_pivot_literal(x_K, q_K, self.onset_literal_threshold)
-    return jnp.full_like(old, self.gate_pivot)
+      new = profiles.onset_pivot(x_K, q_K, self.onset_threshold)
+    elif self.gate == "onset_literal":
+      new = profiles.onset_pivot_literal(x_K, q_K, self.onset_literal_threshold)
+    else:
+      return jnp.full_like(old, self.gate_pivot)
+    if self.onset_refreshes > 0:
+      new = jnp.where(refreshes < self.onset_refreshes, new, old)
+    return new
 
   def _cdf_from_profile(self, q_K: Array, pivot: Array) -> Array:
     """Steps 5-7: rho = q g; pi ~ rho / w (or rho); uniform floor; CDF at the K+1 edges."""
@@ -284,6 +295,7 @@ def _validate(s: InfoNoise) -> None:
     ("gate_power", s.gate_power > 0, "must be > 0"),
     ("onset_threshold", 0.0 < s.onset_threshold < 1.0, "must be in (0, 1)"),
     ("onset_literal_threshold", 0.0 < s.onset_literal_threshold < 1.0, "must be in (0, 1)"),
+    ("onset_refreshes", s.onset_refreshes >= 0, "must be >= 0 (0: the rule at every refresh)"),
     ("floor", 0.0 <= s.floor <= 1.0, "must be in [0, 1]"),
     ("base", s.base in log_sigma.BASE_LAWS, f"must be one of {log_sigma.BASE_LAWS}"),
   ]
