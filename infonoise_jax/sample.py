@@ -9,7 +9,8 @@ the example shape is stored in the checkpoint's meta), the EMA parameters and sc
 are restored, and the samples are drawn on device, sharded over every device in fixed-size
 batches (one compile). Writes `<out>/samples.npz` (`samples`: float32 model output divided by
 data.scale, so the data range is [-1, 1]; `uint8`: EDM's quantization of it) and, for images,
-`<out>/samples.png`, a grid of the first (up to) 64.
+`<out>/samples.png`, a grid of the first (up to) 64; for token data (dna, text) also the
+argmax ids `tokens` with the checkpoint's `vocab` in the .npz, and `<out>/samples.txt`.
 
 Seeds: sample j of seed s starts from the key fold_in(key(s), j) (initial noise and any churn
 noise), so it does not depend on the batch size, the device count or `--num` (a larger --num
@@ -36,6 +37,7 @@ from jax.sharding import PartitionSpec as P
 
 from infonoise_jax import checkpointing, cli, sampling, steps
 from infonoise_jax.checkpointing import load_config
+from infonoise_jax.data.tokens import TokenEncoding
 from infonoise_jax.evaluation import fid, plots
 from infonoise_jax.mesh import make_mesh
 from infonoise_jax.models import make_model
@@ -54,11 +56,13 @@ class Sampler:
   schedule: Schedule
   mesh: jax.sharding.Mesh
   data_shape: tuple[int, ...]  # one example: (H, W, C) or (D,)
+  vocab: str = ""  # token data: the run's vocabulary (checkpoint meta), for decoding
 
   @classmethod
   def from_run(cls, run) -> "Sampler":
     """From a `train.Run` (its mesh, model, schedule and the source's example shape)."""
-    return cls(run.config, run.model, run.schedule, run.mesh, tuple(run.source.shape))
+    vocab = run.source.encoding.vocab if run.source.encoding is not None else ""
+    return cls(run.config, run.model, run.schedule, run.mesh, tuple(run.source.shape), vocab)
 
   @property
   def is_image(self) -> bool:
@@ -112,7 +116,8 @@ def restore(
   ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints, create=False)
   try:
     step = _pick_step(ckpt, step)
-    data_shape = tuple(int(d) for d in ckpt.restore_meta(step)["data_shape"])
+    meta = ckpt.restore_meta(step)
+    data_shape = tuple(int(d) for d in meta["data_shape"])
     mesh = make_mesh(devices)
     model, schedule = make_model(config, data_shape), make_schedule(config)
     init = functools.partial(
@@ -121,7 +126,7 @@ def restore(
     state, _ = ckpt.restore(abstract_state(init, NamedSharding(mesh, P())), step)
   finally:
     ckpt.close()
-  return Sampler(config, model, schedule, mesh, data_shape), state, step
+  return Sampler(config, model, schedule, mesh, data_shape, meta.get("vocab", "")), state, step
 
 
 def sampler_config(
@@ -230,8 +235,21 @@ def sample_run(
   if jax.process_index() == 0:
     s = config.sampler
     meta = dict(seed=seed, step=step, grid=s.grid, num_steps=s.num_steps, method=s.name)
+    if sampler.vocab:  # token data: ids by argmax and the vocabulary that reads them
+      meta.update(tokens=TokenEncoding(sampler.vocab).decode(samples), vocab=sampler.vocab)
     paths = write_samples(out, samples, config.data.scale, sampler.is_image, **meta)
+    if sampler.vocab:
+      paths["txt"] = write_texts(out, sampler.vocab, meta["tokens"])
   return samples, paths
+
+
+def write_texts(out: str, vocab: str, tokens_NL: np.ndarray) -> str:
+  """samples.txt: each decoded sample, separated by a line of dashes."""
+  path = os.path.join(out, "samples.txt")
+  enc = TokenEncoding(vocab)
+  with open(path, "w") as f:
+    f.write("\n-----\n".join(enc.to_text(ids) for ids in tokens_NL) + "\n")
+  return path
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from infonoise_jax import checkpointing, train
+from infonoise_jax import checkpointing, sample, train
 from infonoise_jax.validation import load_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -118,6 +118,12 @@ def test_end_to_end_through_main_logs_metrics_texts_and_resumes_bit_identically(
   assert config["edm"]["sigma_data"] == pytest.approx(np.sqrt(len(vocab) - 1) / len(vocab))
   tokens = np.load(resumed / "samples.npz")["tokens"]
   assert tokens.shape == (8, 32) and tokens.max() < len(vocab)
+  # the sample command decodes with the checkpoint's vocabulary, without reading the data
+  _, paths = sample.sample_run(str(resumed), 3, str(tmp_path / "drawn"))
+  drawn = np.load(paths["npz"])
+  assert drawn["vocab"].item() == vocab and drawn["tokens"].shape == (3, 32)
+  texts = open(paths["txt"]).read().split("\n-----\n")
+  assert [len(t) for t in texts] == [32, 32, 33]  # the last one ends the file with a newline
 
 
 @pytest.mark.parametrize(
