@@ -190,6 +190,11 @@ class Checkpointer:
       if not self._failed:
         self.wait()
     finally:
+      if self._failed:  # let Orbax's threads end now, not amid interpreter shutdown
+        try:
+          self._manager.wait_until_finished()
+        except Exception:
+          pass  # already reported (SaveFailedError)
       logging_lib.getLogger("absl").removeHandler(self._errors)
       try:
         self._manager.close()

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from infonoise_jax.checkpointing import CheckpointError, Preempted
+from infonoise_jax.checkpointing import CheckpointError, Preempted, SaveFailedError
 
 DEBUG_ENV = "INFONOISE_DEBUG"
 ERROR_EXIT_CODE = 1
@@ -56,4 +56,11 @@ def run_command(fn: Callable[[], object], debug: bool = False) -> None:
       raise
     hint = f"(--debug or {DEBUG_ENV}=1 shows the traceback)"
     print(f"error: {one_line(e)} {hint}", file=sys.stderr, flush=True)
+    if isinstance(e, SaveFailedError):
+      # Orbax's writer threads of the failed save can stay blocked (on the part that failed)
+      # and print a traceback each at interpreter shutdown: everything of ours is closed and
+      # flushed by now, so end without waiting for them.
+      logging_lib.shutdown()
+      sys.stdout.flush()
+      os._exit(ERROR_EXIT_CODE)
     sys.exit(ERROR_EXIT_CODE)

@@ -207,3 +207,44 @@ def test_user_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
     timeout=300,
   )
   assert loud.returncode != 0 and "Traceback" in loud.stderr and "WorkdirError" in loud.stderr
+
+
+_DISK_FULL_AT_STEP_8 = """
+import errno, sys
+from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler
+original = handler.JsonCheckpointHandler._save_fn
+async def failing(self, x, directory):
+  if x.get("step", 0) >= 8:
+    raise OSError(errno.ENOSPC, "No space left on device", str(directory))
+  return await original(self, x, directory)
+handler.JsonCheckpointHandler._save_fn = failing
+from infonoise_jax import main
+sys.argv[0] = "main"
+main.run()
+"""
+
+
+def test_disk_full_is_one_error_line_without_tracebacks(tmp_path):
+  workdir = tmp_path / "run"
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      _DISK_FULL_AT_STEP_8,
+      "--config=configs/test.py",
+      f"--workdir={workdir}",
+      "--config.train.num_steps=16",
+    ],
+    cwd=ROOT,
+    env=_env(1),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 1, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and "No space left on device" in errors[0], result.stderr[-3000:]
+  assert f"{workdir / 'checkpoints'}" in errors[0] and "kept ([4])" in errors[0]
+  assert "Traceback" not in result.stderr
+  assert len(result.stderr.splitlines()) < 20  # Orbax's own error logs: one line each
+  assert "Finished" not in result.stdout
