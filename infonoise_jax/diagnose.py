@@ -271,6 +271,7 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument("--num_heldout", type=int, default=1000)
   p.add_argument("--num_points", type=int, default=2000, help="empirical prior: data points")
   p.add_argument("--grid_points", type=int, default=64)
+  p.add_argument("--batch", type=int, default=256, help="held-out examples per denoiser call")
   args = p.parse_args(argv)
   if bool(args.workdir) == bool(args.config):
     p.error("give exactly one of --workdir (a trained run) or --config (a dataset alone)")
@@ -301,6 +302,7 @@ def main(argv=None) -> None:
     args.gate,
     trained,
     run_state,
+    args.batch,
   )
   print(r["markdown"])
   print(json.dumps({"out": os.path.abspath(args.out), "pivot": r["pivot"]}))

@@ -38,7 +38,8 @@ def test_mixture_profile_matches_closed_form(tmp_path):
     )
   )
   # two independent Monte Carlo estimates (2000 held-out errors vs 4096 exact posterior traces)
-  np.testing.assert_allclose(r["mmse"], exact_G, rtol=0.08)
+  # (largest gap, 7%, in the decision region sigma ~ 0.3-0.5 where errors are heavy-tailed)
+  np.testing.assert_allclose(r["mmse"], exact_G, rtol=0.12)
   # a narrow-component mixture: plateau q = 1 below the component width, so c = std / 2
   assert r["pivot"] == pytest.approx(src_mix.std / 2, rel=0.2)
   names = [row.name for row in r["rows"]]
