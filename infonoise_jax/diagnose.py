@@ -11,8 +11,10 @@ list of schedules' phi against it:
 
 Denoisers: `model` (a trained run's EMA parameters, or its raw ones with --params=params), the
 empirical-prior Bayes denoiser (`empirical`: the exact posterior mean when the prior is the
-uniform distribution over up to --num_points training examples; fine for small data, and it
-memorizes below the nearest-neighbour scale, so its profile collapses at low sigma), or for
+uniform distribution over up to --num_points training examples, evaluated on those same
+points: the exact profile of that finite sample, which collapses below the nearest-neighbour
+scale; held-out points would be misfit there, their error staying at the squared distance to
+the nearest point, so q ~ 1/sigma^2 would blow up at low sigma), or for
 `gaussian_mixture` data the generating mixture's exact Bayes denoiser (`mixture`).
 
 Comparison (all on the grid, each curve normalized to unit mass): the target is the gated
@@ -165,8 +167,8 @@ def make_denoiser(config, source, prior: str, num_points: int, trained=None) -> 
     return lambda x, s: profiles.mixture_denoiser(flat(x), s, means, stds, w).reshape(x.shape)
   if prior == "empirical":
     n = min(num_points, source.num_examples)
-    idx = np.random.default_rng(0).choice(source.num_examples, n, replace=False)
-    pts = jnp.asarray(flat(source.get(np.sort(idx))), jnp.float32)
+    idx = np.sort(np.random.default_rng(0).choice(source.num_examples, n, replace=False))
+    pts = jnp.asarray(flat(source.get(idx)), jnp.float32)  # same points as diagnose() uses
     z, w = jnp.zeros((n,)), jnp.full((n,), 1.0 / n)
     return lambda x, s: profiles.mixture_denoiser(flat(x), s, pts, z, w).reshape(x.shape)
   raise ValueError(f"--prior must be model, empirical or mixture; got {prior!r}")
@@ -214,7 +216,12 @@ def diagnose(
   """Computes the profile and the comparison; writes profile.npz, diagnose.md, diagnose.png."""
   source = load_source(config)
   denoise = make_denoiser(config, source, prior, num_points, trained)
-  x0, split = held_out(config, num_heldout)
+  if prior == "empirical":  # the prior's own points (module docstring)
+    n = min(num_points, source.num_examples)
+    idx = np.sort(np.random.default_rng(0).choice(source.num_examples, n, replace=False))
+    x0, split = source.get(idx[: min(num_heldout, n)]), "train (the empirical prior's own points)"
+  else:
+    x0, split = held_out(config, num_heldout)
   lo, hi = math.log(config.edm.sigma_min), math.log(config.edm.sigma_max)
   log_sigma_G = np.linspace(lo, hi, grid_points)
   sigma_G = np.exp(log_sigma_G)

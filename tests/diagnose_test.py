@@ -102,3 +102,16 @@ def test_trained_run_reproduces_the_estimators_profile(tmp_path):
   # the diagnostic evaluates the final params on the same data: same curve up to that lag
   assert np.median(np.abs(log_ratio)) < 0.15, log_ratio
   assert np.max(np.abs(log_ratio)) < 0.5, log_ratio
+
+
+def test_empirical_prior_is_evaluated_on_its_own_points(tmp_path):
+  c = mixture_config()
+  r = diagnose.diagnose(
+    c, str(tmp_path), ["lognormal"], "empirical", num_heldout=64, num_points=64, grid_points=8
+  )
+  assert "own points" in r["markdown"]
+  # below the nearest-neighbour scale each point is recovered exactly: q -> 0, not 1/sigma^2
+  assert r["q"][0] < 1e-3
+  # far above it the posterior mean is the points' mean: mmse -> their per-dim variance
+  x = diagnose.load_source(c).array
+  assert r["mmse"][-1] == pytest.approx(np.var(x, axis=0).mean(), rel=0.3)
