@@ -1,27 +1,57 @@
 #!/usr/bin/env bash
-# Launch a training run on every worker of a Cloud TPU VM pod slice.
+# Run training, sampling or evaluation on every worker of a Cloud TPU VM pod slice.
 #
 #   TPU=my-v4-32 ZONE=us-central2-b WORKDIR=gs://my-bucket/runs/c10_infonoise \
-#     bash experiments/tpu_pod.sh configs/cifar10_infonoise.py [--config.key=value ...]
+#     bash experiments/tpu_pod.sh train configs/cifar10_infonoise.py [--config.key=value ...]
+#   TPU=... ZONE=... WORKDIR=... bash experiments/tpu_pod.sh sample --num=50000
+#   TPU=... ZONE=... WORKDIR=... bash experiments/tpu_pod.sh evaluate --seed_sets=3
+#   TPU=... ZONE=... bash experiments/tpu_pod.sh logs      # last lines of every worker's log
 #
-# Every worker runs the same command; jax.distributed.initialize auto-detects the
-# coordinator, process count and ids on Cloud TPU. Each host reads only its share of every
-# global batch (prepare the TFDS dataset once into a bucket and pass
-# --config.data.tfds_data_dir=gs://...); all hosts write the Orbax checkpoint to the
-# shared gs:// workdir together, so re-running the same command resumes after preemption.
+# Every worker runs the same command, detached (nohup), with its own log file
+# ~/infonoise_<command>_<host>.log on that worker; `logs` prints their tails. All three
+# commands start multi-host JAX the same way (jax.distributed.initialize, which auto-detects
+# the coordinator, process count and ids on Cloud TPU): training with
+# --config.system.distributed=True, sample and evaluate with --distributed. Each host reads
+# only its share of every global batch (prepare the TFDS dataset once into a bucket and pass
+# --config.data.tfds_data_dir=gs://...); all hosts write the Orbax checkpoint to the shared
+# gs:// workdir together, so re-running the same train command resumes after preemption.
+#
+# The package is installed with the `gcs` extra (gcsfs, google-cloud-storage: what epath,
+# Orbax and the TensorBoard writer need for gs:// without TensorFlow) and constraints.txt,
+# which pins jax to the version tested for the VM's Python; jax[tpu] is pinned to the same.
 set -euo pipefail
-: "${TPU:?set TPU to the TPU VM name}" "${ZONE:?set ZONE}" "${WORKDIR:?set WORKDIR (gs://...)}"
-CONFIG=${1:?usage: tpu_pod.sh <config.py> [overrides...]}
+: "${TPU:?set TPU to the TPU VM name}" "${ZONE:?set ZONE}"
+MODE=${1:?usage: tpu_pod.sh train|sample|evaluate|logs [args...]}
 shift
-OVERRIDES=$(printf ' %q' "$@")
+ssh_all() { gcloud compute tpus tpu-vm ssh "$TPU" --zone "$ZONE" --worker=all --command "$1"; }
+if [ "$MODE" = logs ]; then
+  ssh_all 'for f in ~/infonoise_*.log; do echo "== $(hostname) $f"; tail -n 5 "$f"; done'
+  exit 0
+fi
+: "${WORKDIR:?set WORKDIR (gs://...)}"
+case "$MODE" in
+  train)
+    CONFIG=${1:?usage: tpu_pod.sh train <config.py> [overrides...]}
+    shift
+    CMD="infonoise-train --config=$CONFIG --workdir=$WORKDIR --config.system.distributed=True" ;;
+  sample) CMD="infonoise-sample --workdir=$WORKDIR --distributed" ;;
+  evaluate) CMD="infonoise-evaluate --workdir=$WORKDIR --distributed" ;;
+  *) echo "unknown command $MODE: train | sample | evaluate | logs" >&2; exit 2 ;;
+esac
+CMD="$CMD$(printf ' %q' "$@")"
 # Ship this checkout's HEAD to every worker (no repository hosting assumed).
 cd "$(git rev-parse --show-toplevel)"
 git archive --format=tar.gz -o /tmp/infonoise_jax.tgz HEAD
 gcloud compute tpus tpu-vm scp /tmp/infonoise_jax.tgz "$TPU":~/ --zone "$ZONE" --worker=all
-gcloud compute tpus tpu-vm ssh "$TPU" --zone "$ZONE" --worker=all --command "
+ssh_all "
   set -e
-  mkdir -p infonoise_jax && tar -xzf infonoise_jax.tgz -C infonoise_jax && cd infonoise_jax
-  python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt 'jax[tpu]'
-  .venv/bin/python -m infonoise_jax.main --config=$CONFIG --workdir=$WORKDIR \
-      --config.system.distributed=True $OVERRIDES
+  python3 -c 'import sys; assert sys.version_info >= (3, 11), \"Python >= 3.11 needed, the VM has \" + sys.version.split()[0] + \": use a TPU VM image with Python 3.11 or 3.12\"'
+  JAX=\$(python3 -c 'import sys; print(\"0.11.2\" if sys.version_info >= (3, 12) else \"0.10.2\")')
+  rm -rf infonoise_jax && mkdir infonoise_jax && tar -xzf infonoise_jax.tgz -C infonoise_jax
+  cd infonoise_jax
+  [ -x .venv/bin/pip ] || python3 -m venv .venv
+  .venv/bin/pip install -q -c constraints.txt '.[gcs]' \"jax[tpu]==\$JAX\" \\
+      -f https://storage.googleapis.com/jax-releases/libtpu_releases.html
+  nohup .venv/bin/$CMD > ~/infonoise_${MODE}_\$(hostname).log 2>&1 < /dev/null &
+  echo \"\$(hostname): started, log ~/infonoise_${MODE}_\$(hostname).log\"
 "

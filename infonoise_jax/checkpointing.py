@@ -18,15 +18,16 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from infonoise_jax import paths
 from infonoise_jax.validation import check_keys
 
 
 def saved_steps(workdir: str) -> list[int]:
   """Finished checkpoint steps in `<workdir>/checkpoints`, read without creating anything."""
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
+  directory = paths.run_path(workdir) / "checkpoints"
+  if not directory.is_dir():
     return []
-  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
 class CheckpointError(RuntimeError):
@@ -89,9 +90,10 @@ class Checkpointer:
 
   def __init__(self, workdir: str, keep: int, create: bool = True):
     """`create=False` for readers (sample, evaluate): a missing folder is not made."""
-    self.workdir = os.path.abspath(workdir)
-    self.directory = os.path.join(self.workdir, "checkpoints")
-    self.corrupt_directory = os.path.join(self.workdir, "checkpoints_corrupt")
+    run = paths.run_path(workdir)  # remote URLs (gs://...) kept as they are
+    self.workdir = str(run)
+    self.directory = str(run / "checkpoints")
+    self.corrupt_directory = str(run / "checkpoints_corrupt")
     self.keep = keep
     options = ocp.CheckpointManagerOptions(max_to_keep=None, create=create)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
@@ -268,14 +270,16 @@ class Checkpointer:
 
   def _move_aside(self, step: int) -> str:
     """Moves a corrupt step out of the checkpoint folder (never deletes it)."""
-    dest = os.path.join(self.corrupt_directory, str(step))
+    corrupt = epath.Path(self.corrupt_directory)  # local or remote (gs://)
+    dest = corrupt / str(step)
     if jax.process_index() == 0:
-      os.makedirs(self.corrupt_directory, exist_ok=True)
+      corrupt.mkdir(parents=True, exist_ok=True)
       suffix = 0
-      while os.path.exists(dest):
+      while dest.exists():
         suffix += 1
-        dest = os.path.join(self.corrupt_directory, f"{step}.{suffix}")
-      os.rename(os.path.join(self.directory, str(step)), dest)
+        dest = corrupt / f"{step}.{suffix}"
+      (epath.Path(self.directory) / str(step)).rename(dest)
+    dest = str(dest)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
 
@@ -379,13 +383,14 @@ def migrate_config(d: dict, path: str = "config.json") -> dict:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config a run wrote to `<workdir>/config.json`, migrated to current keys."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = paths.run_path(workdir) / "config.json"
+  if not path.exists():
     raise FileNotFoundError(
       f"{path} not found: --workdir must be a training run directory (the --workdir given "
       "to python -m infonoise_jax.main)"
     )
-  with open(path) as f:
-    config = ml_collections.ConfigDict(_tuples(migrate_config(json.load(f), path)))
+  config = ml_collections.ConfigDict(
+    _tuples(migrate_config(json.loads(path.read_text()), str(path)))
+  )
   check_keys(config)
   return config

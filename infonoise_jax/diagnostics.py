@@ -16,6 +16,7 @@ from absl import logging
 
 from infonoise_jax import edm, log_sigma, sample
 from infonoise_jax.evaluation import plots, sequence_eval
+from infonoise_jax.paths import run_path
 from infonoise_jax.schedules import has_profile
 
 
@@ -113,9 +114,9 @@ def write_images(run, state, writer, workdir: str, step: int, log=None) -> tuple
     writer.write_texts(step, {"samples": sample_texts(run.source.encoding, samples)})
   paths = {}
   if jax.process_index() == 0:
-    os.makedirs(os.path.join(workdir, "images"), exist_ok=True)
+    folder = run_path(workdir) / "images"  # save_png makes it; remote URLs kept as they are
     for name, img in images.items():
-      paths[name] = os.path.join(workdir, "images", f"{name}_{step:07d}.png")
+      paths[name] = str(folder / f"{name}_{step:07d}.png")
       plots.save_png(paths[name], img)
   return paths, samples
 
@@ -150,7 +151,7 @@ def write_final(run, state, writer, workdir: str, step: int, log=None) -> None:
   npz = written["npz"]
   logging.info("Done at step %d.", step)
   lines = [
-    f"Finished {step} steps. Outputs in {os.path.abspath(workdir)}:",
+    f"Finished {step} steps. Outputs in {run_path(workdir)}:",
     f"  TensorBoard logs : {os.path.join(workdir, 'tensorboard')}  "
     f"(tensorboard --logdir {workdir})",
     f"  checkpoints      : {os.path.join(workdir, 'checkpoints')}",

@@ -20,7 +20,10 @@ from collections.abc import Callable, Sequence
 import jax
 
 from infonoise_jax import cli, sample, sampling
+from infonoise_jax.checkpointing import load_config
 from infonoise_jax.evaluation import fid, fid_eval
+from infonoise_jax.mesh import initialize_distributed
+from infonoise_jax.paths import run_path
 
 
 def evaluate(
@@ -71,11 +74,10 @@ def evaluate(
       "num_steps": s.num_steps,
       "network_evaluations": sampling.num_evaluations(s.num_steps, s.name),
     },
-    "reference": {"stats": os.path.abspath(os.path.expanduser(ref_path)), "num_images": ref.n},
+    "reference": {"stats": str(run_path(ref_path)), "num_images": ref.n},
   }
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "fid.json"), "w") as f:
-      json.dump(result, f, indent=2)
+    (run_path(workdir) / "fid.json").write_text(json.dumps(result, indent=2))
   return result
 
 
@@ -93,6 +95,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--weights", default=None, help="Inception .npz (default: fid.weights_path)")
   p.add_argument("--batch", type=int, default=None, help="samples per call (fid.batch_size)")
   p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+  p.add_argument(
+    "--distributed",
+    action="store_true",
+    help="multi-host: call jax.distributed.initialize with the run's system.* settings "
+    "(as training with --config.system.distributed=True; run on every host)",
+  )
   return p.parse_args(argv)
 
 
@@ -102,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _command(a: argparse.Namespace) -> None:
+  if a.distributed:  # the training run's multi-host start-up (system.*), before any JAX call
+    initialize_distributed(load_config(a.workdir))
   report = (lambda line: print(line, flush=True)) if jax.process_index() == 0 else None
   args = (a.workdir, a.num, a.seed_sets, a.ref_stats, a.grid, a.steps, a.step, a.weights)
   result = evaluate(*args, a.batch, report=report)

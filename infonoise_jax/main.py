@@ -16,6 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from infonoise_jax import cli, train
+from infonoise_jax.mesh import configure_compilation_cache, initialize_distributed
 from infonoise_jax.validation import resolve_config_path
 
 FLAGS = flags.FLAGS
@@ -26,44 +27,6 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_bool("debug", False, "Show the full traceback of an error (or INFONOISE_DEBUG=1).")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def initialize_distributed(config) -> None:
-  """Opt-in multi-host start-up; must run before any other JAX call."""
-  s = config.system
-  if not s.distributed:
-    return
-  if jax.config.jax_platforms in (None, "", "cpu") and s.coordinator_address:
-    # CPU collectives across processes (used by the localhost multi-process test).
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  kwargs = {}
-  if s.coordinator_address:
-    kwargs["coordinator_address"] = s.coordinator_address
-  if s.num_processes > 0:
-    kwargs["num_processes"] = s.num_processes
-  if s.process_id >= 0:
-    kwargs["process_id"] = s.process_id
-  jax.distributed.initialize(**kwargs)
-
-
-def configure_compilation_cache(system) -> None:
-  """Turns on JAX's persistent compilation cache in `system.compilation_cache_dir`.
-
-  Must run before the first compile. Programs that took at least
-  `system.compilation_cache_min_secs` to build are written there; a later process with the
-  same program, JAX version and devices loads them instead of compiling.
-  """
-  if system.compilation_cache_min_secs < 0:
-    raise ValueError(
-      f"system.compilation_cache_min_secs must be >= 0, got {system.compilation_cache_min_secs}"
-    )
-  if not system.compilation_cache_dir:
-    return
-  folder = system.compilation_cache_dir
-  if "://" not in folder:
-    folder = os.path.expanduser(folder)
-  jax.config.update("jax_compilation_cache_dir", folder)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", system.compilation_cache_min_secs)
 
 
 class _QuietLibraries(logging_lib.Filter):

@@ -1,10 +1,11 @@
-"""The device mesh: one `data` axis over every device, Auto axis types.
+"""The device mesh: one `data` axis over every device, Auto axis types; multi-host start-up.
 
 Auto axes because current JAX defaults `jax.make_mesh` to Explicit axes, under which plain
 array code raises ShardingTypeError. The batch is sharded over `data`; the train state is
 replicated (a second axis for parameter sharding would be added here).
 """
 
+import os
 from collections.abc import Sequence
 
 import jax
@@ -15,3 +16,41 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
   devices = jax.devices() if devices is None else list(devices)
   auto = (jax.sharding.AxisType.Auto,)
   return jax.make_mesh((len(devices),), ("data",), axis_types=auto, devices=devices)
+
+
+def initialize_distributed(config) -> None:
+  """Opt-in multi-host start-up; must run before any other JAX call."""
+  s = config.system
+  if not s.distributed:
+    return
+  if jax.config.jax_platforms in (None, "", "cpu") and s.coordinator_address:
+    # CPU collectives across processes (used by the localhost multi-process test).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  kwargs = {}
+  if s.coordinator_address:
+    kwargs["coordinator_address"] = s.coordinator_address
+  if s.num_processes > 0:
+    kwargs["num_processes"] = s.num_processes
+  if s.process_id >= 0:
+    kwargs["process_id"] = s.process_id
+  jax.distributed.initialize(**kwargs)
+
+
+def configure_compilation_cache(system) -> None:
+  """Turns on JAX's persistent compilation cache in `system.compilation_cache_dir`.
+
+  Must run before the first compile. Programs that took at least
+  `system.compilation_cache_min_secs` to build are written there; a later process with the
+  same program, JAX version and devices loads them instead of compiling.
+  """
+  if system.compilation_cache_min_secs < 0:
+    raise ValueError(
+      f"system.compilation_cache_min_secs must be >= 0, got {system.compilation_cache_min_secs}"
+    )
+  if not system.compilation_cache_dir:
+    return
+  folder = system.compilation_cache_dir
+  if "://" not in folder:
+    folder = os.path.expanduser(folder)
+  jax.config.update("jax_compilation_cache_dir", folder)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", system.compilation_cache_min_secs)

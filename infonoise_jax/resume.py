@@ -15,6 +15,8 @@ import os
 
 import ml_collections
 
+from infonoise_jax import paths
+
 # Keys (or whole sections, ending in ".") a resume may change.
 RESUMABLE = (
   "train.num_steps",
@@ -69,12 +71,11 @@ def changes(config: ml_collections.ConfigDict, workdir: str) -> dict[str, tuple]
   Empty when the workdir has no config.json (a run from before it was written). Keys only
   one side has (the code gained or lost a key) are not changes.
   """
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  path = paths.run_path(workdir) / CONFIG_FILE
+  if not path.exists():
     return {}
   try:
-    with open(path) as f:
-      saved = _flat(json.load(f))
+    saved = _flat(json.loads(path.read_text()))
   except (OSError, ValueError) as e:
     raise ValueError(
       f"{path} is unreadable ({e}); restore it from a backup, or start a new --workdir"
@@ -106,16 +107,17 @@ def record(
   config: ml_collections.ConfigDict, workdir: str, step: int, accepted: dict[str, tuple]
 ) -> None:
   """Writes config.json (atomically) and appends the accepted changes to the history."""
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, CONFIG_FILE)
-  with open(path + ".tmp", "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(path + ".tmp", path)
+  run = paths.run_path(workdir)
+  run.mkdir(parents=True, exist_ok=True)
+  tmp = run / (CONFIG_FILE + ".tmp")
+  tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+  tmp.replace(run / CONFIG_FILE)
   if accepted:
     entry = {
       "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
       "resumed_at_step": step,
       "changes": {k: {"from": old, "to": new} for k, (old, new) in accepted.items()},
     }
-    with open(os.path.join(workdir, HISTORY_FILE), "a") as f:
-      f.write(json.dumps(entry, sort_keys=True) + "\n")
+    history = run / HISTORY_FILE  # rewritten whole: object stores cannot append
+    previous = history.read_text() if history.exists() else ""
+    history.write_text(previous + json.dumps(entry, sort_keys=True) + "\n")

@@ -21,6 +21,7 @@ extends the same set). The infogrid grids use the checkpoint's learned InfoNoise
 import argparse
 import dataclasses
 import functools
+import io
 import math
 import os
 import sys
@@ -39,8 +40,9 @@ from infonoise_jax import checkpointing, cli, sampling, steps
 from infonoise_jax.checkpointing import load_config
 from infonoise_jax.data.tokens import TokenEncoding
 from infonoise_jax.evaluation import fid, plots
-from infonoise_jax.mesh import make_mesh
+from infonoise_jax.mesh import initialize_distributed, make_mesh
 from infonoise_jax.models import make_model
+from infonoise_jax.paths import run_path
 from infonoise_jax.schedules import Schedule, make_schedule
 from infonoise_jax.train_state import TrainState, abstract_state, make_optimizer
 
@@ -111,8 +113,8 @@ def restore(
   Returns (sampler, state, step); the state is replicated over `devices` (default: all).
   """
   config = load_config(workdir)
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    raise _no_checkpoint(os.path.join(workdir, "checkpoints"))
+  if not (run_path(workdir) / "checkpoints").is_dir():
+    raise _no_checkpoint(str(run_path(workdir) / "checkpoints"))
   ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints, create=False)
   try:
     step = _pick_step(ckpt, step)
@@ -200,14 +202,17 @@ def draw_all(sampler: Sampler, params, sigmas, num: int, seed: int, batch=None) 
 
 def write_samples(out: str, samples: np.ndarray, scale: float, is_image: bool, **meta) -> dict:
   """Writes samples.npz (float in [-1, 1] data units, uint8) and samples.png; returns paths."""
-  os.makedirs(out, exist_ok=True)
+  folder = run_path(out)
+  folder.mkdir(parents=True, exist_ok=True)
   x = (np.asarray(samples, np.float32) / np.float32(scale)).astype(np.float32)
-  paths = {"npz": os.path.join(out, "samples.npz")}
-  np.savez(paths["npz"], samples=x, uint8=fid.to_uint8(x), data_scale=scale, **meta)
+  written = {"npz": str(folder / "samples.npz")}
+  buf = io.BytesIO()  # written in one piece, so remote (gs://) outputs work too
+  np.savez(buf, samples=x, uint8=fid.to_uint8(x), data_scale=scale, **meta)
+  (folder / "samples.npz").write_bytes(buf.getvalue())
   if is_image:
-    paths["png"] = os.path.join(out, "samples.png")
-    plots.save_png(paths["png"], plots.sample_grid(x[:GRID_IMAGES]))
-  return paths
+    written["png"] = str(folder / "samples.png")
+    plots.save_png(written["png"], plots.sample_grid(x[:GRID_IMAGES]))
+  return written
 
 
 def sample_run(
@@ -266,6 +271,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--batch", type=int, default=None, help="samples per call (fid.batch_size)")
   p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+  p.add_argument(
+    "--distributed",
+    action="store_true",
+    help="multi-host: call jax.distributed.initialize with the run's system.* settings "
+    "(as training with --config.system.distributed=True; run on every host)",
+  )
   return p.parse_args(argv)
 
 
@@ -275,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _command(a: argparse.Namespace) -> None:
+  if a.distributed:  # the training run's multi-host start-up (system.*), before any JAX call
+    initialize_distributed(load_config(a.workdir))
   out = a.out or os.path.join(a.workdir, "samples")
   samples, paths = sample_run(
     a.workdir, a.num, out, a.seed, a.grid, a.steps, a.step, a.batch, method=a.method
