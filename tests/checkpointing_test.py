@@ -70,8 +70,8 @@ def test_save_restore_round_trip_with_meta_and_retention(tmp_path):
   ckpt = checkpointing.Checkpointer(str(tmp_path), keep=2)
   states = {s: _tiny_state(s) for s in (1, 2, 3)}
   for s, state in states.items():
-    assert ckpt.save(s, state, meta={"step": s, "data_shape": [8, 8, 1]}, force=True)
-  assert not ckpt.save(3, states[3], force=True)  # an existing step is not rewritten
+    ckpt.save(s, state, meta={"step": s, "data_shape": [8, 8, 1]}, force=True)
+  ckpt.save(3, states[1], meta={"step": 1}, force=True)  # an existing step is not rewritten
   ckpt.close()
   reader = checkpointing.Checkpointer(str(tmp_path), keep=2, create=False)
   assert reader.all_steps() == [2, 3] and reader.latest_step() == 3
@@ -80,6 +80,8 @@ def test_save_restore_round_trip_with_meta_and_retention(tmp_path):
   assert meta["step"] == 2 and int(restored.step) == 2
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(states[2]), strict=True):
     np.testing.assert_array_equal(a, b)
+  restored, meta = reader.restore(_abstract(states[3]), step=3)
+  assert meta["step"] == 3 and int(restored.step) == 3
   reader.close()
 
 
