@@ -201,7 +201,6 @@ def _base_config() -> ml_collections.ConfigDict:
   c.fid.ref_stats = ""  # reference statistics .npz; '' = compute from data and cache
   c.fid.batch_size = 250  # images per Inception forward pass (global)
   c.fid.cache_dir = "~/.cache/infonoise_jax/fid_stats"  # reference stats cache, <dataset>.npz
-  c.fid.seed_sets = 1  # report min FID over this many sample seed sets (EDM protocol: 3)
 
   # ---------------------------------------------------------------- system
   c.system = ml_collections.ConfigDict()

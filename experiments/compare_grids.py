@@ -16,9 +16,10 @@ if not __package__:  # run as a script: make the repository root importable
 
 import numpy as np
 
-from infonoise_jax import sample
+from infonoise_jax import restore
 from infonoise_jax.data import load_source
 from infonoise_jax.evaluation import fid
+from infonoise_jax.model_sampler import Sampler, sampler_config
 
 
 def main():
@@ -29,7 +30,9 @@ def main():
   p.add_argument("--grids", default="karras,infogrid,infogrid_rescaled")
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args()
-  sampler, state, step = sample.restore(args.workdir)
+  run = restore.restore_run(args.workdir)
+  sampler = Sampler(run.config, run.model, run.schedule, run.mesh, run.data_shape)
+  state, step = run.state, run.step
   data = load_source(sampler.config).array
   ref = fid.stats_of_features(data.reshape(len(data), -1).astype(np.float64))
   print(f"run {args.workdir} at step {step}; FD to the data in pixel space, {args.num} samples")
@@ -37,9 +40,9 @@ def main():
   print("| --- | --- | --- | --- |")
   for grid in args.grids.split(","):
     for n in map(int, args.steps.split(",")):
-      config = sample.sampler_config(sampler.config, grid=grid, num_steps=n)
-      sigmas = sample.make_sigmas(sampler, state.schedule_state, config)
-      x = sample.draw_all(sampler, state.ema_params, sigmas, args.num, args.seed)
+      config = sampler_config(sampler.config, grid=grid, num_steps=n)
+      sigmas = sampler.sigmas(state.schedule_state, config)
+      x = sampler.draw_all(state.ema_params, sigmas, args.num, args.seed)
       d = fid.frechet_distance(fid.stats_of_features(x.reshape(len(x), -1)), ref)
       head = ", ".join(f"{s:.3g}" for s in np.asarray(sigmas)[:4])
       print(f"| {grid} | {n} | {d:.4f} | {head} |", flush=True)

@@ -64,19 +64,8 @@ ARMS = {
   "iddpm_fair": {"schedule.name": "iddpm", FAIR: True},
   "infonoise": {"schedule.name": "infonoise"},
   "infonoise_pinned": {"schedule.name": "infonoise", "schedule.infonoise.gate": "pinned"},
-  "infonoise_onset": {"schedule.name": "infonoise", "schedule.infonoise.gate": "onset"},
   "infonoise_nocomp": {"schedule.name": "infonoise", "schedule.infonoise.compensate": False},
-  "infonoise_onset_nocomp": {
-    "schedule.name": "infonoise",
-    "schedule.infonoise.gate": "onset",
-    "schedule.infonoise.compensate": False,
-  },
-  "infonoise_onset_comp": {
-    "schedule.name": "infonoise",
-    "schedule.infonoise.gate": "onset",
-    "schedule.infonoise.compensate": True,
-  },
-}
+}  # one name per distinct run: `infonoise` is the default (onset gate, compensation on)
 DATA = {
   "continuous": {},
   "binarized": {"data.binarize": True, "data.scale": 0.5},

@@ -106,11 +106,12 @@ def profile_plot(domain: str, workdirs: dict, out_png: str) -> dict:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  from infonoise_jax import diagnostics, profiles, sample
+  from infonoise_jax import diagnostics, profiles, restore
   from infonoise_jax.data import load_source
 
-  sampler, state, step = sample.restore(workdirs["infonoise"])
-  sched, c = sampler.schedule, sampler.config
+  run = restore.restore_run(workdirs["infonoise"])
+  state, step = run.state, run.step
+  sched, c = run.schedule, run.config
   log_sigma_K = np.asarray(sched.profile(state.schedule_state)[0])
   sigma_K = np.exp(log_sigma_K)
   m_K = np.asarray(state.schedule_state["m_K"])
@@ -127,8 +128,8 @@ def profile_plot(domain: str, workdirs: dict, out_png: str) -> dict:
   ax[0].set(xlabel="ln sigma", ylabel="dH/d ln sigma per dim (nats)", title=f"{domain}: profile")
   ax[0].legend(fontsize=8)
   for arm, wd in workdirs.items():
-    s2, st2, _ = sample.restore(wd)
-    grid_G, curves = diagnostics.schedule_curves(s2.config, s2.schedule, st2.schedule_state)
+    r2 = restore.restore_run(wd)
+    grid_G, curves = diagnostics.schedule_curves(r2.config, r2.schedule, r2.state.schedule_state)
     eff = curves["effective allocation pi*w"]
     ax[1].plot(grid_G, eff / eff.sum(), label=f"{arm}: pi*w")
   rho_K = np.asarray(sched.profile(state.schedule_state)[1])  # gated, sums to 1 over K bins

@@ -5,7 +5,6 @@ TrainState is one item, so the schedule state and the step (hence the data posit
 come back with the parameters.
 """
 
-import json
 import logging as logging_lib
 import os
 import signal
@@ -13,13 +12,11 @@ import threading
 from typing import Any
 
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
 from infonoise_jax import paths
-from infonoise_jax.validation import check_keys
 
 
 def saved_steps(workdir: str) -> list[int]:
@@ -349,48 +346,3 @@ class PreemptionFlag:
   def restore_handlers(self) -> None:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
-
-
-def _tuples(value):
-  """JSON lists -> tuples (config.json stores the config's tuples as lists)."""
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value
-
-
-def migrate_config(d: dict, path: str = "config.json") -> dict:
-  """Brings a config.json written by an older version to the current keys (in place).
-
-  * `schedule.infonoise.sigma_min/sigma_max` (until the sigma range became the one setting
-    `edm.sigma_min/sigma_max`): dropped when equal to the edm range (every run made with the
-    defaults); a run whose InfoNoise grid differed from its edm range cannot be expressed
-    any more and is an error naming both.
-  """
-  info, edm = d.get("schedule", {}).get("infonoise", {}), d.get("edm", {})
-  for key in ("sigma_min", "sigma_max"):
-    if key in info:
-      old = info.pop(key)
-      if old != edm.get(key):
-        raise ValueError(
-          f"{path}: schedule.infonoise.{key} = {old} differs from edm.{key} = {edm.get(key)}; "
-          "the InfoNoise grid now spans the edm range (one setting), so this run's schedule "
-          f"cannot be rebuilt. Set edm.{key} to {old} in {path} to read it on that range."
-        )
-  return d
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The resolved config a run wrote to `<workdir>/config.json`, migrated to current keys."""
-  path = paths.run_path(workdir) / "config.json"
-  if not path.exists():
-    raise FileNotFoundError(
-      f"{path} not found: --workdir must be a training run directory (the --workdir given "
-      "to python -m infonoise_jax.main)"
-    )
-  config = ml_collections.ConfigDict(
-    _tuples(migrate_config(json.loads(path.read_text()), str(path)))
-  )
-  check_keys(config)
-  return config

@@ -259,11 +259,11 @@ def diagnose(
 
 
 def _from_workdir(workdir: str, params: str):
-  from infonoise_jax import sample
+  from infonoise_jax import restore
 
-  sampler, state, step = sample.restore(workdir, devices=jax.devices()[:1])
-  chosen = state.ema_params if params == "ema" else state.params
-  return sampler.config, (sampler.model, chosen), (sampler.schedule, state.schedule_state), step
+  run = restore.restore_run(workdir, devices=jax.devices()[:1])
+  chosen = run.state.ema_params if params == "ema" else run.state.params
+  return run.config, (run.model, chosen), (run.schedule, run.state.schedule_state), run.step
 
 
 def parse(argv=None) -> argparse.Namespace:

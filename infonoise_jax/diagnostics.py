@@ -5,7 +5,6 @@ density pi, the effective allocation pi*w and (for InfoNoise) the estimated gate
 entropy-rate profile, each normalized on the grid so they can be compared.
 """
 
-import functools
 import os
 
 import jax
@@ -14,9 +13,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from infonoise_jax import edm, log_sigma, sample
+from infonoise_jax import edm, log_sigma
 from infonoise_jax.evaluation import plots, sequence_eval
 from infonoise_jax.paths import run_path
+from infonoise_jax.sample_files import write_samples
 from infonoise_jax.schedules import has_profile
 
 
@@ -67,19 +67,6 @@ def _markers(config, schedule_state) -> dict[str, float]:
   return markers
 
 
-@functools.cache
-def _sampler(run) -> sample.Sampler:
-  """One Sampler per run, so its jitted draw function compiles once."""
-  return sample.Sampler.from_run(run)
-
-
-def generate_samples(run, state, num: int, seed: int) -> np.ndarray:
-  """`num` samples from the EMA model, the same way the `sample` command draws them."""
-  sampler = _sampler(run)
-  sigmas = sample.make_sigmas(sampler, state.schedule_state)
-  return sample.draw_all(sampler, state.ema_params, sigmas, num, seed)
-
-
 def write_images(run, state, writer, workdir: str, step: int, log=None) -> tuple[dict, np.ndarray]:
   """Pictures to TensorBoard and PNG files; returns (paths, samples).
 
@@ -89,7 +76,7 @@ def write_images(run, state, writer, workdir: str, step: int, log=None) -> tuple
   history as a heatmap.
   """
   config = run.config
-  samples = generate_samples(run, state, config.train.num_samples, config.seed)
+  samples = run.sampler.draw_ema(state, config.train.num_samples, config.seed)
   grid_G, curves = schedule_curves(config, run.schedule, state.schedule_state)
   title = f"{config.schedule.name} @ step {step}"
   markers = _markers(config, state.schedule_state)
@@ -136,7 +123,7 @@ def write_final(run, state, writer, workdir: str, step: int, log=None) -> None:
   extra = {}
   if run.source.encoding is not None:  # decoded tokens and the vocabulary that reads them
     extra = dict(tokens=run.source.encoding.decode(samples), vocab=run.source.encoding.vocab)
-  written = sample.write_samples(  # the sample command's format (and the same png)
+  written = write_samples(  # the sample command's format (and the same png)
     workdir,
     samples,
     run.config.data.scale,

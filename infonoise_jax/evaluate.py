@@ -1,4 +1,4 @@
-"""FID of a trained run's EMA model with EDM's protocol; writes <workdir>/fid.json.
+"""Command: FID of a trained run's EMA model with EDM's protocol; writes <workdir>/fid.json.
 
   python -m infonoise_jax.evaluate --workdir=runs/cifar10 [--num=50000] [--seed_sets=3] \
       [--ref_stats=stats.npz] [--grid=karras] [--steps=18] [--step=200000]
@@ -6,8 +6,8 @@
 EDM's protocol: 50k samples per seed set, seed sets 0, 1, 2, report the minimum (`fids`
 keeps every set). Seed set s scores exactly the samples `python -m infonoise_jax.sample
 --seed=s --num=<num>` writes. Reference statistics: --ref_stats, else the run's fid.ref_stats,
-else computed from the run's dataset (train split) and cached in fid.cache_dir (see
-evaluation/fid_eval.py). Needs the converted Inception weights (fid.weights_path or
+else computed from the run's dataset (train split) and cached in fid.cache_dir
+(evaluation/model_fid.py). Needs the converted Inception weights (fid.weights_path or
 --weights; docs/fid.md); without them inception.load_params says how to get them.
 """
 
@@ -19,10 +19,10 @@ from collections.abc import Callable, Sequence
 
 import jax
 
-from infonoise_jax import cli, sample, sampling
-from infonoise_jax.checkpointing import load_config
-from infonoise_jax.evaluation import fid, fid_eval
-from infonoise_jax.mesh import initialize_distributed
+from infonoise_jax import cli, restore, solvers
+from infonoise_jax.evaluation import fid, model_fid
+from infonoise_jax.mesh import initialize_distributed, make_mesh
+from infonoise_jax.model_sampler import Sampler, sampler_config
 from infonoise_jax.paths import run_path
 
 
@@ -45,34 +45,42 @@ def evaluate(
   """
   if seed_sets < 1:
     raise ValueError(f"--seed_sets must be >= 1, got {seed_sets}")
-  config = sample.load_config(workdir)
-  sampling.check_grid(config, grid)  # before loading weights or restoring
-  sample.check_step(workdir, step)  # the checkpoint and step, before the weights
+  if num < 2:
+    raise ValueError(f"--num: FID needs at least 2 samples, got {num}")
+  config = restore.load_config(workdir)
+  solvers.check_grid(config, grid)  # before loading weights or restoring
+  restore.check_step(workdir, step)  # the checkpoint and step, before the weights
   if ref_stats or config.fid.ref_stats:
     fid.check_stats_file(ref_stats or config.fid.ref_stats)
-  mesh = sample.make_mesh(devices)
-  extractor = fid_eval.make_extractor(config, mesh, weights)  # missing weights fail here
-  sampler, state, step = sample.restore(workdir, step, devices)
-  ref, ref_path = fid_eval.load_reference(config, extractor, ref_stats)
-  run_config = sample.sampler_config(config, grid, num_steps)
-  sigmas = sample.make_sigmas(sampler, state.schedule_state, run_config)
+  extractor = model_fid.make_extractor(config, make_mesh(devices), weights)  # missing: fail here
+  run = restore.restore_run(workdir, step, devices)
+  sampler = Sampler(run.config, run.model, run.schedule, run.mesh, run.data_shape)
+  model_fid.check_images(sampler.data_shape, "the model")
+  ref, ref_path = model_fid.load_reference(config, extractor, ref_stats)
+  run_config = sampler_config(config, grid, num_steps)
+  sigmas = sampler.sigmas(run.state.schedule_state, run_config)
   seeds = list(range(seed_sets))
   if report is not None:
-    report(f"{workdir} @ step {step}: FID of {num} samples x {seed_sets} seed sets vs {ref_path}")
-  params = state.ema_params
-  scores = fid_eval.model_fid(sampler, params, sigmas, ref, extractor, num, seeds, batch, report)
+    sets = f"{num} samples x {seed_sets} seed sets"
+    report(f"{workdir} @ step {run.step}: FID of {sets} vs {ref_path}")
+  fids = []
+  for seed in seeds:
+    batches = sampler.draw(run.state.ema_params, sigmas, num, seed, batch)
+    fids.append(model_fid.fid_of_batches(batches, config.data.scale, ref, extractor))
+    if report is not None:
+      report(f"seed set {seed}: FID {fids[-1]:.4f} ({num} samples)")
   s = run_config.sampler
   result = {
-    "fid": scores["fid"],
-    "fids": scores["fids"],
+    "fid": min(fids),
+    "fids": fids,
     "seeds": seeds,
     "num_samples": num,
-    "checkpoint_step": step,
+    "checkpoint_step": run.step,
     "sampler": {
       "method": s.name,
       "grid": s.grid,
       "num_steps": s.num_steps,
-      "network_evaluations": sampling.num_evaluations(s.num_steps, s.name),
+      "network_evaluations": solvers.num_evaluations(s.num_steps, s.name),
     },
     "reference": {"stats": str(run_path(ref_path)), "num_images": ref.n},
   }
@@ -89,7 +97,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--num", type=int, default=50000, help="samples per seed set")
   p.add_argument("--seed_sets", type=int, default=3, help="seed sets 0..S-1; FID is their min")
   p.add_argument("--ref_stats", default=None, help=".npz of mu, sigma, n (default: from data)")
-  p.add_argument("--grid", choices=sampling.GRIDS, default=None, help="default: the run's")
+  p.add_argument("--grid", choices=solvers.GRIDS, default=None, help="default: the run's")
   p.add_argument("--steps", type=int, default=None, help="sigma levels (default: the run's)")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--weights", default=None, help="Inception .npz (default: fid.weights_path)")
@@ -111,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _command(a: argparse.Namespace) -> None:
   if a.distributed:  # the training run's multi-host start-up (system.*), before any JAX call
-    initialize_distributed(load_config(a.workdir))
+    initialize_distributed(restore.load_config(a.workdir))
   report = (lambda line: print(line, flush=True)) if jax.process_index() == 0 else None
   args = (a.workdir, a.num, a.seed_sets, a.ref_stats, a.grid, a.steps, a.step, a.weights)
   result = evaluate(*args, a.batch, report=report)

@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from infonoise_jax import sample, steps
+from infonoise_jax import steps
 from infonoise_jax.data import Pipeline, load_source
 from infonoise_jax.mesh import make_mesh
+from infonoise_jax.model_sampler import Sampler
 from infonoise_jax.models import make_model
 from infonoise_jax.schedules import make_schedule
 from infonoise_jax.train_state import TrainState, make_optimizer
@@ -51,11 +52,11 @@ class MultiRun:
 
     self.train_step = jax.jit(train_step, donate_argnums=(0, 2))
     init = lambda seed: steps.init_state(
-      config, self.model, self.schedule, self.optimizer, self.source.shape, seed
+      self.model, self.schedule, self.optimizer, self.source.shape, seed
     )
     self._init = jax.jit(jax.vmap(init))
     mesh = make_mesh(jax.devices()[:1])  # training is single-device too
-    self.sampler = sample.Sampler(config, self.model, self.schedule, mesh, self.source.shape)
+    self.sampler = Sampler(config, self.model, self.schedule, mesh, self.source.shape)
 
   @property
   def num_runs(self) -> int:
@@ -75,9 +76,7 @@ class MultiRun:
 
   def samples(self, state: TrainState, r: int, num: int, seed: int) -> np.ndarray:
     """`num` samples of run r's EMA model with the config's sampler (model units)."""
-    s = self.run_state(state, r)
-    sigmas = sample.make_sigmas(self.sampler, s.schedule_state)
-    return sample.draw_all(self.sampler, s.ema_params, sigmas, num, seed)
+    return self.sampler.draw_ema(self.run_state(state, r), num, seed)
 
 
 def check_finite(bad_R: jax.Array, seeds: list[int], step_range: tuple[int, int]) -> None:

@@ -15,31 +15,9 @@ sets (the empirical prior, a mixture with zero widths) by Monte Carlo over x_sig
 posterior covariance trace (Rao-Blackwellised: the only randomness is x_sigma); independent
 fair bits {-a, a}^d by Gauss-Hermite quadrature of the 1-D integral.
 
-**Gate pivot ("onset") rule (ours).** The paper's automatic pivot is known only second-hand;
-its literal reading (`onset_pivot_literal`: r = (m/sigma^3)/max, c = largest sigma with
-r >= p) gives c = 4.4 for bits of scale 0.5 whose profile peaks at 0.41, erasing the decision
-window (docs/method.md 4, step 5).
-The gate's stated job is to cut the *low-noise region*, where the profile
-still shows its sigma -> 0 behaviour: for continuous data q -> q_0 (about 1 per dim, the
-"1/sigma tail" of dH/dsigma); for discrete data q -> 0. `onset_pivot` therefore measures how far
-the profile has moved away from its low-noise value q_0 = q(sigma_min), relative to its full
-range,
-
-    D(sigma) = |q(sigma) - q_0| / max_sigma' |q(sigma') - q_0|   in [0, 1],  D(sigma_min) = 0,
-
-and returns the smallest sigma (scanning up from low noise, linear in ln sigma between grid
-points) with D >= p. Properties, on the closed forms (p = 0.2, the config default):
-* scale-equivariant (q depends on sigma/scale only), so c scales with the data;
-* Gaussian N(0, s^2): D = sigma^2/(s^2 + sigma^2), c = s sqrt(p/(1-p)) = s/2;
-* bits of scale a: c = 0.38 a, under half the profile's peak at 0.82 a (a = 0.5: c = 0.19, peak
-  0.41, gate 0.90 at the peak), because q rises steeply out of 0 and D reaches p on that flank;
-* a mixture of narrow components (width w): c = w/2, the end of the within-component plateau,
-  well below the between-component decision window;
-* natural-image-like data (Gaussian with 1/f^2 power spectrum, 32x32 or 64x64, per-pixel std
-  0.5): c = 0.12-0.14, near the 0.15 reported for CIFAR-10; the plateau ends near the sqrt of
-  the smallest spectral variance, which is what the gate should cut.
-A single threshold thus serves both kinds of data; the literal reading's p = 0.002 would be far
-too small here (it measures a ratio to the maximum, not a departure from the plateau).
+`onset_pivot` is the automatic gate pivot rule (ours); its definition, properties and the
+reason the literal reading is not the default are in docs/method.md ("The automatic gate
+pivot").
 """
 
 import math

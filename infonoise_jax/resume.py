@@ -15,7 +15,7 @@ import os
 
 import ml_collections
 
-from infonoise_jax import paths
+from infonoise_jax import paths, restore
 
 # Keys (or whole sections, ending in ".") a resume may change.
 RESUMABLE = (
@@ -75,7 +75,7 @@ def changes(config: ml_collections.ConfigDict, workdir: str) -> dict[str, tuple]
   if not path.exists():
     return {}
   try:
-    saved = _flat(json.loads(path.read_text()))
+    saved = _flat(restore.migrate_config(json.loads(path.read_text()), str(path)))
   except (OSError, ValueError) as e:
     raise ValueError(
       f"{path} is unreadable ({e}); restore it from a backup, or start a new --workdir"

@@ -20,11 +20,10 @@ import optax
 
 from infonoise_jax import edm, log_sigma
 from infonoise_jax.schedules.base import Schedule
-from infonoise_jax.train_state import TrainState, ema_decay, learning_rate, step_keys
+from infonoise_jax.train_state import TrainState, ema_decay, learning_rate_schedule, step_keys
 
 
 def init_state(
-  config: ml_collections.ConfigDict,
   model: nn.Module,
   schedule: Schedule,
   optimizer: optax.GradientTransformation,
@@ -54,13 +53,13 @@ def make_train_step(
 ) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, Any]]]:
   """Returns the pure train step closed over the static model, schedule and optimizer."""
   sigma_data = config.edm.sigma_data
+  lr_schedule = learning_rate_schedule(config)  # the optimizer's own schedule, for logging
   loss_grid = log_sigma.LogSigmaGrid.from_config(config, config.train.profile_bins)
 
   def train_step(state: TrainState, x0_BX: jax.Array) -> tuple[TrainState, dict[str, Any]]:
     keys = step_keys(state)
     batch = x0_BX.shape[0]
     sigma_B, lossweight_B = schedule.sample(state.schedule_state, keys["sigma"], batch)
-    sigma_B = jax.lax.stop_gradient(sigma_B)
     eps_BX = jax.random.normal(keys["noise"], x0_BX.shape, x0_BX.dtype)
     x_noisy_BX = edm.add_noise(x0_BX, sigma_B, eps_BX)
 
@@ -73,18 +72,18 @@ def make_train_step(
       denoised_BX = edm.denoise(net_fn, x_noisy_BX, sigma_B, sigma_data)
       err_B = edm.per_example_error(denoised_BX, x0_BX)
       loss_B = edm.loss_weight(sigma_B, sigma_data) * err_B
-      return jnp.mean(jax.lax.stop_gradient(lossweight_B) * loss_B), (err_B, loss_B)
+      return jnp.mean(lossweight_B * loss_B), (err_B, loss_B)
 
     (loss, (err_B, loss_B)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     beta = ema_decay(config, state.step)
-    ema_params = jax.tree.map(lambda e, p: beta * e + (1.0 - beta) * p, state.ema_params, params)
+    ema_params = optax.incremental_update(params, state.ema_params, step_size=1.0 - beta)
     schedule_state, schedule_metrics = schedule.update(
       state.schedule_state,
       sigma_B,
-      jax.lax.stop_gradient(err_B),
-      jax.lax.stop_gradient(loss_B),
+      err_B,
+      loss_B,
     )
     # Per-noise-level loss sums and counts (TensorBoard's loss_by_log_sigma).
     bin_loss_P, bin_count_P = loss_grid.record(jnp.log(sigma_B), loss_B)
@@ -93,7 +92,7 @@ def make_train_step(
       "loss_edm": jnp.mean(loss_B),  # w(sigma)*err without the schedule's loss weights
       "err_x": jnp.mean(err_B),  # unweighted x-space error (InfoNoise's input)
       "grad_norm": optax.tree.norm(grads),
-      "learning_rate": learning_rate(config, state.step),
+      "learning_rate": lr_schedule(state.step),
       "ema_beta": beta,
       "bin_loss_sum": bin_loss_P,
       "bin_count": bin_count_P,

@@ -20,8 +20,9 @@ from jax.sharding import PartitionSpec as P
 from infonoise_jax import checkpointing, diagnostics, metrics, resume, steps
 from infonoise_jax import workdir as workdir_lib
 from infonoise_jax.data import Pipeline, load_source
-from infonoise_jax.evaluation import fid_eval, sequence_eval
+from infonoise_jax.evaluation import model_fid, sequence_eval
 from infonoise_jax.mesh import make_mesh
+from infonoise_jax.model_sampler import Sampler
 from infonoise_jax.models import make_model
 from infonoise_jax.schedules import make_schedule
 from infonoise_jax.train_state import TrainState, abstract_state, make_optimizer
@@ -75,10 +76,12 @@ class Run:
     self.copy_state = jax.jit(
       lambda s: jax.tree.map(jnp.copy, s), out_shardings=self.state_sharding
     )
+    # One sampler for the run's sample grids and periodic FID (one compile per batch size).
+    self.sampler = Sampler(config, self.model, self.schedule, self.mesh, self.source.shape)
 
   def _init(self) -> TrainState:
     return steps.init_state(
-      self.config, self.model, self.schedule, self.optimizer, self.source.shape, self.config.seed
+      self.model, self.schedule, self.optimizer, self.source.shape, self.config.seed
     )
 
   def global_batch(self, local_BX: np.ndarray) -> jax.Array:
@@ -254,7 +257,9 @@ def _train(run: Run, workdir: str, fresh: bool) -> TrainState:
   saved = checkpointing.saved_steps(workdir)
   workdir_lib.check_start(workdir, saved, fresh)
   accepted = resume.check(config, workdir, saved[-1]) if saved else {}
-  periodic_fid = fid_eval.PeriodicFID(run) if config.train.fid_every else None  # fails early
+  periodic_fid = None  # built before anything is written: missing weights or non-images fail
+  if config.train.fid_every:
+    periodic_fid = model_fid.PeriodicFID(config, run.mesh, run.source)
   seq_eval = (
     sequence_eval.SequenceEvaluator(config, run.source) if config.train.eval_every else None
   )
@@ -314,9 +319,12 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
       if t.sample_every and step % t.sample_every == 0 and step < num_steps:
         diagnostics.write_images(run, state, writer, workdir, step, log)
       if periodic_fid and (step % t.fid_every == 0 or step == num_steps):
-        periodic_fid.write(state, writer, step)
+        fid_batches = run.sampler.draw(  # seed set 0: the same noise every time
+          state.ema_params, run.sampler.sigmas(state.schedule_state), periodic_fid.num, seed=0
+        )
+        periodic_fid.write(fid_batches, writer, step)
       if seq_eval and (step % t.eval_every == 0 or step == num_steps):
-        draw = functools.partial(diagnostics.generate_samples, run, state)
+        draw = functools.partial(run.sampler.draw_ema, state)  # (num, seed) -> samples
         seq_eval.write(draw, writer, step)
       stop = preempted.is_set() or ckpt.reached_preemption(step)
       if step % t.checkpoint_every == 0 or step == num_steps or stop:

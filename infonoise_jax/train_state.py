@@ -41,7 +41,7 @@ def abstract_state(init_fn: Callable[[], TrainState], sharding) -> TrainState:
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """Adam with a linear learning-rate warm-up (EDM's ramp) and optional global-norm clipping."""
-  lr = optax.linear_schedule(0.0, config.optim.lr, max(int(config.optim.warmup_steps), 1))
+  lr = learning_rate_schedule(config)
   # The clip stage is always present (inf = off) so the optimizer state has the same
   # structure whatever grad_clip is, and a run can resume with clipping switched.
   clip = config.optim.grad_clip if config.optim.grad_clip > 0 else float("inf")
@@ -51,10 +51,9 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   )
 
 
-def learning_rate(config: ml_collections.ConfigDict, step: jax.Array) -> jax.Array:
-  """The learning rate `make_optimizer` uses at `step` (for logging)."""
-  warm = max(int(config.optim.warmup_steps), 1)
-  return config.optim.lr * jnp.minimum(step.astype(jnp.float32) / warm, 1.0)
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Learning rate against the optimizer step: EDM's linear ramp to optim.lr, then constant."""
+  return optax.linear_schedule(0.0, config.optim.lr, max(int(config.optim.warmup_steps), 1))
 
 
 def ema_decay(config: ml_collections.ConfigDict, step: jax.Array) -> jax.Array:

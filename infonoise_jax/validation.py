@@ -1,7 +1,7 @@
 """Config validation that runs once, before anything is compiled or read.
 
 Each component validates its own section where it is built (`make_schedule`,
-`make_model`, `load_source`, `sampling.make_sigmas`); this module checks the rest and
+`make_model`, `load_source`, `solvers.make_sigmas`); this module checks the rest and
 that a config defines exactly the keys of `configs/default.py`, so a typo in a derived
 config fails with the key's name instead of being silently ignored.
 """
@@ -13,7 +13,7 @@ import pathlib
 import jax
 import ml_collections
 
-from infonoise_jax import log_sigma, sampling
+from infonoise_jax import log_sigma, solvers
 
 
 def config_dir() -> pathlib.Path:
@@ -142,4 +142,4 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     "model.dtype",
     f"must be 'float32' or 'bfloat16', got {config.model.dtype!r}",
   )
-  sampling.validate_sampler_config(config)  # used at the end of training: fail now, not then
+  solvers.validate_sampler_config(config)  # used at the end of training: fail now, not then

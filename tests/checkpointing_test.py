@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import SingleDeviceSharding
 
 from configs import default
-from infonoise_jax import checkpointing, train_state
+from infonoise_jax import checkpointing, restore, train_state
 from infonoise_jax.schedules import InfoNoise
 
 
@@ -22,7 +22,7 @@ def test_load_config_reads_what_the_trainer_writes(tmp_path):
   config = default.get_config("cdcd")
   config.train.num_steps = 123
   _write_config(tmp_path, json.loads(config.to_json_best_effort()))
-  loaded = checkpointing.load_config(str(tmp_path))
+  loaded = restore.load_config(str(tmp_path))
   assert loaded.to_dict() == config.to_dict()  # tuples come back as tuples
   assert loaded.model.hidden_dims == (512, 512, 512)
 
@@ -30,24 +30,25 @@ def test_load_config_reads_what_the_trainer_writes(tmp_path):
 def test_old_config_json_with_an_infonoise_sigma_range_is_migrated(tmp_path):
   d = json.loads(default.get_config().to_json_best_effort())
   d["schedule"]["infonoise"].update(sigma_min=0.002, sigma_max=80.0)  # written before the merge
+  d["fid"]["seed_sets"] = 1  # a key nothing read
   _write_config(tmp_path / "same", d)
-  loaded = checkpointing.load_config(str(tmp_path / "same"))
-  assert "sigma_min" not in loaded.schedule.infonoise
+  loaded = restore.load_config(str(tmp_path / "same"))
+  assert "sigma_min" not in loaded.schedule.infonoise and "seed_sets" not in loaded.fid
   assert (loaded.edm.sigma_min, loaded.edm.sigma_max) == (0.002, 80.0)
   d["schedule"]["infonoise"].update(sigma_min=0.01, sigma_max=80.0)
   _write_config(tmp_path / "differs", d)
   with pytest.raises(ValueError, match=r"schedule\.infonoise\.sigma_min = 0\.01 differs"):
-    checkpointing.load_config(str(tmp_path / "differs"))
+    restore.load_config(str(tmp_path / "differs"))
 
 
 def test_load_config_errors_name_the_file(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.json not found"):
-    checkpointing.load_config(str(tmp_path))
+    restore.load_config(str(tmp_path))
   d = json.loads(default.get_config().to_json_best_effort())
   d["train"]["num_stepz"] = 3
   _write_config(tmp_path, d)
   with pytest.raises(ValueError, match="num_stepz"):
-    checkpointing.load_config(str(tmp_path))
+    restore.load_config(str(tmp_path))
 
 
 def _tiny_state(step: int):

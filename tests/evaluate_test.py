@@ -1,4 +1,4 @@
-"""Tests for FID evaluation: evaluation/fid_eval.py, the evaluate command, periodic FID.
+"""Tests for FID evaluation: evaluation/model_fid.py, the evaluate command, periodic FID.
 
 Everything runs the real FID Inception network (about 0.3 s per image on CPU after a ~10 s
 compile), so every image set here has 8 images. The weights are the converted .npz at the
@@ -17,7 +17,8 @@ import pytest
 
 from infonoise_jax import evaluate, sample, train
 from infonoise_jax.data import Source, load_source
-from infonoise_jax.evaluation import convert_inception, fid, fid_eval, inception
+from infonoise_jax.evaluation import convert_inception, fid, inception, model_fid
+from infonoise_jax.mesh import make_mesh
 from infonoise_jax.validation import load_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -59,8 +60,8 @@ def reference(weights, tmp_path_factory):
   config = _config(weights, cache_dir)
   digits = load_source(config)
   small = Source("digits", digits.shape, N, True, digits.scale, array=digits.array[:N])
-  extractor = fid_eval.make_extractor(config, sample.make_mesh())
-  stats, path = fid_eval.load_reference(config, extractor, source=small)
+  extractor = model_fid.make_extractor(config, make_mesh())
+  stats, path = model_fid.load_reference(config, extractor, source=small)
   assert path == fid.reference_stats_path(cache_dir, "digits_train") and os.path.exists(path)
   return small, stats, extractor, config
 
@@ -76,20 +77,16 @@ def fid_run(reference, tmp_path_factory):
   return workdir
 
 
-def test_data_against_its_own_reference_stats_is_zero(reference, monkeypatch):
+def test_data_against_its_own_reference_stats_is_zero(reference):
   # The model-sample path (model units -> / data.scale -> uint8 -> features), fed the very
   # images the reference path (Source -> uint8 -> features) saw, must give FID ~ 0. The
   # model here works at data.scale 0.5: its samples are divided by the scale, so they meet
   # the same reference statistics (computed from scale-1 data).
   small, stats, extractor, config = reference
   assert stats.n == N and stats.mu_D.shape == (inception.FEATURE_DIM,)
-  config = config.copy_and_resolve_references()
-  config.data.scale = 0.5
-  sampler = sample.Sampler(config, None, None, sample.make_mesh(), small.shape)
   x = 0.5 * small.array
-  monkeypatch.setattr(sample, "draw", lambda *a, **k: iter([x[:5], x[5:]]))
-  got = fid_eval.model_fid(sampler, None, None, stats, extractor, N)
-  assert got["fid"] < 1e-6 * np.trace(stats.sigma_DD), got
+  got = model_fid.fid_of_batches(iter([x[:5], x[5:]]), 0.5, stats, extractor)
+  assert got < 1e-6 * np.trace(stats.sigma_DD), got
 
 
 def test_periodic_fid_is_logged_every_fid_every_steps_and_at_the_end(fid_run):

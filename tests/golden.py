@@ -51,7 +51,7 @@ def run_golden(schedule: str) -> dict:
   sched = make_schedule(config)
   optimizer = make_optimizer(config)
   pipeline = Pipeline(source, config.train.batch_size, config.seed, 0, 1)
-  init = lambda: steps.init_state(config, model, sched, optimizer, source.shape, config.seed)
+  init = lambda: steps.init_state(model, sched, optimizer, source.shape, config.seed)
   state = jax.jit(init)()
   init_params = state.params
   train_step = jax.jit(steps.make_train_step(config, model, sched, optimizer))

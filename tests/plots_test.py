@@ -3,16 +3,18 @@
 import numpy as np
 from PIL import Image
 
-from infonoise_jax.evaluation import plots
+from infonoise_jax.evaluation import images, plots
 
 BLUE, ORANGE, GREEN = (31, 119, 180), (255, 127, 14), (44, 160, 44)  # matplotlib C0, C1, C2
 
 
 def test_to_uint8_maps_value_range_and_passes_uint8():
-  np.testing.assert_array_equal(plots.to_uint8(np.array([-1.0, 0.0, 1.0, 3.0])), [0, 128, 255, 255])
-  np.testing.assert_array_equal(plots.to_uint8(np.array([0.0, 0.5]), (0.0, 1.0)), [0, 128])
+  np.testing.assert_array_equal(
+    images.to_uint8(np.array([-1.0, 0.0, 1.0, 3.0])), [0, 128, 255, 255]
+  )
+  np.testing.assert_array_equal(images.to_uint8(np.array([0.0, 0.5]), (0.0, 1.0)), [0, 128])
   u = np.array([3, 200], np.uint8)
-  assert plots.to_uint8(u) is u
+  assert images.to_uint8(u) is u
 
 
 def test_image_grid_places_each_image_row_major():

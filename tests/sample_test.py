@@ -8,8 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from infonoise_jax import sample, sampling, train
-from infonoise_jax.evaluation import fid
+from infonoise_jax import restore, sample, solvers, train
+from infonoise_jax.evaluation import images
+from infonoise_jax.model_sampler import Sampler, sampler_config
 from infonoise_jax.schedules import make_schedule
 from infonoise_jax.validation import load_config_file
 
@@ -41,15 +42,19 @@ def command_samples(trained, tmp_path_factory):
   return out
 
 
+def _restore(workdir: str, devices=None):
+  """(sampler, state, step) of a run, as the sample command builds them."""
+  run = restore.restore_run(workdir, devices=devices)
+  return Sampler(run.config, run.model, run.schedule, run.mesh, run.data_shape), run.state, run.step
+
+
 @pytest.fixture(scope="module")
 def restored(trained):
-  return sample.restore(trained[0])
+  return _restore(trained[0])
 
 
 def _infogrid(sampler, schedule_state):
-  return sample.make_sigmas(
-    sampler, schedule_state, sample.sampler_config(sampler.config, "infogrid")
-  )
+  return sampler.sigmas(schedule_state, sampler_config(sampler.config, "infogrid"))
 
 
 def test_restore_gives_the_trained_state_without_reading_data(trained, monkeypatch):
@@ -59,7 +64,7 @@ def test_restore_gives_the_trained_state_without_reading_data(trained, monkeypat
 
   for module in (data, sources):  # wherever the sampler could reach the data from
     monkeypatch.setattr(module, "load_source", lambda *_: pytest.fail("read the data"))
-  sampler, state, step = sample.restore(workdir)
+  sampler, state, step = _restore(workdir)
   assert step == 8 and sampler.data_shape == (8, 8, 1)
   for got, want in [
     (state.ema_params, final.ema_params),
@@ -79,9 +84,9 @@ def test_command_writes_requested_samples_and_grid(trained, command_samples):
   with np.load(pathlib.Path(trained[0]) / "samples.npz") as f:  # the trainer's: one format
     assert set(f.files) == command_keys
     assert f["samples"].dtype == np.float32 and str(f["method"]) == "heun"
-    np.testing.assert_array_equal(f["uint8"], fid.to_uint8(f["samples"]))
+    np.testing.assert_array_equal(f["uint8"], images.to_uint8(f["samples"]))
   assert x.shape == (10, 8, 8, 1) and x.dtype == np.float32 and np.all(np.isfinite(x))
-  np.testing.assert_array_equal(u8, fid.to_uint8(x))
+  np.testing.assert_array_equal(u8, images.to_uint8(x))
   assert len(np.unique(x.reshape(10, -1), axis=0)) == 10  # distinct samples
   grid = Image.open(command_samples / "samples.png")
   assert grid.size[0] >= 4 * 32 and grid.size[1] >= 3 * 32  # 10 images upscaled to 32, 4 cols
@@ -91,7 +96,7 @@ def test_infogrid_uses_the_checkpointed_profile(restored):
   sampler, state, _ = restored
   learned = np.asarray(_infogrid(sampler, state.schedule_state))
   initial = np.asarray(_infogrid(sampler, sampler.schedule.init_state()))
-  karras = np.asarray(sampling.make_sigmas(sampler.config))
+  karras = np.asarray(solvers.make_sigmas(sampler.config))
   assert learned.shape == karras.shape == (5,) and learned[-1] == 0
   assert np.all(np.diff(learned) < 0)
   assert not np.allclose(learned, initial) and not np.allclose(learned[:-1], karras[:-1])
@@ -99,19 +104,19 @@ def test_infogrid_uses_the_checkpointed_profile(restored):
 
 def test_seeds_reproduce_across_calls_devices_and_batch_sizes(trained, command_samples):
   written = np.load(command_samples / "samples.npz")["samples"]
-  sampler, state, _ = sample.restore(trained[0], devices=jax.devices()[:1])
-  config = sample.sampler_config(sampler.config, method="exp_heun")  # as the command's --method
+  sampler, state, _ = _restore(trained[0], devices=jax.devices()[:1])
+  config = sampler_config(sampler.config, method="exp_heun")  # as the command's --method
   sampler = dataclasses.replace(sampler, config=config)
   sigmas = _infogrid(sampler, state.schedule_state)
-  one_device = sample.draw_all(sampler, state.ema_params, sigmas, 10, seed=3, batch=4)
+  one_device = sampler.draw_all(state.ema_params, sigmas, 10, seed=3, batch=4)
   # 1 device in batches of 4 vs the command's 8 devices in one batch of 16: the same samples
   # (to float rounding), since sample j's noise comes from its own key fold_in(key(3), j).
   np.testing.assert_allclose(one_device, written, rtol=1e-5, atol=1e-5)
-  again = sample.draw_all(sampler, state.ema_params, sigmas, 10, seed=3, batch=4)
+  again = sampler.draw_all(state.ema_params, sigmas, 10, seed=3, batch=4)
   np.testing.assert_array_equal(again, one_device)  # same seed, same layout: identical
-  prefix = sample.draw_all(sampler, state.ema_params, sigmas, 4, seed=3, batch=4)
+  prefix = sampler.draw_all(state.ema_params, sigmas, 4, seed=3, batch=4)
   np.testing.assert_array_equal(prefix, one_device[:4])  # a smaller --num: the same first ones
-  other = sample.draw_all(sampler, state.ema_params, sigmas, 10, seed=4, batch=4)
+  other = sampler.draw_all(state.ema_params, sigmas, 10, seed=4, batch=4)
   assert np.min(np.abs(other - one_device).reshape(10, -1).max(axis=1)) > 1e-2
 
 
@@ -134,9 +139,9 @@ def test_infogrid_on_a_non_infonoise_run_is_a_clear_error(trained, restored, tmp
   sampler = restored[0]
   config = sampler.config.copy_and_resolve_references()
   config.schedule.name = "lognormal"
-  other = sample.Sampler(config, sampler.model, make_schedule(config), sampler.mesh, (8, 8, 1))
+  other = Sampler(config, sampler.model, make_schedule(config), sampler.mesh, (8, 8, 1))
   with pytest.raises(ValueError, match="--grid=karras"):
-    sample.make_sigmas(other, {}, sample.sampler_config(config, grid="infogrid_rescaled"))
+    other.sigmas({}, sampler_config(config, grid="infogrid_rescaled"))
 
 
 def test_missing_run_checkpoint_or_step_are_clear_errors(trained, tmp_path):

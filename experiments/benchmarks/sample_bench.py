@@ -1,8 +1,8 @@
 """Sampling throughput: per-sample keys (infonoise_jax.sample) vs one batched draw.
 
-`sample.draw` gives sample j its own key fold_in(key(seed), j) by vmapping the sampler over
+`Sampler.draw` gives sample j its own key fold_in(key(seed), j) by vmapping the sampler over
 single samples, so samples do not depend on batch size or device count. This checks that
-the vmap costs nothing against `sampling.sample` on the whole batch, for EDM's CIFAR-10
+the vmap costs nothing against `solvers.sample` on the whole batch, for EDM's CIFAR-10
 DDPM++ (configs/cifar10_edm.py; random weights, 18 Heun steps = 35 evaluations), batch
 sharded over all local devices. Prints a markdown table of ms per batch and images/s.
 
@@ -23,7 +23,9 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from infonoise_jax import sample, sampling, steps
+from infonoise_jax import solvers, steps
+from infonoise_jax.mesh import make_mesh
+from infonoise_jax.model_sampler import Sampler
 from infonoise_jax.models import make_model
 from infonoise_jax.schedules import make_schedule
 
@@ -58,18 +60,18 @@ def main() -> None:
   model = make_model(config, shape)
   x, c = jnp.zeros((1, *shape)), jnp.zeros((1,))
   params = jax.jit(lambda: model.init({"params": jax.random.key(0)}, x, c, train=False))()
-  sampler = sample.Sampler(config, model, make_schedule(config), sample.make_mesh(), shape)
+  sampler = Sampler(config, model, make_schedule(config), make_mesh(), shape)
   params = jax.device_put(params["params"], NamedSharding(sampler.mesh, P()))
-  sigmas = sampling.make_sigmas(config)
+  sigmas = solvers.make_sigmas(config)
   denoise = steps.make_denoiser(config, model)
   print(f"{jax.devices()[0].device_kind} x {jax.device_count()}, {config.sampler.num_steps} steps")
   print("| batch | per-sample keys ms | batched ms | per-sample img/s | batched img/s |")
   print("| --- | --- | --- | --- | --- |")
   for batch in a.batch_sizes:
-    batch = sample.round_batch(sampler, batch, batch)
-    keyed = sample._draw_fn(sampler, batch)
+    batch = sampler.round_batch(batch, batch)
+    keyed = sampler.draw_fn(batch)
     batched = jax.jit(
-      lambda p, k, s, b=batch: sampling.sample(
+      lambda p, k, s, b=batch: solvers.sample(
         lambda x, sg: denoise(p, x, sg), k, (b, *shape), s, sharding=sampler.data_sharding
       ),
       out_shardings=sampler.data_sharding,

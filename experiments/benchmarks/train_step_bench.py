@@ -70,7 +70,7 @@ def build(config, shape):
   optimizer = make_optimizer(config)
   mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   rep, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  init = lambda: steps.init_state(config, model, schedule, optimizer, shape, config.seed)
+  init = lambda: steps.init_state(model, schedule, optimizer, shape, config.seed)
   state_sh = jax.tree.map(lambda _: rep, jax.eval_shape(init))
   state = jax.jit(init, out_shardings=state_sh)()
   step = jax.jit(

@@ -6,19 +6,18 @@ N(mu_1, S_1), N(mu_2, S_2):
   FID = ||mu_1 - mu_2||^2 + tr(S_1) + tr(S_2) - 2 tr((S_1 S_2)^{1/2})        (eq. FID)
 
 Features come from the jitted, batch-sharded Flax network of inception.py; their mean and
-covariance are accumulated on the host in float64 (numpy). Model samples are floats in
-[-1, 1] and are quantized to uint8 exactly as EDM does before the network sees them.
+covariance are accumulated on the host in float64 (numpy). Images come in as uint8
+(`images.to_uint8`: EDM's quantization of model samples).
 """
 
 import math
 import os
 import re
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 from jax.sharding import NamedSharding
@@ -113,12 +112,6 @@ def frechet_distance(a: Stats, b: Stats, method: str = "eigh") -> float:
   tr_cross = trace_sqrt_product(a.sigma_DD, b.sigma_DD, method)
   fid = diff_D @ diff_D + np.trace(a.sigma_DD) + np.trace(b.sigma_DD) - 2.0 * tr_cross
   return float(max(fid, 0.0))  # >= 0 mathematically; clip float64 round-off near 0
-
-
-def to_uint8(x_NHWC):
-  """Model output in [-1, 1] -> uint8 [0, 255] as EDM saves images (x*127.5 + 128, truncated)."""
-  xp = jnp if isinstance(x_NHWC, jax.Array) else np
-  return xp.clip(x_NHWC * 127.5 + 128.0, 0, 255).astype(xp.uint8)
 
 
 def make_feature_extractor(
@@ -220,40 +213,3 @@ def reference_stats(
   if jax.process_index() == 0:
     save_stats(path, stats)
   return stats
-
-
-def _batches(x_NHWC, batch_size: int):
-  for start in range(0, x_NHWC.shape[0], batch_size):
-    yield to_uint8(np.asarray(x_NHWC[start : start + batch_size], np.float32))
-
-
-def fid_from_samples(
-  samples_NHWC, ref: Stats, extractor: FeatureFn, batch_size: int = 250
-) -> float:
-  """FID of model samples (floats in [-1, 1], NHWC) against reference statistics."""
-  return frechet_distance(compute_stats(_batches(samples_NHWC, batch_size), extractor), ref)
-
-
-def fid_of_generator(
-  generate_fn: Callable[[jax.Array, int], jax.Array],
-  num: int,
-  ref: Stats,
-  extractor: FeatureFn,
-  seeds: Sequence[int] = (0,),
-  batch_size: int = 250,
-) -> dict[str, float | list[float]]:
-  """FID of `num` generated images per seed set; EDM protocol: seeds=(0, 1, 2), report min.
-
-  `generate_fn(key, batch_size)` returns images in [-1, 1] (N, H, W, C); it is always called
-  with the same batch size (the last batch is truncated) so a jitted sampler compiles once.
-  Batch i of seed set s uses key fold_in(key(s), i). Returns {'fid': min, 'fids': per seed}.
-  """
-  fids = []
-  for seed in seeds:
-    base_key, acc = jax.random.key(seed), init_stats()
-    for i in range(math.ceil(num / batch_size)):
-      images = generate_fn(jax.random.fold_in(base_key, i), batch_size)
-      images = np.asarray(to_uint8(images))[: num - i * batch_size]
-      acc = update_stats(acc, extractor(images))
-    fids.append(frechet_distance(finalize_stats(acc), ref))
-  return {"fid": min(fids), "fids": fids}

@@ -17,17 +17,9 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
+from infonoise_jax.evaluation.images import to_uint8
+
 PLOT_SIZE_PX = (640, 400)  # (width, height): readable in TensorBoard's image card
-
-
-def to_uint8(images: np.ndarray, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
-  """Maps floats in `value_range` linearly to 0..255 (rounded, clipped); uint8 passes through."""
-  images = np.asarray(images)
-  if images.dtype == np.uint8:
-    return images
-  lo, hi = value_range
-  scaled = (np.nan_to_num(images.astype(np.float64)) - lo) * (255.0 / (hi - lo))
-  return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 def image_grid(

@@ -18,21 +18,7 @@ Models (`model.name`):
   transformer  adaLN-Zero transformer over positions (transformer.py) for token windows
         (L, V): model.width / depth / num_heads / mlp_ratio / pos_embedding.
 
-Recommended settings (parameter counts from jax.eval_shape; CPU times: one jitted train step
-at batch 64 on the shared 2-core machine under load, so relative rather than absolute):
-  CIFAR-10 32x32x3 (EDM): model_channels 128, channel_mult (2, 2, 2), num_blocks 4,
-    attn_resolutions (16,), dropout 0.13 -> DDPM++ 55.7M, NCSN++ 56.4M (configs/cifar10_edm.py).
-  digits 8x8x1 (CPU, minutes): model_channels 32, channel_mult (1, 2), num_blocks 2,
-    attn_resolutions (4,), dropout 0 -> DDPM++ 1.03M, ~0.6 s/step; num_blocks 1: 0.75M.
-    model_channels 64 (configs/default.py's U-Net values) -> 4.1M and ~3x slower per step.
-  Fashion-MNIST 28x28x1: model_channels 64, channel_mult (1, 2, 2), num_blocks 2,
-    attn_resolutions (7,) or (14,), dropout 0.1 -> DDPM++ 7.0M (28 -> 14 -> 7); about
-    0.6 TFLOP per step at batch 64, i.e. a GPU job (CPU: ~20 s/step). For CPU smoke runs:
-    model_channels 32, num_blocks 1 -> 1.26M.
-  token windows (L, V) (configs/dna.py, configs/text.py): transformer; CPU tests width 32,
-    depth 1 (~25k); GPU width 384, depth 8, heads 6 -> 21.9M params (dna.py / text.py).
-  toy / vector data, 8x8 or 14x14 images: name mlp, hidden_dims (512, 512, 512) -> 1.8M for
-    2-D data, 2.0M at 14x14 (~0.13 s/step at batch 256 on 8x8).
+Recommended settings per dataset, with parameter counts and costs: docs/models.md.
 """
 
 from typing import Any

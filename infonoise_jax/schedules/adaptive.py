@@ -270,7 +270,7 @@ class EDM2:
   fixed Fourier features of c_noise = ln(sigma) / 4,
     u(sigma) = b + <v, sqrt(2) cos(2 pi (f c_noise + phase))> / sqrt(C),  f ~ N(0, 1),
   phase ~ U(0, 1), v = b = 0 at init (unit weights). `update` takes one Adam step on
-  mean_B(exp(-u(sigma_B)) loss_B + u(sigma_B)) over finite entries, loss_B stop-gradient; its
+  mean_B(exp(-u(sigma_B)) loss_B + u(sigma_B)) over finite entries, loss_B held constant; its
   minimizer is u(sigma) = ln E[loss | sigma]. Params and Adam state live in the state.
   """
 
@@ -321,7 +321,7 @@ class EDM2:
 
   def sample(self, state: State, key: Array, batch_size: int) -> tuple[Array, Array]:
     sigma_B = jnp.exp(self.law.sample(key, batch_size))
-    u_B = jax.lax.stop_gradient(self.log_variance(state, sigma_B))
+    u_B = self.log_variance(state, sigma_B)  # the train step differentiates the network only
     return sigma_B, jnp.exp(-u_B)
 
   def density(self, state: State, log_sigma_G: Array) -> Array:
@@ -332,7 +332,7 @@ class EDM2:
     self, state: State, sigma_B: Array, err_B: Array, loss_B: Array
   ) -> tuple[State, dict[str, Array]]:
     del err_B
-    loss_B = jax.lax.stop_gradient(loss_B.astype(jnp.float32))
+    loss_B = loss_B.astype(jnp.float32)
     sigma_B = sigma_B.astype(jnp.float32)
     ok_B = jnp.isfinite(loss_B) & jnp.isfinite(sigma_B) & (sigma_B > 0)
     safe_sigma_B = jnp.where(ok_B, sigma_B, 1.0)

@@ -13,7 +13,7 @@ are pure and jittable: no Python control flow on traced values, no host callback
 
 `lossweight_B` multiplies the per-example EDM loss w(sigma)*err: ones for plain sampling
 distributions, importance weights w/p for importance-sampling methods (VDM++), or a
-learned per-sigma weight (EDM2 uncertainty). `err_B` is the unweighted, stop-gradient
+learned per-sigma weight (EDM2 uncertainty). `err_B` is the unweighted
 x-space error ||D - x0||^2 (mean over dims) and `loss_B` = w(sigma) * err_B. `update` is
 called once per train step; a schedule that needs to know how many steps it has seen counts
 them in its state. `density` is the sampling density of ln(sigma) (integrates to 1 over

@@ -1,6 +1,6 @@
-"""Tests of infonoise_jax.sampling: grids against closed forms and independent integration,
-samplers against exact denoisers of Gaussian / Gaussian-mixture data and a NumPy reference of
-EDM Algorithm 1, network-evaluation counts, sharded == unsharded, config validation."""
+"""Tests of infonoise_jax.solvers and sigma_grids: grids against closed forms and independent
+integration, samplers against exact denoisers of Gaussian / Gaussian-mixture data and a NumPy
+reference of EDM Algorithm 1, network-evaluation counts, sharded == unsharded, config checks."""
 
 import math
 
@@ -12,7 +12,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from configs import default
-from infonoise_jax import profiles, sampling
+from infonoise_jax import profiles, solvers
 
 SMIN, SMAX = 0.002, 80.0
 CHURN = dict(s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.0)  # EDM ImageNet-like churn
@@ -45,8 +45,8 @@ def mixture_denoiser(x_BD, sigma_B):
 
 
 def run(denoise_fn, method, num_steps, n, dim, seed=0, **kw):
-  sigmas = sampling.karras_sigmas(num_steps, SMIN, SMAX, 7.0)
-  fn = jax.jit(lambda key: sampling.sample(denoise_fn, key, (n, dim), sigmas, method, **kw))
+  sigmas = solvers.karras_sigmas(num_steps, SMIN, SMAX, 7.0)
+  fn = jax.jit(lambda key: solvers.sample(denoise_fn, key, (n, dim), sigmas, method, **kw))
   return np.asarray(fn(jax.random.key(seed)), np.float64)
 
 
@@ -55,7 +55,7 @@ def run(denoise_fn, method, num_steps, n, dim, seed=0, **kw):
 
 @pytest.mark.parametrize("num_steps", [1, 2, 18])
 def test_karras_grid_matches_eq5_endpoints_and_descends(num_steps):
-  sig = np.asarray(sampling.karras_sigmas(num_steps, SMIN, SMAX, 7.0), np.float64)
+  sig = np.asarray(solvers.karras_sigmas(num_steps, SMIN, SMAX, 7.0), np.float64)
   assert sig.shape == (num_steps + 1,) and sig[-1] == 0.0
   assert sig[0] == np.float32(SMAX)
   if num_steps > 1:
@@ -71,7 +71,7 @@ def test_karras_grid_matches_eq5_endpoints_and_descends(num_steps):
 )
 def test_karras_grid_rejects_invalid(args):
   with pytest.raises(ValueError):
-    sampling.karras_sigmas(*args)
+    solvers.karras_sigmas(*args)
 
 
 # ------------------------------------------------------------------ InfoGrid
@@ -102,7 +102,7 @@ def test_infogrid_puts_equal_profile_mass_between_steps(rescaled, limits):
   edges_E, c_K, rate_K = _profile()
   n = 12
   sig = np.asarray(
-    sampling.infogrid_sigmas(c_K, rate_K, n, rescaled, sigma_min=limits[0], sigma_max=limits[1]),
+    solvers.infogrid_sigmas(c_K, rate_K, n, rescaled, sigma_min=limits[0], sigma_max=limits[1]),
     np.float64,
   )
   lo = limits[0] or np.exp(edges_E[0])
@@ -135,19 +135,19 @@ def test_infogrid_matches_closed_form_quantiles(rescaled):
   edges_E = np.linspace(np.log(SMIN), np.log(SMAX), num_bins + 1)
   c_K = 0.5 * (edges_E[1:] + edges_E[:-1])
   rate_K = np.exp(-0.5 * ((c_K - m) / s) ** 2)
-  sig = np.asarray(sampling.infogrid_sigmas(c_K, rate_K, n, rescaled), np.float64)
+  sig = np.asarray(solvers.infogrid_sigmas(c_K, rate_K, n, rescaled), np.float64)
   mean = m + s**2 if rescaled else m
   f = [_truncated_normal_cdf(math.log(v), mean, s, edges_E[0], edges_E[-1]) for v in sig[:-1]]
   # Binning error of a piecewise-constant profile with bin width 0.02 in ln sigma.
   np.testing.assert_allclose(f, 1.0 - np.arange(n) / (n - 1), atol=2e-3)
   if rescaled:  # the rescaled grid sits higher by ~s^2 in ln sigma at the median
-    plain = np.asarray(sampling.infogrid_sigmas(c_K, rate_K, n, False), np.float64)
+    plain = np.asarray(solvers.infogrid_sigmas(c_K, rate_K, n, False), np.float64)
     assert np.all(sig[1:-2] > plain[1:-2])
 
 
 def test_infogrid_zero_profile_falls_back_to_log_uniform_and_jits():
   c_K = np.linspace(np.log(SMIN), np.log(SMAX), 33)[:-1] + 0.5 * np.log(SMAX / SMIN) / 32
-  grid = jax.jit(sampling.infogrid_sigmas, static_argnums=(2, 3))(c_K, np.zeros(32), 5, False)
+  grid = jax.jit(solvers.infogrid_sigmas, static_argnums=(2, 3))(c_K, np.zeros(32), 5, False)
   np.testing.assert_allclose(grid[:-1], np.geomspace(SMAX, SMIN, 5), rtol=1e-4)
 
 
@@ -156,7 +156,7 @@ def test_infogrid_zero_profile_falls_back_to_log_uniform_and_jits():
 )
 def test_infogrid_rejects_invalid(args):
   with pytest.raises(ValueError):
-    sampling.infogrid_sigmas(*args)
+    solvers.infogrid_sigmas(*args)
 
 
 # ------------------------------------------------------------------ samplers on exact denoisers
@@ -179,9 +179,9 @@ def _reference_heun(x0_BD, sigmas):
 
 
 def test_heun_matches_numpy_reference_of_algorithm1():
-  sigmas = sampling.karras_sigmas(18, SMIN, SMAX, 7.0)
+  sigmas = solvers.karras_sigmas(18, SMIN, SMAX, 7.0)
   key = jax.random.key(3)
-  got = np.asarray(sampling.sample(gaussian_denoiser, key, (64, 3), sigmas, "heun"), np.float64)
+  got = np.asarray(solvers.sample(gaussian_denoiser, key, (64, 3), sigmas, "heun"), np.float64)
   init_key, _ = jax.random.split(key)  # documented: the first half of the key seeds x_0
   x0 = float(sigmas[0]) * np.asarray(jax.random.normal(init_key, (64, 3)), np.float64)
   ref = _reference_heun(x0, np.asarray(sigmas, np.float64))
@@ -234,7 +234,7 @@ def test_heun_18_reproduces_gaussian_mixture():
     assert np.all(np.abs(std - MIX_S) <= 5 * MIX_S / math.sqrt(2 * sel.sum()) + 0.06 * MIX_S)
 
 
-@pytest.mark.parametrize("method", sampling.METHODS)
+@pytest.mark.parametrize("method", solvers.METHODS)
 def test_network_evaluations_counted_at_run_time(method):
   calls = []
 
@@ -242,22 +242,22 @@ def test_network_evaluations_counted_at_run_time(method):
     jax.debug.callback(lambda: calls.append(1))
     return gaussian_denoiser(x_BD, sigma_B)
 
-  sigmas = sampling.karras_sigmas(18, SMIN, SMAX, 7.0)
-  x = sampling.sample(counting_denoiser, jax.random.key(0), (4, 3), sigmas, method, **CHURN)
+  sigmas = solvers.karras_sigmas(18, SMIN, SMAX, 7.0)
+  x = solvers.sample(counting_denoiser, jax.random.key(0), (4, 3), sigmas, method, **CHURN)
   jax.block_until_ready(x)
   jax.effects_barrier()
   expected = {"heun": 35, "exp_heun": 35, "euler": 18, "stochastic": 35}[method]
-  assert len(calls) == expected == sampling.num_evaluations(18, method)
+  assert len(calls) == expected == solvers.num_evaluations(18, method)
 
 
 @pytest.mark.parametrize("method", ["heun", "stochastic"])
 def test_sharded_batch_gives_same_samples_as_unsharded(method):
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   batch = NamedSharding(mesh, P("data"))
-  sigmas = sampling.karras_sigmas(8, SMIN, SMAX, 7.0)
+  sigmas = solvers.karras_sigmas(8, SMIN, SMAX, 7.0)
 
   def draw(key, sharding):
-    return sampling.sample(
+    return solvers.sample(
       gaussian_denoiser, key, (64, 3), sigmas, method, sharding=sharding, **CHURN
     )
 
@@ -271,9 +271,9 @@ def test_sharded_batch_gives_same_samples_as_unsharded(method):
 
 def test_sample_rejects_unknown_method_and_short_grid():
   with pytest.raises(ValueError, match="sampler.name"):
-    sampling.sample(gaussian_denoiser, jax.random.key(0), (2, 3), jnp.array([1.0, 0.0]), "rk4")
+    solvers.sample(gaussian_denoiser, jax.random.key(0), (2, 3), jnp.array([1.0, 0.0]), "rk4")
   with pytest.raises(ValueError):
-    sampling.sample(gaussian_denoiser, jax.random.key(0), (2, 3), jnp.array([1.0]), "heun")
+    solvers.sample(gaussian_denoiser, jax.random.key(0), (2, 3), jnp.array([1.0]), "heun")
 
 
 # ------------------------------------------------------------------ config
@@ -288,12 +288,12 @@ def _config(**sampler):
 def test_make_sigmas_follows_config():
   c = _config(num_steps=7, rho=5.0)
   np.testing.assert_array_equal(
-    sampling.make_sigmas(c), sampling.karras_sigmas(7, c.edm.sigma_min, c.edm.sigma_max, 5.0)
+    solvers.make_sigmas(c), solvers.karras_sigmas(7, c.edm.sigma_min, c.edm.sigma_max, 5.0)
   )
   _, c_K, rate_K = _profile()
   for grid, rescaled in [("infogrid", False), ("infogrid_rescaled", True)]:
-    want = sampling.infogrid_sigmas(c_K, rate_K, 7, rescaled, c.edm.sigma_min, c.edm.sigma_max)
-    got = sampling.make_sigmas(_config(num_steps=7, grid=grid), (c_K, rate_K))
+    want = solvers.infogrid_sigmas(c_K, rate_K, 7, rescaled, c.edm.sigma_min, c.edm.sigma_max)
+    got = solvers.make_sigmas(_config(num_steps=7, grid=grid), (c_K, rate_K))
     np.testing.assert_array_equal(got, want)
 
 
@@ -313,14 +313,14 @@ def test_make_sigmas_follows_config():
 )
 def test_make_sigmas_rejects_invalid_settings_naming_the_key(override, key):
   with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-    sampling.make_sigmas(_config(**override))
+    solvers.make_sigmas(_config(**override))
 
 
 def test_make_sigmas_rejects_bad_edm_range():
   c = _config()
   c.edm.sigma_max = c.edm.sigma_min / 2
   with pytest.raises(ValueError, match=r"edm\.sigma_max"):
-    sampling.make_sigmas(c)
+    solvers.make_sigmas(c)
 
 
 # ------------------------------------------------------------------ large step ratios (InfoGrid)
@@ -332,7 +332,7 @@ def _gaussian_infogrid(num_steps: int, rescaled: bool) -> np.ndarray:
   mmse_K = profiles.spectral_gaussian_mmse(jnp.exp(log_sigma_K), jnp.asarray(_LAM))
   rate_K = profiles.entropy_rate(mmse_K, jnp.exp(log_sigma_K))
   return np.asarray(
-    sampling.infogrid_sigmas(log_sigma_K, rate_K, num_steps, rescaled, SMIN, SMAX), np.float64
+    solvers.infogrid_sigmas(log_sigma_K, rate_K, num_steps, rescaled, SMIN, SMAX), np.float64
   )
 
 
@@ -341,9 +341,9 @@ def _ode_error(method: str, sigmas: np.ndarray, n: int = 4096) -> tuple[float, n
   the same x_T: x(0) = mu + C^{1/2} (C + sigma_max^2 I)^{-1/2} (x_T - mu); and the samples."""
   key = jax.random.key(0)
   x = np.asarray(
-    jax.jit(lambda k: sampling.sample(gaussian_denoiser, k, (n, 3), sigmas, method))(key)
+    jax.jit(lambda k: solvers.sample(gaussian_denoiser, k, (n, 3), sigmas, method))(key)
   )
-  init_key, _ = jax.random.split(key)  # as sampling.sample draws x_T
+  init_key, _ = jax.random.split(key)  # as solvers.sample draws x_T
   x_T = SMAX * np.asarray(jax.random.normal(init_key, (n, 3), jnp.float32), np.float64)
   scale_D = np.sqrt(_LAM / (_LAM + SMAX**2))
   exact = MU + ((x_T - MU) @ _U * scale_D) @ _U.T
@@ -354,7 +354,7 @@ def test_exp_heun_is_stable_where_edm_heun_blows_up_on_infogrid(caplog):
   """Regression: 18-step InfoGrid's first step goes from 80 to ~1; EDM's Heun amplified the
   denoiser change there ~40x and drew samples far outside the data (exact denoiser)."""
   sigmas = _gaussian_infogrid(18, rescaled=False)
-  assert sampling.max_step_ratio(sigmas) > 50
+  assert solvers.max_step_ratio(sigmas) > 50
   data_std = np.sqrt(_LAM.max())
   err_exp, x_exp = _ode_error("exp_heun", sigmas)
   err_heun, _ = _ode_error("heun", sigmas)
@@ -362,8 +362,8 @@ def test_exp_heun_is_stable_where_edm_heun_blows_up_on_infogrid(caplog):
   assert np.abs(x_exp - MU).max() < 6 * data_std
   assert err_heun > 10 * data_std  # the defect exp_heun fixes; heun warns about it:
   with caplog.at_level("WARNING"):
-    assert sampling.check_step_ratios(sigmas, "heun", "infogrid")
-    assert not sampling.check_step_ratios(sigmas, "exp_heun", "infogrid")
+    assert solvers.check_step_ratios(sigmas, "heun", "infogrid")
+    assert not solvers.check_step_ratios(sigmas, "exp_heun", "infogrid")
   assert "exp_heun" in caplog.text
 
 
@@ -372,11 +372,11 @@ def test_heun_within_tested_ratios_matches_the_ode(grid):
   """The grids with step ratios up to HEUN_TESTED_RATIO: EDM's Heun and exp_heun both track
   the exact solution, and no warning is given."""
   sigmas = (
-    np.asarray(sampling.karras_sigmas(18, SMIN, SMAX, 7.0))
+    np.asarray(solvers.karras_sigmas(18, SMIN, SMAX, 7.0))
     if grid == "karras"
     else _gaussian_infogrid(18, rescaled=True)
   )
-  assert sampling.max_step_ratio(sigmas) <= sampling.HEUN_TESTED_RATIO
-  assert not sampling.check_step_ratios(sigmas, "heun", grid)
+  assert solvers.max_step_ratio(sigmas) <= solvers.HEUN_TESTED_RATIO
+  assert not solvers.check_step_ratios(sigmas, "heun", grid)
   for method in ("heun", "exp_heun"):
     assert _ode_error(method, sigmas)[0] < 0.1 * np.sqrt(_LAM.max())

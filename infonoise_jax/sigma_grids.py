@@ -30,6 +30,8 @@ import numbers
 
 import jax.numpy as jnp
 
+from infonoise_jax import log_sigma
+
 Array = jnp.ndarray
 
 
@@ -134,10 +136,9 @@ def _check_num_steps(num_steps: int) -> None:
 
 
 def _check_range(sigma_min, sigma_max) -> None:
-  """Checks the range when it is concrete (Python numbers); traced values pass through."""
+  """Checks the range where it is concrete (Python numbers); traced values and None pass."""
   concrete = (int, float)
-  if isinstance(sigma_min, concrete) and sigma_min <= 0:
-    raise ValueError(f"sigma_min must be > 0, got {sigma_min}")
   if isinstance(sigma_min, concrete) and isinstance(sigma_max, concrete):
-    if not sigma_max > sigma_min:
-      raise ValueError(f"need sigma_max > sigma_min, got {sigma_max} <= {sigma_min}")
+    log_sigma.check_range(sigma_min, sigma_max)
+  elif isinstance(sigma_min, concrete) and not sigma_min > 0:
+    raise ValueError(f"sigma_min must be > 0, got {sigma_min}")

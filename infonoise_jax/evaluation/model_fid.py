@@ -1,28 +1,25 @@
-"""FID of a trained model: reference statistics of a data source and FID of the EMA sampler.
+"""FID of a model's samples against the reference statistics of its training data.
 
-Glue between the data sources, the sampler (infonoise_jax/sample.py) and fid.py, used by the
-evaluate command and by the trainer's periodic FID (train.fid_every). Data and samples are
-both divided by data.scale and then quantized with EDM's `fid.to_uint8`, so a model that
-reproduces the data exactly scores FID ~ 0 whatever the scale (binarized data at scale 0.5
-becomes black and white images, not grey ones).
+Used by the evaluate command and by the trainer's periodic FID (train.fid_every); both hand
+in the samples as an iterator of batches (in the data's range [-data.scale, data.scale]),
+so this module knows nothing of how they were drawn. Data and samples are both quantized
+with `images.to_uint8` on that range, so a model that reproduces the data exactly scores
+FID ~ 0 whatever the scale (binarized data at scale 0.5 becomes black and white images).
 
 Reference statistics come from `fid.ref_stats` (an .npz with mu, sigma, n) or are computed
 from the run's training data and cached as `<fid.cache_dir>/<reference_name(config)>.npz`.
-FID of seed set s scores samples 0..num-1 of `sample.draw(..., seed=s)`: the very samples
-`python -m infonoise_jax.sample --seed=s` writes.
 """
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
-from infonoise_jax import sample
 from infonoise_jax.data import Source, load_source
-from infonoise_jax.evaluation import fid, inception
+from infonoise_jax.evaluation import fid, images, inception
 
 
 def reference_name(config: ml_collections.ConfigDict) -> str:
@@ -34,12 +31,7 @@ def reference_name(config: ml_collections.ConfigDict) -> str:
   return name + ("_binarized" if d.binarize else "")
 
 
-def to_images(x_NHWC: np.ndarray, scale: float) -> np.ndarray:
-  """Data or samples in [-scale, scale] -> uint8 images (EDM's quantization of x / scale)."""
-  return fid.to_uint8(np.asarray(x_NHWC, np.float32) / np.float32(scale))
-
-
-def _check_images(shape: tuple[int, ...], what: str) -> None:
+def check_images(shape: tuple[int, ...], what: str) -> None:
   if len(shape) != 3 or shape[-1] not in (1, 3):
     raise ValueError(f"FID needs images of shape (H, W, 1 or 3); {what} has examples {shape}")
 
@@ -49,7 +41,7 @@ def source_batches(source: Source, batch_size: int) -> Iterator[np.ndarray]:
   for start in range(0, source.num_examples, batch_size):
     idx = np.arange(start, min(start + batch_size, source.num_examples))
     x = source.array[idx] if source.array is not None else source.get(idx)
-    yield to_images(x, source.scale)
+    yield images.to_uint8(x, (-source.scale, source.scale))
 
 
 def global_features(extractor: fid.FeatureFn) -> fid.FeatureFn:
@@ -104,7 +96,7 @@ def load_reference(
     train_config = config.copy_and_resolve_references()
     train_config.data.split = "train"
     source = load_source(train_config)
-  _check_images(source.shape, source.name)
+  check_images(source.shape, source.name)
   name = reference_name(config)
   where = fid.reference_stats_path(config.fid.cache_dir, name)
   logging.info("FID reference statistics of %s: %s", source.describe(), where)
@@ -112,64 +104,48 @@ def load_reference(
   return fid.reference_stats(name, batches, extractor, config.fid.cache_dir), where
 
 
-def model_fid(
-  sampler: sample.Sampler,
-  params,
-  sigmas: jax.Array,
-  ref: fid.Stats,
-  extractor: fid.FeatureFn,
-  num: int,
-  seeds: Sequence[int] = (0,),
-  batch: int | None = None,
-  report: Callable[[str], None] | None = None,
-) -> dict[str, float | list[float]]:
-  """FID of `num` samples per seed set (EDM protocol: 50k, seeds 0, 1, 2, report the min).
-
-  `report(line)`, if given, is called with a progress line after each seed set.
-  """
-  _check_images(sampler.data_shape, "the model")
-  if num < 2:
-    raise ValueError(f"FID needs at least 2 samples, got num={num}")
-  scale, fids = sampler.config.data.scale, []
-  for seed in seeds:
-    acc = fid.init_stats()
-    for x in sample.draw(sampler, params, sigmas, num, seed, batch):
-      acc = fid.update_stats(acc, extractor(to_images(x, scale)))
-    fids.append(fid.frechet_distance(fid.finalize_stats(acc), ref))
-    if report is not None:
-      report(f"seed set {seed}: FID {fids[-1]:.4f} ({num} samples)")
-  return {"fid": min(fids), "fids": fids}
+def fid_of_batches(
+  batches: Iterable[np.ndarray], scale: float, ref: fid.Stats, extractor: fid.FeatureFn
+) -> float:
+  """FID of the samples in `batches` (floats in [-scale, scale], NHWC) against `ref`."""
+  acc = fid.init_stats()
+  for x in batches:
+    acc = fid.update_stats(acc, extractor(images.to_uint8(x, (-scale, scale))))
+  if acc.n < 2:
+    raise ValueError(f"FID needs at least 2 samples, got {acc.n}")
+  return fid.frechet_distance(fid.finalize_stats(acc), ref)
 
 
 class PeriodicFID:
-  """The trainer's FID (train.fid_every): EMA samples of a `train.Run` vs the data's stats.
+  """The trainer's FID (train.fid_every): model samples vs the training data's statistics.
 
   Built once before the loop, so missing weights or a non-image dataset fail before
   training starts; the reference statistics are computed (or read from the cache) here.
-  Every call scores train.fid_num_samples samples of seed set 0 (the same noise each time).
   """
 
-  def __init__(self, run, extractor: fid.FeatureFn | None = None):
-    self.sampler = sample.Sampler.from_run(run)
-    _check_images(self.sampler.data_shape, run.source.name)
-    if run.config.train.fid_num_samples < 2:
-      raise ValueError(
-        f"train.fid_num_samples must be >= 2, got {run.config.train.fid_num_samples}"
-      )
-    self.extractor = extractor or make_extractor(run.config, run.mesh)
-    source = run.source if run.config.data.split == "train" else None  # else: load train
-    self.ref, self.ref_path = load_reference(run.config, self.extractor, source=source)
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    source: Source,
+    extractor: fid.FeatureFn | None = None,
+  ):
+    check_images(source.shape, source.name)
+    if config.train.fid_num_samples < 2:
+      raise ValueError(f"train.fid_num_samples must be >= 2, got {config.train.fid_num_samples}")
+    self.num = int(config.train.fid_num_samples)
+    self.scale = float(config.data.scale)
+    self.extractor = extractor or make_extractor(config, mesh)
+    train_source = source if config.data.split == "train" else None  # else: load train
+    self.ref, self.ref_path = load_reference(config, self.extractor, source=train_source)
 
-  def __call__(self, state) -> float:
-    sigmas = sample.make_sigmas(self.sampler, state.schedule_state)
-    num = self.sampler.config.train.fid_num_samples
-    out = model_fid(self.sampler, state.ema_params, sigmas, self.ref, self.extractor, num)
-    return float(out["fid"])
+  def __call__(self, batches: Iterable[np.ndarray]) -> float:
+    """FID of the `self.num` samples in `batches`."""
+    return fid_of_batches(batches, self.scale, self.ref, self.extractor)
 
-  def write(self, state, writer, step: int) -> float:
+  def write(self, batches: Iterable[np.ndarray], writer, step: int) -> float:
     """Computes FID, writes the scalar "fid" at `step` and logs it."""
-    value = self(state)
+    value = self(batches)
     writer.write_scalars(step, {"fid": value})
-    num = self.sampler.config.train.fid_num_samples
-    logging.info("step %d: FID %.4f (%d EMA samples vs %s)", step, value, num, self.ref_path)
+    logging.info("step %d: FID %.4f (%d samples vs %s)", step, value, self.num, self.ref_path)
     return value

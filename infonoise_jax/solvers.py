@@ -1,9 +1,9 @@
-"""Samplers of the EDM probability-flow ODE / SDE, on device, and the grid chosen by config.
+"""Solvers of the EDM probability-flow ODE / SDE on device, and the sigma grid of config.sampler.
 
 `sample` runs EDM Algorithm 1 (deterministic Heun), `exp_heun` (the same two evaluations per
 step, combined stably; below), plain Euler, or Algorithm 2 (stochastic Heun with churn;
 Karras et al. 2022) as a `lax.fori_loop` over a sigma grid from
-`sampling_grids` (Karras rho grid or InfoGrid, docs/method.md section 5). The denoiser is any
+`sigma_grids` (Karras rho grid or InfoGrid, docs/method.md section 5). The denoiser is any
 `denoise_fn(x_B..., sigma_B) -> D(x; sigma)`, e.g. `edm.denoise` with EMA params closed over.
 
 Network evaluations for a grid of N nonzero levels plus the final 0 (`num_evaluations`):
@@ -17,7 +17,7 @@ ends (the trapezoid rule in 1/sigma, second order, as DPM-Solver++ does in its v
 x' = a x + (1 - a) (D0 + D1) / 2, a convex combination of x and denoiser outputs for every
 ratio. EDM's Heun average of slopes instead equals Euler plus ((sigma/sigma_next) - 1) / 2
 times (D0 - D1): on a step from 80 to 1 (InfoGrid's first step) the change of the denoiser is
-multiplied by about 40 and samples of data in [-1, 1] land in [-50, 50] (tests/sampling_test.py,
+multiplied by about 40 and samples of data in [-1, 1] land in [-50, 50] (tests/solvers_test.py,
 with an exact Gaussian denoiser). `check_step_ratios` warns when heun or stochastic meets a
 grid whose second-order steps have a larger ratio than we tested (`HEUN_TESTED_RATIO`).
 
@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 
 from infonoise_jax import log_sigma, schedules
-from infonoise_jax.sampling_grids import bin_edges, infogrid_sigmas, karras_sigmas
+from infonoise_jax.sigma_grids import bin_edges, infogrid_sigmas, karras_sigmas
 
 __all__ = [
   "METHODS",

@@ -1,0 +1,138 @@
+"""Reading a training run back from its workdir: config.json (migrated to the current keys)
+and a checkpoint restored into the state the config builds, without reading any data.
+
+Used by the sample, evaluate and diagnose commands and by resume's config comparison; the
+checkpoint itself is read through `checkpointing.Checkpointer`.
+"""
+
+import json
+import os
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import ml_collections
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from infonoise_jax import paths, steps
+from infonoise_jax.checkpointing import Checkpointer, saved_steps
+from infonoise_jax.mesh import make_mesh
+from infonoise_jax.models import make_model
+from infonoise_jax.schedules import Schedule, make_schedule
+from infonoise_jax.train_state import TrainState, abstract_state, make_optimizer
+from infonoise_jax.validation import check_keys
+
+
+def _tuples(value):
+  """JSON lists -> tuples (config.json stores the config's tuples as lists)."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def migrate_config(d: dict, path: str = "config.json") -> dict:
+  """Brings a config.json written by an older version to the current keys (in place).
+
+  * `schedule.infonoise.sigma_min/sigma_max` (until the sigma range became the one setting
+    `edm.sigma_min/sigma_max`): dropped when equal to the edm range (every run made with the
+    defaults); a run whose InfoNoise grid differed from its edm range cannot be expressed
+    any more and is an error naming both.
+  * `fid.seed_sets` (read by nothing; the evaluate command has --seed_sets): dropped.
+  """
+  d.get("fid", {}).pop("seed_sets", None)
+  info, edm = d.get("schedule", {}).get("infonoise", {}), d.get("edm", {})
+  for key in ("sigma_min", "sigma_max"):
+    if key in info:
+      old = info.pop(key)
+      if old != edm.get(key):
+        raise ValueError(
+          f"{path}: schedule.infonoise.{key} = {old} differs from edm.{key} = {edm.get(key)}; "
+          "the InfoNoise grid now spans the edm range (one setting), so this run's schedule "
+          f"cannot be rebuilt. Set edm.{key} to {old} in {path} to read it on that range."
+        )
+  return d
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config a run wrote to `<workdir>/config.json`, migrated to current keys."""
+  path = paths.run_path(workdir) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(
+      f"{path} not found: --workdir must be a training run directory (the --workdir given "
+      "to python -m infonoise_jax.main)"
+    )
+  config = ml_collections.ConfigDict(
+    _tuples(migrate_config(json.loads(path.read_text()), str(path)))
+  )
+  check_keys(config)
+  return config
+
+
+class RestoredRun(NamedTuple):
+  """A training run read back from its workdir: what sampling and evaluation build on."""
+
+  config: ml_collections.ConfigDict
+  model: nn.Module
+  schedule: Schedule
+  mesh: jax.sharding.Mesh
+  data_shape: tuple[int, ...]  # one example, from the checkpoint's meta (no data is read)
+  state: TrainState  # replicated over the mesh
+  step: int
+  meta: dict
+
+
+def _no_checkpoint(directory: str) -> FileNotFoundError:
+  return FileNotFoundError(
+    f"No checkpoint in {directory}: train the run first "
+    "(python -m infonoise_jax.main --workdir=...) or point --workdir at a trained run"
+  )
+
+
+def check_step(workdir: str, step: int | None = None) -> int:
+  """The step to restore (latest if None), checked from the folder without reading it."""
+  saved = saved_steps(workdir)
+  if not saved:
+    raise _no_checkpoint(os.path.join(workdir, "checkpoints"))
+  if step is None:
+    return saved[-1]
+  if step not in saved:
+    raise ValueError(f"--step={step}: no such checkpoint in {workdir}/checkpoints; saved: {saved}")
+  return step
+
+
+def _pick_step(ckpt: Checkpointer, step: int | None) -> int:
+  saved = ckpt.all_steps()
+  if not saved:
+    raise _no_checkpoint(ckpt.directory)
+  if step is None:
+    return saved[-1]
+  if step not in saved:
+    raise ValueError(f"--step={step}: no such checkpoint in {ckpt.directory}; saved steps: {saved}")
+  return step
+
+
+def restore_run(
+  workdir: str, step: int | None = None, devices: Sequence[jax.Device] | None = None
+) -> RestoredRun:
+  """Rebuilds a run from `<workdir>/config.json` and restores its latest (or given) checkpoint,
+  replicated over `devices` (default: all), without reading the training data."""
+  config = load_config(workdir)
+  if not (paths.run_path(workdir) / "checkpoints").is_dir():
+    raise _no_checkpoint(str(paths.run_path(workdir) / "checkpoints"))
+  ckpt = Checkpointer(workdir, config.train.keep_checkpoints, create=False)
+  try:
+    step = _pick_step(ckpt, step)
+    meta = ckpt.restore_meta(step)
+    data_shape = tuple(int(d) for d in meta["data_shape"])
+    mesh = make_mesh(devices)
+    model, schedule = make_model(config, data_shape), make_schedule(config)
+    optimizer = make_optimizer(config)
+    init = lambda: steps.init_state(model, schedule, optimizer, data_shape, config.seed)
+    state, meta = ckpt.restore(abstract_state(init, NamedSharding(mesh, P())), step)
+  finally:
+    ckpt.close()
+  return RestoredRun(config, model, schedule, mesh, data_shape, state, step, meta)
