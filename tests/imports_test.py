@@ -5,7 +5,7 @@ import ast
 import pathlib
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "infonoise_jax"
-COMMANDS = {"main.py", "sample.py", "evaluate.py"}
+COMMANDS = {"main.py", "sample.py", "evaluate.py", "diagnose.py"}
 
 
 def _node(path: pathlib.Path) -> str:
