@@ -58,6 +58,6 @@ def test_the_import_graph_has_no_cycles():
 
 def test_evaluation_and_the_sampler_do_not_reach_the_trainer_or_a_command():
   edges = import_graph()
-  for node in ("evaluation/", "model_sampler.py", "checkpointing.py", "steps.py"):
+  for node in ("evaluation/", "model_sampler.py", "restore.py", "checkpointing.py", "steps.py"):
     reached = _reachable(edges, node)
     assert not reached & ({"train.py", "multirun.py"} | COMMANDS), (node, sorted(reached))
