@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from infonoise_jax import checkpointing, paths, resume, sample, writers
+from infonoise_jax import checkpointing, paths, restore, resume, sample_files, writers
 from infonoise_jax.evaluation import plots
 from infonoise_jax.validation import default_config
 
@@ -65,12 +65,12 @@ def test_config_history_samples_images_and_events_land_in_the_bucket(gcs):
   assert set(accepted) == {"train.num_steps"}
   resume.record(changed, RUN, 5, accepted)
   resume.record(changed, RUN, 7, {"train.log_every": (100, 50)})
-  assert checkpointing.load_config(RUN).train.num_steps == 10
+  assert restore.load_config(RUN).train.num_steps == 10
   history = gcs.cat_file(f"{RUN}/config_history.jsonl").decode().splitlines()
   assert len(history) == 2  # appended, although object stores cannot append
 
   x = np.linspace(-1, 1, 4 * 8 * 8).reshape(4, 8, 8, 1).astype(np.float32)
-  written = sample.write_samples(f"{RUN}/samples", x, 1.0, True, seed=0, step=5)
+  written = sample_files.write_samples(f"{RUN}/samples", x, 1.0, True, seed=0, step=5)
   assert written == {"npz": f"{RUN}/samples/samples.npz", "png": f"{RUN}/samples/samples.png"}
   with np.load(io.BytesIO(gcs.cat_file(written["npz"]))) as f:
     np.testing.assert_array_equal(f["samples"], x)
