@@ -40,9 +40,9 @@ def _config():
 @pytest.fixture(scope="module")
 def trained():
   config, enc = _config(), TokenEncoding("ACGT")
-  model, schedule, optimizer = make_model(config, (LENGTH, 4)), make_schedule(config), None
+  model, schedule = make_model(config, (LENGTH, 4)), make_schedule(config)
   optimizer = make_optimizer(config)
-  state = steps.init_state(config, model, schedule, optimizer, (LENGTH, 4), 0)
+  state = steps.init_state(model, schedule, optimizer, (LENGTH, 4), 0)
   step_fn = jax.jit(steps.make_train_step(config, model, schedule, optimizer))
   rng = np.random.default_rng(0)
   for _ in range(STEPS):
