@@ -7,6 +7,7 @@ requeues it. `--debug` or INFONOISE_DEBUG=1 shows the full traceback instead (an
 libraries' own error logs); anything else (a bug) always shows it.
 """
 
+import argparse
 import logging as logging_lib
 import os
 import sys
@@ -18,6 +19,19 @@ DEBUG_ENV = "INFONOISE_DEBUG"
 ERROR_EXIT_CODE = 1
 # What a user's input or machine can cause; everything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, OSError, FloatingPointError, CheckpointError)
+
+
+def add_checkpoint_command_flags(p: argparse.ArgumentParser) -> None:
+  """The flags every command that reads a run's checkpoint takes (sample, evaluate)."""
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--batch", type=int, default=None, help="samples per call (fid.batch_size)")
+  p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+  p.add_argument(
+    "--distributed",
+    action="store_true",
+    help="multi-host: call jax.distributed.initialize with the run's system.* settings "
+    "(as training with --config.system.distributed=True; run on every host)",
+  )
 
 
 def debug_requested(flag: bool = False) -> bool:

@@ -73,15 +73,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--grid", choices=solvers.GRIDS, default=None, help="default: the run's")
   p.add_argument("--steps", type=int, default=None, help="sigma levels (default: the run's)")
   p.add_argument("--method", choices=solvers.METHODS, default=None, help="default: the run's")
-  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  p.add_argument("--batch", type=int, default=None, help="samples per call (fid.batch_size)")
-  p.add_argument("--debug", action="store_true", help="show the traceback of an error")
-  p.add_argument(
-    "--distributed",
-    action="store_true",
-    help="multi-host: call jax.distributed.initialize with the run's system.* settings "
-    "(as training with --config.system.distributed=True; run on every host)",
-  )
+  cli.add_checkpoint_command_flags(p)
   return p.parse_args(argv)
 
 
