@@ -23,7 +23,6 @@ speedup_<data>.png.
 """
 
 import argparse
-import ast
 import fcntl
 import hashlib
 import json
@@ -41,7 +40,7 @@ import numpy as np
 from infonoise_jax import multirun
 from infonoise_jax.data import load_source
 from infonoise_jax.evaluation import fid, plots, report
-from infonoise_jax.validation import DEFAULT_CONFIG_PATH, load_config_file
+from infonoise_jax.validation import DEFAULT_CONFIG_PATH, load_config_file, parse_overrides
 
 # Adaptive peers on InfoNoise's terms (issue 12 item 4): an arm with FAIR set takes the resolved
 # config's InfoNoise warm-up, bin count and memory (its EMA of beta per refresh of M steps is
@@ -70,20 +69,6 @@ DATA = {
   "continuous": {},
   "binarized": {"data.binarize": True, "data.scale": 0.5},
 }
-
-
-def parse_overrides(items) -> dict:
-  """['a.b=1', 'c=x'] -> {'a.b': 1, 'c': 'x'} (Python literals, else strings)."""
-  out = {}
-  for item in items or []:
-    key, sep, value = item.partition("=")
-    if not sep:
-      raise ValueError(f"--set expects key=value, got {item!r}")
-    try:
-      out[key] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      out[key] = value
-  return out
 
 
 def parse_arms(spec: str, extra) -> dict[str, dict]:

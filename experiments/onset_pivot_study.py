@@ -19,7 +19,6 @@ Prints one JSON line; writes pivot_profiles.png and pivot.npz under --out.
 """
 
 import argparse
-import ast
 import json
 import os
 import sys
@@ -33,7 +32,7 @@ import numpy as np
 
 from infonoise_jax import diagnose, profiles, steps, train
 from infonoise_jax.evaluation import plots
-from infonoise_jax.validation import load_config_file
+from infonoise_jax.validation import load_config_file, parse_overrides
 
 
 def pixel_prior_mmse(x_NX: np.ndarray, sigma_G: np.ndarray, seed: int = 0, n: int = 20000):
@@ -61,14 +60,7 @@ def main():
   args = p.parse_args()
   path, _, variant = args.config.partition(":")
   c = load_config_file(path, variant) if variant else load_config_file(path)
-  flat = {}
-  for item in args.set or []:
-    k, _, v = item.partition("=")
-    try:
-      flat[k] = ast.literal_eval(v)
-    except (ValueError, SyntaxError):
-      flat[k] = v
-  c.update_from_flattened_dict(flat)
+  c.update_from_flattened_dict(parse_overrides(args.set))
   c.schedule.name = "infonoise"
   c.train.num_steps = args.steps
   run = train.Run(c, "/tmp/unused", devices=jax.devices()[:1])

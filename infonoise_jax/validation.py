@@ -6,6 +6,7 @@ that a config defines exactly the keys of `configs/default.py`, so a typo in a d
 config fails with the key's name instead of being silently ignored.
 """
 
+import ast
 import importlib.util
 import math
 import pathlib
@@ -51,6 +52,21 @@ def load_config_file(path: str | pathlib.Path, arg: str | None = None) -> ml_col
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def parse_overrides(items) -> dict:
+  """['a.b=1', 'c=x'] -> {'a.b': 1, 'c': 'x'} (Python literals, else strings), for
+  `ConfigDict.update_from_flattened_dict` in scripts that take `--set key=value`."""
+  out = {}
+  for item in items or []:
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise ValueError(f"--set expects key=value, got {item!r}")
+    try:
+      out[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key] = value
+  return out
 
 
 def default_config(variant: str = "") -> ml_collections.ConfigDict:

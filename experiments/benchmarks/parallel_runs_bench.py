@@ -27,22 +27,14 @@ import jax
 import numpy as np
 
 from infonoise_jax import multirun
-from infonoise_jax.validation import load_config_file
+from infonoise_jax.validation import load_config_file, parse_overrides
 
 
 def make_config(spec: str, overrides):
-  import ast
 
   path, _, variant = spec.partition(":")
   c = load_config_file(path, variant) if variant else load_config_file(path)
-  flat = {}
-  for item in overrides or []:
-    k, _, v = item.partition("=")
-    try:
-      flat[k] = ast.literal_eval(v)
-    except (ValueError, SyntaxError):
-      flat[k] = v
-  c.update_from_flattened_dict(flat)
+  c.update_from_flattened_dict(parse_overrides(overrides))
   return c
 
 
