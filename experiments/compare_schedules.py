@@ -40,6 +40,9 @@ import numpy as np
 from infonoise_jax import multirun
 from infonoise_jax.data import load_source
 from infonoise_jax.evaluation import fid, plots, report
+from infonoise_jax.evaluation.images import to_uint8
+from infonoise_jax.model_sampler import Sampler, sampler_config
+from infonoise_jax.schedules import has_profile
 from infonoise_jax.validation import DEFAULT_CONFIG_PATH, load_config_file, parse_overrides
 
 # Adaptive peers on InfoNoise's terms (issue 12 item 4): an arm with FAIR set takes the resolved
@@ -135,6 +138,62 @@ def eval_metrics(x_NX: np.ndarray, source, ref: fid.Stats) -> dict:
   return out
 
 
+# Inference grids compared on the trained models of arms with a learned profile (--grid_steps):
+# (solver, grid); Heun with N levels makes 2N-1 network evaluations, as does exp_heun.
+GRID_SETTINGS = (
+  ("heun", "karras"),
+  ("heun", "infogrid"),
+  ("heun", "infogrid_rescaled"),
+  ("exp_heun", "karras"),
+  ("exp_heun", "infogrid"),
+)
+
+
+def grid_study(args, mr, state, data, arm_name, h, done, ref) -> None:
+  """FD of each (solver, grid, levels) on the final models of `--grid_seeds` (profile arms)."""
+  steps_list = [int(n) for n in filter(None, args.grid_steps.split(","))]
+  seeds = grid_seeds(args)
+  for method, grid in GRID_SETTINGS:
+    for n in steps_list:
+      cfg = sampler_config(mr.config, grid=grid, num_steps=n, method=method)
+      sampler = Sampler(cfg, mr.model, mr.schedule, mr.sampler.mesh, mr.source.shape)
+      for r, seed in enumerate(mr.seeds):
+        if seed not in seeds or ("grid", seed, method, grid, n) in done:
+          continue
+        run = mr.run_state(state, r)
+        sigmas = sampler.sigmas(run.schedule_state)
+        x = sampler.draw_all(run.ema_params, sigmas, args.grid_samples, 20_000 + seed)
+        rec = {
+          "kind": "grid",
+          "data": data,
+          "arm": arm_name,
+          "seed": seed,
+          "step": args.steps,
+          "solver": method,
+          "grid": grid,
+          "levels": n,
+          "nfe": 2 * n - 1,
+          **eval_metrics(x, mr.source, ref),
+          "x_absmax": float(np.abs(x).max()),
+          "num_samples": args.grid_samples,
+          "config_hash": h,
+        }
+        append_record(os.path.join(args.out, "results.jsonl"), rec)
+        print(json.dumps(rec), flush=True)
+
+
+def grid_seeds(args) -> list[int]:
+  return [int(s) for s in filter(None, args.grid_seeds.split(","))]
+
+
+def save_final_samples(args, data: str, arm_name: str, final: dict) -> None:
+  """final_<data>_<arm>.npz: uint8 samples per run (key <arm>__seed<k>__step<N>), for FID
+  with the Inception network elsewhere (experiments/fid_of_samples.py)."""
+  path = os.path.join(args.out, f"final_{data}_{arm_name}.npz")
+  old = dict(np.load(path)) if os.path.exists(path) else {}
+  np.savez_compressed(path, **old, **final)
+
+
 def eval_steps(args) -> list[int]:
   return sorted({*range(args.eval_every, args.steps + 1, args.eval_every), args.steps})
 
@@ -144,13 +203,21 @@ def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
   config = make_config(args, data, arm)
   h = config_hash(config)
   seeds = [int(s) for s in args.seeds.split(",")]
-  done = {
-    (r["seed"], r["step"], r.get("resample", False))
-    for r in read_records(path)
-    if r.get("kind") == "eval" and r["config_hash"] == h and r["data"] == data
+  records = [r for r in read_records(path) if r.get("config_hash") == h and r["data"] == data]
+  done = {(r["seed"], r["step"], r.get("resample", False)) for r in records if r["kind"] == "eval"}
+  done |= {
+    ("grid", r["seed"], r["solver"], r["grid"], r["levels"]) for r in records if r["kind"] == "grid"
   }
   todo = {(s, t, False) for s in seeds for t in eval_steps(args)}
   todo |= {(s, args.steps, True) for s in seeds}
+  if args.grid_steps and has_profile(config.schedule.name):
+    todo |= {
+      ("grid", s, m, g, int(n))
+      for s in grid_seeds(args)
+      if s in seeds
+      for m, g in GRID_SETTINGS
+      for n in args.grid_steps.split(",")
+    }
   if todo <= done:
     print(f"{data}/{arm_name}: all {len(todo)} evaluations already in {path}", flush=True)
     return
@@ -159,6 +226,7 @@ def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
   ref = fid.stats_of_features(x_all)  # binarized data: also the decoded samples' reference
   resolved = json.loads(config.to_json_best_effort())
   state, bad = mr.init()
+  final = {}  # uint8 final samples per run (--save_samples)
   train_s, t0, last = 0.0, time.time(), 0  # train_s: training wall time, evaluations excluded
   for step in range(1, args.steps + 1):
     state, bad, _ = mr.train_step(state, mr.batch(step - 1), bad)
@@ -183,6 +251,7 @@ def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
           **eval_metrics(x, mr.source, ref),
           "num_samples": args.num_samples,
           "train_wall_s": round(train_s, 2),
+          "unix_time": round(time.time(), 1),  # when the record was written
           "runs_side_by_side": mr.num_runs,
           "device": jax.devices()[0].device_kind,
           "config_hash": h,
@@ -196,10 +265,18 @@ def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
           rec["m_K"] = [float(v) for v in np.asarray(s["m_K"])]  # learned per-bin error
         append_record(path, rec)
         print(json.dumps({k: v for k, v in rec.items() if k not in ("config", "m_K")}), flush=True)
+        if step == args.steps and not resample and args.save_samples and mr.source.is_image:
+          sc = mr.source.scale  # binarized data: the decoded samples (the FID of issue 12)
+          xs = np.where(x > 0, sc, -sc) if mr.source.binarized else x
+          final[f"{arm_name}__seed{seed}__step{step}"] = to_uint8(xs, (-sc, sc))
         if step == args.steps and r == 0 and not resample and mr.source.is_image:
           grid = plots.sample_grid(x[:64], value_range=(-mr.source.scale, mr.source.scale))
           plots.save_png(os.path.join(args.out, f"samples_{data}_{arm_name}.png"), grid)
     last, t0 = step, time.time()
+  if final:
+    save_final_samples(args, data, arm_name, final)
+  if args.grid_steps and hasattr(mr.schedule, "profile"):
+    grid_study(args, mr, state, data, arm_name, h, done, ref)
 
 
 def write_floor(args, data: str, path: str) -> None:
@@ -250,6 +327,12 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument("--set", action="append", help="override for every arm, key=value")
   p.add_argument("--workers", type=int, default=1, help="processes sharing the accelerator")
   p.add_argument("--shard", default="0/1", help="(internal) i/n: this worker's groups")
+  p.add_argument("--save_samples", action="store_true", help="final samples to final_*.npz")
+  p.add_argument(
+    "--grid_steps", default="", help="levels for the inference-grid study, e.g. 6,10,18"
+  )
+  p.add_argument("--grid_seeds", default="0,1,2", help="seeds whose final models the study uses")
+  p.add_argument("--grid_samples", type=int, default=1000)
   p.add_argument("--baseline", default="", help="arm for speedups; '' = best fixed arm")
   p.add_argument("--report_only", action="store_true", help="only rewrite the report files")
   args = p.parse_args(argv)

@@ -119,3 +119,28 @@ def test_every_named_arm_builds_and_fair_peers_take_infonoise_terms():
       per_step = c.infonoise.ema_beta ** (1.0 / c.infonoise.refresh_every)
       assert abs(c.adaptive.ema_beta - per_step) < 2e-4
       assert sched.num_bins == info.num_bins and sched.warmup_steps == info.warmup_steps
+
+
+def test_grid_study_and_final_samples_are_recorded_once(tmp_path):
+  out = str(tmp_path)
+  args = [*_args(out), "--seeds=0", "--grid_steps=3,4", "--grid_seeds=0", "--grid_samples=16"]
+  args += ["--save_samples"]
+  compare_schedules.main(args)
+  with open(os.path.join(out, "results.jsonl")) as f:
+    grid = [json.loads(line) for line in f if '"grid"' in line]
+  grid = [r for r in grid if r["kind"] == "grid"]
+  # only the arm with a learned profile; every (solver, grid) at both level counts
+  assert {r["arm"] for r in grid} == {"infonoise"}
+  assert len(grid) == len(compare_schedules.GRID_SETTINGS) * 2
+  assert {r["nfe"] for r in grid} == {5, 7}
+  assert all(np.isfinite(r["fd"]) for r in grid)
+  for arm in ("lognormal", "infonoise"):
+    with np.load(os.path.join(out, f"final_continuous_{arm}.npz")) as z:
+      (key,) = z.files
+      assert key == f"{arm}__seed0__step4"
+      assert z[key].dtype == np.uint8 and z[key].shape[0] == 32
+  summary = open(os.path.join(out, "summary.md")).read()
+  assert "| infonoise | exp_heun | infogrid |" in summary and "7 NFE" in summary
+  compare_schedules.main(args)  # complete: nothing appended
+  with open(os.path.join(out, "results.jsonl")) as f:
+    assert sum(json.loads(line)["kind"] == "grid" for line in f) == len(grid)

@@ -139,6 +139,28 @@ def speedup_plot(curves, baseline: str, arms: Sequence[str], tolerance: float, t
   return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
+def grid_table(records: list[dict], data: str) -> str:
+  """Markdown: inference grids on the final models, seed-mean FD (min..max) per solver/grid/NFE."""
+  rows: dict[tuple, dict[int, list[float]]] = {}
+  for r in records:
+    if r.get("kind") == "grid" and r["data"] == data:
+      rows.setdefault((r["arm"], r["solver"], r["grid"]), {}).setdefault(r["nfe"], []).append(
+        r["fd"]
+      )
+  if not rows:
+    return ""
+  nfes = sorted({n for row in rows.values() for n in row})
+  lines = ["| arm | solver | grid | " + " | ".join(f"{n} NFE" for n in nfes) + " |"]
+  lines.append("|---" * (3 + len(nfes)) + "|")
+  for (arm, solver, grid), row in sorted(rows.items()):
+    cells = [
+      f"{np.mean(row[n]):.4g} ({min(row[n]):.4g}..{max(row[n]):.4g})" if n in row else ""
+      for n in nfes
+    ]
+    lines.append(f"| {arm} | {solver} | {grid} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def write_report(out: str, records: list[dict], arms: Sequence[str], baseline: str = "") -> str:
   """summary.md, curves_<data>.png and speedup_<data>.png under `out`; returns the markdown."""
   md = []
@@ -162,6 +184,9 @@ def write_report(out: str, records: list[dict], arms: Sequence[str], baseline: s
       md += ["", *speedup_lines(curves, base, arms, noise)]
       img = speedup_plot(curves, base, arms, noise, f"{data}: speedup over {base}")
       plots.save_png(os.path.join(out, f"speedup_{data}.png"), img)
+    grids = grid_table(records, data)
+    if grids:
+      md += ["", "Inference grids on the final models (FD, seed mean, min..max):", "", grids]
     img = curves_plot(curves, arms, data, floor, batch)
     plots.save_png(os.path.join(out, f"curves_{data}.png"), img)
     md.append("")
