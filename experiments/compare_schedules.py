@@ -39,8 +39,10 @@ import numpy as np
 
 from infonoise_jax import multirun
 from infonoise_jax.data import load_source
+from infonoise_jax.data.sources import TOKEN_NAMES
 from infonoise_jax.evaluation import fid, plots, report
 from infonoise_jax.evaluation.images import to_uint8
+from infonoise_jax.evaluation.sequence_eval import SequenceEvaluator
 from infonoise_jax.model_sampler import Sampler, sampler_config
 from infonoise_jax.schedules import has_profile
 from infonoise_jax.validation import DEFAULT_CONFIG_PATH, load_config_file, parse_overrides
@@ -69,6 +71,7 @@ ARMS = {
   "infonoise_nocomp": {"schedule.name": "infonoise", "schedule.infonoise.compensate": False},
 }  # one name per distinct run: `infonoise` is the default (onset gate, compensation on)
 DATA = {
+  "native": {},  # the config's own data (dna, text, ...)
   "continuous": {},
   "binarized": {"data.binarize": True, "data.scale": 0.5},
 }
@@ -101,6 +104,8 @@ def make_config(args, data: str, arm: dict):
     peers.num_bins = info.num_bins
     peers.ema_beta = round(info.ema_beta ** (1.0 / info.refresh_every), 6)
   c.train.num_steps = args.steps
+  if c.data.name in TOKEN_NAMES:  # token data: as many held-out windows as samples
+    c.train.eval_num_samples = args.num_samples
   c.seed = 0  # the run's seed is set per run by MultiRun; hashed configs are seed-free
   return c
 
@@ -129,9 +134,13 @@ def frechet(x_ND: np.ndarray, ref: fid.Stats) -> float:
   return fid.frechet_distance(fid.stats_of_features(x_ND.reshape(len(x_ND), -1)), ref)
 
 
-def eval_metrics(x_NX: np.ndarray, source, ref: fid.Stats) -> dict:
-  """FD in pixel space; binarized data also FD of samples decoded to the two levels."""
-  out = {"fd": frechet(x_NX.astype(np.float64), ref)}
+def eval_metrics(x_NX: np.ndarray, source, ref) -> dict:
+  """Images: FD in pixel space (binarized data also of samples decoded to the two levels);
+  token data (`ref` a SequenceEvaluator): the domain metrics. `metric` names the one the
+  report ranks by."""
+  if isinstance(ref, SequenceEvaluator):
+    return {**ref.metrics(x_NX), "metric": ref.primary}
+  out = {"fd": frechet(x_NX.astype(np.float64), ref), "metric": "fd"}
   if source.binarized:
     decoded = np.where(x_NX > 0, source.scale, -source.scale).astype(np.float64)
     out["fd_decoded"] = frechet(decoded, ref)
@@ -222,8 +231,7 @@ def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
     print(f"{data}/{arm_name}: all {len(todo)} evaluations already in {path}", flush=True)
     return
   mr = multirun.MultiRun(config, seeds)
-  x_all = mr.source.array.reshape(mr.source.num_examples, -1).astype(np.float64)
-  ref = fid.stats_of_features(x_all)  # binarized data: also the decoded samples' reference
+  ref = reference(config, mr.source)
   resolved = json.loads(config.to_json_best_effort())
   state, bad = mr.init()
   final = {}  # uint8 final samples per run (--save_samples)
@@ -279,17 +287,29 @@ def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
     grid_study(args, mr, state, data, arm_name, h, done, ref)
 
 
+def reference(config, source):
+  """Images: statistics of all training images (binarized data: also the decoded samples'
+  reference); token data: the domain evaluator (held-out windows, reference models)."""
+  if source.encoding is not None:
+    return SequenceEvaluator(config, source)
+  return fid.stats_of_features(source.array.reshape(source.num_examples, -1).astype(np.float64))
+
+
 def write_floor(args, data: str, path: str) -> None:
-  """FD of `num_samples` real images (a random subset) to the full data statistics."""
+  """The metric of `num_samples` real examples: images a random training subset against all
+  training images; token data other held-out windows against the reference windows."""
   if any(r.get("kind") == "floor" and r["data"] == data for r in read_records(path)):
     return
   config = make_config(args, data, {})
   source = load_source(config)
-  x = source.array.reshape(source.num_examples, -1).astype(np.float64)
-  ref = fid.stats_of_features(x)
-  idx = np.random.default_rng(0).choice(len(x), min(args.num_samples, len(x)), replace=False)
-  fd = frechet(x[idx], ref)
-  append_record(path, {"kind": "floor", "data": data, "fd": fd, "num_samples": len(idx)})
+  ref = reference(config, source)
+  if isinstance(ref, SequenceEvaluator):
+    rec = {**ref.floor(), "metric": ref.primary, "num_samples": ref.num}
+  else:
+    x = source.array.reshape(source.num_examples, -1).astype(np.float64)
+    idx = np.random.default_rng(0).choice(len(x), min(args.num_samples, len(x)), replace=False)
+    rec = {"fd": frechet(x[idx], ref), "metric": "fd", "num_samples": len(idx)}
+  append_record(path, {"kind": "floor", "data": data, **rec})
 
 
 def groups(args) -> list[tuple[str, str, dict]]:

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from infonoise_jax import steps
-from infonoise_jax.data import Pipeline, load_source
+from infonoise_jax.data import Pipeline, load_source, resolve_sigma_data
 from infonoise_jax.mesh import make_mesh
 from infonoise_jax.model_sampler import Sampler
 from infonoise_jax.models import make_model
@@ -37,6 +37,7 @@ class MultiRun:
     self.config = config
     self.seeds = [int(s) for s in seeds]
     self.source = load_source(config) if source is None else source
+    resolve_sigma_data(config, self.source)  # token data: edm.sigma_data = 0 -> one-hot std
     self.model = make_model(config, self.source.shape)
     self.schedule = make_schedule(config)
     self.optimizer = make_optimizer(config)

@@ -19,7 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 from infonoise_jax import checkpointing, diagnostics, metrics, resume, steps
 from infonoise_jax import workdir as workdir_lib
-from infonoise_jax.data import Pipeline, load_source
+from infonoise_jax.data import Pipeline, load_source, resolve_sigma_data
 from infonoise_jax.evaluation import model_fid, sequence_eval
 from infonoise_jax.mesh import make_mesh
 from infonoise_jax.model_sampler import Sampler
@@ -27,18 +27,6 @@ from infonoise_jax.models import make_model
 from infonoise_jax.schedules import make_schedule
 from infonoise_jax.train_state import TrainState, abstract_state, make_optimizer
 from infonoise_jax.validation import validate_config
-
-
-def resolve_sigma_data(config: ml_collections.ConfigDict, source) -> None:
-  """edm.sigma_data = 0 means the token encoding's std a sqrt(V - 1) / V (data/tokens.py)."""
-  if config.edm.sigma_data:
-    return
-  if source.encoding is None:
-    raise ValueError(
-      f"config.edm.sigma_data=0 (follow the token encoding) needs token data, but data.name="
-      f"{config.data.name!r}; set --config.edm.sigma_data to the data's std (e.g. 0.5)"
-    )
-  config.edm.sigma_data = source.encoding.sigma_data
 
 
 class Run:

@@ -144,3 +144,43 @@ def test_grid_study_and_final_samples_are_recorded_once(tmp_path):
   compare_schedules.main(args)  # complete: nothing appended
   with open(os.path.join(out, "results.jsonl")) as f:
     assert sum(json.loads(line)["kind"] == "grid" for line in f) == len(grid)
+
+
+def test_harness_on_text_ranks_by_the_domain_metric_with_a_floor(tmp_path):
+  """Token data (`--data=native` of configs/text.py): domain metrics, their floor, the report."""
+  sets = {
+    "model.width": 32,
+    "model.depth": 1,
+    "model.num_heads": 2,
+    "data.seq_len": 16,
+    "train.batch_size": 16,
+    "sampler.num_steps": 4,
+    "schedule.infonoise.num_bins": 16,
+    "schedule.infonoise.warmup_steps": 2,
+    "schedule.infonoise.refresh_every": 2,
+    "schedule.infonoise.min_count": 1,
+  }
+  out = str(tmp_path)
+  compare_schedules.main(
+    [
+      f"--out={out}",
+      "--config=configs/text.py:cpu",
+      "--steps=4",
+      "--eval_every=2",
+      "--num_samples=16",
+      "--seeds=0",
+      "--data=native",
+      "--arms=lognormal,infonoise",
+      *[f"--set={k}={v}" for k, v in sets.items()],
+    ]
+  )
+  with open(os.path.join(out, "results.jsonl")) as f:
+    recs = [json.loads(line) for line in f]
+  (floor,) = [r for r in recs if r["kind"] == "floor"]
+  evals = [r for r in recs if r["kind"] == "eval"]
+  assert len(evals) == 2 * 3  # 2 arms x (steps 2, 4, resampled 4)
+  assert {r["metric"] for r in evals} == {floor["metric"]} == {"ngram_js_4"}
+  # a barely trained model's 4-gram spectrum is far from text's; real text is close
+  assert all(r["ngram_js_4"] > floor["ngram_js_4"] for r in evals)
+  summary = open(os.path.join(out, "summary.md")).read()
+  assert "Metric: `ngram_js_4`" in summary and "| infonoise | 1 |" in summary

@@ -1,7 +1,14 @@
 """Training data: offline and tfds sources (`load_source`) and resumable batching (`Pipeline`)."""
 
 from infonoise_jax.data.pipeline import Pipeline, Prefetcher
-from infonoise_jax.data.sources import Source, load_source
+from infonoise_jax.data.sources import Source, load_source, resolve_sigma_data
 from infonoise_jax.data.synthetic import GaussianMixture
 
-__all__ = ["GaussianMixture", "Pipeline", "Prefetcher", "Source", "load_source"]
+__all__ = [
+  "GaussianMixture",
+  "Pipeline",
+  "Prefetcher",
+  "Source",
+  "load_source",
+  "resolve_sigma_data",
+]

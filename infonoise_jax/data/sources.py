@@ -93,6 +93,18 @@ class Source:
     return f"{self.name}: {self.num_examples} {kind}s of shape {self.shape}, {values}, {where}"
 
 
+def resolve_sigma_data(config: ml_collections.ConfigDict, source: "Source") -> None:
+  """edm.sigma_data = 0 means the token encoding's std a sqrt(V - 1) / V (data/tokens.py)."""
+  if config.edm.sigma_data:
+    return
+  if source.encoding is None:
+    raise ValueError(
+      f"config.edm.sigma_data=0 (follow the token encoding) needs token data, but data.name="
+      f"{config.data.name!r}; set --config.edm.sigma_data to the data's std (e.g. 0.5)"
+    )
+  config.edm.sigma_data = source.encoding.sigma_data
+
+
 def load_source(config: ml_collections.ConfigDict) -> Source:
   """Builds the training `Source` from `config.data`; fails fast with the offending key."""
   d = config.data

@@ -42,6 +42,20 @@ def metric_noise(records, data: str, metric: str = "fd") -> float:
   return float(np.mean(diffs)) if diffs else float("nan")
 
 
+def primary_metric(records, data: str) -> str:
+  """The metric the evaluations of `data` rank by (`metric` of their records; default fd)."""
+  for r in records:
+    if r.get("kind") == "eval" and r["data"] == data:
+      return r.get("metric", "fd")
+  return "fd"
+
+
+METRIC_LABELS = {
+  "fd": "Frechet distance, pixel space",
+  "frechet": "Frechet distance, classifier features",
+}
+
+
 def schedule_of(records, arm: str) -> str:
   for r in records:
     if r.get("kind") == "eval" and r["arm"] == arm:
@@ -85,7 +99,9 @@ def speedup_lines(curves, baseline: str, arms: Sequence[str], tolerance: float) 
   return lines
 
 
-def curves_plot(curves, arms: Sequence[str], title: str, floor: float | None, batch: int):
+def curves_plot(
+  curves, arms: Sequence[str], title: str, floor: float | None, batch: int, metric: str = "fd"
+):
   """Metric against training images seen: seed mean line, min..max band. (H, W, 3) uint8."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
@@ -105,7 +121,7 @@ def curves_plot(curves, arms: Sequence[str], title: str, floor: float | None, ba
     ax.axhline(floor, color="k", ls=":", lw=1.0, label="floor (real data)")
   ax.set_yscale("log")
   ax.set_xlabel("training images seen (thousands)")
-  ax.set_ylabel("Frechet distance, pixel space (lower is better)")
+  ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (lower is better)")
   ax.set_title(title)
   ax.grid(alpha=0.3, which="both")
   ax.legend(fontsize="small")
@@ -166,19 +182,20 @@ def write_report(out: str, records: list[dict], arms: Sequence[str], baseline: s
   """summary.md, curves_<data>.png and speedup_<data>.png under `out`; returns the markdown."""
   md = []
   for data in sorted({r["data"] for r in records if r.get("kind") == "eval"}):
-    curves = curves_by_arm(records, data)
+    metric = primary_metric(records, data)
+    curves = curves_by_arm(records, data, metric)
     if not curves:
       continue
-    floors = [r["fd"] for r in records if r.get("kind") == "floor" and r["data"] == data]
+    floors = [r[metric] for r in records if r.get("kind") == "floor" and r["data"] == data]
     floor = floors[0] if floors else None
-    noise = metric_noise(records, data)
+    noise = metric_noise(records, data, metric)
     measured = np.isfinite(noise)
     noise = noise if measured else 0.0  # the speedup's tolerance
     batch = next(r["config"]["train"]["batch_size"] for r in records if r.get("kind") == "eval")
-    md += [f"## {data}", "", table(curves, arms), ""]
+    md += [f"## {data}", "", f"Metric: `{metric}` (lower is better).", "", table(curves, arms), ""]
     md.append(f"Floor (real data, same sample count): {floor:.4g}." if floor else "No floor.")
     md.append(
-      f"Metric noise (mean |FD - FD resampled| at the last step): {noise:.4g}."
+      f"Metric noise (mean |{metric} - {metric} resampled| at the last step): {noise:.4g}."
       if measured
       else "Metric noise: not measured (no resampled evaluation); speedups use tolerance 0."
     )
@@ -194,7 +211,7 @@ def write_report(out: str, records: list[dict], arms: Sequence[str], baseline: s
     grids = grid_table(records, data)
     if grids:
       md += ["", "Inference grids on the final models (FD, seed mean, min..max):", "", grids]
-    img = curves_plot(curves, arms, data, floor, batch)
+    img = curves_plot(curves, arms, data, floor, batch, metric)
     plots.save_png(os.path.join(out, f"curves_{data}.png"), img)
     md.append("")
   text = "\n".join(md)

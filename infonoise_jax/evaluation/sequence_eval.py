@@ -71,8 +71,22 @@ class SequenceEvaluator:
       self.features = None
       self.lm = sequence_metrics.NgramLM(source.token_ids, int(s.lm_order), len(vocab))
 
+  @property
+  def primary(self) -> str:
+    """The one metric comparisons rank by: DNA the classifier-feature Frechet distance, text
+    the JS divergence of the longest character n-grams (both: lower is better)."""
+    return "frechet" if self.is_dna else f"ngram_js_{max(self.sizes)}"
+
+  def floor(self) -> dict[str, float]:
+    """The metrics of as many other held-out windows (disjoint from the reference set): what
+    a perfect model would score at this sample count."""
+    ids_NL = held_out(self.config, 2 * self.num)[self.num :]
+    return self.metrics_of_ids(ids_NL)
+
   def metrics(self, samples_NLV: np.ndarray) -> dict[str, float]:
-    ids_NL = self.encoding.decode(samples_NLV)
+    return self.metrics_of_ids(self.encoding.decode(samples_NLV))
+
+  def metrics_of_ids(self, ids_NL: np.ndarray) -> dict[str, float]:
     if self.is_dna:
       return sequence_metrics.dna_metrics(
         ids_NL, self.ref_NL, self.encoding.vocab, self.sizes, self.features
