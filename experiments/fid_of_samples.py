@@ -1,0 +1,280 @@
+"""FID of saved sample arrays against Fashion-MNIST training statistics, on a CPU.
+
+The GPU runs of compare_schedules.py bring back their final samples as one compressed .npz
+per dataset (e.g. `samples_continuous.npz`), one array per run named `<arm>__seed<k>__step<N>`:
+uint8 (num, 28, 28, 1), quantized on the data's range with `images.to_uint8`. The GPU hosts
+cannot carry the FID Inception weights (docs/fid.md), so FID is computed here:
+
+  python experiments/fid_of_samples.py --samples=samples_continuous.npz --out=fid.jsonl
+  python experiments/fid_of_samples.py --samples=samples_binarized.npz --binarize --out=fid.jsonl
+
+Reference: `--reference_num` images of the Fashion-MNIST train split (a fixed random subset,
+permutation seed 0), read by the training data loader (`data.load_source`, so --binarize is
+data.binarize's rule) and quantized like the samples. Their statistics are cached next to
+--out as `fid_ref_<reference>_train_<reference_num>[_binarized].npz`; a second run reads them.
+
+--out gets JSON lines, append-only:
+  kind=fid    one per array: samples (file name), key, arm, seed, step, num, fid, seconds, ...
+  kind=floor  one per sample count `num`: FID of `num` real training images outside the
+              reference subset, against the reference statistics: what a perfect model would
+              score with `num` samples (FID is biased upwards at small counts).
+A rerun skips every line already there (same samples file, key, reference, binarize, num),
+so it never duplicates one; an array whose content differs from the one scored under the
+same identity is an error (use another --out).
+
+CPU cost: the Inception runs at 299x299 whatever the input size; the script prints the rate
+it gets (images/s through the feature extractor, compilation excluded).
+"""
+
+import argparse
+import fcntl
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+if not __package__:  # run as a script: make the repository root importable
+  sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+
+import jax
+import numpy as np
+
+from infonoise_jax.data import load_source
+from infonoise_jax.evaluation import fid, images, inception
+from infonoise_jax.mesh import configure_compilation_cache
+from infonoise_jax.validation import DEFAULT_CONFIG_PATH, load_config_file
+
+REFERENCES = {"fashion": "fashion"}  # --reference -> variant of configs/default.py
+SUBSET_SEED = 0  # permutation of the train split: reference subset first, floor images next
+KEY_RE = re.compile(r"^(?P<arm>.+?)__seed(?P<seed>\d+)__step(?P<step>\d+)$")
+ID_FIELDS = ("kind", "samples", "key", "reference", "reference_num", "binarize", "num")
+
+
+def parse_key(key: str) -> tuple[str, int, int]:
+  """'<arm>__seed<k>__step<N>' -> (arm, k, N); ValueError for any other name."""
+  m = KEY_RE.match(key)
+  if not m:
+    raise ValueError(f"array name {key!r} is not '<arm>__seed<k>__step<N>'")
+  return m["arm"], int(m["seed"]), int(m["step"])
+
+
+def read_records(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def append_record(path: str, rec: dict) -> None:
+  """One JSON line under an exclusive lock (several runs may append to one file)."""
+  with open(path, "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    f.write(json.dumps(rec) + "\n")
+    f.flush()
+    fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def record_id(rec: dict) -> tuple:
+  return tuple(rec.get(k) for k in ID_FIELDS)
+
+
+def content_hash(x: np.ndarray) -> str:
+  return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
+
+
+def train_images(reference: str, binarize: bool, data_dir: str = "") -> np.ndarray:
+  """The reference's train split as uint8 NHWC, through the training data loader."""
+  variant = REFERENCES[reference] + (",binarized" if binarize else "")
+  config = load_config_file(str(DEFAULT_CONFIG_PATH), variant)
+  config.data.split = "train"
+  if data_dir:
+    config.data.local_dir = data_dir
+  source = load_source(config)
+  return images.to_uint8(source.array, (-source.scale, source.scale))
+
+
+def split_indices(num_train: int, reference_num: int) -> tuple[np.ndarray, np.ndarray]:
+  """(reference subset, the other images in a fixed order: floor images are its first)."""
+  perm = np.random.default_rng(SUBSET_SEED).permutation(num_train)
+  return perm[:reference_num], perm[reference_num:]
+
+
+def batches(x: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+  for start in range(0, len(x), batch_size):
+    yield x[start : start + batch_size]
+
+
+class TimedExtractor:
+  """Wraps a feature function, counting images and seconds (the first call, which
+  compiles, is kept apart so the rate is the steady one)."""
+
+  def __init__(self, extractor: fid.FeatureFn):
+    self.extractor, self.calls, self.images, self.seconds = extractor, 0, 0, 0.0
+
+  def __call__(self, images_NHWC: np.ndarray) -> np.ndarray:
+    t0 = time.perf_counter()
+    out = self.extractor(images_NHWC)
+    if self.calls:
+      self.images += len(images_NHWC)
+      self.seconds += time.perf_counter() - t0
+    self.calls += 1
+    return out
+
+  def rate(self) -> float | None:
+    return self.images / self.seconds if self.seconds > 0 else None
+
+
+def make_extractor(weights: str, batch_size: int) -> fid.FeatureFn:
+  return fid.make_feature_extractor(inception.load_params(weights), batch_size=batch_size)
+
+
+def floor_record(num: int, tag: dict) -> dict:
+  return {"kind": "floor", "key": "floor", "num": num, **tag}
+
+
+def score(
+  sample_paths: list[str],
+  out: str,
+  make_extractor_fn: Callable[[], fid.FeatureFn],
+  load_train_fn: Callable[[], np.ndarray],
+  reference: str = "fashion",
+  reference_num: int = 10000,
+  binarize: bool = False,
+  num: int = 0,
+  batch_size: int = 50,
+  log: Callable[[str], None] = print,
+) -> list[dict]:
+  """Appends to `out` the fid line of every array in `sample_paths` and the floor line of
+  every sample count that are not there yet; returns the new lines.
+
+  `make_extractor_fn()` (the feature function) and `load_train_fn()` (the reference's train
+  split, uint8 NHWC) are only called when something is left to compute.
+  """
+  tag = {"reference": reference, "reference_num": reference_num, "binarize": binarize}
+  done = {record_id(r): r for r in read_records(out)}
+  todo, counts, skipped = [], set(), 0  # todo: (record without fid, images)
+  for path in sample_paths:
+    with np.load(os.path.expanduser(path)) as f:
+      arrays = {k: f[k] for k in f.files}
+    bad = [k for k in arrays if not KEY_RE.match(k)]
+    if bad:
+      raise ValueError(f"{path}: array names {bad} are not '<arm>__seed<k>__step<N>'")
+    for key, x in arrays.items():
+      if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(
+          f"{path}:{key}: expected uint8 images (N, H, W, 1 or 3) as images.to_uint8 writes, "
+          f"got {x.dtype} {x.shape}"
+        )
+      x = x[:num] if num else x
+      if len(x) < 2:
+        raise ValueError(f"{path}:{key}: FID needs at least 2 samples, got {len(x)}")
+      if num and len(x) < num:
+        log(f"{path}:{key}: only {len(x)} samples (< --num={num}); scoring all of them")
+      arm, seed, step = parse_key(key)
+      rec = {"kind": "fid", "samples": os.path.basename(path), "key": key, "arm": arm}
+      rec |= {"seed": seed, "step": step, "num": len(x), **tag, "sha256": content_hash(x)}
+      old = done.get(record_id(rec))
+      if old is not None and old.get("sha256") != rec["sha256"]:
+        raise ValueError(
+          f"{path}:{key}: {out} already holds the FID of an array of this name and count but "
+          "with other content; give another --out"
+        )
+      counts.add(len(x))
+      if old is None:
+        todo.append((rec, x))
+      else:
+        skipped += 1
+  floors = [floor_record(n, tag) for n in sorted(counts)]
+  floors = [r for r in floors if record_id(r) not in done]
+  if not todo and not floors:
+    log(f"nothing to do: all {skipped} arrays and their floors are already in {out}")
+    return []
+  log(f"to compute: {len(todo)} arrays, {len(floors)} floors ({skipped} arrays already in {out})")
+
+  train_u8 = load_train_fn()
+  if not 2 <= reference_num < len(train_u8):
+    raise ValueError(f"--reference_num must be in [2, {len(train_u8)}), got {reference_num}")
+  ref_idx, rest_idx = split_indices(len(train_u8), reference_num)
+  if floors and floors[-1]["num"] > len(rest_idx):
+    raise ValueError(
+      f"the floor of {floors[-1]['num']} samples needs as many train images outside the "
+      f"reference subset; there are {len(rest_idx)}: lower --reference_num or --num"
+    )
+  for rec, x in todo:
+    if x.shape[1:] != train_u8.shape[1:]:
+      raise ValueError(
+        f"{rec['samples']}:{rec['key']}: images of shape {x.shape[1:]}, reference images "
+        f"{train_u8.shape[1:]}"
+      )
+
+  extractor = TimedExtractor(make_extractor_fn())
+  cache_dir = os.path.dirname(os.path.abspath(out))
+  name = f"fid_ref_{reference}_train_{reference_num}" + ("_binarized" if binarize else "")
+  where = fid.reference_stats_path(cache_dir, name)
+  cached = os.path.exists(where)
+  log(f"reference statistics {where}: " + ("cached" if cached else f"{reference_num} images"))
+  ref_images = train_u8[np.sort(ref_idx)]
+  ref = fid.reference_stats(name, lambda: batches(ref_images, batch_size), extractor, cache_dir)
+
+  new = []
+  jobs = [(r, train_u8[rest_idx[: r["num"]]]) for r in floors] + todo
+  for rec, x in jobs:
+    t0 = time.perf_counter()
+    value = fid.frechet_distance(fid.compute_stats(batches(x, batch_size), extractor), ref)
+    seconds = time.perf_counter() - t0
+    rec = {**rec, "fid": value, "seconds": round(seconds, 2)}
+    append_record(out, rec)
+    log(json.dumps(rec))
+    new.append(rec)
+  if extractor.rate() is not None:
+    log(
+      f"CPU rate: {extractor.rate():.2f} images/s through the feature extractor "
+      f"({extractor.images} images in {extractor.seconds:.1f} s, first call excluded; "
+      f"batch {batch_size}, {jax.device_count()} {jax.default_backend()} device(s))"
+    )
+  return new
+
+
+def parse(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--samples", required=True, help="comma list of .npz files of uint8 arrays")
+  p.add_argument("--out", required=True, help="JSON lines file, appended to")
+  p.add_argument("--reference", default="fashion", choices=sorted(REFERENCES))
+  p.add_argument("--reference_num", type=int, default=10000, help="reference subset size")
+  p.add_argument("--binarize", action="store_true", help="binarized reference (data.binarize)")
+  p.add_argument("--num", type=int, default=0, help="first num samples of each array; 0 = all")
+  p.add_argument("--batch_size", type=int, default=50, help="images per Inception call")
+  p.add_argument("--weights", default=inception.DEFAULT_WEIGHTS_PATH, help="converted .npz")
+  p.add_argument("--data_dir", default="", help="IDX files; '' = config data.local_dir")
+  args = p.parse_args(argv)
+  if args.num < 0 or args.batch_size < 1:
+    p.error("--num must be >= 0 and --batch_size >= 1")
+  return args
+
+
+def main(argv=None) -> list[dict]:
+  args = parse(argv)
+  paths = [s for s in args.samples.split(",") if s]
+  config = load_config_file(str(DEFAULT_CONFIG_PATH))
+  configure_compilation_cache(config.system)
+  for path in paths:
+    if ("binarized" in os.path.basename(path)) != args.binarize:
+      print(f"warning: {path} scored with --binarize={args.binarize}; check the flag")
+  return score(
+    paths,
+    args.out,
+    lambda: make_extractor(args.weights, args.batch_size),
+    lambda: train_images(args.reference, args.binarize, args.data_dir),
+    reference=args.reference,
+    reference_num=args.reference_num,
+    binarize=args.binarize,
+    num=args.num,
+    batch_size=args.batch_size,
+  )
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,174 @@
+"""experiments/fid_of_samples.py without the real Inception weights.
+
+The scoring logic runs with a cheap projection in place of Inception; the command line runs
+end to end on fake Fashion-MNIST IDX files with random Inception parameters (the wiring
+only: random-parameter features say nothing about image quality).
+"""
+
+import gzip
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from infonoise_jax.evaluation import inception
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+
+import fid_of_samples  # noqa: E402
+
+
+def _projection(images_NHWC: np.ndarray) -> np.ndarray:
+  """Stand-in for Inception: a fixed random projection of the flattened images."""
+  flat = np.asarray(images_NHWC, np.float64).reshape(len(images_NHWC), -1)
+  return flat @ np.random.default_rng(99).normal(size=(flat.shape[1], 6)) / 255.0
+
+
+class Counting:
+  """A feature function and a train-image loader that count their use."""
+
+  def __init__(self, train_u8: np.ndarray):
+    self.train_u8, self.loads, self.extractors, self.images = train_u8, 0, 0, 0
+
+  def load(self) -> np.ndarray:
+    self.loads += 1
+    return self.train_u8
+
+  def make_extractor(self):
+    self.extractors += 1
+
+    def extract(x):
+      self.images += len(x)
+      return _projection(x)
+
+    return extract
+
+
+def _lines(path) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_parse_key():
+  assert fid_of_samples.parse_key("infonoise_pinned__seed2__step4000") == (
+    "infonoise_pinned",
+    2,
+    4000,
+  )
+  assert fid_of_samples.parse_key("a__b__seed0__step1") == ("a__b", 0, 1)
+  for bad in ("lognormal_seed0_step1", "x__seed0", "x__seedA__step1", "__seed0__step1"):
+    with pytest.raises(ValueError, match="<arm>__seed<k>__step<N>"):
+      fid_of_samples.parse_key(bad)
+
+
+def test_self_fid_zero_floor_cache_and_append_only(tmp_path):
+  rng = np.random.default_rng(0)
+  train = rng.integers(100, 156, (130, 5, 5, 1), dtype=np.uint8)  # grey, low contrast
+  ref_idx, _ = fid_of_samples.split_indices(len(train), 60)
+  real = train[ref_idx]  # exactly the reference subset, in another order
+  noisy = np.clip(real + rng.normal(0, 40, real.shape), 0, 255).astype(np.uint8)
+  samples = tmp_path / "samples_continuous.npz"
+  np.savez_compressed(samples, real__seed0__step7=real, noisy__seed3__step7=noisy)
+  out = str(tmp_path / "fid.jsonl")
+  c = Counting(train)
+  kw = dict(reference_num=60, batch_size=16, log=lambda s: None)
+
+  new = fid_of_samples.score([str(samples)], out, c.make_extractor, c.load, **kw)
+  by_key = {r["key"]: r for r in _lines(out)}
+  assert new == _lines(out) and sorted(by_key) == [
+    "floor",
+    "noisy__seed3__step7",
+    "real__seed0__step7",
+  ]
+  r, n, f = by_key["real__seed0__step7"], by_key["noisy__seed3__step7"], by_key["floor"]
+  assert (r["kind"], r["arm"], r["seed"], r["step"], r["num"]) == ("fid", "real", 0, 7, 60)
+  assert (n["arm"], n["seed"]) == ("noisy", 3)
+  assert r["fid"] < 1e-6  # the reference set against its own statistics
+  assert f["kind"] == "floor" and f["num"] == 60 and f["fid"] > 100 * max(r["fid"], 1e-9)
+  assert n["fid"] > 10 * f["fid"]
+  assert r["reference"] == "fashion" and r["reference_num"] == 60 and r["binarize"] is False
+  assert os.path.exists(tmp_path / "fid_ref_fashion_train_60.npz")
+  assert c.images == 60 + 60 + 60 + 60  # reference, floor, two arrays
+
+  # Rerun: nothing to compute, nothing loaded or appended.
+  assert fid_of_samples.score([str(samples)], out, c.make_extractor, c.load, **kw) == []
+  assert len(_lines(out)) == 3 and (c.loads, c.extractors) == (1, 1)
+
+  # --num=20 is another measurement: two arrays and a floor at 20; reference from the cache.
+  new = fid_of_samples.score([str(samples)], out, c.make_extractor, c.load, num=20, **kw)
+  assert sorted((x["key"], x["num"]) for x in new) == [
+    ("floor", 20),
+    ("noisy__seed3__step7", 20),
+    ("real__seed0__step7", 20),
+  ]
+  assert c.images == 240 + 3 * 20 and len(_lines(out)) == 6
+
+  # Other content under a name already scored is refused, before anything is computed.
+  np.savez_compressed(samples, real__seed0__step7=noisy, noisy__seed3__step7=noisy)
+  with pytest.raises(ValueError, match="other content"):
+    fid_of_samples.score([str(samples)], out, c.make_extractor, c.load, **kw)
+  np.savez_compressed(samples, real_seed0=real)
+  with pytest.raises(ValueError, match="not '<arm>__seed<k>__step<N>'"):
+    fid_of_samples.score([str(samples)], out, c.make_extractor, c.load, **kw)
+  assert len(_lines(out)) == 6 and c.extractors == 2
+
+
+def _write_idx(path, array_u8):
+  header = bytes([0, 0, 8, array_u8.ndim]) + np.array(array_u8.shape, ">u4").tobytes()
+  with gzip.open(path, "wb") as f:
+    f.write(header + array_u8.tobytes())
+
+
+def _fake_fashion(folder, n: int) -> np.ndarray:
+  u_NHW = np.random.default_rng(1).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+  _write_idx(folder / "train-images-idx3-ubyte.gz", u_NHW)
+  _write_idx(folder / "train-labels-idx1-ubyte.gz", np.zeros(n, np.uint8))
+  return u_NHW[..., None]
+
+
+def test_binarized_reference_is_the_data_rule(tmp_path):
+  raw = _fake_fashion(tmp_path, 7)
+  np.testing.assert_array_equal(fid_of_samples.train_images("fashion", False, str(tmp_path)), raw)
+  binarized = fid_of_samples.train_images("fashion", True, str(tmp_path))
+  np.testing.assert_array_equal(binarized, np.where(raw > 127.5, 255, 0))  # data.binarize
+
+
+def test_command_line_with_random_inception(tmp_path, capsys):
+  train = _fake_fashion(tmp_path, 12)
+  rng = np.random.default_rng(2)
+  params = {}
+  for k, shape in inception.param_shapes().items():
+    if k.endswith("kernel"):
+      params[k] = rng.normal(0, np.sqrt(2 / np.prod(shape[:-1])), shape).astype(np.float32)
+    else:
+      params[k] = np.ones(shape, np.float32) if k.endswith("var") else np.zeros(shape, np.float32)
+  weights = tmp_path / "random_inception.npz"
+  np.savez(weights, **params)
+  assert traverse_util.flatten_dict(inception.load_params(str(weights)), sep="/").keys() == (
+    params.keys()
+  )
+  samples = tmp_path / "samples_continuous.npz"
+  np.savez_compressed(samples, a__seed0__step9=train[:3], b__seed1__step9=train[3:6])
+  out = tmp_path / "fid.jsonl"
+  argv = [
+    f"--samples={samples}",
+    f"--out={out}",
+    "--reference_num=6",
+    "--batch_size=8",
+    f"--weights={weights}",
+    f"--data_dir={tmp_path}",
+  ]
+  new = fid_of_samples.main(argv)
+  assert [(r["kind"], r["key"], r["num"]) for r in new] == [
+    ("floor", "floor", 3),
+    ("fid", "a__seed0__step9", 3),
+    ("fid", "b__seed1__step9", 3),
+  ]
+  assert all(np.isfinite(r["fid"]) and r["fid"] >= 0 for r in new)
+  assert os.path.exists(tmp_path / "fid_ref_fashion_train_6.npz")
+  assert "CPU rate:" in capsys.readouterr().out
+  assert fid_of_samples.main(argv) == [] and len(_lines(out)) == 3
