@@ -102,9 +102,17 @@ def split_indices(num_train: int, reference_num: int) -> tuple[np.ndarray, np.nd
   return perm[:reference_num], perm[reference_num:]
 
 
-def batches(x: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+def batches(
+  x: np.ndarray, batch_size: int, what: str = "", log: Callable[[str], None] | None = None
+) -> Iterator[np.ndarray]:
+  """`x` in chunks of `batch_size`; with `log`, a progress line about every 1000 images."""
+  t0, every = time.perf_counter(), max(1000 // batch_size, 1) * batch_size
   for start in range(0, len(x), batch_size):
     yield x[start : start + batch_size]
+    done = min(start + batch_size, len(x))
+    if log and done % every == 0 and done < len(x):
+      rate = done / (time.perf_counter() - t0)
+      log(f"{what}: {done}/{len(x)} images, {rate:.2f} images/s")
 
 
 class TimedExtractor:
@@ -217,13 +225,15 @@ def score(
   cached = os.path.exists(where)
   log(f"reference statistics {where}: " + ("cached" if cached else f"{reference_num} images"))
   ref_images = train_u8[np.sort(ref_idx)]
-  ref = fid.reference_stats(name, lambda: batches(ref_images, batch_size), extractor, cache_dir)
+  ref_batches = lambda: batches(ref_images, batch_size, "reference", log)
+  ref = fid.reference_stats(name, ref_batches, extractor, cache_dir)
 
   new = []
   jobs = [(r, train_u8[rest_idx[: r["num"]]]) for r in floors] + todo
   for rec, x in jobs:
     t0 = time.perf_counter()
-    value = fid.frechet_distance(fid.compute_stats(batches(x, batch_size), extractor), ref)
+    stats = fid.compute_stats(batches(x, batch_size, rec["key"], log), extractor)
+    value = fid.frechet_distance(stats, ref)
     seconds = time.perf_counter() - t0
     rec = {**rec, "fid": value, "seconds": round(seconds, 2)}
     append_record(out, rec)

@@ -65,6 +65,14 @@ def test_parse_key():
       fid_of_samples.parse_key(bad)
 
 
+def test_batches_report_progress_every_1000_images():
+  lines = []
+  chunks = list(fid_of_samples.batches(np.zeros((2500, 1)), 300, "ref", lines.append))
+  assert [len(c) for c in chunks] == [300] * 8 + [100]
+  assert [line.split(",")[0] for line in lines] == ["ref: 900/2500 images", "ref: 1800/2500 images"]
+  assert list(fid_of_samples.batches(np.zeros((5, 1)), 2)) and not lines[2:]
+
+
 def test_self_fid_zero_floor_cache_and_append_only(tmp_path):
   rng = np.random.default_rng(0)
   train = rng.integers(100, 156, (130, 5, 5, 1), dtype=np.uint8)  # grey, low contrast
