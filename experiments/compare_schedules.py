@@ -69,6 +69,7 @@ ARMS = {
   "infonoise": {"schedule.name": "infonoise"},
   "infonoise_pinned": {"schedule.name": "infonoise", "schedule.infonoise.gate": "pinned"},
   "infonoise_nocomp": {"schedule.name": "infonoise", "schedule.infonoise.compensate": False},
+  "infonoise_hold1": {"schedule.name": "infonoise", "schedule.infonoise.onset_refreshes": 1},
 }  # one name per distinct run: `infonoise` is the default (onset gate, compensation on)
 DATA = {
   "native": {},  # the config's own data (dna, text, ...)
