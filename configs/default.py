@@ -213,4 +213,6 @@ def _base_config() -> ml_collections.ConfigDict:
   # folder per machine (also on TPU pods, where the workdir is on gs://).
   c.system.compilation_cache_dir = "~/.cache/infonoise_jax/xla"
   c.system.compilation_cache_min_secs = 1.0  # cache only programs that took this long to build
+  c.system.peak_tflops = 0.0  # peak dense TFLOP/s of one device at model.dtype, for the model
+  #   FLOPs utilization (perf/mfu); 0 = from infonoise_jax/flops.py's table by device kind
   return c

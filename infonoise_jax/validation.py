@@ -158,4 +158,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     "model.dtype",
     f"must be 'float32' or 'bfloat16', got {config.model.dtype!r}",
   )
+  _require(
+    config.system.peak_tflops >= 0,
+    "system.peak_tflops",
+    f"must be >= 0 (0 = from the device table), got {config.system.peak_tflops}",
+  )
   solvers.validate_sampler_config(config)  # used at the end of training: fail now, not then

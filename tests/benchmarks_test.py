@@ -28,6 +28,10 @@ def test_train_step_bench_reports_finite_throughput_and_flops(tiny_config):
   assert r["images_per_s"] > 0 and np.isfinite(r["images_per_s"])
   assert r["synced_ms"] > 0 and r["step_ms"] > 0
   assert r["tflop_per_step"] > 0  # XLA's CPU cost analysis counted the step
+  assert r["flops_source"] == "XLA cost analysis"
+  # No peak is known for the CPU: MFU says so instead of printing nan.
+  assert r["mfu"] is None
+  assert r["mfu_text"] == "n/a (unknown peak for cpu; set system.peak_tflops)"
 
 
 def test_profile_kernel_kinds():

@@ -137,6 +137,7 @@ def test_warns_when_the_run_ends_before_the_schedule_adapts(caplog):
     ({"data.scale": float("nan")}, "data.scale"),
     ({"data.num_examples": 0}, "data.num_examples"),
     ({"schedule.lognormal.p_std": float("nan")}, "schedule.lognormal.p_std"),
+    ({"system.peak_tflops": -1.0}, "system.peak_tflops"),
   ],
 )
 def test_bad_config_fails_before_compiling_naming_the_key(tmp_path, overrides, key):

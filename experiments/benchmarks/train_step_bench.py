@@ -9,11 +9,12 @@ images/s, peak device memory, XLA's FLOP count per step and model FLOPs utilizat
       --dtypes=float32,bfloat16 --iters=30
   python experiments/benchmarks/train_step_bench.py --config=configs/cifar10_edm.py:ncsnpp
 
-FLOPs come from XLA's cost analysis of the step lowered for CPU; on the GPU machine (jax
-0.11.2) that count came back empty, so run the script once on CPU with a small
-`--batch_size` and scale per image (BENCHMARKS.md does this).
-MFU uses the card's dense peak: H100/H200 SXM 989 TFLOP/s for bf16 and 495 TFLOP/s for
-TF32 (JAX's default fp32 matmul precision on Hopper is TF32-like).
+FLOPs per step and MFU come from `infonoise_jax.flops` on whatever backend runs the script:
+XLA's cost analysis of the compiled step, unless it counts less than the step's matrix
+products and convolutions (jaxpr count), then that count. MFU divides by the device's
+dense peak for the compute dtype (flops.PEAKS: H100/H200 SXM 989 TFLOP/s bf16 and 495
+TF32, A100, TPUs; `--set system.peak_tflops=...` for any other device) and prints
+"n/a (unknown peak ...)" rather than a number when the device is not in the table.
 """
 
 import argparse
@@ -30,34 +31,19 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from infonoise_jax import steps
+from infonoise_jax import flops, steps
 from infonoise_jax.models import make_model, param_count
 from infonoise_jax.schedules import make_schedule
 from infonoise_jax.train_state import make_optimizer
-from infonoise_jax.validation import load_config_file
-
-PEAK_TFLOPS = {"bfloat16": 989.0, "float32": 495.0}  # Hopper dense (SXM)
+from infonoise_jax.validation import load_config_file, parse_overrides
 
 
-def step_flops(step, state, x) -> float:
-  """XLA's FLOP count of the step, from the same program lowered for CPU.
-
-  On GPU the compiled module's cost analysis misses convolutions that become cuDNN custom
-  calls, and the GPU lowering reports none; the CPU lowering counts every convolution.
-  """
-  try:
-    cost = step.trace(state, x).lower(lowering_platforms=("cpu",)).cost_analysis()
-  except Exception as e:  # noqa: BLE001 - a benchmark reports what it can
-    print(f"no FLOP count: {e}")
-    return float("nan")
-  cost = cost[0] if isinstance(cost, list) else cost
-  return float(cost.get("flops", float("nan"))) if cost else float("nan")
-
-
-def config_for(config_arg: str, dtype: str, batch_size: int = 0):
-  """The config of `path[:variant]` with compute dtype `dtype` and, if nonzero, `batch_size`."""
+def config_for(config_arg: str, dtype: str, batch_size: int = 0, overrides=()):
+  """The config of `path[:variant]` with `--set key=value` overrides, compute dtype `dtype`
+  and, if nonzero, `batch_size`."""
   path, _, variant = config_arg.partition(":")
   config = load_config_file(path, variant or None)
+  config.update_from_flattened_dict(parse_overrides(overrides))
   config.model.dtype = dtype
   if batch_size:
     config.train.batch_size = batch_size
@@ -91,8 +77,7 @@ def bench(config, shape, iters: int) -> dict:
   t0 = time.perf_counter()
   compiled = step.lower(state, x).compile()
   compile_s = time.perf_counter() - t0
-  # The CPU lowering of the whole step takes about a minute beside a GPU: count on CPU only.
-  flops = step_flops(step, state, x) if jax.default_backend() == "cpu" else float("nan")
+  count = flops.step_flops(step.trace(state, x).jaxpr, compiled, jax.device_count())
   for _ in range(3):  # warm-up
     state, m = compiled(state, x)
   jax.block_until_ready(state)
@@ -111,15 +96,19 @@ def bench(config, shape, iters: int) -> dict:
     pipelined.append((time.perf_counter() - t) / iters)
   dt = float(np.median(pipelined))
   stats = jax.local_devices()[0].memory_stats() or {}
-  peak_tflops = PEAK_TFLOPS[config.model.dtype] * jax.device_count()
+  kind, peak = flops.device_peak(config)
+  mfu = flops.mfu(count.flops, 1 / dt, peak, jax.device_count())
   return {
     "compile_s": compile_s,
     "step_ms": dt * 1e3,
     "synced_ms": float(np.median(synced)) * 1e3,
     "images_per_s": config.train.batch_size / dt,
     "peak_mem_gib": stats.get("peak_bytes_in_use", float("nan")) / 2**30,
-    "tflop_per_step": flops / 1e12,
-    "mfu": flops / dt / (peak_tflops * 1e12),
+    "tflop_per_step": count.flops / 1e12,
+    "flops_source": count.source,
+    "peak_tflops": peak,
+    "mfu": mfu,
+    "mfu_text": flops.describe_mfu(mfu, kind),
     "loss_finite": bool(jnp.isfinite(m["loss"])),
   }
 
@@ -133,6 +122,13 @@ def main():
   p.add_argument("--batch_size", type=int, default=0, help="0 = the config's")
   p.add_argument("--iters", type=int, default=30)
   p.add_argument("--shape", default="32,32,3", help="per-example data shape")
+  p.add_argument(
+    "--set",
+    nargs="*",
+    default=[],
+    help="config overrides key=value, e.g. "
+    "system.peak_tflops=989 for a device not in infonoise_jax/flops.py's table",
+  )
   args = p.parse_args()
   shape = tuple(int(s) for s in args.shape.split(","))
   dev = jax.devices()[0]
@@ -143,14 +139,18 @@ def main():
   )
   print("|---|---|---|---|---|---|---|---|---|---|")
   for dtype in args.dtypes.split(","):
-    config = config_for(args.config, dtype, args.batch_size)
+    config = config_for(args.config, dtype, args.batch_size, args.set)
     r = bench(config, shape, args.iters)
     n = param_count(make_model(config, shape), shape)
     print(
       f"| {dtype} | {config.train.batch_size} | {n:,} | {r['compile_s']:.1f} | "
       f"{r['step_ms']:.1f} | {r['synced_ms']:.1f} | "
-      f"{r['images_per_s']:.0f} | {r['peak_mem_gib']:.1f} | {r['tflop_per_step']:.2f} | "
-      f"{100 * r['mfu']:.1f}% |",
+      f"{r['images_per_s']:.0f} | {r['peak_mem_gib']:.1f} | {r['tflop_per_step']:.3g} | "
+      f"{r['mfu_text']} |",
+      flush=True,
+    )
+    print(
+      f"  FLOPs from {r['flops_source']}; peak {r['peak_tflops'] or 'unknown'} TFLOP/s per device",
       flush=True,
     )
 
