@@ -13,6 +13,7 @@ from scipy.special import logsumexp
 
 from configs.default import get_config
 from infonoise_jax.data import (
+  DevicePrefetcher,
   GaussianMixture,
   Pipeline,
   Prefetcher,
@@ -170,6 +171,35 @@ def test_prefetcher_reraises_and_stops():
   next(it)
   it.close()
   assert threading.active_count() <= before
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_device_prefetcher_puts_the_pipelines_batches_on_device_in_order(num_workers):
+  import jax
+
+  eager = _indexed_source(50)
+  lazy = Source("indexed lazily", eager.shape, 50, True, 1.0, reader=_RowReader(eager.array))
+  pipe = Pipeline(lazy if num_workers else eager, 8, seed=3, random_flip=True)
+  batches = DevicePrefetcher(pipe.iterate(5, num_workers=num_workers), jax.device_put, 2)
+  got = [next(batches) for _ in range(7)]  # steps 5..11, across epoch boundaries
+  batches.close()  # stops its thread, then the pipeline's thread or workers
+  assert not [t for t in threading.enumerate() if t.name == "data-prefetch"]
+  for step, batch in zip(range(5, 12), got, strict=True):
+    assert isinstance(batch, jax.Array)
+    np.testing.assert_array_equal(np.asarray(batch), pipe.batch(step))
+
+
+def test_device_prefetcher_reraises_the_pipelines_error():
+  def produce(step):
+    if step == 2:
+      raise RuntimeError("bad file at step 2")
+    return np.full((2,), step)
+
+  batches = DevicePrefetcher(Prefetcher(produce, 0, buffer_size=2), lambda x: x + 1, 1)
+  assert [int(next(batches)[0]) for _ in range(2)] == [1, 2]
+  with pytest.raises(RuntimeError, match="bad file at step 2"):
+    next(batches)
+  batches.close()
 
 
 # ---------------------------------------------------------------- sources
