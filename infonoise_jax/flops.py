@@ -186,8 +186,10 @@ def step_flops(jaxpr, compiled=None, num_devices: int = 1) -> StepFlops:
   per_device = None if compiled is None else xla_flops(compiled)
   if per_device is not None and per_device * num_devices >= floor:
     return StepFlops(per_device * num_devices, "XLA cost analysis", per_device, floor)
-  why = "no XLA count" if per_device is None else "XLA's count is below it"
-  return StepFlops(floor, f"jaxpr matmuls + convolutions ({why})", per_device, floor)
+  source = "jaxpr matmuls + convolutions"
+  if compiled is not None:
+    source += " (no XLA count)" if per_device is None else " (XLA's count is below it)"
+  return StepFlops(floor, source, per_device, floor)
 
 
 def mfu(flops_per_step: float, steps_per_sec: float, peak_per_device: float | None, n: int):

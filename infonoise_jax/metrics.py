@@ -5,7 +5,8 @@
   state (learning rate, EMA beta, the schedule's `<name>/<key>` readouts) `LastValue`s, the
   per-noise-bin losses a `BinnedAverage` and the ln-sigma histogram a `BinCounts` (so the
   sigmas of a batch are counted into bins on device, never gathered).
-* `ProgressReporter` turns (step, wall time) into steps/s, images/s and time left;
+* `ProgressReporter` turns (step, the time the device finished it) into steps/s, images/s,
+  time left and MFU, leaving out time spent on sample grids and evaluations;
   `format_progress` makes the one console line per log window.
 * `DelayedFetcher` fetches a log window's device metrics one window late, so the host never
   waits on the device (STYLE.md idiom 8).
@@ -13,7 +14,10 @@
 * The TensorBoard writers are in `writers.py` (`create_writer` is re-exported here).
 """
 
+import contextlib
 import dataclasses
+import queue
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -107,41 +111,126 @@ def histogram_values(edges_E: np.ndarray, counts_P: np.ndarray) -> np.ndarray:
 
 
 class ProgressReporter:
-  """Throughput of each log window: steps/s, images/s and time left.
+  """Training throughput of each log window: steps/s, images/s, time left (and MFU).
 
-  Call it after each step (or at least at every multiple of `every`). The first call only
-  starts the clock; later calls at multiples of `every` measure the window since the last
-  one and return the numbers (scalars for the writer), else None. Rates are per window, so
-  the first window includes compilation; time left uses the latest window's rate.
+  A window's time runs from the moment the device finished the previous window's last step
+  to the moment it finished this window's last step, less the time spent on work that is
+  not training (sample grids, FID, evaluations: `excluded()`), which is reported apart as
+  `perf/excluded_seconds`. Finish times are taken by a watcher thread that waits on arrays
+  the window's last step computed (`mark`), so the host never waits for them; reading the
+  host clock when the last step was *dispatched* instead made windows swing with how far
+  ahead of the device the host happened to be.
+
+    progress = ProgressReporter(num_steps, batch_size)
+    progress.start(step, state)          # after the first (compiled) step has finished
+    ...each log window: progress.mark(step, window_metrics)
+    ...one window later: scalars = progress.report(step)
+    with progress.excluded(state): draw_sample_grid()
+
+  `time_fn` is injectable for tests; with `ready=None` a mark is taken at once.
   """
 
   def __init__(
     self,
     num_steps: int,
     batch_size: int,
-    every: int,
     *,
+    flops_per_step: float = 0.0,
+    peak_flops: float | None = None,
     time_fn: Callable[[], float] = time.monotonic,
   ):
-    self.num_steps, self.batch_size, self.every = num_steps, batch_size, every
+    self.num_steps, self.batch_size = num_steps, batch_size
+    self.flops_per_step, self.peak_flops = flops_per_step, peak_flops  # peak: all devices
     self._time_fn = time_fn
-    self._last: tuple[int, float] | None = None
+    self._done: dict[int, float] = {}  # step -> when the device finished it
+    self._excluded: dict[int, float] = {}  # window end step -> seconds not training
+    self._open_excluded = 0.0  # excluded seconds of the window not yet marked
+    self._last: int | None = None  # the latest reported (or starting) step
+    self.started = False
+    self._cv = threading.Condition()
+    self._queue: queue.Queue = queue.Queue()
+    self._thread: threading.Thread | None = None
+    self.totals = {"steps": 0, "seconds": 0.0, "excluded_seconds": 0.0}
 
-  def __call__(self, step: int) -> dict[str, float] | None:
-    now = self._time_fn()
-    if self._last is None:
-      self._last = (step, now)
+  def _stamp(self, step: int, ready: Any) -> None:
+    if ready is None:
+      with self._cv:
+        self._done[step] = self._time_fn()
+        self._cv.notify_all()
+      return
+    if self._thread is None:
+      self._thread = threading.Thread(target=self._watch, name="progress-clock", daemon=True)
+      self._thread.start()
+    self._queue.put((step, ready))
+
+  def _watch(self) -> None:
+    while (item := self._queue.get()) is not None:
+      step, ready = item
+      try:
+        jax.block_until_ready(ready)
+      except Exception:  # noqa: BLE001 - a failed step is reported by the loop, not here
+        pass
+      with self._cv:
+        self._done[step] = self._time_fn()
+        self._cv.notify_all()
+
+  def start(self, step: int, ready: Any = None) -> None:
+    """Starts the clock when `ready` is computed (now if None): the first window's rate
+    leaves out what came before, such as compiling the step."""
+    self._last, self.started = step, True
+    self._stamp(step, ready)
+
+  def mark(self, step: int, ready: Any = None) -> None:
+    """The window ending at `step`: `ready` are arrays its last step computed."""
+    self._excluded[step], self._open_excluded = self._open_excluded, 0.0
+    self._stamp(step, ready)
+
+  @contextlib.contextmanager
+  def excluded(self, ready: Any = None):
+    """Times the block as not training: waits for `ready` (the state) first, so the steps
+    queued before it count as training, then excludes the block's wall time."""
+    if ready is not None:
+      jax.block_until_ready(ready)
+    t0 = self._time_fn()
+    try:
+      yield
+    finally:
+      self._open_excluded += self._time_fn() - t0
+
+  def report(self, step: int) -> dict[str, float] | None:
+    """Scalars of the window ending at the marked `step` (waits for its finish time, which
+    one window later is long known); None for an unmarked step or before `start`."""
+    if self._last is None or step not in self._excluded or step <= self._last:
       return None
-    if (step % self.every and step != self.num_steps) or step <= self._last[0]:
-      return None
-    last_step, last_time = self._last
-    self._last = (step, now)
-    steps_per_sec = (step - last_step) / max(now - last_time, 1e-9)
-    return {
+    with self._cv:
+      self._cv.wait_for(lambda: step in self._done and self._last in self._done)
+      finished, began = self._done.pop(step), self._done.pop(self._last)
+      self._done[step] = finished  # the next window starts here
+    excluded = self._excluded.pop(step)
+    seconds = max(finished - began - excluded, 1e-9)
+    steps = step - self._last
+    self._last = step
+    self.totals["steps"] += steps
+    self.totals["seconds"] += seconds
+    self.totals["excluded_seconds"] += excluded
+    steps_per_sec = steps / seconds
+    out = {
       "perf/steps_per_sec": steps_per_sec,
       "perf/images_per_sec": steps_per_sec * self.batch_size,
       "perf/eta_seconds": max(self.num_steps - step, 0) / steps_per_sec,
+      "perf/window_seconds": seconds,
+      "perf/excluded_seconds": excluded,
     }
+    if self.flops_per_step and self.peak_flops:
+      out["perf/mfu"] = self.flops_per_step * steps_per_sec / self.peak_flops
+    return out
+
+  def close(self) -> None:
+    """Stops the watcher thread (marks not yet reported are dropped)."""
+    if self._thread is not None:
+      self._queue.put(None)
+      self._thread.join()
+      self._thread = None
 
 
 def format_progress(step: int, num_steps: int, scalars: Mapping[str, float]) -> str:

@@ -8,6 +8,7 @@ restored step (the pipeline is a pure function of the step).
 
 import functools
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +18,9 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from infonoise_jax import checkpointing, diagnostics, metrics, resume, steps
+from infonoise_jax import checkpointing, diagnostics, flops, metrics, resume, steps
 from infonoise_jax import workdir as workdir_lib
-from infonoise_jax.data import Pipeline, load_source, resolve_sigma_data
+from infonoise_jax.data import DevicePrefetcher, Pipeline, load_source, resolve_sigma_data
 from infonoise_jax.evaluation import model_fid, sequence_eval
 from infonoise_jax.mesh import make_mesh
 from infonoise_jax.model_sampler import Sampler
@@ -76,6 +77,13 @@ class Run:
     shape = (self.config.train.batch_size, *local_BX.shape[1:])
     return jax.make_array_from_process_local_data(self.batch_sharding, local_BX, shape)
 
+  def device_batches(self, start_step: int, num_workers: int, buffer_size: int = 2):
+    """Global batches of steps start_step, start_step + 1, ... already on the devices:
+    made by the pipeline (a thread or grain workers) and copied `buffer_size` steps ahead
+    by one more thread. `close()` it."""
+    host = self.pipeline.iterate(start_step, num_workers=num_workers)
+    return DevicePrefetcher(host, self.global_batch, buffer_size)
+
   def num_params(self, state: TrainState) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))
 
@@ -91,19 +99,31 @@ class _WindowLogger:
     self.run, self.writer, self.ckpt = run, writer, ckpt
     t = run.config.train
     self.fetcher = metrics.DelayedFetcher(start)
-    self.progress = metrics.ProgressReporter(t.num_steps, t.batch_size, t.log_every)
-    self.progress(start)  # starts the clock
-    self.window, self.window_start, self.perf = None, start, {}
+    # Started by _first_step_done, with the step's FLOPs and the devices' peak.
+    self.progress = metrics.ProgressReporter(t.num_steps, t.batch_size)
+    self.window, self.window_start = None, start
+    self.checkpoint_seconds = 0.0  # host time spent saving in the open window
+    self.checkpoint_total = 0.0
     self.loss_by_log_sigma = None  # the latest window's per-bin mean loss (for the plots)
     self.history: list[tuple[int, np.ndarray]] = []  # (step, schedule curve) per window
+    self._history_curve = jax.jit(functools.partial(diagnostics.history_curve, run))
+    self._checkpoint_seconds: dict[int, float] = {}
+
+  def compile_helpers(self, step_metrics: dict, state: TrainState) -> None:
+    """Compiles (by running them once, results dropped) the window programs."""
+    window = metrics.accumulate(metrics.accumulate(None, step_metrics), step_metrics)
+    jax.block_until_ready(
+      (metrics.compute_window(window), self._history_curve(state.schedule_state))
+    )
 
   def add(self, step_metrics: dict) -> None:
     self.window = metrics.accumulate(self.window, step_metrics)
 
   def end_window(self, step: int, state: TrainState) -> None:
-    self.perf[step] = self.progress(step) or {}
     values = metrics.compute_window(self.window)
-    values[HISTORY] = diagnostics.history_curve(self.run, state.schedule_state)
+    values[HISTORY] = self._history_curve(state.schedule_state)
+    self.progress.mark(step, values["loss"])  # finished when the window's last step is
+    self._checkpoint_seconds[step], self.checkpoint_seconds = self.checkpoint_seconds, 0.0
     done = self.fetcher.push(step, values)
     self.window, self.window_start = None, step
     if done is not None:
@@ -119,6 +139,28 @@ class _WindowLogger:
       checked = {k: host[k] for k in ("loss", "grad_norm")}
       metrics.check_finite(checked, (self.window_start, step), self.last_good())
 
+  def add_checkpoint_time(self, seconds: float) -> None:
+    """Host time of one save after the queued steps finished: the device idles for it."""
+    self.checkpoint_seconds += seconds
+    self.checkpoint_total += seconds
+
+  def summary(self) -> None:
+    """One line on the whole run's training throughput (after `flush`)."""
+    total = self.progress.totals
+    if not total["steps"] or jax.process_index() != 0:
+      return
+    rate = total["steps"] / total["seconds"]
+    logging.info(
+      "Trained %d steps at %s img/s (%.2f steps/s; windows timed as the device finished "
+      "them, compiling left out); %.1f s of sample grids and evaluations timed apart; "
+      "%.1f s spent in checkpoint saves, included.",
+      total["steps"],
+      format(rate * self.run.config.train.batch_size, ",.0f"),
+      rate,
+      total["excluded_seconds"],
+      self.checkpoint_total,
+    )
+
   def last_good(self) -> str | None:
     last = self.ckpt.latest_step()
     return None if last is None else f"{self.ckpt.directory}/{last}"
@@ -127,7 +169,8 @@ class _WindowLogger:
     host, step = done.metrics, done.end_step
     scalars = {k: v for k, v in host.items() if np.ndim(v) == 0}
     metrics.check_finite(scalars, (done.start_step, step), self.last_good())
-    scalars.update(self.perf.pop(step, {}))
+    scalars.update(self.progress.report(step) or {})
+    scalars["perf/checkpoint_seconds"] = self._checkpoint_seconds.pop(step, 0.0)
     self.writer.write_scalars(step, scalars)
     edges = diagnostics.loss_bin_edges(self.run.config)
     counts = host[metrics.SIGMA_COUNTS]
@@ -215,6 +258,34 @@ def check_before_save(run: Run, state: TrainState, step: int, last_good: str | N
     ) from None
 
 
+def _first_step_done(run: Run, state, batch, step_metrics, log, started: float, step: int):
+  """After the run's first step: waits for it (it includes compiling the step), compiles the
+  small programs the loop runs later (window metrics, the checkpoint guard's), counts the
+  step's FLOPs and starts the throughput clock, so no log window pays for compiling."""
+  jax.block_until_ready(state)
+  seconds = time.monotonic() - started
+  log.compile_helpers(step_metrics, state)
+  _nonfinite_parts(state)
+  jax.block_until_ready(run.copy_state(state))
+  kind, peak = flops.device_peak(run.config)
+  count = flops.step_flops(run.train_step.trace(state, batch).jaxpr)
+  n = jax.device_count()
+  log.progress.flops_per_step = count.flops
+  log.progress.peak_flops = None if peak is None else peak * 1e12 * n
+  log.progress.start(step)
+  if peak is None:
+    mfu = flops.unknown_peak_message(kind)
+  else:
+    mfu = f"logged as perf/mfu against {peak:g} TFLOP/s x {n} ({kind}, {run.config.model.dtype})"
+  logging.info(
+    "First step (with compiling) took %.1f s. Model FLOPs: %.4g GFLOP per step (%s); MFU %s",
+    seconds,
+    count.flops / 1e9,
+    count.source,
+    mfu,
+  )
+
+
 def _restore_or_init(run: Run, ckpt: checkpointing.Checkpointer) -> TrainState:
   """The newest readable checkpoint (corrupt newer ones are moved aside), else a new state."""
   restored = ckpt.restore_newest_good(run.abstract_state)
@@ -295,27 +366,37 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
   # of them and Orbax's reached_preemption agrees on one step for all (no local handler, so
   # no process can enter the collective save alone).
   preempted = checkpointing.PreemptionFlag(() if jax.process_count() > 1 else None)
-  batches = run.pipeline.iterate(step, num_workers=data_workers(config, run.source))
+  batches = run.device_batches(step, data_workers(config, run.source))
+  started = time.monotonic()
   try:
     while step < num_steps:
-      state, step_metrics = run.train_step(state, run.global_batch(next(batches)))
+      batch = next(batches)
+      state, step_metrics = run.train_step(state, batch)
       step += 1
+      if not log.progress.started:
+        _first_step_done(run, state, batch, step_metrics, log, started, step)
       ckpt.check_saves()  # a failed background save stops the run here
       log.add(step_metrics)
       if step % t.log_every == 0 or step == num_steps:
         log.end_window(step, state)
+      # Sample grids and evaluations are timed apart from training (perf/excluded_seconds).
       if t.sample_every and step % t.sample_every == 0 and step < num_steps:
-        diagnostics.write_images(run, state, writer, workdir, step, log)
+        with log.progress.excluded(state):
+          diagnostics.write_images(run, state, writer, workdir, step, log)
       if periodic_fid and (step % t.fid_every == 0 or step == num_steps):
-        fid_batches = run.sampler.draw(  # seed set 0: the same noise every time
-          state.ema_params, run.sampler.sigmas(state.schedule_state), periodic_fid.num, seed=0
-        )
-        periodic_fid.write(fid_batches, writer, step)
+        with log.progress.excluded(state):
+          fid_batches = run.sampler.draw(  # seed set 0: the same noise every time
+            state.ema_params, run.sampler.sigmas(state.schedule_state), periodic_fid.num, seed=0
+          )
+          periodic_fid.write(fid_batches, writer, step)
       if seq_eval and (step % t.eval_every == 0 or step == num_steps):
-        draw = functools.partial(run.sampler.draw_ema, state)  # (num, seed) -> samples
-        seq_eval.write(draw, writer, step)
+        with log.progress.excluded(state):
+          draw = functools.partial(run.sampler.draw_ema, state)  # (num, seed) -> samples
+          seq_eval.write(draw, writer, step)
       stop = preempted.is_set() or ckpt.reached_preemption(step)
       if step % t.checkpoint_every == 0 or step == num_steps or stop:
+        jax.block_until_ready(state)  # the steps queued until now are training time
+        saving = time.monotonic()
         log.flush(step)  # a NaN state is never saved over a good checkpoint
         check_before_save(run, state, step, log.last_good())
         # The example shape lets sample/evaluate rebuild the model without the data; the
@@ -324,15 +405,18 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
         if run.source.encoding is not None:  # the run's fixed vocabulary, for decoding
           meta["vocab"] = run.source.encoding.vocab
         ckpt.save(step, state, meta=meta, force=True)
+        log.add_checkpoint_time(time.monotonic() - saving)
       if stop:
         ckpt.wait()
         raise checkpointing.Preempted(step, ckpt.directory)
     log.flush(step)
+    log.summary()
     ckpt.wait()  # the final checkpoint is on disk before "Finished" is printed
     if step == num_steps:
       diagnostics.write_final(run, state, writer, workdir, step, log)
   finally:
     batches.close()
+    log.progress.close()
     preempted.restore_handlers()
     writer.flush()
   return state

@@ -9,6 +9,7 @@ import importlib.util
 import io
 import os
 import pathlib
+import threading
 
 import fsspec
 import jax
@@ -226,23 +227,85 @@ def test_window_metrics_average_last_binned_and_counts():
 
 
 def test_progress_reporter_on_fake_clock():
-  times = iter([0.0, 10.0, 12.0, 15.0, 16.0])
+  now = [0.0]
   progress = metrics.ProgressReporter(
-    num_steps=1000, batch_size=32, every=100, time_fn=lambda: next(times)
+    num_steps=1000, batch_size=32, flops_per_step=2e12, peak_flops=100e12, time_fn=lambda: now[0]
   )
-  assert progress(0) is None  # starts the clock at t=0
-  out = progress(100)  # 100 steps in 10 s
+  assert not progress.started
+  progress.start(0)  # at t=0, after the first step
+  now[0] = 10.0
+  progress.mark(100)  # 100 steps in 10 s
+  out = progress.report(100)
   assert out == pytest.approx(
-    {"perf/steps_per_sec": 10.0, "perf/images_per_sec": 320.0, "perf/eta_seconds": 90.0}
+    {
+      "perf/steps_per_sec": 10.0,
+      "perf/images_per_sec": 320.0,
+      "perf/eta_seconds": 90.0,
+      "perf/window_seconds": 10.0,
+      "perf/excluded_seconds": 0.0,
+      "perf/mfu": 0.2,  # 2 TFLOP x 10 steps/s of 100 TFLOP/s
+    }
   )
-  assert progress(150) is None  # not a reporting step
-  out = progress(200)  # 100 steps in 5 s (since t=10)
+  assert progress.report(150) is None  # not a window's end
+  now[0] = 12.0
+  with progress.excluded():  # a sample grid from t=12 to t=15: not training
+    now[0] = 15.0
+  now[0] = 18.0
+  progress.mark(200)
+  out = progress.report(200)  # 100 steps in 18 - 10 - 3 = 5 s
   assert out["perf/steps_per_sec"] == pytest.approx(20.0)
+  assert out["perf/excluded_seconds"] == pytest.approx(3.0)
   assert out["perf/eta_seconds"] == pytest.approx(40.0)
+  assert progress.totals == pytest.approx({"steps": 200, "seconds": 15.0, "excluded_seconds": 3.0})
   line = metrics.format_progress(200, 1000, {"loss": 0.04123, "grad_norm": 0.3125, **out,
                                              "learning_rate": 1e-3, "bin_0": 5.0})  # fmt: skip
   assert line == "step 200/1000 | loss 0.04123 | grad 0.312 | lr 1.00e-03 | 640 img/s | ETA 40s"
   assert metrics.format_duration(3723) == "1h02m03s"
+  progress.close()
+
+
+class _Gate:
+  """Stands in for a window's arrays: 'ready' once the test opens it."""
+
+  def __init__(self):
+    self.event = threading.Event()
+
+  def block_until_ready(self):
+    self.event.wait()
+    return self
+
+
+def test_progress_windows_end_when_the_device_finishes_them_not_when_dispatched():
+  now = [0.0]
+  progress = metrics.ProgressReporter(num_steps=300, batch_size=1, time_fn=lambda: now[0])
+  progress.start(0)
+  first, second = _Gate(), _Gate()
+  now[0] = 1.0
+  progress.mark(100, first)  # the host dispatched step 100 at t=1, far ahead of the device
+  now[0] = 2.0
+  progress.mark(200, second)
+  now[0] = 10.0
+  first.event.set()  # the device finished step 100 at t=10
+  out = progress.report(100)
+  assert out["perf/steps_per_sec"] == pytest.approx(10.0)  # not 100 (dispatch time)
+  now[0] = 15.0
+  second.event.set()
+  assert progress.report(200)["perf/steps_per_sec"] == pytest.approx(20.0)
+  progress.close()
+
+
+def test_progress_on_device_arrays_and_excluding_waits_for_the_state():
+  progress = metrics.ProgressReporter(num_steps=4, batch_size=8)
+  x = jnp.ones((64, 64))
+  progress.start(0, x)
+  y = x @ x
+  with progress.excluded(y):
+    pass
+  progress.mark(4, (y @ y)[0, 0])
+  out = progress.report(4)
+  assert out["perf/images_per_sec"] > 0 and out["perf/excluded_seconds"] >= 0
+  progress.close()
+  progress.close()  # idempotent
 
 
 # ------------------------------------------------------------------------------ late fetch
