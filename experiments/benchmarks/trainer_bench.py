@@ -1,0 +1,189 @@
+"""The whole trainer's throughput against its bare train step, same config, same batch size.
+
+  python experiments/benchmarks/trainer_bench.py --config=configs/default.py:fashion --steps=3000
+  python experiments/benchmarks/trainer_bench.py --config=configs/default.py --steps=2000  # CPU
+
+1. **Bare step:** `train.Run(config)` builds the trainer's own jitted step (same shardings and
+   donation); it runs on one real batch of the config's data, already on the device, steps
+   dispatched back to back as `train_step_bench.py` times them; compile and warm-up left out.
+   Median over `--repeats` rounds of `--iters` steps.
+2. **Trainer:** `train.train_and_evaluate` on a fresh workdir for `--steps` steps: the real data
+   pipeline, window metrics, TensorBoard, checkpoints and sample grids of the config (change
+   them with `--set train.checkpoint_every=...`). Its throughput is read back from its own
+   TensorBoard scalars: each log window timed from the moment the device finished the
+   previous window to the moment it finished this one (`metrics.ProgressReporter`), the
+   first step (compile) left out, sample grids and evaluations timed apart
+   (`perf/excluded_seconds`, reported here). Checkpoints stay in.
+3. The bare step again (shared CPUs drift); the ratio is against the mean of both.
+
+Prints a markdown table: images/s of the bare step and of the trainer (whole run and its
+slowest / fastest window), the ratio, the time the trainer spent on sample grids and in
+checkpoint saves, its wall clock including compiling and the final samples, and MFU where the
+device's peak is known (`infonoise_jax.flops`).
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+if not __package__:  # run as a script: make the repository root importable
+  sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+
+import jax
+import numpy as np
+
+from infonoise_jax import flops, train
+from infonoise_jax.validation import load_config_file, parse_overrides
+
+
+def load_config(config_arg: str, steps: int, overrides=()):
+  path, _, variant = config_arg.partition(":")
+  config = load_config_file(path, variant or None)
+  config.update_from_flattened_dict(parse_overrides(overrides))
+  config.train.num_steps = steps
+  return config
+
+
+def bare_step(run: "train.Run", iters: int, repeats: int) -> dict:
+  """Seconds per step of the trainer's jitted step, dispatched back to back."""
+  state = run.init_fn()
+  batch = run.global_batch(run.pipeline.batch(0))
+  state, _ = run.train_step(state, batch)  # compiles
+  for _ in range(3):
+    state, _ = run.train_step(state, batch)
+  jax.block_until_ready(state)
+  rounds = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    for _ in range(iters):
+      state, _ = run.train_step(state, batch)
+    jax.block_until_ready(state)
+    rounds.append((time.perf_counter() - t) / iters)
+  compiled = run.train_step.lower(state, batch).compile()  # cached: no second compile
+  count = flops.step_flops(run.train_step.trace(state, batch).jaxpr, compiled, jax.device_count())
+  return {"step_s": float(np.median(rounds)), "rounds_s": rounds, "flops": count}
+
+
+def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
+  """{tag: [(step, value), ...]} of every scalar under `logdir`, whichever writer wrote it
+  (tensorboardX: scalar summaries; clu with TensorFlow: tensors of the scalars plugin)."""
+  from tensorboard.backend.event_processing import event_accumulator as ea
+  from tensorboard.util import tensor_util
+
+  acc = ea.EventAccumulator(logdir, size_guidance={ea.SCALARS: 0, ea.TENSORS: 0})
+  acc.Reload()
+  out = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+  for tag in acc.Tags()["tensors"]:
+    if acc.SummaryMetadata(tag).plugin_data.plugin_name == "scalars":
+      out[tag] = [
+        (e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)
+      ]
+  return out
+
+
+def trainer(config, workdir: str) -> dict:
+  """Runs the trainer; its window throughput from its TensorBoard scalars."""
+  t = time.perf_counter()
+  train.train_and_evaluate(config, workdir)
+  wall = time.perf_counter() - t
+  s = read_scalars(os.path.join(workdir, "tensorboard"))
+  seconds = np.array([v for _, v in s["perf/window_seconds"]])
+  rate = np.array([v for _, v in s["perf/steps_per_sec"]])
+  steps = rate * seconds  # steps of each window (the first one starts after step 1)
+  return {
+    "steps": float(steps.sum()),
+    "seconds": float(seconds.sum()),
+    "steps_per_s": float(steps.sum() / seconds.sum()),
+    "window_steps_per_s": rate,
+    "excluded_s": sum(v for _, v in s["perf/excluded_seconds"]),
+    "checkpoint_s": sum(v for _, v in s.get("perf/checkpoint_seconds", [])),
+    "wall_s": wall,
+    "num_windows": len(rate),
+  }
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--config", default="configs/default.py:fashion", help="path[:variant]")
+  p.add_argument("--steps", type=int, default=3000, help="trainer steps (train.num_steps)")
+  p.add_argument("--iters", type=int, default=100, help="bare steps per timing round")
+  p.add_argument("--repeats", type=int, default=5, help="timing rounds of the bare step")
+  p.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
+  p.add_argument("--workdir", default="", help="trainer workdir ('' = a temporary one)")
+  args = p.parse_args()
+
+  config = load_config(args.config, args.steps, args.set)
+  dev = jax.devices()[0]
+  print(
+    f"{jax.device_count()} x {dev.device_kind}, jax {jax.__version__}, config {args.config} "
+    f"{' '.join(args.set)}, batch {config.train.batch_size}, {args.steps} trainer steps",
+    flush=True,
+  )
+  workdir = args.workdir or tempfile.mkdtemp(prefix="trainer_bench_")
+  if os.path.exists(os.path.join(workdir, "checkpoints")):
+    sys.exit(f"{workdir} already holds a run; give a fresh --workdir")
+  bare_run = train.Run(load_config(args.config, args.steps, args.set), workdir)
+  before = bare_step(bare_run, args.iters, args.repeats)
+  tr = trainer(config, workdir)
+  after = bare_step(bare_run, args.iters, args.repeats)
+  if not args.workdir:
+    shutil.rmtree(workdir, ignore_errors=True)
+
+  b = config.train.batch_size
+  bare_s = (before["step_s"] + after["step_s"]) / 2
+  bare_ips = b / bare_s
+  kind, peak = flops.device_peak(config)
+  count = before["flops"]
+  n = jax.device_count()
+  mfu = lambda steps_per_s: flops.describe_mfu(flops.mfu(count.flops, steps_per_s, peak, n), kind)
+  rows = [
+    (
+      f"bare step (median of {args.repeats} x {args.iters}; before / after the trainer: "
+      f"{b / before['step_s']:,.0f} / {b / after['step_s']:,.0f})",
+      bare_ips,
+      1.0,
+      mfu(1 / bare_s),
+    ),
+    (
+      f"trainer, {tr['steps']:.0f} steps in {tr['num_windows']} log windows (compile and "
+      "sample grids left out)",
+      tr["steps_per_s"] * b,
+      tr["steps_per_s"] / (1 / bare_s),
+      mfu(tr["steps_per_s"]),
+    ),
+    (
+      "trainer, slowest log window",
+      tr["window_steps_per_s"].min() * b,
+      tr["window_steps_per_s"].min() * bare_s,
+      "",
+    ),
+    (
+      "trainer, fastest log window",
+      tr["window_steps_per_s"].max() * b,
+      tr["window_steps_per_s"].max() * bare_s,
+      "",
+    ),
+    (
+      "trainer, wall clock of the whole call (compiles, sample grids, final samples in)",
+      args.steps * b / tr["wall_s"],
+      args.steps * b / tr["wall_s"] * bare_s / b,
+      "",
+    ),
+  ]
+  print("\n| measured | images/s | vs bare step | MFU |\n| --- | --- | --- | --- |")
+  for what, ips, ratio, m in rows:
+    print(f"| {what} | {ips:,.0f} | {100 * ratio:.1f}% | {m} |")
+  print(
+    f"\nTrainer: {tr['excluded_s']:.1f} s on sample grids / evaluations (timed apart), "
+    f"{tr['checkpoint_s']:.1f} s in checkpoint saves (included), wall clock {tr['wall_s']:.1f} s."
+    f"\nFLOPs per step {count.flops / 1e9:.4g} GFLOP ({count.source}); peak "
+    f"{'unknown' if peak is None else f'{peak:g} TFLOP/s'} per device ({kind}, "
+    f"{config.model.dtype})."
+  )
+
+
+if __name__ == "__main__":
+  main()
