@@ -14,7 +14,9 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "experiments", "benchmarks"))
 
 import profile_step  # noqa: E402
+import scaling_bench  # noqa: E402
 import train_step_bench  # noqa: E402
+import trainer_bench  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +47,37 @@ def test_profile_kernel_kinds():
   assert kind("input_transpose_fusion_8") == "copy / transpose"
   assert kind("Memset 3") == "copy / transpose"
   assert kind("something_else") == "other"
+
+
+def test_trainer_bench_reads_the_trainers_window_throughput(tmp_path):
+  from infonoise_jax import train
+
+  config = trainer_bench.load_config(os.path.join(ROOT, "configs", "test.py"), 8)
+  r = trainer_bench.trainer(config, str(tmp_path / "run"))
+  assert r["num_windows"] == 4  # log_every 2
+  assert r["steps"] == pytest.approx(7)  # steps 2..8: the first (compiling) step is left out
+  assert r["steps_per_s"] > 0 and r["seconds"] > 0 and r["wall_s"] > r["seconds"]
+  run = train.Run(config, str(tmp_path / "unused"))
+  bare = trainer_bench.bare_step(run, iters=2, repeats=2)
+  assert bare["step_s"] > 0 and len(bare["rounds_s"]) == 2 and bare["flops"].flops > 0
+
+
+def test_scaling_bench_points():
+  assert scaling_bench.scaled_attention((7,), 28, 64) == (16,)
+  assert scaling_bench.scaled_attention((16,), 32, 28) == (14,)
+  with pytest.raises(ValueError, match="no level"):
+    scaling_bench.scaled_attention((7,), 28, 30)
+  point = dict(
+    config=os.path.join(ROOT, "configs", "test.py"),
+    dtype="float32",
+    set=[],
+    iters=1,
+    native=8,
+    batch=8,
+    shape=[8, 8, 1],
+  )
+  r = scaling_bench.step_point(point)
+  assert r["step_ms"] > 0 and r["xla_plan_gib"] > 0
+  assert r["mfu_text"].startswith("n/a")  # no peak for the CPU
+  est = scaling_bench.estimator_point(16, 64, iters=5)
+  assert est["call"] > 0 and est["fused"] > 0

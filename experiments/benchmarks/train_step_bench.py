@@ -96,6 +96,15 @@ def bench(config, shape, iters: int) -> dict:
     pipelined.append((time.perf_counter() - t) / iters)
   dt = float(np.median(pipelined))
   stats = jax.local_devices()[0].memory_stats() or {}
+  plan = compiled.memory_analysis()  # XLA's buffers for one step, per device
+  plan_bytes = (
+    plan.argument_size_in_bytes
+    + plan.output_size_in_bytes
+    + plan.temp_size_in_bytes
+    - plan.alias_size_in_bytes
+    if plan is not None
+    else float("nan")
+  )
   kind, peak = flops.device_peak(config)
   mfu = flops.mfu(count.flops, 1 / dt, peak, jax.device_count())
   return {
@@ -104,6 +113,7 @@ def bench(config, shape, iters: int) -> dict:
     "synced_ms": float(np.median(synced)) * 1e3,
     "images_per_s": config.train.batch_size / dt,
     "peak_mem_gib": stats.get("peak_bytes_in_use", float("nan")) / 2**30,
+    "xla_plan_gib": plan_bytes / 2**30,  # arguments + outputs + temporaries - donated
     "tflop_per_step": count.flops / 1e12,
     "flops_source": count.source,
     "peak_tflops": peak,
