@@ -10,7 +10,14 @@ better; binarized data also gets `fd_decoded`, the FD of samples thresholded to 
 levels). At the last step each run is evaluated a second time with other sample seeds: the
 mean |difference| is the metric's noise, the tolerance of the speedup (evaluation/speedup.py).
 A `floor` record holds the FD of `--num_samples` real images to the data statistics: what a
-perfect model would score.
+perfect model would score. Token data (`--data=native` with configs/dna.py or text.py) is
+scored with its domain metrics instead (evaluation/sequence_eval.py: DNA ranks by the
+classifier-feature Frechet distance, text by the longest n-gram's JS divergence) against as
+many held-out windows, the floor being other held-out windows. `--grid_steps` adds, for arms
+with a learned profile, the FD of each (solver, grid) at those level counts on the final
+models; `--save_samples` writes the final samples as uint8 for Inception FID elsewhere
+(experiments/fid_of_samples.py). One process with the seeds vmapped (`--workers=1`) is the
+measured choice on a GPU (experiments/RESULTS.md section 9).
 
   python experiments/compare_schedules.py --out=/tmp/cmp --config=configs/default.py:fashion \
       --data=continuous,binarized --arms=lognormal,loguniform,infonoise --seeds=0,1,2 \
