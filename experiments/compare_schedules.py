@@ -30,7 +30,6 @@ speedup_<data>.png.
 """
 
 import argparse
-import fcntl
 import hashlib
 import json
 import os
@@ -122,22 +121,6 @@ def config_hash(config) -> str:
   return hashlib.sha256(config.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:16]
 
 
-def read_records(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def append_record(path: str, rec: dict) -> None:
-  """One JSON line, under an exclusive lock (several worker processes append to one file)."""
-  with open(path, "a") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    f.write(json.dumps(rec) + "\n")
-    f.flush()
-    fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def frechet(x_ND: np.ndarray, ref: fid.Stats) -> float:
   return fid.frechet_distance(fid.stats_of_features(x_ND.reshape(len(x_ND), -1)), ref)
 
@@ -167,36 +150,38 @@ GRID_SETTINGS = (
 
 
 def grid_study(args, mr, state, data, arm_name, h, done, ref) -> None:
-  """FD of each (solver, grid, levels) on the final models of `--grid_seeds` (profile arms)."""
+  """FD of each (solver, grid, levels) on the final models of `--grid_seeds` (profile arms).
+  One Sampler (one compile) per (solver, levels); the grids only change its sigmas."""
   steps_list = [int(n) for n in filter(None, args.grid_steps.split(","))]
   seeds = grid_seeds(args)
-  for method, grid in GRID_SETTINGS:
+  for method in dict.fromkeys(m for m, _ in GRID_SETTINGS):
     for n in steps_list:
-      cfg = sampler_config(mr.config, grid=grid, num_steps=n, method=method)
+      cfg = sampler_config(mr.config, num_steps=n, method=method)
       sampler = Sampler(cfg, mr.model, mr.schedule, mr.sampler.mesh, mr.source.shape)
-      for r, seed in enumerate(mr.seeds):
-        if seed not in seeds or ("grid", seed, method, grid, n) in done:
-          continue
-        run = mr.run_state(state, r)
-        sigmas = sampler.sigmas(run.schedule_state)
-        x = sampler.draw_all(run.ema_params, sigmas, args.grid_samples, 20_000 + seed)
-        rec = {
-          "kind": "grid",
-          "data": data,
-          "arm": arm_name,
-          "seed": seed,
-          "step": args.steps,
-          "solver": method,
-          "grid": grid,
-          "levels": n,
-          "nfe": 2 * n - 1,
-          **eval_metrics(x, mr.source, ref),
-          "x_absmax": float(np.abs(x).max()),
-          "num_samples": args.grid_samples,
-          "config_hash": h,
-        }
-        append_record(os.path.join(args.out, "results.jsonl"), rec)
-        print(json.dumps(rec), flush=True)
+      for grid in (g for m, g in GRID_SETTINGS if m == method):
+        for r, seed in enumerate(mr.seeds):
+          if seed not in seeds or ("grid", seed, method, grid, n) in done:
+            continue
+          run = mr.run_state(state, r)
+          sigmas = sampler.sigmas(run.schedule_state, sampler_config(cfg, grid=grid))
+          x = sampler.draw_all(run.ema_params, sigmas, args.grid_samples, 20_000 + seed)
+          rec = {
+            "kind": "grid",
+            "data": data,
+            "arm": arm_name,
+            "seed": seed,
+            "step": args.steps,
+            "solver": method,
+            "grid": grid,
+            "levels": n,
+            "nfe": 2 * n - 1,
+            **eval_metrics(x, mr.source, ref),
+            "x_absmax": float(np.abs(x).max()),
+            "num_samples": args.grid_samples,
+            "config_hash": h,
+          }
+          report.append_record(os.path.join(args.out, "results.jsonl"), rec)
+          print(json.dumps(rec), flush=True)
 
 
 def grid_seeds(args) -> list[int]:
@@ -220,7 +205,9 @@ def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
   config = make_config(args, data, arm)
   h = config_hash(config)
   seeds = [int(s) for s in args.seeds.split(",")]
-  records = [r for r in read_records(path) if r.get("config_hash") == h and r["data"] == data]
+  records = [
+    r for r in report.read_records(path) if r.get("config_hash") == h and r["data"] == data
+  ]
   done = {(r["seed"], r["step"], r.get("resample", False)) for r in records if r["kind"] == "eval"}
   done |= {
     ("grid", r["seed"], r["solver"], r["grid"], r["levels"]) for r in records if r["kind"] == "grid"
@@ -273,13 +260,13 @@ def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
           "config_hash": h,
           "config": resolved,
         }
-        if step == args.steps and hasattr(mr.schedule, "profile"):
+        if step == args.steps and has_profile(mr.schedule):
           s = mr.run_state(state, r).schedule_state
           ls_K, rho_K = mr.schedule.profile(s)
           rec["profile_peak_sigma"] = float(np.exp(ls_K[int(np.argmax(rho_K))]))
           rec["gate_pivot"] = float(s["gate_pivot"])
           rec["m_K"] = [float(v) for v in np.asarray(s["m_K"])]  # learned per-bin error
-        append_record(path, rec)
+        report.append_record(path, rec)
         print(json.dumps({k: v for k, v in rec.items() if k not in ("config", "m_K")}), flush=True)
         if step == args.steps and not resample and args.save_samples and mr.source.is_image:
           sc = mr.source.scale  # binarized data: the decoded samples (the FID of issue 12)
@@ -291,7 +278,7 @@ def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
     last, t0 = step, time.time()
   if final:
     save_final_samples(args, data, arm_name, final)
-  if args.grid_steps and hasattr(mr.schedule, "profile"):
+  if args.grid_steps and has_profile(mr.schedule):
     grid_study(args, mr, state, data, arm_name, h, done, ref)
 
 
@@ -306,7 +293,7 @@ def reference(config, source):
 def write_floor(args, data: str, path: str) -> None:
   """The metric of `num_samples` real examples: images a random training subset against all
   training images; token data other held-out windows against the reference windows."""
-  if any(r.get("kind") == "floor" and r["data"] == data for r in read_records(path)):
+  if any(r.get("kind") == "floor" and r["data"] == data for r in report.read_records(path)):
     return
   config = make_config(args, data, {})
   source = load_source(config)
@@ -317,7 +304,7 @@ def write_floor(args, data: str, path: str) -> None:
     x = source.array.reshape(source.num_examples, -1).astype(np.float64)
     idx = np.random.default_rng(0).choice(len(x), min(args.num_samples, len(x)), replace=False)
     rec = {"fd": frechet(x[idx], ref), "metric": "fd", "num_samples": len(idx)}
-  append_record(path, {"kind": "floor", "data": data, **rec})
+  report.append_record(path, {"kind": "floor", "data": data, **rec})
 
 
 def groups(args) -> list[tuple[str, str, dict]]:
@@ -394,7 +381,9 @@ def main(argv=None) -> None:
     if n > 1:
       return
   arm_names = list(dict.fromkeys(a for _, a, _ in groups(args)))
-  print(report.write_report(args.out, read_records(path), arm_names, args.baseline), flush=True)
+  print(
+    report.write_report(args.out, report.read_records(path), arm_names, args.baseline), flush=True
+  )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ images with Gaussian noise of std 25.5 grey levels added (rounded, clipped) scor
 """
 
 import argparse
-import fcntl
 import hashlib
 import json
 import os
@@ -52,7 +51,7 @@ import jax
 import numpy as np
 
 from infonoise_jax.data import load_source
-from infonoise_jax.evaluation import fid, images, inception
+from infonoise_jax.evaluation import fid, images, inception, report
 from infonoise_jax.mesh import configure_compilation_cache
 from infonoise_jax.validation import DEFAULT_CONFIG_PATH, load_config_file
 
@@ -68,22 +67,6 @@ def parse_key(key: str) -> tuple[str, int, int]:
   if not m:
     raise ValueError(f"array name {key!r} is not '<arm>__seed<k>__step<N>'")
   return m["arm"], int(m["seed"]), int(m["step"])
-
-
-def read_records(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def append_record(path: str, rec: dict) -> None:
-  """One JSON line under an exclusive lock (several runs may append to one file)."""
-  with open(path, "a") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    f.write(json.dumps(rec) + "\n")
-    f.flush()
-    fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def record_id(rec: dict) -> tuple:
@@ -171,7 +154,7 @@ def score(
   split, uint8 NHWC) are only called when something is left to compute.
   """
   tag = {"reference": reference, "reference_num": reference_num, "binarize": binarize}
-  done = {record_id(r): r for r in read_records(out)}
+  done = {record_id(r): r for r in report.read_records(out)}
   todo, counts, skipped = [], set(), 0  # todo: (record without fid, images)
   for path in sample_paths:
     with np.load(os.path.expanduser(path)) as f:
@@ -245,7 +228,7 @@ def score(
     value = fid.frechet_distance(stats, ref)
     seconds = time.perf_counter() - t0
     rec = {**rec, "fid": value, "seconds": round(seconds, 2)}
-    append_record(out, rec)
+    report.append_record(out, rec)
     log(json.dumps(rec))
     new.append(rec)
   if extractor.rate() is not None:

@@ -8,6 +8,8 @@ tolerance, evaluation/speedup.py) is the mean |fd - fd_resample| over the runs o
 """
 
 import collections
+import fcntl
+import json
 import os
 from collections.abc import Sequence
 
@@ -17,6 +19,23 @@ from infonoise_jax.evaluation import plots, speedup
 from infonoise_jax.schedules import FIXED
 
 FIXED_SCHEDULES = FIXED  # the fixed laws (schedules registry)
+
+
+def read_records(path: str) -> list[dict]:
+  """The JSON lines of a results file (none when it does not exist yet)."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def append_record(path: str, rec: dict) -> None:
+  """One JSON line, under an exclusive lock (several processes may append to one file)."""
+  with open(path, "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    f.write(json.dumps(rec) + "\n")
+    f.flush()
+    fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def curves_by_arm(records, data: str, metric: str = "fd") -> dict[str, dict[int, speedup.Curve]]:
