@@ -194,9 +194,7 @@ def quantize_kernels(flat: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   return out
 
 
-def convert(
-  source: str, out: str, expected_sha256: str = PT_SHA256, dtype: str = "float32"
-) -> str:
+def convert(source: str, out: str, expected_sha256: str = PT_SHA256, dtype: str = "float32") -> str:
   """Reads the .whl/.pt at `source`, checks it, writes the Flax .npz to `out`; returns `out`.
 
   `dtype='int16'` stores the conv kernels quantized per output channel (`quantize_kernels`):
