@@ -105,8 +105,13 @@ class Sampler:
     """Yields samples 0..num-1 of seed `seed` in batches, as numpy on every host (model units)."""
     batch = self.round_batch(num, batch)
     fn, key = self.draw_fn(batch), jax.random.key(seed)
+    # The next batch is dispatched before this one is fetched and handed over, so the device
+    # generates it while the host copies this one and the caller works on it (e.g. Inception).
+    pending = fn(params, key, 0, sigmas)
     for start in range(0, num, batch):
-      x = fn(params, key, start, sigmas)
+      x = pending
+      if start + batch < num:
+        pending = fn(params, key, start + batch, sigmas)
       yield np.asarray(multihost_utils.process_allgather(x, tiled=True))[: num - start]
 
   def draw_all(

@@ -14,6 +14,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "experiments", "benchmarks"))
 
 import profile_step  # noqa: E402
+import restart_bench  # noqa: E402
 import scaling_bench  # noqa: E402
 import train_step_bench  # noqa: E402
 import trainer_bench  # noqa: E402
@@ -81,3 +82,17 @@ def test_scaling_bench_points():
   assert r["mfu_text"].startswith("n/a")  # no peak for the CPU
   est = scaling_bench.estimator_point(16, 64, iters=5)
   assert est["call"] > 0 and est["fused"] > 0
+
+
+def test_restart_bench_times_a_restart_from_the_cache(tmp_path):
+  """A second process with the same config and cache folder compiles nothing new."""
+  cache = str(tmp_path / "xla")
+  os.makedirs(cache)
+  config = os.path.join(ROOT, "configs", "test.py")
+  overrides = ["train.sample_every=0", "system.compilation_cache_min_secs=0"]
+  cold = restart_bench.launch(config, str(tmp_path / "a"), 3, cache, overrides, 300)
+  filled = restart_bench.cache_files(cache)
+  warm = restart_bench.launch(config, str(tmp_path / "b"), 3, cache, overrides, 300)
+  assert filled > 0 and restart_bench.cache_files(cache) == filled
+  for r in (cold, warm):
+    assert 0 <= r["first_step"] < r["to_first_step"] <= r["total"]

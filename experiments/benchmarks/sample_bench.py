@@ -1,16 +1,24 @@
-"""Sampling throughput: per-sample keys (infonoise_jax.sample) vs one batched draw.
+"""Sampling throughput: images/s, the FLOP rate it reaches, and how far it is from a bound.
 
 `Sampler.draw` gives sample j its own key fold_in(key(seed), j) by vmapping the sampler over
-single samples, so samples do not depend on batch size or device count. This checks that
-the vmap costs nothing against `solvers.sample` on the whole batch, for EDM's CIFAR-10
-DDPM++ (configs/cifar10_edm.py; random weights, 18 Heun steps = 35 evaluations), batch
-sharded over all local devices. Prints a markdown table of ms per batch and images/s.
+single samples, so samples do not depend on batch size or device count. This times that
+program (`keyed`, what `python -m infonoise_jax.sample` / `evaluate` run) and, with
+`--modes keyed batched`, `solvers.sample` on the whole batch, for EDM's CIFAR-10 DDPM++
+(configs/cifar10_edm.py; random weights, 18 Heun steps = 35 evaluations) or any config, batch
+sharded over all local devices. The ODE state stays float32; the network computes in
+`model.dtype` (`--set model.dtype=bfloat16`).
+
+FLOPs per sample: the matmul + convolution count of one denoiser call (`flops.jaxpr_flops`)
+x the sampler's network evaluations. With `--bound_tflops` (the FLOP rate the training step
+reaches on the same card, e.g. from train_step_bench.py) it prints the images/s that rate
+would allow and the ratio bound / measured.
 
   python experiments/benchmarks/sample_bench.py [--batch_sizes 250 500] [--iters 3] [--small]
+  python experiments/benchmarks/sample_bench.py --set model.dtype=bfloat16 \
+      --batch_sizes 500 1000 2000 --bound_tflops 409
 """
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
@@ -23,21 +31,26 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from infonoise_jax import solvers, steps
+from infonoise_jax import flops, solvers, steps
 from infonoise_jax.mesh import make_mesh
 from infonoise_jax.model_sampler import Sampler
 from infonoise_jax.models import make_model
 from infonoise_jax.schedules import make_schedule
+from infonoise_jax.validation import load_config_file, parse_overrides
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+MODES = ("keyed", "batched")
 
 
-def _config(small: bool):
-  name = "test.py" if small else "cifar10_edm.py"
-  spec = importlib.util.spec_from_file_location("bench_config", os.path.join(ROOT, "configs", name))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(), ((8, 8, 1) if small else (32, 32, 3))
+def _config(config_arg: str, small: bool, overrides):
+  path, _, variant = ("configs/test.py" if small else config_arg).partition(":")
+  config = load_config_file(path, variant or None)
+  config.update_from_flattened_dict(parse_overrides(overrides))
+  if small:
+    return config, (8, 8, 1)
+  if config.data.name == "tfds:cifar10":
+    return config, (32, 32, 3)
+  side = config.data.image_size or 28
+  return config, (side, side, 1)
 
 
 def _time(fn, args, iters: int) -> tuple[float, float]:
@@ -52,11 +65,15 @@ def _time(fn, args, iters: int) -> tuple[float, float]:
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--config", default="configs/cifar10_edm.py", help="config file[:variant]")
+  p.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
   p.add_argument("--batch_sizes", type=int, nargs="+", default=[250, 500])
   p.add_argument("--iters", type=int, default=3)
+  p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+  p.add_argument("--bound_tflops", type=float, default=0.0, help="FLOP rate of the bound")
   p.add_argument("--small", action="store_true", help="the tiny MLP of configs/test.py")
   a = p.parse_args()
-  config, shape = _config(a.small)
+  config, shape = _config(a.config, a.small, a.set)
   model = make_model(config, shape)
   x, c = jnp.zeros((1, *shape)), jnp.zeros((1,))
   params = jax.jit(lambda: model.init({"params": jax.random.key(0)}, x, c, train=False))()
@@ -64,25 +81,50 @@ def main() -> None:
   params = jax.device_put(params["params"], NamedSharding(sampler.mesh, P()))
   sigmas = solvers.make_sigmas(config)
   denoise = steps.make_denoiser(config, model)
-  print(f"{jax.devices()[0].device_kind} x {jax.device_count()}, {config.sampler.num_steps} steps")
-  print("| batch | per-sample keys ms | batched ms | per-sample img/s | batched img/s |")
-  print("| --- | --- | --- | --- | --- |")
+  s = config.sampler
+  evals = solvers.num_evaluations(s.num_steps, s.name)
+  x8, sig8 = jnp.zeros((8, *shape)), jnp.ones((8,))
+  per_eval = flops.jaxpr_flops(jax.make_jaxpr(denoise)(params, x8, sig8)) / 8
+  per_sample = per_eval * evals
+  print(
+    f"{jax.devices()[0].device_kind} x {jax.device_count()}, jax {jax.__version__}, "
+    f"{s.name} {s.num_steps} steps ({evals} evaluations), network {config.model.dtype}, "
+    f"{per_eval / 1e9:.2f} GFLOP per evaluation, {per_sample / 1e12:.3f} TFLOP per sample"
+  )
+  if a.bound_tflops > 0:
+    bound = a.bound_tflops * 1e12 / per_sample
+    print(f"bound at {a.bound_tflops:g} TFLOP/s: {bound:.0f} images/s")
+  print("| mode | batch | compile s | ms per batch | images/s | TFLOP/s | bound / measured |")
+  print("| --- | --- | --- | --- | --- | --- | --- |")
   for batch in a.batch_sizes:
     batch = sampler.round_batch(batch, batch)
-    keyed = sampler.draw_fn(batch)
-    batched = jax.jit(
-      lambda p, k, s, b=batch: solvers.sample(
-        lambda x, sg: denoise(p, x, sg), k, (b, *shape), s, sharding=sampler.data_sharding
+    fns = {
+      "keyed": (sampler.draw_fn(batch), (params, jax.random.key(0), 0, sigmas)),
+      "batched": (
+        jax.jit(
+          lambda p, k, sg, b=batch: solvers.sample(
+            lambda x, sig: denoise(p, x, sig),
+            k,
+            (b, *shape),
+            sg,
+            method=s.name,
+            sharding=sampler.data_sharding,
+          ),
+          out_shardings=sampler.data_sharding,
+        ),
+        (params, jax.random.key(0), sigmas),
       ),
-      out_shardings=sampler.data_sharding,
-    )
-    _, t_keyed = _time(keyed, (params, jax.random.key(0), 0, sigmas), a.iters)
-    _, t_batched = _time(batched, (params, jax.random.key(0), sigmas), a.iters)
-    print(
-      f"| {batch} | {1e3 * t_keyed:.1f} | {1e3 * t_batched:.1f} | {batch / t_keyed:.0f} | "
-      f"{batch / t_batched:.0f} |",
-      flush=True,
-    )
+    }
+    for mode in a.modes:
+      fn, args = fns[mode]
+      compile_s, t = _time(fn, args, a.iters)
+      rate = batch / t
+      ratio = f"{a.bound_tflops * 1e12 / per_sample / rate:.2f}" if a.bound_tflops > 0 else "-"
+      print(
+        f"| {mode} | {batch} | {compile_s:.1f} | {1e3 * t:.1f} | {rate:.0f} | "
+        f"{rate * per_sample / 1e12:.0f} | {ratio} |",
+        flush=True,
+      )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,108 @@
+"""Time to the first step of a fresh, a restarted and a resumed run (persistent compile cache).
+
+Runs `python -m infonoise_jax.main` three times as separate processes with one compilation
+cache folder (`system.compilation_cache_dir`, emptied first):
+
+1. **cold:** fresh workdir A, empty cache: compiles everything and fills the cache;
+2. **restart:** fresh workdir B, same config: a new process that should read every program
+   from the cache;
+3. **resume:** workdir A again with twice the steps: restores A's checkpoint, then trains.
+
+For each it reports the seconds from launching the process to the trainer's "First step"
+log line (imports, data, building and restoring the state, compiling or loading the step, and
+the step itself), the first step's own time as the trainer logs it, the whole process, and
+how many files the cache gained (0 after the cold run = nothing compiled again).
+
+  python experiments/benchmarks/restart_bench.py --config=configs/cifar10_infonoise.py \
+      --steps=20 --set data.name=fashion_mnist_local data.local_dir=.cache/fashion-mnist \
+      data.split=test data.image_size=32
+"""
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+FIRST_STEP = re.compile(r"First step \(with compiling\) took ([0-9.]+) s")
+
+
+def cache_files(folder: str) -> int:
+  return sum(len(files) for _, _, files in os.walk(folder))
+
+
+def launch(config: str, workdir: str, steps: int, cache: str, overrides, timeout: float) -> dict:
+  """Runs one training process; returns its timings (seconds) parsed from its log."""
+  cmd = [
+    sys.executable,
+    "-m",
+    "infonoise_jax.main",
+    f"--config={config}",
+    f"--workdir={workdir}",
+    f"--config.train.num_steps={steps}",
+    f"--config.system.compilation_cache_dir={cache}",
+    *[f"--config.{o}" for o in overrides],
+  ]
+  t0 = time.monotonic()
+  first_step_at = first_step_s = None
+  lines = []
+  proc = subprocess.Popen(
+    cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+  )
+  for line in proc.stdout:
+    lines.append(line)
+    m = FIRST_STEP.search(line)
+    if m and first_step_at is None:
+      first_step_at, first_step_s = time.monotonic() - t0, float(m.group(1))
+    if time.monotonic() - t0 > timeout:
+      proc.kill()
+      break
+  rc = proc.wait()
+  if rc != 0 or first_step_at is None:
+    sys.stdout.write("".join(lines[-40:]))
+    raise SystemExit(f"run failed (rc {rc}): {' '.join(cmd)}")
+  return {"to_first_step": first_step_at, "first_step": first_step_s, "total": time.monotonic() - t0}
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--config", default="configs/default.py", help="config file[:variant]")
+  p.add_argument("--steps", type=int, default=20, help="steps of the fresh runs (resume: 2x)")
+  p.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
+  p.add_argument("--cache", default="", help="cache folder (default: a temporary one)")
+  p.add_argument("--timeout", type=float, default=900.0, help="seconds per process")
+  a = p.parse_args()
+  base = tempfile.mkdtemp(prefix="restart_bench_")
+  cache = a.cache or os.path.join(base, "xla")
+  shutil.rmtree(cache, ignore_errors=True)
+  os.makedirs(cache)
+  overrides = ["train.sample_every=0", *a.set]
+  runs = [
+    ("cold (fresh workdir, empty cache)", os.path.join(base, "a"), a.steps),
+    ("restart (fresh workdir, cache)", os.path.join(base, "b"), a.steps),
+    ("resume (workdir of the cold run, cache)", os.path.join(base, "a"), 2 * a.steps),
+  ]
+  rows = []
+  for name, workdir, steps in runs:
+    before = cache_files(cache)
+    r = launch(a.config, workdir, steps, cache, overrides, a.timeout)
+    rows.append((name, r, cache_files(cache) - before))
+    print(f"{name}: {r}", flush=True)
+  import jax  # after the runs: the benchmark process itself holds no device while they run
+
+  print(f"\n{jax.devices()[0].device_kind}, jax {jax.__version__}, {a.config} {' '.join(a.set)}")
+  print("| run | launch to first step s | first step s (trainer's log) | process s | new cache files |")
+  print("| --- | --- | --- | --- | --- |")
+  for name, r, new in rows:
+    print(
+      f"| {name} | {r['to_first_step']:.1f} | {r['first_step']:.1f} | {r['total']:.1f} | {new} |"
+    )
+  shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+  main()
