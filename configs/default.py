@@ -212,7 +212,10 @@ def _base_config() -> ml_collections.ConfigDict:
   # of the same config loads its compiled step instead of compiling again. '' = off. A local
   # folder per machine (also on TPU pods, where the workdir is on gs://).
   c.system.compilation_cache_dir = "~/.cache/infonoise_jax/xla"
-  c.system.compilation_cache_min_secs = 1.0  # cache only programs that took this long to build
+  # Cache only programs that took this long to build. 0 = all: on an H200 a restarted DDPM++
+  # run still compiled 71 small programs (window metrics, checkpoint guard, sampler parts) at
+  # 1.0, about 4.5 s between its first step and its first log window (BENCHMARKS.md, issue 13).
+  c.system.compilation_cache_min_secs = 0.0
   c.system.peak_tflops = 0.0  # peak dense TFLOP/s of one device at model.dtype, for the model
   #   FLOPs utilization (perf/mfu); 0 = from infonoise_jax/flops.py's table by device kind
   return c
