@@ -18,6 +18,7 @@ never rewritten into local paths.
 
 import io
 import logging
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -69,6 +70,22 @@ def create_writer(logdir: str | None, just_logging: bool, *, use_clu: bool = Tru
   return TensorBoardXWriter(str(logdir))
 
 
+def _import_tensorboardx():
+  """tensorboardX without the torch import its writer module does at import time (only to
+  accept torch tensors, which this project never passes): importing torch took ~3 s of a
+  restarted run's start-up on the GPU hosts, which have torch installed (BENCHMARKS.md)."""
+  if "tensorboardX.writer" in sys.modules or "torch" in sys.modules:
+    import tensorboardX
+
+    return tensorboardX
+  sys.modules["torch"] = None  # `import torch` raises ImportError while tensorboardX loads
+  try:
+    import tensorboardX
+  finally:
+    del sys.modules["torch"]
+  return tensorboardX
+
+
 def _import_clu_writers():
   """`clu.metric_writers`, or None when it cannot import (no or broken TensorFlow)."""
   try:
@@ -105,8 +122,7 @@ class TensorBoardXWriter:
   """
 
   def __init__(self, logdir: str, flush_secs: float = 30.0):
-    import tensorboardX
-
+    tensorboardX = _import_tensorboardx()
     _register_remote_writer(logdir)
     self._writer = tensorboardX.SummaryWriter(logdir, flush_secs=flush_secs)
 

@@ -9,6 +9,8 @@ import importlib.util
 import io
 import os
 import pathlib
+import subprocess
+import sys
 import threading
 
 import fsspec
@@ -378,3 +380,25 @@ def test_check_finite_reports_every_bad_metric_and_missing_checkpoint():
     "grad_norm became Inf, profile became NaN between steps 0 and 100; "
     "no checkpoint was saved before it"
   )
+
+
+def test_tensorboardx_writer_does_not_import_torch(tmp_path):
+  """tensorboardX imports torch at import time; the writer keeps it out (seconds of start-up
+  on hosts with torch) and leaves `import torch` working afterwards."""
+  fake = tmp_path / "fake" / "torch"
+  fake.mkdir(parents=True)
+  marker = tmp_path / "torch_imported"
+  (fake / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\nTensor = object\n")
+  code = (
+    "import sys\n"
+    "from infonoise_jax import writers\n"
+    f"w = writers.TensorBoardXWriter({str(tmp_path / 'tb')!r})\n"
+    "w.write_scalars(1, {'loss': 0.5}); w.close()\n"
+    f"import os; assert not os.path.exists({str(marker)!r}), 'torch was imported'\n"
+    "import torch\n"
+    f"assert os.path.exists({str(marker)!r})\n"
+  )
+  root = str(pathlib.Path(__file__).resolve().parents[1])
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "fake"), root])}
+  r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr[-2000:]
