@@ -5,6 +5,7 @@ runnable as the code they import changes.
 """
 
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -96,3 +97,15 @@ def test_restart_bench_times_a_restart_from_the_cache(tmp_path):
   assert filled > 0 and restart_bench.cache_files(cache) == filled
   for r in (cold, warm):
     assert 0 <= r["first_step"] < r["to_first_step"] <= r["total"]
+
+
+def test_sample_bench_prints_rate_and_bound():
+  cmd = [sys.executable, os.path.join(ROOT, "experiments", "benchmarks", "sample_bench.py")]
+  args = ["--small", "--batch_sizes", "8", "--iters", "1", "--bound_tflops", "0.001"]
+  r = subprocess.run(cmd + args, capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  rows = [line for line in r.stdout.splitlines() if line.startswith(("| keyed", "| batched"))]
+  assert len(rows) == 2
+  for row in rows:  # images/s > 0 and a finite bound / measured ratio
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[4]) > 0 and float(cells[6]) > 0

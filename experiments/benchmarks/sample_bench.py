@@ -6,7 +6,7 @@ program (`keyed`, what `python -m infonoise_jax.sample` / `evaluate` run) and, w
 `--modes keyed batched`, `solvers.sample` on the whole batch, for EDM's CIFAR-10 DDPM++
 (configs/cifar10_edm.py; random weights, 18 Heun steps = 35 evaluations) or any config, batch
 sharded over all local devices. The ODE state stays float32; the network computes in
-`model.dtype` (`--set model.dtype=bfloat16`).
+`--dtype` (model.dtype).
 
 FLOPs per sample: the matmul + convolution count of one denoiser call (`flops.jaxpr_flops`)
 x the sampler's network evaluations. With `--bound_tflops` (the FLOP rate the training step
@@ -14,7 +14,7 @@ reaches on the same card, e.g. from train_step_bench.py) it prints the images/s 
 would allow and the ratio bound / measured.
 
   python experiments/benchmarks/sample_bench.py [--batch_sizes 250 500] [--iters 3] [--small]
-  python experiments/benchmarks/sample_bench.py --set model.dtype=bfloat16 \
+  python experiments/benchmarks/sample_bench.py --dtype=bfloat16 \
       --batch_sizes 500 1000 2000 --bound_tflops 409
 """
 
@@ -36,21 +36,11 @@ from infonoise_jax.mesh import make_mesh
 from infonoise_jax.model_sampler import Sampler
 from infonoise_jax.models import make_model
 from infonoise_jax.schedules import make_schedule
-from infonoise_jax.validation import load_config_file, parse_overrides
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_step_bench import config_for  # noqa: E402
 
 MODES = ("keyed", "batched")
-
-
-def _config(config_arg: str, small: bool, overrides):
-  path, _, variant = ("configs/test.py" if small else config_arg).partition(":")
-  config = load_config_file(path, variant or None)
-  config.update_from_flattened_dict(parse_overrides(overrides))
-  if small:
-    return config, (8, 8, 1)
-  if config.data.name == "tfds:cifar10":
-    return config, (32, 32, 3)
-  side = config.data.image_size or 28
-  return config, (side, side, 1)
 
 
 def _time(fn, args, iters: int) -> tuple[float, float]:
@@ -67,13 +57,16 @@ def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--config", default="configs/cifar10_edm.py", help="config file[:variant]")
   p.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
+  p.add_argument("--dtype", default="float32", help="network compute dtype (model.dtype)")
+  p.add_argument("--shape", default="32,32,3", help="per-example data shape H,W,C")
   p.add_argument("--batch_sizes", type=int, nargs="+", default=[250, 500])
   p.add_argument("--iters", type=int, default=3)
   p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
   p.add_argument("--bound_tflops", type=float, default=0.0, help="FLOP rate of the bound")
   p.add_argument("--small", action="store_true", help="the tiny MLP of configs/test.py")
   a = p.parse_args()
-  config, shape = _config(a.config, a.small, a.set)
+  config = config_for("configs/test.py" if a.small else a.config, a.dtype, overrides=a.set)
+  shape = (8, 8, 1) if a.small else tuple(int(n) for n in a.shape.split(","))
   model = make_model(config, shape)
   x, c = jnp.zeros((1, *shape)), jnp.zeros((1,))
   params = jax.jit(lambda: model.init({"params": jax.random.key(0)}, x, c, train=False))()
