@@ -1,7 +1,7 @@
 """Time to the first step of a fresh, a restarted and a resumed run (persistent compile cache).
 
 Runs `python -m infonoise_jax.main` three times as separate processes with one compilation
-cache folder (`system.compilation_cache_dir`, emptied first):
+cache folder (`system.compilation_cache_dir`; `--cache` must be empty or new):
 
 1. **cold:** fresh workdir A, empty cache: compiles everything and fills the cache;
 2. **restart:** fresh workdir B, same config: a new process that should read every program
@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -65,15 +66,18 @@ def launch(
   proc = subprocess.Popen(
     cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
   )
-  for line in proc.stdout:
-    lines.append(f"{time.monotonic() - t0:8.2f} {line}")
-    m = FIRST_STEP.search(line)
-    if m and first_step_at is None:
-      first_step_at, first_step_s = time.monotonic() - t0, float(m.group(1))
-    if time.monotonic() - t0 > timeout:
-      proc.kill()
-      break
-  rc = proc.wait()
+  # SIGKILL: the trainer takes SIGTERM as a preemption and would save first.
+  watchdog = threading.Timer(timeout, proc.kill)
+  watchdog.start()
+  try:
+    for line in proc.stdout:
+      lines.append(f"{time.monotonic() - t0:8.2f} {line}")
+      m = FIRST_STEP.search(line)
+      if m and first_step_at is None:
+        first_step_at, first_step_s = time.monotonic() - t0, float(m.group(1))
+    rc = proc.wait()
+  finally:
+    watchdog.cancel()
   if log_path:
     with open(log_path, "w") as f:
       f.writelines(lines)
@@ -95,10 +99,13 @@ def main() -> None:
   p.add_argument("--keep", default="", help="keep the workdirs and logs under this folder")
   a = p.parse_args()
   base = a.keep or tempfile.mkdtemp(prefix="restart_bench_")
+  if any(os.path.exists(os.path.join(base, d)) for d in ("a", "b")):
+    raise SystemExit(f"--keep={base} holds workdirs a/ or b/ of an earlier run; use a new folder")
   os.makedirs(base, exist_ok=True)
   cache = a.cache or os.path.join(base, "xla")
-  shutil.rmtree(cache, ignore_errors=True)
-  os.makedirs(cache)
+  if os.path.isdir(cache) and os.listdir(cache):  # never empties a cache someone relies on
+    raise SystemExit(f"--cache={cache} is not empty; the cold run needs an empty cache folder")
+  os.makedirs(cache, exist_ok=True)
   overrides = ["train.sample_every=0", "train.fid_every=0", *a.set]  # grids, FID: end only, off
   runs = [
     ("cold (fresh workdir, empty cache)", os.path.join(base, "a"), a.steps),
