@@ -16,8 +16,11 @@ classifier-feature Frechet distance, text by the longest n-gram's JS divergence)
 many held-out windows, the floor being other held-out windows. `--grid_steps` adds, for arms
 with a learned profile, the FD of each (solver, grid) at those level counts on the final
 models; `--save_samples` writes the final samples as uint8 for Inception FID elsewhere
-(experiments/fid_of_samples.py). One process with the seeds vmapped (`--workers=1`) is the
-measured choice on a GPU (experiments/RESULTS.md section 9).
+(experiments/fid_of_samples.py): the evaluation's own samples, or `--save_num` samples drawn
+apart with their own seeds (e.g. 10k for Inception FID beside 1k for the cheap curve), at the
+last step or at each of `--save_steps`, into `--samples_dir` (default --out). One process with
+the seeds vmapped (`--workers=1`) is the measured choice on a GPU (experiments/RESULTS.md
+section 9).
 
   python experiments/compare_schedules.py --out=/tmp/cmp --config=configs/default.py:fashion \
       --data=continuous,binarized --arms=lognormal,loguniform,infonoise --seeds=0,1,2 \
@@ -188,16 +191,39 @@ def grid_seeds(args) -> list[int]:
   return [int(s) for s in filter(None, args.grid_seeds.split(","))]
 
 
+def samples_path(args, data: str, arm_name: str) -> str:
+  return os.path.join(args.samples_dir or args.out, f"final_{data}_{arm_name}.npz")
+
+
+def saved_keys(args, data: str, arm_name: str) -> set[str]:
+  path = samples_path(args, data, arm_name)
+  if not os.path.exists(path):
+    return set()
+  with np.load(path) as z:
+    return set(z.files)
+
+
 def save_final_samples(args, data: str, arm_name: str, final: dict) -> None:
   """final_<data>_<arm>.npz: uint8 samples per run (key <arm>__seed<k>__step<N>), for FID
-  with the Inception network elsewhere (experiments/fid_of_samples.py)."""
-  path = os.path.join(args.out, f"final_{data}_{arm_name}.npz")
+  with the Inception network elsewhere (experiments/fid_of_samples.py). Appends to the file;
+  written to a temporary name first, so a kill mid-write never loses the earlier arrays."""
+  path = samples_path(args, data, arm_name)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
   old = dict(np.load(path)) if os.path.exists(path) else {}
-  np.savez_compressed(path, **old, **final)
+  tmp = path + ".tmp.npz"
+  np.savez_compressed(tmp, **old, **final)
+  os.replace(tmp, path)
 
 
 def eval_steps(args) -> list[int]:
   return sorted({*range(args.eval_every, args.steps + 1, args.eval_every), args.steps})
+
+
+def save_steps(args) -> set[int]:
+  """Steps whose samples --save_samples keeps: --save_steps, else the last step."""
+  if not args.save_samples:
+    return set()
+  return {int(s) for s in filter(None, args.save_steps.split(","))} or {args.steps}
 
 
 def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
@@ -229,14 +255,16 @@ def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
   ref = reference(config, mr.source)
   resolved = json.loads(config.to_json_best_effort())
   state, bad = mr.init()
-  final = {}  # uint8 final samples per run (--save_samples)
+  final = {}  # uint8 samples per run (--save_samples), written at each step of save_steps
+  have = saved_keys(args, data, arm_name)
   train_s, t0, last = 0.0, time.time(), 0  # train_s: training wall time, evaluations excluded
   for step in range(1, args.steps + 1):
     state, bad, _ = mr.train_step(state, mr.batch(step - 1), bad)
-    if step not in eval_steps(args):
+    if step not in eval_steps(args) and step not in save_steps(args):
       continue
     multirun.check_finite(bad, seeds, (last + 1, step))  # syncs: the steps are done
     train_s += time.time() - t0
+    evaluated = {}  # seed -> this step's evaluation samples (saved when --save_num is 0)
     for r, seed in enumerate(seeds):
       for resample in (False, True):
         if (seed, step, resample) not in todo - done:
@@ -268,16 +296,27 @@ def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
           rec["m_K"] = [float(v) for v in np.asarray(s["m_K"])]  # learned per-bin error
         report.append_record(path, rec)
         print(json.dumps({k: v for k, v in rec.items() if k not in ("config", "m_K")}), flush=True)
-        if step == args.steps and not resample and args.save_samples and mr.source.is_image:
-          sc = mr.source.scale  # binarized data: the decoded samples (the FID of issue 12)
-          xs = np.where(x > 0, sc, -sc) if mr.source.binarized else x
-          final[f"{arm_name}__seed{seed}__step{step}"] = to_uint8(xs, (-sc, sc))
+        if not resample and not args.save_num:
+          evaluated[seed] = x
         if step == args.steps and r == 0 and not resample and mr.source.is_image:
           grid = plots.sample_grid(x[:64], value_range=(-mr.source.scale, mr.source.scale))
           plots.save_png(os.path.join(args.out, f"samples_{data}_{arm_name}.png"), grid)
+    if step in save_steps(args) and mr.source.is_image:
+      for r, seed in enumerate(seeds):
+        key = f"{arm_name}__seed{seed}__step{step}"
+        if key in have:
+          continue
+        x = evaluated.get(seed)
+        if x is None:  # drawn apart: its own seeds, never those of an evaluation
+          x = mr.samples(state, r, args.save_num or args.num_samples, 2_000_000 + step)
+        sc = mr.source.scale  # binarized data: the decoded samples (the FID of issue 12)
+        xs = np.where(x > 0, sc, -sc) if mr.source.binarized else x
+        final[key] = to_uint8(xs, (-sc, sc))
+      if final:  # written at once: a later kill keeps the samples saved so far
+        save_final_samples(args, data, arm_name, final)
+        have |= set(final)
+        final = {}
     last, t0 = step, time.time()
-  if final:
-    save_final_samples(args, data, arm_name, final)
   if args.grid_steps and has_profile(mr.schedule):
     grid_study(args, mr, state, data, arm_name, h, done, ref)
 
@@ -343,6 +382,9 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument("--workers", type=int, default=1, help="processes sharing the accelerator")
   p.add_argument("--shard", default="0/1", help="(internal) i/n: this worker's groups")
   p.add_argument("--save_samples", action="store_true", help="final samples to final_*.npz")
+  p.add_argument("--save_num", type=int, default=0, help="samples saved per run; 0 = the eval's")
+  p.add_argument("--save_steps", default="", help="steps to save samples at; '' = the last")
+  p.add_argument("--samples_dir", default="", help="folder of final_*.npz; '' = --out")
   p.add_argument(
     "--grid_steps", default="", help="levels for the inference-grid study, e.g. 6,10,18"
   )
@@ -356,6 +398,11 @@ def parse(argv=None) -> argparse.Namespace:
       p.error(f"--data: unknown {d!r}; known: {', '.join(DATA)}")
   if args.steps < 1 or args.eval_every < 1 or args.workers < 1:
     p.error("--steps, --eval_every and --workers must be >= 1")
+  if args.save_num < 0:
+    p.error(f"--save_num must be >= 0, got {args.save_num}")
+  bad = [t for t in filter(None, args.save_steps.split(",")) if not 1 <= int(t) <= args.steps]
+  if bad:
+    p.error(f"--save_steps: {','.join(bad)} outside 1..--steps={args.steps}")
   groups(args)  # bad arm specs fail here, before any work
   return args
 

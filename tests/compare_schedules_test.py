@@ -184,3 +184,31 @@ def test_harness_on_text_ranks_by_the_domain_metric_with_a_floor(tmp_path):
   assert all(r["ngram_js_4"] > floor["ngram_js_4"] for r in evals)
   summary = open(os.path.join(out, "summary.md")).read()
   assert "Metric: `ngram_js_4`" in summary and "| infonoise | 1 |" in summary
+
+
+def test_saved_samples_at_chosen_steps_with_their_own_count(tmp_path):
+  """--save_num draws its own samples (not the evaluation's 32) at each --save_steps step,
+  into --samples_dir; a rerun neither draws nor writes them again."""
+  out, keep = str(tmp_path / "out"), str(tmp_path / "keep")
+  args = [*_args(out), "--arms=lognormal", "--seeds=0,1", "--save_samples", "--save_num=12"]
+  args += ["--save_steps=1,4", f"--samples_dir={keep}"]
+  compare_schedules.main(args)
+  path = os.path.join(keep, "final_continuous_lognormal.npz")
+  with np.load(path) as z:
+    got = {k: z[k] for k in z.files}
+  assert set(got) == {f"lognormal__seed{s}__step{t}" for s in (0, 1) for t in (1, 4)}
+  assert all(v.dtype == np.uint8 and v.shape[0] == 12 for v in got.values())
+  # the two seeds' models differ, and so do a model's samples at steps 1 and 4
+  assert not np.array_equal(got["lognormal__seed0__step4"], got["lognormal__seed1__step4"])
+  assert not np.array_equal(got["lognormal__seed0__step1"], got["lognormal__seed0__step4"])
+  assert not os.path.exists(os.path.join(out, "final_continuous_lognormal.npz"))
+  mtime = os.path.getmtime(path)
+  compare_schedules.main(args)  # complete: nothing redrawn or rewritten
+  assert os.path.getmtime(path) == mtime
+
+
+def test_bad_save_steps_fail_before_any_work(tmp_path):
+  with pytest.raises(SystemExit):
+    compare_schedules.parse(
+      [f"--out={tmp_path}", "--steps=10", "--save_samples", "--save_steps=11"]
+    )
