@@ -270,7 +270,7 @@ def check_before_save(run: Run, state: TrainState, step: int, last_good: str | N
 
 
 class CompileAhead:
-  """Compiles the train step and the loop's small programs on a background thread, from
+  """Compiles the train step and the loop's small programs on background threads, from
   `run.abstract_state` and `run.abstract_batch` alone, while the main thread restores or
   initialises the state and starts the data and the writer.
 
@@ -289,40 +289,47 @@ class CompileAhead:
   def __init__(self, run: Run):
     self._step: Future = Future()
     self._helpers: Future = Future()
-    # Not a daemon: a daemon thread still inside XLA at interpreter exit can abort the process.
-    threading.Thread(target=self._work, args=(run,), name="compile_ahead").start()
+    self._started = time.monotonic()
+    # Not daemons: a daemon thread still inside XLA at interpreter exit can abort the process.
+    threading.Thread(target=self._compile_step, args=(run,), name="compile_ahead").start()
 
-  def _work(self, run: Run) -> None:
-    started = time.monotonic()
+  def _compile_step(self, run: Run) -> None:
+    """Traces, counts and lowers the step, hands its metrics' types to a second thread for
+    the small programs, then compiles (or loads) the step: XLA holds no Python lock while it
+    does, so the small programs' tracing runs meanwhile."""
+    helpers_started = False
     try:
-      count, step_metrics = _compile_step(run)
+      traced = run.train_step.trace(run.abstract_state, run.abstract_batch)
+      count = flops.step_flops(traced.jaxpr)
+      lowered = traced.lower()
+      step_metrics = lowered.out_info[1]
+      threading.Thread(
+        target=self._compile_helpers, args=(run, step_metrics), name="compile_ahead_helpers"
+      ).start()
+      helpers_started = True
+      lowered.compile()
     except BaseException as e:  # handed to the main thread as it is
       self._step.set_exception(e)
-      self._helpers.set_exception(e)
+      if not helpers_started:
+        self._helpers.set_exception(e)
       return
-    self._step.set_result((count, time.monotonic() - started))
+    self._step.set_result((count, time.monotonic() - self._started))
+
+  def _compile_helpers(self, run: Run, step_metrics: dict) -> None:
     try:
       _compile_helpers(run, step_metrics)
     except BaseException as e:
       self._helpers.set_exception(e)
     else:
-      self._helpers.set_result(time.monotonic() - started)
+      self._helpers.set_result(time.monotonic() - self._started)
 
   def step(self) -> tuple[flops.StepFlops, float]:
     """(the step's FLOP count from its jaxpr, seconds from the start until it was compiled)."""
     return self._step.result()
 
   def helpers(self) -> float:
-    """Seconds from the start until the small programs were compiled too."""
+    """Seconds from the start until the small programs were compiled."""
     return self._helpers.result()
-
-
-def _compile_step(run: Run) -> tuple[flops.StepFlops, dict]:
-  """Traces, counts and compiles the train step; returns its FLOPs and its metrics' types."""
-  traced = run.train_step.trace(run.abstract_state, run.abstract_batch)
-  count = flops.step_flops(traced.jaxpr)
-  compiled = traced.lower().compile()
-  return count, compiled.out_info[1]
 
 
 def _compile_helpers(run: Run, step_metrics: dict) -> None:

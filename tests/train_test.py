@@ -102,9 +102,10 @@ def test_step_is_compiled_once_ahead_on_its_thread_fresh_and_resumed(tmp_path):
     # Compiled ahead from the abstract state and reused by the loop's calls (and the
     # checkpoint guard's probe step): never compiled a second time on the main thread.
     assert compiles["jit(train_step)"] == ["compile_ahead"]
-    assert compiles["jit(history_curve)"] == ["compile_ahead"]  # one jit per run
+    assert compiles["jit(history_curve)"] == ["compile_ahead_helpers"]  # one jit per run
     for name in ("jit(accumulate)", "jit(compute_window)", "jit(_nonfinite_parts)"):
-      assert set(compiles.get(name, [])) <= {"compile_ahead"}  # module-level: maybe cached
+      # Module-level jits: compiled by an earlier test of this process, or ahead here.
+      assert set(compiles.get(name, [])) <= {"compile_ahead_helpers"}
 
 
 def test_error_while_compiling_ahead_is_raised_in_the_main_thread(tmp_path, monkeypatch):
