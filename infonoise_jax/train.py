@@ -357,7 +357,13 @@ def _first_step_done(run: Run, state, batch, step_metrics, log, started: float, 
   jax.block_until_ready(run.copy_state(state))
   kind, peak = flops.device_peak(run.config)
   if run.ahead is not None:
-    count = run.ahead.step()[0]
+    count, step_s = run.ahead.step()
+    logging.info(
+      "Compiled ahead on threads: the step after %.1f s, the loop's small programs after "
+      "%.1f s (counted from their start, before the state was restored or initialised).",
+      step_s,
+      run.ahead.helpers(),
+    )
   else:
     count = flops.step_flops(run.train_step.trace(state, batch).jaxpr)
   n = jax.device_count()
