@@ -57,7 +57,8 @@ class Run:
     )
     self.abstract_state = abstract_state(self._init, self.replicated)
     # What `global_batch` makes (the pipeline's batches are float32): with the abstract state,
-    # all the step's compile needs, so `CompileAhead` compiles it before any data or state.
+    # all the step's compile needs, so `CompileAhead` compiles it before the state or the
+    # first batch exists.
     self.abstract_batch = jax.ShapeDtypeStruct(
       (config.train.batch_size, *self.source.shape), jnp.float32, sharding=self.batch_sharding
     )
@@ -469,9 +470,9 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
   preempted = checkpointing.PreemptionFlag(() if jax.process_count() > 1 else None)
   batches = run.device_batches(step, data_workers(config, run.source))
   started = time.monotonic()
-  if run.ahead is not None:
-    run.ahead.step()  # the first call below must find the step compiled, not compile it again
   try:
+    if run.ahead is not None:
+      run.ahead.step()  # the first call below must find the step compiled, not compile it again
     while step < num_steps:
       batch = next(batches)
       state, step_metrics = run.train_step(state, batch)
