@@ -8,7 +8,9 @@ restored step (the pipeline is a pure function of the step).
 
 import functools
 import os
+import threading
 import time
+from concurrent.futures import Future
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +56,12 @@ class Run:
       random_flip=config.data.random_flip,
     )
     self.abstract_state = abstract_state(self._init, self.replicated)
+    # What `global_batch` makes (the pipeline's batches are float32): with the abstract state,
+    # all the step's compile needs, so `CompileAhead` compiles it before the state or the
+    # first batch exists.
+    self.abstract_batch = jax.ShapeDtypeStruct(
+      (config.train.batch_size, *self.source.shape), jnp.float32, sharding=self.batch_sharding
+    )
     self.state_sharding = jax.tree.map(lambda a: a.sharding, self.abstract_state)
     self.init_fn = jax.jit(self._init, out_shardings=self.state_sharding)
     self.train_step = jax.jit(
@@ -65,6 +73,10 @@ class Run:
     self.copy_state = jax.jit(
       lambda s: jax.tree.map(jnp.copy, s), out_shardings=self.state_sharding
     )
+    # One jitted function per run (not per window logger), so what CompileAhead compiles is
+    # what the loop calls.
+    self.history_curve = jax.jit(functools.partial(diagnostics.history_curve, self))
+    self.ahead: CompileAhead | None = None  # started by _train when there is a step to take
     # One sampler for the run's sample grids and periodic FID (one compile per batch size).
     self.sampler = Sampler(config, self.model, self.schedule, self.mesh, self.source.shape)
 
@@ -106,7 +118,7 @@ class _WindowLogger:
     self.checkpoint_total = 0.0
     self.loss_by_log_sigma = None  # the latest window's per-bin mean loss (for the plots)
     self.history: list[tuple[int, np.ndarray]] = []  # (step, schedule curve) per window
-    self._history_curve = jax.jit(functools.partial(diagnostics.history_curve, run))
+    self._history_curve = run.history_curve
     self._checkpoint_seconds: dict[int, float] = {}
 
   def compile_helpers(self, step_metrics: dict, state: TrainState) -> None:
@@ -258,17 +270,103 @@ def check_before_save(run: Run, state: TrainState, step: int, last_good: str | N
     ) from None
 
 
+class CompileAhead:
+  """Compiles the train step and the loop's small programs on background threads, from
+  `run.abstract_state` and `run.abstract_batch` alone, while the main thread restores or
+  initialises the state and starts the data and the writer.
+
+  Why: on a restart the step's trace and lowering (needed before the persistent cache is even
+  looked up), loading the executables and the small programs after the step were ~14 s of the
+  ~25 s to the first step (BENCHMARKS.md, item 3), and none of it needs the real state. jax
+  keeps what `jit(f).lower(args).compile()` built for the later call `f(args)` with arguments
+  of the same types and shardings, so the loop calls the jitted functions as before and each
+  program is compiled once (tests/train_test.py counts the compiles).
+
+  `step()` and `helpers()` wait for their part and re-raise its error in the caller's thread.
+  The main thread must call `step()` before its first call of the step: called while the
+  thread still compiles it, jax would compile it a second time.
+  """
+
+  def __init__(self, run: Run):
+    self._step: Future = Future()
+    self._helpers: Future = Future()
+    self._started = time.monotonic()
+    # Not daemons: a daemon thread still inside XLA at interpreter exit can abort the process.
+    threading.Thread(target=self._compile_step, args=(run,), name="compile_ahead").start()
+
+  def _compile_step(self, run: Run) -> None:
+    """Traces, counts and lowers the step, hands its metrics' types to a second thread for
+    the small programs, then compiles (or loads) the step: XLA holds no Python lock while it
+    does, so the small programs' tracing runs meanwhile."""
+    helpers_started = False
+    try:
+      traced = run.train_step.trace(run.abstract_state, run.abstract_batch)
+      count = flops.step_flops(traced.jaxpr)
+      lowered = traced.lower()
+      step_metrics = lowered.out_info[1]
+      threading.Thread(
+        target=self._compile_helpers, args=(run, step_metrics), name="compile_ahead_helpers"
+      ).start()
+      helpers_started = True
+      lowered.compile()
+    except BaseException as e:  # handed to the main thread as it is
+      self._step.set_exception(e)
+      if not helpers_started:
+        self._helpers.set_exception(e)
+      return
+    self._step.set_result((count, time.monotonic() - self._started))
+
+  def _compile_helpers(self, run: Run, step_metrics: dict) -> None:
+    try:
+      _compile_helpers(run, step_metrics)
+    except BaseException as e:
+      self._helpers.set_exception(e)
+    else:
+      self._helpers.set_result(time.monotonic() - self._started)
+
+  def step(self) -> tuple[flops.StepFlops, float]:
+    """(the step's FLOP count from its jaxpr, seconds from the start until it was compiled)."""
+    return self._step.result()
+
+  def helpers(self) -> float:
+    """Seconds from the start until the small programs were compiled."""
+    return self._helpers.result()
+
+
+def _compile_helpers(run: Run, step_metrics: dict) -> None:
+  """Compiles what `_first_step_done` runs once (the window metrics, the checkpoint guard's
+  programs), chaining output types so each signature matches the loop's calls exactly."""
+  one = metrics.accumulate.lower(None, step_metrics).compile()
+  two = metrics.accumulate.lower(one.out_info, step_metrics).compile()
+  metrics.compute_window.lower(two.out_info).compile()
+  run.history_curve.lower(run.abstract_state.schedule_state).compile()
+  _nonfinite_parts.lower(run.abstract_state).compile()
+  run.copy_state.lower(run.abstract_state).compile()
+
+
 def _first_step_done(run: Run, state, batch, step_metrics, log, started: float, step: int):
-  """After the run's first step: waits for it (it includes compiling the step), compiles the
-  small programs the loop runs later (window metrics, the checkpoint guard's), counts the
-  step's FLOPs and starts the throughput clock, so no log window pays for compiling."""
+  """After the run's first step: waits for it (it includes what is left of compiling the
+  step), runs once the small programs the loop runs later (window metrics, the checkpoint
+  guard's; compiled by `run.ahead` if it ran, else here) and starts the throughput clock, so
+  no log window pays for compiling. The step's FLOPs come from `run.ahead` or a trace."""
   jax.block_until_ready(state)
   seconds = time.monotonic() - started
+  if run.ahead is not None:
+    run.ahead.helpers()  # before running them: not compiled twice, its errors raised here
   log.compile_helpers(step_metrics, state)
   _nonfinite_parts(state)
   jax.block_until_ready(run.copy_state(state))
   kind, peak = flops.device_peak(run.config)
-  count = flops.step_flops(run.train_step.trace(state, batch).jaxpr)
+  if run.ahead is not None:
+    count, step_s = run.ahead.step()
+    logging.info(
+      "Compiled ahead on threads: the step after %.1f s, the loop's small programs after "
+      "%.1f s (counted from their start, before the state was restored or initialised).",
+      step_s,
+      run.ahead.helpers(),
+    )
+  else:
+    count = flops.step_flops(run.train_step.trace(state, batch).jaxpr)
   n = jax.device_count()
   log.progress.flops_per_step = count.flops
   log.progress.peak_flops = None if peak is None else peak * 1e12 * n
@@ -323,6 +421,10 @@ def _train(run: Run, workdir: str, fresh: bool) -> TrainState:
     sequence_eval.SequenceEvaluator(config, run.source) if config.train.eval_every else None
   )
   ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
+  # The checks above passed and there are steps to take (a newest checkpoint at num_steps
+  # means nothing to do): compile while the state is restored or built.
+  if not saved or saved[-1] < config.train.num_steps:
+    run.ahead = CompileAhead(run)
   try:
     state = _restore_or_init(run, ckpt)
     step, num_steps = int(state.step), config.train.num_steps
@@ -369,6 +471,8 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
   batches = run.device_batches(step, data_workers(config, run.source))
   started = time.monotonic()
   try:
+    if run.ahead is not None:
+      run.ahead.step()  # the first call below must find the step compiled, not compile it again
     while step < num_steps:
       batch = next(batches)
       state, step_metrics = run.train_step(state, batch)

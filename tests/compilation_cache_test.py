@@ -57,8 +57,10 @@ def test_second_process_reuses_the_compiled_programs(tmp_path):
   assert _run(tmp_path / "first", cache) == 0  # empty cache: everything compiled
   entries = [p for p in cache.rglob("*") if p.is_file()]
   assert entries, "the first run wrote nothing to the compilation cache"
-  # A fresh run of the same config in another workdir: the step (and the rest) load from disk.
+  # A fresh run of the same config in another workdir: the step (and the rest) load from disk,
+  # the step compiled ahead on its thread included, and nothing new is written.
   assert _run(tmp_path / "second", cache) >= 1
+  assert sorted(p for p in cache.rglob("*") if p.is_file()) == sorted(entries)
 
 
 def test_empty_folder_turns_the_cache_off(tmp_path):

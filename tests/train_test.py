@@ -66,6 +66,71 @@ def test_resume_is_bit_identical(tmp_path):
   _assert_trees_equal(straight, resumed)
 
 
+def _count_compiles(fn):
+  """Runs fn(); returns {jitted function name: [threads that compiled it]} (every compile,
+  from the persistent cache or not, is one backend_compile event)."""
+  import threading
+
+  compiles = {}
+
+  def on_event(name, secs, **kwargs):
+    if name == "/jax/core/compile/backend_compile_duration":
+      compiles.setdefault(kwargs.get("fun_name"), []).append(threading.current_thread().name)
+
+  jax.monitoring.register_event_duration_secs_listener(on_event)
+  try:
+    fn()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(on_event)
+  return compiles
+
+
+def test_step_compiled_ahead_gives_the_same_state_bitwise(tmp_path):
+  config = _config()
+  _, plain = _run_steps(config, jax.devices(), config.train.num_steps)  # no CompileAhead
+  trained = jax.device_get(train.train_and_evaluate(config, str(tmp_path / "ahead")))
+  _assert_trees_equal(plain, trained)
+
+
+def test_step_is_compiled_once_ahead_on_its_thread_fresh_and_resumed(tmp_path):
+  workdir = str(tmp_path / "run")
+  fresh = _count_compiles(
+    lambda: train.train_and_evaluate(_config(**{"train.num_steps": 4}), workdir)
+  )
+  resumed = _count_compiles(lambda: train.train_and_evaluate(_config(), workdir))
+  for compiles in (fresh, resumed):
+    # Compiled ahead from the abstract state and reused by the loop's calls (and the
+    # checkpoint guard's probe step): never compiled a second time on the main thread.
+    assert compiles["jit(train_step)"] == ["compile_ahead"]
+    assert compiles["jit(history_curve)"] == ["compile_ahead_helpers"]  # one jit per run
+    for name in ("jit(accumulate)", "jit(compute_window)", "jit(_nonfinite_parts)"):
+      # Module-level jits: compiled by an earlier test of this process, or ahead here.
+      assert set(compiles.get(name, [])) <= {"compile_ahead_helpers"}
+
+
+def test_error_while_compiling_ahead_is_raised_in_the_main_thread(tmp_path, monkeypatch):
+  from infonoise_jax import steps
+
+  def make_failing_step(*args):
+    def step(state, batch):
+      raise ValueError("the step cannot be traced: made up for this test")
+
+    return step
+
+  monkeypatch.setattr(steps, "make_train_step", make_failing_step)
+  with pytest.raises(ValueError, match="cannot be traced: made up for this test"):
+    train.train_and_evaluate(_config(), str(tmp_path / "step"))
+
+
+def test_error_while_compiling_the_helpers_ahead_is_raised(tmp_path, monkeypatch):
+  def fail(run, step_metrics):
+    raise RuntimeError("helpers failed: made up for this test")
+
+  monkeypatch.setattr(train, "_compile_helpers", fail)
+  with pytest.raises(RuntimeError, match="helpers failed: made up for this test"):
+    train.train_and_evaluate(_config(), str(tmp_path / "helpers"))
+
+
 def test_digits_end_to_end_leaves_logs_checkpoint_and_images(tmp_path, caplog):
   from tensorboard.backend.event_processing import event_accumulator
 
