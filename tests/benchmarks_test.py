@@ -59,6 +59,8 @@ def test_trainer_bench_reads_the_trainers_window_throughput(tmp_path):
   assert r["num_windows"] == 4  # log_every 2
   assert r["steps"] == pytest.approx(7)  # steps 2..8: the first (compiling) step is left out
   assert r["steps_per_s"] > 0 and r["seconds"] > 0 and r["wall_s"] > r["seconds"]
+  assert [w[0] for w in r["windows"]] == [2, 4, 6, 8]  # (end step, steps/s, checkpoint s)
+  assert all(w[1] > 0 and w[2] >= 0 for w in r["windows"])
   run = train.Run(config, str(tmp_path / "unused"))
   bare = trainer_bench.bare_step(run, iters=2, repeats=2)
   assert bare["step_s"] > 0 and len(bare["rounds_s"]) == 2 and bare["flops"].flops > 0

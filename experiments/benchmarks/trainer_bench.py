@@ -9,7 +9,8 @@
    Median over `--repeats` rounds of `--iters` steps.
 2. **Trainer:** `train.train_and_evaluate` on a fresh workdir for `--steps` steps: the real data
    pipeline, window metrics, TensorBoard, checkpoints and sample grids of the config (change
-   them with `--set train.checkpoint_every=...`). Its throughput is read back from its own
+   them with `--set train.checkpoint_every=...`; A/B the loop's run-ahead bound with
+   `--set train.max_steps_in_flight=0`). Its throughput is read back from its own
    TensorBoard scalars: each log window timed from the moment the device finished the
    previous window to the moment it finished this one (`metrics.ProgressReporter`), the
    first step (compile) left out, sample grids and evaluations timed apart
@@ -19,7 +20,7 @@
 Prints a markdown table: images/s of the bare step and of the trainer (whole run and its
 slowest / fastest window), the ratio, the time the trainer spent on sample grids and in
 checkpoint saves, its wall clock including compiling and the final samples, and MFU where the
-device's peak is known (`infonoise_jax.flops`).
+device's peak is known (`infonoise_jax.flops`); `--windows` adds each log window's rate.
 """
 
 import argparse
@@ -93,6 +94,7 @@ def trainer(config, workdir: str) -> dict:
   seconds = np.array([v for _, v in s["perf/window_seconds"]])
   rate = np.array([v for _, v in s["perf/steps_per_sec"]])
   steps = rate * seconds  # steps of each window (the first one starts after step 1)
+  checkpoint = dict(s.get("perf/checkpoint_seconds", []))
   return {
     "steps": float(steps.sum()),
     "seconds": float(seconds.sum()),
@@ -102,6 +104,10 @@ def trainer(config, workdir: str) -> dict:
     "checkpoint_s": sum(v for _, v in s.get("perf/checkpoint_seconds", [])),
     "wall_s": wall,
     "num_windows": len(rate),
+    "windows": [  # (end step, steps/s, checkpoint seconds) of each log window
+      (step, r, checkpoint.get(step, 0.0))
+      for (step, _), r in zip(s["perf/steps_per_sec"], rate, strict=True)
+    ],
   }
 
 
@@ -113,6 +119,9 @@ def main():
   p.add_argument("--repeats", type=int, default=5, help="timing rounds of the bare step")
   p.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
   p.add_argument("--workdir", default="", help="trainer workdir ('' = a temporary one)")
+  p.add_argument(
+    "--windows", action="store_true", help="also print each log window's images/s (decay, saves)"
+  )
   args = p.parse_args()
 
   config = load_config(args.config, args.steps, args.set)
@@ -183,6 +192,11 @@ def main():
     f"{'unknown' if peak is None else f'{peak:g} TFLOP/s'} per device ({kind}, "
     f"{config.model.dtype})."
   )
+  if args.windows:
+    print("\n| window end step | images/s | vs bare step | checkpoint s |")
+    print("| --- | --- | --- | --- |")
+    for step, r, ckpt_s in tr["windows"]:
+      print(f"| {step} | {r * b:,.0f} | {100 * r * bare_s:.1f}% | {ckpt_s:.2f} |")
 
 
 if __name__ == "__main__":
