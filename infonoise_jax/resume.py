@@ -23,6 +23,7 @@ RESUMABLE = (
   "train.log_every",
   "train.checkpoint_every",
   "train.keep_checkpoints",
+  "train.max_steps_in_flight",
   "train.sample_every",
   "train.num_samples",
   "train.fid_every",

@@ -6,6 +6,7 @@ the latest checkpoint into it if one exists, then continue the data stream at th
 restored step (the pipeline is a pure function of the step).
 """
 
+import collections
 import functools
 import os
 import threading
@@ -270,6 +271,32 @@ def check_before_save(run: Run, state: TrainState, step: int, last_good: str | N
     ) from None
 
 
+class _InFlight:
+  """Bounds how many dispatched steps the device has not finished: after step i is
+  dispatched, `add(i, marker)` waits for step i - limit (`marker`: a small array each step
+  computes), so the host never runs more than `limit` steps ahead; 0 = no bound.
+
+  Without a bound the host ran up to two log windows (hundreds of steps) ahead between
+  syncs, and the device's rate fell from 100% to 70-90% of the bare step over those windows
+  (BENCHMARKS.md, item 2). Waiting on a step that is `limit` behind costs no device time.
+  """
+
+  def __init__(self, limit: int):
+    self.limit = limit
+    self._markers: collections.deque = collections.deque()
+
+  def add(self, step: int, marker) -> None:
+    if not self.limit:
+      return
+    self._markers.append((step, marker))
+    while len(self._markers) > self.limit:
+      self._wait(*self._markers.popleft())
+
+  def _wait(self, step: int, marker) -> None:
+    """Returns once step `step` (which computed `marker`) has finished on the device."""
+    jax.block_until_ready(marker)
+
+
 class CompileAhead:
   """Compiles the train step and the loop's small programs on background threads, from
   `run.abstract_state` and `run.abstract_batch` alone, while the main thread restores or
@@ -469,6 +496,7 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
   # no process can enter the collective save alone).
   preempted = checkpointing.PreemptionFlag(() if jax.process_count() > 1 else None)
   batches = run.device_batches(step, data_workers(config, run.source))
+  in_flight = _InFlight(t.max_steps_in_flight)
   started = time.monotonic()
   try:
     if run.ahead is not None:
@@ -479,6 +507,7 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
       step += 1
       if not log.progress.started:
         _first_step_done(run, state, batch, step_metrics, log, started, step)
+      in_flight.add(step, step_metrics["loss"])
       ckpt.check_saves()  # a failed background save stops the run here
       log.add(step_metrics)
       if step % t.log_every == 0 or step == num_steps:

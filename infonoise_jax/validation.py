@@ -140,6 +140,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     _require(t[key] >= 1, f"train.{key}", f"must be >= 1, got {t[key]}")
   for key in ("sample_every", "fid_every"):
     _require(t[key] >= 0, f"train.{key}", f"must be >= 0 (0 = off), got {t[key]}")
+  _require(
+    t.max_steps_in_flight >= 0,
+    "train.max_steps_in_flight",
+    f"must be >= 0 (0 = unbounded), got {t.max_steps_in_flight}; e.g. "
+    "--config.train.max_steps_in_flight=4",
+  )
   _require(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
   _require(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
   for key in ("b1", "b2"):

@@ -203,6 +203,7 @@ def test_warns_when_the_run_ends_before_the_schedule_adapts(caplog):
     ({"data.num_examples": 0}, "data.num_examples"),
     ({"schedule.lognormal.p_std": float("nan")}, "schedule.lognormal.p_std"),
     ({"system.peak_tflops": -1.0}, "system.peak_tflops"),
+    ({"train.max_steps_in_flight": -1}, "train.max_steps_in_flight"),
   ],
 )
 def test_bad_config_fails_before_compiling_naming_the_key(tmp_path, overrides, key):
@@ -264,3 +265,74 @@ def test_mock_cifar10_end_to_end_with_the_unet(tmp_path):
   assert int(state.step) == 2
   samples = np.load(tmp_path / "c10" / "samples.npz")["samples"]
   assert samples.shape == (8, 32, 32, 3) and np.all(np.isfinite(samples))
+
+
+def _scalars(workdir: pathlib.Path, tags=("loss", "grad_norm")) -> dict:
+  """{tag: [(step, value), ...]} of the run's TensorBoard scalars (either writer's format)."""
+  import sys
+
+  sys.path.insert(0, str(ROOT / "experiments" / "benchmarks"))
+  import trainer_bench
+
+  s = trainer_bench.read_scalars(str(workdir / "tensorboard"))
+  return {tag: s[tag] for tag in tags}
+
+
+def test_the_run_ahead_bound_changes_no_result(tmp_path):
+  """Bounded or not, the run trains the same steps: final state, checkpoints and logged
+  metrics bitwise equal; the periodic checkpoint holds the state of its own step, as a run
+  that stopped there saves it."""
+  runs = {}
+  for limit in (0, 1, 3):
+    workdir = tmp_path / f"limit{limit}"
+    state = train.train_and_evaluate(_config(**{"train.max_steps_in_flight": limit}), str(workdir))
+    runs[limit] = workdir, jax.device_get(state)
+  stopped = jax.device_get(
+    train.train_and_evaluate(_config(**{"train.num_steps": 4}), str(tmp_path / "four"))
+  )
+  run = train.Run(_config(), str(tmp_path / "unused"))
+  for limit, (workdir, state) in runs.items():
+    _assert_trees_equal(state, runs[0][1])
+    assert _scalars(workdir) == _scalars(runs[0][0]), limit
+    ckpt = checkpointing.Checkpointer(str(workdir), 3)
+    assert ckpt.all_steps() == [4, 8]
+    at_4, _ = ckpt.restore(run.abstract_state, 4)
+    ckpt.close()
+    _assert_trees_equal(jax.device_get(at_4), stopped)
+
+
+@pytest.mark.parametrize("limit", [0, 1, 3])
+def test_the_loop_waits_for_the_step_limit_behind(tmp_path, monkeypatch, limit):
+  waits = []  # (step waited for, last step dispatched, ready after the wait)
+
+  class Recording(train._InFlight):
+    def add(self, step, marker):
+      self.dispatched = step
+      super().add(step, marker)
+
+    def _wait(self, step, marker):
+      super()._wait(step, marker)
+      waits.append((step, self.dispatched, marker.is_ready()))
+
+  monkeypatch.setattr(train, "_InFlight", Recording)
+  train.train_and_evaluate(_config(**{"train.max_steps_in_flight": limit}), str(tmp_path / "r"))
+  # Each dispatch of step i waits for step i - limit: at most `limit` steps unfinished.
+  expected = [(i - limit, i, True) for i in range(limit + 1, 9)] if limit else []
+  assert waits == expected
+
+
+def test_in_flight_bound_unit():
+  waited = []
+
+  class Fake(train._InFlight):
+    def _wait(self, step, marker):
+      waited.append((step, marker))
+
+  bound = Fake(2)
+  for i in range(1, 6):
+    bound.add(i, f"m{i}")
+  assert waited == [(1, "m1"), (2, "m2"), (3, "m3")]
+  unbounded = Fake(0)
+  for i in range(1, 6):
+    unbounded.add(i, i)
+  assert waited == [(1, "m1"), (2, "m2"), (3, "m3")]
