@@ -307,6 +307,11 @@ class DelayedFetcher:
     self._last_end = step
     return None if previous is None else _to_host(*previous)
 
+  @property
+  def pending_end_step(self) -> int | None:
+    """The last step of the window pushed and not yet fetched (None if there is none)."""
+    return None if self._pending is None else self._pending[1]
+
   def flush(self) -> FetchedWindow | None:
     previous, self._pending = self._pending, None
     return None if previous is None else _to_host(*previous)

@@ -7,6 +7,7 @@ restored step (the pipeline is a pure function of the step).
 """
 
 import collections
+import dataclasses
 import functools
 import os
 import threading
@@ -152,8 +153,24 @@ class _WindowLogger:
       checked = {k: host[k] for k in ("loss", "grad_norm")}
       metrics.check_finite(checked, (self.window_start, step), self.last_good())
 
+  def flush_through(self, step: int) -> None:
+    """Writes (checking it) the pending window if it ends by `step`, without waiting for
+    later steps: before a deferred save of `step`, every window up to it is checked."""
+    end = self.fetcher.pending_end_step
+    if end is not None and end <= step:
+      self._write(self.fetcher.flush())
+
+  def open_window(self) -> tuple[int, dict] | None:
+    """(first step, loss and grad norm as device arrays) of the window so far, or None."""
+    if self.window is None:
+      return None
+    values = metrics.compute_window(self.window)
+    return self.window_start, {k: values[k] for k in ("loss", "grad_norm")}
+
   def add_checkpoint_time(self, seconds: float) -> None:
-    """Host time of one save after the queued steps finished: the device idles for it."""
+    """Host time of one save: the guard's fetch and Orbax's blocking part (a final or
+    preemption save: after the queued steps finished, so the device idles for all of it;
+    a periodic one: while the device runs the steps queued before it)."""
     self.checkpoint_seconds += seconds
     self.checkpoint_total += seconds
 
@@ -245,30 +262,49 @@ def _nonfinite_parts(state: TrainState) -> dict:
   }
 
 
-def check_before_save(run: Run, state: TrainState, step: int, last_good: str | None) -> None:
-  """Raises NonFiniteError unless `state` is finite and its next step's loss is too.
+def _guard_values(state: TrainState, next_metrics: dict) -> dict:
+  """The checkpoint guard's inputs, as device arrays: NaN where a part of `state` is not
+  finite, and the loss and gradient norm of the step taken from it (`next_metrics`)."""
+  return {
+    "next loss": next_metrics["loss"],
+    "next grad_norm": next_metrics["grad_norm"],
+    **{f"state {k}": jnp.where(v, jnp.nan, 0.0) for k, v in _nonfinite_parts(state).items()},
+  }
 
-  A finite state can still be diverged (with lr 1e9 the parameters reach 1e9 and the next
-  forward pass overflows), so the next step is taken on a copy (the same compiled step) and
-  its loss and gradient norm are checked as well.
-  """
-  probe, probe_metrics = run.train_step(
-    run.copy_state(state), run.global_batch(run.pipeline.batch(step))
-  )
-  host = jax.device_get(
-    {
-      "next loss": probe_metrics["loss"],
-      "next grad_norm": probe_metrics["grad_norm"],
-      **{f"state {k}": jnp.where(v, jnp.nan, 0.0) for k, v in _nonfinite_parts(state).items()},
-    }
-  )
-  del probe
+
+def _check_guard(host: dict, step: int, last_good: str | None) -> None:
   try:
     metrics.check_finite(host, (step, step + 1), last_good)
   except metrics.NonFiniteError as e:
     raise metrics.NonFiniteError(
       f"Not saving the state of step {step}, it has diverged: {e}", e.metrics, e.step_range
     ) from None
+
+
+def check_before_save(run: Run, state: TrainState, step: int, last_good: str | None) -> None:
+  """Raises NonFiniteError unless `state` is finite and its next step's loss is too.
+
+  A finite state can still be diverged (with lr 1e9 the parameters reach 1e9 and the next
+  forward pass overflows), so the next step is taken on a copy (the same compiled step) and
+  its loss and gradient norm are checked as well. (In the loop, periodic saves check the
+  real next step instead: `_PendingSave`.)
+  """
+  probe, probe_metrics = run.train_step(
+    run.copy_state(state), run.global_batch(run.pipeline.batch(step))
+  )
+  host = jax.device_get(_guard_values(state, probe_metrics))
+  del probe
+  _check_guard(host, step, last_good)
+
+
+def _save(run: Run, ckpt: checkpointing.Checkpointer, step: int, state: TrainState) -> None:
+  """Starts Orbax's save of `state` with the metadata that sample/evaluate need."""
+  # The example shape lets sample/evaluate rebuild the model without the data; the config
+  # itself is in <workdir>/config.json.
+  meta = {"step": step, "data_shape": list(run.source.shape)}
+  if run.source.encoding is not None:  # the run's fixed vocabulary, for decoding
+    meta["vocab"] = run.source.encoding.vocab
+  ckpt.save(step, state, meta=meta, force=True)
 
 
 class _InFlight:
@@ -295,6 +331,45 @@ class _InFlight:
   def _wait(self, step: int, marker) -> None:
     """Returns once step `step` (which computed `marker`) has finished on the device."""
     jax.block_until_ready(marker)
+
+
+@dataclasses.dataclass
+class _PendingSave:
+  """A periodic checkpoint whose guard still runs on the device while training goes on.
+
+  At `step` the loop dispatches a copy of the state (`snapshot`, the one saved), its
+  non-finite checks and the open log window's metrics, without waiting; the guard's "next
+  step" is the loop's own step `step + 1` (same state, same batch: the pipeline is a pure
+  function of the step). At `due` (a step whose wait has already covered step + 1) the
+  small results are fetched, checked, and the snapshot is saved while the device still has
+  the queued steps to run, instead of idling through the whole guard and Orbax's blocking
+  part. A NaN or diverged snapshot is never saved: the checks are the same as
+  `check_before_save`'s.
+  """
+
+  step: int
+  due: int
+  snapshot: TrainState
+  window: tuple[int, dict] | None  # the open log window: (first step, device metrics)
+  guard: dict | None = None  # _guard_values, once step + 1 is dispatched
+
+
+def _start_save(run: Run, log: _WindowLogger, state: TrainState, step: int) -> _PendingSave:
+  limit = run.config.train.max_steps_in_flight
+  due = step + 1 + limit  # the in-flight wait at `due` is for step + 1
+  return _PendingSave(step, due, run.copy_state(state), log.open_window())
+
+
+def _finish_save(run: Run, ckpt, log: _WindowLogger, pending: _PendingSave) -> None:
+  """Checks the pending save's windows and guard (raising NonFiniteError), then saves."""
+  step = pending.step
+  log.flush_through(step)  # every window up to the step is checked
+  window = None if pending.window is None else pending.window[1]
+  host_window, host = jax.device_get((window, pending.guard))
+  if host_window is not None:
+    metrics.check_finite(host_window, (pending.window[0], step), log.last_good())
+  _check_guard(host, step, log.last_good())
+  _save(run, ckpt, step, pending.snapshot)
 
 
 class CompileAhead:
@@ -497,6 +572,7 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
   preempted = checkpointing.PreemptionFlag(() if jax.process_count() > 1 else None)
   batches = run.device_batches(step, data_workers(config, run.source))
   in_flight = _InFlight(t.max_steps_in_flight)
+  pending: _PendingSave | None = None  # a periodic save waiting for its guard
   started = time.monotonic()
   try:
     if run.ahead is not None:
@@ -510,6 +586,8 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
       in_flight.add(step, step_metrics["loss"])
       ckpt.check_saves()  # a failed background save stops the run here
       log.add(step_metrics)
+      if pending is not None and pending.guard is None:  # this step is the guard's probe
+        pending.guard = _guard_values(pending.snapshot, step_metrics)
       if step % t.log_every == 0 or step == num_steps:
         log.end_window(step, state)
       # Sample grids and evaluations are timed apart from training (perf/excluded_seconds).
@@ -527,17 +605,22 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
           draw = functools.partial(run.sampler.draw_ema, state)  # (num, seed) -> samples
           seq_eval.write(draw, writer, step)
       stop = preempted.is_set() or ckpt.reached_preemption(step)
-      if step % t.checkpoint_every == 0 or step == num_steps or stop:
+      checkpoint = step % t.checkpoint_every == 0 or step == num_steps or stop
+      if pending is not None and (step >= pending.due or checkpoint):
+        saving = time.monotonic()
+        _finish_save(run, ckpt, log, pending)  # saves in order, before any later one
+        pending = None
+        log.add_checkpoint_time(time.monotonic() - saving)
+      if checkpoint and not stop and step < num_steps:
+        saving = time.monotonic()
+        pending = _start_save(run, log, state, step)  # dispatched only: nothing waits
+        log.add_checkpoint_time(time.monotonic() - saving)
+      elif checkpoint:  # no next step follows: probe one on a copy, and save now
         jax.block_until_ready(state)  # the steps queued until now are training time
         saving = time.monotonic()
         log.flush(step)  # a NaN state is never saved over a good checkpoint
         check_before_save(run, state, step, log.last_good())
-        # The example shape lets sample/evaluate rebuild the model without the data; the
-        # config itself is in <workdir>/config.json.
-        meta = {"step": step, "data_shape": list(run.source.shape)}
-        if run.source.encoding is not None:  # the run's fixed vocabulary, for decoding
-          meta["vocab"] = run.source.encoding.vocab
-        ckpt.save(step, state, meta=meta, force=True)
+        _save(run, ckpt, step, state)
         log.add_checkpoint_time(time.monotonic() - saving)
       if stop:
         ckpt.wait()

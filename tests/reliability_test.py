@@ -389,3 +389,40 @@ def test_one_line_error_and_debug_traceback(tmp_path, capsys, monkeypatch, comma
   monkeypatch.setenv("INFONOISE_DEBUG", "1")
   with pytest.raises(FileNotFoundError, match="config.json"):
     module.main(args)
+
+
+@pytest.mark.parametrize("poison", ["loss", "params"])
+def test_a_deferred_save_is_checked_against_its_next_step(tmp_path, monkeypatch, poison):
+  """A periodic save is checked a few steps later (train._PendingSave) against the loop's own
+  next step: a NaN there, or in the state, keeps the save from ever happening."""
+  import jax
+  import jax.numpy as jnp
+
+  from infonoise_jax import metrics, steps
+
+  make = steps.make_train_step
+
+  def poisoned(*args, **kwargs):
+    step_fn = make(*args, **kwargs)
+
+    def fn(state, batch):
+      new, m = step_fn(state, batch)
+      if poison == "loss":  # step 5's loss: the state of step 4 is finite, its next step not
+        m = {**m, "loss": jnp.where(new.step == 5, jnp.nan, m["loss"])}
+      else:  # the state of step 4 holds a NaN
+        nan = lambda x: jnp.where(new.step >= 4, jnp.nan, x)
+        new = new.replace(params=jax.tree.map(nan, new.params))
+      return new, m
+
+    return fn
+
+  monkeypatch.setattr(steps, "make_train_step", poisoned)
+  config = _config(
+    **{"train.checkpoint_every": 2, "train.max_steps_in_flight": 1, "train.num_steps": 12}
+  )
+  workdir = tmp_path / "run"
+  with pytest.raises(metrics.NonFiniteError, match="Not saving the state of step 4") as info:
+    train.train_and_evaluate(config, str(workdir))
+  assert checkpointing.saved_steps(str(workdir)) == [2]
+  assert f"last good checkpoint is kept at {workdir / 'checkpoints'}/2" in str(info.value)
+  assert "between steps 4 and 5" in str(info.value)
