@@ -312,9 +312,10 @@ class _InFlight:
   dispatched, `add(i, marker)` waits for step i - limit (`marker`: a small array each step
   computes), so the host never runs more than `limit` steps ahead; 0 = no bound.
 
-  Without a bound the host ran up to two log windows (hundreds of steps) ahead between
-  syncs, and the device's rate fell from 100% to 70-90% of the bare step over those windows
-  (BENCHMARKS.md, item 2). Waiting on a step that is `limit` behind costs no device time.
+  Without a bound the host can run up to two log windows (hundreds of steps) ahead between
+  syncs; on an H200 the rate fell from 100% to 70-90% of the bare step over such windows, a
+  deep queue being the suspect (BENCHMARKS.md, item 2). Waiting on a step that is `limit`
+  behind costs the device nothing while the host keeps `limit` steps queued.
   """
 
   def __init__(self, limit: int):
@@ -340,11 +341,12 @@ class _PendingSave:
   At `step` the loop dispatches a copy of the state (`snapshot`, the one saved), its
   non-finite checks and the open log window's metrics, without waiting; the guard's "next
   step" is the loop's own step `step + 1` (same state, same batch: the pipeline is a pure
-  function of the step). At `due` (a step whose wait has already covered step + 1) the
-  small results are fetched, checked, and the snapshot is saved while the device still has
-  the queued steps to run, instead of idling through the whole guard and Orbax's blocking
-  part. A NaN or diverged snapshot is never saved: the checks are the same as
-  `check_before_save`'s.
+  function of the step). At `due`, `max_steps_in_flight` + 1 steps later (the in-flight
+  wait has covered step + 1 by then, so nothing waits), or at the next save, the small
+  results are fetched, checked, and the snapshot is saved while the device still has the
+  queued steps to run, instead of idling through the whole guard and Orbax's blocking part.
+  A NaN or diverged snapshot is never saved: the checks are the same as
+  `check_before_save`'s, and every log window up to `step` is checked first.
   """
 
   step: int
