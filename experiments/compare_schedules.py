@@ -20,7 +20,8 @@ models; `--save_samples` writes the final samples as uint8 for Inception FID els
 apart with their own seeds (e.g. 10k for Inception FID beside 1k for the cheap curve), at the
 last step or at each of `--save_steps`, into `--samples_dir` (default --out). One process with
 the seeds vmapped (`--workers=1`) is the measured choice on a GPU (experiments/RESULTS.md
-section 9).
+section 9). `--fid_records` (the output of fid_of_samples.py on those samples) adds an Inception
+FID section per data kind to the report.
 
   python experiments/compare_schedules.py --out=/tmp/cmp --config=configs/default.py:fashion \
       --data=continuous,binarized --arms=lognormal,loguniform,infonoise --seeds=0,1,2 \
@@ -392,12 +393,20 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument("--grid_samples", type=int, default=1000)
   p.add_argument("--baseline", default="", help="arm for speedups; '' = best fixed arm")
   p.add_argument("--report_only", action="store_true", help="only rewrite the report files")
+  p.add_argument(
+    "--fid_records",
+    default="",
+    help="comma list of fid_of_samples.py outputs: an Inception FID section in the report",
+  )
   args = p.parse_args(argv)
   for d in args.data.split(","):
     if d not in DATA:
       p.error(f"--data: unknown {d!r}; known: {', '.join(DATA)}")
   if args.steps < 1 or args.eval_every < 1 or args.workers < 1:
     p.error("--steps, --eval_every and --workers must be >= 1")
+  missing = [f for f in filter(None, args.fid_records.split(",")) if not os.path.exists(f)]
+  if missing:
+    p.error(f"--fid_records: no such file {', '.join(missing)} (fid_of_samples.py --out)")
   if args.save_num < 0:
     p.error(f"--save_num must be >= 0, got {args.save_num}")
   bad = [t for t in filter(None, args.save_steps.split(",")) if not 1 <= int(t) <= args.steps]
@@ -428,9 +437,9 @@ def main(argv=None) -> None:
     if n > 1:
       return
   arm_names = list(dict.fromkeys(a for _, a, _ in groups(args)))
-  print(
-    report.write_report(args.out, report.read_records(path), arm_names, args.baseline), flush=True
-  )
+  fid_lines = [r for p in filter(None, args.fid_records.split(",")) for r in report.read_records(p)]
+  records = report.read_records(path)
+  print(report.write_report(args.out, records, arm_names, args.baseline, fid_lines), flush=True)
 
 
 if __name__ == "__main__":

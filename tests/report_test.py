@@ -46,3 +46,37 @@ def test_grid_table_averages_seeds_per_solver_grid_and_nfe():
   text = report.grid_table(recs, "d")
   assert "| i | heun | karras | 3 (2..4) | 1 (1..1) |" in text
   assert report.grid_table(recs, "other") == ""
+
+
+def test_inception_section_from_fid_of_samples_lines():
+  """fid_of_samples.py lines of the harness's saved samples become a table with the floor at
+  the same count, and the speedup to the baseline's final FID says 'not reached' when the
+  other arm never gets there."""
+  fid_lines = [
+    {"kind": "floor", "key": "floor", "num": 100, "fid": 1.5},
+    {"kind": "floor", "key": "floor", "num": 7, "fid": 9.0},  # another count: not shown
+    *[
+      {"kind": "fid", "samples": f"final_d_{arm}.npz", "key": "k", "arm": arm}
+      | {"seed": seed, "step": step, "num": 100, "fid": fid}
+      for arm, seed, step, fid in (
+        ("ln", 0, 10, 9.0),
+        ("ln", 0, 20, 8.0),
+        ("ln", 1, 10, 9.5),
+        ("ln", 1, 20, 8.5),
+        ("info", 0, 10, 9.2),
+        ("info", 0, 20, 8.9),
+        ("info", 1, 10, 9.1),
+        ("info", 1, 20, 9.0),
+      )
+    ],
+    {"kind": "fid", "samples": "other.npz", "arm": "ln", "seed": 0, "step": 5, "num": 3},
+  ]
+  recs = report.inception_records(fid_lines)
+  assert {r["data"] for r in recs if r["kind"] == "eval"} == {"d"}
+  text = "\n".join(report.inception_section(recs, "d", ["ln", "info"], "ln"))
+  assert "Inception FID (100 samples per model)" in text
+  assert "| ln | 2 | 9.25 | 8.25 (8..8.5) |" in text
+  assert "| info | 2 | 9.15 | 8.95 (8.9..9) |" in text
+  assert "Floor (real images, same count): 1.5 at 100." in text
+  assert "| info | not reached" in text
+  assert report.inception_section(recs, "other", ["ln"], "ln") == []

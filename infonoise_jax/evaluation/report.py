@@ -5,6 +5,11 @@ step, images_seen, the metric `fd` (lower is better), `resample` (a second evalu
 same model with other sample seeds, at the last step) and the resolved config; `kind ==
 "floor"` lines the metric of real data against itself. The metric's noise (the speedup's
 tolerance, evaluation/speedup.py) is the mean |fd - fd_resample| over the runs of a data kind.
+
+Inception FID lines written by experiments/fid_of_samples.py for the samples the harness saved
+(`final_<data>_<arm>.npz`) join the report through `inception_records` as a section of their
+own per data kind: the pixel-space curve metric can rank schedules differently
+(experiments/RESULTS.md section 12).
 """
 
 import collections
@@ -101,9 +106,11 @@ def table(curves: dict[str, dict[int, speedup.Curve]], arms: Sequence[str]) -> s
   return "\n".join(lines)
 
 
-def speedup_lines(curves, baseline: str, arms: Sequence[str], tolerance: float) -> list[str]:
+def speedup_lines(
+  curves, baseline: str, arms: Sequence[str], tolerance: float, why: str = "metric noise"
+) -> list[str]:
   lines = [
-    f"Speedup to the final value of `{baseline}` (tolerance = metric noise {tolerance:.4g}):",
+    f"Speedup to the final value of `{baseline}` (tolerance = {why} {tolerance:.4g}):",
     "",
     "| arm | pooled | per seed |",
     "|---|---|---|",
@@ -197,8 +204,58 @@ def grid_table(records: list[dict], data: str) -> str:
   return "\n".join(lines)
 
 
-def write_report(out: str, records: list[dict], arms: Sequence[str], baseline: str = "") -> str:
-  """summary.md, curves_<data>.png and speedup_<data>.png under `out`; returns the markdown."""
+def inception_records(lines: list[dict]) -> list[dict]:
+  """fid_of_samples.py lines as report records: `kind == "fid"` -> an eval record with metric
+  `fid` (data and arm from the samples file `final_<data>_<arm>.npz`), `kind == "floor"` -> a
+  floor per sample count. Lines of other files or kinds are left out."""
+  out = []
+  for r in lines:
+    if r.get("kind") == "fid":
+      name = str(r.get("samples", ""))
+      prefix, suffix = "final_", f"_{r['arm']}.npz"
+      if not (name.startswith(prefix) and name.endswith(suffix)):
+        continue
+      data = name[len(prefix) : -len(suffix)]
+      out.append(
+        {"kind": "eval", "data": data, "arm": r["arm"], "seed": r["seed"], "step": r["step"]}
+        | {"fid": r["fid"], "metric": "fid", "num_samples": r["num"], "resample": False}
+      )
+    elif r.get("kind") == "floor":
+      out.append({"kind": "fid_floor", "num_samples": r["num"], "fid": r["fid"]})
+  return out
+
+
+def inception_section(
+  fid_recs: list[dict], data: str, arms: Sequence[str], baseline: str
+) -> list[str]:
+  """Markdown: Inception FID per arm and step (seed mean, min..max at the last step), the
+  floor at the same sample count, and the speedup to `baseline`'s final FID (tolerance 0:
+  one draw per model, its noise not measured)."""
+  curves = curves_by_arm(fid_recs, data, "fid")
+  if not curves:
+    return []
+  nums = sorted({r["num_samples"] for r in fid_recs if r["kind"] == "eval" and r["data"] == data})
+  md = ["", f"Inception FID ({'/'.join(map(str, nums))} samples per model):", ""]
+  md.append(table(curves, [a for a in arms if a in curves] or sorted(curves)))
+  floors = {r["num_samples"]: r["fid"] for r in fid_recs if r["kind"] == "fid_floor"}
+  known = [f"{floors[n]:.4g} at {n}" for n in nums if n in floors]
+  md.append(f"Floor (real images, same count): {', '.join(known)}." if known else "No floor.")
+  if baseline in curves:
+    why = "none, the noise of one draw per model not measured:"
+    md += ["", *speedup_lines(curves, baseline, [a for a in arms if a in curves], 0.0, why)]
+  return md
+
+
+def write_report(
+  out: str,
+  records: list[dict],
+  arms: Sequence[str],
+  baseline: str = "",
+  fid_lines: Sequence[dict] = (),
+) -> str:
+  """summary.md, curves_<data>.png and speedup_<data>.png under `out`; returns the markdown.
+  `fid_lines`: experiments/fid_of_samples.py output for the saved samples, if any."""
+  fid_recs = inception_records(list(fid_lines))
   md = []
   for data in sorted({r["data"] for r in records if r.get("kind") == "eval"}):
     metric = primary_metric(records, data)
@@ -227,6 +284,7 @@ def write_report(out: str, records: list[dict], arms: Sequence[str], baseline: s
       md += ["", *speedup_lines(curves, base, arms, noise)]
       img = speedup_plot(curves, base, arms, noise, f"{data}: speedup over {base}")
       plots.save_png(os.path.join(out, f"speedup_{data}.png"), img)
+    md += inception_section(fid_recs, data, arms, base)
     grids = grid_table(records, data)
     if grids:
       md += ["", "Inference grids on the final models (FD, seed mean, min..max):", "", grids]
