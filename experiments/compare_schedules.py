@@ -221,9 +221,12 @@ def eval_steps(args) -> list[int]:
 
 
 def save_steps(args) -> set[int]:
-  """Steps whose samples --save_samples keeps: --save_steps, else the last step."""
+  """Steps whose samples --save_samples keeps: --save_steps ('evals': every evaluation step),
+  else the last step."""
   if not args.save_samples:
     return set()
+  if args.save_steps == "evals":
+    return set(eval_steps(args))
   return {int(s) for s in filter(None, args.save_steps.split(","))} or {args.steps}
 
 
@@ -384,7 +387,9 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument("--shard", default="0/1", help="(internal) i/n: this worker's groups")
   p.add_argument("--save_samples", action="store_true", help="final samples to final_*.npz")
   p.add_argument("--save_num", type=int, default=0, help="samples saved per run; 0 = the eval's")
-  p.add_argument("--save_steps", default="", help="steps to save samples at; '' = the last")
+  p.add_argument(
+    "--save_steps", default="", help="steps to save samples at ('evals': each eval); '' = last"
+  )
   p.add_argument("--samples_dir", default="", help="folder of final_*.npz; '' = --out")
   p.add_argument(
     "--grid_steps", default="", help="levels for the inference-grid study, e.g. 6,10,18"
@@ -409,7 +414,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.error(f"--fid_records: no such file {', '.join(missing)} (fid_of_samples.py --out)")
   if args.save_num < 0:
     p.error(f"--save_num must be >= 0, got {args.save_num}")
-  bad = [t for t in filter(None, args.save_steps.split(",")) if not 1 <= int(t) <= args.steps]
+  given = [] if args.save_steps == "evals" else list(filter(None, args.save_steps.split(",")))
+  bad = [t for t in given if not t.isdigit() or not 1 <= int(t) <= args.steps]
   if bad:
     p.error(f"--save_steps: {','.join(bad)} outside 1..--steps={args.steps}")
   groups(args)  # bad arm specs fail here, before any work
