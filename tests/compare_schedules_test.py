@@ -212,3 +212,25 @@ def test_bad_save_steps_fail_before_any_work(tmp_path):
     compare_schedules.parse(
       [f"--out={tmp_path}", "--steps=10", "--save_samples", "--save_steps=11"]
     )
+
+
+def test_learned_allocation_rebuilds_each_runs_schedule_from_its_record(tmp_path, capsys):
+  """experiments/learned_allocation.py: the learned schedule rebuilt from a run's final m_K
+  gives the pivot the run logged (else it raises), and every row's band masses sum to 1."""
+  import learned_allocation
+
+  out = str(tmp_path)
+  compare_schedules.main([*_args(out), "--seeds=0", "--arms=lognormal,infonoise"])
+  path = os.path.join(out, "results.jsonl")
+  learned_allocation.main([f"--results={path}", f"--out={out}/alloc.png", "--bands=0.002,0.5,80"])
+  table = capsys.readouterr().out
+  assert "| lognormal (fixed law) |" in table and "| infonoise seed 0 (step 4) |" in table
+  assert os.path.getsize(os.path.join(out, "alloc.png")) > 0
+  records = [json.loads(line) for line in open(path)]
+  _, rows, _ = learned_allocation.rows(records, [0.002, 0.5, 80.0])
+  for _, pi, phi, _, _ in rows:
+    assert abs(sum(pi) - 1) < 1e-3 and abs(sum(phi) - 1) < 1e-3
+  learned = next(r for r in records if "m_K" in r and not r["resample"])
+  learned["gate_pivot"] *= 2  # a record the code cannot reproduce is an error
+  with pytest.raises(ValueError, match="rebuilt gate pivot"):
+    learned_allocation.rows([learned], [0.002, 80.0])
