@@ -123,13 +123,6 @@ class _WindowLogger:
     self._history_curve = run.history_curve
     self._checkpoint_seconds: dict[int, float] = {}
 
-  def compile_helpers(self, step_metrics: dict, state: TrainState) -> None:
-    """Compiles (by running them once, results dropped) the window programs."""
-    window = metrics.accumulate(metrics.accumulate(None, step_metrics), step_metrics)
-    jax.block_until_ready(
-      (metrics.compute_window(window), self._history_curve(state.schedule_state))
-    )
-
   def add(self, step_metrics: dict) -> None:
     self.window = metrics.accumulate(self.window, step_metrics)
 
@@ -438,8 +431,9 @@ class CompileAhead:
 
 
 def _compile_helpers(run: Run, step_metrics: dict) -> None:
-  """Compiles what `_first_step_done` runs once (the window metrics, the checkpoint guard's
-  programs), chaining output types so each signature matches the loop's calls exactly."""
+  """Compiles the small programs the loop runs (the window metrics, the checkpoint guard's
+  programs), chaining output types so each signature matches the loop's calls exactly: no
+  log window pays for compiling them."""
   one = metrics.accumulate.lower(None, step_metrics).compile()
   two = metrics.accumulate.lower(one.out_info, step_metrics).compile()
   metrics.compute_window.lower(two.out_info).compile()
@@ -448,29 +442,21 @@ def _compile_helpers(run: Run, step_metrics: dict) -> None:
   run.copy_state.lower(run.abstract_state).compile()
 
 
-def _first_step_done(run: Run, state, batch, step_metrics, log, started: float, step: int):
+def _first_step_done(run: Run, state, log, started: float, step: int):
   """After the run's first step: waits for it (it includes what is left of compiling the
-  step), runs once the small programs the loop runs later (window metrics, the checkpoint
-  guard's; compiled by `run.ahead` if it ran, else here) and starts the throughput clock, so
-  no log window pays for compiling. The step's FLOPs come from `run.ahead` or a trace."""
+  step) and for the small programs `run.ahead` compiles, then starts the throughput clock,
+  so no log window pays for compiling. The step's FLOPs come from `run.ahead`'s trace."""
   jax.block_until_ready(state)
   seconds = time.monotonic() - started
-  if run.ahead is not None:
-    run.ahead.helpers()  # before running them: not compiled twice, its errors raised here
-  log.compile_helpers(step_metrics, state)
-  _nonfinite_parts(state)
-  jax.block_until_ready(run.copy_state(state))
+  helpers_s = run.ahead.helpers()  # its errors are raised here
+  count, step_s = run.ahead.step()
+  logging.info(
+    "Compiled ahead on threads: the step after %.1f s, the loop's small programs after "
+    "%.1f s (counted from their start, before the state was restored or initialised).",
+    step_s,
+    helpers_s,
+  )
   kind, peak = flops.device_peak(run.config)
-  if run.ahead is not None:
-    count, step_s = run.ahead.step()
-    logging.info(
-      "Compiled ahead on threads: the step after %.1f s, the loop's small programs after "
-      "%.1f s (counted from their start, before the state was restored or initialised).",
-      step_s,
-      run.ahead.helpers(),
-    )
-  else:
-    count = flops.step_flops(run.train_step.trace(state, batch).jaxpr)
   n = jax.device_count()
   log.progress.flops_per_step = count.flops
   log.progress.peak_flops = None if peak is None else peak * 1e12 * n
@@ -577,14 +563,15 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
   pending: _PendingSave | None = None  # a periodic save waiting for its guard
   started = time.monotonic()
   try:
-    if run.ahead is not None:
-      run.ahead.step()  # the first call below must find the step compiled, not compile it again
+    if run.ahead is None:  # not started by _train (its newest checkpoint was unreadable)
+      run.ahead = CompileAhead(run)
+    run.ahead.step()  # the first call below must find the step compiled, not compile it again
     while step < num_steps:
       batch = next(batches)
       state, step_metrics = run.train_step(state, batch)
       step += 1
       if not log.progress.started:
-        _first_step_done(run, state, batch, step_metrics, log, started, step)
+        _first_step_done(run, state, log, started, step)
       in_flight.add(step, step_metrics["loss"])
       ckpt.check_saves()  # a failed background save stops the run here
       log.add(step_metrics)
