@@ -262,9 +262,10 @@ def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
   final = {}  # uint8 samples per run (--save_samples), written at each step of save_steps
   have = saved_keys(args, data, arm_name)
   train_s, t0, last = 0.0, time.time(), 0  # train_s: training wall time, evaluations excluded
+  evals, saves = set(eval_steps(args)), save_steps(args)  # once, not per step
   for step in range(1, args.steps + 1):
     state, bad, _ = mr.train_step(state, mr.batch(step - 1), bad)
-    if step not in eval_steps(args) and step not in save_steps(args):
+    if step not in evals and step not in saves:
       continue
     multirun.check_finite(bad, seeds, (last + 1, step))  # syncs: the steps are done
     train_s += time.time() - t0
@@ -305,7 +306,7 @@ def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
         if step == args.steps and r == 0 and not resample and mr.source.is_image:
           grid = plots.sample_grid(x[:64], value_range=(-mr.source.scale, mr.source.scale))
           plots.save_png(os.path.join(args.out, f"samples_{data}_{arm_name}.png"), grid)
-    if step in save_steps(args) and mr.source.is_image:
+    if step in saves and mr.source.is_image:
       for r, seed in enumerate(seeds):
         key = f"{arm_name}__seed{seed}__step{step}"
         if key in have:
