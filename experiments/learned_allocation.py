@@ -26,7 +26,7 @@ import numpy as np
 
 from infonoise_jax import profiles
 from infonoise_jax.evaluation import plots, report
-from infonoise_jax.schedules import make_schedule
+from infonoise_jax.schedules import FIXED, make_schedule
 
 GRID_POINTS = 400
 
@@ -47,8 +47,9 @@ def band_masses(log_sigma_G, mass_G, edges) -> list[float]:
 
 
 def rows(records: list[dict], bands: list[float]):
-  """(label, pi band masses, phi band masses, phi peak sigma, pivot) per learned run and per
-  fixed arm (once)."""
+  """(label, pi band masses, phi band masses, phi peak sigma, pivot) per learned run (its
+  final record with m_K) and per fixed-law arm (once: its law is the same at every step).
+  Adaptive peers keep no m_K in their records and are left out."""
   edges = list(zip(bands[:-1], bands[1:], strict=True))
   out, curves = [], {}
   seen_fixed = set()
@@ -68,9 +69,7 @@ def rows(records: list[dict], bands: list[float]):
           f"logged {r['gate_pivot']:.5g}"
         )
       label = f"{r['arm']} seed {r['seed']} (step {r['step']})"
-    elif r["arm"] not in seen_fixed and r["step"] == max(
-      x["step"] for x in records if x.get("arm") == r["arm"] and x.get("kind") == "eval"
-    ):
+    elif config.schedule.name in FIXED and r["arm"] not in seen_fixed:
       seen_fixed.add(r["arm"])
       state, pivot, label = sched.init_state(), float("nan"), f"{r['arm']} (fixed law)"
     else:

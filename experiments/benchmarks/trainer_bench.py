@@ -101,7 +101,7 @@ def trainer(config, workdir: str) -> dict:
     "steps_per_s": float(steps.sum() / seconds.sum()),
     "window_steps_per_s": rate,
     "excluded_s": sum(v for _, v in s["perf/excluded_seconds"]),
-    "checkpoint_s": sum(v for _, v in s.get("perf/checkpoint_seconds", [])),
+    "checkpoint_s": sum(checkpoint.values()),
     "wall_s": wall,
     "num_windows": len(rate),
     "windows": [  # (end step, steps/s, checkpoint seconds) of each log window
