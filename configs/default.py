@@ -217,6 +217,10 @@ def _base_config() -> ml_collections.ConfigDict:
   # run still compiled 71 small programs (window metrics, checkpoint guard, sampler parts) at
   # 1.0, about 4.5 s between its first step and its first log window (BENCHMARKS.md, issue 13).
   c.system.compilation_cache_min_secs = 0.0
+  # Keep the compiled train step itself in <compilation_cache_dir>/train_steps/, keyed by the
+  # config, the code and the devices, so a restart skips tracing and lowering it too (about
+  # 5 s for DDPM++; infonoise_jax/step_executables.py). Single-process runs; False: off.
+  c.system.store_train_step = True
   c.system.peak_tflops = 0.0  # peak dense TFLOP/s of one device at model.dtype, for the model
   #   FLOPs utilization (perf/mfu); 0 = from infonoise_jax/flops.py's table by device kind
   return c

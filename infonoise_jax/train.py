@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,15 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from infonoise_jax import checkpointing, diagnostics, flops, metrics, resume, steps
+from infonoise_jax import (
+  checkpointing,
+  diagnostics,
+  flops,
+  metrics,
+  resume,
+  step_executables,
+  steps,
+)
 from infonoise_jax import workdir as workdir_lib
 from infonoise_jax.data import DevicePrefetcher, Pipeline, load_source, resolve_sigma_data
 from infonoise_jax.evaluation import model_fid, sequence_eval
@@ -282,7 +291,8 @@ def check_before_save(run: Run, state: TrainState, step: int, last_good: str | N
   its loss and gradient norm are checked as well. (In the loop, periodic saves check the
   real next step instead: `_PendingSave`.)
   """
-  probe, probe_metrics = run.train_step(
+  train_step = run.train_step if run.ahead is None else run.ahead.step().program
+  probe, probe_metrics = train_step(
     run.copy_state(state), run.global_batch(run.pipeline.batch(step))
   )
   host = jax.device_get(_guard_values(state, probe_metrics))
@@ -367,6 +377,13 @@ def _finish_save(run: Run, ckpt, log: _WindowLogger, pending: _PendingSave) -> N
   _save(run, ckpt, step, pending.snapshot)
 
 
+class _AheadStep(NamedTuple):
+  program: Any  # jax.stages.Compiled: call it as run.train_step
+  count: flops.StepFlops
+  seconds: float
+  source: str
+
+
 class CompileAhead:
   """Compiles the train step and the loop's small programs on background threads, from
   `run.abstract_state` and `run.abstract_batch` alone, while the main thread restores or
@@ -392,26 +409,42 @@ class CompileAhead:
     threading.Thread(target=self._compile_step, args=(run,), name="compile_ahead").start()
 
   def _compile_step(self, run: Run) -> None:
-    """Traces, counts and lowers the step, hands its metrics' types to a second thread for
-    the small programs, then compiles (or loads) the step: XLA holds no Python lock while it
-    does, so the small programs' tracing runs meanwhile."""
+    """Loads the step from `step_executables` or traces, counts and lowers it, hands its
+    metrics' types to a second thread for the small programs, then compiles (or loads from
+    the persistent cache) the step: XLA holds no Python lock while it does, so the small
+    programs' tracing runs meanwhile. A compiled step is stored for the next start."""
     helpers_started = False
     try:
-      traced = run.train_step.trace(run.abstract_state, run.abstract_batch)
-      count = flops.step_flops(traced.jaxpr)
-      lowered = traced.lower()
-      step_metrics = lowered.out_info[1]
-      threading.Thread(
-        target=self._compile_helpers, args=(run, step_metrics), name="compile_ahead_helpers"
-      ).start()
-      helpers_started = True
-      lowered.compile()
+      directory = step_executables.folder() if run.config.system.store_train_step else None
+      key = directory and step_executables.step_key(
+        run.config, run.abstract_state, run.abstract_batch
+      )
+      stored = key and step_executables.load(directory, key, run.mesh.devices.flat)
+      if stored:
+        compiled, count = stored
+        self._start_helpers(run, compiled.out_info[1])
+        helpers_started, source = True, f"loaded from {directory}"
+      else:
+        traced = run.train_step.trace(run.abstract_state, run.abstract_batch)
+        count = flops.step_flops(traced.jaxpr)
+        lowered = traced.lower()
+        self._start_helpers(run, lowered.out_info[1])
+        helpers_started = True
+        compiled = lowered.compile()
+        source = "traced and compiled (or loaded from the persistent compilation cache)"
+        if key:
+          step_executables.save(directory, key, compiled, count)
     except BaseException as e:  # handed to the main thread as it is
       self._step.set_exception(e)
       if not helpers_started:
         self._helpers.set_exception(e)
       return
-    self._step.set_result((count, time.monotonic() - self._started))
+    self._step.set_result(_AheadStep(compiled, count, time.monotonic() - self._started, source))
+
+  def _start_helpers(self, run: Run, step_metrics: dict) -> None:
+    threading.Thread(
+      target=self._compile_helpers, args=(run, step_metrics), name="compile_ahead_helpers"
+    ).start()
 
   def _compile_helpers(self, run: Run, step_metrics: dict) -> None:
     try:
@@ -421,8 +454,9 @@ class CompileAhead:
     else:
       self._helpers.set_result(time.monotonic() - self._started)
 
-  def step(self) -> tuple[flops.StepFlops, float]:
-    """(the step's FLOP count from its jaxpr, seconds from the start until it was compiled)."""
+  def step(self) -> "_AheadStep":
+    """The compiled step (what the loop calls), its FLOP count from its jaxpr, the seconds
+    from the start until it was ready, and where it came from."""
     return self._step.result()
 
   def helpers(self) -> float:
@@ -449,11 +483,13 @@ def _first_step_done(run: Run, state, log, started: float, step: int):
   jax.block_until_ready(state)
   seconds = time.monotonic() - started
   helpers_s = run.ahead.helpers()  # its errors are raised here
-  count, step_s = run.ahead.step()
+  ahead = run.ahead.step()
+  count = ahead.count
   logging.info(
-    "Compiled ahead on threads: the step after %.1f s, the loop's small programs after "
+    "Compiled ahead on threads: the step after %.1f s (%s), the loop's small programs after "
     "%.1f s (counted from their start, before the state was restored or initialised).",
-    step_s,
+    ahead.seconds,
+    ahead.source,
     helpers_s,
   )
   kind, peak = flops.device_peak(run.config)
@@ -565,10 +601,10 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
   try:
     if run.ahead is None:  # not started by _train (its newest checkpoint was unreadable)
       run.ahead = CompileAhead(run)
-    run.ahead.step()  # the first call below must find the step compiled, not compile it again
+    train_step = run.ahead.step().program  # compiled or loaded: the loop never traces it
     while step < num_steps:
       batch = next(batches)
-      state, step_metrics = run.train_step(state, batch)
+      state, step_metrics = train_step(state, batch)
       step += 1
       if not log.progress.started:
         _first_step_done(run, state, log, started, step)

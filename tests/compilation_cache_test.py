@@ -26,7 +26,7 @@ app.run(main.main)
 """
 
 
-def _run(workdir: pathlib.Path, cache: pathlib.Path) -> int:
+def _run(workdir: pathlib.Path, cache: pathlib.Path) -> tuple[int, str]:
   env = {k: v for k, v in os.environ.items() if not k.startswith("XLA_")}
   env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
   proc = subprocess.run(
@@ -49,17 +49,23 @@ def _run(workdir: pathlib.Path, cache: pathlib.Path) -> int:
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = [l for l in proc.stdout.splitlines() if l.startswith("CACHE_HITS")]
   assert lines, proc.stdout[-2000:]
-  return int(lines[-1].split()[1])
+  return int(lines[-1].split()[1]), proc.stderr
 
 
 def test_second_process_reuses_the_compiled_programs(tmp_path):
   cache = tmp_path / "xla_cache"
-  assert _run(tmp_path / "first", cache) == 0  # empty cache: everything compiled
+  hits, log = _run(tmp_path / "first", cache)
+  assert hits == 0  # empty cache: everything compiled
+  assert "the step after" in log and "train_steps" not in log  # traced and compiled
+  assert len(list((cache / "train_steps").glob("*.pkl"))) == 1  # the step's executable
   entries = [p for p in cache.rglob("*") if p.is_file()]
   assert entries, "the first run wrote nothing to the compilation cache"
-  # A fresh run of the same config in another workdir: the step (and the rest) load from disk,
-  # the step compiled ahead on its thread included, and nothing new is written.
-  assert _run(tmp_path / "second", cache) >= 1
+  # A fresh run of the same config in another workdir: the step's executable loads from the
+  # step store (no trace, no lowering), the small programs from the cache; nothing new is
+  # written.
+  hits, log = _run(tmp_path / "second", cache)
+  assert hits >= 1
+  assert f"loaded from {cache / 'train_steps'}" in log
   assert sorted(p for p in cache.rglob("*") if p.is_file()) == sorted(entries)
 
 

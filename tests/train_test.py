@@ -336,3 +336,60 @@ def test_in_flight_bound_unit():
   for i in range(1, 6):
     unbounded.add(i, i)
   assert waited == [(1, "m1"), (2, "m2"), (3, "m3")]
+
+
+def test_stored_step_is_loaded_not_traced_and_trains_the_same(tmp_path, monkeypatch):
+  """With the step store on (step_executables), a second run of the same config neither
+  traces nor compiles the step, and its state is bitwise the first's; a changed config
+  misses the store and traces again. One device of the eight: the stored executable must
+  load onto the run's own mesh, not onto every device."""
+  from infonoise_jax import step_executables
+
+  store = tmp_path / "store"
+  monkeypatch.setattr(step_executables, "folder", lambda: str(store))
+  devices = jax.devices()[:1]
+
+  def train_in(name, config):
+    def run():
+      out.append(jax.device_get(train.train_and_evaluate(config, str(tmp_path / name), devices)))
+
+    out = []
+    return _count_compiles(run), out[0]
+
+  first_compiles, first = train_in("first", _config())
+  assert first_compiles["jit(train_step)"] == ["compile_ahead"]
+  assert len(list(store.glob("*.pkl"))) == 1
+  second_compiles, second = train_in("second", _config())
+  assert "jit(train_step)" not in second_compiles  # loaded from the store
+  _assert_trees_equal(first, second)
+  changed, _ = train_in("changed", _config(**{"optim.lr": 1e-4}))
+  assert changed["jit(train_step)"] == ["compile_ahead"]
+  assert len(list(store.glob("*.pkl"))) == 2
+
+
+def test_unreadable_stored_step_is_ignored_with_a_warning(tmp_path, caplog):
+  from infonoise_jax import step_executables
+
+  (tmp_path / "k.pkl").write_bytes(b"torn write")
+  with caplog.at_level(logging.WARNING):
+    assert step_executables.load(str(tmp_path), "k", jax.devices()[:1]) is None
+  assert "Ignoring the stored train step" in caplog.text
+  assert step_executables.load(str(tmp_path), "absent", jax.devices()[:1]) is None
+
+
+def test_step_key_follows_config_shapes_and_code(tmp_path, monkeypatch):
+  from infonoise_jax import step_executables
+
+  run = train.Run(_config(), str(tmp_path))
+  key = step_executables.step_key(run.config, run.abstract_state, run.abstract_batch)
+  assert key == step_executables.step_key(_config(), run.abstract_state, run.abstract_batch)
+  other = _config(**{"train.num_steps": 7})
+  assert key != step_executables.step_key(other, run.abstract_state, run.abstract_batch)
+  wider = jax.ShapeDtypeStruct(
+    (2 * run.abstract_batch.shape[0], *run.abstract_batch.shape[1:]),
+    run.abstract_batch.dtype,
+    sharding=run.abstract_batch.sharding,
+  )
+  assert key != step_executables.step_key(run.config, run.abstract_state, wider)
+  monkeypatch.setattr(step_executables, "package_digest", lambda: "edited code")
+  assert key != step_executables.step_key(run.config, run.abstract_state, run.abstract_batch)
