@@ -8,7 +8,8 @@ issue 13 item 3). This store keeps the step's serialized executable in
 on, and loads it directly on the next start.
 
 The key (`step_key`) hashes: the resolved config (it decides the model, schedule, optimizer
-and step; derived values such as data.sigma_data are resolved into it before), the bytes of
+and step; derived values such as data.sigma_data are resolved into it before) less the keys
+the step never reads (`LOOP_ONLY`: a resume with more steps still hits), the bytes of
 every module of this package (any code change is a new key), the abstract state and batch
 (shapes, dtypes, shardings, tree structure), the jax and jaxlib versions, the backend and its
 devices, `XLA_FLAGS` and the `jax.config` values. A hit returns a `jax.stages.Compiled` that
@@ -23,6 +24,7 @@ Loading unpickles a file of the user's own cache folder (as JAX's cache does); d
 """
 
 import hashlib
+import json
 import os
 import pickle
 import tempfile
@@ -69,13 +71,52 @@ def _abstract(tree) -> str:
   return "\n".join(parts)
 
 
+# Config keys (or sections, ending in ".") the train step never reads: the loop's cadence,
+# sampling, FID, system. Left out of the key so that a run resumed with more steps or another
+# log interval still finds its step. tests/train_test.py lowers the step with every one of
+# them changed and requires the same program text, so a step that starts reading one fails
+# there rather than loading a stale program.
+LOOP_ONLY = (
+  "train.num_steps",
+  "train.log_every",
+  "train.checkpoint_every",
+  "train.keep_checkpoints",
+  "train.max_steps_in_flight",
+  "train.sample_every",
+  "train.num_samples",
+  "train.fid_every",
+  "train.fid_num_samples",
+  "train.eval_every",
+  "train.eval_num_samples",
+  "sampler.",
+  "fid.",
+  "system.",
+)
+
+
+def _step_config(config) -> str:
+  """The config as JSON without the LOOP_ONLY keys."""
+  flat = json.loads(config.to_json_best_effort(sort_keys=True))
+
+  def keep(prefix: str, tree: dict) -> dict:
+    out = {}
+    for k, v in tree.items():
+      key = prefix + k
+      if any(key == o or (o.endswith(".") and key.startswith(o)) for o in LOOP_ONLY):
+        continue
+      out[k] = keep(key + ".", v) if isinstance(v, dict) else v
+    return out
+
+  return json.dumps(keep("", flat), sort_keys=True)
+
+
 def step_key(config, abstract_state, abstract_batch) -> str:
   """Hex key of the program `jit(train_step)(abstract_state, abstract_batch)` would build."""
   devices = jax.devices()
   backend = devices[0].client
   parts = [
     f"format {_FORMAT}",
-    config.to_json_best_effort(sort_keys=True),
+    _step_config(config),
     package_digest(),
     _abstract((abstract_state, abstract_batch)),
     f"jax {jax.__version__} jaxlib {jaxlib.__version__}",

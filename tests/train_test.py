@@ -383,8 +383,10 @@ def test_step_key_follows_config_shapes_and_code(tmp_path, monkeypatch):
   run = train.Run(_config(), str(tmp_path))
   key = step_executables.step_key(run.config, run.abstract_state, run.abstract_batch)
   assert key == step_executables.step_key(_config(), run.abstract_state, run.abstract_batch)
-  other = _config(**{"train.num_steps": 7})
+  other = _config(**{"optim.lr": 1e-4})
   assert key != step_executables.step_key(other, run.abstract_state, run.abstract_batch)
+  longer = _config(**{"train.num_steps": 7})  # a resume with more steps finds its step
+  assert key == step_executables.step_key(longer, run.abstract_state, run.abstract_batch)
   wider = jax.ShapeDtypeStruct(
     (2 * run.abstract_batch.shape[0], *run.abstract_batch.shape[1:]),
     run.abstract_batch.dtype,
@@ -393,3 +395,49 @@ def test_step_key_follows_config_shapes_and_code(tmp_path, monkeypatch):
   assert key != step_executables.step_key(run.config, run.abstract_state, wider)
   monkeypatch.setattr(step_executables, "package_digest", lambda: "edited code")
   assert key != step_executables.step_key(run.config, run.abstract_state, run.abstract_batch)
+
+
+# A changed value for each key step_executables leaves out of its key (sections: some leaves).
+_LOOP_ONLY_CHANGES = {
+  "train.num_steps": 9,
+  "train.log_every": 3,
+  "train.checkpoint_every": 5,
+  "train.keep_checkpoints": 1,
+  "train.max_steps_in_flight": 0,
+  "train.sample_every": 4,
+  "train.num_samples": 8,
+  "train.fid_every": 0,
+  "train.fid_num_samples": 128,
+  "train.eval_every": 2,
+  "train.eval_num_samples": 16,
+  "sampler.num_steps": 7,
+  "sampler.rho": 5.0,
+  "sampler.s_churn": 1.0,
+  "fid.batch_size": 4,
+  "system.compilation_cache_min_secs": 2.0,
+  "system.store_train_step": False,
+  "system.peak_tflops": 10.0,
+}
+
+
+def test_keys_left_out_of_the_step_key_do_not_change_the_step(tmp_path):
+  """step_executables.LOOP_ONLY may only list keys the train step does not read: with all of
+  the changes below the step lowers to the same program. Every non-section entry of
+  LOOP_ONLY must be changed here, so a new one cannot slip in untested."""
+  from infonoise_jax import step_executables
+
+  for key in step_executables.LOOP_ONLY:
+    if key.endswith("."):
+      assert any(k.startswith(key) for k in _LOOP_ONLY_CHANGES), key
+    else:
+      assert key in _LOOP_ONLY_CHANGES, key
+  base = train.Run(_config(), str(tmp_path))
+  changed = train.Run(_config(**_LOOP_ONLY_CHANGES), str(tmp_path))
+  for name, value in _LOOP_ONLY_CHANGES.items():  # the changes took
+    assert changed.config[name.split(".")[0]][name.split(".")[1]] == value
+  lower = lambda r: r.train_step.lower(r.abstract_state, r.abstract_batch).as_text()
+  assert lower(base) == lower(changed)
+  # The comparison can see a key the step does read:
+  assert lower(base) != lower(train.Run(_config(**{"train.profile_bins": 16}), str(tmp_path)))
+  key = lambda r: step_executables.step_key(r.config, r.abstract_state, r.abstract_batch)
+  assert key(base) == key(changed)
