@@ -127,6 +127,11 @@ class _WindowLogger:
     self.window, self.window_start = None, start
     self.checkpoint_seconds = 0.0  # host time spent saving in the open window
     self.checkpoint_total = 0.0
+    # Where the loop's thread waited in the open window: for the next batch (the data
+    # pipeline fell behind: a host stall) and for the step `max_steps_in_flight` back (the
+    # device is the bottleneck, as it should be). Logged per window as perf/*_wait_seconds.
+    self.data_wait, self.device_wait = 0.0, 0.0
+    self._waits: dict[int, tuple[float, float]] = {}
     self.loss_by_log_sigma = None  # the latest window's per-bin mean loss (for the plots)
     self.history: list[tuple[int, np.ndarray]] = []  # (step, schedule curve) per window
     self._history_curve = run.history_curve
@@ -140,6 +145,7 @@ class _WindowLogger:
     values[HISTORY] = self._history_curve(state.schedule_state)
     self.progress.mark(step, values["loss"])  # finished when the window's last step is
     self._checkpoint_seconds[step], self.checkpoint_seconds = self.checkpoint_seconds, 0.0
+    self._waits[step], self.data_wait, self.device_wait = (self.data_wait, self.device_wait), 0, 0
     done = self.fetcher.push(step, values)
     self.window, self.window_start = None, step
     if done is not None:
@@ -203,6 +209,8 @@ class _WindowLogger:
     metrics.check_finite(scalars, (done.start_step, step), self.last_good())
     scalars.update(self.progress.report(step) or {})
     scalars["perf/checkpoint_seconds"] = self._checkpoint_seconds.pop(step, 0.0)
+    waits = self._waits.pop(step, (0.0, 0.0))
+    scalars["perf/data_wait_seconds"], scalars["perf/device_wait_seconds"] = waits
     self.writer.write_scalars(step, scalars)
     edges = diagnostics.loss_bin_edges(self.run.config)
     counts = host[metrics.SIGMA_COUNTS]
@@ -603,12 +611,17 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
       run.ahead = CompileAhead(run)
     train_step = run.ahead.step().program  # compiled or loaded: the loop never traces it
     while step < num_steps:
+      waited = time.perf_counter()
       batch = next(batches)
+      dispatched = time.perf_counter()
       state, step_metrics = train_step(state, batch)
       step += 1
       if not log.progress.started:
         _first_step_done(run, state, log, started, step)
+      returned = time.perf_counter()
       in_flight.add(step, step_metrics["loss"])
+      log.data_wait += dispatched - waited
+      log.device_wait += time.perf_counter() - returned
       ckpt.check_saves()  # a failed background save stops the run here
       log.add(step_metrics)
       if pending is not None and pending.guard is None:  # this step is the guard's probe

@@ -111,3 +111,32 @@ def test_sample_bench_prints_rate_and_bound():
   for row in rows:  # images/s > 0 and a finite bound / measured ratio
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert float(cells[4]) > 0 and float(cells[6]) > 0
+
+
+def test_trainer_reports_where_its_loop_waited(tmp_path, monkeypatch):
+  """perf/data_wait_seconds sees a data pipeline that falls behind: with every batch made
+  0.3 s late (longer than a step here) the loop's waits for data add up to most of that
+  delay; with the pipeline as it is they stay far below it."""
+  import time
+
+  from infonoise_jax.data import pipeline
+
+  config = train_step_bench.config_for(os.path.join(ROOT, "configs", "test.py"), "float32", 16)
+  config.train.num_steps, config.train.log_every = 16, 4
+  fast = trainer_bench.trainer(config, str(tmp_path / "fast"))
+  iterate = pipeline.Pipeline.iterate
+
+  def slow_iterate(self, *args, **kwargs):
+    for batch in iterate(self, *args, **kwargs):
+      time.sleep(0.3)
+      yield batch
+
+  monkeypatch.setattr(pipeline.Pipeline, "iterate", slow_iterate)
+  slow = trainer_bench.trainer(config, str(tmp_path / "slow"))
+  waited = lambda r: sum(w[3] for w in r["windows"])
+  # 15 steps after the first; batches made during the compile (the two buffers, up to 6)
+  # are not waited for; the rest wait 0.3 s less the step's own time (~0.1 s on 8 CPU
+  # devices) each: about 9 x 0.2 s.
+  assert waited(slow) > 1.0
+  assert waited(fast) < 0.3
+  assert all(w[4] >= 0 for w in slow["windows"] + fast["windows"])

@@ -95,6 +95,8 @@ def trainer(config, workdir: str) -> dict:
   rate = np.array([v for _, v in s["perf/steps_per_sec"]])
   steps = rate * seconds  # steps of each window (the first one starts after step 1)
   checkpoint = dict(s.get("perf/checkpoint_seconds", []))
+  data_wait = dict(s.get("perf/data_wait_seconds", []))
+  device_wait = dict(s.get("perf/device_wait_seconds", []))
   return {
     "steps": float(steps.sum()),
     "seconds": float(seconds.sum()),
@@ -104,8 +106,8 @@ def trainer(config, workdir: str) -> dict:
     "checkpoint_s": sum(checkpoint.values()),
     "wall_s": wall,
     "num_windows": len(rate),
-    "windows": [  # (end step, steps/s, checkpoint seconds) of each log window
-      (step, r, checkpoint.get(step, 0.0))
+    "windows": [  # (end step, steps/s, checkpoint s, data wait s, device wait s) per window
+      (step, r, checkpoint.get(step, 0.0), data_wait.get(step, 0.0), device_wait.get(step, 0.0))
       for (step, _), r in zip(s["perf/steps_per_sec"], rate, strict=True)
     ],
   }
@@ -193,10 +195,17 @@ def main():
     f"{config.model.dtype})."
   )
   if args.windows:
-    print("\n| window end step | images/s | vs bare step | checkpoint s |")
-    print("| --- | --- | --- | --- |")
-    for step, r, ckpt_s in tr["windows"]:
-      print(f"| {step} | {r * b:,.0f} | {100 * r * bare_s:.1f}% | {ckpt_s:.2f} |")
+    # Waits of the loop's thread: for the next batch (data behind: a host stall) and for the
+    # device (steps max_steps_in_flight back: the device is the bottleneck).
+    print(
+      "\n| window end step | images/s | vs bare step | checkpoint s | data wait s | device wait s |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+    for step, r, ckpt_s, data_s, dev_s in tr["windows"]:
+      print(
+        f"| {step} | {r * b:,.0f} | {100 * r * bare_s:.1f}% | {ckpt_s:.2f} | {data_s:.2f} "
+        f"| {dev_s:.2f} |"
+      )
 
 
 if __name__ == "__main__":
