@@ -308,14 +308,17 @@ def check_before_save(run: Run, state: TrainState, step: int, last_good: str | N
   _check_guard(host, step, last_good)
 
 
-def _save(run: Run, ckpt: checkpointing.Checkpointer, step: int, state: TrainState) -> None:
-  """Starts Orbax's save of `state` with the metadata that sample/evaluate need."""
+def _save(
+  run: Run, ckpt: checkpointing.Checkpointer, step: int, state: TrainState, background=False
+) -> None:
+  """Starts Orbax's save of `state` with the metadata that sample/evaluate need
+  (`background`: on the checkpointer's thread, for a state copy nothing else touches)."""
   # The example shape lets sample/evaluate rebuild the model without the data; the config
   # itself is in <workdir>/config.json.
   meta = {"step": step, "data_shape": list(run.source.shape)}
   if run.source.encoding is not None:  # the run's fixed vocabulary, for decoding
     meta["vocab"] = run.source.encoding.vocab
-  ckpt.save(step, state, meta=meta, force=True)
+  (ckpt.save_in_background if background else ckpt.save)(step, state, meta=meta, force=True)
 
 
 class _InFlight:
@@ -382,7 +385,7 @@ def _finish_save(run: Run, ckpt, log: _WindowLogger, pending: _PendingSave) -> N
   if host_window is not None:
     metrics.check_finite(host_window, (pending.window[0], step), log.last_good())
   _check_guard(host, step, log.last_good())
-  _save(run, ckpt, step, pending.snapshot)
+  _save(run, ckpt, step, pending.snapshot, background=True)  # the loop goes on meanwhile
 
 
 class _AheadStep(NamedTuple):

@@ -441,3 +441,24 @@ def test_keys_left_out_of_the_step_key_do_not_change_the_step(tmp_path):
   assert lower(base) != lower(train.Run(_config(**{"train.profile_bins": 16}), str(tmp_path)))
   key = lambda r: step_executables.step_key(r.config, r.abstract_state, r.abstract_batch)
   assert key(base) == key(changed)
+
+
+def test_periodic_saves_start_on_the_save_thread_final_save_on_the_loop(tmp_path, monkeypatch):
+  """Orbax's blocking part of a periodic save runs on the checkpointer's thread (the loop
+  keeps dispatching steps); the final save is made by the loop itself before it returns."""
+  import threading
+
+  threads = {}
+  save = checkpointing.Checkpointer._save
+
+  def spy(self, step, *args):
+    threads[step] = threading.current_thread().name
+    return save(self, step, *args)
+
+  monkeypatch.setattr(checkpointing.Checkpointer, "_save", spy)
+  config = _config(**{"train.checkpoint_every": 3, "train.num_steps": 8})
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert set(threads) == {3, 6, 8}
+  assert threads[3].startswith("checkpoint_save") and threads[6].startswith("checkpoint_save")
+  assert threads[8] == threading.main_thread().name
+  assert checkpointing.saved_steps(str(tmp_path / "run"))[-1] == 8
