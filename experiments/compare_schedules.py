@@ -18,7 +18,9 @@ with a learned profile, the FD of each (solver, grid) at those level counts on t
 models; `--save_samples` writes the final samples as uint8 for Inception FID elsewhere
 (experiments/fid_of_samples.py): the evaluation's own samples, or `--save_num` samples drawn
 apart with their own seeds (e.g. 10k for Inception FID beside 1k for the cheap curve), at the
-last step or at each of `--save_steps`, into `--samples_dir` (default --out). One process with
+last step or at each of `--save_steps`, into `--samples_dir` (default --out); with
+`--grid_steps` also the grid study's `--grid_samples` per setting (grid_<data>_<arm>.npz, each
+setting scored as an arm named <arm>@<solver>-<grid>-<levels>). One process with
 the seeds vmapped (`--workers=1`) is the measured choice on a GPU (experiments/RESULTS.md
 section 9). `--fid_records` (the output of fid_of_samples.py on those samples) adds an Inception
 FID section per data kind to the report.
@@ -158,17 +160,28 @@ def grid_study(args, mr, state, data, arm_name, h, done, ref) -> None:
   One Sampler (one compile) per (solver, levels); the grids only change its sigmas."""
   steps_list = [int(n) for n in filter(None, args.grid_steps.split(","))]
   seeds = grid_seeds(args)
+  keep = args.save_samples and mr.source.is_image  # for Inception FID (fid_of_samples.py)
+  have = saved_keys(args, data, arm_name, "grid") if keep else set()
   for method in dict.fromkeys(m for m, _ in GRID_SETTINGS):
     for n in steps_list:
       cfg = sampler_config(mr.config, num_steps=n, method=method)
       sampler = Sampler(cfg, mr.model, mr.schedule, mr.sampler.mesh, mr.source.shape)
       for grid in (g for m, g in GRID_SETTINGS if m == method):
         for r, seed in enumerate(mr.seeds):
-          if seed not in seeds or ("grid", seed, method, grid, n) in done:
+          key = f"{arm_name}@{method}-{grid}-{n}__seed{seed}__step{args.steps}"
+          evaluated = ("grid", seed, method, grid, n) in done
+          if seed not in seeds or (evaluated and (not keep or key in have)):
             continue
           run = mr.run_state(state, r)
           sigmas = sampler.sigmas(run.schedule_state, sampler_config(cfg, grid=grid))
           x = sampler.draw_all(run.ema_params, sigmas, args.grid_samples, 20_000 + seed)
+          if keep and key not in have:
+            sc = mr.source.scale
+            xs = np.where(x > 0, sc, -sc) if mr.source.binarized else x
+            save_final_samples(args, data, arm_name, {key: to_uint8(xs, (-sc, sc))}, "grid")
+            have.add(key)
+          if evaluated:
+            continue
           rec = {
             "kind": "grid",
             "data": data,
@@ -192,23 +205,26 @@ def grid_seeds(args) -> list[int]:
   return [int(s) for s in filter(None, args.grid_seeds.split(","))]
 
 
-def samples_path(args, data: str, arm_name: str) -> str:
-  return os.path.join(args.samples_dir or args.out, f"final_{data}_{arm_name}.npz")
+def samples_path(args, data: str, arm_name: str, kind: str = "final") -> str:
+  """final_<data>_<arm>.npz (training runs' samples) or grid_<data>_<arm>.npz (grid study)."""
+  return os.path.join(args.samples_dir or args.out, f"{kind}_{data}_{arm_name}.npz")
 
 
-def saved_keys(args, data: str, arm_name: str) -> set[str]:
-  path = samples_path(args, data, arm_name)
+def saved_keys(args, data: str, arm_name: str, kind: str = "final") -> set[str]:
+  path = samples_path(args, data, arm_name, kind)
   if not os.path.exists(path):
     return set()
   with np.load(path) as z:
     return set(z.files)
 
 
-def save_final_samples(args, data: str, arm_name: str, final: dict) -> None:
+def save_final_samples(args, data: str, arm_name: str, final: dict, kind: str = "final") -> None:
   """final_<data>_<arm>.npz: uint8 samples per run (key <arm>__seed<k>__step<N>), for FID
   with the Inception network elsewhere (experiments/fid_of_samples.py). Appends to the file;
-  written to a temporary name first, so a kill mid-write never loses the earlier arrays."""
-  path = samples_path(args, data, arm_name)
+  written to a temporary name first, so a kill mid-write never loses the earlier arrays.
+  kind="grid": the grid study's samples, key <arm>@<solver>-<grid>-<levels>__seed<k>__step<N>
+  (fid_of_samples.py scores each setting as an arm of that name)."""
+  path = samples_path(args, data, arm_name, kind)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   old = dict(np.load(path)) if os.path.exists(path) else {}
   tmp = path + ".tmp.npz"

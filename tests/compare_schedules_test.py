@@ -19,6 +19,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
 import compare_schedules  # noqa: E402
+import fid_of_samples  # noqa: E402
 
 TEST_CONFIG = os.path.join(ROOT, "configs", "test.py")
 
@@ -139,11 +140,31 @@ def test_grid_study_and_final_samples_are_recorded_once(tmp_path):
       (key,) = z.files
       assert key == f"{arm}__seed0__step4"
       assert z[key].dtype == np.uint8 and z[key].shape[0] == 32
+  # The grid study's samples are kept too (for Inception FID), one array per setting and seed,
+  # named so that fid_of_samples.py scores each setting as an arm of its own.
+  grid_file = os.path.join(out, "grid_continuous_infonoise.npz")
+  with np.load(grid_file) as z:
+    keys = set(z.files)
+    assert all(z[k].dtype == np.uint8 and z[k].shape[0] == 16 for k in keys)
+  want = {
+    f"infonoise@{m}-{g}-{n}__seed0__step4"
+    for m, g in compare_schedules.GRID_SETTINGS
+    for n in (3, 4)
+  }
+  assert keys == want
+  assert fid_of_samples.parse_key("infonoise@heun-infogrid-3__seed0__step4") == (
+    "infonoise@heun-infogrid-3",
+    0,
+    4,
+  )
+  assert not os.path.exists(os.path.join(out, "grid_continuous_lognormal.npz"))
   summary = open(os.path.join(out, "summary.md")).read()
   assert "| infonoise | exp_heun | infogrid |" in summary and "7 NFE" in summary
-  compare_schedules.main(args)  # complete: nothing appended
+  mtime = os.path.getmtime(grid_file)
+  compare_schedules.main(args)  # complete: nothing appended, no sample redrawn
   with open(os.path.join(out, "results.jsonl")) as f:
     assert sum(json.loads(line)["kind"] == "grid" for line in f) == len(grid)
+  assert os.path.getmtime(grid_file) == mtime
 
 
 def test_harness_on_text_ranks_by_the_domain_metric_with_a_floor(tmp_path):
