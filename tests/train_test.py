@@ -367,6 +367,27 @@ def test_stored_step_is_loaded_not_traced_and_trains_the_same(tmp_path, monkeypa
   assert len(list(store.glob("*.pkl"))) == 2
 
 
+def test_resume_with_more_steps_loads_the_stored_step_and_matches_a_straight_run(
+  tmp_path, monkeypatch
+):
+  """A run stopped at step 4 and resumed to 8 (a different train.num_steps, left out of the
+  key) calls the stored executable on the restored state: no compile of the step, and the
+  state equals a straight 8-step run's bitwise."""
+  from infonoise_jax import step_executables
+
+  monkeypatch.setattr(step_executables, "folder", lambda: str(tmp_path / "store"))
+  straight = jax.device_get(train.train_and_evaluate(_config(), str(tmp_path / "straight")))
+  workdir = str(tmp_path / "resumed")
+  train.train_and_evaluate(_config(**{"train.num_steps": 4}), workdir)
+  out = []
+  compiles = _count_compiles(
+    lambda: out.append(jax.device_get(train.train_and_evaluate(_config(), workdir)))
+  )
+  assert "jit(train_step)" not in compiles
+  assert int(out[0].step) == 8
+  _assert_trees_equal(straight, out[0])
+
+
 def test_unreadable_stored_step_is_ignored_with_a_warning(tmp_path, caplog):
   from infonoise_jax import step_executables
 
