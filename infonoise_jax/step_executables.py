@@ -17,17 +17,26 @@ the loop calls in place of the jitted step (same donation, same shardings: the l
 and batches already have exactly these types). A miss, a file that fails to load, or any
 error of the store itself falls back to tracing and the persistent cache, with a log line.
 
+Not in the key: code that changes the step from outside this package's files (a monkeypatch,
+an edited site-packages library of the same version); run such experiments with
+`system.store_train_step=False`. Steps loaded from the persistent cache are not stored
+(`cache_hits_on_this_thread`).
+
 Single-process runs only: on a pod each process holds part of a multi-host program and the
 persistent cache stays the path there. The folder keeps the `MAX_FILES` newest executables.
 Loading unpickles a file of the user's own cache folder (as JAX's cache does); do not point
 `system.compilation_cache_dir` at a folder others can write.
 """
 
+import contextlib
 import hashlib
+import importlib.metadata
 import json
 import os
 import pickle
+import sys
 import tempfile
+import threading
 
 import jax
 import jaxlib
@@ -39,6 +48,25 @@ from infonoise_jax import flops
 FOLDER = "train_steps"
 MAX_FILES = 8  # newest executables kept (DDPM++ on the H200: tens of MB each)
 _FORMAT = 1  # bump when what a file holds changes
+
+
+@contextlib.contextmanager
+def cache_hits_on_this_thread():
+  """Counts JAX's persistent-cache hits of compiles made on the calling thread inside the
+  block (a list that grows). An executable loaded from that cache is not stored here: on the
+  CPU backend such an executable serializes without its compiled functions and fails when
+  run ("Function ... not found"), so only freshly compiled steps are written."""
+  hits, thread = [], threading.get_ident()
+
+  def on_event(name: str, **kwargs) -> None:
+    if name == "/jax/compilation_cache/cache_hits" and threading.get_ident() == thread:
+      hits.append(name)
+
+  jax.monitoring.register_event_listener(on_event)
+  try:
+    yield hits
+  finally:
+    jax.monitoring.unregister_event_listener(on_event)
 
 
 def folder() -> str | None:
@@ -110,6 +138,17 @@ def _step_config(config) -> str:
   return json.dumps(keep("", flat), sort_keys=True)
 
 
+def _library_versions() -> str:
+  """Python and the libraries the step's code comes from besides this package."""
+  out = [sys.version]
+  for name in ("flax", "optax", "chex", "numpy", "ml_collections"):
+    try:
+      out.append(f"{name} {importlib.metadata.version(name)}")
+    except importlib.metadata.PackageNotFoundError:
+      out.append(f"{name} absent")
+  return " | ".join(out)
+
+
 def step_key(config, abstract_state, abstract_batch) -> str:
   """Hex key of the program `jit(train_step)(abstract_state, abstract_batch)` would build."""
   devices = jax.devices()
@@ -120,6 +159,7 @@ def step_key(config, abstract_state, abstract_batch) -> str:
     package_digest(),
     _abstract((abstract_state, abstract_batch)),
     f"jax {jax.__version__} jaxlib {jaxlib.__version__}",
+    _library_versions(),
     f"{backend.platform} {backend.platform_version}",
     "|".join(f"{d.id}:{d.device_kind}" for d in devices),
     os.environ.get("XLA_FLAGS", ""),

@@ -441,10 +441,14 @@ class CompileAhead:
         lowered = traced.lower()
         self._start_helpers(run, lowered.out_info[1])
         helpers_started = True
-        compiled = lowered.compile()
-        source = "traced and compiled (or loaded from the persistent compilation cache)"
-        if key:
-          step_executables.save(directory, key, compiled, count)
+        with step_executables.cache_hits_on_this_thread() as hits:
+          compiled = lowered.compile()
+        if hits:
+          source = "traced, loaded from the persistent compilation cache"
+        else:
+          source = "traced and compiled"
+          if key:
+            step_executables.save(directory, key, compiled, count)
     except BaseException as e:  # handed to the main thread as it is
       self._step.set_exception(e)
       if not helpers_started:

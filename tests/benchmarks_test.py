@@ -127,9 +127,13 @@ def test_trainer_reports_where_its_loop_waited(tmp_path, monkeypatch):
   iterate = pipeline.Pipeline.iterate
 
   def slow_iterate(self, *args, **kwargs):
-    for batch in iterate(self, *args, **kwargs):
-      time.sleep(0.3)
-      yield batch
+    inner = iterate(self, *args, **kwargs)
+    try:
+      for batch in inner:
+        time.sleep(0.3)
+        yield batch
+    finally:  # the trainer closes this generator: stop the pipeline's thread too
+      inner.close()
 
   monkeypatch.setattr(pipeline.Pipeline, "iterate", slow_iterate)
   slow = trainer_bench.trainer(config, str(tmp_path / "slow"))
