@@ -96,9 +96,8 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(max_to_keep=None, create=create)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
     self._pending: int | None = None  # a save started and not yet confirmed on disk
-    # save_in_background: one worker thread runs save(); the lock keeps the loop's per-step
-    # calls off the manager while it does.
-    self._lock = threading.Lock()
+    # save_in_background: one worker thread runs _save(); every other call that reaches the
+    # manager joins it first, or returns while it runs (check_saves, reached_preemption).
     self._saver: ThreadPoolExecutor | None = None
     self._background: Future | None = None
     self._background_step = -1
@@ -158,8 +157,7 @@ class Checkpointer:
     Orbax declines it: a save is never silently skipped.
     """
     self._join_background()
-    with self._lock:
-      self._save(step, state, meta, force)
+    self._save(step, state, meta, force)
 
   def save_in_background(
     self, step: int, state: Any, meta: dict | None = None, force: bool = False
@@ -175,12 +173,8 @@ class Checkpointer:
     self._join_background()
     if self._saver is None:
       self._saver = ThreadPoolExecutor(1, thread_name_prefix="checkpoint_save")
-    self._background = self._saver.submit(self._locked_save, step, state, meta, force)
+    self._background = self._saver.submit(self._save, step, state, meta, force)
     self._background_step = step
-
-  def _locked_save(self, step: int, state: Any, meta: dict | None, force: bool) -> None:
-    with self._lock:
-      self._save(step, state, meta, force)
 
   def _join_background(self) -> None:
     """Waits for a background save to have started Orbax's save; raises its error."""
@@ -189,7 +183,7 @@ class Checkpointer:
       future.result()
 
   def _save(self, step: int, state: Any, meta: dict | None, force: bool) -> None:
-    self._wait_locked()
+    self._wait_saved()
     if step in self._manager.all_steps():
       return
     args = ocp.args.Composite(
@@ -223,9 +217,9 @@ class Checkpointer:
   def wait(self) -> None:
     """Blocks until the last save is on disk; raises SaveFailedError if it is not."""
     self._join_background()
-    self._wait_locked()
+    self._wait_saved()
 
-  def _wait_locked(self) -> None:
+  def _wait_saved(self) -> None:
     if self._pending is None:
       return
     try:
