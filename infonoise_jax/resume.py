@@ -48,8 +48,13 @@ class ResumeRefusedError(ValueError):
   """A resume would change a key that fixes what the saved state means."""
 
 
+def matches(key: str, patterns) -> bool:
+  """`key` is one of `patterns`, or inside a section of them (a pattern ending in ".")."""
+  return any(key == k or (k.endswith(".") and key.startswith(k)) for k in patterns)
+
+
 def is_resumable(key: str) -> bool:
-  return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE)
+  return matches(key, RESUMABLE)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

@@ -22,8 +22,9 @@ an edited site-packages library of the same version); run such experiments with
 `system.store_train_step=False`. Steps loaded from the persistent cache are not stored
 (`cache_hits_on_this_thread`).
 
-Single-process runs only: on a pod each process holds part of a multi-host program and the
-persistent cache stays the path there. The folder keeps the `MAX_FILES` newest executables.
+Single-process runs with a local cache folder only: on a pod each process holds part of a
+multi-host program, and a remote (gs://) cache folder is not written to here; the persistent
+cache stays the path for both. The folder keeps the `MAX_FILES` newest executables.
 Loading unpickles a file of the user's own cache folder (as JAX's cache does); do not point
 `system.compilation_cache_dir` at a folder others can write.
 """
@@ -43,7 +44,7 @@ import jaxlib
 from absl import logging
 from jax.experimental import serialize_executable
 
-from infonoise_jax import flops
+from infonoise_jax import flops, resume
 
 FOLDER = "train_steps"
 MAX_FILES = 8  # newest executables kept (DDPM++ on the H200: tens of MB each)
@@ -99,27 +100,14 @@ def _abstract(tree) -> str:
   return "\n".join(parts)
 
 
-# Config keys (or sections, ending in ".") the train step never reads: the loop's cadence,
-# sampling, FID, system. Left out of the key so that a run resumed with more steps or another
-# log interval still finds its step. tests/train_test.py lowers the step with every one of
-# them changed and requires the same program text, so a step that starts reading one fails
-# there rather than loading a stale program.
-LOOP_ONLY = (
-  "train.num_steps",
-  "train.log_every",
-  "train.checkpoint_every",
-  "train.keep_checkpoints",
-  "train.max_steps_in_flight",
-  "train.sample_every",
-  "train.num_samples",
-  "train.fid_every",
-  "train.fid_num_samples",
-  "train.eval_every",
-  "train.eval_num_samples",
-  "sampler.",
-  "fid.",
-  "system.",
-)
+# Config keys (or sections, ending in ".") the train step never reads: those a resume may
+# change (resume.RESUMABLE: the loop's cadence, data paths, sampling, FID, system) less the
+# ones the step does read. Left out of the key so that a run resumed with more steps or
+# another log interval still finds its step. tests/train_test.py lowers the step with every
+# one of them changed and requires the same program text, so a step that starts reading one
+# (or a new resumable key the step reads) fails there rather than loading a stale program.
+STEP_READS = ("train.profile_bins",)
+LOOP_ONLY = tuple(k for k in resume.RESUMABLE if k not in STEP_READS)
 
 
 def _step_config(config) -> str:
@@ -130,7 +118,7 @@ def _step_config(config) -> str:
     out = {}
     for k, v in tree.items():
       key = prefix + k
-      if any(key == o or (o.endswith(".") and key.startswith(o)) for o in LOOP_ONLY):
+      if resume.matches(key, LOOP_ONLY):
         continue
       out[k] = keep(key + ".", v) if isinstance(v, dict) else v
     return out
