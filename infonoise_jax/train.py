@@ -291,7 +291,9 @@ def _check_guard(host: dict, step: int, last_good: str | None) -> None:
     ) from None
 
 
-def check_before_save(run: Run, state: TrainState, step: int, last_good: str | None) -> None:
+def check_before_save(
+  run: Run, train_step, state: TrainState, step: int, last_good: str | None
+) -> None:
   """Raises NonFiniteError unless `state` is finite and its next step's loss is too.
 
   A finite state can still be diverged (with lr 1e9 the parameters reach 1e9 and the next
@@ -299,8 +301,7 @@ def check_before_save(run: Run, state: TrainState, step: int, last_good: str | N
   its loss and gradient norm are checked as well. (In the loop, periodic saves check the
   real next step instead: `_PendingSave`.)
   """
-  train_step = run.train_step if run.ahead is None else run.ahead.step().program
-  probe, probe_metrics = train_step(
+  probe, probe_metrics = train_step(  # the loop's own program: nothing compiles here
     run.copy_state(state), run.global_batch(run.pipeline.batch(step))
   )
   host = jax.device_get(_guard_values(state, probe_metrics))
@@ -402,14 +403,13 @@ class CompileAhead:
 
   Why: on a restart the step's trace and lowering (needed before the persistent cache is even
   looked up), loading the executables and the small programs after the step were ~14 s of the
-  ~25 s to the first step (BENCHMARKS.md, item 3), and none of it needs the real state. jax
-  keeps what `jit(f).lower(args).compile()` built for the later call `f(args)` with arguments
-  of the same types and shardings, so the loop calls the jitted functions as before and each
+  ~25 s to the first step (BENCHMARKS.md, item 3), and none of it needs the real state. The
+  loop calls the compiled step that `step()` returns (built here, or loaded from
+  `step_executables`); for the small programs jax keeps what `jit(f).lower(args).compile()`
+  built for the later call `f(args)` with arguments of the same types and shardings, so each
   program is compiled once (tests/train_test.py counts the compiles).
 
   `step()` and `helpers()` wait for their part and re-raise its error in the caller's thread.
-  The main thread must call `step()` before its first call of the step: called while the
-  thread still compiles it, jax would compile it a second time.
   """
 
   def __init__(self, run: Run):
@@ -664,7 +664,7 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
         jax.block_until_ready(state)  # the steps queued until now are training time
         saving = time.monotonic()
         log.flush(step)  # a NaN state is never saved over a good checkpoint
-        check_before_save(run, state, step, log.last_good())
+        check_before_save(run, train_step, state, step, log.last_good())
         _save(run, ckpt, step, state)
         log.add_checkpoint_time(time.monotonic() - saving)
       if stop:
