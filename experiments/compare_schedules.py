@@ -176,9 +176,7 @@ def grid_study(args, mr, state, data, arm_name, h, done, ref) -> None:
           sigmas = sampler.sigmas(run.schedule_state, sampler_config(cfg, grid=grid))
           x = sampler.draw_all(run.ema_params, sigmas, args.grid_samples, 20_000 + seed)
           if keep and key not in have:
-            sc = mr.source.scale
-            xs = np.where(x > 0, sc, -sc) if mr.source.binarized else x
-            save_final_samples(args, data, arm_name, {key: to_uint8(xs, (-sc, sc))}, "grid")
+            save_final_samples(args, data, arm_name, {key: samples_uint8(mr.source, x)}, "grid")
             have.add(key)
           if evaluated:
             continue
@@ -216,6 +214,13 @@ def saved_keys(args, data: str, arm_name: str, kind: str = "final") -> set[str]:
     return set()
   with np.load(path) as z:
     return set(z.files)
+
+
+def samples_uint8(source, x: np.ndarray) -> np.ndarray:
+  """Samples as saved for Inception FID: uint8 on the data's range; binarized data decoded
+  to its two levels first (the FID of issue 12)."""
+  sc = source.scale
+  return to_uint8(np.where(x > 0, sc, -sc) if source.binarized else x, (-sc, sc))
 
 
 def save_final_samples(args, data: str, arm_name: str, final: dict, kind: str = "final") -> None:
@@ -330,9 +335,7 @@ def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
         x = evaluated.get(seed)
         if x is None:  # drawn apart: its own seeds, never those of an evaluation
           x = mr.samples(state, r, args.save_num or args.num_samples, 2_000_000 + step)
-        sc = mr.source.scale  # binarized data: the decoded samples (the FID of issue 12)
-        xs = np.where(x > 0, sc, -sc) if mr.source.binarized else x
-        final[key] = to_uint8(xs, (-sc, sc))
+        final[key] = samples_uint8(mr.source, x)
       if final:  # written at once: a later kill keeps the samples saved so far
         save_final_samples(args, data, arm_name, final)
         have |= set(final)

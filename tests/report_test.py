@@ -70,6 +70,9 @@ def test_inception_section_from_fid_of_samples_lines():
       )
     ],
     {"kind": "fid", "samples": "other.npz", "arm": "ln", "seed": 0, "step": 5, "num": 3},
+    # the grid study's samples of the info runs: one setting, scored as an arm of its own
+    {"kind": "fid", "samples": "grid_d_info.npz", "key": "k", "arm": "info@heun-karras-4"}
+    | {"seed": 0, "step": 20, "num": 100, "fid": 7.5},
   ]
   recs = report.inception_records(fid_lines)
   assert {r["data"] for r in recs if r["kind"] == "eval"} == {"d"}
@@ -80,3 +83,6 @@ def test_inception_section_from_fid_of_samples_lines():
   assert "Floor (real images, same count): 1.5 at 100." in text
   assert "| info | not reached" in text
   assert report.inception_section(recs, "other", ["ln"], "ln") == []
+  grid_rows = [l for l in text.splitlines() if l.startswith("| info@heun-karras-4 |")]
+  assert len(grid_rows) == 1 and "7.5" in grid_rows[0]  # a table of its own, after the arms'
+  assert text.index("| info@heun-karras-4 |") > text.index("| info | not reached")

@@ -206,14 +206,17 @@ def grid_table(records: list[dict], data: str) -> str:
 
 def inception_records(lines: list[dict]) -> list[dict]:
   """fid_of_samples.py lines as report records: `kind == "fid"` -> an eval record with metric
-  `fid` (data and arm from the samples file `final_<data>_<arm>.npz`), `kind == "floor"` -> a
-  floor per sample count. Lines of other files or kinds are left out."""
+  `fid` (data and arm from the samples file: `final_<data>_<arm>.npz`, or the grid study's
+  `grid_<data>_<arm>.npz`, whose arms are `<arm>@<solver>-<grid>-<levels>`), `kind ==
+  "floor"` -> a floor per sample count. Lines of other files or kinds are left out."""
   out = []
   for r in lines:
     if r.get("kind") == "fid":
       name = str(r.get("samples", ""))
-      prefix, suffix = "final_", f"_{r['arm']}.npz"
-      if not (name.startswith(prefix) and name.endswith(suffix)):
+      run_arm = str(r["arm"]).split("@")[0]  # a grid setting's arm: the trained run's
+      prefix = next((p for p in ("final_", "grid_") if name.startswith(p)), None)
+      suffix = f"_{run_arm}.npz"
+      if prefix is None or not name.endswith(suffix):
         continue
       data = name[len(prefix) : -len(suffix)]
       out.append(
@@ -236,13 +239,17 @@ def inception_section(
     return []
   nums = sorted({r["num_samples"] for r in fid_recs if r["kind"] == "eval" and r["data"] == data})
   md = ["", f"Inception FID ({'/'.join(map(str, nums))} samples per model):", ""]
-  md.append(table(curves, [a for a in arms if a in curves] or sorted(curves)))
+  main = [a for a in arms if a in curves] or sorted(curves)
+  md.append(table(curves, main))
   floors = {r["num_samples"]: r["fid"] for r in fid_recs if r["kind"] == "fid_floor"}
   known = [f"{floors[n]:.4g} at {n}" for n in nums if n in floors]
   md.append(f"Floor (real images, same count): {', '.join(known)}." if known else "No floor.")
   if baseline in curves:
     why = "none, the noise of one draw per model not measured:"
     md += ["", *speedup_lines(curves, baseline, [a for a in arms if a in curves], 0.0, why)]
+  others = sorted(set(curves) - set(main))  # the grid study's settings (<arm>@<setting>)
+  if others:
+    md += ["", "Inception FID of the grid study's settings:", "", table(curves, others)]
   return md
 
 
