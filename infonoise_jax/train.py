@@ -129,9 +129,12 @@ class _WindowLogger:
     self.checkpoint_total = 0.0
     # Where the loop's thread waited in the open window: for the next batch (the data
     # pipeline fell behind: a host stall) and for the step `max_steps_in_flight` back (the
-    # device is the bottleneck, as it should be). Logged per window as perf/*_wait_seconds.
-    self.data_wait, self.device_wait = 0.0, 0.0
-    self._waits: dict[int, tuple[float, float]] = {}
+    # device is the bottleneck, as it should be), and inside the step's call (dispatch: on a
+    # GPU the call itself blocks once the device's launch queue is full, so a device that
+    # falls behind can show up here rather than as a device wait). Logged per window as
+    # perf/data_wait_seconds, perf/device_wait_seconds and perf/dispatch_seconds.
+    self.data_wait, self.device_wait, self.dispatch = 0.0, 0.0, 0.0
+    self._waits: dict[int, tuple[float, float, float]] = {}
     self.loss_by_log_sigma = None  # the latest window's per-bin mean loss (for the plots)
     self.history: list[tuple[int, np.ndarray]] = []  # (step, schedule curve) per window
     self._history_curve = run.history_curve
@@ -145,7 +148,8 @@ class _WindowLogger:
     values[HISTORY] = self._history_curve(state.schedule_state)
     self.progress.mark(step, values["loss"])  # finished when the window's last step is
     self._checkpoint_seconds[step], self.checkpoint_seconds = self.checkpoint_seconds, 0.0
-    self._waits[step], self.data_wait, self.device_wait = (self.data_wait, self.device_wait), 0, 0
+    self._waits[step] = (self.data_wait, self.device_wait, self.dispatch)
+    self.data_wait, self.device_wait, self.dispatch = 0.0, 0.0, 0.0
     done = self.fetcher.push(step, values)
     self.window, self.window_start = None, step
     if done is not None:
@@ -209,8 +213,9 @@ class _WindowLogger:
     metrics.check_finite(scalars, (done.start_step, step), self.last_good())
     scalars.update(self.progress.report(step) or {})
     scalars["perf/checkpoint_seconds"] = self._checkpoint_seconds.pop(step, 0.0)
-    waits = self._waits.pop(step, (0.0, 0.0))
-    scalars["perf/data_wait_seconds"], scalars["perf/device_wait_seconds"] = waits
+    waits = self._waits.pop(step, (0.0, 0.0, 0.0))
+    for name, seconds in zip(("data_wait", "device_wait", "dispatch"), waits, strict=True):
+      scalars[f"perf/{name}_seconds"] = seconds
     self.writer.write_scalars(step, scalars)
     edges = diagnostics.loss_bin_edges(self.run.config)
     counts = host[metrics.SIGMA_COUNTS]
@@ -628,6 +633,7 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
       returned = time.perf_counter()
       in_flight.add(step, step_metrics["loss"])
       log.data_wait += dispatched - waited
+      log.dispatch += returned - dispatched
       log.device_wait += time.perf_counter() - returned
       ckpt.check_saves()  # a failed background save stops the run here
       log.add(step_metrics)

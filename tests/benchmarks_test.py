@@ -59,8 +59,11 @@ def test_trainer_bench_reads_the_trainers_window_throughput(tmp_path):
   assert r["num_windows"] == 4  # log_every 2
   assert r["steps"] == pytest.approx(7)  # steps 2..8: the first (compiling) step is left out
   assert r["steps_per_s"] > 0 and r["seconds"] > 0 and r["wall_s"] > r["seconds"]
-  assert [w[0] for w in r["windows"]] == [2, 4, 6, 8]  # (end step, steps/s, checkpoint s)
-  assert all(w[1] > 0 and w[2] >= 0 for w in r["windows"])
+  assert [w[0] for w in r["windows"]] == [2, 4, 6, 8]  # (end step, steps/s, seconds, ...)
+  assert all(w[1] > 0 and w[2] > 0 and min(w[3:]) >= 0 for w in r["windows"])
+  # the window's seconds are its steps at its rate; the loop's waits fit inside them
+  assert [w[2] for w in r["windows"]][1:] == pytest.approx([2 / w[1] for w in r["windows"]][1:])
+  assert all(sum(w[4:]) <= w[2] + 1e-3 for w in r["windows"][1:])
   run = train.Run(config, str(tmp_path / "unused"))
   bare = trainer_bench.bare_step(run, iters=2, repeats=2)
   assert bare["step_s"] > 0 and len(bare["rounds_s"]) == 2 and bare["flops"].flops > 0
@@ -137,10 +140,38 @@ def test_trainer_reports_where_its_loop_waited(tmp_path, monkeypatch):
 
   monkeypatch.setattr(pipeline.Pipeline, "iterate", slow_iterate)
   slow = trainer_bench.trainer(config, str(tmp_path / "slow"))
-  waited = lambda r: sum(w[3] for w in r["windows"])
+  waited = lambda r: sum(w[4] for w in r["windows"])
   # 15 steps after the first; batches made during the compile (the two buffers, up to 6)
   # are not waited for; the rest wait 0.3 s less the step's own time (~0.1 s on 8 CPU
   # devices) each: about 9 x 0.2 s.
   assert waited(slow) > 1.0
   assert waited(fast) < 0.3
-  assert all(w[4] >= 0 for w in slow["windows"] + fast["windows"])
+  assert all(w[5] >= 0 for w in slow["windows"] + fast["windows"])
+
+
+def test_trainer_reports_time_inside_the_step_call(tmp_path, monkeypatch):
+  """perf/dispatch_seconds is the time the loop spends inside the compiled step's call
+  (where a GPU's full launch queue blocks it): a call made 0.2 s slower adds about 0.2 s per
+  step there, and nothing to the data or device waits."""
+  import time
+
+  from infonoise_jax import train
+
+  config = train_step_bench.config_for(os.path.join(ROOT, "configs", "test.py"), "float32", 16)
+  config.train.num_steps, config.train.log_every = 12, 4
+  step = train.CompileAhead.step
+
+  def slow_step(self):
+    ahead = step(self)
+
+    def call(*args):
+      time.sleep(0.2)
+      return ahead.program(*args)
+
+    return ahead._replace(program=call)
+
+  monkeypatch.setattr(train.CompileAhead, "step", slow_step)
+  slow = trainer_bench.trainer(config, str(tmp_path / "slow"))
+  windows = slow["windows"][1:]  # whole windows: 4 steps each, all after the first step
+  assert all(0.8 <= w[6] <= w[2] + 1e-3 for w in windows)
+  assert all(w[4] < 0.3 for w in windows)

@@ -97,6 +97,7 @@ def trainer(config, workdir: str) -> dict:
   checkpoint = dict(s.get("perf/checkpoint_seconds", []))
   data_wait = dict(s.get("perf/data_wait_seconds", []))
   device_wait = dict(s.get("perf/device_wait_seconds", []))
+  dispatch = dict(s.get("perf/dispatch_seconds", []))
   return {
     "steps": float(steps.sum()),
     "seconds": float(seconds.sum()),
@@ -106,9 +107,11 @@ def trainer(config, workdir: str) -> dict:
     "checkpoint_s": sum(checkpoint.values()),
     "wall_s": wall,
     "num_windows": len(rate),
-    "windows": [  # (end step, steps/s, checkpoint s, data wait s, device wait s) per window
-      (step, r, checkpoint.get(step, 0.0), data_wait.get(step, 0.0), device_wait.get(step, 0.0))
-      for (step, _), r in zip(s["perf/steps_per_sec"], rate, strict=True)
+    # (end step, steps/s, seconds, checkpoint s, data wait s, device wait s, dispatch s) per
+    # window
+    "windows": [
+      (step, r, w, *(d.get(step, 0.0) for d in (checkpoint, data_wait, device_wait, dispatch)))
+      for (step, _), r, w in zip(s["perf/steps_per_sec"], rate, seconds, strict=True)
     ],
   }
 
@@ -124,13 +127,23 @@ def main():
   p.add_argument(
     "--windows", action="store_true", help="also print each log window's images/s (decay, saves)"
   )
+  p.add_argument(
+    "--switch_interval_ms",
+    type=float,
+    default=0.0,
+    help="sys.setswitchinterval for the whole run (0 = Python's 5 ms): with background threads "
+    "busy in Python, each time the loop's thread takes the GIL back can cost up to this long",
+  )
   args = p.parse_args()
+  if args.switch_interval_ms:
+    sys.setswitchinterval(args.switch_interval_ms / 1e3)
 
   config = load_config(args.config, args.steps, args.set)
   dev = jax.devices()[0]
   print(
     f"{jax.device_count()} x {dev.device_kind}, jax {jax.__version__}, config {args.config} "
-    f"{' '.join(args.set)}, batch {config.train.batch_size}, {args.steps} trainer steps",
+    f"{' '.join(args.set)}, batch {config.train.batch_size}, {args.steps} trainer steps, "
+    f"GIL switch interval {sys.getswitchinterval() * 1e3:g} ms",
     flush=True,
   )
   workdir = args.workdir or tempfile.mkdtemp(prefix="trainer_bench_")
@@ -195,16 +208,21 @@ def main():
     f"{config.model.dtype})."
   )
   if args.windows:
-    # Waits of the loop's thread: for the next batch (data behind: a host stall) and for the
-    # device (steps max_steps_in_flight back: the device is the bottleneck).
+    # Where the loop's thread spent the window: waiting for the next batch (data behind: a
+    # host stall), for the device (the step max_steps_in_flight back: the device is the
+    # bottleneck), inside the step's call (dispatch; on a GPU it blocks while the device's
+    # launch queue is full, i.e. the device is behind too) and everything else (the loop's
+    # own Python: window metrics, saves, logging; or the thread waiting for the GIL).
     print(
-      "\n| window end step | images/s | vs bare step | checkpoint s | data wait s | device wait s |"
+      "\n| window end step | images/s | vs bare step | checkpoint s | data wait s | device wait s "
+      "| dispatch s | rest of loop s |"
     )
-    print("| --- | --- | --- | --- | --- | --- |")
-    for step, r, ckpt_s, data_s, dev_s in tr["windows"]:
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for step, r, window_s, ckpt_s, data_s, dev_s, call_s in tr["windows"]:
+      rest = window_s - data_s - dev_s - call_s
       print(
         f"| {step} | {r * b:,.0f} | {100 * r * bare_s:.1f}% | {ckpt_s:.2f} | {data_s:.2f} "
-        f"| {dev_s:.2f} |"
+        f"| {dev_s:.2f} | {call_s:.2f} | {rest:.2f} |"
       )
 
 
