@@ -14,7 +14,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   """The default config; `variant` is a comma list from `configs/default.py:<variant>`.
 
   Variants: any schedule name (sets schedule.name), `binarized` (data.binarize=True),
-  `mlp` (the MLP denoiser), `fashion` (Fashion-MNIST from the Debian package, 28x28).
+  `mlp` (the MLP denoiser), `fashion` (Fashion-MNIST from the Debian package, 28x28, with
+  InfoNoise's continuous-image setting, `fashion_infonoise`; `fashion,binarized` keeps the
+  library's InfoNoise setting, the one measured on binarized data).
   """
   from infonoise_jax.schedules import SCHEDULES  # the one list of schedule names
 
@@ -37,7 +39,18 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         f"Unknown config variant {token!r} in 'configs/default.py:{variant}'. "
         f"Valid: {', '.join(SCHEDULES)}, binarized, mlp, fashion."
       )
+  if c.data.name == "fashion_mnist_local" and not c.data.binarize:
+    c.schedule.infonoise.update(FASHION_CONTINUOUS_INFONOISE)
   return c
+
+
+# InfoNoise on continuous Fashion-MNIST (the `fashion` variant): no weight compensation (pi ~ rho)
+# with the gate pinned at the natural-image pivot. Chosen by Inception FID on 28x28, U-Net,
+# 5,000 steps, 3 seeds (experiments/RESULTS.md section 14): 8.72 against 9.58 for the library
+# setting (compensation, onset pivot), which puts 57% of its samples above sigma = 0.5 (this
+# one and EDM's log-normal: 31-34%); it ties the log-normal (8.67). Binarized data keep the
+# library setting (compensation on is what wins there in docs/method.md's small check).
+FASHION_CONTINUOUS_INFONOISE = {"compensate": False, "gate": "pinned", "gate_pivot": 0.15}
 
 
 def _base_config() -> ml_collections.ConfigDict:

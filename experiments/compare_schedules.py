@@ -78,16 +78,24 @@ ARMS = {
   "cdcd_fair": {"schedule.name": "cdcd", FAIR: True},
   "vdmpp_fair": {"schedule.name": "vdmpp", FAIR: True},
   "iddpm_fair": {"schedule.name": "iddpm", FAIR: True},
-  "infonoise": {"schedule.name": "infonoise"},
+  "infonoise": {"schedule.name": "infonoise"},  # the config's own InfoNoise setting
+  # the library's (configs/default.py): compensation, onset pivot; `fashion`'s before 2026-12-02
+  "infonoise_library": {
+    "schedule.name": "infonoise",
+    "schedule.infonoise.compensate": True,
+    "schedule.infonoise.gate": "onset",
+  },
   "infonoise_pinned": {"schedule.name": "infonoise", "schedule.infonoise.gate": "pinned"},
   "infonoise_nocomp": {"schedule.name": "infonoise", "schedule.infonoise.compensate": False},
   "infonoise_hold1": {"schedule.name": "infonoise", "schedule.infonoise.onset_refreshes": 1},
-}  # one name per distinct run: `infonoise` is the default (onset gate, compensation on)
+}  # `infonoise` is the config's setting: with configs/default.py:fashion on continuous data
+#   (no compensation, pinned 0.15) it is the same run as infonoise_nocomp / _pinned there
 DATA = {
   "native": {},  # the config's own data (dna, text, ...)
   "continuous": {},
   "binarized": {"data.binarize": True, "data.scale": 0.5},
 }
+DATA_VARIANTS = ("binarized",)  # data kinds a config file may know as a variant of its own
 
 
 def parse_arms(spec: str, extra) -> dict[str, dict]:
@@ -105,9 +113,22 @@ def parse_arms(spec: str, extra) -> dict[str, dict]:
   return arms
 
 
+def load_for_data(path: str, variant: str, data: str):
+  """The config file's config for a data kind: a file that knows the data kind as a variant
+  (configs/default.py: `binarized`) gets it as one more variant token, so its own recipe for
+  that data applies (e.g. `fashion` keeps InfoNoise's library setting on binarized data);
+  other files get DATA's keys alone."""
+  if data in DATA_VARIANTS:
+    try:
+      return load_config_file(path, ",".join(filter(None, (variant, data))))
+    except (TypeError, ValueError):  # no variants, or not this one
+      pass
+  return load_config_file(path, variant) if variant else load_config_file(path)
+
+
 def make_config(args, data: str, arm: dict):
   path, _, variant = args.config.partition(":")
-  c = load_config_file(path, variant) if variant else load_config_file(path)
+  c = load_for_data(path, variant, data)
   arm = dict(arm)
   fair = arm.pop(FAIR, False)
   c.update_from_flattened_dict({**DATA[data], **parse_overrides(args.set), **arm})

@@ -122,6 +122,27 @@ def test_every_named_arm_builds_and_fair_peers_take_infonoise_terms():
       assert sched.num_bins == info.num_bins and sched.warmup_steps == info.warmup_steps
 
 
+def test_data_kinds_take_the_config_files_own_recipe():
+  """`fashion` runs InfoNoise without compensation, gate pinned at 0.15, on continuous images;
+  binarized data (the harness's `binarized`) get configs/default.py's `binarized` variant,
+  i.e. the library setting, as `configs/default.py:fashion,binarized` gives it; a file
+  without variants (configs/test.py) gets the data keys alone."""
+  fashion = os.path.join(ROOT, "configs", "default.py") + ":fashion"
+  args = compare_schedules.parse(["--out=/unused", f"--config={fashion}"])
+  info = lambda c: (c.schedule.infonoise.compensate, c.schedule.infonoise.gate)
+  continuous = compare_schedules.make_config(args, "continuous", {})
+  binarized = compare_schedules.make_config(args, "binarized", {})
+  assert info(continuous) == (False, "pinned") and continuous.schedule.infonoise.gate_pivot == 0.15
+  assert info(binarized) == (True, "onset")
+  assert (binarized.data.binarize, binarized.data.scale) == (True, 0.5)
+  # an arm's keys still win over the recipe
+  arm = compare_schedules.ARMS["infonoise_library"]
+  assert info(compare_schedules.make_config(args, "continuous", arm)) == (True, "onset")
+  args = compare_schedules.parse(["--out=/unused", f"--config={TEST_CONFIG}"])
+  plain = compare_schedules.make_config(args, "binarized", {})
+  assert plain.data.binarize and info(plain) == info(load_config_file(TEST_CONFIG))
+
+
 def test_grid_study_and_final_samples_are_recorded_once(tmp_path):
   out = str(tmp_path)
   args = [*_args(out), "--seeds=0", "--grid_steps=3,4", "--grid_seeds=0", "--grid_samples=16"]

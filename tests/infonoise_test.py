@@ -359,3 +359,22 @@ def test_onset_refreshes_holds_the_pivot_after_n_refreshes(held):
     assert pivots[2] == pivots[1]
   with pytest.raises(ValueError, match="schedule.infonoise.onset_refreshes"):
     InfoNoise(onset_refreshes=-1)
+
+
+@pytest.mark.parametrize(
+  "variant, setting",
+  [
+    ("fashion", (False, "pinned", 0.15)),
+    ("fashion,infonoise", (False, "pinned", 0.15)),
+    ("fashion,binarized", (True, "onset", 0.2)),
+    ("binarized,fashion", (True, "onset", 0.2)),
+    ("", (True, "onset", 0.2)),
+  ],
+)
+def test_fashion_recipe_sets_the_continuous_image_setting_only(variant, setting):
+  """configs/default.py:fashion: continuous images without compensation, gate pinned at 0.15
+  (experiments/RESULTS.md section 14); binarized Fashion and other data keep the library's
+  setting, whatever the order of the variant tokens."""
+  c = default.get_config(variant).schedule.infonoise
+  assert (c.compensate, c.gate, c.gate_pivot) == setting
+  assert InfoNoise.from_config(default.get_config(variant)).compensate is setting[0]

@@ -29,6 +29,28 @@ def test_metric_noise_is_the_mean_resample_gap_and_nan_when_unmeasured():
   assert math.isnan(report.metric_noise([r for r in recs if not r["resample"]], "d"))
 
 
+def test_table_shows_every_evaluated_step_and_dashes_where_an_arm_has_none():
+  """Arms evaluated at different steps (a run scored only at its end beside one scored along
+  the way) keep all their columns; the range is at each arm's own last step."""
+  recs = [
+    _eval("curve", 0, 10, 4.0),
+    _eval("curve", 1, 10, 6.0),
+    _eval("curve", 0, 20, 2.0),
+    _eval("curve", 1, 20, 3.0),
+    _eval("end", 0, 20, 1.0),
+    _eval("end", 1, 20, 1.5),
+    _eval("short", 0, 10, 7.0),
+  ]
+  text = report.table(report.curves_by_arm(recs, "d"), ["curve", "end", "short", "absent"])
+  assert text.splitlines() == [
+    "| arm | seeds | 10 | 20 |",
+    "|---|---|---|---|",
+    "| curve | 2 | 5 | 2.5 (2..3) |",
+    "| end | 2 | - | 1.25 (1..1.5) |",
+    "| short | 1 | 7 (7..7) | - |",
+  ]
+
+
 def test_grid_table_averages_seeds_per_solver_grid_and_nfe():
   recs = [
     {

@@ -88,18 +88,20 @@ def schedule_of(records, arm: str) -> str:
 
 
 def table(curves: dict[str, dict[int, speedup.Curve]], arms: Sequence[str]) -> str:
-  """Markdown: seed-mean metric per evaluation step, min..max over seeds at the last one."""
+  """Markdown: seed-mean metric per evaluation step (every step any arm evaluated; `-` where an
+  arm has none), min..max over seeds at each arm's last step."""
   arms = [a for a in arms if a in curves]
-  steps = sorted(set.intersection(*(set(c.steps) for a in arms for c in curves[a].values())))
+  steps = sorted({s for a in arms for c in curves[a].values() for s in c.steps})
   head = "| arm | seeds | " + " | ".join(f"{int(s)}" for s in steps) + " |"
   lines = [head, "|---" * (len(steps) + 2) + "|"]
   for a in arms:
-    by_seed = curves[a]
+    by_seed = [dict(zip(c.steps, c.values, strict=True)) for c in curves[a].values()]
+    last = max(s for c in by_seed for s in c)
     cells = []
     for s in steps:
-      v = [dict(zip(c.steps, c.values, strict=True))[s] for c in by_seed.values()]
-      cell = f"{np.mean(v):.4g}"
-      if s == steps[-1]:
+      v = [c[s] for c in by_seed if s in c]
+      cell = f"{np.mean(v):.4g}" if v else "-"
+      if s == last:
         cell += f" ({min(v):.4g}..{max(v):.4g})"
       cells.append(cell)
     lines.append(f"| {a} | {len(by_seed)} | " + " | ".join(cells) + " |")
