@@ -9,6 +9,7 @@ restored step (the pipeline is a pure function of the step).
 import collections
 import dataclasses
 import functools
+import gc
 import os
 import threading
 import time
@@ -512,6 +513,11 @@ def _first_step_done(run: Run, state, log, started: float, step: int):
     ahead.source,
     helpers_s,
   )
+  # Everything made so far (modules, programs, the model's structure) lives for the whole run:
+  # out of the cyclic garbage collector's sight, a full collection in the loop scans only what
+  # the loop itself made (docs/design.md, "The loop and the garbage collector").
+  gc.collect()
+  gc.freeze()
   kind, peak = flops.device_peak(run.config)
   n = jax.device_count()
   log.progress.flops_per_step = count.flops
@@ -682,6 +688,7 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
     if step == num_steps:
       diagnostics.write_final(run, state, writer, workdir, step, log)
   finally:
+    gc.unfreeze()  # what the run froze is collectable again (several runs in one process)
     batches.close()
     log.progress.close()
     preempted.restore_handlers()

@@ -131,12 +131,18 @@ def test_error_while_compiling_the_helpers_ahead_is_raised(tmp_path, monkeypatch
     train.train_and_evaluate(_config(), str(tmp_path / "helpers"))
 
 
-def test_digits_end_to_end_leaves_logs_checkpoint_and_images(tmp_path, caplog):
+def test_digits_end_to_end_leaves_logs_checkpoint_and_images(tmp_path, caplog, monkeypatch):
+  import gc
+
   from tensorboard.backend.event_processing import event_accumulator
 
   workdir = tmp_path / "run"
+  frozen, freeze = [], gc.freeze
+  monkeypatch.setattr(gc, "freeze", lambda: (freeze(), frozen.append(gc.get_freeze_count())))
   with caplog.at_level(logging.INFO, logger="absl"):
     train.train_and_evaluate(_config(), str(workdir))
+  # the loop froze what setup made (out of the collector's scans) and unfroze it at the end
+  assert len(frozen) == 1 and frozen[0] > 1000 and gc.get_freeze_count() == 0
   # One short progress line per log window (8 steps, log_every 2), the per-bin losses not.
   progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
   assert [line.split(" | ")[0] for line in progress] == [f"step {s}/8" for s in (2, 4, 6, 8)]
