@@ -185,6 +185,9 @@ def _base_config() -> ml_collections.ConfigDict:
   c.train.fid_every = 0  # steps between FID evaluations; 0 = off
   c.train.fid_num_samples = 5000  # samples per FID evaluation
   c.train.profile_bins = 32  # bins of the per-noise-level loss summary
+  c.train.trace_start = 0  # device trace (jax.profiler) of the steps after this one, into
+  #                          <workdir>/tensorboard (TensorBoard's Profile tab); 0 = off
+  c.train.trace_steps = 10  # steps in that trace
   c.train.eval_every = 0  # steps between domain-metric evaluations (token data); 0 = off
   c.train.eval_num_samples = 512  # samples (and held-out windows) per domain evaluation
 

@@ -29,6 +29,8 @@ RESUMABLE = (
   "train.fid_every",
   "train.fid_num_samples",
   "train.profile_bins",
+  "train.trace_start",
+  "train.trace_steps",
   "train.eval_every",
   "train.eval_num_samples",
   "data.tfds_data_dir",

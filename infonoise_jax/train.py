@@ -599,6 +599,39 @@ def _train(run: Run, workdir: str, fresh: bool) -> TrainState:
     ckpt.close()
 
 
+class _Trace:
+  """A device trace (`jax.profiler`) of steps start+1 .. start+num, written where TensorBoard's
+  Profile tab finds it (`<workdir>/tensorboard/plugins/profile/`); start 0 = off. The trace
+  ends once those steps finished on the device; a run that stops first ends it on exit."""
+
+  def __init__(self, logdir: str, start: int, num: int):
+    self.logdir, self.start, self.stop_after = logdir, start, start + num
+    self.active = False
+
+  def before_step(self, done: int) -> None:
+    if self.start and done == self.start:
+      jax.profiler.start_trace(self.logdir)
+      self.active = True
+      logging.info("Tracing steps %d..%d into %s", done + 1, self.stop_after, self.logdir)
+
+  def after_step(self, done: int, state) -> None:
+    if self.active and done >= self.stop_after:
+      self.close(state)
+
+  def close(self, state=None) -> None:
+    if not self.active:
+      return
+    self.active = False
+    if state is not None:
+      jax.block_until_ready(state)  # the traced steps' device work is in the trace
+      jax.profiler.stop_trace()
+      return
+    try:  # the run is stopping (end, preemption or error): never mask why
+      jax.profiler.stop_trace()
+    except Exception as e:  # noqa: BLE001
+      logging.warning("Could not end the device trace: %s", e)
+
+
 def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eval) -> TrainState:
   """The step loop, from `state` to train.num_steps (or a preemption)."""
   config, t, step = run.config, run.config.train, int(state.step)
@@ -623,12 +656,14 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
   batches = run.device_batches(step, data_workers(config, run.source))
   in_flight = _InFlight(t.max_steps_in_flight)
   pending: _PendingSave | None = None  # a periodic save waiting for its guard
+  trace = _Trace(os.path.join(workdir, "tensorboard"), t.trace_start, t.trace_steps)
   started = time.monotonic()
   try:
     if run.ahead is None:  # not started by _train (its newest checkpoint was unreadable)
       run.ahead = CompileAhead(run)
     train_step = run.ahead.step().program  # compiled or loaded: the loop never traces it
     while step < num_steps:
+      trace.before_step(step)
       waited = time.perf_counter()
       batch = next(batches)
       dispatched = time.perf_counter()
@@ -637,6 +672,7 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
       if not log.progress.started:
         _first_step_done(run, state, log, started, step)
       returned = time.perf_counter()
+      trace.after_step(step, state)
       in_flight.add(step, step_metrics["loss"])
       log.data_wait += dispatched - waited
       log.dispatch += returned - dispatched
@@ -688,6 +724,7 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
     if step == num_steps:
       diagnostics.write_final(run, state, writer, workdir, step, log)
   finally:
+    trace.close()
     gc.unfreeze()  # what the run froze is collectable again (several runs in one process)
     batches.close()
     log.progress.close()

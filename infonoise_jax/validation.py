@@ -138,8 +138,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   )
   for key in ("log_every", "checkpoint_every", "keep_checkpoints", "num_samples", "profile_bins"):
     _require(t[key] >= 1, f"train.{key}", f"must be >= 1, got {t[key]}")
-  for key in ("sample_every", "fid_every"):
+  for key in ("sample_every", "fid_every", "trace_start"):
     _require(t[key] >= 0, f"train.{key}", f"must be >= 0 (0 = off), got {t[key]}")
+  _require(t.trace_steps >= 1, "train.trace_steps", f"must be >= 1, got {t.trace_steps}")
   _require(
     t.max_steps_in_flight >= 0,
     "train.max_steps_in_flight",

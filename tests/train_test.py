@@ -210,6 +210,7 @@ def test_warns_when_the_run_ends_before_the_schedule_adapts(caplog):
     ({"schedule.lognormal.p_std": float("nan")}, "schedule.lognormal.p_std"),
     ({"system.peak_tflops": -1.0}, "system.peak_tflops"),
     ({"train.max_steps_in_flight": -1}, "train.max_steps_in_flight"),
+    ({"train.trace_steps": 0}, "train.trace_steps"),
   ],
 )
 def test_bad_config_fails_before_compiling_naming_the_key(tmp_path, overrides, key):
@@ -282,6 +283,18 @@ def _scalars(workdir: pathlib.Path, tags=("loss", "grad_norm")) -> dict:
 
   s = trainer_bench.read_scalars(str(workdir / "tensorboard"))
   return {tag: s[tag] for tag in tags}
+
+
+def test_trace_of_chosen_steps_lands_where_tensorboard_reads_profiles(tmp_path, caplog):
+  """train.trace_start / trace_steps: a jax.profiler trace of those steps under
+  <workdir>/tensorboard/plugins/profile/<run>/, started and ended once, the run unchanged."""
+  config = _config(**{"train.num_steps": 6, "train.trace_start": 2, "train.trace_steps": 2})
+  with caplog.at_level(logging.INFO, logger="absl"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  traces = list((tmp_path / "run" / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+  assert caplog.text.count("Tracing steps 3..4") == 1
+  assert checkpointing.Checkpointer(str(tmp_path / "run"), 3).latest_step() == 6
 
 
 def test_the_run_ahead_bound_changes_no_result(tmp_path):
@@ -441,6 +454,8 @@ _LOOP_ONLY_CHANGES = {
   "train.fid_num_samples": 128,
   "train.eval_every": 2,
   "train.eval_num_samples": 16,
+  "train.trace_start": 3,
+  "train.trace_steps": 2,
   "data.tfds_data_dir": "/elsewhere/tfds",
   "data.local_dir": "/elsewhere/fashion",
   "data.path": "/elsewhere/file",
