@@ -14,9 +14,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   """The default config; `variant` is a comma list from `configs/default.py:<variant>`.
 
   Variants: any schedule name (sets schedule.name), `binarized` (data.binarize=True),
-  `mlp` (the MLP denoiser), `fashion` (Fashion-MNIST from the Debian package, 28x28, with
-  InfoNoise's continuous-image setting, `fashion_infonoise`; `fashion,binarized` keeps the
-  library's InfoNoise setting, the one measured on binarized data).
+  `mlp` (the MLP denoiser), `fashion` (Fashion-MNIST from the Debian package, 28x28; on
+  continuous images with InfoNoise's setting `FASHION_CONTINUOUS_INFONOISE`, while
+  `fashion,binarized` keeps the library's InfoNoise setting).
   """
   from infonoise_jax.schedules import SCHEDULES  # the one list of schedule names
 
