@@ -149,6 +149,15 @@ def upsample(x_BHWC: Array, resample_filter: tuple[int, ...]) -> Array:
   )
 
 
+def conv2d(x_BHWC: Array, w_KKIO: Array, pad: int) -> Array:
+  """Stride-1 convolution with `pad` pixels of zero padding on every side: every Conv2D's
+  convolution goes through here (one place to swap it, e.g. parallel_runs_bench.py's
+  `--conv_wgrad=taps`)."""
+  return jax.lax.conv_general_dilated(
+    x_BHWC, w_KKIO, (1, 1), [(pad, pad), (pad, pad)], dimension_numbers=_DIMS
+  )
+
+
 class Conv2D(nn.Module):
   """k x k convolution ('same' padding) with optional FIR up/down-sampling around it.
 
@@ -183,9 +192,7 @@ class Conv2D(nn.Module):
     p = self.kernel // 2
     if self.down and self.fused_down:
       p += (len(self.resample_filter) - 1) // 2
-    x = jax.lax.conv_general_dilated(
-      x, w.astype(self.dtype), (1, 1), [(p, p), (p, p)], dimension_numbers=_DIMS
-    )
+    x = conv2d(x, w.astype(self.dtype), p)
     if self.down and self.fused_down:
       x = downsample(x, self.resample_filter, pad=False)
     if not self.add_bias:  # the caller adds it (e.g. folded into a GroupNorm shift)
