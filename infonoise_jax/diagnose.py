@@ -41,7 +41,7 @@ import numpy as np
 from infonoise_jax import edm, profiles, steps
 from infonoise_jax.data import load_source
 from infonoise_jax.evaluation import plots
-from infonoise_jax.schedules import make_schedule
+from infonoise_jax.schedules import FIXED, make_schedule
 from infonoise_jax.validation import load_config_file
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x_BX, sigma_B) -> E[x0 | x]
@@ -132,19 +132,23 @@ def gated(log_sigma_G, q_G, pivot: float, power: float = 3.0) -> np.ndarray:
 
 
 def schedule_densities(config, names: Sequence[str], log_sigma_G, run_state=None) -> dict:
-  """{name: density of ln sigma on the grid}; 'run' is the trained run's own schedule state."""
+  """{label: density of ln sigma on the grid}. 'run' is the trained run's own schedule state
+  (labelled with its schedule); an adaptive schedule named here has no trained state, so it is
+  its initial law (its warm-up base for InfoNoise) and is labelled so."""
   out = {}
   for name in names:
     if name == "run":
       if run_state is None:
         raise ValueError("--schedules=run needs --workdir (a trained run's schedule state)")
       sched, state = run_state
+      label = f"run ({config.schedule.name}, as trained)"
     else:
       c = ml_collections.ConfigDict(config.to_dict())
       c.schedule.name = name
       sched = make_schedule(c)  # unknown names fail here with the valid list
       state = sched.init_state()  # adaptive schedules: their initial (base) law
-    out[name] = np.asarray(sched.density(state, jnp.asarray(log_sigma_G, jnp.float32)))
+      label = name if name in FIXED else f"{name} (initial law, untrained)"
+    out[label] = np.asarray(sched.density(state, jnp.asarray(log_sigma_G, jnp.float32)))
   return out
 
 

@@ -115,3 +115,26 @@ def test_empirical_prior_is_evaluated_on_its_own_points(tmp_path):
   # far above it the posterior mean is the points' mean: mmse -> their per-dim variance
   x = diagnose.load_source(c).array
   assert r["mmse"][-1] == pytest.approx(np.var(x, axis=0).mean(), rel=0.3)
+
+
+def test_schedule_rows_say_which_law_they_show():
+  """An adaptive schedule named in --schedules has no trained state: its row is its initial
+  law and says so (InfoNoise's is its warm-up base, the log-normal); the run's own row names
+  its schedule."""
+  from configs import default
+  from infonoise_jax.schedules import make_schedule
+
+  c = default.get_config()
+  sched = make_schedule(c)
+  x_G = np.linspace(np.log(0.002), np.log(80.0), 32)
+  d = diagnose.schedule_densities(
+    c, ["lognormal", "infonoise", "run"], x_G, (sched, sched.init_state())
+  )
+  assert list(d) == [
+    "lognormal",
+    "infonoise (initial law, untrained)",
+    "run (infonoise, as trained)",
+  ]
+  np.testing.assert_allclose(
+    d["infonoise (initial law, untrained)"], d["run (infonoise, as trained)"]
+  )
