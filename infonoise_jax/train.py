@@ -610,7 +610,11 @@ class _Trace:
 
   def before_step(self, done: int) -> None:
     if self.start and done == self.start:
-      jax.profiler.start_trace(self.logdir)
+      try:  # a trace is a diagnostic: a run never stops for one that cannot start
+        jax.profiler.start_trace(self.logdir)
+      except Exception as e:  # noqa: BLE001
+        logging.warning("Not tracing steps %d..%d: %s", done + 1, self.stop_after, e)
+        return
       self.active = True
       logging.info("Tracing steps %d..%d into %s", done + 1, self.stop_after, self.logdir)
 

@@ -297,6 +297,18 @@ def test_trace_of_chosen_steps_lands_where_tensorboard_reads_profiles(tmp_path, 
   assert checkpointing.Checkpointer(str(tmp_path / "run"), 3).latest_step() == 6
 
 
+def test_a_trace_that_cannot_start_warns_and_the_run_goes_on(tmp_path, caplog, monkeypatch):
+  def refuse(logdir):
+    raise RuntimeError("profiler already in use")
+
+  monkeypatch.setattr(jax.profiler, "start_trace", refuse)
+  config = _config(**{"train.num_steps": 4, "train.trace_start": 1, "train.trace_steps": 2})
+  with caplog.at_level(logging.INFO, logger="absl"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert "Not tracing steps 2..3: profiler already in use" in caplog.text
+  assert checkpointing.Checkpointer(str(tmp_path / "run"), 3).latest_step() == 4
+
+
 def test_the_run_ahead_bound_changes_no_result(tmp_path):
   """Bounded or not, the run trains the same steps: final state, checkpoints and logged
   metrics bitwise equal; the periodic checkpoint holds the state of its own step, as a run
