@@ -623,14 +623,14 @@ class _Trace:
       self.close(state)
 
   def close(self, state=None) -> None:
+    """Ends the trace: after `state` is computed when given (the traced steps' device work
+    is in it); a failure to end it is a warning, never why a run stops."""
     if not self.active:
       return
     self.active = False
     if state is not None:
-      jax.block_until_ready(state)  # the traced steps' device work is in the trace
-      jax.profiler.stop_trace()
-      return
-    try:  # the run is stopping (end, preemption or error): never mask why
+      jax.block_until_ready(state)
+    try:
       jax.profiler.stop_trace()
     except Exception as e:  # noqa: BLE001
       logging.warning("Could not end the device trace: %s", e)
@@ -672,15 +672,17 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
       batch = next(batches)
       dispatched = time.perf_counter()
       state, step_metrics = train_step(state, batch)
-      step += 1
-      if not log.progress.started:
-        _first_step_done(run, state, log, started, step)
       returned = time.perf_counter()
+      step += 1
+      if log.progress.started:
+        log.data_wait += dispatched - waited
+        log.dispatch += returned - dispatched
+      else:  # the windows' clock starts after this step: its compile is in no window
+        _first_step_done(run, state, log, started, step)
       trace.after_step(step, state)
+      waiting = time.perf_counter()
       in_flight.add(step, step_metrics["loss"])
-      log.data_wait += dispatched - waited
-      log.dispatch += returned - dispatched
-      log.device_wait += time.perf_counter() - returned
+      log.device_wait += time.perf_counter() - waiting
       ckpt.check_saves()  # a failed background save stops the run here
       log.add(step_metrics)
       if pending is not None and pending.guard is None:  # this step is the guard's probe
