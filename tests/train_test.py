@@ -369,7 +369,25 @@ def test_in_flight_bound_unit():
   assert waited == [(1, "m1"), (2, "m2"), (3, "m3")]
 
 
-def test_stored_step_is_loaded_not_traced_and_trains_the_same(tmp_path, monkeypatch):
+@pytest.fixture
+def no_persistent_cache():
+  """JAX's persistent compilation cache off for the test, back to before after it. The store
+  keeps only steps compiled in the process (`cache_hits_on_this_thread`); a cache folder that
+  an earlier process filled with the same program (a developer's ~/.cache, a CI machine's
+  home kept between runs) would make the step a cache hit and leave the store empty."""
+  from jax.experimental.compilation_cache import compilation_cache
+
+  before = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  compilation_cache.reset_cache()  # jax decides once per process whether the cache is used
+  yield
+  jax.config.update("jax_enable_compilation_cache", before)
+  compilation_cache.reset_cache()
+
+
+def test_stored_step_is_loaded_not_traced_and_trains_the_same(
+  tmp_path, monkeypatch, no_persistent_cache
+):
   """With the step store on (step_executables), a second run of the same config neither
   traces nor compiles the step, and its state is bitwise the first's; a changed config
   misses the store and traces again. One device of the eight: the stored executable must
@@ -387,8 +405,7 @@ def test_stored_step_is_loaded_not_traced_and_trains_the_same(tmp_path, monkeypa
     out = []
     return _count_compiles(run), out[0]
 
-  # A learning rate no other test uses: its step is compiled here, not loaded from a
-  # persistent cache an earlier in-process main() turned on (those are not stored).
+  # A learning rate no other test uses: no other test's step is the same program.
   unique = {"optim.lr": 3.217e-4}
   first_compiles, first = train_in("first", _config(**unique))
   assert first_compiles["jit(train_step)"] == ["compile_ahead"]
@@ -402,7 +419,7 @@ def test_stored_step_is_loaded_not_traced_and_trains_the_same(tmp_path, monkeypa
 
 
 def test_resume_with_more_steps_loads_the_stored_step_and_matches_a_straight_run(
-  tmp_path, monkeypatch
+  tmp_path, monkeypatch, no_persistent_cache
 ):
   """A run stopped at step 4 and resumed to 8 (a different train.num_steps, left out of the
   key) calls the stored executable on the restored state: no compile of the step, and the
