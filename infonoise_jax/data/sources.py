@@ -16,6 +16,11 @@ data is +-0.5, i.e. scale 0.5) and finally multiplied by `scale`.
                        (L, V) arrays (data/tokens.py); split 'train' | 'test' (held out).
   tfds:<name>          any TFDS dataset with a fixed-size uint8 image feature, read by random
                        access (`builder.as_data_source`, no TensorFlow); never downloads.
+  images               the user's own images at `data.path`: a .npy / .npz array (N, H, W[, C])
+                       of uint8 (or integers in 0..255, bool, floats in [0, 1]), or a folder of
+                       image files (PNG, JPEG, ...; searched recursively, read in sorted path
+                       order, RGB if any is in colour, else grayscale; alpha dropped). One
+                       split ('train'); all images of one square size.
 
 Small sets are held in memory as one float32 array; tfds sets above `MAX_IN_MEMORY_BYTES`
 are read lazily, a batch at a time. Synthetic sets are fixed: split 'train' draws from
@@ -24,6 +29,7 @@ seed 0, 'test' from seed 1, independent of the training seed.
 
 import dataclasses
 import gzip
+import hashlib
 import os
 import zlib
 from collections.abc import Callable
@@ -38,8 +44,11 @@ from infonoise_jax.data.tokens import TokenEncoding
 MAX_IN_MEMORY_BYTES = 2 * 2**30  # float32 bytes above which a tfds set is read lazily
 LOCAL_NAMES = ("digits", "fashion_mnist_local", "gaussian_mixture", "toy2d")
 TOKEN_NAMES = ("dna", "text")
+OWN_IMAGES = "images"  # data.name of the user's own images at data.path
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 VALID_NAMES = (
   *LOCAL_NAMES,
+  OWN_IMAGES,
   *TOKEN_NAMES,
   *(f"toy2d:{k}" for k in synthetic.TOY2D_KINDS),
   "tfds:<name>",
@@ -115,6 +124,8 @@ def load_source(config: ml_collections.ConfigDict) -> Source:
     return tfds_source(name[5:], d)
   if name in TOKEN_NAMES:
     return token_source(d)
+  if name == OWN_IMAGES:
+    return own_images_source(d)
   base, _, kind = name.partition(":")
   if base not in LOCAL_NAMES or (kind and (base != "toy2d" or kind not in synthetic.TOY2D_KINDS)):
     raise ValueError(f"Unknown data.name={name!r}; valid: {', '.join(VALID_NAMES)}")
@@ -217,6 +228,178 @@ def _fashion_mnist_local(d) -> Source:
   u_NHWC = read_idx(image_file)[..., None]
   labels_N = read_idx(label_file).astype(np.int32)
   return _image_source("fashion_mnist_local", u_NHWC, 255.0, d, labels_N)
+
+
+def _own_images_path(d) -> str:
+  if d.split != "train":
+    raise ValueError(
+      f"data.split={d.split!r}: data.name='images' has one split, 'train' (data.path holds it); "
+      "to train on other images, point --config.data.path at them"
+    )
+  if not d.path:
+    raise ValueError(
+      "data.name='images' reads data.path: set --config.data.path to a .npy / .npz file of "
+      "images (N, H, W[, C]) or to a folder of image files"
+    )
+  path = os.path.abspath(os.path.expanduser(d.path))
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"data.path={d.path!r} does not exist (data.name='images')")
+  return path
+
+
+def _image_files(folder: str) -> list[str]:
+  files = []
+  for dirpath, dirnames, filenames in os.walk(folder):
+    dirnames.sort()
+    dirnames[:] = [n for n in dirnames if not n.startswith(".")]
+    files += [
+      os.path.join(dirpath, f)
+      for f in sorted(filenames)
+      if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith(".")
+    ]
+  return files
+
+
+def _read_image_folder(folder: str, max_bytes: int) -> np.ndarray:
+  """Every image file under `folder` as one uint8 (N, H, W, C) array, C = 3 if any image is
+  in colour, else 1. Sizes are checked from the headers before any pixel is decoded."""
+  from PIL import Image
+
+  files = _image_files(folder)
+  if not files:
+    raise ValueError(
+      f"data.path={folder!r} holds no image files ({', '.join(IMAGE_SUFFIXES)}, searched "
+      "recursively)"
+    )
+  gray = {"1", "L", "LA"}
+  colour, size0 = False, None
+  for f in files:
+    try:
+      with Image.open(f) as im:
+        size, mode = im.size, im.mode
+    except Exception as e:  # not an image after all, or a torn file
+      raise ValueError(f"data.path: cannot read {f} as an image ({e}); remove or fix it") from e
+    if mode.startswith(("I", "F")):  # 16/32-bit or float pixels: 8-bit conversion would clip
+      raise ValueError(
+        f"data.path: {f} has {mode} pixels (16-bit, 32-bit or float); convert the images to "
+        "8 bits per channel first, or save them as a .npy array of floats in [0, 1]"
+      )
+    if size0 is None:
+      size0 = size
+    elif size != size0:
+      raise ValueError(
+        f"data.path={folder!r}: {f} is {size[0]}x{size[1]} but {files[0]} is "
+        f"{size0[0]}x{size0[1]}; resize the images to one size first"
+      )
+    colour |= mode not in gray and not (mode == "P" and _palette_is_gray(f))
+  c = 3 if colour else 1
+  _check_fits_in_memory(folder, (len(files), size0[1], size0[0], c), max_bytes)
+  out = np.empty((len(files), size0[1], size0[0], c), np.uint8)
+  for i, f in enumerate(files):
+    with Image.open(f) as im:
+      out[i] = np.asarray(im.convert("RGB" if colour else "L")).reshape(out.shape[1:])
+  return out
+
+
+def _palette_is_gray(path: str) -> bool:
+  from PIL import Image
+
+  with Image.open(path) as im:
+    rgb = np.asarray(im.convert("RGB"))
+  return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+
+def _check_fits_in_memory(path: str, shape: tuple[int, ...], max_bytes: int) -> None:
+  need = int(np.prod(shape)) * 4
+  if need > max_bytes:
+    raise ValueError(
+      f"data.path={path!r}: {shape[0]} images of {shape[1:]} need {need / 2**30:.1f} GiB as "
+      f"float32, above the {max_bytes / 2**30:.0f} GiB that data.name='images' holds in memory; "
+      "prepare them as a TFDS dataset (read lazily: data.name='tfds:<name>') or use fewer"
+    )
+
+
+def _read_image_array(path: str) -> np.ndarray:
+  """The array of a .npy file, or of a .npz file's 'images' key (or its only array)."""
+  fix = "save the images with np.save(path, x) or np.savez(path, images=x)"
+  if not path.endswith((".npy", ".npz")):
+    raise ValueError(
+      f"data.path={path!r}: data.name='images' reads a .npy or .npz file or a folder of images"
+    )
+  try:
+    if path.endswith(".npy"):
+      return np.load(path, mmap_mode="r", allow_pickle=False)  # shape checked before reading
+    with np.load(path, allow_pickle=False) as z:
+      arrays = {k: z[k] for k in z.files if k == "images" or len(z.files) == 1}
+      keys = list(z.files)
+  except (OSError, EOFError, ValueError, zlib.error) as e:  # torn, pickled, or not numpy
+    raise ValueError(f"data.path={path!r}: not a readable numpy array file ({e}); {fix}") from e
+  if not arrays:
+    raise ValueError(f"data.path={path!r} holds arrays {keys} and none is named 'images'; {fix}")
+  return arrays.get("images", next(iter(arrays.values())))
+
+
+def _as_nhwc(x: np.ndarray, path: str) -> np.ndarray:
+  if x.ndim == 3:
+    x = x[..., None]
+  if x.ndim != 4:
+    raise ValueError(
+      f"data.path={path!r}: images must be an array (N, H, W) or (N, H, W, C), got shape {x.shape}"
+    )
+  if x.shape[-1] > 4 and x.shape[1] in (1, 3, 4):
+    raise ValueError(
+      f"data.path={path!r}: shape {x.shape} looks channel-first (N, C, H, W); images are "
+      "channel-last: save np.transpose(x, (0, 2, 3, 1))"
+    )
+  if len(x) == 0:
+    raise ValueError(f"data.path={path!r} holds no images (shape {x.shape})")
+  return x
+
+
+def _pixel_range(x: np.ndarray, path: str) -> float:
+  """The top of the pixel range [0, max] that maps onto [-scale, scale]."""
+  if x.dtype == np.uint8:
+    return 255.0
+  if x.dtype == np.bool_:
+    return 1.0
+  if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+    raise ValueError(f"data.path={path!r}: images of dtype {x.dtype} are not pixel values")
+  lo, hi = float(np.min(x)), float(np.max(x))
+  if not (np.isfinite(lo) and np.isfinite(hi)):
+    raise ValueError(f"data.path={path!r}: the images hold NaN or Inf")
+  if np.issubdtype(x.dtype, np.integer) and lo >= 0 and hi <= 255:
+    return 255.0
+  if np.issubdtype(x.dtype, np.floating) and lo >= 0 and hi <= 1:
+    return 1.0
+  want = "0..255" if np.issubdtype(x.dtype, np.integer) else "[0, 1]"
+  raise ValueError(
+    f"data.path={path!r}: {x.dtype} pixel values span [{lo:g}, {hi:g}], outside {want}; "
+    "store uint8 pixels 0..255 (or floats in [0, 1])"
+  )
+
+
+def own_images_source(d, max_bytes: int = MAX_IN_MEMORY_BYTES) -> Source:
+  """data.name='images': the user's own images at data.path (module docstring), in memory."""
+  path = _own_images_path(d)
+  if os.path.isdir(path):
+    u_NHWC = _read_image_folder(path, max_bytes)
+  else:
+    u_NHWC = _as_nhwc(_read_image_array(path), path)
+    _check_fits_in_memory(path, u_NHWC.shape, max_bytes)
+  max_value = _pixel_range(u_NHWC, path)
+  return _image_source(f"images ({path})", u_NHWC, max_value, d)
+
+
+def own_images_fingerprint(path: str) -> str:
+  """A short hash of what data.path holds by name, size and modification time (a file, or
+  every image file of a folder): the FID reference cache's name for data.name='images'."""
+  path = os.path.abspath(os.path.expanduser(path))
+  files = _image_files(path) if os.path.isdir(path) else [path]
+  h = hashlib.sha256(path.encode())
+  for f in files:
+    st = os.stat(f)
+    h.update(f"{os.path.relpath(f, path)}|{st.st_size}|{st.st_mtime_ns}".encode())
+  return h.hexdigest()[:12]
 
 
 def _prepare_command(name: str, data_dir: str) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from infonoise_jax.data import Source, load_source
+from infonoise_jax.data.sources import OWN_IMAGES, own_images_fingerprint
 from infonoise_jax.evaluation import fid, images, inception
 
 
@@ -26,6 +27,8 @@ def reference_name(config: ml_collections.ConfigDict) -> str:
   """Cache name identifying the reference images: dataset, train split, size, binarization."""
   d = config.data
   name = f"{d.name}_train"
+  if d.name == OWN_IMAGES:  # the user's own images: named by what data.path holds
+    name = f"{d.name}_{own_images_fingerprint(d.path)}_train"
   if d.image_size:
     name += f"_{d.image_size}px"
   return name + ("_binarized" if d.binarize else "")

@@ -1,0 +1,165 @@
+"""data.name='images': a user's own images from a .npy / .npz array or a folder of files."""
+
+import os
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs.default import get_config
+from infonoise_jax import train
+from infonoise_jax.data import load_source
+from infonoise_jax.data.sources import own_images_source
+from infonoise_jax.evaluation.model_fid import reference_name
+from infonoise_jax.validation import load_config_file
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _config(path, **data):
+  c = get_config()
+  c.data.update({"name": "images", "path": str(path), **data})
+  return c
+
+
+def _pixels(n=12, size=8, channels=3, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (n, size, size, channels), np.uint8)
+
+
+def _expected(u_NHWC, scale=1.0, top=255.0):
+  """The module docstring's map, written out: [0, top] -> [-scale, scale]."""
+  return ((u_NHWC.astype(np.float64) / top) * 2.0 - 1.0) * scale
+
+
+def _write_folder(folder, u_NHWC, names=None):
+  names = names or [f"{i:03d}.png" for i in range(len(u_NHWC))]
+  for name, u in zip(names, u_NHWC, strict=True):
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(u[..., 0] if u.shape[-1] == 1 else u).save(path)
+
+
+def test_npy_npz_and_folder_give_the_pixels(tmp_path):
+  u = _pixels()
+  np.save(tmp_path / "x.npy", u)
+  np.savez(tmp_path / "x.npz", labels=np.arange(len(u)), images=u)
+  # Nested folders read in sorted path order: a/ before b/, files sorted inside each.
+  names = [f"{'ab'[i // 6]}/{i:03d}.png" for i in range(len(u))]
+  _write_folder(tmp_path / "folder", u, names)
+  for path in ("x.npy", "x.npz", "folder"):
+    src = load_source(_config(tmp_path / path, scale=0.5))
+    assert src.is_image and src.shape == (8, 8, 3) and src.num_examples == len(u)
+    np.testing.assert_allclose(src.array, _expected(u, 0.5), atol=1e-6)
+
+
+def test_gray_arrays_and_image_size(tmp_path):
+  u = _pixels(channels=1)
+  np.save(tmp_path / "gray.npy", u[..., 0])  # (N, H, W): one channel
+  src = load_source(_config(tmp_path / "gray.npy", image_size=4))
+  want = _expected(u).reshape(len(u), 4, 2, 4, 2, 1).mean(axis=(2, 4))
+  np.testing.assert_allclose(src.array, want, atol=1e-6)
+  _write_folder(tmp_path / "folder", u)
+  np.testing.assert_allclose(
+    load_source(_config(tmp_path / "folder")).array, _expected(u), atol=1e-6
+  )
+
+
+def test_a_folder_with_one_colour_image_is_read_as_rgb(tmp_path):
+  gray, colour = _pixels(4, channels=1), _pixels(2, seed=1)
+  _write_folder(tmp_path, gray, [f"g{i}.png" for i in range(4)])
+  _write_folder(tmp_path, colour, ["c0.png", "c1.png"])
+  src = load_source(_config(tmp_path))
+  assert src.shape == (8, 8, 3)
+  want = np.concatenate([colour, np.repeat(gray, 3, axis=-1)])  # sorted: c0, c1, g0..g3
+  np.testing.assert_allclose(src.array, _expected(want), atol=1e-6)
+
+
+def test_other_pixel_types(tmp_path):
+  u = _pixels(channels=1)
+  for name, x, top in (
+    ("ints.npy", u.astype(np.int64), 255.0),
+    ("unit.npy", u.astype(np.float32) / 255.0, 255.0),
+    ("bool.npy", u > 127, 1.0),
+  ):
+    np.save(tmp_path / name, x)
+    src = load_source(_config(tmp_path / name))
+    want = _expected(u, top=255.0) if top == 255.0 else _expected(x.astype(np.uint8), top=1.0)
+    np.testing.assert_allclose(src.array, want, atol=1e-5)
+  src = load_source(_config(tmp_path / "bool.npy", binarize=True, scale=0.5))
+  assert set(np.unique(src.array)) == {-0.5, 0.5}
+
+
+@pytest.mark.parametrize(
+  "make, message",
+  [
+    (lambda d: None, "does not exist"),
+    (lambda d: np.save(d / "x.npy", _pixels()[:, :, :, 0].astype(np.float32)), "outside [0, 1]"),
+    (lambda d: np.save(d / "x.npy", -_pixels().astype(np.int16)), "outside 0..255"),
+    (lambda d: np.save(d / "x.npy", np.full((2, 4, 4), np.nan, np.float32)), "NaN"),
+    (lambda d: np.save(d / "x.npy", _pixels().transpose(0, 3, 1, 2)), "channel-first"),
+    (lambda d: np.save(d / "x.npy", _pixels()[0, 0]), "must be an array (N, H, W)"),
+    (lambda d: np.save(d / "x.npy", _pixels(4, 8)[:, :, :6]), "only square"),
+    (lambda d: np.savez(d / "x.npz", a=_pixels(), b=_pixels()), "none is named 'images'"),
+    (lambda d: (d / "x.npy").write_bytes(b"torn"), "not a readable numpy array file"),
+  ],
+)
+def test_bad_arrays_are_named(tmp_path, make, message):
+  make(tmp_path)
+  with pytest.raises((ValueError, FileNotFoundError), match=None) as e:
+    load_source(
+      _config(tmp_path / "x.npy" if (tmp_path / "x.npy").exists() else tmp_path / "x.npz")
+    )
+  assert message in str(e.value)
+
+
+def test_bad_folders_and_settings_are_named(tmp_path):
+  with pytest.raises(ValueError, match="holds no image files"):
+    load_source(_config(tmp_path))
+  _write_folder(tmp_path, _pixels(2))
+  Image.fromarray(_pixels(1, 16)[0]).save(tmp_path / "big.png")
+  with pytest.raises(ValueError, match="big.png is 16x16 .* resize the images"):
+    load_source(_config(tmp_path))
+  (tmp_path / "big.png").write_bytes(b"not a png")
+  with pytest.raises(ValueError, match="cannot read .*big.png as an image"):
+    load_source(_config(tmp_path))
+  (tmp_path / "big.png").unlink()
+  Image.fromarray(np.zeros((8, 8), np.uint16)).save(tmp_path / "deep.png")
+  with pytest.raises(ValueError, match="deep.png has I.* pixels"):
+    load_source(_config(tmp_path))
+  with pytest.raises(ValueError, match="set --config.data.path"):
+    load_source(_config(""))
+  with pytest.raises(ValueError, match="one split, 'train'"):
+    load_source(_config(tmp_path, split="test"))
+  np.save(tmp_path / "x.npy", _pixels())
+  with pytest.raises(ValueError, match="need .* GiB .* TFDS"):
+    own_images_source(_config(tmp_path / "x.npy").data, max_bytes=1000)
+
+
+def test_fid_reference_cache_is_named_by_the_images(tmp_path):
+  """Two image sets under the same data.name must not share cached FID statistics."""
+  np.save(tmp_path / "a.npy", _pixels())
+  np.save(tmp_path / "b.npy", _pixels(seed=1))
+  a, b = (reference_name(_config(tmp_path / f)) for f in ("a.npy", "b.npy"))
+  assert a != b and a == reference_name(_config(tmp_path / "a.npy"))
+  _write_folder(tmp_path / "f", _pixels(3))
+  before = reference_name(_config(tmp_path / "f"))
+  _write_folder(tmp_path / "f", _pixels(1, seed=2), ["zz.png"])  # one image more
+  assert reference_name(_config(tmp_path / "f")) != before
+
+
+def test_training_on_an_array_equals_training_on_its_files(tmp_path):
+  """The whole run (validation, pipeline, step, checkpoint) on data.name='images': the same
+  images as an array or as PNG files train to the same state."""
+  u = _pixels(32, channels=1)
+  np.save(tmp_path / "x.npy", u)
+  _write_folder(tmp_path / "files", u)
+  states = []
+  for path in ("x.npy", "files"):
+    c = load_config_file(ROOT / "configs" / "test.py")
+    c.data.update({"name": "images", "path": str(tmp_path / path)})
+    states.append(jax.device_get(train.train_and_evaluate(c, str(tmp_path / f"run_{path}"))))
+    assert os.path.isdir(tmp_path / f"run_{path}" / "checkpoints")
+  for x, y in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1]), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
