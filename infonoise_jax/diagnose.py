@@ -38,11 +38,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from infonoise_jax import edm, profiles, steps
+from infonoise_jax import cli, edm, profiles, steps
 from infonoise_jax.data import load_source
 from infonoise_jax.evaluation import plots
 from infonoise_jax.schedules import FIXED, make_schedule
-from infonoise_jax.validation import load_config_file
+from infonoise_jax.validation import apply_overrides, load_config_file
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x_BX, sigma_B) -> E[x0 | x]
 WINDOW = (0.1, 0.9)  # CDF quantiles of the gated profile bounding the informative window
@@ -275,6 +275,11 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument("--out", required=True)
   p.add_argument("--workdir", default="", help="a trained run (its config and checkpoint)")
   p.add_argument("--config", default="", help="path[:variant], for a dataset alone")
+  p.add_argument(
+    "--set",
+    action="append",
+    help="with --config: a config override key=value (repeatable), e.g. data.path=x.npy",
+  )
   p.add_argument("--prior", default="", help="model | empirical | mixture; '' = model if --workdir")
   p.add_argument("--params", default="ema", choices=("ema", "params"))
   p.add_argument("--schedules", default="lognormal,loguniform,infonoise")
@@ -283,14 +288,21 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument("--num_points", type=int, default=2000, help="empirical prior: data points")
   p.add_argument("--grid_points", type=int, default=64)
   p.add_argument("--batch", type=int, default=256, help="held-out examples per denoiser call")
+  p.add_argument("--debug", action="store_true", help="show the traceback of an error")
   args = p.parse_args(argv)
   if bool(args.workdir) == bool(args.config):
     p.error("give exactly one of --workdir (a trained run) or --config (a dataset alone)")
+  if args.set and args.workdir:
+    p.error("--set changes the --config of a dataset alone; a --workdir keeps its run's config")
   return args
 
 
 def main(argv=None) -> None:
   args = parse(argv)
+  cli.run_command(lambda: _command(args), args.debug)
+
+
+def _command(args: argparse.Namespace) -> None:
   trained = run_state = None
   if args.workdir:
     config, trained, run_state, step = _from_workdir(args.workdir, args.params)
@@ -298,6 +310,7 @@ def main(argv=None) -> None:
   else:
     path, _, variant = args.config.partition(":")
     config = load_config_file(path, variant) if variant else load_config_file(path)
+    apply_overrides(config, args.set)
   prior = args.prior or ("model" if args.workdir else "empirical")
   names = [n for n in args.schedules.split(",") if n]
   if args.workdir and "run" not in names:

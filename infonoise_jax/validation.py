@@ -69,6 +69,21 @@ def parse_overrides(items) -> dict:
   return out
 
 
+def apply_overrides(config: ml_collections.ConfigDict, items, flag: str = "--set") -> None:
+  """Applies `flag key=value` items to `config` in place; an unknown key or a value of the
+  wrong type is a ValueError naming the item (before any data is read)."""
+  known = _flat_keys(config)
+  for key, value in parse_overrides(items).items():
+    if key not in known:
+      raise ValueError(
+        f"{flag} {key}=...: no such config key; every key is defined in configs/default.py"
+      )
+    try:
+      config.update_from_flattened_dict({key: value})
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"{flag} {key}={value!r}: {e}") from e
+
+
 def default_config(variant: str = "") -> ml_collections.ConfigDict:
   """The shipped `configs/default.py` config; a config file of your own, anywhere on disk, can
   start from it: `from infonoise_jax.validation import default_config`."""
