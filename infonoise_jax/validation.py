@@ -153,7 +153,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   )
   for key in ("log_every", "checkpoint_every", "keep_checkpoints", "num_samples", "profile_bins"):
     _require(t[key] >= 1, f"train.{key}", f"must be >= 1, got {t[key]}")
-  for key in ("sample_every", "fid_every", "trace_start"):
+  for key in ("sample_every", "fid_every", "eval_every", "trace_start"):
     _require(t[key] >= 0, f"train.{key}", f"must be >= 0 (0 = off), got {t[key]}")
   _require(t.trace_steps >= 1, "train.trace_steps", f"must be >= 1, got {t.trace_steps}")
   _require(
@@ -166,6 +166,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   _require(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
   for key in ("b1", "b2"):
     _require(0 <= o[key] < 1, f"optim.{key}", f"must be in [0, 1), got {o[key]}")
+  _require(
+    o.eps > 0,
+    "optim.eps",
+    f"must be > 0 (Adam divides by sqrt(v) + eps; 0 gives NaN where a gradient is 0), got "
+    f"{o.eps}; e.g. --config.optim.eps=1e-8",
+  )
   _require(o.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 = off), got {o.grad_clip}")
   _require(o.ema_halflife_kimg > 0, "optim.ema_halflife_kimg", "must be > 0")
   _require(o.ema_warmup_ratio >= 0, "optim.ema_warmup_ratio", "must be >= 0 (0 = off)")

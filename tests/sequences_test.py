@@ -138,6 +138,9 @@ def test_single_plain_text_file_split_at_its_tail(tmp_path):
     ("dna", dict(val_fraction=1.0), ValueError, "data.val_fraction"),
     ("dna", dict(split="validation"), ValueError, "data.split"),
     ("text", dict(vocab="aa"), ValueError, "data.vocab"),
+    ("dna", dict(random_flip=True), ValueError, "data.random_flip"),
+    ("text", dict(binarize=True), ValueError, "data.binarize"),
+    ("dna", dict(image_size=4), ValueError, "data.image_size"),
   ],
 )
 def test_bad_token_config_fails_naming_the_key(name, data, error, match):

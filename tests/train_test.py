@@ -211,6 +211,8 @@ def test_warns_when_the_run_ends_before_the_schedule_adapts(caplog):
     ({"system.peak_tflops": -1.0}, "system.peak_tflops"),
     ({"train.max_steps_in_flight": -1}, "train.max_steps_in_flight"),
     ({"train.trace_steps": 0}, "train.trace_steps"),
+    ({"train.eval_every": -1}, "train.eval_every"),
+    ({"optim.eps": 0.0}, "optim.eps"),
   ],
 )
 def test_bad_config_fails_before_compiling_naming_the_key(tmp_path, overrides, key):

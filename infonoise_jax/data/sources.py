@@ -519,7 +519,9 @@ def _check_token_keys(d) -> None:
     "unknown_policy",
     f"must be one of {', '.join(sequences.UNKNOWN_POLICIES)}",
   )
-  require(not (d.image_size or d.binarize or d.random_flip), "image_size", "images only; use 0")
+  require(not d.image_size, "image_size", "images only; use 0 for token data")
+  require(not d.binarize, "binarize", "images only; use False for token data")
+  require(not d.random_flip, "random_flip", "images only; use False for token data")
 
 
 def token_encoding(d, groups_train: list[tuple[str, str]] | None = None) -> TokenEncoding:
