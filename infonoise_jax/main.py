@@ -10,6 +10,8 @@ config path that does not exist is looked up among the shipped configs by file n
 
 import logging as logging_lib
 import os
+import re
+import sys
 
 import jax
 from absl import app, flags, logging
@@ -55,6 +57,8 @@ def _train_command() -> None:
     jax.local_device_count(),
     jax.devices()[0].device_kind,
   )
+  if not FLAGS.workdir.strip():
+    raise ValueError("--workdir is empty: give the run's folder, e.g. --workdir=runs/digits")
   workdir = os.path.expanduser(FLAGS.workdir)
   train.train_and_evaluate(config, workdir, fresh=FLAGS.fresh)
 
@@ -82,9 +86,44 @@ def _resolve_config_arg(argv: list[str]) -> list[str]:
   return out
 
 
+def _flag_error(e: Exception, argv: list[str]) -> str:
+  """One line for a command line that cannot be parsed, naming the flag or key."""
+  text = str(e)
+  if isinstance(e, KeyError | AttributeError):  # an override of a key the config lacks
+    # ml_collections' text: 'num_stepz' [Did you mean "num_steps" instead of "num_stepz"?]
+    guess = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', text)
+    key = guess.group(2) if guess else next(iter(re.findall(r"\w+", text)), "?")
+    given = [a.split("=")[0] for a in argv if re.match(rf"--config\.(\w+\.)*{key}(\.|=|$)", a)]
+    where = given[0] if given else f"--config override {key!r}"
+    hint = f' Did you mean "{guess.group(1)}"?' if guess else ""
+    return f"{where}: no such config key.{hint} Every key is defined in configs/default.py."
+  if "Traceback (most recent call last)" in text:  # the config file's own error, e.g. a variant
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    flag = lines[0].split(": Error whilst parsing")[0]
+    cause = re.sub(r"^\w+(Error|Exception): ", "", lines[-1])
+    return f"{flag}: {cause}"
+  extra = " (--helpshort lists the flags)" if isinstance(e, flags.UnrecognizedFlagError) else ""
+  return cli.one_line(e) + extra
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, ending a bad command line as every user error ends (cli.py): one
+  `error:` line naming the flag or key (a config file that is not there, a variant it does not
+  have, a mistyped key or value, an unknown flag); --debug / INFONOISE_DEBUG=1 keep the
+  traceback."""
+  try:
+    return FLAGS(_resolve_config_arg(argv))
+  except (flags.Error, app.UsageError, AttributeError, KeyError, TypeError, ValueError) as e:
+    if cli.debug_requested("--debug" in argv):
+      raise
+    hint = f"(--debug or {cli.DEBUG_ENV}=1 shows the traceback)"
+    print(f"error: {_flag_error(e, argv)} {hint}", file=sys.stderr, flush=True)
+    sys.exit(cli.ERROR_EXIT_CODE)
+
+
 def run() -> None:
   """Console script `infonoise-train` (the same as `python -m infonoise_jax.main`)."""
-  app.run(main, flags_parser=lambda argv: app.parse_flags_with_usage(_resolve_config_arg(argv)))
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -229,27 +229,41 @@ def test_unknown_config_key_is_rejected(tmp_path):
     train.train_and_evaluate(config, str(tmp_path / "typo"))
 
 
-def test_config_typo_on_the_command_line_fails_naming_the_key(tmp_path):
+@pytest.mark.parametrize(
+  "args, says",
+  [
+    (
+      ["--config.train.num_stpes=3"],
+      '--config.train.num_stpes: no such config key. Did you mean "num_steps"?',
+    ),
+    (["--config.trian.num_steps=3"], "--config.trian.num_steps: no such config key"),
+    (["--config.train.num_steps=abc"], "--config.train.num_steps=abc"),
+    (["--config=configs/default.py:bogus"], "Unknown config variant 'bogus'"),
+    (["--config=configs/no_such.py"], "Config file 'configs/no_such.py' not found"),
+    (["--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
+    (["--workdir="], "--workdir is empty"),
+  ],
+)
+def test_a_bad_command_line_is_one_error_line_naming_the_flag(tmp_path, args, says):
+  """Mistakes made while typing the command end in one `error:` line like every user error
+  (cli.py), before anything is compiled or written; --debug shows the traceback."""
   import subprocess
   import sys
 
-  result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "infonoise_jax.main",
-      "--config=configs/test.py",
-      f"--workdir={tmp_path}",
-      "--config.train.num_stpes=3",
-    ],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=120,
-    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  cmd = [sys.executable, "-m", "infonoise_jax.main", "--config=configs/test.py"]
+  cmd += [f"--workdir={tmp_path / 'run'}", *args]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  env.pop("INFONOISE_DEBUG", None)
+  result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+  assert result.returncode == 1
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and says in errors[0], result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "run").exists()
+  loud = subprocess.run(
+    [*cmd, "--debug"], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env
   )
-  assert result.returncode != 0
-  assert "num_stpes" in result.stderr
+  assert loud.returncode != 0 and "Traceback" in loud.stderr
 
 
 def test_mock_cifar10_end_to_end_with_the_unet(tmp_path):
