@@ -536,6 +536,41 @@ def _first_step_done(run: Run, state, log, started: float, step: int):
   )
 
 
+def check_same_vocabulary(run: Run, workdir: str, step: int) -> None:
+  """Token data: the vocabulary the data gives now must be the one the checkpoint at `step`
+  was trained with. data.path may change on a resume (the files moved), but files with other
+  letters give other token ids, and training on would silently change what every id means.
+  Checked before the config (a vocabulary of another size also changes the resolved
+  edm.sigma_data, which would be named instead). An unreadable step is left to the restore,
+  which moves it aside."""
+  if run.source.encoding is None:
+    return
+  reader = checkpointing.Checkpointer(workdir, 1, create=False)
+  try:
+    saved = reader.restore_meta(step).get("vocab")
+  except checkpointing.CheckpointError:
+    return
+  finally:
+    reader.close()
+  new = run.source.encoding.vocab
+  if saved is None or saved == new:
+    return
+  gone, added = sorted(set(saved) - set(new)), sorted(set(new) - set(saved))
+  if gone or added:
+    what = (
+      f"symbols only in the checkpoint's: {''.join(gone)!r}; only in the new: {''.join(added)!r}"
+    )
+  else:
+    what = "the same symbols in another order"
+  d = run.config.data
+  raise resume.ResumeRefusedError(
+    f"Cannot resume {workdir} at step {step}: data.name={d.name!r} with data.path={d.path!r} "
+    f"and data.vocab={d.vocab!r} gives a vocabulary of {len(new)} symbols, but the checkpoint "
+    f"was trained on {len(saved)} ({what}), so token ids would change meaning. Resume with "
+    "the data the run was trained on, or start a new --workdir. Nothing was written."
+  )
+
+
 def _restore_or_init(run: Run, ckpt: checkpointing.Checkpointer) -> TrainState:
   """The newest readable checkpoint (corrupt newer ones are moved aside), else a new state."""
   restored = ckpt.restore_newest_good(run.abstract_state)
@@ -565,6 +600,8 @@ def _train(run: Run, workdir: str, fresh: bool) -> TrainState:
   config = run.config
   saved = checkpointing.saved_steps(workdir)
   workdir_lib.check_start(workdir, saved, fresh)
+  if saved:
+    check_same_vocabulary(run, workdir, saved[-1])
   accepted = resume.check(config, workdir, saved[-1]) if saved else {}
   periodic_fid = None  # built before anything is written: missing weights or non-images fail
   if config.train.fid_every:

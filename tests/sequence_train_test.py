@@ -149,3 +149,28 @@ def test_sigma_data_zero_needs_token_data(tmp_path):
   c.edm.sigma_data = 0.0
   with pytest.raises(ValueError, match=r"edm\.sigma_data"):
     train.train_and_evaluate(c, str(tmp_path / "bad"))
+
+
+def test_a_resume_on_text_with_other_letters_is_refused(tmp_path):
+  """data.path may change on a resume (files move), but text with other letters gives every
+  token another id: refused before anything is written, naming the letters; the same letters
+  in other files resume."""
+  rng = np.random.default_rng(0)
+  words = np.array(["alpha", "beta", "gamma", "Delta", "epsilon", "zeta"])
+  text = " ".join(rng.choice(words, 3000))
+  for name, body in (("a", text), ("same", text[::-1]), ("other", text.replace("D", "Q"))):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "t.txt").write_text(body)
+  tiny = {**_tiny(tmp_path / "cache"), "train.eval_every": 0, "data.seq_len": 16}
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(
+    _config("text", {**tiny, "data.path": str(tmp_path / "a"), "train.num_steps": 4}), workdir
+  )
+  before = sorted(os.listdir(workdir))
+  other = _config("text", {**tiny, "data.path": str(tmp_path / "other")})
+  with pytest.raises(ValueError, match="only in the checkpoint's: 'D'; only in the new: 'Q'"):
+    train.train_and_evaluate(other, workdir)
+  assert sorted(os.listdir(workdir)) == before
+  assert checkpointing.saved_steps(workdir) == [4]
+  same = _config("text", {**tiny, "data.path": str(tmp_path / "same")})
+  assert int(train.train_and_evaluate(same, workdir).step) == 8
