@@ -36,6 +36,7 @@ speedup_<data>.png.
 """
 
 import argparse
+import collections
 import hashlib
 import json
 import os
@@ -49,7 +50,7 @@ if not __package__:  # run as a script: make the repository root importable
 import jax
 import numpy as np
 
-from infonoise_jax import multirun
+from infonoise_jax import multirun, train
 from infonoise_jax.data import load_source
 from infonoise_jax.data.sources import TOKEN_NAMES
 from infonoise_jax.evaluation import fid, plots, report
@@ -146,6 +147,48 @@ def make_config(args, data: str, arm: dict):
 
 def config_hash(config) -> str:
   return hashlib.sha256(config.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:16]
+
+
+def floor_hash(config, num_samples: int) -> str:
+  """What a floor depends on: the data settings and the sample count."""
+  key = json.dumps({"data": config.data.to_dict(), "num_samples": num_samples}, sort_keys=True)
+  return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def current_records(args, records: list[dict]) -> tuple[list[dict], list[str]]:
+  """(records of this command's data kinds and arms, notes). One --out may hold runs of other
+  settings under the same arm name (another dataset, step budget or sample count): where an
+  arm's records have this command's config hash and sample count, only those are kept; where
+  they have one other setting alone (e.g. records written by older code, read again with
+  --report_only) they are kept with a note; several other settings are left out with a note,
+  never averaged together. Floors likewise, by the data settings and sample count."""
+  want = {(d, a): config_hash(make_config(args, d, arm)) for d, a, arm in groups(args)}
+  floor_want = {
+    d: floor_hash(make_config(args, d, {}), args.num_samples) for d, _, _ in groups(args)
+  }
+  by_group = collections.defaultdict(lambda: collections.defaultdict(list))
+  for r in records:
+    kind, data = r.get("kind"), r.get("data")
+    if kind in ("eval", "grid") and (data, r.get("arm")) in want:
+      by_group[(kind, data, r["arm"])][(r.get("config_hash"), r.get("num_samples"))].append(r)
+    elif kind == "floor" and data in floor_want:
+      by_group[("floor", data, "")][(r.get("floor_hash"), r.get("num_samples"))].append(r)
+  out, notes = [], []
+  for (kind, data, arm), settings in sorted(by_group.items()):
+    count = args.grid_samples if kind == "grid" else args.num_samples
+    mine = (floor_want[data], None) if kind == "floor" else (want[(data, arm)], count)
+    hits = [k for k in settings if k[0] == mine[0] and (kind == "floor" or k[1] == mine[1])]
+    what = f"{data}/{arm or 'floor'} ({kind})"
+    if hits:
+      out += [r for k in hits for r in settings[k]]
+      if len(settings) > len(hits):
+        notes.append(f"{what}: records of other settings left out")
+    elif len(settings) == 1:
+      out += next(iter(settings.values()))
+      notes.append(f"{what}: made with other settings than this command's (older code?); kept")
+    else:
+      notes.append(f"{what}: {len(settings)} other settings, none this command's; left out")
+  return out, notes
 
 
 def frechet(x_ND: np.ndarray, ref: fid.Stats) -> float:
@@ -280,9 +323,15 @@ def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
   records = [
     r for r in report.read_records(path) if r.get("config_hash") == h and r["data"] == data
   ]
-  done = {(r["seed"], r["step"], r.get("resample", False)) for r in records if r["kind"] == "eval"}
+  done = {
+    (r["seed"], r["step"], r.get("resample", False))
+    for r in records
+    if r["kind"] == "eval" and r.get("num_samples") == args.num_samples
+  }
   done |= {
-    ("grid", r["seed"], r["solver"], r["grid"], r["levels"]) for r in records if r["kind"] == "grid"
+    ("grid", r["seed"], r["solver"], r["grid"], r["levels"])
+    for r in records
+    if r["kind"] == "grid" and r.get("num_samples") == args.grid_samples
   }
   todo = {(s, t, False) for s in seeds for t in eval_steps(args)}
   todo |= {(s, args.steps, True) for s in seeds}
@@ -297,6 +346,7 @@ def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
   if todo <= done:
     print(f"{data}/{arm_name}: all {len(todo)} evaluations already in {path}", flush=True)
     return
+  train.warn_if_schedule_never_adapts(config)  # an adaptive arm would equal its base law
   mr = multirun.MultiRun(config, seeds)
   ref = reference(config, mr.source)
   resolved = json.loads(config.to_json_best_effort())
@@ -377,9 +427,11 @@ def reference(config, source):
 def write_floor(args, data: str, path: str) -> None:
   """The metric of `num_samples` real examples: images a random training subset against all
   training images; token data other held-out windows against the reference windows."""
-  if any(r.get("kind") == "floor" and r["data"] == data for r in report.read_records(path)):
-    return
   config = make_config(args, data, {})
+  key = floor_hash(config, args.num_samples)
+  floors = [r for r in report.read_records(path) if r.get("kind") == "floor"]
+  if any(r.get("floor_hash") == key for r in floors):
+    return
   source = load_source(config)
   ref = reference(config, source)
   if isinstance(ref, SequenceEvaluator):
@@ -388,7 +440,7 @@ def write_floor(args, data: str, path: str) -> None:
     x = source.array.reshape(source.num_examples, -1).astype(np.float64)
     idx = np.random.default_rng(0).choice(len(x), min(args.num_samples, len(x)), replace=False)
     rec = {"fd": frechet(x[idx], ref), "metric": "fd", "num_samples": len(idx)}
-  report.append_record(path, {"kind": "floor", "data": data, **rec})
+  report.append_record(path, {"kind": "floor", "data": data, "floor_hash": key, **rec})
 
 
 def groups(args) -> list[tuple[str, str, dict]]:
@@ -485,7 +537,9 @@ def main(argv=None) -> None:
       return
   arm_names = list(dict.fromkeys(a for _, a, _ in groups(args)))
   fid_lines = [r for p in filter(None, args.fid_records.split(",")) for r in report.read_records(p)]
-  records = report.read_records(path)
+  records, notes = current_records(args, report.read_records(path))
+  for note in notes:
+    print(f"report: {note}", flush=True)
   print(report.write_report(args.out, records, arm_names, args.baseline, fid_lines), flush=True)
 
 

@@ -276,3 +276,41 @@ def test_learned_allocation_rebuilds_each_runs_schedule_from_its_record(tmp_path
   learned["gate_pivot"] *= 2  # a record the code cannot reproduce is an error
   with pytest.raises(ValueError, match="rebuilt gate pivot"):
     learned_allocation.rows([learned], [0.002, 80.0])
+
+
+def test_report_keeps_each_arms_own_settings_apart(tmp_path):
+  """One --out holding runs of other settings under the same arm names (another dataset or
+  sample count; data kinds not asked for): the report takes this command's records only, and
+  never averages two settings together."""
+  args = compare_schedules.parse(_args(str(tmp_path)))
+  mine = {
+    a: compare_schedules.config_hash(compare_schedules.make_config(args, "continuous", arm))
+    for _, a, arm in compare_schedules.groups(args)
+  }
+  floor = compare_schedules.floor_hash(
+    compare_schedules.make_config(args, "continuous", {}), args.num_samples
+  )
+
+  def ev(arm, seed, h, n=32, data="continuous"):
+    return {"kind": "eval", "data": data, "arm": arm, "seed": seed, "step": 4, "fd": 1.0,
+            "config_hash": h, "num_samples": n}  # fmt: skip
+
+  records = [
+    ev("lognormal", 0, mine["lognormal"]),
+    ev("lognormal", 1, "another_dataset"),
+    ev("lognormal", 2, mine["lognormal"], n=64),
+    ev("lognormal", 0, mine["lognormal"], data="binarized"),  # a data kind not asked for
+    ev("infonoise", 0, "older_code"),  # one other setting alone: kept, with a note
+    ev("infonoise", 1, "older_code"),
+    {"kind": "floor", "data": "continuous", "fd": 0.5, "floor_hash": floor, "num_samples": 32},
+    {"kind": "floor", "data": "continuous", "fd": 9.0, "floor_hash": "other", "num_samples": 64},
+  ]
+  kept, notes = compare_schedules.current_records(args, records)
+  want = [records[0], records[4], records[5], records[6]]
+  assert sorted(map(json.dumps, kept)) == sorted(map(json.dumps, want))
+  assert any("infonoise" in n and "kept" in n for n in notes)
+  assert any("lognormal" in n and "left out" in n for n in notes)
+  mixed = [ev("vdmpp", 0, "a"), ev("vdmpp", 1, "b")]
+  args2 = compare_schedules.parse([*_args(str(tmp_path)), "--arms=vdmpp"])
+  kept, notes = compare_schedules.current_records(args2, mixed)
+  assert kept == [] and "2 other settings" in notes[0]
