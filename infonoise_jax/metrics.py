@@ -225,6 +225,11 @@ class ProgressReporter:
       out["perf/mfu"] = self.flops_per_step * steps_per_sec / self.peak_flops
     return out
 
+  def excluded_seconds(self) -> float:
+    """Seconds timed apart over the reported windows and since the last mark (a final
+    evaluation after the last window belongs to no window but was still timed apart)."""
+    return self.totals["excluded_seconds"] + self._open_excluded
+
   def close(self) -> None:
     """Stops the watcher thread (marks not yet reported are dropped)."""
     if self._thread is not None:

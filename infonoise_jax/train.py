@@ -200,7 +200,7 @@ class _WindowLogger:
       total["steps"],
       format(rate * self.run.config.train.batch_size, ",.0f"),
       rate,
-      total["excluded_seconds"],
+      self.progress.excluded_seconds(),
       self.checkpoint_total,
     )
 

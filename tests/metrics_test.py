@@ -259,6 +259,9 @@ def test_progress_reporter_on_fake_clock():
   assert out["perf/excluded_seconds"] == pytest.approx(3.0)
   assert out["perf/eta_seconds"] == pytest.approx(40.0)
   assert progress.totals == pytest.approx({"steps": 200, "seconds": 15.0, "excluded_seconds": 3.0})
+  with progress.excluded():  # a final evaluation after the last window: in no window,
+    now[0] = 20.0  # but still timed apart in the run's summary
+  assert progress.excluded_seconds() == pytest.approx(5.0)
   line = metrics.format_progress(200, 1000, {"loss": 0.04123, "grad_norm": 0.3125, **out,
                                              "learning_rate": 1e-3, "bin_0": 5.0})  # fmt: skip
   assert line == "step 200/1000 | loss 0.04123 | grad 0.312 | lr 1.00e-03 | 640 img/s | ETA 40s"
