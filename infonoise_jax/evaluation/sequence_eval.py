@@ -100,9 +100,8 @@ class SequenceEvaluator:
     samples_NLV = draw(self.num, self.config.seed)
     values = self.metrics(samples_NLV)
     writer.write_scalars(step, {f"domain/{k}": v for k, v in values.items()})
-    if not self.is_dna:
-      ids_NL = self.encoding.decode(samples_NLV[: self.config.seq_metrics.num_texts])
-      texts = [self.encoding.to_text(r) for r in ids_NL]
-      writer.write_texts(step, {"domain/samples": format_texts(texts)})
+    ids_NL = self.encoding.decode(samples_NLV[: self.config.seq_metrics.num_texts])
+    texts = [self.encoding.to_text(r) for r in ids_NL]  # DNA: its bases, text: its characters
+    writer.write_texts(step, {"domain/samples": format_texts(texts)})
     logging.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in sorted(values.items())))
     return values
