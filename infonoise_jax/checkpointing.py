@@ -8,6 +8,7 @@ come back with the parameters.
 import logging as logging_lib
 import os
 import signal
+import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -380,19 +381,37 @@ class Preempted(Exception):
 
 
 class PreemptionFlag:
-  """Set by SIGTERM (and SIGINT if asked); the loop polls it, saves and exits cleanly."""
+  """Set by SIGTERM (or the given `signals`); the loop polls it, saves and exits cleanly.
 
-  def __init__(self, signals=None):
+  `interrupt=True` also takes Ctrl-C (SIGINT) that way: the first one saves a checkpoint at
+  the next step and stops, as a preemption does; a second one stops at once, unsaved
+  (KeyboardInterrupt), for a save that hangs."""
+
+  def __init__(self, signals=None, interrupt: bool = False):
     signals = (signal.SIGTERM,) if signals is None else signals
     self._event = threading.Event()
     self._previous = {}
     if threading.current_thread() is threading.main_thread():
       for sig in signals:
         self._previous[sig] = signal.signal(sig, self._handle)
+      if interrupt:
+        self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._interrupt)
 
   def _handle(self, signum, frame):
     del frame
     self._event.set()
+
+  def _interrupt(self, signum, frame):
+    del frame
+    if self._event.is_set():
+      raise KeyboardInterrupt
+    self._event.set()
+    print(
+      "\nCtrl-C: saving a checkpoint after the current step, then stopping (Ctrl-C again stops "
+      "at once, without saving).",
+      file=sys.stderr,
+      flush=True,
+    )
 
   def is_set(self) -> bool:
     return self._event.is_set()

@@ -690,10 +690,11 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
     num_steps,
   )
   log = _WindowLogger(run, writer, ckpt, step)
-  # One process: our SIGTERM flag. Several: JAX's preemption service catches SIGTERM on any
-  # of them and Orbax's reached_preemption agrees on one step for all (no local handler, so
-  # no process can enter the collective save alone).
-  preempted = checkpointing.PreemptionFlag(() if jax.process_count() > 1 else None)
+  # One process: our SIGTERM and Ctrl-C flag. Several: JAX's preemption service catches
+  # SIGTERM on any of them and Orbax's reached_preemption agrees on one step for all (no local
+  # handler, so no process can enter the collective save alone).
+  one = jax.process_count() == 1
+  preempted = checkpointing.PreemptionFlag(None if one else (), interrupt=one)
   batches = run.device_batches(step, data_workers(config, run.source))
   in_flight = _InFlight(t.max_steps_in_flight)
   pending: _PendingSave | None = None  # a periodic save waiting for its guard

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from infonoise_jax.checkpointing import PREEMPTED_EXIT_CODE
 
@@ -58,7 +59,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_sigterm_saves_a_restorable_checkpoint_and_exits(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_saves_a_restorable_checkpoint_and_exits(tmp_path, sig):
+  """A preemption (SIGTERM) or a first Ctrl-C (SIGINT) saves the step and stops."""
   log = tmp_path / "log.txt"
   overrides = ["--config.train.num_steps=100000", "--config.train.checkpoint_every=100000"]
   with open(log, "w") as f:
@@ -69,7 +72,7 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits(tmp_path):
     while "loss" not in log.read_text() and time.time() < deadline and proc.poll() is None:
       time.sleep(0.2)
     assert proc.poll() is None, log.read_text()[-3000:]
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     # A distinct non-zero code: a scheduler requeues the run instead of taking it as finished.
     assert proc.wait(timeout=120) == PREEMPTED_EXIT_CODE, log.read_text()[-3000:]
   steps = sorted(
