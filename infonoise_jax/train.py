@@ -34,7 +34,13 @@ from infonoise_jax import (
   steps,
 )
 from infonoise_jax import workdir as workdir_lib
-from infonoise_jax.data import DevicePrefetcher, Pipeline, load_source, resolve_sigma_data
+from infonoise_jax.data import (
+  DevicePrefetcher,
+  Pipeline,
+  load_source,
+  resolve_data_paths,
+  resolve_sigma_data,
+)
 from infonoise_jax.evaluation import model_fid, sequence_eval
 from infonoise_jax.mesh import make_mesh
 from infonoise_jax.model_sampler import Sampler
@@ -51,6 +57,7 @@ class Run:
     validate_config(config, None if devices is None else len(devices))
     self.config = config
     self.workdir = workdir
+    resolve_data_paths(config)  # config.json then finds the data from any directory
     self.source = load_source(config)
     resolve_sigma_data(config, self.source)
     self.model = make_model(config, self.source.shape)
@@ -536,38 +543,46 @@ def _first_step_done(run: Run, state, log, started: float, step: int):
   )
 
 
-def check_same_vocabulary(run: Run, workdir: str, step: int) -> None:
-  """Token data: the vocabulary the data gives now must be the one the checkpoint at `step`
-  was trained with. data.path may change on a resume (the files moved), but files with other
-  letters give other token ids, and training on would silently change what every id means.
-  Checked before the config (a vocabulary of another size also changes the resolved
-  edm.sigma_data, which would be named instead). An unreadable step is left to the restore,
-  which moves it aside."""
-  if run.source.encoding is None:
-    return
+def check_same_data(run: Run, workdir: str, step: int) -> None:
+  """The data must have the example shape (and, for tokens, the vocabulary) the checkpoint at
+  `step` was trained on. data.path may change on a resume (the files moved), but other files
+  can hold images of another size or channel count, or text with other letters (other token
+  ids: training on would silently change what every id means). Checked before the config (a
+  vocabulary of another size also changes the resolved edm.sigma_data, which would be named
+  instead) and before the restore (whose shape mismatch blames the model). An unreadable step
+  is left to the restore, which moves it aside."""
   reader = checkpointing.Checkpointer(workdir, 1, create=False)
   try:
-    saved = reader.restore_meta(step).get("vocab")
+    meta = reader.restore_meta(step)
   except checkpointing.CheckpointError:
     return
   finally:
     reader.close()
-  new = run.source.encoding.vocab
-  if saved is None or saved == new:
+  d = run.config.data
+  where = f"data.name={d.name!r} with data.path={d.path!r}"
+  fix = (
+    "Resume with the data the run was trained on, or start a new --workdir. Nothing was written."
+  )
+  saved_shape = meta.get("data_shape")
+  encoding = run.source.encoding
+  if saved_shape is not None and tuple(saved_shape) != tuple(run.source.shape) and not encoding:
+    raise resume.ResumeRefusedError(
+      f"Cannot resume {workdir} at step {step}: {where} gives examples of shape "
+      f"{tuple(run.source.shape)}, but the checkpoint was trained on {tuple(saved_shape)}. {fix}"
+    )
+  saved = meta.get("vocab")
+  if encoding is None or saved is None or saved == encoding.vocab:
     return
+  new = encoding.vocab
   gone, added = sorted(set(saved) - set(new)), sorted(set(new) - set(saved))
   if gone or added:
-    what = (
-      f"symbols only in the checkpoint's: {''.join(gone)!r}; only in the new: {''.join(added)!r}"
-    )
+    what = f"only in the checkpoint's: {''.join(gone)!r}; only in the new: {''.join(added)!r}"
   else:
     what = "the same symbols in another order"
-  d = run.config.data
   raise resume.ResumeRefusedError(
-    f"Cannot resume {workdir} at step {step}: data.name={d.name!r} with data.path={d.path!r} "
-    f"and data.vocab={d.vocab!r} gives a vocabulary of {len(new)} symbols, but the checkpoint "
-    f"was trained on {len(saved)} ({what}), so token ids would change meaning. Resume with "
-    "the data the run was trained on, or start a new --workdir. Nothing was written."
+    f"Cannot resume {workdir} at step {step}: {where} and data.vocab={d.vocab!r} gives a "
+    f"vocabulary of {len(new)} symbols, but the checkpoint was trained on {len(saved)} "
+    f"({what}), so token ids would change meaning. {fix}"
   )
 
 
@@ -601,7 +616,7 @@ def _train(run: Run, workdir: str, fresh: bool) -> TrainState:
   saved = checkpointing.saved_steps(workdir)
   workdir_lib.check_start(workdir, saved, fresh)
   if saved:
-    check_same_vocabulary(run, workdir, saved[-1])
+    check_same_data(run, workdir, saved[-1])
   accepted = resume.check(config, workdir, saved[-1]) if saved else {}
   periodic_fid = None  # built before anything is written: missing weights or non-images fail
   if config.train.fid_every:

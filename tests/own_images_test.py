@@ -1,5 +1,6 @@
 """data.name='images': a user's own images from a .npy / .npz array or a folder of files."""
 
+import json
 import os
 import pathlib
 
@@ -91,6 +92,19 @@ def test_other_pixel_types(tmp_path):
   assert set(np.unique(src.array)) == {-0.5, 0.5}
 
 
+def _huge_npz(path):
+  """An .npz whose header declares 10^9 RGB 64x64 images (a few bytes on disk)."""
+  import io
+  import zipfile
+
+  header = io.BytesIO()
+  np.lib.format.write_array_header_1_0(
+    header, {"descr": "|u1", "fortran_order": False, "shape": (10**9, 64, 64, 3)}
+  )
+  with zipfile.ZipFile(path, "w") as z:
+    z.writestr("images.npy", header.getvalue())
+
+
 @pytest.mark.parametrize(
   "make, message",
   [
@@ -103,6 +117,9 @@ def test_other_pixel_types(tmp_path):
     (lambda d: np.save(d / "x.npy", _pixels(4, 8)[:, :, :6]), "only square"),
     (lambda d: np.savez(d / "x.npz", a=_pixels(), b=_pixels()), "none is named 'images'"),
     (lambda d: (d / "x.npy").write_bytes(b"torn"), "not a readable numpy array file"),
+    (lambda d: np.save(d / "x.npy", _pixels(channels=2)), "images of 2 channels"),
+    (lambda d: np.save(d / "x.npy", _pixels(channels=4)), "x[..., :3]"),
+    (lambda d: _huge_npz(d / "x.npz"), "need 45776.4 GiB as float32"),
   ],
 )
 def test_bad_arrays_are_named(tmp_path, make, message):
@@ -123,6 +140,9 @@ def test_bad_folders_and_settings_are_named(tmp_path):
     load_source(_config(tmp_path))
   (tmp_path / "big.png").write_bytes(b"not a png")
   with pytest.raises(ValueError, match="cannot read .*big.png as an image"):
+    load_source(_config(tmp_path))
+  (tmp_path / "big.png").write_bytes(png_bytes(_pixels(1)[0])[:60])  # header whole, pixels cut
+  with pytest.raises(ValueError, match="cannot decode .*big.png"):
     load_source(_config(tmp_path))
   (tmp_path / "big.png").unlink()
   Image.fromarray(np.zeros((8, 8), np.uint16)).save(tmp_path / "deep.png")
@@ -199,3 +219,48 @@ def test_diagnose_takes_overrides_for_a_dataset_alone(tmp_path, capsys):
       diagnose.main([*common, "--set", bad, f"--out={tmp_path / 'c'}"])
     assert e.value.code == 1
     assert message in capsys.readouterr().err
+
+
+def png_bytes(u_HWC) -> bytes:
+  import io
+
+  out = io.BytesIO()
+  Image.fromarray(u_HWC).save(out, format="PNG")
+  return out.getvalue()
+
+
+def test_linked_folders_are_read_once(tmp_path):
+  u = _pixels(4)
+  _write_folder(tmp_path / "real", u)
+  root = tmp_path / "root"
+  root.mkdir()
+  (root / "linked").symlink_to(tmp_path / "real")
+  (tmp_path / "real" / "loop").symlink_to(root)  # a link back up: read once, no endless walk
+  src = load_source(_config(root))
+  np.testing.assert_allclose(src.array, _expected(u), atol=1e-6)
+
+
+def test_a_relative_data_path_is_saved_absolute_and_resumes_only_on_the_same_shape(
+  tmp_path, monkeypatch
+):
+  """config.json keeps the data where the run found it (commands started elsewhere find it),
+  and a resume on images of another shape is refused naming the shapes, before anything is
+  written (data.path may change on a resume; its images must still fit the model)."""
+  np.save(tmp_path / "x.npy", _pixels(32, channels=1))
+  np.save(tmp_path / "small.npy", _pixels(32, 4, channels=1))
+  monkeypatch.chdir(tmp_path)
+  c = load_config_file(ROOT / "configs" / "test.py")
+  c.data.update({"name": "images", "path": "x.npy"})
+  c.train.num_steps = 4
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(c, workdir)
+  saved = json.loads((tmp_path / "run" / "config.json").read_text())
+  assert saved["data"]["path"] == str(tmp_path / "x.npy")
+  before = sorted(os.listdir(workdir))
+  c = load_config_file(ROOT / "configs" / "test.py")
+  c.data.update({"name": "images", "path": str(tmp_path / "small.npy")})
+  with pytest.raises(
+    ValueError, match=r"shape \(4, 4, 1\), but the checkpoint was trained on \(8, 8, 1\)"
+  ):
+    train.train_and_evaluate(c, workdir)
+  assert sorted(os.listdir(workdir)) == before

@@ -108,3 +108,12 @@ def test_inception_section_from_fid_of_samples_lines():
   grid_rows = [l for l in text.splitlines() if l.startswith("| info@heun-karras-4 |")]
   assert len(grid_rows) == 1 and "7.5" in grid_rows[0]  # a table of its own, after the arms'
   assert text.index("| info@heun-karras-4 |") > text.index("| info | not reached")
+
+
+def test_a_zero_floor_is_reported_not_taken_for_none(tmp_path):
+  """A set no larger than the sample count scores 0 against itself: still a floor."""
+  recs = [{**_eval("lognormal", 0, s, 1.0 / s), "config": {"train": {"batch_size": 8},
+           "schedule": {"name": "lognormal"}}} for s in (2, 4)]  # fmt: skip
+  recs.append({"kind": "floor", "data": "d", "fd": 0.0})
+  text = report.write_report(str(tmp_path), recs, ["lognormal"])
+  assert "Floor (real data, same sample count): 0." in text and "No floor" not in text

@@ -1,7 +1,7 @@
 """Training data: offline and tfds sources (`load_source`) and resumable batching (`Pipeline`)."""
 
 from infonoise_jax.data.pipeline import DevicePrefetcher, Pipeline, Prefetcher
-from infonoise_jax.data.sources import Source, load_source, resolve_sigma_data
+from infonoise_jax.data.sources import Source, load_source, resolve_data_paths, resolve_sigma_data
 from infonoise_jax.data.synthetic import GaussianMixture
 
 __all__ = [
@@ -11,5 +11,6 @@ __all__ = [
   "Prefetcher",
   "Source",
   "load_source",
+  "resolve_data_paths",
   "resolve_sigma_data",
 ]

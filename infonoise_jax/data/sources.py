@@ -18,9 +18,9 @@ data is +-0.5, i.e. scale 0.5) and finally multiplied by `scale`.
                        access (`builder.as_data_source`, no TensorFlow); never downloads.
   images               the user's own images at `data.path`: a .npy / .npz array (N, H, W[, C])
                        of uint8 (or integers in 0..255, bool, floats in [0, 1]), or a folder of
-                       image files (PNG, JPEG, ...; searched recursively, read in sorted path
-                       order, RGB if any is in colour, else grayscale; alpha dropped). One
-                       split ('train'); all images of one square size.
+                       image files (PNG, JPEG, ...; each folder's files in sorted order, then
+                       its subfolders; RGB if any is in colour, else grayscale; alpha dropped).
+                       One split ('train'); all images of one square size, 1 or 3 channels.
 
 Small sets are held in memory as one float32 array; tfds sets above `MAX_IN_MEMORY_BYTES`
 are read lazily, a batch at a time. Synthetic sets are fixed: split 'train' draws from
@@ -100,6 +100,19 @@ class Source:
       values = f"{k} Gaussian components of std {std:g}"
     where = "in memory" if self.array is not None else "read lazily"
     return f"{self.name}: {self.num_examples} {kind}s of shape {self.shape}, {values}, {where}"
+
+
+DATA_PATH_KEYS = ("path", "local_dir", "tfds_data_dir")
+
+
+def resolve_data_paths(config: ml_collections.ConfigDict) -> None:
+  """Local data folders and files as absolute paths, so the run's config.json finds them from
+  any directory (sample, evaluate, diagnose and a resume need not start where training did).
+  Remote URLs (gs://...) and unset ('') values are left as they are."""
+  for key in DATA_PATH_KEYS:
+    value = config.data[key]
+    if value and "://" not in value:
+      config.data[key] = os.path.abspath(os.path.expanduser(value))
 
 
 def resolve_sigma_data(config: ml_collections.ConfigDict, source: "Source") -> None:
@@ -248,8 +261,15 @@ def _own_images_path(d) -> str:
 
 
 def _image_files(folder: str) -> list[str]:
-  files = []
-  for dirpath, dirnames, filenames in os.walk(folder):
+  """Image files under `folder`: each folder's files in sorted order, then its subfolders in
+  sorted order (linked folders followed once; hidden files and folders skipped)."""
+  files, seen = [], set()
+  for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    real = os.path.realpath(dirpath)
+    if real in seen:  # a link back to a folder already read
+      dirnames[:] = []
+      continue
+    seen.add(real)
     dirnames.sort()
     dirnames[:] = [n for n in dirnames if not n.startswith(".")]
     files += [
@@ -296,8 +316,11 @@ def _read_image_folder(folder: str, max_bytes: int) -> np.ndarray:
   _check_fits_in_memory(folder, (len(files), size0[1], size0[0], c), max_bytes)
   out = np.empty((len(files), size0[1], size0[0], c), np.uint8)
   for i, f in enumerate(files):
-    with Image.open(f) as im:
-      out[i] = np.asarray(im.convert("RGB" if colour else "L")).reshape(out.shape[1:])
+    try:
+      with Image.open(f) as im:
+        out[i] = np.asarray(im.convert("RGB" if colour else "L")).reshape(out.shape[1:])
+    except (OSError, ValueError) as e:  # a truncated or damaged file
+      raise ValueError(f"data.path: cannot decode {f} ({e}); remove or fix it") from e
   return out
 
 
@@ -319,8 +342,19 @@ def _check_fits_in_memory(path: str, shape: tuple[int, ...], max_bytes: int) -> 
     )
 
 
-def _read_image_array(path: str) -> np.ndarray:
-  """The array of a .npy file, or of a .npz file's 'images' key (or its only array)."""
+def _npz_shape(z, key: str) -> tuple[int, ...]:
+  """The shape of array `key` of an open .npz, from its header (nothing decompressed)."""
+  with z.zip.open(f"{key}.npy") as member:
+    major, _ = np.lib.format.read_magic(member)
+    header = (
+      np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    )
+    return tuple(header(member)[0])
+
+
+def _read_image_array(path: str, max_bytes: int) -> np.ndarray:
+  """The array of a .npy file, or of a .npz file's 'images' key (or its only array); an array
+  too large for memory is refused from its header, before it is read."""
   fix = "save the images with np.save(path, x) or np.savez(path, images=x)"
   if not path.endswith((".npy", ".npz")):
     raise ValueError(
@@ -328,15 +362,27 @@ def _read_image_array(path: str) -> np.ndarray:
     )
   try:
     if path.endswith(".npy"):
-      return np.load(path, mmap_mode="r", allow_pickle=False)  # shape checked before reading
-    with np.load(path, allow_pickle=False) as z:
-      arrays = {k: z[k] for k in z.files if k == "images" or len(z.files) == 1}
+      x = np.load(path, mmap_mode="r", allow_pickle=False)  # nothing read yet
+      shape, z, key = x.shape, None, None
+    else:
+      z = np.load(path, allow_pickle=False)
       keys = list(z.files)
-  except (OSError, EOFError, ValueError, zlib.error) as e:  # torn, pickled, or not numpy
+      key = "images" if "images" in keys else (keys[0] if len(keys) == 1 else None)
+      shape = _npz_shape(z, key) if key else None
+  except (OSError, EOFError, ValueError, KeyError, zlib.error) as e:  # torn, pickled, not numpy
     raise ValueError(f"data.path={path!r}: not a readable numpy array file ({e}); {fix}") from e
-  if not arrays:
+  if z is not None and key is None:
+    z.close()
     raise ValueError(f"data.path={path!r} holds arrays {keys} and none is named 'images'; {fix}")
-  return arrays.get("images", next(iter(arrays.values())))
+  if len(shape) in (3, 4):
+    _check_fits_in_memory(path, (*shape, 1)[:4] if len(shape) == 3 else shape, max_bytes)
+  if z is None:
+    return x
+  with z:
+    try:
+      return z[key]
+    except (OSError, EOFError, ValueError, zlib.error) as e:
+      raise ValueError(f"data.path={path!r}: not a readable numpy array ({e}); {fix}") from e
 
 
 def _as_nhwc(x: np.ndarray, path: str) -> np.ndarray:
@@ -353,6 +399,11 @@ def _as_nhwc(x: np.ndarray, path: str) -> np.ndarray:
     )
   if len(x) == 0:
     raise ValueError(f"data.path={path!r} holds no images (shape {x.shape})")
+  if x.shape[-1] not in (1, 3):
+    raise ValueError(
+      f"data.path={path!r}: images of {x.shape[-1]} channels (shape {x.shape}); images are "
+      "grayscale (1) or RGB (3): e.g. drop an alpha channel with x[..., :3]"
+    )
   return x
 
 
@@ -384,8 +435,7 @@ def own_images_source(d, max_bytes: int = MAX_IN_MEMORY_BYTES) -> Source:
   if os.path.isdir(path):
     u_NHWC = _read_image_folder(path, max_bytes)
   else:
-    u_NHWC = _as_nhwc(_read_image_array(path), path)
-    _check_fits_in_memory(path, u_NHWC.shape, max_bytes)
+    u_NHWC = _as_nhwc(_read_image_array(path, max_bytes), path)
   max_value = _pixel_range(u_NHWC, path)
   return _image_source(f"images ({path})", u_NHWC, max_value, d)
 

@@ -278,7 +278,8 @@ def write_report(
     noise = noise if measured else 0.0  # the speedup's tolerance
     batch = next(r["config"]["train"]["batch_size"] for r in records if r.get("kind") == "eval")
     md += [f"## {data}", "", f"Metric: `{metric}` (lower is better).", "", table(curves, arms), ""]
-    md.append(f"Floor (real data, same sample count): {floor:.4g}." if floor else "No floor.")
+    known = floor is not None  # 0.0 is a floor (every image of a small set against itself)
+    md.append(f"Floor (real data, same sample count): {floor:.4g}." if known else "No floor.")
     md.append(
       f"Metric noise (mean |{metric} - {metric} resampled| at the last step): {noise:.4g}."
       if measured
