@@ -566,6 +566,9 @@ def check_same_data(run: Run, workdir: str, step: int) -> None:
   saved_shape = meta.get("data_shape")
   encoding = run.source.encoding
   if saved_shape is not None and tuple(saved_shape) != tuple(run.source.shape) and not encoding:
+    changed = resume.changes(run.config, workdir)
+    if any(not resume.is_resumable(k) for k in changed):
+      return  # a changed key fixes the shape (data.image_size, data.name): resume.check names it
     raise resume.ResumeRefusedError(
       f"Cannot resume {workdir} at step {step}: {where} gives examples of shape "
       f"{tuple(run.source.shape)}, but the checkpoint was trained on {tuple(saved_shape)}. {fix}"

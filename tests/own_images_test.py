@@ -264,3 +264,6 @@ def test_a_relative_data_path_is_saved_absolute_and_resumes_only_on_the_same_sha
   ):
     train.train_and_evaluate(c, workdir)
   assert sorted(os.listdir(workdir)) == before
+  c.data.update({"path": str(tmp_path / "x.npy"), "image_size": 4})  # a key, not the files
+  with pytest.raises(ValueError, match=r"changed data.image_size: 0 -> 4"):
+    train.train_and_evaluate(c, workdir)
