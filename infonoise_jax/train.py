@@ -543,49 +543,57 @@ def _first_step_done(run: Run, state, log, started: float, step: int):
   )
 
 
-def check_same_data(run: Run, workdir: str, step: int) -> None:
-  """The data must have the example shape (and, for tokens, the vocabulary) the checkpoint at
-  `step` was trained on. data.path may change on a resume (the files moved), but other files
-  can hold images of another size or channel count, or text with other letters (other token
-  ids: training on would silently change what every id means). Checked before the config (a
-  vocabulary of another size also changes the resolved edm.sigma_data, which would be named
-  instead) and before the restore (whose shape mismatch blames the model). An unreadable step
-  is left to the restore, which moves it aside."""
+def saved_meta(workdir: str, step: int) -> dict | None:
+  """The metadata saved with `step` (data shape, vocabulary), or None when it is unreadable
+  (the restore then moves the step aside and says so)."""
   reader = checkpointing.Checkpointer(workdir, 1, create=False)
   try:
-    meta = reader.restore_meta(step)
+    return reader.restore_meta(step)
   except checkpointing.CheckpointError:
-    return
+    return None
   finally:
     reader.close()
-  d = run.config.data
-  where = f"data.name={d.name!r} with data.path={d.path!r}"
-  fix = (
-    "Resume with the data the run was trained on, or start a new --workdir. Nothing was written."
-  )
-  saved_shape = meta.get("data_shape")
-  encoding = run.source.encoding
-  if saved_shape is not None and tuple(saved_shape) != tuple(run.source.shape) and not encoding:
-    changed = resume.changes(run.config, workdir)
-    if any(not resume.is_resumable(k) for k in changed):
-      return  # a changed key fixes the shape (data.image_size, data.name): resume.check names it
-    raise resume.ResumeRefusedError(
-      f"Cannot resume {workdir} at step {step}: {where} gives examples of shape "
-      f"{tuple(run.source.shape)}, but the checkpoint was trained on {tuple(saved_shape)}. {fix}"
-    )
-  saved = meta.get("vocab")
+
+
+_OTHER_DATA = (
+  "Resume with the data the run was trained on, or start a new --workdir. Nothing was written."
+)
+
+
+def check_same_vocabulary(run: Run, workdir: str, step: int, meta: dict) -> None:
+  """Token data: the files must give the vocabulary the checkpoint was trained on. data.path
+  may change on a resume (the files moved), but text with other letters gives other token ids,
+  and training on would silently change what every id means. Checked before the config: a
+  vocabulary of another size also changes the resolved edm.sigma_data, which would be named."""
+  saved, encoding = meta.get("vocab"), run.source.encoding
   if encoding is None or saved is None or saved == encoding.vocab:
     return
-  new = encoding.vocab
+  new, d = encoding.vocab, run.config.data
   gone, added = sorted(set(saved) - set(new)), sorted(set(new) - set(saved))
   if gone or added:
     what = f"only in the checkpoint's: {''.join(gone)!r}; only in the new: {''.join(added)!r}"
   else:
     what = "the same symbols in another order"
   raise resume.ResumeRefusedError(
-    f"Cannot resume {workdir} at step {step}: {where} and data.vocab={d.vocab!r} gives a "
-    f"vocabulary of {len(new)} symbols, but the checkpoint was trained on {len(saved)} "
-    f"({what}), so token ids would change meaning. {fix}"
+    f"Cannot resume {workdir} at step {step}: data.name={d.name!r} with data.path={d.path!r} "
+    f"and data.vocab={d.vocab!r} gives a vocabulary of {len(new)} symbols, but the checkpoint "
+    f"was trained on {len(saved)} ({what}), so token ids would change meaning. {_OTHER_DATA}"
+  )
+
+
+def check_same_shape(run: Run, workdir: str, step: int, meta: dict) -> None:
+  """The files must give examples of the shape the checkpoint was trained on (data.path may
+  change on a resume; other files can hold images of another size or channel count). Checked
+  after the config, which names a changed key such as data.image_size first, and before the
+  restore, whose shape mismatch would blame the model."""
+  saved, new = meta.get("data_shape"), tuple(run.source.shape)
+  if saved is None or tuple(saved) == new:
+    return
+  d = run.config.data
+  raise resume.ResumeRefusedError(
+    f"Cannot resume {workdir} at step {step}: data.name={d.name!r} with data.path={d.path!r} "
+    f"gives examples of shape {new}, but the checkpoint was trained on {tuple(saved)}. "
+    f"{_OTHER_DATA}"
   )
 
 
@@ -618,9 +626,12 @@ def _train(run: Run, workdir: str, fresh: bool) -> TrainState:
   config = run.config
   saved = checkpointing.saved_steps(workdir)
   workdir_lib.check_start(workdir, saved, fresh)
-  if saved:
-    check_same_data(run, workdir, saved[-1])
+  meta = saved_meta(workdir, saved[-1]) if saved else None
+  if meta:
+    check_same_vocabulary(run, workdir, saved[-1], meta)
   accepted = resume.check(config, workdir, saved[-1]) if saved else {}
+  if meta:
+    check_same_shape(run, workdir, saved[-1], meta)
   periodic_fid = None  # built before anything is written: missing weights or non-images fail
   if config.train.fid_every:
     periodic_fid = model_fid.PeriodicFID(config, run.mesh, run.source)
