@@ -162,26 +162,29 @@ def current_records(args, records: list[dict]) -> tuple[list[dict], list[str]]:
   they have one other setting alone (e.g. records written by older code, read again with
   --report_only) they are kept with a note; several other settings are left out with a note,
   never averaged together. Floors likewise, by the data settings and sample count."""
-  want = {(d, a): config_hash(make_config(args, d, arm)) for d, a, arm in groups(args)}
-  floor_want = {
-    d: floor_hash(make_config(args, d, {}), args.num_samples) for d, _, _ in groups(args)
-  }
+  mine = {}  # (kind, data, arm) -> the setting this command's records carry
+  for d, a, arm in groups(args):
+    h = config_hash(make_config(args, d, arm))
+    mine[("eval", d, a)], mine[("grid", d, a)] = (h, args.num_samples), (h, args.grid_samples)
+  for d in dict.fromkeys(d for d, _, _ in groups(args)):
+    mine[("floor", d, "")] = (floor_hash(make_config(args, d, {}), args.num_samples), None)
   by_group = collections.defaultdict(lambda: collections.defaultdict(list))
   for r in records:
-    kind, data = r.get("kind"), r.get("data")
-    if kind in ("eval", "grid") and (data, r.get("arm")) in want:
-      by_group[(kind, data, r["arm"])][(r.get("config_hash"), r.get("num_samples"))].append(r)
-    elif kind == "floor" and data in floor_want:
-      by_group[("floor", data, "")][(r.get("floor_hash"), r.get("num_samples"))].append(r)
+    kind = r.get("kind")
+    group = (kind, r.get("data"), "" if kind == "floor" else r.get("arm"))
+    if group in mine:
+      setting = (
+        (r.get("floor_hash"), None)
+        if kind == "floor"
+        else (r.get("config_hash"), r.get("num_samples"))
+      )
+      by_group[group][setting].append(r)
   out, notes = [], []
   for (kind, data, arm), settings in sorted(by_group.items()):
-    count = args.grid_samples if kind == "grid" else args.num_samples
-    mine = (floor_want[data], None) if kind == "floor" else (want[(data, arm)], count)
-    hits = [k for k in settings if k[0] == mine[0] and (kind == "floor" or k[1] == mine[1])]
     what = f"{data}/{arm or 'floor'} ({kind})"
-    if hits:
-      out += [r for k in hits for r in settings[k]]
-      if len(settings) > len(hits):
+    if mine[(kind, data, arm)] in settings:
+      out += settings[mine[(kind, data, arm)]]
+      if len(settings) > 1:
         notes.append(f"{what}: records of other settings left out")
     elif len(settings) == 1:
       out += next(iter(settings.values()))
