@@ -267,3 +267,14 @@ def test_a_relative_data_path_is_saved_absolute_and_resumes_only_on_the_same_sha
   c.data.update({"path": str(tmp_path / "x.npy"), "image_size": 4})  # a key, not the files
   with pytest.raises(ValueError, match=r"changed data.image_size: 0 -> 4"):
     train.train_and_evaluate(c, workdir)
+
+
+def test_palette_images_are_gray_when_their_palette_is(tmp_path):
+  u = _pixels(3, channels=1)
+  for i, x in enumerate(u):
+    Image.fromarray(x[..., 0]).convert("P").save(tmp_path / f"{i}.png")  # a gray palette
+  src = load_source(_config(tmp_path))
+  assert src.shape == (8, 8, 1)
+  np.testing.assert_allclose(src.array, _expected(u), atol=1e-6)
+  Image.fromarray(_pixels(1)[0]).convert("P").save(tmp_path / "colour.png")
+  assert load_source(_config(tmp_path)).shape == (8, 8, 3)

@@ -297,6 +297,7 @@ def _read_image_folder(folder: str, max_bytes: int) -> np.ndarray:
     try:
       with Image.open(f) as im:
         size, mode = im.size, im.mode
+        palette = im.getpalette() if mode == "P" else None  # read with the header
     except Exception as e:  # not an image after all, or a torn file
       raise ValueError(f"data.path: cannot read {f} as an image ({e}); remove or fix it") from e
     if mode.startswith(("I", "F")):  # 16/32-bit or float pixels: 8-bit conversion would clip
@@ -311,7 +312,7 @@ def _read_image_folder(folder: str, max_bytes: int) -> np.ndarray:
         f"data.path={folder!r}: {f} is {size[0]}x{size[1]} but {files[0]} is "
         f"{size0[0]}x{size0[1]}; resize the images to one size first"
       )
-    colour |= mode not in gray and not (mode == "P" and _palette_is_gray(f))
+    colour |= mode not in gray and not (palette is not None and _is_gray_palette(palette))
   c = 3 if colour else 1
   _check_fits_in_memory(folder, (len(files), size0[1], size0[0], c), max_bytes)
   out = np.empty((len(files), size0[1], size0[0], c), np.uint8)
@@ -324,12 +325,10 @@ def _read_image_folder(folder: str, max_bytes: int) -> np.ndarray:
   return out
 
 
-def _palette_is_gray(path: str) -> bool:
-  from PIL import Image
-
-  with Image.open(path) as im:
-    rgb = np.asarray(im.convert("RGB"))
-  return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+def _is_gray_palette(palette: list[int]) -> bool:
+  """A palette image is grayscale when every entry of its palette is a gray (r = g = b)."""
+  rgb = np.asarray(palette).reshape(-1, 3)
+  return bool((rgb == rgb[:, :1]).all())
 
 
 def _check_fits_in_memory(path: str, shape: tuple[int, ...], max_bytes: int) -> None:
