@@ -351,37 +351,53 @@ def _npz_shape(z, key: str) -> tuple[int, ...]:
     return tuple(header(member)[0])
 
 
+_READ_ERRORS = (OSError, EOFError, ValueError, KeyError, zlib.error)  # torn, pickled, not numpy
+_SAVE_FIX = "save the images with np.save(path, x) or np.savez(path, images=x)"
+
+
+def _unreadable(path: str, e: Exception) -> ValueError:
+  return ValueError(f"data.path={path!r}: not a readable numpy array file ({e}); {_SAVE_FIX}")
+
+
+def _check_array_fits(path: str, shape: tuple[int, ...], max_bytes: int) -> None:
+  if len(shape) in (3, 4):  # other ranks are refused by _as_nhwc
+    _check_fits_in_memory(path, (*shape[:3], shape[3] if len(shape) == 4 else 1), max_bytes)
+
+
 def _read_image_array(path: str, max_bytes: int) -> np.ndarray:
   """The array of a .npy file, or of a .npz file's 'images' key (or its only array); an array
   too large for memory is refused from its header, before it is read."""
-  fix = "save the images with np.save(path, x) or np.savez(path, images=x)"
-  if not path.endswith((".npy", ".npz")):
+  if path.endswith(".npy"):
+    try:
+      x = np.load(path, mmap_mode="r", allow_pickle=False)  # nothing read yet
+    except _READ_ERRORS as e:
+      raise _unreadable(path, e) from e
+    _check_array_fits(path, x.shape, max_bytes)
+    return x
+  if not path.endswith(".npz"):
     raise ValueError(
       f"data.path={path!r}: data.name='images' reads a .npy or .npz file or a folder of images"
     )
   try:
-    if path.endswith(".npy"):
-      x = np.load(path, mmap_mode="r", allow_pickle=False)  # nothing read yet
-      shape, z, key = x.shape, None, None
-    else:
-      z = np.load(path, allow_pickle=False)
-      keys = list(z.files)
-      key = "images" if "images" in keys else (keys[0] if len(keys) == 1 else None)
-      shape = _npz_shape(z, key) if key else None
-  except (OSError, EOFError, ValueError, KeyError, zlib.error) as e:  # torn, pickled, not numpy
-    raise ValueError(f"data.path={path!r}: not a readable numpy array file ({e}); {fix}") from e
-  if z is not None and key is None:
-    z.close()
-    raise ValueError(f"data.path={path!r} holds arrays {keys} and none is named 'images'; {fix}")
-  if len(shape) in (3, 4):
-    _check_fits_in_memory(path, (*shape, 1)[:4] if len(shape) == 3 else shape, max_bytes)
-  if z is None:
-    return x
+    z = np.load(path, allow_pickle=False)
+  except _READ_ERRORS as e:
+    raise _unreadable(path, e) from e
   with z:
+    keys = list(z.files)
+    key = "images" if "images" in keys else (keys[0] if len(keys) == 1 else None)
+    if key is None:
+      raise ValueError(
+        f"data.path={path!r} holds arrays {keys} and none is named 'images'; {_SAVE_FIX}"
+      )
+    try:
+      shape = _npz_shape(z, key)
+    except _READ_ERRORS as e:
+      raise _unreadable(path, e) from e
+    _check_array_fits(path, shape, max_bytes)
     try:
       return z[key]
-    except (OSError, EOFError, ValueError, zlib.error) as e:
-      raise ValueError(f"data.path={path!r}: not a readable numpy array ({e}); {fix}") from e
+    except _READ_ERRORS as e:
+      raise _unreadable(path, e) from e
 
 
 def _as_nhwc(x: np.ndarray, path: str) -> np.ndarray:
