@@ -57,6 +57,7 @@ from infonoise_jax.evaluation import fid, plots, report
 from infonoise_jax.evaluation.images import to_uint8
 from infonoise_jax.evaluation.sequence_eval import SequenceEvaluator
 from infonoise_jax.model_sampler import Sampler, sampler_config
+from infonoise_jax.models import unet_layers
 from infonoise_jax.schedules import has_profile
 from infonoise_jax.validation import DEFAULT_CONFIG_PATH, load_config_file, parse_overrides
 
@@ -384,6 +385,7 @@ def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
           "train_wall_s": round(train_s, 2),
           "unix_time": round(time.time(), 1),  # when the record was written
           "runs_side_by_side": mr.num_runs,
+          "conv_wgrad": args.conv_wgrad,
           "device": jax.devices()[0].device_kind,
           "config_hash": h,
           "config": resolved,
@@ -495,6 +497,13 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument("--baseline", default="", help="arm for speedups; '' = best fixed arm")
   p.add_argument("--report_only", action="store_true", help="only rewrite the report files")
   p.add_argument(
+    "--conv_wgrad",
+    default="conv",
+    choices=["conv", "taps"],
+    help="U-Net convolutions' weight gradient: taps = matmuls per kernel tap, same values, "
+    "faster with seeds vmapped on a GPU (RESULTS.md section 9)",
+  )
+  p.add_argument(
     "--fid_records",
     default="",
     help="comma list of fid_of_samples.py outputs: an Inception FID section in the report",
@@ -530,6 +539,7 @@ def main(argv=None) -> None:
     spawn_workers(args)
   else:
     i, n = map(int, args.shard.split("/"))
+    unet_layers.use_tap_weight_gradients(args.conv_wgrad == "taps")
     print(f"devices: {jax.devices()}", flush=True)
     for d in args.data.split(","):
       write_floor(args, d, path)

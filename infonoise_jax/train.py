@@ -667,8 +667,10 @@ def _train(run: Run, workdir: str, fresh: bool) -> TrainState:
 
 class _Trace:
   """A device trace (`jax.profiler`) of steps start+1 .. start+num, written where TensorBoard's
-  Profile tab finds it (`<workdir>/tensorboard/plugins/profile/`); start 0 = off. The trace
-  ends once those steps finished on the device; a run that stops first ends it on exit."""
+  Profile tab finds it (`<workdir>/tensorboard/plugins/profile/`), with a Perfetto copy beside
+  it (`perfetto_trace.json.gz`: ui.perfetto.dev opens it, and it is plain JSON for scripts such
+  as experiments/benchmarks/trace_gaps.py); start 0 = off. The trace ends once those steps
+  finished on the device; a run that stops first ends it on exit."""
 
   def __init__(self, logdir: str, start: int, num: int):
     self.logdir, self.start, self.stop_after = logdir, start, start + num
@@ -677,7 +679,7 @@ class _Trace:
   def before_step(self, done: int) -> None:
     if self.start and done == self.start:
       try:  # a trace is a diagnostic: a run never stops for one that cannot start
-        jax.profiler.start_trace(self.logdir)
+        jax.profiler.start_trace(self.logdir, create_perfetto_trace=True)
       except Exception as e:  # noqa: BLE001
         logging.warning("Not tracing steps %d..%d: %s", done + 1, self.stop_after, e)
         return

@@ -14,7 +14,6 @@ import pytest
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "experiments", "benchmarks"))
 
-import parallel_runs_bench  # noqa: E402
 import profile_step  # noqa: E402
 import restart_bench  # noqa: E402
 import scaling_bench  # noqa: E402
@@ -180,32 +179,3 @@ def test_trainer_reports_time_inside_the_step_call(tmp_path, monkeypatch):
   # own three calls, not the compile's wait
   first = slow["windows"][0]
   assert 0.6 <= first[6] <= first[2] + 1e-3
-
-
-@pytest.mark.parametrize("k, pad", [(3, 1), (1, 0), (3, 2)])
-def test_taps_weight_gradient_equals_the_convolutions(k, pad):
-  """parallel_runs_bench's conv2d_taps: same output and same gradients (input and weights) as
-  unet_layers.conv2d, for one run and vmapped over a run axis (its reason to exist)."""
-  import jax
-  import jax.numpy as jnp
-
-  from infonoise_jax.models import unet_layers
-
-  kx, kw, kd = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(kx, (3, 2, 7, 6, 4))  # runs, batch, H, W, C
-  w = jax.random.normal(kw, (3, k, k, 4, 5))
-  h = 7 + 2 * pad - k + 1
-  dy = jax.random.normal(kd, (3, 2, h, 6 + 2 * pad - k + 1, 5))
-
-  def grads(conv):
-    def one(x, w, dy):
-      y, vjp = jax.vjp(lambda x, w: conv(x, w, pad), x, w)
-      return (y, *vjp(dy))
-
-    return one(x[0], w[0], dy[0]), jax.jit(jax.vmap(one))(x, w, dy)
-
-  taps, plain = grads(parallel_runs_bench.conv2d_taps), grads(unet_layers.conv2d)
-  for got, want in zip(taps, plain, strict=True):
-    for a, b in zip(got, want, strict=True):
-      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
-  assert jnp.abs(want[2]).max() > 0.1  # the weight gradient is not trivially zero

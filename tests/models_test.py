@@ -287,3 +287,54 @@ def test_dropout_rate_and_scale(rate):
   assert bool(jnp.any(y != unet_layers.dropout(x, rate, jax.random.key(1))))
   with pytest.raises(ValueError, match="even channel count"):
     unet_layers.dropout(jnp.ones((2, 3)), rate, jax.random.key(0))
+
+
+@pytest.mark.parametrize("k, pad", [(3, 1), (1, 0), (3, 2)])
+def test_taps_weight_gradient_equals_the_convolutions(k, pad):
+  """conv2d_taps: same output and same gradients (input and weights) as the plain
+  convolution, for one run and vmapped over a run axis (its reason to exist)."""
+  kx, kw, kd = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, (3, 2, 7, 6, 4))  # runs, batch, H, W, C
+  w = jax.random.normal(kw, (3, k, k, 4, 5))
+  h = 7 + 2 * pad - k + 1
+  dy = jax.random.normal(kd, (3, 2, h, 6 + 2 * pad - k + 1, 5))
+
+  def grads(conv):
+    def one(x, w, dy):
+      y, vjp = jax.vjp(lambda x, w: conv(x, w, pad), x, w)
+      return (y, *vjp(dy))
+
+    return one(x[0], w[0], dy[0]), jax.jit(jax.vmap(one))(x, w, dy)
+
+  taps, plain = grads(unet_layers.conv2d_taps), grads(unet_layers.conv2d)
+  for got, want in zip(taps, plain, strict=True):
+    for a, b in zip(got, want, strict=True):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+  assert jnp.abs(want[2]).max() > 0.1  # the weight gradient is not trivially zero
+
+
+def test_tap_weight_gradients_switch_what_every_conv2d_uses(monkeypatch):
+  """use_tap_weight_gradients(True) routes the U-Net's convolutions through conv2d_taps
+  (counted), with the same loss gradient as the plain convolution; (False) routes them back."""
+  calls = []
+  real = unet_layers.conv2d_taps
+  monkeypatch.setattr(unet_layers, "conv2d_taps", lambda *a: calls.append(1) or real(*a))
+  layer = unet_layers.Conv2D(features=5, kernel=3)
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+  params = layer.init(jax.random.key(2), x)
+
+  def grad():
+    return jax.grad(lambda p: jnp.sum(layer.apply(p, x) ** 2))(params)
+
+  plain = grad()
+  try:
+    unet_layers.use_tap_weight_gradients(True)
+    taps = grad()
+    assert calls, "Conv2D did not go through conv2d_taps"
+  finally:
+    unet_layers.use_tap_weight_gradients(False)
+  n = len(calls)
+  grad()
+  assert len(calls) == n, "use_tap_weight_gradients(False) did not switch back"
+  for a, b in zip(jax.tree.leaves(taps), jax.tree.leaves(plain), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)

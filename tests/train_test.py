@@ -1,5 +1,7 @@
 """End-to-end tests of the trainer: sharding equivalence, resume, compile count, errors."""
 
+import gzip
+import json
 import logging
 import os
 import pathlib
@@ -309,12 +311,15 @@ def test_trace_of_chosen_steps_lands_where_tensorboard_reads_profiles(tmp_path, 
     train.train_and_evaluate(config, str(tmp_path / "run"))
   traces = list((tmp_path / "run" / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
   assert len(traces) == 1 and traces[0].stat().st_size > 0
+  (perfetto,) = traces[0].parent.glob("perfetto_trace.json.gz")  # the scriptable copy
+  events = json.loads(gzip.decompress(perfetto.read_bytes()))["traceEvents"]
+  assert any(e.get("ph") == "X" and e.get("dur", 0) > 0 for e in events)
   assert caplog.text.count("Tracing steps 3..4") == 1
   assert checkpointing.Checkpointer(str(tmp_path / "run"), 3).latest_step() == 6
 
 
 def test_a_trace_that_cannot_start_warns_and_the_run_goes_on(tmp_path, caplog, monkeypatch):
-  def refuse(logdir):
+  def refuse(logdir, **unused_options):
     raise RuntimeError("profiler already in use")
 
   monkeypatch.setattr(jax.profiler, "start_trace", refuse)

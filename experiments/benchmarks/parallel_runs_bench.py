@@ -11,15 +11,15 @@ all run-steps over (last end - first start).
 
 Prints one JSON line per setting. Set JAX_COMPILATION_CACHE_DIR so processes reuse compiles.
 
-`--conv_wgrad=taps` swaps the U-Net's convolution (`unet_layers.conv2d`) for one whose weight
-gradient is a sum over the kernel's taps of matmuls (`conv2d_taps`): vmapped over runs these
-become batched matmuls, where jax's batching of the plain convolution's weight gradient is a
-grouped convolution whose window is the whole image (RESULTS.md section 9). Same values up to
-rounding (tests/benchmarks_test.py); an A/B of the vmapped layout's cost.
+`--conv_wgrad=taps` swaps the U-Net's convolution (`unet_layers.conv2d`) for one whose
+weight gradient is a sum over the kernel's taps of matmuls (`unet_layers.conv2d_taps`):
+vmapped over runs these become batched matmuls, where jax's batching of the plain
+convolution's weight gradient is a grouped convolution whose window is the whole image
+(RESULTS.md section 9). Same values up to rounding (tests/models_test.py); an A/B of the
+vmapped layout's cost.
 """
 
 import argparse
-import functools
 import json
 import os
 import subprocess
@@ -31,40 +31,11 @@ if not __package__:
   sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from infonoise_jax import multirun
 from infonoise_jax.models import unet_layers
 from infonoise_jax.validation import load_config_file, parse_overrides
-
-_plain_conv2d = unet_layers.conv2d  # the original, whatever --conv_wgrad swaps in
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv2d_taps(x_BHWC, w_KKIO, pad: int):
-  """unet_layers.conv2d with its weight gradient as k*k matmuls, one per tap of the kernel."""
-  return _plain_conv2d(x_BHWC, w_KKIO, pad)
-
-
-def _conv_taps_fwd(x_BHWC, w_KKIO, pad):
-  return _plain_conv2d(x_BHWC, w_KKIO, pad), (x_BHWC, w_KKIO)
-
-
-def _conv_taps_bwd(pad, res, dy_BHWO):
-  x_BHWC, w_KKIO = res
-  _, vjp_x = jax.vjp(lambda x: _plain_conv2d(x, w_KKIO, pad), x_BHWC)
-  (dx,) = vjp_x(dy_BHWO)
-  xp = jnp.pad(x_BHWC, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  h, w, k = dy_BHWO.shape[1], dy_BHWO.shape[2], w_KKIO.shape[0]
-  taps = [
-    [jnp.einsum("bhwc,bhwo->co", xp[:, i : i + h, j : j + w], dy_BHWO) for j in range(k)]
-    for i in range(k)
-  ]
-  return dx, jnp.stack([jnp.stack(row) for row in taps]).astype(w_KKIO.dtype)
-
-
-conv2d_taps.defvjp(_conv_taps_fwd, _conv_taps_bwd)
 
 
 def make_config(spec: str, overrides):
@@ -130,8 +101,7 @@ def main():
   p.add_argument("--child", default="", help="(internal) barrier dir,R,P")
   p.add_argument("--conv_wgrad", default="conv", choices=["conv", "taps"])
   args = p.parse_args()
-  if args.conv_wgrad == "taps":
-    unet_layers.conv2d = conv2d_taps
+  unet_layers.use_tap_weight_gradients(args.conv_wgrad == "taps")
   config = make_config(args.config, args.set)
   if args.child:
     barrier, r, n = args.child.split(",")

@@ -12,6 +12,7 @@ each residual branch and the output layer), every bias starts at zero. Parameter
 float32; `dtype` is the compute dtype (activations and matmuls).
 """
 
+import functools
 import math
 from typing import Any
 
@@ -151,11 +152,53 @@ def upsample(x_BHWC: Array, resample_filter: tuple[int, ...]) -> Array:
 
 def conv2d(x_BHWC: Array, w_KKIO: Array, pad: int) -> Array:
   """Stride-1 convolution with `pad` pixels of zero padding on every side: every Conv2D's
-  convolution goes through here (one place to swap it, e.g. parallel_runs_bench.py's
-  `--conv_wgrad=taps`)."""
+  convolution goes through here (one place to swap it: `use_tap_weight_gradients`)."""
   return jax.lax.conv_general_dilated(
     x_BHWC, w_KKIO, (1, 1), [(pad, pad), (pad, pad)], dimension_numbers=_DIMS
   )
+
+
+_plain_conv2d = conv2d  # the original, whatever use_tap_weight_gradients swaps in
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d_taps(x_BHWC: Array, w_KKIO: Array, pad: int) -> Array:
+  """`conv2d` with its weight gradient as k*k matmuls, one per tap of the kernel.
+
+  Same values as `conv2d` (forward and both gradients, up to rounding). Why it exists: jax
+  batches the weight gradient of a convolution vmapped over stacked weights (several runs in
+  one step, multirun.py) into a grouped convolution whose window is the whole image, which
+  the GPU runs slowly; vmapped, these matmuls become batched matmuls (measured on an H200 in
+  experiments/RESULTS.md section 9)."""
+  return _plain_conv2d(x_BHWC, w_KKIO, pad)
+
+
+def _conv_taps_fwd(x_BHWC, w_KKIO, pad):
+  return _plain_conv2d(x_BHWC, w_KKIO, pad), (x_BHWC, w_KKIO)
+
+
+def _conv_taps_bwd(pad, res, dy_BHWO):
+  x_BHWC, w_KKIO = res
+  _, vjp_x = jax.vjp(lambda x: _plain_conv2d(x, w_KKIO, pad), x_BHWC)
+  (dx,) = vjp_x(dy_BHWO)
+  xp = jnp.pad(x_BHWC, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  h, w, k = dy_BHWO.shape[1], dy_BHWO.shape[2], w_KKIO.shape[0]
+  taps = [
+    [jnp.einsum("bhwc,bhwo->co", xp[:, i : i + h, j : j + w], dy_BHWO) for j in range(k)]
+    for i in range(k)
+  ]
+  return dx, jnp.stack([jnp.stack(row) for row in taps]).astype(w_KKIO.dtype)
+
+
+conv2d_taps.defvjp(_conv_taps_fwd, _conv_taps_bwd)
+
+
+def use_tap_weight_gradients(on: bool = True) -> None:
+  """Makes every Conv2D traced from now on use `conv2d_taps` (on) or the plain convolution
+  (off) in this process. For side-by-side runs (experiments/compare_schedules.py
+  `--conv_wgrad=taps`); a single run gains nothing from it."""
+  global conv2d
+  conv2d = conv2d_taps if on else _plain_conv2d
 
 
 class Conv2D(nn.Module):
