@@ -385,7 +385,7 @@ def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
           "train_wall_s": round(train_s, 2),
           "unix_time": round(time.time(), 1),  # when the record was written
           "runs_side_by_side": mr.num_runs,
-          "conv_wgrad": args.conv_wgrad,
+          "conv_wgrad": conv_wgrad(args),
           "device": jax.devices()[0].device_kind,
           "config_hash": h,
           "config": resolved,
@@ -453,6 +453,13 @@ def groups(args) -> list[tuple[str, str, dict]]:
   return [(d, a, arms[a]) for d in args.data.split(",") for a in arms]
 
 
+def conv_wgrad(args) -> str:
+  """The weight gradient the U-Net's convolutions use in this process ('conv' or 'taps')."""
+  if args.conv_wgrad != "auto":
+    return args.conv_wgrad
+  return "taps" if len(args.seeds.split(",")) > 1 else "conv"
+
+
 def spawn_workers(args) -> None:
   """Runs the (data, arm) groups in `--workers` processes on the same accelerator."""
   frac = 0.9 / args.workers
@@ -498,10 +505,11 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument("--report_only", action="store_true", help="only rewrite the report files")
   p.add_argument(
     "--conv_wgrad",
-    default="conv",
-    choices=["conv", "taps"],
+    default="auto",
+    choices=["auto", "conv", "taps"],
     help="U-Net convolutions' weight gradient: taps = matmuls per kernel tap, same values, "
-    "faster with seeds vmapped on a GPU (RESULTS.md section 9)",
+    "1.6x faster with 3 seeds vmapped on an H200 (RESULTS.md section 9); auto = taps when "
+    "more than one seed shares a step, else the plain convolution",
   )
   p.add_argument(
     "--fid_records",
@@ -539,13 +547,13 @@ def main(argv=None) -> None:
     spawn_workers(args)
   else:
     i, n = map(int, args.shard.split("/"))
-    unet_layers.use_tap_weight_gradients(args.conv_wgrad == "taps")
     print(f"devices: {jax.devices()}", flush=True)
     for d in args.data.split(","):
       write_floor(args, d, path)
-    for k, (d, a, arm) in enumerate(groups(args)):
-      if k % n == i:
-        run_group(args, d, a, arm, path)
+    with unet_layers.tap_weight_gradients(conv_wgrad(args) == "taps"):
+      for k, (d, a, arm) in enumerate(groups(args)):
+        if k % n == i:
+          run_group(args, d, a, arm, path)
     if n > 1:
       return
   arm_names = list(dict.fromkeys(a for _, a, _ in groups(args)))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from infonoise_jax import multirun, train
+from infonoise_jax.models import unet_layers
 from infonoise_jax.validation import load_config_file
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -78,6 +79,9 @@ def test_harness_writes_curves_table_speedup_and_resumes_without_duplicates(tmp_
   assert len(evals) == 12
   keys = [(r["arm"], r["seed"], r["step"], r["resample"]) for r in evals]
   assert len(set(keys)) == len(keys)
+  # two seeds share each step: the taps weight gradient by default, recorded, and undone after
+  assert {r["conv_wgrad"] for r in evals} == {"taps"}
+  assert unet_layers.conv2d is unet_layers._plain_conv2d
   assert all(np.isfinite(r["fd"]) and r["fd"] > 0 for r in evals)
   hashes = {r["arm"]: r["config_hash"] for r in evals}
   assert hashes["lognormal"] != hashes["infonoise"]
@@ -98,6 +102,16 @@ def test_harness_writes_curves_table_speedup_and_resumes_without_duplicates(tmp_
   assert len(again) == 12 and len(set(keys)) == 12
   compare_schedules.main(_args(out))  # complete: nothing appended
   assert len(_evals(out)) == 12
+
+
+def test_conv_wgrad_auto_takes_taps_only_when_seeds_share_a_step(tmp_path):
+  def chosen(*flags):
+    return compare_schedules.conv_wgrad(compare_schedules.parse([f"--out={tmp_path}", *flags]))
+
+  assert chosen("--seeds=0,1,2") == "taps"
+  assert chosen("--seeds=4") == "conv"
+  assert chosen("--seeds=0,1", "--conv_wgrad=conv") == "conv"
+  assert chosen("--seeds=4", "--conv_wgrad=taps") == "taps"
 
 
 def test_bad_arm_fails_before_any_work(tmp_path):

@@ -314,8 +314,9 @@ def test_taps_weight_gradient_equals_the_convolutions(k, pad):
 
 
 def test_tap_weight_gradients_switch_what_every_conv2d_uses(monkeypatch):
-  """use_tap_weight_gradients(True) routes the U-Net's convolutions through conv2d_taps
-  (counted), with the same loss gradient as the plain convolution; (False) routes them back."""
+  """Inside tap_weight_gradients() the U-Net's convolutions go through conv2d_taps (counted),
+  with the same loss gradient as the plain convolution; after the block, back to the plain one
+  (also when the block raises)."""
   calls = []
   real = unet_layers.conv2d_taps
   monkeypatch.setattr(unet_layers, "conv2d_taps", lambda *a: calls.append(1) or real(*a))
@@ -327,14 +328,12 @@ def test_tap_weight_gradients_switch_what_every_conv2d_uses(monkeypatch):
     return jax.grad(lambda p: jnp.sum(layer.apply(p, x) ** 2))(params)
 
   plain = grad()
-  try:
-    unet_layers.use_tap_weight_gradients(True)
+  with pytest.raises(KeyError), unet_layers.tap_weight_gradients():
     taps = grad()
     assert calls, "Conv2D did not go through conv2d_taps"
-  finally:
-    unet_layers.use_tap_weight_gradients(False)
+    raise KeyError("leaves the block")
   n = len(calls)
   grad()
-  assert len(calls) == n, "use_tap_weight_gradients(False) did not switch back"
+  assert len(calls) == n, "the plain convolution did not come back after the block"
   for a, b in zip(jax.tree.leaves(taps), jax.tree.leaves(plain), strict=True):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)

@@ -101,7 +101,11 @@ def main():
   p.add_argument("--child", default="", help="(internal) barrier dir,R,P")
   p.add_argument("--conv_wgrad", default="conv", choices=["conv", "taps"])
   args = p.parse_args()
-  unet_layers.use_tap_weight_gradients(args.conv_wgrad == "taps")
+  with unet_layers.tap_weight_gradients(args.conv_wgrad == "taps"):
+    run(args)
+
+
+def run(args):
   config = make_config(args.config, args.set)
   if args.child:
     barrier, r, n = args.child.split(",")

@@ -12,6 +12,7 @@ each residual branch and the output layer), every bias starts at zero. Parameter
 float32; `dtype` is the compute dtype (activations and matmuls).
 """
 
+import contextlib
 import functools
 import math
 from typing import Any
@@ -152,13 +153,13 @@ def upsample(x_BHWC: Array, resample_filter: tuple[int, ...]) -> Array:
 
 def conv2d(x_BHWC: Array, w_KKIO: Array, pad: int) -> Array:
   """Stride-1 convolution with `pad` pixels of zero padding on every side: every Conv2D's
-  convolution goes through here (one place to swap it: `use_tap_weight_gradients`)."""
+  convolution goes through here (one place to swap it: `tap_weight_gradients`)."""
   return jax.lax.conv_general_dilated(
     x_BHWC, w_KKIO, (1, 1), [(pad, pad), (pad, pad)], dimension_numbers=_DIMS
   )
 
 
-_plain_conv2d = conv2d  # the original, whatever use_tap_weight_gradients swaps in
+_plain_conv2d = conv2d  # the original, whatever tap_weight_gradients swaps in
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -193,12 +194,19 @@ def _conv_taps_bwd(pad, res, dy_BHWO):
 conv2d_taps.defvjp(_conv_taps_fwd, _conv_taps_bwd)
 
 
-def use_tap_weight_gradients(on: bool = True) -> None:
-  """Makes every Conv2D traced from now on use `conv2d_taps` (on) or the plain convolution
-  (off) in this process. For side-by-side runs (experiments/compare_schedules.py
-  `--conv_wgrad=taps`); a single run gains nothing from it."""
+@contextlib.contextmanager
+def tap_weight_gradients(on: bool = True):
+  """Inside the block, every Conv2D traced uses `conv2d_taps` (on) or the plain convolution
+  (off); the previous choice comes back on exit. Programs traced inside keep their choice
+  (jit caches them). For side-by-side runs (experiments/compare_schedules.py
+  `--conv_wgrad`); a single run gains nothing from it."""
   global conv2d
+  before = conv2d
   conv2d = conv2d_taps if on else _plain_conv2d
+  try:
+    yield
+  finally:
+    conv2d = before
 
 
 class Conv2D(nn.Module):
