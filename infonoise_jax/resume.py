@@ -31,6 +31,7 @@ RESUMABLE = (
   "train.profile_bins",
   "train.trace_start",
   "train.trace_steps",
+  "train.trace_python",
   "train.eval_every",
   "train.eval_num_samples",
   "data.tfds_data_dir",

@@ -670,16 +670,22 @@ class _Trace:
   Profile tab finds it (`<workdir>/tensorboard/plugins/profile/`), with a Perfetto copy beside
   it (`perfetto_trace.json.gz`: ui.perfetto.dev opens it, and it is plain JSON for scripts such
   as experiments/benchmarks/trace_gaps.py); start 0 = off. The trace ends once those steps
-  finished on the device; a run that stops first ends it on exit."""
+  finished on the device; a run that stops first ends it on exit. Python calls are traced
+  only with `python` (train.trace_python): jax's Python tracer slows the loop that launches the
+  steps enough (20 -> 33 ms per step, fashion U-Net on an H200) that the device then idles for
+  the profiler, not for the run."""
 
-  def __init__(self, logdir: str, start: int, num: int):
+  def __init__(self, logdir: str, start: int, num: int, python: bool = False):
     self.logdir, self.start, self.stop_after = logdir, start, start + num
+    self.python = python
     self.active = False
 
   def before_step(self, done: int) -> None:
     if self.start and done == self.start:
       try:  # a trace is a diagnostic: a run never stops for one that cannot start
-        jax.profiler.start_trace(self.logdir, create_perfetto_trace=True)
+        options = jax.profiler.ProfileOptions()
+        options.python_tracer_level = int(self.python)
+        jax.profiler.start_trace(self.logdir, create_perfetto_trace=True, profiler_options=options)
       except Exception as e:  # noqa: BLE001
         logging.warning("Not tracing steps %d..%d: %s", done + 1, self.stop_after, e)
         return
@@ -729,7 +735,7 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
   batches = run.device_batches(step, data_workers(config, run.source))
   in_flight = _InFlight(t.max_steps_in_flight)
   pending: _PendingSave | None = None  # a periodic save waiting for its guard
-  trace = _Trace(os.path.join(workdir, "tensorboard"), t.trace_start, t.trace_steps)
+  trace = _Trace(os.path.join(workdir, "tensorboard"), t.trace_start, t.trace_steps, t.trace_python)
   started = time.monotonic()
   try:
     if run.ahead is None:  # not started by _train (its newest checkpoint was unreadable)
