@@ -117,3 +117,24 @@ def test_a_zero_floor_is_reported_not_taken_for_none(tmp_path):
   recs.append({"kind": "floor", "data": "d", "fd": 0.0})
   text = report.write_report(str(tmp_path), recs, ["lognormal"])
   assert "Floor (real data, same sample count): 0." in text and "No floor" not in text
+
+
+def test_inception_scores_get_their_own_curve_plot(tmp_path):
+  """write_report draws inception_<data>.png from fid_of_samples.py lines of the arms' saved
+  samples (none without them), with the floor at the same sample count."""
+  from PIL import Image
+
+  cfg = {"train": {"batch_size": 8}, "schedule": {"name": "lognormal"}}
+  recs = [{**_eval("ln", seed, s, 1.0 / s), "config": cfg} for s in (2, 4) for seed in (0, 1)]
+  report.write_report(str(tmp_path), recs, ["ln"])
+  assert not (tmp_path / "inception_d.png").exists()
+  fid_lines = [{"kind": "floor", "key": "floor", "num": 100, "fid": 1.5}] + [
+    {"kind": "fid", "samples": "final_d_ln.npz", "key": "k", "arm": "ln"}
+    | {"seed": seed, "step": s, "num": 100, "fid": 9.0 / s}
+    for s in (2, 4)
+    for seed in (0, 1)
+  ]
+  text = report.write_report(str(tmp_path), recs, ["ln"], fid_lines=fid_lines)
+  assert "Inception FID (100 samples per model)" in text
+  with Image.open(tmp_path / "inception_d.png") as img:
+    assert img.size[0] > 300 and img.size[1] > 200

@@ -77,6 +77,7 @@ def primary_metric(records, data: str) -> str:
 METRIC_LABELS = {
   "fd": "Frechet distance, pixel space",
   "frechet": "Frechet distance, classifier features",
+  "fid": "Inception FID",
 }
 
 
@@ -262,7 +263,8 @@ def write_report(
   baseline: str = "",
   fid_lines: Sequence[dict] = (),
 ) -> str:
-  """summary.md, curves_<data>.png and speedup_<data>.png under `out`; returns the markdown.
+  """summary.md, curves_<data>.png and speedup_<data>.png under `out` (and inception_<data>.png
+  when `fid_lines` score some arm's samples); returns the markdown.
   `fid_lines`: experiments/fid_of_samples.py output for the saved samples, if any."""
   fid_recs = inception_records(list(fid_lines))
   md = []
@@ -295,6 +297,14 @@ def write_report(
       img = speedup_plot(curves, base, arms, noise, f"{data}: speedup over {base}")
       plots.save_png(os.path.join(out, f"speedup_{data}.png"), img)
     md += inception_section(fid_recs, data, arms, base)
+    inception_curves = curves_by_arm(fid_recs, data, "fid")
+    scored = [a for a in arms if a in inception_curves]
+    if scored:
+      n = max(r["num_samples"] for r in fid_recs if r["kind"] == "eval" and r["data"] == data)
+      floors = {r["num_samples"]: r["fid"] for r in fid_recs if r["kind"] == "fid_floor"}
+      title = f"{data}: Inception FID, {n} samples per model"
+      img = curves_plot(inception_curves, scored, title, floors.get(n), batch, "fid")
+      plots.save_png(os.path.join(out, f"inception_{data}.png"), img)
     grids = grid_table(records, data)
     if grids:
       md += ["", "Inference grids on the final models (FD, seed mean, min..max):", "", grids]
