@@ -311,11 +311,25 @@ def test_trace_of_chosen_steps_lands_where_tensorboard_reads_profiles(tmp_path, 
     train.train_and_evaluate(config, str(tmp_path / "run"))
   traces = list((tmp_path / "run" / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
   assert len(traces) == 1 and traces[0].stat().st_size > 0
-  (perfetto,) = traces[0].parent.glob("perfetto_trace.json.gz")  # the scriptable copy
-  events = json.loads(gzip.decompress(perfetto.read_bytes()))["traceEvents"]
-  assert any(e.get("ph") == "X" and e.get("dur", 0) > 0 for e in events)
+  assert _python_frames(traces[0]) == []  # train.trace_python is off: no Python calls traced
   assert caplog.text.count("Tracing steps 3..4") == 1
   assert checkpointing.Checkpointer(str(tmp_path / "run"), 3).latest_step() == 6
+
+
+def _python_frames(xplane) -> list[str]:
+  """Names of the Python-call events ('$file.py:line name') in the trace's Perfetto copy."""
+  (perfetto,) = xplane.parent.glob("perfetto_trace.json.gz")  # the scriptable copy
+  events = json.loads(gzip.decompress(perfetto.read_bytes()))["traceEvents"]
+  assert any(e.get("ph") == "X" and e.get("dur", 0) > 0 for e in events)
+  return [e["name"] for e in events if e.get("ph") == "X" and e["name"].startswith("$")]
+
+
+def test_trace_python_adds_the_python_calls(tmp_path):
+  config = _config(**{"train.num_steps": 4, "train.trace_start": 2, "train.trace_steps": 1})
+  config.train.trace_python = True
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  (xplane,) = (tmp_path / "run" / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb")
+  assert any("train.py" in name for name in _python_frames(xplane))
 
 
 def test_a_trace_that_cannot_start_warns_and_the_run_goes_on(tmp_path, caplog, monkeypatch):
@@ -506,6 +520,7 @@ _LOOP_ONLY_CHANGES = {
   "train.eval_num_samples": 16,
   "train.trace_start": 3,
   "train.trace_steps": 2,
+  "train.trace_python": True,
   "data.tfds_data_dir": "/elsewhere/tfds",
   "data.local_dir": "/elsewhere/fashion",
   "data.path": "/elsewhere/file",
