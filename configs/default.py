@@ -190,9 +190,8 @@ def _base_config() -> ml_collections.ConfigDict:
   c.train.trace_start = 0  # device trace (jax.profiler) of the steps after this one, into
   #                          <workdir>/tensorboard (TensorBoard's Profile tab); 0 = off
   c.train.trace_steps = 10  # steps in that trace
-  c.train.trace_python = False  # also trace Python calls (slows the loop: ~20 -> 33 ms/step
-  #                               for the fashion U-Net on an H200, so device gaps are then
-  #                               the profiler's, not the run's)
+  c.train.trace_python = False  # also trace Python calls (slows the loop that launches the
+  #                               steps, so the device's gaps are then partly the profiler's)
   c.train.eval_every = 0  # steps between domain-metric evaluations (token data); 0 = off
   c.train.eval_num_samples = 512  # samples (and held-out windows) per domain evaluation
 

@@ -32,7 +32,8 @@ FID section per data kind to the report.
 Writes, under --out: results.jsonl (append-only, one line per evaluation with the resolved
 config and its hash; a rerun with the same arguments skips every evaluation already there, so
 it never duplicates one), summary.md (tables and speedups) and curves_<data>.png,
-speedup_<data>.png.
+speedup_<data>.png (and inception_<data>.png with --fid_records). `--conv_wgrad` picks how the
+U-Net's weight gradients are computed (same values; recorded per line, not in the config hash).
 """
 
 import argparse
@@ -192,6 +193,16 @@ def current_records(args, records: list[dict]) -> tuple[list[dict], list[str]]:
       notes.append(f"{what}: made with other settings than this command's (older code?); kept")
     else:
       notes.append(f"{what}: {len(settings)} other settings, none this command's; left out")
+  wgrads = collections.defaultdict(set)  # not in the config hash: a rerun may mix them
+  for r in out:
+    if r.get("kind") == "eval" and "conv_wgrad" in r:
+      wgrads[(r["data"], r["arm"])].add(str(r["conv_wgrad"]))
+  for (data, arm), seen in sorted(wgrads.items()):
+    if len(seen) > 1:
+      notes.append(
+        f"{data}/{arm}: its records mix weight gradients ({', '.join(sorted(seen))}; "
+        "--conv_wgrad): the same values up to rounding, not bit for bit the same runs"
+      )
   return out, notes
 
 
@@ -322,6 +333,12 @@ def save_steps(args) -> set[int]:
 def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
   """Trains every seed of one (data, arm) side by side; appends the missing evaluations."""
   config = make_config(args, data, arm)
+  with unet_layers.tap_weight_gradients(conv_wgrad(args, config) == "taps"):
+    train_group(args, data, arm_name, config, path)
+
+
+def train_group(args, data: str, arm_name: str, config, path: str) -> None:
+  """run_group's work, with the convolutions' weight gradient already chosen."""
   h = config_hash(config)
   seeds = [int(s) for s in args.seeds.split(",")]
   records = [
@@ -385,7 +402,7 @@ def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
           "train_wall_s": round(train_s, 2),
           "unix_time": round(time.time(), 1),  # when the record was written
           "runs_side_by_side": mr.num_runs,
-          "conv_wgrad": conv_wgrad(args),
+          "conv_wgrad": conv_wgrad(args, config),
           "device": jax.devices()[0].device_kind,
           "config_hash": h,
           "config": resolved,
@@ -453,11 +470,17 @@ def groups(args) -> list[tuple[str, str, dict]]:
   return [(d, a, arms[a]) for d in args.data.split(",") for a in arms]
 
 
-def conv_wgrad(args) -> str:
-  """The weight gradient the U-Net's convolutions use in this process ('conv' or 'taps')."""
+def conv_wgrad(args, config) -> str | None:
+  """The weight gradient the U-Net's convolutions use for `config` ('conv' or 'taps'; None
+  for a network without them). auto: taps where it was measured faster, i.e. several seeds
+  sharing a step on a GPU (RESULTS.md section 9); the plain convolution elsewhere (on the CPU
+  the two ran at the same speed, on TPUs taps is unmeasured)."""
+  if config.model.name != "unet":
+    return None
   if args.conv_wgrad != "auto":
     return args.conv_wgrad
-  return "taps" if len(args.seeds.split(",")) > 1 else "conv"
+  several = len(args.seeds.split(",")) > 1
+  return "taps" if several and jax.default_backend() == "gpu" else "conv"
 
 
 def spawn_workers(args) -> None:
@@ -509,7 +532,7 @@ def parse(argv=None) -> argparse.Namespace:
     choices=["auto", "conv", "taps"],
     help="U-Net convolutions' weight gradient: taps = matmuls per kernel tap, same values, "
     "1.6x faster with 3 seeds vmapped on an H200 (RESULTS.md section 9); auto = taps when "
-    "more than one seed shares a step, else the plain convolution",
+    "several seeds share a step on a GPU, else the plain convolution",
   )
   p.add_argument(
     "--fid_records",
@@ -550,10 +573,9 @@ def main(argv=None) -> None:
     print(f"devices: {jax.devices()}", flush=True)
     for d in args.data.split(","):
       write_floor(args, d, path)
-    with unet_layers.tap_weight_gradients(conv_wgrad(args) == "taps"):
-      for k, (d, a, arm) in enumerate(groups(args)):
-        if k % n == i:
-          run_group(args, d, a, arm, path)
+    for k, (d, a, arm) in enumerate(groups(args)):
+      if k % n == i:
+        run_group(args, d, a, arm, path)
     if n > 1:
       return
   arm_names = list(dict.fromkeys(a for _, a, _ in groups(args)))

@@ -667,25 +667,26 @@ def _train(run: Run, workdir: str, fresh: bool) -> TrainState:
 
 class _Trace:
   """A device trace (`jax.profiler`) of steps start+1 .. start+num, written where TensorBoard's
-  Profile tab finds it (`<workdir>/tensorboard/plugins/profile/`), with a Perfetto copy beside
-  it (`perfetto_trace.json.gz`: ui.perfetto.dev opens it, and it is plain JSON for scripts such
-  as experiments/benchmarks/trace_gaps.py); start 0 = off. The trace ends once those steps
-  finished on the device; a run that stops first ends it on exit. Python calls are traced
-  only with `python` (train.trace_python): jax's Python tracer slows the loop that launches the
-  steps enough (20 -> 33 ms per step, fashion U-Net on an H200) that the device then idles for
-  the profiler, not for the run."""
+  Profile tab finds it (`<workdir>/tensorboard/plugins/profile/<time>/`: `<host>.xplane.pb` and
+  `<host>.trace.json.gz`, plain JSON that experiments/benchmarks/trace_gaps.py sums up); start
+  0 = off. The trace starts once the steps already launched have finished, so it holds the
+  traced steps' device work and no earlier step's (one drain of the launch queue per trace),
+  and ends once those steps finished on the device; a run that stops first ends it on exit.
+  Python calls are traced only with `python` (train.trace_python): with jax's Python tracer on,
+  a full-speed window of the fashion U-Net on an H200 stretched from 20 to 33 ms per step."""
 
   def __init__(self, logdir: str, start: int, num: int, python: bool = False):
     self.logdir, self.start, self.stop_after = logdir, start, start + num
     self.python = python
     self.active = False
 
-  def before_step(self, done: int) -> None:
+  def before_step(self, done: int, state) -> None:
     if self.start and done == self.start:
+      jax.block_until_ready(state)  # the steps in flight finish outside the trace
       try:  # a trace is a diagnostic: a run never stops for one that cannot start
         options = jax.profiler.ProfileOptions()
         options.python_tracer_level = int(self.python)
-        jax.profiler.start_trace(self.logdir, create_perfetto_trace=True, profiler_options=options)
+        jax.profiler.start_trace(self.logdir, profiler_options=options)
       except Exception as e:  # noqa: BLE001
         logging.warning("Not tracing steps %d..%d: %s", done + 1, self.stop_after, e)
         return
@@ -742,7 +743,7 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
       run.ahead = CompileAhead(run)
     train_step = run.ahead.step().program  # compiled or loaded: the loop never traces it
     while step < num_steps:
-      trace.before_step(step)
+      trace.before_step(step, state)
       waited = time.perf_counter()
       batch = next(batches)
       dispatched = time.perf_counter()

@@ -79,8 +79,7 @@ def test_harness_writes_curves_table_speedup_and_resumes_without_duplicates(tmp_
   assert len(evals) == 12
   keys = [(r["arm"], r["seed"], r["step"], r["resample"]) for r in evals]
   assert len(set(keys)) == len(keys)
-  # two seeds share each step: the taps weight gradient by default, recorded, and undone after
-  assert {r["conv_wgrad"] for r in evals} == {"taps"}
+  assert {r["conv_wgrad"] for r in evals} == {None}  # an MLP: no convolutions
   assert unet_layers.conv2d is unet_layers._plain_conv2d
   assert all(np.isfinite(r["fd"]) and r["fd"] > 0 for r in evals)
   hashes = {r["arm"]: r["config_hash"] for r in evals}
@@ -104,14 +103,44 @@ def test_harness_writes_curves_table_speedup_and_resumes_without_duplicates(tmp_
   assert len(_evals(out)) == 12
 
 
-def test_conv_wgrad_auto_takes_taps_only_when_seeds_share_a_step(tmp_path):
-  def chosen(*flags):
-    return compare_schedules.conv_wgrad(compare_schedules.parse([f"--out={tmp_path}", *flags]))
+def test_conv_wgrad_auto_takes_taps_only_for_a_unet_with_seeds_sharing_a_gpu_step(
+  tmp_path, monkeypatch
+):
+  unet = load_config_file(os.path.join(ROOT, "configs", "default.py"), "fashion")
+  mlp = load_config_file(TEST_CONFIG)
+  assert unet.model.name == "unet" and mlp.model.name != "unet"
 
-  assert chosen("--seeds=0,1,2") == "taps"
-  assert chosen("--seeds=4") == "conv"
-  assert chosen("--seeds=0,1", "--conv_wgrad=conv") == "conv"
-  assert chosen("--seeds=4", "--conv_wgrad=taps") == "taps"
+  def chosen(config, *flags, backend="gpu"):
+    monkeypatch.setattr(compare_schedules.jax, "default_backend", lambda: backend)
+    args = compare_schedules.parse([f"--out={tmp_path}", *flags])
+    return compare_schedules.conv_wgrad(args, config)
+
+  assert chosen(unet, "--seeds=0,1,2") == "taps"
+  assert chosen(unet, "--seeds=0,1,2", backend="cpu") == "conv"  # measured no faster there
+  assert chosen(unet, "--seeds=4") == "conv"
+  assert chosen(unet, "--seeds=0,1", "--conv_wgrad=conv") == "conv"
+  assert chosen(unet, "--seeds=4", "--conv_wgrad=taps", backend="cpu") == "taps"
+  assert chosen(mlp, "--seeds=0,1,2", "--conv_wgrad=taps") is None
+
+
+def test_report_notes_an_arm_whose_records_mix_weight_gradients(tmp_path):
+  """--conv_wgrad is not in the config hash, so a rerun with another choice appends to the
+  same arm: the report keeps the records and says they mix."""
+  args = compare_schedules.parse(
+    [f"--out={tmp_path}", f"--config={TEST_CONFIG}", "--arms=lognormal", "--data=continuous"]
+  )
+  ((d, a, arm),) = compare_schedules.groups(args)
+  h = compare_schedules.config_hash(compare_schedules.make_config(args, d, arm))
+  recs = [
+    {"kind": "eval", "data": d, "arm": a, "seed": s, "step": 2, "fd": 1.0, "resample": False}
+    | {"config_hash": h, "num_samples": args.num_samples, "conv_wgrad": w}
+    for s, w in ((0, "conv"), (1, "taps"))
+  ]
+  kept, notes = compare_schedules.current_records(args, recs)
+  assert len(kept) == 2
+  assert any("mix weight gradients (conv, taps;" in n for n in notes)
+  kept, notes = compare_schedules.current_records(args, recs[:1])
+  assert not any("mix" in n for n in notes)
 
 
 def test_bad_arm_fails_before_any_work(tmp_path):

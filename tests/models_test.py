@@ -289,7 +289,7 @@ def test_dropout_rate_and_scale(rate):
     unet_layers.dropout(jnp.ones((2, 3)), rate, jax.random.key(0))
 
 
-@pytest.mark.parametrize("k, pad", [(3, 1), (1, 0), (3, 2)])
+@pytest.mark.parametrize("k, pad", [(3, 1), (1, 0), (3, 2), (1, 1)])
 def test_taps_weight_gradient_equals_the_convolutions(k, pad):
   """conv2d_taps: same output and same gradients (input and weights) as the plain
   convolution, for one run and vmapped over a run axis (its reason to exist)."""

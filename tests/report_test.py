@@ -121,14 +121,18 @@ def test_a_zero_floor_is_reported_not_taken_for_none(tmp_path):
 
 def test_inception_scores_get_their_own_curve_plot(tmp_path):
   """write_report draws inception_<data>.png from fid_of_samples.py lines of the arms' saved
-  samples (none without them), with the floor at the same sample count."""
+  samples (none without them); the floor is the one of binarized real images when the arm's
+  data was binarized, at the same sample count."""
   from PIL import Image
 
-  cfg = {"train": {"batch_size": 8}, "schedule": {"name": "lognormal"}}
+  cfg = {"train": {"batch_size": 8}, "schedule": {"name": "lognormal"}, "data": {"binarize": True}}
   recs = [{**_eval("ln", seed, s, 1.0 / s), "config": cfg} for s in (2, 4) for seed in (0, 1)]
   report.write_report(str(tmp_path), recs, ["ln"])
   assert not (tmp_path / "inception_d.png").exists()
-  fid_lines = [{"kind": "floor", "key": "floor", "num": 100, "fid": 1.5}] + [
+  fid_lines = [
+    {"kind": "floor", "key": "floor", "num": 100, "fid": 1.5, "binarize": False},
+    {"kind": "floor", "key": "floor", "num": 100, "fid": 0.9, "binarize": True},
+  ] + [
     {"kind": "fid", "samples": "final_d_ln.npz", "key": "k", "arm": "ln"}
     | {"seed": seed, "step": s, "num": 100, "fid": 9.0 / s}
     for s in (2, 4)
@@ -136,5 +140,9 @@ def test_inception_scores_get_their_own_curve_plot(tmp_path):
   ]
   text = report.write_report(str(tmp_path), recs, ["ln"], fid_lines=fid_lines)
   assert "Inception FID (100 samples per model)" in text
+  assert "Floor (real images, same count): 0.9 at 100." in text
   with Image.open(tmp_path / "inception_d.png") as img:
     assert img.size[0] > 300 and img.size[1] > 200
+  recs = [r | {"config": cfg | {"data": {"binarize": False}}} for r in recs]
+  text = report.write_report(str(tmp_path), recs, ["ln"], fid_lines=fid_lines)
+  assert "Floor (real images, same count): 1.5 at 100." in text

@@ -318,8 +318,8 @@ def test_trace_of_chosen_steps_lands_where_tensorboard_reads_profiles(tmp_path, 
 
 def _python_frames(xplane) -> list[str]:
   """Names of the Python-call events ('$file.py:line name') in the trace's Perfetto copy."""
-  (perfetto,) = xplane.parent.glob("perfetto_trace.json.gz")  # the scriptable copy
-  events = json.loads(gzip.decompress(perfetto.read_bytes()))["traceEvents"]
+  (trace_json,) = xplane.parent.glob("*.trace.json.gz")  # what trace_gaps.py reads
+  events = json.loads(gzip.decompress(trace_json.read_bytes()))["traceEvents"]
   assert any(e.get("ph") == "X" and e.get("dur", 0) > 0 for e in events)
   return [e["name"] for e in events if e.get("ph") == "X" and e["name"].startswith("$")]
 
@@ -333,7 +333,7 @@ def test_trace_python_adds_the_python_calls(tmp_path):
 
 
 def test_a_trace_that_cannot_start_warns_and_the_run_goes_on(tmp_path, caplog, monkeypatch):
-  def refuse(logdir, **unused_options):
+  def refuse(logdir, profiler_options=None):
     raise RuntimeError("profiler already in use")
 
   monkeypatch.setattr(jax.profiler, "start_trace", refuse)

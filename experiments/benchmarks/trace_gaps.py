@@ -1,14 +1,17 @@
 """Where a traced stretch of training spent the device's time: busy, idle, and in what gaps.
 
-Reads the Perfetto copy of a device trace (`perfetto_trace.json.gz`, written beside the
-TensorBoard profile by `--config.train.trace_start=N --config.train.trace_steps=M`) and prints,
-per device: the span from its first to its last kernel, the time some kernel ran (the union
-over its streams), the idle rest, the number of kernels (per step with --steps), the idle gaps
-by length, and the kernels that took the most time.
+Reads the JSON copy of a device trace (`<host>.trace.json.gz`, written beside the TensorBoard
+profile by `--config.train.trace_start=N --config.train.trace_steps=M`; a Perfetto export of
+the same trace works too) and prints, per device: the span from its first to its last kernel,
+the time some kernel ran (the union over its streams), the idle rest, the number of kernels
+(per step with --steps), the idle gaps by length, and the kernels that took the most time.
+Only the device's stream lines count (GPU `Stream #...`, TPU `XLA Ops`): summary lines such as
+`XLA Modules` or `Steps` span many kernels and would count their time again.
 
   python experiments/benchmarks/trace_gaps.py --steps=30 \
-      <workdir>/tensorboard/plugins/profile/*/perfetto_trace.json.gz
+      <workdir>/tensorboard/plugins/profile/*/*.trace.json.gz
 
+The trainer starts its trace on an idle device, so the span holds the traced steps only.
 Many short gaps (microseconds) between many short kernels mean the step is bound by launching
 them; a few long gaps mean the device waited for the host (data, a sync, a thread that did
 not get the CPU). Comparing a slow window's trace with a fast one's says which grew.
@@ -27,6 +30,9 @@ def load_events(path: str) -> list[dict]:
     raw = f.read()
   data = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
   return data["traceEvents"] if isinstance(data, dict) else data
+
+
+STREAM_LINES = ("Stream #", "XLA Ops")  # per-kernel lines of GPU / TPU device planes
 
 
 def device_pids(events: list[dict]) -> dict[int, str]:
@@ -56,11 +62,28 @@ def union_and_gaps(intervals: list[tuple[float, float]]) -> tuple[float, list[fl
   return busy, gaps
 
 
+def kernel_lines(events: list[dict], pid: int) -> dict[int, str]:
+  """tid -> name of the device's per-kernel lines (streams); every named line when none is
+  named like one (an unknown device), and {} when the trace names no lines at all."""
+  named = {
+    e["tid"]: str(e.get("args", {}).get("name", ""))
+    for e in events
+    if e.get("ph") == "M" and e.get("name") == "thread_name" and e.get("pid") == pid
+  }
+  streams = {t: n for t, n in named.items() if n.startswith(STREAM_LINES)}
+  return streams or named
+
+
 def summarize(events: list[dict], steps: int = 0, top: int = 8) -> list[dict]:
   """One summary per device: times in milliseconds, gap counts and totals by length."""
   out = []
   for pid, name in sorted(device_pids(events).items()):
-    kernels = [e for e in events if e.get("ph") == "X" and e.get("pid") == pid]
+    lines = kernel_lines(events, pid)
+    kernels = [
+      e
+      for e in events
+      if e.get("ph") == "X" and e.get("pid") == pid and (not lines or e.get("tid") in lines)
+    ]
     if not kernels:
       continue
     spans = [(float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0))) for e in kernels]
@@ -77,9 +100,10 @@ def summarize(events: list[dict], steps: int = 0, top: int = 8) -> list[dict]:
     out.append(
       {
         "device": name,
+        "lines": sorted(set(lines.values())) if lines else ["(all)"],
         "span_ms": span / 1e3,
         "busy_ms": busy / 1e3,
-        "busy_fraction": busy / span if span else 0.0,
+        "busy_fraction": busy / span if span > 0 else 0.0,
         "kernels": len(kernels),
         "kernels_per_step": len(kernels) / steps if steps else None,
         "ms_per_step": span / 1e3 / steps if steps else None,
@@ -102,6 +126,7 @@ def render(path: str, summaries: list[dict]) -> str:
     lines += [
       f"{s['device']}: span {s['span_ms']:.1f} ms, busy {s['busy_ms']:.1f} ms "
       f"({100 * s['busy_fraction']:.1f}%), {s['kernels']} kernels{per_step}",
+      f"lines counted: {', '.join(s['lines'])}",
       "",
       "| idle gap | count | total ms |",
       "| --- | --- | --- |",
@@ -116,14 +141,19 @@ def render(path: str, summaries: list[dict]) -> str:
 
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("traces", nargs="+", help="perfetto_trace.json(.gz) files")
+  p.add_argument("traces", nargs="+", help="*.trace.json.gz files (or Perfetto exports)")
   p.add_argument("--steps", type=int, default=0, help="train steps in each trace (per-step rates)")
   args = p.parse_args(argv)
+  empty = []
   for path in args.traces:
     summaries = summarize(load_events(path), args.steps)
-    if not summaries:
-      raise SystemExit(f"{path}: no device kernels in this trace (a CPU-only run has none)")
-    print(render(path, summaries), flush=True)
+    if summaries:
+      print(render(path, summaries), flush=True)
+    else:
+      empty.append(path)
+      print(f"## {path}\nno device kernels in this trace (a CPU-only run has none)", flush=True)
+  if len(empty) == len(args.traces):
+    raise SystemExit("no device kernels in any trace given")
 
 
 if __name__ == "__main__":

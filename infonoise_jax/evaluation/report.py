@@ -227,12 +227,22 @@ def inception_records(lines: list[dict]) -> list[dict]:
         | {"fid": r["fid"], "metric": "fid", "num_samples": r["num"], "resample": False}
       )
     elif r.get("kind") == "floor":
-      out.append({"kind": "fid_floor", "num_samples": r["num"], "fid": r["fid"]})
+      floor = {"kind": "fid_floor", "num_samples": r["num"], "fid": r["fid"]}
+      out.append(floor | ({"binarize": bool(r["binarize"])} if "binarize" in r else {}))
   return out
 
 
+def inception_floor(fid_recs: list[dict], num: int, binarized: bool | None = None):
+  """The Inception FID floor at `num` samples (None if not scored): of binarized real images
+  when `binarized`, of plain ones when False (floors that do not say count for either)."""
+  floors = [r for r in fid_recs if r["kind"] == "fid_floor" and r["num_samples"] == num]
+  if binarized is not None and any("binarize" in r for r in floors):
+    floors = [r for r in floors if r.get("binarize") == binarized]
+  return floors[-1]["fid"] if floors else None
+
+
 def inception_section(
-  fid_recs: list[dict], data: str, arms: Sequence[str], baseline: str
+  fid_recs: list[dict], data: str, arms: Sequence[str], baseline: str, binarized=None
 ) -> list[str]:
   """Markdown: Inception FID per arm and step (seed mean, min..max at the last step), the
   floor at the same sample count, and the speedup to `baseline`'s final FID (tolerance 0:
@@ -244,8 +254,8 @@ def inception_section(
   md = ["", f"Inception FID ({'/'.join(map(str, nums))} samples per model):", ""]
   main = [a for a in arms if a in curves] or sorted(curves)
   md.append(table(curves, main))
-  floors = {r["num_samples"]: r["fid"] for r in fid_recs if r["kind"] == "fid_floor"}
-  known = [f"{floors[n]:.4g} at {n}" for n in nums if n in floors]
+  floors = {n: inception_floor(fid_recs, n, binarized) for n in nums}
+  known = [f"{floors[n]:.4g} at {n}" for n in nums if floors[n] is not None]
   md.append(f"Floor (real images, same count): {', '.join(known)}." if known else "No floor.")
   if baseline in curves:
     why = "none, the noise of one draw per model not measured:"
@@ -296,14 +306,19 @@ def write_report(
       md += ["", *speedup_lines(curves, base, arms, noise)]
       img = speedup_plot(curves, base, arms, noise, f"{data}: speedup over {base}")
       plots.save_png(os.path.join(out, f"speedup_{data}.png"), img)
-    md += inception_section(fid_recs, data, arms, base)
-    inception_curves = curves_by_arm(fid_recs, data, "fid")
-    scored = [a for a in arms if a in inception_curves]
-    if scored:
-      n = max(r["num_samples"] for r in fid_recs if r["kind"] == "eval" and r["data"] == data)
-      floors = {r["num_samples"]: r["fid"] for r in fid_recs if r["kind"] == "fid_floor"}
+    binarized = any(
+      r["config"].get("data", {}).get("binarize", False)
+      for r in records
+      if r.get("kind") == "eval" and r["data"] == data and "config" in r
+    )
+    md += inception_section(fid_recs, data, arms, base, binarized)
+    scored = [r for r in fid_recs if r["kind"] == "eval" and r["data"] == data and r["arm"] in arms]
+    if scored:  # one curve per arm at the largest sample count any of them was scored with
+      n = max(r["num_samples"] for r in scored)
+      inception_curves = curves_by_arm([r for r in scored if r["num_samples"] == n], data, "fid")
       title = f"{data}: Inception FID, {n} samples per model"
-      img = curves_plot(inception_curves, scored, title, floors.get(n), batch, "fid")
+      floor_n = inception_floor(fid_recs, n, binarized)
+      img = curves_plot(inception_curves, arms, title, floor_n, batch, "fid")
       plots.save_png(os.path.join(out, f"inception_{data}.png"), img)
     grids = grid_table(records, data)
     if grids:

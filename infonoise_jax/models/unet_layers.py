@@ -197,9 +197,11 @@ conv2d_taps.defvjp(_conv_taps_fwd, _conv_taps_bwd)
 @contextlib.contextmanager
 def tap_weight_gradients(on: bool = True):
   """Inside the block, every Conv2D traced uses `conv2d_taps` (on) or the plain convolution
-  (off); the previous choice comes back on exit. Programs traced inside keep their choice
-  (jit caches them). For side-by-side runs (experiments/compare_schedules.py
-  `--conv_wgrad`); a single run gains nothing from it."""
+  (off); the previous choice comes back on exit. The choice is made when a program is
+  traced: one traced inside keeps it, and a function jitted and traced before the block keeps
+  the plain convolution when called inside it. For side-by-side runs
+  (experiments/compare_schedules.py `--conv_wgrad`): measured 1.61x faster for 3 vmapped seeds
+  on an H200; unmeasured for a single run there (no faster on a CPU)."""
   global conv2d
   before = conv2d
   conv2d = conv2d_taps if on else _plain_conv2d
