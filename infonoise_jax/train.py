@@ -667,9 +667,8 @@ def _train(run: Run, workdir: str, fresh: bool) -> TrainState:
 
 class _Trace:
   """A device trace (`jax.profiler`) of steps start+1 .. start+num, written where TensorBoard's
-  Profile tab finds it (`<workdir>/tensorboard/plugins/profile/<time>/`: `<host>.xplane.pb` and
-  `<host>.trace.json.gz`, plain JSON that experiments/benchmarks/trace_gaps.py sums up); start
-  0 = off. The trace starts once the steps already launched have finished, so it holds the
+  Profile tab finds it (`<workdir>/tensorboard/plugins/profile/<time>/<host>.xplane.pb`, which
+  experiments/benchmarks/trace_gaps.py sums up); start 0 = off. The trace starts once the steps already launched have finished, so it holds the
   traced steps' device work and no earlier step's (one drain of the launch queue per trace),
   and ends once those steps finished on the device; a run that stops first ends it on exit.
   Python calls are traced only with `python` (train.trace_python): with jax's Python tracer on,

@@ -183,51 +183,22 @@ def test_trainer_reports_time_inside_the_step_call(tmp_path, monkeypatch):
 
 
 def test_trace_gaps_counts_busy_time_once_across_streams_and_sorts_gaps(tmp_path, capsys):
-  """A made-up trace: two streams overlap on the device, a summary line and a host thread are
-  ignored. Kernels [0,10) and [5,20) on one stream, [30,40) on another, [1040,1050): busy 40 us
-  of a 1050 us span, one 10 us gap and one 1000 us gap."""
-  import gzip
-  import json
+  """Made-up kernels (profile_step.device_events' tuples, ns): on one device [0,10) and [5,20)
+  us overlap, then [30,40) and [1040,1050): busy 40 us of a 1050 us span, one 10 us gap and
+  one 1000 us gap; a second device is summed apart."""
+  us = 1000
 
-  def x(pid, tid, ts, dur, name="k"):
-    return {"ph": "X", "pid": pid, "tid": tid, "ts": ts, "dur": dur, "name": name}
+  def k(name, start, dur, device="/device:GPU:0"):
+    return (device, name, "op", start * us, dur * us)
 
-  def line(tid, name):
-    return {"ph": "M", "pid": 1, "tid": tid, "name": "thread_name", "args": {"name": name}}
-
-  kernels = [
-    x(1, 14, 0, 10, "conv"),
-    x(1, 14, 5, 15, "conv"),
-    x(1, 15, 30, 10, "copy"),
-    x(1, 14, 1040, 10, "conv"),
-  ]
-  events = [
-    {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:GPU:0"}},
-    {"ph": "M", "pid": 7, "name": "process_name", "args": {"name": "/host:CPU"}},
-    line(14, "Stream #14(Compute)"),
-    line(15, "Stream #15(MemcpyH2D)"),
-    line(2, "XLA Modules"),
-    *kernels,
-    x(1, 2, 0, 1050, "jit_train_step"),  # a module's whole span: not a kernel
-    x(7, 3, 0, 5000, "python"),
-  ]
-  path = tmp_path / "vm.trace.json.gz"
-  path.write_bytes(gzip.compress(json.dumps({"traceEvents": events}).encode()))
-  (s,) = trace_gaps.summarize(trace_gaps.load_events(str(path)), steps=2)
+  events = [k("conv", 0, 10), k("conv", 5, 15), k("copy", 30, 10), k("conv", 1040, 10)]
+  s, other = trace_gaps.summarize([*events, k("x", 0, 3, "/device:GPU:1")], steps=2)
   assert s["device"] == "/device:GPU:0" and s["kernels"] == 4
-  assert s["lines"] == ["Stream #14(Compute)", "Stream #15(MemcpyH2D)"]
+  assert other["device"] == "/device:GPU:1" and other["busy_ms"] == pytest.approx(0.003)
   assert s["span_ms"] == pytest.approx(1.05) and s["busy_ms"] == pytest.approx(0.04)
   assert [(g["count"], g["ms"]) for g in s["gaps"]] == [(0, 0), (1, 0.01), (0, 0), (1, 1.0)]
   assert s["top_kernels_ms"][0] == ("conv", pytest.approx(0.035))
   assert s["ms_per_step"] == pytest.approx(0.525)
-  # no line names at all (e.g. a hand-made export): every kernel of the device counts
-  bare = [e for e in events if e.get("name") != "thread_name" and e.get("tid") != 2]
-  (b,) = trace_gaps.summarize(bare)
-  assert b["kernels"] == 4 and b["busy_ms"] == pytest.approx(0.04)
-  host_only = tmp_path / "host.json"
-  host_only.write_text(json.dumps({"traceEvents": events[1:2] + events[-1:]}))
-  trace_gaps.main([str(path), str(host_only), "--steps=2"])  # a file without kernels is named
-  out = capsys.readouterr().out
-  assert "busy 0.0 ms (3.8%)" in out and f"{host_only}\nno device kernels" in out
-  with pytest.raises(SystemExit, match="no device kernels in any trace"):
-    trace_gaps.main([str(host_only)])
+  assert "busy 0.0 ms (3.8%)" in trace_gaps.render("t", [s])
+  with pytest.raises(SystemExit, match=r"no \*.xplane.pb under it"):
+    trace_gaps.main([str(tmp_path)])

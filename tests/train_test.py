@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import pathlib
+import sys
 
 import jax
 import numpy as np
@@ -313,12 +314,17 @@ def test_trace_of_chosen_steps_lands_where_tensorboard_reads_profiles(tmp_path, 
   assert len(traces) == 1 and traces[0].stat().st_size > 0
   assert _python_frames(traces[0]) == []  # train.trace_python is off: no Python calls traced
   assert caplog.text.count("Tracing steps 3..4") == 1
+  sys.path.insert(0, str(ROOT / "experiments" / "benchmarks"))
+  import trace_gaps
+
+  with pytest.raises(SystemExit, match="no GPU kernels"):  # trace_gaps.py reads it (CPU: none)
+    trace_gaps.main([str(tmp_path / "run" / "tensorboard")])
   assert checkpointing.Checkpointer(str(tmp_path / "run"), 3).latest_step() == 6
 
 
 def _python_frames(xplane) -> list[str]:
-  """Names of the Python-call events ('$file.py:line name') in the trace's Perfetto copy."""
-  (trace_json,) = xplane.parent.glob("*.trace.json.gz")  # what trace_gaps.py reads
+  """Names of the Python-call events ('$file.py:line name') in the trace's JSON copy."""
+  (trace_json,) = xplane.parent.glob("*.trace.json.gz")
   events = json.loads(gzip.decompress(trace_json.read_bytes()))["traceEvents"]
   assert any(e.get("ph") == "X" and e.get("dur", 0) > 0 for e in events)
   return [e["name"] for e in events if e.get("ph") == "X" and e["name"].startswith("$")]

@@ -48,7 +48,8 @@ def kind_of(name: str) -> str:
 
 
 def device_events(trace_dir: str):
-  """(kernel name, hlo op, start ns, duration ns) of every kernel on the trace's GPU planes."""
+  """(device, kernel name, hlo op, start ns, duration ns) of every kernel on the GPU planes of
+  the newest trace under `trace_dir`."""
   path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))[-1]
   data = jax.profiler.ProfileData.from_file(path)
   for plane in data.planes:
@@ -60,7 +61,7 @@ def device_events(trace_dir: str):
       for ev in line.events:
         stats = dict(ev.stats)
         hlo = stats.get("hlo_op", stats.get("tf_op", ""))
-        yield ev.name, str(hlo), ev.start_ns, ev.duration_ns
+        yield plane.name, ev.name, str(hlo), ev.start_ns, ev.duration_ns
 
 
 def profile(config, shape, steps: int, outdir: str, top: int) -> None:
@@ -89,7 +90,7 @@ def profile(config, shape, steps: int, outdir: str, top: int) -> None:
   by_kernel = collections.Counter()
   count = collections.Counter()
   hlo_of = {}
-  events = sorted(device_events(trace_dir), key=lambda e: e[2])
+  events = sorted((e[1:] for e in device_events(trace_dir)), key=lambda e: e[2])
   if not events:
     print(f"no GPU kernels in the trace ({jax.default_backend()} backend): this reads GPU traces")
     return
