@@ -333,12 +333,13 @@ def save_steps(args) -> set[int]:
 def run_group(args, data: str, arm_name: str, arm: dict, path: str) -> None:
   """Trains every seed of one (data, arm) side by side; appends the missing evaluations."""
   config = make_config(args, data, arm)
-  with unet_layers.tap_weight_gradients(conv_wgrad(args, config) == "taps"):
-    train_group(args, data, arm_name, config, path)
+  wgrad = conv_wgrad(args, config)
+  with unet_layers.tap_weight_gradients(wgrad == "taps"):
+    train_group(args, data, arm_name, config, wgrad, path)
 
 
-def train_group(args, data: str, arm_name: str, config, path: str) -> None:
-  """run_group's work, with the convolutions' weight gradient already chosen."""
+def train_group(args, data: str, arm_name: str, config, wgrad: str | None, path: str) -> None:
+  """run_group's work, with the convolutions' weight gradient `wgrad` already chosen."""
   h = config_hash(config)
   seeds = [int(s) for s in args.seeds.split(",")]
   records = [
@@ -402,7 +403,7 @@ def train_group(args, data: str, arm_name: str, config, path: str) -> None:
           "train_wall_s": round(train_s, 2),
           "unix_time": round(time.time(), 1),  # when the record was written
           "runs_side_by_side": mr.num_runs,
-          "conv_wgrad": conv_wgrad(args, config),
+          "conv_wgrad": wgrad,
           "device": jax.devices()[0].device_kind,
           "config_hash": h,
           "config": resolved,

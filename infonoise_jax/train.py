@@ -668,11 +668,12 @@ def _train(run: Run, workdir: str, fresh: bool) -> TrainState:
 class _Trace:
   """A device trace (`jax.profiler`) of steps start+1 .. start+num, written where TensorBoard's
   Profile tab finds it (`<workdir>/tensorboard/plugins/profile/<time>/<host>.xplane.pb`, which
-  experiments/benchmarks/trace_gaps.py sums up); start 0 = off. The trace starts once the steps already launched have finished, so it holds the
-  traced steps' device work and no earlier step's (one drain of the launch queue per trace),
-  and ends once those steps finished on the device; a run that stops first ends it on exit.
-  Python calls are traced only with `python` (train.trace_python): with jax's Python tracer on,
-  a full-speed window of the fashion U-Net on an H200 stretched from 20 to 33 ms per step."""
+  experiments/benchmarks/trace_gaps.py sums up); start 0 = off. The trace starts once the steps
+  already launched have finished, so it holds the traced steps' device work and no earlier
+  step's (one drain of the launch queue per trace), and ends once those steps finished on the
+  device; a run that stops first ends it on exit. Python calls are traced only with `python`
+  (train.trace_python): with jax's Python tracer on, a full-speed window of the fashion U-Net
+  on an H200 stretched from 20 to 33 ms per step."""
 
   def __init__(self, logdir: str, start: int, num: int, python: bool = False):
     self.logdir, self.start, self.stop_after = logdir, start, start + num

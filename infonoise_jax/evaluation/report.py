@@ -266,6 +266,18 @@ def inception_section(
   return md
 
 
+def inception_plot(fid_recs: list[dict], data: str, arms: Sequence[str], binarized, batch: int):
+  """The arms' Inception FID curves at the largest sample count any of them was scored with,
+  with the floor at that count (None when no arm was scored)."""
+  scored = [r for r in fid_recs if r["kind"] == "eval" and r["data"] == data and r["arm"] in arms]
+  if not scored:
+    return None
+  n = max(r["num_samples"] for r in scored)
+  curves = curves_by_arm([r for r in scored if r["num_samples"] == n], data, "fid")
+  title = f"{data}: Inception FID, {n} samples per model"
+  return curves_plot(curves, arms, title, inception_floor(fid_recs, n, binarized), batch, "fid")
+
+
 def write_report(
   out: str,
   records: list[dict],
@@ -312,13 +324,8 @@ def write_report(
       if r.get("kind") == "eval" and r["data"] == data and "config" in r
     )
     md += inception_section(fid_recs, data, arms, base, binarized)
-    scored = [r for r in fid_recs if r["kind"] == "eval" and r["data"] == data and r["arm"] in arms]
-    if scored:  # one curve per arm at the largest sample count any of them was scored with
-      n = max(r["num_samples"] for r in scored)
-      inception_curves = curves_by_arm([r for r in scored if r["num_samples"] == n], data, "fid")
-      title = f"{data}: Inception FID, {n} samples per model"
-      floor_n = inception_floor(fid_recs, n, binarized)
-      img = curves_plot(inception_curves, arms, title, floor_n, batch, "fid")
+    img = inception_plot(fid_recs, data, arms, binarized, batch)
+    if img is not None:
       plots.save_png(os.path.join(out, f"inception_{data}.png"), img)
     grids = grid_table(records, data)
     if grids:
