@@ -130,3 +130,45 @@ def record(
     history = run / HISTORY_FILE  # rewritten whole: object stores cannot append
     previous = history.read_text() if history.exists() else ""
     history.write_text(previous + json.dumps(entry, sort_keys=True) + "\n")
+
+
+_OTHER_DATA = (
+  "Resume with the data the run was trained on, or start a new --workdir. Nothing was written."
+)
+
+
+def check_same_vocabulary(config, source, workdir: str, step: int, meta: dict) -> None:
+  """Token data: the files must give the vocabulary the checkpoint was trained on. data.path
+  may change on a resume (the files moved), but text with other letters gives other token ids,
+  and training on would silently change what every id means. Checked before the config: a
+  vocabulary of another size also changes the resolved edm.sigma_data, which would be named."""
+  saved, encoding = meta.get("vocab"), source.encoding
+  if encoding is None or saved is None or saved == encoding.vocab:
+    return
+  new, d = encoding.vocab, config.data
+  gone, added = sorted(set(saved) - set(new)), sorted(set(new) - set(saved))
+  if gone or added:
+    what = f"only in the checkpoint's: {''.join(gone)!r}; only in the new: {''.join(added)!r}"
+  else:
+    what = "the same symbols in another order"
+  raise ResumeRefusedError(
+    f"Cannot resume {workdir} at step {step}: data.name={d.name!r} with data.path={d.path!r} "
+    f"and data.vocab={d.vocab!r} gives a vocabulary of {len(new)} symbols, but the checkpoint "
+    f"was trained on {len(saved)} ({what}), so token ids would change meaning. {_OTHER_DATA}"
+  )
+
+
+def check_same_shape(config, source, workdir: str, step: int, meta: dict) -> None:
+  """The files must give examples of the shape the checkpoint was trained on (data.path may
+  change on a resume; other files can hold images of another size or channel count). Checked
+  after the config, which names a changed key such as data.image_size first, and before the
+  restore, whose shape mismatch would blame the model."""
+  saved, new = meta.get("data_shape"), tuple(source.shape)
+  if saved is None or tuple(saved) == new:
+    return
+  d = config.data
+  raise ResumeRefusedError(
+    f"Cannot resume {workdir} at step {step}: data.name={d.name!r} with data.path={d.path!r} "
+    f"gives examples of shape {new}, but the checkpoint was trained on {tuple(saved)}. "
+    f"{_OTHER_DATA}"
+  )

@@ -555,48 +555,6 @@ def saved_meta(workdir: str, step: int) -> dict | None:
     reader.close()
 
 
-_OTHER_DATA = (
-  "Resume with the data the run was trained on, or start a new --workdir. Nothing was written."
-)
-
-
-def check_same_vocabulary(run: Run, workdir: str, step: int, meta: dict) -> None:
-  """Token data: the files must give the vocabulary the checkpoint was trained on. data.path
-  may change on a resume (the files moved), but text with other letters gives other token ids,
-  and training on would silently change what every id means. Checked before the config: a
-  vocabulary of another size also changes the resolved edm.sigma_data, which would be named."""
-  saved, encoding = meta.get("vocab"), run.source.encoding
-  if encoding is None or saved is None or saved == encoding.vocab:
-    return
-  new, d = encoding.vocab, run.config.data
-  gone, added = sorted(set(saved) - set(new)), sorted(set(new) - set(saved))
-  if gone or added:
-    what = f"only in the checkpoint's: {''.join(gone)!r}; only in the new: {''.join(added)!r}"
-  else:
-    what = "the same symbols in another order"
-  raise resume.ResumeRefusedError(
-    f"Cannot resume {workdir} at step {step}: data.name={d.name!r} with data.path={d.path!r} "
-    f"and data.vocab={d.vocab!r} gives a vocabulary of {len(new)} symbols, but the checkpoint "
-    f"was trained on {len(saved)} ({what}), so token ids would change meaning. {_OTHER_DATA}"
-  )
-
-
-def check_same_shape(run: Run, workdir: str, step: int, meta: dict) -> None:
-  """The files must give examples of the shape the checkpoint was trained on (data.path may
-  change on a resume; other files can hold images of another size or channel count). Checked
-  after the config, which names a changed key such as data.image_size first, and before the
-  restore, whose shape mismatch would blame the model."""
-  saved, new = meta.get("data_shape"), tuple(run.source.shape)
-  if saved is None or tuple(saved) == new:
-    return
-  d = run.config.data
-  raise resume.ResumeRefusedError(
-    f"Cannot resume {workdir} at step {step}: data.name={d.name!r} with data.path={d.path!r} "
-    f"gives examples of shape {new}, but the checkpoint was trained on {tuple(saved)}. "
-    f"{_OTHER_DATA}"
-  )
-
-
 def _restore_or_init(run: Run, ckpt: checkpointing.Checkpointer) -> TrainState:
   """The newest readable checkpoint (corrupt newer ones are moved aside), else a new state."""
   restored = ckpt.restore_newest_good(run.abstract_state)
@@ -628,10 +586,10 @@ def _train(run: Run, workdir: str, fresh: bool) -> TrainState:
   workdir_lib.check_start(workdir, saved, fresh)
   meta = saved_meta(workdir, saved[-1]) if saved else None
   if meta:
-    check_same_vocabulary(run, workdir, saved[-1], meta)
+    resume.check_same_vocabulary(config, run.source, workdir, saved[-1], meta)
   accepted = resume.check(config, workdir, saved[-1]) if saved else {}
   if meta:
-    check_same_shape(run, workdir, saved[-1], meta)
+    resume.check_same_shape(config, run.source, workdir, saved[-1], meta)
   periodic_fid = None  # built before anything is written: missing weights or non-images fail
   if config.train.fid_every:
     periodic_fid = model_fid.PeriodicFID(config, run.mesh, run.source)
