@@ -234,7 +234,8 @@ def make_sigmas(config: ml_collections.ConfigDict, profile: Profile | None = Non
     sigma_min=edm.sigma_min,
     sigma_max=edm.sigma_max,
   )
-  check_step_ratios(sigmas, s.name, s.grid)
+  if not check_profile_gaps(sigmas, s.grid):
+    check_step_ratios(sigmas, s.name, s.grid)
   return sigmas
 
 
@@ -266,6 +267,47 @@ def check_step_ratios(sigmas: Array, method: str, grid: str = "") -> bool:
       "--method=exp_heun for the sample command), which is stable for any ratio.",
       method,
       grid,
+      ratio,
+      HEUN_TESTED_RATIO,
+      (ratio - 1) / 2,
+    )
+  return True
+
+
+def widest_step(sigmas: Array) -> tuple[float, float]:
+  """(sigma_i, sigma_{i+1}) of the step with the largest ratio among those `max_step_ratio`
+  looks at (all but the last, which goes to 0); (sigma_0, sigma_1) for grids of one step."""
+  sigma_N = np.asarray(sigmas, np.float64)
+  if sigma_N.shape[0] < 3:
+    return float(sigma_N[0]), float(sigma_N[-1])
+  i = int(np.argmax(sigma_N[:-2] / sigma_N[1:-1]))
+  return float(sigma_N[i]), float(sigma_N[i + 1])
+
+
+def check_profile_gaps(sigmas: Array, grid: str) -> bool:
+  """Warns (once per grid and ratio) when an InfoGrid crosses a range wider than
+  `HEUN_TESTED_RATIO` in one step, with any solver; returns True if it warned.
+
+  Such a gap is where the profile has almost no mass. A stable solver stays in range there, but
+  one network evaluation has to carry the whole range: on learned profiles, whose mass sits at
+  the low-noise end where the network's own error dominates (docs/method.md section 5), every
+  InfoGrid measured far worse than the Karras grid (experiments/RESULTS.md sections 2, 17)."""
+  ratio = max_step_ratio(sigmas)
+  if not grid.startswith("infogrid") or ratio <= HEUN_TESTED_RATIO:
+    return False
+  hi, lo = widest_step(sigmas)
+  key = (grid, "gap", round(ratio))
+  if key not in _warned:
+    _warned.add(key)
+    logger.warning(
+      "sampler.grid=%r crosses sigma %.3g -> %.3g in one step (ratio %.0f, tested up to %.0f): "
+      "the profile has almost no mass there, so one network evaluation spans it (and EDM's "
+      "Heun amplifies the denoiser's change there by about %.0f). On learned profiles this "
+      "drew far worse samples than the Karras grid (experiments/RESULTS.md sections 2 and 17); "
+      "use sampler.grid='karras' (--config.sampler.grid=karras) unless the profile is exact.",
+      grid,
+      hi,
+      lo,
       ratio,
       HEUN_TESTED_RATIO,
       (ratio - 1) / 2,

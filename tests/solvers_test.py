@@ -380,3 +380,39 @@ def test_heun_within_tested_ratios_matches_the_ode(grid):
   assert not solvers.check_step_ratios(sigmas, "heun", grid)
   for method in ("heun", "exp_heun"):
     assert _ode_error(method, sigmas)[0] < 0.1 * np.sqrt(_LAM.max())
+
+
+def _low_noise_profile():
+  """A learned-like profile: the rate's mass in a bump at sigma ~ 0.005 (RESULTS.md section 17)."""
+  c_K = np.linspace(np.log(SMIN), np.log(SMAX), 128)
+  return c_K, np.exp(-0.5 * ((c_K - np.log(0.005)) / 0.6) ** 2) + 1e-6
+
+
+@pytest.mark.parametrize("method", ["heun", "exp_heun"])
+def test_infogrid_warns_where_its_profile_leaves_a_gap_naming_the_step(method, caplog, monkeypatch):
+  monkeypatch.setattr(solvers, "_warned", set())
+  with caplog.at_level("WARNING"):
+    sigmas = np.asarray(
+      solvers.make_sigmas(_config(num_steps=18, grid="infogrid", name=method), _low_noise_profile())
+    )
+  ratios = sigmas[:-2] / sigmas[1:-1]  # the steps with a second evaluation (not the one to 0)
+  i = int(np.argmax(ratios))
+  assert ratios[i] > solvers.HEUN_TESTED_RATIO
+  assert sigmas[i] == SMAX  # the whole high-noise range in the first step
+  text = caplog.text
+  assert f"crosses sigma {sigmas[i]:.3g} -> {sigmas[i + 1]:.3g} in one step" in text
+  assert "sampler.grid='karras'" in text
+  assert text.count("WARNING") == 1  # one message, whatever the solver
+
+
+def test_no_gap_warning_for_a_broad_profile_or_the_karras_grid(caplog, monkeypatch):
+  monkeypatch.setattr(solvers, "_warned", set())
+  c_K = np.linspace(np.log(SMIN), np.log(SMAX), 128)
+  with caplog.at_level("WARNING"):
+    flat = solvers.make_sigmas(_config(num_steps=18, grid="infogrid"), (c_K, np.ones_like(c_K)))
+    # uniform rate per ln sigma: a geometric grid, ratio (SMAX / SMIN)^(1/17) per step
+    np.testing.assert_allclose(solvers.max_step_ratio(flat), (SMAX / SMIN) ** (1 / 17), rtol=1e-4)
+    karras6 = solvers.karras_sigmas(6, SMIN, SMAX, 7.0)
+    assert solvers.max_step_ratio(karras6) > solvers.HEUN_TESTED_RATIO
+    assert not solvers.check_profile_gaps(karras6, "karras")
+  assert "crosses sigma" not in caplog.text
