@@ -39,6 +39,19 @@ def test_train_step_bench_reports_finite_throughput_and_flops(tiny_config):
   assert r["mfu_text"] == "n/a (unknown peak for cpu; set system.peak_tflops)"
 
 
+def test_train_step_bench_runs_a_token_config_with_the_encodings_sigma_data():
+  """configs/dna.py leaves edm.sigma_data = 0 for the trainer to take from its data; the bench
+  has no data, so it takes the one-hot std of shape[-1] symbols (here the std of the 4
+  centred codewords e_k - 1/4, computed directly)."""
+  config = train_step_bench.config_for(
+    os.path.join(ROOT, "configs", "dna.py:cpu"), "float32", 8, ["model.depth=1"]
+  )
+  assert config.edm.sigma_data == 0
+  r = train_step_bench.bench(config, (16, 4), iters=2)
+  assert r["loss_finite"]
+  assert config.edm.sigma_data == pytest.approx((np.eye(4) - 0.25).std(), rel=1e-6)
+
+
 def test_profile_kernel_kinds():
   kind = profile_step.kind_of
   assert kind("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc") == kind(

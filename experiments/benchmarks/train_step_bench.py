@@ -8,6 +8,7 @@ images/s, peak device memory, XLA's FLOP count per step and model FLOPs utilizat
   python experiments/benchmarks/train_step_bench.py --config=configs/cifar10_infonoise.py \
       --dtypes=float32,bfloat16 --iters=30
   python experiments/benchmarks/train_step_bench.py --config=configs/cifar10_edm.py:ncsnpp
+  python experiments/benchmarks/train_step_bench.py --config=configs/dna.py --shape=128,4
 
 FLOPs per step and MFU come from `infonoise_jax.flops` on whatever backend runs the script:
 XLA's cost analysis of the compiled step, unless it counts less than the step's matrix
@@ -32,6 +33,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from infonoise_jax import flops, steps
+from infonoise_jax.data.tokens import onehot_std
 from infonoise_jax.models import make_model, param_count
 from infonoise_jax.schedules import make_schedule
 from infonoise_jax.train_state import make_optimizer
@@ -51,7 +53,11 @@ def config_for(config_arg: str, dtype: str, batch_size: int = 0, overrides=()):
 
 
 def build(config, shape):
-  """The jitted train step, a replicated initial state and a sharded synthetic batch."""
+  """The jitted train step, a replicated initial state and a sharded synthetic batch.
+  A token config (edm.sigma_data = 0: follow the encoding) gets the one-hot std of a
+  vocabulary of shape[-1] symbols, as the trainer resolves it from its data (data/tokens.py)."""
+  if not config.edm.sigma_data:
+    config.edm.sigma_data = onehot_std(shape[-1], config.data.scale)
   model, schedule = make_model(config, shape), make_schedule(config)
   optimizer = make_optimizer(config)
   mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))

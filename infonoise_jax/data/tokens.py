@@ -30,6 +30,13 @@ import dataclasses
 import numpy as np
 
 
+def onehot_std(vocab_size: int, scale: float) -> float:
+  """Per-dim std of the encoding of V symbols under uniform tokens: a sqrt(V - 1) / V."""
+  if vocab_size < 2:
+    raise ValueError(f"a token encoding needs at least 2 symbols, got {vocab_size}")
+  return float(scale * np.sqrt(vocab_size - 1) / vocab_size)
+
+
 @dataclasses.dataclass(frozen=True)
 class TokenEncoding:
   """Vocabulary (one character per token id, in id order) and the one-hot scale a."""
@@ -53,8 +60,7 @@ class TokenEncoding:
   @property
   def sigma_data(self) -> float:
     """Per-dim std of the encoding under uniform tokens: a sqrt(V - 1) / V."""
-    v = self.size
-    return float(self.scale * np.sqrt(v - 1) / v)
+    return onehot_std(self.size, self.scale)
 
   def codewords(self) -> np.ndarray:
     """(V, V) float32: row k is the encoding of token k, a (e_k - 1/V)."""
