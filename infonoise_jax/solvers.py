@@ -234,7 +234,7 @@ def make_sigmas(config: ml_collections.ConfigDict, profile: Profile | None = Non
     sigma_min=edm.sigma_min,
     sigma_max=edm.sigma_max,
   )
-  if not check_profile_gaps(sigmas, s.grid):
+  if not check_profile_gaps(sigmas, s.grid, s.name):
     check_step_ratios(sigmas, s.name, s.grid)
   return sigmas
 
@@ -284,33 +284,42 @@ def widest_step(sigmas: Array) -> tuple[float, float]:
   return float(sigma_N[i]), float(sigma_N[i + 1])
 
 
-def check_profile_gaps(sigmas: Array, grid: str) -> bool:
-  """Warns (once per grid and ratio) when an InfoGrid crosses a range wider than
-  `HEUN_TESTED_RATIO` in one step, with any solver; returns True if it warned.
+def check_profile_gaps(sigmas: Array, grid: str, method: str = "") -> bool:
+  """Warns (once per grid) when an InfoGrid crosses a range of sigma wider than
+  `HEUN_TESTED_RATIO` in one second-order step, with any solver; returns True for such a grid.
 
-  Such a gap is where the profile has almost no mass. A stable solver stays in range there, but
-  one network evaluation has to carry the whole range: on learned profiles, whose mass sits at
-  the low-noise end where the network's own error dominates (docs/method.md section 5), every
-  InfoGrid measured far worse than the Karras grid (experiments/RESULTS.md sections 2, 17)."""
-  ratio = max_step_ratio(sigmas)
-  if not grid.startswith("infogrid") or ratio <= HEUN_TESTED_RATIO:
+  The grid puts a level wherever its density has mass, so a wide step lies where the density
+  is small, and one step's two network evaluations have to carry the whole range there. A
+  stable solver stays in the data range, but on learned profiles, whose mass sits at the
+  low-noise end where the network's own error dominates (docs/method.md section 5), every
+  InfoGrid drew far worse samples than the Karras grid (experiments/RESULTS.md section 17)."""
+  if not grid.startswith("infogrid"):
     return False
-  hi, lo = widest_step(sigmas)
-  key = (grid, "gap", round(ratio))
+  ratio = max_step_ratio(sigmas)
+  if ratio <= HEUN_TESTED_RATIO:
+    return False
+  key = (grid, "gap", 0)
   if key not in _warned:
     _warned.add(key)
+    hi, lo = widest_step(sigmas)
+    heun = (
+      f" EDM's Heun multiplies the denoiser's change over that step by about {(ratio - 1) / 2:.0f}"
+      " and samples can leave the data range."
+      if method in ("heun", "stochastic")
+      else ""
+    )
     logger.warning(
       "sampler.grid=%r crosses sigma %.3g -> %.3g in one step (ratio %.0f, tested up to %.0f): "
-      "the profile has almost no mass there, so one network evaluation spans it (and EDM's "
-      "Heun amplifies the denoiser's change there by about %.0f). On learned profiles this "
-      "drew far worse samples than the Karras grid (experiments/RESULTS.md sections 2 and 17); "
-      "use sampler.grid='karras' (--config.sampler.grid=karras) unless the profile is exact.",
+      "the grid places no level in between, so two network evaluations span that range.%s On "
+      "learned profiles every InfoGrid drew far worse samples than the Karras grid "
+      "(experiments/RESULTS.md section 17); use sampler.grid='karras' "
+      "(--config.sampler.grid=karras) unless the profile is exact.",
       grid,
       hi,
       lo,
       ratio,
       HEUN_TESTED_RATIO,
-      (ratio - 1) / 2,
+      heun,
     )
   return True
 

@@ -44,12 +44,17 @@ def test_train_step_bench_runs_a_token_config_with_the_encodings_sigma_data():
   has no data, so it takes the one-hot std of shape[-1] symbols (here the std of the 4
   centred codewords e_k - 1/4, computed directly)."""
   config = train_step_bench.config_for(
-    os.path.join(ROOT, "configs", "dna.py:cpu"), "float32", 8, ["model.depth=1"]
+    os.path.join(ROOT, "configs", "dna.py:cpu"), "float32", 8, ["model.depth=1", "data.scale=2.0"]
   )
   assert config.edm.sigma_data == 0
   r = train_step_bench.bench(config, (16, 4), iters=2)
   assert r["loss_finite"]
-  assert config.edm.sigma_data == pytest.approx((np.eye(4) - 0.25).std(), rel=1e-6)
+  assert config.edm.sigma_data == pytest.approx((2.0 * (np.eye(4) - 0.25)).std(), rel=1e-6)
+  # an image config with sigma_data = 0 is refused, naming the key and the fix
+  image = train_step_bench.config_for(os.path.join(ROOT, "configs", "test.py"), "float32", 8)
+  image.edm.sigma_data = 0.0
+  with pytest.raises(ValueError, match=r"edm\.sigma_data=0 .*--set edm\.sigma_data"):
+    train_step_bench.resolve_token_sigma_data(image, (8, 8, 1))
 
 
 def test_profile_kernel_kinds():

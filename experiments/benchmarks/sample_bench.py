@@ -38,7 +38,7 @@ from infonoise_jax.models import make_model
 from infonoise_jax.schedules import make_schedule
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step_bench import config_for  # noqa: E402
+from train_step_bench import config_for, resolve_token_sigma_data  # noqa: E402
 
 MODES = ("keyed", "batched")
 
@@ -67,6 +67,7 @@ def main() -> None:
   a = p.parse_args()
   config = config_for("configs/test.py" if a.small else a.config, a.dtype, overrides=a.set)
   shape = (8, 8, 1) if a.small else tuple(int(n) for n in a.shape.split(","))
+  resolve_token_sigma_data(config, shape)
   model = make_model(config, shape)
   x, c = jnp.zeros((1, *shape)), jnp.zeros((1,))
   params = jax.jit(lambda: model.init({"params": jax.random.key(0)}, x, c, train=False))()

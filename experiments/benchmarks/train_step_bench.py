@@ -33,6 +33,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from infonoise_jax import flops, steps
+from infonoise_jax.data.sources import TOKEN_NAMES
 from infonoise_jax.data.tokens import onehot_std
 from infonoise_jax.models import make_model, param_count
 from infonoise_jax.schedules import make_schedule
@@ -52,12 +53,23 @@ def config_for(config_arg: str, dtype: str, batch_size: int = 0, overrides=()):
   return config
 
 
+def resolve_token_sigma_data(config, shape) -> None:
+  """edm.sigma_data = 0 (follow the token encoding), which the trainer resolves from its data:
+  here, without data, the one-hot std of a vocabulary of shape[-1] symbols (data/tokens.py)."""
+  if config.edm.sigma_data:
+    return
+  if config.data.name not in TOKEN_NAMES:
+    raise ValueError(
+      f"config.edm.sigma_data=0 (follow the token encoding) needs token data, but data.name="
+      f"{config.data.name!r}; pass --set edm.sigma_data=<the data's std, e.g. 0.5>"
+    )
+  config.edm.sigma_data = onehot_std(shape[-1], config.data.scale)
+
+
 def build(config, shape):
-  """The jitted train step, a replicated initial state and a sharded synthetic batch.
-  A token config (edm.sigma_data = 0: follow the encoding) gets the one-hot std of a
-  vocabulary of shape[-1] symbols, as the trainer resolves it from its data (data/tokens.py)."""
-  if not config.edm.sigma_data:
-    config.edm.sigma_data = onehot_std(shape[-1], config.data.scale)
+  """The jitted train step, a replicated initial state and a sharded synthetic batch (a token
+  config's sigma_data resolved first: `resolve_token_sigma_data`)."""
+  resolve_token_sigma_data(config, shape)
   model, schedule = make_model(config, shape), make_schedule(config)
   optimizer = make_optimizer(config)
   mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
