@@ -120,6 +120,8 @@ def _huge_npz(path):
     (lambda d: np.save(d / "x.npy", _pixels(channels=2)), "images of 2 channels"),
     (lambda d: np.save(d / "x.npy", _pixels(channels=4)), "x[..., :3]"),
     (lambda d: _huge_npz(d / "x.npz"), "need 45776.4 GiB as float32"),
+    (lambda d: np.save(d / "x.npy", (_pixels() > 127).astype(np.uint8)), "save them as bool"),
+    (lambda d: np.save(d / "x.npy", (_pixels() > 127).astype(np.int64)), "as almost black"),
   ],
 )
 def test_bad_arrays_are_named(tmp_path, make, message):
@@ -129,6 +131,16 @@ def test_bad_arrays_are_named(tmp_path, make, message):
       _config(tmp_path / "x.npy" if (tmp_path / "x.npy").exists() else tmp_path / "x.npz")
     )
   assert message in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["digits", "fashion_mnist_local", "toy2d"])
+def test_a_data_path_that_the_source_would_not_read_is_refused(tmp_path, name):
+  """data.path is read by own images and token data only: set with another source it would
+  be silently ignored (the run would train on that source), so it is refused, naming the fix."""
+  np.save(tmp_path / "x.npy", _pixels())
+  c = _config(tmp_path / "x.npy", name=name)
+  with pytest.raises(ValueError, match=r"does not read it.*--config\.data\.name=images"):
+    load_source(c)
 
 
 def test_bad_folders_and_settings_are_named(tmp_path):

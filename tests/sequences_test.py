@@ -162,3 +162,20 @@ def test_empty_text_is_an_empty_vocabulary(tmp_path):
   open(path, "w").write("  \n\n ")
   with pytest.raises(ValueError, match="data.path"):
     load_source(_config("text", path=path))
+
+
+def test_binary_or_non_utf8_text_is_refused_naming_the_file(tmp_path):
+  """Read leniently, a binary file's bytes (or Latin-1 letters as U+FFFD) would silently become
+  symbols of the vocabulary; the loader refuses them instead, naming the file and the fix."""
+  binary = os.path.join(tmp_path, "arr.npy")
+  np.save(binary, np.arange(64, dtype=np.int32))
+  with pytest.raises(ValueError, match=r"arr\.npy looks binary"):
+    load_source(_config("text", path=binary))
+  latin = os.path.join(tmp_path, "old.txt")
+  with open(latin, "wb") as f:
+    f.write("Caf\u00e9 au lait, na\u00efve d\u00e9j\u00e0 vu. ".encode("latin-1") * 50)
+  with pytest.raises(ValueError, match=r"old\.txt is not UTF-8 text \(byte 3.*iconv"):
+    load_source(_config("text", path=latin))
+  with open(latin, "wb") as f:  # the same text in UTF-8 reads
+    f.write("Caf\u00e9 au lait, na\u00efve d\u00e9j\u00e0 vu. ".encode("utf-8") * 50)
+  assert "\u00e9" in load_source(_config("text", path=latin, seq_len=16)).encoding.vocab

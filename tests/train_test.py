@@ -553,14 +553,22 @@ def test_keys_left_out_of_the_step_key_do_not_change_the_step(tmp_path):
       assert any(k.startswith(key) for k in _LOOP_ONLY_CHANGES), key
     else:
       assert key in _LOOP_ONLY_CHANGES, key
-  base = train.Run(_config(), str(tmp_path))
-  changed = train.Run(_config(**_LOOP_ONLY_CHANGES), str(tmp_path))
-  for name, value in _LOOP_ONLY_CHANGES.items():  # the changes took
+  # data.path is read by own images only: both runs train on 8x8 arrays, from two files
+  pixels = np.random.default_rng(0).integers(0, 256, (32, 8, 8, 1), dtype=np.uint8)
+  for name in ("a.npy", "b.npy"):
+    np.save(tmp_path / name, pixels)
+  images = {"data.name": "images", "data.path": str(tmp_path / "a.npy")}
+  changes = {**_LOOP_ONLY_CHANGES, "data.path": str(tmp_path / "b.npy")}
+  base = train.Run(_config(**images), str(tmp_path))
+  changed = train.Run(_config(**{**images, **changes}), str(tmp_path))
+  for name, value in changes.items():  # the changes took
     assert changed.config[name.split(".")[0]][name.split(".")[1]] == value
   lower = lambda r: r.train_step.lower(r.abstract_state, r.abstract_batch).as_text()
   assert lower(base) == lower(changed)
   # The comparison can see a key the step does read:
-  assert lower(base) != lower(train.Run(_config(**{"train.profile_bins": 16}), str(tmp_path)))
+  assert lower(base) != lower(
+    train.Run(_config(**images, **{"train.profile_bins": 16}), str(tmp_path))
+  )
   key = lambda r: step_executables.step_key(r.config, r.abstract_state, r.abstract_batch)
   assert key(base) == key(changed)
 

@@ -166,6 +166,25 @@ def _tar_texts(path: str) -> list[tuple[str, str]]:
     ]
 
 
+def _utf8_text(file: str) -> str:
+  """A text file's content; a binary or non-UTF-8 file is an error naming the file and the fix
+  (read leniently, its bytes would become symbols of the vocabulary)."""
+  with open(file, "rb") as f:
+    data = f.read()
+  if b"\x00" in data:
+    raise ValueError(
+      f"data.path: {file} looks binary (it holds NUL bytes), not text; data.name='text' reads "
+      "UTF-8 .txt files"
+    )
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise ValueError(
+      f"data.path: {file} is not UTF-8 text (byte {e.start}: {data[e.start : e.start + 1]!r}); "
+      f"convert it, e.g. iconv -f latin1 -t utf-8 {file} > {os.path.splitext(file)[0]}.utf8.txt"
+    ) from e
+
+
 def text_groups(path: str) -> tuple[tuple[str, str], ...]:
   """(work name, normalized text) per text file (or sdist member) under `path`."""
   default = not path
@@ -184,10 +203,7 @@ def _read_text(path: str, mtime: float) -> tuple[tuple[str, str], ...]:
     files = sorted(glob.glob(os.path.join(path, "*.txt"))) if os.path.isdir(path) else [path]
     if not files:
       raise FileNotFoundError(f"data.path={path!r} holds no .txt files")
-    raw = []
-    for file in files:
-      with open(file, encoding="utf-8", errors="replace") as f:
-        raw.append((os.path.splitext(os.path.basename(file))[0], f.read()))
+    raw = [(os.path.splitext(os.path.basename(f))[0], _utf8_text(f)) for f in files]
   groups = [(name, normalize_text(t)) for name, t in raw]
   groups = [(n, t) for n, t in groups if t]
   if not groups:

@@ -133,6 +133,12 @@ def load_source(config: ml_collections.ConfigDict) -> Source:
   name = d.name
   if d.scale <= 0:
     raise ValueError(f"data.scale must be > 0, got {d.scale}")
+  if d.path and name not in (OWN_IMAGES, *TOKEN_NAMES):
+    raise ValueError(
+      f"data.path={d.path!r} is set but data.name={name!r} does not read it; to train on that "
+      f"file or folder add --config.data.name={OWN_IMAGES} (images) or dna / text (sequences), "
+      "or leave data.path empty"
+    )
   if name.startswith("tfds:") and len(name) > 5:
     return tfds_source(name[5:], d)
   if name in TOKEN_NAMES:
@@ -424,8 +430,6 @@ def _as_nhwc(x: np.ndarray, path: str) -> np.ndarray:
 
 def _pixel_range(x: np.ndarray, path: str) -> float:
   """The top of the pixel range [0, max] that maps onto [-scale, scale]."""
-  if x.dtype == np.uint8:
-    return 255.0
   if x.dtype == np.bool_:
     return 1.0
   if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
@@ -434,6 +438,12 @@ def _pixel_range(x: np.ndarray, path: str) -> float:
   if not (np.isfinite(lo) and np.isfinite(hi)):
     raise ValueError(f"data.path={path!r}: the images hold NaN or Inf")
   if np.issubdtype(x.dtype, np.integer) and lo >= 0 and hi <= 255:
+    if hi <= 1:  # 0/1 masks: as 0..255 pixels they would be all but black
+      raise ValueError(
+        f"data.path={path!r}: {x.dtype} pixels span [{lo:g}, {hi:g}]; integer pixels are read "
+        "as 0..255, so these images would train as almost black. Binary images: save them as "
+        "bool (or floats in [0, 1]); 0..255 pixels: check the array"
+      )
     return 255.0
   if np.issubdtype(x.dtype, np.floating) and lo >= 0 and hi <= 1:
     return 1.0
