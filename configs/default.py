@@ -36,7 +36,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       c.model.attn_resolutions = (7,)
     else:
       raise ValueError(
-        f"Unknown config variant {token!r} in 'configs/default.py:{variant}'. "
+        f"Unknown config variant {token!r} (of the variants {variant!r}). "
         f"Valid: {', '.join(SCHEDULES)}, binarized, mlp, fashion."
       )
   if c.data.name == "fashion_mnist_local" and not c.data.binarize:

@@ -21,10 +21,23 @@ ERROR_EXIT_CODE = 1
 USER_ERRORS = (ValueError, OSError, FloatingPointError, CheckpointError)
 
 
+def positive_int(text: str) -> int:
+  """argparse type: an int >= 1 (argparse turns the error into a usage message)."""
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+  return value
+
+
 def add_checkpoint_command_flags(p: argparse.ArgumentParser) -> None:
   """The flags every command that reads a run's checkpoint takes (sample, evaluate)."""
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  p.add_argument("--batch", type=int, default=None, help="samples per call (fid.batch_size)")
+  p.add_argument(
+    "--batch", type=positive_int, default=None, help="samples per call (fid.batch_size)"
+  )
   p.add_argument("--debug", action="store_true", help="show the traceback of an error")
   p.add_argument(
     "--distributed",

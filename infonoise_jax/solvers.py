@@ -304,7 +304,7 @@ def check_profile_gaps(sigmas: Array, grid: str, method: str = "") -> bool:
     hi, lo = widest_step(sigmas)
     heun = (
       f" EDM's Heun multiplies the denoiser's change over that step by about {(ratio - 1) / 2:.0f}"
-      " and samples can leave the data range."
+      " and samples can leave the data range (sampler.name='exp_heun' stays inside it)."
       if method in ("heun", "stochastic")
       else ""
     )

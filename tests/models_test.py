@@ -337,3 +337,26 @@ def test_tap_weight_gradients_switch_what_every_conv2d_uses(monkeypatch):
   assert len(calls) == n, "the plain convolution did not come back after the block"
   for a, b in zip(jax.tree.leaves(taps), jax.tree.leaves(plain), strict=True):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_unet_shape_errors_name_a_fix_that_works():
+  """A side the U-Net's levels do not divide, and attention at a resolution the image does not
+  have: both fail before anything is built, and the override each message proposes builds."""
+  import re
+
+  from configs import default
+  from infonoise_jax.models import make_model
+
+  c = default.get_config("fashion")
+  c.model.channel_mult, c.model.attn_resolutions = (1, 2, 2, 2), ()
+  with pytest.raises(ValueError, match=r"image side 30 is not divisible") as e:
+    make_model(c, (30, 30, 1))
+  mult = re.search(r"channel_mult='(\([^']*\))'", str(e.value)).group(1)
+  c.model.channel_mult = eval(mult)  # the proposed value: (1, 2), as 30 = 2 x 15
+  make_model(c, (30, 30, 1))  # builds
+  c.model.channel_mult, c.model.attn_resolutions = (1, 2, 2), (4,)
+  with pytest.raises(ValueError, match=r"not among this image's U-Net resolutions") as e:
+    make_model(c, (20, 20, 3))
+  attn = re.search(r"attn_resolutions='(\([^']*\))'", str(e.value)).group(1)
+  c.model.attn_resolutions = eval(attn)
+  make_model(c, (20, 20, 3))  # builds

@@ -153,3 +153,14 @@ def test_missing_run_checkpoint_or_step_are_clear_errors(trained, tmp_path):
     sample.sample_run(empty, 4, str(tmp_path / "out"))
   with pytest.raises(ValueError, match=r"--step=5.*saved steps: \[4, 8\]"):
     sample.sample_run(workdir, 4, str(tmp_path / "out"), step=5)
+
+
+@pytest.mark.parametrize("bad", ["0", "-3", "four"])
+def test_a_batch_below_one_is_a_usage_error(bad, capsys):
+  from infonoise_jax import evaluate
+
+  for parse in (sample._parse, evaluate._parse):
+    with pytest.raises(SystemExit):
+      parse(["--workdir=run", f"--batch={bad}"])
+    assert "--batch" in capsys.readouterr().err
+  assert sample._parse(["--workdir=run", "--batch=3"]).batch == 3

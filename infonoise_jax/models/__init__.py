@@ -67,16 +67,25 @@ def _make_unet(m: Any, data_shape: tuple[int, ...]) -> SongUNet:
       f"config.model.name='unet' needs square (H, W, C) images, got data_shape={data_shape}"
     )
   side, factor = data_shape[0], 2 ** (len(mult) - 1)
+  levels = max(n for n in range(1, len(mult) + 1) if side % 2 ** (n - 1) == 0)  # that fit side
   _check(
     side % factor == 0,
     "channel_mult",
     m.channel_mult,
-    f"image side {side} is not divisible by 2**(len(channel_mult)-1) = {factor}",
+    f"image side {side} is not divisible by 2**(len(channel_mult)-1) = {factor}; use fewer "
+    f"levels (e.g. --config.model.channel_mult='{tuple(mult[:levels])}') or resize the "
+    f"images (--config.data.image_size=<a multiple of {factor}>)",
   )
   resolutions = [side >> level for level in range(len(mult))]
   attn = tuple(int(r) for r in m.attn_resolutions)
   bad = [r for r in attn if r not in resolutions]
-  _check(not bad, "attn_resolutions", m.attn_resolutions, f"not among {resolutions}")
+  _check(
+    not bad,
+    "attn_resolutions",
+    m.attn_resolutions,
+    f"{bad} not among this image's U-Net resolutions {resolutions}; e.g. "
+    f"--config.model.attn_resolutions='({resolutions[-1]},)', or '()' for no attention",
+  )
   arch = dict(ARCHS[m.arch])
   emb = m.embedding_type or arch["embedding_type"]
   return SongUNet(
