@@ -5,6 +5,7 @@ TrainState is one item, so the schedule state and the step (hence the data posit
 come back with the parameters.
 """
 
+import contextlib
 import logging as logging_lib
 import os
 import signal
@@ -378,6 +379,39 @@ class Preempted(Exception):
       f"resume (exit code {PREEMPTED_EXIT_CODE})"
     )
     self.step = step
+
+
+class StoppedOutsideLoop(Exception):
+  """SIGTERM before the step loop began (loading data, restoring, compiling) or after it ended:
+  there is no new step to save, and what was saved is intact; requeue the same command."""
+
+  exit_code = PREEMPTED_EXIT_CODE
+
+  def __init__(self):
+    super().__init__(
+      "Stopped by SIGTERM outside the training steps (start-up or shutdown): nothing new to save, "
+      f"the saved checkpoints are intact; rerun the same command (exit code {PREEMPTED_EXIT_CODE})"
+    )
+
+
+@contextlib.contextmanager
+def sigterm_stops_outside_loop(active: bool = True):
+  """While active (one process, main thread): SIGTERM raises StoppedOutsideLoop, so the caller's
+  cleanup runs (the workdir's lock is released) and the process exits with the preemption code
+  instead of being killed (143). The step loop's PreemptionFlag takes SIGTERM over meanwhile."""
+  if not active or threading.current_thread() is not threading.main_thread():
+    yield
+    return
+
+  def stop(signum, frame):
+    del signum, frame
+    raise StoppedOutsideLoop()
+
+  previous = signal.signal(signal.SIGTERM, stop)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 class PreemptionFlag:

@@ -2,9 +2,10 @@
 
 A bad file, key, value, data set, checkpoint or workdir, a failed save, a NaN and missing
 weights end the process with `error: <what happened and the fix>` on stderr and exit code 1;
-a preempted run that saved its checkpoint exits with PREEMPTED_EXIT_CODE (75) so a scheduler
-requeues it. `--debug` or INFONOISE_DEBUG=1 shows the full traceback instead (and the
-libraries' own error logs); anything else (a bug) always shows it.
+a preempted run that saved its checkpoint, or one stopped by SIGTERM before its first step
+(nothing to save), exits with PREEMPTED_EXIT_CODE (75) so a scheduler requeues it. `--debug`
+or INFONOISE_DEBUG=1 shows the full traceback instead (and the libraries' own error logs);
+anything else (a bug) always shows it.
 """
 
 import argparse
@@ -13,7 +14,12 @@ import os
 import sys
 from collections.abc import Callable
 
-from infonoise_jax.checkpointing import CheckpointError, Preempted, SaveFailedError
+from infonoise_jax.checkpointing import (
+  CheckpointError,
+  Preempted,
+  SaveFailedError,
+  StoppedOutsideLoop,
+)
 
 DEBUG_ENV = "INFONOISE_DEBUG"
 ERROR_EXIT_CODE = 1
@@ -75,7 +81,7 @@ def run_command(fn: Callable[[], object], debug: bool = False) -> None:
       handler.addFilter(quiet)
   try:
     fn()
-  except Preempted as e:
+  except (Preempted, StoppedOutsideLoop) as e:
     print(one_line(e), file=sys.stderr, flush=True)
     sys.exit(e.exit_code)
   except USER_ERRORS as e:

@@ -575,9 +575,12 @@ def train_and_evaluate(
   over in a workdir that has logs but no checkpoint, moving the old logs aside.
   """
   workdir_lib.check_is_directory(workdir)
-  run = Run(config, workdir, devices)  # validates, loads the data, resolves derived values
-  with workdir_lib.Lock(workdir):
-    return _train(run, workdir, fresh)
+  # One process: a SIGTERM before or after the steps exits as a preemption (no stale lock, no
+  # 143); several: JAX's preemption service owns SIGTERM (see _loop).
+  with checkpointing.sigterm_stops_outside_loop(active=jax.process_count() == 1):
+    run = Run(config, workdir, devices)  # validates, loads the data, resolves derived values
+    with workdir_lib.Lock(workdir):
+      return _train(run, workdir, fresh)
 
 
 def _train(run: Run, workdir: str, fresh: bool) -> TrainState:

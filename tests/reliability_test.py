@@ -426,3 +426,34 @@ def test_a_deferred_save_is_checked_against_its_next_step(tmp_path, monkeypatch,
   assert checkpointing.saved_steps(str(workdir)) == [2]
   assert f"last good checkpoint is kept at {workdir / 'checkpoints'}/2" in str(info.value)
   assert "between steps 4 and 5" in str(info.value)
+
+
+@pytest.mark.parametrize("where", ["Run", "_train"])
+def test_sigterm_outside_the_steps_exits_as_a_preemption_and_frees_the_workdir(
+  tmp_path, monkeypatch, where
+):
+  """SIGTERM while the data loads (Run) or while the locked run restores / compiles (_train):
+  StoppedOutsideLoop (exit code 75, the command's preemption code) instead of a kill that
+  leaves run.lock behind; the lock is released and the previous SIGTERM handler is back."""
+  import os
+  import signal
+
+  real = getattr(train, where)
+
+  def terminated(*args, **kwargs):
+    if where == "_train":
+      assert (tmp_path / workdir_lib.LOCK_FILE).exists()  # held while it runs
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real(*args, **kwargs)
+
+  before = signal.getsignal(signal.SIGTERM)
+  monkeypatch.setattr(train, where, terminated)
+  config = load_config_file(ROOT / "configs" / "test.py")
+  config.train.num_steps = 2
+  with pytest.raises(checkpointing.StoppedOutsideLoop) as e:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert e.value.exit_code == checkpointing.PREEMPTED_EXIT_CODE == 75
+  assert "rerun the same command" in str(e.value)
+  assert not (tmp_path / workdir_lib.LOCK_FILE).exists()
+  assert not checkpointing.saved_steps(str(tmp_path))  # nothing half-written
+  assert signal.getsignal(signal.SIGTERM) is before
