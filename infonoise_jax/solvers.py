@@ -264,7 +264,7 @@ def check_step_ratios(sigmas: Array, method: str, grid: str = "") -> bool:
       "sampler.name=%r on grid %r: a step has sigma ratio %.0f (tested up to %.0f). EDM's Heun "
       "multiplies the denoiser's change over such a step by about %.0f and samples can leave "
       "the data range; use sampler.name='exp_heun' (--config.sampler.name=exp_heun, or "
-      "--method=exp_heun for the sample command), which is stable for any ratio.",
+      "--method=exp_heun for the sample and evaluate commands), which is stable for any ratio.",
       method,
       grid,
       ratio,

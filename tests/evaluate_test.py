@@ -104,6 +104,7 @@ def test_evaluate_command_writes_fid_json(fid_run, reference, weights, capsys):
   result = json.loads(pathlib.Path(fid_run, "fid.json").read_text())
   out = capsys.readouterr().out  # progress lines, the JSON, where it was written
   assert "seed set 0: FID" in out and "seed set 1: FID" in out
+  assert f"FID is biased upwards at small sample counts ({N} per set here" in out
   assert result == json.loads(out[out.index("\n{") + 1 : out.rindex("written to")])
   assert result["num_samples"] == N and result["seeds"] == [0, 1] and len(result["fids"]) == 2
   assert np.isfinite(result["fid"]) and result["fid"] > 0 and result["fid"] == min(result["fids"])
@@ -119,6 +120,20 @@ def test_evaluate_command_writes_fid_json(fid_run, reference, weights, capsys):
   acc.Reload()
   final = [e.value for e in acc.Scalars("fid") if e.step == 6][0]
   np.testing.assert_allclose(result["fids"][0], final, rtol=1e-3)
+
+
+def test_evaluate_method_changes_the_solver_it_reports(fid_run, weights, capsys):
+  """--method draws with that solver (Euler: one evaluation per level), as the sample command."""
+  args = [f"--workdir={fid_run}", f"--num={N}", "--seed_sets=1", f"--weights={weights}"]
+  heun = evaluate.evaluate(fid_run, N, 1, weights=weights)
+  euler = evaluate.evaluate(fid_run, N, 1, weights=weights, method="euler")
+  assert heun["sampler"]["method"] == "heun" and euler["sampler"]["method"] == "euler"
+  levels = euler["sampler"]["num_steps"]
+  assert euler["sampler"]["network_evaluations"] == levels
+  assert heun["sampler"]["network_evaluations"] == 2 * levels - 1
+  assert euler["fid"] != heun["fid"]  # other samples from the same noise
+  evaluate.main([*args, "--method=euler"])
+  assert json.loads(pathlib.Path(fid_run, "fid.json").read_text())["fid"] == euler["fid"]
 
 
 def test_evaluate_errors_are_clear(fid_run, tmp_path):

@@ -179,3 +179,23 @@ def test_binary_or_non_utf8_text_is_refused_naming_the_file(tmp_path):
   with open(latin, "wb") as f:  # the same text in UTF-8 reads
     f.write("Caf\u00e9 au lait, na\u00efve d\u00e9j\u00e0 vu. ".encode("utf-8") * 50)
   assert "\u00e9" in load_source(_config("text", path=latin, seq_len=16)).encoding.vocab
+
+
+def test_no_window_errors_propose_the_fix_that_applies(tmp_path):
+  """Protein read as DNA: most letters are outside ACGT, so the fix is data.vocab (replacing
+  them would model noise); a text too short for its held-out split: seq_len or val_fraction,
+  not the unknown-letter policy (no letter is unknown)."""
+  rng = np.random.default_rng(0)
+  protein = os.path.join(tmp_path, "prot.fasta")
+  _write_fasta(protein, [(f"p{i}", "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), 300)))
+                         for i in range(4)])  # fmt: skip
+  with pytest.raises(ValueError) as e:
+    load_source(_config("dna", path=protein, seq_len=64))
+  assert "--config.data.vocab" in str(e.value) and "unknown_policy=replace" not in str(e.value)
+  text = os.path.join(tmp_path, "short.txt")
+  open(text, "w").write("hello world, " * 20)
+  with pytest.raises(ValueError) as e:
+    load_source(_config("text", path=text, seq_len=64, split="test"))
+  message = str(e.value)
+  assert "data.seq_len" in message and "--config.data.val_fraction" in message
+  assert "unknown_policy=replace" not in message and "data.vocab" not in message

@@ -622,6 +622,32 @@ class EncodedWindows:
     return self.encoding.encode(self.ids_NL[indices_B])
 
 
+def _no_window_message(d, groups, stats, encoding) -> str:
+  """Why a split has no window, with the fixes that apply: a shorter window always; the
+  vocabulary when most letters are outside it (another alphabet, e.g. protein for dna); the
+  unknown-letter policy when a few are; the held-out fraction for the test split."""
+  longest = max(len(s) for _, s in groups)
+  fixes = ["a shorter --config.data.seq_len"]
+  if stats.unknown_letters > 0.1 * max(stats.letters, 1):
+    fixes.append(
+      f"--config.data.vocab set to the data's own letters ({stats.unknown_letters} of "
+      f"{stats.letters} letters are outside the vocabulary {encoding.vocab[:40]!r})"
+    )
+  elif stats.unknown_letters and d.unknown_policy == "drop":
+    fixes.append("--config.data.unknown_policy=replace")
+  if d.split == "test":
+    fixes.append(
+      f"a larger --config.data.val_fraction (now {d.val_fraction:g}: the share of the "
+      "sequences / works held out as this split)"
+    )
+  return (
+    f"data.seq_len={d.seq_len} leaves no window in the {d.split!r} split of {d.name!r} "
+    f"(longest sequence {longest} letters, {stats.unknown_letters} unknown letters with "
+    f"data.unknown_policy={d.unknown_policy!r}, {stats.duplicate_windows} windows equal to "
+    f"training windows); use {' or '.join(fixes)}"
+  )
+
+
 def token_source(d) -> Source:
   """Windows of one split of a token source (module docstring of data/sequences.py)."""
   _check_token_keys(d)
@@ -637,14 +663,7 @@ def token_source(d) -> Source:
     ids_NL, dup = sequences.drop_seen(ids_NL, cut("train")[0])
     stats = dataclasses.replace(stats, windows=len(ids_NL), duplicate_windows=dup)
   if len(ids_NL) == 0:
-    longest = max(len(s) for _, s in splits[d.split])
-    raise ValueError(
-      f"data.seq_len={d.seq_len} leaves no window in the {d.split!r} split of {d.name!r} "
-      f"(longest sequence {longest} letters, {stats.unknown_letters} unknown letters with "
-      f"data.unknown_policy={d.unknown_policy!r}, {stats.duplicate_windows} windows equal to "
-      "training windows); use a shorter --config.data.seq_len or "
-      "--config.data.unknown_policy=replace"
-    )
+    raise ValueError(_no_window_message(d, splits[d.split], stats, encoding))
   shape = (d.seq_len, encoding.size)
   reader = EncodedWindows(encoding, ids_NL)
   return Source(
