@@ -185,14 +185,18 @@ def held_out(config, num: int) -> tuple[np.ndarray, str]:
   try:
     src, split = load_source(c), "test"
   except ValueError:
-    src, split = load_source(config), "train (no test split)"
+    src, split = load_source(config), "train"
   idx = np.random.default_rng(1).choice(src.num_examples, min(num, src.num_examples), False)
   return src.get(np.sort(idx)), split
 
 
 def markdown(rows: Sequence[Comparison], pivot: float, window, split: str, prior: str) -> str:
+  where = {
+    "test": "held-out denoising errors (test split)",
+    "train": "denoising errors on training examples (the data has no test split)",
+  }.get(split, f"denoising errors ({split} split)")
   lines = [
-    f"Profile from held-out denoising errors ({split} split, denoiser: {prior}); gate pivot "
+    f"Profile from {where}, denoiser: {prior}; gate pivot "
     f"c = {pivot:.4g}; informative window sigma in [{math.exp(window[0]):.3g}, "
     f"{math.exp(window[1]):.3g}] (central 80% of the gated profile).",
     "",

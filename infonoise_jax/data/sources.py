@@ -189,7 +189,10 @@ def check_image_shape(name: str, native_HWC: tuple[int, ...], image_size: int) -
     raise ValueError(f"{name}: images must have a fixed (H, W, C) shape, got {native_HWC}")
   h, w, c = native_HWC
   if h != w:
-    raise ValueError(f"{name}: only square images are supported, got {h}x{w}")
+    raise ValueError(
+      f"{name}: only square images are supported, got height {h} x width {w}; crop or pad "
+      "them to squares"
+    )
   if image_size == 0 or image_size == h:
     return (h, w, c)
   if image_size < 0 or h % image_size:
