@@ -14,6 +14,7 @@ import json
 import os
 
 import ml_collections
+from absl import logging
 
 from infonoise_jax import paths, restore
 
@@ -130,6 +131,15 @@ def record(
     history = run / HISTORY_FILE  # rewritten whole: object stores cannot append
     previous = history.read_text() if history.exists() else ""
     history.write_text(previous + json.dumps(entry, sort_keys=True) + "\n")
+    said = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in accepted.items())
+    data = any(k.startswith("data.") for k in accepted)
+    (logging.warning if data else logging.info)(
+      "Resuming at step %d with changed settings (%s)%s; recorded in %s",
+      step,
+      said,
+      ": the run continues on the data these name" if data else "",
+      history,
+    )
 
 
 _OTHER_DATA = (

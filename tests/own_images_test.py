@@ -253,7 +253,7 @@ def test_linked_folders_are_read_once(tmp_path):
 
 
 def test_a_relative_data_path_is_saved_absolute_and_resumes_only_on_the_same_shape(
-  tmp_path, monkeypatch
+  tmp_path, monkeypatch, caplog
 ):
   """config.json keeps the data where the run found it (commands started elsewhere find it),
   and a resume on images of another shape is refused naming the shapes, before anything is
@@ -279,6 +279,14 @@ def test_a_relative_data_path_is_saved_absolute_and_resumes_only_on_the_same_sha
   c.data.update({"path": str(tmp_path / "x.npy"), "image_size": 4})  # a key, not the files
   with pytest.raises(ValueError, match=r"changed data.image_size: 0 -> 4"):
     train.train_and_evaluate(c, workdir)
+  # other images of the same shape: accepted, and said as a warning (not only in the history)
+  np.save(tmp_path / "other.npy", _pixels(32, seed=1, channels=1))
+  c = load_config_file(ROOT / "configs" / "test.py")
+  c.data.update({"name": "images", "path": str(tmp_path / "other.npy")})
+  c.train.num_steps = 6
+  with caplog.at_level("WARNING"):
+    train.train_and_evaluate(c, workdir)
+  assert "other.npy" in caplog.text and "the run continues on the data these name" in caplog.text
 
 
 def test_palette_images_are_gray_when_their_palette_is(tmp_path):

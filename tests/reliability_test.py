@@ -63,9 +63,13 @@ def test_refused_resume_writes_nothing(trained, tmp_path, overrides, key):
   assert "train.num_steps" not in str(info.value)  # an allowed change is not named as refused
 
 
-def test_allowed_resume_changes_are_recorded_in_the_history(trained, tmp_path):
+def test_allowed_resume_changes_are_recorded_in_the_history(trained, tmp_path, caplog):
   workdir = _copy(trained, tmp_path)
-  train.train_and_evaluate(_config(**{"train.num_steps": 6, "train.log_every": 3}), str(workdir))
+  with caplog.at_level("INFO"):
+    train.train_and_evaluate(_config(**{"train.num_steps": 6, "train.log_every": 3}), str(workdir))
+  # ... and said on the console, as the history records them
+  assert "Resuming at step 4 with changed settings (train.log_every: 2 -> 3" in caplog.text
+  assert "train.num_steps: 4 -> 6" in caplog.text
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["train"]["num_steps"] == 6 and saved["train"]["log_every"] == 3
   lines = (workdir / resume.HISTORY_FILE).read_text().splitlines()
