@@ -16,7 +16,7 @@ from absl import logging
 from infonoise_jax import edm, log_sigma
 from infonoise_jax.evaluation import plots, sequence_eval
 from infonoise_jax.paths import run_path
-from infonoise_jax.sample_files import write_samples
+from infonoise_jax.sample_files import write_samples, write_texts
 from infonoise_jax.schedules import has_profile
 
 
@@ -135,6 +135,8 @@ def write_final(run, state, writer, workdir: str, step: int, log=None) -> None:
     method=s.name,
     **extra,
   )
+  if extra:  # token data: the decoded samples as text, as the sample command writes them
+    paths["samples (.txt)"] = write_texts(workdir, extra["vocab"], extra["tokens"])
   npz = written["npz"]
   logging.info("Done at step %d.", step)
   lines = [

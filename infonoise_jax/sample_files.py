@@ -1,12 +1,12 @@
 """The samples file format shared by the trainer's final samples and the sample command.
 
 `<out>/samples.npz`: `samples` (float32 model output divided by data.scale, so the data range
-is [-1, 1]), `uint8` (EDM's quantization of it, `images.to_uint8`), `data_scale` and the
-sampling settings; for images also `<out>/samples.png`, a grid of the first (up to) 64.
+is [-1, 1]), `data_scale` and the sampling settings; for images also `uint8` (EDM's
+quantization, `images.to_uint8`) and `<out>/samples.png`, a grid of the first (up to) 64; for
+token data `tokens` and `vocab` (passed as meta) and `<out>/samples.txt` (`write_texts`).
 """
 
 import io
-import os
 
 import numpy as np
 
@@ -24,7 +24,8 @@ def write_samples(out: str, samples: np.ndarray, scale: float, is_image: bool, *
   x = (np.asarray(samples, np.float32) / np.float32(scale)).astype(np.float32)
   written = {"npz": str(folder / "samples.npz")}
   buf = io.BytesIO()  # written in one piece, so remote (gs://) outputs work too
-  np.savez(buf, samples=x, uint8=images.to_uint8(x), data_scale=scale, **meta)
+  quantized = {"uint8": images.to_uint8(x)} if is_image else {}
+  np.savez(buf, samples=x, data_scale=scale, **quantized, **meta)
   (folder / "samples.npz").write_bytes(buf.getvalue())
   if is_image:
     written["png"] = str(folder / "samples.png")
@@ -34,8 +35,7 @@ def write_samples(out: str, samples: np.ndarray, scale: float, is_image: bool, *
 
 def write_texts(out: str, vocab: str, tokens_NL: np.ndarray) -> str:
   """samples.txt: each decoded sample, separated by a line of dashes."""
-  path = os.path.join(out, "samples.txt")
+  path = run_path(out) / "samples.txt"  # local or remote (gs://), like samples.npz
   enc = TokenEncoding(vocab)
-  with open(path, "w") as f:
-    f.write("\n-----\n".join(enc.to_text(ids) for ids in tokens_NL) + "\n")
-  return path
+  path.write_text("\n-----\n".join(enc.to_text(ids) for ids in tokens_NL) + "\n")
+  return str(path)

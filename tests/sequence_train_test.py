@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from infonoise_jax import checkpointing, sample, train
+from infonoise_jax.data.tokens import TokenEncoding
 from infonoise_jax.validation import load_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -118,6 +119,10 @@ def test_end_to_end_through_main_logs_metrics_texts_and_resumes_bit_identically(
   assert config["edm"]["sigma_data"] == pytest.approx(np.sqrt(len(vocab) - 1) / len(vocab))
   tokens = np.load(resumed / "samples.npz")["tokens"]
   assert tokens.shape == (8, 32) and tokens.max() < len(vocab)
+  assert "uint8" not in np.load(resumed / "samples.npz").files  # image quantization: images only
+  # the trainer's final samples as text too, each the decoded tokens of the .npz
+  texts = [TokenEncoding(vocab).to_text(ids) for ids in tokens]
+  assert (resumed / "samples.txt").read_text() == "\n-----\n".join(texts) + "\n"
   # the sample command decodes with the checkpoint's vocabulary, without reading the data
   _, paths = sample.sample_run(str(resumed), 3, str(tmp_path / "drawn"))
   drawn = np.load(paths["npz"])

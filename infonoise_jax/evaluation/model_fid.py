@@ -36,7 +36,11 @@ def reference_name(config: ml_collections.ConfigDict) -> str:
 
 def check_images(shape: tuple[int, ...], what: str) -> None:
   if len(shape) != 3 or shape[-1] not in (1, 3):
-    raise ValueError(f"FID needs images of shape (H, W, 1 or 3); {what} has examples {shape}")
+    raise ValueError(
+      f"FID needs images of shape (H, W, 1 or 3); {what} has examples {shape}. Token data (dna, "
+      "text) is scored with its domain metrics instead: --config.train.eval_every=N during "
+      "training (docs/sequences.md)"
+    )
 
 
 def source_batches(source: Source, batch_size: int) -> Iterator[np.ndarray]:
