@@ -298,3 +298,23 @@ def test_palette_images_are_gray_when_their_palette_is(tmp_path):
   np.testing.assert_allclose(src.array, _expected(u), atol=1e-6)
   Image.fromarray(_pixels(1)[0]).convert("P").save(tmp_path / "colour.png")
   assert load_source(_config(tmp_path)).shape == (8, 8, 3)
+
+
+def test_transparent_images_are_refused_opaque_alpha_is_dropped(tmp_path):
+  """Alpha is not modelled: an RGBA / LA image that is opaque everywhere reads as its colours
+  (as the .npy hint x[..., :3] does), one with transparent pixels is refused, naming the file,
+  since dropping alpha would show whatever colour lies under it."""
+  u = _pixels(3)
+  for i, x in enumerate(u):
+    rgba = np.concatenate([x, np.full((8, 8, 1), 255, np.uint8)], -1)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / f"{i}.png")
+  np.testing.assert_allclose(load_source(_config(tmp_path)).array, _expected(u), atol=1e-6)
+  holes = np.concatenate([u[0], np.full((8, 8, 1), 255, np.uint8)], -1)
+  holes[2, 3, 3] = 0  # one transparent pixel
+  Image.fromarray(holes, "RGBA").save(tmp_path / "0.png")
+  with pytest.raises(ValueError, match=r"0\.png has transparent pixels .*alpha_composite"):
+    load_source(_config(tmp_path))
+  gray = np.stack([u[1, ..., 0], np.where(np.arange(8) < 4, 255, 10)[None].repeat(8, 0)], -1)
+  Image.fromarray(gray.astype(np.uint8), "LA").save(tmp_path / "0.png")
+  with pytest.raises(ValueError, match=r"0\.png has transparent pixels"):
+    load_source(_config(tmp_path))

@@ -328,10 +328,31 @@ def _read_image_folder(folder: str, max_bytes: int) -> np.ndarray:
   for i, f in enumerate(files):
     try:
       with Image.open(f) as im:
+        if _is_transparent(im):  # dropping alpha would show whatever lies under it
+          raise _TransparentImage(f)
         out[i] = np.asarray(im.convert("RGB" if colour else "L")).reshape(out.shape[1:])
     except (OSError, ValueError) as e:  # a truncated or damaged file
+      if isinstance(e, _TransparentImage):
+        raise
       raise ValueError(f"data.path: cannot decode {f} ({e}); remove or fix it") from e
   return out
+
+
+class _TransparentImage(ValueError):
+  def __init__(self, path: str):
+    super().__init__(
+      f"data.path: {path} has transparent pixels (alpha < 255), and the model sees no alpha: "
+      "flatten the images onto a background first (e.g. with PIL, Image.alpha_composite("
+      "Image.new('RGBA', im.size, 'white'), im.convert('RGBA')).convert('RGB'))"
+    )
+
+
+def _is_transparent(im) -> bool:
+  """Whether an image has an alpha band (or a palette / colour key marked transparent) that is
+  below 255 anywhere; fully opaque RGBA / LA images are not."""
+  if "A" not in im.getbands() and "transparency" not in im.info:
+    return False
+  return im.convert("RGBA").getchannel("A").getextrema()[0] < 255
 
 
 def _is_gray_palette(palette: list[int]) -> bool:
