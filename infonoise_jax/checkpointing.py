@@ -381,9 +381,12 @@ class Preempted(Exception):
     self.step = step
 
 
-class StoppedOutsideLoop(Exception):
+class StoppedOutsideLoop(BaseException):
   """SIGTERM before the step loop began (loading data, restoring, compiling) or after it ended:
-  there is no new step to save, and what was saved is intact; requeue the same command."""
+  there is no new step to save, and what was saved is intact; requeue the same command. A
+  BaseException, like KeyboardInterrupt, since it is raised wherever the main thread is: no
+  `except Exception` on the way (a restore that would call the step corrupt, a reader that
+  would call the file bad) may take it for an error of its own."""
 
   exit_code = PREEMPTED_EXIT_CODE
 
@@ -411,7 +414,8 @@ def sigterm_stops_outside_loop(active: bool = True):
   try:
     yield
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    if previous is not None:  # None: a handler installed from C, which cannot be put back
+      signal.signal(signal.SIGTERM, previous)
 
 
 class PreemptionFlag:
@@ -452,4 +456,5 @@ class PreemptionFlag:
 
   def restore_handlers(self) -> None:
     for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
+      if handler is not None:  # None: installed from C, cannot be put back
+        signal.signal(sig, handler)

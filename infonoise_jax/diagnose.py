@@ -282,7 +282,8 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument(
     "--set",
     action="append",
-    help="with --config: a config override key=value (repeatable), e.g. data.path=x.npy",
+    help="with --config: a config override key=value (repeatable), e.g. data.name=images "
+    "then data.path=x.npy",
   )
   p.add_argument("--prior", default="", help="model | empirical | mixture; '' = model if --workdir")
   p.add_argument("--params", default="ema", choices=("ema", "params"))

@@ -132,7 +132,7 @@ def record(
     previous = history.read_text() if history.exists() else ""
     history.write_text(previous + json.dumps(entry, sort_keys=True) + "\n")
     said = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in accepted.items())
-    data = any(k.startswith("data.") for k in accepted)
+    data = any(k.startswith("data.") and k != "data.num_workers" for k in accepted)
     (logging.warning if data else logging.info)(
       "Resuming at step %d with changed settings (%s)%s; recorded in %s",
       step,

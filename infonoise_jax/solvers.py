@@ -298,20 +298,21 @@ def check_profile_gaps(sigmas: Array, grid: str, method: str = "") -> bool:
   ratio = max_step_ratio(sigmas)
   if ratio <= HEUN_TESTED_RATIO:
     return False
-  key = (grid, "gap", 0)
+  heun = method in ("heun", "stochastic")
+  key = (grid, "gap", int(heun))  # a Heun sampler still hears of its amplification
   if key not in _warned:
     _warned.add(key)
     hi, lo = widest_step(sigmas)
-    heun = (
+    amplified = (
       f" EDM's Heun multiplies the denoiser's change over that step by about {(ratio - 1) / 2:.0f}"
       " and samples can leave the data range (sampler.name='exp_heun' stays inside it)."
-      if method in ("heun", "stochastic")
+      if heun
       else ""
     )
     logger.warning(
       "sampler.grid=%r crosses sigma %.3g -> %.3g in one step (ratio %.0f, tested up to %.0f): "
-      "the grid places no level in between, so two network evaluations span that range.%s On "
-      "learned profiles every InfoGrid drew far worse samples than the Karras grid "
+      "the grid places no level in between, so one step's network evaluations span that "
+      "range.%s On learned profiles every InfoGrid drew far worse samples than the Karras grid "
       "(experiments/RESULTS.md section 17); use sampler.grid='karras' "
       "(--config.sampler.grid=karras) unless the profile is exact.",
       grid,
@@ -319,7 +320,7 @@ def check_profile_gaps(sigmas: Array, grid: str, method: str = "") -> bool:
       lo,
       ratio,
       HEUN_TESTED_RATIO,
-      heun,
+      amplified,
     )
   return True
 

@@ -162,9 +162,14 @@ class Lock:
         except FileNotFoundError:
           pass  # another run took it over first; the next O_EXCL decides
         continue
-      self._mine = _holder()
-      with os.fdopen(fd, "w") as f:
-        json.dump(self._mine, f)
+      holder = _holder()
+      try:
+        with os.fdopen(fd, "w") as f:
+          json.dump(holder, f)
+      except BaseException:  # e.g. a SIGTERM right here: no empty lock file left behind
+        os.remove(self.path)
+        raise
+      self._mine = holder
       return
     raise self._refuse(self._read())
 

@@ -120,7 +120,7 @@ def _huge_npz(path):
     (lambda d: np.save(d / "x.npy", _pixels(channels=2)), "images of 2 channels"),
     (lambda d: np.save(d / "x.npy", _pixels(channels=4)), "x[..., :3]"),
     (lambda d: _huge_npz(d / "x.npz"), "need 45776.4 GiB as float32"),
-    (lambda d: np.save(d / "x.npy", (_pixels() > 127).astype(np.uint8)), "save them as bool"),
+    (lambda d: np.save(d / "x.npy", (_pixels() > 127).astype(np.uint8)), "save an array as bool"),
     (lambda d: np.save(d / "x.npy", (_pixels() > 127).astype(np.int64)), "as almost black"),
   ],
 )

@@ -461,3 +461,25 @@ def test_sigterm_outside_the_steps_exits_as_a_preemption_and_frees_the_workdir(
   assert not (tmp_path / workdir_lib.LOCK_FILE).exists()
   assert not checkpointing.saved_steps(str(tmp_path))  # nothing half-written
   assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("where", ["_restore", "restore_meta"])
+def test_sigterm_inside_a_restore_keeps_every_checkpoint(trained8, tmp_path, monkeypatch, where):
+  """The signal lands inside the real reads of a resume (the state restore, the meta read):
+  their own error handling must not take it for a corrupt step (moved aside) or swallow it."""
+  import os
+  import signal
+
+  workdir = _copy(trained8, tmp_path)
+  real = getattr(checkpointing.Checkpointer, where)
+
+  def terminated(self, *args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real(self, *args, **kwargs)
+
+  monkeypatch.setattr(checkpointing.Checkpointer, where, terminated)
+  with pytest.raises(checkpointing.StoppedOutsideLoop):
+    train.train_and_evaluate(_config(**{"train.num_steps": 12}), str(workdir))
+  assert checkpointing.saved_steps(str(workdir)) == [4, 8]
+  assert not [p for p in workdir.iterdir() if "corrupt" in p.name]
+  assert not (workdir / workdir_lib.LOCK_FILE).exists()

@@ -465,8 +465,8 @@ def _pixel_range(x: np.ndarray, path: str) -> float:
     if hi <= 1:  # 0/1 masks: as 0..255 pixels they would be all but black
       raise ValueError(
         f"data.path={path!r}: {x.dtype} pixels span [{lo:g}, {hi:g}]; integer pixels are read "
-        "as 0..255, so these images would train as almost black. Binary images: save them as "
-        "bool (or floats in [0, 1]); 0..255 pixels: check the array"
+        "as 0..255, so these images would train as almost black. Binary images: save an array "
+        "as bool (or floats in [0, 1]), image files with pixels 0 and 255 (PIL mode '1' or 'L')"
       )
     return 255.0
   if np.issubdtype(x.dtype, np.floating) and lo >= 0 and hi <= 1:
