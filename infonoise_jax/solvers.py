@@ -239,13 +239,17 @@ def make_sigmas(config: ml_collections.ConfigDict, profile: Profile | None = Non
   return sigmas
 
 
-def max_step_ratio(sigmas: Array) -> float:
-  """Largest sigma_i / sigma_{i+1} over the steps that get a second-order correction (all but
-  the last, which goes to sigma = 0)."""
+def _second_order_ratios(sigmas: Array) -> np.ndarray:
+  """sigma_i / sigma_{i+1} of the steps that get a second-order correction (all but the last,
+  which goes to sigma = 0); empty for a grid of one step."""
   sigma_N = np.asarray(sigmas, np.float64)
-  if sigma_N.shape[0] < 3:
-    return 1.0
-  return float(np.max(sigma_N[:-2] / sigma_N[1:-1]))
+  return sigma_N[:-2] / sigma_N[1:-1]
+
+
+def max_step_ratio(sigmas: Array) -> float:
+  """Largest sigma_i / sigma_{i+1} over the steps that get a second-order correction."""
+  ratios = _second_order_ratios(sigmas)
+  return float(ratios.max()) if ratios.size else 1.0
 
 
 _warned: set[tuple[str, str, int]] = set()
@@ -277,10 +281,10 @@ def check_step_ratios(sigmas: Array, method: str, grid: str = "") -> bool:
 def widest_step(sigmas: Array) -> tuple[float, float]:
   """(sigma_i, sigma_{i+1}) of the step with the largest ratio among those `max_step_ratio`
   looks at (all but the last, which goes to 0); (sigma_0, sigma_1) for grids of one step."""
-  sigma_N = np.asarray(sigmas, np.float64)
-  if sigma_N.shape[0] < 3:
+  sigma_N, ratios = np.asarray(sigmas, np.float64), _second_order_ratios(sigmas)
+  if not ratios.size:
     return float(sigma_N[0]), float(sigma_N[-1])
-  i = int(np.argmax(sigma_N[:-2] / sigma_N[1:-1]))
+  i = int(np.argmax(ratios))
   return float(sigma_N[i]), float(sigma_N[i + 1])
 
 

@@ -328,23 +328,18 @@ def _read_image_folder(folder: str, max_bytes: int) -> np.ndarray:
   for i, f in enumerate(files):
     try:
       with Image.open(f) as im:
-        if _is_transparent(im):  # dropping alpha would show whatever lies under it
-          raise _TransparentImage(f)
-        out[i] = np.asarray(im.convert("RGB" if colour else "L")).reshape(out.shape[1:])
+        transparent = _is_transparent(im)
+        pixels = np.asarray(im.convert("RGB" if colour else "L"))
     except (OSError, ValueError) as e:  # a truncated or damaged file
-      if isinstance(e, _TransparentImage):
-        raise
       raise ValueError(f"data.path: cannot decode {f} ({e}); remove or fix it") from e
+    if transparent:  # dropping alpha would show whatever lies under it
+      raise ValueError(
+        f"data.path: {f} has transparent pixels (alpha < 255), and the model sees no alpha: "
+        "flatten the images onto a background first (e.g. with PIL, Image.alpha_composite("
+        "Image.new('RGBA', im.size, 'white'), im.convert('RGBA')).convert('RGB'))"
+      )
+    out[i] = pixels.reshape(out.shape[1:])
   return out
-
-
-class _TransparentImage(ValueError):
-  def __init__(self, path: str):
-    super().__init__(
-      f"data.path: {path} has transparent pixels (alpha < 255), and the model sees no alpha: "
-      "flatten the images onto a background first (e.g. with PIL, Image.alpha_composite("
-      "Image.new('RGBA', im.size, 'white'), im.convert('RGBA')).convert('RGB'))"
-    )
 
 
 def _is_transparent(im) -> bool:
