@@ -37,7 +37,7 @@ class MultiRun:
     self.config = config
     self.seeds = [int(s) for s in seeds]
     self.source = load_source(config) if source is None else source
-    resolve_sigma_data(config, self.source)  # token data: edm.sigma_data = 0 -> one-hot std
+    resolve_sigma_data(config, self.source.encoding)  # tokens: sigma_data 0 -> one-hot std
     self.model = make_model(config, self.source.shape)
     self.schedule = make_schedule(config)
     self.optimizer = make_optimizer(config)

@@ -32,6 +32,7 @@ from infonoise_jax import (
   resume,
   step_executables,
   steps,
+  writers,
 )
 from infonoise_jax import workdir as workdir_lib
 from infonoise_jax.data import (
@@ -55,11 +56,13 @@ class Run:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, devices=None):
     validate_config(config, None if devices is None else len(devices))
+    if jax.process_index() == 0:
+      writers.check_available()  # the loop's event writer, before any data or compile work
     self.config = config
     self.workdir = workdir
     resolve_data_paths(config)  # config.json then finds the data from any directory
     self.source = load_source(config)
-    resolve_sigma_data(config, self.source)
+    resolve_sigma_data(config, self.source.encoding)
     self.model = make_model(config, self.source.shape)
     self.schedule = make_schedule(config)
     self.optimizer = make_optimizer(config)

@@ -16,6 +16,7 @@ written through fsspec instead (gcsfs for `gs://`, the same layer `etils.epath` 
 never rewritten into local paths.
 """
 
+import importlib.util
 import io
 import logging
 import sys
@@ -68,6 +69,22 @@ def create_writer(logdir: str | None, just_logging: bool, *, use_clu: bool = Tru
   if clu_writers is not None:
     return clu_writers.AsyncWriter(clu_writers.SummaryWriter(str(logdir)))
   return TensorBoardXWriter(str(logdir))
+
+
+def check_available(use_clu: bool = True) -> None:
+  """Raises before any compile or data work when no event writer can be built: neither
+  tensorboardX nor clu's writer (which needs TensorFlow) imports. Cheap when tensorboardX is
+  installed (a module lookup, no import)."""
+  if importlib.util.find_spec("tensorboardX") is not None:
+    return
+  if use_clu and _import_clu_writers() is not None:
+    return
+  raise ImportError(
+    "No TensorBoard writer can be built: tensorboardX is not installed"
+    + (" and clu.metric_writers does not import (it needs TensorFlow)" if use_clu else "")
+    + ". Install it with `pip install tensorboardX` (requirements.txt lists it); nothing was"
+    " written to the workdir."
+  )
 
 
 def _import_tensorboardx():

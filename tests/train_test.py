@@ -224,6 +224,26 @@ def test_bad_config_fails_before_compiling_naming_the_key(tmp_path, overrides, k
   assert not (tmp_path / "bad" / "checkpoints").exists()
 
 
+def test_no_event_writer_fails_before_data_or_compile_naming_the_fix(tmp_path, monkeypatch):
+  """Without tensorboardX and without TensorFlow (clu's writer) the run stops at the start,
+  not after the data, the compile and a restore, and leaves the workdir as it was."""
+  import importlib.util
+
+  from infonoise_jax import writers
+
+  real = importlib.util.find_spec
+  monkeypatch.setattr(
+    importlib.util, "find_spec", lambda name, *a: None if name == "tensorboardX" else real(name, *a)
+  )
+  monkeypatch.setattr(writers, "_import_clu_writers", lambda: None)
+  monkeypatch.setattr(train, "load_source", lambda c: pytest.fail("data loaded before the check"))
+  with pytest.raises(ImportError, match=r"pip install tensorboardX"):
+    train.train_and_evaluate(_config(), str(tmp_path / "nowriter"))
+  assert not (tmp_path / "nowriter").exists() or not any((tmp_path / "nowriter").iterdir())
+  monkeypatch.undo()
+  writers.check_available()  # this machine has a writer: no error
+
+
 def test_unknown_config_key_is_rejected(tmp_path):
   config = _config()
   config.unlock()

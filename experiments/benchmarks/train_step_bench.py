@@ -33,8 +33,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from infonoise_jax import flops, steps
-from infonoise_jax.data.sources import TOKEN_NAMES
-from infonoise_jax.data.tokens import onehot_std
+from infonoise_jax.data.sources import TOKEN_NAMES, resolve_sigma_data
+from infonoise_jax.data.tokens import TokenEncoding
 from infonoise_jax.models import make_model, param_count
 from infonoise_jax.schedules import make_schedule
 from infonoise_jax.train_state import make_optimizer
@@ -55,15 +55,12 @@ def config_for(config_arg: str, dtype: str, batch_size: int = 0, overrides=()):
 
 def resolve_token_sigma_data(config, shape) -> None:
   """edm.sigma_data = 0 (follow the token encoding), which the trainer resolves from its data:
-  here, without data, the one-hot std of a vocabulary of shape[-1] symbols (data/tokens.py)."""
-  if config.edm.sigma_data:
-    return
-  if config.data.name not in TOKEN_NAMES:
-    raise ValueError(
-      f"config.edm.sigma_data=0 (follow the token encoding) needs token data, but data.name="
-      f"{config.data.name!r}; pass --set edm.sigma_data=<the data's std, e.g. 0.5>"
-    )
-  config.edm.sigma_data = onehot_std(shape[-1], config.data.scale)
+  here, without data, from a stand-in vocabulary of shape[-1] symbols (only its size and the
+  one-hot scale matter, data/tokens.py)."""
+  encoding = None
+  if config.data.name in TOKEN_NAMES:
+    encoding = TokenEncoding("".join(map(chr, range(256, 256 + shape[-1]))), config.data.scale)
+  resolve_sigma_data(config, encoding, how_to_set="--set edm.sigma_data=<std>")
 
 
 def build(config, shape):

@@ -115,16 +115,21 @@ def resolve_data_paths(config: ml_collections.ConfigDict) -> None:
       config.data[key] = os.path.abspath(os.path.expanduser(value))
 
 
-def resolve_sigma_data(config: ml_collections.ConfigDict, source: "Source") -> None:
-  """edm.sigma_data = 0 means the token encoding's std a sqrt(V - 1) / V (data/tokens.py)."""
+def resolve_sigma_data(
+  config: ml_collections.ConfigDict,
+  encoding: TokenEncoding | None,
+  how_to_set: str = "--config.edm.sigma_data=<std>",
+) -> None:
+  """edm.sigma_data = 0 means the token encoding's std a sqrt(V - 1) / V (data/tokens.py);
+  `encoding` is the data's (`Source.encoding`), None for data that is not tokens."""
   if config.edm.sigma_data:
     return
-  if source.encoding is None:
+  if encoding is None:
     raise ValueError(
       f"config.edm.sigma_data=0 (follow the token encoding) needs token data, but data.name="
-      f"{config.data.name!r}; set --config.edm.sigma_data to the data's std (e.g. 0.5)"
+      f"{config.data.name!r}; set {how_to_set} to the data's std (e.g. 0.5)"
     )
-  config.edm.sigma_data = source.encoding.sigma_data
+  config.edm.sigma_data = encoding.sigma_data
 
 
 def load_source(config: ml_collections.ConfigDict) -> Source:
