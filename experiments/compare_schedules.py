@@ -490,9 +490,21 @@ def spawn_workers(args) -> None:
   """Runs the (data, arm) groups in `--workers` processes on the same accelerator."""
   # An outer XLA_PYTHON_CLIENT_MEM_FRACTION is this harness's share (two harnesses side by
   # side, 0.45 each), split between its workers; without one, 0.9 of the card.
-  total = float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.9"))
+  outer = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.9")
+  try:
+    total = float(outer)
+  except ValueError:
+    raise SystemExit(
+      f"XLA_PYTHON_CLIENT_MEM_FRACTION={outer!r} is not a number: set it to this harness's "
+      "share of the device memory (e.g. 0.45) or unset it (0.9)"
+    ) from None
   env = {**os.environ, "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{total / args.workers:.3f}"}
-  argv = [a for a in sys.argv[1:] if not a.startswith("--workers")]
+  argv, rest = [], iter(sys.argv[1:])
+  for a in rest:  # every argument but --workers=N / --workers N
+    if a == "--workers":
+      next(rest, None)
+    elif not a.startswith("--workers="):
+      argv.append(a)
   procs = [
     subprocess.Popen(
       [sys.executable, os.path.abspath(__file__), *argv, f"--shard={i}/{args.workers}"], env=env

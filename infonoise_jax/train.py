@@ -56,8 +56,6 @@ class Run:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, devices=None):
     validate_config(config, None if devices is None else len(devices))
-    if jax.process_index() == 0:
-      writers.check_available()  # the loop's event writer, before any data or compile work
     self.config = config
     self.workdir = workdir
     resolve_data_paths(config)  # config.json then finds the data from any directory
@@ -581,6 +579,8 @@ def train_and_evaluate(
   # One process: a SIGTERM before or after the steps exits as a preemption (no stale lock, no
   # 143); several: JAX's preemption service owns SIGTERM (see _loop).
   with checkpointing.sigterm_stops_outside_loop(active=jax.process_count() == 1):
+    if jax.process_index() == 0:
+      writers.check_available()  # the loop's event writer, before any data or compile work
     run = Run(config, workdir, devices)  # validates, loads the data, resolves derived values
     with workdir_lib.Lock(workdir):
       return _train(run, workdir, fresh)

@@ -73,8 +73,9 @@ def create_writer(logdir: str | None, just_logging: bool, *, use_clu: bool = Tru
 
 def check_available(use_clu: bool = True) -> None:
   """Raises before any compile or data work when no event writer can be built: neither
-  tensorboardX nor clu's writer (which needs TensorFlow) imports. Cheap when tensorboardX is
-  installed (a module lookup, no import)."""
+  tensorboardX is installed nor clu's writer (which needs TensorFlow) imports. Cheap when
+  tensorboardX is installed: a module lookup, not an import, so an installed but broken
+  tensorboardX still fails later, when the writer is made."""
   if importlib.util.find_spec("tensorboardX") is not None:
     return
   if use_clu and _import_clu_writers() is not None:

@@ -123,8 +123,10 @@ def test_conv_wgrad_auto_takes_taps_only_for_a_unet_with_seeds_sharing_a_gpu_ste
   assert chosen(mlp, "--seeds=0,1,2", "--conv_wgrad=taps") is None
 
 
-@pytest.mark.parametrize("outer, each", [(None, "0.300"), ("0.45", "0.150")])
-def test_workers_split_the_harness_memory_share(tmp_path, monkeypatch, outer, each):
+@pytest.mark.parametrize(
+  "outer, each, flag", [(None, "0.300", ["--workers=3"]), ("0.45", "0.150", ["--workers", "3"])]
+)
+def test_workers_split_the_harness_memory_share(tmp_path, monkeypatch, outer, each, flag):
   """Each of --workers processes gets an equal part of the harness's share of the card: 0.9
   alone, or the XLA_PYTHON_CLIENT_MEM_FRACTION it was started with (harnesses side by side)."""
   started = []
@@ -141,11 +143,17 @@ def test_workers_split_the_harness_memory_share(tmp_path, monkeypatch, outer, ea
     monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
   else:
     monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", outer)
-  monkeypatch.setattr(sys, "argv", ["compare_schedules.py", f"--out={tmp_path}", "--workers=3"])
+  monkeypatch.setattr(sys, "argv", ["compare_schedules.py", *flag, f"--out={tmp_path}"])
   compare_schedules.spawn_workers(compare_schedules.parse(sys.argv[1:]))
   assert [frac for _, frac in started] == [each] * 3
-  assert [argv[-1] for argv, _ in started] == ["--shard=0/3", "--shard=1/3", "--shard=2/3"]
-  assert not any(a.startswith("--workers") for argv, _ in started for a in argv)
+  assert [argv[2:] for argv, _ in started] == [
+    [f"--out={tmp_path}", f"--shard={i}/3"] for i in range(3)
+  ]
+  started.clear()
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "half")
+  with pytest.raises(SystemExit, match="XLA_PYTHON_CLIENT_MEM_FRACTION='half' is not a number"):
+    compare_schedules.spawn_workers(compare_schedules.parse(sys.argv[1:]))
+  assert not started
 
 
 def test_report_notes_an_arm_whose_records_mix_weight_gradients(tmp_path):

@@ -233,15 +233,15 @@ def test_no_event_writer_fails_before_data_or_compile_naming_the_fix(tmp_path, m
 
   real = importlib.util.find_spec
   monkeypatch.setattr(
-    importlib.util, "find_spec", lambda name, *a: None if name == "tensorboardX" else real(name, *a)
+    importlib.util,
+    "find_spec",
+    lambda name, *a, **k: None if name == "tensorboardX" else real(name, *a, **k),
   )
   monkeypatch.setattr(writers, "_import_clu_writers", lambda: None)
   monkeypatch.setattr(train, "load_source", lambda c: pytest.fail("data loaded before the check"))
   with pytest.raises(ImportError, match=r"pip install tensorboardX"):
     train.train_and_evaluate(_config(), str(tmp_path / "nowriter"))
   assert not (tmp_path / "nowriter").exists() or not any((tmp_path / "nowriter").iterdir())
-  monkeypatch.undo()
-  writers.check_available()  # this machine has a writer: no error
 
 
 def test_unknown_config_key_is_rejected(tmp_path):

@@ -127,7 +127,7 @@ def resolve_sigma_data(
   if encoding is None:
     raise ValueError(
       f"config.edm.sigma_data=0 (follow the token encoding) needs token data, but data.name="
-      f"{config.data.name!r}; set {how_to_set} to the data's std (e.g. 0.5)"
+      f"{config.data.name!r}; pass {how_to_set} (the data's std, e.g. 0.5)"
     )
   config.edm.sigma_data = encoding.sigma_data
 
