@@ -571,7 +571,20 @@ def parse(argv=None) -> argparse.Namespace:
   bad = [t for t in given if not t.isdigit() or not 1 <= int(t) <= args.steps]
   if bad:
     p.error(f"--save_steps: {','.join(bad)} outside 1..--steps={args.steps}")
-  groups(args)  # bad arm specs fail here, before any work
+  try:
+    gs = groups(args)  # bad arm specs fail here, before any work
+  except ValueError as e:
+    p.error(str(e))
+  for d in dict.fromkeys(d for d, _, _ in gs):  # each data kind's config builds, before any work
+    try:
+      name = make_config(args, d, {}).data.name
+    except (ValueError, TypeError) as e:
+      p.error(f"--config={args.config} --data={d}: {e}")
+    if name in TOKEN_NAMES and d != "native":
+      p.error(
+        f"--data={d}: {args.config} trains token data (data.name={name!r}), which is neither "
+        "continuous nor binarized images; use --data=native"
+      )
   return args
 
 

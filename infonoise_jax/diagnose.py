@@ -14,8 +14,14 @@ empirical-prior Bayes denoiser (`empirical`: the exact posterior mean when the p
 uniform distribution over up to --num_points training examples, evaluated on those same
 points: the exact profile of that finite sample, which collapses below the nearest-neighbour
 scale; held-out points would be misfit there, their error staying at the squared distance to
-the nearest point, so q ~ 1/sigma^2 would blow up at low sigma), or for
-`gaussian_mixture` data the generating mixture's exact Bayes denoiser (`mixture`).
+the nearest point, so q ~ 1/sigma^2 would blow up at low sigma), for
+`gaussian_mixture` data the generating mixture's exact Bayes denoiser (`mixture`), and for
+token data (DNA, text) the exact Bayes denoiser of independent positions with the training
+split's symbol frequencies (`onehot`, the default there without --workdir: per position a
+posterior over the V codewords, profiles.onehot_mmse's model, evaluated on held-out windows;
+an upper bound on the true error, as context only helps). The empirical prior is a poor
+stand-in for token data: a few thousand windows of L x V dimensions sit ~ sqrt(2 L) apart, so
+its profile measures the distance between windows, not the per-position decision.
 
 Comparison (all on the grid, each curve normalized to unit mass): the target is the gated
 profile rho = q g(sigma; c) with c from --gate (the onset rule of profiles.py by default, or a
@@ -39,7 +45,8 @@ import ml_collections
 import numpy as np
 
 from infonoise_jax import cli, edm, profiles, steps
-from infonoise_jax.data import load_source
+from infonoise_jax.data import load_source, resolve_sigma_data
+from infonoise_jax.data.sources import TOKEN_NAMES
 from infonoise_jax.evaluation import plots
 from infonoise_jax.schedules import FIXED, make_schedule
 from infonoise_jax.validation import apply_overrides, load_config_file
@@ -175,7 +182,27 @@ def make_denoiser(config, source, prior: str, num_points: int, trained=None) -> 
     pts = jnp.asarray(flat(source.get(idx)), jnp.float32)  # same points as diagnose() uses
     z, w = jnp.zeros((n,)), jnp.full((n,), 1.0 / n)
     return lambda x, s: profiles.mixture_denoiser(flat(x), s, pts, z, w).reshape(x.shape)
-  raise ValueError(f"--prior must be model, empirical or mixture; got {prior!r}")
+  if prior == "onehot":
+    if source.encoding is None:
+      raise ValueError(
+        f"--prior=onehot needs token data (data.name dna or text); got {source.name!r}: use "
+        "--prior=empirical for images"
+      )
+    v, scale = source.encoding.size, source.encoding.scale
+    counts = np.bincount(np.asarray(source.token_ids).ravel(), minlength=v)
+    log_p = jnp.log(jnp.maximum(jnp.asarray(counts / counts.sum(), jnp.float32), 1e-30))
+    codewords_VV = scale * (jnp.eye(v) - 1.0 / v)
+    return lambda x, s: onehot_denoiser(x, s, codewords_VV, log_p)
+  raise ValueError(f"--prior must be model, empirical, mixture or onehot; got {prior!r}")
+
+
+def onehot_denoiser(x_NLV, sigma_N, codewords_VV, log_p_V):
+  """Posterior mean of independent one-hot positions: softmax(log p_k - ||y - c_k||^2 /
+  (2 sigma^2)) over the codewords c_k, per position."""
+  s = jnp.reshape(sigma_N, (-1, 1, 1))
+  d2 = jnp.sum((x_NLV[..., None, :] - codewords_VV) ** 2, axis=-1)  # (N, L, V)
+  post = jax.nn.softmax(log_p_V - d2 / (2 * s**2), axis=-1)
+  return post @ codewords_VV
 
 
 def held_out(config, num: int) -> tuple[np.ndarray, str]:
@@ -223,6 +250,15 @@ def diagnose(
 ) -> dict:
   """Computes the profile and the comparison; writes profile.npz, diagnose.md, diagnose.png."""
   source = load_source(config)
+  resolve_sigma_data(config, source.encoding)  # token data: edm.sigma_data = 0 -> one-hot std
+  if prior == "empirical" and source.encoding is not None:
+    print(
+      "warning: --prior=empirical on token data measures the distance between windows, not the "
+      "per-position decision (module docstring); --prior=onehot gives the independent-positions "
+      "profile, --workdir a trained model's",
+      file=sys.stderr,
+      flush=True,
+    )
   denoise = make_denoiser(config, source, prior, num_points, trained)
   if prior == "empirical":  # the prior's own points (module docstring)
     n = min(num_points, source.num_examples)
@@ -285,10 +321,20 @@ def parse(argv=None) -> argparse.Namespace:
     help="with --config: a config override key=value (repeatable), e.g. data.name=images "
     "then data.path=x.npy",
   )
-  p.add_argument("--prior", default="", help="model | empirical | mixture; '' = model if --workdir")
+  p.add_argument(
+    "--prior",
+    default="",
+    help="model | empirical | mixture | onehot; '' = model with --workdir, else onehot for "
+    "token data and empirical otherwise",
+  )
   p.add_argument("--params", default="ema", choices=("ema", "params"))
   p.add_argument("--schedules", default="lognormal,loguniform,infonoise")
-  p.add_argument("--gate", default="onset", help="onset | none | a pivot sigma")
+  p.add_argument(
+    "--gate",
+    default="",
+    help="onset | none | a pivot sigma; '' = the config's pinned pivot when its InfoNoise gate is "
+    "pinned, else onset",
+  )
   p.add_argument("--num_heldout", type=int, default=1000)
   p.add_argument("--num_points", type=int, default=2000, help="empirical prior: data points")
   p.add_argument("--grid_points", type=int, default=64)
@@ -316,7 +362,12 @@ def _command(args: argparse.Namespace) -> None:
     path, _, variant = args.config.partition(":")
     config = load_config_file(path, variant) if variant else load_config_file(path)
     apply_overrides(config, args.set)
-  prior = args.prior or ("model" if args.workdir else "empirical")
+  tokens = config.data.name in TOKEN_NAMES
+  prior = args.prior or ("model" if args.workdir else "onehot" if tokens else "empirical")
+  gate = args.gate
+  if not gate:
+    pinned = config.schedule.name == "infonoise" and config.schedule.infonoise.gate == "pinned"
+    gate = str(config.schedule.infonoise.gate_pivot) if pinned else "onset"
   names = [n for n in args.schedules.split(",") if n]
   if args.workdir and "run" not in names:
     names.append("run")
@@ -328,7 +379,7 @@ def _command(args: argparse.Namespace) -> None:
     args.num_heldout,
     args.num_points,
     args.grid_points,
-    args.gate,
+    gate,
     trained,
     run_state,
     args.batch,

@@ -55,6 +55,7 @@ def evaluate(
   run_config = sampler_config(config, grid, num_steps, method)
   solvers.validate_sampler_config(run_config)
   restore.check_step(workdir, step)  # the checkpoint and step, before the weights
+  model_fid.check_images(restore.saved_data_shape(workdir, step), "this run")  # tokens: no FID
   if ref_stats or config.fid.ref_stats:
     fid.check_stats_file(ref_stats or config.fid.ref_stats)
   extractor = model_fid.make_extractor(config, make_mesh(devices), weights)  # missing: fail here

@@ -104,6 +104,17 @@ def check_step(workdir: str, step: int | None = None) -> int:
   return step
 
 
+def saved_data_shape(workdir: str, step: int | None = None) -> tuple[int, ...]:
+  """One example's shape, from the metadata saved with the checkpoint (no state is read)."""
+  step = check_step(workdir, step)
+  ckpt = Checkpointer(workdir, 1, create=False)
+  try:
+    meta = ckpt.restore_meta(step)
+  finally:
+    ckpt.close()
+  return tuple(int(d) for d in meta["data_shape"])
+
+
 def _pick_step(ckpt: Checkpointer, step: int | None) -> int:
   saved = ckpt.all_steps()
   if not saved:

@@ -691,6 +691,8 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
     step,
     num_steps,
   )
+  if jax.process_index() == 0:  # where to point TensorBoard while the run goes on
+    logging.info("TensorBoard: tensorboard --logdir %s", workdir)
   log = _WindowLogger(run, writer, ckpt, step)
   # One process: our SIGTERM and Ctrl-C flag. Several: JAX's preemption service catches
   # SIGTERM on any of them and Orbax's reached_preemption agrees on one step for all (no local

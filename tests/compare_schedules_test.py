@@ -176,9 +176,15 @@ def test_report_notes_an_arm_whose_records_mix_weight_gradients(tmp_path):
   assert not any("mix" in n for n in notes)
 
 
-def test_bad_arm_fails_before_any_work(tmp_path):
-  with pytest.raises(ValueError, match="unknown arm 'lognorm'"):
+def test_bad_arm_or_data_fails_before_any_work(tmp_path, capsys):
+  with pytest.raises(SystemExit):
     compare_schedules.main([f"--out={tmp_path}", "--arms=lognorm"])
+  assert "unknown arm 'lognorm'" in capsys.readouterr().err
+  dna = os.path.join(ROOT, "configs", "dna.py:cpu")
+  with pytest.raises(SystemExit):  # token data with the default --data=continuous,binarized
+    compare_schedules.main([f"--out={tmp_path}", f"--config={dna}", "--arms=lognormal"])
+  assert "use --data=native" in capsys.readouterr().err
+  assert not os.listdir(tmp_path)  # nothing written
 
 
 def test_every_named_arm_builds_and_fair_peers_take_infonoise_terms():

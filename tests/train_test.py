@@ -147,6 +147,10 @@ def test_digits_end_to_end_leaves_logs_checkpoint_and_images(tmp_path, caplog, m
   # the loop froze what setup made (out of the collector's scans) and unfroze it at the end
   assert len(frozen) == 1 and frozen[0] > 1000 and gc.get_freeze_count() == 0
   # One short progress line per log window (8 steps, log_every 2), the per-bin losses not.
+  # where to point TensorBoard is said before the first step, not only at the end
+  messages = [r.getMessage() for r in caplog.records]
+  said = messages.index(f"TensorBoard: tensorboard --logdir {workdir}")
+  assert said < min(i for i, m in enumerate(messages) if m.startswith("step "))
   progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
   assert [line.split(" | ")[0] for line in progress] == [f"step {s}/8" for s in (2, 4, 6, 8)]
   assert all(len(line) <= 100 and " | loss " in line and " img/s" in line for line in progress)
