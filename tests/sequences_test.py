@@ -114,6 +114,29 @@ def test_user_fasta_unknown_policies_and_counts(tmp_path):
   assert counts["replace"] == 4 * 6 and counts["drop"] == 4 * 6 - 1
 
 
+def test_gzipped_fasta_and_genbank_read_like_plain_ones(tmp_path):
+  import gzip
+  import shutil
+
+  rng = np.random.default_rng(1)
+  seqs = ["".join(rng.choice(list("ACGT"), 200)) for _ in range(3)]
+  plain = tmp_path / "plain"
+  plain.mkdir()
+  _write_fasta(str(plain / "a.fa"), [(f"r{i}", s) for i, s in enumerate(seqs)])
+  (plain / "b.gbk").write_text(
+    "LOCUS       g1 60 bp\nORIGIN\n        1 " + "acgtac" * 10 + "\n//\n"
+  )
+  packed = tmp_path / "packed"
+  packed.mkdir()
+  for f in plain.iterdir():
+    with open(f, "rb") as src, gzip.open(packed / (f.name + ".gz"), "wb") as dst:
+      shutil.copyfileobj(src, dst)
+  names = lambda groups: [(n.replace(".gz", ""), q) for n, q in groups]
+  want = sequences.dna_groups(str(plain))
+  assert len(want) == 4 and names(sequences.dna_groups(str(packed))) == list(want)
+  assert sequences.read_fasta(str(packed / "a.fa.gz")) == sequences.read_fasta(str(plain / "a.fa"))
+
+
 def test_single_plain_text_file_split_at_its_tail(tmp_path):
   path = os.path.join(tmp_path, "book.txt")
   words = np.random.default_rng(0).choice(["To", "be,", "or", "not", "that:", "is.\n\n"], 400)

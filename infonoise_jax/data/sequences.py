@@ -25,6 +25,7 @@ equal to any training window are dropped too (`SplitStats.duplicate_windows`).
 import dataclasses
 import functools
 import glob
+import gzip
 import hashlib
 import math
 import os
@@ -67,10 +68,23 @@ class SplitStats:
 
 
 # ------------------------------------------------------------------------------ readers
+def _open_text(path: str):
+  """A sequence file as text; gzip-compressed ('.gz', as genomes are usually shipped) or not."""
+  if path.lower().endswith(".gz"):
+    return gzip.open(path, "rt", errors="replace")
+  return open(path, errors="replace")
+
+
+def _kind(path: str) -> str:
+  """'fasta', 'genbank' or '' from a file name, a trailing '.gz' ignored."""
+  name = path.lower().removesuffix(".gz")
+  return "fasta" if name.endswith(FASTA_EXTS) else "genbank" if name.endswith(GENBANK_EXTS) else ""
+
+
 def read_fasta(path: str) -> list[tuple[str, str]]:
-  """(name, sequence) per '>' record of a FASTA file."""
+  """(name, sequence) per '>' record of a FASTA file (optionally gzip-compressed)."""
   records, name, parts = [], None, []
-  with open(path, errors="replace") as f:
+  with _open_text(path) as f:
     for line in f:
       if line.startswith(">"):
         if name is not None:
@@ -84,9 +98,9 @@ def read_fasta(path: str) -> list[tuple[str, str]]:
 
 
 def read_genbank(path: str) -> list[tuple[str, str]]:
-  """(LOCUS name, ORIGIN sequence) per record of a GenBank flat file."""
+  """(LOCUS name, ORIGIN sequence) per record of a GenBank flat file (optionally gzipped)."""
   records, name, parts, in_origin = [], None, [], False
-  with open(path, errors="replace") as f:
+  with _open_text(path) as f:
     for line in f:
       if line.startswith("LOCUS"):
         fields = line.split()
@@ -108,13 +122,11 @@ def read_genbank(path: str) -> list[tuple[str, str]]:
 
 def _dna_files(path: str) -> list[str]:
   if os.path.isdir(path):
-    files = sorted(
-      p for p in glob.glob(os.path.join(path, "*")) if p.lower().endswith(FASTA_EXTS + GENBANK_EXTS)
-    )
+    files = sorted(p for p in glob.glob(os.path.join(path, "*")) if _kind(p))
     if not files:
       raise FileNotFoundError(
         f"data.path={path!r} holds no FASTA ({', '.join(FASTA_EXTS)}) or GenBank "
-        f"({', '.join(GENBANK_EXTS)}) files"
+        f"({', '.join(GENBANK_EXTS)}) files, plain or gzipped (.gz)"
       )
     return files
   return [path]
@@ -133,7 +145,7 @@ def dna_groups(path: str) -> tuple[tuple[str, str], ...]:
 def _read_dna(path: str, mtime: float) -> tuple[tuple[str, str], ...]:
   groups, seen = [], set()
   for file in _dna_files(path):
-    reader = read_genbank if file.lower().endswith(GENBANK_EXTS) else read_fasta
+    reader = read_genbank if _kind(file) == "genbank" else read_fasta
     for name, seq in reader(file):
       seq = seq.upper()
       if seq and seq not in seen:
