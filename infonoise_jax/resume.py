@@ -38,6 +38,8 @@ RESUMABLE = (
   "data.tfds_data_dir",
   "data.local_dir",
   "data.path",
+  "data.vocab",  # the vocabulary itself is checked against the checkpoint's (check_same_vocabulary)
+  "data.unknown_policy",  # which letters / windows of new files are used, not what ids mean
   "data.num_workers",
   "sampler.",
   "fid.",

@@ -179,3 +179,14 @@ def test_a_resume_on_text_with_other_letters_is_refused(tmp_path):
   assert checkpointing.saved_steps(workdir) == [4]
   same = _config("text", {**tiny, "data.path": str(tmp_path / "same")})
   assert int(train.train_and_evaluate(same, workdir).step) == 8
+  # new letters can be trained over with the checkpoint's vocabulary pinned and the rest
+  # replaced (data.vocab, data.unknown_policy: resumable, the vocabulary still checked)
+  (tmp_path / "accents").mkdir()
+  (tmp_path / "accents" / "t.txt").write_text(text.replace("a", "\u00f1", 50))
+  vocab = train.load_source(_config("text", {**tiny, "data.path": str(tmp_path / "a")}))
+  pinned = {"data.vocab": vocab.encoding.vocab, "data.unknown_policy": "replace"}
+  more = {**tiny, "train.num_steps": 12, "data.path": str(tmp_path / "accents")}
+  assert int(train.train_and_evaluate(_config("text", {**more, **pinned}), workdir).step) == 12
+  wrong = {**more, **pinned, "data.vocab": vocab.encoding.vocab[::-1]}  # ids change meaning
+  with pytest.raises(ValueError, match="the same symbols in another order"):
+    train.train_and_evaluate(_config("text", wrong), workdir)

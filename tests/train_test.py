@@ -554,6 +554,8 @@ _LOOP_ONLY_CHANGES = {
   "data.tfds_data_dir": "/elsewhere/tfds",
   "data.local_dir": "/elsewhere/fashion",
   "data.path": "/elsewhere/file",
+  "data.vocab": "xyz",
+  "data.unknown_policy": "replace",
   "data.num_workers": 0,
   "seq_metrics.lm_order": 3,
   "sampler.num_steps": 7,
