@@ -24,11 +24,11 @@ stand-in for token data: a few thousand windows of L x V dimensions sit ~ sqrt(2
 its profile measures the distance between windows, not the per-position decision.
 
 Comparison (all on the grid, each curve normalized to unit mass): the target is the gated
-profile rho = q g(sigma; c) with c from --gate (the onset rule of profiles.py by default, or a
-number); for each schedule, `mismatch` is the total variation between phi and rho (0 = same,
-1 = disjoint) and `in_window` the mass of phi inside the informative window, the ln-sigma
-interval holding the central 80% of rho (10% to 90% of its CDF). Writes profile.npz,
-diagnose.md and diagnose.png under --out.
+profile rho = q g(sigma; c) with c from --gate (by default the config's pinned pivot when its
+InfoNoise gate is pinned, else the onset rule of profiles.py; or a number); for each schedule,
+`mismatch` is the total variation between phi and rho (0 = same, 1 = disjoint) and `in_window`
+the mass of phi inside the informative window, the ln-sigma interval holding the central 80% of
+rho (10% to 90% of its CDF). Writes profile.npz, diagnose.md and diagnose.png under --out.
 """
 
 import argparse
