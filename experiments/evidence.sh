@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The GPU evidence of experiments/RESULTS.md (sections 14-18) on one GPU, step by step.
+# The GPU evidence of experiments/RESULTS.md (sections 14-19) on one GPU, step by step.
 #
 #   bash experiments/evidence.sh prepare                    # offline data + int16 FID weights
 #   bash experiments/evidence.sh sequences dna|text [STEPS] # section 18 (4000 / 6000 steps)
-#   bash experiments/evidence.sh fashion continuous|binarized ARMS [STEPS]  # sections 14-16
+#   bash experiments/evidence.sh fashion continuous|binarized ARMS [STEPS]  # sections 14-16, 19
 #   bash experiments/evidence.sh fid continuous|binarized SAMPLES.npz[,...] # Inception FID
 #   bash experiments/evidence.sh report continuous|binarized ARMS [STEPS]   # tables + curves
 #
@@ -24,6 +24,10 @@
 # runs: e.g. `fashion binarized infonoise 5000 --grid_steps=6,10,18 --grid_seeds=0
 # --grid_samples=5000` (section 17), --set=optim.lr=1e-4, or --reference_num=10000 for `fid`.
 # Relative DATA, OUT and WEIGHTS are taken from the directory you call it from.
+# On a lent GPU machine whose calls carry at most 64 MiB, the Fashion data (30 MB) and the FID
+# weights (42 MB) do not fit in one call: carry the data with `fashion` and the weights with
+# `fid` in the next call, made at once, since the kept samples (45 MB per arm) live only as
+# long as the machine does (RESULTS.md section 19 lost one arm's this way).
 set -euo pipefail
 SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
 absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
@@ -42,9 +46,16 @@ fail() { echo "$*" >&2; exit 2; }
 need() { [ -e "$1" ] || fail "missing $1: $2"; }
 prepared() { need "$1" "run 'bash experiments/evidence.sh prepare' first ($2)"; }
 kind() { case "$1" in continuous | binarized) ;; *) fail "unknown data kind '$1': continuous or binarized" ;; esac; }
-# The U-Net recipe of sections 14-17: 1.75M parameters, bf16 compute, batch 256.
+# The U-Net recipe of sections 14-17 and 19: 1.75M parameters, bf16 compute, batch 256.
 FASHION=(--config=configs/default.py:fashion "--set=data.local_dir=$DATA/fm"
   --set=model.model_channels=32 --set=model.dtype=bfloat16 --set=fid.batch_size=1000)
+# The harness on that recipe: the results folder, then extra flags (KIND, ARMS, STEPS set below).
+compare_fashion() {
+  local dir=$1
+  shift
+  "$PY" experiments/compare_schedules.py --out="$dir" "${FASHION[@]}" --steps="$STEPS" \
+    --eval_every=1000 --num_samples=1000 --seeds="$SEEDS" --data="$KIND" --arms="$ARMS" "$@"
+}
 
 MODE=${1:-}
 [ -n "$MODE" ] || usage
@@ -96,9 +107,7 @@ case "$MODE" in
     SAVE=""
     for s in ${SAVE_STEPS:-3000 4000}; do [ "$s" -lt "$STEPS" ] && SAVE=$SAVE$s,; done
     SAVE=$SAVE$STEPS
-    "$PY" experiments/compare_schedules.py --out="$OUT/fashion_$KIND" "${FASHION[@]}" \
-      --steps="$STEPS" --eval_every=1000 --num_samples=1000 --seeds="$SEEDS" --data="$KIND" \
-      --arms="$ARMS" --save_samples --save_num=10000 --save_steps="$SAVE" \
+    compare_fashion "$OUT/fashion_$KIND" --save_samples --save_num=10000 --save_steps="$SAVE" \
       --samples_dir="$DATA/keep" "$@"
     ;;
   fid)
@@ -124,9 +133,7 @@ case "$MODE" in
     need "$DIR/results.jsonl" "run 'bash experiments/evidence.sh fashion $KIND $ARMS' first"
     FID=()
     [ -e "$DIR/inception_fid.jsonl" ] && FID=(--fid_records="$DIR/inception_fid.jsonl")
-    "$PY" experiments/compare_schedules.py --out="$DIR" "${FASHION[@]}" --steps="$STEPS" \
-      --eval_every=1000 --num_samples=1000 --seeds="$SEEDS" --data="$KIND" --arms="$ARMS" \
-      --report_only ${FID[@]+"${FID[@]}"} "$@"
+    compare_fashion "$DIR" --report_only ${FID[@]+"${FID[@]}"} "$@"
     ;;
   *) usage ;;
 esac

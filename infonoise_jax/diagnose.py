@@ -188,21 +188,18 @@ def make_denoiser(config, source, prior: str, num_points: int, trained=None) -> 
         f"--prior=onehot needs token data (data.name dna or text); got {source.name!r}: use "
         "--prior=empirical for images"
       )
-    v, scale = source.encoding.size, source.encoding.scale
+    v = source.encoding.size
     counts = np.bincount(np.asarray(source.token_ids).ravel(), minlength=v)
     log_p = jnp.log(jnp.maximum(jnp.asarray(counts / counts.sum(), jnp.float32), 1e-30))
-    codewords_VV = scale * (jnp.eye(v) - 1.0 / v)
+    codewords_VV = jnp.asarray(source.encoding.codewords())
     return lambda x, s: onehot_denoiser(x, s, codewords_VV, log_p)
   raise ValueError(f"--prior must be model, empirical, mixture or onehot; got {prior!r}")
 
 
 def onehot_denoiser(x_NLV, sigma_N, codewords_VV, log_p_V):
-  """Posterior mean of independent one-hot positions: softmax(log p_k - ||y - c_k||^2 /
-  (2 sigma^2)) over the codewords c_k, per position."""
-  s = jnp.reshape(sigma_N, (-1, 1, 1))
-  d2 = jnp.sum((x_NLV[..., None, :] - codewords_VV) ** 2, axis=-1)  # (N, L, V)
-  post = jax.nn.softmax(log_p_V - d2 / (2 * s**2), axis=-1)
-  return post @ codewords_VV
+  """Posterior mean of independent one-hot positions (profiles.onehot_posterior), per position."""
+  sigma_N1 = jnp.reshape(sigma_N, (-1, 1))
+  return profiles.onehot_posterior(x_NLV, sigma_N1, codewords_VV, log_p_V) @ codewords_VV
 
 
 def held_out(config, num: int) -> tuple[np.ndarray, str]:

@@ -140,14 +140,21 @@ def binary_denoiser(x_BD: Array, sigma_B: Array, scale: float) -> Array:
   return scale * jnp.tanh(scale * x_BD / sigma_B[:, None] ** 2)
 
 
+def onehot_posterior(y_XV: Array, sigma_X: Array, codewords_VV: Array, log_probs_V: Array) -> Array:
+  """p(k|y) of one position y = c_k + sigma n, k ~ exp(log_probs_V), over the codewords c_k
+  (rows of codewords_VV): softmax_k(log pi_k - ||y - c_k||^2 / (2 sigma^2)). y_XV has any
+  leading axes X; sigma_X broadcasts against them. The posterior mean is its @ codewords_VV.
+  """
+  dist_XV = jnp.sum(jnp.square(y_XV[..., None, :] - codewords_VV), axis=-1)
+  return jax.nn.softmax(log_probs_V - dist_XV / (2.0 * jnp.square(sigma_X)[..., None]), axis=-1)
+
+
 def _onehot_mmse_one(key, sigma, codewords_VV, log_probs_V, num_samples):
   k_S = jax.random.categorical(key, log_probs_V, shape=(num_samples,))
   y_SV = codewords_VV[k_S] + sigma * jax.random.normal(
     jax.random.fold_in(key, 1), k_S.shape + (codewords_VV.shape[1],)
   )
-  # log p(j|y) = log pi_j - ||y - x_j||^2 / (2 sigma^2) + const
-  dist_SV = jnp.sum(jnp.square(y_SV[:, None, :] - codewords_VV[None]), axis=-1)
-  r_SV = jax.nn.softmax(log_probs_V[None] - dist_SV / (2.0 * sigma**2), axis=-1)
+  r_SV = onehot_posterior(y_SV, sigma, codewords_VV, log_probs_V)
   m_SD = r_SV @ codewords_VV
   # tr Cov(x0|y) = sum_j r_j ||x_j - m||^2 (exact given y)
   spread_SV = jnp.sum(jnp.square(codewords_VV[None] - m_SD[:, None, :]), axis=-1)
