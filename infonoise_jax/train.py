@@ -544,6 +544,31 @@ def _first_step_done(run: Run, state, log, started: float, step: int):
   )
 
 
+def _checkpoint_vocabulary_to_pin(run: Run, workdir: str) -> str | None:
+  """The checkpoint's vocabulary, when a resumed run derives its vocabulary from the files
+  (data.vocab unset) and the files now give a strict subset of it: letters only lost (e.g. the
+  byte-order mark that text runs before 2026-12-03 took for a letter). Token ids keep their
+  meaning on the checkpoint's vocabulary and the lost letters simply never occur, so the run
+  goes on with data.vocab pinned to it (said on the console; a resumable change). None
+  otherwise; resume.check_same_vocabulary refuses the other differences."""
+  encoding, saved = run.source.encoding, checkpointing.saved_steps(workdir)
+  if encoding is None or run.config.data.vocab or not saved:
+    return None
+  vocab = (saved_meta(workdir, saved[-1]) or {}).get("vocab")
+  if not vocab or vocab == encoding.vocab or not set(encoding.vocab) < set(vocab):
+    return None
+  lost = "".join(sorted(set(vocab) - set(encoding.vocab)))
+  logging.warning(
+    "Resuming %s: the data files no longer give the letters %r of the checkpoint's %d-symbol "
+    "vocabulary; training goes on with data.vocab pinned to the checkpoint's (those letters "
+    "never occur).",
+    workdir,
+    lost,
+    len(vocab),
+  )
+  return vocab
+
+
 def saved_meta(workdir: str, step: int) -> dict | None:
   """The metadata saved with `step` (data shape, vocabulary), or None when it is unreadable
   (the restore then moves the step aside and says so)."""
@@ -581,7 +606,12 @@ def train_and_evaluate(
   with checkpointing.sigterm_stops_outside_loop(active=jax.process_count() == 1):
     if jax.process_index() == 0:
       writers.check_available()  # the loop's event writer, before any data or compile work
+    pristine = config.copy_and_resolve_references()  # before Run resolves derived values
     run = Run(config, workdir, devices)  # validates, loads the data, resolves derived values
+    pinned = _checkpoint_vocabulary_to_pin(run, workdir)
+    if pinned is not None:  # an older text run: its letters, with the ones the files lost
+      pristine.data.vocab = pinned
+      run = Run(pristine, workdir, devices)
     with workdir_lib.Lock(workdir):
       return _train(run, workdir, fresh)
 

@@ -190,3 +190,41 @@ def test_a_resume_on_text_with_other_letters_is_refused(tmp_path):
   wrong = {**more, **pinned, "data.vocab": vocab.encoding.vocab[::-1]}  # ids change meaning
   with pytest.raises(ValueError, match="the same symbols in another order"):
     train.train_and_evaluate(_config("text", wrong), workdir)
+
+
+def test_a_resume_on_text_that_lost_letters_goes_on_with_the_checkpoints_vocabulary(tmp_path):
+  """Files that give a strict subset of the checkpoint's letters (e.g. a byte-order mark older
+  runs took for a letter, now dropped) resume with data.vocab pinned to the checkpoint's: the
+  ids keep their meaning, the model its size; config.json records the pin."""
+  rng = np.random.default_rng(1)
+  words = np.array(["alpha", "beta", "gamma", "Delta", "epsilon", "zeta"])
+  text = " ".join(rng.choice(words, 3000))
+  (tmp_path / "a").mkdir()
+  (tmp_path / "a" / "t.txt").write_text(text)
+  (tmp_path / "fewer").mkdir()
+  (tmp_path / "fewer" / "t.txt").write_text(text.replace("D", "e"))
+  tiny = {**_tiny(tmp_path / "cache"), "train.eval_every": 0, "data.seq_len": 16}
+  workdir = tmp_path / "run"
+  first = _config("text", {**tiny, "data.path": str(tmp_path / "a"), "train.num_steps": 4})
+  train.train_and_evaluate(first, str(workdir))
+  saved = train.saved_meta(str(workdir), 4)["vocab"]
+  assert "D" in saved
+  fewer = _config("text", {**tiny, "data.path": str(tmp_path / "fewer")})
+  assert "D" not in train.load_source(fewer.copy_and_resolve_references()).encoding.vocab
+  assert int(train.train_and_evaluate(fewer, str(workdir)).step) == 8
+  assert train.saved_meta(str(workdir), 8)["vocab"] == saved
+  assert json.loads((workdir / "config.json").read_text())["data"]["vocab"] == saved
+
+
+def test_a_byte_order_mark_is_not_a_letter(tmp_path):
+  """A UTF-8 file that opens with a BOM (or holds one) reads as the same text without it."""
+  from infonoise_jax.data import sequences
+
+  (tmp_path / "bom").mkdir()
+  (tmp_path / "plain").mkdir()
+  (tmp_path / "bom" / "t.txt").write_bytes("\ufeffTo be,\ufeff or not".encode())
+  (tmp_path / "plain" / "t.txt").write_text("To be, or not")
+  assert sequences.text_groups(str(tmp_path / "bom"))[0][1] == "To be, or not"
+  assert sequences.text_groups(str(tmp_path / "bom")) == sequences.text_groups(
+    str(tmp_path / "plain")
+  )

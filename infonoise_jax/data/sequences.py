@@ -156,8 +156,14 @@ def _read_dna(path: str, mtime: float) -> tuple[tuple[str, str], ...]:
   return tuple(groups)
 
 
+BYTE_ORDER_MARK = "\ufeff"  # an encoding marker (zero-width), not a letter of the text
+
+
 def normalize_text(text: str) -> str:
-  """Whitespace runs -> one newline if the run holds one, else one space; stripped."""
+  """Byte-order marks dropped (one opens some UTF-8 files, e.g. the sdist's Milton poemata; kept,
+  it became a vocabulary symbol); whitespace runs -> one newline if the run holds one, else one
+  space; stripped."""
+  text = text.replace(BYTE_ORDER_MARK, "")
   return re.sub(r"\s+", lambda m: "\n" if "\n" in m.group() else " ", text).strip()
 
 
