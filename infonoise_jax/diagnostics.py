@@ -135,8 +135,11 @@ def write_final(run, state, writer, workdir: str, step: int, log=None) -> None:
     method=s.name,
     **extra,
   )
-  if extra:  # token data: the decoded samples as text, as the sample command writes them
-    paths["samples (.txt)"] = write_texts(workdir, extra["vocab"], extra["tokens"])
+  if extra:  # token data: the decoded samples as text or FASTA, as the sample command writes them
+    dna = run.config.data.name == "dna"
+    paths["samples (.fa)" if dna else "samples (.txt)"] = write_texts(
+      workdir, extra["vocab"], extra["tokens"], dna, seed=run.config.seed, step=step
+    )
   npz = written["npz"]
   logging.info("Done at step %d.", step)
   lines = [

@@ -8,9 +8,9 @@ The run is read back by `restore.restore_run` (config.json and the checkpoint; n
 training data is read) and sampled by a `model_sampler.Sampler`, sharded over every device.
 Writes `<out>/samples.npz` and, for images, `<out>/samples.png` (format: sample_files.py, the
 same as the trainer's final samples); for token data (dna, text) also the argmax ids `tokens`
-with the checkpoint's `vocab` in the .npz, and `<out>/samples.txt`. Sample j of seed s is the
-same whatever the batch size, device count or `--num`. The infogrid grids use the checkpoint's
-learned profile (docs/method.md section 5).
+with the checkpoint's `vocab` in the .npz, and `<out>/samples.txt` (text) or `<out>/samples.fa`
+(DNA, FASTA). Sample j of seed s is the same whatever the batch size, device count or `--num`.
+The infogrid grids use the checkpoint's learned profile (docs/method.md section 5).
 """
 
 import argparse
@@ -57,8 +57,11 @@ def sample_run(
     if vocab:
       meta.update(tokens=TokenEncoding(vocab).decode(samples), vocab=vocab)
     paths = write_samples(out, samples, config.data.scale, sampler.is_image, **meta)
-    if vocab:
-      paths["txt"] = write_texts(out, vocab, meta["tokens"])
+    if vocab:  # DNA as FASTA (samples.fa), text as samples.txt
+      dna = config.data.name == "dna"
+      paths["fa" if dna else "txt"] = write_texts(
+        out, vocab, meta["tokens"], dna, seed=seed, step=run.step
+      )
   return samples, paths
 
 

@@ -3,7 +3,8 @@
 `<out>/samples.npz`: `samples` (float32 model output divided by data.scale, so the data range
 is [-1, 1]), `data_scale` and the sampling settings; for images also `uint8` (EDM's
 quantization, `images.to_uint8`) and `<out>/samples.png`, a grid of the first (up to) 64; for
-token data `tokens` and `vocab` (passed as meta) and `<out>/samples.txt` (`write_texts`).
+token data `tokens` and `vocab` (passed as meta) and the decoded samples (`write_texts`):
+`<out>/samples.txt` for text, `<out>/samples.fa` (FASTA) for DNA.
 """
 
 import io
@@ -33,9 +34,25 @@ def write_samples(out: str, samples: np.ndarray, scale: float, is_image: bool, *
   return written
 
 
-def write_texts(out: str, vocab: str, tokens_NL: np.ndarray) -> str:
-  """samples.txt: each decoded sample, separated by a line of dashes."""
-  path = run_path(out) / "samples.txt"  # local or remote (gs://), like samples.npz
+FASTA_WIDTH = 80  # bases per line of samples.fa
+
+
+def write_texts(out: str, vocab: str, tokens_NL: np.ndarray, fasta: bool = False, **meta) -> str:
+  """The decoded samples. Text: samples.txt, each sample separated by a line of dashes. DNA
+  (`fasta`): samples.fa, one record per sample, `>sample_<j>` followed by `meta` as key=value
+  (seed, step), its bases wrapped at FASTA_WIDTH, so that sequence tools (and this project's
+  DNA reader) read the samples as they read the training data."""
   enc = TokenEncoding(vocab)
-  path.write_text("\n-----\n".join(enc.to_text(ids) for ids in tokens_NL) + "\n")
+  texts = [enc.to_text(ids) for ids in tokens_NL]
+  if fasta:
+    path = run_path(out) / "samples.fa"  # local or remote (gs://), like samples.npz
+    tags = "".join(f" {k}={v}" for k, v in meta.items())
+    records = []
+    for j, t in enumerate(texts):
+      lines = [t[i : i + FASTA_WIDTH] for i in range(0, len(t), FASTA_WIDTH)]
+      records.append("\n".join([f">sample_{j}{tags}", *lines]))
+    path.write_text("\n".join(records) + "\n")
+  else:
+    path = run_path(out) / "samples.txt"
+    path.write_text("\n-----\n".join(texts) + "\n")
   return str(path)

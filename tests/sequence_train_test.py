@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from infonoise_jax import checkpointing, sample, train
+from infonoise_jax.data import sequences
 from infonoise_jax.data.tokens import TokenEncoding
 from infonoise_jax.validation import load_config_file
 
@@ -120,15 +121,26 @@ def test_end_to_end_through_main_logs_metrics_texts_and_resumes_bit_identically(
   tokens = np.load(resumed / "samples.npz")["tokens"]
   assert tokens.shape == (8, 32) and tokens.max() < len(vocab)
   assert "uint8" not in np.load(resumed / "samples.npz").files  # image quantization: images only
-  # the trainer's final samples as text too, each the decoded tokens of the .npz
+  # the trainer's final samples decoded too, each the decoded tokens of the .npz: DNA as FASTA
+  # (read back by the project's own FASTA reader), text separated by lines of dashes
   texts = [TokenEncoding(vocab).to_text(ids) for ids in tokens]
-  assert (resumed / "samples.txt").read_text() == "\n-----\n".join(texts) + "\n"
+  if domain == "dna":
+    assert not (resumed / "samples.txt").exists()
+    records = sequences.read_fasta(str(resumed / "samples.fa"))
+    assert records == [(f"sample_{j} seed=0 step=8", t) for j, t in enumerate(texts)]
+  else:
+    assert (resumed / "samples.txt").read_text() == "\n-----\n".join(texts) + "\n"
   # the sample command decodes with the checkpoint's vocabulary, without reading the data
-  _, paths = sample.sample_run(str(resumed), 3, str(tmp_path / "drawn"))
+  _, paths = sample.sample_run(str(resumed), 3, str(tmp_path / "drawn"), seed=2)
   drawn = np.load(paths["npz"])
   assert drawn["vocab"].item() == vocab and drawn["tokens"].shape == (3, 32)
-  texts = open(paths["txt"]).read().split("\n-----\n")
-  assert [len(t) for t in texts] == [32, 32, 33]  # the last one ends the file with a newline
+  if domain == "dna":
+    records = sequences.read_fasta(paths["fa"])
+    assert [name for name, _ in records] == [f"sample_{j} seed=2 step=8" for j in range(3)]
+    assert [seq for _, seq in records] == [TokenEncoding(vocab).to_text(r) for r in drawn["tokens"]]
+  else:
+    texts = open(paths["txt"]).read().split("\n-----\n")
+    assert [len(t) for t in texts] == [32, 32, 33]  # the last one ends the file with a newline
 
 
 @pytest.mark.parametrize(

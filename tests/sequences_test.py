@@ -222,3 +222,18 @@ def test_no_window_errors_propose_the_fix_that_applies(tmp_path):
   message = str(e.value)
   assert "data.seq_len" in message and "--config.data.val_fraction" in message
   assert "unknown_policy=replace" not in message and "data.vocab" not in message
+
+
+def test_dna_samples_are_written_as_fasta_the_reader_reads_back(tmp_path):
+  """write_texts(fasta=True): one record per sample, bases wrapped at FASTA_WIDTH, tagged with
+  its meta; read_fasta (the training data's reader) gives back every sample's bases."""
+  from infonoise_jax import sample_files
+
+  ids_NL = np.random.default_rng(0).integers(0, 4, (3, 2 * sample_files.FASTA_WIDTH + 7))
+  path = sample_files.write_texts(str(tmp_path), "ACGT", ids_NL, True, seed=1, step=5)
+  lines = open(path).read().splitlines()
+  assert path.endswith("samples.fa") and lines[0] == ">sample_0 seed=1 step=5"
+  assert [len(x) for x in lines[1:4]] == [sample_files.FASTA_WIDTH] * 2 + [7]
+  want = ["".join("ACGT"[i] for i in row) for row in ids_NL]
+  names = [f"sample_{j} seed=1 step=5" for j in range(3)]
+  assert sequences.read_fasta(path) == list(zip(names, want, strict=True))
