@@ -1,14 +1,25 @@
-"""Command: FID of a trained run's EMA model with EDM's protocol; writes <workdir>/fid.json.
+"""Command: score a trained run's EMA model: FID for images, domain metrics for token data.
 
   python -m infonoise_jax.evaluate --workdir=runs/cifar10 [--num=50000] [--seed_sets=3] \
       [--ref_stats=stats.npz] [--grid=karras] [--steps=18] [--method=heun] [--step=200000]
 
-EDM's protocol: 50k samples per seed set, seed sets 0, 1, 2, report the minimum (`fids`
-keeps every set). Seed set s scores exactly the samples `python -m infonoise_jax.sample
---seed=s --num=<num>` writes. Reference statistics: --ref_stats, else the run's fid.ref_stats,
-else computed from the run's dataset (train split) and cached in fid.cache_dir
-(evaluation/model_fid.py). Needs the converted Inception weights (fid.weights_path or
---weights; docs/fid.md); without them inception.load_params says how to get them.
+Images: FID with EDM's protocol, written to <workdir>/fid.json. 50k samples per seed set, seed
+sets 0, 1, 2, report the minimum (`fids` keeps every set). Seed set s scores exactly the
+samples `python -m infonoise_jax.sample --seed=s --num=<num>` writes. Reference statistics:
+--ref_stats, else the run's fid.ref_stats, else computed from the run's dataset (train split)
+and cached in fid.cache_dir (evaluation/model_fid.py). Needs the converted Inception weights
+(fid.weights_path or --weights; docs/fid.md); without them inception.load_params says how to
+get them.
+
+Token data (dna, text; the checkpoint's meta has a vocabulary): the domain metrics of
+`evaluation/sequence_eval.py` instead (DNA: k-mer JS, GC distance, classifier Frechet; text:
+n-gram JS, n-gram NLL), written to <workdir>/domain_metrics.json (`evaluate_tokens`). Seed set
+s scores the same samples as above (--num of them, default the run's train.eval_num_samples,
+as its TensorBoard domain/ curves) against as many held-out windows of the run's data files
+(config.json's data.path; they must give the checkpoint's vocabulary), with the metrics' floor
+(--num other held-out windows: a perfect model's score at this sample count) and the mean over
+seed sets of the `primary` metric, the one to rank by (lower is better). --ref_stats and
+--weights are FID's and refused here.
 """
 
 import argparse
@@ -18,19 +29,24 @@ import sys
 from collections.abc import Callable, Sequence
 
 import jax
+import ml_collections
+import numpy as np
 
-from infonoise_jax import cli, restore, solvers
-from infonoise_jax.evaluation import fid, model_fid
+from infonoise_jax import checkpointing, cli, restore, resume, solvers
+from infonoise_jax.data import load_source
+from infonoise_jax.evaluation import fid, model_fid, sequence_eval
 from infonoise_jax.mesh import initialize_distributed, make_mesh
 from infonoise_jax.model_sampler import Sampler, sampler_config
 from infonoise_jax.paths import run_path
 
 SMALL_SET = 10_000  # below this many samples per set, the command notes FID's bias
+IMAGES_NUM = 50_000  # default samples per FID seed set (EDM's protocol)
+FID_FILE, TOKENS_FILE = "fid.json", "domain_metrics.json"  # what images / token runs write
 
 
 def evaluate(
   workdir: str,
-  num: int = 50000,
+  num: int | None = None,
   seed_sets: int = 3,
   ref_stats: str | None = None,
   grid: str | None = None,
@@ -43,19 +59,23 @@ def evaluate(
   method: str | None = None,
 ) -> dict:
   """FID of the run's EMA model (min over `seed_sets` seed sets); writes and returns fid.json.
+  A token run is scored by `evaluate_tokens` instead (domain_metrics.json; no --ref_stats,
+  --weights).
 
   `report(line)` receives progress lines (the command prints them on process 0).
   """
-  if seed_sets < 1:
-    raise ValueError(f"--seed_sets must be >= 1, got {seed_sets}")
-  if num < 2:
-    raise ValueError(f"--num: FID needs at least 2 samples, got {num}")
   config = restore.load_config(workdir)
   solvers.check_grid(config, grid)  # before loading weights or restoring
   run_config = sampler_config(config, grid, num_steps, method)
   solvers.validate_sampler_config(run_config)
-  restore.check_step(workdir, step)  # the checkpoint and step, before the weights
-  model_fid.check_images(restore.saved_data_shape(workdir, step), "this run")  # tokens: no FID
+  meta = _saved_meta(workdir, step)  # the checkpoint and step, before the weights
+  if meta.get("vocab"):  # token data: its domain metrics, not FID
+    _refuse_fid_flags(config, ref_stats, weights)
+    args = (workdir, num, seed_sets, grid, num_steps, step, batch, devices, report, method)
+    return evaluate_tokens(*args)
+  num = IMAGES_NUM if num is None else num
+  _check_counts(num, seed_sets)
+  model_fid.check_images(tuple(int(d) for d in meta["data_shape"]), "this run")
   if ref_stats or config.fid.ref_stats:
     fid.check_stats_file(ref_stats or config.fid.ref_stats)
   extractor = model_fid.make_extractor(config, make_mesh(devices), weights)  # missing: fail here
@@ -79,38 +99,198 @@ def evaluate(
     fids.append(model_fid.fid_of_batches(batches, config.data.scale, ref, extractor))
     if report is not None:
       report(f"seed set {seed}: FID {fids[-1]:.4f} ({num} samples)")
-  s = run_config.sampler
   result = {
     "fid": min(fids),
     "fids": fids,
     "seeds": seeds,
     "num_samples": num,
     "checkpoint_step": run.step,
-    "sampler": {
-      "method": s.name,
-      "grid": s.grid,
-      "num_steps": s.num_steps,
-      "network_evaluations": solvers.num_evaluations(s.num_steps, s.name),
-    },
+    "sampler": _sampler_settings(run_config),
     "reference": {"stats": str(run_path(ref_path)), "num_images": ref.n},
   }
   if jax.process_index() == 0:
-    (run_path(workdir) / "fid.json").write_text(json.dumps(result, indent=2))
+    (run_path(workdir) / FID_FILE).write_text(json.dumps(result, indent=2))
   return result
+
+
+def evaluate_tokens(
+  workdir: str,
+  num: int | None = None,
+  seed_sets: int = 3,
+  grid: str | None = None,
+  num_steps: int | None = None,
+  step: int | None = None,
+  batch: int | None = None,
+  devices: Sequence[jax.Device] | None = None,
+  report: Callable[[str], None] | None = None,
+  method: str | None = None,
+) -> dict:
+  """Domain metrics of a token run's EMA model (module docstring); writes and returns
+  domain_metrics.json. The data, its vocabulary and the held-out windows are checked and the
+  reference models built before the weights are restored or anything is sampled. `num`
+  defaults to the run's train.eval_num_samples, so the numbers compare with its TensorBoard
+  domain/ curves (those use seed config.seed, these seed sets 0..S-1)."""
+  config = restore.load_config(workdir)
+  num = int(config.train.eval_num_samples) if num is None else num
+  _check_counts(num, seed_sets)
+  solvers.check_grid(config, grid)
+  run_config = sampler_config(config, grid, num_steps, method)
+  solvers.validate_sampler_config(run_config)
+  step = restore.check_step(workdir, step)
+  vocab = _saved_meta(workdir, step).get("vocab")
+  if not vocab:
+    raise ValueError(
+      f"{workdir} (data.name={config.data.name!r}) is not a token run: its checkpoint at step "
+      f"{step} has no vocabulary. Image runs are scored by FID (evaluate)"
+    )
+  data = config.copy_and_resolve_references()  # the run's data files, as it trained on them
+  data.data.split, data.train.eval_num_samples = "train", num
+  source = load_source(data)  # a missing file: the loader's error, before any sampling
+  derived = source.encoding.vocab if source.encoding else ""
+  if not data.data.vocab and derived != vocab and set(derived) < set(vocab):
+    # files that lost letters of the checkpoint's derived vocabulary (train.py: resumes pin
+    # it the same way): scored on the checkpoint's vocabulary, the ids keep their meaning
+    data.data.vocab = vocab
+    source = load_source(data)
+  _check_vocabulary(data, source, vocab, workdir, step)
+  _check_held_out(data, num)
+  evaluator = sequence_eval.SequenceEvaluator(data, source)  # DNA: trains or loads its classifier
+  primary, floor = evaluator.primary, _floats(evaluator.floor())
+  run = restore.restore_run(workdir, step, devices)
+  sampler = Sampler(run_config, run.model, run.schedule, run.mesh, run.data_shape)
+  sigmas = sampler.sigmas(run.state.schedule_state)
+  seeds, d = list(range(seed_sets)), data.data
+  if report is not None:
+    sets = f"{num} samples x {seed_sets} seed sets"
+    where = f"{num} held-out windows of {d.path}"
+    report(f"{workdir} @ step {run.step}: {d.name} domain metrics of {sets} vs {where}")
+    report(
+      f"floor ({num} other held-out windows, what a perfect model scores): {primary} "
+      f"{floor[primary]:.4f}; the metrics are biased upwards at small --num: compare them "
+      "only at equal --num"
+    )
+  metrics = []
+  for seed in seeds:
+    samples_NLV = sampler.draw_all(run.state.ema_params, sigmas, num, seed, batch)
+    metrics.append(_floats(evaluator.metrics(samples_NLV)))
+    if report is not None:
+      rest = ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics[-1].items()) if k != primary)
+      report(f"seed set {seed}: {primary} {metrics[-1][primary]:.4f} ({rest})")
+  values = [m[primary] for m in metrics]
+  result = {
+    "data": d.name,
+    "primary": primary,
+    "primary_values": values,
+    "primary_mean": float(np.mean(values)),
+    "metrics": metrics,
+    "floor": floor,
+    "seeds": seeds,
+    "num_samples": num,
+    "checkpoint_step": run.step,
+    "sampler": _sampler_settings(run_config),
+    "reference": {"data_path": d.path, "held_out_windows": num},
+  }
+  if jax.process_index() == 0:
+    (run_path(workdir) / TOKENS_FILE).write_text(json.dumps(result, indent=2))
+  return result
+
+
+def _check_counts(num: int, seed_sets: int) -> None:
+  if seed_sets < 1:
+    raise ValueError(f"--seed_sets must be >= 1, got {seed_sets}")
+  if num < 2:
+    raise ValueError(f"--num: FID and the domain metrics need at least 2 samples, got {num}")
+
+
+def _saved_meta(workdir: str, step: int | None) -> dict:
+  """The metadata saved with the checkpoint at `step` (latest if None), no state read."""
+  step = restore.check_step(workdir, step)
+  ckpt = checkpointing.Checkpointer(workdir, 1, create=False)
+  try:
+    return ckpt.restore_meta(step)
+  finally:
+    ckpt.close()
+
+
+def _refuse_fid_flags(config: ml_collections.ConfigDict, ref_stats, weights) -> None:
+  given = [flag for flag, v in (("--ref_stats", ref_stats), ("--weights", weights)) if v]
+  if given:
+    raise ValueError(
+      f"{' and '.join(given)}: FID settings, but this run is on token data (data.name="
+      f"{config.data.name!r}), scored with its domain metrics against held-out windows (no "
+      f"Inception network or reference statistics); leave {' and '.join(given)} out"
+    )
+
+
+def _check_vocabulary(data, source, vocab: str, workdir: str, step: int) -> None:
+  """The data files must give the checkpoint's vocabulary, or token ids change meaning."""
+  new, d = source.encoding.vocab if source.encoding else "", data.data
+  if new == vocab:
+    return
+  what = resume.vocabulary_difference(vocab, new)
+  raise ValueError(
+    f"{workdir} at step {step} was trained on the {len(vocab)}-symbol vocabulary {vocab!r}, "
+    f"but data.name={d.name!r} with data.path={d.path!r} and data.vocab={d.vocab!r} (its "
+    f"config.json) now gives {len(new)} symbols {new!r} ({what}), so token ids would change "
+    "meaning. Point config.json's data.path at the data the run was trained on"
+  )
+
+
+def _check_held_out(data: ml_collections.ConfigDict, num: int) -> None:
+  """--num held-out windows score the samples and --num others give the floor."""
+  test = data.copy_and_resolve_references()
+  test.data.split = "test"
+  have, d = load_source(test).num_examples, data.data
+  if have < 2 * num:
+    raise ValueError(
+      f"--num={num}: scoring token data needs 2 x {num} held-out windows ({num} to score the "
+      f"samples against, {num} others for the floor), but data.name={d.name!r} with "
+      f"data.path={d.path!r} gives {have} (data.val_fraction={d.val_fraction}); use "
+      f"--num={have // 2} or fewer"
+    )
+
+
+def _floats(values: dict) -> dict[str, float]:
+  return {k: float(v) for k, v in values.items()}
+
+
+def _sampler_settings(config: ml_collections.ConfigDict) -> dict:
+  s = config.sampler
+  return {
+    "method": s.name,
+    "grid": s.grid,
+    "num_steps": s.num_steps,
+    "network_evaluations": solvers.num_evaluations(s.num_steps, s.name),
+  }
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
-    prog="python -m infonoise_jax.evaluate", description=__doc__.split("\n")[0]
+    prog="python -m infonoise_jax.evaluate",
+    description=__doc__.split("\n")[0],
+    epilog="Token runs (dna, text) write domain_metrics.json: the domain metrics against --num "
+    "held-out windows of the run's data files, their floor, and the primary metric's mean over "
+    "seed sets (docs/sequences.md).",
   )
   p.add_argument("--workdir", required=True, help="training run directory")
-  p.add_argument("--num", type=int, default=50000, help="samples per seed set")
-  p.add_argument("--seed_sets", type=int, default=3, help="seed sets 0..S-1; FID is their min")
-  p.add_argument("--ref_stats", default=None, help=".npz of mu, sigma, n (default: from data)")
+  p.add_argument(
+    "--num",
+    type=int,
+    default=None,
+    help="samples per seed set; default 50000 for FID, the run's train.eval_num_samples for "
+    "token runs (there also the number of held-out windows)",
+  )
+  p.add_argument(
+    "--seed_sets",
+    type=int,
+    default=3,
+    help="seed sets 0..S-1; FID is their min, token runs report the primary metric's mean",
+  )
+  p.add_argument("--ref_stats", default=None, help="FID: .npz of mu, sigma, n (default: from data)")
   p.add_argument("--grid", choices=solvers.GRIDS, default=None, help="default: the run's")
   p.add_argument("--steps", type=int, default=None, help="sigma levels (default: the run's)")
   p.add_argument("--method", choices=solvers.METHODS, default=None, help="default: the run's")
-  p.add_argument("--weights", default=None, help="Inception .npz (default: fid.weights_path)")
+  p.add_argument("--weights", default=None, help="FID: Inception .npz (default: fid.weights_path)")
   cli.add_checkpoint_command_flags(p)
   return p.parse_args(argv)
 
@@ -128,7 +308,8 @@ def _command(a: argparse.Namespace) -> None:
   result = evaluate(*args, a.batch, report=report, method=a.method)
   if jax.process_index() == 0:
     print(json.dumps(result, indent=2), flush=True)
-    print(f"written to {os.path.join(a.workdir, 'fid.json')}", flush=True)
+    name = FID_FILE if "fid" in result else TOKENS_FILE
+    print(f"written to {os.path.join(a.workdir, name)}", flush=True)
 
 
 if __name__ == "__main__":

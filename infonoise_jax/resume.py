@@ -149,6 +149,14 @@ _OTHER_DATA = (
 )
 
 
+def vocabulary_difference(saved: str, new: str) -> str:
+  """How two vocabularies differ, in words: the letters only in each, or their order."""
+  gone, added = sorted(set(saved) - set(new)), sorted(set(new) - set(saved))
+  if gone or added:
+    return f"only in the checkpoint's: {''.join(gone)!r}; only in the new: {''.join(added)!r}"
+  return "the same symbols in another order"
+
+
 def check_same_vocabulary(config, source, workdir: str, step: int, meta: dict) -> None:
   """Token data: the files must give the vocabulary the checkpoint was trained on. data.path
   may change on a resume (the files moved), but text with other letters gives other token ids,
@@ -158,11 +166,7 @@ def check_same_vocabulary(config, source, workdir: str, step: int, meta: dict) -
   if encoding is None or saved is None or saved == encoding.vocab:
     return
   new, d = encoding.vocab, config.data
-  gone, added = sorted(set(saved) - set(new)), sorted(set(new) - set(saved))
-  if gone or added:
-    what = f"only in the checkpoint's: {''.join(gone)!r}; only in the new: {''.join(added)!r}"
-  else:
-    what = "the same symbols in another order"
+  what = vocabulary_difference(saved, new)
   raise ResumeRefusedError(
     f"Cannot resume {workdir} at step {step}: data.name={d.name!r} with data.path={d.path!r} "
     f"and data.vocab={d.vocab!r} gives a vocabulary of {len(new)} symbols, but the checkpoint "

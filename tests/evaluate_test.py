@@ -176,16 +176,3 @@ def test_workdir_step_and_ref_stats_are_checked_before_weights(tmp_path):
     evaluate.evaluate(str(empty), num=N, weights=missing)
   with pytest.raises(FileNotFoundError, match="missing_weights"):  # all good: now the weights
     evaluate.evaluate(workdir, num=N, weights=missing)
-  # a run on token data is told that FID does not apply, not sent to fetch Inception weights
-  tokens = str(tmp_path / "dna")
-  c = load_config_file(ROOT / "configs" / "dna.py", "cpu")
-  rng = np.random.default_rng(0)
-  fasta = tmp_path / "seq.fa"
-  fasta.write_text("".join(f">r{i}\n{''.join(rng.choice(list('ACGT'), 300))}\n" for i in range(20)))
-  c.data.path, c.data.seq_len = str(fasta), 32
-  c.model.width, c.model.depth, c.model.num_heads = 16, 1, 2
-  c.train.batch_size, c.train.num_steps, c.train.checkpoint_every = 8, 1, 1
-  c.train.eval_every = c.train.sample_every = 0
-  train.train_and_evaluate(c, tokens)
-  with pytest.raises(ValueError, match=r"FID needs images .* Token data .* domain metrics"):
-    evaluate.evaluate(tokens, num=N, weights=missing)

@@ -39,7 +39,7 @@ def check_images(shape: tuple[int, ...], what: str) -> None:
     raise ValueError(
       f"FID needs images of shape (H, W, 1 or 3); {what} has examples {shape}. Token data (dna, "
       "text) is scored with its domain metrics instead: --config.train.eval_every=N during "
-      "training (docs/sequences.md)"
+      "training, python -m infonoise_jax.evaluate on a checkpoint (docs/sequences.md)"
     )
 
 

@@ -1,0 +1,139 @@
+"""The evaluate command on token runs (evaluate.evaluate_tokens): the domain metrics of the
+samples the sample command draws against held-out windows, their floor, domain_metrics.json,
+and the errors that come before any weights are restored or samples drawn."""
+
+import json
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+
+from infonoise_jax import evaluate, restore, sample, train
+from infonoise_jax.data import load_source
+from infonoise_jax.evaluation.sequence_eval import SequenceEvaluator
+from infonoise_jax.validation import load_config_file
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+N = 8  # samples per seed set, and held-out windows (one per fake device)
+
+
+def _tiny(domain: str, path: pathlib.Path, cache: pathlib.Path):
+  """A 1-step run of a one-block transformer on 16-token windows of `path`."""
+  c = load_config_file(ROOT / "configs" / f"{domain}.py", "cpu")
+  c.data.path, c.data.seq_len = str(path), 16
+  c.model.width, c.model.depth, c.model.num_heads = 16, 1, 2
+  c.train.batch_size, c.train.num_steps, c.train.checkpoint_every = 8, 1, 1
+  c.train.eval_every = c.train.sample_every = 0
+  c.train.num_samples, c.train.eval_num_samples, c.sampler.num_steps = N, N, 3
+  c.seq_metrics.classifier_steps, c.seq_metrics.classifier_width = 5, 8
+  c.seq_metrics.cache_dir = str(cache)
+  return c
+
+
+@pytest.fixture(scope="module")
+def dna_run(tmp_path_factory) -> str:
+  """A DNA run on 40 random records (4 held out: 40 held-out windows of 16 bases)."""
+  tmp = tmp_path_factory.mktemp("dna")
+  rng = np.random.default_rng(0)
+  fasta = tmp / "seq.fa"
+  fasta.write_text("".join(f">r{i}\n{''.join(rng.choice(list('ACGT'), 160))}\n" for i in range(40)))
+  workdir = str(tmp / "run")
+  train.train_and_evaluate(_tiny("dna", fasta, tmp / "clf"), workdir)
+  return workdir
+
+
+def _no_sampling(monkeypatch):
+  """Restoring the weights (which comes before any sampling) fails the test."""
+
+  def restore_run(*args, **kwargs):
+    raise AssertionError("restored the weights before the error")
+
+  monkeypatch.setattr(restore, "restore_run", restore_run)
+
+
+def test_evaluate_writes_the_domain_metrics_of_the_sample_commands_samples(
+  dna_run, tmp_path, capsys
+):
+  evaluate.main([f"--workdir={dna_run}", f"--num={N}", "--seed_sets=2"])
+  result = json.loads(pathlib.Path(dna_run, "domain_metrics.json").read_text())
+  out = capsys.readouterr().out  # progress lines, the JSON, where it was written
+  assert result == json.loads(out[out.index("\n{") + 1 : out.rindex("written to")])
+  assert "seed set 0: frechet" in out and "seed set 1: frechet" in out
+  assert f"written to {dna_run}/domain_metrics.json" in out
+  assert not pathlib.Path(dna_run, "fid.json").exists()
+  assert result["data"] == "dna" and result["seeds"] == [0, 1] and result["num_samples"] == N
+  assert result["checkpoint_step"] == 1
+  assert result["sampler"] == {
+    "method": "heun", "grid": "karras", "num_steps": 3, "network_evaluations": 5
+  }  # fmt: skip
+  metrics, primary = result["metrics"], result["primary"]
+  assert primary == "frechet" and len(metrics) == 2 and metrics[0] != metrics[1]
+  assert {"kmer_js_3", "kmer_js_6", "gc_w1", "frechet"} <= set(metrics[0])
+  assert result["primary_values"] == [m["frechet"] for m in metrics]
+  assert result["primary_mean"] == pytest.approx(np.mean(result["primary_values"]))
+  # Independently: SequenceEvaluator on the run's config and data, fed the samples the sample
+  # command writes for seed 1 (read back from its .npz).
+  config = restore.load_config(dna_run)
+  config.train.eval_num_samples = N
+  evaluator = SequenceEvaluator(config, load_source(config))
+  _, paths = sample.sample_run(dna_run, N, str(tmp_path / "drawn"), seed=1)
+  samples_NLV = np.load(paths["npz"])["samples"]
+  assert metrics[1] == evaluator.metrics(samples_NLV)
+  assert result["floor"] == evaluator.floor()
+  assert result["floor"]["frechet"] < metrics[0]["frechet"]  # a 1-step model is far from it
+
+
+def test_fid_flags_on_a_token_run_are_refused_before_sampling(dna_run, monkeypatch, capsys):
+  _no_sampling(monkeypatch)
+  with pytest.raises(ValueError, match=r"--weights: FID settings, but .* token data \(data.name="):
+    evaluate.evaluate(dna_run, num=N, weights="/nonexistent/inception.npz")
+  with pytest.raises(SystemExit):
+    evaluate.main([f"--workdir={dna_run}", f"--num={N}", "--ref_stats=s.npz", "--weights=w.npz"])
+  assert "--ref_stats and --weights: FID settings" in capsys.readouterr().err
+
+
+def _copy_run(workdir: str, dest: pathlib.Path, **data) -> str:
+  """The run's config and checkpoints, its config.json's data.* keys replaced by `data`."""
+  shutil.copytree(workdir, dest, ignore=shutil.ignore_patterns("tensorboard", "*.npz", "*.fa"))
+  config = json.loads((dest / "config.json").read_text())
+  config["data"].update(data)
+  (dest / "config.json").write_text(json.dumps(config))
+  return str(dest)
+
+
+def test_missing_data_or_too_few_held_out_windows_are_refused_before_sampling(
+  dna_run, tmp_path, monkeypatch
+):
+  _no_sampling(monkeypatch)
+  moved = _copy_run(dna_run, tmp_path / "moved", path=str(tmp_path / "gone.fa"))
+  with pytest.raises(FileNotFoundError, match=r"data.name='dna' needs .*gone.fa"):
+    evaluate.evaluate(moved, num=N)
+  with pytest.raises(ValueError, match=r"--num=21: .* 2 x 21 held-out windows .* gives 40"):
+    evaluate.evaluate(dna_run, num=21)
+
+
+def test_data_giving_another_vocabulary_is_refused_before_sampling(tmp_path, monkeypatch):
+  rng = np.random.default_rng(0)
+  text = tmp_path / "text.txt"
+  text.write_text("".join(rng.choice(list("abcdefg "), 2000)))
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(_tiny("text", text, tmp_path / "clf"), workdir)
+  text.write_text("xyz " + text.read_text())  # the training split gains three letters
+  _no_sampling(monkeypatch)
+  want = r"vocabulary ' abcdefg', .* 11 symbols ' abcdefgxyz' \(.*only in the new: 'xyz'\)"
+  with pytest.raises(ValueError, match=want):
+    evaluate.evaluate(workdir, num=N)
+  # files that only lost letters (as text did a byte-order mark) are scored on the
+  # checkpoint's vocabulary, as a resume pins it
+  monkeypatch.undo()
+  text.write_text(text.read_text()[4:].replace("g", "a"))
+  result = evaluate.evaluate(workdir, num=6, seed_sets=1)  # 12 held-out windows
+  assert result["num_samples"] == 6 and result["data"] == "text"
+  assert np.isfinite(result["primary_mean"])
+
+
+def test_num_defaults_to_the_runs_eval_num_samples(dna_run):
+  """Without --num a token run is scored on train.eval_num_samples samples (its TensorBoard
+  domain/ curves' count), not FID's 50,000."""
+  assert evaluate.evaluate(dna_run, seed_sets=1)["num_samples"] == N
