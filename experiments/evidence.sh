@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU evidence of experiments/RESULTS.md (sections 14-19) on one GPU, step by step.
+# The GPU evidence of experiments/RESULTS.md (sections 14-20) on one GPU, step by step.
 #
 #   bash experiments/evidence.sh prepare                    # offline data + int16 FID weights
 #   bash experiments/evidence.sh sequences dna|text [STEPS] # section 18 (4000 / 6000 steps)

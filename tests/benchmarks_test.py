@@ -4,6 +4,7 @@ The scripts are not tests of speed (BENCHMARKS.md holds the numbers); these only
 runnable as the code they import changes.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ sys.path.insert(0, os.path.join(ROOT, "experiments", "benchmarks"))
 import profile_step  # noqa: E402
 import restart_bench  # noqa: E402
 import scaling_bench  # noqa: E402
+import thread_cpu  # noqa: E402
 import trace_gaps  # noqa: E402
 import train_step_bench  # noqa: E402
 import trainer_bench  # noqa: E402
@@ -220,3 +222,59 @@ def test_trace_gaps_counts_busy_time_once_across_streams_and_sorts_gaps(tmp_path
   assert "busy 0.0 ms (3.8%)" in trace_gaps.render("t", [s])
   with pytest.raises(SystemExit, match=r"no \*.xplane.pb under it"):
     trace_gaps.main([str(tmp_path)])
+
+
+def test_thread_cpu_parses_thread_names_with_spaces_and_parentheses():
+  # proc(5): pid (comm) state ppid ... utime is field 14, stime field 15.
+  fields = ["S"] + [str(i) for i in range(4, 14)] + ["1700", "23"] + ["0"] * 30
+  line = "4242 (py (data) thread) " + " ".join(fields)
+  assert thread_cpu.parse_task_stat(line) == ("py (data) thread", 1700, 23)
+
+
+def test_thread_cpu_summary_is_the_tick_deltas_in_percent():
+  # 100 ticks/s; one second between samples: the main thread spent 90 user + 5 system ticks,
+  # two other threads 30 + 20 (one of them new), the host 16 cores' 1600 ticks of which
+  # 48 stolen and 800 idle.
+  def cpu(user, idle, steal):
+    return [user, 0, 0, idle, 0, 0, 0, steal]
+
+  samples = [
+    {"t": 10.0, "pid": 7, "cpu": cpu(0, 0, 0), "threads": {"7": ["m", 100, 10], "8": ["a", 5, 0]}},
+    {
+      "t": 11.0,
+      "pid": 7,
+      "cpu": cpu(752, 800, 48),
+      "threads": {"7": ["m", 190, 15], "8": ["a", 35, 0], "9": ["b", 15, 5]},
+    },
+  ]
+  (row,) = thread_cpu.summarize(samples, every=0.5, ticks_per_s=100)
+  assert row["t"] == 1.0 and row["threads"] == 3
+  np.testing.assert_allclose(
+    [row["main_user"], row["main_sys"], row["others"], row["steal"], row["idle"]],
+    [90.0, 5.0, 50.0, 3.0, 50.0],
+  )
+  # Rows are at least `every` apart: the second sample is skipped when every = 2 s.
+  assert thread_cpu.summarize(samples, every=2.0, ticks_per_s=100) == []
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc (Linux)")
+def test_thread_cpu_run_records_a_busy_main_thread_and_keeps_the_exit_status(tmp_path):
+  out = tmp_path / "cpu.jsonl"
+  busy = (
+    "import time\nt = time.process_time()\n"
+    "while time.process_time() - t < 0.6: pass\nraise SystemExit(3)"
+  )
+  script = os.path.join(ROOT, "experiments", "benchmarks", "thread_cpu.py")
+  cmd = [sys.executable, script, "run", f"--out={out}", "--interval=0.05", "--", sys.executable]
+  proc = subprocess.run([*cmd, "-c", busy], capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 3, proc.stderr
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert len(rows) >= 2
+  main = str(rows[0]["pid"])
+  first, last = rows[0]["threads"][main], rows[-1]["threads"][main]
+  # The child burned 0.6 s of CPU on its main thread; the samples bracket most of it.
+  assert (last[1] + last[2] - first[1] - first[2]) / os.sysconf("SC_CLK_TCK") > 0.3
+  table = subprocess.run(
+    [sys.executable, script, "summarize", str(out), "--every=0.1"], capture_output=True, text=True
+  )
+  assert table.returncode == 0 and table.stdout.startswith("| s | main thread user %")
