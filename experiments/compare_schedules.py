@@ -61,8 +61,15 @@ from infonoise_jax.evaluation.images import to_uint8
 from infonoise_jax.evaluation.sequence_eval import SequenceEvaluator
 from infonoise_jax.model_sampler import Sampler, sampler_config
 from infonoise_jax.models import unet_layers
-from infonoise_jax.schedules import has_profile
-from infonoise_jax.validation import DEFAULT_CONFIG_PATH, load_config_file, parse_overrides
+from infonoise_jax.schedules import has_profile, make_schedule
+from infonoise_jax.validation import (
+  DEFAULT_CONFIG_PATH,
+  apply_overrides,
+  load_config_file,
+  parse_overrides,
+  update_checked,
+  validate_config,
+)
 
 # Adaptive peers on InfoNoise's terms (issue 12 item 4): an arm with FAIR set takes the resolved
 # config's InfoNoise warm-up, bin count and memory (its EMA of beta per refresh of M steps is
@@ -112,9 +119,9 @@ def parse_arms(spec: str, extra) -> dict[str, dict]:
     arms[name] = ARMS[name]
   for item in extra or []:
     name, sep, body = item.partition(":")
-    if not sep or not name:
+    if not sep or not name or not body.strip(";"):
       raise ValueError(f"--arm expects 'name:key=value;...', got {item!r}")
-    arms[name] = parse_overrides(body.split(";"))
+    arms[name] = parse_overrides(filter(None, body.split(";")), flag=f"--arm {name}:")
   return arms
 
 
@@ -131,12 +138,16 @@ def load_for_data(path: str, variant: str, data: str):
   return load_config_file(path, variant) if variant else load_config_file(path)
 
 
-def make_config(args, data: str, arm: dict):
+def make_config(args, data: str, arm: dict, name: str = ""):
+  """The config of one arm on one data kind (`name`: the arm's, for errors); an unknown key
+  or a value of the wrong type is a ValueError naming --set or --arm and the key."""
   path, _, variant = args.config.partition(":")
   c = load_for_data(path, variant, data)
   arm = dict(arm)
   fair = arm.pop(FAIR, False)
-  c.update_from_flattened_dict({**DATA[data], **parse_overrides(args.set), **arm})
+  c.update_from_flattened_dict(DATA[data])
+  apply_overrides(c, args.set)
+  update_checked(c, arm, f"--arm {name}:" if name else "arm")
   if fair:
     info, peers = c.schedule.infonoise, c.schedule.adaptive
     peers.warmup_steps = info.warmup_steps
@@ -157,6 +168,12 @@ def floor_hash(config, num_samples: int) -> str:
   """What a floor depends on: the data settings and the sample count."""
   key = json.dumps({"data": config.data.to_dict(), "num_samples": num_samples}, sort_keys=True)
   return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def describe_setting(setting: tuple) -> str:
+  """(config or floor hash, sample count or None) as words for a note."""
+  h, num = setting
+  return f"hash {h}" + ("" if num is None else f", {num} samples")
 
 
 def current_records(args, records: list[dict]) -> tuple[list[dict], list[str]]:
@@ -191,8 +208,13 @@ def current_records(args, records: list[dict]) -> tuple[list[dict], list[str]]:
       if len(settings) > 1:
         notes.append(f"{what}: records of other settings left out")
     elif len(settings) == 1:
-      out += next(iter(settings.values()))
-      notes.append(f"{what}: made with other settings than this command's (older code?); kept")
+      ((theirs, recs),) = settings.items()
+      out += recs
+      notes.append(
+        f"{what}: made with other settings than this command's ({describe_setting(theirs)}; "
+        f"this command: {describe_setting(mine[(kind, data, arm)])}), e.g. by older code or "
+        "other arguments; kept"
+      )
     else:
       notes.append(f"{what}: {len(settings)} other settings, none this command's; left out")
   wgrads = collections.defaultdict(set)  # not in the config hash: a rerun may mix them
@@ -585,7 +607,26 @@ def parse(argv=None) -> argparse.Namespace:
         f"--data={d}: {args.config} trains token data (data.name={name!r}), which is neither "
         "continuous nor binarized images; use --data=native"
       )
+  for d, a, arm in gs:  # every arm's whole config is valid before the first arm trains
+    try:
+      check_arm_config(make_config(args, d, arm, a))
+    except (ValueError, TypeError, KeyError) as e:
+      p.error(f"arm {a!r} (--data={d}): {e}")
+  arm_names = list(dict.fromkeys(a for _, a, _ in gs))
+  if args.baseline and args.baseline not in arm_names:
+    p.error(f"--baseline={args.baseline!r} is not one of this command's arms: {arm_names}")
   return args
+
+
+def check_arm_config(config) -> None:
+  """What MultiRun checks before it trains (general keys, the schedule's own settings), without
+  the data: token data's edm.sigma_data = 0 is resolved from the data later, so a stand-in
+  value is checked here."""
+  validate_config(config, 1)
+  probe = config.copy_and_resolve_references()
+  if not probe.edm.sigma_data and probe.data.name in TOKEN_NAMES:
+    probe.edm.sigma_data = 1.0
+  make_schedule(probe)
 
 
 def main(argv=None) -> None:
@@ -613,7 +654,14 @@ def main(argv=None) -> None:
   records, notes = current_records(args, report.read_records(path))
   for note in notes:
     print(f"report: {note}", flush=True)
-  print(report.write_report(args.out, records, arm_names, args.baseline, fid_lines), flush=True)
+  if not any(r.get("kind") == "eval" for r in records):
+    raise SystemExit(
+      f"No evaluation in {path} matches this command's settings (--config, --set, --arms/--arm, "
+      "--data, --steps, --num_samples): the report files there are left as they were. Give the "
+      "arguments the results were made with."
+    )
+  text = report.write_report(args.out, records, arm_names, args.baseline, fid_lines, notes)
+  print(text, flush=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ config fails with the key's name instead of being silently ignored.
 """
 
 import ast
+import difflib
 import importlib.util
 import math
 import pathlib
@@ -54,14 +55,15 @@ def load_config_file(path: str | pathlib.Path, arg: str | None = None) -> ml_col
   return module.get_config(arg) if arg is not None else module.get_config()
 
 
-def parse_overrides(items) -> dict:
+def parse_overrides(items, flag: str = "--set") -> dict:
   """['a.b=1', 'c=x'] -> {'a.b': 1, 'c': 'x'} (Python literals, else strings), for
-  `ConfigDict.update_from_flattened_dict` in scripts that take `--set key=value`."""
+  `ConfigDict.update_from_flattened_dict` in scripts that take `--set key=value` (`flag`
+  names the option in the error)."""
   out = {}
   for item in items or []:
     key, sep, value = item.partition("=")
-    if not sep:
-      raise ValueError(f"--set expects key=value, got {item!r}")
+    if not sep or not key:
+      raise ValueError(f"{flag} expects key=value, got {item!r}")
     try:
       out[key] = ast.literal_eval(value)
     except (ValueError, SyntaxError):
@@ -72,11 +74,19 @@ def parse_overrides(items) -> dict:
 def apply_overrides(config: ml_collections.ConfigDict, items, flag: str = "--set") -> None:
   """Applies `flag key=value` items to `config` in place; an unknown key or a value of the
   wrong type is a ValueError naming the item (before any data is read)."""
+  update_checked(config, parse_overrides(items, flag), flag)
+
+
+def update_checked(config: ml_collections.ConfigDict, flat: dict, flag: str = "--set") -> None:
+  """`config.update_from_flattened_dict(flat)`, one key at a time: an unknown key (with the
+  closest known one) or a value of the wrong type is a ValueError naming `flag` and the key."""
   known = _flat_keys(config)
-  for key, value in parse_overrides(items).items():
+  for key, value in flat.items():
     if key not in known:
+      close = difflib.get_close_matches(key, sorted(known), n=1)
+      hint = f' Did you mean "{close[0]}"?' if close else ""
       raise ValueError(
-        f"{flag} {key}=...: no such config key; every key is defined in configs/default.py"
+        f"{flag} {key}=...: no such config key.{hint} Every key is defined in configs/default.py"
       )
     try:
       config.update_from_flattened_dict({key: value})

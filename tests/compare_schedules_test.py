@@ -187,6 +187,55 @@ def test_bad_arm_or_data_fails_before_any_work(tmp_path, capsys):
   assert not os.listdir(tmp_path)  # nothing written
 
 
+@pytest.mark.parametrize(
+  "flags, message",
+  [
+    (
+      ["--arm", "pin:schedule.infonoise.gate_pivto=0.15"],
+      "--arm pin: schedule.infonoise.gate_pivto=...: no such config key. Did you mean "
+      '"schedule.infonoise.gate_pivot"?',
+    ),
+    (
+      ["--arm", "pin:schedule.infonoise.gate_pivot=abc"],
+      "--arm pin: schedule.infonoise.gate_pivot=",
+    ),
+    (["--arm", "few:schedule.infonoise.num_bins=0"], "arm 'few' (--data=continuous)"),
+    (["--arm", "typo:schedule.name=infonose"], "schedule.name must be one of"),
+    (["--arm", "pin:schedule.infonoise.gate_pivot"], "--arm pin: expects key=value"),
+    (["--arm", "pin:"], "--arm expects 'name:key=value;...'"),
+    (["--set", "train.batchsize=8"], 'Did you mean "train.batch_size"?'),
+    (["--set", "schedule.infonoise.num_bins=0"], "arm 'infonoise' (--data=continuous)"),
+    (["--baseline=foo"], "--baseline='foo' is not one of this command's arms"),
+  ],
+)
+def test_every_arms_config_is_checked_before_the_first_arm_trains(tmp_path, capsys, flags, message):
+  """A bad key or value in any arm (or in --set) stops the harness at parse time naming the
+  flag and key, not with a traceback after the arms before it trained."""
+  with pytest.raises(SystemExit) as e:
+    compare_schedules.main([*_args(str(tmp_path)), *flags])
+  assert e.value.code == 2  # argparse's error exit
+  assert message in capsys.readouterr().err
+  assert not os.listdir(tmp_path)  # nothing trained, nothing written
+
+
+def test_report_only_with_no_matching_records_keeps_the_report(tmp_path, capsys):
+  """--report_only whose settings match none of the folder's records exits with an error and
+  leaves summary.md as it was (it used to replace it with an empty file)."""
+  out = str(tmp_path)
+  rec = {"kind": "eval", "data": "continuous", "arm": "lognormal", "seed": 0, "step": 2,
+         "fd": 1.0, "resample": False, "config_hash": "other", "num_samples": 32}  # fmt: skip
+  with open(os.path.join(out, "results.jsonl"), "w") as f:
+    f.write(json.dumps(rec) + "\n" + json.dumps({**rec, "config_hash": "third"}) + "\n")
+  with open(os.path.join(out, "summary.md"), "w") as f:
+    f.write("the earlier report\n")
+  with pytest.raises(SystemExit) as e:
+    compare_schedules.main([*_args(out), "--arms=lognormal", "--report_only"])
+  assert "No evaluation in" in str(e.value) and "left as they were" in str(e.value)
+  with open(os.path.join(out, "summary.md")) as f:
+    assert f.read() == "the earlier report\n"
+  assert "2 other settings, none this command's" in capsys.readouterr().out
+
+
 def test_every_named_arm_builds_and_fair_peers_take_infonoise_terms():
   from infonoise_jax.schedules import make_schedule
 

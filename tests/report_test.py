@@ -146,3 +146,21 @@ def test_inception_scores_get_their_own_curve_plot(tmp_path):
   recs = [r | {"config": cfg | {"data": {"binarize": False}}} for r in recs]
   text = report.write_report(str(tmp_path), recs, ["ln"], fid_lines=fid_lines)
   assert "Floor (real images, same count): 1.5 at 100." in text
+
+
+def test_speedup_table_says_when_an_arm_reached_the_target_but_ended_worse():
+  """The first crossing counts for the speedup, so an arm that touches the baseline's final
+  value early and then degrades gets a ratio; the table also gives both final seed means and
+  calls the arm worse when the gap exceeds the tolerance (a tie within it)."""
+  recs = []
+  for seed in (0, 1):
+    for step, base, dip, flat in ((10, 5.0, 2.0, 4.0), (20, 3.0, 4.0, 3.05), (30, 2.0, 3.0, 2.05)):
+      recs += [_eval("base", seed, step, base), _eval("dip", seed, step, dip)]
+      recs.append(_eval("flat", seed, step, flat))
+  curves = {a: report.curves_by_arm(recs, "d")[a] for a in ("base", "dip", "flat")}
+  lines = report.speedup_lines(curves, "base", ["base", "dip", "flat"], tolerance=0.1)
+  assert lines[2] == "| arm | pooled | per seed | final (seed mean) vs `base`'s |"
+  dip = next(l for l in lines if l.startswith("| dip |"))
+  assert "2.90x" in dip and dip.endswith("| 3 vs 2 (worse) |")
+  flat = next(l for l in lines if l.startswith("| flat |"))
+  assert flat.endswith("| 2.05 vs 2 (tie) |")

@@ -112,11 +112,15 @@ def table(curves: dict[str, dict[int, speedup.Curve]], arms: Sequence[str]) -> s
 def speedup_lines(
   curves, baseline: str, arms: Sequence[str], tolerance: float, why: str = "metric noise"
 ) -> list[str]:
+  """The speedup table, with each arm's final seed-mean value beside the baseline's: a curve
+  can reach the target (the first crossing counts) and end worse than the baseline; the last
+  column says so when the gap exceeds the tolerance."""
+  final = lambda arm: float(np.mean([c.final() for c in curves[arm].values()]))
   lines = [
     f"Speedup to the final value of `{baseline}` (tolerance = {why} {tolerance:.4g}):",
     "",
-    "| arm | pooled | per seed |",
-    "|---|---|---|",
+    f"| arm | pooled | per seed | final (seed mean) vs `{baseline}`'s |",
+    "|---|---|---|---|",
   ]
   for a in arms:
     if a == baseline or a not in curves:
@@ -124,7 +128,11 @@ def speedup_lines(
     per = speedup.per_seed(curves[baseline], curves[a], tolerance)
     pool = speedup.pooled(curves[baseline], curves[a], tolerance)
     cells = ", ".join(f"{s}: {v.describe()}" for s, v in per.items())
-    lines.append(f"| {a} | {pool.describe()} | {cells} |")
+    mine, theirs = final(a), final(baseline)
+    verdict = (
+      "worse" if mine > theirs + tolerance else "better" if mine < theirs - tolerance else "tie"
+    )
+    lines.append(f"| {a} | {pool.describe()} | {cells} | {mine:.4g} vs {theirs:.4g} ({verdict}) |")
   return lines
 
 
@@ -284,12 +292,14 @@ def write_report(
   arms: Sequence[str],
   baseline: str = "",
   fid_lines: Sequence[dict] = (),
+  notes: Sequence[str] = (),
 ) -> str:
   """summary.md, curves_<data>.png and speedup_<data>.png under `out` (and inception_<data>.png
   when `fid_lines` score some arm's samples); returns the markdown.
-  `fid_lines`: experiments/fid_of_samples.py output for the saved samples, if any."""
+  `fid_lines`: experiments/fid_of_samples.py output for the saved samples, if any; `notes`:
+  what the caller found about the records (e.g. some made with other settings), listed first."""
   fid_recs = inception_records(list(fid_lines))
-  md = []
+  md = ["Notes on the records:", "", *(f"- {n}" for n in notes), ""] if notes else []
   for data in sorted({r["data"] for r in records if r.get("kind") == "eval"}):
     metric = primary_metric(records, data)
     curves = curves_by_arm(records, data, metric)
