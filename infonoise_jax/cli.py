@@ -44,6 +44,14 @@ def add_checkpoint_command_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument(
     "--batch", type=positive_int, default=None, help="samples per call (fid.batch_size)"
   )
+  p.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    metavar="sampler.KEY=VALUE",
+    help="a sampler setting (repeatable), e.g. --set sampler.s_churn=40 --set sampler.s_tmin=0.05 "
+    "for EDM's stochastic sampler (--method=stochastic)",
+  )
   p.add_argument("--debug", action="store_true", help="show the traceback of an error")
   p.add_argument(
     "--distributed",

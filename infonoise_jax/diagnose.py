@@ -1,7 +1,9 @@
 """Is a schedule right for this data? The entropy-rate profile from held-out denoising errors.
 
 docs/method.md section 3: the conditional-entropy rate per unit ln sigma is q = mmse / sigma^2,
-and a schedule's effective allocation phi = pi * w shows where it spends training effort.
+and a schedule's effective allocation phi = pi * lambda * w shows where it spends training
+effort (lambda: the schedule's own loss weight, 1 but for VDM++ / iDDPM, base / pi, and EDM2,
+exp(-u); with importance weights the objective follows the base law whatever pi learned).
 This command estimates q on a ln-sigma grid from *held-out* denoising errors and compares any
 list of schedules' phi against it:
 
@@ -48,10 +50,11 @@ from infonoise_jax import cli, edm, profiles, steps
 from infonoise_jax.data import load_source, resolve_sigma_data
 from infonoise_jax.data.sources import TOKEN_NAMES
 from infonoise_jax.evaluation import plots
-from infonoise_jax.schedules import FIXED, make_schedule
+from infonoise_jax.schedules import FIXED, SCHEDULES, make_schedule, weighted_density
 from infonoise_jax.validation import apply_overrides, load_config_file
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x_BX, sigma_B) -> E[x0 | x]
+MIN_GRID_POINTS = 4  # --grid_points: 1 point gave every schedule a "perfect" match
 WINDOW = (0.1, 0.9)  # CDF quantiles of the gated profile bounding the informative window
 
 
@@ -130,6 +133,20 @@ def gate_pivot(log_sigma_G, q_G, gate: str, threshold: float) -> float:
   return c
 
 
+def check_gate(gate: str, config) -> None:
+  """A numeric --gate must lie in the run's noise range: outside it the gate is ~0 or ~1 at
+  every sigma and every schedule would be judged against a meaningless target."""
+  if gate in ("onset", "none"):
+    return
+  c = gate_pivot(None, None, gate, 0.0)  # parses, and refuses a non-positive pivot
+  lo, hi = config.edm.sigma_min, config.edm.sigma_max
+  if not lo <= c <= hi:
+    raise ValueError(
+      f"--gate={gate} is outside the noise range [edm.sigma_min, edm.sigma_max] = [{lo:g}, "
+      f"{hi:g}]; give a pivot inside it (0.15 natural images, 0.2 other data), onset or none"
+    )
+
+
 def gated(log_sigma_G, q_G, pivot: float, power: float = 3.0) -> np.ndarray:
   if pivot <= 0:
     return np.asarray(profiles.normalize(jnp.asarray(q_G)))
@@ -139,7 +156,9 @@ def gated(log_sigma_G, q_G, pivot: float, power: float = 3.0) -> np.ndarray:
 
 
 def schedule_densities(config, names: Sequence[str], log_sigma_G, run_state=None) -> dict:
-  """{label: density of ln sigma on the grid}. 'run' is the trained run's own schedule state
+  """{label: density of ln sigma on the grid, times the schedule's own loss weight where it has
+  one (VDM++ / iDDPM base/pi, EDM2 exp(-u): `weighted_density`), so that times w it is the
+  allocation the gradient sees}. 'run' is the trained run's own schedule state
   (labelled with its schedule); an adaptive schedule named here has no trained state, so it is
   its initial law (its warm-up base for InfoNoise) and is labelled so."""
   out = {}
@@ -155,7 +174,8 @@ def schedule_densities(config, names: Sequence[str], log_sigma_G, run_state=None
       sched = make_schedule(c)  # unknown names fail here with the valid list
       state = sched.init_state()  # adaptive schedules: their initial (base) law
       label = name if name in FIXED else f"{name} (initial law, untrained)"
-    out[label] = np.asarray(sched.density(state, jnp.asarray(log_sigma_G, jnp.float32)))
+    grid_G = jnp.asarray(log_sigma_G, jnp.float32)
+    out[label] = np.asarray(weighted_density(sched, state, grid_G))  # pi * the own weights
   return out
 
 
@@ -222,7 +242,9 @@ def markdown(rows: Sequence[Comparison], pivot: float, window, split: str, prior
   lines = [
     f"Profile from {where}, denoiser: {prior}; gate pivot "
     f"c = {pivot:.4g}; informative window sigma in [{math.exp(window[0]):.3g}, "
-    f"{math.exp(window[1]):.3g}] (central 80% of the gated profile).",
+    f"{math.exp(window[1]):.3g}] (central 80% of the gated profile). Allocation phi = pi * "
+    "lambda * w: the sampling density, the schedule's own loss weight (1 but for VDM++ / iDDPM "
+    "base/pi and EDM2 exp(-u)) and EDM's w.",
     "",
     "| schedule | mismatch (TV, 0 = matches) | allocation mass in window | allocation peak sigma |",
     "|---|---|---|---|",
@@ -246,6 +268,7 @@ def diagnose(
   batch: int = 256,
 ) -> dict:
   """Computes the profile and the comparison; writes profile.npz, diagnose.md, diagnose.png."""
+  check_gate(gate, config)  # before the data or the denoiser
   source = load_source(config)
   resolve_sigma_data(config, source.encoding)  # token data: edm.sigma_data = 0 -> one-hot std
   if prior == "empirical" and source.encoding is not None:
@@ -284,7 +307,7 @@ def diagnose(
     f.write(text + "\n")
   w_G = np.asarray(edm.loss_weight(jnp.asarray(sigma_G), sd))
   curves = {"entropy-rate profile q (ungated)": q_G, "gated profile rho": rho_G}
-  curves.update({f"{n}: pi*w": d * w_G for n, d in densities.items()})
+  curves.update({f"{n}: phi = pi*lambda*w": d * w_G for n, d in densities.items()})
   markers = {"gate pivot ln c": math.log(pivot)} if pivot > 0 else {}
   img = plots.schedule_plot(log_sigma_G, curves, "profile vs effective allocation", markers=markers)
   plots.save_png(os.path.join(out, "diagnose.png"), img)
@@ -332,16 +355,36 @@ def parse(argv=None) -> argparse.Namespace:
     help="onset | none | a pivot sigma; '' = the config's pinned pivot when its InfoNoise gate is "
     "pinned, else onset",
   )
-  p.add_argument("--num_heldout", type=int, default=1000)
-  p.add_argument("--num_points", type=int, default=2000, help="empirical prior: data points")
-  p.add_argument("--grid_points", type=int, default=64)
-  p.add_argument("--batch", type=int, default=256, help="held-out examples per denoiser call")
+  p.add_argument("--num_heldout", type=cli.positive_int, default=1000)
+  p.add_argument(
+    "--num_points", type=cli.positive_int, default=2000, help="empirical prior: data points"
+  )
+  p.add_argument("--grid_points", type=int, default=64, help=f">= {MIN_GRID_POINTS}")
+  p.add_argument(
+    "--batch", type=cli.positive_int, default=256, help="held-out examples per denoiser call"
+  )
   p.add_argument("--debug", action="store_true", help="show the traceback of an error")
   args = p.parse_args(argv)
   if bool(args.workdir) == bool(args.config):
     p.error("give exactly one of --workdir (a trained run) or --config (a dataset alone)")
   if args.set and args.workdir:
     p.error("--set changes the --config of a dataset alone; a --workdir keeps its run's config")
+  if args.grid_points < MIN_GRID_POINTS:
+    p.error(f"--grid_points must be >= {MIN_GRID_POINTS} (a profile needs a grid), got "
+            f"{args.grid_points}")  # fmt: skip
+  unknown = [n for n in args.schedules.split(",") if n and n != "run" and n not in SCHEDULES]
+  if unknown:
+    p.error(
+      f"--schedules: unknown {', '.join(map(repr, unknown))}; known: "
+      f"{', '.join(sorted(SCHEDULES))} and run (the trained run's own, with --workdir)"
+    )
+  if args.gate not in ("", "onset", "none"):
+    try:
+      ok = float(args.gate) > 0
+    except ValueError:
+      ok = False
+    if not ok:
+      p.error(f"--gate must be onset, none or a pivot sigma > 0, got {args.gate!r}")
   return args
 
 

@@ -1,7 +1,8 @@
 """What a run shows its user: window scalars, sample grids, the schedule plot.
 
 The schedule plot is docs/method.md section 3's diagnostic: on a ln-sigma axis, the sampling
-density pi, the effective allocation pi*w and (for InfoNoise) the estimated gated
+density pi, the effective allocation pi*w (pi*lambda*w for a schedule that weights its own
+draws: VDM++ and iDDPM by base/pi, EDM2 by exp(-u)) and (for InfoNoise) the estimated gated
 entropy-rate profile, each normalized on the grid so they can be compared.
 """
 
@@ -17,7 +18,7 @@ from infonoise_jax import edm, log_sigma
 from infonoise_jax.evaluation import plots, sequence_eval
 from infonoise_jax.paths import run_path
 from infonoise_jax.sample_files import write_samples, write_texts
-from infonoise_jax.schedules import has_profile
+from infonoise_jax.schedules import HasLossWeights, has_profile, weighted_density
 
 
 def loss_bin_edges(config: ml_collections.ConfigDict) -> np.ndarray:
@@ -34,7 +35,12 @@ def schedule_curves(config, schedule, schedule_state, num: int = 256):
   grid_G = jnp.linspace(lo, hi, num)
   density_G = np.asarray(schedule.density(schedule_state, grid_G))
   w_G = np.asarray(edm.loss_weight(jnp.exp(grid_G), config.edm.sigma_data))
-  curves = {"sampling density pi": density_G, "effective allocation pi*w": density_G * w_G}
+  curves = {"sampling density pi": density_G}
+  if isinstance(schedule, HasLossWeights):  # VDM++ / iDDPM base/pi, EDM2 exp(-u): lambda
+    weighted_G = np.asarray(weighted_density(schedule, schedule_state, grid_G))
+    curves["effective allocation pi*lambda*w"] = weighted_G * w_G
+  else:
+    curves["effective allocation pi*w"] = density_G * w_G
   if has_profile(schedule):
     log_sigma_K, rho_K = schedule.profile(schedule_state)
     curves["estimated profile (gated)"] = np.interp(grid_G, log_sigma_K, rho_K)

@@ -57,22 +57,23 @@ def evaluate(
   devices: Sequence[jax.Device] | None = None,
   report: Callable[[str], None] | None = None,
   method: str | None = None,
+  overrides: Sequence[str] = (),
 ) -> dict:
   """FID of the run's EMA model (min over `seed_sets` seed sets); writes and returns fid.json.
   A token run is scored by `evaluate_tokens` instead (domain_metrics.json; no --ref_stats,
-  --weights).
+  --weights). `overrides`: `sampler.key=value` items (`model_sampler.sampler_config`).
 
   `report(line)` receives progress lines (the command prints them on process 0).
   """
   config = restore.load_config(workdir)
   solvers.check_grid(config, grid)  # before loading weights or restoring
-  run_config = sampler_config(config, grid, num_steps, method)
+  run_config = sampler_config(config, grid, num_steps, method, overrides)
   solvers.validate_sampler_config(run_config)
   meta = _saved_meta(workdir, step)  # the checkpoint and step, before the weights
   if meta.get("vocab"):  # token data: its domain metrics, not FID
     _refuse_fid_flags(config, ref_stats, weights)
     args = (workdir, num, seed_sets, grid, num_steps, step, batch, devices, report, method)
-    return evaluate_tokens(*args)
+    return evaluate_tokens(*args, overrides=overrides)
   num = IMAGES_NUM if num is None else num
   _check_counts(num, seed_sets)
   model_fid.check_images(tuple(int(d) for d in meta["data_shape"]), "this run")
@@ -124,6 +125,7 @@ def evaluate_tokens(
   devices: Sequence[jax.Device] | None = None,
   report: Callable[[str], None] | None = None,
   method: str | None = None,
+  overrides: Sequence[str] = (),
 ) -> dict:
   """Domain metrics of a token run's EMA model (module docstring); writes and returns
   domain_metrics.json. The data, its vocabulary and the held-out windows are checked and the
@@ -134,7 +136,7 @@ def evaluate_tokens(
   num = int(config.train.eval_num_samples) if num is None else num
   _check_counts(num, seed_sets)
   solvers.check_grid(config, grid)
-  run_config = sampler_config(config, grid, num_steps, method)
+  run_config = sampler_config(config, grid, num_steps, method, overrides)
   solvers.validate_sampler_config(run_config)
   step = restore.check_step(workdir, step)
   vocab = _saved_meta(workdir, step).get("vocab")
@@ -305,7 +307,7 @@ def _command(a: argparse.Namespace) -> None:
     initialize_distributed(restore.load_config(a.workdir))
   report = (lambda line: print(line, flush=True)) if jax.process_index() == 0 else None
   args = (a.workdir, a.num, a.seed_sets, a.ref_stats, a.grid, a.steps, a.step, a.weights)
-  result = evaluate(*args, a.batch, report=report, method=a.method)
+  result = evaluate(*args, a.batch, report=report, method=a.method, overrides=a.set)
   if jax.process_index() == 0:
     print(json.dumps(result, indent=2), flush=True)
     name = FID_FILE if "fid" in result else TOKENS_FILE

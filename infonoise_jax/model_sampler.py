@@ -10,7 +10,7 @@ axis (one compile per batch size) and come back as numpy, in model units, on eve
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -23,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from infonoise_jax import solvers, steps
 from infonoise_jax.schedules import Schedule
+from infonoise_jax.validation import apply_overrides
 
 
 def sampler_config(
@@ -30,9 +31,12 @@ def sampler_config(
   grid: str | None = None,
   num_steps: int | None = None,
   method: str | None = None,
+  overrides: Sequence[str] = (),
 ) -> ml_collections.ConfigDict:
-  """A copy of `config` with sampler.grid / num_steps / name overridden where given (the
-  Sampler draws with its own config's settings, so build it from this copy)."""
+  """A copy of `config` with sampler.grid / num_steps / name overridden where given, then the
+  `--set sampler.key=value` items of `overrides` (sampler keys only: e.g. sampler.s_churn=40
+  for EDM's stochastic sampler); the Sampler draws with its own config's settings, so build it
+  from this copy."""
   config = config.copy_and_resolve_references()
   if grid is not None:
     config.sampler.grid = grid
@@ -40,6 +44,13 @@ def sampler_config(
     config.sampler.num_steps = int(num_steps)
   if method is not None:
     config.sampler.name = method
+  other = [o for o in overrides if not o.startswith("sampler.")]
+  if other:
+    raise ValueError(
+      f"--set {other[0]}: the sample and evaluate commands change sampler.* keys only (the "
+      "run's model and data are its own); e.g. --set sampler.s_churn=40"
+    )
+  apply_overrides(config, overrides)
   return config
 
 

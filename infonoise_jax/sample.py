@@ -2,7 +2,7 @@
 
   python -m infonoise_jax.sample --workdir=runs/digits --num=1000 --out=runs/digits/samples \
       [--seed=0] [--grid=karras|infogrid|infogrid_rescaled] [--method=heun|exp_heun|euler|...]
-      [--steps=18] [--step=4000]
+      [--steps=18] [--step=4000] [--set sampler.s_churn=40 ...]
 
 The run is read back by `restore.restore_run` (config.json and the checkpoint; no
 training data is read) and sampled by a `model_sampler.Sampler`, sharded over every device.
@@ -39,11 +39,13 @@ def sample_run(
   batch: int | None = None,
   devices: Sequence[jax.Device] | None = None,
   method: str | None = None,
+  overrides: Sequence[str] = (),
 ) -> tuple[np.ndarray, dict]:
-  """Restores the run, draws `num` samples, writes them to `out`; returns (samples, paths)."""
+  """Restores the run, draws `num` samples, writes them to `out`; returns (samples, paths).
+  `overrides`: `sampler.key=value` items (`sampler_config`)."""
   if num < 1:
     raise ValueError(f"--num must be >= 1, got {num}")
-  config = sampler_config(restore.load_config(workdir), grid, num_steps, method)
+  config = sampler_config(restore.load_config(workdir), grid, num_steps, method, overrides)
   solvers.validate_sampler_config(config)  # before restoring anything
   run = restore.restore_run(workdir, step, devices)
   sampler = Sampler(config, run.model, run.schedule, run.mesh, run.data_shape)
@@ -90,7 +92,16 @@ def _command(a: argparse.Namespace) -> None:
     initialize_distributed(restore.load_config(a.workdir))
   out = a.out or os.path.join(a.workdir, "samples")
   samples, paths = sample_run(
-    a.workdir, a.num, out, a.seed, a.grid, a.steps, a.step, a.batch, method=a.method
+    a.workdir,
+    a.num,
+    out,
+    a.seed,
+    a.grid,
+    a.steps,
+    a.step,
+    a.batch,
+    method=a.method,
+    overrides=a.set,
   )
   if jax.process_index() == 0:
     lines = [f"{len(samples)} samples of shape {samples.shape[1:]} from {a.workdir}:"]

@@ -195,6 +195,15 @@ def validate_sampler_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"{name} must be {want}, got {value!r}")
   log_sigma.sigma_range(config)
   check_grid(config)
+  if s.name == "stochastic" and s.s_churn == 0 and ("churn", "stochastic", 0) not in _warned:
+    _warned.add(("churn", "stochastic", 0))
+    logger.warning(
+      "sampler.name='stochastic' with sampler.s_churn=0 adds no noise: EDM's Algorithm 2 is "
+      "then its Algorithm 1, the same samples as sampler.name='heun'. Set a churn, e.g. EDM's "
+      "ImageNet setting sampler.s_churn=40, s_tmin=0.05, s_tmax=50, s_noise=1.003 "
+      "(--config.sampler.s_churn=40 when training, --set sampler.s_churn=40 for the sample "
+      "and evaluate commands)."
+    )
 
 
 def check_grid(config: ml_collections.ConfigDict, grid: str | None = None) -> None:

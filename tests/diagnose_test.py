@@ -186,3 +186,50 @@ def test_onehot_prior_on_token_data_matches_the_closed_form(tmp_path, capsys):
     ]
   )
   assert "distance between windows" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+  "flags, message",
+  [
+    (["--num_heldout=0"], "--num_heldout: must be >= 1"),
+    (["--batch=0"], "--batch: must be >= 1"),
+    (["--grid_points=3"], "--grid_points must be >= 4"),
+    (["--schedules=lognormal,foo"], "--schedules: unknown 'foo'"),
+    (["--gate=-1"], "--gate must be onset, none or a pivot sigma > 0"),
+    (["--gate=abc"], "--gate must be onset, none or a pivot sigma > 0"),
+  ],
+)
+def test_bad_flags_are_usage_errors_naming_the_flag(flags, message, capsys):
+  with pytest.raises(SystemExit) as e:
+    diagnose.parse(["--out=/unused", f"--config={TEST_CONFIG}", *flags])
+  assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_pivot_outside_the_noise_range_is_refused_before_the_data(tmp_path, monkeypatch):
+  def no_data(config):
+    raise AssertionError("the data was loaded before the gate was checked")
+
+  monkeypatch.setattr(diagnose, "load_source", no_data)
+  with pytest.raises(ValueError, match=r"--gate=1000000.0 is outside the noise range"):
+    diagnose.diagnose(mixture_config(), str(tmp_path), ["lognormal"], "mixture", gate="1000000.0")
+  assert not any(tmp_path.iterdir())
+
+
+def test_importance_weighted_peers_are_judged_by_the_objective_they_train():
+  """VDM++ samples from an adapted pi but weights each draw by base / pi, so its row is its
+  base law's allocation, not pi's (the diagnostic used to show pi alone)."""
+  from configs import default
+  from infonoise_jax.schedules import make_schedule
+
+  c = default.get_config()
+  c.schedule.name = "vdmpp"
+  sched = make_schedule(c)
+  state = sched.init_state()
+  pmf_K = jnp.linspace(1.0, 3.0, state["pmf_K"].shape[0])
+  state = {**state, "pmf_K": pmf_K / pmf_K.sum(), "num_updates": jnp.int32(10**6)}
+  x_G = np.linspace(np.log(0.002), np.log(80.0), 64)
+  d = diagnose.schedule_densities(c, ["lognormal", "run"], x_G, (sched, state))
+  pi_G = np.asarray(sched.density(state, jnp.asarray(x_G, jnp.float32)))
+  base_G = np.asarray(sched.base_density(jnp.asarray(x_G, jnp.float32)))
+  assert np.abs(pi_G / pi_G.sum() - base_G / base_G.sum()).sum() > 0.2  # pi is not the base
+  np.testing.assert_allclose(d["run (vdmpp, as trained)"], base_G, rtol=1e-5)

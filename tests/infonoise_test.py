@@ -378,3 +378,16 @@ def test_fashion_recipe_sets_the_continuous_image_setting_only(variant, setting)
   c = default.get_config(variant).schedule.infonoise
   assert (c.compensate, c.gate, c.gate_pivot) == setting
   assert InfoNoise.from_config(default.get_config(variant)).compensate is setting[0]
+
+
+@pytest.mark.parametrize("pivot", [1000.0, 1e-4])
+def test_a_pinned_pivot_outside_the_noise_range_is_refused(pivot):
+  """Pinned at c outside [sigma_min, sigma_max] the gate is ~0 or ~1 everywhere (all mass
+  piles into the top bins, or no gate at all): refused naming the key, the range and the fix.
+  The onset rules only start from the pivot, so the same value is accepted there."""
+  c = default.get_config()
+  c.schedule.infonoise.gate, c.schedule.infonoise.gate_pivot = "pinned", pivot
+  with pytest.raises(ValueError, match=r"gate_pivot = .* outside the noise range .*gate=none"):
+    InfoNoise.from_config(c)
+  c.schedule.infonoise.gate = "onset"
+  assert InfoNoise.from_config(c).gate_pivot == pivot

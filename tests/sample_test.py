@@ -164,3 +164,41 @@ def test_a_batch_below_one_is_a_usage_error(bad, capsys):
       parse(["--workdir=run", f"--batch={bad}"])
     assert "--batch" in capsys.readouterr().err
   assert sample._parse(["--workdir=run", "--batch=3"]).batch == 3
+
+
+def test_stochastic_sampler_takes_churn_from_set_and_warns_without_it(trained, tmp_path, caplog):
+  """--method=stochastic with the run's s_churn=0 is Heun exactly (and says so); with
+  --set sampler.s_churn=... it adds noise, so its samples differ from Heun's."""
+  workdir, _ = trained
+  draw = lambda name, **kw: sample.sample_run(workdir, 4, str(tmp_path / name), seed=1, **kw)[0]
+  heun = draw("heun", method="heun", num_steps=6, grid="karras")
+  solvers._warned.discard(("churn", "stochastic", 0))
+  with caplog.at_level("WARNING", logger=solvers.__name__):
+    plain = draw("plain", method="stochastic", num_steps=6, grid="karras")
+  assert "s_churn=0 adds no noise" in caplog.text
+  np.testing.assert_array_equal(plain, heun)
+  churned = draw(
+    "churn",
+    method="stochastic",
+    num_steps=6,
+    grid="karras",
+    overrides=["sampler.s_churn=40", "sampler.s_tmin=0.05", "sampler.s_tmax=50"],
+  )
+  assert np.abs(churned - heun).max() > 1e-3
+
+
+def test_set_changes_sampler_keys_only_before_anything_is_restored(trained, tmp_path, monkeypatch):
+  workdir, _ = trained
+
+  def no_restore(*a, **k):
+    raise AssertionError("restored before the overrides were checked")
+
+  monkeypatch.setattr(restore, "restore_run", no_restore)
+  with pytest.raises(ValueError, match=r"--set model.channels=8: .*sampler\.\* keys only"):
+    sample.sample_run(workdir, 4, str(tmp_path), overrides=["model.channels=8"])
+  with pytest.raises(ValueError, match='no such config key. Did you mean "sampler.s_churn"'):
+    sample.sample_run(workdir, 4, str(tmp_path), overrides=["sampler.s_chrun=40"])
+  with pytest.raises(ValueError, match="sampler.s_churn must be >= 0"):
+    sample.sample_run(workdir, 4, str(tmp_path), overrides=["sampler.s_churn=-1"])
+  args = sample._parse(["--workdir=run", "--set", "sampler.s_churn=40", "--set", "sampler.rho=5"])
+  assert args.set == ["sampler.s_churn=40", "sampler.rho=5"]

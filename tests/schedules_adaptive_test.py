@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("infonoise_jax.schedules.infonoise")  # the package imports InfoNoise
 
 from configs.default import get_config
+from infonoise_jax import schedules
 from infonoise_jax.schedules import adaptive
 
 BATCH = 1024
@@ -159,6 +160,39 @@ def test_edm2_learns_log_mean_loss():
   np.testing.assert_allclose(u_G, 0.3 + 0.4 * jnp.sin(l_G), atol=0.1)
   sigma_B, weight_B = schedule.sample(state, jax.random.key(3), 64)
   np.testing.assert_allclose(weight_B, jnp.exp(-schedule.log_variance(state, sigma_B)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [adaptive.VDMPP, adaptive.IDDPM, adaptive.CDCD])
+def test_loss_weights_are_what_sample_returns_and_weight_the_density(cls, importance_runs):
+  """`loss_weights(state, ln sigma)` is the weight `sample` draws with sigma, so the effective
+  allocation of an importance-weighted peer (density times its weights) is its base law
+  whatever pi adapted to; CDCD has no weights (its pi is its objective)."""
+  schedule = cls.from_config(_config())
+  state = importance_runs[cls][1] if cls in importance_runs else _run(schedule, _loss_feed)
+  sigma_B, weight_B = schedule.sample(state, jax.random.key(5), 256)
+  np.testing.assert_allclose(
+    schedule.loss_weights(state, jnp.log(sigma_B)), weight_B, rtol=1e-6, atol=1e-7
+  )
+  l_G = jnp.linspace(schedule.grid.lo + 1e-3, schedule.grid.hi - 1e-3, 301)
+  weighted_G = np.asarray(schedules.weighted_density(schedule, state, l_G))
+  if cls is adaptive.CDCD:
+    np.testing.assert_allclose(weighted_G, schedule.density(state, l_G), rtol=1e-6)
+    np.testing.assert_allclose(weight_B, 1.0)
+  else:
+    p_G, base_G = np.asarray(schedule.density(state, l_G)), np.asarray(schedule.base_density(l_G))
+    assert _tv(p_G / p_G.sum(), base_G / base_G.sum()) > 0.05  # pi adapted away from the base
+    np.testing.assert_allclose(weighted_G, schedule.base_density(l_G), rtol=1e-5)
+
+
+def test_edm2_weighted_density_is_the_lognormal_times_exp_minus_u():
+  schedule = adaptive.EDM2.from_config(_config())
+  state = schedule.init_state()
+  state["params"] = {"b": jnp.float32(0.7), "v_C": 0.3 * jnp.ones_like(state["params"]["v_C"])}
+  l_G = jnp.linspace(-3.0, 2.0, 11)
+  u_G = schedule.log_variance(state, jnp.exp(l_G))
+  expected = schedule.law.density(l_G) * np.exp(-np.asarray(u_G))
+  np.testing.assert_allclose(schedules.weighted_density(schedule, state, l_G), expected, rtol=1e-6)
+  assert np.ptp(np.asarray(u_G)) > 0.05  # u varies with sigma: the test sees the weighting
 
 
 ALL = [adaptive.CDCD, adaptive.VDMPP, adaptive.IDDPM, adaptive.EDM2]

@@ -8,7 +8,13 @@ whole config with `from_config(config)`. Adding a schedule: docs/schedules.md.
 import ml_collections
 
 from infonoise_jax.schedules.adaptive import CDCD, EDM2, IDDPM, VDMPP
-from infonoise_jax.schedules.base import HasProfile, Schedule, StatelessSchedule
+from infonoise_jax.schedules.base import (
+  HasLossWeights,
+  HasProfile,
+  Schedule,
+  StatelessSchedule,
+  weighted_density,
+)
 from infonoise_jax.schedules.fixed import Cosine, Laplace, LogitNormal, LogNormal, LogUniform
 from infonoise_jax.schedules.infonoise import InfoNoise
 
@@ -50,6 +56,7 @@ __all__ = [
   "CDCD",
   "EDM2",
   "FIXED",
+  "HasLossWeights",
   "HasProfile",
   "PROFILED",
   "IDDPM",
@@ -65,4 +72,5 @@ __all__ = [
   "StatelessSchedule",
   "has_profile",
   "make_schedule",
+  "weighted_density",
 ]

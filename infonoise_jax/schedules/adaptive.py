@@ -162,6 +162,12 @@ class Binned:
     adapt_G = self.grid.step_density(state["pmf_K"], log_sigma_G)
     return jnp.where(self._active(state), adapt_G, self.base_density(log_sigma_G))
 
+  def loss_weights(self, state: State, log_sigma_G: Array) -> Array:
+    """The weight `sample` returns at each ln sigma: base / p with importance, else 1."""
+    if self.importance:
+      return self.importance_weight(state, log_sigma_G)
+    return jnp.ones_like(log_sigma_G)
+
   def importance_weight(self, state: State, log_sigma_B: Array) -> Array:
     """base(l) / p(l): E_p[weight * L] = E_base[L] for any L (unbiased objective)."""
     p_B = self.density(state, log_sigma_B)
@@ -327,6 +333,10 @@ class EDM2:
   def density(self, state: State, log_sigma_G: Array) -> Array:
     del state
     return self.law.density(log_sigma_G)
+
+  def loss_weights(self, state: State, log_sigma_G: Array) -> Array:
+    """exp(-u(sigma)), the weight `sample` returns (EDM2's learned uncertainty)."""
+    return jnp.exp(-self.log_variance(state, jnp.exp(log_sigma_G)))
 
   def update(
     self, state: State, sigma_B: Array, err_B: Array, loss_B: Array

@@ -62,6 +62,26 @@ class HasProfile(Protocol):
     ...
 
 
+@runtime_checkable
+class HasLossWeights(Protocol):
+  """A schedule whose `sample` returns loss weights other than 1 (optional capability)."""
+
+  def loss_weights(self, state: State, log_sigma_G: Array) -> Array:
+    """The weight `sample` returns with a draw at each ln sigma (a function of sigma alone)."""
+    ...
+
+
+def weighted_density(schedule: Schedule, state: State, log_sigma_G: Array) -> Array:
+  """pi(l) times the schedule's own loss weight at l: the density of the training objective's
+  noise levels. Times EDM's w(sigma) it is the effective allocation phi = pi * lambda * w that
+  the gradient sees (docs/schedules.md). For VDM++ and iDDPM (weights base / pi) it is the base
+  law whatever pi adapted to; for EDM2 it is the log-normal times exp(-u(sigma))."""
+  density_G = schedule.density(state, log_sigma_G)
+  if isinstance(schedule, HasLossWeights):
+    return density_G * schedule.loss_weights(state, log_sigma_G)
+  return density_G
+
+
 class StatelessSchedule:
   """Mixin for fixed distributions: empty state, no-op update, unit loss weights."""
 

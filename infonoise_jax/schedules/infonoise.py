@@ -302,6 +302,13 @@ def _validate(s: InfoNoise) -> None:
   for name, ok, why in checks:
     if not ok:
       raise ValueError(f"{key}{name} = {getattr(s, name)!r} {why}")
+  if s.gate == "pinned" and not s.sigma_min <= s.gate_pivot <= s.sigma_max:
+    raise ValueError(
+      f"{key}gate_pivot = {s.gate_pivot!r} is outside the noise range [edm.sigma_min, "
+      f"edm.sigma_max] = [{s.sigma_min:g}, {s.sigma_max:g}]: the pinned gate would be ~1 or ~0 "
+      "at every sigma. Pick c inside it (0.15 for natural images, 0.2 for other data), or "
+      f"switch the gate off with {key}gate=none"
+    )
   if s.sigma_data <= 0:
     raise ValueError(f"edm.sigma_data = {s.sigma_data!r} must be > 0")
   if s.base_p_std <= 0:
