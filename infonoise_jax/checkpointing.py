@@ -6,6 +6,7 @@ come back with the parameters.
 """
 
 import contextlib
+import gc
 import logging as logging_lib
 import os
 import signal
@@ -407,15 +408,43 @@ def sigterm_stops_outside_loop(active: bool = True):
     return
 
   def stop(signum, frame):
-    del signum, frame
-    raise StoppedOutsideLoop()
+    del signum
+    _STOP_REQUESTED.set()
+    if not _in_finalizer(frame):
+      raise StoppedOutsideLoop()
+    # An exception raised inside a garbage-collection callback or __del__ is printed and dropped
+    # by Python (jax frees device buffers from one: a SIGTERM during compile was lost and the
+    # run trained on; one run then segfaulted). The flag stops the run at the next check point
+    # instead: `raise_if_stop_requested`, called before the step loop starts.
 
+  _STOP_REQUESTED.clear()
   previous = signal.signal(signal.SIGTERM, stop)
   try:
     yield
   finally:
     if previous is not None:  # None: a handler installed from C, which cannot be put back
       signal.signal(signal.SIGTERM, previous)
+
+
+_STOP_REQUESTED = threading.Event()  # a SIGTERM came outside the loop (sigterm_stops_outside_loop)
+
+
+def _in_finalizer(frame) -> bool:
+  """True when `frame` (where a signal handler interrupted the main thread) runs inside a
+  garbage-collection callback or a __del__, where Python drops a raised exception."""
+  callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
+  while frame is not None:
+    if frame.f_code.co_name == "__del__" or frame.f_code in callbacks:
+      return True
+    frame = frame.f_back
+  return False
+
+
+def raise_if_stop_requested() -> None:
+  """Raises StoppedOutsideLoop if a SIGTERM came outside the loop and could not be raised where
+  it landed (inside a garbage-collection callback); the loop calls it before its first step."""
+  if _STOP_REQUESTED.is_set():
+    raise StoppedOutsideLoop()
 
 
 class PreemptionFlag:

@@ -369,6 +369,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.error("give exactly one of --workdir (a trained run) or --config (a dataset alone)")
   if args.set and args.workdir:
     p.error("--set changes the --config of a dataset alone; a --workdir keeps its run's config")
+  if os.path.exists(args.out) and not os.path.isdir(args.out):
+    p.error(f"--out={args.out} is a file: give a folder for the profile, table and plot")
   if args.grid_points < MIN_GRID_POINTS:
     p.error(f"--grid_points must be >= {MIN_GRID_POINTS} (a profile needs a grid), got "
             f"{args.grid_points}")  # fmt: skip

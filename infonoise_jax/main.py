@@ -106,12 +106,26 @@ def _flag_error(e: Exception, argv: list[str]) -> str:
   return cli.one_line(e) + extra
 
 
+def _check_no_repeated_override(argv: list[str]) -> None:
+  """A `--config.KEY` given twice is refused: absl keeps the last value of most keys but joins
+  the values of a list-valued one (hidden_dims (256, 256) then (128, 128) trained a
+  [256, 256, 128, 128] network, silently)."""
+  keys = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+  repeated = sorted({k for k in keys if keys.count(k) > 1})
+  if repeated:
+    raise app.UsageError(
+      f"{repeated[0]} is given {keys.count(repeated[0])} times: give each config key once "
+      "(the values of a list-valued key would be joined, not replaced)"
+    )
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, ending a bad command line as every user error ends (cli.py): one
   `error:` line naming the flag or key (a config file that is not there, a variant it does not
   have, a mistyped key or value, an unknown flag); --debug / INFONOISE_DEBUG=1 keep the
   traceback."""
   try:
+    _check_no_repeated_override(argv)
     return FLAGS(_resolve_config_arg(argv))
   except (flags.Error, app.UsageError, AttributeError, KeyError, TypeError, ValueError) as e:
     if cli.debug_requested("--debug" in argv):

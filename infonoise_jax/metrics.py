@@ -364,7 +364,8 @@ def check_finite(
   where = (
     f"last good checkpoint is kept at {checkpoint_path}"
     if checkpoint_path
-    else "no checkpoint was saved before it"
+    else "no checkpoint was saved before it (fix the setting and rerun with --fresh: this "
+    "attempt's logs are then moved aside)"
   )
   raise NonFiniteError(
     f"{what} between steps {step_range[0]} and {step_range[1]}; {where}", bad, step_range

@@ -45,6 +45,8 @@ def sample_run(
   `overrides`: `sampler.key=value` items (`sampler_config`)."""
   if num < 1:
     raise ValueError(f"--num must be >= 1, got {num}")
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise ValueError(f"--out={out} is a file: give a folder for the samples")
   config = sampler_config(restore.load_config(workdir), grid, num_steps, method, overrides)
   solvers.validate_sampler_config(config)  # before restoring anything
   run = restore.restore_run(workdir, step, devices)

@@ -707,6 +707,7 @@ class _Trace:
 
 def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eval) -> TrainState:
   """The step loop, from `state` to train.num_steps (or a preemption)."""
+  checkpointing.raise_if_stop_requested()  # a start-up SIGTERM that could not raise where it hit
   config, t, step = run.config, run.config.train, int(state.step)
   num_steps = t.num_steps
   writer = metrics.create_writer(os.path.join(workdir, "tensorboard"), jax.process_index() > 0)

