@@ -115,6 +115,7 @@ def _huge_npz(path):
     (lambda d: np.save(d / "x.npy", _pixels().transpose(0, 3, 1, 2)), "channel-first"),
     (lambda d: np.save(d / "x.npy", _pixels()[0, 0]), "must be an array (N, H, W)"),
     (lambda d: np.save(d / "x.npy", _pixels(4, 8)[:, :, :6]), "height 8 x width 6"),
+    (lambda d: np.save(d / "x.npy", _pixels(1, 8)[0]), "if it is one RGB image, save x[None]"),
     (lambda d: np.savez(d / "x.npz", a=_pixels(), b=_pixels()), "none is named 'images'"),
     (lambda d: (d / "x.npy").write_bytes(b"torn"), "not a readable numpy array file"),
     (lambda d: np.save(d / "x.npy", _pixels(channels=2)), "images of 2 channels"),

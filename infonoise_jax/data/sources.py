@@ -431,6 +431,14 @@ def _read_image_array(path: str, max_bytes: int) -> np.ndarray:
 
 
 def _as_nhwc(x: np.ndarray, path: str) -> np.ndarray:
+  if (
+    x.ndim == 3 and x.shape[-1] in (3, 4) and x.shape[1] != x.shape[2] and x.shape[0] == x.shape[1]
+  ):
+    raise ValueError(
+      f"data.path={path!r}: shape {x.shape} reads as {x.shape[0]} grayscale images of "
+      f"{x.shape[1]}x{x.shape[2]}; if it is one {'RGB' if x.shape[-1] == 3 else 'RGBA'} image, "
+      "save x[None] (N, H, W, C); several images need an array (N, H, W) or (N, H, W, C)"
+    )
   if x.ndim == 3:
     x = x[..., None]
   if x.ndim != 4:
