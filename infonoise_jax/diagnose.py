@@ -51,9 +51,10 @@ from infonoise_jax.data import load_source, resolve_sigma_data
 from infonoise_jax.data.sources import TOKEN_NAMES
 from infonoise_jax.evaluation import plots
 from infonoise_jax.schedules import FIXED, SCHEDULES, make_schedule, weighted_density
-from infonoise_jax.validation import apply_overrides, load_config_file
+from infonoise_jax.validation import apply_overrides, load_config_file, parse_overrides
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x_BX, sigma_B) -> E[x0 | x]
+DATA_LOCATION_KEYS = ("data.path", "data.local_dir", "data.tfds_data_dir")  # --set with --workdir
 MIN_GRID_POINTS = 4  # --grid_points: 1 point gave every schedule a "perfect" match
 WINDOW = (0.1, 0.9)  # CDF quantiles of the gated profile bounding the informative window
 
@@ -266,10 +267,12 @@ def diagnose(
   trained=None,
   run_state=None,
   batch: int = 256,
+  source=None,
 ) -> dict:
-  """Computes the profile and the comparison; writes profile.npz, diagnose.md, diagnose.png."""
+  """Computes the profile and the comparison; writes profile.npz, diagnose.md, diagnose.png.
+  `source`: the config's data, when the caller loaded it already."""
   check_gate(gate, config)  # before the data or the denoiser
-  source = load_source(config)
+  source = load_source(config) if source is None else source
   resolve_sigma_data(config, source.encoding)  # token data: edm.sigma_data = 0 -> one-hot std
   if prior == "empirical" and source.encoding is not None:
     print(
@@ -322,12 +325,19 @@ def diagnose(
   }
 
 
-def _from_workdir(workdir: str, params: str):
+def _from_workdir(workdir: str, params: str, overrides=()):
+  """(config, (model, params), (schedule, state), step, source) of a run; `overrides` move its data
+  (DATA_LOCATION_KEYS), checked to load before the checkpoint is restored."""
   from infonoise_jax import restore
 
+  config = restore.load_config(workdir)
+  apply_overrides(config, overrides)
+  source = load_source(config)  # the data is there (and readable) before the weights
   run = restore.restore_run(workdir, devices=jax.devices()[:1])
   chosen = run.state.ema_params if params == "ema" else run.state.params
-  return run.config, (run.model, chosen), (run.schedule, run.state.schedule_state), run.step
+  run.config.update_from_flattened_dict(parse_overrides(overrides))
+  trained = (run.model, chosen)
+  return run.config, trained, (run.schedule, run.state.schedule_state), run.step, source
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -339,7 +349,8 @@ def parse(argv=None) -> argparse.Namespace:
     "--set",
     action="append",
     help="with --config: a config override key=value (repeatable), e.g. data.name=images "
-    "then data.path=x.npy",
+    "then data.path=x.npy; with --workdir: where the run's data now lies (data.path, "
+    "data.local_dir, data.tfds_data_dir)",
   )
   p.add_argument(
     "--prior",
@@ -367,8 +378,13 @@ def parse(argv=None) -> argparse.Namespace:
   args = p.parse_args(argv)
   if bool(args.workdir) == bool(args.config):
     p.error("give exactly one of --workdir (a trained run) or --config (a dataset alone)")
-  if args.set and args.workdir:
-    p.error("--set changes the --config of a dataset alone; a --workdir keeps its run's config")
+  moved = [o for o in args.set or [] if o.split("=")[0] not in DATA_LOCATION_KEYS]
+  if args.workdir and moved:
+    p.error(
+      f"--set {moved[0]}: with --workdir only where the run's data now lies may change "
+      f"({', '.join(DATA_LOCATION_KEYS)}; e.g. --set data.path=<new place>); the rest of a "
+      "run's config is its own"
+    )
   if os.path.exists(args.out) and not os.path.isdir(args.out):
     p.error(f"--out={args.out} is a file: give a folder for the profile, table and plot")
   if args.grid_points < MIN_GRID_POINTS:
@@ -396,9 +412,9 @@ def main(argv=None) -> None:
 
 
 def _command(args: argparse.Namespace) -> None:
-  trained = run_state = None
+  trained = run_state = source = None
   if args.workdir:
-    config, trained, run_state, step = _from_workdir(args.workdir, args.params)
+    config, trained, run_state, step, source = _from_workdir(args.workdir, args.params, args.set)
     print(f"restored {args.workdir} at step {step}", flush=True)
   else:
     path, _, variant = args.config.partition(":")
@@ -425,6 +441,7 @@ def _command(args: argparse.Namespace) -> None:
     trained,
     run_state,
     args.batch,
+    source,
   )
   print(r["markdown"])
   print(json.dumps({"out": os.path.abspath(args.out), "pivot": r["pivot"]}))

@@ -233,3 +233,31 @@ def test_importance_weighted_peers_are_judged_by_the_objective_they_train():
   base_G = np.asarray(sched.base_density(jnp.asarray(x_G, jnp.float32)))
   assert np.abs(pi_G / pi_G.sum() - base_G / base_G.sum()).sum() > 0.2  # pi is not the base
   np.testing.assert_allclose(d["run (vdmpp, as trained)"], base_G, rtol=1e-5)
+
+
+def test_a_run_whose_data_moved_is_diagnosed_with_its_new_place(tmp_path, monkeypatch, capsys):
+  """With --workdir, --set may say where the run's data lies now (and nothing else); the data
+  is read before the checkpoint is restored, so a missing file fails first."""
+  from infonoise_jax import restore
+
+  images = np.random.default_rng(0).integers(0, 256, (64, 8, 8), np.uint8)
+  np.save(tmp_path / "old.npy", images)
+  c = load_config_file(TEST_CONFIG)
+  c.data.name, c.data.path = "images", str(tmp_path / "old.npy")
+  c.train.num_steps = 2
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(c, workdir, devices=jax.devices()[:1])
+  (tmp_path / "old.npy").rename(tmp_path / "new.npy")
+  flags = [f"--workdir={workdir}", "--schedules=lognormal", "--num_heldout=16", "--grid_points=8"]
+  real = restore.restore_run
+  monkeypatch.setattr(restore, "restore_run", lambda *a, **k: pytest.fail("restored first"))
+  with pytest.raises(SystemExit):
+    diagnose.main([*flags, f"--out={tmp_path / 'd1'}"])
+  assert "old.npy" in capsys.readouterr().err
+  monkeypatch.setattr(restore, "restore_run", real)
+  out = tmp_path / "d2"
+  diagnose.main([*flags, f"--out={out}", "--set", f"data.path={tmp_path / 'new.npy'}"])
+  assert (out / "diagnose.md").exists()
+  with pytest.raises(SystemExit):
+    diagnose.parse([*flags, "--out=/unused", "--set", "model.hidden_dims=(8,)"])
+  assert "only where the run's data now lies may change" in capsys.readouterr().err
