@@ -51,7 +51,7 @@ from infonoise_jax.data import load_source, resolve_sigma_data
 from infonoise_jax.data.sources import TOKEN_NAMES
 from infonoise_jax.evaluation import plots
 from infonoise_jax.schedules import FIXED, SCHEDULES, make_schedule, weighted_density
-from infonoise_jax.validation import apply_overrides, load_config_file, parse_overrides
+from infonoise_jax.validation import apply_overrides, load_config_file
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x_BX, sigma_B) -> E[x0 | x]
 DATA_LOCATION_KEYS = ("data.path", "data.local_dir", "data.tfds_data_dir")  # --set with --workdir
@@ -128,9 +128,9 @@ def gate_pivot(log_sigma_G, q_G, gate: str, threshold: float) -> float:
   try:
     c = float(gate)
   except ValueError:
-    raise ValueError(f"--gate must be onset, none or a positive number; got {gate!r}") from None
+    raise ValueError(f"--gate must be onset, none or a pivot sigma > 0, got {gate!r}") from None
   if c <= 0:
-    raise ValueError(f"--gate must be positive; got {gate!r}")
+    raise ValueError(f"--gate must be onset, none or a pivot sigma > 0, got {gate!r}")
   return c
 
 
@@ -335,7 +335,7 @@ def _from_workdir(workdir: str, params: str, overrides=()):
   source = load_source(config)  # the data is there (and readable) before the weights
   run = restore.restore_run(workdir, devices=jax.devices()[:1])
   chosen = run.state.ema_params if params == "ema" else run.state.params
-  run.config.update_from_flattened_dict(parse_overrides(overrides))
+  apply_overrides(run.config, overrides)
   trained = (run.model, chosen)
   return run.config, trained, (run.schedule, run.state.schedule_state), run.step, source
 
@@ -398,11 +398,9 @@ def parse(argv=None) -> argparse.Namespace:
     )
   if args.gate not in ("", "onset", "none"):
     try:
-      ok = float(args.gate) > 0
-    except ValueError:
-      ok = False
-    if not ok:
-      p.error(f"--gate must be onset, none or a pivot sigma > 0, got {args.gate!r}")
+      gate_pivot(None, None, args.gate, 0.0)  # parses a numeric pivot, refuses one <= 0
+    except ValueError as e:
+      p.error(str(e))
   return args
 
 

@@ -34,13 +34,11 @@ def schedule_curves(config, schedule, schedule_state, num: int = 256):
   lo, hi = np.log(log_sigma.sigma_range(config))
   grid_G = jnp.linspace(lo, hi, num)
   density_G = np.asarray(schedule.density(schedule_state, grid_G))
+  weighted_G = np.asarray(weighted_density(schedule, schedule_state, grid_G))  # pi * lambda
   w_G = np.asarray(edm.loss_weight(jnp.exp(grid_G), config.edm.sigma_data))
-  curves = {"sampling density pi": density_G}
-  if isinstance(schedule, HasLossWeights):  # VDM++ / iDDPM base/pi, EDM2 exp(-u): lambda
-    weighted_G = np.asarray(weighted_density(schedule, schedule_state, grid_G))
-    curves["effective allocation pi*lambda*w"] = weighted_G * w_G
-  else:
-    curves["effective allocation pi*w"] = density_G * w_G
+  # lambda: VDM++ / iDDPM base/pi, EDM2 exp(-u); 1 for the others (the label says which).
+  label = "pi*lambda*w" if isinstance(schedule, HasLossWeights) else "pi*w"
+  curves = {"sampling density pi": density_G, f"effective allocation {label}": weighted_G * w_G}
   if has_profile(schedule):
     log_sigma_K, rho_K = schedule.profile(schedule_state)
     curves["estimated profile (gated)"] = np.interp(grid_G, log_sigma_K, rho_K)
