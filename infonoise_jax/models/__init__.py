@@ -68,15 +68,15 @@ def _make_unet(m: Any, data_shape: tuple[int, ...]) -> SongUNet:
     )
   side, factor = data_shape[0], 2 ** (len(mult) - 1)
   levels = max(n for n in range(1, len(mult) + 1) if side % 2 ** (n - 1) == 0)  # that fit side
-  # data.image_size shrinks by whole factors only, and a divisor of the side is never a multiple
-  # of a factor the side itself is not: only cropping or padding the images can help there.
-  resize = f" or crop / pad the images to a side divisible by {factor}"
+  # No data.image_size fix: it shrinks by whole factors, and a divisor of the side is never a
+  # multiple of a factor the side itself is not; only cropping or padding can help.
   _check(
     side % factor == 0,
     "channel_mult",
     m.channel_mult,
     f"image side {side} is not divisible by 2**(len(channel_mult)-1) = {factor}; use fewer "
-    f"levels (e.g. --config.model.channel_mult='{tuple(mult[:levels])}'){resize}",
+    f"levels (e.g. --config.model.channel_mult='{tuple(mult[:levels])}') or crop / pad the "
+    f"images to a side divisible by {factor}",
   )
   resolutions = [side >> level for level in range(len(mult))]
   attn = tuple(int(r) for r in m.attn_resolutions)

@@ -152,11 +152,7 @@ class Binned:
     l_adapt_B = g.lo + (bin_B + u_B) * g.width
     l_B = jnp.where(self._active(state), l_adapt_B, self.base_law.sample(base_key, batch_size))
     l_B = jnp.clip(l_B, g.lo, g.hi)
-    if self.importance:
-      weight_B = self.importance_weight(state, l_B)
-    else:
-      weight_B = jnp.ones_like(l_B)
-    return jnp.exp(l_B), weight_B
+    return jnp.exp(l_B), self.loss_weights(state, l_B)
 
   def density(self, state: State, log_sigma_G: Array) -> Array:
     adapt_G = self.grid.step_density(state["pmf_K"], log_sigma_G)
