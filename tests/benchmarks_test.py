@@ -88,6 +88,7 @@ def test_trainer_bench_reads_the_trainers_window_throughput(tmp_path):
   run = train.Run(config, str(tmp_path / "unused"))
   bare = trainer_bench.bare_step(run, iters=2, repeats=2)
   assert bare["step_s"] > 0 and len(bare["rounds_s"]) == 2 and bare["flops"].flops > 0
+  assert bare["mean_step_s"] == pytest.approx(sum(bare["rounds_s"]) / 2)
 
 
 def test_scaling_bench_points():

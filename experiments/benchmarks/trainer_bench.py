@@ -65,7 +65,12 @@ def bare_step(run: "train.Run", iters: int, repeats: int) -> dict:
     rounds.append((time.perf_counter() - t) / iters)
   compiled = run.train_step.lower(state, batch).compile()  # cached: no second compile
   count = flops.step_flops(run.train_step.trace(state, batch).jaxpr, compiled, jax.device_count())
-  return {"step_s": float(np.median(rounds)), "rounds_s": rounds, "flops": count}
+  return {
+    "step_s": float(np.median(rounds)),
+    "mean_step_s": float(np.mean(rounds)),  # every round counted, as the trainer's windows are
+    "rounds_s": rounds,
+    "flops": count,
+  }
 
 
 def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
@@ -207,7 +212,19 @@ def main():
     f"{'unknown' if peak is None else f'{peak:g} TFLOP/s'} per device ({kind}, "
     f"{config.model.dtype})."
   )
+  slowest = max(before["rounds_s"] + after["rounds_s"])
+  mean_s = (before["mean_step_s"] + after["mean_step_s"]) / 2
+  print(
+    f"Bare step over all {2 * args.repeats} rounds of {args.iters}: mean {b / mean_s:,.0f} "
+    f"images/s (the trainer is at {100 * tr['steps_per_s'] * mean_s:.1f}% of it), slowest round "
+    f"{b / slowest:,.0f} ({100 * bare_s / slowest:.1f}% of the median). The ratios above use "
+    "the median; a bare step that slows in stretches as the trainer's windows do shows here."
+  )
   if args.windows:
+    print(
+      "\nBare rounds, images/s (before | after): "
+      + " | ".join(", ".join(f"{b / r:,.0f}" for r in x["rounds_s"]) for x in (before, after))
+    )
     # Where the loop's thread spent the window: waiting for the next batch (data behind: a
     # host stall), for the device (the step max_steps_in_flight back: the device is the
     # bottleneck), inside the step's call (dispatch; on a GPU it blocks while the device's
