@@ -380,6 +380,39 @@ def test_saved_samples_at_chosen_steps_with_their_own_count(tmp_path):
   assert os.path.getmtime(path) == mtime
 
 
+def test_kept_state_resumes_to_the_same_evaluations_as_one_uninterrupted_run(tmp_path, capsys):
+  """--stop_at trains part of the budget and keeps the state; the rerun trains on from it and
+  scores what an uninterrupted run scores (same batches, same state, same sample seeds)."""
+  whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
+  compare_schedules.main([*_args(whole), "--arms=infonoise"])
+  part = [*_args(parts), "--arms=infonoise", f"--state_dir={tmp_path / 'state'}"]
+  compare_schedules.main([*part, "--stop_at=3"])
+  assert {r["step"] for r in _evals(parts)} == {2}
+  assert not os.path.exists(os.path.join(parts, "summary.md"))  # the report waits
+  compare_schedules.main([*part, "--stop_at=3"])  # nothing left before step 3: no training
+  assert len(_evals(parts)) == 2
+  capsys.readouterr()
+  compare_schedules.main(part)
+  assert "resumed from step 3" in capsys.readouterr().out  # not retrained from step 0
+  key = lambda r: (r["seed"], r["step"], r["resample"])
+  got = {key(r): r for r in _evals(parts)}
+  want = {key(r): r for r in _evals(whole)}
+  assert set(got) == set(want) and len(got) == 6
+  for k, r in want.items():
+    np.testing.assert_allclose(got[k]["fd"], r["fd"], rtol=1e-6)
+    if "m_K" in r:
+      np.testing.assert_allclose(got[k]["m_K"], r["m_K"], rtol=1e-6)
+  assert any("m_K" in r for r in want.values())
+  assert os.path.getsize(os.path.join(parts, "summary.md")) > 0
+
+
+def test_stop_at_without_a_state_dir_fails_before_any_work(tmp_path):
+  with pytest.raises(SystemExit):
+    compare_schedules.parse([*_args(tmp_path), "--stop_at=2"])
+  with pytest.raises(SystemExit):
+    compare_schedules.parse([*_args(tmp_path), "--stop_at=5", f"--state_dir={tmp_path}"])
+
+
 def test_bad_save_steps_fail_before_any_work(tmp_path):
   with pytest.raises(SystemExit):
     compare_schedules.parse(
