@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU evidence of experiments/RESULTS.md (sections 14-20) on one GPU, step by step.
+# The GPU evidence of experiments/RESULTS.md (sections 14-21) on one GPU, step by step.
 #
 #   bash experiments/evidence.sh prepare                    # offline data + int16 FID weights
 #   bash experiments/evidence.sh sequences dna|text [STEPS] # section 18 (4000 / 6000 steps)
@@ -23,6 +23,9 @@
 # rewrites that folder's summary.md with them. Arguments after these go to the script a mode
 # runs: e.g. `fashion binarized infonoise 5000 --grid_steps=6,10,18 --grid_seeds=0
 # --grid_samples=5000` (section 17), --set=optim.lr=1e-4, or --reference_num=10000 for `fid`.
+# A budget longer than one call (section 21): `fashion continuous lognormal,infonoise 10000
+# --workers=2 --state_dir=$DATA/state --stop_at=5000`, then the same with --stop_at=10000 on the
+# same machine, made at once: the second call trains on from the state kept at step 5000.
 # Relative DATA, OUT and WEIGHTS are taken from the directory you call it from.
 # On a lent GPU machine whose calls carry at most 64 MiB, the Fashion data (30 MB) and the FID
 # weights (42 MB) do not fit in one call: carry the data with `fashion` and the weights with
