@@ -28,6 +28,9 @@ section 9; for the sequence transformer, four processes sharing an H200 had not 
 FID section per data kind to the report. `--state_dir` keeps each arm's training state at every
 evaluation step, so a rerun of the same command (after a kill, or a call that ended at
 `--stop_at`) trains on from there: a budget longer than one session or call is run in parts.
+An evaluation draws its samples from the same seeds (10,000 + step) for every arm and training
+seed: arms compare paired at each step, and an unlucky draw moves every curve at that step
+together (RESULTS.md section 21), which `--speedup_tail` keeps out of the speedup's target.
 
   python experiments/compare_schedules.py --out=/tmp/cmp --config=configs/default.py:fashion \
       --data=continuous,binarized --arms=lognormal,loguniform,infonoise --seeds=0,1,2 \
@@ -618,6 +621,13 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument("--grid_samples", type=int, default=1000)
   p.add_argument("--baseline", default="", help="arm for speedups; '' = best fixed arm")
   p.add_argument(
+    "--speedup_tail",
+    type=int,
+    default=1,
+    help="the speedup's target: the mean of the baseline's last N evaluations (N > 1 steadies "
+    "the target of a flat curve, RESULTS.md section 21)",
+  )
+  p.add_argument(
     "--state_dir",
     default="",
     help="keep each arm's training state here at every evaluation (and --stop_at) step; a "
@@ -647,8 +657,8 @@ def parse(argv=None) -> argparse.Namespace:
   for d in args.data.split(","):
     if d not in DATA:
       p.error(f"--data: unknown {d!r}; known: {', '.join(DATA)}")
-  if args.steps < 1 or args.eval_every < 1 or args.workers < 1:
-    p.error("--steps, --eval_every and --workers must be >= 1")
+  if args.steps < 1 or args.eval_every < 1 or args.workers < 1 or args.speedup_tail < 1:
+    p.error("--steps, --eval_every, --workers and --speedup_tail must be >= 1")
   missing = [f for f in filter(None, args.fid_records.split(",")) if not os.path.exists(f)]
   if missing:
     p.error(f"--fid_records: no such file {', '.join(missing)} (fid_of_samples.py --out)")
@@ -733,7 +743,9 @@ def main(argv=None) -> None:
       "--data, --steps, --num_samples): the report files there are left as they were. Give the "
       "arguments the results were made with."
     )
-  text = report.write_report(args.out, records, arm_names, args.baseline, fid_lines, notes)
+  text = report.write_report(
+    args.out, records, arm_names, args.baseline, fid_lines, notes, args.speedup_tail
+  )
   print(text, flush=True)
 
 

@@ -408,6 +408,8 @@ def test_kept_state_resumes_to_the_same_evaluations_as_one_uninterrupted_run(tmp
 
 def test_stop_at_without_a_state_dir_fails_before_any_work(tmp_path):
   with pytest.raises(SystemExit):
+    compare_schedules.parse([*_args(tmp_path), "--speedup_tail=0"])
+  with pytest.raises(SystemExit):
     compare_schedules.parse([*_args(tmp_path), "--stop_at=2"])
   with pytest.raises(SystemExit):
     compare_schedules.parse([*_args(tmp_path), "--stop_at=5", f"--state_dir={tmp_path}"])

@@ -164,3 +164,19 @@ def test_speedup_table_says_when_an_arm_reached_the_target_but_ended_worse():
   assert "2.90x" in dip and dip.endswith("| 3 vs 2 (worse) |")
   flat = next(l for l in lines if l.startswith("| flat |"))
   assert flat.endswith("| 2.05 vs 2 (tie) |")
+
+
+def test_speedup_tail_sets_the_target_to_the_mean_of_the_last_evaluations():
+  """tail = 2: the target is the mean of the baseline's last two values (7.2 here, not 7.4):
+  the baseline reaches it at step 2.8 and the candidate at 2.0 (interpolated by hand), 1.40x;
+  with tail 1 the target 7.4 is reached at 2.6 and 1 + 1.6 / 1.8 = 1.889, 1.38x."""
+  recs = []
+  for step, base, cand in ((1, 10.0, 9.0), (2, 8.0, 7.2), (3, 7.0, 7.0), (4, 7.4, 7.0)):
+    recs += [_eval("base", 0, step, base), _eval("cand", 0, step, cand)]
+  curves = {a: report.curves_by_arm(recs, "d")[a] for a in ("base", "cand")}
+  two = report.speedup_lines(curves, "base", ["base", "cand"], tolerance=0.0, tail=2)
+  assert "mean of the last 2 evaluations" in two[0]
+  assert next(l for l in two if l.startswith("| cand |")).startswith("| cand | 1.40x | 0: 1.40x")
+  one = report.speedup_lines(curves, "base", ["base", "cand"], tolerance=0.0)
+  assert next(l for l in one if l.startswith("| cand |")).startswith("| cand | 1.38x |")
+  assert "7 vs 7.2 (better)" in next(l for l in two if l.startswith("| cand |"))

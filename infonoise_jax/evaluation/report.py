@@ -110,14 +110,21 @@ def table(curves: dict[str, dict[int, speedup.Curve]], arms: Sequence[str]) -> s
 
 
 def speedup_lines(
-  curves, baseline: str, arms: Sequence[str], tolerance: float, why: str = "metric noise"
+  curves,
+  baseline: str,
+  arms: Sequence[str],
+  tolerance: float,
+  why: str = "metric noise",
+  tail: int = 1,
 ) -> list[str]:
   """The speedup table, with each arm's final seed-mean value beside the baseline's: a curve
   can reach the target (the first crossing counts) and end worse than the baseline; the last
-  column says so when the gap exceeds the tolerance."""
-  final = lambda arm: float(np.mean([c.final() for c in curves[arm].values()]))
+  column says so when the gap exceeds the tolerance. `tail` > 1: "final" is the mean of each
+  curve's last `tail` evaluations (a flat baseline's last point alone sets a noisy target)."""
+  final = lambda arm: float(np.mean([c.final(tail) for c in curves[arm].values()]))
+  what = "final value" if tail == 1 else f"mean of the last {tail} evaluations"
   lines = [
-    f"Speedup to the final value of `{baseline}` (tolerance = {why} {tolerance:.4g}):",
+    f"Speedup to the {what} of `{baseline}` (tolerance = {why} {tolerance:.4g}):",
     "",
     f"| arm | pooled | per seed | final (seed mean) vs `{baseline}`'s |",
     "|---|---|---|---|",
@@ -125,8 +132,8 @@ def speedup_lines(
   for a in arms:
     if a == baseline or a not in curves:
       continue
-    per = speedup.per_seed(curves[baseline], curves[a], tolerance)
-    pool = speedup.pooled(curves[baseline], curves[a], tolerance)
+    per = speedup.per_seed(curves[baseline], curves[a], tolerance, tail)
+    pool = speedup.pooled(curves[baseline], curves[a], tolerance, tail)
     cells = ", ".join(f"{s}: {v.describe()}" for s, v in per.items())
     mine, theirs = final(a), final(baseline)
     verdict = (
@@ -167,7 +174,9 @@ def curves_plot(
   return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def speedup_plot(curves, baseline: str, arms: Sequence[str], tolerance: float, title: str):
+def speedup_plot(
+  curves, baseline: str, arms: Sequence[str], tolerance: float, title: str, tail: int = 1
+):
   """Per-seed (dots) and pooled (bar) speedups over the baseline; 'not reached' at 0."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
@@ -177,11 +186,11 @@ def speedup_plot(curves, baseline: str, arms: Sequence[str], tolerance: float, t
   ax = fig.add_subplot()
   others = [a for a in arms if a != baseline and a in curves]
   for i, a in enumerate(others):
-    pool = speedup.pooled(curves[baseline], curves[a], tolerance).ratio
+    pool = speedup.pooled(curves[baseline], curves[a], tolerance, tail).ratio
     ax.bar(i, pool or 0.0, color=f"C{i}", alpha=0.5)
     if pool is None:
       ax.text(i, 0.02, "not reached", ha="center", rotation=90, fontsize="small")
-    per = speedup.per_seed(curves[baseline], curves[a], tolerance)
+    per = speedup.per_seed(curves[baseline], curves[a], tolerance, tail)
     ys = [v.ratio if v.ratio is not None else 0.0 for v in per.values()]
     ax.scatter([i] * len(ys), ys, color="k", s=12, zorder=3)
   ax.axhline(1.0, color="k", lw=0.8)
@@ -293,11 +302,14 @@ def write_report(
   baseline: str = "",
   fid_lines: Sequence[dict] = (),
   notes: Sequence[str] = (),
+  tail: int = 1,
 ) -> str:
   """summary.md, curves_<data>.png and speedup_<data>.png under `out` (and inception_<data>.png
   when `fid_lines` score some arm's samples); returns the markdown.
   `fid_lines`: experiments/fid_of_samples.py output for the saved samples, if any; `notes`:
-  what the caller found about the records (e.g. some made with other settings), listed first."""
+  what the caller found about the records (e.g. some made with other settings), listed first;
+  `tail`: the pixel-metric speedups' target is the mean of the baseline's last `tail`
+  evaluations (speedup_lines)."""
   fid_recs = inception_records(list(fid_lines))
   md = ["Notes on the records:", "", *(f"- {n}" for n in notes), ""] if notes else []
   for data in sorted({r["data"] for r in records if r.get("kind") == "eval"}):
@@ -325,8 +337,8 @@ def write_report(
     fixed = [a for a in curves if schedule_of(records, a) in FIXED_SCHEDULES]
     base = baseline or (speedup.best_arm({a: curves[a] for a in fixed}) if fixed else "")
     if base in curves:
-      md += ["", *speedup_lines(curves, base, arms, noise)]
-      img = speedup_plot(curves, base, arms, noise, f"{data}: speedup over {base}")
+      md += ["", *speedup_lines(curves, base, arms, noise, tail=tail)]
+      img = speedup_plot(curves, base, arms, noise, f"{data}: speedup over {base}", tail)
       plots.save_png(os.path.join(out, f"speedup_{data}.png"), img)
     binarized = any(
       r["config"].get("data", {}).get("binarize", False)
