@@ -91,6 +91,25 @@ def test_trainer_bench_reads_the_trainers_window_throughput(tmp_path):
   assert bare["mean_step_s"] == pytest.approx(sum(bare["rounds_s"]) / 2)
 
 
+def test_trainer_bench_fails_before_any_step_without_a_writer(monkeypatch):
+  """No tensorboardX and no clu writer: main stops at once, before the bare step compiles."""
+  from infonoise_jax import writers
+
+  monkeypatch.setattr(writers, "_import_clu_writers", lambda: None)
+  real_find_spec = trainer_bench.importlib.util.find_spec
+  monkeypatch.setattr(
+    writers.importlib.util,
+    "find_spec",
+    lambda name, *a: None if name == "tensorboardX" else real_find_spec(name, *a),
+  )
+  compiled = []
+  monkeypatch.setattr(trainer_bench, "bare_step", lambda *a, **k: compiled.append(1))
+  monkeypatch.setattr(sys, "argv", ["trainer_bench.py", "--config", "configs/test.py"])
+  with pytest.raises(ImportError, match="pip install tensorboardX"):
+    trainer_bench.main()
+  assert not compiled
+
+
 def test_scaling_bench_points():
   assert scaling_bench.scaled_attention((7,), 28, 64) == (16,)
   assert scaling_bench.scaled_attention((16,), 32, 28) == (14,)

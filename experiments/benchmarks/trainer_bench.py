@@ -24,6 +24,7 @@ device's peak is known (`infonoise_jax.flops`); `--windows` adds each log window
 """
 
 import argparse
+import importlib.util
 import os
 import shutil
 import sys
@@ -36,7 +37,7 @@ if not __package__:  # run as a script: make the repository root importable
 import jax
 import numpy as np
 
-from infonoise_jax import flops, train
+from infonoise_jax import flops, train, writers
 from infonoise_jax.validation import load_config_file, parse_overrides
 
 
@@ -46,6 +47,18 @@ def load_config(config_arg: str, steps: int, overrides=()):
   config.update_from_flattened_dict(parse_overrides(overrides))
   config.train.num_steps = steps
   return config
+
+
+def check_tools() -> None:
+  """Raises before any compile when the trainer could not write its TensorBoard scalars or this
+  script could not read them back (the tensorboard package): otherwise a GPU call spends its
+  bare-step rounds first and fails only when the trainer starts."""
+  writers.check_available()
+  if importlib.util.find_spec("tensorboard") is None:
+    raise ImportError(
+      "trainer_bench reads the trainer's window throughput back with the tensorboard package, "
+      "which is not installed: `pip install tensorboard` (requirements.txt lists it)."
+    )
 
 
 def bare_step(run: "train.Run", iters: int, repeats: int) -> dict:
@@ -143,6 +156,7 @@ def main():
   if args.switch_interval_ms:
     sys.setswitchinterval(args.switch_interval_ms / 1e3)
 
+  check_tools()
   config = load_config(args.config, args.steps, args.set)
   dev = jax.devices()[0]
   print(
