@@ -109,6 +109,19 @@ def table(curves: dict[str, dict[int, speedup.Curve]], arms: Sequence[str]) -> s
   return "\n".join(lines)
 
 
+def speedups(curves, baseline: str, arms: Sequence[str], tolerance: float, tail: int = 1) -> dict:
+  """{arm: (pooled, {seed: per-seed})} speedups over `baseline` (speedup.pooled / per_seed) for
+  every arm other than the baseline that has curves: computed once for the table and the plot."""
+  return {
+    a: (
+      speedup.pooled(curves[baseline], curves[a], tolerance, tail),
+      speedup.per_seed(curves[baseline], curves[a], tolerance, tail),
+    )
+    for a in arms
+    if a != baseline and a in curves
+  }
+
+
 def speedup_lines(
   curves,
   baseline: str,
@@ -116,11 +129,14 @@ def speedup_lines(
   tolerance: float,
   why: str = "metric noise",
   tail: int = 1,
+  found: dict | None = None,
 ) -> list[str]:
   """The speedup table, with each arm's final seed-mean value beside the baseline's: a curve
   can reach the target (the first crossing counts) and end worse than the baseline; the last
   column says so when the gap exceeds the tolerance. `tail` > 1: "final" is the mean of each
-  curve's last `tail` evaluations (a flat baseline's last point alone sets a noisy target)."""
+  curve's last `tail` evaluations (a flat baseline's last point alone sets a noisy target).
+  `found`: `speedups(...)` of the same arguments, when the caller has it already."""
+  found = speedups(curves, baseline, arms, tolerance, tail) if found is None else found
   final = lambda arm: float(np.mean([c.final(tail) for c in curves[arm].values()]))
   what = "final value" if tail == 1 else f"mean of the last {tail} evaluations"
   lines = [
@@ -129,11 +145,7 @@ def speedup_lines(
     f"| arm | pooled | per seed | final (seed mean) vs `{baseline}`'s |",
     "|---|---|---|---|",
   ]
-  for a in arms:
-    if a == baseline or a not in curves:
-      continue
-    per = speedup.per_seed(curves[baseline], curves[a], tolerance, tail)
-    pool = speedup.pooled(curves[baseline], curves[a], tolerance, tail)
+  for a, (pool, per) in found.items():
     cells = ", ".join(f"{s}: {v.describe()}" for s, v in per.items())
     mine, theirs = final(a), final(baseline)
     verdict = (
@@ -159,7 +171,8 @@ def curves_plot(
       [[dict(zip(c.steps, c.values, strict=True))[s] for s in m.steps] for c in curves[a].values()]
     )
     kimg = np.asarray(m.steps) * batch / 1000.0
-    ax.plot(kimg, m.values, color=f"C{i}", label=f"{a} ({len(curves[a])} seeds)", lw=1.8)
+    label = f"{a} ({len(curves[a])} seeds)"  # markers: the evaluated steps, lines between them
+    ax.plot(kimg, m.values, color=f"C{i}", label=label, lw=1.8, marker="o", ms=3)
     ax.fill_between(kimg, vals.min(0), vals.max(0), color=f"C{i}", alpha=0.2)
   if floor is not None:
     ax.axhline(floor, color="k", ls=":", lw=1.0, label="floor (real data)")
@@ -174,23 +187,21 @@ def curves_plot(
   return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def speedup_plot(
-  curves, baseline: str, arms: Sequence[str], tolerance: float, title: str, tail: int = 1
-):
-  """Per-seed (dots) and pooled (bar) speedups over the baseline; 'not reached' at 0."""
+def speedup_plot(found: dict, baseline: str, title: str):
+  """Per-seed (dots) and pooled (bar) speedups over the baseline (`found`: `speedups(...)`);
+  'not reached' at 0."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
   fig = Figure(figsize=(6.5, 4.0), dpi=100)
   canvas = FigureCanvasAgg(fig)
   ax = fig.add_subplot()
-  others = [a for a in arms if a != baseline and a in curves]
-  for i, a in enumerate(others):
-    pool = speedup.pooled(curves[baseline], curves[a], tolerance, tail).ratio
+  others = list(found)
+  for i, (pooled, per) in enumerate(found.values()):
+    pool = pooled.ratio
     ax.bar(i, pool or 0.0, color=f"C{i}", alpha=0.5)
     if pool is None:
       ax.text(i, 0.02, "not reached", ha="center", rotation=90, fontsize="small")
-    per = speedup.per_seed(curves[baseline], curves[a], tolerance, tail)
     ys = [v.ratio if v.ratio is not None else 0.0 for v in per.values()]
     ax.scatter([i] * len(ys), ys, color="k", s=12, zorder=3)
   ax.axhline(1.0, color="k", lw=0.8)
@@ -337,8 +348,9 @@ def write_report(
     fixed = [a for a in curves if schedule_of(records, a) in FIXED_SCHEDULES]
     base = baseline or (speedup.best_arm({a: curves[a] for a in fixed}) if fixed else "")
     if base in curves:
-      md += ["", *speedup_lines(curves, base, arms, noise, tail=tail)]
-      img = speedup_plot(curves, base, arms, noise, f"{data}: speedup over {base}", tail)
+      found = speedups(curves, base, arms, noise, tail)
+      md += ["", *speedup_lines(curves, base, arms, noise, tail=tail, found=found)]
+      img = speedup_plot(found, base, f"{data}: speedup over {base}")
       plots.save_png(os.path.join(out, f"speedup_{data}.png"), img)
     binarized = any(
       r["config"].get("data", {}).get("binarize", False)
