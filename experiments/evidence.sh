@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU evidence of experiments/RESULTS.md (sections 14-21) on one GPU, step by step.
+# The GPU evidence of experiments/RESULTS.md (sections 14-22) on one GPU, step by step.
 #
 #   bash experiments/evidence.sh prepare                    # offline data + int16 FID weights
 #   bash experiments/evidence.sh sequences dna|text [STEPS] # section 18 (4000 / 6000 steps)
@@ -18,8 +18,8 @@
 # compare_schedules.py arms (lognormal, loguniform, infonoise, vdmpp_fair, ...); STEPS, a
 # number, defaults to 4000 (dna), 6000 (text), 5000 (fashion; `report` needs the fashion run's).
 # `fashion` keeps 10k EMA samples per model at SAVE_STEPS (default '3000 4000'; section 14
-# also saved at 2000) below STEPS and at STEPS, in $DATA/keep/final_<kind>_<arm>.npz; `fid` scores
-# them against 50k training images into $OUT/fashion_<kind>/inception_fid.jsonl, and `report`
+# also saved at 2000; `SAVE_STEPS=` keeps none) below STEPS and at STEPS, in
+# $DATA/keep/final_<kind>_<arm>.npz; `fid` scores them against 50k training images into $OUT/fashion_<kind>/inception_fid.jsonl, and `report`
 # rewrites that folder's summary.md with them. Arguments after these go to the script a mode
 # runs: e.g. `fashion binarized infonoise 5000 --grid_steps=6,10,18 --grid_seeds=0
 # --grid_samples=5000` (section 17), --set=optim.lr=1e-4, or --reference_num=10000 for `fid`.
@@ -108,7 +108,8 @@ case "$MODE" in
     steps_arg "${1:-}" && shift
     prepared "$DATA/fm/train-images-idx3-ubyte.gz" "Fashion-MNIST"
     SAVE=""
-    for s in ${SAVE_STEPS:-3000 4000}; do [ "$s" -lt "$STEPS" ] && SAVE=$SAVE$s,; done
+    # SAVE_STEPS set but empty: samples kept at STEPS only
+    for s in ${SAVE_STEPS-3000 4000}; do [ "$s" -lt "$STEPS" ] && SAVE=$SAVE$s,; done
     SAVE=$SAVE$STEPS
     compare_fashion "$OUT/fashion_$KIND" --save_samples --save_num=10000 --save_steps="$SAVE" \
       --samples_dir="$DATA/keep" "$@"

@@ -81,6 +81,7 @@ def test_steps_and_extra_arguments_reach_the_harness(tmp_path):
   assert "--steps=5000" in a and "--save_steps=3000,4000,5000" in a and a[-1] == "--grid_steps=6,10"
   a = argv("fashion", "continuous", "lognormal", "3500", SAVE_STEPS="2000 3000 4000")
   assert "--steps=3500" in a and "--save_steps=2000,3000,3500" in a and "--data=continuous" in a
+  assert "--save_steps=10000" in argv("fashion", "binarized", "lognormal", "10000", SAVE_STEPS="")
   (tmp_path / "w.npz").write_bytes(b"")
   r = _run(tmp_path, "fid", "binarized", "a.npz", "--reference_num=100", python="echo",
            cwd=tmp_path, WEIGHTS="w.npz")  # fmt: skip
