@@ -19,8 +19,9 @@
 # number, defaults to 4000 (dna), 6000 (text), 5000 (fashion; `report` needs the fashion run's).
 # `fashion` keeps 10k EMA samples per model at SAVE_STEPS (default '3000 4000'; section 14
 # also saved at 2000; `SAVE_STEPS=` keeps none) below STEPS and at STEPS, in
-# $DATA/keep/final_<kind>_<arm>.npz; `fid` scores them against 50k training images into $OUT/fashion_<kind>/inception_fid.jsonl, and `report`
-# rewrites that folder's summary.md with them. Arguments after these go to the script a mode
+# $DATA/keep/final_<kind>_<arm>.npz; `fid` scores them against 50k training images into
+# $OUT/fashion_<kind>/inception_fid.jsonl, and `report` rewrites that folder's summary.md with
+# them. Arguments after these go to the script a mode
 # runs: e.g. `fashion binarized infonoise 5000 --grid_steps=6,10,18 --grid_seeds=0
 # --grid_samples=5000` (section 17), --set=optim.lr=1e-4, or --reference_num=10000 for `fid`.
 # A budget longer than one call (section 21): `fashion continuous lognormal,infonoise 10000
