@@ -3,9 +3,10 @@
 compare_schedules.py draws an evaluation's samples from the seed 10,000 + step for every arm and
 training seed (paired by design), and measures the metric's noise from one second draw per
 model at the last step. This script asks what that design hides: it trains the runs of one
-config side by side (seeds vmapped, `multirun.MultiRun`, as the harness does) for --steps, then
-scores every run's EMA samples under each of --draws (default: the harness's evaluation seeds
-of steps 1,000..10,000, i.e. 11,000..20,000) and prints
+config side by side (seeds vmapped, `multirun.MultiRun`, as the harness does) for --steps and,
+at each of --score_steps (default: the last), scores every run's EMA samples under each of
+--draws (default: the harness's evaluation seeds of steps 1,000..10,000, i.e. 11,000..20,000)
+and prints, per scored step,
 
 - the FD table, draws x runs;
 - per draw, its mean deviation from each run's own mean over all draws (the shared part of a
@@ -15,9 +16,15 @@ of steps 1,000..10,000, i.e. 11,000..20,000) and prints
   each model's FD wobbles on its own.
 
   python experiments/eval_draw_study.py --config=configs/default.py:fashion,mlp \
-    --set=data.local_dir=.data/fm --steps=1500 --seeds=0,1 --num_samples=1000 --out=draws.jsonl
+    --set data.local_dir=.data/fm --steps=1500 --seeds=0,1,2 --out=draws.jsonl
+  # the U-Net recipe of RESULTS.md sections 14-22 on a GPU: is the model at step 6,000 worse
+  # under every draw (training) or only under the harness's draw 16,000 (the evaluation)?
+  python experiments/eval_draw_study.py --config=configs/default.py:fashion --data=binarized \
+    --set data.local_dir=.data/fm model.model_channels=32 model.dtype=bfloat16 \
+    fid.batch_size=1000 schedule.name=lognormal --steps=7000 --score_steps=5000,6000,7000 \
+    --seeds=0,1,2 --draws=15000,16000,17000,20000
 
---out gets one JSON line per (run, draw) with the config hash. CPU cost (2 cores, MLP 512x3 at
+--out gets one JSON line per (run, draw, step) with the config hash. CPU cost (2 cores, MLP 512x3 at
 28x28): see experiments/RESULTS.md where it is used.
 """
 
@@ -34,6 +41,7 @@ import compare_schedules  # this script's folder is on sys.path when it runs
 import numpy as np
 
 from infonoise_jax import multirun
+from infonoise_jax.models import unet_layers
 from infonoise_jax.validation import load_config_file, parse_overrides
 
 HARNESS_DRAWS = ",".join(str(10_000 + s) for s in range(1_000, 10_001, 1_000))
@@ -54,57 +62,84 @@ def draw_effects(fd_DR: np.ndarray) -> dict:
   }
 
 
-def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--config", default="configs/default.py:fashion,mlp", help="path[:variant]")
-  p.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
-  p.add_argument("--steps", type=int, default=1500, help="training steps")
-  p.add_argument("--seeds", default="0,1", help="training seeds, vmapped")
-  p.add_argument("--draws", default=HARNESS_DRAWS, help="sample seeds to score every run under")
-  p.add_argument("--num_samples", type=int, default=1000, help="samples per draw")
-  p.add_argument("--out", default="", help="JSON lines, appended ('' = none)")
-  args = p.parse_args()
-  draws = [int(s) for s in args.draws.split(",")]
-  seeds = [int(s) for s in args.seeds.split(",")]
-  if len(draws) < 2 or args.steps < 1 or args.num_samples < 2:
-    p.error("need at least two --draws, --steps >= 1 and --num_samples >= 2")
-
-  path, _, variant = args.config.partition(":")
-  config = load_config_file(path, variant or None)
-  config.update_from_flattened_dict(parse_overrides(args.set))
-  mr = multirun.MultiRun(config, seeds)
-  ref = compare_schedules.reference(config, mr.source)
-  state, bad = mr.init()
-  t0 = time.time()
-  for step in range(1, args.steps + 1):
-    state, bad, _ = mr.train_step(state, mr.batch(step - 1), bad)
-  multirun.check_finite(bad, seeds, (1, args.steps))
-  print(f"trained {len(seeds)} runs for {args.steps} steps in {time.time() - t0:.0f} s", flush=True)
-
+def score(mr, state, ref, draws, seeds, num, step, out, h) -> np.ndarray:
+  """FD of every run's EMA samples under every draw at `step`: (draws, runs)."""
   fd_DR = np.zeros((len(draws), len(seeds)))
-  h = compare_schedules.config_hash(config)
   for d, draw in enumerate(draws):
     for r, seed in enumerate(seeds):
-      x = mr.samples(state, r, args.num_samples, draw)
+      x = mr.samples(state, r, num, draw)
       fd_DR[d, r] = compare_schedules.eval_metrics(x, mr.source, ref)["fd"]
-      if args.out:
-        rec = {"draw": draw, "seed": seed, "step": args.steps, "fd": fd_DR[d, r]}
-        rec |= {"num_samples": args.num_samples, "config_hash": h}
-        with open(args.out, "a") as f:
-          f.write(json.dumps(rec) + "\n")
-    print(f"draw {draw}: " + " ".join(f"{v:.4f}" for v in fd_DR[d]), flush=True)
+      if out:
+        rec = {"draw": draw, "seed": seed, "step": step, "fd": fd_DR[d, r]}
+        with open(out, "a") as f:
+          f.write(json.dumps(rec | {"num_samples": num, "config_hash": h}) + "\n")
+    print(f"step {step}, draw {draw}: " + " ".join(f"{v:.4f}" for v in fd_DR[d]), flush=True)
+  return fd_DR
 
+
+def print_table(fd_DR: np.ndarray, draws, seeds, step: int) -> None:
   e = draw_effects(fd_DR)
-  print(f"\n| draw | {' | '.join(f'seed {s}' for s in seeds)} | shared deviation |")
+  print(f"\nstep {step}\n\n| draw | {' | '.join(f'seed {s}' for s in seeds)} | shared deviation |")
   print("|---" * (len(seeds) + 2) + "|")
   for d, draw in enumerate(draws):
     cells = " | ".join(f"{v:.4f}" for v in fd_DR[d])
     print(f"| {draw} | {cells} | {e['shared_D'][d]:+.4f} |")
+  worst = int(np.argmax(np.abs(e["shared_D"])))
   print(
     f"\nmean |deviation| of a draw from its run's mean: {e['spread']:.4f}; correlation of the "
     f"runs' deviations across draws: {e['corr']:.3f}; largest shared deviation "
-    f"{np.abs(e['shared_D']).max():.4f} (draw {draws[int(np.argmax(np.abs(e['shared_D'])))]})"
+    f"{abs(e['shared_D'][worst]):.4f} (draw {draws[worst]}); mean over draws and runs "
+    f"{fd_DR.mean():.4f}",
+    flush=True,
   )
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--config", default="configs/default.py:fashion,mlp", help="path[:variant]")
+  p.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
+  p.add_argument(
+    "--data", default="", help="continuous | binarized: the harness's data kind ('' = the config's)"
+  )
+  p.add_argument("--steps", type=int, default=1500, help="training steps")
+  p.add_argument("--score_steps", default="", help="steps to score at ('' = --steps only)")
+  p.add_argument("--seeds", default="0,1", help="training seeds, vmapped")
+  p.add_argument("--draws", default=HARNESS_DRAWS, help="sample seeds to score every run under")
+  p.add_argument("--num_samples", type=int, default=1000, help="samples per draw")
+  p.add_argument(
+    "--conv_wgrad", choices=("auto", "conv", "taps"), default="auto", help="as compare_schedules.py"
+  )
+  p.add_argument("--out", default="", help="JSON lines, appended ('' = none)")
+  args = p.parse_args()
+  draws = [int(s) for s in args.draws.split(",")]
+  seeds = [int(s) for s in args.seeds.split(",")]
+  at = sorted({int(s) for s in filter(None, args.score_steps.split(","))} or {args.steps})
+  if len(draws) < 2 or args.num_samples < 2 or not 1 <= at[0] <= at[-1] <= args.steps:
+    p.error("need at least two --draws, --num_samples >= 2, --score_steps in 1..--steps")
+
+  path, _, variant = args.config.partition(":")
+  if args.data:
+    config = compare_schedules.load_for_data(path, variant, args.data)
+    config.update_from_flattened_dict(compare_schedules.DATA[args.data])
+  else:
+    config = load_config_file(path, variant or None)
+  config.update_from_flattened_dict(parse_overrides(args.set))
+  config.train.num_steps = args.steps  # as the harness sets it
+  wgrad = compare_schedules.conv_wgrad(args, config)
+  with unet_layers.tap_weight_gradients(wgrad == "taps"):
+    mr = multirun.MultiRun(config, seeds)
+    ref = compare_schedules.reference(config, mr.source)
+    h = compare_schedules.config_hash(config)
+    state, bad = mr.init()
+    t0, last = time.time(), 0
+    for step in at:
+      for k in range(last + 1, step + 1):
+        state, bad, _ = mr.train_step(state, mr.batch(k - 1), bad)
+      multirun.check_finite(bad, seeds, (last + 1, step))
+      print(f"trained {len(seeds)} runs to step {step} ({time.time() - t0:.0f} s)", flush=True)
+      fd_DR = score(mr, state, ref, draws, seeds, args.num_samples, step, args.out, h)
+      print_table(fd_DR, draws, seeds, step)
+      last = step
 
 
 if __name__ == "__main__":

@@ -35,10 +35,16 @@ def test_independent_wobbles_do_not_correlate():
 def test_the_script_trains_and_scores_every_run_under_every_draw(tmp_path, monkeypatch, capsys):
   out = tmp_path / "draws.jsonl"
   argv = ["eval_draw_study.py", f"--config={os.path.join(ROOT, 'configs', 'test.py')}"]
-  argv += ["--steps=2", "--seeds=0,1", "--draws=5,6", "--num_samples=16", f"--out={out}"]
-  monkeypatch.setattr(sys, "argv", argv)
+  argv += ["--steps=3", "--score_steps=1,3", "--seeds=0,1", "--draws=5,6", "--num_samples=16"]
+  monkeypatch.setattr(sys, "argv", [*argv, f"--out={out}"])
   eval_draw_study.main()
   recs = [json.loads(line) for line in out.read_text().splitlines()]
-  assert [(r["draw"], r["seed"]) for r in recs] == [(5, 0), (5, 1), (6, 0), (6, 1)]
-  assert all(np.isfinite(r["fd"]) and r["step"] == 2 for r in recs)
-  assert "correlation of the runs' deviations" in capsys.readouterr().out
+  want = [(t, d, s) for t in (1, 3) for d in (5, 6) for s in (0, 1)]
+  assert [(r["step"], r["draw"], r["seed"]) for r in recs] == want
+  assert all(np.isfinite(r["fd"]) for r in recs)
+  fd = {(r["step"], r["draw"], r["seed"]): r["fd"] for r in recs}
+  assert fd[(1, 5, 0)] != fd[(3, 5, 0)]  # trained on between the two scored steps
+  assert capsys.readouterr().out.count("correlation of the runs' deviations") == 2
+  monkeypatch.setattr(sys, "argv", [*argv[:-4], "--score_steps=4", "--steps=3"])
+  with pytest.raises(SystemExit):  # a scored step past the budget: refused before training
+    eval_draw_study.main()
