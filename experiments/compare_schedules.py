@@ -29,8 +29,9 @@ FID section per data kind to the report. `--state_dir` keeps each arm's training
 evaluation step, so a rerun of the same command (after a kill, or a call that ended at
 `--stop_at`) trains on from there: a budget longer than one session or call is run in parts.
 An evaluation draws its samples from the same seeds (10,000 + step) for every arm and training
-seed: arms compare paired at each step, and an unlucky draw moves every curve at that step
-together (RESULTS.md section 21), which `--speedup_tail` keeps out of the speedup's target.
+seed: arms compare paired at each step. `--speedup_tail` keeps any one evaluation from setting
+the speedup's target alone (a flat baseline's last point is as noisy as any other;
+experiments/eval_draw_study.py measures how far draws move a model's metric).
 
   python experiments/compare_schedules.py --out=/tmp/cmp --config=configs/default.py:fashion \
       --data=continuous,binarized --arms=lognormal,loguniform,infonoise --seeds=0,1,2 \

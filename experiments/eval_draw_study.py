@@ -16,16 +16,17 @@ and prints, per scored step,
   each model's FD wobbles on its own.
 
   python experiments/eval_draw_study.py --config=configs/default.py:fashion,mlp \
-    --set data.local_dir=.data/fm --steps=1500 --seeds=0,1,2 --out=draws.jsonl
+    --set=data.local_dir=.data/fm --steps=1500 --seeds=0,1,2 --out=draws.jsonl
   # the U-Net recipe of RESULTS.md sections 14-22 on a GPU: is the model at step 6,000 worse
   # under every draw (training) or only under the harness's draw 16,000 (the evaluation)?
   python experiments/eval_draw_study.py --config=configs/default.py:fashion --data=binarized \
-    --set data.local_dir=.data/fm model.model_channels=32 model.dtype=bfloat16 \
-    fid.batch_size=1000 schedule.name=lognormal --steps=7000 --score_steps=5000,6000,7000 \
-    --seeds=0,1,2 --draws=15000,16000,17000,20000
+    --arm=lognormal --set=data.local_dir=.data/fm --set=model.model_channels=32 \
+    --set=model.dtype=bfloat16 --set=fid.batch_size=1000 --steps=7000 \
+    --score_steps=5000,6000,7000 --seeds=0,1,2 --draws=15000,16000,17000,20000
 
---out gets one JSON line per (run, draw, step) with the config hash. CPU cost (2 cores, MLP 512x3 at
-28x28): see experiments/RESULTS.md where it is used.
+--out gets one JSON line per (run, draw, step) with the config hash, which is the harness's for
+the same --config/--data/--arm/--set/--steps (its `compare_schedules.make_config`). CPU cost
+(2 cores, MLP 512x3 at 28x28): experiments/RESULTS.md section 24.
 """
 
 import argparse
@@ -42,7 +43,6 @@ import numpy as np
 
 from infonoise_jax import multirun
 from infonoise_jax.models import unet_layers
-from infonoise_jax.validation import load_config_file, parse_overrides
 
 HARNESS_DRAWS = ",".join(str(10_000 + s) for s in range(1_000, 10_001, 1_000))
 
@@ -97,9 +97,10 @@ def print_table(fd_DR: np.ndarray, draws, seeds, step: int) -> None:
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--config", default="configs/default.py:fashion,mlp", help="path[:variant]")
-  p.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
+  p.add_argument("--set", action="append", help="override, key=value (repeat), as the harness's")
+  p.add_argument("--data", default="continuous", choices=list(compare_schedules.DATA))
   p.add_argument(
-    "--data", default="", help="continuous | binarized: the harness's data kind ('' = the config's)"
+    "--arm", default="", choices=["", *compare_schedules.ARMS], help="'' = the config's schedule"
   )
   p.add_argument("--steps", type=int, default=1500, help="training steps")
   p.add_argument("--score_steps", default="", help="steps to score at ('' = --steps only)")
@@ -107,7 +108,7 @@ def main() -> None:
   p.add_argument("--draws", default=HARNESS_DRAWS, help="sample seeds to score every run under")
   p.add_argument("--num_samples", type=int, default=1000, help="samples per draw")
   p.add_argument(
-    "--conv_wgrad", choices=("auto", "conv", "taps"), default="auto", help="as compare_schedules.py"
+    "--conv_wgrad", choices=("auto", "conv", "taps"), default="auto", help="as the harness's"
   )
   p.add_argument("--out", default="", help="JSON lines, appended ('' = none)")
   args = p.parse_args()
@@ -117,14 +118,9 @@ def main() -> None:
   if len(draws) < 2 or args.num_samples < 2 or not 1 <= at[0] <= at[-1] <= args.steps:
     p.error("need at least two --draws, --num_samples >= 2, --score_steps in 1..--steps")
 
-  path, _, variant = args.config.partition(":")
-  if args.data:
-    config = compare_schedules.load_for_data(path, variant, args.data)
-    config.update_from_flattened_dict(compare_schedules.DATA[args.data])
-  else:
-    config = load_config_file(path, variant or None)
-  config.update_from_flattened_dict(parse_overrides(args.set))
-  config.train.num_steps = args.steps  # as the harness sets it
+  # the harness's own config of this arm on this data kind: same keys, same hash
+  arm = compare_schedules.ARMS.get(args.arm, {})
+  config = compare_schedules.make_config(args, args.data, arm, args.arm)
   wgrad = compare_schedules.conv_wgrad(args, config)
   with unet_layers.tap_weight_gradients(wgrad == "taps"):
     mr = multirun.MultiRun(config, seeds)

@@ -21,9 +21,9 @@
 # also saved at 2000; `SAVE_STEPS=` keeps none) below STEPS and at STEPS, in
 # $DATA/keep/final_<kind>_<arm>.npz; `fid` scores them against 50k training images into
 # $OUT/fashion_<kind>/inception_fid.jsonl, and `report` rewrites that folder's summary.md with
-# them. Arguments after these go to the script a mode
-# runs: e.g. `fashion binarized infonoise 5000 --grid_steps=6,10,18 --grid_seeds=0
-# --grid_samples=5000` (section 17), --set=optim.lr=1e-4, or --reference_num=10000 for `fid`.
+# them. Arguments after these go to the script a mode runs: e.g. `fashion binarized infonoise
+# 5000 --grid_steps=6,10,18 --grid_seeds=0 --grid_samples=5000` (section 17),
+# --set=optim.lr=1e-4, or --reference_num=10000 for `fid`.
 # A budget longer than one call (section 21): `fashion continuous lognormal,infonoise 10000
 # --workers=2 --state_dir=$DATA/state --stop_at=5000`, then the same with --stop_at=10000 on the
 # same machine, made at once: the second call trains on from the state kept at step 5000.

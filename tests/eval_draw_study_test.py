@@ -11,6 +11,7 @@ import pytest
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
+import compare_schedules  # noqa: E402
 import eval_draw_study  # noqa: E402
 
 
@@ -44,6 +45,9 @@ def test_the_script_trains_and_scores_every_run_under_every_draw(tmp_path, monke
   assert all(np.isfinite(r["fd"]) for r in recs)
   fd = {(r["step"], r["draw"], r["seed"]): r["fd"] for r in recs}
   assert fd[(1, 5, 0)] != fd[(3, 5, 0)]  # trained on between the two scored steps
+  harness = compare_schedules.parse([argv[1], "--steps=3", "--seeds=0,1", "--out=unused"])
+  harness_config = compare_schedules.make_config(harness, "continuous", {})  # same hash
+  assert {r["config_hash"] for r in recs} == {compare_schedules.config_hash(harness_config)}
   assert capsys.readouterr().out.count("correlation of the runs' deviations") == 2
   monkeypatch.setattr(sys, "argv", [*argv[:-4], "--score_steps=4", "--steps=3"])
   with pytest.raises(SystemExit):  # a scored step past the budget: refused before training
