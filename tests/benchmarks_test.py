@@ -91,6 +91,23 @@ def test_trainer_bench_reads_the_trainers_window_throughput(tmp_path):
   assert bare["mean_step_s"] == pytest.approx(sum(bare["rounds_s"]) / 2)
 
 
+def test_trainer_bench_times_every_step_call_variant_in_interleaved_rounds(tmp_path):
+  from infonoise_jax import train
+
+  config = trainer_bench.load_config(os.path.join(ROOT, "configs", "test.py"), 8)
+  run = train.Run(config, str(tmp_path / "run"))
+  calls = []
+  real = train._InFlight.add
+  train_in_flight = lambda self, step, marker: calls.append(step) or real(self, step, marker)
+  with pytest.MonkeyPatch.context() as m:
+    m.setattr(train._InFlight, "add", train_in_flight)
+    out = trainer_bench.loop_variants(run, iters=3, repeats=2)
+  assert [r["name"] for r in out] == [v[0] for v in trainer_bench.VARIANTS]
+  assert all(len(r["rounds_s"]) == 2 and min(r["rounds_s"]) > 0 for r in out)
+  assert all(r["step_s"] == pytest.approx(float(np.median(r["rounds_s"]))) for r in out)
+  assert calls == [0, 1, 2] * 2  # only the loop's variant waits on steps in flight, each round
+
+
 def test_trainer_bench_fails_before_any_step_without_a_writer(monkeypatch):
   """No tensorboardX and no clu writer: main stops at once, before the bare step compiles."""
   from infonoise_jax import writers

@@ -17,6 +17,13 @@
    (`perf/excluded_seconds`, reported here). Checkpoints stay in.
 3. The bare step again (shared CPUs drift); the ratio is against the mean of both.
 
+`--variants` times, instead of the trainer, the ways the trainer's step call differs from the
+bare step's, added one at a time in interleaved rounds (VARIANTS below): the AOT-compiled step
+the loop calls, batches from the pipeline's threads, the loop's in-flight wait and window
+metrics. On the H200 the trainer's windows ran at 62-80% of the bare step with the GPU 56-78%
+busy against 98-99% in the bare rounds (BENCHMARKS.md, item 2): this finds which difference
+leaves the device idle.
+
 Prints a markdown table: images/s of the bare step and of the trainer (whole run and its
 slowest / fastest window), the ratio, the time the trainer spent on sample grids and in
 checkpoint saves, its wall clock including compiling and the final samples, and MFU where the
@@ -86,6 +93,75 @@ def bare_step(run: "train.Run", iters: int, repeats: int) -> dict:
   }
 
 
+# The trainer's step call differs from the bare step's in three ways: it calls the AOT-compiled
+# step (a `jax.stages.Compiled`, traced and compiled or loaded from the step store, as
+# `train.CompileAhead` hands it over) rather than the jitted
+# function, its batches come from the data pipeline's threads (`Run.device_batches`), and it
+# waits on the step `max_steps_in_flight` back and accumulates window metrics each step.
+# `loop_variants` adds them one at a time, so the one that costs shows as a drop.
+VARIANTS = (
+  ("jit, one device batch (the bare step)", False, False, False),
+  ("compiled, one device batch", True, False, False),
+  ("jit, batches from the pipeline threads", False, True, False),
+  (
+    "compiled, pipeline batches, in-flight bound, window metrics (the loop's calls)",
+    True,
+    True,
+    True,
+  ),
+)
+
+
+def loop_variants(run: "train.Run", iters: int, repeats: int) -> list[dict]:
+  """Seconds per step of each of VARIANTS, timed in interleaved rounds (variant 1 round 1,
+  variant 2 round 1, ..., variant 1 round 2, ...) so that a device or host that drifts moves
+  every variant alike. One state is carried through all rounds (the step donates it)."""
+  from infonoise_jax import metrics
+
+  state = run.init_fn()
+  fixed = run.global_batch(run.pipeline.batch(0))
+  jitted = run.train_step
+  ahead = train.CompileAhead(run).step()  # the program the loop calls, made as the loop gets it
+  compiled = ahead.program
+  print(f"the loop's step: {ahead.source}", flush=True)
+  batches = run.device_batches(0, train.data_workers(run.config, run.source))
+  try:
+    for step_fn in (jitted, compiled):  # compiles; warms both paths
+      state, _ = step_fn(state, next(batches))
+    jax.block_until_ready(state)
+    rounds = [[] for _ in VARIANTS]
+    for _ in range(repeats):
+      for v, (_, use_compiled, pipeline, loop) in enumerate(VARIANTS):
+        step_fn = compiled if use_compiled else jitted
+        in_flight = train._InFlight(run.config.train.max_steps_in_flight) if loop else None
+        window = None
+        t = time.perf_counter()
+        for i in range(iters):
+          state, step_metrics = step_fn(state, next(batches) if pipeline else fixed)
+          if loop:
+            in_flight.add(i, step_metrics["loss"])
+            window = metrics.accumulate(window, step_metrics)
+        jax.block_until_ready(state)
+        rounds[v].append((time.perf_counter() - t) / iters)
+  finally:
+    batches.close()
+  return [
+    {"name": name, "step_s": float(np.median(r)), "rounds_s": r}
+    for (name, *_), r in zip(VARIANTS, rounds, strict=True)
+  ]
+
+
+def print_variants(results: list[dict], batch: int) -> None:
+  base = results[0]["step_s"]
+  print("\n| step call | images/s (median) | vs the bare step | rounds, images/s |")
+  print("| --- | --- | --- | --- |")
+  for r in results:
+    each = ", ".join(f"{batch / s:,.0f}" for s in r["rounds_s"])
+    print(
+      f"| {r['name']} | {batch / r['step_s']:,.0f} | {100 * base / r['step_s']:.1f}% | {each} |"
+    )
+
+
 def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
   """{tag: [(step, value), ...]} of every scalar under `logdir`, whichever writer wrote it
   (tensorboardX: scalar summaries; clu with TensorFlow: tensors of the scalars plugin)."""
@@ -152,12 +228,27 @@ def main():
     help="sys.setswitchinterval for the whole run (0 = Python's 5 ms): with background threads "
     "busy in Python, each time the loop's thread takes the GIL back can cost up to this long",
   )
+  p.add_argument(
+    "--variants",
+    action="store_true",
+    help="time only the step call's variants (AOT-compiled step, pipeline batches, the loop's "
+    "waits), interleaved, instead of the trainer: which of them costs the trainer its rate",
+  )
   args = p.parse_args()
   if args.switch_interval_ms:
     sys.setswitchinterval(args.switch_interval_ms / 1e3)
 
-  check_tools()
   config = load_config(args.config, args.steps, args.set)
+  if args.variants:
+    run = train.Run(config, tempfile.mkdtemp(prefix="trainer_bench_"))
+    print(
+      f"{jax.device_count()} x {jax.devices()[0].device_kind}, jax {jax.__version__}, config "
+      f"{args.config} {' '.join(args.set)}, batch {config.train.batch_size}",
+      flush=True,
+    )
+    print_variants(loop_variants(run, args.iters, args.repeats), config.train.batch_size)
+    return
+  check_tools()
   dev = jax.devices()[0]
   print(
     f"{jax.device_count()} x {dev.device_kind}, jax {jax.__version__}, config {args.config} "
