@@ -24,6 +24,16 @@ and prints, per scored step,
     --set=model.dtype=bfloat16 --set=fid.batch_size=1000 --steps=7000 \
     --score_steps=5000,6000,7000 --seeds=0,1,2 --draws=15000,16000,17000,20000
 
+`--kept=final_<data>_<arm>.npz` scores, without training, the samples the harness kept
+(`--save_samples`, drawn apart from its evaluations) in chunks of --num_samples, next to the
+harness's own evaluation of the same run and step (`--results=<its results.jsonl>`): whether a
+model is worse under independent draws too (RESULTS.md section 25 answers the question above
+this way, from the samples kept for Inception FID):
+
+  python experiments/eval_draw_study.py --config=configs/default.py:fashion --data=binarized \
+    --set=data.local_dir=.data/fm --kept=.data/keep/final_binarized_lognormal.npz \
+    --results=runs/evidence/fashion_binarized/results.jsonl
+
 --out gets one JSON line per (run, draw, step) with the config hash, which is the harness's for
 the same --config/--data/--arm/--set/--steps (its `compare_schedules.make_config`). CPU cost
 (2 cores, MLP 512x3 at 28x28): experiments/RESULTS.md section 24.
@@ -32,6 +42,7 @@ the same --config/--data/--arm/--set/--steps (its `compare_schedules.make_config
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -42,8 +53,11 @@ import compare_schedules  # this script's folder is on sys.path when it runs
 import numpy as np
 
 from infonoise_jax import multirun
+from infonoise_jax.data import load_source
+from infonoise_jax.evaluation import images, report
 from infonoise_jax.models import unet_layers
 
+KEPT_KEY = re.compile(r"^(.+?)__seed(\d+)__step(\d+)$")  # compare_schedules' kept arrays
 HARNESS_DRAWS = ",".join(str(10_000 + s) for s in range(1_000, 10_001, 1_000))
 
 
@@ -94,6 +108,49 @@ def print_table(fd_DR: np.ndarray, draws, seeds, step: int) -> None:
   )
 
 
+def kept_table(paths, source, ref, num: int, results: str = "") -> list[dict]:
+  """Pixel FD of kept samples (the harness's final_<data>_<arm>.npz: uint8 arrays named
+  <arm>__seed<k>__step<N>, drawn apart from its evaluations) in consecutive chunks of `num`,
+  each an independent draw of the evaluation's size; binarized data's arrays are decoded to
+  the two levels, so this is the evaluation's `fd_decoded`. With `results` (the harness's
+  results.jsonl) each row also carries that evaluation's value for the same run and step
+  (draw 10,000 + step, and the resampled one where there is one)."""
+  metric = "fd_decoded" if source.binarized else "fd"
+  evals = {}
+  for r in report.read_records(results) if results else []:
+    if r.get("kind") == "eval" and metric in r:
+      evals[(r["arm"], r["seed"], r["step"], bool(r["resample"]))] = r[metric]
+  rows = []
+  for path in paths:
+    z = np.load(path)
+    for key in z.files:
+      arm, seed, step = KEPT_KEY.match(key).groups()
+      x = images.from_uint8(z[key], (-source.scale, source.scale))
+      chunks = [x[i : i + num] for i in range(0, len(x) - num + 1, num)]
+      if not chunks:
+        raise ValueError(f"{path}:{key} holds {len(x)} samples, fewer than --num_samples={num}")
+      fds = [compare_schedules.frechet(c.astype(np.float64), ref) for c in chunks]
+      k = (arm, int(seed), int(step))
+      rows.append(
+        {"key": key, "arm": k[0], "seed": k[1], "step": k[2], "fd_chunks": fds}
+        | {"harness": evals.get((*k, False)), "harness_resampled": evals.get((*k, True))}
+      )
+  return rows
+
+
+def print_kept(rows: list[dict], num: int) -> None:
+  fmt = lambda v: "" if v is None else f"{v:.4f}"
+  print(f"\n| run | kept draws, {num} samples each (mean) | harness draw | resampled |")
+  print("| --- | --- | --- | --- |")
+  for r in sorted(rows, key=lambda r: (r["arm"], r["step"], r["seed"])):
+    f = r["fd_chunks"]
+    chunks = f"{' / '.join(f'{v:.4f}' for v in f[:4])}{' ...' if len(f) > 4 else ''}"
+    print(
+      f"| {r['key']} | {chunks} ({np.mean(f):.4f}) | {fmt(r['harness'])} "
+      f"| {fmt(r['harness_resampled'])} |"
+    )
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--config", default="configs/default.py:fashion,mlp", help="path[:variant]")
@@ -111,7 +168,29 @@ def main() -> None:
     "--conv_wgrad", choices=("auto", "conv", "taps"), default="auto", help="as the harness's"
   )
   p.add_argument("--out", default="", help="JSON lines, appended ('' = none)")
+  p.add_argument(
+    "--kept",
+    default="",
+    help="comma list of the harness's final_*.npz: score their samples in chunks of "
+    "--num_samples instead of training (no --steps/--draws needed)",
+  )
+  p.add_argument("--results", default="", help="with --kept: the harness's results.jsonl")
   args = p.parse_args()
+  if args.kept:
+    config = compare_schedules.make_config(args, args.data, {}, "")
+    source = load_source(config)
+    rows = kept_table(
+      args.kept.split(","),
+      source,
+      compare_schedules.reference(config, source),
+      args.num_samples,
+      args.results,
+    )
+    print_kept(rows, args.num_samples)
+    if args.out:
+      for r in rows:
+        report.append_record(args.out, r | {"num_samples": args.num_samples})
+    return
   draws = [int(s) for s in args.draws.split(",")]
   seeds = [int(s) for s in args.seeds.split(",")]
   at = sorted({int(s) for s in filter(None, args.score_steps.split(","))} or {args.steps})

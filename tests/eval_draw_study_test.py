@@ -1,6 +1,7 @@
 """experiments/eval_draw_study.py: the draw-effect decomposition against constructed tables, and
 one tiny end-to-end run on the test config."""
 
+import argparse
 import json
 import os
 import sys
@@ -52,3 +53,50 @@ def test_the_script_trains_and_scores_every_run_under_every_draw(tmp_path, monke
   monkeypatch.setattr(sys, "argv", [*argv[:-4], "--score_steps=4", "--steps=3"])
   with pytest.raises(SystemExit):  # a scored step past the budget: refused before training
     eval_draw_study.main()
+
+
+def test_kept_samples_score_in_chunks_real_data_near_the_floor_noise_far(tmp_path):
+  """--kept on constructed sample files of the digits data (binarized, as the harness keeps
+  them: decoded to the two levels, uint8): real images score near the FD of real images, noise
+  far above; every whole chunk is scored; the harness's records of the same run join the row."""
+  from infonoise_jax.data import load_source
+  from infonoise_jax.evaluation import images
+
+  config = eval_draw_study.compare_schedules.make_config(
+    argparse.Namespace(config="configs/default.py", set=None, steps=10), "binarized", {}, ""
+  )
+  source = load_source(config)
+  ref = compare_schedules.reference(config, source)
+  sc = source.scale
+  real = source.array[:500]  # already at the two levels
+  rng = np.random.default_rng(0)
+  noise = np.where(rng.random(real.shape) > 0.5, sc, -sc)
+  kept = {"a__seed0__step5": images.to_uint8(real, (-sc, sc))}
+  kept["a__seed1__step5"] = images.to_uint8(noise, (-sc, sc))
+  np.savez(tmp_path / "final_binarized_a.npz", **kept)
+  results = tmp_path / "results.jsonl"
+  rec = {"kind": "eval", "arm": "a", "seed": 0, "step": 5, "fd": 9.0, "fd_decoded": 1.5}
+  results.write_text(json.dumps(rec | {"resample": False}) + "\n")
+  rows = eval_draw_study.kept_table(
+    [str(tmp_path / "final_binarized_a.npz")], source, ref, 200, str(results)
+  )
+  by = {r["key"]: r for r in rows}
+  assert [len(r["fd_chunks"]) for r in rows] == [2, 2]  # 500 samples: two whole chunks of 200
+  floor = compare_schedules.frechet(real[200:400].astype(np.float64), ref)
+  assert by["a__seed0__step5"]["fd_chunks"][1] == pytest.approx(floor, rel=1e-6)  # lossless
+  assert min(by["a__seed1__step5"]["fd_chunks"]) > 10 * max(by["a__seed0__step5"]["fd_chunks"])
+  assert by["a__seed0__step5"]["harness"] == 1.5  # the decoded metric, as the kept samples are
+  assert (
+    by["a__seed1__step5"]["harness"] is None and by["a__seed0__step5"]["harness_resampled"] is None
+  )
+
+
+def test_uint8_round_trip_is_within_half_a_level_and_exact_at_the_two_levels():
+  from infonoise_jax.evaluation import images
+
+  x = np.linspace(-0.5, 0.5, 1001, dtype=np.float32)
+  back = images.from_uint8(images.to_uint8(x, (-0.5, 0.5)), (-0.5, 0.5))
+  assert np.abs(back - x).max() <= 0.25 / 127.5 + 1e-6  # half a level: 1/127.5 x 0.5 / 2
+  np.testing.assert_array_equal(
+    images.from_uint8(np.array([0, 255], np.uint8), (-0.5, 0.5)), [-0.5, 0.5]
+  )
