@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU evidence of experiments/RESULTS.md (sections 14-22) on one GPU, step by step.
+# The GPU evidence of experiments/RESULTS.md (sections 14-25) on one GPU, step by step. Sections
+# before 25 ran InfoNoise with a 500-step warm-up (now 100): add --set=schedule.infonoise.warmup_steps=500.
 #
 #   bash experiments/evidence.sh prepare                    # offline data + int16 FID weights
 #   bash experiments/evidence.sh sequences dna|text [STEPS] # section 18 (4000 / 6000 steps)
@@ -45,7 +46,7 @@ OUT=${OUT:-$PWD/runs/evidence}
 WEIGHTS=${WEIGHTS:-$DATA/inception_int16.npz}
 SEEDS=${SEEDS:-0,1,2}
 CACHE=${INFONOISE_CACHE:-$HOME/.cache/infonoise_jax}
-usage() { sed -n '4,8p' "$SELF" | sed 's/^# *//' >&2; exit 2; }
+usage() { sed -n '5,9p' "$SELF" | sed 's/^# *//' >&2; exit 2; }
 fail() { echo "$*" >&2; exit 2; }
 need() { [ -e "$1" ] || fail "missing $1: $2"; }
 prepared() { need "$1" "run 'bash experiments/evidence.sh prepare' first ($2)"; }

@@ -46,7 +46,7 @@ class InfoNoise:
   sigma_min: float = 0.002
   sigma_max: float = 80.0
   refresh_every: int = 100
-  warmup_steps: int = 500
+  warmup_steps: int = 100
   ema_beta: float = 0.9
   min_count: int = 4
   smoothing: float = 1.0
