@@ -139,8 +139,8 @@ class _WindowLogger:
     # Where the loop's thread waited in the open window: for the next batch (the data
     # pipeline fell behind: a host stall) and for the step `max_steps_in_flight` back (the
     # device is the bottleneck, as it should be), and inside the step's call (dispatch: on a
-    # GPU the call itself blocks once the device's launch queue is full, so a device that
-    # falls behind can show up here rather than as a device wait). Logged per window as
+    # GPU the host launching the step's kernels, and blocking there once the launch queue is
+    # full; the GPU's busy fraction tells the two apart: BENCHMARKS.md, item 2). Logged as
     # perf/data_wait_seconds, perf/device_wait_seconds and perf/dispatch_seconds.
     self.data_wait, self.device_wait, self.dispatch = 0.0, 0.0, 0.0
     self._waits: dict[int, tuple[float, float, float]] = {}

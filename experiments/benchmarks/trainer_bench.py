@@ -332,8 +332,9 @@ def main():
     )
     # Where the loop's thread spent the window: waiting for the next batch (data behind: a
     # host stall), for the device (the step max_steps_in_flight back: the device is the
-    # bottleneck), inside the step's call (dispatch; on a GPU it blocks while the device's
-    # launch queue is full, i.e. the device is behind too) and everything else (the loop's
+    # bottleneck), inside the step's call (dispatch: launching the step, or blocking while the
+    # device's launch queue is full; a GPU busy well below 100% means the former) and
+    # everything else (the loop's
     # own Python: window metrics, saves, logging; or the thread waiting for the GIL).
     print(
       "\n| window end step | images/s | vs bare step | checkpoint s | data wait s | device wait s "
