@@ -105,7 +105,7 @@ def test_trainer_bench_times_every_step_call_variant_in_interleaved_rounds(tmp_p
   assert [r["name"] for r in out] == [v[0] for v in trainer_bench.VARIANTS]
   assert all(len(r["rounds_s"]) == 2 and min(r["rounds_s"]) > 0 for r in out)
   assert all(r["step_s"] == pytest.approx(float(np.median(r["rounds_s"]))) for r in out)
-  assert calls == [0, 1, 2] * 2  # only the loop's variant waits on steps in flight, each round
+  assert calls == [0, 1, 2] * 4  # the two variants with the loop's waits, each round
 
 
 def test_trainer_bench_fails_before_any_step_without_a_writer(monkeypatch):

@@ -19,10 +19,10 @@
 
 `--variants` times, instead of the trainer, the ways the trainer's step call differs from the
 bare step's, added one at a time in interleaved rounds (VARIANTS below): the AOT-compiled step
-the loop calls, batches from the pipeline's threads, the loop's in-flight wait and window
-metrics. On the H200 the trainer's windows ran at 62-80% of the bare step with the GPU 56-78%
-busy against 98-99% in the bare rounds (BENCHMARKS.md, item 2): this finds which difference
-leaves the device idle.
+the loop calls, batches from the pipeline's thread copied on the loop's thread or by the
+prefetch thread, the loop's in-flight wait and window metrics. On the H200 the trainer's
+windows ran at 62-80% of the bare step with the GPU 56-78% busy against 98-99% in the bare
+rounds (BENCHMARKS.md, item 2): this finds which difference leaves the device idle.
 
 Prints a markdown table: images/s of the bare step and of the trainer (whole run and its
 slowest / fastest window), the ratio, the time the trainer spent on sample grids and in
@@ -95,18 +95,23 @@ def bare_step(run: "train.Run", iters: int, repeats: int) -> dict:
 
 # The trainer's step call differs from the bare step's in three ways: it calls the AOT-compiled
 # step (a `jax.stages.Compiled`, traced and compiled or loaded from the step store, as
-# `train.CompileAhead` hands it over) rather than the jitted
-# function, its batches come from the data pipeline's threads (`Run.device_batches`), and it
-# waits on the step `max_steps_in_flight` back and accumulates window metrics each step.
-# `loop_variants` adds them one at a time, so the one that costs shows as a drop.
+# `train.CompileAhead` hands it over) rather than the jitted function, its batches come from
+# the data pipeline's thread and are copied to the device by a second thread
+# (`Run.device_batches`), and it waits on the step `max_steps_in_flight` back and accumulates
+# window metrics each step. `loop_variants` adds them one at a time, so the one that costs shows
+# as a drop. (name, AOT-compiled step, feed, the loop's waits and metrics); feed: "fixed" = one
+# batch already on the device, "here" = the pipeline thread's host batches copied on the
+# calling thread, "prefetch" = the loop's feed (copied by the prefetch thread).
 VARIANTS = (
-  ("jit, one device batch (the bare step)", False, False, False),
-  ("compiled, one device batch", True, False, False),
-  ("jit, batches from the pipeline threads", False, True, False),
+  ("jit, one device batch (the bare step)", False, "fixed", False),
+  ("compiled, one device batch", True, "fixed", False),
+  ("jit, pipeline batches copied on the loop's thread", False, "here", False),
+  ("jit, pipeline batches copied by the prefetch thread", False, "prefetch", False),
+  ("compiled, one device batch, in-flight wait, window metrics", True, "fixed", True),
   (
-    "compiled, pipeline batches, in-flight bound, window metrics (the loop's calls)",
+    "compiled, prefetched batches, in-flight wait, window metrics (the loop's calls)",
     True,
-    True,
+    "prefetch",
     True,
   ),
 )
@@ -124,27 +129,35 @@ def loop_variants(run: "train.Run", iters: int, repeats: int) -> list[dict]:
   ahead = train.CompileAhead(run).step()  # the program the loop calls, made as the loop gets it
   compiled = ahead.program
   print(f"the loop's step: {ahead.source}", flush=True)
-  batches = run.device_batches(0, train.data_workers(run.config, run.source))
+  workers = train.data_workers(run.config, run.source)
+  host = run.pipeline.iterate(0, num_workers=workers)
+  prefetched = run.device_batches(0, workers)
+  feeds = {
+    "fixed": lambda: fixed,
+    "here": lambda: run.global_batch(next(host)),
+    "prefetch": lambda: next(prefetched),
+  }
   try:
     for step_fn in (jitted, compiled):  # compiles; warms both paths
-      state, _ = step_fn(state, next(batches))
+      state, _ = step_fn(state, feeds["prefetch"]())
     jax.block_until_ready(state)
     rounds = [[] for _ in VARIANTS]
     for _ in range(repeats):
-      for v, (_, use_compiled, pipeline, loop) in enumerate(VARIANTS):
-        step_fn = compiled if use_compiled else jitted
+      for v, (_, use_compiled, feed, loop) in enumerate(VARIANTS):
+        step_fn, batch = (compiled if use_compiled else jitted), feeds[feed]
         in_flight = train._InFlight(run.config.train.max_steps_in_flight) if loop else None
         window = None
         t = time.perf_counter()
         for i in range(iters):
-          state, step_metrics = step_fn(state, next(batches) if pipeline else fixed)
+          state, step_metrics = step_fn(state, batch())
           if loop:
             in_flight.add(i, step_metrics["loss"])
             window = metrics.accumulate(window, step_metrics)
         jax.block_until_ready(state)
         rounds[v].append((time.perf_counter() - t) / iters)
   finally:
-    batches.close()
+    prefetched.close()
+    getattr(host, "close", lambda: None)()
   return [
     {"name": name, "step_s": float(np.median(r)), "rounds_s": r}
     for (name, *_), r in zip(VARIANTS, rounds, strict=True)
