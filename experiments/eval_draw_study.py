@@ -124,7 +124,13 @@ def kept_table(paths, source, ref, num: int, results: str = "") -> list[dict]:
   for path in paths:
     z = np.load(path)
     for key in z.files:
-      arm, seed, step = KEPT_KEY.match(key).groups()
+      m = KEPT_KEY.match(key)
+      if m is None:
+        raise ValueError(
+          f"{path}: array {key!r} is not named <arm>__seed<k>__step<N>: --kept takes the "
+          "harness's final_<data>_<arm>.npz (compare_schedules.py --save_samples)"
+        )
+      arm, seed, step = m.groups()
       x = images.from_uint8(z[key], (-source.scale, source.scale))
       chunks = [x[i : i + num] for i in range(0, len(x) - num + 1, num)]
       if not chunks:
