@@ -89,6 +89,9 @@ def test_kept_samples_score_in_chunks_real_data_near_the_floor_noise_far(tmp_pat
   assert (
     by["a__seed1__step5"]["harness"] is None and by["a__seed0__step5"]["harness_resampled"] is None
   )
+  np.savez(tmp_path / "other.npz", samples=kept["a__seed0__step5"])
+  with pytest.raises(ValueError, match="not named <arm>__seed<k>__step<N>"):
+    eval_draw_study.kept_table([str(tmp_path / "other.npz")], source, ref, 200)
 
 
 def test_uint8_round_trip_is_within_half_a_level_and_exact_at_the_two_levels():
