@@ -38,10 +38,12 @@ experiments/eval_draw_study.py measures how far draws move a model's metric).
       --steps=4000 --eval_every=500 [--set=train.batch_size=128 ...] [--workers=3]
 
 Writes, under --out: results.jsonl (append-only, one line per evaluation with the resolved
-config and its hash; a rerun with the same arguments skips every evaluation already there, so
-it never duplicates one), summary.md (tables and speedups) and curves_<data>.png,
-speedup_<data>.png (and inception_<data>.png with --fid_records). `--conv_wgrad` picks how the
-U-Net's weight gradients are computed (same values; recorded per line, not in the config hash).
+config and its hash, and the run's mean training loss, mean and largest gradient norm over the
+`train_steps` steps since its previous evaluation, `multirun.IntervalStats`; a rerun with the
+same arguments skips every evaluation already there, so it never duplicates one), summary.md
+(tables and speedups) and curves_<data>.png, speedup_<data>.png (and inception_<data>.png with
+--fid_records). `--conv_wgrad` picks how the U-Net's weight gradients are computed (same
+values; recorded per line, not in the config hash).
 """
 
 import argparse
@@ -411,13 +413,16 @@ def train_group(args, data: str, arm_name: str, config, wgrad: str | None, path:
     state, bad, last, train_s = kept.restore(state, bad)
   stop = args.stop_at or args.steps
   evals, saves = set(eval_steps(args)), save_steps(args)  # once, not per step
+  interval = multirun.IntervalStats()  # training loss and gradient norm between evaluations
   t0 = time.time()
   for step in range(last + 1, stop + 1):
-    state, bad, _ = mr.train_step(state, mr.batch(step - 1), bad)
+    state, bad, watched = mr.train_step(state, mr.batch(step - 1), bad)
+    interval.add(watched)
     if step not in evals and step not in saves and step != stop:
       continue
     multirun.check_finite(bad, seeds, (last + 1, step))  # syncs: the steps are done
     train_s += time.time() - t0
+    trained = interval.read() if step in evals else []  # per run, since the last evaluation
     evaluated = {}  # seed -> this step's evaluation samples (saved when --save_num is 0)
     for r, seed in enumerate(seeds):
       for resample in (False, True):
@@ -436,6 +441,7 @@ def train_group(args, data: str, arm_name: str, config, wgrad: str | None, path:
           **eval_metrics(x, mr.source, ref),
           "num_samples": args.num_samples,
           "train_wall_s": round(train_s, 2),
+          **(trained[r] if trained else {}),
           "unix_time": round(time.time(), 1),  # when the record was written
           "runs_side_by_side": mr.num_runs,
           "conv_wgrad": wgrad,

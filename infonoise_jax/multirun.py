@@ -49,7 +49,8 @@ class MultiRun:
 
     def train_step(state, x0_RBX, bad_R):
       state, metrics = jax.vmap(step)(state, x0_RBX)
-      return state, bad_R | ~jnp.isfinite(metrics["loss"]), metrics["loss"]
+      watched = {k: metrics[k] for k in IntervalStats.KEYS}
+      return state, bad_R | ~jnp.isfinite(metrics["loss"]), watched
 
     self.train_step = jax.jit(train_step, donate_argnums=(0, 2))
     init = lambda seed: steps.init_state(
@@ -78,6 +79,52 @@ class MultiRun:
   def samples(self, state: TrainState, r: int, num: int, seed: int) -> np.ndarray:
     """`num` samples of run r's EMA model with the config's sampler (model units)."""
     return self.sampler.draw_ema(self.run_state(state, r), num, seed)
+
+
+class IntervalStats:
+  """Each run's training loss and gradient norm over the steps since the last `read`: their
+  means and the largest gradient norm, summed on the device step by step (one small program
+  per step, no host round-trip) and fetched only when read, e.g. at an evaluation."""
+
+  KEYS = ("loss", "grad_norm")  # of the step's metrics; MultiRun.train_step returns these
+
+  def __init__(self):
+    self._acc = None
+
+    def add(acc, m):
+      return {
+        "loss": acc["loss"] + m["loss"],
+        "grad_norm": acc["grad_norm"] + m["grad_norm"],
+        "grad_norm_max": jnp.maximum(acc["grad_norm_max"], m["grad_norm"]),
+        "steps": acc["steps"] + 1,
+      }
+
+    self._add = jax.jit(add, donate_argnums=0)
+
+  def add(self, watched_R: dict) -> None:
+    """Adds one step's (R,) `loss` and `grad_norm` (the third output of MultiRun.train_step)."""
+    if self._acc is None:
+      zero = lambda: jnp.zeros_like(watched_R["loss"], dtype=jnp.float32)  # one buffer each
+      self._acc = {k: zero() for k in ("loss", "grad_norm", "grad_norm_max", "steps")}
+    self._acc = self._add(self._acc, watched_R)
+
+  def read(self) -> list[dict]:
+    """Per run: {train_loss, grad_norm_mean, grad_norm_max, train_steps} over the steps added
+    since the last read (empty when none was); starts a new interval."""
+    if self._acc is None:
+      return []
+    a = jax.tree.map(np.asarray, self._acc)
+    self._acc = None
+    n = a["steps"]
+    return [
+      {
+        "train_loss": float(a["loss"][r] / n[r]),
+        "grad_norm_mean": float(a["grad_norm"][r] / n[r]),
+        "grad_norm_max": float(a["grad_norm_max"][r]),
+        "train_steps": int(n[r]),
+      }
+      for r in range(len(n))
+    ]
 
 
 def check_finite(bad_R: jax.Array, seeds: list[int], step_range: tuple[int, int]) -> None:

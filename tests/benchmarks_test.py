@@ -15,6 +15,7 @@ import pytest
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "experiments", "benchmarks"))
 
+import parallel_runs_bench  # noqa: E402
 import profile_step  # noqa: E402
 import restart_bench  # noqa: E402
 import scaling_bench  # noqa: E402
@@ -125,6 +126,12 @@ def test_trainer_bench_fails_before_any_step_without_a_writer(monkeypatch):
   with pytest.raises(ImportError, match="pip install tensorboardX"):
     trainer_bench.main()
   assert not compiled
+
+
+def test_parallel_runs_bench_times_vmapped_runs_with_finite_losses():
+  config = parallel_runs_bench.make_config(os.path.join(ROOT, "configs", "test.py"), [])
+  r = parallel_runs_bench.time_runs(config, runs=2, iters=2)
+  assert r["finite"] and r["run_steps"] == 4 and r["end"] > r["start"]
 
 
 def test_scaling_bench_points():

@@ -47,6 +47,38 @@ def test_vmapped_runs_match_single_runs():
     )
 
 
+def test_interval_stats_are_each_single_runs_step_metrics_between_reads():
+  """The harness's per-evaluation training loss and gradient norm: means (and the largest
+  norm) of what the single-run trainer's step reports, over the steps between two reads."""
+  seeds = [3, 5]
+  mr = multirun.MultiRun(load_config_file(TEST_CONFIG, "infonoise"), seeds)
+  state, bad = mr.init()
+  stats = multirun.IntervalStats()
+  assert stats.read() == []  # nothing added yet
+  got = []
+  for step in range(5):
+    state, bad, watched = mr.train_step(state, mr.batch(step), bad)
+    stats.add(watched)
+    if step in (1, 4):
+      got.append(stats.read())
+  for r, seed in enumerate(seeds):
+    c = load_config_file(TEST_CONFIG, "infonoise")
+    c.seed = seed
+    run = train.Run(c, "/tmp/unused", devices=jax.devices()[:1])
+    single, loss, norm = run.init_fn(), [], []
+    for step in range(5):
+      single, m = run.train_step(single, run.global_batch(run.pipeline.batch(step)))
+      loss.append(float(m["loss"]))
+      norm.append(float(m["grad_norm"]))
+    first, second = got[0][r], got[1][r]
+    assert (first["train_steps"], second["train_steps"]) == (2, 3)
+    assert first["train_loss"] == pytest.approx(np.mean(loss[:2]), rel=1e-4)
+    assert second["train_loss"] == pytest.approx(np.mean(loss[2:]), rel=1e-4)
+    assert second["grad_norm_mean"] == pytest.approx(np.mean(norm[2:]), rel=1e-3)
+    assert second["grad_norm_max"] == pytest.approx(max(norm[2:]), rel=1e-3)
+  assert loss[0] != loss[1]  # the steps differ, so the means above are not one value
+
+
 def test_check_finite_names_the_seed_and_steps():
   with pytest.raises(FloatingPointError, match=r"steps 11..20 for seeds \[7\]"):
     multirun.check_finite(np.array([False, True]), [3, 7], (11, 20))
@@ -82,6 +114,9 @@ def test_harness_writes_curves_table_speedup_and_resumes_without_duplicates(tmp_
   assert {r["conv_wgrad"] for r in evals} == {None}  # an MLP: no convolutions
   assert unet_layers.conv2d is unet_layers._plain_conv2d
   assert all(np.isfinite(r["fd"]) and r["fd"] > 0 for r in evals)
+  # each evaluation: the run's training loss and gradient norm over the 2 steps since the last
+  assert all(r["train_steps"] == 2 and np.isfinite(r["train_loss"]) for r in evals)
+  assert all(0 < r["grad_norm_mean"] <= r["grad_norm_max"] for r in evals)
   hashes = {r["arm"]: r["config_hash"] for r in evals}
   assert hashes["lognormal"] != hashes["infonoise"]
   assert evals[0]["config"]["schedule"]["name"] in ("lognormal", "infonoise")

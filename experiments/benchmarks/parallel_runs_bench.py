@@ -52,20 +52,20 @@ def time_runs(config, runs: int, iters: int, barrier: str = "", nprocs: int = 1)
   mr = multirun.MultiRun(config, list(range(runs)))
   state, bad = mr.init()
   batches = [mr.batch(i) for i in range(4)]
-  state, bad, loss = mr.train_step(state, batches[0], bad)
-  loss.block_until_ready()
+  state, bad, watched = mr.train_step(state, batches[0], bad)
+  jax.block_until_ready(watched)
   compile_s = time.time() - t
   for i in range(3):
-    state, bad, loss = mr.train_step(state, batches[i % 4], bad)
-  loss.block_until_ready()
+    state, bad, watched = mr.train_step(state, batches[i % 4], bad)
+  jax.block_until_ready(watched)
   if barrier:
     open(os.path.join(barrier, f"ready{os.getpid()}"), "w").close()
     while len([f for f in os.listdir(barrier) if f.startswith("ready")]) < nprocs:
       time.sleep(0.01)
   start = time.time()
   for i in range(iters):
-    state, bad, loss = mr.train_step(state, batches[i % 4], bad)
-  loss.block_until_ready()
+    state, bad, watched = mr.train_step(state, batches[i % 4], bad)
+  jax.block_until_ready(watched)
   end = time.time()
   return {
     "runs": runs,
@@ -73,7 +73,7 @@ def time_runs(config, runs: int, iters: int, barrier: str = "", nprocs: int = 1)
     "start": start,
     "end": end,
     "run_steps": runs * iters,
-    "finite": bool(np.all(np.isfinite(np.asarray(loss)))),
+    "finite": bool(np.all(np.isfinite(np.asarray(watched["loss"])))),
   }
 
 
