@@ -40,7 +40,6 @@ the same --config/--data/--arm/--set/--steps (its `compare_schedules.make_config
 """
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -85,8 +84,7 @@ def score(mr, state, ref, draws, seeds, num, step, out, h) -> np.ndarray:
       fd_DR[d, r] = compare_schedules.eval_metrics(x, mr.source, ref)["fd"]
       if out:
         rec = {"draw": draw, "seed": seed, "step": step, "fd": fd_DR[d, r]}
-        with open(out, "a") as f:
-          f.write(json.dumps(rec | {"num_samples": num, "config_hash": h}) + "\n")
+        report.append_record(out, rec | {"num_samples": num, "config_hash": h})
     print(f"step {step}, draw {draw}: " + " ".join(f"{v:.4f}" for v in fd_DR[d]), flush=True)
   return fd_DR
 

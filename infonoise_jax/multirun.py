@@ -89,14 +89,13 @@ class IntervalStats:
   KEYS = ("loss", "grad_norm")  # of the step's metrics; MultiRun.train_step returns these
 
   def __init__(self):
-    self._acc = None
+    self._acc, self._steps = None, 0  # the step count is the host's: one add per step
 
     def add(acc, m):
       return {
         "loss": acc["loss"] + m["loss"],
         "grad_norm": acc["grad_norm"] + m["grad_norm"],
         "grad_norm_max": jnp.maximum(acc["grad_norm_max"], m["grad_norm"]),
-        "steps": acc["steps"] + 1,
       }
 
     self._add = jax.jit(add, donate_argnums=0)
@@ -105,25 +104,25 @@ class IntervalStats:
     """Adds one step's (R,) `loss` and `grad_norm` (the third output of MultiRun.train_step)."""
     if self._acc is None:
       zero = lambda: jnp.zeros_like(watched_R["loss"], dtype=jnp.float32)  # one buffer each
-      self._acc = {k: zero() for k in ("loss", "grad_norm", "grad_norm_max", "steps")}
+      self._acc = {k: zero() for k in ("loss", "grad_norm", "grad_norm_max")}
     self._acc = self._add(self._acc, watched_R)
+    self._steps += 1
 
   def read(self) -> list[dict]:
     """Per run: {train_loss, grad_norm_mean, grad_norm_max, train_steps} over the steps added
     since the last read (empty when none was); starts a new interval."""
     if self._acc is None:
       return []
-    a = jax.tree.map(np.asarray, self._acc)
-    self._acc = None
-    n = a["steps"]
+    a, n = jax.tree.map(np.asarray, self._acc), self._steps
+    self._acc, self._steps = None, 0
     return [
       {
-        "train_loss": float(a["loss"][r] / n[r]),
-        "grad_norm_mean": float(a["grad_norm"][r] / n[r]),
-        "grad_norm_max": float(a["grad_norm_max"][r]),
-        "train_steps": int(n[r]),
+        "train_loss": float(loss / n),
+        "grad_norm_mean": float(norm / n),
+        "grad_norm_max": float(top),
+        "train_steps": n,
       }
-      for r in range(len(n))
+      for loss, norm, top in zip(a["loss"], a["grad_norm"], a["grad_norm_max"], strict=True)
     ]
 
 
