@@ -253,13 +253,16 @@ def main():
 
   config = load_config(args.config, args.steps, args.set)
   if args.variants:
-    run = train.Run(config, tempfile.mkdtemp(prefix="trainer_bench_"))
+    workdir = args.workdir or tempfile.mkdtemp(prefix="trainer_bench_")
+    run = train.Run(config, workdir)
     print(
       f"{jax.device_count()} x {jax.devices()[0].device_kind}, jax {jax.__version__}, config "
       f"{args.config} {' '.join(args.set)}, batch {config.train.batch_size}",
       flush=True,
     )
     print_variants(loop_variants(run, args.iters, args.repeats), config.train.batch_size)
+    if not args.workdir:
+      shutil.rmtree(workdir, ignore_errors=True)
     return
   check_tools()
   dev = jax.devices()[0]
