@@ -28,10 +28,12 @@ section 9; for the sequence transformer, four processes sharing an H200 had not 
 FID section per data kind to the report. `--state_dir` keeps each arm's training state at every
 evaluation step, so a rerun of the same command (after a kill, or a call that ended at
 `--stop_at`) trains on from there: a budget longer than one session or call is run in parts.
-An evaluation draws its samples from the same seeds (10,000 + step) for every arm and training
-seed: arms compare paired at each step. `--speedup_tail` keeps any one evaluation from setting
-the speedup's target alone (a flat baseline's last point is as noisy as any other;
-experiments/eval_draw_study.py measures how far draws move a model's metric).
+An evaluation draws its samples from the same seeds for every arm and training seed, so arms
+compare paired at each step; by default (`--eval_draw=fixed`) also the same seeds at every step,
+so a curve's steps compare paired too: with a new draw per step (`per_step`, seed 10,000 + step,
+the harness's rule before RESULTS.md section 28) one unlucky draw moves every run at that step
+alike (section 27). `--speedup_tail` keeps any one evaluation from setting the speedup's target
+alone (experiments/eval_draw_study.py measures how far draws move a model's metric).
 
   python experiments/compare_schedules.py --out=/tmp/cmp --config=configs/default.py:fashion \
       --data=continuous,binarized --arms=lognormal,loguniform,infonoise --seeds=0,1,2 \
@@ -179,9 +181,24 @@ def floor_hash(config, num_samples: int) -> str:
 
 
 def describe_setting(setting: tuple) -> str:
-  """(config or floor hash, sample count or None) as words for a note."""
-  h, num = setting
-  return f"hash {h}" + ("" if num is None else f", {num} samples")
+  """(config or floor hash, sample count or None, evaluation draw or None) as words."""
+  h, num, draw = setting
+  return (
+    f"hash {h}"
+    + ("" if num is None else f", {num} samples")
+    + ("" if draw is None else f", {draw} draw")
+  )
+
+
+def eval_draw(record: dict) -> str:
+  """The --eval_draw an evaluation record was made with (records before it: per step)."""
+  return record.get("eval_draw", "per_step")
+
+
+def sample_seed(args, step: int, resample: bool) -> int:
+  """The seed of an evaluation's samples: the same for every arm and training seed, and with
+  --eval_draw=fixed for every step too; the resampled draw (the metric noise) apart from both."""
+  return 10_000 + (step if args.eval_draw == "per_step" else 0) + (1_000_000 if resample else 0)
 
 
 def current_records(args, records: list[dict]) -> tuple[list[dict], list[str]]:
@@ -194,19 +211,21 @@ def current_records(args, records: list[dict]) -> tuple[list[dict], list[str]]:
   mine = {}  # (kind, data, arm) -> the setting this command's records carry
   for d, a, arm in groups(args):
     h = config_hash(make_config(args, d, arm))
-    mine[("eval", d, a)], mine[("grid", d, a)] = (h, args.num_samples), (h, args.grid_samples)
+    mine[("eval", d, a)] = (h, args.num_samples, args.eval_draw)
+    mine[("grid", d, a)] = (h, args.grid_samples, None)
   for d in dict.fromkeys(d for d, _, _ in groups(args)):
-    mine[("floor", d, "")] = (floor_hash(make_config(args, d, {}), args.num_samples), None)
+    mine[("floor", d, "")] = (floor_hash(make_config(args, d, {}), args.num_samples), None, None)
   by_group = collections.defaultdict(lambda: collections.defaultdict(list))
   for r in records:
     kind = r.get("kind")
     group = (kind, r.get("data"), "" if kind == "floor" else r.get("arm"))
     if group in mine:
-      setting = (
-        (r.get("floor_hash"), None)
-        if kind == "floor"
-        else (r.get("config_hash"), r.get("num_samples"))
-      )
+      if kind == "floor":
+        setting = (r.get("floor_hash"), None, None)
+      elif kind == "eval":
+        setting = (r.get("config_hash"), r.get("num_samples"), eval_draw(r))
+      else:
+        setting = (r.get("config_hash"), r.get("num_samples"), None)
       by_group[group][setting].append(r)
   out, notes = [], []
   for (kind, data, arm), settings in sorted(by_group.items()):
@@ -380,7 +399,9 @@ def train_group(args, data: str, arm_name: str, config, wgrad: str | None, path:
   done = {
     (r["seed"], r["step"], r.get("resample", False))
     for r in records
-    if r["kind"] == "eval" and r.get("num_samples") == args.num_samples
+    if r["kind"] == "eval"
+    and r.get("num_samples") == args.num_samples
+    and eval_draw(r) == args.eval_draw
   }
   done |= {
     ("grid", r["seed"], r["solver"], r["grid"], r["levels"])
@@ -428,8 +449,7 @@ def train_group(args, data: str, arm_name: str, config, wgrad: str | None, path:
       for resample in (False, True):
         if (seed, step, resample) not in todo - done:
           continue
-        sample_seed = 10_000 + step + (1_000_000 if resample else 0)
-        x = mr.samples(state, r, args.num_samples, sample_seed)
+        x = mr.samples(state, r, args.num_samples, sample_seed(args, step, resample))
         rec = {
           "kind": "eval",
           "data": data,
@@ -440,6 +460,7 @@ def train_group(args, data: str, arm_name: str, config, wgrad: str | None, path:
           "resample": resample,
           **eval_metrics(x, mr.source, ref),
           "num_samples": args.num_samples,
+          "eval_draw": args.eval_draw,
           "train_wall_s": round(train_s, 2),
           **(trained[r] if trained else {}),
           "unix_time": round(time.time(), 1),  # when the record was written
@@ -608,6 +629,13 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument("--steps", type=int, default=6000)
   p.add_argument("--eval_every", type=int, default=1000)
   p.add_argument("--num_samples", type=int, default=2048)
+  p.add_argument(
+    "--eval_draw",
+    default="fixed",
+    choices=["fixed", "per_step"],
+    help="evaluation samples' seeds: the same at every step (fixed) or new each step "
+    "(per_step, 10,000 + step: RESULTS.md sections 1-27)",
+  )
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--data", default="continuous,binarized")
   p.add_argument("--arms", default="lognormal,infonoise")

@@ -1,11 +1,12 @@
 """How much does one evaluation draw move a model's pixel FD, and do draws move models together?
 
-compare_schedules.py draws an evaluation's samples from the seed 10,000 + step for every arm and
-training seed (paired by design), and measures the metric's noise from one second draw per
-model at the last step. This script asks what that design hides: it trains the runs of one
+compare_schedules.py draws an evaluation's samples from the same seed for every arm and training
+seed (paired by design; with `--eval_draw=per_step` the seed 10,000 + step, its rule before
+RESULTS.md section 28, a new draw each step), and measures the metric's noise from one second
+draw per model at the last step. This script asks what that design hides: it trains the runs of one
 config side by side (seeds vmapped, `multirun.MultiRun`, as the harness does) for --steps and,
 at each of --score_steps (default: the last), scores every run's EMA samples under each of
---draws (default: the harness's evaluation seeds of steps 1,000..10,000, i.e. 11,000..20,000)
+--draws (default: the per-step evaluation seeds of steps 1,000..10,000, i.e. 11,000..20,000)
 and prints, per scored step,
 
 - the FD table, draws x runs;
@@ -112,7 +113,7 @@ def kept_table(paths, source, ref, num: int, results: str = "") -> list[dict]:
   each an independent draw of the evaluation's size; binarized data's arrays are decoded to
   the two levels, so this is the evaluation's `fd_decoded`. With `results` (the harness's
   results.jsonl) each row also carries that evaluation's value for the same run and step
-  (draw 10,000 + step, and the resampled one where there is one)."""
+  (its evaluation draw, and the resampled one where there is one)."""
   metric = "fd_decoded" if source.binarized else "fd"
   evals = {}
   for r in report.read_records(results) if results else []:

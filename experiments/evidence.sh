@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU evidence of experiments/RESULTS.md (sections 14-25) on one GPU, step by step. Sections
-# before 25 ran InfoNoise with a 500-step warm-up (now 100): add --set=schedule.infonoise.warmup_steps=500.
+# The GPU evidence of experiments/RESULTS.md (sections 14-28) on one GPU, step by step. To repeat a
+# section before 28 add --eval_draw=per_step; before 25 also --set=schedule.infonoise.warmup_steps=500.
 #
 #   bash experiments/evidence.sh prepare                    # offline data + int16 FID weights
 #   bash experiments/evidence.sh sequences dna|text [STEPS] # section 18 (4000 / 6000 steps)

@@ -415,6 +415,36 @@ def test_saved_samples_at_chosen_steps_with_their_own_count(tmp_path):
   assert os.path.getmtime(path) == mtime
 
 
+@pytest.mark.parametrize("draw", ["fixed", "per_step"])
+def test_evaluation_draws_are_shared_by_runs_and_fixed_across_steps_by_default(
+  tmp_path, monkeypatch, draw
+):
+  """Every run draws an evaluation from the same seed (arms and seeds compare paired); with
+  the default fixed draw also every step (a curve's steps compare paired); the resampled draw
+  and the kept samples use seeds of their own. The records say which draw made them."""
+  seen = []  # (run index, sample count, seed) of each draw
+
+  def samples(self, state, r, num, seed):
+    seen.append((r, num, seed))
+    return self.sampler.draw_ema(self.run_state(state, r), num, seed)
+
+  monkeypatch.setattr(multirun.MultiRun, "samples", samples)
+  out = str(tmp_path)
+  args = [*_args(out), "--arms=lognormal", "--save_samples", "--save_num=12", "--save_steps=2"]
+  compare_schedules.main([*args] if draw == "fixed" else [*args, f"--eval_draw={draw}"])
+  evals = _evals(out)
+  assert {r["eval_draw"] for r in evals} == {draw}
+  kept = {s for _, n, s in seen if n == 12}
+  draws = [s for _, n, s in seen if n == 32]  # in the order of the records they made
+  by = {}  # (step, resample) -> the seeds its records were drawn from
+  for rec, s in zip(evals, draws, strict=True):
+    by.setdefault((rec["step"], rec["resample"]), set()).add(s)
+  assert all(len(v) == 1 for v in by.values())  # both training seeds: one draw per step
+  ((s2,), (s4,), (s4r,)) = by[(2, False)], by[(4, False)], by[(4, True)]
+  assert (s2 == s4) == (draw == "fixed")
+  assert s4r not in (s2, s4) and not kept & {s2, s4, s4r}
+
+
 def test_kept_state_resumes_to_the_same_evaluations_as_one_uninterrupted_run(tmp_path, capsys):
   """--stop_at trains part of the budget and keeps the state; the rerun trains on from it and
   scores what an uninterrupted run scores (same batches, same state, same sample seeds)."""
@@ -492,22 +522,23 @@ def test_report_keeps_each_arms_own_settings_apart(tmp_path):
     compare_schedules.make_config(args, "continuous", {}), args.num_samples
   )
 
-  def ev(arm, seed, h, n=32, data="continuous"):
+  def ev(arm, seed, h, n=32, data="continuous", draw="fixed"):
     return {"kind": "eval", "data": data, "arm": arm, "seed": seed, "step": 4, "fd": 1.0,
-            "config_hash": h, "num_samples": n}  # fmt: skip
+            "config_hash": h, "num_samples": n, "eval_draw": draw}  # fmt: skip
 
   records = [
     ev("lognormal", 0, mine["lognormal"]),
     ev("lognormal", 1, "another_dataset"),
     ev("lognormal", 2, mine["lognormal"], n=64),
     ev("lognormal", 0, mine["lognormal"], data="binarized"),  # a data kind not asked for
+    ev("lognormal", 1, mine["lognormal"], draw="per_step"),  # another evaluation draw
     ev("infonoise", 0, "older_code"),  # one other setting alone: kept, with a note
     ev("infonoise", 1, "older_code"),
     {"kind": "floor", "data": "continuous", "fd": 0.5, "floor_hash": floor, "num_samples": 32},
     {"kind": "floor", "data": "continuous", "fd": 9.0, "floor_hash": "other", "num_samples": 64},
   ]
   kept, notes = compare_schedules.current_records(args, records)
-  want = [records[0], records[4], records[5], records[6]]
+  want = [records[0], records[5], records[6], records[7]]
   assert sorted(map(json.dumps, kept)) == sorted(map(json.dumps, want))
   assert any("infonoise" in n and "kept" in n for n in notes)
   assert any("lognormal" in n and "left out" in n for n in notes)
