@@ -18,6 +18,9 @@ data.binarize's rule) and quantized like the samples. Their statistics are cache
   kind=floor  one per sample count `num`: FID of `num` real training images outside the
               reference subset, against the reference statistics: what a perfect model would
               score with `num` samples (FID is biased upwards at small counts).
+Arrays are scored latest step first, and within a step seed by seed with the arms (files)
+interleaved: a run cut short (a lent machine's time limit) keeps the comparisons that matter
+most instead of one file's every array (RESULTS.md section 28 lost one arm whole to file order).
 A rerun skips every line already there (same samples file, key, reference, binarize, num),
 so it never duplicates one; an array whose content differs from the one scored under the
 same identity is an error (use another --out).
@@ -71,6 +74,11 @@ def parse_key(key: str) -> tuple[str, int, int]:
 
 def record_id(rec: dict) -> tuple:
   return tuple(rec.get(k) for k in ID_FIELDS)
+
+
+def scoring_order(rec: dict) -> tuple:
+  """Latest step first; within it seed by seed, every arm's array of that seed together."""
+  return (-rec["step"], rec["seed"], rec["arm"], rec["samples"])
 
 
 def content_hash(x: np.ndarray) -> str:
@@ -187,6 +195,7 @@ def score(
         todo.append((rec, x))
       else:
         skipped += 1
+  todo.sort(key=lambda job: scoring_order(job[0]))
   floors = [floor_record(n, tag) for n in sorted(counts)]
   floors = [r for r in floors if record_id(r) not in done]
   if not todo and not floors:

@@ -125,6 +125,26 @@ def test_self_fid_zero_floor_cache_and_append_only(tmp_path):
   assert len(_lines(out)) == 6 and c.extractors == 2
 
 
+def test_latest_step_first_with_the_arms_interleaved(tmp_path):
+  """A scoring cut short keeps every arm's latest models, not one file's every array."""
+  rng = np.random.default_rng(0)
+  train = rng.integers(0, 256, (40, 4, 4, 1), dtype=np.uint8)
+  x = lambda: rng.integers(0, 256, (6, 4, 4, 1), dtype=np.uint8)
+  paths = []
+  for arm in ("b_arm", "a_arm"):  # files named against the order
+    paths.append(str(tmp_path / f"final_{arm}.npz"))
+    np.savez_compressed(
+      paths[-1], **{f"{arm}__seed{s}__step{t}": x() for s in (1, 0) for t in (5, 10)}
+    )
+  out = str(tmp_path / "fid.jsonl")
+  c = Counting(train)
+  new = fid_of_samples.score(
+    paths, out, c.make_extractor, c.load, reference_num=20, log=lambda s: None
+  )
+  got = [(r["step"], r["seed"], r["arm"]) for r in new if r["kind"] == "fid"]
+  assert got == [(t, s, a) for t in (10, 5) for s in (0, 1) for a in ("a_arm", "b_arm")]
+
+
 def _write_idx(path, array_u8):
   header = bytes([0, 0, 8, array_u8.ndim]) + np.array(array_u8.shape, ">u4").tobytes()
   with gzip.open(path, "wb") as f:
