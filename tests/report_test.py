@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 from infonoise_jax.evaluation import report
 
 
@@ -27,6 +29,25 @@ def test_metric_noise_is_the_mean_resample_gap_and_nan_when_unmeasured():
   ]
   assert math.isclose(report.metric_noise(recs, "d"), (0.5 + 0.1) / 2)
   assert math.isnan(report.metric_noise([r for r in recs if not r["resample"]], "d"))
+
+
+def test_metric_noise_of_one_shared_draw_leaves_out_what_moves_every_run_alike():
+  """With one draw for every evaluation (eval_draw fixed) a draw's shared effect cancels in
+  the report's comparisons: the noise is the gaps' spread about their mean, scaled to one
+  gap's size. Simulated: a shared offset of 2 plus independent unit-scale noise per model."""
+  rng = np.random.default_rng(0)
+  n, sigma = 4000, 0.1
+  e = rng.normal(0, sigma, (2, n))  # each model's own error under draws D and D'
+  recs = []
+  for k in range(n):
+    recs += [_eval("a", k, 10, 5.0 + 2.0 + e[0, k]), _eval("a", k, 10, 5.0 + e[1, k], True)]
+  per_step = report.metric_noise(recs, "d")
+  assert math.isclose(per_step, 2.0, rel_tol=0.01)  # the old rule: the shared offset too
+  for r in recs:
+    r["eval_draw"] = "fixed"
+  want = 2 * sigma / math.sqrt(math.pi)  # E|e_A - e_B| for two models' independent errors
+  assert math.isclose(report.metric_noise(recs, "d"), want, rel_tol=0.05)
+  assert math.isclose(report.metric_noise(recs[:2], "d"), 2.0 + e[0, 0] - e[1, 0])  # one run
 
 
 def test_table_shows_every_evaluated_step_and_dashes_where_an_arm_has_none():

@@ -56,14 +56,32 @@ def curves_by_arm(records, data: str, metric: str = "fd") -> dict[str, dict[int,
 
 
 def metric_noise(records, data: str, metric: str = "fd") -> float:
-  """Mean |metric - metric of a resampled evaluation| at the same (arm, seed, step); nan when
-  no run has a resampled evaluation (the noise was not measured)."""
+  """The metric's noise between two models' evaluations: the mean |metric - metric of a
+  resampled evaluation| at the same (arm, seed, step); nan when no run has a resampled
+  evaluation (the noise was not measured).
+
+  Where every evaluation shares one draw (compare_schedules' `eval_draw` "fixed": the same
+  sample seeds for every arm, training seed and step), the part of a draw's effect that moves
+  every model alike cancels in each comparison the report makes, so only the rest is noise:
+  the differences' spread about their mean over runs, sqrt(n / (n - 1)) * mean |d - mean d|
+  (the mean over one run alone). Near a metric's floor that shared part dominates (RESULTS.md
+  sections 27-28)."""
   first, second = {}, {}
   for r in records:
     if r.get("kind") == "eval" and r["data"] == data and metric in r:
       (second if r.get("resample") else first)[(r["arm"], r["seed"], r["step"])] = r[metric]
-  diffs = [abs(first[k] - v) for k, v in second.items() if k in first]
-  return float(np.mean(diffs)) if diffs else float("nan")
+  d = np.array([first[k] - v for k, v in second.items() if k in first])
+  if not len(d):
+    return float("nan")
+  if not fixed_draw(records, data) or len(d) == 1:
+    return float(np.mean(np.abs(d)))
+  return float(np.sqrt(len(d) / (len(d) - 1)) * np.mean(np.abs(d - d.mean())))
+
+
+def fixed_draw(records, data: str) -> bool:
+  """Whether every evaluation of `data` shares one draw (compare_schedules --eval_draw=fixed)."""
+  evals = [r for r in records if r.get("kind") == "eval" and r["data"] == data]
+  return bool(evals) and all(r.get("eval_draw") == "fixed" for r in evals)
 
 
 def primary_metric(records, data: str) -> str:
@@ -331,6 +349,7 @@ def write_report(
     floors = [r[metric] for r in records if r.get("kind") == "floor" and r["data"] == data]
     floor = floors[0] if floors else None
     noise = metric_noise(records, data, metric)
+    shared = ", less the part one draw gives every run alike" if fixed_draw(records, data) else ""
     measured = np.isfinite(noise)
     noise = noise if measured else 0.0  # the speedup's tolerance
     batch = next(r["config"]["train"]["batch_size"] for r in records if r.get("kind") == "eval")
@@ -338,7 +357,7 @@ def write_report(
     known = floor is not None  # 0.0 is a floor (every image of a small set against itself)
     md.append(f"Floor (real data, same sample count): {floor:.4g}." if known else "No floor.")
     md.append(
-      f"Metric noise (mean |{metric} - {metric} resampled| at the last step): {noise:.4g}."
+      f"Metric noise (mean |{metric} - {metric} resampled| at the last step{shared}): {noise:.4g}."
       if measured
       else "Metric noise: not measured (no resampled evaluation); speedups use tolerance 0."
     )
