@@ -93,20 +93,26 @@ def test_trainer_bench_reads_the_trainers_window_throughput(tmp_path):
 
 
 def test_trainer_bench_times_every_step_call_variant_in_interleaved_rounds(tmp_path):
-  from infonoise_jax import train
+  from infonoise_jax import metrics, train
 
   config = trainer_bench.load_config(os.path.join(ROOT, "configs", "test.py"), 8)
   run = train.Run(config, str(tmp_path / "run"))
-  calls = []
-  real = train._InFlight.add
-  train_in_flight = lambda self, step, marker: calls.append(step) or real(self, step, marker)
+  calls, limits, accumulated = [], [], []
+  real_add, real_init = train._InFlight.add, train._InFlight.__init__
+  real_acc = metrics.accumulate
   with pytest.MonkeyPatch.context() as m:
-    m.setattr(train._InFlight, "add", train_in_flight)
+    m.setattr(train._InFlight, "add", lambda s, i, x: calls.append(i) or real_add(s, i, x))
+    m.setattr(train._InFlight, "__init__", lambda s, n: limits.append(n) or real_init(s, n))
+    m.setattr(metrics, "accumulate", lambda w, x: accumulated.append(1) or real_acc(w, x))
     out = trainer_bench.loop_variants(run, iters=3, repeats=2)
   assert [r["name"] for r in out] == [v[0] for v in trainer_bench.VARIANTS]
   assert all(len(r["rounds_s"]) == 2 and min(r["rounds_s"]) > 0 for r in out)
   assert all(r["step_s"] == pytest.approx(float(np.median(r["rounds_s"]))) for r in out)
-  assert calls == [0, 1, 2] * 4  # the two variants with the loop's waits, each round
+  waiting = [v for v in trainer_bench.VARIANTS if v[3] is not None]
+  assert calls == [0, 1, 2] * len(waiting) * 2  # each variant with the loop's wait, each round
+  own = config.train.max_steps_in_flight
+  assert limits == [own if v[3] == "config" else v[3] for v in waiting] * 2
+  assert len(accumulated) == 3 * sum(v[4] for v in trainer_bench.VARIANTS) * 2
 
 
 def test_trainer_bench_fails_before_any_step_without_a_writer(monkeypatch):

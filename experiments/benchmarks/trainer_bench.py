@@ -99,19 +99,34 @@ def bare_step(run: "train.Run", iters: int, repeats: int) -> dict:
 # the data pipeline's thread and are copied to the device by a second thread
 # (`Run.device_batches`), and it waits on the step `max_steps_in_flight` back and accumulates
 # window metrics each step. `loop_variants` adds them one at a time, so the one that costs shows
-# as a drop. (name, AOT-compiled step, feed, the loop's waits and metrics); feed: "fixed" = one
-# batch already on the device, "here" = the pipeline thread's host batches copied on the
-# calling thread, "prefetch" = the loop's feed (copied by the prefetch thread).
+# as a drop. (name, AOT-compiled step, feed, in-flight bound, window metrics); feed: "fixed" =
+# one batch already on the device, "here" = the pipeline thread's host batches copied on the
+# calling thread, "prefetch" = the loop's feed (copied by the prefetch thread); bound: None = no
+# wait, "config" = train.max_steps_in_flight as the loop has it, a number = that bound (a
+# deeper queue absorbs host pauses longer than `bound` steps of device time). On the H200 the
+# wait and metrics together cost 7-9% (BENCHMARKS.md, item 2): the split rows tell them apart.
+DEEP = 32
 VARIANTS = (
-  ("jit, one device batch (the bare step)", False, "fixed", False),
-  ("compiled, one device batch", True, "fixed", False),
-  ("jit, pipeline batches copied on the loop's thread", False, "here", False),
-  ("jit, pipeline batches copied by the prefetch thread", False, "prefetch", False),
-  ("compiled, one device batch, in-flight wait, window metrics", True, "fixed", True),
+  ("jit, one device batch (the bare step)", False, "fixed", None, False),
+  ("compiled, one device batch", True, "fixed", None, False),
+  ("jit, pipeline batches copied on the loop's thread", False, "here", None, False),
+  ("jit, pipeline batches copied by the prefetch thread", False, "prefetch", None, False),
+  ("compiled, one device batch, in-flight wait", True, "fixed", "config", False),
+  ("compiled, one device batch, window metrics", True, "fixed", None, True),
+  ("compiled, one device batch, in-flight wait, window metrics", True, "fixed", "config", True),
+  (f"compiled, one device batch, in-flight wait {DEEP}, window metrics", True, "fixed", DEEP, True),
   (
     "compiled, prefetched batches, in-flight wait, window metrics (the loop's calls)",
     True,
     "prefetch",
+    "config",
+    True,
+  ),
+  (
+    f"compiled, prefetched batches, in-flight wait {DEEP}, window metrics",
+    True,
+    "prefetch",
+    DEEP,
     True,
   ),
 )
@@ -143,15 +158,17 @@ def loop_variants(run: "train.Run", iters: int, repeats: int) -> list[dict]:
     jax.block_until_ready(state)
     rounds = [[] for _ in VARIANTS]
     for _ in range(repeats):
-      for v, (_, use_compiled, feed, loop) in enumerate(VARIANTS):
+      for v, (_, use_compiled, feed, bound, with_metrics) in enumerate(VARIANTS):
         step_fn, batch = (compiled if use_compiled else jitted), feeds[feed]
-        in_flight = train._InFlight(run.config.train.max_steps_in_flight) if loop else None
+        limit = run.config.train.max_steps_in_flight if bound == "config" else bound
+        in_flight = None if bound is None else train._InFlight(limit)
         window = None
         t = time.perf_counter()
         for i in range(iters):
           state, step_metrics = step_fn(state, batch())
-          if loop:
+          if in_flight is not None:
             in_flight.add(i, step_metrics["loss"])
+          if with_metrics:
             window = metrics.accumulate(window, step_metrics)
         jax.block_until_ready(state)
         rounds[v].append((time.perf_counter() - t) / iters)
