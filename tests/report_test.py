@@ -61,14 +61,19 @@ def test_table_shows_every_evaluated_step_and_dashes_where_an_arm_has_none():
     _eval("end", 0, 20, 1.0),
     _eval("end", 1, 20, 1.5),
     _eval("short", 0, 10, 7.0),
+    _eval("cut", 0, 10, 4.0),
+    _eval("cut", 1, 10, 6.0),
+    _eval("cut", 0, 20, 2.0),  # seed 1 never reached step 20
   ]
-  text = report.table(report.curves_by_arm(recs, "d"), ["curve", "end", "short", "absent"])
+  arms = ["curve", "end", "short", "cut", "absent"]
+  text = report.table(report.curves_by_arm(recs, "d"), arms)
   assert text.splitlines() == [
     "| arm | seeds | 10 | 20 |",
     "|---|---|---|---|",
     "| curve | 2 | 5 | 2.5 (2..3) |",
     "| end | 2 | - | 1.25 (1..1.5) |",
     "| short | 1 | 7 (7..7) | - |",
+    "| cut | 2 | 5 | 2 (2..2; 1 of 2 seeds) |",
   ]
 
 

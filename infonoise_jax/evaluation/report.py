@@ -108,7 +108,8 @@ def schedule_of(records, arm: str) -> str:
 
 def table(curves: dict[str, dict[int, speedup.Curve]], arms: Sequence[str]) -> str:
   """Markdown: seed-mean metric per evaluation step (every step any arm evaluated; `-` where an
-  arm has none), min..max over seeds at each arm's last step."""
+  arm has none), min..max over seeds at each arm's last step, with the count of seeds there
+  when fewer than the arm's (a run cut short)."""
   arms = [a for a in arms if a in curves]
   steps = sorted({s for a in arms for c in curves[a].values() for s in c.steps})
   head = "| arm | seeds | " + " | ".join(f"{int(s)}" for s in steps) + " |"
@@ -121,7 +122,8 @@ def table(curves: dict[str, dict[int, speedup.Curve]], arms: Sequence[str]) -> s
       v = [c[s] for c in by_seed if s in c]
       cell = f"{np.mean(v):.4g}" if v else "-"
       if s == last:
-        cell += f" ({min(v):.4g}..{max(v):.4g})"
+        fewer = f"; {len(v)} of {len(by_seed)} seeds" if len(v) < len(by_seed) else ""
+        cell += f" ({min(v):.4g}..{max(v):.4g}{fewer})"
       cells.append(cell)
     lines.append(f"| {a} | {len(by_seed)} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
