@@ -730,7 +730,37 @@ def parse(argv=None) -> argparse.Namespace:
   arm_names = list(dict.fromkeys(a for _, a, _ in gs))
   if args.baseline and args.baseline not in arm_names:
     p.error(f"--baseline={args.baseline!r} is not one of this command's arms: {arm_names}")
+  if not args.report_only:
+    other = other_draws(args, gs)
+    if other:
+      p.error(
+        f"--eval_draw={args.eval_draw}: {os.path.join(args.out, 'results.jsonl')} already holds "
+        f"evaluations of {', '.join(sorted(other))} drawn {'/'.join(sorted(set(other.values())))}"
+        " (the rule before RESULTS.md section 28 is per_step); go on with them with that "
+        "--eval_draw, or give another --out for a new run"
+      )
   return args
+
+
+def other_draws(args, gs) -> dict[str, str]:
+  """{data/arm: draw} for this command's arms (same config and sample count) whose evaluations
+  in --out were drawn by another --eval_draw rule: going on would mix two draws in one curve
+  (a resumed --state_dir could not evaluate its earlier steps again)."""
+  path = os.path.join(args.out, "results.jsonl")
+  if not os.path.exists(path):
+    return {}
+  mine = {(d, a): config_hash(make_config(args, d, arm)) for d, a, arm in gs}
+  out = {}
+  for r in report.read_records(path):
+    key = (r.get("data"), r.get("arm"))
+    if (
+      r.get("kind") == "eval"
+      and mine.get(key) == r.get("config_hash")
+      and r.get("num_samples") == args.num_samples
+      and eval_draw(r) != args.eval_draw
+    ):
+      out["/".join(key)] = eval_draw(r)
+  return out
 
 
 def check_arm_config(config) -> None:

@@ -445,6 +445,21 @@ def test_evaluation_draws_are_shared_by_runs_and_fixed_across_steps_by_default(
   assert s4r not in (s2, s4) and not kept & {s2, s4, s4r}
 
 
+def test_going_on_with_another_draw_fails_before_any_work(tmp_path, capsys):
+  """Results drawn per step (older code, or --eval_draw=per_step) are not continued with the
+  fixed draw: the message names the arm and the flag that goes on with them."""
+  out = str(tmp_path)
+  args = [*_args(out), "--arms=lognormal", "--seeds=0", "--steps=2"]
+  compare_schedules.main([*args, "--eval_draw=per_step"])
+  with pytest.raises(SystemExit):
+    compare_schedules.parse(args)
+  err = capsys.readouterr().err
+  assert "continuous/lognormal drawn per_step" in err and "another --out" in err
+  compare_schedules.parse([*args, "--eval_draw=per_step"])  # going on with the same rule: fine
+  compare_schedules.parse([*args, "--report_only"])  # a report keeps the draws apart itself
+  compare_schedules.parse([*args, "--num_samples=16"])  # another measurement of the same arm
+
+
 def test_kept_state_resumes_to_the_same_evaluations_as_one_uninterrupted_run(tmp_path, capsys):
   """--stop_at trains part of the budget and keeps the state; the rerun trains on from it and
   scores what an uninterrupted run scores (same batches, same state, same sample seeds)."""
