@@ -8,7 +8,8 @@ Every `--eval_every` steps each run draws `--num_samples` samples from its EMA m
 Frechet distance (FD) between sample and data statistics is measured in pixel space (lower is
 better; binarized data also gets `fd_decoded`, the FD of samples thresholded to the two
 levels). At the last step each run is evaluated a second time with other sample seeds: the
-mean |difference| is the metric's noise, the tolerance of the speedup (evaluation/speedup.py).
+mean |difference| is the metric's noise, the tolerance of the speedup (evaluation/speedup.py;
+with one draw for every step, less the part every run shares, `report.metric_noise`).
 A `floor` record holds the FD of `--num_samples` real images to the data statistics: what a
 perfect model would score. Token data (`--data=native` with configs/dna.py or text.py) is
 scored with its domain metrics instead (evaluation/sequence_eval.py: DNA ranks by the
