@@ -191,9 +191,13 @@ def describe_setting(setting: tuple) -> str:
   )
 
 
-def eval_draw(record: dict) -> str:
-  """The --eval_draw an evaluation record was made with (records before it: per step)."""
-  return record.get("eval_draw", "per_step")
+def record_setting(r: dict) -> tuple:
+  """What makes records one measurement of a group: (config or floor hash, sample count,
+  evaluation draw); the parts a kind does not have are None."""
+  if r.get("kind") == "floor":
+    return (r.get("floor_hash"), None, None)
+  draw = report.eval_draw(r) if r.get("kind") == "eval" else None
+  return (r.get("config_hash"), r.get("num_samples"), draw)
 
 
 def sample_seed(args, step: int, resample: bool) -> int:
@@ -221,13 +225,7 @@ def current_records(args, records: list[dict]) -> tuple[list[dict], list[str]]:
     kind = r.get("kind")
     group = (kind, r.get("data"), "" if kind == "floor" else r.get("arm"))
     if group in mine:
-      if kind == "floor":
-        setting = (r.get("floor_hash"), None, None)
-      elif kind == "eval":
-        setting = (r.get("config_hash"), r.get("num_samples"), eval_draw(r))
-      else:
-        setting = (r.get("config_hash"), r.get("num_samples"), None)
-      by_group[group][setting].append(r)
+      by_group[group][record_setting(r)].append(r)
   out, notes = [], []
   for (kind, data, arm), settings in sorted(by_group.items()):
     what = f"{data}/{arm or 'floor'} ({kind})"
@@ -400,9 +398,7 @@ def train_group(args, data: str, arm_name: str, config, wgrad: str | None, path:
   done = {
     (r["seed"], r["step"], r.get("resample", False))
     for r in records
-    if r["kind"] == "eval"
-    and r.get("num_samples") == args.num_samples
-    and eval_draw(r) == args.eval_draw
+    if r["kind"] == "eval" and record_setting(r) == (h, args.num_samples, args.eval_draw)
   }
   done |= {
     ("grid", r["seed"], r["solver"], r["grid"], r["levels"])
@@ -754,13 +750,10 @@ def other_draws(args, gs) -> dict[str, str]:
   out = {}
   for r in report.read_records(path):
     key = (r.get("data"), r.get("arm"))
-    if (
-      r.get("kind") == "eval"
-      and mine.get(key) == r.get("config_hash")
-      and r.get("num_samples") == args.num_samples
-      and eval_draw(r) != args.eval_draw
-    ):
-      out["/".join(key)] = eval_draw(r)
+    if r.get("kind") == "eval" and key in mine:
+      h, num, draw = record_setting(r)
+      if (h, num) == (mine[key], args.num_samples) and draw != args.eval_draw:
+        out["/".join(key)] = draw
   return out
 
 

@@ -78,10 +78,16 @@ def metric_noise(records, data: str, metric: str = "fd") -> float:
   return float(np.sqrt(len(d) / (len(d) - 1)) * np.mean(np.abs(d - d.mean())))
 
 
+def eval_draw(record: dict) -> str:
+  """The rule an evaluation's samples were drawn by (compare_schedules --eval_draw): "fixed"
+  (one draw for every step) or "per_step" (records written before the flag existed)."""
+  return record.get("eval_draw", "per_step")
+
+
 def fixed_draw(records, data: str) -> bool:
   """Whether every evaluation of `data` shares one draw (compare_schedules --eval_draw=fixed)."""
   evals = [r for r in records if r.get("kind") == "eval" and r["data"] == data]
-  return bool(evals) and all(r.get("eval_draw") == "fixed" for r in evals)
+  return bool(evals) and all(eval_draw(r) == "fixed" for r in evals)
 
 
 def primary_metric(records, data: str) -> str:
