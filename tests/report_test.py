@@ -206,3 +206,23 @@ def test_speedup_tail_sets_the_target_to_the_mean_of_the_last_evaluations():
   one = report.speedup_lines(curves, "base", ["base", "cand"], tolerance=0.0)
   assert next(l for l in one if l.startswith("| cand |")).startswith("| cand | 1.38x |")
   assert "7 vs 7.2 (better)" in next(l for l in two if l.startswith("| cand |"))
+
+
+def test_speedup_table_names_runs_cut_short_and_keeps_their_steps_apart():
+  """Seed 2 of `cand` ends at step 20 (a cut run): its cell says so, the pooled cell says the
+  seed-mean curve stops at 20 (mean_curve keeps the steps every seed has), and the final is
+  the mean of the two runs at step 30, (1.0 + 3.0) / 2 = 2, "2 of 3 seeds", not a mean that
+  mixes seed 2's step-20 value 9 in (13 / 3). The baseline falls to its final 6 at step 30."""
+  recs = []
+  for seed in (0, 1, 2):
+    for step in (10, 20, 30):
+      recs.append(_eval("base", seed, step, 12.0 - step / 5))
+      if not (seed == 2 and step == 30):
+        recs.append(_eval("cand", seed, step, 9.0 if step < 30 else 1.0 + 2 * seed))
+  curves = {a: report.curves_by_arm(recs, "d")[a] for a in ("base", "cand")}
+  row = next(l for l in report.speedup_lines(curves, "base", ["base", "cand"], 0.0) if "cand" in l)
+  assert "2: not reached (< 1.50x) (run ends at 20)" in row
+  # seed 0 crosses 6 between 9 at step 20 and 1 at 30: 20 + 10 * 3 / 8 = 23.75, 30 / 23.75
+  assert "0: 1.26x, 1: 1.20x, 2:" in row and "(run ends" not in row.split("2:")[0]
+  assert "(seed means over the steps all seeds have: `cand` to 20)" in row
+  assert row.endswith("| 2 (2 of 3 seeds) vs 6 (better) |")

@@ -161,9 +161,10 @@ def speedup_lines(
   can reach the target (the first crossing counts) and end worse than the baseline; the last
   column says so when the gap exceeds the tolerance. `tail` > 1: "final" is the mean of each
   curve's last `tail` evaluations (a flat baseline's last point alone sets a noisy target).
+  Runs cut short are named: a seed's cell says where its run ends, the pooled cell where the
+  seed-mean curve ends, and the finals average the runs at the arm's last step ("k of n seeds").
   `found`: `speedups(...)` of the same arguments, when the caller has it already."""
   found = speedups(curves, baseline, arms, tolerance, tail) if found is None else found
-  final = lambda arm: float(np.mean([c.final(tail) for c in curves[arm].values()]))
   what = "final value" if tail == 1 else f"mean of the last {tail} evaluations"
   lines = [
     f"Speedup to the {what} of `{baseline}` (tolerance = {why} {tolerance:.4g}):",
@@ -171,14 +172,44 @@ def speedup_lines(
     f"| arm | pooled | per seed | final (seed mean) vs `{baseline}`'s |",
     "|---|---|---|---|",
   ]
+  theirs, their_seeds = _final(curves[baseline], tail)
   for a, (pool, per) in found.items():
-    cells = ", ".join(f"{s}: {v.describe()}" for s, v in per.items())
-    mine, theirs = final(a), final(baseline)
+    last = _last_step(curves[a])
+    cells = ", ".join(
+      f"{s}: {v.describe()}"
+      + (f" (run ends at {v.candidate_last_step:g})" if v.candidate_last_step < last else "")
+      for s, v in per.items()
+    )
+    pooled = pool.describe()
+    cut = [
+      f"`{arm}` to {ends:g}"
+      for arm in (a, baseline)
+      if (ends := min(c.steps[-1] for c in curves[arm].values())) < _last_step(curves[arm])
+    ]
+    if cut:  # speedup.mean_curve keeps the steps every seed has
+      pooled += f" (seed means over the steps all seeds have: {', '.join(cut)})"
+    mine, my_seeds = _final(curves[a], tail)
     verdict = (
       "worse" if mine > theirs + tolerance else "better" if mine < theirs - tolerance else "tie"
     )
-    lines.append(f"| {a} | {pool.describe()} | {cells} | {mine:.4g} vs {theirs:.4g} ({verdict}) |")
+    lines.append(
+      f"| {a} | {pooled} | {cells} | {mine:.4g}{my_seeds} vs {theirs:.4g}{their_seeds} "
+      f"({verdict}) |"
+    )
   return lines
+
+
+def _last_step(runs: dict[int, speedup.Curve]) -> float:
+  return max(c.steps[-1] for c in runs.values())
+
+
+def _final(runs: dict[int, speedup.Curve], tail: int) -> tuple[float, str]:
+  """The seed mean of the runs' final values at the arm's last step, and "" or " (k of n seeds)"
+  when runs cut short end before it (their earlier finals would mix steps into the mean)."""
+  last = _last_step(runs)
+  ended = [c.final(tail) for c in runs.values() if c.steps[-1] == last]
+  fewer = f" ({len(ended)} of {len(runs)} seeds)" if len(ended) < len(runs) else ""
+  return float(np.mean(ended)), fewer
 
 
 def curves_plot(
