@@ -226,3 +226,26 @@ def test_speedup_table_names_runs_cut_short_and_keeps_their_steps_apart():
   assert "0: 1.26x, 1: 1.20x, 2:" in row and "(run ends" not in row.split("2:")[0]
   assert "(seed means over the steps all seeds have: `cand` to 20)" in row
   assert row.endswith("| 2 (2 of 3 seeds) vs 6 (better) |")
+
+
+def test_a_baseline_alone_gets_no_speedup_table_or_plot(tmp_path):
+  """One fixed arm is its own baseline: nothing to compare, so neither the metric's nor the
+  Inception FID's speedup table (an empty one read as a result) nor the speedup plot; a
+  second arm brings both."""
+  cfg = {"train": {"batch_size": 8}, "schedule": {"name": "lognormal"}}
+  recs = [{**_eval("ln", seed, s, 1.0 / s), "config": cfg} for s in (2, 4) for seed in (0, 1)]
+  fid_lines = [
+    {"kind": "fid", "samples": "final_d_ln.npz", "key": "k", "arm": "ln"}
+    | {"seed": seed, "step": s, "num": 100, "fid": 9.0 / s}
+    for s in (2, 4)
+    for seed in (0, 1)
+  ]
+  text = report.write_report(str(tmp_path), recs, ["ln"], fid_lines=fid_lines)
+  assert "Inception FID (100 samples per model)" in text and "Speedup" not in text
+  assert not (tmp_path / "speedup_d.png").exists()
+  other = {**cfg, "schedule": {"name": "infonoise"}}
+  recs += [{**_eval("in", seed, s, 0.5 / s), "config": other} for s in (2, 4) for seed in (0, 1)]
+  fid_lines += [r | {"arm": "in", "samples": "final_d_in.npz"} for r in fid_lines]
+  text = report.write_report(str(tmp_path), recs, ["ln", "in"], fid_lines=fid_lines)
+  assert text.count("Speedup to the final value of `ln`") == 2
+  assert (tmp_path / "speedup_d.png").exists()

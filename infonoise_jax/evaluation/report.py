@@ -342,7 +342,7 @@ def inception_section(
   floors = {n: inception_floor(fid_recs, n, binarized) for n in nums}
   known = [f"{floors[n]:.4g} at {n}" for n in nums if floors[n] is not None]
   md.append(f"Floor (real images, same count): {', '.join(known)}." if known else "No floor.")
-  if baseline in curves:
+  if baseline in curves and set(arms) & set(curves) - {baseline}:
     why = "none, the noise of one draw per model not measured:"
     md += ["", *speedup_lines(curves, baseline, [a for a in arms if a in curves], 0.0, why)]
   others = sorted(set(curves) - set(main))  # the grid study's settings (<arm>@<setting>)
@@ -405,7 +405,7 @@ def write_report(
       md.append(table(curves_by_arm(records, data, "fd_decoded"), arms))
     fixed = [a for a in curves if schedule_of(records, a) in FIXED_SCHEDULES]
     base = baseline or (speedup.best_arm({a: curves[a] for a in fixed}) if fixed else "")
-    if base in curves:
+    if base in curves and set(arms) & set(curves) - {base}:  # a baseline alone has no table
       found = speedups(curves, base, arms, noise, tail)
       md += ["", *speedup_lines(curves, base, arms, noise, tail=tail, found=found)]
       img = speedup_plot(found, base, f"{data}: speedup over {base}")
