@@ -249,3 +249,11 @@ def test_a_baseline_alone_gets_no_speedup_table_or_plot(tmp_path):
   text = report.write_report(str(tmp_path), recs, ["ln", "in"], fid_lines=fid_lines)
   assert text.count("Speedup to the final value of `ln`") == 2
   assert (tmp_path / "speedup_d.png").exists()
+
+
+def test_seed_values_keep_every_step_any_seed_has():
+  """The table and the curves plot average these: seed 1 cut after step 2 leaves one value at
+  step 3 (plotted with an open marker), none dropped; steps come out in order."""
+  recs = [_eval("a", 0, s, float(s)) for s in (3, 1, 2)] + [_eval("a", 1, s, 10.0) for s in (1, 2)]
+  at = report.seed_values(report.curves_by_arm(recs, "d")["a"])
+  assert at == {1: [1.0, 10.0], 2: [2.0, 10.0], 3: [3.0]}

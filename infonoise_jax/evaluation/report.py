@@ -121,18 +121,25 @@ def table(curves: dict[str, dict[int, speedup.Curve]], arms: Sequence[str]) -> s
   head = "| arm | seeds | " + " | ".join(f"{int(s)}" for s in steps) + " |"
   lines = [head, "|---" * (len(steps) + 2) + "|"]
   for a in arms:
-    by_seed = [dict(zip(c.steps, c.values, strict=True)) for c in curves[a].values()]
-    last = max(s for c in by_seed for s in c)
+    mine = seed_values(curves[a])
+    last = max(mine)
     cells = []
     for s in steps:
-      v = [c[s] for c in by_seed if s in c]
+      v = mine.get(s, [])
       cell = f"{np.mean(v):.4g}" if v else "-"
       if s == last:
-        fewer = f"; {len(v)} of {len(by_seed)} seeds" if len(v) < len(by_seed) else ""
+        fewer = f"; {len(v)} of {len(curves[a])} seeds" if len(v) < len(curves[a]) else ""
         cell += f" ({min(v):.4g}..{max(v):.4g}{fewer})"
       cells.append(cell)
-    lines.append(f"| {a} | {len(by_seed)} | " + " | ".join(cells) + " |")
+    lines.append(f"| {a} | {len(curves[a])} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+def seed_values(runs: dict[int, speedup.Curve]) -> dict[float, list[float]]:
+  """{step: the values of the seeds evaluated there}, every step any seed has, in order: what
+  the table and the curves plot average (fewer values at a step = runs cut short)."""
+  by_seed = [dict(zip(c.steps, c.values, strict=True)) for c in runs.values()]
+  return {s: [c[s] for c in by_seed if s in c] for s in sorted({s for c in by_seed for s in c})}
 
 
 def speedups(curves, baseline: str, arms: Sequence[str], tolerance: float, tail: int = 1) -> dict:
@@ -215,7 +222,9 @@ def _final(runs: dict[int, speedup.Curve], tail: int) -> tuple[float, str]:
 def curves_plot(
   curves, arms: Sequence[str], title: str, floor: float | None, batch: int, metric: str = "fd"
 ):
-  """Metric against training images seen: seed mean line, min..max band. (H, W, 3) uint8."""
+  """Metric against training images seen: seed mean line, min..max band, at every step any
+  seed evaluated (as the table); an open marker where some seeds have no value (a run cut
+  short), so a late point of fewer seeds is shown and told apart. (H, W, 3) uint8."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
@@ -223,14 +232,16 @@ def curves_plot(
   canvas = FigureCanvasAgg(fig)
   ax = fig.add_subplot()
   for i, a in enumerate(x for x in arms if x in curves):
-    m = speedup.mean_curve(list(curves[a].values()))
-    vals = np.array(
-      [[dict(zip(c.steps, c.values, strict=True))[s] for s in m.steps] for c in curves[a].values()]
-    )
-    kimg = np.asarray(m.steps) * batch / 1000.0
+    at = seed_values(curves[a])
+    vals = list(at.values())
+    kimg = np.asarray(list(at)) * batch / 1000.0
+    mean = np.array([np.mean(v) for v in vals])
     label = f"{a} ({len(curves[a])} seeds)"  # markers: the evaluated steps, lines between them
-    ax.plot(kimg, m.values, color=f"C{i}", label=label, lw=1.8, marker="o", ms=3)
-    ax.fill_between(kimg, vals.min(0), vals.max(0), color=f"C{i}", alpha=0.2)
+    ax.plot(kimg, mean, color=f"C{i}", label=label, lw=1.8, marker="o", ms=3)
+    fewer = np.array([len(v) < len(curves[a]) for v in vals])
+    if fewer.any():
+      ax.plot(kimg[fewer], mean[fewer], ls="none", marker="o", ms=7, mfc="white", color=f"C{i}")
+    ax.fill_between(kimg, [min(v) for v in vals], [max(v) for v in vals], color=f"C{i}", alpha=0.2)
   if floor is not None:
     ax.axhline(floor, color="k", ls=":", lw=1.0, label="floor (real data)")
   ax.set_yscale("log")
