@@ -182,7 +182,7 @@ def _base_config() -> ml_collections.ConfigDict:
   c.train.log_every = 100  # steps between scalar summaries
   c.train.checkpoint_every = 1000  # steps between checkpoints
   c.train.keep_checkpoints = 3  # checkpoints retained
-  c.train.max_steps_in_flight = 4  # steps dispatched ahead of the device at most; 0 = unbounded
+  c.train.max_steps_in_flight = 32  # steps dispatched ahead of the device at most; 0 = unbounded
   c.train.sample_every = 2000  # steps between sample grids / schedule plots (0 = end only)
   c.train.num_samples = 64  # images in a logged sample grid
   c.train.fid_every = 0  # steps between FID evaluations; 0 = off
