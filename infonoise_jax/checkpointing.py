@@ -1,7 +1,8 @@
 """A thin Orbax wrapper: periodic saves with retention, resume, save-on-preemption.
 
 All processes call every method (Orbax coordinates multi-host saves). The whole
-TrainState is one item, so the schedule state and the step (hence the data position)
+TrainState is saved together (packed into one array per dtype by a single process, array by
+array by several: `_pack`), so the schedule state and the step (hence the data position)
 come back with the parameters.
 """
 
@@ -16,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -61,9 +63,76 @@ def _cause(e: BaseException) -> str:
   return f"{type(e).__name__}: {text[:300]}"
 
 
+def _path(keys) -> str:
+  return jax.tree_util.keystr(keys, simple=True, separator="/")
+
+
 def _leaf_shapes(tree: Any) -> dict[str, tuple]:
-  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {jax.tree_util.keystr(p, simple=True, separator="/"): tuple(x.shape) for p, x in leaves}
+  return {_path(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+# One process saves its state packed: the leaves copied to the host and concatenated into one
+# flat array per dtype ("packed"), with each leaf's path, shape and dtype in flatten order
+# ("layout", JSON). Orbax's work per save grows with the number of arrays, not their bytes:
+# ~1.6 ms of Python per array on the CPU machines (1,102 arrays in the Fashion U-Net's state:
+# ~1.7 s, against ~0.05 s for the same bytes in a few arrays), run on a thread that shares the
+# interpreter with the loop launching the steps (docs/design.md). Several processes save each
+# array's own shards ("state"); restore reads either.
+def _pack(state: Any) -> tuple[dict[str, np.ndarray], dict]:
+  leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+  host = jax.device_get([x for _, x in leaves])
+  layout, groups = [], {}
+  for (path, _), x in zip(leaves, host, strict=True):
+    x = np.asarray(x)
+    layout.append(
+      [jax.tree_util.keystr(path, simple=True, separator="/"), list(x.shape), x.dtype.name]
+    )
+    groups.setdefault(x.dtype.name, []).append(x.ravel())
+  packed = {dtype: np.concatenate(parts) for dtype, parts in groups.items()}
+  return packed, {"leaves": layout}
+
+
+def _unpack(packed: dict[str, np.ndarray], layout: dict, abstract: Any) -> Any:
+  """The packed arrays as the abstract state's leaves, each in its sharding; ValueError when
+  the layout's paths, shapes or dtypes are not the abstract's."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+  want = [[_path(p), list(x.shape), np.dtype(x.dtype).name] for p, x in leaves]
+  if want != layout["leaves"]:
+    raise ValueError("the packed checkpoint's leaves are not the state's")
+  offsets = dict.fromkeys(packed, 0)
+  out = []
+  for (_, x), (_, shape, dtype) in zip(leaves, layout["leaves"], strict=True):
+    size = int(np.prod(shape, dtype=np.int64))
+    flat = packed[dtype][offsets[dtype] : offsets[dtype] + size]
+    if flat.size != size:
+      raise ValueError(f"the packed {dtype} array is shorter than its layout")
+    offsets[dtype] += size
+    value = flat.reshape(shape)
+    out.append(jax.make_array_from_callback(tuple(shape), x.sharding, lambda i, v=value: v[i]))
+  if any(offsets[d] != packed[d].size for d in packed):
+    raise ValueError("the packed arrays are longer than their layout")
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def read_arrays(workdir: str, step: int) -> dict[str, np.ndarray]:
+  """Every leaf of a saved state as a host array by its path ("params/...", "step"), without a
+  config or template, whatever wrote it (one process packed, several array by array)."""
+  item = paths.run_path(workdir) / "checkpoints" / str(step)
+  if (item / "layout").exists():
+    layout = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(item / "layout")
+    packed = ocp.StandardCheckpointer().restore(item / "packed")
+    offsets, out = dict.fromkeys(packed, 0), {}
+    for path, shape, dtype in layout["leaves"]:
+      size = int(np.prod(shape, dtype=np.int64))
+      out[path] = np.asarray(packed[dtype][offsets[dtype] : offsets[dtype] + size]).reshape(shape)
+      offsets[dtype] += size
+    return out
+  checkpointer = ocp.StandardCheckpointer()
+  tree = checkpointer.metadata(item / "state").item_metadata.tree
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+  state = checkpointer.restore(item / "state", abstract)
+  return {_path(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(state)[0]}
 
 
 class _OrbaxErrors(logging_lib.Handler):
@@ -189,10 +258,13 @@ class Checkpointer:
     self._wait_saved()
     if step in self._manager.all_steps():
       return
-    args = ocp.args.Composite(
-      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {})
-    )
     try:
+      if jax.process_count() == 1:
+        packed, layout = _pack(state)
+        items = {"packed": ocp.args.StandardSave(packed), "layout": ocp.args.JsonSave(layout)}
+      else:
+        items = {"state": ocp.args.StandardSave(state)}
+      args = ocp.args.Composite(**items, meta=ocp.args.JsonSave(meta or {}))
       saved = self._manager.save(step, args=args, force=force)
     except Exception as e:
       raise self._save_failed(step, e) from e
@@ -258,9 +330,15 @@ class Checkpointer:
 
   # ---------------------------------------------------------------- restoring
 
+  def _packed(self, step: int) -> bool:
+    return (epath.Path(self.directory) / str(step) / "layout").exists()
+
   def _saved_shapes(self, step: int) -> dict[str, tuple] | None:
     """Leaf path -> shape of the saved state, from its metadata; None if unreadable."""
     try:
+      if self._packed(step):
+        layout = self._manager.restore(step, args=ocp.args.Composite(layout=ocp.args.JsonRestore()))
+        return {path: tuple(shape) for path, shape, _ in layout.layout["leaves"]}
       path = os.path.join(self.directory, str(step), "state")
       metadata = ocp.StandardCheckpointHandler().metadata(epath.Path(path))
       return _leaf_shapes(getattr(metadata, "tree", metadata))
@@ -299,6 +377,14 @@ class Checkpointer:
     raise self._corrupt(step, error) from error
 
   def _restore(self, step: int, abstract: Any) -> tuple[Any, dict]:
+    if self._packed(step):
+      args = ocp.args.Composite(
+        packed=ocp.args.StandardRestore(),
+        layout=ocp.args.JsonRestore(),
+        meta=ocp.args.JsonRestore(),
+      )
+      restored = self._manager.restore(step, args=args)
+      return _unpack(restored.packed, restored.layout, abstract), dict(restored.meta or {})
     args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
     restored = self._manager.restore(step, args=args)
     return restored.state, dict(restored.meta or {})

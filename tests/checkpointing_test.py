@@ -108,3 +108,71 @@ def test_a_mismatched_checkpoint_is_a_clear_error_and_left_untouched(tmp_path):
     ckpt.restore(_abstract(other))
   assert ckpt.all_steps() == [5]
   ckpt.close()
+
+
+def _mixed_state(step: int):
+  """_tiny_state with bfloat16 and int32 leaves beside the float32 ones and a scalar."""
+  state = _tiny_state(step)
+  return state.replace(
+    params={"w": jnp.arange(3.0), "b": jnp.arange(4, dtype=jnp.bfloat16) / 3, "k": jnp.int32(5)}
+  )
+
+
+def test_one_process_saves_one_array_per_dtype_and_restores_every_leaf(tmp_path):
+  """Orbax's work per save grows with the number of arrays: one process packs the state into
+  one flat array per dtype (with each leaf's path, shape and dtype beside it) and restores
+  every leaf bit for bit, in the template's sharding and dtype."""
+  import orbax.checkpoint as ocp
+
+  state = _mixed_state(4)
+  ckpt = checkpointing.Checkpointer(str(tmp_path), keep=1)
+  ckpt.save(4, state, force=True)
+  ckpt.wait()
+  packed = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / "4" / "packed")
+  dtypes = {np.dtype(x.dtype).name for x in jax.tree.leaves(state)}
+  assert sorted(packed) == sorted(dtypes) and "bfloat16" in packed
+  assert sum(v.size for v in packed.values()) == sum(x.size for x in jax.tree.leaves(state))
+  abstract = _abstract(state)
+  restored, _ = ckpt.restore(abstract)
+  for a, b, t in zip(*(jax.tree.leaves(x) for x in (restored, state, abstract)), strict=True):
+    assert a.dtype == b.dtype and a.sharding == t.sharding
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  ckpt.close()
+
+
+def test_a_checkpoint_saved_array_by_array_is_still_read(tmp_path):
+  """Before packing (and from several processes) the state was one Orbax item, "state"."""
+  import orbax.checkpoint as ocp
+
+  state = _mixed_state(3)
+  manager = ocp.CheckpointManager(str(tmp_path / "checkpoints"))
+  args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({"a": 1}))
+  manager.save(3, args=args)
+  manager.wait_until_finished()
+  manager.close()
+  ckpt = checkpointing.Checkpointer(str(tmp_path), keep=1)
+  restored, meta = ckpt.restore(_abstract(state))
+  assert meta == {"a": 1}
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(ValueError, match="does not match the state this config builds"):
+    ckpt.restore(_abstract(state.replace(params={"w": jnp.zeros(4)})))
+  ckpt.close()
+
+
+def test_a_packed_array_of_the_wrong_length_is_not_restored():
+  """_unpack checks the layout against the template and the arrays against the layout."""
+  state = _mixed_state(2)
+  packed, layout = checkpointing._pack(state)
+  abstract = _abstract(state)
+  jax.tree.map(
+    np.testing.assert_array_equal, checkpointing._unpack(packed, layout, abstract), state
+  )
+  short = {**packed, "float32": packed["float32"][:-1]}
+  with pytest.raises(ValueError, match="shorter"):
+    checkpointing._unpack(short, layout, abstract)
+  long = {**packed, "int32": np.concatenate([packed["int32"], packed["int32"]])}
+  with pytest.raises(ValueError, match="longer"):
+    checkpointing._unpack(long, layout, abstract)
+  with pytest.raises(ValueError, match="not the state's"):
+    checkpointing._unpack(packed, layout, _abstract(state.replace(params={"w": jnp.zeros(3)})))

@@ -271,9 +271,14 @@ def trained8(tmp_path_factory) -> pathlib.Path:
   return workdir
 
 
+def _arrays(step_dir: pathlib.Path) -> pathlib.Path:
+  """The Orbax item holding the state's arrays: "packed" (one process), "state" (several)."""
+  return step_dir / ("packed" if (step_dir / "packed").exists() else "state")
+
+
 def _truncate_largest_array_file(step_dir: pathlib.Path) -> None:
   largest = max(
-    (p for p in (step_dir / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+    (p for p in _arrays(step_dir).rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
   )
   with open(largest, "r+b") as f:
     f.truncate(1000)
@@ -285,7 +290,7 @@ def _corrupt(step_dir: pathlib.Path, kind: str) -> None:
   if kind == "truncated array file":
     _truncate_largest_array_file(step_dir)
   elif kind == "missing _METADATA":
-    (step_dir / "state" / "_METADATA").unlink()
+    (_arrays(step_dir) / "_METADATA").unlink()
   elif kind == "missing meta item":
     shutil.rmtree(step_dir / "meta")
 
