@@ -84,12 +84,26 @@ def _pack(state: Any) -> tuple[dict[str, np.ndarray], dict]:
   layout, groups = [], {}
   for (path, _), x in zip(leaves, host, strict=True):
     x = np.asarray(x)
-    layout.append(
-      [jax.tree_util.keystr(path, simple=True, separator="/"), list(x.shape), x.dtype.name]
-    )
+    layout.append([_path(path), list(x.shape), x.dtype.name])
     groups.setdefault(x.dtype.name, []).append(x.ravel())
   packed = {dtype: np.concatenate(parts) for dtype, parts in groups.items()}
   return packed, {"leaves": layout}
+
+
+def _split(packed: dict[str, np.ndarray], layout: dict) -> list[np.ndarray]:
+  """The layout's leaves, in order, as views into the packed arrays; ValueError when an array
+  is shorter or longer than its leaves."""
+  offsets, out = dict.fromkeys(packed, 0), []
+  for _, shape, dtype in layout["leaves"]:
+    size = int(np.prod(shape, dtype=np.int64))
+    flat = packed[dtype][offsets[dtype] : offsets[dtype] + size]
+    if flat.size != size:
+      raise ValueError(f"the packed {dtype} array is shorter than its layout")
+    offsets[dtype] += size
+    out.append(np.asarray(flat).reshape(shape))
+  if any(offsets[d] != packed[d].size for d in packed):
+    raise ValueError("the packed arrays are longer than their layout")
+  return out
 
 
 def _unpack(packed: dict[str, np.ndarray], layout: dict, abstract: Any) -> Any:
@@ -99,18 +113,10 @@ def _unpack(packed: dict[str, np.ndarray], layout: dict, abstract: Any) -> Any:
   want = [[_path(p), list(x.shape), np.dtype(x.dtype).name] for p, x in leaves]
   if want != layout["leaves"]:
     raise ValueError("the packed checkpoint's leaves are not the state's")
-  offsets = dict.fromkeys(packed, 0)
-  out = []
-  for (_, x), (_, shape, dtype) in zip(leaves, layout["leaves"], strict=True):
-    size = int(np.prod(shape, dtype=np.int64))
-    flat = packed[dtype][offsets[dtype] : offsets[dtype] + size]
-    if flat.size != size:
-      raise ValueError(f"the packed {dtype} array is shorter than its layout")
-    offsets[dtype] += size
-    value = flat.reshape(shape)
-    out.append(jax.make_array_from_callback(tuple(shape), x.sharding, lambda i, v=value: v[i]))
-  if any(offsets[d] != packed[d].size for d in packed):
-    raise ValueError("the packed arrays are longer than their layout")
+  out = [
+    jax.make_array_from_callback(v.shape, x.sharding, lambda i, v=v: v[i])
+    for (_, x), v in zip(leaves, _split(packed, layout), strict=True)
+  ]
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
@@ -121,12 +127,7 @@ def read_arrays(workdir: str, step: int) -> dict[str, np.ndarray]:
   if (item / "layout").exists():
     layout = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(item / "layout")
     packed = ocp.StandardCheckpointer().restore(item / "packed")
-    offsets, out = dict.fromkeys(packed, 0), {}
-    for path, shape, dtype in layout["leaves"]:
-      size = int(np.prod(shape, dtype=np.int64))
-      out[path] = np.asarray(packed[dtype][offsets[dtype] : offsets[dtype] + size]).reshape(shape)
-      offsets[dtype] += size
-    return out
+    return dict(zip((p for p, _, _ in layout["leaves"]), _split(packed, layout), strict=True))
   checkpointer = ocp.StandardCheckpointer()
   tree = checkpointer.metadata(item / "state").item_metadata.tree
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

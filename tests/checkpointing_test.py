@@ -138,6 +138,16 @@ def test_one_process_saves_one_array_per_dtype_and_restores_every_leaf(tmp_path)
     assert a.dtype == b.dtype and a.sharding == t.sharding
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   ckpt.close()
+  _assert_read_arrays(tmp_path, 4, state)
+
+
+def _assert_read_arrays(workdir, step, state):
+  """read_arrays gives every leaf by its path, as the state has it."""
+  leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+  read = checkpointing.read_arrays(str(workdir), step)
+  assert sorted(read) == sorted(checkpointing._path(p) for p, _ in leaves)
+  for p, x in leaves:
+    np.testing.assert_array_equal(read[checkpointing._path(p)], np.asarray(x))
 
 
 def test_a_checkpoint_saved_array_by_array_is_still_read(tmp_path):
@@ -158,6 +168,7 @@ def test_a_checkpoint_saved_array_by_array_is_still_read(tmp_path):
   with pytest.raises(ValueError, match="does not match the state this config builds"):
     ckpt.restore(_abstract(state.replace(params={"w": jnp.zeros(4)})))
   ckpt.close()
+  _assert_read_arrays(tmp_path, 3, state)
 
 
 def test_a_packed_array_of_the_wrong_length_is_not_restored():
