@@ -107,15 +107,16 @@ def _split(packed: dict[str, np.ndarray], layout: dict) -> list[np.ndarray]:
 
 
 def _unpack(packed: dict[str, np.ndarray], layout: dict, abstract: Any) -> Any:
-  """The packed arrays as the abstract state's leaves, each in its sharding; ValueError when
-  the layout's paths, shapes or dtypes are not the abstract's."""
+  """The packed arrays as the abstract state's leaves, each in its sharding and dtype (cast,
+  as Orbax casts an array-by-array restore); ValueError when the layout's paths or shapes are
+  not the abstract's."""
   leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
-  want = [[_path(p), list(x.shape), np.dtype(x.dtype).name] for p, x in leaves]
-  if want != layout["leaves"]:
+  if [[_path(p), list(x.shape)] for p, x in leaves] != [l[:2] for l in layout["leaves"]]:
     raise ValueError("the packed checkpoint's leaves are not the state's")
+  values = [v.astype(x.dtype) for (_, x), v in zip(leaves, _split(packed, layout), strict=True)]
   out = [
     jax.make_array_from_callback(v.shape, x.sharding, lambda i, v=v: v[i])
-    for (_, x), v in zip(leaves, _split(packed, layout), strict=True)
+    for (_, x), v in zip(leaves, values, strict=True)
   ]
   return jax.tree_util.tree_unflatten(treedef, out)
 

@@ -187,3 +187,8 @@ def test_a_packed_array_of_the_wrong_length_is_not_restored():
     checkpointing._unpack(long, layout, abstract)
   with pytest.raises(ValueError, match="not the state's"):
     checkpointing._unpack(packed, layout, _abstract(state.replace(params={"w": jnp.zeros(3)})))
+  # a leaf whose dtype changed is cast to the template's, as Orbax casts array by array
+  wider = state.replace(params={**state.params, "b": state.params["b"].astype(jnp.float32)})
+  restored = checkpointing._unpack(packed, layout, _abstract(wider))
+  assert restored.params["b"].dtype == jnp.float32
+  np.testing.assert_array_equal(restored.params["b"], state.params["b"].astype(jnp.float32))
