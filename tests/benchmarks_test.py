@@ -328,3 +328,16 @@ def test_thread_cpu_run_records_a_busy_main_thread_and_keeps_the_exit_status(tmp
     [sys.executable, script, "summarize", str(out), "--every=0.1"], capture_output=True, text=True
   )
   assert table.returncode == 0 and table.stdout.startswith("| s | main thread user %")
+
+
+def test_checkpoint_bench_times_both_layouts_and_a_restore(monkeypatch, capsys):
+  """Two saves of the tiny config's state in each layout, then a restore: one line each."""
+  sys.path.insert(0, os.path.join(ROOT, "experiments", "benchmarks"))
+  import checkpoint_bench
+
+  argv = ["checkpoint_bench.py", "--config", os.path.join(ROOT, "configs", "test.py"), "--saves=2"]
+  monkeypatch.setattr(sys, "argv", argv)
+  checkpoint_bench.main()
+  out = capsys.readouterr().out
+  assert out.count("packed save") == 2 and out.count("array by array save") == 2
+  assert "restore packed:" in out
