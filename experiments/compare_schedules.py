@@ -171,8 +171,48 @@ def make_config(args, data: str, arm: dict, name: str = ""):
   return c
 
 
+# Keys that set how a run is executed, logged or cached, never what it computes: they stay out
+# of the config hash, so that changing one (train.max_steps_in_flight's default went from 4 to
+# 32) neither splits an arm's records into two settings nor makes a resumed --out train again.
+EXECUTION_KEYS = (
+  "train.log_every",
+  "train.checkpoint_every",
+  "train.keep_checkpoints",
+  "train.max_steps_in_flight",
+  "train.trace_start",
+  "train.trace_steps",
+  "train.trace_python",
+  "fid.cache_dir",
+  "seq_metrics.cache_dir",
+  "system",  # processes, compile cache, the MFU's peak
+)
+
+
 def config_hash(config) -> str:
-  return hashlib.sha256(config.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:16]
+  """16 hex digits of the config's keys (a ConfigDict, or a record's resolved "config"),
+  EXECUTION_KEYS left out."""
+  d = json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else config
+  d = json.loads(json.dumps(d))  # a deep copy
+  for key in EXECUTION_KEYS:
+    *parents, leaf = key.split(".")
+    node = d
+    for k in parents:
+      node = node.get(k, {})
+    node.pop(leaf, None)
+  return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_records(path: str) -> list[dict]:
+  """The harness's records with their config hash as today's code computes it: from the
+  resolved config an evaluation carries, and for records without one (grids) through the
+  hash an evaluation of the same file stored beside its config. Records written before a
+  change to the hashed keys then still match the config they were run with."""
+  records = report.read_records(path)
+  new = {r["config_hash"]: config_hash(r["config"]) for r in records if "config" in r}
+  for r in records:
+    if r.get("config_hash") in new:
+      r["config_hash"] = new[r["config_hash"]]
+  return records
 
 
 def floor_hash(config, num_samples: int) -> str:
@@ -393,7 +433,7 @@ def train_group(args, data: str, arm_name: str, config, wgrad: str | None, path:
   h = config_hash(config)
   seeds = [int(s) for s in args.seeds.split(",")]
   records = [
-    r for r in report.read_records(path) if r.get("config_hash") == h and r["data"] == data
+    r for r in read_records(path) if r.get("config_hash") == h and r["data"] == data
   ]
   done = {
     (r["seed"], r["step"], r.get("resample", False))
@@ -748,7 +788,7 @@ def other_draws(args, gs) -> dict[str, str]:
     return {}
   mine = {(d, a): config_hash(make_config(args, d, arm)) for d, a, arm in gs}
   out = {}
-  for r in report.read_records(path):
+  for r in read_records(path):
     key = (r.get("data"), r.get("arm"))
     if r.get("kind") == "eval" and key in mine:
       h, num, draw = record_setting(r)
@@ -793,7 +833,7 @@ def main(argv=None) -> None:
     return
   arm_names = list(dict.fromkeys(a for _, a, _ in groups(args)))
   fid_lines = [r for p in filter(None, args.fid_records.split(",")) for r in report.read_records(p)]
-  records, notes = current_records(args, report.read_records(path))
+  records, notes = current_records(args, read_records(path))
   for note in notes:
     print(f"report: {note}", flush=True)
   if not any(r.get("kind") == "eval" for r in records):

@@ -309,6 +309,47 @@ def test_data_kinds_take_the_config_files_own_recipe():
   assert plain.data.binarize and info(plain) == info(load_config_file(TEST_CONFIG))
 
 
+def test_config_hash_leaves_out_execution_keys_only():
+  config = load_config_file(TEST_CONFIG, "infonoise")
+  h = compare_schedules.config_hash(config)
+  assert compare_schedules.config_hash(json.loads(config.to_json_best_effort())) == h
+  changed = config.copy_and_resolve_references()
+  changed.train.max_steps_in_flight = 3
+  changed.train.log_every = 7
+  changed.system.compilation_cache_dir = "/elsewhere"
+  changed.fid.cache_dir = "/elsewhere"
+  assert compare_schedules.config_hash(changed) == h
+  for key, value in (("optim.lr", 1e-5), ("train.batch_size", 8), ("sampler.num_steps", 5)):
+    other = config.copy_and_resolve_references()
+    section, leaf = key.split(".")
+    other[section][leaf] = value
+    assert compare_schedules.config_hash(other) != h, key
+
+
+def test_records_hashed_with_execution_keys_still_count_as_done(tmp_path):
+  """Records written when the hash covered every key (and train.max_steps_in_flight had another
+  default) match today's config through the config they carry: the rerun appends nothing,
+  grid records (no config of their own) included."""
+  out = str(tmp_path)
+  args = [*_args(out), "--seeds=0", "--arms=infonoise", "--grid_steps=3", "--grid_seeds=0"]
+  args += ["--grid_samples=16"]
+  compare_schedules.main(args)
+  path = os.path.join(out, "results.jsonl")
+  recs = [json.loads(line) for line in open(path)]
+  assert {r["kind"] for r in recs} >= {"eval", "grid"}
+  for r in recs:
+    if r["kind"] != "floor":
+      r["config_hash"] = "0123456789abcdef"  # the old hash of the old config
+    if "config" in r:
+      r["config"]["train"]["max_steps_in_flight"] = 4
+  with open(path, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in recs)
+  compare_schedules.main(args)
+  assert len(open(path).read().splitlines()) == len(recs)
+  summary = open(os.path.join(out, "summary.md")).read()
+  assert "| infonoise | 1 |" in summary and "left out" not in summary
+
+
 def test_grid_study_and_final_samples_are_recorded_once(tmp_path):
   out = str(tmp_path)
   args = [*_args(out), "--seeds=0", "--grid_steps=3,4", "--grid_seeds=0", "--grid_samples=16"]
