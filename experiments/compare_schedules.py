@@ -432,9 +432,7 @@ def train_group(args, data: str, arm_name: str, config, wgrad: str | None, path:
   """run_group's work, with the convolutions' weight gradient `wgrad` already chosen."""
   h = config_hash(config)
   seeds = [int(s) for s in args.seeds.split(",")]
-  records = [
-    r for r in read_records(path) if r.get("config_hash") == h and r["data"] == data
-  ]
+  records = [r for r in read_records(path) if r.get("config_hash") == h and r["data"] == data]
   done = {
     (r["seed"], r["step"], r.get("resample", False))
     for r in records
