@@ -6,6 +6,7 @@ runnable as the code they import changes.
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -90,6 +91,35 @@ def test_trainer_bench_reads_the_trainers_window_throughput(tmp_path):
   bare = trainer_bench.bare_step(run, iters=2, repeats=2)
   assert bare["step_s"] > 0 and len(bare["rounds_s"]) == 2 and bare["flops"].flops > 0
   assert bare["mean_step_s"] == pytest.approx(sum(bare["rounds_s"]) / 2)
+
+
+def test_trainer_bench_reports_a_run_stopped_by_a_time_limit(tmp_path, monkeypatch, capsys):
+  """A SIGTERM in the trainer's loop (a call's time limit) ends the benchmark with what it
+  measured: the windows before the stop, the bare step timed before the trainer only."""
+  import signal
+
+  from infonoise_jax import train
+
+  real_add = train._InFlight.add
+
+  def add(self, i, x):
+    if i == 5:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real_add(self, i, x)
+
+  monkeypatch.setattr(train._InFlight, "add", add)
+  config = os.path.join(ROOT, "configs", "test.py")
+  argv = [f"--config={config}", "--steps=12", "--iters=2", "--repeats=2", "--windows"]
+  monkeypatch.setattr(sys, "argv", ["trainer_bench.py", *argv, f"--workdir={tmp_path / 'w'}"])
+  trainer_bench.main()
+  out = capsys.readouterr().out
+  assert out.index("Bare step before the trainer:") < out.index("stopped at step")
+  stopped = int(re.search(r"stopped at step (\d+) of 12", out).group(1))
+  assert 5 <= stopped < 12
+  windows = [int(m) for m in re.findall(r"^\| (\d+) \| ", out, re.M)]
+  assert windows and windows == sorted(windows) and windows[-1] <= stopped
+  assert "Bare step over all 2 rounds of 2" in out  # the rounds before the trainer only
+  assert re.search(r"; before the trainer: [\d,]+\)", out) and "after the trainer" not in out
 
 
 def test_trainer_bench_times_every_step_call_variant_in_interleaved_rounds(tmp_path):

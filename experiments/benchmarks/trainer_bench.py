@@ -44,7 +44,7 @@ if not __package__:  # run as a script: make the repository root importable
 import jax
 import numpy as np
 
-from infonoise_jax import flops, train, writers
+from infonoise_jax import checkpointing, flops, train, writers
 from infonoise_jax.validation import load_config_file, parse_overrides
 
 
@@ -216,9 +216,15 @@ def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
 
 
 def trainer(config, workdir: str) -> dict:
-  """Runs the trainer; its window throughput from its TensorBoard scalars."""
+  """Runs the trainer; its window throughput from its TensorBoard scalars. A stop signal
+  (a time limit's SIGTERM) ends it as a preemption does: the windows it finished are still
+  read, and `stopped_at` says at which step it saved and stopped (None: it ran to the end)."""
   t = time.perf_counter()
-  train.train_and_evaluate(config, workdir)
+  stopped_at = None
+  try:
+    train.train_and_evaluate(config, workdir)
+  except checkpointing.Preempted as e:
+    stopped_at = e.step
   wall = time.perf_counter() - t
   s = read_scalars(os.path.join(workdir, "tensorboard"))
   seconds = np.array([v for _, v in s["perf/window_seconds"]])
@@ -236,6 +242,7 @@ def trainer(config, workdir: str) -> dict:
     "excluded_s": sum(v for _, v in s["perf/excluded_seconds"]),
     "checkpoint_s": sum(checkpoint.values()),
     "wall_s": wall,
+    "stopped_at": stopped_at,
     "num_windows": len(rate),
     # (end step, steps/s, seconds, checkpoint s, data wait s, device wait s, dispatch s) per
     # window
@@ -299,14 +306,30 @@ def main():
   if os.path.exists(os.path.join(workdir, "checkpoints")):
     sys.exit(f"{workdir} already holds a run; give a fresh --workdir")
   bare_run = train.Run(load_config(args.config, args.steps, args.set), workdir)
+  b = config.train.batch_size
   before = bare_step(bare_run, args.iters, args.repeats)
+  print(  # now, so that a run cut short by a hard limit still leaves it in the log
+    f"Bare step before the trainer: {b / before['step_s']:,.0f} images/s (median), rounds "
+    + ", ".join(f"{b / r:,.0f}" for r in before["rounds_s"]),
+    flush=True,
+  )
   tr = trainer(config, workdir)
-  after = bare_step(bare_run, args.iters, args.repeats)
+  stopped = tr["stopped_at"]
+  if stopped is None:
+    after = bare_step(bare_run, args.iters, args.repeats)
+  else:  # a stop signal (the call's time limit): report what was measured, time nothing more
+    after = None
+    print(
+      f"The trainer was stopped at step {stopped} of {args.steps} by a stop signal; its "
+      "windows until then are below, the bare step is timed before it only.",
+      flush=True,
+    )
   if not args.workdir:
     shutil.rmtree(workdir, ignore_errors=True)
 
-  b = config.train.batch_size
-  bare_s = (before["step_s"] + after["step_s"]) / 2
+  bares = [before] if after is None else [before, after]
+  bare_s = float(np.mean([x["step_s"] for x in bares]))
+  when = "before" if after is None else "before / after"
   bare_ips = b / bare_s
   kind, peak = flops.device_peak(config)
   count = before["flops"]
@@ -314,8 +337,9 @@ def main():
   mfu = lambda steps_per_s: flops.describe_mfu(flops.mfu(count.flops, steps_per_s, peak, n), kind)
   rows = [
     (
-      f"bare step (median of {args.repeats} x {args.iters}; before / after the trainer: "
-      f"{b / before['step_s']:,.0f} / {b / after['step_s']:,.0f})",
+      f"bare step (median of {args.repeats} x {args.iters}; {when} the trainer: "
+      + " / ".join(f"{b / x['step_s']:,.0f}" for x in bares)
+      + ")",
       bare_ips,
       1.0,
       mfu(1 / bare_s),
@@ -341,8 +365,8 @@ def main():
     ),
     (
       "trainer, wall clock of the whole call (compiles, sample grids, final samples in)",
-      args.steps * b / tr["wall_s"],
-      args.steps * b / tr["wall_s"] * bare_s / b,
+      (stopped or args.steps) * b / tr["wall_s"],
+      (stopped or args.steps) * b / tr["wall_s"] * bare_s / b,
       "",
     ),
   ]
@@ -356,18 +380,19 @@ def main():
     f"{'unknown' if peak is None else f'{peak:g} TFLOP/s'} per device ({kind}, "
     f"{config.model.dtype})."
   )
-  slowest = max(before["rounds_s"] + after["rounds_s"])
-  mean_s = (before["mean_step_s"] + after["mean_step_s"]) / 2
+  slowest = max(r for x in bares for r in x["rounds_s"])
+  mean_s = float(np.mean([x["mean_step_s"] for x in bares]))
+  rounds = len(bares) * args.repeats
   print(
-    f"Bare step over all {2 * args.repeats} rounds of {args.iters}: mean {b / mean_s:,.0f} "
+    f"Bare step over all {rounds} rounds of {args.iters}: mean {b / mean_s:,.0f} "
     f"images/s (the trainer is at {100 * tr['steps_per_s'] * mean_s:.1f}% of it), slowest round "
     f"{b / slowest:,.0f} ({100 * bare_s / slowest:.1f}% of the median). The ratios above use "
     "the median; a bare step that slows in stretches as the trainer's windows do shows here."
   )
   if args.windows:
     print(
-      "\nBare rounds, images/s (before | after): "
-      + " | ".join(", ".join(f"{b / r:,.0f}" for r in x["rounds_s"]) for x in (before, after))
+      f"\nBare rounds, images/s ({when.replace('/', '|')}): "
+      + " | ".join(", ".join(f"{b / r:,.0f}" for r in x["rounds_s"]) for x in bares)
     )
     # Where the loop's thread spent the window: waiting for the next batch (data behind: a
     # host stall), for the device (the step max_steps_in_flight back: the device is the
