@@ -227,6 +227,8 @@ def trainer(config, workdir: str) -> dict:
     stopped_at = e.step
   wall = time.perf_counter() - t
   s = read_scalars(os.path.join(workdir, "tensorboard"))
+  if not s.get("perf/window_seconds"):
+    sys.exit(f"the trainer stopped at step {stopped_at} before its first log window ended")
   seconds = np.array([v for _, v in s["perf/window_seconds"]])
   rate = np.array([v for _, v in s["perf/steps_per_sec"]])
   steps = rate * seconds  # steps of each window (the first one starts after step 1)
