@@ -25,9 +25,14 @@ from etils import epath
 from infonoise_jax import paths
 
 
+def checkpoint_dir(workdir: str):
+  """`<workdir>/checkpoints` (an epath: local or gs://)."""
+  return paths.run_path(workdir) / "checkpoints"
+
+
 def saved_steps(workdir: str) -> list[int]:
   """Finished checkpoint steps in `<workdir>/checkpoints`, read without creating anything."""
-  directory = paths.run_path(workdir) / "checkpoints"
+  directory = checkpoint_dir(workdir)
   if not directory.is_dir():
     return []
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
@@ -121,11 +126,16 @@ def _unpack(packed: dict[str, np.ndarray], layout: dict, abstract: Any) -> Any:
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
+def _is_packed(step_dir) -> bool:
+  """Whether the checkpoint in `step_dir` was saved packed (one process) or array by array."""
+  return (epath.Path(step_dir) / "layout").exists()
+
+
 def read_arrays(workdir: str, step: int) -> dict[str, np.ndarray]:
   """Every leaf of a saved state as a host array by its path ("params/...", "step"), without a
   config or template, whatever wrote it (one process packed, several array by array)."""
-  item = paths.run_path(workdir) / "checkpoints" / str(step)
-  if (item / "layout").exists():
+  item = checkpoint_dir(workdir) / str(step)
+  if _is_packed(item):
     layout = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(item / "layout")
     packed = ocp.StandardCheckpointer().restore(item / "packed")
     return dict(zip((p for p, _, _ in layout["leaves"]), _split(packed, layout), strict=True))
@@ -164,7 +174,7 @@ class Checkpointer:
     """`create=False` for readers (sample, evaluate): a missing folder is not made."""
     run = paths.run_path(workdir)  # remote URLs (gs://...) kept as they are
     self.workdir = str(run)
-    self.directory = str(run / "checkpoints")
+    self.directory = str(checkpoint_dir(workdir))
     self.corrupt_directory = str(run / "checkpoints_corrupt")
     self.keep = keep
     options = ocp.CheckpointManagerOptions(max_to_keep=None, create=create)
@@ -333,7 +343,7 @@ class Checkpointer:
   # ---------------------------------------------------------------- restoring
 
   def _packed(self, step: int) -> bool:
-    return (epath.Path(self.directory) / str(step) / "layout").exists()
+    return _is_packed(os.path.join(self.directory, str(step)))
 
   def _saved_shapes(self, step: int) -> dict[str, tuple] | None:
     """Leaf path -> shape of the saved state, from its metadata; None if unreadable."""

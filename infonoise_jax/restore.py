@@ -6,7 +6,6 @@ checkpoint itself is read through `checkpointing.Checkpointer`.
 """
 
 import json
-import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -17,7 +16,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from infonoise_jax import paths, steps
-from infonoise_jax.checkpointing import Checkpointer, saved_steps
+from infonoise_jax.checkpointing import Checkpointer, checkpoint_dir, saved_steps
 from infonoise_jax.mesh import make_mesh
 from infonoise_jax.models import make_model
 from infonoise_jax.schedules import Schedule, make_schedule
@@ -96,7 +95,7 @@ def check_step(workdir: str, step: int | None = None) -> int:
   """The step to restore (latest if None), checked from the folder without reading it."""
   saved = saved_steps(workdir)
   if not saved:
-    raise _no_checkpoint(os.path.join(workdir, "checkpoints"))
+    raise _no_checkpoint(str(checkpoint_dir(workdir)))
   if step is None:
     return saved[-1]
   if step not in saved:
@@ -132,8 +131,8 @@ def restore_run(
   """Rebuilds a run from `<workdir>/config.json` and restores its latest (or given) checkpoint,
   replicated over `devices` (default: all), without reading the training data."""
   config = load_config(workdir)
-  if not (paths.run_path(workdir) / "checkpoints").is_dir():
-    raise _no_checkpoint(str(paths.run_path(workdir) / "checkpoints"))
+  if not checkpoint_dir(workdir).is_dir():
+    raise _no_checkpoint(str(checkpoint_dir(workdir)))
   ckpt = Checkpointer(workdir, config.train.keep_checkpoints, create=False)
   try:
     step = _pick_step(ckpt, step)

@@ -34,7 +34,7 @@ def main() -> None:
   p.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
   args = p.parse_args()
   run = train.Run(load_config(args.config, 1, args.set), tempfile.mkdtemp())
-  state = jax.block_until_ready(jax.jit(run._init, out_shardings=run.state_sharding)())
+  state = jax.block_until_ready(run.init_fn())
   leaves = jax.tree.leaves(state)
   print(f"{args.config}: {len(leaves)} arrays, {sum(x.nbytes for x in leaves) / 1e6:.1f} MB")
   ckpt = checkpointing.Checkpointer(tempfile.mkdtemp(), keep=2)
