@@ -3,7 +3,8 @@
 Arms (schedule x config overrides) x seeds on one dataset at a fixed budget, with the same
 network, optimizer, EMA and sampler for every arm. The seeds of an arm train side by side in
 one jitted step vmapped over a run axis (`infonoise_jax.multirun`); arms run one after another,
-or in `--workers` processes sharing the accelerator (each with an equal memory fraction).
+or in `--workers` processes sharing the accelerator (each with an equal memory fraction) or
+dealt out over several GPUs (`--worker_gpus`).
 Every `--eval_every` steps each run draws `--num_samples` samples from its EMA model and the
 Frechet distance (FD) between sample and data statistics is measured in pixel space (lower is
 better; binarized data also gets `fd_decoded`, the FD of samples thresholded to the two
@@ -627,10 +628,18 @@ def conv_wgrad(args, config) -> str | None:
   return "taps" if several and jax.default_backend() == "gpu" else "conv"
 
 
+def worker_gpus(args) -> list[str]:
+  """The GPU each of --workers processes runs on (`--worker_gpus`, dealt out in turn), or []
+  for the same visible devices as this process."""
+  return [g.strip() for g in args.worker_gpus.split(",") if g.strip()]
+
+
 def spawn_workers(args) -> None:
-  """Runs the (data, arm) groups in `--workers` processes on the same accelerator."""
-  # An outer XLA_PYTHON_CLIENT_MEM_FRACTION is this harness's share (two harnesses side by
-  # side, 0.45 each), split between its workers; without one, 0.9 of the card.
+  """Runs the (data, arm) groups in `--workers` processes: on the same accelerator, or dealt
+  out over `--worker_gpus` (one CUDA_VISIBLE_DEVICES id each, in turn)."""
+  # An outer XLA_PYTHON_CLIENT_MEM_FRACTION is this harness's share of each card (two
+  # harnesses side by side, 0.45 each), split between the workers that share a card; without
+  # one, 0.9 of the card.
   outer = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.9")
   try:
     total = float(outer)
@@ -639,18 +648,25 @@ def spawn_workers(args) -> None:
       f"XLA_PYTHON_CLIENT_MEM_FRACTION={outer!r} is not a number: set it to this harness's "
       "share of the device memory (e.g. 0.45) or unset it (0.9)"
     ) from None
-  env = {**os.environ, "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{total / args.workers:.3f}"}
+  gpus = worker_gpus(args)
+  on = [gpus[i % len(gpus)] if gpus else None for i in range(args.workers)]
+  envs = []
+  for gpu in on:
+    env = {**os.environ, "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{total / on.count(gpu):.3f}"}
+    if gpu is not None:
+      env["CUDA_VISIBLE_DEVICES"] = gpu
+    envs.append(env)
   argv, rest = [], iter(sys.argv[1:])
-  for a in rest:  # every argument but --workers=N / --workers N
-    if a == "--workers":
+  for a in rest:  # every argument but --workers and --worker_gpus (=value or separate)
+    if a in ("--workers", "--worker_gpus"):
       next(rest, None)
-    elif not a.startswith("--workers="):
+    elif not a.startswith(("--workers=", "--worker_gpus=")):
       argv.append(a)
   procs = [
     subprocess.Popen(
       [sys.executable, os.path.abspath(__file__), *argv, f"--shard={i}/{args.workers}"], env=env
     )
-    for i in range(args.workers)
+    for i, env in enumerate(envs)
   ]
   codes = [p.wait() for p in procs]
   if any(codes):
@@ -677,6 +693,12 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument("--arm", action="append", help="extra arm 'name:key=value;key=value'")
   p.add_argument("--set", action="append", help="override for every arm, key=value")
   p.add_argument("--workers", type=int, default=1, help="processes sharing the accelerator")
+  p.add_argument(
+    "--worker_gpus",
+    default="",
+    help="comma list of GPU ids (CUDA_VISIBLE_DEVICES) dealt out to the --workers in turn, "
+    "e.g. 0,1 with --workers=2: one worker per card; '' = every worker on the visible devices",
+  )
   p.add_argument("--shard", default="0/1", help="(internal) i/n: this worker's groups")
   p.add_argument("--save_samples", action="store_true", help="final samples to final_*.npz")
   p.add_argument("--save_num", type=int, default=0, help="samples saved per run; 0 = the eval's")
@@ -729,6 +751,17 @@ def parse(argv=None) -> argparse.Namespace:
       p.error(f"--data: unknown {d!r}; known: {', '.join(DATA)}")
   if args.steps < 1 or args.eval_every < 1 or args.workers < 1 or args.speedup_tail < 1:
     p.error("--steps, --eval_every, --workers and --speedup_tail must be >= 1")
+  gpus = worker_gpus(args)
+  if gpus and (args.workers < 2 or not all(g.isdigit() for g in gpus)):
+    p.error(
+      f"--worker_gpus={args.worker_gpus!r} needs --workers >= 2 (got {args.workers}) and "
+      "non-negative GPU ids, e.g. --workers=2 --worker_gpus=0,1"
+    )
+  if gpus and len(gpus) > args.workers:
+    p.error(
+      f"--worker_gpus names {len(gpus)} GPUs for {args.workers} workers: some would stay "
+      f"idle; give --workers={len(gpus)} or fewer ids"
+    )
   missing = [f for f in filter(None, args.fid_records.split(",")) if not os.path.exists(f)]
   if missing:
     p.error(f"--fid_records: no such file {', '.join(missing)} (fid_of_samples.py --out)")

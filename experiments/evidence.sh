@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU evidence of experiments/RESULTS.md (sections 14-31) on one GPU, step by step. To repeat a
+# The GPU evidence of experiments/RESULTS.md (sections 14-32) on one GPU, step by step. To repeat a
 # section before 28 add --eval_draw=per_step; before 25 also --set=schedule.infonoise.warmup_steps=500.
 #
 #   bash experiments/evidence.sh prepare                    # offline data + int16 FID weights
@@ -28,6 +28,8 @@
 # A budget longer than one call (section 21): `fashion continuous lognormal,infonoise 10000
 # --workers=2 --state_dir=$DATA/state --stop_at=5000`, then the same with --stop_at=10000 on the
 # same machine, made at once: the second call trains on from the state kept at step 5000.
+# On a machine with two GPUs, `--workers=2 --worker_gpus=0,1` trains each arm on its own card
+# (section 32).
 # Relative DATA, OUT and WEIGHTS are taken from the directory you call it from.
 # On a lent GPU machine whose calls carry at most 64 MiB, the Fashion data (30 MB) and the FID
 # weights (42 MB) do not fit in one call: carry the data with `fashion` and the weights with

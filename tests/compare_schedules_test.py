@@ -191,6 +191,45 @@ def test_workers_split_the_harness_memory_share(tmp_path, monkeypatch, outer, ea
   assert not started
 
 
+def test_worker_gpus_deal_the_workers_out_over_cards(tmp_path, monkeypatch, capsys):
+  """--worker_gpus puts worker i on card ids[i % len(ids)]; the memory share is split only
+  between the workers of one card; the flag does not reach the workers; bad lists stop in
+  parse, before anything starts."""
+  started = []
+
+  class FakeProcess:
+    def __init__(self, argv, env):
+      started.append((argv, env.get("CUDA_VISIBLE_DEVICES"), env["XLA_PYTHON_CLIENT_MEM_FRACTION"]))
+
+    def wait(self):
+      return 0
+
+  monkeypatch.setattr(compare_schedules.subprocess, "Popen", FakeProcess)
+  monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+  monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+  flags = ["--workers=3", "--worker_gpus", "2,3", f"--out={tmp_path}"]
+  monkeypatch.setattr(sys, "argv", ["compare_schedules.py", *flags])
+  compare_schedules.spawn_workers(compare_schedules.parse(flags))
+  on = [(gpu, frac) for _, gpu, frac in started]
+  assert on == [("2", "0.450"), ("3", "0.900"), ("2", "0.450")]
+  assert [argv[2:] for argv, _, _ in started] == [
+    [f"--out={tmp_path}", f"--shard={i}/3"] for i in range(3)
+  ]
+  started.clear()
+  flags = ["--workers=2", "--worker_gpus=0,1", f"--out={tmp_path}"]
+  monkeypatch.setattr(sys, "argv", ["compare_schedules.py", *flags])
+  compare_schedules.spawn_workers(compare_schedules.parse(flags))
+  assert [(gpu, frac) for _, gpu, frac in started] == [("0", "0.900"), ("1", "0.900")]
+  for bad, says in [
+    (["--worker_gpus=0,1"], "needs --workers >= 2"),
+    (["--workers=2", "--worker_gpus=0,gpu1"], "non-negative GPU ids"),
+    (["--workers=2", "--worker_gpus=0,1,2"], "names 3 GPUs for 2 workers"),
+  ]:
+    with pytest.raises(SystemExit):
+      compare_schedules.parse([*bad, f"--out={tmp_path}"])
+    assert says in capsys.readouterr().err
+
+
 def test_report_notes_an_arm_whose_records_mix_weight_gradients(tmp_path):
   """--conv_wgrad is not in the config hash, so a rerun with another choice appends to the
   same arm: the report keeps the records and says they mix."""
