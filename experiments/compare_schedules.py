@@ -30,6 +30,9 @@ section 9; for the sequence transformer, four processes sharing an H200 had not 
 FID section per data kind to the report. `--state_dir` keeps each arm's training state at every
 evaluation step, so a rerun of the same command (after a kill, or a call that ended at
 `--stop_at`) trains on from there: a budget longer than one session or call is run in parts.
+If --out holds an arm's evaluations but --state_dir has no state for it (the machine that kept
+it went back), the rerun stops before any work instead of training from step 0 again
+(`--restart_lost_state` does that anyway).
 An evaluation draws its samples from the same seeds for every arm and training seed, so arms
 compare paired at each step; by default (`--eval_draw=fixed`) also the same seeds at every step,
 so a curve's steps compare paired too: with a new draw per step (`per_step`, seed 10,000 + step,
@@ -555,9 +558,13 @@ class KeptState:
   The folder names the config hash and the seeds: another setting never restores it."""
 
   def __init__(self, args, data: str, arm_name: str, h: str, seeds: list[int]):
-    name = f"{data}_{arm_name}_{h}_seeds{'-'.join(map(str, seeds))}"
-    self.directory = os.path.join(os.path.abspath(args.state_dir), name)
+    self.directory = self.folder(args, data, arm_name, h, seeds)
     self._ckpt = checkpointing.Checkpointer(self.directory, keep=1)
+
+  @staticmethod
+  def folder(args, data: str, arm_name: str, h: str, seeds: list[int]) -> str:
+    name = f"{data}_{arm_name}_{h}_seeds{'-'.join(map(str, seeds))}"
+    return os.path.join(os.path.abspath(args.state_dir), name)
 
   def restore(self, state, bad):
     """(state, bad, step, train_s) of the newest kept step; the arguments (step 0) if none."""
@@ -731,6 +738,12 @@ def parse(argv=None) -> argparse.Namespace:
     default=0,
     help="train only to this step now (needs --state_dir); rerun later to go on. 0 = --steps",
   )
+  p.add_argument(
+    "--restart_lost_state",
+    action="store_true",
+    help="with --state_dir: train an arm from step 0 even though --out holds its evaluations "
+    "and no kept state is found (else that stops before any work)",
+  )
   p.add_argument("--report_only", action="store_true", help="only rewrite the report files")
   p.add_argument(
     "--conv_wgrad",
@@ -807,6 +820,16 @@ def parse(argv=None) -> argparse.Namespace:
         " (the rule before RESULTS.md section 28 is per_step); go on with them with that "
         "--eval_draw, or give another --out for a new run"
       )
+    lost = {} if args.restart_lost_state else lost_states(args, gs)
+    if lost:
+      p.error(
+        f"--state_dir={args.state_dir} holds no kept state for "
+        + ", ".join(f"{k} (evaluated to step {v})" for k, v in sorted(lost.items()))
+        + f" in {os.path.join(args.out, 'results.jsonl')}: going on would train from step 0 "
+        "again and append evaluations of a new model to the recorded curve. Copy the kept "
+        "state back into --state_dir, give another --out, or pass --restart_lost_state to "
+        "train again from step 0 anyway"
+      )
   return args
 
 
@@ -826,6 +849,37 @@ def other_draws(args, gs) -> dict[str, str]:
       if (h, num) == (mine[key], args.num_samples) and draw != args.eval_draw:
         out["/".join(key)] = draw
   return out
+
+
+def lost_states(args, gs) -> dict[str, int]:
+  """{data/arm: step} for this command's arms whose evaluations in --out reach `step`, with
+  evaluations still to come, but whose --state_dir holds no kept state (the machine that kept
+  it is gone, or another --state_dir was given): going on would train from step 0 again, spend
+  those steps before recording anything, and append evaluations of another model than the one
+  recorded (GPU training is not bit-reproducible)."""
+  path = os.path.join(args.out, "results.jsonl")
+  if not args.state_dir or not os.path.exists(path):
+    return {}
+  seeds = [int(s) for s in args.seeds.split(",")]
+  reached = {}
+  for d, a, arm in gs:
+    h = config_hash(make_config(args, d, arm))
+    steps = {
+      r["step"]
+      for r in read_records(path)
+      if r.get("kind") == "eval"
+      and (r.get("data"), r.get("arm")) == (d, a)
+      and r.get("seed") in seeds
+      and record_setting(r) == (h, args.num_samples, args.eval_draw)
+    }
+    last = max(steps, default=0)
+    if (
+      last
+      and last < args.steps
+      and not checkpointing.saved_steps(KeptState.folder(args, d, a, h, seeds))
+    ):
+      reached[f"{d}/{a}"] = last
+  return reached
 
 
 def check_arm_config(config) -> None:

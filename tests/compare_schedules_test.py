@@ -566,6 +566,26 @@ def test_kept_state_resumes_to_the_same_evaluations_as_one_uninterrupted_run(tmp
   assert os.path.getsize(os.path.join(parts, "summary.md")) > 0
 
 
+def test_a_lost_kept_state_stops_before_training_from_step_0_again(tmp_path, capsys):
+  """Evaluations in --out but no kept state in --state_dir (the machine that kept it went back):
+  the rerun stops in parse, naming the arm and its last recorded step, instead of spending the
+  call on retraining and appending another model's evaluations to the curve."""
+  out, kept, empty = str(tmp_path / "out"), str(tmp_path / "kept"), str(tmp_path / "empty")
+  args = [*_args(out), "--arms=lognormal"]
+  compare_schedules.main([*args, f"--state_dir={kept}", "--stop_at=2"])
+  compare_schedules.parse([*args, f"--state_dir={kept}"])  # the kept state is there: fine
+  capsys.readouterr()
+  with pytest.raises(SystemExit):
+    compare_schedules.parse([*args, f"--state_dir={empty}"])
+  err = capsys.readouterr().err
+  assert "continuous/lognormal (evaluated to step 2)" in err and "--restart_lost_state" in err
+  assert not os.path.exists(empty)  # nothing created before the error
+  compare_schedules.parse([*args, f"--state_dir={empty}", "--restart_lost_state"])
+  compare_schedules.parse([*args, f"--state_dir={empty}", "--arms=infonoise"])  # no records
+  compare_schedules.parse([*args, f"--state_dir={empty}", "--num_samples=16"])  # other setting
+  compare_schedules.parse([*args, f"--state_dir={empty}", "--report_only"])
+
+
 def test_stop_at_without_a_state_dir_fails_before_any_work(tmp_path):
   with pytest.raises(SystemExit):
     compare_schedules.parse([*_args(tmp_path), "--speedup_tail=0"])
