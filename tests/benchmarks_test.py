@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -371,3 +372,47 @@ def test_checkpoint_bench_times_both_layouts_and_a_restore(monkeypatch, capsys):
   out = capsys.readouterr().out
   assert out.count("packed save") == 2 and out.count("array by array save") == 2
   assert "restore packed:" in out
+
+
+def test_hlo_kernels_counts_device_work_of_the_entry_computation():
+  """Fusions, library calls and copies of ENTRY count; parameters, tuples, constants,
+  bitcasts and the called computations' own instructions do not."""
+  hlo = """HloModule m
+
+%fused (p: f32[4]) -> f32[4] {
+  %p = f32[4]{0} parameter(0)
+  ROOT %s = f32[4]{0} sine(f32[4]{0} %p)
+}
+
+ENTRY %main (a: f32[4], b: f32[4,4]) -> (f32[4], f32[4]) {
+  %a = f32[4]{0} parameter(0)
+  %b = f32[4,4]{1,0} parameter(1)
+  %c = f32[] constant(1)
+  %f = f32[4]{0} fusion(f32[4]{0} %a), kind=kLoop, calls=%fused, metadata={op_name="x=y"}
+  %g = (f32[4]{0}, s8[16]{0}) custom-call(f32[4,4]{1,0} %b, f32[4]{0} %f), custom_call_target="x"
+  %h = f32[4]{0} get-tuple-element((f32[4]{0}, s8[16]{0}) %g), index=0
+  %k = f32[4]{0} copy(f32[4]{0} %h)
+  %v = f32[2,2]{1,0} bitcast(f32[4]{0} %k)
+  ROOT %t = (f32[4]{0}, f32[4]{0}) tuple(f32[4]{0} %f, f32[4]{0} %k)
+}
+"""
+  assert train_step_bench.hlo_kernels(hlo) == 3  # fusion, custom-call, copy
+
+
+def test_flat_optimizer_takes_the_same_steps_with_fewer_kernels(tiny_config):
+  """The benchmark's flat layout (optax.flatten over the trainer's clip + Adam) trains to the
+  same parameters as the leafwise optimizer, and its step compiles to less device work."""
+  out = {}
+  for layout in train_step_bench.OPTIMIZERS:
+    step, state, x = train_step_bench.build(tiny_config, (8, 8, 1), layout)
+    kernels = train_step_bench.hlo_kernels(step.lower(state, x).compile().as_text())
+    for _ in range(3):
+      state, m = step(state, x)
+    out[layout] = (jax.device_get(state.params), float(m["loss"]), kernels)
+  (p_leaf, loss_leaf, k_leaf), (p_flat, loss_flat, k_flat) = out["leafwise"], out["flat"]
+  np.testing.assert_allclose(loss_flat, loss_leaf, rtol=1e-5)
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  jax.tree.map(close, p_flat, p_leaf)
+  assert k_flat < k_leaf
+  with pytest.raises(ValueError, match="optimizer layout 'fused'"):
+    train_step_bench.build(tiny_config, (8, 8, 1), "fused")

@@ -25,7 +25,7 @@ if not __package__:  # run as a script: make the repository root importable
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax
-from train_step_bench import build, config_for
+from train_step_bench import OPTIMIZERS, build, config_for
 
 # Substrings of a GPU kernel's name, first match wins.
 KINDS = (
@@ -64,8 +64,10 @@ def device_events(trace_dir: str):
         yield plane.name, ev.name, str(hlo), ev.start_ns, ev.duration_ns
 
 
-def profile(config, shape, steps: int, outdir: str, top: int) -> None:
-  step, state, x = build(config, shape)
+def profile(
+  config, shape, steps: int, outdir: str, top: int, optimizer_layout: str = "leafwise"
+) -> None:
+  step, state, x = build(config, shape, optimizer_layout)
   compiled = step.lower(state, x).compile()
   if outdir:
     os.makedirs(outdir, exist_ok=True)
@@ -139,12 +141,15 @@ def main():
   p.add_argument("--shape", default="32,32,3")
   p.add_argument("--top", type=int, default=40)
   p.add_argument("--outdir", default="", help="keep the trace and the optimized HLO here")
+  p.add_argument(
+    "--optimizer", default="leafwise", choices=OPTIMIZERS, help="train_step_bench.build's layout"
+  )
   args = p.parse_args()
   shape = tuple(int(s) for s in args.shape.split(","))
   print(f"{jax.device_count()} x {jax.devices()[0].device_kind}, jax {jax.__version__}")
   for dtype in args.dtypes.split(","):
     config = config_for(args.config, dtype, args.batch_size)
-    profile(config, shape, args.steps, args.outdir, args.top)
+    profile(config, shape, args.steps, args.outdir, args.top, args.optimizer)
 
 
 if __name__ == "__main__":

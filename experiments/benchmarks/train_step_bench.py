@@ -9,6 +9,8 @@ images/s, peak device memory, XLA's FLOP count per step and model FLOPs utilizat
       --dtypes=float32,bfloat16 --iters=30
   python experiments/benchmarks/train_step_bench.py --config=configs/cifar10_edm.py:ncsnpp
   python experiments/benchmarks/train_step_bench.py --config=configs/dna.py --shape=128,4
+  python experiments/benchmarks/train_step_bench.py --config=configs/default.py:fashion \
+      --shape=28,28,1 --dtypes=float32 --optimizers=leafwise,flat   # the launch-bound A/B
 
 FLOPs per step and MFU come from `infonoise_jax.flops` on whatever backend runs the script:
 XLA's cost analysis of the compiled step, unless it counts less than the step's matrix
@@ -16,10 +18,13 @@ products and convolutions (jaxpr count), then that count. MFU divides by the dev
 dense peak for the compute dtype (flops.PEAKS: H100/H200 SXM 989 TFLOP/s bf16 and 495
 TF32, A100, TPUs; `--set system.peak_tflops=...` for any other device) and prints
 "n/a (unknown peak ...)" rather than a number when the device is not in the table.
+"HLO kernels" counts the compiled step's device work (`hlo_kernels`); `--optimizers=...,flat`
+times the same step with the optimizer over one concatenated vector (`build`).
 """
 
 import argparse
 import os
+import re
 import sys
 import time
 
@@ -29,6 +34,7 @@ if not __package__:  # run as a script: make the repository root importable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -63,12 +69,22 @@ def resolve_token_sigma_data(config, shape) -> None:
   resolve_sigma_data(config, encoding, how_to_set="--set edm.sigma_data=<std>")
 
 
-def build(config, shape):
+OPTIMIZERS = ("leafwise", "flat")
+
+
+def build(config, shape, optimizer_layout: str = "leafwise"):
   """The jitted train step, a replicated initial state and a sharded synthetic batch (a token
-  config's sigma_data resolved first: `resolve_token_sigma_data`)."""
+  config's sigma_data resolved first: `resolve_token_sigma_data`). `optimizer_layout`: the
+  trainer's optimizer, updating leaf by leaf (leafwise), or the same optimizer on all leaves
+  concatenated into one vector (flat, `optax.flatten`: an A/B for launch-bound steps; the
+  EMA and the gradient-norm metric stay leaf by leaf)."""
+  if optimizer_layout not in OPTIMIZERS:
+    raise ValueError(f"optimizer layout {optimizer_layout!r}: one of {', '.join(OPTIMIZERS)}")
   resolve_token_sigma_data(config, shape)
   model, schedule = make_model(config, shape), make_schedule(config)
   optimizer = make_optimizer(config)
+  if optimizer_layout == "flat":
+    optimizer = optax.flatten(optimizer)
   mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   rep, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   init = lambda: steps.init_state(model, schedule, optimizer, shape, config.seed)
@@ -87,11 +103,28 @@ def build(config, shape):
   return step, state, x
 
 
-def bench(config, shape, iters: int) -> dict:
-  step, state, x = build(config, shape)
+# Instructions of an optimized HLO module that do no device work of their own.
+NOT_KERNELS = frozenset(
+  ("parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all", "opt-barrier")
+)
+
+
+def hlo_kernels(hlo_text: str) -> int:
+  """Instructions of the optimized module's entry computation that run as device work
+  (fusions, library calls, copies, collectives): about the kernels one step launches, except
+  that on a GPU a command buffer (a CUDA graph XLA built from several of them) counts once."""
+  entry = hlo_text[hlo_text.index("\nENTRY ") + 1 :]
+  body = entry[entry.index("{") + 1 : entry.index("\n}")]
+  ops = re.findall(r"=\s*[^=]*?\s([a-z][\w-]*)\(", body)
+  return sum(op not in NOT_KERNELS for op in ops)
+
+
+def bench(config, shape, iters: int, optimizer_layout: str = "leafwise") -> dict:
+  step, state, x = build(config, shape, optimizer_layout)
   t0 = time.perf_counter()
   compiled = step.lower(state, x).compile()
   compile_s = time.perf_counter() - t0
+  kernels = hlo_kernels(compiled.as_text())
   count = flops.step_flops(step.trace(state, x).jaxpr, compiled, jax.device_count())
   for _ in range(3):  # warm-up
     state, m = compiled(state, x)
@@ -135,6 +168,7 @@ def bench(config, shape, iters: int) -> dict:
     "mfu": mfu,
     "mfu_text": flops.describe_mfu(mfu, kind),
     "loss_finite": bool(jnp.isfinite(m["loss"])),
+    "hlo_kernels": kernels,
   }
 
 
@@ -148,6 +182,12 @@ def main():
   p.add_argument("--iters", type=int, default=30)
   p.add_argument("--shape", default="32,32,3", help="per-example data shape")
   p.add_argument(
+    "--optimizers",
+    default="leafwise",
+    help="comma list of optimizer layouts to time: leafwise (the trainer's) and/or flat "
+    "(all leaves as one vector)",
+  )
+  p.add_argument(
     "--set",
     nargs="*",
     default=[],
@@ -155,25 +195,30 @@ def main():
     "system.peak_tflops=989 for a device not in infonoise_jax/flops.py's table",
   )
   args = p.parse_args()
+  layouts = args.optimizers.split(",")
+  bad = [o for o in layouts if o not in OPTIMIZERS]
+  if bad:
+    p.error(f"--optimizers: unknown {', '.join(bad)}; known: {', '.join(OPTIMIZERS)}")
   shape = tuple(int(s) for s in args.shape.split(","))
   dev = jax.devices()[0]
   print(f"{jax.device_count()} x {dev.device_kind}, jax {jax.__version__}, config {args.config}")
   print(
-    "| dtype | batch | params | compile s | step ms | synced step ms | images/s | peak GiB "
-    "| TFLOP/step | MFU |"
+    "| dtype | optimizer | batch | params | compile s | step ms | synced step ms | images/s "
+    "| peak GiB | TFLOP/step | MFU | HLO kernels |"
   )
-  print("|---|---|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   for dtype in args.dtypes.split(","):
-    config = config_for(args.config, dtype, args.batch_size, args.set)
-    r = bench(config, shape, args.iters)
-    n = param_count(make_model(config, shape), shape)
-    print(
-      f"| {dtype} | {config.train.batch_size} | {n:,} | {r['compile_s']:.1f} | "
-      f"{r['step_ms']:.1f} | {r['synced_ms']:.1f} | "
-      f"{r['images_per_s']:.0f} | {r['peak_mem_gib']:.1f} | {r['tflop_per_step']:.3g} | "
-      f"{r['mfu_text']} |",
-      flush=True,
-    )
+    for layout in layouts:
+      config = config_for(args.config, dtype, args.batch_size, args.set)
+      r = bench(config, shape, args.iters, layout)
+      n = param_count(make_model(config, shape), shape)
+      print(
+        f"| {dtype} | {layout} | {config.train.batch_size} | {n:,} | {r['compile_s']:.1f} | "
+        f"{r['step_ms']:.1f} | {r['synced_ms']:.1f} | "
+        f"{r['images_per_s']:.0f} | {r['peak_mem_gib']:.1f} | {r['tflop_per_step']:.3g} | "
+        f"{r['mfu_text']} | {r['hlo_kernels']:,} |",
+        flush=True,
+      )
     print(
       f"  FLOPs from {r['flops_source']}; peak {r['peak_tflops'] or 'unknown'} TFLOP/s per device",
       flush=True,
