@@ -68,7 +68,7 @@ if not __package__:  # run as a script: make the repository root importable
 import jax
 import numpy as np
 
-from infonoise_jax import checkpointing, multirun, train
+from infonoise_jax import checkpointing, multirun, paths, train
 from infonoise_jax.data import load_source
 from infonoise_jax.data.sources import TOKEN_NAMES
 from infonoise_jax.evaluation import fid, plots, report
@@ -564,7 +564,7 @@ class KeptState:
   @staticmethod
   def folder(args, data: str, arm_name: str, h: str, seeds: list[int]) -> str:
     name = f"{data}_{arm_name}_{h}_seeds{'-'.join(map(str, seeds))}"
-    return os.path.join(os.path.abspath(args.state_dir), name)
+    return str(paths.run_path(args.state_dir) / name)  # gs:// kept as it is
 
   def restore(self, state, bad):
     """(state, bad, step, train_s) of the newest kept step; the arguments (step 0) if none."""
@@ -861,12 +861,13 @@ def lost_states(args, gs) -> dict[str, int]:
   if not args.state_dir or not os.path.exists(path):
     return {}
   seeds = [int(s) for s in args.seeds.split(",")]
+  records = read_records(path)  # once: it rehashes every record
   reached = {}
   for d, a, arm in gs:
     h = config_hash(make_config(args, d, arm))
     steps = {
       r["step"]
-      for r in read_records(path)
+      for r in records
       if r.get("kind") == "eval"
       and (r.get("data"), r.get("arm")) == (d, a)
       and r.get("seed") in seeds
