@@ -28,8 +28,10 @@ section 9; for the sequence transformer, four processes sharing an H200 had not 
 1,000 after 470 s, while one process trained 4,000 steps of 3 seeds in 171-176 s, section 18).
 `--fid_records` (the output of fid_of_samples.py on those samples) adds an Inception
 FID section per data kind to the report. `--state_dir` keeps each arm's training state at every
-evaluation step, so a rerun of the same command (after a kill, or a call that ended at
-`--stop_at`) trains on from there: a budget longer than one session or call is run in parts.
+evaluation step (before its evaluations are written: a kill while evaluating loses no
+training, and the rerun writes the missing records first), so a rerun of the same command
+(after a kill, or a call that ended at `--stop_at` or `--time_limit`) trains on from there: a
+budget longer than one session or call is run in parts.
 If --out holds an arm's evaluations but --state_dir has no state for it (the machine that kept
 it went back), the rerun stops before any work instead of training from step 0 again
 (`--restart_lost_state` does that anyway).
@@ -465,7 +467,6 @@ def train_group(args, data: str, arm_name: str, config, wgrad: str | None, path:
   ref = reference(config, mr.source)
   resolved = json.loads(config.to_json_best_effort())
   state, bad = mr.init()
-  final = {}  # uint8 samples per run (--save_samples), written at each step of save_steps
   have = saved_keys(args, data, arm_name)
   train_s, last = 0.0, 0  # train_s: training wall time, evaluations excluded
   kept = KeptState(args, data, arm_name, h, seeds) if args.state_dir else None
@@ -473,16 +474,9 @@ def train_group(args, data: str, arm_name: str, config, wgrad: str | None, path:
     state, bad, last, train_s = kept.restore(state, bad)
   stop = args.stop_at or args.steps
   evals, saves = set(eval_steps(args)), save_steps(args)  # once, not per step
-  interval = multirun.IntervalStats()  # training loss and gradient norm between evaluations
-  t0 = time.time()
-  for step in range(last + 1, stop + 1):
-    state, bad, watched = mr.train_step(state, mr.batch(step - 1), bad)
-    interval.add(watched)
-    if step not in evals and step not in saves and step != stop:
-      continue
-    multirun.check_finite(bad, seeds, (last + 1, step))  # syncs: the steps are done
-    train_s += time.time() - t0
-    trained = interval.read() if step in evals else []  # per run, since the last evaluation
+
+  def record(step: int, state, trained: list) -> None:
+    """The evaluations of `step` not yet in --out and the samples not yet kept."""
     evaluated = {}  # seed -> this step's evaluation samples (saved when --save_num is 0)
     for r, seed in enumerate(seeds):
       for resample in (False, True):
@@ -516,6 +510,7 @@ def train_group(args, data: str, arm_name: str, config, wgrad: str | None, path:
           rec["gate_pivot"] = float(s["gate_pivot"])
           rec["m_K"] = [float(v) for v in np.asarray(s["m_K"])]  # learned per-bin error
         report.append_record(path, rec)
+        done.add((seed, step, resample))
         print(json.dumps({k: v for k, v in rec.items() if k not in ("config", "m_K")}), flush=True)
         if not resample and not args.save_num:
           evaluated[seed] = x
@@ -523,6 +518,7 @@ def train_group(args, data: str, arm_name: str, config, wgrad: str | None, path:
           grid = plots.sample_grid(x[:64], value_range=(-mr.source.scale, mr.source.scale))
           plots.save_png(os.path.join(args.out, f"samples_{data}_{arm_name}.png"), grid)
     if step in saves and mr.source.is_image:
+      final = {}  # uint8 samples per run, written at once: a later kill keeps them
       for r, seed in enumerate(seeds):
         key = f"{arm_name}__seed{seed}__step{step}"
         if key in have:
@@ -531,19 +527,38 @@ def train_group(args, data: str, arm_name: str, config, wgrad: str | None, path:
         if x is None:  # drawn apart: its own seeds, never those of an evaluation
           x = mr.samples(state, r, args.save_num or args.num_samples, 2_000_000 + step)
         final[key] = samples_uint8(mr.source, x)
-      if final:  # written at once: a later kill keeps the samples saved so far
+      if final:
         save_final_samples(args, data, arm_name, final)
-        have |= set(final)
-        final = {}
-    if kept is not None:  # after this step's records and samples: a rerun goes on from here
+        have.update(final)
+
+  # A state kept at `last` whose records were cut off (the kept state is written before a
+  # step's evaluations, so a kill while evaluating loses no training): evaluate it first.
+  record(last, state, [])
+  interval = multirun.IntervalStats()  # training loss and gradient norm between evaluations
+  t0, stretch = time.time(), 0.0  # stretch: longest time from one kept step to the next
+  stopped_by = "--stop_at"
+  for step in range(last + 1, stop + 1):
+    state, bad, watched = mr.train_step(state, mr.batch(step - 1), bad)
+    interval.add(watched)
+    if step not in evals and step not in saves and step != stop:
+      continue
+    multirun.check_finite(bad, seeds, (last + 1, step))  # syncs: the steps are done
+    train_s += time.time() - t0
+    trained = interval.read() if step in evals else []  # per run, since the last evaluation
+    if kept is not None:  # first: a kill while evaluating or saving samples loses no step
       kept.save(step, state, bad, train_s)
+    record(step, state, trained)
+    stretch = max(stretch, time.time() - t0)
     last, t0 = step, time.time()
+    if args.deadline and last < stop and t0 + stretch > args.deadline:
+      stopped_by = f"--time_limit: the next stretch, up to {stretch:.0f} s, would end past it"
+      break
   if kept is not None:
     kept.close()
   if last < args.steps:
     print(
-      f"{data}/{arm_name}: stopped at step {last} of {args.steps} (--stop_at); its state is in "
-      f"{kept.directory}: run the command again with a later --stop_at (or none) to go on",
+      f"{data}/{arm_name}: stopped at step {last} of {args.steps} ({stopped_by}); its state is in "
+      f"{kept.directory}: run the command again (with a later --stop_at, or none) to go on",
       flush=True,
     )
   elif args.grid_steps and has_profile(mr.schedule):
@@ -551,10 +566,11 @@ def train_group(args, data: str, arm_name: str, config, wgrad: str | None, path:
 
 
 class KeptState:
-  """One (data, arm)'s stacked training state kept on disk (--state_dir): saved after each
-  evaluation, sample-saving and --stop_at step, restored by a rerun so it trains on from there
-  instead of from step 0. The batches of a step depend only on the seed and the step
-  (multirun.MultiRun.batch), so a resumed run sees the data an uninterrupted one would.
+  """One (data, arm)'s stacked training state kept on disk (--state_dir): saved at each
+  evaluation, sample-saving and stop step before that step's records, restored by a rerun so
+  it trains on from there instead of from step 0. The batches of a step depend only on the
+  seed and the step (multirun.MultiRun.batch), so a resumed run sees the data an
+  uninterrupted one would.
   The folder names the config hash and the seeds: another setting never restores it."""
 
   def __init__(self, args, data: str, arm_name: str, h: str, seeds: list[int]):
@@ -669,6 +685,8 @@ def spawn_workers(args) -> None:
       next(rest, None)
     elif not a.startswith(("--workers=", "--worker_gpus=")):
       argv.append(a)
+  if args.deadline:  # the workers stop by the parent's clock, not by their own start
+    argv.append(f"--deadline={args.deadline}")
   procs = [
     subprocess.Popen(
       [sys.executable, os.path.abspath(__file__), *argv, f"--shard={i}/{args.workers}"], env=env
@@ -729,8 +747,8 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument(
     "--state_dir",
     default="",
-    help="keep each arm's training state here at every evaluation (and --stop_at) step; a "
-    "rerun of the same command trains on from the newest one. '' = off",
+    help="keep each arm's training state here at every evaluation (and stop) step, before its "
+    "records; a rerun of the same command trains on from the newest one. '' = off",
   )
   p.add_argument(
     "--stop_at",
@@ -738,6 +756,16 @@ def parse(argv=None) -> argparse.Namespace:
     default=0,
     help="train only to this step now (needs --state_dir); rerun later to go on. 0 = --steps",
   )
+  p.add_argument(
+    "--time_limit",
+    type=float,
+    default=0,
+    help="seconds this command may run (needs --state_dir): each arm stops, its state kept, at "
+    "the first kept step from which the next stretch (timed as the longest so far, evaluations "
+    "and saves included) would end past it; a rerun goes on. Stops cleanly before a call's or "
+    "job's hard limit would kill it mid-stretch. 0 = none",
+  )
+  p.add_argument("--deadline", type=float, default=0, help="(internal) --time_limit's end, unix s")
   p.add_argument(
     "--restart_lost_state",
     action="store_true",
@@ -783,6 +811,13 @@ def parse(argv=None) -> argparse.Namespace:
       f"--stop_at={args.stop_at} needs 1 <= --stop_at <= --steps={args.steps} and a "
       "--state_dir to keep the state in (else the steps trained would be lost)"
     )
+  if args.time_limit < 0 or (args.time_limit and not args.state_dir):
+    p.error(
+      f"--time_limit={args.time_limit:g} needs to be >= 0, and a --state_dir to keep the "
+      "state in when it stops an arm (else the steps trained would be lost)"
+    )
+  if args.time_limit and not args.deadline:  # a worker gets its parent's deadline
+    args.deadline = time.time() + args.time_limit
   if args.save_num < 0:
     p.error(f"--save_num must be >= 0, got {args.save_num}")
   given = [] if args.save_steps == "evals" else list(filter(None, args.save_steps.split(",")))
@@ -883,6 +918,26 @@ def lost_states(args, gs) -> dict[str, int]:
   return reached
 
 
+def unfinished(args, path: str) -> list[str]:
+  """data/arm of this command's arms whose evaluations in `path` miss --steps for some seed."""
+  seeds = {int(s) for s in args.seeds.split(",")}
+  records = read_records(path)
+  out = []
+  for d, a, arm in groups(args):
+    setting = (config_hash(make_config(args, d, arm)), args.num_samples, args.eval_draw)
+    at_end = {
+      r["seed"]
+      for r in records
+      if r.get("kind") == "eval"
+      and r.get("step") == args.steps
+      and (r.get("data"), r.get("arm")) == (d, a)
+      and record_setting(r) == setting
+    }
+    if not seeds <= at_end:
+      out.append(f"{d}/{a}")
+  return out
+
+
 def check_arm_config(config) -> None:
   """What MultiRun checks before it trains (general keys, the schedule's own settings), without
   the data: token data's edm.sigma_data = 0 is resolved from the data later, so a stand-in
@@ -910,12 +965,19 @@ def main(argv=None) -> None:
     for d in args.data.split(","):
       write_floor(args, d, path)
     for k, (d, a, arm) in enumerate(groups(args)):
-      if k % n == i:
-        run_group(args, d, a, arm, path)
+      if k % n != i:
+        continue
+      if args.deadline and time.time() >= args.deadline:
+        print(f"{d}/{a}: not started, --time_limit reached: a rerun trains it", flush=True)
+        continue
+      run_group(args, d, a, arm, path)
     if n > 1:
       return
   if args.stop_at and args.stop_at < args.steps:
     print(f"stopped at --stop_at={args.stop_at}: the report waits for --steps", flush=True)
+    return
+  if args.time_limit and not args.report_only and unfinished(args, path):
+    print("stopped by --time_limit: the report waits for every arm's --steps", flush=True)
     return
   arm_names = list(dict.fromkeys(a for _, a, _ in groups(args)))
   fid_lines = [r for p in filter(None, args.fid_records.split(",")) for r in report.read_records(p)]

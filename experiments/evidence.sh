@@ -28,6 +28,8 @@
 # A budget longer than one call (section 21): `fashion continuous lognormal,infonoise 10000
 # --workers=2 --state_dir=$DATA/state --stop_at=5000`, then the same with --stop_at=10000 on the
 # same machine, made at once: the second call trains on from the state kept at step 5000.
+# Or give each call `--time_limit=540` (its limit less start-up) instead of a --stop_at: every
+# call trains as far as fits, stopping at a kept step (section 33).
 # On a machine with two GPUs, `--workers=2 --worker_gpus=0,1` trains each arm on its own card
 # (section 32).
 # Relative DATA, OUT and WEIGHTS are taken from the directory you call it from.

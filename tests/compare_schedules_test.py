@@ -4,9 +4,11 @@ Checks the vmapped multi-run step against the single-run trainer, the curves / t
 speedup outputs, and that a resumed harness appends only the missing evaluations.
 """
 
+import itertools
 import json
 import os
 import sys
+import types
 
 import jax
 import numpy as np
@@ -584,6 +586,84 @@ def test_a_lost_kept_state_stops_before_training_from_step_0_again(tmp_path, cap
   compare_schedules.parse([*args, f"--state_dir={empty}", "--arms=infonoise"])  # no records
   compare_schedules.parse([*args, f"--state_dir={empty}", "--num_samples=16"])  # other setting
   compare_schedules.parse([*args, f"--state_dir={empty}", "--report_only"])
+
+
+def test_a_kill_while_evaluating_loses_no_training_and_the_rerun_fills_the_gap(
+  tmp_path, monkeypatch, capsys
+):
+  """The kept state is written before a step's evaluations: a kill after the first record of
+  step 2 leaves the state at step 2, and the rerun resumes there (no step trained twice),
+  writes step 2's missing evaluations first, and ends with an uninterrupted run's records."""
+  whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
+  compare_schedules.main([*_args(whole), "--arms=infonoise"])
+  part = [*_args(parts), "--arms=infonoise", f"--state_dir={tmp_path / 'state'}"]
+  append = compare_schedules.report.append_record
+  written = []
+
+  def killed_after_one(path, rec):
+    if rec.get("kind") == "eval" and written:
+      raise KeyboardInterrupt("killed while evaluating")
+    append(path, rec)
+    if rec.get("kind") == "eval":
+      written.append(rec)
+
+  monkeypatch.setattr(compare_schedules.report, "append_record", killed_after_one)
+  with pytest.raises(KeyboardInterrupt):
+    compare_schedules.main(part)
+  monkeypatch.setattr(compare_schedules.report, "append_record", append)
+  assert [(r["seed"], r["step"]) for r in _evals(parts)] == [(0, 2)]
+  capsys.readouterr()
+  compare_schedules.main(part)
+  out = capsys.readouterr().out
+  assert "resumed from step 2" in out
+  key = lambda r: (r["seed"], r["step"], r["resample"])
+  got = [key(r) for r in _evals(parts)]
+  assert len(got) == len(set(got)) == 6  # no evaluation twice
+  assert got[1] == (1, 2, False)  # the gap first, before step 3 trains
+  want = {key(r): r["fd"] for r in _evals(whole)}
+  for r in _evals(parts):
+    np.testing.assert_allclose(r["fd"], want[key(r)], rtol=1e-6)
+
+
+def test_time_limit_stops_at_a_kept_step_and_the_rerun_goes_on(tmp_path, monkeypatch, capsys):
+  """--time_limit stops each arm at the first kept step from which the next stretch (timed as
+  the longest so far) would end past it, state kept and no report; an arm that would start
+  past it does not start; a rerun goes on to the uninterrupted run's records. It needs a
+  --state_dir, and workers keep the parent's deadline. The harness's clock is a fake one
+  that ticks 10 s per reading, so the stops do not depend on this machine's speed."""
+  whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
+  compare_schedules.main([*_args(whole), "--arms=infonoise"])
+  part = [*_args(parts), "--arms=infonoise", f"--state_dir={tmp_path / 'state'}"]
+  clock = itertools.count(1000, 10)
+  monkeypatch.setattr(compare_schedules, "time", types.SimpleNamespace(time=lambda: next(clock)))
+  capsys.readouterr()
+  compare_schedules.main([*part, "--time_limit=1", "--deadline=900"])  # past: nothing starts
+  assert "not started, --time_limit reached" in capsys.readouterr().out
+  assert _evals(parts) == []
+  # Starts at 1000; the first stretch (a few readings) ends past 1045, so it stops at step 2.
+  compare_schedules.main([*part, "--time_limit=1", "--deadline=1045"])
+  out = capsys.readouterr().out
+  assert "stopped at step 2 of 4 (--time_limit" in out and "report waits" in out
+  monkeypatch.undo()
+  assert {r["step"] for r in _evals(parts)} == {2}
+  assert not os.path.exists(os.path.join(parts, "summary.md"))
+  compare_schedules.main([*part, "--time_limit=3600"])  # room for the rest
+  assert "resumed from step 2" in capsys.readouterr().out
+  key = lambda r: (r["seed"], r["step"], r["resample"])
+  want = {key(r): r["fd"] for r in _evals(whole)}
+  got = {key(r): r["fd"] for r in _evals(parts)}
+  assert set(got) == set(want)
+  for k, fd in want.items():
+    np.testing.assert_allclose(got[k], fd, rtol=1e-6)
+  assert os.path.getsize(os.path.join(parts, "summary.md")) > 0
+  for bad in (["--time_limit=60"], ["--time_limit=-1", f"--state_dir={tmp_path}"]):
+    with pytest.raises(SystemExit):
+      compare_schedules.parse([*_args(tmp_path), *bad])
+    assert "--time_limit" in capsys.readouterr().err
+  args = compare_schedules.parse([*part, "--time_limit=60"])
+  assert 0 < args.deadline - __import__("time").time() <= 60
+  given = compare_schedules.parse([*part, "--time_limit=60", "--deadline=123.5"])
+  assert given.deadline == 123.5  # a worker keeps its parent's clock
 
 
 def test_stop_at_without_a_state_dir_fails_before_any_work(tmp_path):
