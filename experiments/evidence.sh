@@ -22,9 +22,10 @@
 # also saved at 2000; `SAVE_STEPS=` keeps none) below STEPS and at STEPS, in
 # $DATA/keep/final_<kind>_<arm>.npz; `fid` scores them against 50k training images into
 # $OUT/fashion_<kind>/inception_fid.jsonl, and `report` rewrites that folder's summary.md with
-# them. Arguments after these go to the script a mode runs: e.g. `fashion binarized infonoise
-# 5000 --grid_steps=6,10,18 --grid_seeds=0 --grid_samples=5000` (section 17),
-# --set=optim.lr=1e-4, or --reference_num=10000 for `fid`.
+# them; `fashion` itself scores the kept samples after training when $WEIGHTS is on the
+# machine (SCORE=0: it does not). Arguments after these go to the script a mode runs: e.g.
+# `fashion binarized infonoise 5000 --grid_steps=6,10,18 --grid_seeds=0 --grid_samples=5000`
+# (section 17), --set=optim.lr=1e-4, or --reference_num=10000 for `fid`.
 # A budget longer than one call (section 21): `fashion continuous lognormal,infonoise 10000
 # --workers=2 --state_dir=$DATA/state --stop_at=5000`, then the same with --stop_at=10000 on the
 # same machine, made at once: the second call trains on from the state kept at step 5000.
@@ -34,9 +35,14 @@
 # (section 32).
 # Relative DATA, OUT and WEIGHTS are taken from the directory you call it from.
 # On a lent GPU machine whose calls carry at most 64 MiB, the Fashion data (30 MB) and the FID
-# weights (42 MB) do not fit in one call: carry the data with `fashion` and the weights with
-# `fid` in the next call, made at once, since the kept samples (45 MB per arm) live only as
-# long as the machine does (RESULTS.md section 19 lost one arm's this way).
+# weights (42 MB) do not fit in one call: carry the data with the first `fashion` call and the
+# weights with the next one, made at once (the data stays on the machine), which then scores
+# what is kept as it ends; the kept samples (15 MB per arm and save step) live only as long as
+# the machine does (RESULTS.md sections 19 and 33 lost them this way). A two-call plan with
+# one arm per session (section 33: ~42 s per 1,000 steps of 3 seeds): call 1 `fashion ...
+# --state_dir=$DATA/state --time_limit=540` carrying the data, call 2 the same with
+# --time_limit=420 carrying the weights (~150 s of the call left to score 18 sample sets);
+# repeat call 2 until the report is written.
 set -euo pipefail
 SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
 absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
@@ -64,6 +70,18 @@ compare_fashion() {
   shift
   "$PY" experiments/compare_schedules.py --out="$dir" "${FASHION[@]}" --steps="$STEPS" \
     --eval_every=1000 --num_samples=1000 --seeds="$SEEDS" --data="$KIND" --arms="$ARMS" "$@"
+}
+
+# Inception FID of kept samples (comma list of .npz) into $OUT/fashion_$KIND/inception_fid.jsonl.
+score() {
+  local files=$1
+  shift
+  local bin=()
+  [ "$KIND" = binarized ] && bin=(--binarize)
+  mkdir -p "$OUT/fashion_$KIND"
+  "$PY" experiments/fid_of_samples.py --samples="$files" ${bin[@]+"${bin[@]}"} \
+    --out="$OUT/fashion_$KIND/inception_fid.jsonl" --reference_num=50000 --batch_size=500 \
+    --weights="$WEIGHTS" --data_dir="$DATA/fm" "$@"
 }
 
 MODE=${1:-}
@@ -119,6 +137,18 @@ case "$MODE" in
     SAVE=$SAVE$STEPS
     compare_fashion "$OUT/fashion_$KIND" --save_samples --save_num=10000 --save_steps="$SAVE" \
       --samples_dir="$DATA/keep" "$@"
+    # With the FID weights on this machine, score what is kept so far (SCORE=0: leave it to
+    # `fid`): a call that trains also scores, so the machine going back later loses no scored
+    # step (RESULTS.md section 33 lost five). The scorer skips what is already scored.
+    files=""
+    for arm in ${ARMS//,/ }; do
+      if [ -e "$DATA/keep/final_${KIND}_$arm.npz" ]; then
+        files=$files$DATA/keep/final_${KIND}_$arm.npz,
+      fi
+    done
+    if [ "${SCORE:-1}" != 0 ] && [ -e "$WEIGHTS" ] && [ -n "$files" ]; then
+      score "${files%,}"
+    fi
     ;;
   fid)
     [ $# -ge 2 ] || usage
@@ -126,12 +156,7 @@ case "$MODE" in
     kind "$KIND"
     shift 2
     prepared "$WEIGHTS" "the FID weights"
-    BIN=()
-    [ "$KIND" = binarized ] && BIN=(--binarize)
-    mkdir -p "$OUT/fashion_$KIND"
-    "$PY" experiments/fid_of_samples.py --samples="$FILES" ${BIN[@]+"${BIN[@]}"} \
-      --out="$OUT/fashion_$KIND/inception_fid.jsonl" --reference_num=50000 --batch_size=500 \
-      --weights="$WEIGHTS" --data_dir="$DATA/fm" "$@"
+    score "$FILES" "$@"
     ;;
   report)
     [ $# -ge 2 ] || usage

@@ -88,3 +88,31 @@ def test_steps_and_extra_arguments_reach_the_harness(tmp_path):
   a = r.stdout.split()
   assert "--binarize" in a and a[-1] == "--reference_num=100", r.stderr
   assert f"--weights={tmp_path}/w.npz" in a  # relative to where it was called from
+
+
+def test_fashion_scores_its_kept_samples_when_the_fid_weights_are_there(tmp_path):
+  """After training, `fashion` runs the Inception scorer on the kept samples of its arms that
+  exist, when $WEIGHTS is on the machine; not without weights, kept samples or with SCORE=0."""
+  (tmp_path / "data" / "fm").mkdir(parents=True)
+  (tmp_path / "data" / "fm" / "train-images-idx3-ubyte.gz").write_bytes(b"")
+
+  def lines(**env):
+    r = _run(tmp_path, "fashion", "binarized", "lognormal,infonoise", python="echo", **env)
+    assert r.returncode == 0, r.stderr
+    return [line.split() for line in r.stdout.splitlines()]
+
+  assert len(lines()) == 1  # neither weights nor kept samples
+  (tmp_path / "w.npz").write_bytes(b"")
+  weights = str(tmp_path / "w.npz")
+  assert len(lines(WEIGHTS=weights)) == 1  # weights, nothing kept yet
+  keep = tmp_path / "data" / "keep"
+  keep.mkdir()
+  (keep / "final_binarized_infonoise.npz").write_bytes(b"")
+  (keep / "final_continuous_lognormal.npz").write_bytes(b"")  # another kind: not this call's
+  train, fid = lines(WEIGHTS=weights)
+  assert "experiments/compare_schedules.py" in train
+  assert "experiments/fid_of_samples.py" in fid and "--binarize" in fid
+  assert f"--samples={keep / 'final_binarized_infonoise.npz'}" in fid
+  assert f"--weights={weights}" in fid
+  assert f"--out={tmp_path / 'out' / 'fashion_binarized' / 'inception_fid.jsonl'}" in fid
+  assert len(lines(WEIGHTS=weights, SCORE="0")) == 1
