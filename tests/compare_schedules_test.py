@@ -232,6 +232,31 @@ def test_worker_gpus_deal_the_workers_out_over_cards(tmp_path, monkeypatch, caps
     assert says in capsys.readouterr().err
 
 
+def test_workers_get_the_parents_time_limit_deadline(tmp_path, monkeypatch):
+  """--time_limit is counted from the command's start: every worker gets the parent's
+  --deadline (workers that start later, e.g. after another's compile, do not get more time)."""
+  started = []
+
+  class FakeProcess:
+    def __init__(self, argv, env):
+      started.append(argv)
+
+    def wait(self):
+      return 0
+
+  monkeypatch.setattr(compare_schedules.subprocess, "Popen", FakeProcess)
+  flags = ["--workers=2", f"--out={tmp_path}", f"--state_dir={tmp_path}", "--time_limit=300"]
+  monkeypatch.setattr(sys, "argv", ["compare_schedules.py", *flags])
+  args = compare_schedules.parse(flags)
+  compare_schedules.spawn_workers(args)
+  assert len(started) == 2
+  for argv in started:
+    deadlines = [a for a in argv if a.startswith("--deadline=")]
+    assert deadlines == [f"--deadline={args.deadline}"]
+    worker = compare_schedules.parse([a for a in argv[2:] if not a.startswith("--shard")])
+    assert worker.deadline == args.deadline
+
+
 def test_report_notes_an_arm_whose_records_mix_weight_gradients(tmp_path):
   """--conv_wgrad is not in the config hash, so a rerun with another choice appends to the
   same arm: the report keeps the records and says they mix."""
