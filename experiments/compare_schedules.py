@@ -535,7 +535,7 @@ def train_group(args, data: str, arm_name: str, config, wgrad: str | None, path:
   # step's evaluations, so a kill while evaluating loses no training): evaluate it first.
   record(last, state, [])
   interval = multirun.IntervalStats()  # training loss and gradient norm between evaluations
-  t0, stretch = time.time(), 0.0  # stretch: longest time from one kept step to the next
+  t0, stretches = time.time(), []  # seconds from one kept step to the next, in order
   stopped_by = "--stop_at"
   for step in range(last + 1, stop + 1):
     state, bad, watched = mr.train_step(state, mr.batch(step - 1), bad)
@@ -548,10 +548,12 @@ def train_group(args, data: str, arm_name: str, config, wgrad: str | None, path:
     if kept is not None:  # first: a kill while evaluating or saving samples loses no step
       kept.save(step, state, bad, train_s)
     record(step, state, trained)
-    stretch = max(stretch, time.time() - t0)
+    stretches.append(time.time() - t0)
     last, t0 = step, time.time()
-    if args.deadline and last < stop and t0 + stretch > args.deadline:
-      stopped_by = f"--time_limit: the next stretch, up to {stretch:.0f} s, would end past it"
+    if args.deadline and last < stop and t0 + next_stretch(stretches) > args.deadline:
+      stopped_by = (
+        f"--time_limit: the next stretch, up to {next_stretch(stretches):.0f} s, would end past it"
+      )
       break
   if kept is not None:
     kept.close()
@@ -563,6 +565,12 @@ def train_group(args, data: str, arm_name: str, config, wgrad: str | None, path:
     )
   elif args.grid_steps and has_profile(mr.schedule):
     grid_study(args, mr, state, data, arm_name, h, done, ref)
+
+
+def next_stretch(stretches: list[float]) -> float:
+  """--time_limit's estimate of the next stretch between kept steps: the longest so far, but
+  for the first, which holds the compile and is only used until a second is timed."""
+  return max(stretches[1:]) if len(stretches) > 1 else stretches[0]
 
 
 class KeptState:
@@ -761,9 +769,9 @@ def parse(argv=None) -> argparse.Namespace:
     type=float,
     default=0,
     help="seconds this command may run (needs --state_dir): each arm stops, its state kept, at "
-    "the first kept step from which the next stretch (timed as the longest so far, evaluations "
-    "and saves included) would end past it; a rerun goes on. Stops cleanly before a call's or "
-    "job's hard limit would kill it mid-stretch. 0 = none",
+    "the first kept step from which the next stretch (timed as the longest so far after the "
+    "first, which compiles; evaluations and saves included) would end past it; a rerun goes "
+    "on. Stops cleanly before a call's or job's hard limit would kill it mid-stretch. 0 = none",
   )
   p.add_argument("--deadline", type=float, default=0, help="(internal) --time_limit's end, unix s")
   p.add_argument(

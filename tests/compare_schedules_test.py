@@ -232,6 +232,14 @@ def test_worker_gpus_deal_the_workers_out_over_cards(tmp_path, monkeypatch, caps
     assert says in capsys.readouterr().err
 
 
+def test_time_limit_estimates_the_next_stretch_without_the_compile():
+  """The first stretch of a call holds the compile: it is the estimate only until a second is
+  timed; after that the longest of the others (a save's longer stretch counts)."""
+  assert compare_schedules.next_stretch([80.0]) == 80.0
+  assert compare_schedules.next_stretch([80.0, 42.0]) == 42.0
+  assert compare_schedules.next_stretch([80.0, 42.0, 58.0, 41.0]) == 58.0
+
+
 def test_workers_get_the_parents_time_limit_deadline(tmp_path, monkeypatch):
   """--time_limit is counted from the command's start: every worker gets the parent's
   --deadline (workers that start later, e.g. after another's compile, do not get more time)."""
