@@ -480,7 +480,8 @@ def train_group(args, data: str, arm_name: str, config, wgrad: str | None, path:
     evaluated = {}  # seed -> this step's evaluation samples (saved when --save_num is 0)
     for r, seed in enumerate(seeds):
       for resample in (False, True):
-        if (seed, step, resample) not in todo - done:
+        job = (seed, step, resample)
+        if job not in todo or job in done:
           continue
         x = mr.samples(state, r, args.num_samples, sample_seed(args, step, resample))
         rec = {
@@ -510,7 +511,7 @@ def train_group(args, data: str, arm_name: str, config, wgrad: str | None, path:
           rec["gate_pivot"] = float(s["gate_pivot"])
           rec["m_K"] = [float(v) for v in np.asarray(s["m_K"])]  # learned per-bin error
         report.append_record(path, rec)
-        done.add((seed, step, resample))
+        done.add(job)
         print(json.dumps({k: v for k, v in rec.items() if k not in ("config", "m_K")}), flush=True)
         if not resample and not args.save_num:
           evaluated[seed] = x
@@ -550,10 +551,9 @@ def train_group(args, data: str, arm_name: str, config, wgrad: str | None, path:
     record(step, state, trained)
     stretches.append(time.time() - t0)
     last, t0 = step, time.time()
-    if args.deadline and last < stop and t0 + next_stretch(stretches) > args.deadline:
-      stopped_by = (
-        f"--time_limit: the next stretch, up to {next_stretch(stretches):.0f} s, would end past it"
-      )
+    ahead = next_stretch(stretches)
+    if args.deadline and last < stop and t0 + ahead > args.deadline:
+      stopped_by = f"--time_limit: the next stretch, up to {ahead:.0f} s, would end past it"
       break
   if kept is not None:
     kept.close()
@@ -908,14 +908,7 @@ def lost_states(args, gs) -> dict[str, int]:
   reached = {}
   for d, a, arm in gs:
     h = config_hash(make_config(args, d, arm))
-    steps = {
-      r["step"]
-      for r in records
-      if r.get("kind") == "eval"
-      and (r.get("data"), r.get("arm")) == (d, a)
-      and r.get("seed") in seeds
-      and record_setting(r) == (h, args.num_samples, args.eval_draw)
-    }
+    steps = {r["step"] for r in arm_evals(args, records, d, a, h) if r.get("seed") in seeds}
     last = max(steps, default=0)
     if (
       last
@@ -926,22 +919,27 @@ def lost_states(args, gs) -> dict[str, int]:
   return reached
 
 
+def arm_evals(args, records: list[dict], data: str, arm_name: str, h: str) -> list[dict]:
+  """The evaluation records of one of this command's arms: its data, name and setting (config
+  hash `h`, sample count, draw rule)."""
+  setting = (h, args.num_samples, args.eval_draw)
+  return [
+    r
+    for r in records
+    if r.get("kind") == "eval"
+    and (r.get("data"), r.get("arm")) == (data, arm_name)
+    and record_setting(r) == setting
+  ]
+
+
 def unfinished(args, path: str) -> list[str]:
   """data/arm of this command's arms whose evaluations in `path` miss --steps for some seed."""
   seeds = {int(s) for s in args.seeds.split(",")}
   records = read_records(path)
   out = []
   for d, a, arm in groups(args):
-    setting = (config_hash(make_config(args, d, arm)), args.num_samples, args.eval_draw)
-    at_end = {
-      r["seed"]
-      for r in records
-      if r.get("kind") == "eval"
-      and r.get("step") == args.steps
-      and (r.get("data"), r.get("arm")) == (d, a)
-      and record_setting(r) == setting
-    }
-    if not seeds <= at_end:
+    evals = arm_evals(args, records, d, a, config_hash(make_config(args, d, arm)))
+    if not seeds <= {r["seed"] for r in evals if r["step"] == args.steps}:
       out.append(f"{d}/{a}")
   return out
 
