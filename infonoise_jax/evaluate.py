@@ -34,7 +34,7 @@ import numpy as np
 
 from infonoise_jax import checkpointing, cli, restore, resume, solvers
 from infonoise_jax.data import load_source
-from infonoise_jax.evaluation import fid, model_fid, sequence_eval
+from infonoise_jax.evaluation import fid, inception, model_fid, sequence_eval
 from infonoise_jax.mesh import initialize_distributed, make_mesh
 from infonoise_jax.model_sampler import Sampler, sampler_config
 from infonoise_jax.paths import run_path
@@ -89,6 +89,13 @@ def evaluate(
   if report is not None:
     sets = f"{num} samples x {seed_sets} seed sets"
     report(f"{workdir} @ step {run.step}: FID of {sets} vs {ref_path}")
+    if ref.n <= inception.FEATURE_DIM:
+      report(
+        f"note: the reference statistics come from {ref.n} images, not more than the "
+        f"{inception.FEATURE_DIM} Inception features, so their covariance is singular and "
+        "this FID reflects the reference set's size as much as the model: compare FIDs only "
+        "against the same reference"
+      )
     if num < SMALL_SET:
       report(
         f"note: FID is biased upwards at small sample counts ({num} per set here, 50000 in "

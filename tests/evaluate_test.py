@@ -105,6 +105,7 @@ def test_evaluate_command_writes_fid_json(fid_run, reference, weights, capsys):
   out = capsys.readouterr().out  # progress lines, the JSON, where it was written
   assert "seed set 0: FID" in out and "seed set 1: FID" in out
   assert f"FID is biased upwards at small sample counts ({N} per set here" in out
+  assert f"the reference statistics come from {N} images, not more than the 2048" in out
   assert result == json.loads(out[out.index("\n{") + 1 : out.rindex("written to")])
   assert result["num_samples"] == N and result["seeds"] == [0, 1] and len(result["fids"]) == 2
   assert np.isfinite(result["fid"]) and result["fid"] > 0 and result["fid"] == min(result["fids"])

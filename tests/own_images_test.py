@@ -92,6 +92,25 @@ def test_other_pixel_types(tmp_path):
   assert set(np.unique(src.array)) == {-0.5, 0.5}
 
 
+def test_integer_pixels_with_a_low_maximum_are_warned_about(tmp_path, caplog):
+  # Integer pixels are read as 0..255: digits saved as ints 0..16 would fill [-1, -0.87].
+  u = _pixels(channels=1)
+  for name, x, warned in (
+    ("low.npy", u // 16, True),  # 0..15
+    ("full.npy", u, False),  # 0..255
+    ("dark.npy", np.minimum(u, 200), False),  # a dark set that still reaches 200
+  ):
+    np.save(tmp_path / name, x)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+      src = load_source(_config(tmp_path / name))
+    np.testing.assert_allclose(src.array, _expected(x, top=255.0), atol=1e-5)  # still read
+    said = [r.getMessage() for r in caplog.records if "integer pixels are read" in r.getMessage()]
+    assert bool(said) == warned, (name, said)
+    if warned:
+      assert "fill only [-1, -0.882]" in said[0] and "x.astype(np.float32) / 15" in said[0]
+
+
 def _huge_npz(path):
   """An .npz whose header declares 10^9 RGB 64x64 images (a few bytes on disk)."""
   import io
@@ -116,6 +135,10 @@ def _huge_npz(path):
     (lambda d: np.save(d / "x.npy", _pixels()[0, 0]), "must be an array (N, H, W)"),
     (lambda d: np.save(d / "x.npy", _pixels(4, 8)[:, :, :6]), "height 8 x width 6"),
     (lambda d: np.save(d / "x.npy", _pixels(1, 8)[0]), "if it is one RGB image, save x[None]"),
+    (  # one non-square RGB image (6x10) without its N axis: the same hint, not "not square"
+      lambda d: np.save(d / "x.npy", _pixels(1, 10)[0, :6]),
+      "reads as 6 grayscale images of 10x3; if it is one RGB image, save x[None]",
+    ),
     (lambda d: np.savez(d / "x.npz", a=_pixels(), b=_pixels()), "none is named 'images'"),
     (lambda d: (d / "x.npy").write_bytes(b"torn"), "not a readable numpy array file"),
     (lambda d: np.save(d / "x.npy", _pixels(channels=2)), "images of 2 channels"),

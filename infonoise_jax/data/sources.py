@@ -36,12 +36,16 @@ from collections.abc import Callable
 
 import ml_collections
 import numpy as np
+from absl import logging
 
 from infonoise_jax.data import sequences, synthetic
 from infonoise_jax.data.synthetic import GaussianMixture
 from infonoise_jax.data.tokens import TokenEncoding
 
 MAX_IN_MEMORY_BYTES = 2 * 2**30  # float32 bytes above which a tfds set is read lazily
+# Integer images whose brightest pixel is below this are warned about: they are read as
+# 0..255 like any integer pixels, which leaves such data dark and nearly constant.
+LOW_INTEGER_MAX = 128
 LOCAL_NAMES = ("digits", "fashion_mnist_local", "gaussian_mixture", "toy2d")
 TOKEN_NAMES = ("dna", "text")
 OWN_IMAGES = "images"  # data.name of the user's own images at data.path
@@ -431,9 +435,7 @@ def _read_image_array(path: str, max_bytes: int) -> np.ndarray:
 
 
 def _as_nhwc(x: np.ndarray, path: str) -> np.ndarray:
-  if (
-    x.ndim == 3 and x.shape[-1] in (3, 4) and x.shape[1] != x.shape[2] and x.shape[0] == x.shape[1]
-  ):
+  if x.ndim == 3 and x.shape[-1] in (3, 4) and x.shape[1] != x.shape[2]:
     raise ValueError(
       f"data.path={path!r}: shape {x.shape} reads as {x.shape[0]} grayscale images of "
       f"{x.shape[1]}x{x.shape[2]}; if it is one {'RGB' if x.shape[-1] == 3 else 'RGBA'} image, "
@@ -476,6 +478,13 @@ def _pixel_range(x: np.ndarray, path: str) -> float:
         "as 0..255, so these images would train as almost black. Binary images: save an array "
         "as bool (or floats in [0, 1]), image files with pixels 0 and 255 (PIL mode '1' or 'L')"
       )
+    if hi < LOW_INTEGER_MAX:  # e.g. 8x8 digits saved as ints 0..16: dim, near-constant data
+      logging.warning(
+        "data.path=%r: %s pixels span [%g, %g], but integer pixels are read as 0..255, so the "
+        "images fill only [-1, %.3f] of [-1, 1] (at data.scale 1) and train as dark, nearly "
+        "constant data. If %g is white, save x.astype(np.float32) / %g (floats in [0, 1]).",
+        path, x.dtype, lo, hi, 2 * hi / 255 - 1, hi, hi,
+      )  # fmt: skip
     return 255.0
   if np.issubdtype(x.dtype, np.floating) and lo >= 0 and hi <= 1:
     return 1.0
