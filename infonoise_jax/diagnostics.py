@@ -127,8 +127,13 @@ def write_final(run, state, writer, workdir: str, step: int, log=None) -> None:
   extra = {}
   if run.source.encoding is not None:  # decoded tokens and the vocabulary that reads them
     extra = dict(tokens=run.source.encoding.decode(samples), vocab=run.source.encoding.vocab)
-  written = write_samples(  # the sample command's format (and the same png)
-    workdir,
+  if extra:  # token data: the decoded samples as text or FASTA, as the sample command writes them
+    dna = run.config.data.name == "dna"
+    paths["samples (.fa)" if dna else "samples (.txt)"] = write_texts(
+      workdir, extra["vocab"], extra["tokens"], dna, seed=run.config.seed, step=step
+    )
+  written = write_samples(  # the sample command's format (and the same png); samples.npz last,
+    workdir,  # so a run stopped while writing these writes them again (train._train)
     samples,
     run.config.data.scale,
     run.source.is_image,
@@ -139,11 +144,6 @@ def write_final(run, state, writer, workdir: str, step: int, log=None) -> None:
     method=s.name,
     **extra,
   )
-  if extra:  # token data: the decoded samples as text or FASTA, as the sample command writes them
-    dna = run.config.data.name == "dna"
-    paths["samples (.fa)" if dna else "samples (.txt)"] = write_texts(
-      workdir, extra["vocab"], extra["tokens"], dna, seed=run.config.seed, step=step
-    )
   npz = written["npz"]
   logging.info("Done at step %d.", step)
   lines = [

@@ -358,8 +358,15 @@ def check_finite(
     if not np.issubdtype(v.dtype, np.number) or np.all(np.isfinite(v)):
       continue
     bad[name] = "NaN" if np.any(np.isnan(v)) else "Inf"
-  if not bad:
-    return
+  if bad:
+    raise non_finite_error(bad, step_range, checkpoint_path)
+
+
+def non_finite_error(
+  bad: dict[str, str], step_range: tuple[int, int], checkpoint_path: str | None
+) -> NonFiniteError:
+  """The error for metrics `bad` ({name: 'NaN' | 'Inf'}) seen in `step_range`, naming the last
+  good checkpoint `checkpoint_path` (None: none saved yet)."""
   what = ", ".join(f"{name} became {kind}" for name, kind in bad.items())
   where = (
     f"last good checkpoint is kept at {checkpoint_path}"
@@ -367,6 +374,6 @@ def check_finite(
     else "no checkpoint was saved before it (fix the setting and rerun with --fresh: this "
     "attempt's logs are then moved aside)"
   )
-  raise NonFiniteError(
+  return NonFiniteError(
     f"{what} between steps {step_range[0]} and {step_range[1]}; {where}", bad, step_range
   )

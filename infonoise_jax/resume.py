@@ -101,6 +101,15 @@ def changes(config: ml_collections.ConfigDict, workdir: str) -> dict[str, tuple]
   }
 
 
+def is_earlier_attempt(config: ml_collections.ConfigDict, workdir: str) -> bool:
+  """True if the workdir's config.json is this config's, up to keys a resume may change: logs
+  without checkpoints there are then this run's own, from an attempt stopped before its first
+  checkpoint (config.json is written before the first step)."""
+  if not (paths.run_path(workdir) / CONFIG_FILE).exists():
+    return False
+  return all(is_resumable(k) for k in changes(config, workdir))
+
+
 def check(config: ml_collections.ConfigDict, workdir: str, step: int) -> dict[str, tuple]:
   """Raises ResumeRefusedError naming every refused key; returns the accepted changes."""
   diff = changes(config, workdir)

@@ -24,14 +24,25 @@ def write_samples(out: str, samples: np.ndarray, scale: float, is_image: bool, *
   folder.mkdir(parents=True, exist_ok=True)
   x = (np.asarray(samples, np.float32) / np.float32(scale)).astype(np.float32)
   written = {"npz": str(folder / "samples.npz")}
-  buf = io.BytesIO()  # written in one piece, so remote (gs://) outputs work too
-  quantized = {"uint8": images.to_uint8(x)} if is_image else {}
-  np.savez(buf, samples=x, data_scale=scale, **quantized, **meta)
-  (folder / "samples.npz").write_bytes(buf.getvalue())
   if is_image:
     written["png"] = str(folder / "samples.png")
     plots.save_png(written["png"], plots.sample_grid(x[:GRID_IMAGES]))
+  buf = io.BytesIO()  # written in one piece, so remote (gs://) outputs work too
+  quantized = {"uint8": images.to_uint8(x)} if is_image else {}
+  np.savez(buf, samples=x, data_scale=scale, **quantized, **meta)
+  (folder / "samples.npz").write_bytes(buf.getvalue())  # last: its presence means all written
   return written
+
+
+def samples_step(out: str) -> int | None:
+  """The `step` recorded in `out`'s samples.npz (written last of a run's final outputs), or
+  None if there is none or it cannot be read."""
+  path = run_path(out) / "samples.npz"
+  try:
+    with np.load(io.BytesIO(path.read_bytes())) as z:
+      return int(z["step"]) if "step" in z.files else None
+  except (OSError, ValueError, KeyError, EOFError):
+    return None
 
 
 FASTA_WIDTH = 80  # bases per line of samples.fa

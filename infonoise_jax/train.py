@@ -30,6 +30,7 @@ from infonoise_jax import (
   flops,
   metrics,
   resume,
+  sample_files,
   step_executables,
   steps,
   writers,
@@ -619,7 +620,8 @@ def train_and_evaluate(
 def _train(run: Run, workdir: str, fresh: bool) -> TrainState:
   config = run.config
   saved = checkpointing.saved_steps(workdir)
-  workdir_lib.check_start(workdir, saved, fresh)
+  earlier_attempt = not saved and resume.is_earlier_attempt(config, workdir)
+  workdir_lib.check_start(workdir, saved, fresh, earlier_attempt)
   meta = saved_meta(workdir, saved[-1]) if saved else None
   if meta:
     resume.check_same_vocabulary(config, run.source, workdir, saved[-1], meta)
@@ -641,6 +643,8 @@ def _train(run: Run, workdir: str, fresh: bool) -> TrainState:
     state = _restore_or_init(run, ckpt)
     step, num_steps = int(state.step), config.train.num_steps
     workdir_lib.check_not_past(workdir, step, num_steps)  # below the saved step: an error
+    if step == num_steps and _final_outputs_missing(workdir, step):
+      return _write_final_outputs(run, workdir, state)
     if step == num_steps:  # before the writer exists: no second event file, no duplicate images
       if jax.process_index() == 0:
         logging.info(
@@ -657,6 +661,47 @@ def _train(run: Run, workdir: str, fresh: bool) -> TrainState:
     return _loop(run, workdir, ckpt, state, periodic_fid, seq_eval)
   finally:
     ckpt.close()
+
+
+def _save_pending_before(
+  run: Run, ckpt, log: _WindowLogger, pending: _PendingSave | None, error: metrics.NonFiniteError
+) -> metrics.NonFiniteError:
+  """A NaN or Inf seen while a periodic save still waits for its guard (it is finished
+  max_steps_in_flight + 1 steps after its step): if that save's state comes before the bad
+  window, it is checked as always and saved, so the error names it as the last good
+  checkpoint instead of dropping it. Returns the error to raise."""
+  if pending is None or pending.guard is None or pending.step > error.step_range[0]:
+    return error
+  try:
+    _finish_save(run, ckpt, log, pending)  # its windows and guard are checked first
+    ckpt.wait()
+  except (metrics.NonFiniteError, checkpointing.CheckpointError):
+    return error  # the pending state itself is bad, or could not be saved: the earlier one
+  return metrics.non_finite_error(error.metrics, error.step_range, log.last_good())
+
+
+def _final_outputs_missing(workdir: str, step: int) -> bool:
+  """True if a finished run (newest checkpoint at train.num_steps = `step`) lacks its final
+  outputs: stopped after the final checkpoint, while sampling or writing them. samples.npz,
+  written last, must hold this step. One process only: on a pod the processes could see
+  different files and disagree on the collective sampling."""
+  return jax.process_count() == 1 and sample_files.samples_step(workdir) != step
+
+
+def _write_final_outputs(run: Run, workdir: str, state: TrainState) -> TrainState:
+  step = int(state.step)
+  logging.warning(
+    "%s: the final checkpoint (step %d) is saved but the final samples are not (the run was "
+    "stopped while writing them): writing them now",
+    workdir,
+    step,
+  )
+  writer = metrics.create_writer(os.path.join(workdir, "tensorboard"), jax.process_index() > 0)
+  try:
+    diagnostics.write_final(run, state, writer, workdir, step)
+  finally:
+    writer.flush()
+  return state
 
 
 class _Trace:
@@ -707,10 +752,21 @@ class _Trace:
 
 def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eval) -> TrainState:
   """The step loop, from `state` to train.num_steps (or a preemption)."""
-  checkpointing.raise_if_stop_requested()  # a start-up SIGTERM that could not raise where it hit
   config, t, step = run.config, run.config.train, int(state.step)
   num_steps = t.num_steps
-  writer = metrics.create_writer(os.path.join(workdir, "tensorboard"), jax.process_index() > 0)
+  # One process: our SIGTERM and Ctrl-C flag. Several: JAX's preemption service catches
+  # SIGTERM on any of them and Orbax's reached_preemption agrees on one step for all (no local
+  # handler, so no process can enter the collective save alone). Installed before anything is
+  # written, and the start-up's deferred SIGTERM (one that landed in a garbage-collection
+  # callback and could not raise there) is looked at after it, so none falls in between.
+  one = jax.process_count() == 1
+  preempted = checkpointing.PreemptionFlag(None if one else (), interrupt=one)
+  try:
+    checkpointing.raise_if_stop_requested()
+    writer = metrics.create_writer(os.path.join(workdir, "tensorboard"), jax.process_index() > 0)
+  except BaseException:
+    preempted.restore_handlers()
+    raise
   if step == 0:
     writer.write_hparams(config.to_dict())
   logging.info(
@@ -725,11 +781,6 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
   if jax.process_index() == 0:  # where to point TensorBoard while the run goes on
     logging.info("TensorBoard: tensorboard --logdir %s", workdir)
   log = _WindowLogger(run, writer, ckpt, step)
-  # One process: our SIGTERM and Ctrl-C flag. Several: JAX's preemption service catches
-  # SIGTERM on any of them and Orbax's reached_preemption agrees on one step for all (no local
-  # handler, so no process can enter the collective save alone).
-  one = jax.process_count() == 1
-  preempted = checkpointing.PreemptionFlag(None if one else (), interrupt=one)
   batches = run.device_batches(step, data_workers(config, run.source))
   in_flight = _InFlight(t.max_steps_in_flight)
   pending: _PendingSave | None = None  # a periodic save waiting for its guard
@@ -802,6 +853,8 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
     ckpt.wait()  # the final checkpoint is on disk before "Finished" is printed
     if step == num_steps:
       diagnostics.write_final(run, state, writer, workdir, step, log)
+  except metrics.NonFiniteError as e:
+    raise _save_pending_before(run, ckpt, log, pending, e) from None
   finally:
     trace.close()
     gc.unfreeze()  # what the run froze is collectable again (several runs in one process)

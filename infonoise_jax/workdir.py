@@ -53,8 +53,14 @@ def has_event_files(workdir: str) -> bool:
   return False
 
 
-def check_start(workdir: str, saved_steps: list[int], fresh: bool) -> None:
-  """Refuses to start at step 0 into another run's logs; `fresh` moves them aside instead."""
+def check_start(
+  workdir: str, saved_steps: list[int], fresh: bool, earlier_attempt: bool = False
+) -> None:
+  """Refuses to start at step 0 into another run's logs; `fresh` moves them aside instead.
+
+  `earlier_attempt`: the logs are this run's own (its config.json holds the same settings)
+  from an attempt that stopped before its first checkpoint (killed, OOM, preempted during
+  start-up): the requeued command starts over, moving them aside as `fresh` does."""
   if saved_steps:
     if fresh:
       raise WorkdirError(
@@ -65,7 +71,7 @@ def check_start(workdir: str, saved_steps: list[int], fresh: bool) -> None:
   if not has_event_files(workdir):
     return
   logs = os.path.join(workdir, TENSORBOARD)
-  if not fresh:
+  if not fresh and not earlier_attempt:
     raise WorkdirError(
       f"{workdir} has TensorBoard logs ({logs}) but no checkpoint: starting again at step 0 "
       "would interleave two runs' curves. Pass --fresh to move the old logs aside and start "
@@ -75,7 +81,15 @@ def check_start(workdir: str, saved_steps: list[int], fresh: bool) -> None:
   aside = f"{logs}.before-{stamp}"
   if jax.process_index() == 0:
     os.rename(logs, aside)
-  logging.warning("--fresh: moved the previous run's TensorBoard logs to %s", aside)
+  if fresh:
+    logging.warning("--fresh: moved the previous run's TensorBoard logs to %s", aside)
+  else:
+    logging.warning(
+      "%s: an earlier attempt of this run (same config.json) stopped before its first "
+      "checkpoint; starting over at step 0, its TensorBoard logs moved to %s",
+      workdir,
+      aside,
+    )
 
 
 def check_not_past(workdir: str, step: int, num_steps: int) -> None:

@@ -349,7 +349,18 @@ def test_a_changed_config_is_not_taken_for_corruption(trained8, tmp_path):
 # ------------------------------------------------------------------ 6. impossible workdir states
 
 
-def test_logs_without_checkpoints_are_refused_unless_fresh(trained, tmp_path):
+def _moved_logs_are_apart(workdir: pathlib.Path) -> None:
+  moved = list(workdir.glob("tensorboard.before-*"))
+  assert len(moved) == 1 and list(moved[0].glob("events.out.tfevents.*"))
+  old_events = {p.name for p in moved[0].glob("events.out.tfevents.*")}
+  new_events = {p.name for p in (workdir / "tensorboard").glob("events.out.tfevents.*")}
+  assert new_events and not (old_events & new_events)
+
+
+@pytest.mark.parametrize("overrides", [{"seed": 1}, {"seed": 1, "train.num_steps": 2}])
+def test_another_runs_logs_without_checkpoints_are_refused_unless_fresh(
+  trained, tmp_path, overrides
+):
   import shutil
 
   workdir = _copy(trained, tmp_path)
@@ -358,14 +369,78 @@ def test_logs_without_checkpoints_are_refused_unless_fresh(trained, tmp_path):
   with pytest.raises(
     workdir_lib.WorkdirError, match="TensorBoard logs .* but no checkpoint.*--fresh"
   ):
-    train.train_and_evaluate(_config(), str(workdir))
+    train.train_and_evaluate(_config(**overrides), str(workdir))  # not config.json's run
   assert _snapshot(workdir) == before
-  train.train_and_evaluate(_config(**{"train.num_steps": 2}), str(workdir), fresh=True)
-  moved = list(workdir.glob("tensorboard.before-*"))
-  assert len(moved) == 1 and list(moved[0].glob("events.out.tfevents.*"))
-  old_events = {p.name for p in moved[0].glob("events.out.tfevents.*")}
-  new_events = {p.name for p in (workdir / "tensorboard").glob("events.out.tfevents.*")}
-  assert new_events and not (old_events & new_events)
+  train.train_and_evaluate(_config(**overrides), str(workdir), fresh=True)
+  _moved_logs_are_apart(workdir)
+
+
+def test_the_same_run_stopped_before_its_first_checkpoint_starts_over(trained, tmp_path, caplog):
+  """A requeued command finds its own earlier attempt's logs and config.json but no
+  checkpoint (killed before the first save): it starts over, the logs moved aside. A change
+  a resume may make (more steps) still counts as the same run."""
+  import shutil
+
+  workdir = _copy(trained, tmp_path)
+  shutil.rmtree(workdir / "checkpoints")
+  with caplog.at_level("WARNING"):
+    train.train_and_evaluate(_config(**{"train.num_steps": 6}), str(workdir))
+  assert "an earlier attempt of this run (same config.json) stopped before" in caplog.text
+  assert checkpointing.saved_steps(str(workdir))[-1] == 6  # trained from step 0 (config: every 4)
+  _moved_logs_are_apart(workdir)
+
+
+def test_a_run_stopped_while_writing_its_final_outputs_writes_them_on_the_rerun(
+  trained, tmp_path, caplog
+):
+  """Killed after the final checkpoint but before samples.npz (written last): the rerun writes
+  the final outputs instead of saying there is nothing to do; once they are there, a rerun
+  writes nothing."""
+  import numpy as np
+
+  workdir = _copy(trained, tmp_path)
+  want = np.load(workdir / "samples.npz")["samples"]
+  (workdir / "samples.npz").unlink()
+  (workdir / "samples.png").unlink()
+  with caplog.at_level("WARNING"):
+    train.train_and_evaluate(_config(**{"train.num_steps": 4}), str(workdir))
+  assert "the final samples are not (the run was stopped while writing them)" in caplog.text
+  with np.load(workdir / "samples.npz") as z:
+    assert int(z["step"]) == 4
+    np.testing.assert_array_equal(z["samples"], want)  # the same seed: the same samples
+  assert (workdir / "samples.png").exists()
+  before = _snapshot(workdir)
+  train.train_and_evaluate(_config(**{"train.num_steps": 4}), str(workdir))
+  assert _snapshot(workdir) == before
+
+
+def test_a_sigterm_while_the_logs_are_created_saves_a_step_the_same_command_resumes(
+  tmp_path, monkeypatch
+):
+  """SIGTERM as the loop creates its TensorBoard writer (the first file of the attempt): the
+  loop's own preemption flag is already installed, so the run saves step 1 and stops (exit
+  75), and the requeued command resumes from it."""
+  import os
+  import signal
+
+  from infonoise_jax import metrics
+
+  real = metrics.create_writer
+  calls = []
+
+  def terminated(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(metrics, "create_writer", terminated)
+  workdir = tmp_path / "run"
+  with pytest.raises(checkpointing.Preempted):
+    train.train_and_evaluate(_config(**{"train.num_steps": 4}), str(workdir))
+  assert checkpointing.saved_steps(str(workdir)) == [1]
+  train.train_and_evaluate(_config(**{"train.num_steps": 4}), str(workdir))
+  assert checkpointing.saved_steps(str(workdir))[-1] == 4
 
 
 def test_num_steps_below_the_saved_step_says_the_run_is_past_it(trained, tmp_path):
@@ -443,6 +518,40 @@ def test_a_deferred_save_is_checked_against_its_next_step(tmp_path, monkeypatch,
   assert checkpointing.saved_steps(str(workdir)) == [2]
   assert f"last good checkpoint is kept at {workdir / 'checkpoints'}/2" in str(info.value)
   assert "between steps 4 and 5" in str(info.value)
+
+
+def test_a_nan_while_a_save_waits_for_its_guard_still_saves_the_good_state(tmp_path, monkeypatch):
+  """The periodic save of step 4 is finished up to max_steps_in_flight + 1 steps later; a NaN
+  seen in between (step 6's loss) must not drop it: its state and guard (step 5) are finite."""
+  import jax.numpy as jnp
+
+  from infonoise_jax import metrics, steps
+
+  make = steps.make_train_step
+
+  def poisoned(*args, **kwargs):
+    step_fn = make(*args, **kwargs)
+
+    def fn(state, batch):
+      new, m = step_fn(state, batch)
+      return new, {**m, "loss": jnp.where(new.step >= 6, jnp.nan, m["loss"])}
+
+    return fn
+
+  monkeypatch.setattr(steps, "make_train_step", poisoned)
+  config = _config(
+    **{
+      "train.checkpoint_every": 4,
+      "train.max_steps_in_flight": 8,
+      "train.log_every": 1,
+      "train.num_steps": 12,
+    }
+  )
+  workdir = tmp_path / "run"
+  with pytest.raises(metrics.NonFiniteError, match="loss became NaN between steps 5 and 6") as e:
+    train.train_and_evaluate(config, str(workdir))
+  assert checkpointing.saved_steps(str(workdir)) == [4]
+  assert f"last good checkpoint is kept at {workdir / 'checkpoints'}/4" in str(e.value)
 
 
 @pytest.mark.parametrize("where", ["Run", "_train"])
