@@ -237,3 +237,25 @@ def test_dna_samples_are_written_as_fasta_the_reader_reads_back(tmp_path):
   want = ["".join("ACGT"[i] for i in row) for row in ids_NL]
   names = [f"sample_{j} seed=1 step=5" for j in range(3)]
   assert sequences.read_fasta(path) == list(zip(names, want, strict=True))
+
+
+def test_groups_of_very_different_sizes_are_cut_at_their_ends_not_held_out_whole(caplog):
+  # A chromosome and a plasmid: whichever the hash holds out, whole groups would hold out far
+  # from val_fraction of the letters, so every group's last val_fraction is held out instead.
+  big, small = ("chromosome", "A" * 9_000), ("plasmid", "C" * 1_000)
+  with caplog.at_level("WARNING"):
+    split = sequences.split_groups((big, small), 0.1)
+  assert "cutting every sequence's last 0.1 instead" in caplog.text
+  assert split["train"] == [("chromosome", "A" * 8_100), ("plasmid", "C" * 900)]
+  assert split["test"] == [("chromosome", "A" * 900), ("plasmid", "C" * 100)]
+  # Groups of similar sizes are still held out whole (no sequence in both splits).
+  even = tuple((f"r{i}", "G" * (1_000 + i)) for i in range(20))
+  split = sequences.split_groups(even, 0.1)
+  held = {n for n, _ in split["test"]}
+  assert len(held) == 2 and not held & {n for n, _ in split["train"]}
+
+
+def test_a_dna_file_without_records_says_what_a_record_looks_like(tmp_path):
+  (tmp_path / "plain.fa").write_text("ACGTACGT\nACGTTTGA\n")
+  with pytest.raises(ValueError, match="needs a first line such as '>seq1'"):
+    sequences.dna_groups(str(tmp_path / "plain.fa"))

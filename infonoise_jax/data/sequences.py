@@ -13,7 +13,10 @@ text: .txt or an sdist .tar.gz). A *group* is one record (dna; exact duplicate s
 are kept once) or one work/file (text). Groups are ordered by an md5 hash of their name and
 the first ceil(data.val_fraction * G) form the held-out split ('test'), so no held-out window
 shares a source sequence with a training window; a single group is cut at its last
-val_fraction instead. Windows of data.seq_len tokens start every data.window_stride tokens
+val_fraction instead, and so is every group when the chosen groups would hold out more than
+max(2 * val_fraction, val_fraction + 0.05) of the letters (a few groups of very different
+sizes, such as a chromosome and its plasmids or two texts, with a warning).
+Windows of data.seq_len tokens start every data.window_stride tokens
 (0 = seq_len, non-overlapping) inside each sequence. Letters outside the vocabulary follow
 data.unknown_policy: 'drop' (windows containing one are not used) or 'replace' (each becomes
 a vocabulary symbol chosen by a hash of its position). Both are counted in `SplitStats`.
@@ -33,6 +36,7 @@ import re
 import tarfile
 
 import numpy as np
+from absl import logging
 
 from infonoise_jax.data.tokens import TokenEncoding
 
@@ -152,7 +156,11 @@ def _read_dna(path: str, mtime: float) -> tuple[tuple[str, str], ...]:
         seen.add(seq)
         groups.append((f"{os.path.basename(file)}:{name}", seq))
   if not groups:
-    raise ValueError(f"data.path={path!r}: no sequence records found (FASTA '>' or GenBank ORIGIN)")
+    raise ValueError(
+      f"data.path={path!r}: no sequence records found (FASTA records start with a '>name' "
+      "line, GenBank records with LOCUS and hold their bases after ORIGIN); a file of bare "
+      "sequence lines needs a first line such as '>seq1'"
+    )
   return tuple(groups)
 
 
@@ -234,14 +242,24 @@ def split_groups(
   groups: tuple[tuple[str, str], ...], val_fraction: float
 ) -> dict[str, list[tuple[str, str]]]:
   """{'train': groups, 'test': groups}: held-out groups chosen by hash (module docstring)."""
-  if len(groups) == 1:
-    name, seq = groups[0]
-    cut = len(seq) - int(math.ceil(val_fraction * len(seq)))
-    return {"train": [(name, seq[:cut])], "test": [(name, seq[cut:])]}
-  groups = list(groups)
-  order = sorted(groups, key=lambda g: hashlib.md5(g[0].encode()).hexdigest())
-  n_val = min(len(groups) - 1, max(1, int(math.ceil(val_fraction * len(groups)))))
-  return {"test": order[:n_val], "train": order[n_val:]}
+  if len(groups) > 1:
+    order = sorted(groups, key=lambda g: hashlib.md5(g[0].encode()).hexdigest())
+    n_val = min(len(groups) - 1, max(1, int(math.ceil(val_fraction * len(groups)))))
+    held = sum(len(q) for _, q in order[:n_val]) / sum(len(q) for _, q in groups)
+    if held <= max(2 * val_fraction, val_fraction + 0.05):
+      return {"test": order[:n_val], "train": order[n_val:]}
+    logging.warning(
+      "Holding out %d whole sequences of %d would hold out %.0f%% of the letters "
+      "(data.val_fraction=%g): cutting every sequence's last %g instead, so held-out windows "
+      "come from the training sequences' ends",
+      n_val,
+      len(groups),
+      100 * held,
+      val_fraction,
+      val_fraction,
+    )
+  cuts = [(n, q, len(q) - int(math.ceil(val_fraction * len(q)))) for n, q in groups]
+  return {"train": [(n, q[:c]) for n, q, c in cuts], "test": [(n, q[c:]) for n, q, c in cuts]}
 
 
 def _hash_symbols(seq_index: int, positions: np.ndarray, vocab_size: int) -> np.ndarray:
