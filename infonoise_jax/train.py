@@ -763,6 +763,8 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
   preempted = checkpointing.PreemptionFlag(None if one else (), interrupt=one)
   try:
     checkpointing.raise_if_stop_requested()
+    if step > 0:  # no step twice in the curves after a resume from an older checkpoint
+      workdir_lib.drop_events_after(workdir, step)
     writer = metrics.create_writer(os.path.join(workdir, "tensorboard"), jax.process_index() > 0)
   except BaseException:
     preempted.restore_handlers()

@@ -92,6 +92,49 @@ def check_start(
     )
 
 
+def drop_events_after(workdir: str, step: int) -> str | None:
+  """Resuming at `step`: takes out of the TensorBoard logs what an earlier attempt logged after
+  that step (it was killed after its last checkpoint, or that checkpoint was corrupt), which
+  would otherwise show twice, as a zig-zag, once this run logs those steps again.
+
+  Each event file holding such events is rewritten without them; the original is moved, never
+  deleted, to `<workdir>/tensorboard.after-<step>-<UTC>/`, which is returned (None if nothing
+  was after `step`). Local log folders and process 0 only."""
+  root = os.path.join(workdir, TENSORBOARD)
+  if _is_remote(workdir) or jax.process_index() != 0 or not os.path.isdir(root):
+    return None
+  from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+  from tensorboard.compat.proto import event_pb2
+  from tensorboardX.record_writer import RecordWriter
+
+  aside = None
+  for name in sorted(os.listdir(root)):
+    path = os.path.join(root, name)
+    if not name.startswith("events.out.tfevents") or not os.path.isfile(path):
+      continue
+    records = list(RawEventFileLoader(path).Load())
+    kept = [r for r in records if event_pb2.Event.FromString(r).step <= step]
+    if len(kept) == len(records):
+      continue
+    if aside is None:
+      stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+      aside = os.path.join(workdir, f"{TENSORBOARD}.after-{step}-{stamp}")
+      os.makedirs(aside)
+    os.rename(path, os.path.join(aside, name))
+    writer = RecordWriter(path)
+    for record in kept:
+      writer.write(record)
+    writer.close()
+  if aside:
+    logging.warning(
+      "Resuming at step %d: an earlier attempt had logged steps after it; those events are "
+      "taken out of the TensorBoard logs (the original event files are in %s)",
+      step,
+      aside,
+    )
+  return aside
+
+
 def check_not_past(workdir: str, step: int, num_steps: int) -> None:
   if step > num_steps:
     raise WorkdirError(

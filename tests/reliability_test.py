@@ -414,6 +414,28 @@ def test_a_run_stopped_while_writing_its_final_outputs_writes_them_on_the_rerun(
   assert _snapshot(workdir) == before
 
 
+def test_a_resume_from_an_older_checkpoint_logs_no_step_twice(tmp_path):
+  """An attempt killed after logging steps past its last checkpoint (here: the newest
+  checkpoint removed) is resumed from the older one: TensorBoard must show each step once, in
+  order, and the attempt's original event files are kept aside."""
+  import shutil
+
+  from tensorboard.backend.event_processing import event_accumulator
+
+  workdir = tmp_path / "run"
+  config = _config(**{"train.num_steps": 6, "train.checkpoint_every": 3, "train.log_every": 1})
+  train.train_and_evaluate(config, str(workdir))
+  shutil.rmtree(workdir / "checkpoints" / "6")  # as if killed between logging 6 and saving it
+  (workdir / "samples.npz").unlink()
+  train.train_and_evaluate(config, str(workdir))  # resumes at 3, logs 4..6 again
+  acc = event_accumulator.EventAccumulator(str(workdir / "tensorboard"), purge_orphaned_data=False)
+  acc.Reload()
+  steps = [e.step for e in acc.Scalars("loss")]
+  assert steps == [1, 2, 3, 4, 5, 6], steps
+  aside = list(workdir.glob("tensorboard.after-3-*"))
+  assert len(aside) == 1 and list(aside[0].glob("events.out.tfevents.*"))
+
+
 def test_a_sigterm_while_the_logs_are_created_saves_a_step_the_same_command_resumes(
   tmp_path, monkeypatch
 ):
