@@ -372,7 +372,8 @@ class _PendingSave:
   non-finite checks and the open log window's metrics, without waiting; the guard's "next
   step" is the loop's own step `step + 1` (same state, same batch: the pipeline is a pure
   function of the step). At `due`, `max_steps_in_flight` + 1 steps later (the in-flight
-  wait has covered step + 1 by then, so nothing waits), or at the next save, the small
+  wait has covered step + 1 by then, so nothing waits) but at most half a checkpoint
+  interval + 1 later, or at the next save, the small
   results are fetched, checked, and the snapshot is saved while the device still has the
   queued steps to run, instead of idling through the whole guard and Orbax's blocking part.
   A NaN or diverged snapshot is never saved: the checks are the same as
@@ -387,8 +388,12 @@ class _PendingSave:
 
 
 def _start_save(run: Run, log: _WindowLogger, state: TrainState, step: int) -> _PendingSave:
-  limit = run.config.train.max_steps_in_flight
-  due = step + 1 + limit  # the in-flight wait at `due` is for step + 1
+  t = run.config.train
+  # At `due` the in-flight wait has covered step + 1, so nothing waits; but never later than
+  # half a checkpoint interval: with checkpoint_every <= max_steps_in_flight a save would
+  # otherwise reach the disk only at the next checkpoint, and a kill could cost two intervals
+  # (fetching the guard earlier may wait for step + 1 while later steps keep the device busy).
+  due = step + 1 + min(t.max_steps_in_flight, t.checkpoint_every // 2)
   return _PendingSave(step, due, run.copy_state(state), log.open_window())
 
 

@@ -505,6 +505,37 @@ def test_one_line_error_and_debug_traceback(tmp_path, capsys, monkeypatch, comma
     module.main(args)
 
 
+def test_a_periodic_save_starts_within_half_an_interval_with_many_steps_in_flight(
+  tmp_path, monkeypatch
+):
+  """checkpoint_every 8 with 32 steps in flight: the save of step 8 must start by step
+  8 + 1 + 4, not wait for the next checkpoint (16), so a kill costs at most 1.5 intervals."""
+  dispatched, saves = [], []  # the loop's steps (one log.add each), (saved step, loop step)
+  add, save = train._WindowLogger.add, train._save
+
+  def counted(self, step_metrics):
+    dispatched.append(1)
+    return add(self, step_metrics)
+
+  def recorded(run, ckpt, step, state, background=False):
+    saves.append((step, len(dispatched)))
+    return save(run, ckpt, step, state, background)
+
+  monkeypatch.setattr(train._WindowLogger, "add", counted)
+  monkeypatch.setattr(train, "_save", recorded)
+  config = _config(
+    **{
+      "train.checkpoint_every": 8,
+      "train.max_steps_in_flight": 32,
+      "train.num_steps": 24,
+    }
+  )
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  started = dict(saves)
+  assert sorted(started) == [8, 16, 24]
+  assert started[8] == 8 + 1 + 4 and started[16] == 16 + 1 + 4, saves
+
+
 @pytest.mark.parametrize("poison", ["loss", "params"])
 def test_a_deferred_save_is_checked_against_its_next_step(tmp_path, monkeypatch, poison):
   """A periodic save is checked a few steps later (train._PendingSave) against the loop's own
