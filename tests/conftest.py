@@ -1,9 +1,28 @@
-"""Test setup: 8 fake CPU devices, before any JAX backend is initialised."""
+"""Test setup: 8 fake CPU devices, before any JAX backend is initialised, and one persistent
+compilation cache for the whole test session.
 
+Many tests build the same small programs (the digits step, the Inception extractor, the
+samplers), in this process and in the commands they start; JAX's persistent cache, keyed by
+the lowered program, compiles each once per session. The folder is new for every session (and
+for every pytest-xdist worker), so no test can see programs of an earlier run, and it is
+exported to the environment so that subprocesses share it. A test of the cache points JAX at
+its own folder.
+"""
+
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+_CACHE = tempfile.mkdtemp(prefix=f"jax_cache_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ.update(
+  JAX_COMPILATION_CACHE_DIR=_CACHE,
+  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+)
 
 import jax
 
@@ -11,6 +30,15 @@ jax.config.update("jax_num_cpu_devices", 8)
 
 
 import pytest  # noqa: E402
+
+MAX_WORKERS = 4  # each worker holds its own JAX runtime and compiles; more adds memory, not speed
+
+
+def pytest_xdist_auto_num_workers(config):
+  """`-n auto`: one pytest-xdist worker per core, at most MAX_WORKERS (test files go whole to
+  a worker, `--dist loadfile`, so their module fixtures are built once)."""
+  del config
+  return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
 
 
 @pytest.fixture(autouse=True)
