@@ -671,8 +671,8 @@ def _train(run: Run, workdir: str, fresh: bool) -> TrainState:
 def _save_pending_before(
   run: Run, ckpt, log: _WindowLogger, pending: _PendingSave | None, error: metrics.NonFiniteError
 ) -> metrics.NonFiniteError:
-  """A NaN or Inf seen while a periodic save still waits for its guard (it is finished
-  max_steps_in_flight + 1 steps after its step): if that save's state comes before the bad
+  """A NaN or Inf seen while a periodic save still waits for its guard (`_PendingSave.due`):
+  if that save's state comes before the bad
   window, it is checked as always and saved, so the error names it as the last good
   checkpoint instead of dropping it. Returns the error to raise."""
   if pending is None or pending.guard is None or pending.step > error.step_range[0]:
