@@ -66,7 +66,7 @@ def _base_config() -> ml_collections.ConfigDict:
   c.data.tfds_data_dir = ""  # tfds data_dir; '' = tfds default (~/tensorflow_datasets)
   c.data.image_key = "image"  # feature holding the image (tfds sources)
   c.data.local_dir = "/usr/share/datasets/fashion-mnist"  # Debian dataset-fashion-mnist files
-  c.data.image_size = 0  # side in pixels after box-averaging by an integer factor; 0 = native
+  c.data.image_size = 0  # height after box-averaging H and W by one integer factor; 0 = native
   c.data.binarize = False  # images: pixel > mid-range -> +scale, else -scale
   c.data.scale = (
     1.0  # data lie in [-scale, scale]; binarized {-scale, +scale} (docs/method.md: 0.5)

@@ -374,8 +374,11 @@ def test_config_errors():
     load_source(_config(name="digits", image_size=3))
   with pytest.raises(ValueError, match="vector source"):
     load_source(_config(name="toy2d", image_size=8))
-  with pytest.raises(ValueError, match="square"):
-    sources.check_image_shape("tfds:x", (32, 16, 3), 0)
+  # Non-square images: data.image_size is the height, the width shrinks by the same factor.
+  assert sources.check_image_shape("tfds:x", (32, 16, 3), 0) == (32, 16, 3)
+  assert sources.check_image_shape("tfds:x", (32, 16, 3), 8) == (8, 4, 3)
+  with pytest.raises(ValueError, match=r"32x12 images .* one of \[8, 16, 32\]"):
+    sources.check_image_shape("tfds:x", (32, 12, 3), 4)  # 12 is not divisible by 32 / 4
   with pytest.raises(ValueError, match="fixed"):
     sources.check_image_shape("tfds:x", (None, None, 3), 0)
   with pytest.raises(ValueError, match="component_std"):

@@ -227,7 +227,7 @@ def test_dropout_only_in_training(name):
     (dict(model_channels=132), (8, 8, 1), "model.model_channels"),  # 132 % 32 groups
     (dict(num_blocks=0), (8, 8, 1), "model.num_blocks"),
     (dict(), (64,), "model.name"),  # a U-Net needs images
-    (dict(), (8, 6, 1), "model.name"),  # ... square ones
+    (dict(channel_mult=(1, 2, 2)), (8, 6, 1), "model.channel_mult"),  # 6 % 2**2: either side
     (dict(name="mlp", hidden_dims=()), (2,), "model.hidden_dims"),
     (dict(name="mlp", dtype="half"), (2,), "model.dtype"),
   ],
@@ -235,6 +235,28 @@ def test_dropout_only_in_training(name):
 def test_invalid_settings_raise_naming_the_key(model, data_shape, key):
   with pytest.raises(ValueError, match=key.replace(".", r"\.")):
     make_model(_config(**model), data_shape)
+
+
+def test_a_unet_on_non_square_images_is_the_square_network_over_the_whole_width():
+  """An 8 x 16 image runs through the parameters of the 8 x 8 network (convolutions, norms and
+  attention over positions do not depend on the width), keeps its shape, and every column
+  reaches the output (a change in the right half changes the output)."""
+  config = _config(channel_mult=(1, 2), attn_resolutions=(4,))
+  wide, square = make_model(config, (8, 16, 1)), make_model(config, (8, 8, 1))
+  x = jax.random.normal(jax.random.key(1), (2, 8, 16, 1))
+  c = jnp.array([0.5, -1.0])
+  params = square.init({"params": jax.random.key(0)}, x[:, :, :8], c)
+  assert jax.tree.map(jnp.shape, wide.init({"params": jax.random.key(0)}, x, c)) == (
+    jax.tree.map(jnp.shape, params)
+  )
+  leaves, treedef = jax.tree.flatten(params)  # off the zero-initialised output layers
+  keys = jax.random.split(jax.random.key(2), len(leaves))
+  noisy = [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
+  params = jax.tree.unflatten(treedef, noisy)
+  out = wide.apply(params, x, c)
+  assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
+  changed = wide.apply(params, x.at[:, :, 12:].add(1.0), c)
+  assert float(jnp.max(jnp.abs(changed - out)[:, :, :4])) > 0  # attention: seen from the left
 
 
 def test_arch_defaults_and_overrides():

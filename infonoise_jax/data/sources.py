@@ -20,7 +20,7 @@ data is +-0.5, i.e. scale 0.5) and finally multiplied by `scale`.
                        of uint8 (or integers in 0..255, bool, floats in [0, 1]), or a folder of
                        image files (PNG, JPEG, ...; each folder's files in sorted order, then
                        its subfolders; RGB if any is in colour, else grayscale; alpha dropped).
-                       One split ('train'); all images of one square size, 1 or 3 channels.
+                       One split ('train'); all images of one size, 1 or 3 channels.
 
 Small sets are held in memory as one float32 array; tfds sets above `MAX_IN_MEMORY_BYTES`
 are read lazily, a batch at a time. Synthetic sets are fixed: split 'train' draws from
@@ -186,31 +186,29 @@ def images_to_float(
   n, h, w, c = x.shape
   if image_size and image_size != h:
     f = h // image_size  # box average over f x f blocks (validated by check_image_shape)
-    x = x.reshape(n, image_size, f, image_size, f, c).mean(axis=(2, 4))
+    x = x.reshape(n, image_size, f, w // f, f, c).mean(axis=(2, 4))
   if binarize:
     x = np.where(x > 0, np.float32(1.0), np.float32(-1.0))
   return x * np.float32(scale)
 
 
 def check_image_shape(name: str, native_HWC: tuple[int, ...], image_size: int) -> tuple:
-  """The (H, W, C) a source yields after resizing; ValueError when it cannot produce it."""
+  """The (H, W, C) a source yields after resizing; ValueError when it cannot produce it.
+
+  data.image_size is the height after box averaging by an integer factor f = H / image_size;
+  the width shrinks by the same f (square images stay square), so f must divide both."""
   if len(native_HWC) != 3 or None in native_HWC:
     raise ValueError(f"{name}: images must have a fixed (H, W, C) shape, got {native_HWC}")
   h, w, c = native_HWC
-  if h != w:
-    raise ValueError(
-      f"{name}: only square images are supported, got height {h} x width {w}; crop or pad "
-      "them to squares"
-    )
   if image_size == 0 or image_size == h:
     return (h, w, c)
-  if image_size < 0 or h % image_size:
-    sizes = [s for s in range(1, h + 1) if h % s == 0]
+  if image_size < 0 or h % image_size or w % (h // image_size):
+    sizes = [s for s in range(1, h + 1) if h % s == 0 and w % (h // s) == 0]
     raise ValueError(
-      f"data.image_size={image_size} cannot be made from {name}'s {h}x{h} images "
-      f"(box averaging by an integer factor); valid: 0 (native) or one of {sizes}"
+      f"data.image_size={image_size} cannot be made from {name}'s {h}x{w} images (box "
+      f"averaging height and width by one integer factor); valid: 0 (native) or one of {sizes}"
     )
-  return (image_size, image_size, c)
+  return (image_size, w // (h // image_size), c)
 
 
 def _image_source(name: str, u_NHWC: np.ndarray, max_value: float, d, labels=None) -> Source:

@@ -13,7 +13,7 @@ ValueError naming the config key, before anything is traced or compiled.
 Models (`model.name`):
   unet  EDM's SongUNet (unet.py). `model.arch` ddpmpp | ncsnpp picks the embedding,
         encoder and resample filter; `model.embedding_type` / `model.encoder_type` override.
-        Needs square images whose side is divisible by 2**(len(channel_mult) - 1).
+        Needs images whose height and width are divisible by 2**(len(channel_mult) - 1).
   mlp   residual MLP (mlp.py) on the flattened input; any data_shape.
   transformer  adaLN-Zero transformer over positions (transformer.py) for token windows
         (L, V): model.width / depth / num_heads / mlp_ratio / pos_embedding.
@@ -62,23 +62,27 @@ def _make_unet(m: Any, data_shape: tuple[int, ...]) -> SongUNet:
   for c in unet_channel_counts(mc, mult):
     groups = unet_layers.num_groups(c)
     _check(c % groups == 0, "model_channels", mc, f"{c} channels do not split into {groups} groups")
-  if len(data_shape) != 3 or data_shape[0] != data_shape[1]:
+  if len(data_shape) != 3:
     raise ValueError(
-      f"config.model.name='unet' needs square (H, W, C) images, got data_shape={data_shape}"
+      f"config.model.name='unet' needs (H, W, C) images, got data_shape={data_shape}"
     )
-  side, factor = data_shape[0], 2 ** (len(mult) - 1)
-  levels = max(n for n in range(1, len(mult) + 1) if side % 2 ** (n - 1) == 0)  # that fit side
+  # Any H x W whose sides both halve at every level; a level's resolution (attn_resolutions,
+  # parameter names) is its feature map's height.
+  (height, width), factor = data_shape[:2], 2 ** (len(mult) - 1)
+  fits = lambda n: height % 2 ** (n - 1) == 0 and width % 2 ** (n - 1) == 0
+  levels = max(n for n in range(1, len(mult) + 1) if fits(n))
+  sides = f"side {height}" if height == width else f"sides {height} x {width}"
   # No data.image_size fix: it shrinks by whole factors, and a divisor of the side is never a
   # multiple of a factor the side itself is not; only cropping or padding can help.
   _check(
-    side % factor == 0,
+    height % factor == 0 and width % factor == 0,
     "channel_mult",
     m.channel_mult,
-    f"image side {side} is not divisible by 2**(len(channel_mult)-1) = {factor}; use fewer "
+    f"image {sides} not divisible by 2**(len(channel_mult)-1) = {factor}; use fewer "
     f"levels (e.g. --config.model.channel_mult='{tuple(mult[:levels])}') or crop / pad the "
-    f"images to a side divisible by {factor}",
+    f"images to sides divisible by {factor}",
   )
-  resolutions = [side >> level for level in range(len(mult))]
+  resolutions = [height >> level for level in range(len(mult))]
   attn = tuple(int(r) for r in m.attn_resolutions)
   bad = [r for r in attn if r not in resolutions]
   _check(
