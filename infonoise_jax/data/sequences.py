@@ -14,8 +14,8 @@ are kept once) or one work/file (text). Groups are ordered by an md5 hash of the
 the first ceil(data.val_fraction * G) form the held-out split ('test'), so no held-out window
 shares a source sequence with a training window; a single group is cut at its last
 val_fraction instead, and so is every group when the chosen groups would hold out more than
-max(2 * val_fraction, val_fraction + 0.05) of the letters (a few groups of very different
-sizes, such as a chromosome and its plasmids or two texts, with a warning).
+max(2 * val_fraction, val_fraction + 0.05, 1.5 * n_held / G) of the letters (a few groups
+of very different sizes, such as a chromosome and its plasmids or two texts; with a warning).
 Windows of data.seq_len tokens start every data.window_stride tokens
 (0 = seq_len, non-overlapping) inside each sequence. Letters outside the vocabulary follow
 data.unknown_policy: 'drop' (windows containing one are not used) or 'replace' (each becomes
@@ -246,7 +246,7 @@ def split_groups(
     order = sorted(groups, key=lambda g: hashlib.md5(g[0].encode()).hexdigest())
     n_val = min(len(groups) - 1, max(1, int(math.ceil(val_fraction * len(groups)))))
     held = sum(len(q) for _, q in order[:n_val]) / sum(len(q) for _, q in groups)
-    if held <= max(2 * val_fraction, val_fraction + 0.05):
+    if held <= max(2 * val_fraction, val_fraction + 0.05, 1.5 * n_val / len(groups)):
       return {"test": order[:n_val], "train": order[n_val:]}
     logging.warning(
       "Holding out %d whole sequences of %d would hold out %.0f%% of the letters "
