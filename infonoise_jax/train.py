@@ -672,9 +672,8 @@ def _save_pending_before(
   run: Run, ckpt, log: _WindowLogger, pending: _PendingSave | None, error: metrics.NonFiniteError
 ) -> metrics.NonFiniteError:
   """A NaN or Inf seen while a periodic save still waits for its guard (`_PendingSave.due`):
-  if that save's state comes before the bad
-  window, it is checked as always and saved, so the error names it as the last good
-  checkpoint instead of dropping it. Returns the error to raise."""
+  if that save's state comes before the bad window, it is checked as always and saved, so the
+  error names it as the last good checkpoint instead of dropping it. Returns the error."""
   if pending is None or pending.guard is None or pending.step > error.step_range[0]:
     return error
   try:

@@ -53,6 +53,12 @@ def has_event_files(workdir: str) -> bool:
   return False
 
 
+def _aside(workdir: str, tag: str) -> str:
+  """`<workdir>/tensorboard.<tag>-<UTC time>`: where logs a run must not show are moved."""
+  stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+  return os.path.join(workdir, f"{TENSORBOARD}.{tag}-{stamp}")
+
+
 def check_start(
   workdir: str, saved_steps: list[int], fresh: bool, earlier_attempt: bool = False
 ) -> None:
@@ -77,8 +83,7 @@ def check_start(
       "would interleave two runs' curves. Pass --fresh to move the old logs aside and start "
       "over, or use a new --workdir"
     )
-  stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
-  aside = f"{logs}.before-{stamp}"
+  aside = _aside(workdir, "before")
   if jax.process_index() == 0:
     os.rename(logs, aside)
   if fresh:
@@ -117,8 +122,7 @@ def drop_events_after(workdir: str, step: int) -> str | None:
     if len(kept) == len(records):
       continue
     if aside is None:
-      stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
-      aside = os.path.join(workdir, f"{TENSORBOARD}.after-{step}-{stamp}")
+      aside = _aside(workdir, f"after-{step}")
       os.makedirs(aside)
     os.rename(path, os.path.join(aside, name))
     writer = RecordWriter(path)
