@@ -71,7 +71,7 @@ def _make_unet(m: Any, data_shape: tuple[int, ...]) -> SongUNet:
   (height, width), factor = data_shape[:2], 2 ** (len(mult) - 1)
   fits = lambda n: height % 2 ** (n - 1) == 0 and width % 2 ** (n - 1) == 0
   levels = max(n for n in range(1, len(mult) + 1) if fits(n))
-  sides = f"side {height}" if height == width else f"sides {height} x {width}"
+  sides = f"side {height} is" if height == width else f"sides {height} x {width} are"
   # No data.image_size fix: it shrinks by whole factors, and a divisor of the side is never a
   # multiple of a factor the side itself is not; only cropping or padding can help.
   _check(
