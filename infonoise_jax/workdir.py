@@ -14,10 +14,14 @@ import datetime
 import json
 import os
 import socket
+import struct
 
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
+
+from infonoise_jax.paths import is_remote, run_path
 
 LOCK_FILE = "run.lock"
 TENSORBOARD = "tensorboard"
@@ -31,32 +35,50 @@ class WorkdirLockedError(WorkdirError):
   """Another run holds the workdir's lock."""
 
 
-def _is_remote(path: str) -> bool:
-  return "://" in path
-
-
 def check_is_directory(workdir: str) -> None:
   """Raises if `workdir` exists and is not a directory (before any data is loaded)."""
-  if not _is_remote(workdir) and os.path.exists(workdir) and not os.path.isdir(workdir):
+  if not is_remote(workdir) and os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(
       f"--workdir={workdir} is a file, not a directory; point --workdir at a new or existing "
       "run directory"
     )
 
 
+def _files(folder: epath.Path) -> list[epath.Path]:
+  """The files under `folder`, at any depth (through iterdir: epath's walk drops the scheme
+  of the remote folders it finds)."""
+  found = []
+  for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+    found += _files(path) if path.is_dir() else [path]
+  return found
+
+
+def _event_files(workdir: str) -> list[epath.Path]:
+  """The TensorBoard event files under `<workdir>/tensorboard` (any depth; local or remote)."""
+  files = _files(run_path(workdir) / TENSORBOARD)
+  return [p for p in files if p.name.startswith("events.out.tfevents")]
+
+
 def has_event_files(workdir: str) -> bool:
   """True if `<workdir>/tensorboard` holds TensorBoard event files (at any depth)."""
-  root = os.path.join(workdir, TENSORBOARD)
-  for _, _, files in os.walk(root):
-    if any(f.startswith("events.out.tfevents") for f in files):
-      return True
-  return False
+  return bool(_event_files(workdir))
 
 
-def _aside(workdir: str, tag: str) -> str:
+def _aside(workdir: str, tag: str) -> epath.Path:
   """`<workdir>/tensorboard.<tag>-<UTC time>`: where logs a run must not show are moved."""
   stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
-  return os.path.join(workdir, f"{TENSORBOARD}.{tag}-{stamp}")
+  return run_path(workdir) / f"{TENSORBOARD}.{tag}-{stamp}"
+
+
+def _move(src: epath.Path, dst: epath.Path) -> None:
+  """Moves one file: a rename on local disks; a copy, then a delete, on object stores (which
+  cannot rename, and whose folders exist only through the objects in them)."""
+  if is_remote(src):
+    dst.write_bytes(src.read_bytes())
+    src.unlink()
+  else:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(src, dst)
 
 
 def check_start(
@@ -85,7 +107,12 @@ def check_start(
     )
   aside = _aside(workdir, "before")
   if jax.process_index() == 0:
-    os.rename(logs, aside)
+    if is_remote(workdir):  # file by file: object stores have no folders to rename
+      root = run_path(logs)
+      for path in _files(root):
+        _move(path, aside / path.relative_to(root))
+    else:
+      os.rename(logs, aside)
   if fresh:
     logging.warning("--fresh: moved the previous run's TensorBoard logs to %s", aside)
   else:
@@ -97,6 +124,34 @@ def check_start(
     )
 
 
+def _records(data: bytes) -> list[bytes]:
+  """The records of a TFRecord file (TensorBoard's event files): each is an 8-byte
+  little-endian length, its 4-byte checksum, the data and the data's checksum. A torn last
+  record (a process killed mid-write) is left out, as TensorBoard's reader does."""
+  records, at = [], 0
+  while at + 12 <= len(data):
+    (length,) = struct.unpack("<Q", data[at : at + 8])
+    end = at + 12 + length + 4
+    if end > len(data):
+      break
+    records.append(data[at + 12 : at + 12 + length])
+    at = end
+  return records
+
+
+def _framed(record: bytes) -> bytes:
+  """One record in the TFRecord framing `_records` reads."""
+  from tensorboardX.record_writer import masked_crc32c
+
+  header = struct.pack("<Q", len(record))
+  return (
+    header
+    + struct.pack("<I", masked_crc32c(header))
+    + record
+    + struct.pack("<I", masked_crc32c(record))
+  )
+
+
 def drop_events_after(workdir: str, step: int) -> str | None:
   """Resuming at `step`: takes out of the TensorBoard logs what an earlier attempt logged after
   that step (it was killed after its last checkpoint, or that checkpoint was corrupt), which
@@ -104,31 +159,22 @@ def drop_events_after(workdir: str, step: int) -> str | None:
 
   Each event file holding such events is rewritten without them; the original is moved, never
   deleted, to `<workdir>/tensorboard.after-<step>-<UTC>/`, which is returned (None if nothing
-  was after `step`). Local log folders and process 0 only."""
-  root = os.path.join(workdir, TENSORBOARD)
-  if _is_remote(workdir) or jax.process_index() != 0 or not os.path.isdir(root):
+  was after `step`). Local or remote (gs://) log folders; process 0 only."""
+  if jax.process_index() != 0:
     return None
-  from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
   from tensorboard.compat.proto import event_pb2
-  from tensorboardX.record_writer import RecordWriter
 
+  root = run_path(workdir) / TENSORBOARD
   aside = None
-  for name in sorted(os.listdir(root)):
-    path = os.path.join(root, name)
-    if not name.startswith("events.out.tfevents") or not os.path.isfile(path):
-      continue
-    records = list(RawEventFileLoader(path).Load())
+  for path in _event_files(workdir):
+    records = _records(path.read_bytes())
     kept = [r for r in records if event_pb2.Event.FromString(r).step <= step]
     if len(kept) == len(records):
       continue
     if aside is None:
       aside = _aside(workdir, f"after-{step}")
-      os.makedirs(aside)
-    os.rename(path, os.path.join(aside, name))
-    writer = RecordWriter(path)
-    for record in kept:
-      writer.write(record)
-    writer.close()
+    _move(path, aside / path.relative_to(root))
+    path.write_bytes(b"".join(_framed(r) for r in kept))
   if aside:
     logging.warning(
       "Resuming at step %d: an earlier attempt had logged steps after it; those events are "
@@ -136,7 +182,7 @@ def drop_events_after(workdir: str, step: int) -> str | None:
       step,
       aside,
     )
-  return aside
+  return None if aside is None else str(aside)
 
 
 def check_not_past(workdir: str, step: int, num_steps: int) -> None:
@@ -177,9 +223,7 @@ class Lock:
 
   def _read(self) -> dict | None:
     try:
-      if _is_remote(self.path):
-        from etils import epath
-
+      if is_remote(self.path):
         return json.loads(epath.Path(self.path).read_text())
       with open(self.path) as f:
         return json.load(f)
@@ -193,8 +237,6 @@ class Lock:
     )
 
   def _acquire_remote(self) -> None:
-    from etils import epath
-
     path = epath.Path(self.path)
     if path.exists():
       raise self._refuse(self._read())
@@ -239,7 +281,7 @@ class Lock:
     error = None
     if jax.process_index() == 0:
       try:
-        self._acquire_remote() if _is_remote(self.path) else self._acquire_local()
+        self._acquire_remote() if is_remote(self.path) else self._acquire_local()
       except Exception as e:  # every process must hear of it, or the others would hang
         error = e
     if jax.process_count() > 1:
@@ -255,9 +297,7 @@ class Lock:
     if self._mine is None:
       return
     if self._read() == self._mine:  # never remove a lock another run has taken over
-      if _is_remote(self.path):
-        from etils import epath
-
+      if is_remote(self.path):
         epath.Path(self.path).unlink(missing_ok=True)
       else:
         try:

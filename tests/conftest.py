@@ -7,6 +7,12 @@ the lowered program, compiles each once per session. The folder is new for every
 for every pytest-xdist worker), so no test can see programs of an earlier run, and it is
 exported to the environment so that subprocesses share it. A test of the cache points JAX at
 its own folder.
+
+XLA's optimizations are off (`JAX_DISABLE_MOST_OPTIMIZATIONS=1`, inherited by subprocesses):
+the tests run small programs a few times each, so compiling dominates, and an unoptimized
+compile cut the suite on 2 cores from 14.1 to 12.3 minutes with every test passing unchanged
+(golden values included). `JAX_DISABLE_MOST_OPTIMIZATIONS=0 pytest tests` runs the suite on
+optimized programs, as users get them.
 """
 
 import atexit
@@ -16,6 +22,7 @@ import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 _CACHE = tempfile.mkdtemp(prefix=f"jax_cache_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_")
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ.update(

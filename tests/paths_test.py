@@ -14,6 +14,7 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from infonoise_jax import checkpointing, paths, restore, resume, sample_files, writers
+from infonoise_jax import workdir as workdir_lib
 from infonoise_jax.evaluation import plots
 from infonoise_jax.validation import default_config
 
@@ -98,3 +99,37 @@ def test_checkpoint_directory_stays_remote(gcs, monkeypatch):
   )
   ckpt = checkpointing.Checkpointer(RUN, keep=3, create=False)
   assert ckpt.directory == given[0] == f"{RUN}/checkpoints"
+
+
+def test_an_earlier_attempts_logs_are_cut_and_moved_aside_in_the_bucket(gcs, tmp_path):
+  """A resume from an older checkpoint on gs:// takes the later steps out of the event files
+  (TensorBoard's own reader sees steps 1..3; the originals, 1..6, are kept aside), and a
+  --fresh start moves the logs aside file by file."""
+  from tensorboard.backend.event_processing import event_file_loader
+
+  writer = writers.TensorBoardXWriter(f"{RUN}/tensorboard")
+  for step in range(1, 7):
+    writer.write_scalars(step, {"loss": 1.0 / step})
+  writer.close()
+
+  def steps(url: str) -> list[int]:
+    local = tmp_path / "copy.tfevents"  # TensorBoard's reader reads local files
+    local.write_bytes(gcs.cat_file(url))
+    return [e.step for e in event_file_loader.EventFileLoader(str(local)).Load() if e.summary.value]
+
+  assert workdir_lib.has_event_files(RUN)
+  with pytest.raises(workdir_lib.WorkdirError, match="TensorBoard logs .* but no checkpoint"):
+    workdir_lib.check_start(RUN, [], fresh=False)
+  assert workdir_lib.drop_events_after(RUN, 6) is None  # nothing after step 6
+  aside = workdir_lib.drop_events_after(RUN, 3)
+  assert aside.startswith(f"{RUN}/tensorboard.after-3-")
+  (events,) = gcs.ls(f"{RUN}/tensorboard", detail=False)
+  (original,) = gcs.ls(aside, detail=False)
+  assert steps(events) == [1, 2, 3] and steps(original) == [1, 2, 3, 4, 5, 6]
+  assert workdir_lib.drop_events_after(RUN, 3) is None  # cut once
+
+  workdir_lib.check_start(RUN, [], fresh=True)
+  assert not workdir_lib.has_event_files(RUN)
+  (before,) = [p for p in gcs.ls(RUN, detail=False) if "/tensorboard.before-" in p]
+  (moved,) = gcs.ls(before, detail=False)
+  assert steps(moved) == [1, 2, 3]
