@@ -3,10 +3,11 @@ compilation cache for the whole test session.
 
 Many tests build the same small programs (the digits step, the Inception extractor, the
 samplers), in this process and in the commands they start; JAX's persistent cache, keyed by
-the lowered program, compiles each once per session. The folder is new for every session (and
-for every pytest-xdist worker), so no test can see programs of an earlier run, and it is
-exported to the environment so that subprocesses share it. A test of the cache points JAX at
-its own folder.
+the lowered program, compiles each once per session. The folder is new for every session, so
+no test can see programs of an earlier run: the process pytest starts in makes it (and removes
+it at exit) before pytest-xdist starts its workers, which inherit it through the environment
+and share it, as do the subprocesses tests start. A test of the cache points JAX at its own
+folder.
 
 XLA's optimizations are off (`JAX_DISABLE_MOST_OPTIMIZATIONS=1`, inherited by subprocesses):
 the tests run small programs a few times each, so compiling dominates, and an unoptimized
@@ -23,8 +24,12 @@ import tempfile
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
-_CACHE = tempfile.mkdtemp(prefix=f"jax_cache_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_")
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+if "PYTEST_XDIST_WORKER" in os.environ and "INFONOISE_TEST_JAX_CACHE" in os.environ:
+  _CACHE = os.environ["INFONOISE_TEST_JAX_CACHE"]  # the session's, made by the first process
+else:
+  _CACHE = tempfile.mkdtemp(prefix="infonoise_jax_test_cache_")
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+  os.environ["INFONOISE_TEST_JAX_CACHE"] = _CACHE
 os.environ.update(
   JAX_COMPILATION_CACHE_DIR=_CACHE,
   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",

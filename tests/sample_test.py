@@ -97,7 +97,8 @@ def test_infogrid_uses_the_checkpointed_profile(restored):
   learned = np.asarray(_infogrid(sampler, state.schedule_state))
   initial = np.asarray(_infogrid(sampler, sampler.schedule.init_state()))
   karras = np.asarray(solvers.make_sigmas(sampler.config))
-  assert learned.shape == karras.shape == (5,) and learned[-1] == 0
+  n = sampler.config.sampler.num_steps  # levels, then sigma = 0
+  assert learned.shape == karras.shape == (n + 1,) and learned[-1] == 0
   assert np.all(np.diff(learned) < 0)
   assert not np.allclose(learned, initial) and not np.allclose(learned[:-1], karras[:-1])
 
