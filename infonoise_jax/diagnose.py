@@ -342,7 +342,9 @@ def _from_workdir(workdir: str, params: str, overrides=()):
 
 def parse(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--out", required=True)
+  p.add_argument(
+    "--out", default="", help="output folder (default <workdir>/diagnose; needed with --config)"
+  )
   p.add_argument("--workdir", default="", help="a trained run (its config and checkpoint)")
   p.add_argument("--config", default="", help="path[:variant], for a dataset alone")
   p.add_argument(
@@ -378,6 +380,10 @@ def parse(argv=None) -> argparse.Namespace:
   args = p.parse_args(argv)
   if bool(args.workdir) == bool(args.config):
     p.error("give exactly one of --workdir (a trained run) or --config (a dataset alone)")
+  if not args.out:
+    if not args.workdir:
+      p.error("--config needs --out=<folder> for the profile, table and plot")
+    args.out = os.path.join(args.workdir, "diagnose")
   moved = [o for o in args.set or [] if o.split("=")[0] not in DATA_LOCATION_KEYS]
   if args.workdir and moved:
     p.error(

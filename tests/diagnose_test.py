@@ -261,3 +261,11 @@ def test_a_run_whose_data_moved_is_diagnosed_with_its_new_place(tmp_path, monkey
   with pytest.raises(SystemExit):
     diagnose.parse([*flags, "--out=/unused", "--set", "model.hidden_dims=(8,)"])
   assert "only where the run's data now lies may change" in capsys.readouterr().err
+
+
+def test_out_defaults_to_the_runs_diagnose_folder_and_is_needed_with_a_config(tmp_path, capsys):
+  assert diagnose.parse([f"--workdir={tmp_path}"]).out == str(tmp_path / "diagnose")
+  assert diagnose.parse([f"--workdir={tmp_path}", "--out=/x"]).out == "/x"
+  with pytest.raises(SystemExit) as e:
+    diagnose.parse([f"--config={TEST_CONFIG}"])
+  assert e.value.code == 2 and "--config needs --out=<folder>" in capsys.readouterr().err
