@@ -127,12 +127,16 @@ def check_start(
 def _records(data: bytes) -> list[bytes]:
   """The records of a TFRecord file (TensorBoard's event files): each is an 8-byte
   little-endian length, its 4-byte checksum, the data and the data's checksum. A torn last
-  record (a process killed mid-write) is left out, as TensorBoard's reader does."""
+  record (a process killed mid-write) and anything after a length whose checksum fails are
+  left out, as TensorBoard's reader stops there."""
+  from tensorboardX.record_writer import masked_crc32c
+
   records, at = [], 0
   while at + 12 <= len(data):
     (length,) = struct.unpack("<Q", data[at : at + 8])
+    (check,) = struct.unpack("<I", data[at + 8 : at + 12])
     end = at + 12 + length + 4
-    if end > len(data):
+    if check != masked_crc32c(data[at : at + 8]) or end > len(data):
       break
     records.append(data[at + 12 : at + 12 + length])
     at = end

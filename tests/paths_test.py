@@ -133,3 +133,15 @@ def test_an_earlier_attempts_logs_are_cut_and_moved_aside_in_the_bucket(gcs, tmp
   (before,) = [p for p in gcs.ls(RUN, detail=False) if "/tensorboard.before-" in p]
   (moved,) = gcs.ls(before, detail=False)
   assert steps(moved) == [1, 2, 3]
+
+
+def test_event_records_stop_at_a_torn_or_garbled_record():
+  """The records read back are the framed ones, up to a record cut short or a length whose
+  checksum fails (what a kill mid-write leaves)."""
+  records = [b"first", b"", b"third record"]
+  data = b"".join(workdir_lib._framed(r) for r in records)
+  assert workdir_lib._records(data) == records
+  assert workdir_lib._records(data[:-3]) == records[:2]  # the last one torn
+  garbled = bytearray(data)
+  garbled[len(workdir_lib._framed(b"first")) + 2] ^= 1  # the second record's length
+  assert workdir_lib._records(bytes(garbled)) == records[:1]
