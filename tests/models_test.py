@@ -245,17 +245,17 @@ def test_a_unet_on_non_square_images_is_the_square_network_over_the_whole_width(
   wide, square = make_model(config, (8, 16, 1)), make_model(config, (8, 8, 1))
   x = jax.random.normal(jax.random.key(1), (2, 8, 16, 1))
   c = jnp.array([0.5, -1.0])
-  params = square.init({"params": jax.random.key(0)}, x[:, :, :8], c)
-  assert jax.tree.map(jnp.shape, wide.init({"params": jax.random.key(0)}, x, c)) == (
-    jax.tree.map(jnp.shape, params)
-  )
+  params = jax.jit(square.init)({"params": jax.random.key(0)}, x[:, :, :8], c)
+  wide_shapes = jax.eval_shape(wide.init, {"params": jax.random.key(0)}, x, c)
+  assert jax.tree.map(jnp.shape, wide_shapes) == jax.tree.map(jnp.shape, params)
   leaves, treedef = jax.tree.flatten(params)  # off the zero-initialised output layers
   keys = jax.random.split(jax.random.key(2), len(leaves))
   noisy = [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
   params = jax.tree.unflatten(treedef, noisy)
-  out = wide.apply(params, x, c)
+  apply = jax.jit(wide.apply)
+  out = apply(params, x, c)
   assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
-  changed = wide.apply(params, x.at[:, :, 12:].add(1.0), c)
+  changed = apply(params, x.at[:, :, 12:].add(1.0), c)
   assert float(jnp.max(jnp.abs(changed - out)[:, :, :4])) > 0  # attention: seen from the left
 
 
