@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU evidence of experiments/RESULTS.md (sections 14-33) on one GPU, step by step. To repeat a
+# The GPU evidence of experiments/RESULTS.md (sections 14-34) on one GPU, step by step. To repeat a
 # section before 28 add --eval_draw=per_step; before 25 also --set=schedule.infonoise.warmup_steps=500.
 #
 #   bash experiments/evidence.sh prepare                    # offline data + int16 FID weights
@@ -42,7 +42,10 @@
 # one arm per session (section 33: ~42 s per 1,000 steps of 3 seeds): call 1 `fashion ...
 # --state_dir=$DATA/state --time_limit=540` carrying the data, call 2 the same with
 # --time_limit=420 carrying the weights (~150 s of the call left to score 18 sample sets);
-# repeat call 2 until the report is written.
+# repeat call 2 until the report is written. Section 34 (H200): --time_limit=490 reached 9,000
+# steps, then 330 reached 13,000 and scored 12 sets (~6 s each + 71 s for the reference). The
+# results folder then holds the reference statistics too (fid_ref_*.npz, 33 MB): leave them
+# out (tar --exclude='*.npz') when bringing the records back from a call.
 set -euo pipefail
 SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
 absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
