@@ -188,6 +188,7 @@ EXECUTION_KEYS = (
   "train.trace_start",
   "train.trace_steps",
   "train.trace_python",
+  "optim.flat_update",  # the optimizer's state layout; kept states convert on restore
   "fid.cache_dir",
   "seq_metrics.cache_dir",
   "system",  # processes, compile cache, the MFU's peak

@@ -7,6 +7,7 @@ come back with the parameters.
 """
 
 import contextlib
+import functools
 import gc
 import logging as logging_lib
 import os
@@ -22,7 +23,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from infonoise_jax import paths
+from infonoise_jax import paths, train_state
 
 
 def checkpoint_dir(workdir: str):
@@ -402,20 +403,37 @@ class Checkpointer:
     return restored.state, dict(restored.meta or {})
 
   def _restore_older_layout(self, step: int, abstract: Any) -> tuple[Any, dict] | None:
-    """Older TrainState layouts, each read and migrated (None: not one of them):
+    """Other TrainState layouts, each read and brought to `abstract`'s (None: not one of them):
 
+    * the optimizer state in the other layout (`train_state.make_optimizer`: optim.flat_update
+      switched, or a checkpoint from before the flat layout): converted
+      (`train_state.convert_optimizer_layout`);
     * a schedule state without `num_updates` (InfoNoise before `update` stopped taking the
       optimizer step): it was updated once per step, so num_updates = step.
     """
+    layout = train_state.optimizer_layout(abstract) if hasattr(abstract, "opt_state") else None
+    other = {"flat": "leafwise", "leafwise": "flat"}.get(layout)
     sched = getattr(abstract, "schedule_state", None)
-    if isinstance(sched, dict) and "num_updates" in sched:
-      old = abstract.replace(schedule_state={k: v for k, v in sched.items() if k != "num_updates"})
+    no_counter = isinstance(sched, dict) and "num_updates" in sched
+    candidates = [(o, c) for o in (None, other) for c in (False, no_counter) if o or c]
+    for opt, old_sched in candidates:
+      old = abstract
+      if old_sched:
+        old = old.replace(schedule_state={k: v for k, v in sched.items() if k != "num_updates"})
+      if opt:
+        old = train_state.convert_optimizer_layout(old, opt)
       try:
         state, meta = self._restore(step, old)
       except Exception:
-        return None
-      counter = jax.device_put(state.step, sched["num_updates"].sharding)
-      return state.replace(schedule_state={**state.schedule_state, "num_updates": counter}), meta
+        continue
+      if old_sched:
+        counter = jax.device_put(state.step, sched["num_updates"].sharding)
+        state = state.replace(schedule_state={**state.schedule_state, "num_updates": counter})
+      if opt:
+        shardings = jax.tree.map(lambda a: a.sharding, abstract)
+        convert = functools.partial(train_state.convert_optimizer_layout, layout=layout)
+        state = jax.jit(convert, out_shardings=shardings)(state)
+      return state, meta
     return None
 
   def _move_aside(self, step: int) -> str:

@@ -2,11 +2,11 @@
 
 A workdir holds one run. Its resolved config is `<workdir>/config.json`; a resume may change
 only the keys of `RESUMABLE` (how long to train, how often to log and save, where the data
-lives, sampling and evaluation settings, the machine layout), since they do not change what
-the saved state means. Any other change (seed, batch size, data, model, schedule, optimizer,
-EDM constants) is refused before anything is written. Accepted changes are appended, one
-JSON line per resume, to `<workdir>/config_history.jsonl`; `config.json` is then rewritten
-with the new values. See docs/reliability.md.
+lives, sampling and evaluation settings, the machine layout, the optimizer state's layout),
+since they do not change what the saved state means. Any other change (seed, batch size,
+data, model, schedule, optimizer, EDM constants) is refused before anything is written.
+Accepted changes are appended, one JSON line per resume, to `<workdir>/config_history.jsonl`;
+`config.json` is then rewritten with the new values. See docs/reliability.md.
 """
 
 import datetime
@@ -41,6 +41,7 @@ RESUMABLE = (
   "data.vocab",  # the vocabulary itself is checked against the checkpoint's (check_same_vocabulary)
   "data.unknown_policy",  # which letters / windows of new files are used, not what ids mean
   "data.num_workers",
+  "optim.flat_update",  # the same arithmetic; the optimizer state is converted on restore
   "sampler.",
   "fid.",
   "seq_metrics.",

@@ -106,7 +106,7 @@ def _abstract(tree) -> str:
 # another log interval still finds its step. tests/train_test.py lowers the step with every
 # one of them changed and requires the same program text, so a step that starts reading one
 # (or a new resumable key the step reads) fails there rather than loading a stale program.
-STEP_READS = ("train.profile_bins",)
+STEP_READS = ("train.profile_bins", "optim.flat_update")
 LOOP_ONLY = tuple(k for k in resume.RESUMABLE if k not in STEP_READS)
 
 

@@ -11,6 +11,8 @@ key array so that every leaf is a plain numeric array that Orbax saves on any ba
 `step_keys` wraps it back into a typed key before use.
 """
 
+import itertools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -40,15 +42,94 @@ def abstract_state(init_fn: Callable[[], TrainState], sharding) -> TrainState:
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam with a linear learning-rate warm-up (EDM's ramp) and optional global-norm clipping."""
+  """Adam with a linear learning-rate warm-up (EDM's ramp) and optional global-norm clipping.
+
+  With optim.flat_update (the default) the clip and Adam act on all parameters concatenated
+  into one vector (`optax.flatten`): the same arithmetic in a few large kernels instead of a
+  few per parameter leaf (a U-Net has hundreds), which a launch-bound step and the compile
+  both feel (BENCHMARKS.md, issue 13). Its state then holds the moments as one vector per
+  run; a checkpoint of either layout restores into either (`convert_optimizer_layout`).
+  """
   lr = learning_rate_schedule(config)
   # The clip stage is always present (inf = off) so the optimizer state has the same
   # structure whatever grad_clip is, and a run can resume with clipping switched.
   clip = config.optim.grad_clip if config.optim.grad_clip > 0 else float("inf")
-  return optax.chain(
+  optimizer = optax.chain(
     optax.clip_by_global_norm(clip),
     optax.adam(lr, b1=config.optim.b1, b2=config.optim.b2, eps=config.optim.eps),
   )
+  return optax.flatten(optimizer) if config.optim.flat_update else optimizer
+
+
+def _batch_ndim(state) -> int:
+  """Leading run axes of a state: 0 for the trainer's, 1 for the harness's stacked runs
+  (`TrainState.step` holds one counter per run)."""
+  return len(state.step.shape)
+
+
+def _is_like(params):
+  """Whether a node of the optimizer state is a tree of the parameters' structure (a
+  leaf-by-leaf moment, say)."""
+  treedef = jax.tree.structure(params)
+  return lambda x: not isinstance(x, tuple | list) and jax.tree.structure(x) == treedef
+
+
+def optimizer_layout(state) -> str | None:
+  """'leafwise', 'flat' or None (no moments found) for a state or an abstract state: the
+  layout of its optimizer state (`make_optimizer`)."""
+  is_like = _is_like(state.params)
+  nodes = jax.tree.leaves(state.opt_state, is_leaf=is_like)
+  if any(is_like(n) for n in nodes):
+    return "leafwise"
+  batch = state.step.shape
+  size = sum(math.prod(p.shape[len(batch) :]) for p in jax.tree.leaves(state.params))
+  if any(tuple(n.shape) == (*batch, size) for n in nodes):
+    return "flat"
+  return None
+
+
+def convert_optimizer_layout(state, layout: str):
+  """`state` (arrays or ShapeDtypeStructs) with its optimizer state in `layout`: every moment
+  tree of the parameters' structure concatenated into one vector per run (flat, in
+  `jax.tree.leaves` order, as `optax.flatten` does), or each such vector split back into that
+  structure (leafwise). Counters and other state pass unchanged."""
+  current = optimizer_layout(state)
+  if layout not in ("leafwise", "flat"):
+    raise ValueError(f"optimizer layout {layout!r}: leafwise or flat")
+  if current is None or current == layout:
+    return state
+  nb = _batch_ndim(state)
+  batch = tuple(state.step.shape)
+  leaves, treedef = jax.tree.flatten(state.params)
+  sizes = [math.prod(p.shape[nb:]) for p in leaves]
+  abstract = isinstance(leaves[0], jax.ShapeDtypeStruct)
+
+  def to_flat(tree):
+    parts = jax.tree.leaves(tree)
+    if abstract:
+      return jax.ShapeDtypeStruct((*batch, sum(sizes)), parts[0].dtype, sharding=parts[0].sharding)
+    return jnp.concatenate([x.reshape(*batch, -1) for x in parts], axis=-1)
+
+  def to_leafwise(vec):
+    if abstract:
+      return jax.tree.unflatten(
+        treedef, [jax.ShapeDtypeStruct(p.shape, vec.dtype, sharding=vec.sharding) for p in leaves]
+      )
+    splits = jnp.split(vec, list(itertools.accumulate(sizes))[:-1], axis=-1)
+    parts = [x.reshape(p.shape) for x, p in zip(splits, leaves, strict=True)]
+    return jax.tree.unflatten(treedef, parts)
+
+  if layout == "flat":
+    is_like = _is_like(state.params)
+    opt_state = jax.tree.map(
+      lambda n: to_flat(n) if is_like(n) else n, state.opt_state, is_leaf=is_like
+    )
+  else:
+    flat_shape = (*batch, sum(sizes))
+    opt_state = jax.tree.map(
+      lambda n: to_leafwise(n) if tuple(n.shape) == flat_shape else n, state.opt_state
+    )
+  return state.replace(opt_state=opt_state)
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:

@@ -400,8 +400,9 @@ ENTRY %main (a: f32[4], b: f32[4,4]) -> (f32[4], f32[4]) {
 
 
 def test_flat_optimizer_takes_the_same_steps_with_fewer_kernels(tiny_config):
-  """The benchmark's flat layout (optax.flatten over the trainer's clip + Adam) trains to the
-  same parameters as the leafwise optimizer, and its step compiles to less device work."""
+  """The flat layout (optim.flat_update: optax.flatten over the trainer's clip + Adam) trains
+  to the same parameters as the leafwise optimizer, and its step compiles to less device
+  work."""
   out = {}
   for layout in train_step_bench.OPTIMIZERS:
     step, state, x = train_step_bench.build(tiny_config, (8, 8, 1), layout)

@@ -192,3 +192,72 @@ def test_a_packed_array_of_the_wrong_length_is_not_restored():
   restored = checkpointing._unpack(packed, layout, _abstract(wider))
   assert restored.params["b"].dtype == jnp.float32
   np.testing.assert_array_equal(restored.params["b"], state.params["b"].astype(jnp.float32))
+
+
+def _optimizer_states(runs: int | None = None):
+  """A TrainState after three Adam updates, in both optimizer layouts (`make_optimizer`, the
+  flat one through optax.flatten), optionally stacked over `runs` runs as the harness's are.
+  No clipping, so that both layouts do the same float operations (Adam is elementwise; the
+  clip's global norm would sum in another order) and must agree bit for bit."""
+  config = default.get_config()
+  config.optim.grad_clip = 0.0
+  params = {"conv": {"kernel": jnp.arange(6.0).reshape(3, 2)}, "bias": jnp.ones(4)}
+  grads = [jax.tree.map(lambda p, k=k: jnp.sin(p + k), params) for k in range(3)]
+
+  def trained(flat: bool, params):
+    config.optim.flat_update = flat
+    optimizer = train_state.make_optimizer(config)
+    opt_state = optimizer.init(params)
+    for g in grads:
+      _, opt_state = optimizer.update(g, opt_state, params)
+    return train_state.TrainState(
+      step=jnp.int32(3), params=params, ema_params=params, opt_state=opt_state,
+      schedule_state={}, rng=jax.random.key_data(jax.random.key(0)),
+    )  # fmt: skip
+
+  if runs is None:
+    return trained(False, params), trained(True, params)
+  stacked = jax.tree.map(lambda p: jnp.stack([p * (r + 1) for r in range(runs)]), params)
+  return tuple(jax.vmap(lambda p, f=f: trained(f, p))(stacked) for f in (False, True))
+
+
+@pytest.mark.parametrize("runs", [None, 2])
+def test_optimizer_state_converts_between_layouts_as_optax_flatten_lays_it_out(runs):
+  leafwise, flat = _optimizer_states(runs)
+  assert train_state.optimizer_layout(leafwise) == "leafwise"
+  assert train_state.optimizer_layout(flat) == "flat"
+  batch = () if runs is None else (runs,)
+  assert jax.tree.leaves(flat.opt_state)[1].shape == (*batch, 10)  # mu: 6 + 4 numbers per run
+  for source, target, layout in ((leafwise, flat, "flat"), (flat, leafwise, "leafwise")):
+    converted = train_state.convert_optimizer_layout(source, layout)
+    assert jax.tree.structure(converted) == jax.tree.structure(target)
+    for a, b in zip(jax.tree.leaves(converted), jax.tree.leaves(target), strict=True):
+      np.testing.assert_array_equal(a, b)
+    assert train_state.convert_optimizer_layout(source, train_state.optimizer_layout(source)) is (
+      source
+    )
+    # On ShapeDtypeStructs (the restore target): the other layout's shapes, sharding kept.
+    abstract = _abstract(source)
+    shapes = train_state.convert_optimizer_layout(abstract, layout)
+    assert jax.tree.structure(shapes) == jax.tree.structure(target)
+    for a, b in zip(jax.tree.leaves(shapes), jax.tree.leaves(target), strict=True):
+      assert (a.shape, a.dtype) == (b.shape, b.dtype)
+      assert a.sharding == jax.tree.leaves(abstract)[0].sharding
+  with pytest.raises(ValueError, match="optimizer layout 'fused'"):
+    train_state.convert_optimizer_layout(leafwise, "fused")
+
+
+@pytest.mark.parametrize("saved_layout", ["leafwise", "flat"])
+def test_a_checkpoint_restores_into_the_other_optimizer_layout(tmp_path, saved_layout):
+  """optim.flat_update may change on a resume, and runs from before it (leafwise) restore:
+  the saved optimizer state is read in its own layout and converted."""
+  leafwise, flat = _optimizer_states()
+  saved, target = (leafwise, flat) if saved_layout == "leafwise" else (flat, leafwise)
+  ckpt = checkpointing.Checkpointer(str(tmp_path), keep=1)
+  ckpt.save(3, saved, meta={"step": 3}, force=True)
+  restored, meta = ckpt.restore(_abstract(target))
+  assert meta == {"step": 3}
+  assert jax.tree.structure(restored) == jax.tree.structure(target)
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(target), strict=True):
+    np.testing.assert_array_equal(a, b)
+  ckpt.close()

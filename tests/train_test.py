@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from infonoise_jax import checkpointing, train
+from infonoise_jax import checkpointing, train, train_state
 from infonoise_jax.validation import load_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -67,6 +67,25 @@ def test_resume_is_bit_identical(tmp_path):
   resumed = jax.device_get(train.train_and_evaluate(config, str(tmp_path / "resumed")))
   assert int(resumed.step) == config.train.num_steps
   _assert_trees_equal(straight, resumed)
+
+
+def test_a_leafwise_run_resumes_with_the_flat_optimizer(tmp_path):
+  """A run saved with the optimizer leaf by leaf (optim.flat_update=False, as every run before
+  the flat layout) resumes under the default flat one: the checkpoint's Adam moments are
+  converted, and the run ends where the uninterrupted leafwise run does, up to the clip's
+  global norm summed in another order."""
+  leafwise = {"optim.flat_update": False}
+  straight = jax.device_get(train.train_and_evaluate(_config(**leafwise), str(tmp_path / "a")))
+  train.train_and_evaluate(_config(**leafwise, **{"train.num_steps": 4}), str(tmp_path / "b"))
+  config = _config()
+  assert config.optim.flat_update
+  resumed = jax.device_get(train.train_and_evaluate(config, str(tmp_path / "b")))
+  assert train_state.optimizer_layout(resumed) == "flat"
+  assert int(resumed.step) == config.train.num_steps
+  converted = train_state.convert_optimizer_layout(straight, "flat")
+  _assert_trees_equal(converted, resumed, rtol=1e-4, atol=1e-6)
+  history = (tmp_path / "b" / "config_history.jsonl").read_text()
+  assert '"optim.flat_update"' in history
 
 
 def _count_compiles(fn):

@@ -18,8 +18,9 @@ products and convolutions (jaxpr count), then that count. MFU divides by the dev
 dense peak for the compute dtype (flops.PEAKS: H100/H200 SXM 989 TFLOP/s bf16 and 495
 TF32, A100, TPUs; `--set system.peak_tflops=...` for any other device) and prints
 "n/a (unknown peak ...)" rather than a number when the device is not in the table.
-"HLO kernels" counts the compiled step's device work (`hlo_kernels`); `--optimizers=...,flat`
-times the same step with the optimizer over one concatenated vector (`build`).
+"HLO kernels" counts the compiled step's device work (`hlo_kernels`); `--optimizers=leafwise,flat`
+times the same step with the optimizer leaf by leaf and over one concatenated vector (`build`;
+by default the config's optim.flat_update decides).
 """
 
 import argparse
@@ -34,7 +35,6 @@ if not __package__:  # run as a script: make the repository root importable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -72,19 +72,20 @@ def resolve_token_sigma_data(config, shape) -> None:
 OPTIMIZERS = ("leafwise", "flat")
 
 
-def build(config, shape, optimizer_layout: str = "leafwise"):
+def build(config, shape, optimizer_layout: str | None = None):
   """The jitted train step, a replicated initial state and a sharded synthetic batch (a token
   config's sigma_data resolved first: `resolve_token_sigma_data`). `optimizer_layout`: the
-  trainer's optimizer, updating leaf by leaf (leafwise), or the same optimizer on all leaves
-  concatenated into one vector (flat, `optax.flatten`: an A/B for launch-bound steps; the
-  EMA and the gradient-norm metric stay leaf by leaf)."""
+  trainer's optimizer updating all leaves concatenated into one vector (flat: optim.flat_update)
+  or leaf by leaf (leafwise), None: as the config says; the EMA and the gradient-norm metric
+  stay leaf by leaf in both."""
+  if optimizer_layout is None:
+    optimizer_layout = "flat" if config.optim.flat_update else "leafwise"
   if optimizer_layout not in OPTIMIZERS:
     raise ValueError(f"optimizer layout {optimizer_layout!r}: one of {', '.join(OPTIMIZERS)}")
   resolve_token_sigma_data(config, shape)
+  config.optim.flat_update = optimizer_layout == "flat"
   model, schedule = make_model(config, shape), make_schedule(config)
   optimizer = make_optimizer(config)
-  if optimizer_layout == "flat":
-    optimizer = optax.flatten(optimizer)
   mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   rep, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   init = lambda: steps.init_state(model, schedule, optimizer, shape, config.seed)
@@ -119,7 +120,7 @@ def hlo_kernels(hlo_text: str) -> int:
   return sum(op not in NOT_KERNELS for op in ops)
 
 
-def bench(config, shape, iters: int, optimizer_layout: str = "leafwise") -> dict:
+def bench(config, shape, iters: int, optimizer_layout: str | None = None) -> dict:
   step, state, x = build(config, shape, optimizer_layout)
   t0 = time.perf_counter()
   compiled = step.lower(state, x).compile()
@@ -183,9 +184,9 @@ def main():
   p.add_argument("--shape", default="32,32,3", help="per-example data shape")
   p.add_argument(
     "--optimizers",
-    default="leafwise",
-    help="comma list of optimizer layouts to time: leafwise (the trainer's) and/or flat "
-    "(all leaves as one vector)",
+    default="",
+    help="comma list of optimizer layouts to time: leafwise and/or flat (all leaves as one "
+    "vector); default: the config's (optim.flat_update)",
   )
   p.add_argument(
     "--set",
@@ -195,8 +196,8 @@ def main():
     "system.peak_tflops=989 for a device not in infonoise_jax/flops.py's table",
   )
   args = p.parse_args()
-  layouts = args.optimizers.split(",")
-  bad = [o for o in layouts if o not in OPTIMIZERS]
+  layouts = args.optimizers.split(",") if args.optimizers else [None]
+  bad = [o for o in layouts if o is not None and o not in OPTIMIZERS]
   if bad:
     p.error(f"--optimizers: unknown {', '.join(bad)}; known: {', '.join(OPTIMIZERS)}")
   shape = tuple(int(s) for s in args.shape.split(","))
@@ -212,8 +213,9 @@ def main():
       config = config_for(args.config, dtype, args.batch_size, args.set)
       r = bench(config, shape, args.iters, layout)
       n = param_count(make_model(config, shape), shape)
+      layout_name = "flat" if config.optim.flat_update else "leafwise"  # as `build` set it
       print(
-        f"| {dtype} | {layout} | {config.train.batch_size} | {n:,} | {r['compile_s']:.1f} | "
+        f"| {dtype} | {layout_name} | {config.train.batch_size} | {n:,} | {r['compile_s']:.1f} | "
         f"{r['step_ms']:.1f} | {r['synced_ms']:.1f} | "
         f"{r['images_per_s']:.0f} | {r['peak_mem_gib']:.1f} | {r['tflop_per_step']:.3g} | "
         f"{r['mfu_text']} | {r['hlo_kernels']:,} |",
