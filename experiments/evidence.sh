@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU evidence of experiments/RESULTS.md (sections 14-34) on one GPU, step by step. To repeat a
+# The GPU evidence of experiments/RESULTS.md (sections 14-35) on one GPU, step by step. To repeat a
 # section before 28 add --eval_draw=per_step; before 25 also --set=schedule.infonoise.warmup_steps=500.
 #
 #   bash experiments/evidence.sh prepare                    # offline data + int16 FID weights
@@ -43,7 +43,8 @@
 # --state_dir=$DATA/state --time_limit=540` carrying the data, call 2 the same with
 # --time_limit=420 carrying the weights (~150 s of the call left to score 18 sample sets);
 # repeat call 2 until the report is written. Section 34 (H200): --time_limit=490 reached 9,000
-# steps, then 330 reached 13,000 and scored 12 sets (~6 s each + 71 s for the reference). The
+# steps, then 330 reached 13,000 and scored 12 sets (~6 s each + 71 s for the reference); on
+# an H100 (section 35) the first call reaches 8,000 (39 s per 1,000 steps of 3 seeds). The
 # results folder then holds the reference statistics too (fid_ref_*.npz, 33 MB): leave them
 # out (tar --exclude='*.npz') when bringing the records back from a call.
 set -euo pipefail
