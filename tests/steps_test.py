@@ -103,3 +103,10 @@ def test_denoiser_is_edm_denoise_in_eval_mode(parts):
   net = lambda x, c: model.apply({"params": state.params}, x, c, train=False)
   want = edm.denoise(net, x0_BX, jnp.full((x0_BX.shape[0],), 0.7), config.edm.sigma_data)
   np.testing.assert_allclose(denoise(state.params, x0_BX, jnp.float32(0.7)), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_the_grad_norm_metric_is_the_global_norm_in_either_layout(flat):
+  grads = {"conv": {"kernel": jnp.arange(6.0).reshape(2, 3)}, "bias": -jnp.ones(4)}
+  want = np.sqrt(sum(np.sum(np.asarray(g) ** 2) for g in jax.tree.leaves(grads)))
+  assert float(steps._grad_norm(grads, flat)) == pytest.approx(want, rel=1e-6)
