@@ -417,3 +417,32 @@ def test_flat_optimizer_takes_the_same_steps_with_fewer_kernels(tiny_config):
   assert k_flat < k_leaf
   with pytest.raises(ValueError, match="optimizer layout 'fused'"):
     train_step_bench.build(tiny_config, (8, 8, 1), "fused")
+
+
+def test_trainer_bench_keeps_the_trainers_result_when_stopped_while_timing_after_it(
+  tmp_path, monkeypatch, capsys
+):
+  """A SIGTERM in the bare rounds after the trainer (where a call's time limit cut an H100 run
+  on 2026-12-05) still prints the trainer's table, against the rounds before it."""
+  import signal
+
+  real_bare_step = trainer_bench.bare_step
+  calls = []
+
+  def bare_step(run, iters, repeats):
+    calls.append(1)
+    if len(calls) == 2:  # the rounds after the trainer
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real_bare_step(run, iters, repeats)
+
+  monkeypatch.setattr(trainer_bench, "bare_step", bare_step)
+  config = os.path.join(ROOT, "configs", "test.py")
+  argv = [f"--config={config}", "--steps=6", "--iters=2", "--repeats=2"]
+  monkeypatch.setattr(sys, "argv", ["trainer_bench.py", *argv, f"--workdir={tmp_path / 'w'}"])
+  trainer_bench.main()
+  out = capsys.readouterr().out
+  assert out.index("Finished 6 steps") < out.index("in the closing bare-step rounds")
+  assert re.search(r"\| trainer, 5 steps in \d+ log windows .* \| [\d,]+ \| [\d.]+% \|", out)
+  assert "Bare step over all 2 rounds of 2" in out  # the rounds before the trainer only
+  assert re.search(r"; before the trainer: [\d,]+\)", out) and "after the trainer" not in out
+  assert signal.getsignal(signal.SIGTERM) is not None  # the handler was put back

@@ -34,6 +34,7 @@ import argparse
 import importlib.util
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -255,6 +256,33 @@ def trainer(config, workdir: str) -> dict:
   }
 
 
+class _Stopped(Exception):
+  """A stop signal (SIGTERM: a call's time limit) while the bare step is timed after the
+  trainer."""
+
+
+def bare_step_after(run: "train.Run", iters: int, repeats: int) -> dict | None:
+  """`bare_step` after the trainer, or None when a stop signal ends it first: the trainer's
+  result is then reported against the rounds before it instead of being lost with the
+  process (a call's `timeout` that lands in these rounds)."""
+
+  def stop(signum, frame):
+    raise _Stopped
+
+  previous = signal.signal(signal.SIGTERM, stop)
+  try:
+    return bare_step(run, iters, repeats)
+  except _Stopped:
+    print(
+      "Stopped by a stop signal in the closing bare-step rounds: the ratios below use the "
+      "rounds before the trainer only.",
+      flush=True,
+    )
+    return None
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--config", default="configs/default.py:fashion", help="path[:variant]")
@@ -318,7 +346,7 @@ def main():
   tr = trainer(config, workdir)
   stopped = tr["stopped_at"]
   if stopped is None:
-    after = bare_step(bare_run, args.iters, args.repeats)
+    after = bare_step_after(bare_run, args.iters, args.repeats)
   else:  # a stop signal (the call's time limit): report what was measured, time nothing more
     after = None
     print(
