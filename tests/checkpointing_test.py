@@ -247,11 +247,13 @@ def test_optimizer_state_converts_between_layouts_as_optax_flatten_lays_it_out(r
     train_state.convert_optimizer_layout(leafwise, "fused")
 
 
+@pytest.mark.parametrize("runs", [None, 3])
 @pytest.mark.parametrize("saved_layout", ["leafwise", "flat"])
-def test_a_checkpoint_restores_into_the_other_optimizer_layout(tmp_path, saved_layout):
+def test_a_checkpoint_restores_into_the_other_optimizer_layout(tmp_path, saved_layout, runs):
   """optim.flat_update may change on a resume, and runs from before it (leafwise) restore:
-  the saved optimizer state is read in its own layout and converted."""
-  leafwise, flat = _optimizer_states()
+  the saved optimizer state is read in its own layout and converted; so are the harness's
+  kept states of several runs stacked (runs=3)."""
+  leafwise, flat = _optimizer_states(runs)
   saved, target = (leafwise, flat) if saved_layout == "leafwise" else (flat, leafwise)
   ckpt = checkpointing.Checkpointer(str(tmp_path), keep=1)
   ckpt.save(3, saved, meta={"step": 3}, force=True)
