@@ -41,8 +41,12 @@ def migrate_config(d: dict, path: str = "config.json") -> dict:
     defaults); a run whose InfoNoise grid differed from its edm range cannot be expressed
     any more and is an error naming both.
   * `fid.seed_sets` (read by nothing; the evaluate command has --seed_sets): dropped.
+  * `optim.flat_update` (absent before the flat optimizer layout): False, the leaf-by-leaf
+    layout those runs trained with (either would restore: `Checkpointer.restore` converts).
   """
   d.get("fid", {}).pop("seed_sets", None)
+  if "optim" in d:
+    d["optim"].setdefault("flat_update", False)
   info, edm = d.get("schedule", {}).get("infonoise", {}), d.get("edm", {})
   for key in ("sigma_min", "sigma_max"):
     if key in info:

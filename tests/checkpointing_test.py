@@ -41,6 +41,17 @@ def test_old_config_json_with_an_infonoise_sigma_range_is_migrated(tmp_path):
     restore.load_config(str(tmp_path / "differs"))
 
 
+def test_a_config_json_from_before_the_flat_optimizer_loads_leafwise(tmp_path):
+  d = json.loads(default.get_config().to_json_best_effort())
+  del d["optim"]["flat_update"]
+  _write_config(tmp_path, d)
+  loaded = restore.load_config(str(tmp_path))
+  assert loaded.optim.flat_update is False  # the layout such runs trained with
+  opt_state = train_state.make_optimizer(loaded).init({"w": jnp.ones(3), "b": jnp.ones(2)})
+  shapes = {leaf.shape for leaf in jax.tree.leaves(opt_state)}
+  assert (3,) in shapes and (2,) in shapes and (5,) not in shapes  # moments leaf by leaf
+
+
 def test_load_config_errors_name_the_file(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.json not found"):
     restore.load_config(str(tmp_path))

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from infonoise_jax import checkpointing, train, train_state
+from infonoise_jax import checkpointing, restore, train, train_state
 from infonoise_jax.validation import load_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -86,6 +86,16 @@ def test_a_leafwise_run_resumes_with_the_flat_optimizer(tmp_path):
   _assert_trees_equal(converted, resumed, rtol=1e-4, atol=1e-6)
   history = (tmp_path / "b" / "config_history.jsonl").read_text()
   assert '"optim.flat_update"' in history
+  # What sample / evaluate / diagnose restore: the step-4 checkpoint of the switched run
+  # (leafwise, while config.json now says flat), and a run whose config.json predates the key.
+  early = restore.restore_run(str(tmp_path / "b"), step=4)
+  assert early.step == 4 and train_state.optimizer_layout(early.state) == "flat"
+  saved = json.loads((tmp_path / "a" / "config.json").read_text())
+  del saved["optim"]["flat_update"]
+  (tmp_path / "a" / "config.json").write_text(json.dumps(saved))
+  old = restore.restore_run(str(tmp_path / "a"))
+  assert train_state.optimizer_layout(old.state) == "leafwise"
+  _assert_trees_equal(jax.device_get(old.state), straight)
 
 
 def _count_compiles(fn):
