@@ -439,10 +439,11 @@ def test_trainer_bench_keeps_the_trainers_result_when_stopped_while_timing_after
   config = os.path.join(ROOT, "configs", "test.py")
   argv = [f"--config={config}", "--steps=6", "--iters=2", "--repeats=2"]
   monkeypatch.setattr(sys, "argv", ["trainer_bench.py", *argv, f"--workdir={tmp_path / 'w'}"])
+  handler = signal.getsignal(signal.SIGTERM)
   trainer_bench.main()
   out = capsys.readouterr().out
   assert out.index("Finished 6 steps") < out.index("in the closing bare-step rounds")
   assert re.search(r"\| trainer, 5 steps in \d+ log windows .* \| [\d,]+ \| [\d.]+% \|", out)
   assert "Bare step over all 2 rounds of 2" in out  # the rounds before the trainer only
   assert re.search(r"; before the trainer: [\d,]+\)", out) and "after the trainer" not in out
-  assert signal.getsignal(signal.SIGTERM) is not None  # the handler was put back
+  assert signal.getsignal(signal.SIGTERM) == handler  # the handler was put back
