@@ -65,7 +65,7 @@ def device_events(trace_dir: str):
 
 
 def profile(
-  config, shape, steps: int, outdir: str, top: int, optimizer_layout: str = "leafwise"
+  config, shape, steps: int, outdir: str, top: int, optimizer_layout: str | None = None
 ) -> None:
   step, state, x = build(config, shape, optimizer_layout)
   compiled = step.lower(state, x).compile()
@@ -142,7 +142,10 @@ def main():
   p.add_argument("--top", type=int, default=40)
   p.add_argument("--outdir", default="", help="keep the trace and the optimized HLO here")
   p.add_argument(
-    "--optimizer", default="leafwise", choices=OPTIMIZERS, help="train_step_bench.build's layout"
+    "--optimizer",
+    default=None,
+    choices=OPTIMIZERS,
+    help="train_step_bench.build's layout (default: the config's, optim.flat_update)",
   )
   args = p.parse_args()
   shape = tuple(int(s) for s in args.shape.split(","))
