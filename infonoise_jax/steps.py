@@ -20,7 +20,13 @@ import optax
 
 from infonoise_jax import edm, log_sigma
 from infonoise_jax.schedules.base import Schedule
-from infonoise_jax.train_state import TrainState, ema_decay, learning_rate_schedule, step_keys
+from infonoise_jax.train_state import (
+  TrainState,
+  concat_leaves,
+  ema_decay,
+  learning_rate_schedule,
+  step_keys,
+)
 
 
 def init_state(
@@ -47,12 +53,10 @@ def init_state(
 
 def _grad_norm(grads, flat: bool) -> jax.Array:
   """The gradients' global norm, a metric. With the flat optimizer (optim.flat_update) it is
-  taken over the vector the optimizer concatenates, built the same way (`optax.flatten`), so
+  taken over the vector the optimizer concatenates, built the same way (`concat_leaves`), so
   XLA computes one reduction (or shares it) instead of one per parameter leaf: 2,919 -> 2,325
   kernels in the 64-channel Fashion step compiled for the CPU (BENCHMARKS.md, issue 13)."""
-  if flat:
-    grads = jnp.concatenate([jnp.reshape(g, [-1]) for g in jax.tree.leaves(grads)])
-  return optax.tree.norm(grads)
+  return optax.tree.norm(concat_leaves(grads) if flat else grads)
 
 
 def make_train_step(

@@ -61,10 +61,10 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   return optax.flatten(optimizer) if config.optim.flat_update else optimizer
 
 
-def _batch_ndim(state) -> int:
-  """Leading run axes of a state: 0 for the trainer's, 1 for the harness's stacked runs
-  (`TrainState.step` holds one counter per run)."""
-  return len(state.step.shape)
+def concat_leaves(tree, batch: tuple[int, ...] = ()) -> jax.Array:
+  """All leaves of `tree` as one vector per run, in `jax.tree.leaves` order, as `optax.flatten`
+  lays out the flat optimizer (`batch`: leading run axes the leaves share, kept)."""
+  return jnp.concatenate([x.reshape(*batch, -1) for x in jax.tree.leaves(tree)], axis=-1)
 
 
 def _is_like(params):
@@ -98,17 +98,16 @@ def convert_optimizer_layout(state, layout: str):
     raise ValueError(f"optimizer layout {layout!r}: leafwise or flat")
   if current is None or current == layout:
     return state
-  nb = _batch_ndim(state)
-  batch = tuple(state.step.shape)
+  batch = tuple(state.step.shape)  # one step counter per run: the leading run axes
   leaves, treedef = jax.tree.flatten(state.params)
-  sizes = [math.prod(p.shape[nb:]) for p in leaves]
+  sizes = [math.prod(p.shape[len(batch) :]) for p in leaves]
   abstract = isinstance(leaves[0], jax.ShapeDtypeStruct)
 
   def to_flat(tree):
-    parts = jax.tree.leaves(tree)
     if abstract:
-      return jax.ShapeDtypeStruct((*batch, sum(sizes)), parts[0].dtype, sharding=parts[0].sharding)
-    return jnp.concatenate([x.reshape(*batch, -1) for x in parts], axis=-1)
+      first = jax.tree.leaves(tree)[0]
+      return jax.ShapeDtypeStruct((*batch, sum(sizes)), first.dtype, sharding=first.sharding)
+    return concat_leaves(tree, batch)
 
   def to_leafwise(vec):
     if abstract:

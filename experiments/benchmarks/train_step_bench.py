@@ -72,14 +72,18 @@ def resolve_token_sigma_data(config, shape) -> None:
 OPTIMIZERS = ("leafwise", "flat")
 
 
+def layout_of(config) -> str:
+  """The optimizer layout a config trains with (optim.flat_update)."""
+  return "flat" if config.optim.flat_update else "leafwise"
+
+
 def build(config, shape, optimizer_layout: str | None = None):
   """The jitted train step, a replicated initial state and a sharded synthetic batch (a token
   config's sigma_data resolved first: `resolve_token_sigma_data`). `optimizer_layout`: the
-  trainer's optimizer updating all leaves concatenated into one vector (flat: optim.flat_update)
-  or leaf by leaf (leafwise), None: as the config says; the EMA and the gradient-norm metric
-  stay leaf by leaf in both."""
+  trainer's optimizer updating all leaves concatenated into one vector (flat) or leaf by leaf
+  (leafwise), set into `config` as optim.flat_update; None: as the config says."""
   if optimizer_layout is None:
-    optimizer_layout = "flat" if config.optim.flat_update else "leafwise"
+    optimizer_layout = layout_of(config)
   if optimizer_layout not in OPTIMIZERS:
     raise ValueError(f"optimizer layout {optimizer_layout!r}: one of {', '.join(OPTIMIZERS)}")
   resolve_token_sigma_data(config, shape)
@@ -211,11 +215,11 @@ def main():
   for dtype in args.dtypes.split(","):
     for layout in layouts:
       config = config_for(args.config, dtype, args.batch_size, args.set)
+      layout = layout or layout_of(config)
       r = bench(config, shape, args.iters, layout)
       n = param_count(make_model(config, shape), shape)
-      layout_name = "flat" if config.optim.flat_update else "leafwise"  # as `build` set it
       print(
-        f"| {dtype} | {layout_name} | {config.train.batch_size} | {n:,} | {r['compile_s']:.1f} | "
+        f"| {dtype} | {layout} | {config.train.batch_size} | {n:,} | {r['compile_s']:.1f} | "
         f"{r['step_ms']:.1f} | {r['synced_ms']:.1f} | "
         f"{r['images_per_s']:.0f} | {r['peak_mem_gib']:.1f} | {r['tflop_per_step']:.3g} | "
         f"{r['mfu_text']} | {r['hlo_kernels']:,} |",
