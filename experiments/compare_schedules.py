@@ -73,6 +73,7 @@ import numpy as np
 from infonoise_jax import checkpointing, multirun, paths, train
 from infonoise_jax.data import load_source
 from infonoise_jax.data.sources import TOKEN_NAMES
+from infonoise_jax.data.tokens import onehot_std
 from infonoise_jax.evaluation import fid, plots, report
 from infonoise_jax.evaluation.images import to_uint8
 from infonoise_jax.evaluation.sequence_eval import SequenceEvaluator
@@ -209,13 +210,29 @@ def config_hash(config) -> str:
   return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _command_config(r: dict) -> dict:
+  """The config a record's command hashed. Records of token data written before
+  `multirun.MultiRun` copied its config (they have no "sigma_data" field) hold edm.sigma_data
+  as the data resolved it from the command's 0: exactly the one-hot std a sqrt(V - 1) / V of
+  some vocabulary size V, to full precision; that value goes back to 0. A value of at most 6
+  significant digits was typed (0.5 and 0.4 are such stds too, for V = 2 and 5) and stays."""
+  c = r["config"]
+  if "sigma_data" in r or c.get("data", {}).get("name") not in TOKEN_NAMES:
+    return c
+  sigma, scale = c["edm"]["sigma_data"], c["data"].get("scale", 1.0)
+  typed = float(f"{sigma:.6g}") == sigma
+  if typed or not any(sigma == onehot_std(v, scale) for v in range(2, 4097)):
+    return c
+  return {**c, "edm": {**c["edm"], "sigma_data": 0.0}}
+
+
 def read_records(path: str) -> list[dict]:
   """The harness's records with their config hash as today's code computes it: from the
   resolved config an evaluation carries, and for records without one (grids) through the
   hash an evaluation of the same file stored beside its config. Records written before a
   change to the hashed keys then still match the config they were run with."""
   records = report.read_records(path)
-  new = {r["config_hash"]: config_hash(r["config"]) for r in records if "config" in r}
+  new = {r["config_hash"]: config_hash(_command_config(r)) for r in records if "config" in r}
   for r in records:
     if r.get("config_hash") in new:
       r["config_hash"] = new[r["config_hash"]]
@@ -465,8 +482,8 @@ def train_group(args, data: str, arm_name: str, config, wgrad: str | None, path:
     return
   train.warn_if_schedule_never_adapts(config)  # an adaptive arm would equal its base law
   mr = multirun.MultiRun(config, seeds)
-  ref = reference(config, mr.source)
-  resolved = json.loads(config.to_json_best_effort())
+  ref = reference(mr.config, mr.source)
+  resolved = json.loads(config.to_json_best_effort())  # what `h` hashes (MultiRun copies it)
   state, bad = mr.init()
   have = saved_keys(args, data, arm_name)
   train_s, last = 0.0, 0  # train_s: training wall time, evaluations excluded
@@ -504,6 +521,7 @@ def train_group(args, data: str, arm_name: str, config, wgrad: str | None, path:
           "device": jax.devices()[0].device_kind,
           "config_hash": h,
           "config": resolved,
+          "sigma_data": mr.config.edm.sigma_data,  # resolved: token data's config says 0
         }
         if step == args.steps and has_profile(mr.schedule):
           s = mr.run_state(state, r).schedule_state

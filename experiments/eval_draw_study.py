@@ -208,7 +208,7 @@ def main() -> None:
   wgrad = compare_schedules.conv_wgrad(args, config)
   with unet_layers.tap_weight_gradients(wgrad == "taps"):
     mr = multirun.MultiRun(config, seeds)
-    ref = compare_schedules.reference(config, mr.source)
+    ref = compare_schedules.reference(mr.config, mr.source)
     h = compare_schedules.config_hash(config)
     state, bad = mr.init()
     t0, last = time.time(), 0

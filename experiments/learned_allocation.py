@@ -57,6 +57,7 @@ def rows(records: list[dict], bands: list[float]):
     if r.get("kind") != "eval" or r.get("resample") or "config" not in r:
       continue
     config = ml_collections.ConfigDict(r["config"])
+    config.edm.sigma_data = r.get("sigma_data", config.edm.sigma_data)  # token data's, resolved
     sched = make_schedule(config)
     lo, hi = np.log(config.edm.sigma_min), np.log(config.edm.sigma_max)
     log_sigma_G = np.linspace(lo, hi, GRID_POINTS)

@@ -28,11 +28,17 @@ from infonoise_jax.validation import validate_config
 
 
 class MultiRun:
-  """Runs `seeds` of one config in one jitted, vmapped step (single process)."""
+  """Runs `seeds` of one config in one jitted, vmapped step (single process).
+
+  Works on its own copy of `config`: `self.config` holds what the data resolves (token data's
+  edm.sigma_data = 0 becomes the encoding's std), while the caller's config stays as given,
+  so a hash of it names the command's settings whatever the data resolved.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, seeds: list[int], source=None):
     if not seeds or len(set(seeds)) != len(seeds):
       raise ValueError(f"seeds must be distinct and non-empty; got {seeds}")
+    config = config.copy_and_resolve_references()
     validate_config(config, 1)
     self.config = config
     self.seeds = [int(s) for s in seeds]

@@ -9,12 +9,14 @@ import json
 import os
 import sys
 import types
+from unittest import mock
 
 import jax
 import numpy as np
 import pytest
 
 from infonoise_jax import multirun, train
+from infonoise_jax.data.tokens import TokenEncoding
 from infonoise_jax.models import unet_layers
 from infonoise_jax.validation import load_config_file
 
@@ -484,24 +486,31 @@ def test_harness_on_text_ranks_by_the_domain_metric_with_a_floor(tmp_path):
     "schedule.infonoise.min_count": 1,
   }
   out = str(tmp_path)
-  compare_schedules.main(
-    [
-      f"--out={out}",
-      "--config=configs/text.py:cpu",
-      "--steps=4",
-      "--eval_every=2",
-      "--num_samples=16",
-      "--seeds=0",
-      "--data=native",
-      "--arms=lognormal,infonoise",
-      *[f"--set={k}={v}" for k, v in sets.items()],
-    ]
-  )
+  argv = [
+    f"--out={out}",
+    "--config=configs/text.py:cpu",
+    "--steps=4",
+    "--eval_every=2",
+    "--num_samples=16",
+    "--seeds=0",
+    "--data=native",
+    "--arms=lognormal,infonoise",
+    *[f"--set={k}={v}" for k, v in sets.items()],
+  ]
+  compare_schedules.main(argv)
   with open(os.path.join(out, "results.jsonl")) as f:
     recs = [json.loads(line) for line in f]
   (floor,) = [r for r in recs if r["kind"] == "floor"]
   evals = [r for r in recs if r["kind"] == "eval"]
   assert len(evals) == 2 * 3  # 2 arms x (steps 2, 4, resampled 4)
+  # A record's config is what its hash names (the command's: sigma_data 0 for tokens), and
+  # the value the data resolved stands beside it; so a rerun finds every evaluation done.
+  for r in evals:
+    assert compare_schedules.config_hash(r["config"]) == r["config_hash"]
+    assert r["config"]["edm"]["sigma_data"] == 0.0 and 0.05 < r["sigma_data"] < 0.5
+  compare_schedules.main(argv)
+  with open(os.path.join(out, "results.jsonl")) as f:
+    assert len(f.readlines()) == len(recs)
   assert {r["metric"] for r in evals} == {floor["metric"]} == {"ngram_js_4"}
   # a barely trained model's 4-gram spectrum is far from text's; real text is close
   assert all(r["ngram_js_4"] > floor["ngram_js_4"] for r in evals)
@@ -774,3 +783,21 @@ def test_report_keeps_each_arms_own_settings_apart(tmp_path):
   args2 = compare_schedules.parse([*_args(str(tmp_path)), "--arms=vdmpp"])
   kept, notes = compare_schedules.current_records(args2, mixed)
   assert kept == [] and "2 other settings" in notes[0]
+
+
+def test_token_records_from_before_the_config_copy_match_the_command():
+  """Token-data records written when MultiRun resolved edm.sigma_data in the command's own
+  config (no "sigma_data" field; the config holds the encoding's std) count as this
+  command's; a sigma_data the command set itself is kept."""
+  command = load_config_file(os.path.join(ROOT, "configs", "dna.py"), "infonoise,cpu")
+  h = compare_schedules.config_hash(command)
+  old = json.loads(command.to_json_best_effort())
+  old["edm"]["sigma_data"] = TokenEncoding("ACGT").sigma_data
+  records = [{"kind": "eval", "config_hash": "from-older-code", "config": old}]
+  set_by_hand = json.loads(command.to_json_best_effort())
+  set_by_hand["edm"]["sigma_data"] = 0.4  # also the std of V = 5 symbols, but typed
+  records.append({"kind": "eval", "config_hash": "other", "config": set_by_hand})
+  with mock.patch.object(compare_schedules.report, "read_records", return_value=records):
+    got = compare_schedules.read_records("unused")
+  assert got[0]["config_hash"] == h
+  assert got[1]["config_hash"] == compare_schedules.config_hash(set_by_hand) != h
