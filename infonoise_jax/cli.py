@@ -48,9 +48,10 @@ def add_checkpoint_command_flags(p: argparse.ArgumentParser) -> None:
     "--set",
     action="append",
     default=[],
-    metavar="sampler.KEY=VALUE",
+    metavar="KEY=VALUE",
     help="a sampler setting (repeatable), e.g. --set sampler.s_churn=40 --set sampler.s_tmin=0.05 "
-    "for EDM's stochastic sampler (--method=stochastic)",
+    "for EDM's stochastic sampler (--method=stochastic); or where the run's data now lies: "
+    "--set data.path=<new place> (also data.local_dir, data.tfds_data_dir)",
   )
   p.add_argument("--debug", action="store_true", help="show the traceback of an error")
   p.add_argument(

@@ -48,13 +48,12 @@ import numpy as np
 
 from infonoise_jax import cli, edm, profiles, steps
 from infonoise_jax.data import load_source, resolve_sigma_data
-from infonoise_jax.data.sources import TOKEN_NAMES
+from infonoise_jax.data.sources import DATA_LOCATION_KEYS, TOKEN_NAMES
 from infonoise_jax.evaluation import plots
 from infonoise_jax.schedules import FIXED, SCHEDULES, make_schedule, weighted_density
 from infonoise_jax.validation import apply_overrides, load_config_file
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x_BX, sigma_B) -> E[x0 | x]
-DATA_LOCATION_KEYS = ("data.path", "data.local_dir", "data.tfds_data_dir")  # --set with --workdir
 MIN_GRID_POINTS = 4  # --grid_points: 1 point gave every schedule a "perfect" match
 WINDOW = (0.1, 0.9)  # CDF quantiles of the gated profile bounding the informative window
 
@@ -330,12 +329,12 @@ def _from_workdir(workdir: str, params: str, overrides=()):
   (DATA_LOCATION_KEYS), checked to load before the checkpoint is restored."""
   from infonoise_jax import restore
 
-  config = restore.load_config(workdir)
-  apply_overrides(config, overrides)
+  config = restore.load_config(workdir, overrides)
   source = load_source(config)  # the data is there (and readable) before the weights
   run = restore.restore_run(workdir, devices=jax.devices()[:1])
   chosen = run.state.ema_params if params == "ema" else run.state.params
-  apply_overrides(run.config, overrides)
+  for key in DATA_LOCATION_KEYS:  # where the data lies now, made absolute by load_config
+    run.config.data[key.split(".")[1]] = config.data[key.split(".")[1]]
   trained = (run.model, chosen)
   return run.config, trained, (run.schedule, run.state.schedule_state), run.step, source
 

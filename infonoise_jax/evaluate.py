@@ -65,7 +65,7 @@ def evaluate(
 
   `report(line)` receives progress lines (the command prints them on process 0).
   """
-  config = restore.load_config(workdir)
+  config = restore.load_config(workdir, overrides)  # --set data.path=...: the data moved
   solvers.check_grid(config, grid)  # before loading weights or restoring
   run_config = sampler_config(config, grid, num_steps, method, overrides)
   solvers.validate_sampler_config(run_config)
@@ -139,7 +139,7 @@ def evaluate_tokens(
   reference models built before the weights are restored or anything is sampled. `num`
   defaults to the run's train.eval_num_samples, so the numbers compare with its TensorBoard
   domain/ curves (those use seed config.seed, these seed sets 0..S-1)."""
-  config = restore.load_config(workdir)
+  config = restore.load_config(workdir, overrides)
   num = int(config.train.eval_num_samples) if num is None else num
   _check_counts(num, seed_sets)
   solvers.check_grid(config, grid)

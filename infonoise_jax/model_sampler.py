@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from infonoise_jax import solvers, steps
+from infonoise_jax.data.sources import DATA_LOCATION_KEYS
 from infonoise_jax.schedules import Schedule
 from infonoise_jax.validation import apply_overrides
 
@@ -34,9 +35,10 @@ def sampler_config(
   overrides: Sequence[str] = (),
 ) -> ml_collections.ConfigDict:
   """A copy of `config` with sampler.grid / num_steps / name overridden where given, then the
-  `--set sampler.key=value` items of `overrides` (sampler keys only: e.g. sampler.s_churn=40
-  for EDM's stochastic sampler); the Sampler draws with its own config's settings, so build it
-  from this copy."""
+  `--set sampler.key=value` items of `overrides` (e.g. sampler.s_churn=40 for EDM's stochastic
+  sampler); items that say where the run's data now lies (DATA_LOCATION_KEYS) are allowed and
+  left to `restore.load_config`, any other key is an error. The Sampler draws with its own
+  config's settings, so build it from this copy."""
   config = config.copy_and_resolve_references()
   if grid is not None:
     config.sampler.grid = grid
@@ -44,13 +46,15 @@ def sampler_config(
     config.sampler.num_steps = int(num_steps)
   if method is not None:
     config.sampler.name = method
-  other = [o for o in overrides if not o.startswith("sampler.")]
+  moved = [o for o in overrides if o.split("=", 1)[0].strip() in DATA_LOCATION_KEYS]
+  other = [o for o in overrides if not o.startswith("sampler.") and o not in moved]
   if other:
     raise ValueError(
-      f"--set {other[0]}: the sample and evaluate commands change sampler.* keys only (the "
-      "run's model and data are its own); e.g. --set sampler.s_churn=40"
+      f"--set {other[0]}: the sample and evaluate commands change sampler.* keys (e.g. --set "
+      f"sampler.s_churn=40) and where the run's data now lies ({', '.join(DATA_LOCATION_KEYS)});"
+      " the rest of a run's config is its own"
     )
-  apply_overrides(config, overrides)
+  apply_overrides(config, [o for o in overrides if o not in moved])
   return config
 
 

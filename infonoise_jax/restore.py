@@ -17,11 +17,12 @@ from jax.sharding import PartitionSpec as P
 
 from infonoise_jax import paths, steps
 from infonoise_jax.checkpointing import Checkpointer, checkpoint_dir, saved_steps
+from infonoise_jax.data.sources import DATA_LOCATION_KEYS, resolve_data_paths
 from infonoise_jax.mesh import make_mesh
 from infonoise_jax.models import make_model
 from infonoise_jax.schedules import Schedule, make_schedule
 from infonoise_jax.train_state import TrainState, abstract_state, make_optimizer
-from infonoise_jax.validation import check_keys
+from infonoise_jax.validation import apply_overrides, check_keys
 
 
 def _tuples(value):
@@ -60,8 +61,15 @@ def migrate_config(d: dict, path: str = "config.json") -> dict:
   return d
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The resolved config a run wrote to `<workdir>/config.json`, migrated to current keys."""
+def data_location_items(overrides: Sequence[str]) -> list[str]:
+  """The `key=value` items of `overrides` that say where a run's data now lies."""
+  return [o for o in overrides if o.split("=", 1)[0].strip() in DATA_LOCATION_KEYS]
+
+
+def load_config(workdir: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """The resolved config a run wrote to `<workdir>/config.json`, migrated to current keys,
+  with the data-location items of `overrides` applied (DATA_LOCATION_KEYS, made absolute:
+  where the run's data lies now); their other items are the caller's to check."""
   path = paths.run_path(workdir) / "config.json"
   if not path.exists():
     raise FileNotFoundError(
@@ -72,6 +80,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     _tuples(migrate_config(json.loads(path.read_text()), str(path)))
   )
   check_keys(config)
+  moved = data_location_items(overrides or ())
+  if moved:
+    apply_overrides(config, moved)
+    resolve_data_paths(config)
   return config
 
 

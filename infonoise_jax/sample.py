@@ -47,7 +47,8 @@ def sample_run(
     raise ValueError(f"--num must be >= 1, got {num}")
   if os.path.exists(out) and not os.path.isdir(out):
     raise ValueError(f"--out={out} is a file: give a folder for the samples")
-  config = sampler_config(restore.load_config(workdir), grid, num_steps, method, overrides)
+  config = restore.load_config(workdir, overrides)  # --set data.path=...: the data moved
+  config = sampler_config(config, grid, num_steps, method, overrides)
   solvers.validate_sampler_config(config)  # before restoring anything
   run = restore.restore_run(workdir, step, devices)
   sampler = Sampler(config, run.model, run.schedule, run.mesh, run.data_shape)

@@ -3,6 +3,7 @@ samples the sample command draws against held-out windows, their floor, domain_m
 and the errors that come before any weights are restored or samples drawn."""
 
 import json
+import os
 import pathlib
 import shutil
 
@@ -107,8 +108,16 @@ def test_missing_data_or_too_few_held_out_windows_are_refused_before_sampling(
 ):
   _no_sampling(monkeypatch)
   moved = _copy_run(dna_run, tmp_path / "moved", path=str(tmp_path / "gone.fa"))
-  with pytest.raises(FileNotFoundError, match=r"data.name='dna' needs .*gone.fa"):
+  with pytest.raises(FileNotFoundError, match=r"needs .*gone.fa.*--set data.path=<file>"):
     evaluate.evaluate(moved, num=N)
+  # told where the data lies now (relative to here), the data checks pass: the next thing is
+  # restoring the weights; other keys of the run stay its own
+  data = json.loads(pathlib.Path(dna_run, "config.json").read_text())["data"]["path"]
+  monkeypatch.chdir(os.path.dirname(data))
+  with pytest.raises(AssertionError, match="restored the weights"):
+    evaluate.evaluate(moved, num=N, overrides=[f"data.path={os.path.basename(data)}"])
+  with pytest.raises(ValueError, match=r"--set model.width=8: .* and where the run's data now"):
+    evaluate.evaluate(moved, num=N, overrides=["model.width=8", f"data.path={data}"])
   with pytest.raises(ValueError, match=r"--num=21: .* 2 x 21 held-out windows .* gives 40"):
     evaluate.evaluate(dna_run, num=21)
 

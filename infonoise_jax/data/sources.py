@@ -107,6 +107,9 @@ class Source:
 
 
 DATA_PATH_KEYS = ("path", "local_dir", "tfds_data_dir")
+# Where a run's data lies: the part of a trained run's config that its sample, evaluate and
+# diagnose commands may change (--set data.path=<new place>), e.g. after the data moved.
+DATA_LOCATION_KEYS = tuple(f"data.{k}" for k in DATA_PATH_KEYS)
 
 
 def resolve_data_paths(config: ml_collections.ConfigDict) -> None:
@@ -272,7 +275,9 @@ def _own_images_path(d) -> str:
     )
   path = os.path.abspath(os.path.expanduser(d.path))
   if not os.path.exists(path):
-    raise FileNotFoundError(f"data.path={d.path!r} does not exist (data.name='images')")
+    raise FileNotFoundError(
+      f"data.path={d.path!r} does not exist (data.name='images'). {sequences.MOVED_FIX}"
+    )
   return path
 
 
