@@ -158,6 +158,7 @@ def test_single_plain_text_file_split_at_its_tail(tmp_path):
     ("dna", dict(seq_len=10**7), ValueError, "data.seq_len"),
     ("dna", dict(unknown_policy="skip"), ValueError, "data.unknown_policy"),
     ("dna", dict(vocab="A"), ValueError, "data.vocab"),
+    ("dna", dict(vocab="acgtn"), ValueError, "data.vocab='acgtn': DNA is read in upper case"),
     ("dna", dict(val_fraction=1.0), ValueError, "data.val_fraction"),
     ("dna", dict(split="validation"), ValueError, "data.split"),
     ("text", dict(vocab="aa"), ValueError, "data.vocab"),

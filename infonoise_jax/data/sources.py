@@ -641,6 +641,11 @@ def _check_token_keys(d) -> None:
   require(not d.image_size, "image_size", "images only; use 0 for token data")
   require(not d.binarize, "binarize", "images only; use False for token data")
   require(not d.random_flip, "random_flip", "images only; use False for token data")
+  require(
+    d.name != "dna" or d.vocab == d.vocab.upper(),
+    "vocab",
+    f"DNA is read in upper case (soft-masked lower-case bases too): use {d.vocab.upper()!r}",
+  )
 
 
 def token_encoding(d, groups_train: list[tuple[str, str]] | None = None) -> TokenEncoding:
