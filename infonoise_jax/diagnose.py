@@ -331,6 +331,7 @@ def _from_workdir(workdir: str, params: str, overrides=()):
 
   config = restore.load_config(workdir, overrides)
   source = load_source(config)  # the data is there (and readable) before the weights
+  restore.check_data_shape(workdir, config, source.shape)
   run = restore.restore_run(workdir, devices=jax.devices()[:1])
   chosen = run.state.ema_params if params == "ema" else run.state.params
   for key in DATA_LOCATION_KEYS:  # where the data lies now, made absolute by load_config

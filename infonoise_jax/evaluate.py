@@ -77,6 +77,8 @@ def evaluate(
   num = IMAGES_NUM if num is None else num
   _check_counts(num, seed_sets)
   model_fid.check_images(tuple(int(d) for d in meta["data_shape"]), "this run")
+  if restore.data_location_items(overrides) and not (ref_stats or config.fid.ref_stats):
+    restore.check_data_shape(workdir, config, load_source(config).shape, step)  # moved data
   if ref_stats or config.fid.ref_stats:
     fid.check_stats_file(ref_stats or config.fid.ref_stats)
   extractor = model_fid.make_extractor(config, make_mesh(devices), weights)  # missing: fail here

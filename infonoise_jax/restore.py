@@ -130,6 +130,20 @@ def saved_data_shape(workdir: str, step: int | None = None) -> tuple[int, ...]:
   return tuple(int(d) for d in meta["data_shape"])
 
 
+def check_data_shape(workdir: str, config, shape, step: int | None = None) -> None:
+  """The data a trained run's command reads (its own, or where --set data.path=... says it now
+  lies) must give examples of the shape the run trained on: other data would be scored or
+  diagnosed against a model it does not fit (or fail deep inside the model)."""
+  saved, shape = saved_data_shape(workdir, step), tuple(int(d) for d in shape)
+  if saved != shape:
+    d = config.data
+    raise ValueError(
+      f"data.name={d.name!r} with data.path={d.path!r} gives examples of shape {shape}, but "
+      f"{workdir} was trained on examples of shape {saved}: point --set data.path at the "
+      "run's own data (where it lies now)"
+    )
+
+
 def _pick_step(ckpt: Checkpointer, step: int | None) -> int:
   saved = ckpt.all_steps()
   if not saved:

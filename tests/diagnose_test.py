@@ -1,11 +1,13 @@
 """The diagnostic against closed forms and against the estimator's own learned profile."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from infonoise_jax import diagnose, profiles, train
+from infonoise_jax import diagnose, evaluate, profiles, train
 from infonoise_jax.validation import load_config_file
 
 TEST_CONFIG = "configs/test.py"
@@ -254,6 +256,17 @@ def test_a_run_whose_data_moved_is_diagnosed_with_its_new_place(tmp_path, monkey
   with pytest.raises(SystemExit):
     diagnose.main([*flags, f"--out={tmp_path / 'd1'}"])
   assert "old.npy" in capsys.readouterr().err
+  # other data (another shape) is refused before the restore, by diagnose and by evaluate
+  rgb = tmp_path / "rgb.npy"
+  np.save(rgb, np.random.default_rng(1).integers(0, 256, (64, 12, 12, 3), np.uint8))
+  with pytest.raises(SystemExit):
+    diagnose.main([*flags, f"--out={tmp_path / 'd1'}", "--set", f"data.path={rgb}"])
+  want = r"shape \(12, 12, 3\), but .* trained on examples of shape \(8, 8, 1\)"
+  assert re.search(want, capsys.readouterr().err)
+  with pytest.raises(ValueError, match=want):
+    evaluate.evaluate(
+      workdir, 8, 1, weights=str(tmp_path / "none.npz"), overrides=[f"data.path={rgb}"]
+    )
   monkeypatch.setattr(restore, "restore_run", real)
   out = tmp_path / "d2"
   diagnose.main([*flags, f"--out={out}", "--set", f"data.path={tmp_path / 'new.npy'}"])
