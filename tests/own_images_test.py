@@ -170,6 +170,8 @@ def _huge_npz(path):
     (lambda d: _huge_npz(d / "x.npz"), "need 45776.4 GiB as float32"),
     (lambda d: np.save(d / "x.npy", (_pixels() > 127).astype(np.uint8)), "save an array as bool"),
     (lambda d: np.save(d / "x.npy", (_pixels() > 127).astype(np.int64)), "as almost black"),
+    (lambda d: np.save(d / "x.npy", 0 * _pixels()), "every pixel of the 12 images is 0: blank"),
+    (lambda d: np.save(d / "x.npy", np.full((3, 8, 8), 0.5)), "is 0.5: blank images"),
   ],
 )
 def test_bad_arrays_are_named(tmp_path, make, message):
@@ -202,7 +204,7 @@ def test_bad_folders_and_settings_are_named(tmp_path):
   with pytest.raises(ValueError, match="cannot read .*big.png as an image"):
     load_source(_config(tmp_path))
   (tmp_path / "big.png").write_bytes(png_bytes(_pixels(1)[0])[:60])  # header whole, pixels cut
-  with pytest.raises(ValueError, match="cannot decode .*big.png"):
+  with pytest.raises(ValueError, match="cannot (read|decode) .*big.png"):
     load_source(_config(tmp_path))
   (tmp_path / "big.png").unlink()
   Image.fromarray(np.zeros((8, 8), np.uint16)).save(tmp_path / "deep.png")
@@ -366,3 +368,25 @@ def test_transparent_images_are_refused_opaque_alpha_is_dropped(tmp_path):
   Image.fromarray(gray.astype(np.uint8), "LA").save(tmp_path / "0.png")
   with pytest.raises(ValueError, match=r"0\.png has transparent pixels"):
     load_source(_config(tmp_path))
+
+
+def test_camera_photos_are_read_upright_and_stacks_refused(tmp_path):
+  """A photo stored sideways with an EXIF orientation (6: turn 90 degrees clockwise to show)
+  is read as a viewer shows it, so it matches the same picture saved upright; a file of
+  several frames is refused (only its first would be read); '.NPY' is a .npy file."""
+  upright = np.random.default_rng(3).integers(0, 256, (6, 4, 3), np.uint8)  # 6 high, 4 wide
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  Image.fromarray(np.rot90(upright, k=1)).save(tmp_path / "a.png", exif=exif)  # stored 4x6
+  Image.fromarray(upright).save(tmp_path / "b.png")
+  got = load_source(_config(tmp_path)).array
+  expected = _expected(np.stack([upright, upright]))
+  np.testing.assert_allclose(got, expected, atol=1e-6)
+  frames = [Image.fromarray(u) for u in _pixels(2, 6)]
+  frames[0].save(tmp_path / "c.gif", save_all=True, append_images=frames[1:])
+  with pytest.raises(ValueError, match="c.gif holds 2 frames"):
+    load_source(_config(tmp_path))
+  with open(tmp_path / "x.NPY", "wb") as f:
+    np.save(f, _pixels())
+  got = load_source(_config(tmp_path / "x.NPY")).array
+  np.testing.assert_allclose(got, _expected(_pixels()), atol=1e-6)

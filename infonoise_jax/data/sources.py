@@ -301,10 +301,14 @@ def _image_files(folder: str) -> list[str]:
   return files
 
 
+EXIF_ORIENTATION = 0x0112  # EXIF tag: how a viewer turns the stored pixels (5-8: by 90 degrees)
+
+
 def _read_image_folder(folder: str, max_bytes: int) -> np.ndarray:
   """Every image file under `folder` as one uint8 (N, H, W, C) array, C = 3 if any image is
-  in colour, else 1. Sizes are checked from the headers before any pixel is decoded."""
-  from PIL import Image
+  in colour, else 1, each turned upright as its EXIF orientation says (as viewers show camera
+  photos). Sizes are checked from the headers before any pixel is decoded."""
+  from PIL import Image, ImageOps
 
   files = _image_files(folder)
   if not files:
@@ -317,10 +321,17 @@ def _read_image_folder(folder: str, max_bytes: int) -> np.ndarray:
   for f in files:
     try:
       with Image.open(f) as im:
-        size, mode = im.size, im.mode
+        size, mode, frames = im.size, im.mode, getattr(im, "n_frames", 1)
         palette = im.getpalette() if mode == "P" else None  # read with the header
+        if im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # shown turned by 90 degrees
+          size = size[::-1]
     except Exception as e:  # not an image after all, or a torn file
       raise ValueError(f"data.path: cannot read {f} as an image ({e}); remove or fix it") from e
+    if frames > 1:  # an animation or a stack: one image per file is what is read
+      raise ValueError(
+        f"data.path: {f} holds {frames} frames (an animation or a stack); save each frame as "
+        "its own file, or the images as one .npy array"
+      )
     if mode.startswith(("I", "F")):  # 16/32-bit or float pixels: 8-bit conversion would clip
       raise ValueError(
         f"data.path: {f} has {mode} pixels (16-bit, 32-bit or float); convert the images to "
@@ -330,8 +341,8 @@ def _read_image_folder(folder: str, max_bytes: int) -> np.ndarray:
       size0 = size
     elif size != size0:
       raise ValueError(
-        f"data.path={folder!r}: {f} is {size[0]}x{size[1]} but {files[0]} is "
-        f"{size0[0]}x{size0[1]}; resize the images to one size first"
+        f"data.path={folder!r}: {f} is {size[1]}x{size[0]} (height x width, upright) but "
+        f"{files[0]} is {size0[1]}x{size0[0]}; resize the images to one size first"
       )
     colour |= mode not in gray and not (palette is not None and _is_gray_palette(palette))
   c = 3 if colour else 1
@@ -341,7 +352,7 @@ def _read_image_folder(folder: str, max_bytes: int) -> np.ndarray:
     try:
       with Image.open(f) as im:
         transparent = _is_transparent(im)
-        pixels = np.asarray(im.convert("RGB" if colour else "L"))
+        pixels = np.asarray(ImageOps.exif_transpose(im).convert("RGB" if colour else "L"))
     except (OSError, ValueError) as e:  # a truncated or damaged file
       raise ValueError(f"data.path: cannot decode {f} ({e}); remove or fix it") from e
     if transparent:  # dropping alpha would show whatever lies under it
@@ -404,14 +415,14 @@ def _check_array_fits(path: str, shape: tuple[int, ...], max_bytes: int) -> None
 def _read_image_array(path: str, max_bytes: int) -> np.ndarray:
   """The array of a .npy file, or of a .npz file's 'images' key (or its only array); an array
   too large for memory is refused from its header, before it is read."""
-  if path.endswith(".npy"):
+  if path.lower().endswith(".npy"):
     try:
       x = np.load(path, mmap_mode="r", allow_pickle=False)  # nothing read yet
     except _READ_ERRORS as e:
       raise _unreadable(path, e) from e
     _check_array_fits(path, x.shape, max_bytes)
     return x
-  if not path.endswith(".npz"):
+  if not path.lower().endswith(".npz"):
     raise ValueError(
       f"data.path={path!r}: data.name='images' reads a .npy or .npz file or a folder of images"
     )
@@ -474,6 +485,11 @@ def _pixel_range(x: np.ndarray, path: str) -> float:
   lo, hi = float(np.min(x)), float(np.max(x))
   if not (np.isfinite(lo) and np.isfinite(hi)):
     raise ValueError(f"data.path={path!r}: the images hold NaN or Inf")
+  if lo == hi:
+    raise ValueError(
+      f"data.path={path!r}: every pixel of the {len(x)} images is {lo:g}: blank images, nothing "
+      "to learn; check that the file holds the images you meant"
+    )
   if np.issubdtype(x.dtype, np.integer) and lo >= 0 and hi <= 255:
     if hi <= 1:  # 0/1 masks: as 0..255 pixels they would be all but black
       raise ValueError(
