@@ -126,21 +126,43 @@ def _require(ok: bool, key: str, message: str) -> None:
     raise ValueError(f"config.{key}: {message}")
 
 
+def _value(config: ml_collections.ConfigDict, key: str):
+  for part in key.split("."):
+    config = config[part]
+  return config
+
+
 def _check_no_nan(config: ml_collections.ConfigDict) -> None:
   """No float setting may be NaN (a NaN compares False with every bound below)."""
   for key in sorted(_flat_keys(config)):
-    value = config
-    for part in key.split("."):
-      value = value[part]
+    value = _value(config, key)
     values = value if isinstance(value, tuple | list) else (value,)
     bad = any(isinstance(v, float) and math.isnan(v) for v in values)
     _require(not bad, key, f"must be a number, got {value}")
+
+
+def _is_whole(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_whole_number_tuples(config: ml_collections.ConfigDict) -> None:
+  """A tuple key whose default holds whole numbers (widths, multipliers, resolutions, k-mer
+  sizes) must hold whole numbers: on the command line a malformed tuple such as (1,2,x) is
+  read as one string, 64.7 would be truncated and True would be a width of 1."""
+  defaults = default_config()
+  for key in sorted(_flat_keys(config)):
+    default, value = _value(defaults, key), _value(config, key)
+    if isinstance(default, tuple) and default and all(map(_is_whole, default)):
+      ok = isinstance(value, tuple | list) and all(map(_is_whole, value))
+      example = "(" + ",".join(map(str, default)) + ")"
+      _require(ok, key, f"must be a tuple of whole numbers, e.g. '{example}'; got {value!r}")
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Raises ValueError naming the key for any invalid general setting."""
   check_keys(config)
   _check_no_nan(config)
+  _check_whole_number_tuples(config)
   d = config.data
   _require(0 < d.scale < math.inf, "data.scale", f"must be a finite number > 0, got {d.scale}")
   _require(d.num_examples >= 1, "data.num_examples", f"must be >= 1, got {d.num_examples}")

@@ -251,6 +251,9 @@ def test_warns_when_the_run_ends_before_the_schedule_adapts(caplog):
     ({"optim.eps": 0.0}, "optim.eps"),
     ({"optim.lr": float("inf")}, "optim.lr"),
     ({"schedule.infonoise.gate": "pinned", "schedule.infonoise.gate_pivot": 1e3}, "gate_pivot"),
+    ({"model.hidden_dims": ("(64,x)",)}, "model.hidden_dims"),  # a typo'd tuple flag: a string
+    ({"model.hidden_dims": (64.7, 32)}, "model.hidden_dims"),
+    ({"model.channel_mult": (True, 2)}, "model.channel_mult"),
   ],
 )
 def test_bad_config_fails_before_compiling_naming_the_key(tmp_path, overrides, key):
