@@ -357,6 +357,7 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument(
     "--prior",
     default="",
+    choices=("", "model", "empirical", "mixture", "onehot"),
     help="model | empirical | mixture | onehot; '' = model with --workdir, else onehot for "
     "token data and empirical otherwise",
   )
@@ -402,6 +403,8 @@ def parse(argv=None) -> argparse.Namespace:
       f"--schedules: unknown {', '.join(map(repr, unknown))}; known: "
       f"{', '.join(sorted(SCHEDULES))} and run (the trained run's own, with --workdir)"
     )
+  if args.prior == "model" and not args.workdir:
+    p.error("--prior=model needs --workdir (a trained run)")
   if args.gate not in ("", "onset", "none"):
     try:
       gate_pivot(None, None, args.gate, 0.0)  # parses a numeric pivot, refuses one <= 0

@@ -796,6 +796,8 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
     if run.ahead is None:  # not started by _train (its newest checkpoint was unreadable)
       run.ahead = CompileAhead(run)
     train_step = run.ahead.step().program  # compiled or loaded: the loop never traces it
+    if one and preempted.is_set():  # during the compile: no step taken, nothing new to save
+      raise checkpointing.StoppedOutsideLoop()
     while step < num_steps:
       trace.before_step(step, state)
       waited = time.perf_counter()

@@ -276,6 +276,16 @@ def test_a_run_whose_data_moved_is_diagnosed_with_its_new_place(tmp_path, monkey
   assert "only where the run's data now lies may change" in capsys.readouterr().err
 
 
+def test_a_bad_prior_is_refused_before_anything_is_read(tmp_path, capsys):
+  for flags, says in [
+    ([f"--workdir={tmp_path}", "--prior=bogus"], "argument --prior: invalid choice: 'bogus'"),
+    ([f"--config={TEST_CONFIG}", "--out=/x", "--prior=model"], "--prior=model needs --workdir"),
+  ]:
+    with pytest.raises(SystemExit) as e:
+      diagnose.parse(flags)
+    assert e.value.code == 2 and says in capsys.readouterr().err
+
+
 def test_out_defaults_to_the_runs_diagnose_folder_and_is_needed_with_a_config(tmp_path, capsys):
   assert diagnose.parse([f"--workdir={tmp_path}"]).out == str(tmp_path / "diagnose")
   assert diagnose.parse([f"--workdir={tmp_path}", "--out=/x"]).out == "/x"

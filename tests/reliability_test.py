@@ -436,12 +436,13 @@ def test_a_resume_from_an_older_checkpoint_logs_no_step_twice(tmp_path):
   assert len(aside) == 1 and list(aside[0].glob("events.out.tfevents.*"))
 
 
-def test_a_sigterm_while_the_logs_are_created_saves_a_step_the_same_command_resumes(
+def test_a_sigterm_while_the_logs_are_created_stops_and_the_same_command_starts_again(
   tmp_path, monkeypatch
 ):
   """SIGTERM as the loop creates its TensorBoard writer (the first file of the attempt): the
-  loop's own preemption flag is already installed, so the run saves step 1 and stops (exit
-  75), and the requeued command resumes from it."""
+  loop's own preemption flag is already installed and is read once the step is compiled, so
+  the run stops before its first step (exit 75, nothing to save) and the requeued command
+  trains from the start (the attempt's logs moved aside)."""
   import os
   import signal
 
@@ -458,9 +459,9 @@ def test_a_sigterm_while_the_logs_are_created_saves_a_step_the_same_command_resu
 
   monkeypatch.setattr(metrics, "create_writer", terminated)
   workdir = tmp_path / "run"
-  with pytest.raises(checkpointing.Preempted):
+  with pytest.raises(checkpointing.StoppedOutsideLoop):
     train.train_and_evaluate(_config(**{"train.num_steps": 4}), str(workdir))
-  assert checkpointing.saved_steps(str(workdir)) == [1]
+  assert checkpointing.saved_steps(str(workdir)) == []
   train.train_and_evaluate(_config(**{"train.num_steps": 4}), str(workdir))
   assert checkpointing.saved_steps(str(workdir))[-1] == 4
 
@@ -607,26 +608,30 @@ def test_a_nan_while_a_save_waits_for_its_guard_still_saves_the_good_state(tmp_p
   assert f"last good checkpoint is kept at {workdir / 'checkpoints'}/4" in str(e.value)
 
 
-@pytest.mark.parametrize("where", ["Run", "_train"])
+@pytest.mark.parametrize("where", ["Run", "_train", "CompileAhead.step"])
 def test_sigterm_outside_the_steps_exits_as_a_preemption_and_frees_the_workdir(
   tmp_path, monkeypatch, where
 ):
-  """SIGTERM while the data loads (Run) or while the locked run restores / compiles (_train):
-  StoppedOutsideLoop (exit code 75, the command's preemption code) instead of a kill that
-  leaves run.lock behind; the lock is released and the previous SIGTERM handler is back."""
+  """SIGTERM while the data loads (Run), while the locked run restores / compiles (_train), or
+  while the step loop waits for the step's compile (CompileAhead.step, the step loop's signal
+  handler already installed): StoppedOutsideLoop (exit code 75, the command's preemption code)
+  instead of a kill that leaves run.lock behind, or a first step taken and saved after a long
+  compile; the lock is released and the previous SIGTERM handler is back."""
   import os
   import signal
 
-  real = getattr(train, where)
+  owner = train.CompileAhead if where == "CompileAhead.step" else train
+  name = where.split(".")[-1]
+  real = getattr(owner, name)
 
   def terminated(*args, **kwargs):
-    if where == "_train":
+    if where != "Run":
       assert (tmp_path / workdir_lib.LOCK_FILE).exists()  # held while it runs
     os.kill(os.getpid(), signal.SIGTERM)
     return real(*args, **kwargs)
 
   before = signal.getsignal(signal.SIGTERM)
-  monkeypatch.setattr(train, where, terminated)
+  monkeypatch.setattr(owner, name, terminated)
   config = load_config_file(ROOT / "configs" / "test.py")
   config.train.num_steps = 2
   with pytest.raises(checkpointing.StoppedOutsideLoop) as e:
