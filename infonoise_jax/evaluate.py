@@ -34,6 +34,7 @@ import numpy as np
 
 from infonoise_jax import checkpointing, cli, restore, resume, solvers
 from infonoise_jax.data import load_source
+from infonoise_jax.data.sources import data_location_items
 from infonoise_jax.evaluation import fid, inception, model_fid, sequence_eval
 from infonoise_jax.mesh import initialize_distributed, make_mesh
 from infonoise_jax.model_sampler import Sampler, sampler_config
@@ -77,7 +78,7 @@ def evaluate(
   num = IMAGES_NUM if num is None else num
   _check_counts(num, seed_sets)
   model_fid.check_images(tuple(int(d) for d in meta["data_shape"]), "this run")
-  if restore.data_location_items(overrides) and not (ref_stats or config.fid.ref_stats):
+  if data_location_items(overrides) and not (ref_stats or config.fid.ref_stats):
     restore.check_data_shape(workdir, config, load_source(config).shape, step)  # moved data
   if ref_stats or config.fid.ref_stats:
     fid.check_stats_file(ref_stats or config.fid.ref_stats)

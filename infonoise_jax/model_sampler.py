@@ -22,7 +22,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from infonoise_jax import solvers, steps
-from infonoise_jax.data.sources import DATA_LOCATION_KEYS
+from infonoise_jax.data.sources import DATA_LOCATION_KEYS, data_location_items
 from infonoise_jax.schedules import Schedule
 from infonoise_jax.validation import apply_overrides
 
@@ -46,7 +46,7 @@ def sampler_config(
     config.sampler.num_steps = int(num_steps)
   if method is not None:
     config.sampler.name = method
-  moved = [o for o in overrides if o.split("=", 1)[0].strip() in DATA_LOCATION_KEYS]
+  moved = data_location_items(overrides)
   other = [o for o in overrides if not o.startswith("sampler.") and o not in moved]
   if other:
     raise ValueError(

@@ -17,7 +17,7 @@ from jax.sharding import PartitionSpec as P
 
 from infonoise_jax import paths, steps
 from infonoise_jax.checkpointing import Checkpointer, checkpoint_dir, saved_steps
-from infonoise_jax.data.sources import DATA_LOCATION_KEYS, resolve_data_paths
+from infonoise_jax.data.sources import data_location_items, resolve_data_paths
 from infonoise_jax.mesh import make_mesh
 from infonoise_jax.models import make_model
 from infonoise_jax.schedules import Schedule, make_schedule
@@ -59,11 +59,6 @@ def migrate_config(d: dict, path: str = "config.json") -> dict:
           f"cannot be rebuilt. Set edm.{key} to {old} in {path} to read it on that range."
         )
   return d
-
-
-def data_location_items(overrides: Sequence[str]) -> list[str]:
-  """The `key=value` items of `overrides` that say where a run's data now lies."""
-  return [o for o in overrides if o.split("=", 1)[0].strip() in DATA_LOCATION_KEYS]
 
 
 def load_config(workdir: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:

@@ -112,6 +112,11 @@ DATA_PATH_KEYS = ("path", "local_dir", "tfds_data_dir")
 DATA_LOCATION_KEYS = tuple(f"data.{k}" for k in DATA_PATH_KEYS)
 
 
+def data_location_items(overrides) -> list[str]:
+  """The `key=value` items of `overrides` that say where a run's data now lies."""
+  return [o for o in overrides if o.split("=", 1)[0].strip() in DATA_LOCATION_KEYS]
+
+
 def resolve_data_paths(config: ml_collections.ConfigDict) -> None:
   """Local data folders and files as absolute paths, so the run's config.json finds them from
   any directory (sample, evaluate, diagnose and a resume need not start where training did).
