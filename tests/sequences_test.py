@@ -280,7 +280,7 @@ def test_dna_files_as_sequence_databases_ship_them(tmp_path, caplog):
     assert "without the closing '//' of record y" in caplog.text
 
 
-def test_a_corrupt_gzip_file_in_a_folder_is_named(tmp_path):
+def test_a_corrupt_or_binary_file_in_a_folder_is_named(tmp_path):
   import gzip
 
   _write_fasta(str(tmp_path / "good.fa"), [("r", "ACGT" * 100)])
@@ -290,4 +290,8 @@ def test_a_corrupt_gzip_file_in_a_folder_is_named(tmp_path):
     sequences.dna_groups(str(tmp_path))
   (tmp_path / "cut.fa.gz").write_bytes(b">r\nACGT\n")  # not gzip at all
   with pytest.raises(ValueError, match=r"cannot read '.*cut\.fa\.gz' \(BadGzipFile"):
+    sequences.dna_groups(str(tmp_path))
+  (tmp_path / "cut.fa.gz").unlink()
+  (tmp_path / "bytes.fa").write_bytes(b">r\n" + np.random.default_rng(0).bytes(400))
+  with pytest.raises(ValueError, match=r"'.*bytes\.fa' holds bytes that are not text"):
     sequences.dna_groups(str(tmp_path))

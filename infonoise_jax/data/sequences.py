@@ -181,12 +181,18 @@ def _read_dna_file(file: str) -> list[tuple[str, str]]:
   """One file's records; a corrupt or truncated file is an error that names it."""
   try:
     kind = _kind(file) or _sniffed_kind(file)
-    return read_genbank(file) if kind == "genbank" else read_fasta(file)
+    records = read_genbank(file) if kind == "genbank" else read_fasta(file)
   except (OSError, EOFError) as e:  # gzip: BadGzipFile (an OSError), truncated stream (EOF)
     raise ValueError(
       f"data.path: cannot read {file!r} ({type(e).__name__}: {e}); a truncated or corrupt "
       "download? Fetch it again, or move it out of the data folder"
     ) from e
+  if any("\x00" in seq or "\ufffd" in seq for _, seq in records):  # undecodable bytes
+    raise ValueError(
+      f"data.path: {file!r} holds bytes that are not text in its sequence lines: a binary "
+      "file, not FASTA or GenBank (compressed files need the .gz ending)"
+    )
+  return records
 
 
 MOVED_FIX = (
