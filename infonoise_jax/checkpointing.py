@@ -24,6 +24,7 @@ from absl import logging
 from etils import epath
 
 from infonoise_jax import paths, train_state
+from infonoise_jax import workdir as workdir_lib
 
 
 def checkpoint_dir(workdir: str):
@@ -176,7 +177,7 @@ class Checkpointer:
     run = paths.run_path(workdir)  # remote URLs (gs://...) kept as they are
     self.workdir = str(run)
     self.directory = str(checkpoint_dir(workdir))
-    self.corrupt_directory = str(run / "checkpoints_corrupt")
+    self.corrupt_directory = str(run / workdir_lib.CORRUPT_CHECKPOINTS)
     self.keep = keep
     options = ocp.CheckpointManagerOptions(max_to_keep=None, create=create)
     self._manager = ocp.CheckpointManager(self.directory, options=options)

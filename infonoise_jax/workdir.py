@@ -25,6 +25,7 @@ from infonoise_jax.paths import is_remote, run_path
 
 LOCK_FILE = "run.lock"
 TENSORBOARD = "tensorboard"
+CORRUPT_CHECKPOINTS = "checkpoints_corrupt"  # unreadable steps, moved aside (checkpointing.py)
 
 
 class WorkdirError(ValueError):
@@ -99,6 +100,13 @@ def check_start(
   if not has_event_files(workdir):
     return
   logs = os.path.join(workdir, TENSORBOARD)
+  lost = _lost_checkpoints(workdir) if earlier_attempt and not fresh else None
+  if lost:  # this run's logs, but not from an attempt that stopped before its first checkpoint
+    raise WorkdirError(
+      f"{workdir} has no readable checkpoint, but {lost}: starting over at step 0 would "
+      "throw that training away. Restore the checkpoints from a backup to resume; pass --fresh "
+      "to start over (the old logs moved aside), or use a new --workdir"
+    )
   if not fresh and not earlier_attempt:
     raise WorkdirError(
       f"{workdir} has TensorBoard logs ({logs}) but no checkpoint: starting again at step 0 "
@@ -122,6 +130,18 @@ def check_start(
       workdir,
       aside,
     )
+
+
+def _lost_checkpoints(workdir: str) -> str | None:
+  """What shows that a workdir without checkpoints had some (as words), or None: steps moved
+  aside as unreadable, or the final samples of a finished run (its checkpoints deleted)."""
+  corrupt = run_path(workdir) / CORRUPT_CHECKPOINTS
+  moved = sorted(p.name for p in corrupt.iterdir()) if corrupt.is_dir() else []
+  if moved:
+    return f"{corrupt} holds steps {moved}, moved aside as unreadable"
+  if (run_path(workdir) / "samples.npz").exists():
+    return "its samples.npz shows it trained to the end (its checkpoints were removed)"
+  return None
 
 
 def _records(data: bytes) -> list[bytes]:

@@ -6,6 +6,7 @@ errors, SIGTERM on one of two processes) are in main_test.py.
 
 import json
 import pathlib
+import shutil
 import sys
 
 import pytest
@@ -335,6 +336,21 @@ def test_every_checkpoint_corrupt_is_one_clear_error(trained8, tmp_path):
   with pytest.raises(checkpointing.CorruptCheckpointError, match=r"steps \[4, 8\] are all corrupt"):
     train.train_and_evaluate(_config(), str(workdir))
   assert sorted(p.name for p in (workdir / "checkpoints_corrupt").iterdir()) == ["4", "8"]
+  # The same command again (a requeue loop) does not take the run for an attempt that stopped
+  # before its first checkpoint and start it over at step 0; --fresh does, on purpose.
+  before = _snapshot(workdir)
+  with pytest.raises(workdir_lib.WorkdirError, match=r"checkpoints_corrupt holds steps \['4'"):
+    train.train_and_evaluate(_config(), str(workdir))
+  assert _snapshot(workdir) == before
+  train.train_and_evaluate(_config(), str(workdir), fresh=True)
+  assert checkpointing.saved_steps(str(workdir)) == [4, 8]
+
+
+def test_a_finished_run_whose_checkpoints_were_removed_is_not_started_over(trained8, tmp_path):
+  workdir = _copy(trained8, tmp_path)
+  shutil.rmtree(workdir / "checkpoints")
+  with pytest.raises(workdir_lib.WorkdirError, match="samples.npz shows it trained to the end"):
+    train.train_and_evaluate(_config(), str(workdir))
 
 
 def test_a_changed_config_is_not_taken_for_corruption(trained8, tmp_path):
