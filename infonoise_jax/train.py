@@ -337,6 +337,22 @@ def _save(
   (ckpt.save_in_background if background else ckpt.save)(step, state, meta=meta, force=True)
 
 
+CPU_COLLECTIVE_STEPS_IN_FLIGHT = 8  # at most, on several CPU devices (steps_in_flight)
+
+
+def steps_in_flight(run: Run) -> int:
+  """How many dispatched steps the host may run ahead of the device (0 = no bound):
+  train.max_steps_in_flight, at most CPU_COLLECTIVE_STEPS_IN_FLIGHT on several CPU devices.
+  There, with dozens of steps queued, XLA's CPU collectives stop in a rendezvous that times out
+  and aborts the process (exit 134, nothing saved): with 32 (the default) or no bound on 8
+  CPU devices within 300-800 steps of configs/test.py, also in a bare jitted loop, never with
+  16 or fewer. A CPU run gains nothing from a deep queue."""
+  limit = run.config.train.max_steps_in_flight
+  if run.mesh.devices.size > 1 and run.mesh.devices.flat[0].platform == "cpu":
+    return min(limit or CPU_COLLECTIVE_STEPS_IN_FLIGHT, CPU_COLLECTIVE_STEPS_IN_FLIGHT)
+  return limit
+
+
 class _InFlight:
   """Bounds how many dispatched steps the device has not finished: after step i is
   dispatched, `add(i, marker)` waits for step i - limit (`marker`: a small array each step
@@ -393,7 +409,7 @@ def _start_save(run: Run, log: _WindowLogger, state: TrainState, step: int) -> _
   # half a checkpoint interval: with checkpoint_every <= max_steps_in_flight a save would
   # otherwise reach the disk only at the next checkpoint, and a kill could cost two intervals
   # (fetching the guard earlier may wait for step + 1 while later steps keep the device busy).
-  due = step + 1 + min(t.max_steps_in_flight, t.checkpoint_every // 2)
+  due = step + 1 + min(steps_in_flight(run), t.checkpoint_every // 2)
   return _PendingSave(step, due, run.copy_state(state), log.open_window())
 
 
@@ -788,7 +804,7 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
     logging.info("TensorBoard: tensorboard --logdir %s", workdir)
   log = _WindowLogger(run, writer, ckpt, step)
   batches = run.device_batches(step, data_workers(config, run.source))
-  in_flight = _InFlight(t.max_steps_in_flight)
+  in_flight = _InFlight(steps_in_flight(run))
   pending: _PendingSave | None = None  # a periodic save waiting for its guard
   trace = _Trace(os.path.join(workdir, "tensorboard"), t.trace_start, t.trace_steps, t.trace_python)
   started = time.monotonic()

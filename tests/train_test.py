@@ -412,6 +412,19 @@ def test_a_trace_that_cannot_start_warns_and_the_run_goes_on(tmp_path, caplog, m
   assert checkpointing.Checkpointer(str(tmp_path / "run"), 3).latest_step() == 4
 
 
+@pytest.mark.parametrize("devices, limit, bound", [(8, 32, 8), (8, 0, 8), (8, 3, 3), (1, 32, 32)])
+def test_several_cpu_devices_run_at_most_eight_steps_ahead(devices, limit, bound):
+  """XLA's CPU collectives abort with a deep queue of multi-device steps (train.steps_in_flight):
+  on several CPU devices the bound is at most 8, unbounded included; one device keeps it."""
+  import types
+
+  from infonoise_jax.mesh import make_mesh
+
+  config = _config(**{"train.max_steps_in_flight": limit})
+  run = types.SimpleNamespace(config=config, mesh=make_mesh(jax.devices()[:devices]))
+  assert train.steps_in_flight(run) == bound
+
+
 def test_the_run_ahead_bound_changes_no_result(tmp_path):
   """Bounded or not, the run trains the same steps: final state, checkpoints and logged
   metrics bitwise equal; the periodic checkpoint holds the state of its own step, as a run
