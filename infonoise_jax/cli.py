@@ -67,7 +67,16 @@ def debug_requested(flag: bool = False) -> bool:
 
 
 def one_line(e: BaseException) -> str:
-  return " ".join(str(e).split()) or type(e).__name__
+  """The error's message and its notes (PEP 678: where TFDS lists the names it knows), as one
+  line."""
+  text = " ".join([str(e), *getattr(e, "__notes__", ())])
+  return " ".join(text.split()) or type(e).__name__
+
+
+def is_missing_package(e: BaseException) -> bool:
+  """An ImportError that names the package to install (an optional dependency a setting needs,
+  e.g. gcsfs for gs:// paths): the user's to fix, not a bug."""
+  return isinstance(e, ImportError) and "install" in str(e).lower()
 
 
 class QuietLibraryErrors(logging_lib.Filter):
@@ -93,8 +102,8 @@ def run_command(fn: Callable[[], object], debug: bool = False) -> None:
   except (Preempted, StoppedOutsideLoop) as e:
     print(one_line(e), file=sys.stderr, flush=True)
     sys.exit(e.exit_code)
-  except USER_ERRORS as e:
-    if debug:
+  except (*USER_ERRORS, ImportError) as e:
+    if debug or (isinstance(e, ImportError) and not is_missing_package(e)):
       raise
     hint = f"(--debug or {DEBUG_ENV}=1 shows the traceback)"
     print(f"error: {one_line(e)} {hint}", file=sys.stderr, flush=True)

@@ -522,6 +522,36 @@ def test_one_line_error_and_debug_traceback(tmp_path, capsys, monkeypatch, comma
     module.main(args)
 
 
+def test_a_missing_optional_package_is_one_line_and_a_broken_import_a_traceback(
+  capsys, monkeypatch
+):
+  """An ImportError that names what to install (gcsfs for a gs:// path without the [gcs]
+  extra) is the user's to fix: one line. Any other ImportError is a bug: its traceback. A
+  message's notes (where TFDS lists names it knows) stay in the line."""
+  from infonoise_jax import cli
+
+  monkeypatch.delenv("INFONOISE_DEBUG", raising=False)
+
+  def raise_(e):
+    def fn():
+      raise e
+
+    return fn
+
+  with pytest.raises(SystemExit) as info:
+    cli.run_command(raise_(ImportError("Please install gcsfs to access Google Storage")))
+  err = capsys.readouterr().err.strip().splitlines()
+  assert info.value.code == 1 and len(err) == 1
+  assert err[0].startswith("error: Please install gcsfs")
+  with pytest.raises(ImportError, match="cannot import name"):
+    cli.run_command(raise_(ImportError("cannot import name 'x' from 'y'")))
+  noted = ValueError("BuilderConfig xyz not found. Close names:")
+  noted.add_note("plain, mnist_like")
+  with pytest.raises(SystemExit):
+    cli.run_command(raise_(noted))
+  assert "Close names: plain, mnist_like" in capsys.readouterr().err
+
+
 def test_a_periodic_save_starts_within_half_an_interval_with_many_steps_in_flight(
   tmp_path, monkeypatch
 ):
