@@ -174,7 +174,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     t.batch_size % n_dev == 0,
     "train.batch_size",
     f"global batch {t.batch_size} is not divisible by the {n_dev} devices; use a multiple, "
-    f"e.g. --config.train.batch_size={max(n_dev, t.batch_size // n_dev * n_dev)}",
+    f"e.g. --config.train.batch_size={max(n_dev, t.batch_size // n_dev * n_dev)}; a resumed "
+    f"run keeps its batch: run it on a device count that divides {t.batch_size} (e.g. "
+    f"{max(d for d in range(1, n_dev + 1) if t.batch_size % d == 0)})",
   )
   _require(t.batch_size % n_proc == 0, "train.batch_size", f"not divisible by {n_proc} processes")
   _require(t.num_steps >= 1, "train.num_steps", f"must be >= 1, got {t.num_steps}")

@@ -262,6 +262,15 @@ def test_bad_config_fails_before_compiling_naming_the_key(tmp_path, overrides, k
   assert not (tmp_path / "bad" / "checkpoints").exists()
 
 
+def test_an_indivisible_batch_names_both_fixes():
+  """A new run can change its batch; a resumed one cannot, so the message names a device
+  count that divides the batch too."""
+  from infonoise_jax.validation import validate_config
+
+  with pytest.raises(ValueError, match=r"batch_size=8; a resumed run .* divides 12 \(e.g. 6\)"):
+    validate_config(_config(**{"train.batch_size": 12}), num_devices=8)
+
+
 def test_no_event_writer_fails_before_data_or_compile_naming_the_fix(tmp_path, monkeypatch):
   """Without tensorboardX and without TensorFlow (clu's writer) the run stops at the start,
   not after the data, the compile and a restore, and leaves the workdir as it was."""
