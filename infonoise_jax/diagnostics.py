@@ -149,7 +149,7 @@ def write_final(run, state, writer, workdir: str, step: int, log=None) -> None:
   lines = [
     f"Finished {step} steps. Outputs in {run_path(workdir)}:",
     f"  TensorBoard logs : {os.path.join(workdir, 'tensorboard')}  "
-    f"(tensorboard --logdir {workdir})",
+    f"(tensorboard --logdir {os.path.join(workdir, 'tensorboard')})",
     f"  checkpoints      : {os.path.join(workdir, 'checkpoints')}",
     f"  samples (.npz)   : {npz}",
   ]

@@ -178,7 +178,7 @@ def test_digits_end_to_end_leaves_logs_checkpoint_and_images(tmp_path, caplog, m
   # One short progress line per log window (8 steps, log_every 2), the per-bin losses not.
   # where to point TensorBoard is said before the first step, not only at the end
   messages = [r.getMessage() for r in caplog.records]
-  said = messages.index(f"TensorBoard: tensorboard --logdir {workdir}")
+  said = messages.index(f"TensorBoard: tensorboard --logdir {workdir / 'tensorboard'}")
   assert said < min(i for i, m in enumerate(messages) if m.startswith("step "))
   progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
   assert [line.split(" | ")[0] for line in progress] == [f"step {s}/8" for s in (2, 4, 6, 8)]
