@@ -19,8 +19,20 @@
 # The package is installed with the `gcs` extra (gcsfs, google-cloud-storage: what epath,
 # Orbax and the TensorBoard writer need for gs:// without TensorFlow) and constraints.txt,
 # which pins jax to the version tested for the VM's Python; jax[tpu] is pinned to the same.
+# On each worker the code of a commit lies in ~/infonoise_jax_<commit> and the venv in
+# ~/infonoise_venv, both kept: a requeued `train` (or a `sample` started beside a running
+# training) neither reinstalls nor removes the code or venv a running job uses; a new commit
+# is installed into the venv once.
+#
+# `evaluate` of an image run needs the FID Inception weights on every worker: the local
+# ${FID_WEIGHTS:-~/.cache/infonoise_jax/inception_fid.npz} (docs/fid.md says how to make it)
+# is copied to the same place on each.
 set -euo pipefail
-: "${TPU:?set TPU to the TPU VM name}" "${ZONE:?set ZONE}"
+if [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then
+  sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+  exit 0
+fi
+: "${TPU:?set TPU to the TPU VM name (bash experiments/tpu_pod.sh --help)}" "${ZONE:?set ZONE}"
 MODE=${1:?usage: tpu_pod.sh train|sample|evaluate|logs [args...]}
 shift
 ssh_all() { gcloud compute tpus tpu-vm ssh "$TPU" --zone "$ZONE" --worker=all --command "$1"; }
@@ -41,17 +53,36 @@ esac
 CMD="$CMD$(printf ' %q' "$@")"
 # Ship this checkout's HEAD to every worker (no repository hosting assumed).
 cd "$(git rev-parse --show-toplevel)"
-git archive --format=tar.gz -o /tmp/infonoise_jax.tgz HEAD
-gcloud compute tpus tpu-vm scp /tmp/infonoise_jax.tgz "$TPU":~/ --zone "$ZONE" --worker=all
+COMMIT=$(git rev-parse --short=12 HEAD)
+git archive --format=tar.gz -o "/tmp/infonoise_jax_$COMMIT.tgz" HEAD
+gcloud compute tpus tpu-vm scp "/tmp/infonoise_jax_$COMMIT.tgz" "$TPU":~/ --zone "$ZONE" --worker=all
+if [ "$MODE" = evaluate ]; then
+  WEIGHTS=${FID_WEIGHTS:-$HOME/.cache/infonoise_jax/inception_fid.npz}
+  if [ -f "$WEIGHTS" ]; then
+    ssh_all "mkdir -p ~/.cache/infonoise_jax"
+    gcloud compute tpus tpu-vm scp "$WEIGHTS" "$TPU":~/.cache/infonoise_jax/inception_fid.npz \
+      --zone "$ZONE" --worker=all
+  else
+    echo "warning: no FID Inception weights at $WEIGHTS: evaluate of an image run will fail" \
+      "on the workers (docs/fid.md: python -m infonoise_jax.evaluation.convert_inception)" >&2
+  fi
+fi
 ssh_all "
   set -e
   python3 -c 'import sys; assert sys.version_info >= (3, 11), \"Python >= 3.11 needed, the VM has \" + sys.version.split()[0] + \": use a TPU VM image with Python 3.11 or 3.12\"'
   JAX=\$(python3 -c 'import sys; print(\"0.11.2\" if sys.version_info >= (3, 12) else \"0.10.2\")')
-  rm -rf infonoise_jax && mkdir infonoise_jax && tar -xzf infonoise_jax.tgz -C infonoise_jax
-  cd infonoise_jax
-  [ -x .venv/bin/pip ] || python3 -m venv .venv
-  .venv/bin/pip install -q -c constraints.txt '.[gcs]' \"jax[tpu]==\$JAX\" \\
-      -f https://storage.googleapis.com/jax-releases/libtpu_releases.html
-  nohup .venv/bin/$CMD > ~/infonoise_${MODE}_\$(hostname).log 2>&1 < /dev/null &
-  echo \"\$(hostname): started, log ~/infonoise_${MODE}_\$(hostname).log\"
+  CODE=~/infonoise_jax_$COMMIT VENV=~/infonoise_venv
+  if [ ! -f \$CODE/.unpacked ]; then
+    rm -rf \$CODE.tmp && mkdir \$CODE.tmp && tar -xzf ~/infonoise_jax_$COMMIT.tgz -C \$CODE.tmp
+    touch \$CODE.tmp/.unpacked && rm -rf \$CODE && mv \$CODE.tmp \$CODE
+  fi
+  [ -x \$VENV/bin/pip ] || python3 -m venv \$VENV
+  if [ ! -f \$VENV/.installed_$COMMIT ]; then
+    (cd \$CODE && \$VENV/bin/pip install -q -c constraints.txt '.[gcs]' \"jax[tpu]==\$JAX\" \\
+      -f https://storage.googleapis.com/jax-releases/libtpu_releases.html)
+    touch \$VENV/.installed_$COMMIT
+  fi
+  cd \$CODE
+  nohup \$VENV/bin/$CMD > ~/infonoise_${MODE}_\$(hostname).log 2>&1 < /dev/null &
+  echo \"\$(hostname): started ($COMMIT), log ~/infonoise_${MODE}_\$(hostname).log\"
 "
