@@ -78,21 +78,37 @@ def _as_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
-def changes(config: ml_collections.ConfigDict, workdir: str) -> dict[str, tuple]:
+def changes(
+  config: ml_collections.ConfigDict, workdir: str, meta: dict | None = None
+) -> dict[str, tuple]:
   """{key: (saved value, new value)} for every key whose value differs from config.json.
 
-  Empty when the workdir has no config.json (a run from before it was written). Keys only
-  one side has (the code gained or lost a key) are not changes.
+  Without config.json (deleted, or a run from before it was written) the copy saved with the
+  checkpoint (`meta`, the newest checkpoint's metadata) stands in for it; with neither, empty.
+  Keys only one side has (the code gained or lost a key) are not changes.
   """
   path = paths.run_path(workdir) / CONFIG_FILE
   if not path.exists():
-    return {}
+    if not (meta and "config" in meta):
+      return {}
+    logging.warning(
+      "%s is missing: the resume is checked against the config saved with checkpoint %s, "
+      "and config.json is written again from the accepted config",
+      path,
+      meta.get("step"),
+    )
+    saved = _flat(restore.migrate_config(json.loads(json.dumps(meta["config"])), str(path)))
+    return _differences(saved, config)
   try:
     saved = _flat(restore.migrate_config(json.loads(path.read_text()), str(path)))
   except (OSError, ValueError) as e:
     raise ValueError(
       f"{path} is unreadable ({e}); restore it from a backup, or start a new --workdir"
     ) from e
+  return _differences(saved, config)
+
+
+def _differences(saved: dict, config: ml_collections.ConfigDict) -> dict[str, tuple]:
   new = _flat(_as_json(config))
   dump = lambda v: json.dumps(v, sort_keys=True)
   return {
@@ -111,9 +127,12 @@ def is_earlier_attempt(config: ml_collections.ConfigDict, workdir: str) -> bool:
   return all(is_resumable(k) for k in changes(config, workdir))
 
 
-def check(config: ml_collections.ConfigDict, workdir: str, step: int) -> dict[str, tuple]:
-  """Raises ResumeRefusedError naming every refused key; returns the accepted changes."""
-  diff = changes(config, workdir)
+def check(
+  config: ml_collections.ConfigDict, workdir: str, step: int, meta: dict | None = None
+) -> dict[str, tuple]:
+  """Raises ResumeRefusedError naming every refused key; returns the accepted changes.
+  `meta`: the newest checkpoint's metadata (its config copy stands in for a lost config.json)."""
+  diff = changes(config, workdir, meta)
   refused = {k: v for k, v in diff.items() if not is_resumable(k)}
   if refused:
     listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())

@@ -10,6 +10,7 @@ import collections
 import dataclasses
 import functools
 import gc
+import json
 import os
 import threading
 import time
@@ -329,9 +330,10 @@ def _save(
 ) -> None:
   """Starts Orbax's save of `state` with the metadata that sample/evaluate need
   (`background`: on the checkpointer's thread, for a state copy nothing else touches)."""
-  # The example shape lets sample/evaluate rebuild the model without the data; the config
-  # itself is in <workdir>/config.json.
-  meta = {"step": step, "data_shape": list(run.source.shape)}
+  # The example shape lets sample/evaluate rebuild the model without the data; the config is
+  # in <workdir>/config.json, and a copy here lets a resume check a workdir that lost it.
+  config = json.loads(run.config.to_json_best_effort())
+  meta = {"step": step, "data_shape": list(run.source.shape), "config": config}
   if run.source.encoding is not None:  # the run's fixed vocabulary, for decoding
     meta["vocab"] = run.source.encoding.vocab
   (ckpt.save_in_background if background else ckpt.save)(step, state, meta=meta, force=True)
@@ -646,7 +648,7 @@ def _train(run: Run, workdir: str, fresh: bool) -> TrainState:
   meta = saved_meta(workdir, saved[-1]) if saved else None
   if meta:
     resume.check_same_vocabulary(config, run.source, workdir, saved[-1], meta)
-  accepted = resume.check(config, workdir, saved[-1]) if saved else {}
+  accepted = resume.check(config, workdir, saved[-1], meta) if saved else {}
   if meta:
     resume.check_same_shape(config, run.source, workdir, saved[-1], meta)
   periodic_fid = None  # built before anything is written: missing weights or non-images fail

@@ -353,13 +353,34 @@ def test_a_finished_run_whose_checkpoints_were_removed_is_not_started_over(train
     train.train_and_evaluate(_config(), str(workdir))
 
 
-def test_a_changed_config_is_not_taken_for_corruption(trained8, tmp_path):
+def test_a_changed_config_is_not_taken_for_corruption(trained8, tmp_path, monkeypatch):
   workdir = _copy(trained8, tmp_path)
-  (workdir / "config.json").unlink()  # a run from before config.json: only the state can tell
+  (workdir / "config.json").unlink()
+  # a run from before config.json and before checkpoints kept a copy: only the state can tell
+  real = train.saved_meta
+  monkeypatch.setattr(
+    train, "saved_meta", lambda *a: {k: v for k, v in real(*a).items() if k != "config"}
+  )
   with pytest.raises(ValueError, match="does not match the state this config builds"):
     train.train_and_evaluate(_config(**{"model.hidden_dims": (32, 32)}), str(workdir))
   assert not (workdir / "checkpoints_corrupt").exists()
   assert checkpointing.saved_steps(str(workdir)) == [4, 8]
+
+
+def test_a_lost_config_json_is_checked_against_the_checkpoints_copy(trained8, tmp_path):
+  """A workdir that lost config.json still refuses a changed batch, learning rate or seed
+  (shapes alone would not show them) by the copy each checkpoint keeps, names the key, and
+  writes config.json again when the resume is accepted."""
+  workdir = _copy(trained8, tmp_path)
+  (workdir / "config.json").unlink()
+  before = _snapshot(workdir)
+  for key, value in [("train.batch_size", 32), ("optim.lr", 0.01), ("seed", 7)]:
+    with pytest.raises(resume.ResumeRefusedError, match=f"changed {key}"):
+      train.train_and_evaluate(_config(**{key: value}), str(workdir))
+    assert _snapshot(workdir) == before
+  train.train_and_evaluate(_config(**{"train.num_steps": 10}), str(workdir))
+  assert json.loads((workdir / "config.json").read_text())["train"]["num_steps"] == 10
+  assert checkpointing.saved_steps(str(workdir))[-1] == 10
 
 
 # ------------------------------------------------------------------ 6. impossible workdir states
