@@ -90,6 +90,17 @@ class QuietLibraryErrors(logging_lib.Filter):
     return True
 
 
+def quiet_closed_event_loops(unraisable) -> None:
+  """sys.unraisablehook without --debug: Orbax's asyncio callbacks that find their event loop
+  closed (after a checkpoint read failed and was handled, e.g. a corrupt step moved aside)
+  print "Exception ignored ... RuntimeError: Event loop is closed" tracebacks that report
+  nothing wrong; they are dropped, every other unraisable exception is printed as usual."""
+  e = unraisable.exc_value
+  if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+    return
+  sys.__unraisablehook__(unraisable)
+
+
 def run_command(fn: Callable[[], object], debug: bool = False) -> None:
   """Runs a command's body; ends the process as the module docstring says."""
   debug = debug_requested(debug)
@@ -97,6 +108,7 @@ def run_command(fn: Callable[[], object], debug: bool = False) -> None:
     quiet = QuietLibraryErrors()
     for handler in logging_lib.getLogger().handlers:
       handler.addFilter(quiet)
+    sys.unraisablehook = quiet_closed_event_loops
   try:
     fn()
   except (Preempted, StoppedOutsideLoop) as e:

@@ -573,6 +573,23 @@ def test_a_missing_optional_package_is_one_line_and_a_broken_import_a_traceback(
   assert "Close names: plain, mnist_like" in capsys.readouterr().err
 
 
+def test_closed_event_loop_noise_is_dropped_and_other_unraisables_printed(capsys, monkeypatch):
+  from infonoise_jax import cli
+
+  class RaisesWhenFreed:
+    def __init__(self, e):
+      self.e = e
+
+    def __del__(self):
+      raise self.e
+
+  monkeypatch.setattr(sys, "unraisablehook", cli.quiet_closed_event_loops)
+  RaisesWhenFreed(RuntimeError("Event loop is closed"))  # freed at once: Python reports it
+  assert capsys.readouterr().err == ""
+  RaisesWhenFreed(RuntimeError("something else"))
+  assert "RuntimeError: something else" in capsys.readouterr().err
+
+
 def test_a_periodic_save_starts_within_half_an_interval_with_many_steps_in_flight(
   tmp_path, monkeypatch
 ):
