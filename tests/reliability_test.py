@@ -420,6 +420,7 @@ def test_the_same_run_stopped_before_its_first_checkpoint_starts_over(trained, t
 
   workdir = _copy(trained, tmp_path)
   shutil.rmtree(workdir / "checkpoints")
+  (workdir / "samples.npz").unlink()  # killed before its first save: no final outputs either
   with caplog.at_level("WARNING"):
     train.train_and_evaluate(_config(**{"train.num_steps": 6}), str(workdir))
   assert "an earlier attempt of this run (same config.json) stopped before" in caplog.text
