@@ -48,7 +48,7 @@ import numpy as np
 
 from infonoise_jax import cli, edm, profiles, steps
 from infonoise_jax.data import load_source, resolve_sigma_data
-from infonoise_jax.data.sources import DATA_LOCATION_KEYS, TOKEN_NAMES
+from infonoise_jax.data.sources import DATA_LOCATION_KEYS, TOKEN_NAMES, data_location_items
 from infonoise_jax.evaluation import plots
 from infonoise_jax.schedules import FIXED, SCHEDULES, make_schedule, weighted_density
 from infonoise_jax.validation import apply_overrides, load_config_file
@@ -331,7 +331,7 @@ def _from_workdir(workdir: str, params: str, overrides=()):
 
   config = restore.load_config(workdir, overrides)
   source = load_source(config)  # the data is there (and readable) before the weights
-  restore.check_data_shape(workdir, config, source.shape)
+  restore.check_data_shape(workdir, config, source.shape, restore.saved_data_shape(workdir))
   run = restore.restore_run(workdir, devices=jax.devices()[:1])
   chosen = run.state.ema_params if params == "ema" else run.state.params
   for key in DATA_LOCATION_KEYS:  # where the data lies now, made absolute by load_config
@@ -385,7 +385,7 @@ def parse(argv=None) -> argparse.Namespace:
     if not args.workdir:
       p.error("--config needs --out=<folder> for the profile, table and plot")
     args.out = os.path.join(args.workdir, "diagnose")
-  moved = [o for o in args.set or [] if o.split("=")[0] not in DATA_LOCATION_KEYS]
+  moved = [o for o in args.set or [] if o not in data_location_items(args.set)]
   if args.workdir and moved:
     p.error(
       f"--set {moved[0]}: with --workdir only where the run's data now lies may change "

@@ -78,15 +78,17 @@ def evaluate(
   num = IMAGES_NUM if num is None else num
   _check_counts(num, seed_sets)
   model_fid.check_images(tuple(int(d) for d in meta["data_shape"]), "this run")
+  source = None  # the reference's data, read here when it moved (and once)
   if data_location_items(overrides) and not (ref_stats or config.fid.ref_stats):
-    restore.check_data_shape(workdir, config, load_source(config).shape, step)  # moved data
+    source = load_source(config)
+    restore.check_data_shape(workdir, config, source.shape, meta["data_shape"])
   if ref_stats or config.fid.ref_stats:
     fid.check_stats_file(ref_stats or config.fid.ref_stats)
   extractor = model_fid.make_extractor(config, make_mesh(devices), weights)  # missing: fail here
   run = restore.restore_run(workdir, step, devices)
   sampler = Sampler(run_config, run.model, run.schedule, run.mesh, run.data_shape)
   model_fid.check_images(sampler.data_shape, "the model")
-  ref, ref_path = model_fid.load_reference(config, extractor, ref_stats)
+  ref, ref_path = model_fid.load_reference(config, extractor, ref_stats, source)
   sigmas = sampler.sigmas(run.state.schedule_state)
   seeds = list(range(seed_sets))
   if report is not None:

@@ -125,11 +125,12 @@ def saved_data_shape(workdir: str, step: int | None = None) -> tuple[int, ...]:
   return tuple(int(d) for d in meta["data_shape"])
 
 
-def check_data_shape(workdir: str, config, shape, step: int | None = None) -> None:
+def check_data_shape(workdir: str, config, shape, saved) -> None:
   """The data a trained run's command reads (its own, or where --set data.path=... says it now
-  lies) must give examples of the shape the run trained on: other data would be scored or
-  diagnosed against a model it does not fit (or fail deep inside the model)."""
-  saved, shape = saved_data_shape(workdir, step), tuple(int(d) for d in shape)
+  lies) must give examples of the shape the run trained on (`saved`, from its checkpoint's
+  metadata): other data would be scored or diagnosed against a model it does not fit (or
+  fail deep inside the model)."""
+  saved, shape = tuple(int(d) for d in saved), tuple(int(d) for d in shape)
   if saved != shape:
     d = config.data
     raise ValueError(

@@ -56,6 +56,11 @@ from infonoise_jax.validation import validate_config
 class Run:
   """Everything built once before the loop starts (validated before any compile)."""
 
+  @functools.cached_property
+  def config_json(self) -> dict:
+    """The resolved config as JSON values (each checkpoint's metadata keeps a copy)."""
+    return json.loads(self.config.to_json_best_effort())
+
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, devices=None):
     validate_config(config, None if devices is None else len(devices))
     self.config = config
@@ -332,8 +337,7 @@ def _save(
   (`background`: on the checkpointer's thread, for a state copy nothing else touches)."""
   # The example shape lets sample/evaluate rebuild the model without the data; the config is
   # in <workdir>/config.json, and a copy here lets a resume check a workdir that lost it.
-  config = json.loads(run.config.to_json_best_effort())
-  meta = {"step": step, "data_shape": list(run.source.shape), "config": config}
+  meta = {"step": step, "data_shape": list(run.source.shape), "config": run.config_json}
   if run.source.encoding is not None:  # the run's fixed vocabulary, for decoding
     meta["vocab"] = run.source.encoding.vocab
   (ckpt.save_in_background if background else ckpt.save)(step, state, meta=meta, force=True)

@@ -110,9 +110,12 @@ def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
   return keys
 
 
-def check_keys(config: ml_collections.ConfigDict) -> None:
-  """Every key must be one that configs/default.py defines (catches typos)."""
-  known = _flat_keys(default_config())
+def check_keys(
+  config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict | None = None
+) -> None:
+  """Every key must be one that configs/default.py defines (catches typos); `defaults`: that
+  config, if the caller has it loaded."""
+  known = _flat_keys(defaults or default_config())
   unknown = sorted(_flat_keys(config) - known)
   if unknown:
     raise ValueError(
@@ -145,11 +148,12 @@ def _is_whole(v) -> bool:
   return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _check_whole_number_tuples(config: ml_collections.ConfigDict) -> None:
+def _check_whole_number_tuples(
+  config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict
+) -> None:
   """A tuple key whose default holds whole numbers (widths, multipliers, resolutions, k-mer
   sizes) must hold whole numbers: on the command line a malformed tuple such as (1,2,x) is
   read as one string, 64.7 would be truncated and True would be a width of 1."""
-  defaults = default_config()
   for key in sorted(_flat_keys(config)):
     default, value = _value(defaults, key), _value(config, key)
     if isinstance(default, tuple) and default and all(map(_is_whole, default)):
@@ -160,9 +164,10 @@ def _check_whole_number_tuples(config: ml_collections.ConfigDict) -> None:
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Raises ValueError naming the key for any invalid general setting."""
-  check_keys(config)
+  defaults = default_config()
+  check_keys(config, defaults)
   _check_no_nan(config)
-  _check_whole_number_tuples(config)
+  _check_whole_number_tuples(config, defaults)
   d = config.data
   _require(0 < d.scale < math.inf, "data.scale", f"must be a finite number > 0, got {d.scale}")
   _require(d.num_examples >= 1, "data.num_examples", f"must be >= 1, got {d.num_examples}")
