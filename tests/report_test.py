@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from infonoise_jax.evaluation import report
+from infonoise_jax.evaluation import report, speedup
 
 
 def _eval(arm, seed, step, fd, resample=False):
@@ -226,6 +226,22 @@ def test_speedup_table_names_runs_cut_short_and_keeps_their_steps_apart():
   assert "0: 1.26x, 1: 1.20x, 2:" in row and "(run ends" not in row.split("2:")[0]
   assert "(seed means over the steps all seeds have: `cand` to 20)" in row
   assert row.endswith("| 2 (2 of 3 seeds) vs 6 (better) |")
+
+
+def test_final_values_of_arms_trained_to_different_steps_are_compared_where_both_ran():
+  """`long` trains to step 40 where `base` stopped at 30 (a time limit): the finals are set
+  side by side at step 30, 4 vs 6 (better), not long's step-40 value 1 against base's 6; the
+  cell names the step and which arm ran on. Either order of the arms; equal ends as before."""
+  recs = []
+  for step, base, long in ((10, 10.0, 10.0), (20, 8.0, 8.0), (30, 6.0, 4.0), (40, None, 1.0)):
+    recs += [_eval("long", 0, step, long)] + ([_eval("base", 0, step, base)] if base else [])
+  curves = {a: report.curves_by_arm(recs, "d")[a] for a in ("base", "long")}
+  row = report.speedup_lines(curves, "base", ["base", "long"], 0.0)[-1]
+  assert row.endswith("| 4 vs 6 (better, at step 30; `long` runs to 40) |")
+  row = report.speedup_lines(curves, "long", ["long", "base"], 0.0)[-1]
+  assert row.endswith("| 6 vs 4 (worse, at step 30; `long` runs to 40) |")
+  same = {a: {0: speedup.Curve(c[0].steps[:3], c[0].values[:3])} for a, c in curves.items()}
+  assert report.speedup_lines(same, "base", ["base", "long"], 0.0)[-1].endswith("4 vs 6 (better) |")
 
 
 def test_a_baseline_alone_gets_no_speedup_table_or_plot(tmp_path):

@@ -179,7 +179,6 @@ def speedup_lines(
     f"| arm | pooled | per seed | final (seed mean) vs `{baseline}`'s |",
     "|---|---|---|---|",
   ]
-  theirs, their_seeds = _final(curves[baseline], tail)
   for a, (pool, per) in found.items():
     last = _last_step(curves[a])
     cells = ", ".join(
@@ -195,10 +194,19 @@ def speedup_lines(
     ]
     if cut:  # speedup.mean_curve keeps the steps every seed has
       pooled += f" (seed means over the steps all seeds have: {', '.join(cut)})"
-    mine, my_seeds = _final(curves[a], tail)
+    upto = _common_last_step(curves[a], curves[baseline])
+    mine, my_seeds = _final(curves[a], tail, upto)
+    theirs, their_seeds = _final(curves[baseline], tail, upto)
     verdict = (
       "worse" if mine > theirs + tolerance else "better" if mine < theirs - tolerance else "tie"
     )
+    if upto is not None:  # a longer run's extra steps would decide "better" on their own
+      longer = [
+        f"`{arm}` runs to {_last_step(curves[arm]):g}"
+        for arm in (a, baseline)
+        if _last_step(curves[arm]) > upto
+      ]
+      verdict += f", at step {upto:g}; {', '.join(longer)}"
     lines.append(
       f"| {a} | {pooled} | {cells} | {mine:.4g}{my_seeds} vs {theirs:.4g}{their_seeds} "
       f"({verdict}) |"
@@ -206,13 +214,32 @@ def speedup_lines(
   return lines
 
 
+def _common_last_step(mine: dict, theirs: dict) -> float | None:
+  """None when both arms end at the same step (each arm's final is compared); else the last
+  step both evaluated, at or before the shorter arm's end, so that a longer run's extra steps
+  do not decide "better" (None again if they share no step)."""
+  if _last_step(mine) == _last_step(theirs):
+    return None
+  shared = set(seed_values(mine)) & set(seed_values(theirs))
+  return max(shared, default=None)
+
+
 def _last_step(runs: dict[int, speedup.Curve]) -> float:
   return max(c.steps[-1] for c in runs.values())
 
 
-def _final(runs: dict[int, speedup.Curve], tail: int) -> tuple[float, str]:
+def _final(
+  runs: dict[int, speedup.Curve], tail: int, upto: float | None = None
+) -> tuple[float, str]:
   """The seed mean of the runs' final values at the arm's last step, and "" or " (k of n seeds)"
-  when runs cut short end before it (their earlier finals would mix steps into the mean)."""
+  when runs cut short end before it (their earlier finals would mix steps into the mean).
+  `upto`: each run's evaluations after that step are left out first."""
+  if upto is not None:
+    runs = {
+      seed: speedup.Curve(c.steps[:n], c.values[:n])
+      for seed, c in runs.items()
+      if (n := int(np.searchsorted(c.steps, upto, side="right")))
+    }
   last = _last_step(runs)
   ended = [c.final(tail) for c in runs.values() if c.steps[-1] == last]
   fewer = f" ({len(ended)} of {len(runs)} seeds)" if len(ended) < len(runs) else ""
