@@ -44,7 +44,8 @@
 # --time_limit=420 carrying the weights (~150 s of the call left to score 18 sample sets);
 # repeat call 2 until the report is written. Section 34 (H200): --time_limit=490 reached 9,000
 # steps, then 330 reached 13,000 and scored 12 sets (~6 s each + 71 s for the reference); on
-# an H100 (section 35) the first call reaches 8,000 (39 s per 1,000 steps of 3 seeds). The
+# an H100 (section 36) --time_limit=530 reached 10,000 (38 s per 1,000 steps of 3 seeds), then
+# 300 reached 14,000 and scored the 12 sets (380 s of wall clock for that call). The
 # results folder then holds the reference statistics too (fid_ref_*.npz, 33 MB): leave them
 # out (tar --exclude='*.npz') when bringing the records back from a call.
 set -euo pipefail
