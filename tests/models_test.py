@@ -12,6 +12,7 @@ import zlib
 
 import flax
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -248,10 +249,10 @@ def test_a_unet_on_non_square_images_is_the_square_network_over_the_whole_width(
   params = jax.jit(square.init)({"params": jax.random.key(0)}, x[:, :, :8], c)
   wide_shapes = jax.eval_shape(wide.init, {"params": jax.random.key(0)}, x, c)
   assert jax.tree.map(jnp.shape, wide_shapes) == jax.tree.map(jnp.shape, params)
-  leaves, treedef = jax.tree.flatten(params)  # off the zero-initialised output layers
-  keys = jax.random.split(jax.random.key(2), len(leaves))
-  noisy = [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
-  params = jax.tree.unflatten(treedef, noisy)
+  # off the zero-initialised output layers: noise drawn once for all parameters (a draw per
+  # leaf compiles a random program per leaf shape, seconds on CPU)
+  flat, unravel = jax.flatten_util.ravel_pytree(params)
+  params = unravel(flat + 0.1 * jax.random.normal(jax.random.key(2), flat.shape))
   apply = jax.jit(wide.apply)
   out = apply(params, x, c)
   assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
@@ -280,14 +281,19 @@ def test_group_norm_matches_flax_and_folds_the_shift(channels):
   ref = flax.linen.GroupNorm(num_groups=unet_layers.num_groups(channels), epsilon=1e-6)
   params = ref.init(kp, x)
   params = jax.tree.map(lambda p: p + jax.random.normal(kp, p.shape), params)  # not 1 / 0
-  want = ref.apply(params, x + shift[:, None, None, :])
-  got = ours.apply(params, x, shift)
+  # jitted: op by op, every primitive of each channel count is its own compile
+  want = jax.jit(lambda x, s: ref.apply(params, x + s[:, None, None, :]))(x, shift)
+  got = jax.jit(ours.apply)(params, x, shift)
   np.testing.assert_allclose(got, want, atol=2e-5, rtol=0)
-  np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), atol=2e-5, rtol=0)
+  np.testing.assert_allclose(
+    jax.jit(ours.apply)(params, x), jax.jit(ref.apply)(params, x), atol=2e-5, rtol=0
+  )
   # Gradients through the folded shift equal those through the materialised sum.
   loss = lambda f: lambda x, s: jnp.sum(jnp.sin(f(x, s)))
-  g_ours = jax.grad(loss(lambda x, s: ours.apply(params, x, s)), argnums=(0, 1))(x, shift)
-  g_ref = jax.grad(loss(lambda x, s: ref.apply(params, x + s[:, None, None, :])), (0, 1))(x, shift)
+  g_ours = jax.jit(jax.grad(loss(lambda x, s: ours.apply(params, x, s)), argnums=(0, 1)))(x, shift)
+  g_ref = jax.jit(jax.grad(loss(lambda x, s: ref.apply(params, x + s[:, None, None, :])), (0, 1)))(
+    x, shift
+  )
   for a, b in zip(g_ours, g_ref, strict=True):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
