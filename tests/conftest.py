@@ -24,6 +24,10 @@ import tempfile
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+# numpy's BLAS on one thread per process (set before numpy loads; workers and subprocesses
+# inherit it): the workers already fill every core, and a 2048 x 2048 FID matrix function
+# whose second thread spins for a busy core took 10-21 s of CPU against ~3 s on one thread.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 if "PYTEST_XDIST_WORKER" in os.environ and "INFONOISE_TEST_JAX_CACHE" in os.environ:
   _CACHE = os.environ["INFONOISE_TEST_JAX_CACHE"]  # the session's, made by the first process
 else:

@@ -7,7 +7,9 @@ fid_test.py; without either the tests fail with instructions (skip with
 INFONOISE_ALLOW_SKIP_FID=1).
 """
 
+import contextlib
 import glob
+import io
 import json
 import os
 import pathlib
@@ -77,6 +79,19 @@ def fid_run(reference, tmp_path_factory):
   return workdir
 
 
+@pytest.fixture(scope="module")
+def evaluated(fid_run, weights):
+  """The evaluate command on the run, 2 seed sets (Heun): (fid.json as written, its stdout).
+
+  Read at once: a later --method run rewrites fid.json. Shared by the tests of the command's
+  output and of --method, which compares its Euler draw with this Heun draw of seed set 0.
+  """
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    evaluate.main([f"--workdir={fid_run}", f"--num={N}", "--seed_sets=2", f"--weights={weights}"])
+  return json.loads(pathlib.Path(fid_run, "fid.json").read_text()), out.getvalue()
+
+
 def test_data_against_its_own_reference_stats_is_zero(reference):
   # The model-sample path (model units -> / data.scale -> uint8 -> features), fed the very
   # images the reference path (Source -> uint8 -> features) saw, must give FID ~ 0. The
@@ -99,10 +114,8 @@ def test_periodic_fid_is_logged_every_fid_every_steps_and_at_the_end(fid_run):
   assert sorted(fids) == [4, 6] and all(np.isfinite(v) and v > 0 for v in fids.values()), fids
 
 
-def test_evaluate_command_writes_fid_json(fid_run, reference, weights, capsys):
-  evaluate.main([f"--workdir={fid_run}", f"--num={N}", "--seed_sets=2", f"--weights={weights}"])
-  result = json.loads(pathlib.Path(fid_run, "fid.json").read_text())
-  out = capsys.readouterr().out  # progress lines, the JSON, where it was written
+def test_evaluate_command_writes_fid_json(fid_run, reference, evaluated):
+  result, out = evaluated  # out: progress lines, the JSON, where it was written
   assert "seed set 0: FID" in out and "seed set 1: FID" in out
   assert f"FID is biased upwards at small sample counts ({N} per set here" in out
   assert f"the reference statistics come from {N} images, not more than the 2048" in out
@@ -125,17 +138,18 @@ def test_evaluate_command_writes_fid_json(fid_run, reference, weights, capsys):
   np.testing.assert_allclose(result["fids"][0], final, rtol=1e-3)
 
 
-def test_evaluate_method_changes_the_solver_it_reports(fid_run, weights, capsys):
+def test_evaluate_method_changes_the_solver_it_reports(fid_run, weights, evaluated, capsys):
   """--method draws with that solver (Euler: one evaluation per level), as the sample command."""
   args = [f"--workdir={fid_run}", f"--num={N}", "--seed_sets=1", f"--weights={weights}"]
-  heun = evaluate.evaluate(fid_run, N, 1, weights=weights)
+  heun = evaluated[0]  # the default solver's run, seed sets 0 and 1
   evaluate.main([*args, "--method=euler"])  # the command passes --method on
   euler = json.loads(pathlib.Path(fid_run, "fid.json").read_text())
   assert heun["sampler"]["method"] == "heun" and euler["sampler"]["method"] == "euler"
   levels = euler["sampler"]["num_steps"]
   assert euler["sampler"]["network_evaluations"] == levels
   assert heun["sampler"]["network_evaluations"] == 2 * levels - 1
-  assert euler["fid"] != heun["fid"]  # other samples from the same noise
+  assert euler["seeds"] == [0] and heun["seeds"][0] == 0
+  assert euler["fid"] != heun["fids"][0]  # other samples from the same noise (seed set 0)
 
 
 def test_evaluate_errors_are_clear(fid_run, tmp_path):
@@ -156,12 +170,11 @@ def test_periodic_fid_needs_images(tmp_path):
   assert not (tmp_path / "toy" / "checkpoints").exists()
 
 
-def test_workdir_step_and_ref_stats_are_checked_before_weights(tmp_path):
+def test_workdir_step_and_ref_stats_are_checked_before_weights(fid_run, tmp_path):
   """The Inception weights are the last thing evaluate asks for (they may need a download)."""
-  workdir = str(tmp_path / "run")
-  train.train_and_evaluate(load_config_file(ROOT / "configs" / "test.py", ""), workdir)
+  workdir = fid_run  # any trained run; this one saved step 6 only
   missing = str(tmp_path / "missing_weights.npz")  # would fail with the weights' message
-  with pytest.raises(ValueError, match=r"--step=5: .*saved: \[4, 8\]"):
+  with pytest.raises(ValueError, match=r"--step=5: .*saved: \[6\]"):
     evaluate.evaluate(workdir, num=N, step=5, weights=missing)
   bad = tmp_path / "bad.npz"
   bad.write_bytes(b"truncated")
