@@ -22,7 +22,9 @@
 # On each worker the code of a commit lies in ~/infonoise_jax_<commit> and the venv in
 # ~/infonoise_venv, both kept: a requeued `train` (or a `sample` started beside a running
 # training) neither reinstalls nor removes the code or venv a running job uses; a new commit
-# is installed into the venv once.
+# is installed into the venv once. Each job runs `python -m` from its commit's folder, so it
+# imports that commit's code, not the venv's installed copy (which a launch of a newer commit
+# replaces under running jobs); the venv provides the dependencies.
 #
 # `evaluate` of an image run needs the FID Inception weights on every worker: the local
 # ${FID_WEIGHTS:-~/.cache/infonoise_jax/inception_fid.npz} (docs/fid.md says how to make it)
@@ -45,9 +47,9 @@ case "$MODE" in
   train)
     CONFIG=${1:?usage: tpu_pod.sh train <config.py> [overrides...]}
     shift
-    CMD="infonoise-train --config=$CONFIG --workdir=$WORKDIR --config.system.distributed=True" ;;
-  sample) CMD="infonoise-sample --workdir=$WORKDIR --distributed" ;;
-  evaluate) CMD="infonoise-evaluate --workdir=$WORKDIR --distributed" ;;
+    CMD="python -m infonoise_jax.main --config=$CONFIG --workdir=$WORKDIR --config.system.distributed=True" ;;
+  sample) CMD="python -m infonoise_jax.sample --workdir=$WORKDIR --distributed" ;;
+  evaluate) CMD="python -m infonoise_jax.evaluate --workdir=$WORKDIR --distributed" ;;
   *) echo "unknown command $MODE: train | sample | evaluate | logs" >&2; exit 2 ;;
 esac
 CMD="$CMD$(printf ' %q' "$@")"

@@ -50,10 +50,10 @@ def test_a_second_launch_reuses_the_code_and_venv_and_removes_neither(tmp_path):
   worker = tmp_path / "worker"
   venv = worker / "infonoise_venv" / "bin"
   venv.mkdir(parents=True)
-  # the venv's pip and commands stand in for the real ones: they record how they were called
+  # the venv's pip and python stand in for the real ones: they record how (and where) they
+  # were called
   _executable(venv / "pip", f'#!/usr/bin/env bash\necho "$*" >> {worker}/pip_calls\n')
-  for name in ("infonoise-train", "infonoise-sample"):
-    _executable(venv / name, f'#!/usr/bin/env bash\necho "{name} $*" >> {worker}/commands\n')
+  _executable(venv / "python", f'#!/usr/bin/env bash\necho "$PWD: $*" >> {worker}/commands\n')
   first = _launch(tmp_path, "train", "configs/cifar10_infonoise.py", "--config.seed=3")
   assert first.returncode == 0, first.stderr[-2000:]
   (code,) = worker.glob("infonoise_jax_*[!z]")  # the commit's code, unpacked
@@ -67,10 +67,10 @@ def test_a_second_launch_reuses_the_code_and_venv_and_removes_neither(tmp_path):
   while time.time() < deadline and len((worker / "commands").read_text().splitlines()) < 2:
     time.sleep(0.1)  # the commands are started detached (nohup ... &)
   commands = (worker / "commands").read_text().splitlines()
-  assert commands == [
-    "infonoise-train --config=configs/cifar10_infonoise.py --workdir=gs://bucket/run "
-    "--config.system.distributed=True --config.seed=3",
-    "infonoise-sample --workdir=gs://bucket/run --distributed --num=8",
+  assert commands == [  # from the commit's folder: its own code, not the venv's copy
+    f"{code}: -m infonoise_jax.main --config=configs/cifar10_infonoise.py "
+    "--workdir=gs://bucket/run --config.system.distributed=True --config.seed=3",
+    f"{code}: -m infonoise_jax.sample --workdir=gs://bucket/run --distributed --num=8",
   ]
   (install,) = (worker / "pip_calls").read_text().splitlines()  # once per commit
   assert "install" in install and ".[gcs]" in install and "jax[tpu]==" in install
