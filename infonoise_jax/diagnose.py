@@ -48,7 +48,12 @@ import numpy as np
 
 from infonoise_jax import cli, edm, profiles, steps
 from infonoise_jax.data import load_source, resolve_sigma_data
-from infonoise_jax.data.sources import DATA_LOCATION_KEYS, TOKEN_NAMES, data_location_items
+from infonoise_jax.data.sources import (
+  DATA_LOCATION_KEYS,
+  DATA_PATH_KEYS,
+  TOKEN_NAMES,
+  data_location_items,
+)
 from infonoise_jax.evaluation import plots
 from infonoise_jax.schedules import FIXED, SCHEDULES, make_schedule, weighted_density
 from infonoise_jax.validation import apply_overrides, load_config_file
@@ -334,8 +339,8 @@ def _from_workdir(workdir: str, params: str, overrides=()):
   restore.check_data_shape(workdir, config, source.shape, restore.saved_data_shape(workdir))
   run = restore.restore_run(workdir, devices=jax.devices()[:1])
   chosen = run.state.ema_params if params == "ema" else run.state.params
-  for key in DATA_LOCATION_KEYS:  # where the data lies now, made absolute by load_config
-    run.config.data[key.split(".")[1]] = config.data[key.split(".")[1]]
+  for key in DATA_PATH_KEYS:  # where the data lies now, made absolute by load_config
+    run.config.data[key] = config.data[key]
   trained = (run.model, chosen)
   return run.config, trained, (run.schedule, run.state.schedule_state), run.step, source
 
@@ -385,10 +390,11 @@ def parse(argv=None) -> argparse.Namespace:
     if not args.workdir:
       p.error("--config needs --out=<folder> for the profile, table and plot")
     args.out = os.path.join(args.workdir, "diagnose")
-  moved = [o for o in args.set or [] if o not in data_location_items(args.set)]
-  if args.workdir and moved:
+  location = data_location_items(args.set or [])
+  other = [o for o in args.set or [] if o not in location]
+  if args.workdir and other:
     p.error(
-      f"--set {moved[0]}: with --workdir only where the run's data now lies may change "
+      f"--set {other[0]}: with --workdir only where the run's data now lies may change "
       f"({', '.join(DATA_LOCATION_KEYS)}; e.g. --set data.path=<new place>); the rest of a "
       "run's config is its own"
     )
