@@ -5,6 +5,8 @@ import itertools
 import os
 import pickle
 import re
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -218,6 +220,30 @@ def test_digits_matches_sklearn_pixels():
   i, j = 1, 2
   block = raw[:, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].reshape(len(raw), -1) / 8.0 - 1.0
   np.testing.assert_allclose(small[:, i, j, 0], block.mean(axis=1), atol=1e-6)
+
+
+def test_digits_are_read_without_importing_sklearn_and_equal_its_loader(monkeypatch):
+  from sklearn.datasets import load_digits
+
+  from infonoise_jax.data import sources
+
+  ref = load_digits()
+  pixels, labels = sources.read_digits()
+  np.testing.assert_array_equal(pixels, ref.data)
+  np.testing.assert_array_equal(labels, ref.target)
+  assert labels.dtype == np.int32 and load_source(_config(name="digits")).labels is not None
+  # a scikit-learn laid out otherwise: its loader, the same values
+  monkeypatch.setattr(sources.os.path, "exists", lambda path: False)
+  pixels, labels = sources.read_digits()
+  np.testing.assert_array_equal(pixels, ref.data)
+  np.testing.assert_array_equal(labels, ref.target)
+  # a run's start-up does not pay for importing scikit-learn (scipy.stats and more)
+  code = (
+    "import sys; from infonoise_jax.data import sources; sources.read_digits(); "
+    "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))"
+  )
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_binarize_and_scale():
