@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import threading
+import types
 
 import numpy as np
 import pytest
@@ -222,7 +223,7 @@ def test_digits_matches_sklearn_pixels():
   np.testing.assert_allclose(small[:, i, j, 0], block.mean(axis=1), atol=1e-6)
 
 
-def test_digits_are_read_without_importing_sklearn_and_equal_its_loader(monkeypatch):
+def test_digits_are_read_without_importing_sklearn_and_equal_its_loader(tmp_path, monkeypatch):
   from sklearn.datasets import load_digits
 
   from infonoise_jax.data import sources
@@ -232,11 +233,23 @@ def test_digits_are_read_without_importing_sklearn_and_equal_its_loader(monkeypa
   np.testing.assert_array_equal(pixels, ref.data)
   np.testing.assert_array_equal(labels, ref.target)
   assert labels.dtype == np.int32 and load_source(_config(name="digits")).labels is not None
-  # a scikit-learn laid out otherwise: its loader, the same values
-  monkeypatch.setattr(sources.os.path, "exists", lambda path: False)
-  pixels, labels = sources.read_digits()
-  np.testing.assert_array_equal(pixels, ref.data)
-  np.testing.assert_array_equal(labels, ref.target)
+
+  # a scikit-learn laid out otherwise (no such file, or one of other rows): its loader, the
+  # same values
+  data = tmp_path / "sklearn" / "datasets" / "data"
+  data.mkdir(parents=True)
+  elsewhere = types.SimpleNamespace(submodule_search_locations=[str(tmp_path / "sklearn")])
+  monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name: elsewhere)
+  for content in (None, "pixel_0,label\n1,2\n", "1,2,3\n4,5,6\n"):
+    if content is not None:
+      with gzip.open(data / "digits.csv.gz", "wt") as f:
+        f.write(content)
+    pixels, labels = sources.read_digits()
+    np.testing.assert_array_equal(pixels, ref.data)
+    np.testing.assert_array_equal(labels, ref.target)
+  monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name: None)
+  with pytest.raises(ValueError, match="needs scikit-learn .* pip install scikit-learn"):
+    sources.read_digits()
   # a run's start-up does not pay for importing scikit-learn (scipy.stats and more)
   code = (
     "import sys; from infonoise_jax.data import sources; sources.read_digits(); "

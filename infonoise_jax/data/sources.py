@@ -247,10 +247,12 @@ def read_digits() -> tuple[np.ndarray, np.ndarray]:
       "or set data.name to another source"
     )
   path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
-  if os.path.exists(path):
+  try:
     table = np.loadtxt(path, delimiter=",", dtype=np.float64)
-    if table.shape == (1797, 65):
-      return table[:, :64], table[:, 64].astype(np.int32)
+  except (OSError, ValueError):  # absent, or not the 65-number rows expected
+    table = None
+  if table is not None and table.shape == (1797, 65):
+    return table[:, :64], table[:, 64].astype(np.int32)
   from sklearn.datasets import load_digits
 
   digits = load_digits()
