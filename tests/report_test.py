@@ -273,3 +273,49 @@ def test_seed_values_keep_every_step_any_seed_has():
   recs = [_eval("a", 0, s, float(s)) for s in (3, 1, 2)] + [_eval("a", 1, s, 10.0) for s in (1, 2)]
   at = report.seed_values(report.curves_by_arm(recs, "d")["a"])
   assert at == {1: [1.0, 10.0], 2: [2.0, 10.0], 3: [3.0]}
+
+
+def test_end_of_budget_reading_from_the_slope_the_noise_and_the_seed_spread(tmp_path):
+  """Seed offsets 0 / 0.1 / 0.2 (spread 0.2) on lines of known slope per 1,000 steps,
+  evaluated every 500 steps (so a change per interval is half the slope): -1.0 per 1,000 is
+  -0.5 per interval, "still improving"; -0.2 per 1,000 (-0.1, inside the spread, outside the
+  noise 0.05) "slowing"; -0.06 per 1,000 (-0.03) "flat"; +1.0 "getting worse". The fit uses
+  only the steps every seed has (seed 2 of `cut` stops early) and the last 3 of them; an arm
+  with 2 evaluations is named, not fitted."""
+  slopes = {"fast": -1.0, "slow": -0.2, "flat": -0.06, "worse": 1.0, "cut": -1.0}
+  recs = []
+  for arm, per_1000 in slopes.items():
+    for seed, offset in enumerate((0.0, 0.1, 0.2)):
+      for step in range(500, 3001, 500):
+        if arm == "cut" and seed == 2 and step > 2000:
+          continue
+        # a kink before the fitted span: only the last three evaluations set the slope
+        early = 5.0 if step == 500 else 0.0
+        recs.append(_eval(arm, seed, step, 10.0 + early + offset + per_1000 * step / 1000))
+  recs += [_eval("short", seed, s, 1.0) for s in (500, 1000) for seed in (0, 1)]
+  curves = report.curves_by_arm(recs, "d")
+  lines = report.flattening_lines(curves, [*slopes, "short", "absent"], noise=0.05)
+  assert "metric noise: 0.05 (within it: flat)" in lines[0]
+  rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in lines[4:]}
+  assert set(rows) == {*slopes, "short"}
+  assert rows["fast"] == ["2000-3000", "-0.5", "-1", "0.2", "3 of 3", "still improving |"]
+  slowing = "slowing: within the seed spread, falling |"
+  assert rows["slow"][1:] == ["-0.1", "-0.2", "0.2", "3 of 3", slowing]
+  assert rows["flat"][1:] == ["-0.03", "-0.06", "0.2", "3 of 3", "flat: within the metric noise |"]
+  assert rows["worse"][-2:] == ["0 of 3", "getting worse |"]
+  assert rows["cut"][:2] == ["1000-2000", "-0.5"]  # seed 2's last step is 2000
+  assert rows["short"] == ["2 evaluations", "-", "-", "-", "-", "too few to fit |"]
+  # the report carries it for the metric and, over the last interval only, for Inception FID
+  cfg = {"train": {"batch_size": 8}, "schedule": {"name": "lognormal"}}
+  fid_lines = [
+    {"kind": "fid", "samples": "final_d_fast.npz", "key": "k", "arm": "fast"}
+    | {"seed": seed, "step": s, "num": 100, "fid": 9.0 - s / 1000 - seed / 10}
+    for s in (1000, 2000, 3000)
+    for seed in (0, 1)
+  ]
+  text = report.write_report(
+    str(tmp_path), [r | {"config": cfg} for r in recs], ["fast"], fid_lines=fid_lines
+  )
+  assert text.count("End of budget") == 2
+  assert "fitted through the last 2 evaluations" in text
+  assert "| fast | 2000-3000 | -1 | -1 | 0.1 | 2 of 2 | still improving |" in text

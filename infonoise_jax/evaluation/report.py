@@ -214,6 +214,55 @@ def speedup_lines(
   return lines
 
 
+FLAT_WINDOW = 3  # the last evaluations an arm's end-of-budget slope is fitted through
+
+
+def flattening_lines(
+  curves, arms: Sequence[str], noise: float, why: str = "metric noise", window: int = FLAT_WINDOW
+) -> list[str]:
+  """Has each arm's curve flattened by the end of its budget? A least-squares line through the
+  seed means at the last `window` evaluations that every seed has (runs cut short do not mix
+  steps into it) gives the change per evaluation interval (and per 1,000 steps). The reading:
+  "flat" when that change is within the noise (`noise`, the tolerance the speedups use; 0
+  when unmeasured), "slowing" when it is within the seed spread (max - min over seeds at the
+  last of those steps) but not the noise, else "still improving" or "getting worse" (lower is
+  better). The last column counts the seeds whose value at the end is below their value at the
+  start of the fitted span."""
+  lines = [
+    f"End of budget: the seed-mean change per evaluation interval, fitted through the last "
+    f"{window} evaluations every seed has, against the {why}: {noise:.4g} (within it: flat), "
+    f"and the seed spread at the last of them (within it: slowing):",
+    "",
+    "| arm | fitted steps | change per interval | per 1,000 steps | seed spread "
+    "| seeds lower at the end | reading |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for a in [a for a in arms if a in curves]:
+    by_seed = [dict(zip(c.steps, c.values, strict=True)) for c in curves[a].values()]
+    common = sorted(set.intersection(*(set(c) for c in by_seed)))
+    if len(common) < window:
+      lines.append(f"| {a} | {len(common)} evaluations | - | - | - | - | too few to fit |")
+      continue
+    span = common[-window:]
+    slope = float(np.polyfit(span, [np.mean([c[s] for c in by_seed]) for s in span], 1)[0])
+    change = slope * (span[-1] - span[0]) / (window - 1)
+    ends = [c[span[-1]] for c in by_seed]
+    spread = max(ends) - min(ends)
+    lower = sum(c[span[-1]] < c[span[0]] for c in by_seed)
+    if abs(change) <= noise:
+      reading = f"flat: within the {why}"
+    elif abs(change) <= spread:
+      reading = "slowing: within the seed spread, " + ("falling" if change < 0 else "rising")
+    else:
+      reading = "still improving" if change < 0 else "getting worse"
+    steps = "-".join(f"{s:g}" for s in (span[0], span[-1]))
+    lines.append(
+      f"| {a} | {steps} | {change:+.4g} | {slope * 1000:+.4g} | {spread:.4g} "
+      f"| {lower} of {len(by_seed)} | {reading} |"
+    )
+  return lines
+
+
 def _common_last_step(mine: dict, theirs: dict) -> float | None:
   """None when both arms end at the same step (each arm's final is compared); else the last
   step both evaluated, at or before the shorter arm's end, so that a longer run's extra steps
@@ -383,6 +432,10 @@ def inception_section(
   if baseline in curves and set(arms) & set(curves) - {baseline}:
     why = "none, the noise of one draw per model not measured:"
     md += ["", *speedup_lines(curves, baseline, [a for a in arms if a in curves], 0.0, why)]
+  # scored at a few uneven steps: the last interval alone (a line through three points
+  # would reach back over much of the budget)
+  why = "noise of one draw per model (not measured)"
+  md += ["", *flattening_lines(curves, main, 0.0, why, window=2)]
   others = sorted(set(curves) - set(main))  # the grid study's settings (<arm>@<setting>)
   if others:
     md += ["", "Inception FID of the grid study's settings:", "", table(curves, others)]
@@ -448,6 +501,8 @@ def write_report(
       md += ["", *speedup_lines(curves, base, arms, noise, tail=tail, found=found)]
       img = speedup_plot(found, base, f"{data}: speedup over {base}")
       plots.save_png(os.path.join(out, f"speedup_{data}.png"), img)
+    why = "metric noise" if measured else "metric noise (not measured)"
+    md += ["", *flattening_lines(curves, arms, noise, why)]
     binarized = any(
       r["config"].get("data", {}).get("binarize", False)
       for r in records
