@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 
 from infonoise_jax.evaluation import report, speedup
 
@@ -305,6 +306,8 @@ def test_end_of_budget_reading_from_the_slope_the_noise_and_the_seed_spread(tmp_
   assert rows["worse"][-2:] == ["0 of 3", "getting worse |"]
   assert rows["cut"][:2] == ["1000-2000", "-0.5"]  # seed 2's last step is 2000
   assert rows["short"] == ["2 evaluations", "-", "-", "-", "-", "too few to fit |"]
+  with pytest.raises(ValueError, match="at least 2 evaluations"):
+    report.flattening_lines(curves, ["fast"], noise=0.05, window=1)
   # the report carries it for the metric and, over the last interval only, for Inception FID
   cfg = {"train": {"batch_size": 8}, "schedule": {"name": "lognormal"}}
   fid_lines = [

@@ -236,7 +236,7 @@ def read_digits() -> tuple[np.ndarray, np.ndarray]:
 
   Read from the CSV file scikit-learn ships (`sklearn/datasets/data/digits.csv.gz`, 64 pixel
   columns and the label per row) without importing scikit-learn, whose import (scipy.stats
-  among others) takes over a second of every run's start-up; the same values as
+  among others) added about 0.7 s to every run's start-up; the same values as
   `sklearn.datasets.load_digits` (tested). A scikit-learn whose files are laid out otherwise
   is read through `load_digits`.
   """

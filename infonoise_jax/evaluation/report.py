@@ -228,6 +228,8 @@ def flattening_lines(
   last of those steps) but not the noise, else "still improving" or "getting worse" (lower is
   better). The last column counts the seeds whose value at the end is below their value at the
   start of the fitted span."""
+  if window < 2:
+    raise ValueError(f"a slope needs at least 2 evaluations; got window={window}")
   lines = [
     f"End of budget: the seed-mean change per evaluation interval, fitted through the last "
     f"{window} evaluations every seed has, against the {why}: {noise:.4g} (within it: flat), "
@@ -241,7 +243,8 @@ def flattening_lines(
     by_seed = [dict(zip(c.steps, c.values, strict=True)) for c in curves[a].values()]
     common = sorted(set.intersection(*(set(c) for c in by_seed)))
     if len(common) < window:
-      lines.append(f"| {a} | {len(common)} evaluations | - | - | - | - | too few to fit |")
+      n = f"{len(common)} evaluation" + ("" if len(common) == 1 else "s")
+      lines.append(f"| {a} | {n} | - | - | - | - | too few to fit |")
       continue
     span = common[-window:]
     slope = float(np.polyfit(span, [np.mean([c[s] for c in by_seed]) for s in span], 1)[0])
