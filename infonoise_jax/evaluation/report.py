@@ -240,18 +240,18 @@ def flattening_lines(
     "|---|---|---|---|---|---|---|",
   ]
   for a in [a for a in arms if a in curves]:
-    by_seed = [dict(zip(c.steps, c.values, strict=True)) for c in curves[a].values()]
-    common = sorted(set.intersection(*(set(c) for c in by_seed)))
+    at = seed_values(curves[a])  # at a step every seed has, its values come in seed order
+    common = [s for s, v in at.items() if len(v) == len(curves[a])]
     if len(common) < window:
       n = f"{len(common)} evaluation" + ("" if len(common) == 1 else "s")
       lines.append(f"| {a} | {n} | - | - | - | - | too few to fit |")
       continue
     span = common[-window:]
-    slope = float(np.polyfit(span, [np.mean([c[s] for c in by_seed]) for s in span], 1)[0])
+    slope = float(np.polyfit(span, [np.mean(at[s]) for s in span], 1)[0])
     change = slope * (span[-1] - span[0]) / (window - 1)
-    ends = [c[span[-1]] for c in by_seed]
+    ends = at[span[-1]]
     spread = max(ends) - min(ends)
-    lower = sum(c[span[-1]] < c[span[0]] for c in by_seed)
+    lower = sum(end < start for end, start in zip(ends, at[span[0]], strict=True))
     if abs(change) <= noise:
       reading = f"flat: within the {why}"
     elif abs(change) <= spread:
@@ -261,7 +261,7 @@ def flattening_lines(
     steps = "-".join(f"{s:g}" for s in (span[0], span[-1]))
     lines.append(
       f"| {a} | {steps} | {change:+.4g} | {slope * 1000:+.4g} | {spread:.4g} "
-      f"| {lower} of {len(by_seed)} | {reading} |"
+      f"| {lower} of {len(ends)} | {reading} |"
     )
   return lines
 
