@@ -34,6 +34,9 @@
 # Section 37 (text to 16,000 steps, both arms on one H100): `sequences text 16000 --workers=2
 # --state_dir=$DATA/state_text --time_limit=530`, then the same with 470, then without a limit
 # (1,010 s of wall clock in all; 48.6 s per 1,000 steps of 3 seeds per arm, two processes).
+# Two processes on one card are no faster than the arms one after another (section 38:
+# binarized Fashion, 76-81 s per 1,000 steps per arm side by side against 38 s alone); what
+# --workers=2 gives is that a call cut short leaves both arms at the same step.
 # On a machine with two GPUs, `--workers=2 --worker_gpus=0,1` trains each arm on its own card
 # (section 32).
 # Relative DATA, OUT and WEIGHTS are taken from the directory you call it from.
