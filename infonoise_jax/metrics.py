@@ -238,22 +238,32 @@ class ProgressReporter:
       self._thread = None
 
 
-def format_progress(step: int, num_steps: int, scalars: Mapping[str, float]) -> str:
+def format_progress(
+  step: int, num_steps: int, scalars: Mapping[str, float], unit: str = "img"
+) -> str:
   """The console line of one log window (about 90 characters), e.g.
-  `step 1200/4000 | loss 0.0412 | grad 0.31 | lr 1.00e-03 | 5,120 img/s | ETA 3m05s`."""
+  `step 1200/4000 | loss 0.0412 | grad 0.31 | lr 1.00e-03 | 5,120 img/s | ETA 3m05s`.
+  `unit`: what one example is, for the throughput (`example_unit`: img, or seq for DNA and
+  text; the scalar `perf/images_per_sec` counts examples whatever they are)."""
   parts = [f"step {step}/{num_steps}"]
   for key, label, fmt in (
     ("loss", "loss", ".4g"),
     ("grad_norm", "grad", ".3g"),
     ("learning_rate", "lr", ".2e"),
-    ("perf/images_per_sec", "img/s", ",.0f"),
+    ("perf/images_per_sec", None, ",.0f"),
   ):
     if key in scalars:
       value = format(scalars[key], fmt)
-      parts.append(f"{value} {label}" if label == "img/s" else f"{label} {value}")
+      parts.append(f"{value} {unit}/s" if label is None else f"{label} {value}")
   if "perf/eta_seconds" in scalars:
     parts.append(f"ETA {format_duration(scalars['perf/eta_seconds'])}")
   return " | ".join(parts)
+
+
+def example_unit(encoding) -> str:
+  """The console's name for one training example: `seq` for token data (a source with an
+  `encoding`: DNA, text), `img` otherwise."""
+  return "img" if encoding is None else "seq"
 
 
 def format_duration(seconds: float) -> str:

@@ -209,11 +209,12 @@ class _WindowLogger:
       return
     rate = total["steps"] / total["seconds"]
     logging.info(
-      "Trained %d steps at %s img/s (%.2f steps/s; windows timed as the device finished "
+      "Trained %d steps at %s %s/s (%.2f steps/s; windows timed as the device finished "
       "them, compiling left out); %.1f s of sample grids and evaluations timed apart; "
       "%.1f s spent in checkpoint saves, included.",
       total["steps"],
       format(rate * self.run.config.train.batch_size, ",.0f"),
+      metrics.example_unit(self.run.source.encoding),
       rate,
       self.progress.excluded_seconds(),
       self.checkpoint_total,
@@ -241,7 +242,8 @@ class _WindowLogger:
     self.loss_by_log_sigma = (edges, host[metrics.BINNED_LOSS])
     self.history.append((step, host[HISTORY]))
     if jax.process_index() == 0:
-      logging.info(metrics.format_progress(step, self.run.config.train.num_steps, scalars))
+      unit = metrics.example_unit(self.run.source.encoding)
+      logging.info(metrics.format_progress(step, self.run.config.train.num_steps, scalars, unit))
 
 
 def data_workers(config: ml_collections.ConfigDict, source) -> int:

@@ -265,6 +265,9 @@ def test_progress_reporter_on_fake_clock():
   line = metrics.format_progress(200, 1000, {"loss": 0.04123, "grad_norm": 0.3125, **out,
                                              "learning_rate": 1e-3, "bin_0": 5.0})  # fmt: skip
   assert line == "step 200/1000 | loss 0.04123 | grad 0.312 | lr 1.00e-03 | 640 img/s | ETA 40s"
+  seq = metrics.format_progress(200, 1000, out, metrics.example_unit(encoding=object()))
+  assert seq == "step 200/1000 | 640 seq/s | ETA 40s"  # DNA and text count sequences
+  assert metrics.example_unit(None) == "img"
   assert metrics.format_duration(3723) == "1h02m03s"
   progress.close()
 

@@ -61,6 +61,8 @@ def _main(domain: str, workdir: pathlib.Path, overrides: dict) -> None:
     [*cmd, f"--workdir={workdir}", *flags], cwd=ROOT, env=env, capture_output=True, text=True
   )
   assert out.returncode == 0, out.stderr[-3000:]
+  progress = [line for line in out.stderr.splitlines() if " | loss " in line]
+  assert progress and all(" seq/s | " in line for line in progress)  # not img/s
 
 
 def _tensorboard(workdir: pathlib.Path):
