@@ -322,3 +322,34 @@ def test_end_of_budget_reading_from_the_slope_the_noise_and_the_seed_spread(tmp_
   assert text.count("End of budget") == 2
   assert "fitted through the last 2 evaluations" in text
   assert "| fast | 2000-3000 | -1 | -1 | 0.1 | 2 of 2 | still improving |" in text
+
+
+@pytest.mark.parametrize(
+  "limits, majors, minors",
+  [
+    ((7.2, 9.6), [], ["8", "9"]),  # less than a decade: no decade tick, every minor labelled
+    ((0.4, 30.0), ["1", "10"], ["0.5", "2", "5", "20"]),  # up to two decades: 2 and 5
+    ((0.02, 60.0), ["0.1", "1", "10"], []),  # more: decades only
+  ],
+)
+def test_log_axes_are_labelled_with_plain_numbers(limits, majors, minors):
+  """Against the numbers themselves: matplotlib's default writes 8x10^0 and 10^-1."""
+  from matplotlib.figure import Figure
+
+  ax = Figure().add_subplot()
+  ax.plot([0, 1], limits)
+  ax.set_yscale("log")
+  ax.set_ylim(*limits)
+  report.plain_log_ticks(ax.yaxis)
+
+  def labels(minor: bool) -> list[str]:
+    fmt = ax.yaxis.get_minor_formatter() if minor else ax.yaxis.get_major_formatter()
+    locs = ax.yaxis.get_minorticklocs() if minor else ax.yaxis.get_majorticklocs()
+    inside = [v for v in locs if limits[0] <= v <= limits[1]]
+    return [t for t in (fmt(v, i) for i, v in enumerate(inside)) if t]
+
+  assert labels(minor=False) == majors
+  shown = labels(minor=True)
+  assert all(m in shown for m in minors) and not any("e" in t or "^" in t for t in shown)
+  if limits == (0.4, 30.0):
+    assert "3" not in shown and "7" not in shown

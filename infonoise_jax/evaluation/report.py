@@ -298,6 +298,24 @@ def _final(
   return float(np.mean(ended)), fewer
 
 
+def plain_log_ticks(axis) -> None:
+  """Labels a log-scale matplotlib axis (after its limits are set) with plain numbers (0.1, 8,
+  9) where matplotlib writes 10^-1 and 8x10^0. Minor ticks: every one labelled on an axis of
+  less than a decade (most curves: it may hold no decade tick), 2 and 5 on one of up to two
+  decades, none beyond."""
+  from matplotlib.ticker import FuncFormatter, NullFormatter
+
+  plain = FuncFormatter(lambda v, _: f"{v:g}")
+  axis.set_major_formatter(plain)
+  low, high = axis.get_view_interval()
+  if high < 10 * low:
+    axis.set_minor_formatter(plain)
+  elif high < 100 * low:
+    axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+  else:
+    axis.set_minor_formatter(NullFormatter())
+
+
 def curves_plot(
   curves, arms: Sequence[str], title: str, floor: float | None, batch: int, metric: str = "fd"
 ):
@@ -324,6 +342,7 @@ def curves_plot(
   if floor is not None:
     ax.axhline(floor, color="k", ls=":", lw=1.0, label="floor (real data)")
   ax.set_yscale("log")
+  plain_log_ticks(ax.yaxis)
   ax.set_xlabel("training images seen (thousands)")
   ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (lower is better)")
   ax.set_title(title)
