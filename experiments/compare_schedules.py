@@ -31,7 +31,10 @@ FID section per data kind to the report. `--state_dir` keeps each arm's training
 evaluation step (before its evaluations are written: a kill while evaluating loses no
 training, and the rerun writes the missing records first), so a rerun of the same command
 (after a kill, or a call that ended at `--stop_at` or `--time_limit`) trains on from there: a
-budget longer than one session or call is run in parts.
+budget longer than one session or call is run in parts. Compiled programs go to the persistent
+compilation cache of the config's `system.compilation_cache_dir` (as the trainer's; `--set=
+system.compilation_cache_dir=` turns it off), so such a later call on the same machine loads
+them instead of compiling again.
 If --out holds an arm's evaluations but --state_dir has no state for it (the machine that kept
 it went back), the rerun stops before any work instead of training from step 0 again
 (`--restart_lost_state` does that anyway).
@@ -78,6 +81,7 @@ from infonoise_jax.data.tokens import onehot_std
 from infonoise_jax.evaluation import fid, plots, report
 from infonoise_jax.evaluation.images import to_uint8
 from infonoise_jax.evaluation.sequence_eval import SequenceEvaluator
+from infonoise_jax.mesh import configure_compilation_cache
 from infonoise_jax.model_sampler import Sampler, sampler_config
 from infonoise_jax.models import unet_layers
 from infonoise_jax.schedules import has_profile, make_schedule
@@ -988,6 +992,12 @@ def main(argv=None) -> None:
   else:
     i, n = map(int, args.shard.split("/"))
     print(f"devices: {jax.devices()}", flush=True)
+    # The persistent compilation cache (system.* of the config, as the trainer's): a call that
+    # goes on from --state_dir loads the steps and samplers an earlier call compiled (each
+    # call's first 1,000 Fashion steps took ~80 s more than the next on an H100, RESULTS.md
+    # section 38, most of it compiling).
+    d, a, arm = groups(args)[0]
+    configure_compilation_cache(make_config(args, d, arm, a).system)
     for d in args.data.split(","):
       write_floor(args, d, path)
     for k, (d, a, arm) in enumerate(groups(args)):

@@ -90,3 +90,38 @@ def test_empty_folder_turns_the_cache_off(tmp_path):
   before = jax.config.jax_compilation_cache_dir
   main.configure_compilation_cache(system)
   assert jax.config.jax_compilation_cache_dir == before
+
+
+# The schedule-comparison harness, the same way: its programs' cache hits counted in-process.
+_HARNESS_DRIVER = (
+  _DRIVER.split("from absl import app")[0]
+  + """
+sys.path.insert(0, "experiments")
+import compare_schedules
+compare_schedules.main(sys.argv[1:])
+"""
+)
+
+
+def test_a_second_harness_process_loads_what_the_first_compiled(tmp_path):
+  """A chained call of experiments/compare_schedules.py (a budget run in parts) finds the
+  programs the first call compiled in `system.compilation_cache_dir`, given with --set."""
+  cache = tmp_path / "xla_cache"
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_COMPILATION"))}
+  env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+
+  def harness(out: str) -> int:
+    proc = subprocess.run(
+      [sys.executable, "-c", _HARNESS_DRIVER, f"--out={tmp_path / out}",
+       "--config=configs/test.py", "--steps=2", "--eval_every=2", "--num_samples=16",
+       "--seeds=0", "--arms=lognormal", f"--set=system.compilation_cache_dir={cache}"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return int([l for l in proc.stdout.splitlines() if l.startswith("CACHE_HITS")][-1].split()[1])
+
+  first = harness("first")  # an empty cache: compiled and written there (a program the run
+  written = sorted(p for p in cache.rglob("*") if p.is_file())  # builds twice hits the 2nd)
+  assert written
+  assert harness("second") > first  # the same programs, loaded
+  assert sorted(p for p in cache.rglob("*") if p.is_file()) == written  # nothing compiled anew
