@@ -67,6 +67,9 @@ OUT=${OUT:-$PWD/runs/evidence}
 WEIGHTS=${WEIGHTS:-$DATA/inception_int16.npz}
 SEEDS=${SEEDS:-0,1,2}
 CACHE=${INFONOISE_CACHE:-$HOME/.cache/infonoise_jax}
+# Compiled programs, kept beside the data: a chained call on a lent machine (which keeps the
+# checkout's ignored folders between calls, not necessarily $HOME) loads them, not compiles.
+XLA=(--set=system.compilation_cache_dir="$DATA/xla_cache")
 usage() { sed -n '5,9p' "$SELF" | sed 's/^# *//' >&2; exit 2; }
 fail() { echo "$*" >&2; exit 2; }
 need() { [ -e "$1" ] || fail "missing $1: $2"; }
@@ -79,7 +82,7 @@ FASHION=(--config=configs/default.py:fashion "--set=data.local_dir=$DATA/fm"
 compare_fashion() {
   local dir=$1
   shift
-  "$PY" experiments/compare_schedules.py --out="$dir" "${FASHION[@]}" --steps="$STEPS" \
+  "$PY" experiments/compare_schedules.py --out="$dir" "${FASHION[@]}" "${XLA[@]}" --steps="$STEPS" \
     --eval_every=1000 --num_samples=1000 --seeds="$SEEDS" --data="$KIND" --arms="$ARMS" "$@"
 }
 
@@ -131,7 +134,7 @@ case "$MODE" in
     shift
     steps_arg "${1:-}" && shift
     prepared "$path" "the $DOM data"
-    "$PY" experiments/compare_schedules.py --out="$OUT/$DOM" --config="configs/$DOM.py" \
+    "$PY" experiments/compare_schedules.py --out="$OUT/$DOM" --config="configs/$DOM.py" "${XLA[@]}" \
       --set=data.path="$path" --steps="$STEPS" --eval_every=1000 --num_samples=1024 \
       --seeds="$SEEDS" --data=native --arms="${ARMS:-lognormal,infonoise}" "$@"
     ;;

@@ -77,6 +77,8 @@ def test_steps_and_extra_arguments_reach_the_harness(tmp_path):
   a = argv("sequences", "dna", "--set=optim.lr=1e-4")
   assert "--steps=4000" in a and a[-1] == "--set=optim.lr=1e-4"
   assert "--steps=250" in argv("sequences", "dna", "250")
+  cache = f"--set=system.compilation_cache_dir={tmp_path / 'data' / 'xla_cache'}"
+  assert cache in a and cache in argv("fashion", "binarized", "infonoise")  # beside the data
   a = argv("fashion", "binarized", "infonoise", "--grid_steps=6,10")
   assert "--steps=5000" in a and "--save_steps=3000,4000,5000" in a and a[-1] == "--grid_steps=6,10"
   a = argv("fashion", "continuous", "lognormal", "3500", SAVE_STEPS="2000 3000 4000")
