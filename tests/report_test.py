@@ -351,5 +351,7 @@ def test_log_axes_are_labelled_with_plain_numbers(limits, majors, minors):
   assert labels(minor=False) == majors
   shown = labels(minor=True)
   assert all(m in shown for m in minors) and not any("e" in t or "^" in t for t in shown)
+  if not minors:
+    assert shown == []  # over two decades the minor ticks would crowd the axis
   if limits == (0.4, 30.0):
     assert "3" not in shown and "7" not in shown
