@@ -308,6 +308,9 @@ def test_end_of_budget_reading_from_the_slope_the_noise_and_the_seed_spread(tmp_
   assert rows["short"] == ["2 evaluations", "-", "-", "-", "-", "too few to fit |"]
   with pytest.raises(ValueError, match="at least 2 evaluations"):
     report.flattening_lines(curves, ["fast"], noise=0.05, window=1)
+  unmeasured = report.flattening_lines(curves, ["flat"], noise=None)  # no resampled evaluation
+  assert "metric noise: not measured, so none reads as flat" in unmeasured[0]
+  assert unmeasured[-1].endswith("| slowing: within the seed spread, falling |")
   # the report carries it for the metric and, over the last interval only, for Inception FID
   cfg = {"train": {"batch_size": 8}, "schedule": {"name": "lognormal"}}
   fid_lines = [

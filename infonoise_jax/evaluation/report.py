@@ -218,21 +218,28 @@ FLAT_WINDOW = 3  # the last evaluations an arm's end-of-budget slope is fitted t
 
 
 def flattening_lines(
-  curves, arms: Sequence[str], noise: float, why: str = "metric noise", window: int = FLAT_WINDOW
+  curves,
+  arms: Sequence[str],
+  noise: float | None,
+  why: str = "metric noise",
+  window: int = FLAT_WINDOW,
 ) -> list[str]:
   """Has each arm's curve flattened by the end of its budget? A least-squares line through the
   seed means at the last `window` evaluations that every seed has (runs cut short do not mix
   steps into it) gives the change per evaluation interval (and per 1,000 steps). The reading:
-  "flat" when that change is within the noise (`noise`, the tolerance the speedups use; 0
-  when unmeasured), "slowing" when it is within the seed spread (max - min over seeds at the
-  last of those steps) but not the noise, else "still improving" or "getting worse" (lower is
-  better). The last column counts the seeds whose value at the end is below their value at the
-  start of the fitted span."""
+  "flat" when that change is within the noise (`noise`, the tolerance the speedups use; None
+  when unmeasured: no arm reads as flat), "slowing" when it is within the seed spread (max -
+  min over seeds at the last of those steps) but not the noise, else "still improving" or
+  "getting worse" (lower is better). The last column counts the seeds whose value at the end
+  is below their value at the start of the fitted span."""
   if window < 2:
     raise ValueError(f"a slope needs at least 2 evaluations; got window={window}")
+  against = (
+    "not measured, so none reads as flat" if noise is None else f"{noise:.4g} (within it: flat)"
+  )
   lines = [
     f"End of budget: the seed-mean change per evaluation interval, fitted through the last "
-    f"{window} evaluations every seed has, against the {why}: {noise:.4g} (within it: flat), "
+    f"{window} evaluations every seed has, against the {why}: {against}, "
     f"and the seed spread at the last of them (within it: slowing):",
     "",
     "| arm | fitted steps | change per interval | per 1,000 steps | seed spread "
@@ -252,7 +259,7 @@ def flattening_lines(
     ends = at[span[-1]]
     spread = max(ends) - min(ends)
     lower = sum(end < start for end, start in zip(ends, at[span[0]], strict=True))
-    if abs(change) <= noise:
+    if noise is not None and abs(change) <= noise:
       reading = f"flat: within the {why}"
     elif abs(change) <= spread:
       reading = "slowing: within the seed spread, " + ("falling" if change < 0 else "rising")
@@ -456,8 +463,7 @@ def inception_section(
     md += ["", *speedup_lines(curves, baseline, [a for a in arms if a in curves], 0.0, why)]
   # scored at a few uneven steps: the last interval alone (a line through three points
   # would reach back over much of the budget)
-  why = "noise of one draw per model (not measured)"
-  md += ["", *flattening_lines(curves, main, 0.0, why, window=2)]
+  md += ["", *flattening_lines(curves, main, None, "noise of one draw per model", window=2)]
   others = sorted(set(curves) - set(main))  # the grid study's settings (<arm>@<setting>)
   if others:
     md += ["", "Inception FID of the grid study's settings:", "", table(curves, others)]
@@ -523,8 +529,7 @@ def write_report(
       md += ["", *speedup_lines(curves, base, arms, noise, tail=tail, found=found)]
       img = speedup_plot(found, base, f"{data}: speedup over {base}")
       plots.save_png(os.path.join(out, f"speedup_{data}.png"), img)
-    why = "metric noise" if measured else "metric noise (not measured)"
-    md += ["", *flattening_lines(curves, arms, noise, why)]
+    md += ["", *flattening_lines(curves, arms, noise if measured else None)]
     binarized = any(
       r["config"].get("data", {}).get("binarize", False)
       for r in records
