@@ -996,8 +996,8 @@ def main(argv=None) -> None:
     # goes on from --state_dir loads the steps and samplers an earlier call compiled (each
     # call's first 1,000 Fashion steps took ~80 s more than the next on an H100, RESULTS.md
     # section 38, most of it compiling).
-    d, a, arm = groups(args)[0]
-    configure_compilation_cache(make_config(args, d, arm, a).system)
+    first_data, first_arm, first = groups(args)[0]
+    configure_compilation_cache(make_config(args, first_data, first, first_arm).system)
     for d in args.data.split(","):
       write_floor(args, d, path)
     for k, (d, a, arm) in enumerate(groups(args)):

@@ -154,6 +154,7 @@ class _WindowLogger:
     self.loss_by_log_sigma = None  # the latest window's per-bin mean loss (for the plots)
     self.history: list[tuple[int, np.ndarray]] = []  # (step, schedule curve) per window
     self._history_curve = run.history_curve
+    self.unit = metrics.example_unit(run.source.encoding)  # img, or seq for DNA and text
     self._checkpoint_seconds: dict[int, float] = {}
 
   def add(self, step_metrics: dict) -> None:
@@ -214,7 +215,7 @@ class _WindowLogger:
       "%.1f s spent in checkpoint saves, included.",
       total["steps"],
       format(rate * self.run.config.train.batch_size, ",.0f"),
-      metrics.example_unit(self.run.source.encoding),
+      self.unit,
       rate,
       self.progress.excluded_seconds(),
       self.checkpoint_total,
@@ -242,8 +243,8 @@ class _WindowLogger:
     self.loss_by_log_sigma = (edges, host[metrics.BINNED_LOSS])
     self.history.append((step, host[HISTORY]))
     if jax.process_index() == 0:
-      unit = metrics.example_unit(self.run.source.encoding)
-      logging.info(metrics.format_progress(step, self.run.config.train.num_steps, scalars, unit))
+      step_line = metrics.format_progress(step, self.run.config.train.num_steps, scalars, self.unit)
+      logging.info(step_line)
 
 
 def data_workers(config: ml_collections.ConfigDict, source) -> int:

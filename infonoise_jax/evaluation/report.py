@@ -313,14 +313,11 @@ def plain_log_ticks(axis) -> None:
   from matplotlib.ticker import FuncFormatter, NullFormatter
 
   plain = FuncFormatter(lambda v, _: f"{v:g}")
+  two_five = FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else "")
   axis.set_major_formatter(plain)
   low, high = axis.get_view_interval()
-  if high < 10 * low:
-    axis.set_minor_formatter(plain)
-  elif high < 100 * low:
-    axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
-  else:
-    axis.set_minor_formatter(NullFormatter())
+  decades = np.log10(high / low)
+  axis.set_minor_formatter(plain if decades < 1 else two_five if decades < 2 else NullFormatter())
 
 
 def curves_plot(
