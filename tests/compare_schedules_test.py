@@ -4,6 +4,7 @@ Checks the vmapped multi-run step against the single-run trainer, the curves / t
 speedup outputs, and that a resumed harness appends only the missing evaluations.
 """
 
+import contextlib
 import itertools
 import json
 import os
@@ -12,6 +13,7 @@ import types
 from unittest import mock
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -240,6 +242,63 @@ def test_time_limit_estimates_the_next_stretch_without_the_compile():
   assert compare_schedules.next_stretch([80.0]) == 80.0
   assert compare_schedules.next_stretch([80.0, 42.0]) == 42.0
   assert compare_schedules.next_stretch([80.0, 42.0, 58.0, 41.0]) == 58.0
+
+
+def test_compile_seconds_counts_xla_compiles_inside_the_block_only():
+  """compile_seconds adds up the seconds JAX reports for XLA compiles (the event the harness
+  subtracts from a stretch): a new function's first call adds to it, a second call of the
+  compiled function adds nothing, and a compile after the block is not counted."""
+  with compare_schedules.compile_seconds() as compiled:
+    f = jax.jit(lambda x: jnp.tanh(x) * 3.0 + x)  # a new function: compiles on its first call
+    f(jnp.ones(7)).block_until_ready()
+    first = compiled[0]
+    f(jnp.ones(7)).block_until_ready()
+    assert compiled[0] == first
+  assert first > 0
+  jax.jit(lambda x: x - 5.0)(jnp.ones(3)).block_until_ready()
+  assert compiled[0] == first
+
+
+@contextlib.contextmanager
+def _compiles_in_first_stretch(seconds: float):
+  """A stand-in for compile_seconds: nothing compiled when the loop starts, `seconds` by the
+  end of the first stretch, nothing after."""
+  reads = itertools.chain([0.0], itertools.repeat(seconds))
+  yield _Reads(reads)
+
+
+class _Reads:
+  """Reads as compile_seconds' list does (`compiled[0]`), each read the next value."""
+
+  def __init__(self, reads):
+    self.reads = reads
+
+  def __getitem__(self, i):
+    return next(self.reads)
+
+
+def test_time_limit_leaves_the_first_stretchs_compiles_out(tmp_path, monkeypatch, capsys):
+  """The first stretch of a call holds the compiles, which no later stretch repeats (on an
+  H100 without a cache, binarized Fashion's first stretch took 259 s, later ones 115-130 s):
+  --time_limit leaves them out of its estimate, so a call goes on where the whole stretch
+  would have stopped it.
+  Fake clock as below (10 s a reading; the first stretch reads 40 s, the decision at 1060):
+  with a deadline of 1085, 0 s of compile stops at step 2 (1060 + 40 past it), 30 s does not
+  (1060 + 10)."""
+  for compiled, stops in [(0.0, True), (30.0, False)]:
+    out = tmp_path / f"c{compiled:.0f}"
+    part = [*_args(str(out)), "--arms=infonoise", f"--state_dir={out / 'state'}"]
+    clock = itertools.count(1000, 10)
+    monkeypatch.setattr(compare_schedules, "time", types.SimpleNamespace(time=clock.__next__))
+    monkeypatch.setattr(
+      compare_schedules, "compile_seconds", lambda c=compiled: _compiles_in_first_stretch(c)
+    )
+    capsys.readouterr()
+    compare_schedules.main([*part, "--time_limit=1", "--deadline=1085"])
+    said = capsys.readouterr().out
+    assert ("stopped at step 2 of 4" in said) == stops, said[-400:]
+    assert {r["step"] for r in _evals(str(out))} == ({2} if stops else {2, 4})
+    monkeypatch.undo()
 
 
 def test_workers_get_the_parents_time_limit_deadline(tmp_path, monkeypatch):
@@ -678,6 +737,7 @@ def test_time_limit_stops_at_a_kept_step_and_the_rerun_goes_on(tmp_path, monkeyp
   part = [*_args(parts), "--arms=infonoise", f"--state_dir={tmp_path / 'state'}"]
   clock = itertools.count(1000, 10)
   monkeypatch.setattr(compare_schedules, "time", types.SimpleNamespace(time=lambda: next(clock)))
+  monkeypatch.setattr(compare_schedules, "compile_seconds", lambda: _compiles_in_first_stretch(0))
   capsys.readouterr()
   compare_schedules.main([*part, "--time_limit=1", "--deadline=900"])  # past: nothing starts
   assert "not started, --time_limit reached" in capsys.readouterr().out
