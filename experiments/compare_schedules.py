@@ -611,9 +611,9 @@ def compile_seconds():
   block: a one-element list that grows. --time_limit leaves them out of each stretch: the
   first stretch of a call holds the train step's and the samplers' compiles, which no later
   stretch repeats, and an estimate that keeps them stops a call stretches early (binarized
-  Fashion on an H100 without a cache: 259 s against 115-130 s for later stretches). Backend compiles never nest,
-  so none is counted twice; a JAX that stops emitting the event leaves the estimate as
-  cautious as before (nothing subtracted)."""
+  Fashion on an H100 without a cache: 259 s against 115-130 s for later stretches). Backend
+  compiles never nest, so none is counted twice; a JAX that stops emitting the event leaves
+  the estimate as cautious as before (nothing subtracted)."""
   total = [0.0]
 
   def on_duration(event: str, duration: float, **kwargs) -> None:

@@ -887,7 +887,16 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
     log.summary()
     ckpt.wait()  # the final checkpoint is on disk before "Finished" is printed
     if step == num_steps:
-      diagnostics.write_final(run, state, writer, workdir, step, log)
+      try:
+        diagnostics.write_final(run, state, writer, workdir, step, log)
+      except Exception:
+        # A SIGTERM while the final samples are drawn (a job's time limit, a preemption)
+        # reaches the compiler's subprocesses too, and the sampler's compile fails: the
+        # checkpoint is saved, so stop as a preemption and let the rerun write the outputs
+        # (_final_outputs_missing) instead of failing with the compiler's error.
+        if one and preempted.is_set():
+          raise checkpointing.StoppedOutsideLoop() from None
+        raise
   except metrics.NonFiniteError as e:
     raise _save_pending_before(run, ckpt, log, pending, e) from None
   finally:

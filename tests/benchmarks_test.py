@@ -123,6 +123,30 @@ def test_trainer_bench_reports_a_run_stopped_by_a_time_limit(tmp_path, monkeypat
   assert re.search(r"; before the trainer: [\d,]+\)", out) and "after the trainer" not in out
 
 
+def test_trainer_bench_reports_a_run_stopped_while_drawing_its_final_samples(
+  tmp_path, monkeypatch, capsys
+):
+  """A SIGTERM after the steps, while the final samples are drawn (an H100 call lost a whole
+  trainer table to it): the benchmark still reports every window, as a stop at the last step."""
+  import signal
+
+  from infonoise_jax import diagnostics
+
+  def killed(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    raise RuntimeError("INTERNAL: ptxas exited with non-zero error code 15")
+
+  monkeypatch.setattr(diagnostics, "write_final", killed)
+  config = os.path.join(ROOT, "configs", "test.py")
+  argv = [f"--config={config}", "--steps=8", "--iters=2", "--repeats=2", "--windows"]
+  monkeypatch.setattr(sys, "argv", ["trainer_bench.py", *argv, f"--workdir={tmp_path / 'w'}"])
+  trainer_bench.main()
+  out = capsys.readouterr().out
+  assert "stopped at step 8 of 8 by a stop signal" in out
+  windows = [int(m) for m in re.findall(r"^\| (\d+) \| ", out, re.M)]
+  assert windows and windows[-1] == 8
+
+
 def test_trainer_bench_times_every_step_call_variant_in_interleaved_rounds(tmp_path):
   from infonoise_jax import metrics, train
 

@@ -452,6 +452,41 @@ def test_a_run_stopped_while_writing_its_final_outputs_writes_them_on_the_rerun(
   assert _snapshot(workdir) == before
 
 
+def test_a_sigterm_that_breaks_the_final_samples_stops_as_a_preemption(tmp_path, monkeypatch):
+  """SIGTERM while the final samples are drawn reaches the compiler's subprocesses as well
+  (a job's time limit signals the whole process group; seen on an H100: "ptxas exited with
+  non-zero error code 15"), so drawing them fails: the run stops as a preemption (exit 75, the
+  final checkpoint saved), not with the compiler's error, and the requeued command writes the
+  final outputs. The same failure without a SIGTERM is still an error."""
+  import os
+  import signal
+
+  from infonoise_jax import diagnostics
+
+  real = diagnostics.write_final
+
+  def killed(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    raise RuntimeError("INTERNAL: ptxas exited with non-zero error code 15")
+
+  workdir = tmp_path / "run"
+  monkeypatch.setattr(diagnostics, "write_final", killed)
+  with pytest.raises(checkpointing.StoppedOutsideLoop):
+    train.train_and_evaluate(_config(**{"train.num_steps": 4}), str(workdir))
+  assert checkpointing.saved_steps(str(workdir))[-1] == 4
+  assert not (workdir / "samples.npz").exists()
+  monkeypatch.setattr(diagnostics, "write_final", real)
+  train.train_and_evaluate(_config(**{"train.num_steps": 4}), str(workdir))
+  assert (workdir / "samples.npz").exists()
+
+  def broken(*args, **kwargs):
+    raise RuntimeError("a sampler that fails on its own")
+
+  monkeypatch.setattr(diagnostics, "write_final", broken)
+  with pytest.raises(RuntimeError, match="fails on its own"):
+    train.train_and_evaluate(_config(**{"train.num_steps": 4}), str(tmp_path / "other"))
+
+
 def test_a_resume_from_an_older_checkpoint_logs_no_step_twice(tmp_path):
   """An attempt killed after logging steps past its last checkpoint (here: the newest
   checkpoint removed) is resumed from the older one: TensorBoard must show each step once, in

@@ -219,13 +219,17 @@ def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
 def trainer(config, workdir: str) -> dict:
   """Runs the trainer; its window throughput from its TensorBoard scalars. A stop signal
   (a time limit's SIGTERM) ends it as a preemption does: the windows it finished are still
-  read, and `stopped_at` says at which step it saved and stopped (None: it ran to the end)."""
+  read, and `stopped_at` says at which step it saved and stopped (None: it ran to the end).
+  One that lands after the steps, while the final samples are drawn, stops it outside the
+  loop: its stop step is the newest checkpoint's, every window is there."""
   t = time.perf_counter()
   stopped_at = None
   try:
     train.train_and_evaluate(config, workdir)
   except checkpointing.Preempted as e:
     stopped_at = e.step
+  except checkpointing.StoppedOutsideLoop:
+    stopped_at = (checkpointing.saved_steps(workdir) or [0])[-1]
   wall = time.perf_counter() - t
   s = read_scalars(os.path.join(workdir, "tensorboard"))
   if not s.get("perf/window_seconds"):
