@@ -889,14 +889,15 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
     if step == num_steps:
       try:
         diagnostics.write_final(run, state, writer, workdir, step, log)
-      except Exception:
+      except Exception as e:
         # A SIGTERM while the final samples are drawn (a job's time limit, a preemption)
         # reaches the compiler's subprocesses too, and the sampler's compile fails: the
         # checkpoint is saved, so stop as a preemption and let the rerun write the outputs
         # (_final_outputs_missing) instead of failing with the compiler's error.
-        if one and preempted.is_set():
-          raise checkpointing.StoppedOutsideLoop() from None
-        raise
+        if not (one and preempted.is_set()):
+          raise
+        logging.warning("the final samples failed after a SIGTERM, left to the rerun: %s", e)
+        raise checkpointing.StoppedOutsideLoop() from None
   except metrics.NonFiniteError as e:
     raise _save_pending_before(run, ckpt, log, pending, e) from None
   finally:
