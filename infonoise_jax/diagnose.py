@@ -332,15 +332,19 @@ def diagnose(
 def _from_workdir(workdir: str, params: str, overrides=()):
   """(config, (model, params), (schedule, state), step, source) of a run; `overrides` move its data
   (DATA_LOCATION_KEYS), checked to load before the checkpoint is restored."""
-  from infonoise_jax import restore
+  from infonoise_jax import restore, resume
 
   config = restore.load_config(workdir, overrides)
-  source = load_source(config)  # the data is there (and readable) before the weights
-  restore.check_data_shape(workdir, config, source.shape, restore.saved_data_shape(workdir))
+  step = restore.check_step(workdir)
+  meta = restore.saved_meta(workdir, step)
+  # the data is there, readable, of the run's vocabulary and shape, before the weights
+  source = resume.source_on_saved_vocabulary(config, meta.get("vocab"), workdir, step)
+  restore.check_data_shape(workdir, config, source.shape, meta["data_shape"])
   run = restore.restore_run(workdir, devices=jax.devices()[:1])
   chosen = run.state.ema_params if params == "ema" else run.state.params
   for key in DATA_PATH_KEYS:  # where the data lies now, made absolute by load_config
     run.config.data[key] = config.data[key]
+  run.config.data.vocab = config.data.vocab  # the checkpoint's, if the files lost letters
   trained = (run.model, chosen)
   return run.config, trained, (run.schedule, run.state.schedule_state), run.step, source
 

@@ -32,7 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from infonoise_jax import checkpointing, cli, restore, resume, solvers
+from infonoise_jax import cli, restore, resume, solvers
 from infonoise_jax.data import load_source
 from infonoise_jax.data.sources import data_location_items
 from infonoise_jax.evaluation import fid, inception, model_fid, sequence_eval
@@ -70,7 +70,7 @@ def evaluate(
   solvers.check_grid(config, grid)  # before loading weights or restoring
   run_config = sampler_config(config, grid, num_steps, method, overrides)
   solvers.validate_sampler_config(run_config)
-  meta = _saved_meta(workdir, step)  # the checkpoint and step, before the weights
+  meta = restore.saved_meta(workdir, step)  # the checkpoint and step, before the weights
   if meta.get("vocab"):  # token data: its domain metrics, not FID
     _refuse_fid_flags(config, ref_stats, weights)
     args = (workdir, num, seed_sets, grid, num_steps, step, batch, devices, report, method)
@@ -151,7 +151,7 @@ def evaluate_tokens(
   run_config = sampler_config(config, grid, num_steps, method, overrides)
   solvers.validate_sampler_config(run_config)
   step = restore.check_step(workdir, step)
-  vocab = _saved_meta(workdir, step).get("vocab")
+  vocab = restore.saved_meta(workdir, step).get("vocab")
   if not vocab:
     raise ValueError(
       f"{workdir} (data.name={config.data.name!r}) is not a token run: its checkpoint at step "
@@ -159,14 +159,7 @@ def evaluate_tokens(
     )
   data = config.copy_and_resolve_references()  # the run's data files, as it trained on them
   data.data.split, data.train.eval_num_samples = "train", num
-  source = load_source(data)  # a missing file: the loader's error, before any sampling
-  derived = source.encoding.vocab if source.encoding else ""
-  if not data.data.vocab and derived != vocab and set(derived) < set(vocab):
-    # files that lost letters of the checkpoint's derived vocabulary (train.py: resumes pin
-    # it the same way): scored on the checkpoint's vocabulary, the ids keep their meaning
-    data.data.vocab = vocab
-    source = load_source(data)
-  _check_vocabulary(data, source, vocab, workdir, step)
+  source = resume.source_on_saved_vocabulary(data, vocab, workdir, step)
   _check_held_out(data, num)
   evaluator = sequence_eval.SequenceEvaluator(data, source)  # DNA: trains or loads its classifier
   primary, floor = evaluator.primary, _floats(evaluator.floor())
@@ -216,16 +209,6 @@ def _check_counts(num: int, seed_sets: int) -> None:
     raise ValueError(f"--num: FID and the domain metrics need at least 2 samples, got {num}")
 
 
-def _saved_meta(workdir: str, step: int | None) -> dict:
-  """The metadata saved with the checkpoint at `step` (latest if None), no state read."""
-  step = restore.check_step(workdir, step)
-  ckpt = checkpointing.Checkpointer(workdir, 1, create=False)
-  try:
-    return ckpt.restore_meta(step)
-  finally:
-    ckpt.close()
-
-
 def _refuse_fid_flags(config: ml_collections.ConfigDict, ref_stats, weights) -> None:
   given = [flag for flag, v in (("--ref_stats", ref_stats), ("--weights", weights)) if v]
   if given:
@@ -234,20 +217,6 @@ def _refuse_fid_flags(config: ml_collections.ConfigDict, ref_stats, weights) -> 
       f"{config.data.name!r}), scored with its domain metrics against held-out windows (no "
       f"Inception network or reference statistics); leave {' and '.join(given)} out"
     )
-
-
-def _check_vocabulary(data, source, vocab: str, workdir: str, step: int) -> None:
-  """The data files must give the checkpoint's vocabulary, or token ids change meaning."""
-  new, d = source.encoding.vocab if source.encoding else "", data.data
-  if new == vocab:
-    return
-  what = resume.vocabulary_difference(vocab, new)
-  raise ValueError(
-    f"{workdir} at step {step} was trained on the {len(vocab)}-symbol vocabulary {vocab!r}, "
-    f"but data.name={d.name!r} with data.path={d.path!r} and data.vocab={d.vocab!r} (its "
-    f"config.json) now gives {len(new)} symbols {new!r} ({what}), so token ids would change "
-    "meaning. Point config.json's data.path at the data the run was trained on"
-  )
 
 
 def _check_held_out(data: ml_collections.ConfigDict, num: int) -> None:

@@ -114,15 +114,19 @@ def check_step(workdir: str, step: int | None = None) -> int:
   return step
 
 
-def saved_data_shape(workdir: str, step: int | None = None) -> tuple[int, ...]:
-  """One example's shape, from the metadata saved with the checkpoint (no state is read)."""
+def saved_meta(workdir: str, step: int | None = None) -> dict:
+  """The metadata saved with the checkpoint at `step` (latest if None); no state is read."""
   step = check_step(workdir, step)
   ckpt = Checkpointer(workdir, 1, create=False)
   try:
-    meta = ckpt.restore_meta(step)
+    return ckpt.restore_meta(step)
   finally:
     ckpt.close()
-  return tuple(int(d) for d in meta["data_shape"])
+
+
+def saved_data_shape(workdir: str, step: int | None = None) -> tuple[int, ...]:
+  """One example's shape, from the metadata saved with the checkpoint (no state is read)."""
+  return tuple(int(d) for d in saved_meta(workdir, step)["data_shape"])
 
 
 def check_data_shape(workdir: str, config, shape, saved) -> None:

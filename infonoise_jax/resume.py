@@ -203,6 +203,34 @@ def check_same_vocabulary(config, source, workdir: str, step: int, meta: dict) -
   )
 
 
+def source_on_saved_vocabulary(config, vocab: str | None, workdir: str, step: int):
+  """The data source a trained run's command (evaluate, diagnose) reads, on the vocabulary the
+  checkpoint at `step` was trained on (`vocab`, from its metadata; None: not token data).
+  Files that lost letters of a derived vocabulary are read on the checkpoint's (pinned in
+  `config.data.vocab`, as a resume pins it): the ids keep their meaning. Files giving other
+  letters are refused: every id would mean another symbol, and the metrics or the profile
+  would be computed on scrambled data without a word."""
+  from infonoise_jax.data import load_source
+
+  source = load_source(config)  # a missing file: the loader's error, before any restore
+  if not vocab:
+    return source
+  derived = source.encoding.vocab if source.encoding else ""
+  if not config.data.vocab and derived != vocab and set(derived) < set(vocab):
+    config.data.vocab = vocab
+    source = load_source(config)
+  new, d = source.encoding.vocab if source.encoding else "", config.data
+  if new != vocab:
+    raise ValueError(
+      f"{workdir} at step {step} was trained on the {len(vocab)}-symbol vocabulary {vocab!r}, "
+      f"but data.name={d.name!r} with data.path={d.path!r} and data.vocab={d.vocab!r} gives "
+      f"{len(new)} symbols {new!r} ({vocabulary_difference(vocab, new)}), so token ids would "
+      "change meaning. Point --set data.path at the data the run was trained on (where it "
+      "lies now)"
+    )
+  return source
+
+
 def check_same_shape(config, source, workdir: str, step: int, meta: dict) -> None:
   """The files must give examples of the shape the checkpoint was trained on (data.path may
   change on a resume; other files can hold images of another size or channel count). Checked

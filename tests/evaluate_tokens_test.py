@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from infonoise_jax import evaluate, restore, sample, train
+from infonoise_jax import diagnose, evaluate, restore, sample, train
 from infonoise_jax.data import load_source
 from infonoise_jax.evaluation.sequence_eval import SequenceEvaluator
 from infonoise_jax.validation import load_config_file
@@ -122,7 +122,7 @@ def test_missing_data_or_too_few_held_out_windows_are_refused_before_sampling(
     evaluate.evaluate(dna_run, num=21)
 
 
-def test_data_giving_another_vocabulary_is_refused_before_sampling(tmp_path, monkeypatch):
+def test_data_giving_another_vocabulary_is_refused_before_sampling(tmp_path, monkeypatch, capsys):
   rng = np.random.default_rng(0)
   text = tmp_path / "text.txt"
   text.write_text("".join(rng.choice(list("abcdefg "), 2000)))
@@ -133,6 +133,15 @@ def test_data_giving_another_vocabulary_is_refused_before_sampling(tmp_path, mon
   want = r"vocabulary ' abcdefg', .* 11 symbols ' abcdefgxyz' \(.*only in the new: 'xyz'\)"
   with pytest.raises(ValueError, match=want):
     evaluate.evaluate(workdir, num=N)
+  # diagnose reads the data the same way: other letters are refused before the restore, also
+  # when there are as many of them (every id would mean another symbol: same shapes, no error)
+  flags = [f"--workdir={workdir}", "--schedules=lognormal", "--num_heldout=8", "--grid_points=8"]
+  swapped = tmp_path / "swapped.txt"
+  swapped.write_text(text.read_text()[4:].translate(str.maketrans("abcdefg", "hijklmn")))
+  for data, says in [(text, "only in the new: 'xyz'"), (swapped, "8 symbols ' hijklmn'")]:
+    with pytest.raises(SystemExit):
+      diagnose.main([*flags, f"--out={tmp_path / 'd'}", "--set", f"data.path={data}"])
+    assert says in capsys.readouterr().err
   # files that only lost letters (as text did a byte-order mark) are scored on the
   # checkpoint's vocabulary, as a resume pins it
   monkeypatch.undo()
@@ -140,6 +149,8 @@ def test_data_giving_another_vocabulary_is_refused_before_sampling(tmp_path, mon
   result = evaluate.evaluate(workdir, num=6, seed_sets=1)  # 12 held-out windows
   assert result["num_samples"] == 6 and result["data"] == "text"
   assert np.isfinite(result["primary_mean"])
+  diagnose.main([*flags, f"--out={tmp_path / 'd'}"])
+  assert (tmp_path / "d" / "diagnose.md").exists()
 
 
 def test_num_defaults_to_the_runs_eval_num_samples(dna_run):
