@@ -286,6 +286,13 @@ def diagnose(
       file=sys.stderr,
       flush=True,
     )
+  if prior == "empirical" and min(num_points, source.num_examples) < 2:
+    raise ValueError(
+      f"--prior=empirical with {min(num_points, source.num_examples)} data point: a one-point "
+      "prior denoises every noisy example back to that point exactly, so every error is 0 and "
+      f"there is no profile (data.name={config.data.name!r} gives {source.num_examples} "
+      f"examples, --num_points={num_points}); give it at least 2 points"
+    )
   denoise = make_denoiser(config, source, prior, num_points, trained)
   if prior == "empirical":  # the prior's own points (module docstring)
     n = min(num_points, source.num_examples)
@@ -298,6 +305,14 @@ def diagnose(
   sigma_G = np.exp(log_sigma_G)
   densities = schedule_densities(config, schedules, log_sigma_G, run_state)
   m_G = error_profile(denoise, x0, sigma_G, config.seed, batch)
+  finite = np.all(np.isfinite(m_G))
+  if not finite or m_G.max() <= 1e-9 * config.edm.sigma_data**2:  # 0 up to float rounding
+    raise ValueError(
+      f"the {prior} denoiser's errors on {len(x0)} examples are "
+      f"{'not finite' if not finite else f'0 at every sigma (at most {m_G.max():.2g})'}, so "
+      "there is no profile to compare schedules against (identical examples give 0 with "
+      "--prior=empirical; a diverged run gives NaN with --workdir)"
+    )
   q_G = m_G / sigma_G**2
   threshold = config.schedule.infonoise.onset_threshold
   pivot = gate_pivot(log_sigma_G, q_G, gate, threshold)

@@ -119,6 +119,22 @@ def test_empirical_prior_is_evaluated_on_its_own_points(tmp_path):
   assert r["mmse"][-1] == pytest.approx(np.var(x, axis=0).mean(), rel=0.3)
 
 
+def test_data_without_a_profile_is_refused_not_printed_as_nan(tmp_path):
+  """A one-point empirical prior recovers every noisy example exactly, and so does a data set
+  of identical examples: every error is 0 and the normalised profile would be 0/0 (it printed
+  NaN mismatches with exit 0). Refused, the first before the denoiser is built, saying why."""
+  c = mixture_config()
+  with pytest.raises(ValueError, match=r"1 data point: a one-point prior .* at least 2 points"):
+    diagnose.diagnose(c, str(tmp_path / "a"), ["lognormal"], "empirical", num_points=1)
+  same = np.repeat(np.random.default_rng(0).integers(0, 256, (1, 8, 8), np.uint8), 16, axis=0)
+  np.save(tmp_path / "same.npy", same)
+  c = load_config_file(TEST_CONFIG)
+  c.data.name, c.data.path = "images", str(tmp_path / "same.npy")
+  with pytest.raises(ValueError, match="errors on 16 examples are 0 at every sigma"):
+    diagnose.diagnose(c, str(tmp_path / "b"), ["lognormal"], "empirical", grid_points=8)
+  assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_schedule_rows_say_which_law_they_show():
   """An adaptive schedule named in --schedules has no trained state: its row is its initial
   law and says so (InfoNoise's is its warm-up base, the log-normal); the run's own row names
