@@ -204,6 +204,18 @@ def validate_sampler_config(config: ml_collections.ConfigDict) -> None:
       "(--config.sampler.s_churn=40 when training, --set sampler.s_churn=40 for the sample "
       "and evaluate commands)."
     )
+  key = ("churn", s.name, 1)
+  if s.name != "stochastic" and s.s_churn > 0 and key not in _warned:
+    _warned.add(key)
+    logger.warning(
+      "sampler.s_churn=%g has no effect with sampler.name=%r: only sampler.name='stochastic' "
+      "(EDM's Algorithm 2) adds churn, so these samples are %s's, the same as with s_churn=0. "
+      "Use --method=stochastic for the sample and evaluate commands "
+      "(--config.sampler.name=stochastic when training), or leave s_churn at 0.",
+      s.s_churn,
+      s.name,
+      s.name,
+    )
 
 
 def check_grid(config: ml_collections.ConfigDict, grid: str | None = None) -> None:

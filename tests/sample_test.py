@@ -186,6 +186,15 @@ def test_stochastic_sampler_takes_churn_from_set_and_warns_without_it(trained, t
     overrides=["sampler.s_churn=40", "sampler.s_tmin=0.05", "sampler.s_tmax=50"],
   )
   assert np.abs(churned - heun).max() > 1e-3
+  # churn without the stochastic method has no effect: said, not silently ignored
+  solvers._warned.discard(("churn", "heun", 1))
+  caplog.clear()
+  with caplog.at_level("WARNING", logger=solvers.__name__):
+    ignored = draw(
+      "ignored", method="heun", num_steps=6, grid="karras", overrides=["sampler.s_churn=40"]
+    )
+  assert "sampler.s_churn=40 has no effect with sampler.name='heun'" in caplog.text
+  np.testing.assert_array_equal(ignored, heun)
 
 
 def test_set_changes_sampler_keys_only_before_anything_is_restored(trained, tmp_path, monkeypatch):
