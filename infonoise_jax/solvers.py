@@ -204,6 +204,14 @@ def validate_sampler_config(config: ml_collections.ConfigDict) -> None:
       "(--config.sampler.s_churn=40 when training, --set sampler.s_churn=40 for the sample "
       "and evaluate commands)."
     )
+  if s.num_steps == 1 and ("one step", s.name, 1) not in _warned:
+    _warned.add(("one step", s.name, 1))
+    logger.warning(
+      "sampler.num_steps=1: one step from sigma_max=%g straight to sigma=0 returns the "
+      "denoiser's output at sigma_max, which is close to the mean of the data, not a sample. "
+      "EDM samples with 18 steps (35 network evaluations); a few steps already give samples.",
+      config.edm.sigma_max,
+    )
   key = ("churn", s.name, 1)
   if s.name != "stochastic" and s.s_churn > 0 and key not in _warned:
     _warned.add(key)

@@ -316,6 +316,24 @@ def test_make_sigmas_rejects_invalid_settings_naming_the_key(override, key):
     solvers.make_sigmas(_config(**override))
 
 
+def test_one_step_and_churn_without_its_method_are_said(caplog):
+  """Settings that run but do not do what they seem: one step from sigma_max to 0 gives the
+  denoiser's output there (about the data mean), a churn without the stochastic method has no
+  effect. Each is warned once; the defaults warn of neither."""
+  for key in [("one step", "heun", 1), ("churn", "heun", 1)]:
+    solvers._warned.discard(key)
+  with caplog.at_level("WARNING", logger=solvers.__name__):
+    solvers.validate_sampler_config(_config())
+    assert caplog.text == ""
+    solvers.validate_sampler_config(_config(num_steps=1))
+    assert "sampler.num_steps=1: one step from sigma_max=80" in caplog.text
+    solvers.validate_sampler_config(_config(s_churn=40.0))
+    assert "sampler.s_churn=40 has no effect with sampler.name='heun'" in caplog.text
+    caplog.clear()
+    solvers.validate_sampler_config(_config(s_churn=40.0, name="stochastic"))
+    assert caplog.text == ""
+
+
 def test_make_sigmas_rejects_bad_edm_range():
   c = _config()
   c.edm.sigma_max = c.edm.sigma_min / 2
