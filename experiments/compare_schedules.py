@@ -695,6 +695,36 @@ def write_floor(args, data: str, path: str) -> None:
   report.append_record(path, {"kind": "floor", "data": data, "floor_hash": key, **rec})
 
 
+def data_problem(args, data: str) -> str | None:
+  """Why `data` cannot be trained on and scored as this command asks, or None: its files load,
+  images give the Frechet distance the 2 examples a covariance needs, and token data has the
+  2 x --num_samples held-out windows its metric and floor take (sequence_eval.held_out)."""
+  config = make_config(args, data, {})
+  d = config.data
+  try:
+    n = load_source(config).num_examples
+    if d.name in TOKEN_NAMES:
+      test = config.copy_and_resolve_references()
+      test.data.split = "test"
+      have = load_source(test).num_examples
+  except (OSError, ValueError) as e:
+    return f"--data={data}: {e}"
+  if d.name in TOKEN_NAMES and have < 2 * args.num_samples:
+    k = args.num_samples
+    return (
+      f"--num_samples={k}: scoring token data needs 2 x {k} held-out windows ({k} to score the "
+      f"samples against, {k} others for the floor), but data.name={d.name!r} with data.path="
+      f"{d.path!r} gives {have} (data.val_fraction={d.val_fraction}); use --num_samples="
+      f"{have // 2} or fewer, or more data"
+    )
+  if d.name not in TOKEN_NAMES and n < 2:
+    return (
+      f"--data={data}: data.name={d.name!r} gives {n} example; the Frechet distance that scores "
+      "the samples needs at least 2 real ones (a mean and a covariance)"
+    )
+  return None
+
+
 def groups(args) -> list[tuple[str, str, dict]]:
   arms = parse_arms(args.arms, args.arm)
   return [(d, a, arms[a]) for d in args.data.split(",") for a in arms]
@@ -900,6 +930,18 @@ def parse(argv=None) -> argparse.Namespace:
         f"--data={d}: {args.config} trains token data (data.name={name!r}), which is neither "
         "continuous nor binarized images; use --data=native"
       )
+  if args.report_only:
+    if not os.path.exists(os.path.join(args.out, "results.jsonl")):
+      p.error(
+        f"--report_only: {os.path.join(args.out, 'results.jsonl')} does not exist, so there is "
+        "nothing to report; run the comparison first (the same command without --report_only) "
+        "or point --out at the folder that holds its results.jsonl"
+      )
+  else:  # the data is there and can be scored, before any compile (not needed for a report)
+    for d in dict.fromkeys(d for d, _, _ in gs):
+      problem = data_problem(args, d)
+      if problem:
+        p.error(problem)
   for d, a, arm in gs:  # every arm's whole config is valid before the first arm trains
     try:
       check_arm_config(make_config(args, d, arm, a))

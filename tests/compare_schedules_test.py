@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import sys
 import types
 from unittest import mock
@@ -528,6 +529,37 @@ def test_grid_study_and_final_samples_are_recorded_once(tmp_path):
   with open(os.path.join(out, "results.jsonl")) as f:
     assert sum(json.loads(line)["kind"] == "grid" for line in f) == len(grid)
   assert os.path.getmtime(grid_file) == mtime
+
+
+def test_data_that_cannot_be_scored_is_refused_in_parse(tmp_path, capsys):
+  """Before any compile, in one line: missing files, one image (the Frechet distance needs a
+  covariance), token data with fewer than 2 x --num_samples held-out windows (it named
+  train.eval_num_samples in a traceback after start-up), and --report_only on a folder that
+  holds no results.jsonl (it made the folder and blamed the arguments)."""
+  one = tmp_path / "one"
+  one.mkdir()
+  from PIL import Image
+
+  Image.fromarray(np.arange(0, 256, 4, dtype=np.uint8).reshape(8, 8)).save(one / "a.png")
+  text = tmp_path / "t.txt"
+  text.write_text("".join(np.random.default_rng(0).choice(list("abcd "), 2000)))  # 12 held out
+  images = [f"--config={TEST_CONFIG}", "--data=continuous", "--set=data.name=images"]
+  tokens = ["--config=configs/text.py:cpu", "--data=native", f"--set=data.path={text}"]
+  tokens += ["--set=data.seq_len=16", "--num_samples=8"]
+  for flags, says in [
+    ([*images, f"--set=data.path={tmp_path / 'missing'}"], "missing"),
+    ([*images, f"--set=data.path={one}"], "gives 1 example; the Frechet distance"),
+    (tokens, r"--num_samples=8: .* needs 2 x 8 held-out windows .* gives 12 .* --num_samples=6 "),
+    ([f"--config={TEST_CONFIG}", "--report_only"], "results.jsonl does not exist"),
+  ]:
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit):
+      compare_schedules.parse([f"--out={out}", "--steps=4", "--arms=lognormal", *flags])
+    err = capsys.readouterr().err
+    assert re.search(says, err), err[-500:]
+    assert not out.exists()
+  args = compare_schedules.parse([f"--out={tmp_path}", *tokens[:-1], "--num_samples=6"])
+  assert compare_schedules.data_problem(args, "native") is None
 
 
 def test_harness_on_text_ranks_by_the_domain_metric_with_a_floor(tmp_path):

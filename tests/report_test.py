@@ -144,6 +144,13 @@ def test_a_zero_floor_is_reported_not_taken_for_none(tmp_path):
   recs.append({"kind": "floor", "data": "d", "fd": 0.0})
   text = report.write_report(str(tmp_path), recs, ["lognormal"])
   assert "Floor (real data, same sample count): 0." in text and "No floor" not in text
+  # fewer examples than each evaluation draws: the floor is the whole set against itself,
+  # which bounds nothing, and the report says so instead of "same sample count"
+  recs = [{**r, "num_samples": 64} for r in recs[:-1]]
+  recs.append({"kind": "floor", "data": "d", "fd": 0.0, "num_samples": 20})
+  text = report.write_report(str(tmp_path), recs, ["lognormal"])
+  assert "Floor (real data): 0, of all 20 examples against themselves" in text
+  assert "fewer than the 64 samples" in text and "same sample count" not in text
 
 
 def test_inception_scores_get_their_own_curve_plot(tmp_path):

@@ -501,8 +501,8 @@ def write_report(
     curves = curves_by_arm(records, data, metric)
     if not curves:
       continue
-    floors = [r[metric] for r in records if r.get("kind") == "floor" and r["data"] == data]
-    floor = floors[0] if floors else None
+    floors = [r for r in records if r.get("kind") == "floor" and r["data"] == data]
+    floor = floors[0][metric] if floors else None
     noise = metric_noise(records, data, metric)
     shared = ", less the part one draw gives every run alike" if fixed_draw(records, data) else ""
     measured = np.isfinite(noise)
@@ -510,7 +510,16 @@ def write_report(
     batch = next(r["config"]["train"]["batch_size"] for r in records if r.get("kind") == "eval")
     md += [f"## {data}", "", f"Metric: `{metric}` (lower is better).", "", table(curves, arms), ""]
     known = floor is not None  # 0.0 is a floor (every image of a small set against itself)
-    md.append(f"Floor (real data, same sample count): {floor:.4g}." if known else "No floor.")
+    drawn = next((r.get("num_samples") for r in records if r.get("kind") == "eval"), None)
+    whole = known and drawn and floors[0].get("num_samples", drawn) < drawn
+    if whole:  # every real example against its own statistics: 0, and no bound on the curves
+      md.append(
+        f"Floor (real data): {floor:.4g}, of all {floors[0]['num_samples']} examples against "
+        f"themselves: the data holds fewer than the {drawn} samples each evaluation draws, so "
+        "this is no floor for them."
+      )
+    else:
+      md.append(f"Floor (real data, same sample count): {floor:.4g}." if known else "No floor.")
     md.append(
       f"Metric noise (mean |{metric} - {metric} resampled| at the last step{shared}): {noise:.4g}."
       if measured
