@@ -77,7 +77,7 @@ import numpy as np
 
 from infonoise_jax import checkpointing, multirun, paths, train
 from infonoise_jax.data import load_source
-from infonoise_jax.data.sources import TOKEN_NAMES
+from infonoise_jax.data.sources import DATA_PATH_KEYS, TOKEN_NAMES
 from infonoise_jax.data.tokens import onehot_std
 from infonoise_jax.evaluation import fid, plots, report
 from infonoise_jax.evaluation.images import to_uint8
@@ -204,9 +204,17 @@ EXECUTION_KEYS = (
 
 def config_hash(config) -> str:
   """16 hex digits of the config's keys (a ConfigDict, or a record's resolved "config"),
-  EXECUTION_KEYS left out."""
+  EXECUTION_KEYS left out, and local data paths as the folder or file they name (absolute,
+  links resolved, from the current directory): the same data typed as `imgs/`, `./imgs` or
+  its absolute path is one setting (each spelling trained the arms again and appended its
+  evaluations beside the first). Remote URLs are hashed as typed."""
   d = json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else config
   d = json.loads(json.dumps(d))  # a deep copy
+  data = d.get("data", {})
+  for key in DATA_PATH_KEYS:
+    value = data.get(key)
+    if isinstance(value, str) and value and "://" not in value:
+      data[key] = os.path.realpath(os.path.expanduser(value))
   for key in EXECUTION_KEYS:
     *parents, leaf = key.split(".")
     node = d

@@ -486,6 +486,27 @@ def test_records_hashed_with_execution_keys_still_count_as_done(tmp_path):
   assert "| infonoise | 1 |" in summary and "left out" not in summary
 
 
+def test_the_same_data_spelled_another_way_is_the_same_setting(tmp_path):
+  """data.path as typed changed the config hash: the same file given relative to the current
+  directory, or through `sub/..`, trained the arms again and appended a second curve. The
+  floor (real data only, seconds) is still kept per spelling: its records carry no config to
+  rehash the earlier ones from."""
+  (tmp_path / "sub").mkdir()
+  images = np.random.default_rng(0).integers(0, 256, (64, 8, 8), np.uint8)
+  np.save(tmp_path / "x.npy", images)
+  out = str(tmp_path / "out")
+  base = [*_args(out), "--seeds=0", "--arms=lognormal", "--set=data.name=images"]
+  compare_schedules.main([*base, f"--set=data.path={tmp_path / 'x.npy'}"])
+  first = _evals(out)
+  for spelled in [os.path.relpath(tmp_path / "x.npy"), f"{tmp_path}/sub/../x.npy"]:
+    compare_schedules.main([*base, f"--set=data.path={spelled}"])
+    assert _evals(out) == first, spelled  # (its floor, a few seconds, is kept per spelling)
+  other = tmp_path / "y.npy"  # other data is another setting: trained and appended
+  np.save(other, images[::-1].copy())
+  compare_schedules.main([*base, f"--set=data.path={other}"])
+  assert len(_evals(out)) == 2 * len(first)
+
+
 def test_grid_study_and_final_samples_are_recorded_once(tmp_path):
   out = str(tmp_path)
   args = [*_args(out), "--seeds=0", "--grid_steps=3,4", "--grid_seeds=0", "--grid_samples=16"]
