@@ -422,6 +422,11 @@ def parse(argv=None) -> argparse.Namespace:
   if args.grid_points < MIN_GRID_POINTS:
     p.error(f"--grid_points must be >= {MIN_GRID_POINTS} (a profile needs a grid), got "
             f"{args.grid_points}")  # fmt: skip
+  if not any(args.schedules.split(",")):
+    p.error(
+      f"--schedules={args.schedules!r} names no schedule: give at least one, e.g. "
+      "--schedules=lognormal,infonoise (run: the trained run's own, with --workdir)"
+    )
   unknown = [n for n in args.schedules.split(",") if n and n != "run" and n not in SCHEDULES]
   if unknown:
     p.error(

@@ -179,7 +179,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     t.batch_size % n_dev == 0,
     "train.batch_size",
     f"global batch {t.batch_size} is not divisible by the {n_dev} devices; use a multiple, "
-    f"e.g. --config.train.batch_size={max(n_dev, t.batch_size // n_dev * n_dev)}; a resumed "
+    f"e.g. --config.train.batch_size={(t.batch_size // n_dev + 1) * n_dev}"
+    + (f" (or {t.batch_size // n_dev * n_dev})" if t.batch_size > n_dev else "")
+    + f"; a resumed "
     f"run keeps its batch: run it on a device count that divides {t.batch_size} (e.g. "
     f"{max(d for d in range(1, n_dev + 1) if t.batch_size % d == 0)})",
   )

@@ -213,6 +213,7 @@ def test_onehot_prior_on_token_data_matches_the_closed_form(tmp_path, capsys):
     (["--batch=0"], "--batch: must be >= 1"),
     (["--grid_points=3"], "--grid_points must be >= 4"),
     (["--schedules=lognormal,foo"], "--schedules: unknown 'foo'"),
+    (["--schedules=,"], "--schedules=',' names no schedule"),
     (["--gate=-1"], "--gate must be onset, none or a pivot sigma > 0"),
     (["--gate=abc"], "--gate must be onset, none or a pivot sigma > 0"),
   ],
