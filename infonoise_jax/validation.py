@@ -16,6 +16,7 @@ import jax
 import ml_collections
 
 from infonoise_jax import log_sigma, solvers
+from infonoise_jax.data.sources import TOKEN_NAMES
 
 
 def config_dir() -> pathlib.Path:
@@ -196,6 +197,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     _require(t[key] >= 1, f"train.{key}", f"must be >= 1, got {t[key]}")
   for key in ("sample_every", "fid_every", "eval_every", "trace_start"):
     _require(t[key] >= 0, f"train.{key}", f"must be >= 0 (0 = off), got {t[key]}")
+  _require(
+    not t.eval_every or config.data.name in TOKEN_NAMES,
+    "train.eval_every",
+    f"logs the domain metrics of token data (data.name={' | '.join(TOKEN_NAMES)}), but "
+    f"data.name={config.data.name!r}; image runs log FID with train.fid_every (0 = off)",
+  )
   _require(t.trace_steps >= 1, "train.trace_steps", f"must be >= 1, got {t.trace_steps}")
   _require(
     t.max_steps_in_flight >= 0,
