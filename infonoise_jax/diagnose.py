@@ -344,12 +344,15 @@ def diagnose(
   }
 
 
-def _from_workdir(workdir: str, params: str, overrides=()):
+def _from_workdir(workdir: str, params: str, overrides=(), gate: str = ""):
   """(config, (model, params), (schedule, state), step, source) of a run; `overrides` move its data
-  (DATA_LOCATION_KEYS), checked to load before the checkpoint is restored."""
+  (DATA_LOCATION_KEYS), checked to load before the checkpoint is restored, as is a `gate`
+  given on the command line (its range is the run's noise range)."""
   from infonoise_jax import restore, resume
 
   config = restore.load_config(workdir, overrides)
+  if gate:
+    check_gate(gate, config)
   step = restore.check_step(workdir)
   meta = restore.saved_meta(workdir, step)
   # the data is there, readable, of the run's vocabulary and shape, before the weights
@@ -451,7 +454,9 @@ def main(argv=None) -> None:
 def _command(args: argparse.Namespace) -> None:
   trained = run_state = source = None
   if args.workdir:
-    config, trained, run_state, step, source = _from_workdir(args.workdir, args.params, args.set)
+    config, trained, run_state, step, source = _from_workdir(
+      args.workdir, args.params, args.set, args.gate
+    )
     print(f"restored {args.workdir} at step {step}", flush=True)
   else:
     path, _, variant = args.config.partition(":")

@@ -284,6 +284,9 @@ def test_a_run_whose_data_moved_is_diagnosed_with_its_new_place(tmp_path, monkey
     evaluate.evaluate(
       workdir, 8, 1, weights=str(tmp_path / "none.npz"), overrides=[f"data.path={rgb}"]
     )
+  with pytest.raises(SystemExit):  # a gate outside the run's noise range, before the restore
+    diagnose.main([*flags, f"--out={tmp_path / 'd1'}", "--gate=0.0001"])
+  assert "--gate=0.0001 is outside the noise range" in capsys.readouterr().err
   monkeypatch.setattr(restore, "restore_run", real)
   out = tmp_path / "d2"
   diagnose.main([*flags, f"--out={out}", "--set", f"data.path={tmp_path / 'new.npy'}"])
