@@ -508,42 +508,51 @@ class StoppedOutsideLoop(BaseException):
 
   exit_code = PREEMPTED_EXIT_CODE
 
-  def __init__(self):
+  def __init__(self, by: str = "SIGTERM"):
     super().__init__(
-      "Stopped by SIGTERM outside the training steps (start-up or shutdown): nothing new to save, "
+      f"Stopped by {by} outside the training steps (start-up or shutdown): nothing new to save, "
       f"the saved checkpoints are intact; rerun the same command (exit code {PREEMPTED_EXIT_CODE})"
     )
 
 
+_SIGNAL_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}
+
+
 @contextlib.contextmanager
 def sigterm_stops_outside_loop(active: bool = True):
-  """While active (one process, main thread): SIGTERM raises StoppedOutsideLoop, so the caller's
-  cleanup runs (the workdir's lock is released) and the process exits with the preemption code
-  instead of being killed (143). The step loop's PreemptionFlag takes SIGTERM over meanwhile."""
+  """While active (one process, main thread): SIGTERM, or a first Ctrl-C (SIGINT), raises
+  StoppedOutsideLoop, so the caller's cleanup runs (the workdir's lock is released) and the
+  process exits with the preemption code instead of being killed (143) or printing a
+  KeyboardInterrupt traceback (130); a second Ctrl-C stops at once (KeyboardInterrupt). The
+  step loop's PreemptionFlag takes both signals over meanwhile."""
   if not active or threading.current_thread() is not threading.main_thread():
     yield
     return
 
   def stop(signum, frame):
-    del signum
+    if signum == signal.SIGINT and _STOP_REQUESTED.is_set():
+      raise KeyboardInterrupt
     _STOP_REQUESTED.set()
+    _STOPPED_BY[0] = _SIGNAL_NAMES.get(signum, "SIGTERM")
     if not _in_finalizer(frame):
-      raise StoppedOutsideLoop()
+      raise StoppedOutsideLoop(_STOPPED_BY[0])
     # An exception raised inside a garbage-collection callback or __del__ is printed and dropped
     # by Python (jax frees device buffers from one: a SIGTERM during compile was lost and the
     # run trained on; one run then segfaulted). The flag stops the run at the next check point
     # instead: `raise_if_stop_requested`, called before the step loop starts.
 
   _STOP_REQUESTED.clear()
-  previous = signal.signal(signal.SIGTERM, stop)
+  previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
   try:
     yield
   finally:
-    if previous is not None:  # None: a handler installed from C, which cannot be put back
-      signal.signal(signal.SIGTERM, previous)
+    for sig, handler in previous.items():
+      if handler is not None:  # None: a handler installed from C, which cannot be put back
+        signal.signal(sig, handler)
 
 
 _STOP_REQUESTED = threading.Event()  # a SIGTERM came outside the loop (sigterm_stops_outside_loop)
+_STOPPED_BY = ["SIGTERM"]  # which signal set it, for the message
 
 
 def _in_finalizer(frame) -> bool:
@@ -561,7 +570,7 @@ def raise_if_stop_requested() -> None:
   """Raises StoppedOutsideLoop if a SIGTERM came outside the loop and could not be raised where
   it landed (inside a garbage-collection callback); the loop calls it before its first step."""
   if _STOP_REQUESTED.is_set():
-    raise StoppedOutsideLoop()
+    raise StoppedOutsideLoop(_STOPPED_BY[0])
 
 
 class PreemptionFlag:
@@ -575,6 +584,7 @@ class PreemptionFlag:
     signals = (signal.SIGTERM,) if signals is None else signals
     self._event = threading.Event()
     self._previous = {}
+    self.by = "SIGTERM"  # the signal that set the flag, for the message
     if threading.current_thread() is threading.main_thread():
       for sig in signals:
         self._previous[sig] = signal.signal(sig, self._handle)
@@ -583,16 +593,18 @@ class PreemptionFlag:
 
   def _handle(self, signum, frame):
     del frame
+    self.by = _SIGNAL_NAMES.get(signum, "SIGTERM")
     self._event.set()
 
   def _interrupt(self, signum, frame):
     del frame
     if self._event.is_set():
       raise KeyboardInterrupt
+    self.by = "Ctrl-C"
     self._event.set()
     print(
-      "\nCtrl-C: saving a checkpoint after the current step, then stopping (Ctrl-C again stops "
-      "at once, without saving).",
+      "\nCtrl-C: stopping after the current step with a checkpoint of it (before the first "
+      "step: at once, nothing new to save); Ctrl-C again stops at once, without saving.",
       file=sys.stderr,
       flush=True,
     )

@@ -721,7 +721,9 @@ def _write_final_outputs(run: Run, workdir: str, state: TrainState) -> TrainStat
   step = int(state.step)
   logging.warning(
     "%s: the final checkpoint (step %d) is saved but the final samples are not (the run was "
-    "stopped while writing them): writing them now",
+    "stopped while writing them): writing them now. The loss-by-noise and schedule-history "
+    "plots are made from the stopped process's training windows and are not rewritten; their "
+    "last versions are those of the run's last sample grid (images/, TensorBoard)",
     workdir,
     step,
   )
@@ -824,7 +826,7 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
       run.ahead = CompileAhead(run)
     train_step = run.ahead.step().program  # compiled or loaded: the loop never traces it
     if one and preempted.is_set():  # during the compile: no step taken, nothing new to save
-      raise checkpointing.StoppedOutsideLoop()
+      raise checkpointing.StoppedOutsideLoop(preempted.by)
     while step < num_steps:
       trace.before_step(step, state)
       waited = time.perf_counter()
@@ -897,7 +899,7 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
         if not (one and preempted.is_set()):
           raise
         logging.warning("the final samples failed after a SIGTERM, left to the rerun: %s", e)
-        raise checkpointing.StoppedOutsideLoop() from None
+        raise checkpointing.StoppedOutsideLoop(preempted.by) from None
   except metrics.NonFiniteError as e:
     raise _save_pending_before(run, ckpt, log, pending, e) from None
   finally:

@@ -443,6 +443,7 @@ def test_a_run_stopped_while_writing_its_final_outputs_writes_them_on_the_rerun(
   with caplog.at_level("WARNING"):
     train.train_and_evaluate(_config(**{"train.num_steps": 4}), str(workdir))
   assert "the final samples are not (the run was stopped while writing them)" in caplog.text
+  assert "schedule-history plots are made from the stopped process's" in caplog.text
   with np.load(workdir / "samples.npz") as z:
     assert int(z["step"]) == 4
     np.testing.assert_array_equal(z["samples"], want)  # the same seed: the same samples
@@ -729,16 +730,21 @@ def test_a_nan_while_a_save_waits_for_its_guard_still_saves_the_good_state(tmp_p
 
 
 @pytest.mark.parametrize("where", ["Run", "_train", "CompileAhead.step"])
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_sigterm_outside_the_steps_exits_as_a_preemption_and_frees_the_workdir(
-  tmp_path, monkeypatch, where
+  tmp_path, monkeypatch, where, sig
 ):
   """SIGTERM while the data loads (Run), while the locked run restores / compiles (_train), or
   while the step loop waits for the step's compile (CompileAhead.step, the step loop's signal
   handler already installed): StoppedOutsideLoop (exit code 75, the command's preemption code)
   instead of a kill that leaves run.lock behind, or a first step taken and saved after a long
-  compile; the lock is released and the previous SIGTERM handler is back."""
+  compile; the lock is released and the previous SIGTERM handler is back. A first Ctrl-C
+  (SIGINT) there is the same stop, named as such (it printed a KeyboardInterrupt traceback
+  and exited 130 while the data loaded or the checkpoint restored)."""
   import os
   import signal
+
+  sig = getattr(signal, sig)
 
   owner = train.CompileAhead if where == "CompileAhead.step" else train
   name = where.split(".")[-1]
@@ -747,10 +753,10 @@ def test_sigterm_outside_the_steps_exits_as_a_preemption_and_frees_the_workdir(
   def terminated(*args, **kwargs):
     if where != "Run":
       assert (tmp_path / workdir_lib.LOCK_FILE).exists()  # held while it runs
-    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), sig)
     return real(*args, **kwargs)
 
-  before = signal.getsignal(signal.SIGTERM)
+  before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
   monkeypatch.setattr(owner, name, terminated)
   config = load_config_file(ROOT / "configs" / "test.py")
   config.train.num_steps = 2
@@ -758,9 +764,11 @@ def test_sigterm_outside_the_steps_exits_as_a_preemption_and_frees_the_workdir(
     train.train_and_evaluate(config, str(tmp_path))
   assert e.value.exit_code == checkpointing.PREEMPTED_EXIT_CODE == 75
   assert "rerun the same command" in str(e.value)
+  by = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
+  assert f"Stopped by {by} outside the training steps" in str(e.value)
   assert not (tmp_path / workdir_lib.LOCK_FILE).exists()
   assert not checkpointing.saved_steps(str(tmp_path))  # nothing half-written
-  assert signal.getsignal(signal.SIGTERM) is before
+  assert {s: signal.getsignal(s) for s in before} == before
 
 
 def test_sigterm_inside_a_gc_callback_still_stops_before_the_first_step(tmp_path, monkeypatch):
