@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import struct
+import time
 
 import jax
 import numpy as np
@@ -275,6 +276,9 @@ class Lock:
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
       except FileExistsError:
         holder = self._read()
+        if holder is None:  # another run may be between creating its lock and writing it
+          time.sleep(0.2)
+          holder = self._read()
         stale = (
           holder is not None
           and holder.get("host") == socket.gethostname()

@@ -232,6 +232,25 @@ def test_a_live_lock_refuses_a_second_run_naming_the_holder(trained, tmp_path):
   assert _snapshot(workdir) == before
 
 
+def test_a_lock_being_written_is_read_once_written(tmp_path):
+  """Two runs started in the same instant: the second found the first's lock created but not
+  yet written and called it unreadable, suggesting its removal. It now reads it again after a
+  moment and names the holder, as for any live lock."""
+  import os
+  import socket
+  import threading
+
+  (tmp_path / "run.lock").write_text("")  # created, not yet written
+  writer = threading.Timer(0.05, _write_lock, (tmp_path, socket.gethostname(), os.getpid()))
+  writer.start()
+  with pytest.raises(workdir_lib.WorkdirLockedError) as info:
+    with workdir_lib.Lock(str(tmp_path)):
+      pass
+  writer.join()
+  assert f"pid {os.getpid()} on host {socket.gethostname()}" in str(info.value)
+  assert "unreadable" not in str(info.value)
+
+
 def test_a_lock_from_another_host_is_never_taken_over(trained, tmp_path):
   workdir = _copy(trained, tmp_path)
   _write_lock(workdir, "some-other-host", 1)
