@@ -81,7 +81,7 @@ from infonoise_jax.data.sources import DATA_PATH_KEYS, TOKEN_NAMES
 from infonoise_jax.data.tokens import onehot_std
 from infonoise_jax.evaluation import fid, plots, report
 from infonoise_jax.evaluation.images import to_uint8
-from infonoise_jax.evaluation.sequence_eval import SequenceEvaluator
+from infonoise_jax.evaluation.sequence_eval import SequenceEvaluator, check_held_out
 from infonoise_jax.mesh import configure_compilation_cache
 from infonoise_jax.model_sampler import Sampler, sampler_config
 from infonoise_jax.models import unet_layers
@@ -706,29 +706,18 @@ def write_floor(args, data: str, path: str) -> None:
 def data_problem(args, data: str) -> str | None:
   """Why `data` cannot be trained on and scored as this command asks, or None: its files load,
   images give the Frechet distance the 2 examples a covariance needs, and token data has the
-  2 x --num_samples held-out windows its metric and floor take (sequence_eval.held_out)."""
+  2 x --num_samples held-out windows its metric and floor take."""
   config = make_config(args, data, {})
-  d = config.data
   try:
     n = load_source(config).num_examples
-    if d.name in TOKEN_NAMES:
-      test = config.copy_and_resolve_references()
-      test.data.split = "test"
-      have = load_source(test).num_examples
+    if config.data.name in TOKEN_NAMES:
+      check_held_out(config, args.num_samples, "--num_samples")
   except (OSError, ValueError) as e:
     return f"--data={data}: {e}"
-  if d.name in TOKEN_NAMES and have < 2 * args.num_samples:
-    k = args.num_samples
+  if config.data.name not in TOKEN_NAMES and n < 2:
     return (
-      f"--num_samples={k}: scoring token data needs 2 x {k} held-out windows ({k} to score the "
-      f"samples against, {k} others for the floor), but data.name={d.name!r} with data.path="
-      f"{d.path!r} gives {have} (data.val_fraction={d.val_fraction}); use --num_samples="
-      f"{have // 2} or fewer, or more data"
-    )
-  if d.name not in TOKEN_NAMES and n < 2:
-    return (
-      f"--data={data}: data.name={d.name!r} gives {n} example; the Frechet distance that scores "
-      "the samples needs at least 2 real ones (a mean and a covariance)"
+      f"--data={data}: data.name={config.data.name!r} gives {n} example; the Frechet distance "
+      "that scores the samples needs at least 2 real ones (a mean and a covariance)"
     )
   return None
 

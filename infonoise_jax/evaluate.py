@@ -160,7 +160,7 @@ def evaluate_tokens(
   data = config.copy_and_resolve_references()  # the run's data files, as it trained on them
   data.data.split, data.train.eval_num_samples = "train", num
   source = resume.source_on_saved_vocabulary(data, vocab, workdir, step)
-  _check_held_out(data, num)
+  sequence_eval.check_held_out(data, num, "--num")
   evaluator = sequence_eval.SequenceEvaluator(data, source)  # DNA: trains or loads its classifier
   primary, floor = evaluator.primary, _floats(evaluator.floor())
   run = restore.restore_run(workdir, step, devices)
@@ -216,20 +216,6 @@ def _refuse_fid_flags(config: ml_collections.ConfigDict, ref_stats, weights) -> 
       f"{' and '.join(given)}: FID settings, but this run is on token data (data.name="
       f"{config.data.name!r}), scored with its domain metrics against held-out windows (no "
       f"Inception network or reference statistics); leave {' and '.join(given)} out"
-    )
-
-
-def _check_held_out(data: ml_collections.ConfigDict, num: int) -> None:
-  """--num held-out windows score the samples and --num others give the floor."""
-  test = data.copy_and_resolve_references()
-  test.data.split = "test"
-  have, d = load_source(test).num_examples, data.data
-  if have < 2 * num:
-    raise ValueError(
-      f"--num={num}: scoring token data needs 2 x {num} held-out windows ({num} to score the "
-      f"samples against, {num} others for the floor), but data.name={d.name!r} with "
-      f"data.path={d.path!r} gives {have} (data.val_fraction={d.val_fraction}); use "
-      f"--num={have // 2} or fewer"
     )
 
 

@@ -507,10 +507,11 @@ def write_report(
     shared = ", less the part one draw gives every run alike" if fixed_draw(records, data) else ""
     measured = np.isfinite(noise)
     noise = noise if measured else 0.0  # the speedup's tolerance
-    batch = next(r["config"]["train"]["batch_size"] for r in records if r.get("kind") == "eval")
+    evals = [r for r in records if r.get("kind") == "eval" and r["data"] == data]  # the curves' own
+    batch = evals[0]["config"]["train"]["batch_size"]
     md += [f"## {data}", "", f"Metric: `{metric}` (lower is better).", "", table(curves, arms), ""]
     known = floor is not None  # 0.0 is a floor (every image of a small set against itself)
-    drawn = next((r.get("num_samples") for r in records if r.get("kind") == "eval"), None)
+    drawn = evals[0].get("num_samples")  # each evaluation's sample count
     whole = known and drawn and floors[0].get("num_samples", drawn) < drawn
     if whole:  # every real example against its own statistics: 0, and no bound on the curves
       md.append(

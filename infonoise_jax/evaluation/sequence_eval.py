@@ -35,6 +35,22 @@ def held_out(config: ml_collections.ConfigDict, num: int) -> np.ndarray:
   return ids_NL[np.random.default_rng(config.seed).permutation(len(ids_NL))[:num]]
 
 
+def check_held_out(config: ml_collections.ConfigDict, num: int, flag: str) -> None:
+  """Scoring `num` samples (the count `flag` gives) takes 2 x `num` held-out windows: `num` to
+  score them against and `num` others for the floor (SequenceEvaluator.floor). Raises, naming
+  `flag` and the count that fits, before any model or sample is made."""
+  test = config.copy_and_resolve_references()
+  test.data.split = "test"
+  have, d = load_source(test).num_examples, config.data
+  if have < 2 * num:
+    raise ValueError(
+      f"{flag}={num}: scoring token data needs 2 x {num} held-out windows ({num} to score the "
+      f"samples against, {num} others for the floor), but data.name={d.name!r} with "
+      f"data.path={d.path!r} gives {have} (data.val_fraction={d.val_fraction}); use "
+      f"{flag}={have // 2} or fewer"
+    )
+
+
 def format_texts(texts: list[str]) -> str:
   """Decoded samples as TensorBoard markdown: one fenced block each, newlines kept."""
   return "\n\n".join(f"```\n{t}\n```" for t in texts)
