@@ -202,6 +202,17 @@ EXECUTION_KEYS = (
 )
 
 
+def resolved_data_paths(data: dict) -> dict:
+  """A copy of a config's data settings with local paths as the folder or file they name
+  (absolute, links resolved, from the current directory); remote URLs stay as typed."""
+  data = dict(data)
+  for key in DATA_PATH_KEYS:
+    value = data.get(key)
+    if isinstance(value, str) and value and "://" not in value:
+      data[key] = os.path.realpath(os.path.expanduser(value))
+  return data
+
+
 def config_hash(config) -> str:
   """16 hex digits of the config's keys (a ConfigDict, or a record's resolved "config"),
   EXECUTION_KEYS left out, and local data paths as the folder or file they name (absolute,
@@ -210,11 +221,7 @@ def config_hash(config) -> str:
   evaluations beside the first). Remote URLs are hashed as typed."""
   d = json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else config
   d = json.loads(json.dumps(d))  # a deep copy
-  data = d.get("data", {})
-  for key in DATA_PATH_KEYS:
-    value = data.get(key)
-    if isinstance(value, str) and value and "://" not in value:
-      data[key] = os.path.realpath(os.path.expanduser(value))
+  d["data"] = resolved_data_paths(d.get("data", {}))
   for key in EXECUTION_KEYS:
     *parents, leaf = key.split(".")
     node = d
@@ -254,8 +261,10 @@ def read_records(path: str) -> list[dict]:
 
 
 def floor_hash(config, num_samples: int) -> str:
-  """What a floor depends on: the data settings and the sample count."""
-  key = json.dumps({"data": config.data.to_dict(), "num_samples": num_samples}, sort_keys=True)
+  """What a floor depends on: the data settings (local paths resolved as `config_hash` does) and
+  the sample count."""
+  data = resolved_data_paths(config.data.to_dict())
+  key = json.dumps({"data": data, "num_samples": num_samples}, sort_keys=True)
   return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
