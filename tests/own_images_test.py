@@ -136,6 +136,24 @@ def test_integer_pixels_with_a_low_maximum_are_warned_about(tmp_path, caplog):
       assert "fill only [-1, -0.882]" in said[0] and "x.astype(np.float32) / 15" in said[0]
 
 
+def test_binarizing_data_that_never_crosses_the_threshold_is_refused(tmp_path, caplog):
+  """data.binarize thresholds at half the pixel range: dark data (floats in [0, 0.4], ints up to
+  100) became all -1, blank images that trained without a word."""
+  u = _pixels(channels=1)
+  for name, x in (("f_dark.npy", u / 255.0 * 0.4), ("dark.npy", u.astype(int) * 100 // 255)):
+    np.save(tmp_path / name, x.astype(np.float32 if name.startswith("f") else np.uint8))
+    with pytest.raises(ValueError, match="every pixel of the 12 images is below it"):
+      load_source(_config(tmp_path / name, binarize=True))
+    load_source(_config(tmp_path / name))  # the same data unbinarized still trains
+  light = np.full_like(_pixels(channels=1, size=16), 200)
+  light[0, 0, 0] = 10  # one dark pixel in 3,072: nearly blank, warned
+  np.save(tmp_path / "light.npy", light)
+  with caplog.at_level("WARNING"):
+    src = load_source(_config(tmp_path / "light.npy", binarize=True))
+  assert (src.array < 0).sum() == 1
+  assert any("nearly blank" in r.getMessage() for r in caplog.records)
+
+
 def _huge_npz(path):
   """An .npz whose header declares 10^9 RGB 64x64 images (a few bytes on disk)."""
   import io

@@ -223,7 +223,29 @@ def check_image_shape(name: str, native_HWC: tuple[int, ...], image_size: int) -
 def _image_source(name: str, u_NHWC: np.ndarray, max_value: float, d, labels=None) -> Source:
   shape = check_image_shape(name, u_NHWC.shape[1:], d.image_size)
   x = images_to_float(u_NHWC, max_value, d.image_size, d.binarize, d.scale)
+  if d.binarize:
+    check_binarized(name, x, max_value)
   return Source(name, shape, len(x), True, d.scale, d.binarize, x, None, labels)
+
+
+def check_binarized(name: str, x: np.ndarray, max_value: float) -> None:
+  """data.binarize thresholds each pixel at half its range (max_value / 2): data that never
+  crosses it (dark images, or floats filling only [0, 0.4]) would train as blank images."""
+  bright = float(np.mean(x > 0))
+  if bright in (0.0, 1.0):
+    level = "below" if bright == 0.0 else "above"
+    raise ValueError(
+      f"{name}: data.binarize=True thresholds pixels at {max_value / 2:g} (half of their range "
+      f"0..{max_value:g}), and every pixel of the {len(x)} images is {level} it, so all would "
+      f"train as one blank level. Rescale the images to fill 0..{max_value:g} (e.g. x / x.max() "
+      "for floats), or leave data.binarize off."
+    )
+  if min(bright, 1.0 - bright) < 0.001:
+    logging.warning(
+      "%s: data.binarize=True leaves %.4f%% of the pixels %s half of the range 0..%g: nearly "
+      "blank images; check that the threshold suits this data (rescale it to fill the range).",
+      name, 100 * min(bright, 1.0 - bright), "above" if bright < 0.5 else "below", max_value,
+    )  # fmt: skip
 
 
 def _digits(d) -> Source:
