@@ -632,6 +632,7 @@ def train_and_evaluate(
   over in a workdir that has logs but no checkpoint, moving the old logs aside.
   """
   workdir_lib.check_is_directory(workdir)
+  workdir_lib.check_outside_data(workdir, config.data.get("path", ""))
   # One process: a SIGTERM before or after the steps exits as a preemption (no stale lock, no
   # 143); several: JAX's preemption service owns SIGTERM (see _loop).
   with checkpointing.sigterm_stops_outside_loop(active=jax.process_count() == 1):

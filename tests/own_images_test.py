@@ -11,6 +11,7 @@ from PIL import Image
 
 from configs.default import get_config
 from infonoise_jax import train
+from infonoise_jax import workdir as workdir_lib
 from infonoise_jax.data import load_source
 from infonoise_jax.data.sources import own_images_source
 from infonoise_jax.evaluation.model_fid import reference_name
@@ -408,3 +409,17 @@ def test_camera_photos_are_read_upright_and_stacks_refused(tmp_path):
     np.save(f, _pixels())
   got = load_source(_config(tmp_path / "x.NPY")).array
   np.testing.assert_allclose(got, _expected(_pixels()), atol=1e-6)
+
+
+def test_a_workdir_inside_the_data_folder_is_refused_before_anything_is_written(tmp_path):
+  """The run's own sample grid was read back as training data on resume, and the error blamed
+  the images' sizes."""
+  _write_folder(tmp_path / "imgs", _pixels(n=4))
+  config = _config(tmp_path / "imgs")
+  for workdir in (tmp_path / "imgs" / "run", tmp_path / "imgs"):
+    with pytest.raises(ValueError, match="lies inside the data folder"):
+      train.train_and_evaluate(config, str(workdir))
+  assert sorted(os.listdir(tmp_path / "imgs")) == [f"{i:03d}.png" for i in range(4)]
+  beside = tmp_path / "imgs_run"  # a sibling whose name starts the same is not inside
+  workdir_lib.check_outside_data(str(beside), str(tmp_path / "imgs"))
+  workdir_lib.check_outside_data(str(tmp_path / "imgs" / "run"), str(tmp_path / "x.npy"))

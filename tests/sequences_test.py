@@ -295,3 +295,32 @@ def test_a_corrupt_or_binary_file_in_a_folder_is_named(tmp_path):
   (tmp_path / "bytes.fa").write_bytes(b">r\n" + np.random.default_rng(0).bytes(400))
   with pytest.raises(ValueError, match=r"'.*bytes\.fa' holds bytes that are not text"):
     sequences.dna_groups(str(tmp_path))
+
+
+def test_folders_are_read_with_subfolders_and_other_files_are_named(tmp_path, caplog):
+  """A folder of .txt / FASTA files was read one level deep and by lower-case extension only
+  (text: `*.txt`): B.TXT and sub/c.txt were dropped without a word."""
+  dna = tmp_path / "dna"
+  (dna / "sub").mkdir(parents=True)
+  _write_fasta(str(dna / "a.fa"), [("a", "ACGT" * 50)])
+  _write_fasta(str(dna / "c.FASTA"), [("c", "CCGG" * 50)])
+  _write_fasta(str(dna / "sub" / "b.fa"), [("b1", "AATT" * 50), ("b2", "GGTA" * 50)])
+  _write_fasta(str(dna / "e.fa.txt"), [("e", "TTTT" * 50)])  # not a FASTA name: named
+  (dna / ".hidden.fa").write_text(">h\nACGT\n")  # hidden: left out quietly
+  with caplog.at_level("WARNING"):
+    names = [n for n, _ in sequences.dna_groups(str(dna))]
+  assert names == ["a.fa:a", "c.FASTA:c", "b.fa:b1", "b.fa:b2"]
+  said = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+  assert len(said) == 1 and "1 file left out" in said[0] and "e.fa.txt" in said[0], said
+
+  text = tmp_path / "text"
+  (text / "sub").mkdir(parents=True)
+  for rel, body in (("a.txt", "alpha"), ("B.TXT", "bravo"), ("sub/c.txt", "charlie")):
+    (text / rel).write_text(body)
+  (text / "notes.md").write_text("not a text work")
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    groups = sequences.text_groups(str(text))
+  assert groups == (("B", "bravo"), ("a", "alpha"), (os.path.join("sub", "c"), "charlie"))
+  assert any("notes.md" in r.getMessage() for r in caplog.records)
+  assert sequences.text_groups(str(text / "a.txt")) == (("a", "alpha"),)  # one file: its name

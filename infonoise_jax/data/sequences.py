@@ -8,14 +8,16 @@
         edition per work); whitespace runs collapse to one space, or one newline where the
         run held one; vocabulary: every character of the training split (or data.vocab).
 
-`data.path` points at any file or folder instead (dna: .fasta/.fa/.fna/.fas/.gbk/.gb;
-text: .txt or an sdist .tar.gz). A *group* is one record (dna; exact duplicate sequences
-are kept once) or one work/file (text). Groups are ordered by an md5 hash of their name and
-the first ceil(data.val_fraction * G) form the held-out split ('test'), so no held-out window
-shares a source sequence with a training window; a single group is cut at its last
-val_fraction instead, and so is every group when the chosen groups would hold out more than
-max(2 * val_fraction, val_fraction + 0.05, 1.5 * n_held / G) of the letters (a few groups
-of very different sizes, such as a chromosome and its plasmids or two texts; with a warning).
+`data.path` points at any file or folder instead (dna: .fasta/.fa/.fna/.fas/.gbk/.gb; text:
+.txt or an sdist .tar.gz; extensions in any case, folders read with their subfolders, other
+files named in a warning: `folders.files_under`). A *group* is one record (dna; exact duplicate
+sequences are kept once) or one work/file (text, named by its path in the folder). Groups are
+ordered by an md5 hash of their name and the first ceil(data.val_fraction * G) form the
+held-out split ('test'), so no held-out window shares a source sequence with a training window; a
+single group is cut at its last val_fraction instead, and so is every group when the chosen
+groups would hold out more than max(2 * val_fraction, val_fraction + 0.05, 1.5 * n_held / G) of
+the letters (a few groups of very different sizes, such as a chromosome and its plasmids or two
+texts; with a warning).
 Windows of data.seq_len tokens start every data.window_stride tokens
 (0 = seq_len, non-overlapping) inside each sequence. Letters outside the vocabulary follow
 data.unknown_policy: 'drop' (windows containing one are not used) or 'replace' (each becomes
@@ -27,7 +29,6 @@ equal to any training window are dropped too (`SplitStats.duplicate_windows`).
 
 import dataclasses
 import functools
-import glob
 import gzip
 import hashlib
 import math
@@ -38,6 +39,7 @@ import tarfile
 import numpy as np
 from absl import logging
 
+from infonoise_jax.data import folders
 from infonoise_jax.data.tokens import TokenEncoding
 
 DNA_DEFAULT_DIR = "/usr/share/kaptive/reference_database"
@@ -140,7 +142,10 @@ def read_genbank(path: str) -> list[tuple[str, str]]:
 
 def _dna_files(path: str) -> list[str]:
   if os.path.isdir(path):
-    files = sorted(p for p in glob.glob(os.path.join(path, "*")) if _kind(p))
+    files, skipped = folders.files_under(path, _kind)
+    if files:
+      kinds = ", ".join(FASTA_EXTS + GENBANK_EXTS)
+      folders.warn_skipped(path, skipped, f"FASTA or GenBank files ({kinds}, or .gz of them)")
     if not files:
       raise FileNotFoundError(
         f"data.path={path!r} holds no FASTA ({', '.join(FASTA_EXTS)}) or GenBank "
@@ -262,10 +267,15 @@ def _read_text(path: str, mtime: float) -> tuple[tuple[str, str], ...]:
   if path.endswith((".tar.gz", ".tgz", ".tar")):
     raw = _tar_texts(path)
   else:
-    files = sorted(glob.glob(os.path.join(path, "*.txt"))) if os.path.isdir(path) else [path]
-    if not files:
-      raise FileNotFoundError(f"data.path={path!r} holds no .txt files")
-    raw = [(os.path.splitext(os.path.basename(f))[0], _utf8_text(f)) for f in files]
+    files = [path]
+    if os.path.isdir(path):
+      files, skipped = folders.files_under(path, lambda p: p.lower().endswith(".txt"))
+      if not files:
+        raise FileNotFoundError(f"data.path={path!r} holds no .txt files (nor its subfolders)")
+      folders.warn_skipped(path, skipped, ".txt files")
+    # A work is named by its file, relative to the folder (sub/c for sub/c.txt), without .txt.
+    names = [os.path.relpath(f, path) if f != path else os.path.basename(f) for f in files]
+    raw = [(os.path.splitext(n)[0], _utf8_text(f)) for n, f in zip(names, files, strict=True)]
   groups = [(name, normalize_text(t)) for name, t in raw]
   groups = [(n, t) for n, t in groups if t]
   if not groups:

@@ -39,7 +39,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from infonoise_jax.data import sequences, synthetic
+from infonoise_jax.data import folders, sequences, synthetic
 from infonoise_jax.data.synthetic import GaussianMixture
 from infonoise_jax.data.tokens import TokenEncoding
 
@@ -335,22 +335,10 @@ def _own_images_path(d) -> str:
 
 
 def _image_files(folder: str) -> list[str]:
-  """Image files under `folder`: each folder's files in sorted order, then its subfolders in
-  sorted order (linked folders followed once; hidden files and folders skipped)."""
-  files, seen = [], set()
-  for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-    real = os.path.realpath(dirpath)
-    if real in seen:  # a link back to a folder already read
-      dirnames[:] = []
-      continue
-    seen.add(real)
-    dirnames.sort()
-    dirnames[:] = [n for n in dirnames if not n.startswith(".")]
-    files += [
-      os.path.join(dirpath, f)
-      for f in sorted(filenames)
-      if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith(".")
-    ]
+  """Image files under `folder` in `folders.files_under`'s order; other files are named in a
+  warning."""
+  files, skipped = folders.files_under(folder, lambda p: p.lower().endswith(IMAGE_SUFFIXES))
+  folders.warn_skipped(folder, skipped, f"images ({', '.join(IMAGE_SUFFIXES)})")
   return files
 
 
@@ -582,7 +570,9 @@ def own_images_fingerprint(path: str) -> str:
   """A short hash of what data.path holds by name, size and modification time (a file, or
   every image file of a folder): the FID reference cache's name for data.name='images'."""
   path = os.path.abspath(os.path.expanduser(path))
-  files = _image_files(path) if os.path.isdir(path) else [path]
+  files = [path]
+  if os.path.isdir(path):  # the files the source reads (it has warned about the others)
+    files = folders.files_under(path, lambda p: p.lower().endswith(IMAGE_SUFFIXES))[0]
   h = hashlib.sha256(path.encode())
   for f in files:
     st = os.stat(f)
