@@ -324,3 +324,32 @@ def test_folders_are_read_with_subfolders_and_other_files_are_named(tmp_path, ca
   assert groups == (("B", "bravo"), ("a", "alpha"), (os.path.join("sub", "c"), "charlie"))
   assert any("notes.md" in r.getMessage() for r in caplog.records)
   assert sequences.text_groups(str(text / "a.txt")) == (("a", "alpha"),)  # one file: its name
+
+
+def test_the_held_out_split_says_how_many_windows_equal_a_training_window(tmp_path, caplog):
+  """The run's header printed the training split, where that count is 0 by construction, so a
+  held-out set mostly removed as duplicates read '0 ... dropped'."""
+  from infonoise_jax.evaluation.sequence_eval import SequenceEvaluator
+
+  rng = np.random.default_rng(0)
+  shared = "".join(rng.choice(list("abcdefgh"), 640))
+  (tmp_path / "a.txt").write_text(shared + "".join(rng.choice(list("abcdefgh"), 640)))
+  (tmp_path / "b.txt").write_text(shared + "".join(rng.choice(list("abcdefgh"), 640)))
+  config = _config("text", path=str(tmp_path), val_fraction=0.5)
+  config.train.eval_num_samples = 2
+  train_src = load_source(config)
+  config.data.split = "test"
+  test_src = load_source(config)
+  config.data.split = "train"
+  dup = test_src.stats.duplicate_windows
+  assert dup == 10  # the shared 640 letters: 10 windows of 64 in both works
+  assert "equal to a training window" not in train_src.describe()
+  assert f", {dup} windows equal to a training window dropped" in test_src.describe()
+  with caplog.at_level("INFO"):
+    SequenceEvaluator(config, train_src)
+  said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("held-out split")]
+  assert len(said) == 1 and f"{dup} windows equal to a training window dropped" in said[0]
+  long_vocab = TokenEncoding("".join(chr(0x41 + i) for i in range(50)), 1.0)
+  assert long_vocab.size == 50  # the header names the first 40 and counts the rest
+  object.__setattr__(train_src, "encoding", long_vocab)
+  assert "and 10 more" in train_src.describe()

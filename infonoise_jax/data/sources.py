@@ -89,13 +89,16 @@ class Source:
   def describe(self) -> str:
     if self.encoding is not None:
       st, enc = self.stats, self.encoding
+      vocab = repr(enc.vocab[:40]) + (f" and {enc.size - 40} more" if enc.size > 40 else "")
+      # Held-out windows equal to a training window are dropped from the held-out split only.
+      dup = f", {st.duplicate_windows} windows equal to a training window dropped"
       return (
         f"{self.name}: {self.num_examples} windows of {self.shape[0]} tokens over "
-        f"{enc.size} symbols {enc.vocab[:40]!r}, one-hot scale {enc.scale:g} (sigma_data "
+        f"{enc.size} symbols {vocab}, one-hot scale {enc.scale:g} (sigma_data "
         f"{enc.sigma_data:.4g}), from {st.groups} sequences / {st.letters} letters; "
         f"{st.unknown_letters} unknown letters, {st.dropped_windows} windows dropped, "
-        f"{st.short_sequences} sequences shorter than a window, {st.duplicate_windows} held-out "
-        "windows equal to a training window dropped"
+        f"{st.short_sequences} sequences shorter than a window"
+        + (dup if st.duplicate_windows else "")
       )
     kind = "image" if self.is_image else "vector"
     s = f"{self.scale:g}"

@@ -22,11 +22,16 @@ from infonoise_jax.evaluation import sequence_metrics
 from infonoise_jax.evaluation.sequence_classifier import FeatureClassifier
 
 
-def held_out(config: ml_collections.ConfigDict, num: int) -> np.ndarray:
-  """`num` held-out windows (token ids) of the run's data, a fixed seeded choice."""
+def held_out_source(config: ml_collections.ConfigDict) -> Source:
+  """The held-out split ('test') of the run's token data."""
   c = config.copy_and_resolve_references()
   c.data.split = "test"
-  ids_NL = load_source(c).token_ids
+  return load_source(c)
+
+
+def held_out(config: ml_collections.ConfigDict, num: int) -> np.ndarray:
+  """`num` held-out windows (token ids) of the run's data, a fixed seeded choice."""
+  ids_NL = held_out_source(config).token_ids
   if num > len(ids_NL):
     raise ValueError(
       f"train.eval_num_samples={num} exceeds the {len(ids_NL)} held-out windows of "
@@ -77,6 +82,8 @@ class SequenceEvaluator:
       raise ValueError(f"{key}={tuple(sizes)}: sizes must lie in [1, data.seq_len={length}]")
     self.sizes = tuple(int(k) for k in sizes)
     self.ref_NL = held_out(config, self.num)
+    # What the metrics are scored against (the run's header describes the training split).
+    logging.info("held-out split: %s", held_out_source(config).describe())
     if self.is_dna:
       cache = s.cache_dir or os.path.join(sequences.cache_dir(), "seq_classifiers")
       clf = FeatureClassifier(
