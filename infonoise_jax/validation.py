@@ -89,10 +89,23 @@ def update_checked(config: ml_collections.ConfigDict, flat: dict, flag: str = "-
       raise ValueError(
         f"{flag} {key}=...: no such config key.{hint} Every key is defined in configs/default.py"
       )
+    node = config
+    for part in key.split(".")[:-1]:
+      node = node[part]
+    if isinstance(node[key.split(".")[-1]], float) and isinstance(value, str):
+      value = _float_word(value)  # inf / -inf / nan, which Python literals cannot spell
     try:
       config.update_from_flattened_dict({key: value})
     except (TypeError, ValueError) as e:
       raise ValueError(f"{flag} {key}={value!r}: {e}") from e
+
+
+def _float_word(text: str):
+  """'inf', '-inf', 'infinity', 'nan' (any case) as floats, as the trainer's --config flags take
+  them; any other text unchanged (the type check then names it)."""
+  if text.strip().lower().lstrip("+-") in ("inf", "infinity", "nan"):
+    return float(text)
+  return text
 
 
 def default_config(variant: str = "") -> ml_collections.ConfigDict:

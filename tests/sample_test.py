@@ -218,3 +218,27 @@ def test_set_changes_sampler_keys_only_before_anything_is_restored(trained, tmp_
     sample.sample_run(workdir, 4, str(tmp_path / "a_file"))
   args = sample._parse(["--workdir=run", "--set", "sampler.s_churn=40", "--set", "sampler.rho=5"])
   assert args.set == ["sampler.s_churn=40", "sampler.rho=5"]
+
+
+def test_set_items_and_the_flags_they_duplicate_are_refused_and_inf_is_a_float():
+  """`--steps=5 --set sampler.num_steps=9` drew with 9 levels without a word; and
+  `--set sampler.s_tmax=inf` (the default, which literals cannot spell) was a type error."""
+  from configs.default import get_config
+
+  config = get_config()
+  for kwargs, item in (
+    ({"num_steps": 5}, "sampler.num_steps=9"),
+    ({"grid": "karras"}, "sampler.grid='infogrid'"),
+    ({"method": "heun"}, "sampler.name=euler"),
+  ):
+    with pytest.raises(ValueError, match=r"both set sampler\.\w+: give one of them"):
+      sampler_config(config, overrides=[item], **kwargs)
+  assert sampler_config(config, num_steps=5, overrides=["sampler.grid=infogrid"]).sampler.grid
+  c = sampler_config(config, overrides=["sampler.s_tmax=10", "sampler.s_tmin=0.05"])
+  assert c.sampler.s_tmax == 10.0
+  c = sampler_config(c, overrides=["sampler.s_tmax=inf", "sampler.s_noise=1.003"])
+  assert c.sampler.s_tmax == float("inf") and c.sampler.s_noise == 1.003
+  with pytest.raises(ValueError, match="s_tmax='infinite'"):  # other words still refused
+    sampler_config(config, overrides=["sampler.s_tmax=infinite"])
+  with pytest.raises(ValueError, match="num_steps='inf'"):  # and inf only where a float goes
+    sampler_config(config, overrides=["sampler.num_steps=inf"])
