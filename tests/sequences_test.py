@@ -353,3 +353,17 @@ def test_the_held_out_split_says_how_many_windows_equal_a_training_window(tmp_pa
   assert long_vocab.size == 50  # the header names the first 40 and counts the rest
   object.__setattr__(train_src, "encoding", long_vocab)
   assert "and 10 more" in train_src.describe()
+
+
+@pytest.mark.parametrize(
+  "vocab, message",
+  [
+    ("ACGTA", r"lists 'A' more than once"),
+    ("\\NEILNOTW", r"lists .N. more than once.*backslash-n"),  # a typed \\N: two symbols
+    ("A", r"at least 2 distinct symbols"),
+  ],
+)
+def test_a_vocabulary_with_a_repeated_symbol_is_named_as_such(vocab, message):
+  """A repeated symbol was reported as 'needs at least 2 distinct symbols' (ACGTA has 4)."""
+  with pytest.raises(ValueError, match=message):
+    load_source(_config("dna", vocab=vocab, path=""))

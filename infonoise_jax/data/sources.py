@@ -713,7 +713,14 @@ def _check_token_keys(d) -> None:
 def token_encoding(d, groups_train: list[tuple[str, str]] | None = None) -> TokenEncoding:
   """The run's encoding: data.vocab if set, else ACGT (dna) or the training split's letters."""
   vocab = d.vocab or ("ACGT" if d.name == "dna" else sequences.text_vocab(groups_train or []))
-  if len(vocab) < 2 or len(set(vocab)) != len(vocab):
+  repeated = sorted({ch for ch in vocab if vocab.count(ch) > 1})
+  if repeated:
+    raise ValueError(
+      f"data.vocab={vocab!r} lists {', '.join(map(repr, repeated))} more than once: each symbol "
+      "is one token, so give each once (a literal backslash-n is the two symbols '\\' and 'n'; "
+      "a config file can hold a newline in the string)"
+    )
+  if len(vocab) < 2:
     raise ValueError(
       f"data.vocab={d.vocab!r} gives the vocabulary {vocab!r} (data.path={d.path!r}): it needs "
       "at least 2 distinct symbols; set --config.data.vocab to the symbols to model, or point "
