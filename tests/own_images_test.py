@@ -137,6 +137,23 @@ def test_integer_pixels_with_a_low_maximum_are_warned_about(tmp_path, caplog):
       assert "fill only [-1, -0.882]" in said[0] and "x.astype(np.float32) / 15" in said[0]
 
 
+def test_one_channel_first_image_is_read_as_gray_images_with_a_warning(tmp_path, caplog):
+  """(3, H, W) is three grayscale images, or one RGB image stored channel-first: trained as
+  the first without a word, while (H, W, 3) is refused."""
+  u = _pixels(n=3, channels=1)[..., 0]
+  np.save(tmp_path / "chw.npy", u)
+  with caplog.at_level("WARNING"):
+    src = load_source(_config(tmp_path / "chw.npy"))
+  assert src.num_examples == 3 and src.shape == (8, 8, 1)
+  said = [r.getMessage() for r in caplog.records if "channel-first" in r.getMessage()]
+  assert len(said) == 1 and "np.transpose(x, (1, 2, 0))[None]" in said[0]
+  np.save(tmp_path / "five.npy", _pixels(n=5, channels=1)[..., 0])  # five: clearly a stack
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    load_source(_config(tmp_path / "five.npy"))
+  assert not [r for r in caplog.records if "channel-first" in r.getMessage()]
+
+
 def test_binarizing_data_that_never_crosses_the_threshold_is_refused(tmp_path, caplog):
   """data.binarize thresholds at half the pixel range: dark data (floats in [0, 0.4], ints up to
   100) became all -1, blank images that trained without a word."""

@@ -499,6 +499,12 @@ def _as_nhwc(x: np.ndarray, path: str) -> np.ndarray:
       f"{x.shape[1]}x{x.shape[2]}; if it is one {'RGB' if x.shape[-1] == 3 else 'RGBA'} image, "
       "save x[None] (N, H, W, C); several images need an array (N, H, W) or (N, H, W, C)"
     )
+  if x.ndim == 3 and x.shape[0] in (3, 4) and min(x.shape[1:]) > 4:
+    logging.warning(
+      "data.path=%r: shape %s reads as %d grayscale images of %dx%d; if it is one %s image "
+      "stored channel-first, save np.transpose(x, (1, 2, 0))[None] (N, H, W, C)",
+      path, x.shape, x.shape[0], x.shape[1], x.shape[2], "RGB" if x.shape[0] == 3 else "RGBA",
+    )  # fmt: skip
   if x.ndim == 3:
     x = x[..., None]
   if x.ndim != 4:
