@@ -176,6 +176,30 @@ def _check_whole_number_tuples(
       _require(ok, key, f"must be a tuple of whole numbers, e.g. '{example}'; got {value!r}")
 
 
+# data.* keys only some sources read (the image keys on token data are refused by the token
+# source itself): set to anything but their default for another source, they did nothing.
+TOKEN_DATA_KEYS = ("seq_len", "window_stride", "val_fraction", "vocab", "unknown_policy")
+SYNTHETIC_DATA_KEYS = {
+  "num_examples": ("gaussian_mixture", "toy2d"),
+  "num_components": ("gaussian_mixture",),
+  "component_std": ("gaussian_mixture",),
+  "dim": ("gaussian_mixture",),
+}
+
+
+def _check_data_keys_apply(d: ml_collections.ConfigDict, default: ml_collections.ConfigDict):
+  """A data key changed from its default for a source that does not read it is an error."""
+  name = str(d.name)
+  base = name.partition(":")[0]
+  readers = {k: TOKEN_NAMES for k in TOKEN_DATA_KEYS} | SYNTHETIC_DATA_KEYS
+  for key, sources in readers.items():
+    if d[key] != default[key] and base not in sources:
+      raise ValueError(
+        f"data.{key}={d[key]!r}: only data.name={' | '.join(sources)} reads it, and "
+        f"data.name={name!r} does not; leave it at its default ({default[key]!r})"
+      )
+
+
 def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Raises ValueError naming the key for any invalid general setting."""
   defaults = default_config()
@@ -183,6 +207,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   _check_no_nan(config)
   _check_whole_number_tuples(config, defaults)
   d = config.data
+  _check_data_keys_apply(d, defaults.data)
   _require(0 < d.scale < math.inf, "data.scale", f"must be a finite number > 0, got {d.scale}")
   _require(d.num_examples >= 1, "data.num_examples", f"must be >= 1, got {d.num_examples}")
   t, o, e = config.train, config.optim, config.edm
