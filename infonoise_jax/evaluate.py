@@ -35,12 +35,11 @@ import numpy as np
 from infonoise_jax import cli, restore, resume, solvers
 from infonoise_jax.data import load_source
 from infonoise_jax.data.sources import data_location_items
-from infonoise_jax.evaluation import fid, inception, model_fid, sequence_eval
+from infonoise_jax.evaluation import fid, model_fid, sequence_eval
 from infonoise_jax.mesh import initialize_distributed, make_mesh
 from infonoise_jax.model_sampler import Sampler, sampler_config
 from infonoise_jax.paths import run_path
 
-SMALL_SET = 10_000  # below this many samples per set, the command notes FID's bias
 IMAGES_NUM = 50_000  # default samples per FID seed set (EDM's protocol)
 FID_FILE, TOKENS_FILE = "fid.json", "domain_metrics.json"  # what images / token runs write
 
@@ -94,18 +93,8 @@ def evaluate(
   if report is not None:
     sets = f"{num} samples x {seed_sets} seed sets"
     report(f"{workdir} @ step {run.step}: FID of {sets} vs {ref_path}")
-    if ref.n <= inception.FEATURE_DIM:
-      report(
-        f"note: the reference statistics come from {ref.n} images, not more than the "
-        f"{inception.FEATURE_DIM} Inception features, so their covariance is singular and "
-        "this FID reflects the reference set's size as much as the model: compare FIDs only "
-        "against the same reference"
-      )
-    if num < SMALL_SET:
-      report(
-        f"note: FID is biased upwards at small sample counts ({num} per set here, 50000 in "
-        "EDM's protocol): compare FIDs only at equal --num"
-      )
+    for note in model_fid.fid_notes(num, ref.n, "--num"):
+      report(f"note: {note}")
   fids = []
   for seed in seeds:
     batches = sampler.draw(run.state.ema_params, sigmas, num, seed, batch)

@@ -114,10 +114,25 @@ def test_periodic_fid_is_logged_every_fid_every_steps_and_at_the_end(fid_run):
   assert sorted(fids) == [4, 6] and all(np.isfinite(v) and v > 0 for v in fids.values()), fids
 
 
+def test_periodic_fid_notes_a_small_sample_count_and_reference_once(reference, caplog):
+  """The trainer's FID of 16 samples was logged with none of the notes the evaluate command
+  prints for the same numbers."""
+  small, _, extractor, config = reference
+  config = config.copy_and_resolve_references()
+  config.train.fid_num_samples = 16
+  with caplog.at_level("WARNING"):
+    model_fid.PeriodicFID(config, make_mesh(), small, extractor)
+  said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train.fid_every")]
+  assert len(said) == 2, said
+  assert "(16 per FID here" in said[1] and "equal train.fid_num_samples" in said[1]
+  assert f"come from {N} images" in said[0]
+  assert model_fid.fid_notes(10_000, 50_000, "--num") == []  # EDM-sized sets: nothing to say
+
+
 def test_evaluate_command_writes_fid_json(fid_run, reference, evaluated):
   result, out = evaluated  # out: progress lines, the JSON, where it was written
   assert "seed set 0: FID" in out and "seed set 1: FID" in out
-  assert f"FID is biased upwards at small sample counts ({N} per set here" in out
+  assert f"FID is biased upwards at small sample counts ({N} per FID here" in out
   assert f"the reference statistics come from {N} images, not more than the 2048" in out
   assert result == json.loads(out[out.index("\n{") + 1 : out.rindex("written to")])
   assert result["num_samples"] == N and result["seeds"] == [0, 1] and len(result["fids"]) == 2

@@ -123,6 +123,28 @@ def fid_of_batches(
   return fid.frechet_distance(fid.finalize_stats(acc), ref)
 
 
+SMALL_SET = 10_000  # below this many samples per FID, its bias upwards is noted
+
+
+def fid_notes(num: int, ref_n: int, flag: str) -> list[str]:
+  """What to know before reading an FID of `num` samples (the count `flag` sets) against
+  statistics of `ref_n` images: a singular reference covariance, and the small-n bias."""
+  notes = []
+  if ref_n <= inception.FEATURE_DIM:
+    notes.append(
+      f"the reference statistics come from {ref_n} images, not more than the "
+      f"{inception.FEATURE_DIM} Inception features, so their covariance is singular and "
+      "this FID reflects the reference set's size as much as the model: compare FIDs only "
+      "against the same reference"
+    )
+  if num < SMALL_SET:
+    notes.append(
+      f"FID is biased upwards at small sample counts ({num} per FID here, 50000 in EDM's "
+      f"protocol): compare FIDs only at equal {flag}"
+    )
+  return notes
+
+
 class PeriodicFID:
   """The trainer's FID (train.fid_every): model samples vs the training data's statistics.
 
@@ -145,6 +167,8 @@ class PeriodicFID:
     self.extractor = extractor or make_extractor(config, mesh)
     train_source = source if config.data.split == "train" else None  # else: load train
     self.ref, self.ref_path = load_reference(config, self.extractor, source=train_source)
+    for note in fid_notes(self.num, self.ref.n, "train.fid_num_samples"):
+      logging.warning("train.fid_every: %s", note)
 
   def __call__(self, batches: Iterable[np.ndarray]) -> float:
     """FID of the `self.num` samples in `batches`."""
