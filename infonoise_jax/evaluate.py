@@ -88,6 +88,7 @@ def evaluate(
   sampler = Sampler(run_config, run.model, run.schedule, run.mesh, run.data_shape)
   model_fid.check_images(sampler.data_shape, "the model")
   ref, ref_path = model_fid.load_reference(config, extractor, ref_stats, source)
+  sampler.warn_if_profile_unlearned(run.state.schedule_state, run.step)
   sigmas = sampler.sigmas(run.state.schedule_state)
   seeds = list(range(seed_sets))
   if report is not None:
@@ -154,6 +155,7 @@ def evaluate_tokens(
   primary, floor = evaluator.primary, _floats(evaluator.floor())
   run = restore.restore_run(workdir, step, devices)
   sampler = Sampler(run_config, run.model, run.schedule, run.mesh, run.data_shape)
+  sampler.warn_if_profile_unlearned(run.state.schedule_state, run.step)
   sigmas = sampler.sigmas(run.state.schedule_state)
   seeds, d = list(range(seed_sets)), data.data
   if report is not None:

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -94,6 +95,20 @@ class Sampler:
       return solvers.make_sigmas(config)
     solvers.check_grid(self.config, config.sampler.grid)
     return solvers.make_sigmas(config, profile=self.schedule.profile(schedule_state))
+
+  def warn_if_profile_unlearned(self, schedule_state, step: int) -> None:
+    """InfoGrid on a checkpoint whose InfoNoise profile was never estimated (0 refreshes: the
+    run stopped inside the warm-up) follows the schedule's initial density, not the data's."""
+    refreshes = schedule_state.get("refreshes") if isinstance(schedule_state, dict) else None
+    if self.config.sampler.grid.startswith("infogrid") and refreshes is not None:
+      if int(np.max(np.asarray(refreshes))) == 0:
+        warmup = self.config.schedule.infonoise.warmup_steps
+        logging.warning(
+          "sampler.grid=%s: the checkpoint of step %d has no learned profile (the first "
+          "refresh comes after schedule.infonoise.warmup_steps=%d), so this grid follows the "
+          "schedule's initial density; use a later checkpoint or --grid=karras",
+          self.config.sampler.grid, step, warmup,
+        )  # fmt: skip
 
   def round_batch(self, num: int, batch: int | None = None) -> int:
     """Batch per call: `batch` (default fid.batch_size), at most `num`, a multiple of devices."""

@@ -52,6 +52,7 @@ def sample_run(
   solvers.validate_sampler_config(config)  # before restoring anything
   run = restore.restore_run(workdir, step, devices)
   sampler = Sampler(config, run.model, run.schedule, run.mesh, run.data_shape)
+  sampler.warn_if_profile_unlearned(run.state.schedule_state, run.step)
   sigmas = sampler.sigmas(run.state.schedule_state)
   samples = sampler.draw_all(run.state.ema_params, sigmas, num, seed, batch)
   paths = {}

@@ -242,3 +242,21 @@ def test_set_items_and_the_flags_they_duplicate_are_refused_and_inf_is_a_float()
     sampler_config(config, overrides=["sampler.s_tmax=infinite"])
   with pytest.raises(ValueError, match="num_steps='inf'"):  # and inf only where a float goes
     sampler_config(config, overrides=["sampler.num_steps=inf"])
+
+
+def test_infogrid_on_a_profile_never_estimated_is_warned_about(restored, caplog):
+  """InfoGrid from a checkpoint inside the warm-up silently followed the initial density."""
+  sampler, state, step = restored
+  infogrid = dataclasses.replace(sampler, config=sampler_config(sampler.config, "infogrid"))
+  assert int(state.schedule_state["refreshes"]) > 0  # the trained run: learned, no warning
+  fresh = {**state.schedule_state, "refreshes": np.zeros((), np.int32)}
+  for s, schedule_state, warned in (
+    (infogrid, state.schedule_state, False),
+    (infogrid, fresh, True),
+    (dataclasses.replace(sampler, config=sampler_config(sampler.config, "karras")), fresh, False),
+  ):
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+      s.warn_if_profile_unlearned(schedule_state, step)
+    said = [r.getMessage() for r in caplog.records if "no learned profile" in r.getMessage()]
+    assert bool(said) == warned, (s.config.sampler.grid, said)
