@@ -256,6 +256,27 @@ def data_workers(config: ml_collections.ConfigDict, source) -> int:
   return 0 if in_memory else max(1, min(16, (os.cpu_count() or 2) // 2))
 
 
+def warn_if_two_level_data_mismatches_sigma_data(config: ml_collections.ConfigDict, source) -> None:
+  """Two-level images (data.binarize, or a bool array) at +-data.scale have a std near
+  data.scale, not the 0.5 of edm.sigma_data's default for images in [-1, 1]: EDM's
+  preconditioning assumes the data std; says so when they differ by more than 1.5x."""
+  x = source.array
+  if x is None or not source.is_image or source.encoding is not None:
+    return
+  sample = np.asarray(x[:: max(1, len(x) // 2048)], np.float32)
+  if not source.binarized and np.unique(sample).size != 2:
+    return
+  std, sigma = float(sample.std()), float(config.edm.sigma_data)
+  if std > 0 and max(std / sigma, sigma / std) > 1.5:
+    logging.warning(
+      "the two-level images at +-%g have std %.3g, and edm.sigma_data=%g (EDM's for images in "
+      "[-1, 1]): the network's preconditioning assumes the data's std. Set "
+      "--config.data.scale=%.3g (the config variant `binarized` uses 0.5) or "
+      "--config.edm.sigma_data=%.3g",
+      source.scale, std, sigma, source.scale * sigma / std, std,
+    )  # fmt: skip
+
+
 def warn_if_schedule_never_adapts(config: ml_collections.ConfigDict) -> None:
   """Says so when `train.num_steps` ends before the schedule's first refresh from the data."""
   name, n = config.schedule.name, config.train.num_steps
@@ -689,6 +710,7 @@ def _train(run: Run, workdir: str, fresh: bool) -> TrainState:
     if jax.process_index() == 0:
       resume.record(config, workdir, step, accepted)
     warn_if_schedule_never_adapts(config)
+    warn_if_two_level_data_mismatches_sigma_data(config, run.source)
     return _loop(run, workdir, ckpt, state, periodic_fid, seq_eval)
   finally:
     ckpt.close()

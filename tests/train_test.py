@@ -218,6 +218,37 @@ def test_digits_end_to_end_leaves_logs_checkpoint_and_images(tmp_path, caplog, m
   assert {p: p.stat().st_size for p in workdir.rglob("*") if p.is_file()} == files
 
 
+def test_two_level_images_far_from_sigma_data_are_warned_about(caplog, tmp_path):
+  """Binarized or bool images at +-1 have a std near 1 against edm.sigma_data 0.5; nothing
+  pointed at data.scale=0.5, the binarized recipe."""
+  from infonoise_jax.data import load_source
+
+  bits = np.random.default_rng(0).random((64, 8, 8)) < 0.5  # a bool array: two levels
+  np.save(tmp_path / "bits.npy", bits)
+  cases = [
+    ({"data.binarize": True}, True),  # digits at +-1: std 0.91
+    ({"data.binarize": True, "data.scale": 0.5}, False),  # the recipe: std 0.46
+    ({}, False),  # continuous digits
+    ({"data.name": "images", "data.path": str(tmp_path / "bits.npy")}, True),  # std 1.0
+    (
+      {"data.name": "images", "data.path": str(tmp_path / "bits.npy"), "edm.sigma_data": 1.0},
+      False,
+    ),
+  ]
+  for overrides, warned in cases:
+    config = _config(**overrides)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="absl"):
+      train.warn_if_two_level_data_mismatches_sigma_data(config, load_source(config))
+    said = [r.getMessage() for r in caplog.records if "two-level images" in r.getMessage()]
+    assert bool(said) == warned, (overrides, said)
+    if warned:  # the suggested scale gives the data the std edm.sigma_data assumes
+      suggested = float(said[0].split("--config.data.scale=")[1].split()[0])
+      config.data.scale = suggested
+      std = float(np.std(load_source(config).array))
+      assert std == pytest.approx(config.edm.sigma_data, rel=0.01)
+
+
 def test_warns_when_the_run_ends_before_the_schedule_adapts(caplog):
   with caplog.at_level(logging.WARNING, logger="absl"):
     train.warn_if_schedule_never_adapts(_config(**{"schedule.infonoise.warmup_steps": 8}))
