@@ -132,8 +132,10 @@ def check_keys(
   known = _flat_keys(defaults or default_config())
   unknown = sorted(_flat_keys(config) - known)
   if unknown:
+    close = {k: difflib.get_close_matches(k, sorted(known), n=1) for k in unknown}
+    hints = "".join(f' Did you mean "{c[0]}" for {k}?' for k, c in close.items() if c)
     raise ValueError(
-      f"Unknown config key(s) {unknown}: every key must be defined in configs/default.py. "
+      f"Unknown config key(s) {unknown}: every key must be defined in configs/default.py.{hints} "
       "Check the spelling, or add the key there with its units."
     )
 

@@ -247,6 +247,11 @@ def test_groups_of_very_different_sizes_are_cut_at_their_ends_not_held_out_whole
   with caplog.at_level("WARNING"):
     split = sequences.split_groups((big, small), 0.1)
   assert "cutting every sequence's last 0.1 instead" in caplog.text
+  assert "Holding out 1 whole sequence of 2" in caplog.text
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    again = sequences.split_groups((big, small), 0.1)  # the other split's load: said once
+  assert again == split and "cutting" not in caplog.text
   assert split["train"] == [("chromosome", "A" * 8_100), ("plasmid", "C" * 900)]
   assert split["test"] == [("chromosome", "A" * 900), ("plasmid", "C" * 100)]
   # Groups of similar sizes are still held out whole (no sequence in both splits).

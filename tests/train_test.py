@@ -297,6 +297,22 @@ def test_bad_config_fails_before_compiling_naming_the_key(tmp_path, overrides, k
   assert not (tmp_path / "bad").exists()  # not even an empty workdir
 
 
+def test_an_unknown_key_in_a_config_file_names_the_closest_known_one():
+  """The command line suggested the key meant; a key added in a config file got no hint."""
+  from infonoise_jax.validation import check_keys
+
+  config = _config()
+  with config.unlocked():
+    config.train.num_stpes = 10
+  with pytest.raises(ValueError, match=r"\['train.num_stpes'\].*Did you mean \"train.num_steps\""):
+    check_keys(config)
+  with config.unlocked():
+    config.train.zzzz_qqqq = 1  # nothing close: no hint for it
+  with pytest.raises(ValueError) as e:
+    check_keys(config)
+  assert str(e.value).count("Did you mean") == 1
+
+
 def test_an_indivisible_batch_names_both_fixes():
   """A new run can change its batch; a resumed one cannot, so the message names a device
   count that divides the batch too."""

@@ -284,6 +284,9 @@ def _read_text(path: str, mtime: float) -> tuple[tuple[str, str], ...]:
 
 
 # ------------------------------------------------------------------------------ splits, windows
+_CUT_WARNED: set[tuple] = set()  # data sets whose split_groups warning was given
+
+
 def split_groups(
   groups: tuple[tuple[str, str], ...], val_fraction: float
 ) -> dict[str, list[tuple[str, str]]]:
@@ -294,16 +297,15 @@ def split_groups(
     held = sum(len(q) for _, q in order[:n_val]) / sum(len(q) for _, q in groups)
     if held <= max(2 * val_fraction, val_fraction + 0.05, 1.5 * n_val / len(groups)):
       return {"test": order[:n_val], "train": order[n_val:]}
-    logging.warning(
-      "Holding out %d whole sequences of %d would hold out %.0f%% of the letters "
-      "(data.val_fraction=%g): cutting every sequence's last %g instead, so held-out windows "
-      "come from the training sequences' ends",
-      n_val,
-      len(groups),
-      100 * held,
-      val_fraction,
-      val_fraction,
-    )
+    key = (tuple(n for n, _ in groups), sum(len(q) for _, q in groups), val_fraction)
+    if key not in _CUT_WARNED:  # once per data set, not once per split or evaluator load
+      _CUT_WARNED.add(key)
+      logging.warning(
+        "Holding out %d whole sequence%s of %d would hold out %.0f%% of the letters "
+        "(data.val_fraction=%g): cutting every sequence's last %g instead, so held-out windows "
+        "come from the training sequences' ends",
+        n_val, "" if n_val == 1 else "s", len(groups), 100 * held, val_fraction, val_fraction,
+      )  # fmt: skip
   cuts = [(n, q, len(q) - int(math.ceil(val_fraction * len(q)))) for n, q in groups]
   return {"train": [(n, q[:c]) for n, q, c in cuts], "test": [(n, q[c:]) for n, q, c in cuts]}
 
