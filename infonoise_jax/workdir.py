@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import struct
+import tempfile
 import time
 
 import jax
@@ -38,12 +39,28 @@ class WorkdirLockedError(WorkdirError):
 
 
 def check_is_directory(workdir: str) -> None:
-  """Raises if `workdir` exists and is not a directory (before any data is loaded)."""
-  if not is_remote(workdir) and os.path.exists(workdir) and not os.path.isdir(workdir):
+  """Raises if `workdir` exists and is not a directory, or does not exist and cannot be made
+  (checked by making and removing a folder beside where it would go), before any data is
+  loaded."""
+  if is_remote(workdir):
+    return
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(
       f"--workdir={workdir} is a file, not a directory; point --workdir at a new or existing "
       "run directory"
     )
+  parent = os.path.abspath(os.path.expanduser(workdir))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if parent == os.path.abspath(os.path.expanduser(workdir)):
+    return
+  try:
+    os.rmdir(tempfile.mkdtemp(prefix=".infonoise-probe-", dir=parent))
+  except OSError as e:
+    raise WorkdirError(
+      f"--workdir={workdir} cannot be made: its nearest existing folder {parent} does not take "
+      f"new folders ({e.strerror or e}); point --workdir at a folder you can write"
+    ) from e
 
 
 def check_outside_data(workdir: str, data_path: str) -> None:

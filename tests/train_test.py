@@ -297,6 +297,19 @@ def test_bad_config_fails_before_compiling_naming_the_key(tmp_path, overrides, k
   assert not (tmp_path / "bad").exists()  # not even an empty workdir
 
 
+def test_a_workdir_that_cannot_be_made_is_named_before_the_data_loads(tmp_path, monkeypatch):
+  """--workdir=/proc/nope printed a bare '[Errno 2] No such file or directory' after the data
+  had loaded."""
+  from infonoise_jax import workdir as workdir_lib
+  from infonoise_jax.data import sources
+
+  monkeypatch.setattr(sources, "load_source", lambda *a, **k: pytest.fail("data loaded"))
+  with pytest.raises(ValueError, match=r"--workdir=/proc/nope/run cannot be made: .* /proc does"):
+    train.train_and_evaluate(_config(), "/proc/nope/run")
+  workdir_lib.check_is_directory(str(tmp_path / "new" / "run"))  # makeable: passes
+  assert os.listdir(tmp_path) == []  # and leaves nothing behind
+
+
 def test_an_unknown_key_in_a_config_file_names_the_closest_known_one():
   """The command line suggested the key meant; a key added in a config file got no hint."""
   from infonoise_jax.validation import check_keys
