@@ -172,6 +172,15 @@ def test_binarizing_data_that_never_crosses_the_threshold_is_refused(tmp_path, c
   assert any("nearly blank" in r.getMessage() for r in caplog.records)
 
 
+def _npy_bytes():
+  """A real .npy file's bytes (header and pixels), to cut short."""
+  import io
+
+  buf = io.BytesIO()
+  np.save(buf, _pixels())
+  return buf.getvalue()
+
+
 def _huge_npz(path):
   """An .npz whose header declares 10^9 RGB 64x64 images (a few bytes on disk)."""
   import io
@@ -200,7 +209,9 @@ def _huge_npz(path):
       "reads as 6 grayscale images of 10x3; if it is one RGB image, save x[None]",
     ),
     (lambda d: np.savez(d / "x.npz", a=_pixels(), b=_pixels()), "none is named 'images'"),
-    (lambda d: (d / "x.npy").write_bytes(b"torn"), "not a readable numpy array file"),
+    (lambda d: (d / "x.npy").write_bytes(b"torn"), "is not a .npy file (it lacks numpy's header"),
+    (lambda d: (d / "x.npy").write_bytes(np.random.default_rng(0).bytes(200)), "not a .npy file"),
+    (lambda d: (d / "x.npy").write_bytes(_npy_bytes()[:90]), "not a readable numpy array"),
     (lambda d: np.save(d / "x.npy", _pixels(channels=2)), "images of 2 channels"),
     (lambda d: np.save(d / "x.npy", _pixels(channels=4)), "x[..., :3]"),
     (lambda d: _huge_npz(d / "x.npz"), "need 45776.4 GiB as float32"),

@@ -460,6 +460,12 @@ def _read_image_array(path: str, max_bytes: int) -> np.ndarray:
   """The array of a .npy file, or of a .npz file's 'images' key (or its only array); an array
   too large for memory is refused from its header, before it is read."""
   if path.lower().endswith(".npy"):
+    with open(path, "rb") as f:
+      if f.read(6) != b"\x93NUMPY":  # numpy would try it as a pickle and say so
+        raise ValueError(
+          f"data.path={path!r} is not a .npy file (it lacks numpy's header: another format, "
+          f"or cut short); {_SAVE_FIX}"
+        )
     try:
       x = np.load(path, mmap_mode="r", allow_pickle=False)  # nothing read yet
     except _READ_ERRORS as e:
