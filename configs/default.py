@@ -235,7 +235,8 @@ def _base_config() -> ml_collections.ConfigDict:
   c.system.process_id = -1  # -1 = auto-detect
   # Persistent XLA compilation cache (and GPU autotuning results): a restarted or resumed run
   # of the same config loads its compiled step instead of compiling again. '' = off. A local
-  # folder per machine (also on TPU pods, where the workdir is on gs://).
+  # folder per machine (also on TPU pods, where the workdir is on gs://). At this default, a
+  # set JAX_COMPILATION_CACHE_DIR is used instead (infonoise_jax/mesh.py).
   c.system.compilation_cache_dir = "~/.cache/infonoise_jax/xla"
   # Cache only programs that took this long to build. 0 = all: on an H200 a restarted DDPM++
   # run still compiled 71 small programs (window metrics, checkpoint guard, sampler parts) at

@@ -36,12 +36,17 @@ def initialize_distributed(config) -> None:
   jax.distributed.initialize(**kwargs)
 
 
+DEFAULT_COMPILATION_CACHE_DIR = "~/.cache/infonoise_jax/xla"  # configs/default.py's value
+
+
 def configure_compilation_cache(system) -> None:
   """Turns on JAX's persistent compilation cache in `system.compilation_cache_dir`.
 
   Must run before the first compile. Programs that took at least
   `system.compilation_cache_min_secs` to build are written there; a later process with the
-  same program, JAX version and devices loads them instead of compiling.
+  same program, JAX version and devices loads them instead of compiling. With the key at its
+  default and JAX_COMPILATION_CACHE_DIR set, the environment's folder is used (a job's or the
+  test session's own cache; a folder given as the key still wins).
   """
   if system.compilation_cache_min_secs < 0:
     raise ValueError(
@@ -50,6 +55,8 @@ def configure_compilation_cache(system) -> None:
   if not system.compilation_cache_dir:
     return
   folder = system.compilation_cache_dir
+  if folder == DEFAULT_COMPILATION_CACHE_DIR and os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    folder = os.environ["JAX_COMPILATION_CACHE_DIR"]
   if "://" not in folder:
     folder = os.path.expanduser(folder)
   jax.config.update("jax_compilation_cache_dir", folder)

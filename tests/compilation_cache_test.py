@@ -92,6 +92,37 @@ def test_empty_folder_turns_the_cache_off(tmp_path):
   assert jax.config.jax_compilation_cache_dir == before
 
 
+def test_the_environment_folder_wins_over_the_default_not_over_a_given_folder(
+  tmp_path, monkeypatch
+):
+  """At the key's default, the training command wrote to ~/.cache even when the environment
+  named a cache (a job's, or this test session's: tests' subprocesses filled the user's home)."""
+  import jax
+  import ml_collections
+
+  from infonoise_jax import mesh
+
+  before = jax.config.jax_compilation_cache_dir
+  system = lambda folder: ml_collections.ConfigDict(
+    {"compilation_cache_dir": folder, "compilation_cache_min_secs": 0.0}
+  )
+  try:
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "env"))
+    mesh.configure_compilation_cache(system(mesh.DEFAULT_COMPILATION_CACHE_DIR))
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "env")
+    mesh.configure_compilation_cache(system(str(tmp_path / "given")))
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "given")
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    mesh.configure_compilation_cache(system(mesh.DEFAULT_COMPILATION_CACHE_DIR))
+    want = os.path.expanduser(mesh.DEFAULT_COMPILATION_CACHE_DIR)
+    assert jax.config.jax_compilation_cache_dir == want
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)
+  from configs.default import get_config
+
+  assert get_config().system.compilation_cache_dir == mesh.DEFAULT_COMPILATION_CACHE_DIR
+
+
 # The schedule-comparison harness, the same way: its programs' cache hits counted in-process.
 _HARNESS_DRIVER = (
   _DRIVER.split("from absl import app")[0]
