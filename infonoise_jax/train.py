@@ -210,10 +210,11 @@ class _WindowLogger:
       return
     rate = total["steps"] / total["seconds"]
     logging.info(
-      "Trained %d steps at %s %s/s (%.2f steps/s; windows timed as the device finished "
-      "them, compiling left out); %.1f s of sample grids and evaluations timed apart; "
-      "%.1f s spent in checkpoint saves, included.",
+      "Throughput over %d timed step%s: %s %s/s (%.2f steps/s; windows timed as the device "
+      "finished them, the first step's compiling left out); %.1f s of sample grids and "
+      "evaluations timed apart; %.1f s spent in checkpoint saves, included.",
       total["steps"],
+      "" if total["steps"] == 1 else "s",
       format(rate * self.run.config.train.batch_size, ",.0f"),
       self.unit,
       rate,
