@@ -48,8 +48,36 @@ def samples_step(out: str) -> int | None:
 FASTA_WIDTH = 80  # bases per line of samples.fa
 
 
+TEXT_HEADER = "===== sample {j}{tags} ====="  # the line before text sample j in samples.txt
+
+
+def read_texts(path: str) -> list[tuple[str, str]]:
+  """(header, text) per sample of a samples.txt that `write_texts` wrote. Sample j begins
+  after the line TEXT_HEADER gives for j, with the file's own tags (so a sample holding a line
+  of dashes, or a header of another index or run, is still read whole); the file's last
+  newline is not part of the text."""
+  body = run_path(path).read_text()
+  first = body.split("\n", 1)[0]
+  tags = first[len("===== sample 0") : -len(" =====")]
+  out, j, rest = [], 0, body
+  header = TEXT_HEADER.format(j=0, tags=tags)
+  if not rest.startswith(header + "\n"):
+    raise ValueError(f"{path} does not start with a sample header ({header!r})")
+  rest = rest[len(header) + 1 :]
+  while True:
+    following = "\n" + TEXT_HEADER.format(j=j + 1, tags=tags) + "\n"
+    cut = rest.find(following)
+    if cut < 0:
+      out.append((header, rest[:-1] if rest.endswith("\n") else rest))
+      return out
+    out.append((header, rest[:cut]))
+    j, header, rest = j + 1, following.strip("\n"), rest[cut + len(following) :]
+
+
 def write_texts(out: str, vocab: str, tokens_NL: np.ndarray, fasta: bool = False, **meta) -> str:
-  """The decoded samples. Text: samples.txt, each sample separated by a line of dashes. DNA
+  """The decoded samples. Text: samples.txt, each sample after a line `===== sample <j>
+  seed=.. step=.. =====` (TEXT_HEADER; `read_texts` reads them back, even when a sample holds
+  such a line). DNA
   (`fasta`): samples.fa, one record per sample, `>sample_<j>` followed by `meta` as key=value
   (seed, step), its bases wrapped at FASTA_WIDTH, so that sequence tools (and this project's
   DNA reader) read the samples as they read the training data."""
@@ -65,5 +93,7 @@ def write_texts(out: str, vocab: str, tokens_NL: np.ndarray, fasta: bool = False
     path.write_text("\n".join(records) + "\n")
   else:
     path = run_path(out) / "samples.txt"
-    path.write_text("\n-----\n".join(texts) + "\n")
+    tags = "".join(f" {k}={v}" for k, v in meta.items())
+    blocks = [TEXT_HEADER.format(j=j, tags=tags) + "\n" + t for j, t in enumerate(texts)]
+    path.write_text("\n".join(blocks) + "\n")
   return str(path)

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from infonoise_jax import checkpointing, sample, train
+from infonoise_jax import checkpointing, sample, sample_files, train
 from infonoise_jax.data import sequences
 from infonoise_jax.data.tokens import TokenEncoding
 from infonoise_jax.validation import load_config_file
@@ -124,14 +124,15 @@ def test_end_to_end_through_main_logs_metrics_texts_and_resumes_bit_identically(
   assert tokens.shape == (8, 32) and tokens.max() < len(vocab)
   assert "uint8" not in np.load(resumed / "samples.npz").files  # image quantization: images only
   # the trainer's final samples decoded too, each the decoded tokens of the .npz: DNA as FASTA
-  # (read back by the project's own FASTA reader), text separated by lines of dashes
+  # (read back by the project's own FASTA reader), text after a header line per sample
   texts = [TokenEncoding(vocab).to_text(ids) for ids in tokens]
   if domain == "dna":
     assert not (resumed / "samples.txt").exists()
     records = sequences.read_fasta(str(resumed / "samples.fa"))
     assert records == [(f"sample_{j} seed=0 step=8", t) for j, t in enumerate(texts)]
   else:
-    assert (resumed / "samples.txt").read_text() == "\n-----\n".join(texts) + "\n"
+    got = sample_files.read_texts(str(resumed / "samples.txt"))
+    assert got == [(f"===== sample {j} seed=0 step=8 =====", t) for j, t in enumerate(texts)]
   # the sample command decodes with the checkpoint's vocabulary, without reading the data
   _, paths = sample.sample_run(str(resumed), 3, str(tmp_path / "drawn"), seed=2)
   drawn = np.load(paths["npz"])
@@ -141,8 +142,9 @@ def test_end_to_end_through_main_logs_metrics_texts_and_resumes_bit_identically(
     assert [name for name, _ in records] == [f"sample_{j} seed=2 step=8" for j in range(3)]
     assert [seq for _, seq in records] == [TokenEncoding(vocab).to_text(r) for r in drawn["tokens"]]
   else:
-    texts = open(paths["txt"]).read().split("\n-----\n")
-    assert [len(t) for t in texts] == [32, 32, 33]  # the last one ends the file with a newline
+    got = sample_files.read_texts(paths["txt"])
+    assert [h for h, _ in got] == [f"===== sample {j} seed=2 step=8 =====" for j in range(3)]
+    assert [t for _, t in got] == [TokenEncoding(vocab).to_text(r) for r in drawn["tokens"]]
 
 
 @pytest.mark.parametrize(

@@ -225,6 +225,32 @@ def test_no_window_errors_propose_the_fix_that_applies(tmp_path):
   assert "unknown_policy=replace" not in message and "data.vocab" not in message
 
 
+def test_text_samples_are_read_back_whole_whatever_they_hold(tmp_path):
+  """Text samples were separated by a line of dashes, which a sample can hold too. Each now
+  follows a numbered header with the run's tags; read_texts gives back every sample, even
+  ones holding dashes, newlines at their ends, or another run's or index's header line."""
+  from infonoise_jax import sample_files
+
+  vocab = "ab-=\n 0123456789smpletd"
+  enc = TokenEncoding(vocab)
+  texts = [
+    "ab\n-----\nba",
+    "\n===== sample 2 seed=9 step=9 =====\n",  # another run's header: part of the text
+    "\n===== sample 0 seed=1 step=5 =====\n",  # an earlier index's header: part of it too
+    "-----\n",
+    "\n\n",
+  ]
+  ids_NL = np.array([[vocab.index(ch) for ch in t.ljust(40, "a")] for t in texts])
+  path = sample_files.write_texts(str(tmp_path), vocab, ids_NL, seed=1, step=5)
+  assert path.endswith("samples.txt")
+  got = sample_files.read_texts(path)
+  assert [h for h, _ in got] == [f"===== sample {j} seed=1 step=5 =====" for j in range(5)]
+  assert [t for _, t in got] == [enc.to_text(r) for r in ids_NL]
+  (tmp_path / "other.txt").write_text("no header\n")
+  with pytest.raises(ValueError, match="does not start with a sample header"):
+    sample_files.read_texts(str(tmp_path / "other.txt"))
+
+
 def test_dna_samples_are_written_as_fasta_the_reader_reads_back(tmp_path):
   """write_texts(fasta=True): one record per sample, bases wrapped at FASTA_WIDTH, tagged with
   its meta; read_fasta (the training data's reader) gives back every sample's bases."""
