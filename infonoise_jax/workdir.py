@@ -49,10 +49,10 @@ def check_is_directory(workdir: str) -> None:
       f"--workdir={workdir} is a file, not a directory; point --workdir at a new or existing "
       "run directory"
     )
-  parent = os.path.abspath(os.path.expanduser(workdir))
+  target = parent = os.path.abspath(os.path.expanduser(workdir))
   while not os.path.exists(parent):
     parent = os.path.dirname(parent)
-  if parent == os.path.abspath(os.path.expanduser(workdir)):
+  if parent == target:  # it exists: a directory, checked above
     return
   try:
     os.rmdir(tempfile.mkdtemp(prefix=".infonoise-probe-", dir=parent))

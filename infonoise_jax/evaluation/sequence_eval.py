@@ -29,9 +29,10 @@ def held_out_source(config: ml_collections.ConfigDict) -> Source:
   return load_source(c)
 
 
-def held_out(config: ml_collections.ConfigDict, num: int) -> np.ndarray:
-  """`num` held-out windows (token ids) of the run's data, a fixed seeded choice."""
-  ids_NL = held_out_source(config).token_ids
+def held_out(config: ml_collections.ConfigDict, num: int, test: Source | None = None) -> np.ndarray:
+  """`num` held-out windows (token ids) of the run's data, a fixed seeded choice (`test`: its
+  held-out split, if already loaded)."""
+  ids_NL = (test or held_out_source(config)).token_ids
   if num > len(ids_NL):
     raise ValueError(
       f"train.eval_num_samples={num} exceeds the {len(ids_NL)} held-out windows of "
@@ -44,9 +45,7 @@ def check_held_out(config: ml_collections.ConfigDict, num: int, flag: str) -> No
   """Scoring `num` samples (the count `flag` gives) takes 2 x `num` held-out windows: `num` to
   score them against and `num` others for the floor (SequenceEvaluator.floor). Raises, naming
   `flag` and the count that fits, before any model or sample is made."""
-  test = config.copy_and_resolve_references()
-  test.data.split = "test"
-  have, d = load_source(test).num_examples, config.data
+  have, d = held_out_source(config).num_examples, config.data
   if have < 2 * num:
     raise ValueError(
       f"{flag}={num}: scoring token data needs 2 x {num} held-out windows ({num} to score the "
@@ -81,9 +80,10 @@ class SequenceEvaluator:
     if not sizes or min(sizes) < 1 or max(sizes) > length:
       raise ValueError(f"{key}={tuple(sizes)}: sizes must lie in [1, data.seq_len={length}]")
     self.sizes = tuple(int(k) for k in sizes)
-    self.ref_NL = held_out(config, self.num)
+    test = held_out_source(config)
     # What the metrics are scored against (the run's header describes the training split).
-    logging.info("held-out split: %s", held_out_source(config).describe())
+    logging.info("held-out split: %s", test.describe())
+    self.ref_NL = held_out(config, self.num, test)
     if self.is_dna:
       cache = s.cache_dir or os.path.join(sequences.cache_dir(), "seq_classifiers")
       clf = FeatureClassifier(
