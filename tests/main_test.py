@@ -101,26 +101,6 @@ def _log_path(workdir, pid: int) -> pathlib.Path:
   return pathlib.Path(workdir).parent / f"{pathlib.Path(workdir).name}_p{pid}.log"
 
 
-def _two_processes(workdir, num_steps: int) -> None:
-  for p in _start_two_processes(workdir, num_steps):
-    assert p.wait(timeout=300) == 0, "a process failed; see the *_p?.log files in " + str(workdir)
-
-
-def test_two_processes_train_like_one_and_save_and_restore_together(tmp_path):
-  single = tmp_path / "single"
-  subprocess.run(_cmd(single), cwd=ROOT, env=_env(2), check=True, capture_output=True, timeout=300)
-  multi = tmp_path / "multi"
-  _two_processes(multi, num_steps=4)  # both processes save step 4 ...
-  _two_processes(multi, num_steps=8)  # ... and both restore it and continue to step 8
-
-  a, b = _restore(single, 8), _restore(multi, 8)  # packed by one process, array by array by two
-  assert sorted(a) == sorted(b)
-  for path in a:
-    np.testing.assert_allclose(a[path], b[path], rtol=2e-5, atol=2e-6, err_msg=path)
-  logs = "".join(p.read_text() for p in tmp_path.glob("multi_p*.log"))
-  assert "Resumed" in logs
-
-
 def _wait_for(path: pathlib.Path, text: str, procs, timeout: float = 180) -> None:
   deadline = time.time() + timeout
   while time.time() < deadline and all(p.poll() is None for p in procs):
@@ -132,8 +112,16 @@ def _wait_for(path: pathlib.Path, text: str, procs, timeout: float = 180) -> Non
   )
 
 
-def test_sigterm_on_one_of_two_processes_saves_one_step_on_both_and_resumes(tmp_path):
+def test_two_processes_preempted_on_one_save_one_step_resume_and_train_like_one(tmp_path):
+  """Two processes are stopped by a SIGTERM to one of them: both save the same step, the
+  requeued pair restores it and trains on, and the result is one process's with two devices
+  and the same global batch. (One test: each pair of processes compiles its own programs.)"""
   import re
+
+  import jax
+
+  from infonoise_jax import train
+  from infonoise_jax.validation import load_config_file
 
   workdir = tmp_path / "pod"
   long = ["--config.train.checkpoint_every=100000"]
@@ -149,10 +137,23 @@ def test_sigterm_on_one_of_two_processes_saves_one_step_on_both_and_resumes(tmp_
   on_disk = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert on_disk == [step]
   assert int(_restore(workdir, step)["step"]) == step
-  for p in _start_two_processes(workdir, step + 2, *long):  # the requeued job resumes there
-    assert p.wait(timeout=300) == 0
-  assert f"at step {step}" in _log_path(workdir, 0).read_text().split("Preempted")[-1]
-  assert int(_restore(workdir, step + 2)["step"]) == step + 2
+  for p in _start_two_processes(workdir, step + 4, *long):  # the requeued job resumes there
+    assert p.wait(timeout=300) == 0, "a process failed; see the *_p?.log files in " + str(tmp_path)
+  resumed = _log_path(workdir, 0).read_text().split("Preempted")[-1]
+  assert f"at step {step}" in resumed and "Resumed" in resumed
+
+  # One process with two devices, the same global batch, straight to the same step; it saves
+  # the state packed, the two processes array by array: read_arrays reads both alike.
+  single = tmp_path / "single"
+  config = load_config_file(ROOT / "configs" / "test.py")
+  config.train.num_steps = step + 4
+  config.train.checkpoint_every = 100000
+  train.train_and_evaluate(config, str(single), jax.devices()[:2])
+  a, b = _restore(single, step + 4), _restore(workdir, step + 4)
+  assert int(b["step"]) == step + 4
+  assert sorted(a) == sorted(b)
+  for path in a:
+    np.testing.assert_allclose(a[path], b[path], rtol=2e-5, atol=2e-6, err_msg=path)
 
 
 def test_a_second_run_on_a_busy_workdir_is_refused_in_one_line(tmp_path):
