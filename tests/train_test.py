@@ -39,6 +39,26 @@ def _run_steps(config, devices, num_steps):
   return run, jax.device_get(state)
 
 
+@pytest.fixture(scope="module")
+def stepped():
+  """configs/test.py's 8 steps on the eight devices, called one by one outside the trainer
+  (no CompileAhead): (the Run, the final state). Shared by the tests that only read them."""
+  return _run_steps(_config(), jax.devices(), 8)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """configs/test.py trained straight through by the trainer: the final state, on the host.
+  Shared by the tests that compare another way to train with it (module scope: set up before
+  the autouse fixture that keeps the step store off, so it is kept off here too)."""
+  from infonoise_jax import step_executables
+
+  with pytest.MonkeyPatch.context() as m:
+    m.setattr(step_executables, "folder", lambda: None)
+    workdir = str(tmp_path_factory.mktemp("trained") / "straight")
+    return jax.device_get(train.train_and_evaluate(_config(), workdir))
+
+
 def test_one_device_and_eight_devices_give_the_same_state():
   config = _config()
   _, state_1 = _run_steps(config, jax.devices()[:1], 6)
@@ -48,9 +68,8 @@ def test_one_device_and_eight_devices_give_the_same_state():
   assert int(state_8.schedule_state["refreshes"]) >= 2  # refreshes happened on device
 
 
-def test_step_compiles_once_and_has_no_host_callbacks():
-  config = _config()
-  run, _ = _run_steps(config, jax.devices(), 8)  # spans warm-up and several refreshes
+def test_step_compiles_once_and_has_no_host_callbacks(stepped):
+  run, _ = stepped  # 8 steps: spans warm-up and several refreshes
   assert run.train_step._cache_size() == 1
   state = run.init_fn()
   batch = run.global_batch(run.pipeline.batch(0))
@@ -59,9 +78,9 @@ def test_step_compiles_once_and_has_no_host_callbacks():
   assert "infeed" not in jaxpr and "outfeed" not in jaxpr
 
 
-def test_resume_is_bit_identical(tmp_path):
+def test_resume_is_bit_identical(tmp_path, trained):
   config = _config()
-  straight = jax.device_get(train.train_and_evaluate(config, str(tmp_path / "straight")))
+  straight = trained
   half = _config(**{"train.num_steps": 4})
   train.train_and_evaluate(half, str(tmp_path / "resumed"))
   resumed = jax.device_get(train.train_and_evaluate(config, str(tmp_path / "resumed")))
@@ -117,10 +136,9 @@ def _count_compiles(fn):
   return compiles
 
 
-def test_step_compiled_ahead_gives_the_same_state_bitwise(tmp_path):
-  config = _config()
-  _, plain = _run_steps(config, jax.devices(), config.train.num_steps)  # no CompileAhead
-  trained = jax.device_get(train.train_and_evaluate(config, str(tmp_path / "ahead")))
+def test_step_compiled_ahead_gives_the_same_state_bitwise(stepped, trained):
+  _, plain = stepped  # no CompileAhead
+  assert int(plain.step) == int(trained.step) == _config().train.num_steps
   _assert_trees_equal(plain, trained)
 
 
