@@ -85,7 +85,7 @@ from infonoise_jax.evaluation.sequence_eval import SequenceEvaluator, check_held
 from infonoise_jax.mesh import configure_compilation_cache
 from infonoise_jax.model_sampler import Sampler, sampler_config
 from infonoise_jax.models import unet_layers
-from infonoise_jax.schedules import has_profile, make_schedule
+from infonoise_jax.schedules import SCHEDULES, has_profile, make_schedule
 from infonoise_jax.validation import (
   DEFAULT_CONFIG_PATH,
   apply_overrides,
@@ -101,20 +101,11 @@ from infonoise_jax.validation import (
 # uniform floor (VDM++ / iDDPM importance weights need p > 0). EDM2 has no bins or warm-up (it
 # learns a weight with its own Adam from step 0), so it has no fair variant.
 FAIR = "fair"
+# Arms besides the one per registered schedule, named as it (`named_arms`).
 ARMS = {
-  "lognormal": {"schedule.name": "lognormal"},
-  "loguniform": {"schedule.name": "loguniform"},
-  "logitnormal": {"schedule.name": "logitnormal"},
-  "laplace": {"schedule.name": "laplace"},
-  "cosine": {"schedule.name": "cosine"},
-  "cdcd": {"schedule.name": "cdcd"},
-  "vdmpp": {"schedule.name": "vdmpp"},
-  "iddpm": {"schedule.name": "iddpm"},
-  "edm2": {"schedule.name": "edm2"},
   "cdcd_fair": {"schedule.name": "cdcd", FAIR: True},
   "vdmpp_fair": {"schedule.name": "vdmpp", FAIR: True},
   "iddpm_fair": {"schedule.name": "iddpm", FAIR: True},
-  "infonoise": {"schedule.name": "infonoise"},  # the config's own InfoNoise setting
   # the library's (configs/default.py): compensation, onset pivot; `fashion`'s before 2026-12-02
   "infonoise_library": {
     "schedule.name": "infonoise",
@@ -134,13 +125,19 @@ DATA = {
 DATA_VARIANTS = ("binarized",)  # data kinds a config file may know as a variant of its own
 
 
+def named_arms() -> dict[str, dict]:
+  """The arms --arms knows: one per registered schedule (a schedule added to SCHEDULES, as
+  docs/schedules.md adds one, needs no edit here), then ARMS."""
+  return {**{name: {"schedule.name": name} for name in SCHEDULES}, **ARMS}
+
+
 def parse_arms(spec: str, extra) -> dict[str, dict]:
-  """Named arms from ARMS, plus --arm 'name:key=value;key=value' definitions."""
-  arms = {}
+  """Named arms (`named_arms`), plus --arm 'name:key=value;key=value' definitions."""
+  known, arms = named_arms(), {}
   for name in filter(None, spec.split(",")):
-    if name not in ARMS:
-      raise ValueError(f"--arms: unknown arm {name!r}; known: {', '.join(ARMS)} (or use --arm)")
-    arms[name] = ARMS[name]
+    if name not in known:
+      raise ValueError(f"--arms: unknown arm {name!r}; known: {', '.join(known)} (or use --arm)")
+    arms[name] = known[name]
   for item in extra or []:
     name, sep, body = item.partition(":")
     if not sep or not name or not body.strip(";"):

@@ -162,7 +162,10 @@ def main() -> None:
   p.add_argument("--set", action="append", help="override, key=value (repeat), as the harness's")
   p.add_argument("--data", default="continuous", choices=list(compare_schedules.DATA))
   p.add_argument(
-    "--arm", default="", choices=["", *compare_schedules.ARMS], help="'' = the config's schedule"
+    "--arm",
+    default="",
+    choices=["", *compare_schedules.named_arms()],
+    help="'' = the config's schedule",
   )
   p.add_argument("--steps", type=int, default=1500, help="training steps")
   p.add_argument("--score_steps", default="", help="steps to score at ('' = --steps only)")
@@ -203,7 +206,7 @@ def main() -> None:
     p.error("need at least two --draws, --num_samples >= 2, --score_steps in 1..--steps")
 
   # the harness's own config of this arm on this data kind: same keys, same hash
-  arm = compare_schedules.ARMS.get(args.arm, {})
+  arm = compare_schedules.named_arms().get(args.arm, {})
   config = compare_schedules.make_config(args, args.data, arm, args.arm)
   wgrad = compare_schedules.conv_wgrad(args, config)
   with unet_layers.tap_weight_gradients(wgrad == "taps"):

@@ -362,6 +362,21 @@ def test_bad_arm_or_data_fails_before_any_work(tmp_path, capsys):
   assert not os.listdir(tmp_path)  # nothing written
 
 
+def test_a_newly_registered_schedule_is_an_arm_of_its_name(monkeypatch):
+  """A schedule added to SCHEDULES as docs/schedules.md says is an --arms name with no edit to
+  the harness (its arm list was kept by hand and refused it)."""
+  from infonoise_jax import schedules
+
+  monkeypatch.setitem(schedules.SCHEDULES, "my_law", schedules.LogNormal)
+  arms = compare_schedules.parse_arms("lognormal,my_law", None)
+  assert arms == {
+    "lognormal": {"schedule.name": "lognormal"},
+    "my_law": {"schedule.name": "my_law"},
+  }
+  with pytest.raises(ValueError, match="known: .*my_law"):
+    compare_schedules.parse_arms("my_lw", None)
+
+
 @pytest.mark.parametrize(
   "flags, message",
   [
@@ -416,7 +431,7 @@ def test_every_named_arm_builds_and_fair_peers_take_infonoise_terms():
 
   args = compare_schedules.parse(["--out=/unused", f"--config={TEST_CONFIG}"])
   info = make_schedule(compare_schedules.make_config(args, "continuous", {}))
-  for name, arm in compare_schedules.ARMS.items():
+  for name, arm in compare_schedules.named_arms().items():
     sched = make_schedule(compare_schedules.make_config(args, "binarized", arm))
     if name.endswith("_fair"):
       c = compare_schedules.make_config(args, "continuous", arm).schedule
