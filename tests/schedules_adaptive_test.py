@@ -292,6 +292,7 @@ def test_warmup_samples_the_base_then_the_table():
     ("base", "uniform", adaptive.VDMPP),
     ("cdcd_signal", "grad", adaptive.CDCD),
     ("edm2_lr", 0.0, adaptive.EDM2),
+    ("edm2_lr", math.inf, adaptive.EDM2),  # passed > 0, then the first steps were NaN
     ("edm2_channels", 0, adaptive.EDM2),
   ],
 )

@@ -107,6 +107,8 @@ def test_settings_are_static_and_state_is_empty():
     ("schedule.lognormal.p_std", 0.0),
     ("schedule.logitnormal.std", -1.0),
     ("schedule.laplace.b", 0.0),
+    ("schedule.lognormal.p_std", math.inf),  # passed > 0, then the first steps were NaN
+    ("schedule.laplace.b", math.inf),
     ("schedule.cosine.shift", float("nan")),
     ("edm.sigma_min", 0.0),
     ("edm.sigma_max", 0.001),

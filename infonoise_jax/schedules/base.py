@@ -102,9 +102,10 @@ class StatelessSchedule:
 
 
 def positive(value: float, key: str) -> float:
-  """`value` as a float; ValueError naming the config `key` unless it is > 0."""
-  if not value > 0:
-    raise ValueError(f"{key} must be > 0, got {value!r}")
+  """`value` as a float; ValueError naming the config `key` unless it is finite and > 0 (an
+  infinite width or learning rate passes > 0 and only turns the first steps NaN)."""
+  if not (value > 0 and math.isfinite(value)):
+    raise ValueError(f"{key} must be finite and > 0, got {value!r}")
   return float(value)
 
 
