@@ -263,9 +263,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   _require(o.ema_halflife_kimg > 0, "optim.ema_halflife_kimg", "must be > 0")
   _require(o.ema_warmup_ratio >= 0, "optim.ema_warmup_ratio", "must be >= 0 (0 = off)")
   _require(
-    e.sigma_data >= 0,
+    0 <= e.sigma_data < math.inf,  # inf passed and turned the first step NaN
     "edm.sigma_data",
-    f"must be > 0, or 0 for token data (the one-hot std), got {e.sigma_data}",
+    f"must be finite and > 0, or 0 for token data (the one-hot std), got {e.sigma_data}",
   )
   log_sigma.sigma_range(config)
   _require(

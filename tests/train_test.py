@@ -303,6 +303,7 @@ def test_warns_when_the_run_ends_before_the_schedule_adapts(caplog):
     ({"train.eval_every": 2}, "train.eval_every: logs the domain metrics of token data"),
     ({"optim.eps": 0.0}, "optim.eps"),
     ({"optim.lr": float("inf")}, "optim.lr"),
+    ({"edm.sigma_data": float("inf")}, "edm.sigma_data"),
     ({"schedule.infonoise.gate": "pinned", "schedule.infonoise.gate_pivot": 1e3}, "gate_pivot"),
     ({"model.hidden_dims": ("(64,x)",)}, "model.hidden_dims"),  # a typo'd tuple flag: a string
     ({"model.hidden_dims": (64.7, 32)}, "model.hidden_dims"),
