@@ -48,7 +48,8 @@ from infonoise_jax.evaluation import model_fid, sequence_eval
 from infonoise_jax.mesh import make_mesh
 from infonoise_jax.model_sampler import Sampler
 from infonoise_jax.models import make_model
-from infonoise_jax.schedules import make_schedule
+from infonoise_jax.schedules import SCHEDULES, make_schedule
+from infonoise_jax.schedules.adaptive import Binned
 from infonoise_jax.train_state import TrainState, abstract_state, make_optimizer
 from infonoise_jax.validation import validate_config
 
@@ -285,7 +286,7 @@ def warn_if_schedule_never_adapts(config: ml_collections.ConfigDict) -> None:
   name, n = config.schedule.name, config.train.num_steps
   if name == "infonoise":
     key, warmup = "schedule.infonoise.warmup_steps", config.schedule.infonoise.warmup_steps
-  elif name in ("cdcd", "vdmpp", "iddpm", "edm2"):
+  elif issubclass(SCHEDULES.get(name, object), Binned):  # not EDM2: it learns from step 0
     key, warmup = "schedule.adaptive.warmup_steps", config.schedule.adaptive.warmup_steps
   else:
     return

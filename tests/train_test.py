@@ -277,6 +277,10 @@ def test_warns_when_the_run_ends_before_the_schedule_adapts(caplog):
     assert caplog.text == ""
     train.warn_if_schedule_never_adapts(_config("vdmpp"))  # adaptive warm-up 100 > 8 steps
     assert "schedule.adaptive.warmup_steps=100" in caplog.text
+    caplog.clear()
+    # EDM2 reads no warm-up (its weight learns from step 0): it was told to lower one
+    train.warn_if_schedule_never_adapts(_config("edm2"))
+    assert caplog.text == ""
 
 
 @pytest.mark.parametrize(
