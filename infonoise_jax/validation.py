@@ -92,8 +92,11 @@ def update_checked(config: ml_collections.ConfigDict, flat: dict, flag: str = "-
     node = config
     for part in key.split(".")[:-1]:
       node = node[part]
-    if isinstance(node[key.split(".")[-1]], float) and isinstance(value, str):
+    default = node[key.split(".")[-1]]
+    if isinstance(default, float) and isinstance(value, str):
       value = _float_word(value)  # inf / -inf / nan, which Python literals cannot spell
+    elif isinstance(default, bool):
+      value = _bool_word(value)  # false / true / 0 / 1, as the trainer's flags take them
     try:
       config.update_from_flattened_dict({key: value})
     except (TypeError, ValueError) as e:
@@ -106,6 +109,13 @@ def _float_word(text: str):
   if text.strip().lower().lstrip("+-") in ("inf", "infinity", "nan"):
     return float(text)
   return text
+
+
+def _bool_word(value):
+  """'true' / 'false' / 't' / 'f' / 1 / 0 (any case) as bools, as the trainer's --config flags
+  (absl) take them; anything else unchanged (the type check then names it)."""
+  words = {"true": True, "t": True, "1": True, "false": False, "f": False, "0": False}
+  return words.get(str(value).strip().lower(), value)
 
 
 def default_config(variant: str = "") -> ml_collections.ConfigDict:

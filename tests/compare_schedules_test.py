@@ -362,6 +362,23 @@ def test_bad_arm_or_data_fails_before_any_work(tmp_path, capsys):
   assert not os.listdir(tmp_path)  # nothing written
 
 
+def test_set_and_arm_take_booleans_as_the_trainers_flags_do():
+  """--config.schedule.infonoise.compensate=false trains; --arm / --set ...compensate=false
+  (or 0) was a type error ('false' is a string to a Python literal)."""
+  args = compare_schedules.parse(
+    ["--out=/unused", f"--config={TEST_CONFIG}", "--set=schedule.infonoise.compensate=false"]
+  )
+  config = compare_schedules.make_config(args, "continuous", {})
+  assert config.schedule.infonoise.compensate is False
+  for word, want in (("0", False), ("TRUE", True), ("False", False), ("1", True)):
+    arm = compare_schedules.parse_arms("", [f"a:schedule.infonoise.compensate={word}"])["a"]
+    c = compare_schedules.make_config(args, "continuous", arm, "a")
+    assert c.schedule.infonoise.compensate is want
+  arm = compare_schedules.parse_arms("", ["a:schedule.infonoise.compensate=yes"])["a"]
+  with pytest.raises(ValueError, match=r"schedule\.infonoise\.compensate='yes'"):
+    compare_schedules.make_config(args, "continuous", arm, "a")
+
+
 def test_a_newly_registered_schedule_is_an_arm_of_its_name(monkeypatch):
   """A schedule added to SCHEDULES as docs/schedules.md says is an --arms name with no edit to
   the harness (its arm list was kept by hand and refused it)."""
