@@ -338,7 +338,8 @@ def check_profile_gaps(sigmas: Array, grid: str, method: str = "") -> bool:
     hi, lo = widest_step(sigmas)
     amplified = (
       f" EDM's Heun multiplies the denoiser's change over that step by about {(ratio - 1) / 2:.0f}"
-      " and samples can leave the data range (sampler.name='exp_heun' stays inside it)."
+      " and samples can leave the data range (sampler.name='exp_heun' stays inside it:"
+      " --method=exp_heun to sample / evaluate)."
       if heun
       else ""
     )
@@ -346,8 +347,8 @@ def check_profile_gaps(sigmas: Array, grid: str, method: str = "") -> bool:
       "sampler.grid=%r crosses sigma %.3g -> %.3g in one step (ratio %.0f, tested up to %.0f): "
       "the grid places no level in between, so one step's network evaluations span that "
       "range.%s On learned profiles every InfoGrid drew far worse samples than the Karras grid "
-      "(experiments/RESULTS.md section 17); use sampler.grid='karras' "
-      "(--config.sampler.grid=karras) unless the profile is exact.",
+      "(experiments/RESULTS.md section 17); use sampler.grid='karras' (--grid=karras to "
+      "sample / evaluate, --config.sampler.grid=karras to train) unless the profile is exact.",
       grid,
       hi,
       lo,

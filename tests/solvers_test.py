@@ -433,7 +433,9 @@ def test_infogrid_warns_once_where_it_leaves_a_gap_naming_the_step(
   text = caplog.text
   assert f"crosses sigma {sigmas[i]:.3g} -> {sigmas[i + 1]:.3g} in one step" in text
   assert "sampler.grid='karras'" in text
+  assert "--grid=karras" in text  # the sample / evaluate flag: they take no --config.sampler.*
   assert ("EDM's Heun" in text) == (method == "heun")
+  assert ("--method=exp_heun" in text) == (method == "heun")
   assert text.count("WARNING") == 1
 
 
