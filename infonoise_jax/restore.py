@@ -22,7 +22,7 @@ from infonoise_jax.mesh import make_mesh
 from infonoise_jax.models import make_model
 from infonoise_jax.schedules import Schedule, make_schedule
 from infonoise_jax.train_state import TrainState, abstract_state, make_optimizer
-from infonoise_jax.validation import apply_overrides, check_keys
+from infonoise_jax.validation import apply_overrides, unknown_keys
 
 
 def _tuples(value):
@@ -74,7 +74,13 @@ def load_config(workdir: str, overrides: Sequence[str] = ()) -> ml_collections.C
   config = ml_collections.ConfigDict(
     _tuples(migrate_config(json.loads(path.read_text()), str(path)))
   )
-  check_keys(config)
+  unknown = unknown_keys(config)
+  if unknown:  # not a typo of the user's: the run was made by other code
+    raise ValueError(
+      f"{path} holds config key(s) {unknown} that this checkout's configs/default.py does not "
+      "define: the run was made by code with a schedule or setting since removed or renamed. "
+      "Read it with that code, or delete those keys from the file if the run never used them."
+    )
   moved = data_location_items(overrides or ())
   if moved:
     apply_overrides(config, moved)

@@ -134,13 +134,20 @@ def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
   return keys
 
 
+def unknown_keys(
+  config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict | None = None
+) -> list[str]:
+  """The keys of `config` that configs/default.py (`defaults`, if loaded) does not define."""
+  return sorted(_flat_keys(config) - _flat_keys(defaults or default_config()))
+
+
 def check_keys(
   config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict | None = None
 ) -> None:
   """Every key must be one that configs/default.py defines (catches typos); `defaults`: that
   config, if the caller has it loaded."""
   known = _flat_keys(defaults or default_config())
-  unknown = sorted(_flat_keys(config) - known)
+  unknown = unknown_keys(config, defaults)
   if unknown:
     close = {k: difflib.get_close_matches(k, sorted(known), n=1) for k in unknown}
     hints = "".join(f' Did you mean "{c[0]}" for {k}?' for k, c in close.items() if c)
