@@ -794,7 +794,10 @@ def spawn_workers(args) -> None:
 
 
 def parse(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  # the whole module docstring: the arm, data and output formats are explained only there
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--out", required=True)
   p.add_argument("--config", default=str(DEFAULT_CONFIG_PATH), help="path[:variant]")
   p.add_argument("--steps", type=int, default=6000)
@@ -807,10 +810,23 @@ def parse(argv=None) -> argparse.Namespace:
     help="evaluation samples' seeds: the same at every step (fixed) or new each step "
     "(per_step, 10,000 + step: RESULTS.md sections 1-27)",
   )
-  p.add_argument("--seeds", default="0,1,2")
-  p.add_argument("--data", default="continuous,binarized")
-  p.add_argument("--arms", default="lognormal,infonoise")
-  p.add_argument("--arm", action="append", help="extra arm 'name:key=value;key=value'")
+  p.add_argument("--seeds", default="0,1,2", help="comma list; an arm's seeds train vmapped")
+  p.add_argument(
+    "--data",
+    default="continuous,binarized",
+    help=f"comma list of data kinds: {', '.join(DATA)} (native: the config's own data)",
+  )
+  p.add_argument(
+    "--arms",
+    default="lognormal,infonoise",
+    help="comma list of named arms: " + ", ".join(named_arms()),
+  )
+  p.add_argument(
+    "--arm",
+    action="append",
+    help="extra arm 'name:key=value;key=value' (repeat), e.g. "
+    "'lognormal_p1:schedule.name=lognormal;schedule.lognormal.p_mean=-1.0'",
+  )
   p.add_argument("--set", action="append", help="override for every arm, key=value")
   p.add_argument("--workers", type=int, default=1, help="processes sharing the accelerator")
   p.add_argument(

@@ -379,6 +379,16 @@ def test_set_and_arm_take_booleans_as_the_trainers_flags_do():
     compare_schedules.make_config(args, "continuous", arm, "a")
 
 
+def test_help_explains_the_formats_and_lists_every_named_arm(capsys):
+  """--help carries the module docstring (the formats are explained only there) and the arms."""
+  with pytest.raises(SystemExit):
+    compare_schedules.parse(["--help"])
+  text = " ".join(capsys.readouterr().out.split())
+  assert " ".join(compare_schedules.__doc__.split()[:40]) in text
+  for name in compare_schedules.named_arms():
+    assert name in text
+
+
 def test_a_newly_registered_schedule_is_an_arm_of_its_name(monkeypatch):
   """A schedule added to SCHEDULES as docs/schedules.md says is an --arms name with no edit to
   the harness (its arm list was kept by hand and refused it)."""
