@@ -293,6 +293,22 @@ def test_a_dna_file_without_records_says_what_a_record_looks_like(tmp_path):
     sequences.dna_groups(str(tmp_path / "plain.fa"))
 
 
+def test_a_fastq_file_is_named_as_such_not_read_as_fasta(tmp_path):
+  """Read as FASTA, a FASTQ file's quality lines that open with '>' (Phred 29) became records
+  of bases and quality letters, and training went on with them."""
+  import gzip
+
+  reads = "".join(f"@read{i}\nACGTACGTAC\n+\n>IIIIHHHGG\n" for i in range(4))
+  for name in ("reads.fastq", "reads.fq.gz", "reads"):
+    path = tmp_path / name
+    if name.endswith(".gz"):
+      path.write_bytes(gzip.compress(reads.encode()))
+    else:
+      path.write_text(reads)
+    with pytest.raises(ValueError, match=r"reads.*' is FASTQ .*convert it to FASTA"):
+      sequences.dna_groups(str(path))
+
+
 def test_dna_files_as_sequence_databases_ship_them(tmp_path, caplog):
   """Bases in blocks of ten (spaces are not letters), NCBI's .gbff name, a GenBank file under
   a name of neither kind (found by its LOCUS line), and a last record without its '//'."""

@@ -17,7 +17,7 @@ held-out split ('test'), so no held-out window shares a source sequence with a t
 single group is cut at its last val_fraction instead, and so is every group when the chosen
 groups would hold out more than max(2 * val_fraction, val_fraction + 0.05, 1.5 * n_held / G) of
 the letters (a few groups of very different sizes, such as a chromosome and its plasmids or two
-texts; with a warning).
+texts; with a warning). A FASTQ file (sequencing reads) is refused, with how to convert it.
 Windows of data.seq_len tokens start every data.window_stride tokens
 (0 = seq_len, non-overlapping) inside each sequence. Letters outside the vocabulary follow
 data.unknown_policy: 'drop' (windows containing one are not used) or 'replace' (each becomes
@@ -89,11 +89,12 @@ def _kind(path: str) -> str:
 
 def _sniffed_kind(path: str) -> str:
   """A file named with neither kind's extension: 'genbank' if its first non-blank line opens a
-  LOCUS record, else 'fasta' (whose reader then says what it found)."""
+  LOCUS record, 'fastq' if it opens a sequencing read ('@name'), else 'fasta' (whose reader then
+  says what it found)."""
   with _open_text(path) as f:
     for line in f:
       if line.strip():
-        return "genbank" if line.startswith("LOCUS") else "fasta"
+        return "genbank" if line.startswith("LOCUS") else "fastq" if line[0] == "@" else "fasta"
   return "fasta"
 
 
@@ -186,6 +187,11 @@ def _read_dna_file(file: str) -> list[tuple[str, str]]:
   """One file's records; a corrupt or truncated file is an error that names it."""
   try:
     kind = _kind(file) or _sniffed_kind(file)
+    if kind == "fastq":  # read as FASTA, quality lines opening with '>' became records
+      raise ValueError(
+        f"data.path: {file!r} is FASTQ (sequencing reads, each '@name', bases, '+', qualities), "
+        "not FASTA or GenBank; convert it to FASTA first, e.g. seqtk seq -A reads.fq > reads.fa"
+      )
     records = read_genbank(file) if kind == "genbank" else read_fasta(file)
   except (OSError, EOFError) as e:  # gzip: BadGzipFile (an OSError), truncated stream (EOF)
     raise ValueError(
