@@ -2,6 +2,7 @@
 held-out splits that share no source sequence, unknown-letter policies, and bad input."""
 
 import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -200,6 +201,15 @@ def test_binary_or_non_utf8_text_is_refused_naming_the_file(tmp_path):
     f.write("Caf\u00e9 au lait, na\u00efve d\u00e9j\u00e0 vu. ".encode("latin-1") * 50)
   with pytest.raises(ValueError, match=r"old\.txt is not UTF-8 text \(byte 3.*iconv"):
     load_source(_config("text", path=latin))
+  # The command it gives fixes a folder too: its output .txt was read beside the Latin-1 one,
+  # which failed again; the original kept under another extension is left out.
+  folder = os.path.join(tmp_path, "my texts")  # and a name the shell would split
+  os.mkdir(folder)
+  os.replace(latin, os.path.join(folder, "old.txt"))
+  with pytest.raises(ValueError, match="not UTF-8") as e:
+    load_source(_config("text", path=folder))
+  subprocess.run(str(e.value).split("e.g. ")[1], shell=True, check=True)
+  assert "\u00e9" in load_source(_config("text", path=folder, seq_len=16)).encoding.vocab
   with open(latin, "wb") as f:  # the same text in UTF-8 reads
     f.write("Caf\u00e9 au lait, na\u00efve d\u00e9j\u00e0 vu. ".encode("utf-8") * 50)
   assert "\u00e9" in load_source(_config("text", path=latin, seq_len=16)).encoding.vocab

@@ -34,6 +34,7 @@ import hashlib
 import math
 import os
 import re
+import shlex
 import tarfile
 
 import numpy as np
@@ -252,9 +253,11 @@ def _utf8_text(file: str) -> str:
   try:
     return data.decode("utf-8")
   except UnicodeDecodeError as e:
+    q = shlex.quote(file)
     raise ValueError(
       f"data.path: {file} is not UTF-8 text (byte {e.start}: {data[e.start : e.start + 1]!r}); "
-      f"convert it, e.g. iconv -f latin1 -t utf-8 {file} > {os.path.splitext(file)[0]}.utf8.txt"
+      "convert it in place (the original kept beside it under a name the reader skips), e.g. "
+      f"mv {q} {q}.latin1 && iconv -f latin1 -t utf-8 {q}.latin1 > {q}"
     ) from e
 
 
