@@ -215,6 +215,22 @@ def test_binary_or_non_utf8_text_is_refused_naming_the_file(tmp_path):
   assert "\u00e9" in load_source(_config("text", path=latin, seq_len=16)).encoding.vocab
 
 
+@pytest.mark.parametrize("module, tool", [("gzip", "gunzip"), ("bz2", "bunzip2"), ("lzma", "unxz")])
+def test_a_compressed_text_file_is_named_with_its_tool(tmp_path, module, tool):
+  """It was called binary (or, without a NUL byte, non-UTF-8 with an iconv command that
+  would not help), never compressed."""
+  import importlib
+
+  path = os.path.join(tmp_path, "corpus.txt.z")
+  with open(path, "wb") as f:
+    f.write(importlib.import_module(module).compress(b"plain words " * 100))
+  with pytest.raises(ValueError, match=rf"corpus\.txt\.z is compressed.* {tool} -k .*corpus"):
+    load_source(_config("text", path=path, seq_len=16))
+  with open(path, "w") as f:  # text that opens like bzip2's header is text
+    f.write("BZh, said the bee. " * 20)
+  assert load_source(_config("text", path=path, seq_len=16)).encoding.vocab == " ,.BZabdehist"
+
+
 def test_no_window_errors_propose_the_fix_that_applies(tmp_path):
   """Protein read as DNA: most letters are outside ACGT, so the fix is data.vocab (replacing
   them would model noise); a text too short for its held-out split: seq_len or val_fraction,

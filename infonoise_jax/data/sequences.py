@@ -240,11 +240,26 @@ def _tar_texts(path: str) -> list[tuple[str, str]]:
     ]
 
 
+# Compressed files by a pattern of their first bytes (bzip2's 4th: its level): the tool to open it.
+COMPRESSED = {
+  rb"\x1f\x8b": "gunzip",
+  rb"BZh[1-9]": "bunzip2",
+  rb"\xfd7zXZ\x00": "unxz",
+  rb"\(\xb5/\xfd": "unzstd",
+}
+
+
 def _utf8_text(file: str) -> str:
   """A text file's content; a binary or non-UTF-8 file is an error naming the file and the fix
   (read leniently, its bytes would become symbols of the vocabulary)."""
   with open(file, "rb") as f:
     data = f.read()
+  tool = next((t for magic, t in COMPRESSED.items() if re.match(magic, data[:6])), None)
+  if tool:  # else named binary, or not UTF-8 with a conversion that would not help
+    raise ValueError(
+      f"data.path: {file} is compressed; data.name='text' reads plain UTF-8 .txt files: "
+      f"decompress it first, e.g. {tool} -k {shlex.quote(file)}"
+    )
   if b"\x00" in data:
     raise ValueError(
       f"data.path: {file} looks binary (it holds NUL bytes), not text; data.name='text' reads "
