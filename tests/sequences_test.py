@@ -353,6 +353,28 @@ def test_dna_files_as_sequence_databases_ship_them(tmp_path, caplog):
     assert "without the closing '//' of record y" in caplog.text
 
 
+def test_compressed_dna_files_are_read_or_named_whatever_their_name(tmp_path):
+  """gzip bytes under a plain name (a download saved as .fa) are read; bzip2 / xz are named
+  with their tool. Both were 'no sequence records found ... needs a first line >seq1'."""
+  import bz2
+  import gzip
+  import lzma
+
+  fasta = b">r1\nACGTTGCA\n>r2\nGGGCCCAA\n"
+  (tmp_path / "genome.fa").write_bytes(gzip.compress(fasta))
+  assert sequences.dna_groups(str(tmp_path / "genome.fa")) == (
+    ("genome.fa:r1", "ACGTTGCA"),
+    ("genome.fa:r2", "GGGCCCAA"),
+  )
+  for name, data, tool in [
+    ("g.fa.bz2", bz2.compress(fasta), "bunzip2"),
+    ("g.xz", lzma.compress(fasta), "unxz"),
+  ]:
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(ValueError, match=rf"g\..*' is compressed, not with gzip.* {tool} -k "):
+      sequences.dna_groups(str(tmp_path / name))
+
+
 def test_a_corrupt_or_binary_file_in_a_folder_is_named(tmp_path):
   import gzip
 

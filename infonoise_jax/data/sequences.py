@@ -75,9 +75,26 @@ class SplitStats:
 
 
 # ------------------------------------------------------------------------------ readers
+# Compressed files by a pattern of their first bytes (bzip2's 4th: its level): the tool to open it.
+COMPRESSED = {
+  rb"\x1f\x8b": "gunzip",
+  rb"BZh[1-9]": "bunzip2",
+  rb"\xfd7zXZ\x00": "unxz",
+  rb"\(\xb5/\xfd": "unzstd",
+}
+
+
+def _decompressor(head: bytes) -> str | None:
+  """The tool that opens a file starting with `head` (its first bytes), if it is compressed."""
+  return next((tool for magic, tool in COMPRESSED.items() if re.match(magic, head)), None)
+
+
 def _open_text(path: str):
-  """A sequence file as text; gzip-compressed ('.gz', as genomes are usually shipped) or not."""
-  if path.lower().endswith(".gz"):
+  """A sequence file as text; gzip-compressed ('.gz', as genomes are usually shipped, or gzip
+  bytes under another name) or not."""
+  with open(path, "rb") as f:
+    gzipped = f.read(2) == b"\x1f\x8b"
+  if gzipped or path.lower().endswith(".gz"):
     return gzip.open(path, "rt", errors="replace")
   return open(path, errors="replace")
 
@@ -187,6 +204,13 @@ def _read_dna(path: str, mtime: float) -> tuple[tuple[str, str], ...]:
 def _read_dna_file(file: str) -> list[tuple[str, str]]:
   """One file's records; a corrupt or truncated file is an error that names it."""
   try:
+    with open(file, "rb") as f:
+      tool = _decompressor(f.read(6))
+    if tool not in (None, "gunzip"):  # read as text, it held no record
+      raise ValueError(
+        f"data.path: {file!r} is compressed, not with gzip (read as it is); decompress it "
+        f"first, e.g. {tool} -k {shlex.quote(file)}"
+      )
     kind = _kind(file) or _sniffed_kind(file)
     if kind == "fastq":  # read as FASTA, quality lines opening with '>' became records
       raise ValueError(
@@ -202,7 +226,7 @@ def _read_dna_file(file: str) -> list[tuple[str, str]]:
   if any("\x00" in seq or "\ufffd" in seq for _, seq in records):  # undecodable bytes
     raise ValueError(
       f"data.path: {file!r} holds bytes that are not text in its sequence lines: a binary "
-      "file, not FASTA or GenBank (compressed files need the .gz ending)"
+      "file, not FASTA or GenBank"
     )
   return records
 
@@ -240,21 +264,12 @@ def _tar_texts(path: str) -> list[tuple[str, str]]:
     ]
 
 
-# Compressed files by a pattern of their first bytes (bzip2's 4th: its level): the tool to open it.
-COMPRESSED = {
-  rb"\x1f\x8b": "gunzip",
-  rb"BZh[1-9]": "bunzip2",
-  rb"\xfd7zXZ\x00": "unxz",
-  rb"\(\xb5/\xfd": "unzstd",
-}
-
-
 def _utf8_text(file: str) -> str:
   """A text file's content; a binary or non-UTF-8 file is an error naming the file and the fix
   (read leniently, its bytes would become symbols of the vocabulary)."""
   with open(file, "rb") as f:
     data = f.read()
-  tool = next((t for magic, t in COMPRESSED.items() if re.match(magic, data[:6])), None)
+  tool = _decompressor(data[:6])
   if tool:  # else named binary, or not UTF-8 with a conversion that would not help
     raise ValueError(
       f"data.path: {file} is compressed; data.name='text' reads plain UTF-8 .txt files: "
