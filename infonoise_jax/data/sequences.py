@@ -75,10 +75,11 @@ class SplitStats:
 
 
 # ------------------------------------------------------------------------------ readers
-# Compressed files by a pattern of their first bytes (bzip2's 4th: its level): the tool to open it.
+# Compressed files by a pattern of their first bytes (bzip2: its level, then the magic of a block
+# or of the end of an empty stream, so that text opening "BZh1" stays text): the tool to open it.
 COMPRESSED = {
   rb"\x1f\x8b": "gunzip",
-  rb"BZh[1-9]": "bunzip2",
+  rb"BZh[1-9](1AY&SY|\x17rE8P\x90)": "bunzip2",
   rb"\xfd7zXZ\x00": "unxz",
   rb"\(\xb5/\xfd": "unzstd",
 }
@@ -205,7 +206,7 @@ def _read_dna_file(file: str) -> list[tuple[str, str]]:
   """One file's records; a corrupt or truncated file is an error that names it."""
   try:
     with open(file, "rb") as f:
-      tool = _decompressor(f.read(6))
+      tool = _decompressor(f.read(10))
     if tool not in (None, "gunzip"):  # read as text, it held no record
       raise ValueError(
         f"data.path: {file!r} is compressed, not with gzip (read as it is); decompress it "
@@ -273,7 +274,7 @@ def _utf8_text(file: str) -> str:
   (read leniently, its bytes would become symbols of the vocabulary)."""
   with open(file, "rb") as f:
     data = f.read()
-  tool = _decompressor(data[:6])
+  tool = _decompressor(data[:10])
   if tool:  # else named binary, or not UTF-8 with a conversion that would not help
     raise ValueError(
       f"data.path: {file} is compressed; data.name='text' reads plain UTF-8 .txt files: "
