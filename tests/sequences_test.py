@@ -355,6 +355,9 @@ def test_dna_files_as_sequence_databases_ship_them(tmp_path, caplog):
   blocks = lambda q: " ".join(q[i : i + 10] for i in range(0, len(q), 10))
   (tmp_path / "spaced.fa").write_text(f">a\n{blocks(a)}\n{blocks(b)} \n")
   assert sequences.read_fasta(str(tmp_path / "spaced.fa")) == [("a", a + b)]
+  # the original FASTA's ';' comment lines, before and inside a record: not bases
+  (tmp_path / "commented.fa").write_text(f";made by hand\n>a\n{a}\n;a note\n{b}\n")
+  assert sequences.read_fasta(str(tmp_path / "commented.fa")) == [("a", a + b)]
   genbank = f"LOCUS       x 60 bp\nORIGIN\n        1 {blocks(a.lower())}\n//\n"
   genbank += f"LOCUS       y 60 bp\nORIGIN\n        1 {blocks(b.lower())}\n"  # no '//'
   for name in ("g.gbff", "g.seq"):

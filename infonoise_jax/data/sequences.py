@@ -119,10 +119,13 @@ def _sniffed_kind(path: str) -> str:
 
 def read_fasta(path: str) -> list[tuple[str, str]]:
   """(name, sequence) per '>' record of a FASTA file (optionally gzip-compressed); whitespace
-  inside sequence lines (bases printed in blocks of ten) is not part of the sequence."""
+  inside sequence lines (bases printed in blocks of ten) is not part of the sequence, nor are
+  ';' comment lines (the original FASTA format's)."""
   records, name, parts = [], None, []
   with _open_text(path) as f:
     for line in f:
+      if line.startswith(";"):
+        continue
       if line.startswith(">"):
         if name is not None:
           records.append((name, "".join(parts)))
