@@ -101,7 +101,7 @@ from infonoise_jax.validation import (
 # uniform floor (VDM++ / iDDPM importance weights need p > 0). EDM2 has no bins or warm-up (it
 # learns a weight with its own Adam from step 0), so it has no fair variant.
 FAIR = "fair"
-# Arms besides the one per registered schedule, named as it (`named_arms`).
+# Named arms beyond the one per registered schedule that `named_arms` adds under its name.
 ARMS = {
   "cdcd_fair": {"schedule.name": "cdcd", FAIR: True},
   "vdmpp_fair": {"schedule.name": "vdmpp", FAIR: True},

@@ -41,8 +41,11 @@ def sampler_config(
   left to `restore.load_config`, any other key is an error. The Sampler draws with its own
   config's settings, so build it from this copy."""
   config = config.copy_and_resolve_references()
-  flags = {"sampler.grid": ("--grid", grid), "sampler.num_steps": ("--steps", num_steps)}
-  flags["sampler.name"] = ("--method", method)
+  flags = {
+    "sampler.grid": ("--grid", grid),
+    "sampler.num_steps": ("--steps", num_steps),
+    "sampler.name": ("--method", method),
+  }
   for item in overrides:
     key = item.split("=", 1)[0].strip()
     flag, value = flags.get(key, ("", None))

@@ -146,7 +146,8 @@ def check_keys(
 ) -> None:
   """Every key must be one that configs/default.py defines (catches typos); `defaults`: that
   config, if the caller has it loaded."""
-  known = _flat_keys(defaults or default_config())
+  defaults = defaults or default_config()  # loaded once for the check and the hints
+  known = _flat_keys(defaults)
   unknown = unknown_keys(config, defaults)
   if unknown:
     close = {k: difflib.get_close_matches(k, sorted(known), n=1) for k in unknown}

@@ -44,12 +44,12 @@ def check_is_directory(workdir: str) -> None:
   loaded."""
   if is_remote(workdir):
     return
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  target = parent = str(run_path(workdir))  # where the run writes ('~' expanded, absolute)
+  if os.path.exists(target) and not os.path.isdir(target):
     raise WorkdirError(
       f"--workdir={workdir} is a file, not a directory; point --workdir at a new or existing "
       "run directory"
     )
-  target = parent = os.path.abspath(os.path.expanduser(workdir))
   while not os.path.exists(parent):
     parent = os.path.dirname(parent)
   if parent == target:  # it exists: a directory, checked above

@@ -94,7 +94,7 @@ def _open_text(path: str):
   """A sequence file as text; gzip-compressed ('.gz', as genomes are usually shipped, or gzip
   bytes under another name) or not."""
   with open(path, "rb") as f:
-    gzipped = f.read(2) == b"\x1f\x8b"
+    gzipped = _decompressor(f.read(10)) == "gunzip"
   if gzipped or path.lower().endswith(".gz"):
     return gzip.open(path, "rt", errors="replace")
   return open(path, errors="replace")
