@@ -151,6 +151,17 @@ def test_single_plain_text_file_split_at_its_tail(tmp_path):
   assert set(tr.encoding.vocab) == set("To be,rnthaisqu:.\n") - {"q", "u"}
 
 
+def test_line_breaks_of_every_convention_become_newlines():
+  """Old Mac files end lines with a lone CR; it read as a space, so a text's lines merged."""
+  unix = "To be, or not\nto be: that\n\nis the question."
+  for eol in ("\r", "\r\n", "\u2028", "\x0c"):
+    assert (
+      sequences.normalize_text(unix.replace("\n", eol))
+      == "To be, or not\nto be: that\nis the question."
+    )
+  assert sequences.normalize_text(" a \t b  ") == "a b"  # runs without a break: one space
+
+
 # ------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize(
   "name, data, error, match",
@@ -455,6 +466,8 @@ def test_the_held_out_split_says_how_many_windows_equal_a_training_window(tmp_pa
   assert dup == 10  # the shared 640 letters: 10 windows of 64 in both works
   assert "equal to a training window" not in train_src.describe()
   assert f", {dup} windows equal to a training window dropped" in test_src.describe()
+  # one work per split: the count takes the singular (it read "1 sequences")
+  assert "from 1 sequence / 1280 letters; 0 unknown letters" in train_src.describe()
   with caplog.at_level("INFO"):
     SequenceEvaluator(config, train_src)
   said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("held-out split")]

@@ -240,15 +240,18 @@ MOVED_FIX = (
   "data.path=<file> for a trained run's sample, evaluate and diagnose commands"
 )
 
+LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines splits at
 BYTE_ORDER_MARK = "\ufeff"  # an encoding marker (zero-width), not a letter of the text
 
 
 def normalize_text(text: str) -> str:
   """Byte-order marks dropped (one opens some UTF-8 files, e.g. the sdist's Milton poemata; kept,
   it became a vocabulary symbol); whitespace runs -> one newline if the run holds one, else one
-  space; stripped."""
+  space; stripped. A line break is any that str.splitlines knows: old Mac files end lines with a
+  lone carriage return, which a test for "\n" alone read as a space."""
   text = text.replace(BYTE_ORDER_MARK, "")
-  return re.sub(r"\s+", lambda m: "\n" if "\n" in m.group() else " ", text).strip()
+  breaks = lambda run: any(c in LINE_BREAKS for c in run)
+  return re.sub(r"\s+", lambda m: "\n" if breaks(m.group()) else " ", text).strip()
 
 
 def _tar_texts(path: str) -> list[tuple[str, str]]:

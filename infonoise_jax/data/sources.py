@@ -62,6 +62,11 @@ _SYNTHETIC_SEEDS = {"train": 0, "test": 1}
 _FASHION_FILES = {"train": "train-{}-idx{}-ubyte.gz", "test": "t10k-{}-idx{}-ubyte.gz"}
 
 
+def _count(n: int, noun: str) -> str:
+  """'1 window', '3 windows': a count with its noun in the number it takes."""
+  return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Source:
   """A fixed set of float32 examples in [-scale, scale], in memory or read lazily."""
@@ -91,13 +96,14 @@ class Source:
       st, enc = self.stats, self.encoding
       vocab = repr(enc.vocab[:40]) + (f" and {enc.size - 40} more" if enc.size > 40 else "")
       # Held-out windows equal to a training window are dropped from the held-out split only.
-      dup = f", {st.duplicate_windows} windows equal to a training window dropped"
+      dup = f", {_count(st.duplicate_windows, 'window')} equal to a training window dropped"
       return (
-        f"{self.name}: {self.num_examples} windows of {self.shape[0]} tokens over "
-        f"{enc.size} symbols {vocab}, one-hot scale {enc.scale:g} (sigma_data "
-        f"{enc.sigma_data:.4g}), from {st.groups} sequences / {st.letters} letters; "
-        f"{st.unknown_letters} unknown letters, {st.dropped_windows} windows dropped, "
-        f"{st.short_sequences} sequences shorter than a window"
+        f"{self.name}: {_count(self.num_examples, 'window')} of {self.shape[0]} tokens over "
+        f"{_count(enc.size, 'symbol')} {vocab}, one-hot scale {enc.scale:g} (sigma_data "
+        f"{enc.sigma_data:.4g}), from {_count(st.groups, 'sequence')} / "
+        f"{_count(st.letters, 'letter')}; {_count(st.unknown_letters, 'unknown letter')}, "
+        f"{_count(st.dropped_windows, 'window')} dropped, "
+        f"{_count(st.short_sequences, 'sequence')} shorter than a window"
         + (dup if st.duplicate_windows else "")
       )
     kind = "image" if self.is_image else "vector"
