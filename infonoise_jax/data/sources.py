@@ -784,6 +784,33 @@ def _no_window_message(d, groups, stats, encoding) -> str:
   )
 
 
+def foreign_letters_message(d, stats: sequences.SplitStats, vocab: str) -> str | None:
+  """Why DNA data whose letters are mostly outside the vocabulary (RNA's U, protein) is refused,
+  with the data.vocab that models it; None for nucleotides (ambiguity codes, N runs, gaps and
+  masks are the unknown_policy's). Read on, such data trained silently on the few windows
+  that happened to avoid the other letters."""
+  foreign = [(c, n) for c, n in stats.letter_counts if c not in vocab + sequences.NUCLEOTIDE_EXTRAS]
+  total = sum(n for _, n in foreign)
+  if total <= sequences.MAX_FOREIGN_SHARE * max(stats.letters, 1):
+    return None
+  own = "".join(sorted(c for c, _ in stats.letter_counts if c.isprintable() and c != " "))
+  shown = ", ".join(f"{c!r} {n}" for c, n in foreign[:8]) + (", ..." if len(foreign) > 8 else "")
+  letters = {c for c, _ in stats.letter_counts}
+  if letters & set(sequences.PROTEIN_ONLY):
+    kind = "These look like protein sequences (amino acids such as E, F, I, L, P, Q are no "
+    kind += "nucleotide codes): data.name='dna' models nucleotides; to model these letters as "
+    kind += f"tokens anyway set --config.data.vocab={own}"
+  elif "U" in letters and "T" not in letters:
+    kind = "This reads as RNA (U, no T): set --config.data.vocab=ACGU (samples then spell U)"
+  else:
+    kind = f"Set --config.data.vocab to the letters to model, e.g. --config.data.vocab={own}"
+  return (
+    f"data.path={d.path!r}: {total} of the {stats.letters} letters of the {d.split!r} split "
+    f"({100 * total / stats.letters:.0f}%) are outside the vocabulary {vocab!r} and are no "
+    f"nucleotide ambiguity code, gap or mask: {shown}. {kind}"
+  )
+
+
 def token_source(d) -> Source:
   """Windows of one split of a token source (module docstring of data/sequences.py)."""
   _check_token_keys(d)
@@ -795,6 +822,9 @@ def token_source(d) -> Source:
     splits[split], encoding, d.seq_len, stride, d.unknown_policy
   )
   ids_NL, stats = cut(d.split)
+  foreign = foreign_letters_message(d, stats, encoding.vocab) if d.name == "dna" else None
+  if foreign:
+    raise ValueError(foreign)
   if d.split == "test":  # no held-out window equals a training window
     ids_NL, dup = sequences.drop_seen(ids_NL, cut("train")[0])
     stats = dataclasses.replace(stats, windows=len(ids_NL), duplicate_windows=dup)
