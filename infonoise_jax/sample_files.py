@@ -8,6 +8,7 @@ token data `tokens` and `vocab` (passed as meta) and the decoded samples (`write
 """
 
 import io
+import zipfile
 
 import numpy as np
 
@@ -36,12 +37,13 @@ def write_samples(out: str, samples: np.ndarray, scale: float, is_image: bool, *
 
 def samples_step(out: str) -> int | None:
   """The `step` recorded in `out`'s samples.npz (written last of a run's final outputs), or
-  None if there is none or it cannot be read."""
+  None if there is none or it cannot be read (a run killed while writing it leaves it cut
+  short: not a zip file)."""
   path = run_path(out) / "samples.npz"
   try:
     with np.load(io.BytesIO(path.read_bytes())) as z:
       return int(z["step"]) if "step" in z.files else None
-  except (OSError, ValueError, KeyError, EOFError):
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
     return None
 
 

@@ -447,17 +447,22 @@ def test_the_same_run_stopped_before_its_first_checkpoint_starts_over(trained, t
   _moved_logs_are_apart(workdir)
 
 
+@pytest.mark.parametrize("left", ["no samples.npz", "a cut-short samples.npz"])
 def test_a_run_stopped_while_writing_its_final_outputs_writes_them_on_the_rerun(
-  trained, tmp_path, caplog
+  trained, tmp_path, caplog, left
 ):
-  """Killed after the final checkpoint but before samples.npz (written last): the rerun writes
+  """Killed after the final checkpoint but before samples.npz (written last) or while writing
+  it (a cut-short file is not a zip file; the rerun failed with BadZipFile): the rerun writes
   the final outputs instead of saying there is nothing to do; once they are there, a rerun
   writes nothing."""
   import numpy as np
 
   workdir = _copy(trained, tmp_path)
   want = np.load(workdir / "samples.npz")["samples"]
-  (workdir / "samples.npz").unlink()
+  if left == "no samples.npz":
+    (workdir / "samples.npz").unlink()
+  else:
+    (workdir / "samples.npz").write_bytes((workdir / "samples.npz").read_bytes()[:200])
   (workdir / "samples.png").unlink()
   with caplog.at_level("WARNING"):
     train.train_and_evaluate(_config(**{"train.num_steps": 4}), str(workdir))
