@@ -357,6 +357,7 @@ def _from_workdir(workdir: str, params: str, overrides=(), gate: str = ""):
   meta = restore.saved_meta(workdir, step)
   # the data is there, readable, of the run's vocabulary and shape, before the weights
   source = resume.source_on_saved_vocabulary(config, meta.get("vocab"), workdir, step)
+  resume.warn_if_held_out_changed(config, source, meta, workdir, step)
   restore.check_data_shape(workdir, config, source.shape, meta["data_shape"])
   run = restore.restore_run(workdir, devices=jax.devices()[:1])
   chosen = run.state.ema_params if params == "ema" else run.state.params

@@ -141,7 +141,8 @@ def evaluate_tokens(
   run_config = sampler_config(config, grid, num_steps, method, overrides)
   solvers.validate_sampler_config(run_config)
   step = restore.check_step(workdir, step)
-  vocab = restore.saved_meta(workdir, step).get("vocab")
+  meta = restore.saved_meta(workdir, step)
+  vocab = meta.get("vocab")
   if not vocab:
     raise ValueError(
       f"{workdir} (data.name={config.data.name!r}) is not a token run: its checkpoint at step "
@@ -150,6 +151,7 @@ def evaluate_tokens(
   data = config.copy_and_resolve_references()  # the run's data files, as it trained on them
   data.data.split, data.train.eval_num_samples = "train", num
   source = resume.source_on_saved_vocabulary(data, vocab, workdir, step)
+  resume.warn_if_held_out_changed(data, source, meta, workdir, step)
   sequence_eval.check_held_out(data, num, "--num")
   evaluator = sequence_eval.SequenceEvaluator(data, source)  # DNA: trains or loads its classifier
   primary, floor = evaluator.primary, _floats(evaluator.floor())

@@ -203,6 +203,27 @@ def check_same_vocabulary(config, source, workdir: str, step: int, meta: dict) -
   )
 
 
+def warn_if_held_out_changed(config, source, meta: dict, workdir: str, step: int) -> bool:
+  """Token data: warns (and says True) when the files now hold out other sequences than the
+  checkpoint at `step` was trained with. The held-out records are picked by a hash of their
+  names, file name included, so a renamed or gzipped file, or records added or removed, pick
+  others: a resume then trains on windows its earlier evaluations held out, and an evaluation
+  scores against windows the model may have trained on. Checkpoints without the record
+  (before 2026-12-06) are not checked."""
+  saved, stats = meta.get("held_out"), source.stats
+  if not saved or stats is None or stats.held_out_digest == saved:
+    return False
+  logging.warning(
+    "%s at step %d: data.path=%r now holds out other sequences than the run was trained with "
+    "(a data file renamed or compressed, whose name is part of how held-out records are "
+    "picked, or records added, removed or edited): held-out windows may be ones the model "
+    "trained on, and domain metrics from here on do not compare with the run's earlier ones. "
+    "To compare, point data.path at the files as they were, under their old names.",
+    workdir, step, config.data.path,
+  )  # fmt: skip
+  return True
+
+
 def source_on_saved_vocabulary(config, vocab: str | None, workdir: str, step: int):
   """The data source a trained run's command (evaluate, diagnose) reads, on the vocabulary the
   checkpoint at `step` was trained on (`vocab`, from its metadata; None: not token data).

@@ -368,6 +368,7 @@ def _save(
   meta = {"step": step, "data_shape": list(run.source.shape), "config": run.config_json}
   if run.source.encoding is not None:  # the run's fixed vocabulary, for decoding
     meta["vocab"] = run.source.encoding.vocab
+    meta["held_out"] = run.source.stats.held_out_digest  # resume / evaluate compare it
   (ckpt.save_in_background if background else ckpt.save)(step, state, meta=meta, force=True)
 
 
@@ -681,6 +682,7 @@ def _train(run: Run, workdir: str, fresh: bool) -> TrainState:
   meta = saved_meta(workdir, saved[-1]) if saved else None
   if meta:
     resume.check_same_vocabulary(config, run.source, workdir, saved[-1], meta)
+    resume.warn_if_held_out_changed(config, run.source, meta, workdir, saved[-1])
   accepted = resume.check(config, workdir, saved[-1], meta) if saved else {}
   if meta:
     resume.check_same_shape(config, run.source, workdir, saved[-1], meta)

@@ -232,6 +232,40 @@ def test_a_resume_on_text_that_lost_letters_goes_on_with_the_checkpoints_vocabul
   assert json.loads((workdir / "config.json").read_text())["data"]["vocab"] == saved
 
 
+def test_a_resume_or_evaluation_on_files_that_hold_out_other_sequences_says_so(tmp_path, caplog):
+  """Held-out records are picked by a hash of their names, file name included: the run's FASTA
+  gzipped (or renamed) held out other records, so a resume trained on windows its evaluations
+  had held out, and evaluate scored against windows the model had trained on, without a word.
+  The checkpoint records its held-out split; a run on other held-out sequences warns."""
+  import gzip
+
+  from infonoise_jax import resume
+
+  rng = np.random.default_rng(2)
+  fasta = "".join(f">r{i}\n{''.join(rng.choice(list('ACGT'), 200))}\n" for i in range(20))
+  (tmp_path / "genome.fa").write_text(fasta)
+  (tmp_path / "genome.fa.gz").write_bytes(gzip.compress(fasta.encode()))
+  tiny = {**_tiny(tmp_path / "cache"), "train.eval_every": 0, "train.num_steps": 4}
+  workdir = str(tmp_path / "run")
+  plain = _config("dna", {**tiny, "data.path": str(tmp_path / "genome.fa")})
+  train.train_and_evaluate(plain, workdir)
+  meta = train.saved_meta(workdir, 4)
+  source = lambda name: train.load_source(
+    _config("dna", {**tiny, "data.path": str(tmp_path / name)}).copy_and_resolve_references()
+  )
+  same, packed = source("genome.fa"), source("genome.fa.gz")
+  assert meta["held_out"] == same.stats.held_out_digest != packed.stats.held_out_digest
+  with caplog.at_level("WARNING"):
+    assert not resume.warn_if_held_out_changed(plain, same, meta, workdir, 4)
+    assert resume.warn_if_held_out_changed(plain, packed, meta, workdir, 4)
+    caplog.clear()
+    more = {**tiny, "train.num_steps": 8, "data.path": str(tmp_path / "genome.fa.gz")}
+    assert int(train.train_and_evaluate(_config("dna", more), workdir).step) == 8
+  said = [r.getMessage() for r in caplog.records if "holds out other sequences" in r.getMessage()]
+  assert len(said) == 1 and "genome.fa.gz" in said[0], said
+  assert train.saved_meta(workdir, 8)["held_out"] == packed.stats.held_out_digest
+
+
 def test_a_byte_order_mark_is_not_a_letter(tmp_path):
   """A UTF-8 file that opens with a BOM (or holds one) reads as the same text without it."""
   from infonoise_jax.data import sequences

@@ -80,6 +80,7 @@ class SplitStats:
   short_sequences: int  # sequences shorter than one window (no window cut)
   duplicate_windows: int = 0  # held-out windows dropped because a training window equals them
   letter_counts: tuple[tuple[str, int], ...] = ()  # (letter, count) of the split, most first
+  held_out_digest: str = ""  # which sequences are held out (`split_digest`), in either split
 
 
 # ------------------------------------------------------------------------------ readers
@@ -366,6 +367,16 @@ def split_groups(
       )  # fmt: skip
   cuts = [(n, q, len(q) - int(math.ceil(val_fraction * len(q)))) for n, q in groups]
   return {"train": [(n, q[:c]) for n, q, c in cuts], "test": [(n, q[c:]) for n, q, c in cuts]}
+
+
+def split_digest(groups: list[tuple[str, str]]) -> str:
+  """A short hash of which sequences a split holds, by content (not name or order): a checkpoint
+  records its held-out split's, so a resume or an evaluation can tell when renamed, compressed
+  or edited files now hold out other sequences."""
+  h = hashlib.sha256()
+  for digest in sorted(hashlib.md5(q.encode()).hexdigest() for _, q in groups):
+    h.update(digest.encode())
+  return h.hexdigest()[:16]
 
 
 def _hash_symbols(seq_index: int, positions: np.ndarray, vocab_size: int) -> np.ndarray:
