@@ -115,3 +115,13 @@ def test_text_ngram_and_nll_floors_and_separations():
   assert 1.5 < floor["nll_per_char"] < 2.5
   assert m["shuffled"]["nll_per_char"] > floor["nll_per_char"] + 2.0
   assert m["random"]["nll_per_char"] > np.log(v)  # worse than a uniform guess
+
+
+def test_js_divergence_of_disjoint_tables_is_at_most_one_bit():
+  """Disjoint n-gram tables (samples sharing no n-gram with the held-out windows) scored
+  1.0000000000000002 bits by rounding, above the divergence's bound of 1."""
+  rng = np.random.default_rng(0)
+  for n, k in [(28, 27), *rng.integers(1, 40, (200, 2)).tolist()]:
+    p = (np.arange(n), rng.integers(1, 50, n))
+    q = (np.arange(n, n + k), rng.integers(1, 50, k))
+    assert sm.js_divergence(p, q) <= 1.0
