@@ -566,6 +566,11 @@ def _in_finalizer(frame) -> bool:
   return False
 
 
+def stopped_by() -> str | None:
+  """The signal that came outside the loop ("SIGTERM", "Ctrl-C"), or None if none did."""
+  return _STOPPED_BY[0] if _STOP_REQUESTED.is_set() else None
+
+
 def raise_if_stop_requested() -> None:
   """Raises StoppedOutsideLoop if a SIGTERM came outside the loop and could not be raised where
   it landed (inside a garbage-collection callback); the loop calls it before its first step."""

@@ -810,6 +810,32 @@ class _Trace:
       logging.warning("Could not end the device trace: %s", e)
 
 
+def _write_final_or_stop(run: Run, state: TrainState, writer, workdir: str, log, preempted) -> None:
+  """The final outputs, once the final checkpoint is on disk. With one process (`preempted`,
+  the loop's flag) a SIGTERM or Ctrl-C from here on stops at once as a preemption (exit 75):
+  the checkpoint is saved and the rerun writes the outputs (_final_outputs_missing). Until
+  2026-12-06 the flag swallowed it: the outputs were drawn to the end (a Ctrl-C said it would
+  stop "after the current step") and the run exited 0."""
+  step = int(state.step)
+  if preempted is None:
+    diagnostics.write_final(run, state, writer, workdir, step, log)
+    return
+  if preempted.is_set():  # came after the last step's check, while the final save finished
+    raise checkpointing.StoppedOutsideLoop(preempted.by)
+  preempted.restore_handlers()  # train_and_evaluate's: a signal raises StoppedOutsideLoop
+  try:
+    diagnostics.write_final(run, state, writer, workdir, step, log)
+  except Exception as e:
+    # A SIGTERM while the final samples are drawn (a job's time limit, a preemption) reaches
+    # the compiler's subprocesses too, and the sampler's compile fails: the checkpoint is
+    # saved, so stop as a preemption instead of failing with the compiler's error.
+    by = preempted.by if preempted.is_set() else checkpointing.stopped_by()
+    if by is None:
+      raise
+    logging.warning("the final samples failed after a %s, left to the rerun: %s", by, e)
+    raise checkpointing.StoppedOutsideLoop(by) from None
+
+
 def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eval) -> TrainState:
   """The step loop, from `state` to train.num_steps (or a preemption)."""
   config, t, step = run.config, run.config.train, int(state.step)
@@ -918,17 +944,7 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
     log.summary()
     ckpt.wait()  # the final checkpoint is on disk before "Finished" is printed
     if step == num_steps:
-      try:
-        diagnostics.write_final(run, state, writer, workdir, step, log)
-      except Exception as e:
-        # A SIGTERM while the final samples are drawn (a job's time limit, a preemption)
-        # reaches the compiler's subprocesses too, and the sampler's compile fails: the
-        # checkpoint is saved, so stop as a preemption and let the rerun write the outputs
-        # (_final_outputs_missing) instead of failing with the compiler's error.
-        if not (one and preempted.is_set()):
-          raise
-        logging.warning("the final samples failed after a SIGTERM, left to the rerun: %s", e)
-        raise checkpointing.StoppedOutsideLoop(preempted.by) from None
+      _write_final_or_stop(run, state, writer, workdir, log, preempted if one else None)
   except metrics.NonFiniteError as e:
     raise _save_pending_before(run, ckpt, log, pending, e) from None
   finally:

@@ -512,6 +512,39 @@ def test_a_sigterm_that_breaks_the_final_samples_stops_as_a_preemption(tmp_path,
     train.train_and_evaluate(_config(**{"train.num_steps": 4}), str(tmp_path / "other"))
 
 
+@pytest.mark.parametrize("signame, by", [("SIGTERM", "SIGTERM"), ("SIGINT", "Ctrl-C")])
+def test_a_signal_while_the_final_samples_are_drawn_stops_at_once(
+  tmp_path, monkeypatch, signame, by
+):
+  """A SIGTERM or Ctrl-C after the final checkpoint, while the final samples are drawn, stops
+  there as a preemption (exit 75): the checkpoint is saved and the rerun writes the outputs.
+  The loop's flag took it and nothing read it: the samples were drawn to the end (a Ctrl-C was
+  told it would stop "after the current step") and the run finished as if never signalled."""
+  import os
+  import signal
+
+  from infonoise_jax import diagnostics
+
+  real = diagnostics.write_final
+  drawn = []
+
+  def signalled(*args, **kwargs):
+    os.kill(os.getpid(), getattr(signal, signame))
+    drawn.append(True)  # reached only when the signal did not stop the run
+    return real(*args, **kwargs)
+
+  workdir = tmp_path / "run"
+  monkeypatch.setattr(diagnostics, "write_final", signalled)
+  with pytest.raises(checkpointing.StoppedOutsideLoop, match=f"Stopped by {by}"):
+    train.train_and_evaluate(_config(**{"train.num_steps": 4}), str(workdir))
+  assert not drawn and not (workdir / "samples.npz").exists()
+  assert checkpointing.saved_steps(str(workdir))[-1] == 4
+  assert not (workdir / "run.lock").exists()
+  monkeypatch.setattr(diagnostics, "write_final", real)
+  train.train_and_evaluate(_config(**{"train.num_steps": 4}), str(workdir))
+  assert (workdir / "samples.npz").exists()
+
+
 def test_a_resume_from_an_older_checkpoint_logs_no_step_twice(tmp_path):
   """An attempt killed after logging steps past its last checkpoint (here: the newest
   checkpoint removed) is resumed from the older one: TensorBoard must show each step once, in
