@@ -452,6 +452,7 @@ def _finish_save(run: Run, ckpt, log: _WindowLogger, pending: _PendingSave) -> N
   """Checks the pending save's windows and guard (raising NonFiniteError), then saves."""
   step = pending.step
   log.flush_through(step)  # every window up to the step is checked
+  log.writer.flush()  # ... and on disk before the step is: a resume never logs them again
   window = None if pending.window is None else pending.window[1]
   host_window, host = jax.device_get((window, pending.guard))
   if host_window is not None:
@@ -934,6 +935,7 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
         jax.block_until_ready(state)  # the steps queued until now are training time
         saving = time.monotonic()
         log.flush(step)  # a NaN state is never saved over a good checkpoint
+        writer.flush()  # the windows up to the step are on disk before the step is
         check_before_save(run, train_step, state, step, log.last_good())
         _save(run, ckpt, step, state)
         log.add_checkpoint_time(time.monotonic() - saving)

@@ -223,10 +223,34 @@ class TensorBoardXWriter:
       self._writer.add_audio(key, np.asarray(value), int(step), sample_rate=sample_rate)
 
   def flush(self) -> None:
+    """Every event written so far is in the file (on disk, or the remote object) on return."""
+    _drain_queue(self._writer)
     self._writer.flush()
 
   def close(self) -> None:
     self._writer.close()
+
+
+def _drain_queue(summary_writer) -> None:
+  """Writes the events tensorboardX's worker thread still holds in its queue, in order.
+
+  Its `flush()` flushes the file with only what that thread has taken from the queue so far:
+  the last ~10 events (its queue's size) could still be waiting, and a run killed after a
+  "flushed" checkpoint lost them for good (the resume starts after the checkpoint's step). The
+  thread is stopped after the queued events (its stop() queues a marker and joins) and a new
+  one started on the same queue and file; on tensorboardX versions without these attributes,
+  nothing is done."""
+  event_writer = getattr(getattr(summary_writer, "file_writer", None), "event_writer", None)
+  worker = getattr(event_writer, "_worker", None)
+  if worker is None or not hasattr(worker, "stop") or not worker.is_alive():
+    return
+  try:
+    args = (event_writer._event_queue, event_writer._ev_writer, event_writer._flush_secs)
+  except AttributeError:
+    return
+  worker.stop()
+  event_writer._worker = type(worker)(*args)
+  event_writer._worker.start()
 
 
 DEFAULT_NUM_BUCKETS = 30  # TF2's (and clu's) default histogram bucket count

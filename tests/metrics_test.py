@@ -177,6 +177,20 @@ def test_writer_tags_equal_clus_side_by_side(tmp_path):
   assert tags_by_plugin(tmp_path / "clu") == tags_by_plugin(tmp_path / "tbx") == CLU_TAGS
 
 
+def test_tensorboardx_flush_puts_every_written_event_in_the_file(tmp_path):
+  """flush() means on disk: tensorboardX's own flush left its queue's last events unwritten
+  (a run killed after a checkpoint lost the windows up to its step for good)."""
+  writer = writers.TensorBoardXWriter(str(tmp_path))
+  writer.write_scalars(1, {f"s{i}": float(i) for i in range(40)})
+  writer.flush()
+  (path,) = _event_paths(tmp_path)
+  events = list(event_file_loader.EventFileLoader(path).Load())
+  assert sum(len(e.summary.value) for e in events) == 40
+  writer.write_scalars(2, {"s0": 1.0})  # the writer goes on after a flush
+  writer.close()
+  assert read_back(str(tmp_path))["scalars"]["s0"] == [(1, 0.0), (2, 1.0)]
+
+
 def test_writer_just_logging_writes_no_files(tmp_path):
   writer = metrics.create_writer(str(tmp_path), just_logging=True)
   writer.write_scalars(1, {"loss": 1.0})

@@ -545,6 +545,36 @@ def test_a_signal_while_the_final_samples_are_drawn_stops_at_once(
   assert (workdir / "samples.npz").exists()
 
 
+def test_every_window_up_to_a_saved_step_is_on_disk_before_the_step(tmp_path, monkeypatch):
+  """A run killed (SIGKILL, OOM) once a checkpoint is on disk resumes after its step and never
+  logs the windows up to it again: they must reach the event file before the save starts. The
+  file was flushed every 30 s, and tensorboardX's flush left its queue's last events unwritten:
+  a kill -9 left a hole at the checkpoint's step (default config, checkpoint 300: 250, 350)."""
+  from tensorboard.backend.event_processing import event_file_loader
+
+  def logged_loss_steps(workdir):
+    steps = set()
+    for path in (workdir / "tensorboard").glob("events.out.tfevents*"):
+      for event in event_file_loader.EventFileLoader(str(path)).Load():
+        steps |= {event.step for v in event.summary.value if v.tag == "loss"}
+    return steps
+
+  workdir = tmp_path / "run"
+  on_disk = {}
+  real = train._save
+
+  def save(run, ckpt, step, state, background=False):
+    on_disk[step] = logged_loss_steps(workdir)
+    return real(run, ckpt, step, state, background=background)
+
+  monkeypatch.setattr(train, "_save", save)
+  config = _config(**{"train.num_steps": 24, "train.log_every": 4, "train.checkpoint_every": 8})
+  train.train_and_evaluate(config, str(workdir))
+  assert sorted(on_disk) == [8, 16, 24]
+  for step, logged in on_disk.items():
+    assert set(range(4, step + 1, 4)) <= logged, (step, sorted(logged))
+
+
 def test_a_resume_from_an_older_checkpoint_logs_no_step_twice(tmp_path):
   """An attempt killed after logging steps past its last checkpoint (here: the newest
   checkpoint removed) is resumed from the older one: TensorBoard must show each step once, in
