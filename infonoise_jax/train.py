@@ -909,6 +909,9 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
       # Sample grids and evaluations are timed apart from training (perf/excluded_seconds).
       if t.sample_every and step % t.sample_every == 0 and step < num_steps:
         with log.progress.excluded(state):
+          # the window ending here (fetched one window late otherwise): the loss-by-noise plot
+          # and the schedule history titled with this step show this step's window
+          log.flush_through(step)
           diagnostics.write_images(run, state, writer, workdir, step, log)
       if periodic_fid and (step % t.fid_every == 0 or step == num_steps):
         with log.progress.excluded(state):

@@ -575,6 +575,24 @@ def test_every_window_up_to_a_saved_step_is_on_disk_before_the_step(tmp_path, mo
     assert set(range(4, step + 1, 4)) <= logged, (step, sorted(logged))
 
 
+def test_a_sample_grid_plots_the_window_that_ends_at_its_step(tmp_path, monkeypatch):
+  """The loss-by-noise plot and schedule history of a grid at step S (titled '@ step S') show
+  the window ending at S, not the one before it (windows are fetched one window late: the
+  grid at 2,000 of the default config plotted steps 1,801-1,900)."""
+  from infonoise_jax import diagnostics
+
+  real, latest = diagnostics.write_images, {}
+
+  def write_images(run, state, writer, workdir, step, log=None):
+    latest[step] = log.history[-1][0] if log is not None and log.history else None
+    return real(run, state, writer, workdir, step, log)
+
+  monkeypatch.setattr(diagnostics, "write_images", write_images)
+  config = _config(**{"train.num_steps": 12, "train.log_every": 2, "train.sample_every": 4})
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert latest == {4: 4, 8: 8, 12: 12}
+
+
 def test_a_resume_from_an_older_checkpoint_logs_no_step_twice(tmp_path):
   """An attempt killed after logging steps past its last checkpoint (here: the newest
   checkpoint removed) is resumed from the older one: TensorBoard must show each step once, in
