@@ -2,6 +2,7 @@
 held-out splits that share no source sequence, unknown-letter policies, and bad input."""
 
 import os
+import re
 import subprocess
 
 import numpy as np
@@ -272,6 +273,12 @@ def test_no_window_errors_propose_the_fix_that_applies(tmp_path):
   message = str(e.value)
   assert "data.seq_len" in message and "--config.data.val_fraction" in message
   assert "unknown_policy=replace" not in message and "data.vocab" not in message
+  # a lone file's splits are parts of it: the lengths named are the parts', said as such
+  n = len(sequences.normalize_text(open(text).read()))
+  longest = int(re.search(r"longest sequence (\d+) letters", message).group(1))
+  assert longest < n and "the file's held-out tail (data.val_fraction=0.1)" in message
+  with pytest.raises(ValueError, match="the file less its held-out tail"):
+    load_source(_config("text", path=text, seq_len=n))
 
 
 def test_rna_or_protein_read_as_dna_is_refused_with_the_vocabulary_that_models_it(tmp_path):

@@ -758,6 +758,15 @@ class EncodedWindows:
     return self.encoding.encode(self.ids_NL[indices_B])
 
 
+def _tail_note(d, groups) -> str:
+  """How a lone text file's split came to be shorter than the file: its held-out tail is cut
+  off (docs/sequences.md), so 'longest sequence' is a part of the file."""
+  if d.name != "text" or len(groups) != 1 or not os.path.isfile(d.path):
+    return ""
+  part = "the file less its held-out tail" if d.split == "train" else "the file's held-out tail"
+  return f", {part} (data.val_fraction={d.val_fraction:g})"
+
+
 def _no_window_message(d, groups, stats, encoding) -> str:
   """Why a split has no window, with the fixes that apply: a shorter window always; the
   vocabulary when most letters are outside it (another alphabet, e.g. protein for dna); the
@@ -778,7 +787,8 @@ def _no_window_message(d, groups, stats, encoding) -> str:
     )
   return (
     f"data.seq_len={d.seq_len} leaves no window in the {d.split!r} split of {d.name!r} "
-    f"(longest sequence {longest} letters, {stats.unknown_letters} unknown letters with "
+    f"(its longest sequence {longest} letters{_tail_note(d, groups)}, "
+    f"{stats.unknown_letters} unknown letters with "
     f"data.unknown_policy={d.unknown_policy!r}, {stats.duplicate_windows} windows equal to "
     f"training windows); use {' or '.join(fixes)}"
   )
