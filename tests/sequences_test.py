@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from infonoise_jax.data import load_source, sequences
+from infonoise_jax.data import load_source, sequences, sources
 from infonoise_jax.data.tokens import TokenEncoding
 
 
@@ -521,3 +521,23 @@ def test_a_vocabulary_with_a_repeated_symbol_is_named_as_such(vocab, message):
   """A repeated symbol was reported as 'needs at least 2 distinct symbols' (ACGTA has 4)."""
   with pytest.raises(ValueError, match=message):
     load_source(_config("dna", vocab=vocab, path=""))
+
+
+def test_overlapping_windows_that_would_not_fit_in_memory_are_refused_before_cutting(
+  tmp_path, monkeypatch
+):
+  """Windows hold a copy of every letter they cover: stride 1 multiplies the data by seq_len.
+  Against a machine of 300 kB: 20 records of 1,000 bases at seq_len 50 every letter need
+  20 x 951 x 50 x 4 = 3.8 MB (refused, naming the stride); non-overlapping, 80 kB (read)."""
+  rng = np.random.default_rng(0)
+  path = os.path.join(tmp_path, "g.fa")
+  _write_fasta(path, [(f"r{i}", "".join(rng.choice(list("ACGT"), 1000))) for i in range(20)])
+  monkeypatch.setattr(sources, "physical_memory_bytes", lambda: 300_000)
+  for split in ("train", "test"):
+    with pytest.raises(ValueError, match="window_stride=1 letters need") as e:
+      load_source(_config("dna", path=path, seq_len=50, window_stride=1, split=split))
+    assert "--config.data.window_stride" in str(e.value)
+  src = load_source(_config("dna", path=path, seq_len=50, split="test"))
+  assert src.num_examples > 0 and src.token_ids.nbytes < 0.75 * 300_000
+  monkeypatch.setattr(sources, "physical_memory_bytes", lambda: None)  # unknown: not checked
+  assert load_source(_config("dna", path=path, seq_len=50, window_stride=1)).num_examples > 0

@@ -821,6 +821,36 @@ def foreign_letters_message(d, stats: sequences.SplitStats, vocab: str) -> str |
   )
 
 
+def physical_memory_bytes() -> int | None:
+  """This machine's memory (None where the OS does not say)."""
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+MAX_WINDOWS_MEMORY_SHARE = 0.75  # of the machine's memory that cut windows may take
+
+
+def _check_windows_fit(d, parts: list[list[tuple[str, str]]]) -> None:
+  """Windows are held in memory as int32 token ids, a copy of every letter per window that
+  covers it: overlapping windows (a small data.window_stride) multiply the data by
+  seq_len / stride. Refused before cutting when they would not fit, instead of the OS killing
+  the process partway."""
+  stride = d.window_stride or d.seq_len
+  windows = sum(max(0, (len(seq) - d.seq_len) // stride + 1) for part in parts for _, seq in part)
+  need, have = windows * d.seq_len * 4, physical_memory_bytes()
+  if have and need > MAX_WINDOWS_MEMORY_SHARE * have:
+    letters = sum(len(seq) for part in parts for _, seq in part)
+    raise ValueError(
+      f"data.path={d.path!r}: {letters:,} letters cut into {windows:,} windows of "
+      f"data.seq_len={d.seq_len} every data.window_stride={stride} letters need "
+      f"{need / 2**30:.1f} GiB as token ids, above {MAX_WINDOWS_MEMORY_SHARE:.0%} of this "
+      f"machine's {have / 2**30:.1f} GiB; use a larger --config.data.window_stride (0 = "
+      "seq_len, non-overlapping, one copy of the data) or a part of the data"
+    )
+
+
 def token_source(d) -> Source:
   """Windows of one split of a token source (module docstring of data/sequences.py)."""
   _check_token_keys(d)
@@ -828,6 +858,7 @@ def token_source(d) -> Source:
   splits = sequences.split_groups(groups, d.val_fraction)
   encoding = token_encoding(d, splits["train"])
   stride = d.window_stride or d.seq_len
+  _check_windows_fit(d, [splits[d.split], *([splits["train"]] if d.split == "test" else [])])
   cut = lambda split: sequences.cut_windows(
     splits[split], encoding, d.seq_len, stride, d.unknown_policy
   )
