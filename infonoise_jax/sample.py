@@ -14,6 +14,7 @@ The infogrid grids use the checkpoint's learned profile (docs/method.md section 
 """
 
 import argparse
+import io
 import os
 import sys
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from infonoise_jax import cli, restore, solvers
 from infonoise_jax.data.tokens import TokenEncoding
 from infonoise_jax.mesh import initialize_distributed
 from infonoise_jax.model_sampler import Sampler, sampler_config
+from infonoise_jax.paths import run_path
 from infonoise_jax.sample_files import GRID_IMAGES, write_samples, write_texts
 
 
@@ -108,9 +110,21 @@ def _command(a: argparse.Namespace) -> None:
     overrides=a.set,
   )
   if jax.process_index() == 0:
-    lines = [f"{len(samples)} samples of shape {samples.shape[1:]} from {a.workdir}:"]
+    lines = [
+      f"{len(samples)} samples of shape {samples.shape[1:]} from {a.workdir}, {_drawn_with(out)}:"
+    ]
     lines += [f"  {name:<4}: {path}" for name, path in paths.items()]
     print("\n".join(lines), flush=True)
+
+
+def _drawn_with(out: str) -> str:
+  """Which checkpoint and sampler drew `out`'s samples, from its samples.npz: without --step,
+  the newest checkpoint, which on a run still training is whichever step was saved last."""
+  with np.load(io.BytesIO((run_path(out) / "samples.npz").read_bytes())) as z:  # or gs://
+    return (
+      f"checkpoint step {int(z['step'])} ({z['method'].item()} on the {z['grid'].item()} grid, "
+      f"{int(z['num_steps'])} levels, seed {int(z['seed'])})"
+    )
 
 
 if __name__ == "__main__":

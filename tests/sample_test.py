@@ -92,6 +92,14 @@ def test_command_writes_requested_samples_and_grid(trained, command_samples):
   assert grid.size[0] >= 4 * 32 and grid.size[1] >= 3 * 32  # 10 images upscaled to 32, 4 cols
 
 
+def test_command_says_which_checkpoint_and_sampler_drew_the_samples(trained, tmp_path, capsys):
+  """Without --step the newest checkpoint is sampled: on a run still training, whichever was
+  saved last, so the summary names it (the step was only inside samples.npz)."""
+  sample.main([f"--workdir={trained[0]}", "--num=2", f"--out={tmp_path}", "--seed=5"])
+  first = capsys.readouterr().out.splitlines()[0]
+  assert first.endswith("checkpoint step 8 (heun on the karras grid, 7 levels, seed 5):"), first
+
+
 def test_infogrid_uses_the_checkpointed_profile(restored):
   sampler, state, _ = restored
   learned = np.asarray(_infogrid(sampler, state.schedule_state))
