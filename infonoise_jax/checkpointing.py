@@ -11,6 +11,7 @@ import functools
 import gc
 import logging as logging_lib
 import os
+import re
 import signal
 import sys
 import threading
@@ -67,7 +68,23 @@ def _cause(e: BaseException) -> str:
     where = f": {e.filename}" if e.filename else ""
     return f"{os.strerror(e.errno)} [errno {e.errno}]{where}"
   text = " ".join(str(e).split())
-  return f"{type(e).__name__}: {text[:300]}"
+  code = _OS_ERROR_CODE.search(text)
+  if code:  # tensorstore's (Orbax's array writes): the OS error ends a long message
+    n = int(code.group(1))
+    return f"{os.strerror(n)} [errno {n}] ({type(e).__name__}: {_clip(text, 200)})"
+  return f"{type(e).__name__}: {_clip(text, 300)}"
+
+
+# tensorstore reports an OS error as a ValueError whose text ends "[os_error_code='28']"
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+
+
+def _clip(text: str, limit: int) -> str:
+  """`text` within about `limit` characters, its start and end kept (a cause is often last)."""
+  if len(text) <= limit:
+    return text
+  half = limit // 2
+  return f"{text[:half]} ... {text[-half:]}"
 
 
 def _path(keys) -> str:

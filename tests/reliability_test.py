@@ -196,6 +196,31 @@ def test_failed_save_stops_the_run_keeping_earlier_checkpoints(
   assert int(state.step) == num_steps
 
 
+def test_a_full_disk_in_an_array_write_is_named_in_the_error(trained, tmp_path, monkeypatch):
+  """A full disk under Orbax's array writes reaches us as tensorstore's ValueError, ~600
+  characters ending "No space left on device [os_error_code='28']": the message cut it at 300
+  characters, before the cause."""
+  from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler
+
+  path = f"{tmp_path}/run/checkpoints/8.orbax-checkpoint-tmp/packed.orbax-checkpoint-tmp/ocdbt"
+  text = (
+    f'RESOURCE_EXHAUSTED: Error writing "float32/0" in OCDBT database at local file "{path}/": '
+    f'Failed writing: "{path}/d/ece87248f97dcc4c64acbe7915cff923": Failed to write 24727552 '
+    "bytes to file 7: No space left on device [os_error_code='28']"
+  )
+
+  async def failing(self, x, directory):
+    raise ValueError(text)
+
+  workdir = _copy(trained, tmp_path)
+  monkeypatch.setattr(handler.JsonCheckpointHandler, "_save_fn", failing)
+  with pytest.raises(checkpointing.SaveFailedError) as info:
+    train.train_and_evaluate(_config(**{"train.num_steps": 8}), str(workdir))
+  message = str(info.value)
+  assert "failed: No space left on device [errno 28] (ValueError: RESOURCE_EXHAUSTED" in message
+  assert "os_error_code='28']" in message and len(message) < 600
+
+
 @pytest.mark.skipif(
   not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
   reason="root writes into read-only folders; the EROFS case above covers it",
