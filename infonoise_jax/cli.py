@@ -3,7 +3,8 @@
 A bad file, key, value, data set, checkpoint or workdir, a failed save, a NaN and missing
 weights end the process with `error: <what happened and the fix>` on stderr and exit code 1;
 a preempted run that saved its checkpoint, or one stopped by SIGTERM before its first step
-(nothing to save), exits with PREEMPTED_EXIT_CODE (75) so a scheduler requeues it. `--debug`
+(nothing to save), exits with PREEMPTED_EXIT_CODE (75) so a scheduler requeues it; a Ctrl-C
+that stops at once (a training run's second one) says so in one line, exit code 130. `--debug`
 or INFONOISE_DEBUG=1 shows the full traceback instead (and the libraries' own error logs);
 anything else (a bug) always shows it.
 """
@@ -23,6 +24,12 @@ from infonoise_jax.checkpointing import (
 
 DEBUG_ENV = "INFONOISE_DEBUG"
 ERROR_EXIT_CODE = 1
+INTERRUPTED_EXIT_CODE = 130  # the shell's code for a process ended by SIGINT
+INTERRUPTED = (
+  "Interrupted by Ctrl-C: stopped at once, nothing more saved. A training run resumes from "
+  f"its last checkpoint with the same command (exit code {INTERRUPTED_EXIT_CODE}; "
+  f"--debug or {DEBUG_ENV}=1 shows the traceback)"
+)
 # What a user's input or machine can cause; everything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, OSError, FloatingPointError, CheckpointError)
 
@@ -114,6 +121,12 @@ def run_command(fn: Callable[[], object], debug: bool = False) -> None:
   except (Preempted, StoppedOutsideLoop) as e:
     print(one_line(e), file=sys.stderr, flush=True)
     sys.exit(e.exit_code)
+  except KeyboardInterrupt:
+    # Training: a second Ctrl-C (the first one saves and stops); sample, evaluate: the first.
+    if debug:
+      raise
+    print(INTERRUPTED, file=sys.stderr, flush=True)
+    sys.exit(INTERRUPTED_EXIT_CODE)
   except (*USER_ERRORS, ImportError) as e:
     if debug or (isinstance(e, ImportError) and not is_missing_package(e)):
       raise

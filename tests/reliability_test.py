@@ -740,6 +740,26 @@ def test_a_missing_optional_package_is_one_line_and_a_broken_import_a_traceback(
   assert "Close names: plain, mnist_like" in capsys.readouterr().err
 
 
+def test_a_ctrl_c_that_stops_at_once_is_one_line(capsys, monkeypatch):
+  """A training run's second Ctrl-C (or a sample command's first) stops at once: one line
+  saying what was kept and how to go on, exit 130, not a ~55-line KeyboardInterrupt
+  traceback; --debug keeps the traceback."""
+  from infonoise_jax import cli
+
+  monkeypatch.delenv("INFONOISE_DEBUG", raising=False)
+
+  def interrupted():
+    raise KeyboardInterrupt
+
+  with pytest.raises(SystemExit) as info:
+    cli.run_command(interrupted)
+  err = capsys.readouterr().err.strip().splitlines()
+  assert info.value.code == 130 and len(err) == 1
+  assert err[0].startswith("Interrupted by Ctrl-C: stopped at once, nothing more saved")
+  with pytest.raises(KeyboardInterrupt):
+    cli.run_command(interrupted, debug=True)
+
+
 def test_closed_event_loop_noise_is_dropped_and_other_unraisables_printed(capsys, monkeypatch):
   from infonoise_jax import cli
 
