@@ -54,6 +54,11 @@ def check_is_directory(workdir: str) -> None:
     parent = os.path.dirname(parent)
   if parent == target:  # it exists: a directory, checked above
     return
+  if not os.path.isdir(parent):  # e.g. --workdir=runs/config.json/sub
+    raise WorkdirError(
+      f"--workdir={workdir} cannot be made: {parent} on its path is a file, not a folder; "
+      "point --workdir at a path whose existing part is folders"
+    )
   try:
     os.rmdir(tempfile.mkdtemp(prefix=".infonoise-probe-", dir=parent))
   except OSError as e:

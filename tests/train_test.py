@@ -331,6 +331,11 @@ def test_a_workdir_that_cannot_be_made_is_named_before_the_data_loads(tmp_path, 
     train.train_and_evaluate(_config(), "/proc/nope/run")
   workdir_lib.check_is_directory(str(tmp_path / "new" / "run"))  # makeable: passes
   assert os.listdir(tmp_path) == []  # and leaves nothing behind
+  # A file on the path is named as a file (it was "its nearest existing folder <the file>
+  # does not take new folders (Not a directory)").
+  (tmp_path / "config.json").write_text("{}")
+  with pytest.raises(ValueError, match=r"config\.json on its path is a file, not a folder"):
+    workdir_lib.check_is_directory(str(tmp_path / "config.json" / "sub" / "run"))
 
 
 def test_an_unknown_key_in_a_config_file_names_the_closest_known_one():
