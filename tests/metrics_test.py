@@ -104,10 +104,6 @@ def _event_paths(logdir) -> list[str]:
   return [os.path.join(d, f) for d, _, fs in os.walk(logdir) for f in fs if "tfevents" in f]
 
 
-def _event_files(logdir) -> list[str]:
-  return [f for _, _, fs in os.walk(logdir) for f in fs if f.startswith("events.out")]
-
-
 GRID_HWC = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
 # floats in [0, 1] -> floor(255.5 v), as tf.summary.image does; two images
 GRAY_NHWC = np.array([0.0, 0.5, 1.0, 2.0])[None, None, :, None] * np.ones((2, 3, 1, 1))
