@@ -244,13 +244,14 @@ def _drain_queue(summary_writer) -> None:
   worker = getattr(event_writer, "_worker", None)
   if worker is None or not hasattr(worker, "stop") or not worker.is_alive():
     return
-  try:
+  try:  # the successor is made before the worker stops: a changed signature stops nothing
     args = (event_writer._event_queue, event_writer._ev_writer, event_writer._flush_secs)
-  except AttributeError:
+    successor = type(worker)(*args)
+  except (AttributeError, TypeError):
     return
   worker.stop()
-  event_writer._worker = type(worker)(*args)
-  event_writer._worker.start()
+  event_writer._worker = successor
+  successor.start()
 
 
 DEFAULT_NUM_BUCKETS = 30  # TF2's (and clu's) default histogram bucket count
