@@ -595,6 +595,10 @@ def raise_if_stop_requested() -> None:
     raise StoppedOutsideLoop(_STOPPED_BY[0])
 
 
+class _WorkInterrupted(Exception):
+  """Raised by a signal handler inside `PreemptionFlag.interruptible` to stop that work."""
+
+
 class PreemptionFlag:
   """Set by SIGTERM (or the given `signals`); the loop polls it, saves and exits cleanly.
 
@@ -606,6 +610,7 @@ class PreemptionFlag:
     signals = (signal.SIGTERM,) if signals is None else signals
     self._event = threading.Event()
     self._previous = {}
+    self._work = None  # what `interruptible` runs now: a signal stops it at once
     self.by = "SIGTERM"  # the signal that set the flag, for the message
     if threading.current_thread() is threading.main_thread():
       for sig in signals:
@@ -617,6 +622,8 @@ class PreemptionFlag:
     del frame
     self.by = _SIGNAL_NAMES.get(signum, "SIGTERM")
     self._event.set()
+    if self._work is not None:
+      raise _WorkInterrupted
 
   def _interrupt(self, signum, frame):
     del frame
@@ -624,12 +631,30 @@ class PreemptionFlag:
       raise KeyboardInterrupt
     self.by = "Ctrl-C"
     self._event.set()
+    now = f"{self._work} stopped, " if self._work is not None else ""
     print(
-      "\nCtrl-C: stopping after the current step with a checkpoint of it (before the first "
-      "step: at once, nothing new to save); Ctrl-C again stops at once, without saving.",
+      f"\nCtrl-C: {now}stopping after the current step with a checkpoint of it (before the "
+      "first step: at once, nothing new to save); Ctrl-C again stops at once, without saving.",
       file=sys.stderr,
       flush=True,
     )
+    if self._work is not None:
+      raise _WorkInterrupted
+
+  @contextlib.contextmanager
+  def interruptible(self, work: str):
+    """Runs the body as `work` (e.g. "the sample grid of step 2000") that a signal setting the
+    flag stops at once, with a warning, instead of after it: a long sample grid or evaluation
+    between steps must not outlast a preemption's grace period before the checkpoint. The
+    caller then saves and stops as after any signal."""
+    self._work = work
+    try:
+      yield
+    except _WorkInterrupted:
+      self._work = None
+      logging.warning("%s stopped by %s: left out, saving the checkpoint", work, self.by)
+    finally:
+      self._work = None
 
   def is_set(self) -> bool:
     return self._event.is_set()

@@ -570,6 +570,40 @@ def test_a_signal_while_the_final_samples_are_drawn_stops_at_once(
   assert (workdir / "samples.npz").exists()
 
 
+@pytest.mark.parametrize("signame, by", [("SIGTERM", "SIGTERM"), ("SIGINT", "Ctrl-C")])
+def test_a_signal_during_a_sample_grid_between_steps_stops_it_and_saves(
+  tmp_path, monkeypatch, caplog, signame, by
+):
+  """A SIGTERM or Ctrl-C while a sample grid is drawn between steps stops the grid at once and
+  saves the step's checkpoint (exit 75): the flag was read only after the grid, so a long grid
+  or periodic evaluation outlasted a preemption's grace period before the save. A grid due at
+  a step after the signal is skipped; the rerun draws the next grid as usual."""
+  import os
+  import signal
+
+  from infonoise_jax import diagnostics
+
+  real, grids = diagnostics.write_images, []
+
+  def signalled(run, state, writer, workdir, step, log):
+    if step == 4:
+      os.kill(os.getpid(), getattr(signal, signame))
+    grids.append(step)  # reached only where no signal stopped the grid
+    return real(run, state, writer, workdir, step, log)
+
+  monkeypatch.setattr(diagnostics, "write_images", signalled)
+  overrides = {"train.num_steps": 8, "train.sample_every": 2, "train.checkpoint_every": 100}
+  workdir = tmp_path / "run"
+  with caplog.at_level("WARNING"), pytest.raises(checkpointing.Preempted, match="step 4 saved"):
+    train.train_and_evaluate(_config(**overrides), str(workdir))
+  assert grids == [2]
+  assert checkpointing.saved_steps(str(workdir)) == [4]
+  assert any(f"sample grid of step 4 stopped by {by}" in r.getMessage() for r in caplog.records)
+  monkeypatch.setattr(diagnostics, "write_images", real)
+  state = train.train_and_evaluate(_config(**overrides), str(workdir))
+  assert int(state.step) == 8 and (workdir / "samples.npz").exists()
+
+
 def test_every_window_up_to_a_saved_step_is_on_disk_before_the_step(tmp_path, monkeypatch):
   """A run killed (SIGKILL, OOM) once a checkpoint is on disk resumes after its step and never
   logs the windows up to it again: they must reach the event file before the save starts. The
