@@ -153,6 +153,7 @@ class _WindowLogger:
     self.data_wait, self.device_wait, self.dispatch = 0.0, 0.0, 0.0
     self._waits: dict[int, tuple[float, float, float]] = {}
     self.loss_by_log_sigma = None  # the latest window's per-bin mean loss (for the plots)
+    self.window_losses = []  # (mean loss, end step) of every window written
     self.history: list[tuple[int, np.ndarray]] = []  # (step, schedule curve) per window
     self._history_curve = run.history_curve
     self.unit = metrics.example_unit(run.source.encoding)  # img, or seq for DNA and text
@@ -222,6 +223,9 @@ class _WindowLogger:
       self.progress.excluded_seconds(),
       self.checkpoint_total,
     )
+    warning = diverged_warning(self.window_losses)
+    if warning:
+      logging.warning(warning)
 
   def last_good(self) -> str | None:
     last = self.ckpt.latest_step()
@@ -237,6 +241,7 @@ class _WindowLogger:
     for name, seconds in zip(("data_wait", "device_wait", "dispatch"), waits, strict=True):
       scalars[f"perf/{name}_seconds"] = seconds
     self.writer.write_scalars(step, scalars)
+    self.window_losses.append((float(scalars["loss"]), step))
     edges = diagnostics.loss_bin_edges(self.run.config)
     counts = host[metrics.SIGMA_COUNTS]
     self.writer.write_histograms(
@@ -247,6 +252,28 @@ class _WindowLogger:
     if jax.process_index() == 0:
       step_line = metrics.format_progress(step, self.run.config.train.num_steps, scalars, self.unit)
       logging.info(step_line)
+
+
+DIVERGED_FACTOR = 10.0  # the last window's loss this many times the run's median: said
+
+
+def diverged_warning(window_losses: list[tuple[float, int]]) -> str | None:
+  """What to say when a run ends with its loss far above the median of its windows' (mean
+  loss, end step): diverged to finite values, which no NaN check stops. None otherwise, with
+  under 3 windows, and for losses that can be negative (EDM2's uncertainty-weighted loss),
+  where a ratio says nothing. The median, not the lowest window: small windows are noisy."""
+  if len(window_losses) < 3:
+    return None
+  median = float(np.median([loss for loss, _ in window_losses]))
+  last, step = window_losses[-1]
+  if median <= 0 or last <= DIVERGED_FACTOR * median:
+    return None
+  return (
+    f"The loss ended at {last:.4g} (window ending at step {step}), {last / median:.0f}x the "
+    f"median of this run's {len(window_losses)} log windows ({median:.4g}): the run has "
+    "probably diverged (its values stayed finite, so nothing stopped it). Lower optim.lr or "
+    "lengthen optim.warmup_steps and train again (--fresh)"
+  )
 
 
 def data_workers(config: ml_collections.ConfigDict, source) -> int:

@@ -1021,3 +1021,29 @@ def test_sigterm_inside_a_restore_keeps_every_checkpoint(trained8, tmp_path, mon
   assert checkpointing.saved_steps(str(workdir)) == [4, 8]
   assert not [p for p in workdir.iterdir() if "corrupt" in p.name]
   assert not (workdir / workdir_lib.LOCK_FILE).exists()
+
+
+def test_a_run_ending_far_above_its_median_loss_is_said_to_have_diverged():
+  """Finite divergence (loss 2e10 at the end of a run with lr 1e9: exit 0, "Finished") stops no
+  NaN check; the summary says so against the median window, robust to small noisy windows."""
+  windows = [(2.0, 10), (0.5, 20), (0.4, 30), (0.45, 40)]
+  assert train.diverged_warning(windows) is None  # the early high window is not the median
+  assert train.diverged_warning([(0.1, 10), (50.0, 20)]) is None  # too few windows to say
+  message = train.diverged_warning([*windows, (2.25e10, 50)])
+  assert "step 50" in message and "optim.lr" in message
+  assert f"{2.25e10 / 0.5:.0f}x" in message  # median of the five windows: 0.5
+  assert train.diverged_warning([*windows, (4.9, 50)]) is None  # 9.8x: under the factor
+  assert train.diverged_warning([(-3.0, 10), (-2.0, 20), (5.0, 30)]) is None  # negative losses
+
+
+def test_the_divergence_warning_is_logged_at_the_end_of_a_run(tmp_path, monkeypatch, caplog):
+  """The wiring: with the factor below 1 every run's last window is 'far above' its median."""
+  overrides = {"train.num_steps": 8, "train.log_every": 2}
+  with caplog.at_level("WARNING"):
+    train.train_and_evaluate(_config(**overrides), str(tmp_path / "a"))
+  assert not any("probably diverged" in r.getMessage() for r in caplog.records)
+  monkeypatch.setattr(train, "DIVERGED_FACTOR", 1e-3)
+  with caplog.at_level("WARNING"):
+    train.train_and_evaluate(_config(**overrides), str(tmp_path / "b"))
+  said = [r.getMessage() for r in caplog.records if "probably diverged" in r.getMessage()]
+  assert len(said) == 1 and "of this run's 4 log windows" in said[0]
