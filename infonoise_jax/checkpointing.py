@@ -596,7 +596,7 @@ def raise_if_stop_requested() -> None:
 
 
 class _WorkInterrupted(Exception):
-  """Raised by a signal handler inside `PreemptionFlag.interruptible` to stop that work."""
+  """Raised by a signal handler inside `PreemptionFlag.run_between_steps` to stop that work."""
 
 
 class PreemptionFlag:
@@ -610,7 +610,7 @@ class PreemptionFlag:
     signals = (signal.SIGTERM,) if signals is None else signals
     self._event = threading.Event()
     self._previous = {}
-    self._work = None  # what `interruptible` runs now: a signal stops it at once
+    self._work = None  # what `run_between_steps` runs now: a signal stops it at once
     self.by = "SIGTERM"  # the signal that set the flag, for the message
     if threading.current_thread() is threading.main_thread():
       for sig in signals:
@@ -641,17 +641,18 @@ class PreemptionFlag:
     if self._work is not None:
       raise _WorkInterrupted
 
-  @contextlib.contextmanager
-  def interruptible(self, work: str):
-    """Runs the body as `work` (e.g. "the sample grid of step 2000") that a signal setting the
-    flag stops at once, with a warning, instead of after it: a long sample grid or evaluation
-    between steps must not outlast a preemption's grace period before the checkpoint. The
-    caller then saves and stops as after any signal."""
+  def run_between_steps(self, work: str, fn, *args) -> None:
+    """Runs `fn(*args)`, named `work` (e.g. "the sample grid of step 2000"), so that a signal
+    setting the flag stops it at once, with a warning, instead of after it, and not at all once
+    the flag is set: a long sample grid or evaluation between steps must not outlast a
+    preemption's grace period before the checkpoint. The caller then saves and stops as after
+    any signal."""
+    if self.is_set():
+      return
     self._work = work
     try:
-      yield
+      fn(*args)
     except _WorkInterrupted:
-      self._work = None
       logging.warning("%s stopped by %s: left out, saving the checkpoint", work, self.by)
     finally:
       self._work = None

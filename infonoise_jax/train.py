@@ -936,27 +936,25 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
       # Sample grids and evaluations are timed apart from training (perf/excluded_seconds).
       # A signal (one process) stops them at once, or skips them once it came: the checkpoint
       # below must not wait for them through a preemption's grace period.
-      between = lambda work, step=step: preempted.interruptible(f"{work} of step {step}")
+      between = preempted.run_between_steps
       if t.sample_every and step % t.sample_every == 0 and step < num_steps:
         with log.progress.excluded(state):
           # the window ending here (fetched one window late otherwise): the loss-by-noise plot
           # and the schedule history titled with this step show this step's window
           log.flush_through(step)
-          with between("the sample grid"):
-            if not preempted.is_set():
-              diagnostics.write_images(run, state, writer, workdir, step, log)
+          work = f"the sample grid of step {step}"
+          between(work, diagnostics.write_images, run, state, writer, workdir, step, log)
       if periodic_fid and (step % t.fid_every == 0 or step == num_steps):
-        with log.progress.excluded(state), between("the periodic FID"):
-          if not preempted.is_set():
-            fid_batches = run.sampler.draw(  # seed set 0: the same noise every time
-              state.ema_params, run.sampler.sigmas(state.schedule_state), periodic_fid.num, seed=0
-            )
-            periodic_fid.write(fid_batches, writer, step)
+        fid_batches = run.sampler.draw(  # lazy; seed set 0: the same noise every time
+          state.ema_params, run.sampler.sigmas(state.schedule_state), periodic_fid.num, seed=0
+        )
+        with log.progress.excluded(state):
+          work = f"the periodic FID of step {step}"
+          between(work, periodic_fid.write, fid_batches, writer, step)
       if seq_eval and (step % t.eval_every == 0 or step == num_steps):
-        with log.progress.excluded(state), between("the domain evaluation"):
-          if not preempted.is_set():
-            draw = functools.partial(run.sampler.draw_ema, state)  # (num, seed) -> samples
-            seq_eval.write(draw, writer, step)
+        draw = functools.partial(run.sampler.draw_ema, state)  # (num, seed) -> samples
+        with log.progress.excluded(state):
+          between(f"the domain evaluation of step {step}", seq_eval.write, draw, writer, step)
       stop = preempted.is_set() or ckpt.reached_preemption(step)
       checkpoint = step % t.checkpoint_every == 0 or step == num_steps or stop
       if pending is not None and (step >= pending.due or checkpoint):
