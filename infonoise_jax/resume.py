@@ -3,10 +3,12 @@
 A workdir holds one run. Its resolved config is `<workdir>/config.json`; a resume may change
 only the keys of `RESUMABLE` (how long to train, how often to log and save, where the data
 lives, sampling and evaluation settings, the machine layout, the optimizer state's layout),
-since they do not change what the saved state means. Any other change (seed, batch size,
-data, model, schedule, optimizer, EDM constants) is refused before anything is written.
-Accepted changes are appended, one JSON line per resume, to `<workdir>/config_history.jsonl`;
-`config.json` is then rewritten with the new values. See docs/reliability.md.
+since they do not change what the saved state means, and the keys of `schedule.<section>`s
+that the run's schedule does not read (`schedules.config_sections`: a Laplace setting on an
+InfoNoise run). Any other change (seed, batch size, data, model, schedule, optimizer, EDM
+constants) is refused before anything is written. Accepted changes are appended, one JSON
+line per resume, to `<workdir>/config_history.jsonl`; `config.json` is then rewritten with the
+new values. See docs/reliability.md.
 """
 
 import datetime
@@ -16,7 +18,7 @@ import os
 import ml_collections
 from absl import logging
 
-from infonoise_jax import paths, restore
+from infonoise_jax import paths, restore, schedules
 
 # Keys (or whole sections, ending in ".") a resume may change.
 RESUMABLE = (
@@ -62,6 +64,44 @@ def matches(key: str, patterns) -> bool:
 
 def is_resumable(key: str) -> bool:
   return matches(key, RESUMABLE)
+
+
+def schedule_sections(config: ml_collections.ConfigDict, diff: dict[str, tuple]) -> set | None:
+  """The `schedule.<section>`s the run's schedule reads (`schedules.config_sections`): those of
+  the new config's schedule.name and, when it changed (refused anyway), the saved one's too.
+  None when a schedule does not declare them: every section counts."""
+  names = {config.schedule.name}
+  if "schedule.name" in diff:
+    names.add(diff["schedule.name"][0])
+  sections = set()
+  for name in names:
+    declared = schedules.config_sections(name)
+    if declared is None:
+      return None
+    sections.update(declared)
+  return sections
+
+
+def unread_schedule_keys(
+  config: ml_collections.ConfigDict, diff: dict[str, tuple]
+) -> dict[str, tuple]:
+  """The changes in `diff` to keys of schedule sections the run's schedule never reads (a
+  `schedule.laplace.mu` on an InfoNoise run): they do not touch the saved state."""
+  sections = schedule_sections(config, diff)
+  if sections is None:
+    return {}
+  return {
+    k: v
+    for k, v in diff.items()
+    if k.count(".") >= 2 and k.startswith("schedule.") and k.split(".")[1] not in sections
+  }
+
+
+def refused(config: ml_collections.ConfigDict, diff: dict[str, tuple]) -> dict[str, tuple]:
+  """The changes in `diff` a resume refuses: not resumable, and not in a schedule section the
+  run's schedule never reads."""
+  unread = unread_schedule_keys(config, diff)
+  return {k: v for k, v in diff.items() if not is_resumable(k) and k not in unread}
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -124,7 +164,7 @@ def is_earlier_attempt(config: ml_collections.ConfigDict, workdir: str) -> bool:
   checkpoint (config.json is written before the first step)."""
   if not (paths.run_path(workdir) / CONFIG_FILE).exists():
     return False
-  return all(is_resumable(k) for k in changes(config, workdir))
+  return not refused(config, changes(config, workdir))
 
 
 def check(
@@ -133,9 +173,9 @@ def check(
   """Raises ResumeRefusedError naming every refused key; returns the accepted changes.
   `meta`: the newest checkpoint's metadata (its config copy stands in for a lost config.json)."""
   diff = changes(config, workdir, meta)
-  refused = {k: v for k, v in diff.items() if not is_resumable(k)}
-  if refused:
-    listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
+  refused_changes = refused(config, diff)
+  if refused_changes:
+    listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused_changes.items())
     raise ResumeRefusedError(
       f"Cannot resume {workdir} at step {step} with a changed {listed}: these keys fix what "
       f"the saved state means. Resume with the saved values ({os.path.join(workdir, CONFIG_FILE)}"
@@ -171,6 +211,19 @@ def record(
       ": the run continues on the data these name" if data else "",
       history,
     )
+    unread = unread_schedule_keys(config, accepted)
+    if unread:
+      sections = sorted({k.split(".")[1] for k in unread})
+      reads = sorted(schedule_sections(config, accepted) or ())
+      logging.info(
+        "%s: the %s schedule does not read schedule.%s (it reads %s), so %s no effect on "
+        "this run's training",
+        ", ".join(unread),
+        config.schedule.name,
+        ", schedule.".join(sections),
+        ", ".join(f"schedule.{s}" for s in reads) or "no schedule section",
+        "this change has" if len(unread) == 1 else "these changes have",
+      )
 
 
 _OTHER_DATA = (

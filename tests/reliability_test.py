@@ -53,6 +53,9 @@ def _copy(trained: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
     ({"train.batch_size": 32}, "train.batch_size"),
     ({"optim.lr": 2e-3, "train.num_steps": 8}, "optim.lr"),
     ({"model.hidden_dims": (32, 32)}, "model.hidden_dims"),
+    # the run is InfoNoise: its own section, and the log-normal its warm-up base reads
+    ({"schedule.infonoise.gate_pivot": 0.3}, "schedule.infonoise.gate_pivot"),
+    ({"schedule.lognormal.p_mean": 0.0, "schedule.laplace.mu": 1.0}, "schedule.lognormal.p_mean"),
   ],
 )
 def test_refused_resume_writes_nothing(trained, tmp_path, overrides, key):
@@ -86,6 +89,76 @@ def test_allowed_resume_changes_are_recorded_in_the_history(trained, tmp_path, c
   # The same command again changes nothing, so the history does not grow.
   train.train_and_evaluate(_config(**{"train.num_steps": 6, "train.log_every": 3}), str(workdir))
   assert len((workdir / resume.HISTORY_FILE).read_text().splitlines()) == 1
+
+
+def test_a_resume_accepts_changes_to_schedule_sections_the_run_does_not_read(
+  trained, tmp_path, caplog
+):
+  """An InfoNoise run never reads schedule.laplace or schedule.cosine: a change there does not
+  touch the saved state, so the resume goes on (it was refused, the message claiming the key
+  fixes what the saved state means), says so, and records the change as any other."""
+  workdir = _copy(trained, tmp_path)
+  changed = {"train.num_steps": 6, "schedule.laplace.mu": 1.0, "schedule.cosine.shift": 0.5}
+  with caplog.at_level("INFO"):
+    train.train_and_evaluate(_config(**changed), str(workdir))
+  assert checkpointing.saved_steps(str(workdir))[-1] == 6
+  assert (
+    "schedule.cosine.shift, schedule.laplace.mu: the infonoise schedule does not read "
+    "schedule.cosine, schedule.laplace (it reads schedule.infonoise, schedule.lognormal), so "
+    "these changes have no effect on this run's training"
+  ) in caplog.text
+  entry = json.loads((workdir / resume.HISTORY_FILE).read_text().splitlines()[-1])
+  assert entry["changes"]["schedule.laplace.mu"] == {"from": 0.0, "to": 1.0}
+  assert json.loads((workdir / "config.json").read_text())["schedule"]["laplace"]["mu"] == 1.0
+
+
+@pytest.mark.parametrize(
+  "name, accepted, refused",
+  [
+    ("infonoise", {"schedule.adaptive.floor": 0.1}, {"schedule.lognormal.p_std": 1.0}),
+    ("lognormal", {"schedule.infonoise.num_bins": 8}, {"schedule.lognormal.p_std": 1.0}),
+    ("logitnormal", {"schedule.lognormal.p_std": 1.0}, {"schedule.logitnormal.std": 2.0}),
+    ("loguniform", {"schedule.lognormal.p_std": 1.0}, {"edm.sigma_max": 40.0}),
+    ("vdmpp", {"schedule.infonoise.num_bins": 8}, {"schedule.lognormal.p_mean": 0.0}),
+    ("cdcd", {"schedule.laplace.b": 1.0}, {"schedule.adaptive.num_bins": 8}),
+    ("edm2", {"schedule.infonoise.gate": "none"}, {"schedule.adaptive.edm2_lr": 1e-2}),
+    ("edm2", {"schedule.cosine.shift": 1.0}, {"schedule.lognormal.p_mean": 0.0}),
+  ],
+)
+def test_a_resume_compares_the_schedule_sections_its_schedule_reads(name, accepted, refused):
+  """Each schedule's own section and the sections it builds on (the adaptive peers' and
+  InfoNoise's base log-normal) are compared; other schedules' sections are not."""
+  config = _config(**{"schedule.name": name})
+  diff = {k: ("saved", v) for k, v in {**accepted, **refused}.items()}
+  assert resume.refused(config, diff) == {k: ("saved", v) for k, v in refused.items()}
+  assert resume.unread_schedule_keys(config, diff) == {k: ("saved", v) for k, v in accepted.items()}
+  # a changed schedule.name is refused, and both schedules' sections count
+  config = _config(**{"schedule.name": "laplace"})
+  diff = {"schedule.name": ("infonoise", "laplace"), "schedule.lognormal.p_mean": (-1.2, 0.0)}
+  assert resume.refused(config, diff) == diff
+
+
+def test_config_sections_name_exactly_the_schedule_sections_a_schedule_reads():
+  """`config_sections` (what a resume compares) is what `from_config` reads: each schedule
+  builds with every other schedule section removed, and fails without any section it names."""
+  from infonoise_jax import schedules
+
+  for name in schedules.SCHEDULES:
+    config = _config(**{"schedule.name": name})
+    declared = schedules.config_sections(name)
+    assert declared is not None, name
+    sections = [k for k, v in config.schedule.items() if hasattr(v, "items")]
+    assert set(declared) <= set(sections), name
+    without_others = config.copy_and_resolve_references()
+    for section in sections:
+      if section not in declared:
+        del without_others.schedule[section]
+    schedules.make_schedule(without_others)  # reads nothing it does not name
+    for section in declared:
+      without = config.copy_and_resolve_references()
+      del without.schedule[section]
+      with pytest.raises((AttributeError, KeyError)):
+        schedules.make_schedule(without)
 
 
 def test_resumable_keys_exist_in_the_default_config():

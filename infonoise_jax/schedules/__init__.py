@@ -44,6 +44,14 @@ def has_profile(schedule: Schedule | str) -> bool:
   return isinstance(schedule, HasProfile)
 
 
+def config_sections(name: str) -> tuple[str, ...] | None:
+  """The `schedule.<section>`s that the schedule registered under `name` reads: its own and
+  those it builds on (InfoNoise's and the adaptive peers' base law reads schedule.lognormal).
+  A resume compares only these (resume.py). None (an unknown name, or a class that does not
+  declare `config_sections`): every section counts."""
+  return getattr(SCHEDULES.get(name), "config_sections", None)
+
+
 def make_schedule(config: ml_collections.ConfigDict) -> Schedule:
   """The schedule named by config.schedule.name, built from the whole config."""
   name = config.schedule.name
@@ -70,6 +78,7 @@ __all__ = [
   "LogitNormal",
   "Schedule",
   "StatelessSchedule",
+  "config_sections",
   "has_profile",
   "make_schedule",
   "weighted_density",

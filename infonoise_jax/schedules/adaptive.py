@@ -62,6 +62,8 @@ class Binned:
 
   name: ClassVar[str] = "binned"  # registry name, prefixes the metrics ("<name>/...")
   importance: ClassVar[bool] = False  # sample returns weights base / pi
+  # schedule.* sections read (resume.py compares only these): lognormal is the base's law
+  config_sections: ClassVar[tuple[str, ...]] = ("adaptive", "lognormal")
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, **extra) -> "Binned":
@@ -281,6 +283,9 @@ class EDM2:
   channels: int = 128
   lr: float = 3e-3
   feature_seed: int = 0
+
+  # schedule.* sections read (resume.py compares only these): adaptive.edm2_*, the log-normal
+  config_sections: ClassVar[tuple[str, ...]] = ("adaptive", "lognormal")
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "EDM2":

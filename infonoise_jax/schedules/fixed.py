@@ -17,6 +17,7 @@ fit). With l = ln sigma:
 
 import dataclasses
 import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,9 @@ class LogNormal(StatelessSchedule):
 
   p_mean: float = -1.2
   p_std: float = 1.2
+
+  # The schedule.* sections from_config reads (resume.py compares only these on a resume).
+  config_sections: ClassVar[tuple[str, ...]] = ("lognormal",)
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "LogNormal":
@@ -59,6 +63,8 @@ class LogUniform(StatelessSchedule):
 
   sigma_min: float = 0.002
   sigma_max: float = 80.0
+
+  config_sections: ClassVar[tuple[str, ...]] = ()  # edm.sigma_min/max only
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "LogUniform":
@@ -89,6 +95,8 @@ class LogitNormal(LogNormal):
   p_mean: float = 0.0
   p_std: float = 1.0
 
+  config_sections: ClassVar[tuple[str, ...]] = ("logitnormal",)  # not LogNormal's section
+
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "LogitNormal":
     c = config.schedule.logitnormal
@@ -104,6 +112,8 @@ class Laplace(StatelessSchedule):
 
   mu: float = 0.0
   b: float = 0.5
+
+  config_sections: ClassVar[tuple[str, ...]] = ("laplace",)
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "Laplace":
@@ -132,6 +142,8 @@ class Cosine(StatelessSchedule):
   shift: float = 0.0
   sigma_min: float = 0.002
   sigma_max: float = 80.0
+
+  config_sections: ClassVar[tuple[str, ...]] = ("cosine",)
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "Cosine":

@@ -23,6 +23,7 @@ Choices marked (ours) in docs/method.md are settings here (see configs/default.p
 """
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +63,10 @@ class InfoNoise:
   sigma_data: float = 0.5
   base_p_mean: float = -1.2
   base_p_std: float = 1.2
+
+  # The schedule.* sections from_config reads (resume.py compares only these on a resume):
+  # schedule.lognormal gives the warm-up base's p_mean / p_std.
+  config_sections: ClassVar[tuple[str, ...]] = ("infonoise", "lognormal")
 
   def __post_init__(self):
     _validate(self)
