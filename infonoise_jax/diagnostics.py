@@ -76,8 +76,9 @@ def write_images(run, state, writer, workdir: str, step: int, log=None) -> tuple
 
   The schedule plot (gate pivot and sigma_data marked), a sample grid (images) or scatter plot
   (2-D data) from the fixed seed `config.seed` (so they compare across steps), and, given the
-  window logger `log`, the loss against ln sigma of the latest window and the schedule's
-  history as a heatmap.
+  window logger `log`, the loss against ln sigma of the latest window (`log.loss_for_plot`:
+  the steps so far before the process's first window) and the schedule's history as a
+  heatmap.
   """
   config = run.config
   samples = run.sampler.draw_ema(state, config.train.num_samples, config.seed)
@@ -91,8 +92,9 @@ def write_images(run, state, writer, workdir: str, step: int, log=None) -> tuple
   elif tuple(run.source.shape) == (2,):
     reference = run.source.array[:2000] if run.source.array is not None else None
     images["samples"] = plots.scatter_plot(samples, reference, title=f"samples @ step {step}")
-  if log is not None and log.loss_by_log_sigma is not None:
-    edges, loss = log.loss_by_log_sigma
+  losses = None if log is None else log.loss_for_plot()
+  if losses is not None:
+    edges, loss = losses
     images["loss_by_log_sigma"] = plots.loss_by_noise_plot(edges, loss, title=title)
   if log is not None and len(log.history) >= 2:
     steps_T, rows = zip(*log.history, strict=True)

@@ -191,6 +191,19 @@ class _WindowLogger:
     if end is not None and end <= step:
       self._write(self.fetcher.flush())
 
+  def loss_for_plot(self) -> tuple[np.ndarray, np.ndarray] | None:
+    """(bin edges, per-bin mean loss) for a sample grid's loss-by-noise plot: the latest
+    window written; before any was written by this process (a resumed run's first grid can
+    come before its first window ends, the earlier windows being the stopped process's; so
+    can a grid before a run's first window ends), the steps since the start or resume, the
+    window so far. None: no step taken."""
+    if self.loss_by_log_sigma is not None:
+      return self.loss_by_log_sigma
+    if self.window is None:
+      return None
+    loss = jax.device_get(metrics.compute_window(self.window)[metrics.BINNED_LOSS])
+    return diagnostics.loss_bin_edges(self.run.config), np.asarray(loss)
+
   def open_window(self) -> tuple[int, dict] | None:
     """(first step, loss and grad norm as device arrays) of the window so far, or None."""
     if self.window is None:

@@ -725,6 +725,41 @@ def test_a_sample_grid_plots_the_window_that_ends_at_its_step(tmp_path, monkeypa
   assert latest == {4: 4, 8: 8, 12: 12}
 
 
+def test_the_first_sample_grid_after_a_resume_has_its_loss_by_noise_plot(
+  trained, tmp_path, monkeypatch
+):
+  """Resumed at step 4 with log windows of 4 steps and a grid every 6: the grid at 6 comes
+  before the resumed process's first window ends (at 8), and the windows before the resume
+  were the stopped process's, so it had no loss-by-noise plot (a fresh run's grid at 6 plots
+  the window ending at 4). It plots the steps since the resume (5-6)."""
+  import numpy as np
+
+  from infonoise_jax import diagnostics
+  from infonoise_jax.evaluation import plots
+
+  real_write, real_plot, seen, plotted = diagnostics.write_images, plots.loss_by_noise_plot, {}, {}
+
+  def write_images(run, state, writer, workdir, step, log=None):
+    seen[step] = (log.window_start, log.loss_by_log_sigma is None)
+    return real_write(run, state, writer, workdir, step, log)
+
+  def loss_by_noise_plot(edges, loss, title=""):
+    plotted[title] = loss
+    return real_plot(edges, loss, title=title)
+
+  monkeypatch.setattr(diagnostics, "write_images", write_images)
+  monkeypatch.setattr(plots, "loss_by_noise_plot", loss_by_noise_plot)
+  workdir = _copy(trained, tmp_path)
+  config = _config(**{"train.num_steps": 12, "train.log_every": 4, "train.sample_every": 6})
+  train.train_and_evaluate(config, str(workdir))
+  assert seen[6] == (4, True)  # no window written since the resume: the open one, steps 5-6
+  assert set(plotted) == {"infonoise @ step 6", "infonoise @ step 12"}
+  assert np.isfinite(plotted["infonoise @ step 6"]).any()
+  pngs = sorted(p.name for p in (workdir / "images").glob("loss_by_log_sigma_*.png"))
+  # 4: the first process's final grid
+  assert pngs == [f"loss_by_log_sigma_{step:07d}.png" for step in (4, 6, 12)]
+
+
 def test_a_resume_from_an_older_checkpoint_logs_no_step_twice(tmp_path):
   """An attempt killed after logging steps past its last checkpoint (here: the newest
   checkpoint removed) is resumed from the older one: TensorBoard must show each step once, in
