@@ -42,8 +42,15 @@ def _run_steps(config, devices, num_steps):
 @pytest.fixture(scope="module")
 def stepped():
   """configs/test.py's 8 steps on the eight devices, called one by one outside the trainer
-  (no CompileAhead): (the Run, the final state). Shared by the tests that only read them."""
-  return _run_steps(_config(), jax.devices(), 8)
+  (no CompileAhead): (the Run, {6: the state after 6 steps, 8: the final state}), on the
+  host. Shared by the tests that only read them (one compiled step for all of them)."""
+  run = train.Run(_config(), "/tmp/unused", jax.devices())
+  state, after = run.init_fn(), {}
+  for step in range(8):
+    state, _ = run.train_step(state, run.global_batch(run.pipeline.batch(step)))
+    if step + 1 in (6, 8):
+      after[step + 1] = jax.device_get(state)
+  return run, after
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +66,9 @@ def trained(tmp_path_factory):
     return jax.device_get(train.train_and_evaluate(_config(), workdir))
 
 
-def test_one_device_and_eight_devices_give_the_same_state():
-  config = _config()
-  _, state_1 = _run_steps(config, jax.devices()[:1], 6)
-  _, state_8 = _run_steps(config, jax.devices(), 6)
+def test_one_device_and_eight_devices_give_the_same_state(stepped):
+  _, state_1 = _run_steps(_config(), jax.devices()[:1], 6)
+  state_8 = stepped[1][6]  # the same config's first 6 steps on the eight devices
   # Same math, different reduction order over the sharded batch: equal to float32 rounding.
   _assert_trees_equal(state_1, state_8, rtol=2e-5, atol=2e-6)
   assert int(state_8.schedule_state["refreshes"]) >= 2  # refreshes happened on device
@@ -78,14 +84,10 @@ def test_step_compiles_once_and_has_no_host_callbacks(stepped):
   assert "infeed" not in jaxpr and "outfeed" not in jaxpr
 
 
-def test_resume_is_bit_identical(tmp_path, trained):
-  config = _config()
-  straight = trained
-  half = _config(**{"train.num_steps": 4})
-  train.train_and_evaluate(half, str(tmp_path / "resumed"))
-  resumed = jax.device_get(train.train_and_evaluate(config, str(tmp_path / "resumed")))
-  assert int(resumed.step) == config.train.num_steps
-  _assert_trees_equal(straight, resumed)
+def test_resume_is_bit_identical(resumed, trained):
+  assert int(resumed["half"].step) == 4
+  assert int(resumed["state"].step) == _config().train.num_steps
+  _assert_trees_equal(trained, resumed["state"])
 
 
 def test_a_leafwise_run_resumes_with_the_flat_optimizer(tmp_path):
@@ -136,19 +138,36 @@ def _count_compiles(fn):
   return compiles
 
 
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+  """configs/test.py stopped after 4 of its 8 steps, then resumed to 8 in the same workdir by
+  the trainer, the compiles of each part counted: {"fresh": the 4-step run's compiles,
+  "resumed": the resume's, "half": the state at step 4, "state": the final state}, states on
+  the host. Shared by the tests of the resume, of where the step compiles, and of the run-ahead
+  bound (a run that stopped at step 4); the step store kept off, as in `trained`."""
+  from infonoise_jax import step_executables
+
+  out = {}
+  with pytest.MonkeyPatch.context() as m:
+    m.setattr(step_executables, "folder", lambda: None)
+    workdir = str(tmp_path_factory.mktemp("resumed") / "run")
+
+    def run(key, config):
+      out[key] = jax.device_get(train.train_and_evaluate(config, workdir))
+
+    out["fresh"] = _count_compiles(lambda: run("half", _config(**{"train.num_steps": 4})))
+    out["resumed"] = _count_compiles(lambda: run("state", _config()))
+  return out
+
+
 def test_step_compiled_ahead_gives_the_same_state_bitwise(stepped, trained):
-  _, plain = stepped  # no CompileAhead
+  plain = stepped[1][8]  # no CompileAhead
   assert int(plain.step) == int(trained.step) == _config().train.num_steps
   _assert_trees_equal(plain, trained)
 
 
-def test_step_is_compiled_once_ahead_on_its_thread_fresh_and_resumed(tmp_path):
-  workdir = str(tmp_path / "run")
-  fresh = _count_compiles(
-    lambda: train.train_and_evaluate(_config(**{"train.num_steps": 4}), workdir)
-  )
-  resumed = _count_compiles(lambda: train.train_and_evaluate(_config(), workdir))
-  for compiles in (fresh, resumed):
+def test_step_is_compiled_once_ahead_on_its_thread_fresh_and_resumed(resumed):
+  for compiles in (resumed["fresh"], resumed["resumed"]):
     # Compiled ahead from the abstract state and reused by the loop's calls (and the
     # checkpoint guard's probe step): never compiled a second time on the main thread.
     assert compiles["jit(train_step)"] == ["compile_ahead"]
@@ -529,18 +548,45 @@ def test_several_cpu_devices_run_at_most_eight_steps_ahead(devices, limit, bound
   assert train.steps_in_flight(run) == bound
 
 
-def test_the_run_ahead_bound_changes_no_result(tmp_path):
+@pytest.fixture(scope="module")
+def bounded(tmp_path_factory):
+  """configs/test.py trained with train.max_steps_in_flight 0, 1 and 3, every wait of the
+  bound recorded: {limit: (workdir, final state on the host, waits)}, each wait as (step
+  waited for, last step dispatched, ready after the wait). Shared by the tests that the bound
+  changes no result and that the loop waits for the step `limit` behind; the step store kept
+  off, as in `trained`."""
+  from infonoise_jax import step_executables
+
+  runs, base = {}, train._InFlight  # each limit's recorder derives from the real class
+  with pytest.MonkeyPatch.context() as m:
+    m.setattr(step_executables, "folder", lambda: None)
+    for limit in (0, 1, 3):
+      waits = []
+
+      class Recording(base):
+        def add(self, step, marker):
+          self.dispatched = step
+          super().add(step, marker)
+
+        def _wait(self, step, marker, waits=waits):
+          super()._wait(step, marker)
+          waits.append((step, self.dispatched, marker.is_ready()))
+
+      m.setattr(train, "_InFlight", Recording)
+      workdir = tmp_path_factory.mktemp(f"limit{limit}")
+      state = train.train_and_evaluate(
+        _config(**{"train.max_steps_in_flight": limit}), str(workdir)
+      )
+      runs[limit] = workdir, jax.device_get(state), waits
+  return runs
+
+
+def test_the_run_ahead_bound_changes_no_result(bounded, resumed, tmp_path):
   """Bounded or not, the run trains the same steps: final state, checkpoints and logged
   metrics bitwise equal; the periodic checkpoint holds the state of its own step, as a run
   that stopped there saves it."""
-  runs = {}
-  for limit in (0, 1, 3):
-    workdir = tmp_path / f"limit{limit}"
-    state = train.train_and_evaluate(_config(**{"train.max_steps_in_flight": limit}), str(workdir))
-    runs[limit] = workdir, jax.device_get(state)
-  stopped = jax.device_get(
-    train.train_and_evaluate(_config(**{"train.num_steps": 4}), str(tmp_path / "four"))
-  )
+  runs = {limit: (workdir, state) for limit, (workdir, state, _) in bounded.items()}
+  stopped = resumed["half"]  # configs/test.py trained straight to step 4 and stopped there
   run = train.Run(_config(), str(tmp_path / "unused"))
   for limit, (workdir, state) in runs.items():
     _assert_trees_equal(state, runs[0][1])
@@ -553,20 +599,8 @@ def test_the_run_ahead_bound_changes_no_result(tmp_path):
 
 
 @pytest.mark.parametrize("limit", [0, 1, 3])
-def test_the_loop_waits_for_the_step_limit_behind(tmp_path, monkeypatch, limit):
-  waits = []  # (step waited for, last step dispatched, ready after the wait)
-
-  class Recording(train._InFlight):
-    def add(self, step, marker):
-      self.dispatched = step
-      super().add(step, marker)
-
-    def _wait(self, step, marker):
-      super()._wait(step, marker)
-      waits.append((step, self.dispatched, marker.is_ready()))
-
-  monkeypatch.setattr(train, "_InFlight", Recording)
-  train.train_and_evaluate(_config(**{"train.max_steps_in_flight": limit}), str(tmp_path / "r"))
+def test_the_loop_waits_for_the_step_limit_behind(bounded, limit):
+  _, _, waits = bounded[limit]  # (step waited for, last step dispatched, ready after the wait)
   # Each dispatch of step i waits for step i - limit: at most `limit` steps unfinished.
   expected = [(i - limit, i, True) for i in range(limit + 1, 9)] if limit else []
   assert waits == expected
