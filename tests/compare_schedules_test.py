@@ -32,51 +32,62 @@ import fid_of_samples  # noqa: E402
 TEST_CONFIG = os.path.join(ROOT, "configs", "test.py")
 
 
-def test_vmapped_runs_match_single_runs():
-  config = load_config_file(TEST_CONFIG, "infonoise")
-  mr = multirun.MultiRun(config, [3, 5])
-  state, bad = mr.init()
-  for step in range(4):
-    state, bad, _ = mr.train_step(state, mr.batch(step), bad)
-  assert not np.asarray(bad).any()
-  for r, seed in enumerate([3, 5]):
-    c = load_config_file(TEST_CONFIG, "infonoise")
-    c.seed = seed
-    run = train.Run(c, "/tmp/unused", devices=jax.devices()[:1])
-    single = run.init_fn()
-    for step in range(4):
-      single, _ = run.train_step(single, run.global_batch(run.pipeline.batch(step)))
-    mine = mr.run_state(state, r)
-    for a, b in zip(jax.tree.leaves(mine.params), jax.tree.leaves(single.params), strict=True):
-      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6)
-    np.testing.assert_allclose(
-      np.asarray(mine.schedule_state["m_K"]), np.asarray(single.schedule_state["m_K"]), rtol=1e-4
-    )
-
-
-def test_interval_stats_are_each_single_runs_step_metrics_between_reads():
-  """The harness's per-evaluation training loss and gradient norm: means (and the largest
-  norm) of what the single-run trainer's step reports, over the steps between two reads."""
+@pytest.fixture(scope="module")
+def side_by_side():
+  """configs/test.py:infonoise with seeds 3 and 5: five steps of the vmapped multi-run step
+  and five of each seed's single-run trainer (one device), one compile of each shared by the
+  tests that compare them. The multi-run side: its state and bad flags after 4 steps, and
+  its IntervalStats read before any step and after steps 2 and 5; the single side, per seed:
+  the state after 4 steps and each step's loss and gradient norm. (The steps donate their
+  state: what is kept of step 4 is a copy.)"""
   seeds = [3, 5]
   mr = multirun.MultiRun(load_config_file(TEST_CONFIG, "infonoise"), seeds)
   state, bad = mr.init()
   stats = multirun.IntervalStats()
-  assert stats.read() == []  # nothing added yet
-  got = []
+  multi = {"empty": stats.read(), "reads": []}  # nothing added yet
   for step in range(5):
     state, bad, watched = mr.train_step(state, mr.batch(step), bad)
     stats.add(watched)
+    if step == 3:
+      multi["states"] = [mr.run_state(state, r) for r in range(len(seeds))]  # new arrays
+      multi["bad"] = np.asarray(bad)
     if step in (1, 4):
-      got.append(stats.read())
-  for r, seed in enumerate(seeds):
+      multi["reads"].append(stats.read())
+  single = []
+  for seed in seeds:
     c = load_config_file(TEST_CONFIG, "infonoise")
     c.seed = seed
     run = train.Run(c, "/tmp/unused", devices=jax.devices()[:1])
-    single, loss, norm = run.init_fn(), [], []
+    s, loss, norm = run.init_fn(), [], []
     for step in range(5):
-      single, m = run.train_step(single, run.global_batch(run.pipeline.batch(step)))
+      s, m = run.train_step(s, run.global_batch(run.pipeline.batch(step)))
       loss.append(float(m["loss"]))
       norm.append(float(m["grad_norm"]))
+      if step == 3:
+        at_4 = jax.device_get({"params": s.params, "m_K": s.schedule_state["m_K"]})
+    single.append({**at_4, "loss": loss, "grad_norm": norm})
+  return multi, single
+
+
+def test_vmapped_runs_match_single_runs(side_by_side):
+  multi, singles = side_by_side  # 4 steps of each, seeds 3 and 5
+  assert not multi["bad"].any()
+  for mine, single in zip(multi["states"], singles, strict=True):
+    for a, b in zip(jax.tree.leaves(mine.params), jax.tree.leaves(single["params"]), strict=True):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6)
+    np.testing.assert_allclose(
+      np.asarray(mine.schedule_state["m_K"]), np.asarray(single["m_K"]), rtol=1e-4
+    )
+
+
+def test_interval_stats_are_each_single_runs_step_metrics_between_reads(side_by_side):
+  """The harness's per-evaluation training loss and gradient norm: means (and the largest
+  norm) of what the single-run trainer's step reports, over the steps between two reads."""
+  multi, singles = side_by_side  # stats read after steps 2 and 5
+  assert multi["empty"] == []  # nothing added yet
+  got = multi["reads"]
+  for r, single in enumerate(singles):
+    loss, norm = single["loss"], single["grad_norm"]
     first, second = got[0][r], got[1][r]
     assert (first["train_steps"], second["train_steps"]) == (2, 3)
     assert first["train_loss"] == pytest.approx(np.mean(loss[:2]), rel=1e-4)
