@@ -5,18 +5,21 @@ runnable as the code they import changes.
 """
 
 import json
+import math
 import os
 import re
 import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "experiments", "benchmarks"))
 
+import memory_floor  # noqa: E402
 import parallel_runs_bench  # noqa: E402
 import profile_step  # noqa: E402
 import restart_bench  # noqa: E402
@@ -471,3 +474,44 @@ def test_trainer_bench_keeps_the_trainers_result_when_stopped_while_timing_after
   assert "Bare step over all 2 rounds of 2" in out  # the rounds before the trainer only
   assert re.search(r"; before the trainer: [\d,]+\)", out) and "after the trainer" not in out
   assert signal.getsignal(signal.SIGTERM) == handler  # the handler was put back
+
+
+def test_memory_floor_counts_what_the_model_computes():
+  """The floor's element counts against flax's own record of the same forward (GroupNorm and
+  block outputs captured as intermediates), and its convolution MACs against XLA's FLOP count
+  of the lowered forward: XLA skips the taps that fall on padding, so at 16x16 and 8x8 with
+  3x3 kernels it counts 85-95% of the dense MACs cuDNN computes."""
+  from infonoise_jax import models
+  from infonoise_jax.models import unet_layers
+
+  config = train_step_bench.config_for(
+    os.path.join(ROOT, "configs", "cifar10_edm.py"), "float32", 4
+  )
+  config.model.update(model_channels=16, num_blocks=1, channel_mult=(1, 2), attn_resolutions=(8,))
+  model = models.make_model(config, (16, 16, 3))
+  seen = memory_floor.count(model, 4, (16, 16, 3))
+
+  x, c = jnp.zeros((4, 16, 16, 3)), jnp.zeros((4,))
+  v = model.init({"params": jax.random.key(0)}, x, c, train=False)
+
+  def captured(kind):
+    _, out = model.apply(
+      v,
+      x,
+      c,
+      train=True,
+      rngs={"dropout": jax.random.key(1)},
+      mutable=["intermediates"],
+      capture_intermediates=lambda mdl, method: isinstance(mdl, kind) and method == "__call__",
+    )
+    return jax.tree.leaves(out["intermediates"])
+
+  norms, blocks = captured(unet_layers.GroupNorm), captured(unet_layers.UNetBlock)
+  assert seen["norm"] == sum(math.prod(a.shape) for a in norms) > 0
+  # a block with attention sums twice; its scores are B x (HW)^2, HW = 8 x 8 here
+  attended = seen["scores"] // (8 * 8) ** 2 // 4
+  assert attended >= 1
+  assert seen["residual"] == sum(math.prod(a.shape) for a in blocks) + attended * 4 * 8 * 8 * 32
+  assert seen["params"] == models.param_count(model, (16, 16, 3))
+  xla = jax.jit(lambda v, x, c: model.apply(v, x, c)).lower(v, x, c).cost_analysis()["flops"]
+  assert 0.85 * 2 * seen["conv_macs"] <= xla <= 2 * seen["conv_macs"]
