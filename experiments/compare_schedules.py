@@ -84,7 +84,7 @@ from infonoise_jax.evaluation.images import to_uint8
 from infonoise_jax.evaluation.sequence_eval import SequenceEvaluator, check_held_out
 from infonoise_jax.mesh import configure_compilation_cache
 from infonoise_jax.model_sampler import Sampler, sampler_config
-from infonoise_jax.models import unet_layers
+from infonoise_jax.models import make_model, unet_layers
 from infonoise_jax.schedules import SCHEDULES, has_profile, make_schedule
 from infonoise_jax.validation import (
   DEFAULT_CONFIG_PATH,
@@ -709,13 +709,17 @@ def write_floor(args, data: str, path: str) -> None:
   report.append_record(path, {"kind": "floor", "data": data, "floor_hash": key, **rec})
 
 
-def data_problem(args, data: str) -> str | None:
+def data_problem(args, data: str, shapes: dict | None = None) -> str | None:
   """Why `data` cannot be trained on and scored as this command asks, or None: its files load,
   images give the Frechet distance the 2 examples a covariance needs, and token data has the
-  2 x --num_samples held-out windows its metric and floor take."""
+  2 x --num_samples held-out windows its metric and floor take. `shapes` (`example_shape`'s
+  cache) gets the data's example shape."""
   config = make_config(args, data, {})
   try:
-    n = load_source(config).num_examples
+    source = load_source(config)
+    n = source.num_examples
+    if shapes is not None:
+      shapes[_data_key(config)] = source.shape
     if config.data.name in TOKEN_NAMES:
       check_held_out(config, args.num_samples, "--num_samples")
   except (OSError, ValueError) as e:
@@ -726,6 +730,18 @@ def data_problem(args, data: str) -> str | None:
       "that scores the samples needs at least 2 real ones (a mean and a covariance)"
     )
   return None
+
+
+def _data_key(config) -> str:
+  return config.data.to_json_best_effort(sort_keys=True)
+
+
+def example_shape(config, shapes: dict) -> tuple[int, ...]:
+  """The example shape of `config`'s data, loaded once per data setting (`shapes`: the cache)."""
+  key = _data_key(config)
+  if key not in shapes:
+    shapes[key] = load_source(config).shape
+  return shapes[key]
 
 
 def groups(args) -> list[tuple[str, str, dict]]:
@@ -949,6 +965,7 @@ def parse(argv=None) -> argparse.Namespace:
         f"--data={d}: {args.config} trains token data (data.name={name!r}), which is neither "
         "continuous nor binarized images; use --data=native"
       )
+  shapes = {}  # example shape per data setting, for building each arm's network below
   if args.report_only:
     if not os.path.exists(os.path.join(args.out, "results.jsonl")):
       p.error(
@@ -958,13 +975,14 @@ def parse(argv=None) -> argparse.Namespace:
       )
   else:  # the data is there and can be scored, before any compile (not needed for a report)
     for d in dict.fromkeys(d for d, _, _ in gs):
-      problem = data_problem(args, d)
+      problem = data_problem(args, d, shapes)
       if problem:
         p.error(problem)
   for d, a, arm in gs:  # every arm's whole config is valid before the first arm trains
     try:
-      check_arm_config(make_config(args, d, arm, a))
-    except (ValueError, TypeError, KeyError) as e:
+      config = make_config(args, d, arm, a)
+      check_arm_config(config, None if args.report_only else example_shape(config, shapes))
+    except (OSError, ValueError, TypeError, KeyError) as e:
       p.error(f"arm {a!r} (--data={d}): {e}")
   arm_names = list(dict.fromkeys(a for _, a, _ in gs))
   if args.baseline and args.baseline not in arm_names:
@@ -1059,15 +1077,18 @@ def unfinished(args, path: str) -> list[str]:
   return out
 
 
-def check_arm_config(config) -> None:
-  """What MultiRun checks before it trains (general keys, the schedule's own settings), without
-  the data: token data's edm.sigma_data = 0 is resolved from the data later, so a stand-in
+def check_arm_config(config, data_shape: tuple[int, ...] | None = None) -> None:
+  """What MultiRun checks before it trains (general keys, the schedule's own settings and, for
+  the data's example `data_shape`, the network: a U-Net's levels and attention resolutions fit
+  the images): token data's edm.sigma_data = 0 is resolved from the data later, so a stand-in
   value is checked here."""
   validate_config(config, 1)
   probe = config.copy_and_resolve_references()
   if not probe.edm.sigma_data and probe.data.name in TOKEN_NAMES:
     probe.edm.sigma_data = 1.0
   make_schedule(probe)
+  if data_shape is not None:
+    make_model(probe, data_shape)
 
 
 def main(argv=None) -> None:

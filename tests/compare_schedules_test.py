@@ -433,6 +433,10 @@ def test_a_newly_registered_schedule_is_an_arm_of_its_name(monkeypatch):
     (["--arm", "pin:"], "--arm expects 'name:key=value;...'"),
     (["--set", "train.batchsize=8"], 'Did you mean "train.batch_size"?'),
     (["--set", "schedule.infonoise.num_bins=0"], "arm 'infonoise' (--data=continuous)"),
+    # The network for the data's images: a traceback after the floor was written (and, for a
+    # later arm, after the arms before it trained)
+    (["--arm", "u:model.name=unett"], "arm 'u' (--data=continuous): config.model.name='unett'"),
+    (["--arm", "u:model.name=unet;model.attn_resolutions=(3,)"], "not among this image's U-Net"),
     (["--baseline=foo"], "--baseline='foo' is not one of this command's arms"),
   ],
 )
