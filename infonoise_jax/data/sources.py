@@ -531,9 +531,13 @@ def _as_nhwc(x: np.ndarray, path: str) -> np.ndarray:
   if len(x) == 0:
     raise ValueError(f"data.path={path!r} holds no images (shape {x.shape})")
   if x.shape[-1] not in (1, 3):
+    fix = {  # x[..., :3] kept both channels of gray + alpha
+      2: "if they are gray and alpha, keep the gray channel with x[..., :1]",
+      4: "if they are RGBA, drop the alpha with x[..., :3]",
+    }.get(x.shape[-1], "keep one channel (x[..., :1]) or three (x[..., :3])")
     raise ValueError(
       f"data.path={path!r}: images of {x.shape[-1]} channels (shape {x.shape}); images are "
-      "grayscale (1) or RGB (3): e.g. drop an alpha channel with x[..., :3]"
+      f"grayscale (1) or RGB (3): {fix}"
     )
   return x
 
