@@ -263,6 +263,14 @@ def test_missing_weights_message_is_one_pasteable_command(tmp_path, monkeypatch)
   assert "pip download" not in str(e.value) and "python -m infonoise_jax" in str(e.value)
 
 
+def test_reference_statistics_that_are_one_array_are_named(tmp_path):
+  """A .npy given as --ref_stats was a TypeError traceback ('numpy.ndarray' object does not
+  support the context manager protocol)."""
+  np.save(tmp_path / "mu.npy", np.zeros(2048))
+  with pytest.raises(ValueError, match=r"mu.npy: not a readable .npz \(one array \(.npy\)"):
+    fid.check_stats_file(str(tmp_path / "mu.npy"))
+
+
 def test_a_file_that_is_not_the_weights_is_named_before_any_work(tmp_path):
   """Another file given as the weights (reference statistics, the images, a .npy) or a torn copy
   failed after the run was restored and sampled, in Flax (ScopeParamNotFoundError) or numpy

@@ -172,7 +172,10 @@ def check_stats_file(path: str, dim: int = inception.FEATURE_DIM) -> None:
   what = f"reference statistics {path}"
   fix = "give an .npz written by this package (fid.save_stats), or leave it out to compute one"
   try:
-    with np.load(os.path.expanduser(path)) as f:
+    f = np.load(os.path.expanduser(path))
+    if not isinstance(f, np.lib.npyio.NpzFile):  # `with` on an array was a TypeError traceback
+      raise ValueError("one array (.npy), not an .npz of named arrays")
+    with f:
       shapes = {k: f[k].shape for k in ("mu", "sigma", "n") if k in f.files}
   except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
     raise ValueError(f"{what}: not a readable .npz ({e}); {fix}") from e
