@@ -271,6 +271,18 @@ def test_reference_statistics_that_are_one_array_are_named(tmp_path):
     fid.check_stats_file(str(tmp_path / "mu.npy"))
 
 
+def test_the_trainers_reference_statistics_are_checked_when_read(tmp_path):
+  """fid.ref_stats of other features (mu (10,)) passed the trainer's start and failed at its
+  first periodic FID, after training, with 'operands could not be broadcast together'."""
+  from infonoise_jax.validation import default_config
+
+  np.savez(tmp_path / "small.npz", mu=np.zeros(10), sigma=np.eye(10), n=np.array(5))
+  config = default_config()
+  config.fid.ref_stats = str(tmp_path / "small.npz")
+  with pytest.raises(ValueError, match=r"small.npz: mu \(10,\) .* not Inception pool features"):
+    model_fid.load_reference(config, extractor=None)
+
+
 def test_a_file_that_is_not_the_weights_is_named_before_any_work(tmp_path):
   """Another file given as the weights (reference statistics, the images, a .npy) or a torn copy
   failed after the run was restored and sampled, in Flax (ScopeParamNotFoundError) or numpy

@@ -98,6 +98,7 @@ def load_reference(
   """
   path = ref_stats or config.fid.ref_stats
   if path:
+    fid.check_stats_file(path)  # not statistics of Inception features: named, not a traceback
     return fid.load_stats(path), path
   if source is None:
     train_config = config.copy_and_resolve_references()
