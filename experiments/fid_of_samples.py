@@ -1,12 +1,15 @@
 """FID of saved sample arrays against Fashion-MNIST training statistics, on a CPU.
 
-The GPU runs of compare_schedules.py bring back their final samples as one compressed .npz
-per dataset (e.g. `samples_continuous.npz`), one array per run named `<arm>__seed<k>__step<N>`:
-uint8 (num, 28, 28, 1), quantized on the data's range with `images.to_uint8`. The GPU hosts
-cannot carry the FID Inception weights (docs/fid.md), so FID is computed here:
+The GPU runs of compare_schedules.py (--save_samples) bring back their final samples as one
+compressed .npz per dataset and arm (e.g. `final_continuous_lognormal.npz`), one array per run
+named `<arm>__seed<k>__step<N>`: uint8 (num, 28, 28, 1), quantized on the data's range with
+`images.to_uint8`. The GPU hosts cannot carry the FID Inception weights (docs/fid.md), so FID is
+computed here (--samples: a comma list of files):
 
-  python experiments/fid_of_samples.py --samples=samples_continuous.npz --out=fid.jsonl
-  python experiments/fid_of_samples.py --samples=samples_binarized.npz --binarize --out=fid.jsonl
+  python experiments/fid_of_samples.py \
+      --samples=final_continuous_infonoise.npz,final_continuous_lognormal.npz --out=fid.jsonl
+  python experiments/fid_of_samples.py --samples=$(ls final_binarized_*.npz | paste -sd,) \
+      --binarize --out=fid.jsonl
 
 Reference: `--reference_num` images of the Fashion-MNIST train split (a fixed random subset,
 permutation seed 0), read by the training data loader (`data.load_source`, so --binarize is
