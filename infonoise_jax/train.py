@@ -915,6 +915,24 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
   batches = run.device_batches(step, data_workers(config, run.source))
   in_flight = _InFlight(steps_in_flight(run))
   pending: _PendingSave | None = None  # a periodic save waiting for its guard
+  failed: list[tuple[str, Exception]] = []  # work between steps that raised (one process)
+
+  def between(work: str, fn, *args) -> None:
+    """A sample grid or evaluation between steps (`PreemptionFlag.run_between_steps`). One
+    process: an error in it (out of memory, a bad file) saves the step's checkpoint before it
+    is raised, as a signal does; it lost every step since the last one. Several processes raise
+    at once: a save entered by the failing process alone would hang the others."""
+    if failed:
+      return
+    try:
+      preempted.run_between_steps(work, fn, *args)
+    except metrics.NonFiniteError:  # the training diverged: handled below, as after any step
+      raise
+    except Exception as e:
+      if not one:
+        raise
+      failed.append((work, e))
+
   trace = _Trace(os.path.join(workdir, "tensorboard"), t.trace_start, t.trace_steps, t.trace_python)
   started = time.monotonic()
   try:
@@ -949,7 +967,6 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
       # Sample grids and evaluations are timed apart from training (perf/excluded_seconds).
       # A signal (one process) stops them at once, or skips them once it came: the checkpoint
       # below must not wait for them through a preemption's grace period.
-      between = preempted.run_between_steps
       if t.sample_every and step % t.sample_every == 0 and step < num_steps:
         with log.progress.excluded(state):
           # the window ending here (fetched one window late otherwise): the loss-by-noise plot
@@ -968,7 +985,7 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
         draw = functools.partial(run.sampler.draw_ema, state)  # (num, seed) -> samples
         with log.progress.excluded(state):
           between(f"the domain evaluation of step {step}", seq_eval.write, draw, writer, step)
-      stop = preempted.is_set() or ckpt.reached_preemption(step)
+      stop = preempted.is_set() or ckpt.reached_preemption(step) or bool(failed)
       checkpoint = step % t.checkpoint_every == 0 or step == num_steps or stop
       if pending is not None and (step >= pending.due or checkpoint):
         saving = time.monotonic()
@@ -989,6 +1006,13 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
         log.add_checkpoint_time(time.monotonic() - saving)
       if stop:
         ckpt.wait()
+        if failed:
+          work, error = failed[0]
+          logging.error(
+            "%s failed (%s: %s); the checkpoint of step %d is saved: fix the cause and rerun "
+            "the same command to go on from it", work, type(error).__name__, error, step,
+          )  # fmt: skip
+          raise error
         raise checkpointing.Preempted(step, ckpt.directory)
     log.flush(step)
     log.summary()

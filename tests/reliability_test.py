@@ -677,6 +677,34 @@ def test_a_signal_during_a_sample_grid_between_steps_stops_it_and_saves(
   assert int(state.step) == 8 and (workdir / "samples.npz").exists()
 
 
+def test_an_error_in_a_sample_grid_saves_the_step_first(tmp_path, monkeypatch, caplog):
+  """A sample grid or periodic FID that raises between steps (out of memory in Inception, a bad
+  file) saves the step's checkpoint, then raises its error: it lost every step since the last
+  checkpoint (with fid_every = checkpoint_every, all of a run's first interval). The rerun goes
+  on from that step."""
+  from infonoise_jax import diagnostics
+
+  real = diagnostics.write_images
+
+  def failing(run, state, writer, workdir, step, log):
+    raise RuntimeError("RESOURCE_EXHAUSTED: out of memory (simulated)")
+
+  monkeypatch.setattr(diagnostics, "write_images", failing)
+  overrides = {"train.num_steps": 8, "train.sample_every": 6, "train.checkpoint_every": 4}
+  workdir = tmp_path / "run"
+  with caplog.at_level("ERROR"), pytest.raises(RuntimeError, match="out of memory"):
+    train.train_and_evaluate(_config(**overrides), str(workdir))
+  assert checkpointing.saved_steps(str(workdir)) == [4, 6]
+  assert any(
+    "the sample grid of step 6 failed (RuntimeError: RESOURCE_EXHAUSTED" in r.getMessage()
+    and "the checkpoint of step 6 is saved" in r.getMessage()
+    for r in caplog.records
+  )
+  monkeypatch.setattr(diagnostics, "write_images", real)
+  state = train.train_and_evaluate(_config(**overrides), str(workdir))
+  assert int(state.step) == 8 and (workdir / "samples.npz").exists()
+
+
 def test_every_window_up_to_a_saved_step_is_on_disk_before_the_step(tmp_path, monkeypatch):
   """A run killed (SIGKILL, OOM) once a checkpoint is on disk resumes after its step and never
   logs the windows up to it again: they must reach the event file before the save starts. The
