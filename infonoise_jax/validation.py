@@ -261,6 +261,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     f"data.name={config.data.name!r}; image runs log FID with train.fid_every (0 = off)",
   )
   _require(t.trace_steps >= 1, "train.trace_steps", f"must be >= 1, got {t.trace_steps}")
+  _require(  # read at the first FID, after training (a cached reference skips it at the start)
+    config.fid.batch_size >= 1,
+    "fid.batch_size",
+    f"must be >= 1 (images per Inception pass), got {config.fid.batch_size}",
+  )
   _require(
     t.max_steps_in_flight >= 0,
     "train.max_steps_in_flight",

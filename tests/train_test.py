@@ -322,6 +322,7 @@ def test_warns_when_the_run_ends_before_the_schedule_adapts(caplog):
     ({"system.peak_tflops": -1.0}, "system.peak_tflops"),
     ({"train.max_steps_in_flight": -1}, "train.max_steps_in_flight"),
     ({"train.trace_steps": 0}, "train.trace_steps"),
+    ({"fid.batch_size": 0}, "fid.batch_size"),  # was range()'s error at the first periodic FID
     ({"train.eval_every": -1}, "train.eval_every"),
     ({"train.eval_every": 2}, "train.eval_every: logs the domain metrics of token data"),
     ({"optim.eps": 0.0}, "optim.eps"),
