@@ -238,6 +238,19 @@ def test_invalid_settings_raise_naming_the_key(model, data_shape, key):
     make_model(_config(**model), data_shape)
 
 
+def test_a_unet_width_that_groups_do_not_split_names_widths_that_do():
+  """The error named the channel count and groups but no fix; which widths work depends on
+  channel_mult (decoder concatenations too)."""
+  with pytest.raises(ValueError) as e:
+    make_model(_config(model_channels=10, channel_mult=(1, 3)), (8, 8, 1))
+  assert "model_channels=10: 30 channels" in str(e.value) and "7 GroupNorm groups" in str(e.value)
+  assert str(e.value).endswith(
+    "e.g. --config.model.model_channels=8 or --config.model.model_channels=12"
+  )
+  for width in (8, 12):
+    make_model(_config(model_channels=width, channel_mult=(1, 3)), (8, 8, 1))
+
+
 def test_a_unet_on_non_square_images_is_the_square_network_over_the_whole_width():
   """An 8 x 16 image runs through the parameters of the 8 x 8 network (convolutions, norms and
   attention over positions do not depend on the width), keeps its shape, and every column

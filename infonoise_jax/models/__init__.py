@@ -61,7 +61,13 @@ def _make_unet(m: Any, data_shape: tuple[int, ...]) -> SongUNet:
   _check(mc >= 4 and mc % 2 == 0, "model_channels", mc, "must be even and >= 4")
   for c in unet_channel_counts(mc, mult):
     groups = unet_layers.num_groups(c)
-    _check(c % groups == 0, "model_channels", mc, f"{c} channels do not split into {groups} groups")
+    if c % groups:  # which widths fit depends on channel_mult: the nearest ones (128 fits any)
+      fits = [n for n in range(4, 2 * mc + 9, 2) if _groups_fit(n, mult)] or [128]
+      near = sorted(sorted(fits, key=lambda n: (abs(n - mc), n))[:2])
+      _check(False, "model_channels", mc,
+             f"{c} channels (a level or decoder concatenation of channel_mult={mult}) do not "
+             f"split into the {groups} GroupNorm groups EDM uses (min(32, channels // 4)); e.g. "
+             + " or ".join(f"--config.model.model_channels={n}" for n in near))  # fmt: skip
   if len(data_shape) != 3:
     raise ValueError(
       f"config.model.name='unet' needs (H, W, C) images, got data_shape={data_shape}"
@@ -107,6 +113,11 @@ def _make_unet(m: Any, data_shape: tuple[int, ...]) -> SongUNet:
     resample_filter=arch["resample_filter"],
     dtype=_DTYPES[m.dtype],
   )
+
+
+def _groups_fit(model_channels: int, mult: tuple[int, ...]) -> bool:
+  counts = unet_channel_counts(model_channels, mult)
+  return all(c % unet_layers.num_groups(c) == 0 for c in counts)
 
 
 def _make_mlp(m: Any, data_shape: tuple[int, ...]) -> MLPDenoiser:
