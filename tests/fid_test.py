@@ -271,6 +271,19 @@ def test_reference_statistics_that_are_one_array_are_named(tmp_path):
     fid.check_stats_file(str(tmp_path / "mu.npy"))
 
 
+def test_a_tfds_sets_other_image_feature_has_its_own_reference():
+  """data.image_key picks the feature a tfds set's images come from (e.g. a segmentation mask
+  beside the photo): both were cached as 'tfds:<name>_train', so the second run's FID was
+  scored against the first feature's statistics."""
+  from infonoise_jax.validation import default_config
+
+  config = default_config()
+  config.data.name = "tfds:oxford_iiit_pet"
+  assert model_fid.reference_name(config) == "tfds:oxford_iiit_pet_train"  # caches stay valid
+  config.data.image_key = "segmentation_mask"
+  assert model_fid.reference_name(config) == "tfds:oxford_iiit_pet_train_segmentation_mask"
+
+
 def test_the_trainers_reference_statistics_are_checked_when_read(tmp_path):
   """fid.ref_stats of other features (mu (10,)) passed the trainer's start and failed at its
   first periodic FID, after training, with 'operands could not be broadcast together'."""

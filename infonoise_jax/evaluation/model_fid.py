@@ -24,11 +24,14 @@ from infonoise_jax.evaluation import fid, images, inception
 
 
 def reference_name(config: ml_collections.ConfigDict) -> str:
-  """Cache name identifying the reference images: dataset, train split, size, binarization."""
+  """Cache name identifying the reference images: dataset (and a tfds set's image feature, where
+  not 'image'), train split, size, binarization."""
   d = config.data
   name = f"{d.name}_train"
   if d.name == OWN_IMAGES:  # the user's own images: named by what data.path holds
     name = f"{d.name}_{own_images_fingerprint(d.path)}_train"
+  if d.name.startswith("tfds:") and d.image_key != "image":  # another feature of the set
+    name += f"_{d.image_key}"
   if d.image_size:
     name += f"_{d.image_size}px"
   return name + ("_binarized" if d.binarize else "")
