@@ -154,6 +154,22 @@ def test_one_channel_first_image_is_read_as_gray_images_with_a_warning(tmp_path,
   assert not [r for r in caplog.records if "channel-first" in r.getMessage()]
 
 
+def test_a_stack_of_images_stored_last_is_warned_about(tmp_path, caplog):
+  """(H, W, N), as MATLAB and scipy.io.loadmat keep image stacks: (8, 8, 40) trained without a
+  word as 8 images of 8x40."""
+  np.save(tmp_path / "hwn.npy", np.moveaxis(_pixels(n=40, channels=1)[..., 0], 0, -1))
+  with caplog.at_level("WARNING"):
+    assert load_source(_config(tmp_path / "hwn.npy")).shape == (8, 40, 1)
+  said = [r.getMessage() for r in caplog.records if "stacked last" in r.getMessage()]
+  assert len(said) == 1 and "40 images of 8x8 stacked last (H, W, N)" in said[0]
+  assert "np.moveaxis(x, -1, 0)" in said[0]
+  np.save(tmp_path / "wide.npy", _pixels(n=5, size=8, channels=1)[:, :4, :, 0])  # (5, 4, 8)
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    load_source(_config(tmp_path / "wide.npy"))
+  assert not [r for r in caplog.records if "stacked last" in r.getMessage()]
+
+
 def test_binarizing_data_that_never_crosses_the_threshold_is_refused(tmp_path, caplog):
   """data.binarize thresholds at half the pixel range: dark data (floats in [0, 0.4], ints up to
   100) became all -1, blank images that trained without a word."""

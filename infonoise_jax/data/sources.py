@@ -517,6 +517,12 @@ def _as_nhwc(x: np.ndarray, path: str) -> np.ndarray:
       "stored channel-first, save np.transpose(x, (1, 2, 0))[None] (N, H, W, C)",
       path, x.shape, x.shape[0], x.shape[1], x.shape[2], "RGB" if x.shape[0] == 3 else "RGBA",
     )  # fmt: skip
+  if x.ndim == 3 and x.shape[0] == x.shape[1] < x.shape[2]:
+    logging.warning(  # MATLAB and scipy.io.loadmat keep image stacks as (H, W, N)
+      "data.path=%r: shape %s reads as %d grayscale images of %dx%d; if it is %d images of "
+      "%dx%d stacked last (H, W, N), save np.moveaxis(x, -1, 0) (N, H, W)",
+      path, x.shape, x.shape[0], x.shape[1], x.shape[2], x.shape[2], x.shape[0], x.shape[1],
+    )  # fmt: skip
   if x.ndim == 3:
     x = x[..., None]
   if x.ndim != 4:
