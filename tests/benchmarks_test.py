@@ -515,3 +515,12 @@ def test_memory_floor_counts_what_the_model_computes():
   assert seen["params"] == models.param_count(model, (16, 16, 3))
   xla = jax.jit(lambda v, x, c: model.apply(v, x, c)).lower(v, x, c).cost_analysis()["flops"]
   assert 0.85 * 2 * seen["conv_macs"] <= xla <= 2 * seen["conv_macs"]
+
+
+def test_memory_floor_prints_its_table_and_defines_no_global_flags(capsys):
+  """The command line prints the floor's rows; it parses its own arguments (absl flags defined
+  at import clashed with infonoise_jax.main's --config in the same test process)."""
+  memory_floor.main(["--config=configs/cifar10_infonoise.py", "--batch_size=2"])
+  out = capsys.readouterr().out
+  assert "55,732,739 parameters" in out and "| **floor, all of it** |" in out
+  from infonoise_jax import main  # noqa: F401  (defines --config: must not clash)

@@ -32,22 +32,15 @@ import sys
 if not __package__:  # run as a script: make the repository root importable
   sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
+import argparse
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from absl import app, flags
-from ml_collections import config_flags
 
 from infonoise_jax import models
 from infonoise_jax.models import unet_layers
-
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/cifar10_infonoise.py")
-_BATCH = flags.DEFINE_integer("batch_size", 0, "0: the config's train.batch_size")
-_BANDWIDTH = flags.DEFINE_list(
-  "bandwidth_tbs", ["4.8", "3.35"], "memory bandwidths to convert to time (TB/s; H200, H100)"
-)
-_SHAPE = flags.DEFINE_list("shape", ["32", "32", "3"], "per-example image shape H,W,C")
-_DTYPE_BYTES = flags.DEFINE_integer("dtype_bytes", 2, "bytes per activation element (bf16: 2)")
+from infonoise_jax.validation import load_config_file
 
 NORM_PASSES = 8  # forward 3, backward 5
 DROPOUT_BYTES = 4  # mask words: 2 bytes per element written, 2 read
@@ -94,16 +87,25 @@ def count(model: nn.Module, batch: int, data_shape: tuple[int, ...]) -> dict[str
   return dict(seen)
 
 
-def main(argv):
-  del argv
-  config = _CONFIG.value
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--config", default="configs/cifar10_infonoise.py", help="path[:variant]")
+  p.add_argument("--batch_size", type=int, default=0, help="0: the config's train.batch_size")
+  p.add_argument("--shape", default="32,32,3", help="per-example image shape H,W,C")
+  p.add_argument(
+    "--bandwidth_tbs", default="4.8,3.35", help="memory bandwidths in TB/s (H200, H100 peaks)"
+  )
+  p.add_argument("--dtype_bytes", type=int, default=2, help="bytes per activation (bf16: 2)")
+  args = p.parse_args(argv)
+  path, _, variant = args.config.partition(":")
+  config = load_config_file(path, variant or None)
   if config.model.name != "unet":
-    raise app.UsageError(f"--config: model.name={config.model.name!r}; this counts U-Nets only")
-  batch = _BATCH.value or int(config.train.batch_size)
-  data_shape = tuple(int(d) for d in _SHAPE.value)
+    p.error(f"--config: model.name={config.model.name!r}; this counts U-Nets only")
+  batch = args.batch_size or int(config.train.batch_size)
+  data_shape = tuple(int(d) for d in args.shape.split(","))
   model = models.make_model(config, data_shape)
   seen = count(model, batch, data_shape)
-  b = _DTYPE_BYTES.value
+  b = args.dtype_bytes
   rows = [
     ("GroupNorm + SiLU (+ dropout) passes", seen.get("norm", 0) * NORM_PASSES * b),
     ("dropout mask words", seen.get("dropout", 0) * DROPOUT_BYTES),
@@ -112,7 +114,7 @@ def main(argv):
     ("optimizer, EMA (fp32)", seen["params"] * OPTIMIZER_PASSES * 4),
   ]
   total = sum(r[1] for r in rows)
-  bws = [float(v) for v in _BANDWIDTH.value]
+  bws = [float(v) for v in args.bandwidth_tbs.split(",")]
   print(
     f"{config.model.get('variant', '') or 'unet'}: batch {batch}, data {data_shape}, "
     f"{seen['params']:,} parameters, {2 * seen['conv_macs'] / batch / 1e9:.1f} GFLOP/image "
@@ -128,4 +130,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()
