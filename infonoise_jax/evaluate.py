@@ -77,17 +77,20 @@ def evaluate(
   num = IMAGES_NUM if num is None else num
   _check_counts(num, seed_sets)
   model_fid.check_images(tuple(int(d) for d in meta["data_shape"]), "this run")
+  given = ref_stats or config.fid.ref_stats  # reference statistics given, not computed
   source = None  # the reference's data, read here when it moved (and once)
-  if data_location_items(overrides) and not (ref_stats or config.fid.ref_stats):
+  if data_location_items(overrides) and not given:
     source = load_source(config)
     restore.check_data_shape(workdir, config, source.shape, meta["data_shape"])
-  if ref_stats or config.fid.ref_stats:
-    fid.check_stats_file(ref_stats or config.fid.ref_stats)
+  given_stats = fid.load_stats(given) if given else None  # read (and checked) once, early
   extractor = model_fid.make_extractor(config, make_mesh(devices), weights)  # missing: fail here
   run = restore.restore_run(workdir, step, devices)
   sampler = Sampler(run_config, run.model, run.schedule, run.mesh, run.data_shape)
   model_fid.check_images(sampler.data_shape, "the model")
-  ref, ref_path = model_fid.load_reference(config, extractor, ref_stats, source)
+  if given_stats is not None:
+    ref, ref_path = given_stats, given
+  else:
+    ref, ref_path = model_fid.load_reference(config, extractor, source=source)
   sampler.warn_if_profile_unlearned(run.state.schedule_state, run.step)
   sigmas = sampler.sigmas(run.state.schedule_state)
   seeds = list(range(seed_sets))

@@ -14,10 +14,10 @@ The infogrid grids use the checkpoint's learned profile (docs/method.md section 
 """
 
 import argparse
-import io
 import os
 import sys
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -26,8 +26,13 @@ from infonoise_jax import cli, restore, solvers
 from infonoise_jax.data.tokens import TokenEncoding
 from infonoise_jax.mesh import initialize_distributed
 from infonoise_jax.model_sampler import Sampler, sampler_config
-from infonoise_jax.paths import run_path
 from infonoise_jax.sample_files import GRID_IMAGES, write_samples, write_texts
+
+
+class Drawn(NamedTuple):
+  samples: np.ndarray
+  paths: dict  # kind ("npz", "png", "fa", "txt") -> file written
+  meta: dict  # seed, step, grid, num_steps, method (and tokens, vocab for token data)
 
 
 def sample_run(
@@ -42,9 +47,10 @@ def sample_run(
   devices: Sequence[jax.Device] | None = None,
   method: str | None = None,
   overrides: Sequence[str] = (),
-) -> tuple[np.ndarray, dict]:
-  """Restores the run, draws `num` samples, writes them to `out`; returns (samples, paths).
-  `overrides`: `sampler.key=value` items (`sampler_config`)."""
+) -> Drawn:
+  """Restores the run, draws `num` samples, writes them to `out`; returns (samples, paths,
+  meta: the checkpoint step and sampler, as samples.npz records them; empty on processes other
+  than 0). `overrides`: `sampler.key=value` items (`sampler_config`)."""
   if num < 1:
     raise ValueError(f"--num must be >= 1, got {num}")
   if os.path.exists(out) and not os.path.isdir(out):
@@ -57,7 +63,7 @@ def sample_run(
   sampler.warn_if_profile_unlearned(run.state.schedule_state, run.step)
   sigmas = sampler.sigmas(run.state.schedule_state)
   samples = sampler.draw_all(run.state.ema_params, sigmas, num, seed, batch)
-  paths = {}
+  paths, meta = {}, {}
   if jax.process_index() == 0:
     s = config.sampler
     meta = dict(seed=seed, step=run.step, grid=s.grid, num_steps=s.num_steps, method=s.name)
@@ -70,7 +76,7 @@ def sample_run(
       paths["fa" if dna else "txt"] = write_texts(
         out, vocab, meta["tokens"], dna, seed=seed, step=run.step
       )
-  return samples, paths
+  return Drawn(samples, paths, meta)
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -97,7 +103,7 @@ def _command(a: argparse.Namespace) -> None:
   if a.distributed:  # the training run's multi-host start-up (system.*), before any JAX call
     initialize_distributed(restore.load_config(a.workdir))
   out = a.out or os.path.join(a.workdir, "samples")
-  samples, paths = sample_run(
+  samples, paths, meta = sample_run(
     a.workdir,
     a.num,
     out,
@@ -111,20 +117,19 @@ def _command(a: argparse.Namespace) -> None:
   )
   if jax.process_index() == 0:
     lines = [
-      f"{len(samples)} samples of shape {samples.shape[1:]} from {a.workdir}, {_drawn_with(out)}:"
+      f"{len(samples)} samples of shape {samples.shape[1:]} from {a.workdir}, {_drawn_with(meta)}:"
     ]
     lines += [f"  {name:<4}: {path}" for name, path in paths.items()]
     print("\n".join(lines), flush=True)
 
 
-def _drawn_with(out: str) -> str:
-  """Which checkpoint and sampler drew `out`'s samples, from its samples.npz: without --step,
-  the newest checkpoint, which on a run still training is whichever step was saved last."""
-  with np.load(io.BytesIO((run_path(out) / "samples.npz").read_bytes())) as z:  # or gs://
-    return (
-      f"checkpoint step {int(z['step'])} ({z['method'].item()} on the {z['grid'].item()} grid, "
-      f"{int(z['num_steps'])} levels, seed {int(z['seed'])})"
-    )
+def _drawn_with(meta: dict) -> str:
+  """Which checkpoint and sampler drew the samples: without --step, the newest checkpoint,
+  which on a run still training is whichever step was saved last."""
+  return (
+    f"checkpoint step {int(meta['step'])} ({meta['method']} on the {meta['grid']} grid, "
+    f"{int(meta['num_steps'])} levels, seed {int(meta['seed'])})"
+  )
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def test_evaluate_writes_the_domain_metrics_of_the_sample_commands_samples(
   config = restore.load_config(dna_run)
   config.train.eval_num_samples = N
   evaluator = SequenceEvaluator(config, load_source(config))
-  _, paths = sample.sample_run(dna_run, N, str(tmp_path / "drawn"), seed=1)
+  paths = sample.sample_run(dna_run, N, str(tmp_path / "drawn"), seed=1).paths
   samples_NLV = np.load(paths["npz"])["samples"]
   assert metrics[1] == evaluator.metrics(samples_NLV)
   assert result["floor"] == evaluator.floor()

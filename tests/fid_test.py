@@ -268,7 +268,7 @@ def test_reference_statistics_that_are_one_array_are_named(tmp_path):
   support the context manager protocol)."""
   np.save(tmp_path / "mu.npy", np.zeros(2048))
   with pytest.raises(ValueError, match=r"mu.npy: not a readable .npz \(one array \(.npy\)"):
-    fid.check_stats_file(str(tmp_path / "mu.npy"))
+    fid.load_stats(str(tmp_path / "mu.npy"))
 
 
 def test_a_tfds_sets_other_image_feature_has_its_own_reference():

@@ -134,7 +134,7 @@ def test_end_to_end_through_main_logs_metrics_texts_and_resumes_bit_identically(
     got = sample_files.read_texts(str(resumed / "samples.txt"))
     assert got == [(f"===== sample {j} seed=0 step=8 =====", t) for j, t in enumerate(texts)]
   # the sample command decodes with the checkpoint's vocabulary, without reading the data
-  _, paths = sample.sample_run(str(resumed), 3, str(tmp_path / "drawn"), seed=2)
+  paths = sample.sample_run(str(resumed), 3, str(tmp_path / "drawn"), seed=2).paths
   drawn = np.load(paths["npz"])
   assert drawn["vocab"].item() == vocab and drawn["tokens"].shape == (3, 32)
   if domain == "dna":

@@ -167,30 +167,35 @@ def save_stats(path: str, stats: Stats) -> None:
   os.replace(tmp, path)  # atomic: readers never see a partial file
 
 
-def check_stats_file(path: str, dim: int = inception.FEATURE_DIM) -> None:
-  """Raises ValueError naming `path` unless it is an .npz of mu (dim,), sigma (dim, dim), n."""
+GIVEN_STATS_FIX = (
+  "give an .npz written by this package (fid.save_stats), or leave it out to compute one"
+)
+
+
+def load_stats(
+  path: str, dim: int | None = inception.FEATURE_DIM, fix: str = GIVEN_STATS_FIX
+) -> Stats:
+  """The statistics in `path`, read once; ValueError naming `path` and `fix` unless it is an
+  .npz of mu (dim,), sigma (dim, dim) and n (dim None: of any feature size, as a cache of
+  another extractor's)."""
   what = f"reference statistics {path}"
-  fix = "give an .npz written by this package (fid.save_stats), or leave it out to compute one"
   try:
     f = np.load(os.path.expanduser(path))
     if not isinstance(f, np.lib.npyio.NpzFile):  # `with` on an array was a TypeError traceback
       raise ValueError("one array (.npy), not an .npz of named arrays")
     with f:
-      shapes = {k: f[k].shape for k in ("mu", "sigma", "n") if k in f.files}
+      arrays = {k: f[k] for k in ("mu", "sigma", "n") if k in f.files}
   except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
     raise ValueError(f"{what}: not a readable .npz ({e}); {fix}") from e
-  if set(shapes) != {"mu", "sigma", "n"}:
-    raise ValueError(f"{what}: needs arrays mu, sigma and n, has {sorted(shapes)}; {fix}")
-  if shapes["mu"] != (dim,) or shapes["sigma"] != (dim, dim):
+  if set(arrays) != {"mu", "sigma", "n"}:
+    raise ValueError(f"{what}: needs arrays mu, sigma and n, has {sorted(arrays)}; {fix}")
+  mu, sigma = arrays["mu"], arrays["sigma"]
+  if dim is not None and (mu.shape != (dim,) or sigma.shape != (dim, dim)):
     raise ValueError(
-      f"{what}: mu {shapes['mu']} and sigma {shapes['sigma']} are not Inception pool features "
+      f"{what}: mu {mu.shape} and sigma {sigma.shape} are not Inception pool features "
       f"({dim},) and ({dim}, {dim}); {fix}"
     )
-
-
-def load_stats(path: str) -> Stats:
-  with np.load(os.path.expanduser(path)) as f:
-    return Stats(f["mu"], f["sigma"], int(f["n"]))
+  return Stats(mu, sigma, int(arrays["n"]))
 
 
 def reference_stats_path(cache_dir: str, dataset_name: str) -> str:
@@ -211,7 +216,7 @@ def reference_stats(
   """
   path = reference_stats_path(cache_dir, dataset_name)
   if os.path.exists(path):
-    return load_stats(path)
+    return load_stats(path, dim=None, fix="delete it, and it is computed again")
   stats = compute_stats(images_iter_fn(), extractor)
   if jax.process_index() == 0:
     save_stats(path, stats)

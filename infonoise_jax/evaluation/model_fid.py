@@ -101,8 +101,7 @@ def load_reference(
   """
   path = ref_stats or config.fid.ref_stats
   if path:
-    fid.check_stats_file(path)  # not statistics of Inception features: named, not a traceback
-    return fid.load_stats(path), path
+    return fid.load_stats(path), path  # not statistics of Inception features: named
   if source is None:
     train_config = config.copy_and_resolve_references()
     train_config.data.split = "train"
