@@ -709,17 +709,13 @@ def write_floor(args, data: str, path: str) -> None:
   report.append_record(path, {"kind": "floor", "data": data, "floor_hash": key, **rec})
 
 
-def data_problem(args, data: str, shapes: dict | None = None) -> str | None:
+def data_problem(args, data: str, sources: dict) -> str | None:
   """Why `data` cannot be trained on and scored as this command asks, or None: its files load,
   images give the Frechet distance the 2 examples a covariance needs, and token data has the
-  2 x --num_samples held-out windows its metric and floor take. `shapes` (`example_shape`'s
-  cache) gets the data's example shape."""
+  2 x --num_samples held-out windows its metric and floor take. `sources`: `cached_source`'s."""
   config = make_config(args, data, {})
   try:
-    source = load_source(config)
-    n = source.num_examples
-    if shapes is not None:
-      shapes[_data_key(config)] = source.shape
+    n = cached_source(config, sources).num_examples
     if config.data.name in TOKEN_NAMES:
       check_held_out(config, args.num_samples, "--num_samples")
   except (OSError, ValueError) as e:
@@ -732,16 +728,13 @@ def data_problem(args, data: str, shapes: dict | None = None) -> str | None:
   return None
 
 
-def _data_key(config) -> str:
-  return config.data.to_json_best_effort(sort_keys=True)
-
-
-def example_shape(config, shapes: dict) -> tuple[int, ...]:
-  """The example shape of `config`'s data, loaded once per data setting (`shapes`: the cache)."""
-  key = _data_key(config)
-  if key not in shapes:
-    shapes[key] = load_source(config).shape
-  return shapes[key]
+def cached_source(config, sources: dict):
+  """`config`'s data source, loaded once per data setting while the command line is checked
+  (`sources`: the cache, keyed by the data section)."""
+  key = config.data.to_json_best_effort(sort_keys=True)
+  if key not in sources:
+    sources[key] = load_source(config)
+  return sources[key]
 
 
 def groups(args) -> list[tuple[str, str, dict]]:
@@ -965,7 +958,7 @@ def parse(argv=None) -> argparse.Namespace:
         f"--data={d}: {args.config} trains token data (data.name={name!r}), which is neither "
         "continuous nor binarized images; use --data=native"
       )
-  shapes = {}  # example shape per data setting, for building each arm's network below
+  sources = {}  # per data setting: its files are read once below
   if args.report_only:
     if not os.path.exists(os.path.join(args.out, "results.jsonl")):
       p.error(
@@ -975,13 +968,14 @@ def parse(argv=None) -> argparse.Namespace:
       )
   else:  # the data is there and can be scored, before any compile (not needed for a report)
     for d in dict.fromkeys(d for d, _, _ in gs):
-      problem = data_problem(args, d, shapes)
+      problem = data_problem(args, d, sources)
       if problem:
         p.error(problem)
   for d, a, arm in gs:  # every arm's whole config is valid before the first arm trains
     try:
       config = make_config(args, d, arm, a)
-      check_arm_config(config, None if args.report_only else example_shape(config, shapes))
+      shape = None if args.report_only else cached_source(config, sources).shape
+      check_arm_config(config, shape)
     except (OSError, ValueError, TypeError, KeyError) as e:
       p.error(f"arm {a!r} (--data={d}): {e}")
   arm_names = list(dict.fromkeys(a for _, a, _ in gs))

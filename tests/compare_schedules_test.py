@@ -642,7 +642,7 @@ def test_data_that_cannot_be_scored_is_refused_in_parse(tmp_path, capsys):
     assert re.search(says, err), err[-500:]
     assert not out.exists()
   args = compare_schedules.parse([f"--out={tmp_path}", *tokens[:-1], "--num_samples=6"])
-  assert compare_schedules.data_problem(args, "native") is None
+  assert compare_schedules.data_problem(args, "native", {}) is None
 
 
 def test_harness_on_text_ranks_by_the_domain_metric_with_a_floor(tmp_path):

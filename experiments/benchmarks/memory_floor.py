@@ -49,7 +49,7 @@ SCORE_PASSES = 4
 OPTIMIZER_PASSES = 9  # fp32: read param, grad, m, v, ema; write param, m, v, ema
 
 
-def count(model: nn.Module, batch: int, data_shape: tuple[int, ...]) -> dict[str, float]:
+def count(model: nn.Module, batch: int, data_shape: tuple[int, ...]) -> dict[str, int]:
   """Elements touched by each kind of non-convolution work in one training step's forward."""
   seen = collections.Counter()
 
@@ -116,7 +116,7 @@ def main(argv=None):
   total = sum(r[1] for r in rows)
   bws = [float(v) for v in args.bandwidth_tbs.split(",")]
   print(
-    f"{config.model.get('variant', '') or 'unet'}: batch {batch}, data {data_shape}, "
+    f"{args.config}: batch {batch}, data {data_shape}, "
     f"{seen['params']:,} parameters, {2 * seen['conv_macs'] / batch / 1e9:.1f} GFLOP/image "
     f"forward in convolutions ({6 * seen['conv_macs'] / batch / 1e9:.1f} with the backward; "
     "dense, as cuDNN computes them: XLA's count skips taps on the padding)"
