@@ -3,7 +3,7 @@
   python -m infonoise_jax.evaluate --workdir=runs/cifar10 [--num=50000] [--seed_sets=3] \
       [--ref_stats=stats.npz] [--grid=karras] [--steps=18] [--method=heun] [--step=200000]
 
-Images: FID with EDM's protocol, written to <workdir>/fid.json. 50k samples per seed set, seed
+Images: FID with EDM's protocol, added to <workdir>/fid.json. 50k samples per seed set, seed
 sets 0, 1, 2, report the minimum (`fids` keeps every set). Seed set s scores exactly the
 samples `python -m infonoise_jax.sample --seed=s --num=<num>` writes. Reference statistics:
 --ref_stats, else the run's fid.ref_stats, else computed from the run's dataset (train split)
@@ -11,15 +11,21 @@ and cached in fid.cache_dir (evaluation/model_fid.py). Needs the converted Incep
 (fid.weights_path or --weights; docs/fid.md); without them inception.load_params says how to
 get them.
 
+fid.json keeps every evaluation (`store_result`): its top-level fields are the latest one's (as
+the file of one result earlier versions wrote, which is read as that result and kept), and
+`results` lists all of them, oldest first, one per checkpoint step, sample count, seed sets,
+sampler settings and reference (RESULT_KEY). Scoring an older --step or a quick --num=1000
+check adds to the file; only a repeat of the same evaluation replaces its own entry.
+
 Token data (dna, text; the checkpoint's meta has a vocabulary): the domain metrics of
 `evaluation/sequence_eval.py` instead (DNA: k-mer JS, GC distance, classifier Frechet; text:
-n-gram JS, n-gram NLL), written to <workdir>/domain_metrics.json (`evaluate_tokens`). Seed set
-s scores the same samples as above (--num of them, default the run's train.eval_num_samples,
-as its TensorBoard domain/ curves) against as many held-out windows of the run's data files
-(config.json's data.path; they must give the checkpoint's vocabulary), with the metrics' floor
-(--num other held-out windows: a perfect model's score at this sample count) and the mean over
-seed sets of the `primary` metric, the one to rank by (lower is better). --ref_stats and
---weights are FID's and refused here.
+n-gram JS, n-gram NLL), added to <workdir>/domain_metrics.json (`evaluate_tokens`), which
+keeps every evaluation as fid.json does. Seed set s scores the same samples as above (--num
+of them, default the run's train.eval_num_samples, as its TensorBoard domain/ curves) against
+as many held-out windows of the run's data files (config.json's data.path; they must give the
+checkpoint's vocabulary), with the metrics' floor (--num other held-out windows: a perfect
+model's score at this sample count) and the mean over seed sets of the `primary` metric, the
+one to rank by (lower is better). --ref_stats and --weights are FID's and refused here.
 """
 
 import argparse
@@ -59,7 +65,8 @@ def evaluate(
   method: str | None = None,
   overrides: Sequence[str] = (),
 ) -> dict:
-  """FID of the run's EMA model (min over `seed_sets` seed sets); writes and returns fid.json.
+  """FID of the run's EMA model (min over `seed_sets` seed sets); returns it and adds it to
+  fid.json (`store_result`: earlier evaluations are kept).
   A token run is scored by `evaluate_tokens` instead (domain_metrics.json; no --ref_stats,
   --weights). `overrides`: `sampler.key=value` items (`model_sampler.sampler_config`).
 
@@ -74,6 +81,7 @@ def evaluate(
     _refuse_fid_flags(config, ref_stats, weights)
     args = (workdir, num, seed_sets, grid, num_steps, step, batch, devices, report, method)
     return evaluate_tokens(*args, overrides=overrides)
+  stored_results(run_path(workdir) / FID_FILE)  # an unreadable one is named before any work
   num = IMAGES_NUM if num is None else num
   _check_counts(num, seed_sets)
   model_fid.check_images(tuple(int(d) for d in meta["data_shape"]), "this run")
@@ -115,7 +123,7 @@ def evaluate(
     "reference": {"stats": str(run_path(ref_path)), "num_images": ref.n},
   }
   if jax.process_index() == 0:
-    (run_path(workdir) / FID_FILE).write_text(json.dumps(result, indent=2))
+    store_result(run_path(workdir) / FID_FILE, result)
   return result
 
 
@@ -132,12 +140,13 @@ def evaluate_tokens(
   method: str | None = None,
   overrides: Sequence[str] = (),
 ) -> dict:
-  """Domain metrics of a token run's EMA model (module docstring); writes and returns
-  domain_metrics.json. The data, its vocabulary and the held-out windows are checked and the
-  reference models built before the weights are restored or anything is sampled. `num`
-  defaults to the run's train.eval_num_samples, so the numbers compare with its TensorBoard
-  domain/ curves (those use seed config.seed, these seed sets 0..S-1)."""
+  """Domain metrics of a token run's EMA model (module docstring); returns them and adds them
+  to domain_metrics.json (`store_result`). The data, its vocabulary and the held-out windows
+  are checked and the reference models built before the weights are restored or anything is
+  sampled. `num` defaults to the run's train.eval_num_samples, so the numbers compare with its
+  TensorBoard domain/ curves (those use seed config.seed, these seed sets 0..S-1)."""
   config = restore.load_config(workdir, overrides)
+  stored_results(run_path(workdir) / TOKENS_FILE)  # an unreadable one is named before any work
   num = int(config.train.eval_num_samples) if num is None else num
   _check_counts(num, seed_sets)
   solvers.check_grid(config, grid)
@@ -194,8 +203,52 @@ def evaluate_tokens(
     "reference": {"data_path": d.path, "held_out_windows": num},
   }
   if jax.process_index() == 0:
-    (run_path(workdir) / TOKENS_FILE).write_text(json.dumps(result, indent=2))
+    store_result(run_path(workdir) / TOKENS_FILE, result)
   return result
+
+
+# What makes two evaluations the same one: a result file keeps one entry per value of these.
+RESULT_KEY = ("checkpoint_step", "num_samples", "seeds", "sampler", "reference")
+
+
+def result_key(result: dict) -> str:
+  """The evaluation `result` is of (RESULT_KEY's fields), as a comparable string."""
+  return json.dumps([result.get(k) for k in RESULT_KEY], sort_keys=True)
+
+
+def merge_results(stored: list[dict], result: dict) -> dict:
+  """The content of a result file holding `stored` (earlier results, oldest first) and then
+  `result`: `result`'s fields at the top level (the latest evaluation, where readers of one
+  result look) and `results`, every evaluation kept, `result` last. An earlier result of the
+  same evaluation (`result_key`) is replaced; every other one is kept."""
+  key = result_key(result)
+  kept = [r for r in stored if result_key(r) != key]
+  return {**result, "results": [*kept, result]}
+
+
+def stored_results(path) -> list[dict]:
+  """The results a result file at `path` holds, oldest first ([] if there is none). A file of
+  one result without `results` (what earlier versions wrote) is that one result."""
+  if not path.exists():
+    return []
+  fix = f"move it aside (e.g. to {path.name}.old) and rerun; nothing was computed"
+  try:
+    content = json.loads(path.read_text())
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path}: not readable as JSON ({e}); {fix}") from e
+  results = content.get("results", [content]) if isinstance(content, dict) else None
+  if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+    raise ValueError(f"{path}: not a results file as evaluate writes it; {fix}")
+  return results
+
+
+def store_result(path, result: dict) -> None:
+  """Adds `result` to the result file at `path` (`merge_results`), written atomically: a
+  stopped write leaves the earlier file whole."""
+  content = merge_results(stored_results(path), result)
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(json.dumps(content, indent=2))
+  tmp.replace(path)
 
 
 def _check_counts(num: int, seed_sets: int) -> None:
@@ -221,12 +274,17 @@ def _floats(values: dict) -> dict[str, float]:
 
 def _sampler_settings(config: ml_collections.ConfigDict) -> dict:
   s = config.sampler
-  return {
+  settings = {
     "method": s.name,
     "grid": s.grid,
     "num_steps": s.num_steps,
     "network_evaluations": solvers.num_evaluations(s.num_steps, s.name),
   }
+  if s.grid == "karras":  # its exponent (the InfoGrids do not read it)
+    settings["rho"] = s.rho
+  if s.name == "stochastic":  # EDM's Algorithm 2: what its churn was
+    settings.update(s_churn=s.s_churn, s_tmin=s.s_tmin, s_tmax=s.s_tmax, s_noise=s.s_noise)
+  return settings
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -274,7 +332,7 @@ def _command(a: argparse.Namespace) -> None:
   if jax.process_index() == 0:
     print(json.dumps(result, indent=2), flush=True)
     name = FID_FILE if "fid" in result else TOKENS_FILE
-    print(f"written to {os.path.join(a.workdir, name)}", flush=True)
+    print(f"written to {os.path.join(a.workdir, name)} (earlier results kept)", flush=True)
 
 
 if __name__ == "__main__":

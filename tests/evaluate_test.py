@@ -83,8 +83,9 @@ def fid_run(reference, tmp_path_factory):
 def evaluated(fid_run, weights):
   """The evaluate command on the run, 2 seed sets (Heun): (fid.json as written, its stdout).
 
-  Read at once: a later --method run rewrites fid.json. Shared by the tests of the command's
-  output and of --method, which compares its Euler draw with this Heun draw of seed set 0.
+  Read at once: a later run adds to fid.json and its top level is then that run's. Shared by
+  the tests of the command's output and of --method, which compares its Euler draw with this
+  Heun draw of seed set 0.
   """
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
@@ -134,7 +135,9 @@ def test_evaluate_command_writes_fid_json(fid_run, reference, evaluated):
   assert "seed set 0: FID" in out and "seed set 1: FID" in out
   assert f"FID is biased upwards at small sample counts ({N} per FID here" in out
   assert f"the reference statistics come from {N} images, not more than the 2048" in out
-  assert result == json.loads(out[out.index("\n{") + 1 : out.rindex("written to")])
+  printed = json.loads(out[out.index("\n{") + 1 : out.rindex("written to")])
+  assert {k: v for k, v in result.items() if k != "results"} == printed  # the latest, on top
+  assert result["results"][-1] == printed
   assert result["num_samples"] == N and result["seeds"] == [0, 1] and len(result["fids"]) == 2
   assert np.isfinite(result["fid"]) and result["fid"] > 0 and result["fid"] == min(result["fids"])
   assert result["fids"][0] != result["fids"][1]  # different noise, different samples
@@ -165,6 +168,45 @@ def test_evaluate_method_changes_the_solver_it_reports(fid_run, weights, evaluat
   assert heun["sampler"]["network_evaluations"] == 2 * levels - 1
   assert euler["seeds"] == [0] and heun["seeds"][0] == 0
   assert euler["fid"] != heun["fids"][0]  # other samples from the same noise (seed set 0)
+
+
+def test_evaluate_keeps_earlier_results_in_fid_json(fid_run, weights, evaluated):
+  """Each evaluate call rewrote fid.json: a quick check (fewer samples, another step or
+  sampler) replaced an earlier 50k x 3 result. A fid.json of one result, as that version
+  wrote it, must survive too."""
+  path = pathlib.Path(fid_run, "fid.json")
+  old = {k: v for k, v in evaluated[0].items() if k != "results"}
+  old.update(fid=3.21, fids=[3.21, 3.3, 3.4], seeds=[0, 1, 2], num_samples=50_000)
+  old["sampler"] = {k: v for k, v in old["sampler"].items() if k != "rho"}  # not written then
+  path.write_text(json.dumps(old, indent=2))  # the earlier version's file: one result
+  quick = [f"--workdir={fid_run}", f"--num={N}", "--seed_sets=1", f"--weights={weights}"]
+  for _ in range(2):  # the same evaluation twice: its entry is replaced, not repeated
+    with contextlib.redirect_stdout(io.StringIO()):
+      evaluate.main(quick)
+    stored = json.loads(path.read_text())
+    assert len(stored["results"]) == 2 and stored["results"][0] == old, stored["results"]
+    latest = stored["results"][-1]
+    assert latest["seeds"] == [0] and latest["num_samples"] == N
+    assert {k: v for k, v in stored.items() if k != "results"} == latest  # readers of one result
+  with contextlib.redirect_stdout(io.StringIO()):  # another sampler: a third entry
+    evaluate.main([*quick, "--steps=3"])
+  stored = json.loads(path.read_text())
+  assert [r["sampler"]["num_steps"] for r in stored["results"]][1:] == [7, 3], stored["results"]
+  assert stored["results"][:2] == [old, latest] and stored["fid"] == stored["results"][2]["fid"]
+
+
+def test_an_unreadable_fid_json_is_named_before_any_work(fid_run, tmp_path):
+  path = pathlib.Path(fid_run, "fid.json")
+  kept = path.read_text() if path.exists() else None
+  try:
+    path.write_text('{"fid": 3.2, "fids": [3.2')  # torn
+    with pytest.raises(ValueError, match=r"fid.json: not readable as JSON .* move it aside"):
+      evaluate.evaluate(fid_run, num=N, weights=str(tmp_path / "missing_weights.npz"))
+    assert path.read_text() == '{"fid": 3.2, "fids": [3.2'  # not replaced
+  finally:
+    path.unlink()
+    if kept is not None:
+      path.write_text(kept)
 
 
 def test_evaluate_errors_are_clear(fid_run, tmp_path):

@@ -57,16 +57,18 @@ def test_evaluate_writes_the_domain_metrics_of_the_sample_commands_samples(
   dna_run, tmp_path, capsys
 ):
   evaluate.main([f"--workdir={dna_run}", f"--num={N}", "--seed_sets=2"])
-  result = json.loads(pathlib.Path(dna_run, "domain_metrics.json").read_text())
+  stored = json.loads(pathlib.Path(dna_run, "domain_metrics.json").read_text())
   out = capsys.readouterr().out  # progress lines, the JSON, where it was written
-  assert result == json.loads(out[out.index("\n{") + 1 : out.rindex("written to")])
+  result = json.loads(out[out.index("\n{") + 1 : out.rindex("written to")])
+  assert {k: v for k, v in stored.items() if k != "results"} == result  # the latest, on top
+  assert stored["results"] == [result]  # (earlier evaluations are kept as fid.json's are)
   assert "seed set 0: frechet" in out and "seed set 1: frechet" in out
   assert f"written to {dna_run}/domain_metrics.json" in out
   assert not pathlib.Path(dna_run, "fid.json").exists()
   assert result["data"] == "dna" and result["seeds"] == [0, 1] and result["num_samples"] == N
   assert result["checkpoint_step"] == 1
   assert result["sampler"] == {
-    "method": "heun", "grid": "karras", "num_steps": 3, "network_evaluations": 5
+    "method": "heun", "grid": "karras", "num_steps": 3, "network_evaluations": 5, "rho": 7.0
   }  # fmt: skip
   metrics, primary = result["metrics"], result["primary"]
   assert primary == "frechet" and len(metrics) == 2 and metrics[0] != metrics[1]
