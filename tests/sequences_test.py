@@ -410,6 +410,22 @@ def test_dna_files_as_sequence_databases_ship_them(tmp_path, caplog):
     assert "without the closing '//' of record y" in caplog.text
 
 
+def test_a_byte_order_mark_does_not_lose_the_first_record(tmp_path):
+  """A file saved by a Windows editor opens with a UTF-8 byte-order mark: its first line was
+  not read as a '>' header or LOCUS line, and the first record was dropped without a word."""
+  import gzip
+
+  fasta = ">r1 first\r\nACGTTGCA\r\n>r2\r\nGGGCCCAA\r\n"
+  genbank = "LOCUS       g1 8 bp\nORIGIN\n        1 acgttgca\n//\n"
+  (tmp_path / "bom.fa").write_text(fasta, encoding="utf-8-sig")
+  (tmp_path / "bom.fa.gz").write_bytes(gzip.compress(fasta.encode("utf-8-sig")))
+  (tmp_path / "bom.seq").write_text(genbank, encoding="utf-8-sig")  # GenBank by its LOCUS
+  want = [("r1 first", "ACGTTGCA"), ("r2", "GGGCCCAA")]
+  for name in ("bom.fa", "bom.fa.gz"):
+    assert [(n.split(":", 1)[1], q) for n, q in sequences.dna_groups(str(tmp_path / name))] == want
+  assert sequences.dna_groups(str(tmp_path / "bom.seq")) == (("bom.seq:g1", "ACGTTGCA"),)
+
+
 def test_compressed_dna_files_are_read_or_named_whatever_their_name(tmp_path):
   """gzip bytes under a plain name (a download saved as .fa) are read; bzip2 / xz are named
   with their tool. Both were 'no sequence records found ... needs a first line >seq1'."""

@@ -101,12 +101,13 @@ def _decompressor(head: bytes) -> str | None:
 
 def _open_text(path: str):
   """A sequence file as text; gzip-compressed ('.gz', as genomes are usually shipped, or gzip
-  bytes under another name) or not."""
+  bytes under another name) or not. A UTF-8 byte-order mark (Windows editors write one) is
+  dropped: kept, the first line did not open with '>' or LOCUS and its record was lost."""
   with open(path, "rb") as f:
     gzipped = _decompressor(f.read(10)) == "gunzip"
   if gzipped or path.lower().endswith(".gz"):
-    return gzip.open(path, "rt", errors="replace")
-  return open(path, errors="replace")
+    return gzip.open(path, "rt", encoding="utf-8-sig", errors="replace")
+  return open(path, encoding="utf-8-sig", errors="replace")
 
 
 def _kind(path: str) -> str:
