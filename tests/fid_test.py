@@ -271,6 +271,50 @@ def test_reference_statistics_that_are_one_array_are_named(tmp_path):
     fid.load_stats(str(tmp_path / "mu.npy"))
 
 
+def _write_fashion_train(folder, seed: int) -> None:
+  """Fashion-MNIST train IDX files of 6 random 28x28 images (seed: which images) in `folder`."""
+  import gzip
+
+  folder.mkdir(parents=True, exist_ok=True)
+  images_u8 = np.random.default_rng(seed).integers(0, 256, (6, 28, 28), dtype=np.uint8)
+  for name, array in (("images-idx3", images_u8), ("labels-idx1", np.arange(6, dtype=np.uint8))):
+    header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, ">u4").tobytes()
+    (folder / f"train-{name}-ubyte.gz").write_bytes(gzip.compress(header + array.tobytes()))
+
+
+def test_fashion_mnist_reference_of_other_files_is_not_another_folders(tmp_path):
+  """Two folders of Fashion-MNIST IDX files (data.local_dir) shared one cached reference,
+  'fashion_mnist_local_train': the second folder's FID was scored against the first's
+  statistics. The same files (in their folder or a copy) still reuse the cache."""
+  import shutil
+
+  from infonoise_jax.validation import default_config
+
+  calls = []
+
+  def extractor(images_NHWC):
+    calls.append(len(images_NHWC))
+    return _projection_extractor(images_NHWC)
+
+  def reference(local_dir):
+    config = default_config()
+    config.data.name, config.data.local_dir = "fashion_mnist_local", str(local_dir)
+    config.fid.cache_dir, config.fid.batch_size = str(tmp_path / "cache"), 6
+    return model_fid.load_reference(config, extractor)[0]
+
+  _write_fashion_train(tmp_path / "a", seed=0)
+  _write_fashion_train(tmp_path / "b", seed=1)
+  a = reference(tmp_path / "a")
+  b = reference(tmp_path / "b")
+  assert len(calls) == 2 and not np.allclose(a.mu_D, b.mu_D)  # b's own statistics
+  np.testing.assert_array_equal(reference(tmp_path / "a").mu_D, a.mu_D)
+  shutil.copytree(tmp_path / "a", tmp_path / "copy_of_a")
+  np.testing.assert_array_equal(reference(tmp_path / "copy_of_a").mu_D, a.mu_D)
+  assert len(calls) == 2  # the same files: read from the cache
+  _write_fashion_train(tmp_path / "a", seed=2)  # other images in a's folder
+  assert not np.allclose(reference(tmp_path / "a").mu_D, a.mu_D) and len(calls) == 3
+
+
 def test_a_tfds_sets_other_image_feature_has_its_own_reference():
   """data.image_key picks the feature a tfds set's images come from (e.g. a segmentation mask
   beside the photo): both were cached as 'tfds:<name>_train', so the second run's FID was

@@ -19,17 +19,24 @@ import numpy as np
 from absl import logging
 
 from infonoise_jax.data import Source, load_source
-from infonoise_jax.data.sources import OWN_IMAGES, own_images_fingerprint
+from infonoise_jax.data.sources import (
+  OWN_IMAGES,
+  fashion_mnist_fingerprint,
+  own_images_fingerprint,
+)
 from infonoise_jax.evaluation import fid, images, inception
 
 
 def reference_name(config: ml_collections.ConfigDict) -> str:
   """Cache name identifying the reference images: dataset (and a tfds set's image feature, where
-  not 'image'), train split, size, binarization."""
+  not 'image'), train split, size, binarization; for data read from files the user chooses
+  (data.name='images', 'fashion_mnist_local'), also a digest of those files."""
   d = config.data
   name = f"{d.name}_train"
   if d.name == OWN_IMAGES:  # the user's own images: named by what data.path holds
     name = f"{d.name}_{own_images_fingerprint(d.path)}_train"
+  if d.name == "fashion_mnist_local":  # named by the IDX file data.local_dir holds
+    name = f"{d.name}_{fashion_mnist_fingerprint(d.local_dir)}_train"
   if d.name.startswith("tfds:") and d.image_key != "image":  # another feature of the set
     name += f"_{d.image_key}"
   if d.image_size:
