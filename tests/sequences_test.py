@@ -227,6 +227,25 @@ def test_binary_or_non_utf8_text_is_refused_naming_the_file(tmp_path):
   assert "\u00e9" in load_source(_config("text", path=latin, seq_len=16)).encoding.vocab
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32"])
+def test_utf16_files_are_named_with_the_command_that_converts_them(tmp_path, encoding):
+  """Windows PowerShell's `>` writes UTF-16. Such a FASTA file in a folder gave no record and
+  was left out without a word (alone: 'no sequence records found'); such a text was called
+  binary. Both are named with the command that converts them, which then reads."""
+  dna, text = tmp_path / "dna", tmp_path / "my texts"
+  dna.mkdir(), text.mkdir()
+  _write_fasta(str(dna / "good.fa"), [("g", "ACGT" * 50)])
+  (dna / "ps.fa").write_text(">w1\r\nGGCCAATT\r\n", encoding=encoding)
+  (text / "ps.txt").write_text("Caf\u00e9 \u65e5\u672c " * 20, encoding=encoding)
+  wide = encoding.upper()
+  for read, folder in ((sequences.dna_groups, dna), (sequences.text_groups, text)):
+    with pytest.raises(ValueError, match=rf"ps\.(fa|txt)'? is {wide} text, not UTF-8") as e:
+      read(str(folder))
+    subprocess.run(str(e.value).split("e.g. ")[1], shell=True, check=True)
+  assert ("ps.fa:w1", "GGCCAATT") in sequences.dna_groups(str(dna))
+  assert sequences.text_groups(str(text)) == (("ps", ("Caf\u00e9 \u65e5\u672c " * 20).strip()),)
+
+
 @pytest.mark.parametrize("module, tool", [("gzip", "gunzip"), ("bz2", "bunzip2"), ("lzma", "unxz")])
 def test_a_compressed_text_file_is_named_with_its_tool(tmp_path, module, tool):
   """It was called binary (or, without a NUL byte, non-UTF-8 with an iconv command that

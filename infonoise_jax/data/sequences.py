@@ -99,6 +99,31 @@ def _decompressor(head: bytes) -> str | None:
   return next((tool for magic, tool in COMPRESSED.items() if re.match(magic, head)), None)
 
 
+# Byte-order marks of the wide Unicode encodings (UTF-32's first: UTF-32LE's opens like UTF-16LE's).
+# Windows PowerShell 5's `>` and Out-File write UTF-16; read as UTF-8, every other byte is a NUL.
+WIDE_BOMS = {
+  b"\xff\xfe\x00\x00": "UTF-32",
+  b"\x00\x00\xfe\xff": "UTF-32",
+  b"\xff\xfe": "UTF-16",
+  b"\xfe\xff": "UTF-16",
+}
+
+
+def _wide_encoding(head: bytes) -> str | None:
+  """'UTF-16' or 'UTF-32' for a file starting with `head` (its first bytes) and their mark."""
+  return next((enc for bom, enc in WIDE_BOMS.items() if head.startswith(bom)), None)
+
+
+def _convert_fix(file: str, encoding: str) -> str:
+  """The command that converts `file` from `encoding` to UTF-8 in place, the original kept
+  beside it under a name the folder readers skip."""
+  q, old = shlex.quote(file), shlex.quote(f"{file}.{encoding.lower().replace('-', '')}")
+  return (
+    "convert it in place (the original kept beside it under a name the reader skips), e.g. "
+    f"mv {q} {old} && iconv -f {encoding} -t utf-8 {old} > {q}"
+  )
+
+
 def _open_text(path: str):
   """A sequence file as text; gzip-compressed ('.gz', as genomes are usually shipped, or gzip
   bytes under another name) or not. A UTF-8 byte-order mark (Windows editors write one) is
@@ -219,7 +244,10 @@ def _read_dna_file(file: str) -> list[tuple[str, str]]:
   """One file's records; a corrupt or truncated file is an error that names it."""
   try:
     with open(file, "rb") as f:
-      tool = _decompressor(f.read(10))
+      head = f.read(10)
+    tool, wide = _decompressor(head), _wide_encoding(head)
+    if wide:  # read as UTF-8, no line opened with '>' or LOCUS: no record, without a word
+      raise ValueError(f"data.path: {file!r} is {wide} text, not UTF-8; {_convert_fix(file, wide)}")
     if tool not in (None, "gunzip"):  # read as text, it held no record
       raise ValueError(
         f"data.path: {file!r} is compressed, not with gzip (read as it is); decompress it "
@@ -304,6 +332,9 @@ def _utf8_text(file: str) -> str:
       f"data.path: {file} is compressed; data.name='text' reads plain UTF-8 .txt files: "
       f"decompress it first, e.g. {tool} -k {shlex.quote(file)}"
     )
+  wide = _wide_encoding(data[:4])
+  if wide:  # its letters come with NUL bytes: it was called binary
+    raise ValueError(f"data.path: {file} is {wide} text, not UTF-8; {_convert_fix(file, wide)}")
   if b"\x00" in data:
     raise ValueError(
       f"data.path: {file} looks binary (it holds NUL bytes), not text; data.name='text' reads "
@@ -312,11 +343,9 @@ def _utf8_text(file: str) -> str:
   try:
     return data.decode("utf-8")
   except UnicodeDecodeError as e:
-    q = shlex.quote(file)
     raise ValueError(
       f"data.path: {file} is not UTF-8 text (byte {e.start}: {data[e.start : e.start + 1]!r}); "
-      "convert it in place (the original kept beside it under a name the reader skips), e.g. "
-      f"mv {q} {q}.latin1 && iconv -f latin1 -t utf-8 {q}.latin1 > {q}"
+      + _convert_fix(file, "latin1")
     ) from e
 
 
