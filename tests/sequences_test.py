@@ -392,6 +392,17 @@ def test_a_dna_file_without_records_says_what_a_record_looks_like(tmp_path):
     sequences.dna_groups(str(tmp_path / "plain.fa"))
 
 
+def test_bases_before_the_first_fasta_header_are_named_not_dropped(tmp_path):
+  """A record whose header line is missing (the file's first), or a file of bare bases in a
+  folder of FASTA files: their bases belonged to no record and were dropped without a word."""
+  _write_fasta(str(tmp_path / "good.fa"), [("g", "ACGT" * 50)])
+  (tmp_path / "headless.fa").write_text("\n;a comment\nGGCCAATT\nTTAA\n>r2\nACGTACGT\n")
+  with pytest.raises(ValueError, match=r"headless\.fa' line 3 \('GGCCAATT'\) comes before any '>'"):
+    sequences.dna_groups(str(tmp_path))
+  (tmp_path / "headless.fa").write_text(">r1\nGGCCAATT\nTTAA\n>r2\nACGTACGT\n")
+  assert len(sequences.dna_groups(str(tmp_path))) == 3
+
+
 def test_a_fastq_file_is_named_as_such_not_read_as_fasta(tmp_path):
   """Read as FASTA, a FASTQ file's quality lines that open with '>' (Phred 29) became records
   of bases and quality letters, and training went on with them."""

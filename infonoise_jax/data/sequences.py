@@ -155,10 +155,11 @@ def _sniffed_kind(path: str) -> str:
 def read_fasta(path: str) -> list[tuple[str, str]]:
   """(name, sequence) per '>' record of a FASTA file (optionally gzip-compressed); whitespace
   inside sequence lines (bases printed in blocks of ten) is not part of the sequence, nor are
-  ';' comment lines (the original FASTA format's)."""
+  ';' comment lines (the original FASTA format's). Letters before the first header belong to
+  no record and are an error naming the line (they were dropped without a word)."""
   records, name, parts = [], None, []
   with _open_text(path) as f:
-    for line in f:
+    for number, line in enumerate(f, 1):
       if line.startswith(";"):
         continue
       if line.startswith(">"):
@@ -167,6 +168,12 @@ def read_fasta(path: str) -> list[tuple[str, str]]:
         name, parts = line[1:].strip() or f"record{len(records)}", []
       elif name is not None:
         parts.append("".join(line.split()))
+      elif line.strip():
+        raise ValueError(
+          f"data.path: {path!r} line {number} ({line.strip()[:40]!r}) comes before any '>' "
+          "header line, so it belongs to no record; a file of bare sequence lines needs a "
+          "first line such as '>seq1' (and a FASTA file one above each record)"
+        )
   if name is not None:
     records.append((name, "".join(parts)))
   return records
