@@ -10,6 +10,8 @@ Writes `<out>/samples.npz` and, for images, `<out>/samples.png` (format: sample_
 same as the trainer's final samples); for token data (dna, text) also the argmax ids `tokens`
 with the checkpoint's `vocab` in the .npz, and `<out>/samples.txt` (text) or `<out>/samples.fa`
 (DNA, FASTA). Sample j of seed s is the same whatever the batch size, device count or `--num`.
+An `--out` that is a training run's folder (the run's own workdir, where the trainer keeps its
+final samples.npz) is refused before anything is restored (`check_out`).
 The infogrid grids use the checkpoint's learned profile (docs/method.md section 5).
 """
 
@@ -26,7 +28,9 @@ from infonoise_jax import cli, restore, solvers
 from infonoise_jax.data.tokens import TokenEncoding
 from infonoise_jax.mesh import initialize_distributed
 from infonoise_jax.model_sampler import Sampler, sampler_config
-from infonoise_jax.sample_files import GRID_IMAGES, write_samples, write_texts
+from infonoise_jax.paths import is_remote, run_path
+from infonoise_jax.resume import CONFIG_FILE
+from infonoise_jax.sample_files import GRID_IMAGES, samples_step, write_samples, write_texts
 
 
 class Drawn(NamedTuple):
@@ -53,8 +57,7 @@ def sample_run(
   than 0). `overrides`: `sampler.key=value` items (`sampler_config`)."""
   if num < 1:
     raise ValueError(f"--num must be >= 1, got {num}")
-  if os.path.exists(out) and not os.path.isdir(out):
-    raise ValueError(f"--out={out} is a file: give a folder for the samples")
+  check_out(workdir, out)
   config = restore.load_config(workdir, overrides)  # --set data.path=...: the data moved
   config = sampler_config(config, grid, num_steps, method, overrides)
   solvers.validate_sampler_config(config)  # before restoring anything
@@ -77,6 +80,34 @@ def sample_run(
         out, vocab, meta["tokens"], dna, seed=seed, step=run.step
       )
   return Drawn(samples, paths, meta)
+
+
+def check_out(workdir: str, out: str) -> None:
+  """Refuses an `out` the samples must not go to, before anything is restored: a file, or a
+  training run's folder (this run's workdir, or any folder holding a run's config.json). There
+  the trainer keeps its final samples (samples.npz, samples.png, .txt / .fa) and reads
+  samples.npz back to tell a finished run; the command's files would replace them, or be
+  replaced by them when the run finishes."""
+  if is_remote(out) or is_remote(workdir):
+    same = str(run_path(out)).rstrip("/") == str(run_path(workdir)).rstrip("/")
+  else:
+    if os.path.exists(out) and not os.path.isdir(out):
+      raise ValueError(f"--out={out} is a file: give a folder for the samples")
+    same = os.path.realpath(os.path.expanduser(out)) == os.path.realpath(
+      os.path.expanduser(workdir)
+    )
+  folder = run_path(out)
+  if not same and not (folder / CONFIG_FILE).exists():
+    return
+  what = "the run's own folder" if same else f"a training run's folder (it holds {CONFIG_FILE})"
+  final = samples_step(out)
+  lost = "" if final is None else f": its samples.npz (step {final}) would be overwritten"
+  raise ValueError(
+    f"--out={out} is {what}, where the trainer keeps its final samples (samples.npz, "
+    f"samples.png) and reads samples.npz to tell that the run finished{lost}. Write the "
+    f"command's samples to another folder, e.g. --out={os.path.join(out, 'samples')} (the "
+    "default for --workdir)"
+  )
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -228,6 +228,29 @@ def test_set_changes_sampler_keys_only_before_anything_is_restored(trained, tmp_
   assert args.set == ["sampler.s_churn=40", "sampler.rho=5"]
 
 
+def test_out_at_a_runs_folder_is_refused_before_anything_is_restored(
+  trained, tmp_path, monkeypatch
+):
+  """`--out=<the run's workdir>` overwrote the trainer's final samples.npz (and samples.png),
+  the file the trainer reads back to tell a finished run."""
+  import shutil
+
+  workdir, _ = trained
+  run = pathlib.Path(workdir)
+  kept = {name: (run / name).read_bytes() for name in ("samples.npz", "samples.png")}
+  monkeypatch.setattr(restore, "restore_run", lambda *a, **k: pytest.fail("restored"))
+  for spelled in (workdir, f"{workdir}/", f"{workdir}/../{run.name}"):
+    with pytest.raises(ValueError, match=r"the run's own folder.*samples.npz \(step 8\) would be "
+                       r"overwritten.*--out=.*samples"):  # fmt: skip
+      sample.main([f"--workdir={workdir}", "--num=2", f"--out={spelled}", "--debug"])
+  other = tmp_path / "other_run"  # another run's folder (its config.json): refused too
+  shutil.copytree(run, other, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+  with pytest.raises(ValueError, match=r"a training run's folder \(it holds config.json\)"):
+    sample.sample_run(workdir, 2, str(other))
+  assert {name: (run / name).read_bytes() for name in kept} == kept  # nothing lost
+  assert (other / "samples.npz").read_bytes() == kept["samples.npz"]
+
+
 def test_set_items_and_the_flags_they_duplicate_are_refused_and_inf_is_a_float():
   """`--steps=5 --set sampler.num_steps=9` drew with 9 levels without a word; and
   `--set sampler.s_tmax=inf` (the default, which literals cannot spell) was a type error."""
