@@ -427,6 +427,10 @@ def test_dna_files_as_sequence_databases_ship_them(tmp_path, caplog):
   blocks = lambda q: " ".join(q[i : i + 10] for i in range(0, len(q), 10))
   (tmp_path / "spaced.fa").write_text(f">a\n{blocks(a)}\n{blocks(b)} \n")
   assert sequences.read_fasta(str(tmp_path / "spaced.fa")) == [("a", a + b)]
+  # numbered blocks, as pasted from GenBank's ORIGIN or NCBI's page: the digits were refused as
+  # letters of another alphabet, with the advice to model them (data.vocab=0123...ACGT)
+  (tmp_path / "numbered.fa").write_text(f">a\n        1 {blocks(a)}\n       61 {blocks(b)}\n")
+  assert sequences.read_fasta(str(tmp_path / "numbered.fa")) == [("a", a + b)]
   # the original FASTA's ';' comment lines, before and inside a record: not bases
   (tmp_path / "commented.fa").write_text(f";made by hand\n>a\n{a}\n;a note\n{b}\n")
   assert sequences.read_fasta(str(tmp_path / "commented.fa")) == [("a", a + b)]

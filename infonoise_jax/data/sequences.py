@@ -152,11 +152,15 @@ def _sniffed_kind(path: str) -> str:
   return "fasta"
 
 
+_NO_DIGITS = str.maketrans("", "", "0123456789")  # position numbers (read_fasta)
+
+
 def read_fasta(path: str) -> list[tuple[str, str]]:
-  """(name, sequence) per '>' record of a FASTA file (optionally gzip-compressed); whitespace
-  inside sequence lines (bases printed in blocks of ten) is not part of the sequence, nor are
-  ';' comment lines (the original FASTA format's). Letters before the first header belong to
-  no record and are an error naming the line (they were dropped without a word)."""
+  """(name, sequence) per '>' record of a FASTA file (optionally gzip-compressed); whitespace and
+  digits inside sequence lines (bases printed in numbered blocks of ten, as GenBank's ORIGIN
+  and NCBI's pages show them) are not part of the sequence, nor are ';' comment lines (the
+  original FASTA format's). Letters before the first header belong to no record and are an
+  error naming the line (they were dropped without a word)."""
   records, name, parts = [], None, []
   with _open_text(path) as f:
     for number, line in enumerate(f, 1):
@@ -167,7 +171,7 @@ def read_fasta(path: str) -> list[tuple[str, str]]:
           records.append((name, "".join(parts)))
         name, parts = line[1:].strip() or f"record{len(records)}", []
       elif name is not None:
-        parts.append("".join(line.split()))
+        parts.append("".join(line.translate(_NO_DIGITS).split()))
       elif line.strip():
         raise ValueError(
           f"data.path: {path!r} line {number} ({line.strip()[:40]!r}) comes before any '>' "
