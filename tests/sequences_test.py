@@ -460,6 +460,19 @@ def test_a_byte_order_mark_does_not_lose_the_first_record(tmp_path):
   assert sequences.dna_groups(str(tmp_path / "bom.seq")) == (("bom.seq:g1", "ACGTTGCA"),)
 
 
+def test_genbank_records_without_bases_are_named(tmp_path, caplog):
+  """NCBI's GenBank download of a large record has no ORIGIN section (a CONTIG line instead)
+  unless 'GenBank (full)' is asked for: such records were left out without a word."""
+  genbank = "LOCUS       full 8 bp\nORIGIN\n        1 acgttgca\n//\n"
+  genbank += "LOCUS       NC_000913 4641652 bp\nCONTIG      join(U00096.3:1..4641652)\n//\n"
+  (tmp_path / "ncbi.gbk").write_text(genbank)
+  with caplog.at_level("WARNING"):
+    assert sequences.dna_groups(str(tmp_path)) == (("ncbi.gbk:full", "ACGTTGCA"),)
+  said = r"ncbi\.gbk: 1 of its 2 GenBank records hold no bases.*: NC_000913\."
+  assert re.search(said, caplog.text)
+  assert "GenBank (full)" in caplog.text
+
+
 def test_compressed_dna_files_are_read_or_named_whatever_their_name(tmp_path):
   """gzip bytes under a plain name (a download saved as .fa) are read; bzip2 / xz are named
   with their tool. Both were 'no sequence records found ... needs a first line >seq1'."""

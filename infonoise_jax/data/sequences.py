@@ -184,7 +184,9 @@ def read_fasta(path: str) -> list[tuple[str, str]]:
 
 
 def read_genbank(path: str) -> list[tuple[str, str]]:
-  """(LOCUS name, ORIGIN sequence) per record of a GenBank flat file (optionally gzipped)."""
+  """(LOCUS name, ORIGIN sequence) per record of a GenBank flat file (optionally gzipped).
+  Records without bases (no ORIGIN section: NCBI leaves it out of large records unless asked,
+  giving a CONTIG line instead) are named in a warning; they were left out without a word."""
   records, name, parts, in_origin = [], None, [], False
   with _open_text(path) as f:
     for line in f:
@@ -206,6 +208,14 @@ def read_genbank(path: str) -> list[tuple[str, str]]:
   if name is not None and parts:  # the file ends inside a record (no closing '//')
     logging.warning("%s ends without the closing '//' of record %s; its bases are kept", path, name)
     records.append((name, "".join(parts)))
+  empty = [n for n, q in records if not q]
+  if empty:
+    logging.warning(
+      "%s: %d of its %d GenBank records hold no bases (no ORIGIN section) and are left out: %s. "
+      "NCBI writes a large record's bases only when asked: download it as 'GenBank (full)' or "
+      "with 'Show sequence', or as FASTA",
+      path, len(empty), len(records), ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else ""),
+    )  # fmt: skip
   return records
 
 
