@@ -495,6 +495,35 @@ def test_compressed_dna_files_are_read_or_named_whatever_their_name(tmp_path):
       sequences.dna_groups(str(tmp_path / name))
 
 
+@pytest.mark.parametrize("archive", ["ncbi_dataset.zip", "genomes.tar.gz"])
+def test_an_archive_of_files_says_to_unpack_it_into_a_folder(tmp_path, archive):
+  """NCBI Datasets ships genomes as ncbi_dataset.zip: read as FASTA text, its archive header was
+  named as bases before any '>' line (a FASTA error for a zip or tar.gz); as text it was called
+  binary. The command the error gives makes a folder that reads."""
+  import tarfile
+  import zipfile
+
+  inner = "ncbi_dataset/data/GCF_1/genomic.fna"
+  (tmp_path / "genomic.fna").write_text(">chr1 a genome\nACGTTGCA\n>chr2\nGGGCCCAA\n")
+  path, zipped = str(tmp_path / archive), archive.endswith(".zip")
+  if zipped:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+      z.write(tmp_path / "genomic.fna", inner)
+  else:
+    with tarfile.open(path, "w:gz") as t:
+      t.add(tmp_path / "genomic.fna", inner)
+  # text reads a tar as the sdist, whose error says to unpack it already
+  for read in (sequences.dna_groups, *([sequences.text_groups] if zipped else [])):
+    with pytest.raises(ValueError, match=r"is an archive of files; unpack it into a folder") as e:
+      read(path)
+  subprocess.run(str(e.value).split("e.g. ")[1], shell=True, check=True, cwd=tmp_path)
+  folder = path.removesuffix(".zip").removesuffix(".tar.gz")
+  assert sequences.dna_groups(folder) == (
+    ("genomic.fna:chr1 a genome", "ACGTTGCA"),
+    ("genomic.fna:chr2", "GGGCCCAA"),
+  )
+
+
 def test_a_corrupt_or_binary_file_in_a_folder_is_named(tmp_path):
   import gzip
 

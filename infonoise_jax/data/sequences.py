@@ -38,6 +38,7 @@ import os
 import re
 import shlex
 import tarfile
+import zipfile
 
 import numpy as np
 from absl import logging
@@ -97,6 +98,24 @@ COMPRESSED = {
 def _decompressor(head: bytes) -> str | None:
   """The tool that opens a file starting with `head` (its first bytes), if it is compressed."""
   return next((tool for magic, tool in COMPRESSED.items() if re.match(magic, head)), None)
+
+
+def _unpack_fix(file: str) -> str | None:
+  """How to read a zip or tar archive of files (NCBI Datasets' ncbi_dataset.zip, a .tar.gz of
+  genomes): unpacked into a folder that data.path names. None for a file that is no archive."""
+  q, folder = shlex.quote(file), re.sub(r"(\.tar\.\w+|\.tgz|\.tar|\.zip)$", "", file, flags=re.I)
+  if folder == file:
+    folder += "_files"
+  if zipfile.is_zipfile(file):
+    command = f"unzip {q} -d {shlex.quote(folder)}"
+  elif tarfile.is_tarfile(file):
+    command = f"mkdir {shlex.quote(folder)} && tar -xf {q} -C {shlex.quote(folder)}"
+  else:
+    return None
+  return (
+    f"data.path: {file!r} is an archive of files; unpack it into a folder and set data.path to "
+    f"that folder, e.g. {command}"
+  )
 
 
 # Byte-order marks of the wide Unicode encodings (UTF-32's first: UTF-32LE's opens like UTF-16LE's).
@@ -266,7 +285,9 @@ def _read_dna_file(file: str) -> list[tuple[str, str]]:
   try:
     with open(file, "rb") as f:
       head = f.read(10)
-    tool, wide = _decompressor(head), _wide_encoding(head)
+    tool, wide, unpack = _decompressor(head), _wide_encoding(head), _unpack_fix(file)
+    if unpack:  # read as text, a tar's first line lost the first record, a zip's gave none
+      raise ValueError(unpack)
     if wide:  # read as UTF-8, no line opened with '>' or LOCUS: no record, without a word
       raise ValueError(f"data.path: {file!r} is {wide} text, not UTF-8; {_convert_fix(file, wide)}")
     if tool not in (None, "gunzip"):  # read as text, it held no record
@@ -347,6 +368,9 @@ def _utf8_text(file: str) -> str:
   (read leniently, its bytes would become symbols of the vocabulary)."""
   with open(file, "rb") as f:
     data = f.read()
+  unpack = _unpack_fix(file)
+  if unpack:  # it was called binary
+    raise ValueError(unpack)
   tool = _decompressor(data[:10])
   if tool:  # else named binary, or not UTF-8 with a conversion that would not help
     raise ValueError(
