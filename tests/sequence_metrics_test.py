@@ -125,3 +125,21 @@ def test_js_divergence_of_disjoint_tables_is_at_most_one_bit():
     p = (np.arange(n), rng.integers(1, 50, n))
     q = (np.arange(n, n + k), rng.integers(1, 50, k))
     assert sm.js_divergence(p, q) <= 1.0
+
+
+def test_gc_metrics_only_for_nucleotide_vocabularies():
+  """A protein run (data.name=dna, data.vocab = the amino acids) reported gc_w1 and
+  gc_mean_diff, counting glycine and cysteine as GC: they are left out of any vocabulary that
+  is not nucleotide letters (ACGTU, ambiguity codes, masks and gaps) holding G and C."""
+  rng = np.random.default_rng(0)
+  for vocab, has_gc in [
+    ("ACGT", True),
+    ("ACGU", True),
+    ("ACGTN-", True),
+    ("ACDEFGHIKLMNPQRSTVWY", False),  # protein
+    ("ATN", False),  # no G or C
+  ]:
+    a, b = rng.integers(0, len(vocab), (2, 20, 16))
+    m = sm.dna_metrics(a, b, vocab, (1, 2))
+    assert ({"gc_w1", "gc_mean_diff"} <= set(m)) == has_gc, vocab
+    assert {"kmer_js_1", "kmer_js_2"} <= set(m), vocab

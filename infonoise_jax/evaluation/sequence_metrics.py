@@ -8,8 +8,10 @@ small N.
   kmer_js_k     (dna, k in seq_metrics.kmer_sizes)  Jensen-Shannon divergence, in bits
                 (in [0, 1]), between the k-mer spectra (counts of the k-mers inside windows).
   ngram_js_n    (text, n in seq_metrics.ngram_sizes) the same for character n-grams.
-  gc_w1         (dna) 1-D Wasserstein distance between the per-window GC-fraction
-                distributions; `gc_mean_diff` the difference of their means.
+  gc_w1         (dna, nucleotide vocabularies only: `is_nucleotide_vocab`) 1-D Wasserstein
+                distance between the per-window GC-fraction distributions; `gc_mean_diff` the
+                difference of their means. Left out for other alphabets (protein's G and C
+                are glycine and cysteine).
   frechet       (dna) Frechet distance between Gaussian fits of the features of a small CNN
                 trained once on real versus corrupted windows (`sequence_classifier.py`).
   nll_per_char  (text) mean negative log-likelihood in nats per character of the samples
@@ -25,6 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from infonoise_jax.data import sequences
 from infonoise_jax.evaluation import fid
 
 
@@ -66,6 +69,13 @@ def js_divergence(p: tuple[np.ndarray, np.ndarray], q: tuple[np.ndarray, np.ndar
 
 def ngram_js(a_NL: np.ndarray, b_NL: np.ndarray, n: int, vocab_size: int) -> float:
   return js_divergence(ngram_counts(a_NL, n, vocab_size), ngram_counts(b_NL, n, vocab_size))
+
+
+def is_nucleotide_vocab(vocab: str) -> bool:
+  """Whether GC content means anything for `vocab`: it holds G and C and only nucleotide
+  letters (ACGTU, IUPAC ambiguity codes, masks and gaps: ACGT, ACGU, ACGTN, ...). A protein
+  alphabet (E, F, I, L, P, Q are no nucleotide codes) or any other is not."""
+  return {"G", "C"} <= set(vocab) <= set("ACGTU" + sequences.NUCLEOTIDE_EXTRAS)
 
 
 def gc_fraction(ids_NL: np.ndarray, vocab: str) -> np.ndarray:
@@ -146,11 +156,13 @@ def dna_metrics(
   kmer_sizes: Sequence[int] = (3, 4, 5, 6),
   features=None,
 ) -> dict[str, float]:
-  """k-mer JS divergences, GC distances and (with `features`: ids -> (N, D)) Frechet."""
+  """k-mer JS divergences, GC distances (nucleotide vocabularies only: `is_nucleotide_vocab`)
+  and (with `features`: ids -> (N, D)) Frechet."""
   out = {f"kmer_js_{k}": ngram_js(samples_NL, ref_NL, k, len(vocab)) for k in kmer_sizes}
-  gc_s, gc_r = gc_fraction(samples_NL, vocab), gc_fraction(ref_NL, vocab)
-  out["gc_w1"] = wasserstein_1d(gc_s, gc_r)
-  out["gc_mean_diff"] = float(gc_s.mean() - gc_r.mean())
+  if is_nucleotide_vocab(vocab):
+    gc_s, gc_r = gc_fraction(samples_NL, vocab), gc_fraction(ref_NL, vocab)
+    out["gc_w1"] = wasserstein_1d(gc_s, gc_r)
+    out["gc_mean_diff"] = float(gc_s.mean() - gc_r.mean())
   if features is not None:
     stats = [
       fid.stats_of_features(np.asarray(features(x), np.float64)) for x in (samples_NL, ref_NL)
