@@ -300,6 +300,25 @@ def test_no_window_errors_propose_the_fix_that_applies(tmp_path):
     load_source(_config("text", path=text, seq_len=n))
 
 
+def test_too_short_held_out_split_names_its_files_and_advises_val_fraction_only(tmp_path):
+  """The only held-out text file shorter than a window, its letters outside the training
+  split's: the error also advised data.vocab, which gives no window to a file shorter than one.
+  It names the held-out file and advises a larger val_fraction or more files (or a shorter
+  window), no letter setting."""
+  rng = np.random.default_rng(0)
+  names = ("alpha", "beta", "gamma", "delta")
+  (held,) = [n for n, _ in sequences.split_groups(tuple((n, "x") for n in names), 0.1)["test"]]
+  for n in names:
+    text = "ÄÖÜß¿ЖЯ" * 5 if n == held else "".join(rng.choice(list("abcdefgh "), 5000))
+    (tmp_path / f"{n}.txt").write_text(text)
+  with pytest.raises(ValueError) as e:
+    load_source(_config("text", path=str(tmp_path), seq_len=64, split="test"))
+  message = str(e.value)
+  assert "data.vocab" not in message and "unknown_policy=replace" not in message
+  assert "larger --config.data.val_fraction" in message and "more files" in message
+  assert f"held out from data.path={str(tmp_path)!r}: {held!r} 35 letters" in message
+
+
 def test_rna_or_protein_read_as_dna_is_refused_with_the_vocabulary_that_models_it(tmp_path):
   """RNA (U) or protein given as data.name=dna trained silently on the few windows that avoided
   the other letters (a tenth of the RNA windows at seq_len 8); it is refused with the

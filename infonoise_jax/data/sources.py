@@ -797,29 +797,35 @@ def _tail_note(d, groups) -> str:
 
 
 def _no_window_message(d, groups, stats, encoding) -> str:
-  """Why a split has no window, with the fixes that apply: a shorter window always; the
-  vocabulary when most letters are outside it (another alphabet, e.g. protein for dna); the
-  unknown-letter policy when a few are; the held-out fraction for the test split."""
+  """Why a split has no window, with the fixes that apply: the held-out fraction (or more
+  files) for the test split, whose sequences it names; a shorter window always; and, only when
+  some sequence is as long as a window, the vocabulary when most letters are outside it
+  (another alphabet, e.g. protein for dna) or the unknown-letter policy when a few are."""
   longest = max(len(s) for _, s in groups)
-  fixes = ["a shorter --config.data.seq_len"]
-  if stats.unknown_letters > 0.1 * max(stats.letters, 1):
+  fixes, held = ["a shorter --config.data.seq_len"], ""
+  if d.split == "test":
+    named = ", ".join(f"{n!r} {len(q)} letters" for n, q in groups[:5])
+    more = f" and {len(groups) - 5} more" if len(groups) > 5 else ""
+    held = f"held out from data.path={d.path!r}: {named}{more}; "
+    fixes.insert(
+      0,
+      f"a larger --config.data.val_fraction (now {d.val_fraction:g}: the share of the "
+      "sequences / works held out as this split) or more files in data.path",
+    )
+  letters_matter = longest >= d.seq_len  # else no letter setting gives a window
+  if letters_matter and stats.unknown_letters > 0.1 * max(stats.letters, 1):
     fixes.append(
       f"--config.data.vocab set to the data's own letters ({stats.unknown_letters} of "
       f"{stats.letters} letters are outside the vocabulary {encoding.vocab[:40]!r})"
     )
-  elif stats.unknown_letters and d.unknown_policy == "drop":
+  elif letters_matter and stats.unknown_letters and d.unknown_policy == "drop":
     fixes.append("--config.data.unknown_policy=replace")
-  if d.split == "test":
-    fixes.append(
-      f"a larger --config.data.val_fraction (now {d.val_fraction:g}: the share of the "
-      "sequences / works held out as this split)"
-    )
   return (
     f"data.seq_len={d.seq_len} leaves no window in the {d.split!r} split of {d.name!r} "
-    f"(its longest sequence {longest} letters{_tail_note(d, groups)}, "
+    f"({held}its longest sequence {longest} letters{_tail_note(d, groups)}, "
     f"{stats.unknown_letters} unknown letters with "
     f"data.unknown_policy={d.unknown_policy!r}, {stats.duplicate_windows} windows equal to "
-    f"training windows); use {' or '.join(fixes)}"
+    f"training windows); use {', or '.join(fixes)}"
   )
 
 
