@@ -97,6 +97,8 @@ def update_checked(config: ml_collections.ConfigDict, flat: dict, flag: str = "-
       value = _float_word(value)  # inf / -inf / nan, which Python literals cannot spell
     elif isinstance(default, bool):
       value = _bool_word(value)  # false / true / 0 / 1, as the trainer's flags take them
+    elif isinstance(default, tuple) and isinstance(value, int | float):
+      value = (value,)  # one number for a tuple key, as the trainer's --config flags take it
     try:
       config.update_from_flattened_dict({key: value})
     except (TypeError, ValueError) as e:

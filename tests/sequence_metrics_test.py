@@ -65,6 +65,11 @@ def test_ngram_lm_is_a_proper_distribution_and_counts_stay_in_windows():
   assert lm.nll_per_char(structured) < lm.nll_per_char(rng.integers(0, 5, (50, 12))) - 0.3
   codes = sm.ngram_codes(np.array([[1, 2, 3]]), 2, 10)
   np.testing.assert_array_equal(codes, [[12, 23]])
+  # an order past the window (seq_metrics.lm_order=4 at data.seq_len=3) is the window's order
+  short = train[:, :3]
+  np.testing.assert_array_equal(
+    sm.NgramLM(short, 4, 5).log_probs(ctx[:, :3]), sm.NgramLM(short, 3, 5).log_probs(ctx[:, :3])
+  )
 
 
 # ------------------------------------------------------------------------------ real data

@@ -165,6 +165,38 @@ def test_bad_token_input_fails_before_compiling_naming_the_key(tmp_path, domain,
   assert not (tmp_path / "bad" / "checkpoints").exists()
 
 
+def test_n_gram_sizes_past_the_window_name_the_override_that_fixes_them(tmp_path, monkeypatch):
+  """Text at data.seq_len=1 was refused with 'seq_metrics.ngram_sizes must lie in [1, 1]' and
+  no fix; the error names the override (the sizes that fit), which the trainer's --config flags
+  and --set take."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  from infonoise_jax.data import load_source
+  from infonoise_jax.evaluation.sequence_eval import SequenceEvaluator
+  from infonoise_jax.validation import apply_overrides
+
+  for seq_len, sizes in [(1, "1"), (3, "1,2,3")]:
+    config = _config("text", {"data.seq_len": seq_len, "train.eval_num_samples": 16})
+    with pytest.raises(ValueError, match=r"ngram_sizes=\(1, 2, 3, 4\)") as e:
+      train.train_and_evaluate(config, str(tmp_path / "bad"))
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+    override = f"--config.seq_metrics.ngram_sizes={sizes}"
+    assert f"use {override} (--set seq_metrics.ngram_sizes={sizes} " in str(e.value)
+  # the override at data.seq_len=3 (at 1 every held-out letter is a training window's)
+  argv = ["main", f"--config={ROOT}/configs/text.py:cpu", "--config.data.seq_len=3", override]
+  monkeypatch.setattr(sys, "argv", argv)  # the trainer's flags (infonoise_jax.main) read it
+  flag_values = flags.FlagValues()
+  fixed = config_flags.DEFINE_config_file("config", flag_values=flag_values)
+  flag_values(argv)
+  set_config = config.copy_and_resolve_references()
+  apply_overrides(set_config, [f"seq_metrics.ngram_sizes={sizes}"])
+  for c in (fixed.value, set_config):
+    assert tuple(c.seq_metrics.ngram_sizes) == (1, 2, 3)
+    c.train.eval_num_samples = 16
+    assert "ngram_js_3" in SequenceEvaluator(c, load_source(c)).floor()
+
+
 def test_sigma_data_zero_needs_token_data(tmp_path):
   c = load_config_file(ROOT / "configs" / "test.py")
   c.edm.sigma_data = 0.0

@@ -78,7 +78,12 @@ class SequenceEvaluator:
     sizes = s.kmer_sizes if self.is_dna else s.ngram_sizes
     key = "seq_metrics.kmer_sizes" if self.is_dna else "seq_metrics.ngram_sizes"
     if not sizes or min(sizes) < 1 or max(sizes) > length:
-      raise ValueError(f"{key}={tuple(sizes)}: sizes must lie in [1, data.seq_len={length}]")
+      fit = [int(k) for k in sizes if 1 <= k <= length] or [min(length, 3)]  # else a short one
+      fix = ",".join(map(str, fit))
+      raise ValueError(
+        f"{key}={tuple(sizes)}: sizes must lie in [1, data.seq_len={length}]; use "
+        f"--config.{key}={fix} (--set {key}={fix} where a command takes --set)"
+      )
     self.sizes = tuple(int(k) for k in sizes)
     test = held_out_source(config)
     # What the metrics are scored against (the run's header describes the training split).

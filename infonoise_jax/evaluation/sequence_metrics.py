@@ -102,7 +102,8 @@ class NgramLM:
   P_1(c) = (C(c) + 1) / (N + V);  for j = 2..order, with h the j-1 previous symbols,
   P_j(c|h) = (C(hc) + T(h) P_{j-1}(c|h')) / (C(h) + T(h)) where C(h) = sum_c C(hc) and T(h)
   the number of distinct c seen after h; P_j = P_{j-1} when h was never seen. Positions near
-  a window start use the longest context available there. Counts stay inside windows.
+  a window start use the longest context available there. Counts stay inside windows, so
+  windows shorter than `order` give a model of their length's order.
   """
 
   def __init__(self, train_NL: np.ndarray, order: int, vocab_size: int):
@@ -110,7 +111,7 @@ class NgramLM:
       raise ValueError(f"seq_metrics.lm_order must be >= 1, got {order}")
     self.order, self.vocab_size = order, vocab_size
     self.tables = []  # per j: (codes, C(hc)), (contexts, C(h), T(h))
-    for j in range(1, order + 1):
+    for j in range(1, min(order, np.shape(train_NL)[1]) + 1):
       codes, counts = ngram_counts(train_NL, j, vocab_size)
       ctx, inverse = np.unique(codes // vocab_size, return_inverse=True)
       c_h = np.bincount(inverse, weights=counts)
@@ -128,7 +129,7 @@ class NgramLM:
     v = self.vocab_size
     (codes1, counts1), _ = self.tables[0]
     p = (self._lookup(codes1, counts1, ids) + 1.0) / (counts1.sum() + v)
-    for j in range(2, min(self.order, ids.shape[1]) + 1):
+    for j in range(2, min(len(self.tables), ids.shape[1]) + 1):
       (codes, counts), (ctx, c_h, t_h) = self.tables[j - 1]
       code_NT = ngram_codes(ids, j, v)  # n-grams ending at positions j-1 .. L-1
       c_hc = self._lookup(codes, counts, code_NT)
