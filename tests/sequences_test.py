@@ -319,6 +319,18 @@ def test_too_short_held_out_split_names_its_files_and_advises_val_fraction_only(
   assert f"held out from data.path={str(tmp_path)!r}: {held!r} 35 letters" in message
 
 
+def test_held_out_windows_that_all_equal_training_windows_advise_a_longer_window():
+  """Text at data.seq_len=1: every held-out letter is a training window, and those are dropped
+  from the held-out split; the error advised a shorter data.seq_len (and letter settings),
+  which give none either."""
+  with pytest.raises(ValueError) as e:
+    load_source(_config("text", seq_len=1, split="test"))
+  message = str(e.value)
+  assert "use a longer --config.data.seq_len (all " in message
+  assert "shorter" not in message and "unknown_policy=replace" not in message
+  assert "held out: 'lallegro_il_penseroso_comus_and_lycidas' 63916 letters" in message
+
+
 def test_rna_or_protein_read_as_dna_is_refused_with_the_vocabulary_that_models_it(tmp_path):
   """RNA (U) or protein given as data.name=dna trained silently on the few windows that avoided
   the other letters (a tenth of the RNA windows at seq_len 8); it is refused with the

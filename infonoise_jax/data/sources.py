@@ -797,22 +797,31 @@ def _tail_note(d, groups) -> str:
 
 
 def _no_window_message(d, groups, stats, encoding) -> str:
-  """Why a split has no window, with the fixes that apply: the held-out fraction (or more
-  files) for the test split, whose sequences it names; a shorter window always; and, only when
-  some sequence is as long as a window, the vocabulary when most letters are outside it
-  (another alphabet, e.g. protein for dna) or the unknown-letter policy when a few are."""
+  """Why a split has no window, with the fixes that apply: a longer window when every held-out
+  window equalled a training window (short windows repeat), else a shorter one; the held-out
+  fraction (or more files) for the test split, whose sequences it names; and, only when some
+  sequence is as long as a window and none was dropped as a training window's, the vocabulary
+  when most letters are outside it (another alphabet, e.g. protein for dna) or the
+  unknown-letter policy when a few are."""
   longest = max(len(s) for _, s in groups)
-  fixes, held = ["a shorter --config.data.seq_len"], ""
+  fixes, held = [], ""
+  if stats.duplicate_windows:  # windows were cut, and every one was a training window's
+    fixes.append(
+      f"a longer --config.data.seq_len (all {stats.duplicate_windows} held-out windows equal "
+      "training windows, and those are dropped so that no held-out window was trained on)"
+    )
   if d.split == "test":
     named = ", ".join(f"{n!r} {len(q)} letters" for n, q in groups[:5])
     more = f" and {len(groups) - 5} more" if len(groups) > 5 else ""
-    held = f"held out from data.path={d.path!r}: {named}{more}; "
-    fixes.insert(
-      0,
+    held = f"held out{f' from data.path={d.path!r}' if d.path else ''}: {named}{more}; "
+    fixes.append(
       f"a larger --config.data.val_fraction (now {d.val_fraction:g}: the share of the "
-      "sequences / works held out as this split) or more files in data.path",
+      "sequences / works held out as this split) or more files in data.path"
     )
-  letters_matter = longest >= d.seq_len  # else no letter setting gives a window
+  if not stats.duplicate_windows:
+    fixes.append("a shorter --config.data.seq_len")
+  # a letter setting gives no window to sequences shorter than one, nor a held-out one to them
+  letters_matter = longest >= d.seq_len and not stats.duplicate_windows
   if letters_matter and stats.unknown_letters > 0.1 * max(stats.letters, 1):
     fixes.append(
       f"--config.data.vocab set to the data's own letters ({stats.unknown_letters} of "
