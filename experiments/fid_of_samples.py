@@ -14,7 +14,10 @@ computed here (--samples: a comma list of files):
 Reference: `--reference_num` images of the Fashion-MNIST train split (a fixed random subset,
 permutation seed 0), read by the training data loader (`data.load_source`, so --binarize is
 data.binarize's rule) and quantized like the samples. Their statistics are cached next to
---out as `fid_ref_<reference>_train_<reference_num>[_binarized].npz`; a second run reads them.
+--out as `fid_ref_<reference>_<data>_train_<reference_num>[_binarized].npz`, <data> a digest of
+the train images file (`sources.fashion_mnist_fingerprint` of --data_dir, else the config's
+data.local_dir, as the trainer's reference cache names it); a second run on the same files
+reads them, wherever they lie.
 
 --out gets JSON lines, append-only:
   kind=fid    one per array: samples (file name), key, arm, seed, step, num, fid, seconds, ...
@@ -24,8 +27,10 @@ data.binarize's rule) and quantized like the samples. Their statistics are cache
 Arrays are scored latest step first, and within a step seed by seed with the arms (files)
 interleaved: a run cut short (a lent machine's time limit) keeps the comparisons that matter
 most instead of one file's every array (RESULTS.md section 28 lost one arm whole to file order).
-A rerun skips every line already there (same samples file, key, reference, binarize, num),
-so it never duplicates one; an array whose content differs from the one scored under the
+A rerun skips every line already there (same samples file, key, reference, its data digest
+`reference_data`, reference_num, binarize, num), so it never duplicates one, and other data
+files get lines of their own (lines written before the digest was recorded are not matched:
+give a new --out); an array whose content differs from the one scored under the
 same identity is an error (use another --out).
 
 CPU cost: the Inception runs at 299x299 whatever the input size. Measured on this project's
@@ -57,6 +62,7 @@ import jax
 import numpy as np
 
 from infonoise_jax.data import load_source
+from infonoise_jax.data.sources import fashion_mnist_fingerprint
 from infonoise_jax.evaluation import fid, images, inception, report
 from infonoise_jax.mesh import configure_compilation_cache
 from infonoise_jax.validation import DEFAULT_CONFIG_PATH, load_config_file
@@ -64,7 +70,9 @@ from infonoise_jax.validation import DEFAULT_CONFIG_PATH, load_config_file
 REFERENCES = {"fashion": "fashion"}  # --reference -> variant of configs/default.py
 SUBSET_SEED = 0  # permutation of the train split: reference subset first, floor images next
 KEY_RE = re.compile(r"^(?P<arm>.+?)__seed(?P<seed>\d+)__step(?P<step>\d+)$")
-ID_FIELDS = ("kind", "samples", "key", "reference", "reference_num", "binarize", "num")
+ID_FIELDS = (
+  "kind", "samples", "key", "reference", "reference_data", "reference_num", "binarize", "num",
+)  # fmt: skip
 
 
 def parse_key(key: str) -> tuple[str, int, int]:
@@ -88,14 +96,26 @@ def content_hash(x: np.ndarray) -> str:
   return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
 
 
-def train_images(reference: str, binarize: bool, data_dir: str = "") -> np.ndarray:
-  """The reference's train split as uint8 NHWC, through the training data loader."""
+def reference_config(reference: str, binarize: bool, data_dir: str = ""):
+  """The data config the reference is read with (--data_dir: its IDX files' folder)."""
   variant = REFERENCES[reference] + (",binarized" if binarize else "")
   config = load_config_file(str(DEFAULT_CONFIG_PATH), variant)
   config.data.split = "train"
   if data_dir:
     config.data.local_dir = data_dir
-  source = load_source(config)
+  return config
+
+
+def reference_data(reference: str, data_dir: str = "") -> str:
+  """A digest of the train images file the reference reads (the trainer's reference cache
+  names Fashion-MNIST by it): other files never share statistics or records, the same files
+  do wherever they lie."""
+  return fashion_mnist_fingerprint(reference_config(reference, False, data_dir).data.local_dir)
+
+
+def train_images(reference: str, binarize: bool, data_dir: str = "") -> np.ndarray:
+  """The reference's train split as uint8 NHWC, through the training data loader."""
+  source = load_source(reference_config(reference, binarize, data_dir))
   return images.to_uint8(source.array, (-source.scale, source.scale))
 
 
@@ -151,6 +171,7 @@ def score(
   out: str,
   make_extractor_fn: Callable[[], fid.FeatureFn],
   load_train_fn: Callable[[], np.ndarray],
+  data_digest: str,
   reference: str = "fashion",
   reference_num: int = 10000,
   binarize: bool = False,
@@ -162,9 +183,11 @@ def score(
   every sample count that are not there yet; returns the new lines.
 
   `make_extractor_fn()` (the feature function) and `load_train_fn()` (the reference's train
-  split, uint8 NHWC) are only called when something is left to compute.
+  split, uint8 NHWC) are only called when something is left to compute; `data_digest`
+  identifies the files that split is read from (`reference_data`).
   """
-  tag = {"reference": reference, "reference_num": reference_num, "binarize": binarize}
+  tag = {"reference": reference, "reference_data": data_digest}
+  tag |= {"reference_num": reference_num, "binarize": binarize}
   done = {record_id(r): r for r in report.read_records(out)}
   todo, counts, skipped = [], set(), 0  # todo: (record without fid, images)
   for path in sample_paths:
@@ -224,7 +247,8 @@ def score(
 
   extractor = TimedExtractor(make_extractor_fn())
   cache_dir = os.path.dirname(os.path.abspath(out))
-  name = f"fid_ref_{reference}_train_{reference_num}" + ("_binarized" if binarize else "")
+  name = f"fid_ref_{reference}_{data_digest}_train_{reference_num}"
+  name += "_binarized" if binarize else ""
   where = fid.reference_stats_path(cache_dir, name)
   cached = os.path.exists(where)
   log(f"reference statistics {where}: " + ("cached" if cached else f"{reference_num} images"))
@@ -282,6 +306,7 @@ def main(argv=None) -> list[dict]:
     args.out,
     lambda: make_extractor(args.weights, args.batch_size),
     lambda: train_images(args.reference, args.binarize, args.data_dir),
+    reference_data(args.reference, args.data_dir),
     reference=args.reference,
     reference_num=args.reference_num,
     binarize=args.binarize,

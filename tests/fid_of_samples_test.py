@@ -83,7 +83,7 @@ def test_self_fid_zero_floor_cache_and_append_only(tmp_path):
   np.savez_compressed(samples, real__seed0__step7=real, noisy__seed3__step7=noisy)
   out = str(tmp_path / "fid.jsonl")
   c = Counting(train)
-  kw = dict(reference_num=60, batch_size=16, log=lambda s: None)
+  kw = dict(data_digest="abc", reference_num=60, batch_size=16, log=lambda s: None)
 
   new = fid_of_samples.score([str(samples)], out, c.make_extractor, c.load, **kw)
   by_key = {r["key"]: r for r in _lines(out)}
@@ -99,7 +99,8 @@ def test_self_fid_zero_floor_cache_and_append_only(tmp_path):
   assert f["kind"] == "floor" and f["num"] == 60 and f["fid"] > 100 * max(r["fid"], 1e-9)
   assert n["fid"] > 10 * f["fid"]
   assert r["reference"] == "fashion" and r["reference_num"] == 60 and r["binarize"] is False
-  assert os.path.exists(tmp_path / "fid_ref_fashion_train_60.npz")
+  assert r["reference_data"] == "abc"
+  assert os.path.exists(tmp_path / "fid_ref_fashion_abc_train_60.npz")
   assert c.images == 60 + 60 + 60 + 60  # reference, floor, two arrays
 
   # Rerun: nothing to compute, nothing loaded or appended.
@@ -139,7 +140,7 @@ def test_latest_step_first_with_the_arms_interleaved(tmp_path):
   out = str(tmp_path / "fid.jsonl")
   c = Counting(train)
   new = fid_of_samples.score(
-    paths, out, c.make_extractor, c.load, reference_num=20, log=lambda s: None
+    paths, out, c.make_extractor, c.load, "abc", reference_num=20, log=lambda s: None
   )
   got = [(r["step"], r["seed"], r["arm"]) for r in new if r["kind"] == "fid"]
   assert got == [(t, s, a) for t in (10, 5) for s in (0, 1) for a in ("a_arm", "b_arm")]
@@ -163,6 +164,35 @@ def test_binarized_reference_is_the_data_rule(tmp_path):
   np.testing.assert_array_equal(fid_of_samples.train_images("fashion", False, str(tmp_path)), raw)
   binarized = fid_of_samples.train_images("fashion", True, str(tmp_path))
   np.testing.assert_array_equal(binarized, np.where(raw > 127.5, 255, 0))  # data.binarize
+
+
+def test_other_data_folders_get_their_own_reference_and_records(tmp_path, monkeypatch):
+  """The reference cache (fid_ref_fashion_train_<n>) and the records a rerun skips ignored
+  --data_dir: a second folder of other IDX files was skipped as done (or scored against the
+  first's statistics). Both are keyed by the train images file's digest: other files compute
+  their own, the same files in another folder reuse them."""
+  monkeypatch.setattr(fid_of_samples, "make_extractor", lambda *_: _projection)
+  folders = {k: tmp_path / k for k in ("a", "b", "copy_of_a")}
+  for f in folders.values():
+    f.mkdir()
+  _fake_fashion(folders["a"], 40)
+  _write_idx(folders["b"] / "train-images-idx3-ubyte.gz", np.full((40, 28, 28), 7, np.uint8))
+  _write_idx(folders["b"] / "train-labels-idx1-ubyte.gz", np.zeros(40, np.uint8))
+  for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+    (folders["copy_of_a"] / name).write_bytes((folders["a"] / name).read_bytes())
+  samples = tmp_path / "final_continuous_x.npz"
+  np.savez_compressed(samples, x__seed0__step1=_fake_fashion(tmp_path, 8))
+  argv = [f"--samples={samples}", f"--out={tmp_path / 'fid.jsonl'}", "--reference_num=20"]
+  new = {k: fid_of_samples.main([*argv, f"--data_dir={f}"]) for k, f in folders.items()}
+  assert len(new["b"]) == len(new["a"]) == 2  # a floor and the array, each data folder
+  assert new["b"][0]["fid"] != new["a"][0]["fid"]  # against b's own statistics
+  assert new["copy_of_a"] == []  # the same files elsewhere: their records are done
+  digests = [fid_of_samples.reference_data("fashion", str(folders[k])) for k in ("a", "b")]
+  assert [r["reference_data"] for r in new["a"] + new["b"]] == [d for d in digests for _ in "fx"]
+  assert sorted(p.name for p in tmp_path.glob("fid_ref_*")) == sorted(
+    f"fid_ref_fashion_{d}_train_20.npz" for d in digests
+  )
+  assert digests[0] == fid_of_samples.reference_data("fashion", str(folders["copy_of_a"]))
 
 
 def test_command_line_with_random_inception(tmp_path, capsys):
@@ -197,6 +227,7 @@ def test_command_line_with_random_inception(tmp_path, capsys):
     ("fid", "b__seed1__step9", 3),
   ]
   assert all(np.isfinite(r["fid"]) and r["fid"] >= 0 for r in new)
-  assert os.path.exists(tmp_path / "fid_ref_fashion_train_6.npz")
+  digest = fid_of_samples.reference_data("fashion", str(tmp_path))
+  assert os.path.exists(tmp_path / f"fid_ref_fashion_{digest}_train_6.npz")
   assert "CPU rate:" in capsys.readouterr().out
   assert fid_of_samples.main(argv) == [] and len(_lines(out)) == 3
