@@ -323,9 +323,41 @@ def test_a_tfds_sets_other_image_feature_has_its_own_reference():
 
   config = default_config()
   config.data.name = "tfds:oxford_iiit_pet"
-  assert model_fid.reference_name(config) == "tfds:oxford_iiit_pet_train"  # caches stay valid
+  photo = model_fid.reference_name(config)
+  assert photo.startswith("tfds:oxford_iiit_pet_") and photo.endswith("_train")
   config.data.image_key = "segmentation_mask"
-  assert model_fid.reference_name(config) == "tfds:oxford_iiit_pet_train_segmentation_mask"
+  assert model_fid.reference_name(config) == f"{photo}_segmentation_mask"
+
+
+def test_a_tfds_set_in_another_folder_has_its_own_reference(tmp_path):
+  """Two folders (data.tfds_data_dir) holding a tfds set of one name shared one cached
+  reference, 'tfds:<name>_train': the second folder's FID was scored against the first's
+  statistics. One folder, however its path is spelled, still reuses the cache."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from infonoise_jax.validation import default_config
+
+  calls = []
+
+  def extractor(images_NHWC):
+    calls.append(len(images_NHWC))
+    return _projection_extractor(images_NHWC)
+
+  def reference(folder):
+    config = default_config()
+    config.data.name, config.data.tfds_data_dir = "tfds:mnist", str(folder)
+    config.fid.cache_dir, config.fid.batch_size = str(tmp_path / "cache"), 6
+    return model_fid.reference_name(config), model_fid.load_reference(config, extractor)[0]
+
+  (tmp_path / "a").mkdir()
+  (tmp_path / "b").mkdir()
+  with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
+    name_a, _ = reference(tmp_path / "a")
+    name_b, _ = reference(tmp_path / "b")
+    assert name_a != name_b and len(calls) == 2  # b's own statistics, computed
+    os.symlink(tmp_path / "a", tmp_path / "link_to_a")
+    for same in (tmp_path / "b" / ".." / "a", tmp_path / "link_to_a"):
+      assert reference(same)[0] == name_a
+    assert len(calls) == 2  # the same folder: read from the cache
 
 
 def test_the_trainers_reference_statistics_are_checked_when_read(tmp_path):

@@ -336,6 +336,17 @@ def fashion_mnist_fingerprint(local_dir: str) -> str:
   return h.hexdigest()[:12]
 
 
+def tfds_dir_fingerprint(tfds_data_dir: str) -> str:
+  """A short digest of the resolved folder tfds sets are read from (data.tfds_data_dir, else
+  tfds's default: $TFDS_DATA_DIR or ~/tensorflow_datasets): the reference cache's name for
+  data.name='tfds:<name>', so two folders holding a set of one name never share statistics,
+  while runs reading one folder, by any spelling of its path, share them."""
+  import tensorflow_datasets as tfds
+
+  folder = os.path.realpath(os.path.expanduser(tfds_data_dir or tfds.core.constants.DATA_DIR))
+  return hashlib.sha256(folder.encode()).hexdigest()[:12]
+
+
 def _fashion_mnist_local(d) -> Source:
   image_file, label_file = _fashion_mnist_files(d.local_dir, d.split)
   u_NHWC = read_idx(image_file)[..., None]
