@@ -247,6 +247,26 @@ def test_bad_arrays_are_named(tmp_path, make, message):
   assert message in str(e.value)
 
 
+@pytest.mark.parametrize(
+  "x, message",
+  [  # the usual causes of pixels outside 0..255 / [0, 1], each with its fix
+    (_pixels(channels=1) / 127.5 - 1, "span [-1.0, 1.0], outside [0, 1]; if they are in [-1, 1], "
+     "save (x + 1) / 2"),
+    (_pixels(channels=1).astype(np.float32), "if 255 is white, save x / 255"),
+    (_pixels(channels=1).astype(np.uint16) * 257, "if they are 16-bit, save x.astype(np.float32) "
+     "/ 65535"),
+    # a bicubic resize's overshoot; a float one ulp above 1 is printed as such, not as 1
+    (np.float32([[[-0.02, 0.5], [0.3, 1.02]]]), "save np.clip(x, 0, 1)"),
+    (np.float32([[[0.0, 0.5], [0.3, np.nextafter(np.float32(1), 2)]]]), "span [0.0, 1.0000001]"),
+  ],
+)  # fmt: skip
+def test_pixels_out_of_range_are_told_the_fix_for_their_range(tmp_path, x, message):
+  np.save(tmp_path / "x.npy", x)
+  with pytest.raises(ValueError) as e:
+    load_source(_config(tmp_path / "x.npy"))
+  assert message in str(e.value)
+
+
 @pytest.mark.parametrize("name", ["digits", "fashion_mnist_local", "toy2d"])
 def test_a_data_path_that_the_source_would_not_read_is_refused(tmp_path, name):
   """data.path is read by own images and token data only: set with another source it would

@@ -610,10 +610,25 @@ def _pixel_range(x: np.ndarray, path: str) -> float:
   if np.issubdtype(x.dtype, np.floating) and lo >= 0 and hi <= 1:
     return 1.0
   want = "0..255" if np.issubdtype(x.dtype, np.integer) else "[0, 1]"
+  span = f"[{x.dtype.type(lo)!s}, {x.dtype.type(hi)!s}]"  # every digit: 1.0000001 is not 1
   raise ValueError(
-    f"data.path={path!r}: {x.dtype} pixel values span [{lo:g}, {hi:g}], outside {want}; "
-    "store uint8 pixels 0..255 (or floats in [0, 1])"
+    f"data.path={path!r}: {x.dtype} pixel values span {span}, outside {want}; "
+    + _range_fix(x.dtype, lo, hi)
   )
+
+
+def _range_fix(dtype: np.dtype, lo: float, hi: float) -> str:
+  """How to save pixels outside 0..255 / [0, 1]: the fix for the usual cause of the range."""
+  floats = "as floats in [0, 1]"
+  if np.issubdtype(dtype, np.integer) and 0 <= lo and hi <= 65535:
+    return f"if they are 16-bit, save x.astype(np.float32) / 65535 ({floats})"
+  if np.issubdtype(dtype, np.floating) and -1 <= lo < -0.5 and hi <= 1:  # diffusion's [-1, 1]
+    return f"if they are in [-1, 1], save (x + 1) / 2 ({floats})"
+  if np.issubdtype(dtype, np.floating) and -0.1 <= lo and hi <= 1.1:  # a resize's overshoot
+    return "if a resize (bicubic, Lanczos) or rounding moved them past it, save np.clip(x, 0, 1)"
+  if np.issubdtype(dtype, np.floating) and 0 <= lo and hi <= 255:
+    return f"if 255 is white, save x / 255 ({floats})"
+  return "store uint8 pixels 0..255 (or floats in [0, 1])"
 
 
 def own_images_source(d, max_bytes: int = MAX_IN_MEMORY_BYTES) -> Source:
