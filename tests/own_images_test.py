@@ -219,6 +219,14 @@ def _huge_npz(path):
     (lambda d: np.save(d / "x.npy", np.full((2, 4, 4), np.nan, np.float32)), "NaN"),
     (lambda d: np.save(d / "x.npy", _pixels().transpose(0, 3, 1, 2)), "channel-first"),
     (lambda d: np.save(d / "x.npy", _pixels()[0, 0]), "must be an array (N, H, W)"),
+    (  # rows of flattened images (MNIST's 784 values, CIFAR-10's 3072 channel-first)
+      lambda d: np.save(d / "x.npy", _pixels(channels=1).reshape(12, 64)),
+      "got shape (12, 64); rows of flattened images: save x.reshape(-1, 8, 8)",
+    ),
+    (
+      lambda d: np.save(d / "x.npy", _pixels().transpose(0, 3, 1, 2).reshape(12, 192)),
+      "save x.reshape(-1, 3, 8, 8).transpose(0, 2, 3, 1) if they are RGB stored channel-first",
+    ),
     (lambda d: np.save(d / "x.npy", _pixels(1, 8)[0]), "if it is one RGB image, save x[None]"),
     (  # one non-square RGB image (6x10) without its N axis: the same hint, not "not square"
       lambda d: np.save(d / "x.npy", _pixels(1, 10)[0, :6]),

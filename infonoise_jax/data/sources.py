@@ -31,6 +31,7 @@ import dataclasses
 import gzip
 import hashlib
 import importlib.util
+import math
 import os
 import zlib
 from collections.abc import Callable
@@ -557,7 +558,8 @@ def _as_nhwc(x: np.ndarray, path: str) -> np.ndarray:
     x = x[..., None]
   if x.ndim != 4:
     raise ValueError(
-      f"data.path={path!r}: images must be an array (N, H, W) or (N, H, W, C), got shape {x.shape}"
+      f"data.path={path!r}: images must be an array (N, H, W) or (N, H, W, C), got shape "
+      f"{x.shape}{_flat_fix(x.shape)}"
     )
   if x.shape[-1] > 4 and x.shape[1] in (1, 3, 4):
     raise ValueError(
@@ -576,6 +578,22 @@ def _as_nhwc(x: np.ndarray, path: str) -> np.ndarray:
       f"grayscale (1) or RGB (3): {fix}"
     )
   return x
+
+
+def _flat_fix(shape: tuple[int, ...]) -> str:
+  """For rows of flattened square images (MNIST as 784 values, CIFAR-10's 3072 stored
+  channel-first), the reshape that makes them images; '' for other shapes."""
+  if len(shape) != 2:
+    return ""
+  rgb = shape[1] // 3 if shape[1] % 3 == 0 else 0
+  s, s3 = (math.isqrt(n) if math.isqrt(n) ** 2 == n else 0 for n in (shape[1], rgb))
+  hints = [f"x.reshape(-1, {s}, {s})" + (" if they are gray" if s3 else "")] if s else []
+  if s3:
+    hints.append(
+      f"x.reshape(-1, 3, {s3}, {s3}).transpose(0, 2, 3, 1) if they are RGB stored channel-first "
+      f"(CIFAR-10's layout; x.reshape(-1, {s3}, {s3}, 3) if channel-last)"
+    )
+  return "; rows of flattened images: save " + ", or ".join(hints) if hints else ""
 
 
 def _pixel_range(x: np.ndarray, path: str) -> float:
