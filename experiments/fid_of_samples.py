@@ -1,4 +1,4 @@
-"""FID of saved sample arrays against Fashion-MNIST training statistics, on a CPU.
+"""FID of saved sample arrays against Fashion-MNIST's (or your own images') statistics, on a CPU.
 
 The GPU runs of compare_schedules.py (--save_samples) bring back their final samples as one
 compressed .npz per dataset and arm (e.g. `final_continuous_lognormal.npz`), one array per run
@@ -17,7 +17,13 @@ data.binarize's rule) and quantized like the samples. Their statistics are cache
 --out as `fid_ref_<reference>_<data>_train_<reference_num>[_binarized].npz`, <data> a digest of
 the train images file (`sources.fashion_mnist_fingerprint` of --data_dir, else the config's
 data.local_dir, as the trainer's reference cache names it); a second run on the same files
-reads them, wherever they lie.
+reads them, wherever they lie. Samples of a run on your own images (data.name='images') are
+scored against those images with `--reference=images --data_path=<the run's data.path>` (at
+their native size, as the trainer reads them without data.image_size; their digest is the
+trainer's FID cache's, from the files' names, sizes and modification times):
+
+  python experiments/fid_of_samples.py --samples=final_continuous_lognormal.npz \
+      --reference=images --data_path=my_images/ --reference_num=5000 --out=fid.jsonl
 
 --out gets JSON lines, append-only:
   kind=fid    one per array: samples (file name), key, arm, seed, step, num, fid, seconds, ...
@@ -62,12 +68,13 @@ import jax
 import numpy as np
 
 from infonoise_jax.data import load_source
-from infonoise_jax.data.sources import fashion_mnist_fingerprint
+from infonoise_jax.data.sources import OWN_IMAGES, fashion_mnist_fingerprint, own_images_fingerprint
 from infonoise_jax.evaluation import fid, images, inception, report
 from infonoise_jax.mesh import configure_compilation_cache
 from infonoise_jax.validation import DEFAULT_CONFIG_PATH, load_config_file
 
-REFERENCES = {"fashion": "fashion"}  # --reference -> variant of configs/default.py
+# --reference -> variant of configs/default.py; `images`: your own at --data_path (data.name)
+REFERENCES = {"fashion": "fashion", OWN_IMAGES: ""}
 SUBSET_SEED = 0  # permutation of the train split: reference subset first, floor images next
 KEY_RE = re.compile(r"^(?P<arm>.+?)__seed(?P<seed>\d+)__step(?P<step>\d+)$")
 ID_FIELDS = (
@@ -96,26 +103,33 @@ def content_hash(x: np.ndarray) -> str:
   return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
 
 
-def reference_config(reference: str, binarize: bool, data_dir: str = ""):
-  """The data config the reference is read with (--data_dir: its IDX files' folder)."""
-  variant = REFERENCES[reference] + (",binarized" if binarize else "")
+def reference_config(reference: str, binarize: bool, data_dir: str = "", data_path: str = ""):
+  """The data config the reference is read with (--data_dir: its IDX files' folder;
+  --data_path: the file or folder of your own images, --reference=images)."""
+  variant = ",".join(filter(None, (REFERENCES[reference], "binarized" if binarize else "")))
   config = load_config_file(str(DEFAULT_CONFIG_PATH), variant)
   config.data.split = "train"
-  if data_dir:
+  if reference == OWN_IMAGES:
+    config.data.update({"name": OWN_IMAGES, "path": data_path})
+  elif data_dir:
     config.data.local_dir = data_dir
   return config
 
 
-def reference_data(reference: str, data_dir: str = "") -> str:
+def reference_data(reference: str, data_dir: str = "", data_path: str = "") -> str:
   """A digest of the train images file the reference reads (the trainer's reference cache
-  names Fashion-MNIST by it): other files never share statistics or records, the same files
-  do wherever they lie."""
+  names Fashion-MNIST by it; your own images by their files' names, sizes and times, as the
+  trainer's cache does): other files never share statistics or records."""
+  if reference == OWN_IMAGES:
+    return own_images_fingerprint(data_path)
   return fashion_mnist_fingerprint(reference_config(reference, False, data_dir).data.local_dir)
 
 
-def train_images(reference: str, binarize: bool, data_dir: str = "") -> np.ndarray:
+def train_images(
+  reference: str, binarize: bool, data_dir: str = "", data_path: str = ""
+) -> np.ndarray:
   """The reference's train split as uint8 NHWC, through the training data loader."""
-  source = load_source(reference_config(reference, binarize, data_dir))
+  source = load_source(reference_config(reference, binarize, data_dir, data_path))
   return images.to_uint8(source.array, (-source.scale, source.scale))
 
 
@@ -287,7 +301,17 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument("--batch_size", type=int, default=50, help="images per Inception call")
   p.add_argument("--weights", default=inception.DEFAULT_WEIGHTS_PATH, help="converted .npz")
   p.add_argument("--data_dir", default="", help="IDX files; '' = config data.local_dir")
+  p.add_argument(
+    "--data_path", default="", help="--reference=images: your .npy / .npz or folder of images"
+  )
   args = p.parse_args(argv)
+  if (args.reference == OWN_IMAGES) != bool(args.data_path):
+    p.error(
+      "--reference=images scores against your own images at --data_path (the trainer's "
+      "data.path), and --data_path needs --reference=images; the default reference is Fashion-MNIST"
+    )
+  if args.data_path and not os.path.exists(os.path.expanduser(args.data_path)):
+    p.error(f"--data_path={args.data_path} does not exist")
   if args.num < 0 or args.batch_size < 1:
     p.error("--num must be >= 0 and --batch_size >= 1")
   return args
@@ -305,8 +329,8 @@ def main(argv=None) -> list[dict]:
     paths,
     args.out,
     lambda: make_extractor(args.weights, args.batch_size),
-    lambda: train_images(args.reference, args.binarize, args.data_dir),
-    reference_data(args.reference, args.data_dir),
+    lambda: train_images(args.reference, args.binarize, args.data_dir, args.data_path),
+    reference_data(args.reference, args.data_dir, args.data_path),
     reference=args.reference,
     reference_num=args.reference_num,
     binarize=args.binarize,

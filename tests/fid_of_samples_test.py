@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from infonoise_jax.data import sources
 from infonoise_jax.evaluation import inception
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -231,3 +232,32 @@ def test_command_line_with_random_inception(tmp_path, capsys):
   assert os.path.exists(tmp_path / f"fid_ref_fashion_{digest}_train_6.npz")
   assert "CPU rate:" in capsys.readouterr().out
   assert fid_of_samples.main(argv) == [] and len(_lines(out)) == 3
+
+
+def test_samples_of_own_images_are_scored_against_those_images(tmp_path, monkeypatch):
+  """A run on your own images (data.name='images') had only Fashion-MNIST to be scored
+  against: 28x28 gray samples got a Fashion FID without a word. --reference=images reads the
+  run's data.path through the trainer's loader, its statistics and records keyed by the
+  trainer's digest of those files."""
+  monkeypatch.setattr(fid_of_samples, "make_extractor", lambda *_: _projection)
+  rng = np.random.default_rng(5)
+  own = {k: rng.integers(0, top, (30, 6, 10, 3), np.uint8) for k, top in (("a", 256), ("b", 99))}
+  for k, x in own.items():
+    np.save(tmp_path / f"{k}.npy", x)
+  samples = tmp_path / "final_continuous_x.npz"
+  np.savez_compressed(samples, x__seed0__step1=own["a"][:8])
+  argv = [f"--samples={samples}", f"--out={tmp_path / 'fid.jsonl'}", "--reference_num=20"]
+  new = {k: fid_of_samples.main([*argv, "--reference=images", f"--data_path={tmp_path / k}.npy"])
+         for k in own}  # fmt: skip
+  digests = [sources.own_images_fingerprint(str(tmp_path / f"{k}.npy")) for k in own]
+  assert [(r["reference"], r["reference_data"]) for r in new["a"] + new["b"]] == [
+    ("images", d) for d in digests for _ in "fx"
+  ]
+  assert new["a"][1]["fid"] < new["b"][1]["fid"]  # a's images, against a's and b's statistics
+  assert sorted(p.name for p in tmp_path.glob("fid_ref_*")) == sorted(
+    f"fid_ref_images_{d}_train_20.npz" for d in digests
+  )
+  for bad in (["--reference=images"], [f"--data_path={tmp_path / 'a.npy'}"],
+              ["--reference=images", f"--data_path={tmp_path / 'gone.npy'}"]):  # fmt: skip
+    with pytest.raises(SystemExit):
+      fid_of_samples.parse([*argv, *bad])
