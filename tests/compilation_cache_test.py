@@ -29,6 +29,7 @@ app.run(main.main)
 def _run(workdir: pathlib.Path, cache: pathlib.Path) -> tuple[int, str]:
   env = {k: v for k, v in os.environ.items() if not k.startswith("XLA_")}
   env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  env["XLA_FLAGS"] = os.environ.get("INFONOISE_TEST_XLA_FLAGS", "")  # the session's (conftest)
   proc = subprocess.run(
     [
       sys.executable,
@@ -140,6 +141,7 @@ def test_a_second_harness_process_loads_what_the_first_compiled(tmp_path):
   cache = tmp_path / "xla_cache"
   env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_COMPILATION"))}
   env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  env["XLA_FLAGS"] = os.environ.get("INFONOISE_TEST_XLA_FLAGS", "")  # the session's (conftest)
 
   def harness(out: str) -> int:
     proc = subprocess.run(

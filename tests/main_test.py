@@ -25,6 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def _env(num_devices: int) -> dict:
   env = {k: v for k, v in os.environ.items() if not k.startswith("XLA_")}
   env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(num_devices), PYTHONUNBUFFERED="1")
+  env["XLA_FLAGS"] = os.environ.get("INFONOISE_TEST_XLA_FLAGS", "")  # the session's (conftest)
   return env
 
 

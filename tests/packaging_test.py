@@ -25,6 +25,7 @@ SKIP = shutil.ignore_patterns(
 def _run(cmd, cwd, **kw) -> subprocess.CompletedProcess:
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
   env.update(JAX_PLATFORMS="cpu", PYTHONNOUSERSITE="1")
+  env["XLA_FLAGS"] = os.environ.get("INFONOISE_TEST_XLA_FLAGS", "")  # the session's (conftest)
   r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, **kw)
   assert r.returncode == 0, (
     f"{cmd} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"

@@ -55,6 +55,7 @@ def _config(domain: str, overrides: dict):
 def _main(domain: str, workdir: pathlib.Path, overrides: dict) -> None:
   env = {k: v for k, v in os.environ.items() if not k.startswith("XLA_")}
   env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="8", PYTHONUNBUFFERED="1")
+  env["XLA_FLAGS"] = os.environ.get("INFONOISE_TEST_XLA_FLAGS", "")  # the session's (conftest)
   flags = [f"--config.{k}={v}" for k, v in overrides.items()]
   cmd = [sys.executable, "-m", "infonoise_jax.main", f"--config=configs/{domain}.py:cpu"]
   out = subprocess.run(
