@@ -76,6 +76,7 @@ import jax
 import numpy as np
 
 from infonoise_jax import checkpointing, multirun, paths, train
+from infonoise_jax import workdir as workdir_lib
 from infonoise_jax.data import load_source
 from infonoise_jax.data.sources import DATA_PATH_KEYS, TOKEN_NAMES
 from infonoise_jax.data.tokens import onehot_std
@@ -950,9 +951,13 @@ def parse(argv=None) -> argparse.Namespace:
     p.error(str(e))
   for d in dict.fromkeys(d for d, _, _ in gs):  # each data kind's config builds, before any work
     try:
-      name = make_config(args, d, {}).data.name
+      data = make_config(args, d, {}).data
+      for flag in ("--out", "--state_dir", "--samples_dir"):  # not to be read back as images
+        if getattr(args, flag[2:]):
+          workdir_lib.check_outside_data(getattr(args, flag[2:]), data.path, flag)
     except (ValueError, TypeError) as e:
       p.error(f"--config={args.config} --data={d}: {e}")
+    name = data.name
     if name in TOKEN_NAMES and d != "native":
       p.error(
         f"--data={d}: {args.config} trains token data (data.name={name!r}), which is neither "

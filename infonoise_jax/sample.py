@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from infonoise_jax import cli, restore, solvers
+from infonoise_jax import workdir as workdir_lib
 from infonoise_jax.data.tokens import TokenEncoding
 from infonoise_jax.mesh import initialize_distributed
 from infonoise_jax.model_sampler import Sampler, sampler_config
@@ -61,6 +62,7 @@ def sample_run(
   config = restore.load_config(workdir, overrides)  # --set data.path=...: the data moved
   config = sampler_config(config, grid, num_steps, method, overrides)
   solvers.validate_sampler_config(config)  # before restoring anything
+  workdir_lib.check_outside_data(out, config.data.get("path", ""), "--out")  # no data of a resume
   run = restore.restore_run(workdir, step, devices)
   sampler = Sampler(config, run.model, run.schedule, run.mesh, run.data_shape)
   sampler.warn_if_profile_unlearned(run.state.schedule_state, run.step)

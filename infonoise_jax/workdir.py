@@ -68,19 +68,20 @@ def check_is_directory(workdir: str) -> None:
     ) from e
 
 
-def check_outside_data(workdir: str, data_path: str) -> None:
-  """Raises if `workdir` lies inside the data folder `data_path`: data folders are read with
-  their subfolders, so the run's own sample grids, texts and checkpoints would become training
-  data (a resume then failed on the run's grid image as 'an image of another size')."""
+def check_outside_data(workdir: str, data_path: str, flag: str = "--workdir") -> None:
+  """Raises if `workdir` (an output folder, given as `flag`) lies inside the data folder
+  `data_path`: data folders are read with their subfolders, so the run's own sample grids,
+  texts and checkpoints would become training data (a resume then failed on the run's grid
+  image as 'an image of another size')."""
   if not data_path or is_remote(workdir) or is_remote(data_path) or not os.path.isdir(data_path):
     return
   data = os.path.realpath(os.path.expanduser(data_path))
   work = os.path.realpath(os.path.expanduser(workdir))
   if os.path.commonpath([data, work]) == data:
     raise WorkdirError(
-      f"--workdir={workdir} lies inside the data folder data.path={data_path}: folders are read "
-      "with their subfolders, so the run's samples, logs and checkpoints would be read as "
-      "training data. Put the workdir outside the data folder"
+      f"{flag}={workdir} lies inside the data folder data.path={data_path}: folders are read "
+      "with their subfolders, so the samples, logs and checkpoints written there would be read "
+      f"as training data. Put {flag} outside the data folder"
     )
 
 

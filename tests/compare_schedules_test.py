@@ -645,6 +645,31 @@ def test_data_that_cannot_be_scored_is_refused_in_parse(tmp_path, capsys):
   assert compare_schedules.data_problem(args, "native", {}) is None
 
 
+def test_outputs_inside_the_data_folder_are_refused_in_parse(tmp_path, capsys):
+  """--out (or --state_dir, --samples_dir) inside the data.path folder: the first call wrote
+  its curves and sample grids among the images, and the rerun that goes on with it failed on
+  them as 'an image of another size; resize the images to one size first'."""
+  from PIL import Image
+
+  imgs = tmp_path / "imgs"
+  imgs.mkdir()
+  for i in range(2):
+    Image.fromarray(np.full((8, 8), 60 * i, np.uint8)).save(imgs / f"{i}.png")
+  argv = [f"--config={TEST_CONFIG}", "--data=continuous", "--steps=4", "--arms=lognormal"]
+  argv += ["--set=data.name=images", f"--set=data.path={imgs}"]
+  for flags in (
+    [f"--out={imgs / 'cmp'}"],
+    [f"--out={tmp_path / 'cmp'}", f"--state_dir={imgs / 'state'}"],
+    [f"--out={tmp_path / 'cmp'}", "--save_samples", f"--samples_dir={imgs}"],
+  ):
+    with pytest.raises(SystemExit):
+      compare_schedules.parse([*argv, *flags])
+    flag = flags[-1].split("=")[0]
+    assert f"{flag}={imgs}" in capsys.readouterr().err
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]
+  compare_schedules.parse([*argv, f"--out={tmp_path / 'cmp'}", f"--state_dir={tmp_path / 's'}"])
+
+
 def test_harness_on_text_ranks_by_the_domain_metric_with_a_floor(tmp_path):
   """Token data (`--data=native` of configs/text.py): domain metrics, their floor, the report."""
   sets = {

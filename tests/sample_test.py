@@ -291,3 +291,23 @@ def test_infogrid_on_a_profile_never_estimated_is_warned_about(restored, caplog)
       s.warn_if_profile_unlearned(schedule_state, step)
     said = [r.getMessage() for r in caplog.records if "no learned profile" in r.getMessage()]
     assert bool(said) == warned, (s.config.sampler.grid, said)
+
+
+def test_out_inside_the_runs_data_folder_is_refused_before_anything_is_restored(
+  tmp_path, monkeypatch
+):
+  """`--out=<inside the run's data.path folder>` put samples.png among the training images:
+  the resume then failed on it as 'an image of another size; resize the images'."""
+  from PIL import Image
+
+  imgs = tmp_path / "imgs"
+  imgs.mkdir()
+  Image.fromarray(np.zeros((8, 8), np.uint8)).save(imgs / "a.png")
+  config = load_config_file(ROOT / "configs" / "test.py")
+  config.data.update({"name": "images", "path": str(imgs)})
+  (tmp_path / "run").mkdir()
+  (tmp_path / "run" / "config.json").write_text(config.to_json())
+  monkeypatch.setattr(restore, "restore_run", lambda *a, **k: pytest.fail("restored"))
+  with pytest.raises(ValueError, match=r"--out=.*imgs/gen lies inside the data folder"):
+    sample.main([f"--workdir={tmp_path / 'run'}", "--num=2", f"--out={imgs / 'gen'}", "--debug"])
+  assert sorted(p.name for p in imgs.iterdir()) == ["a.png"]
