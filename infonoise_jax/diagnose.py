@@ -30,7 +30,8 @@ profile rho = q g(sigma; c) with c from --gate (by default the config's pinned p
 InfoNoise gate is pinned, else the onset rule of profiles.py; or a number); for each schedule,
 `mismatch` is the total variation between phi and rho (0 = same, 1 = disjoint) and `in_window`
 the mass of phi inside the informative window, the ln-sigma interval holding the central 80% of
-rho (10% to 90% of its CDF). Writes profile.npz, diagnose.md and diagnose.png under --out.
+rho (10% to 90% of its CDF). Writes profile.npz, diagnose.md and diagnose.png under --out, which
+must lie outside the data folder (data.path: they would be read as data).
 """
 
 import argparse
@@ -57,6 +58,7 @@ from infonoise_jax.data.sources import (
 from infonoise_jax.evaluation import plots
 from infonoise_jax.schedules import FIXED, SCHEDULES, make_schedule, weighted_density
 from infonoise_jax.validation import apply_overrides, load_config_file
+from infonoise_jax.workdir import check_outside_data
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x_BX, sigma_B) -> E[x0 | x]
 MIN_GRID_POINTS = 4  # --grid_points: 1 point gave every schedule a "perfect" match
@@ -276,6 +278,8 @@ def diagnose(
   """Computes the profile and the comparison; writes profile.npz, diagnose.md, diagnose.png.
   `source`: the config's data, when the caller loaded it already."""
   check_gate(gate, config)  # before the data or the denoiser
+  # profile.npz and diagnose.png among the data would be read as data by the next run or resume
+  check_outside_data(out, config.data.get("path", ""), "--out")
   source = load_source(config) if source is None else source
   resolve_sigma_data(config, source.encoding)  # token data: edm.sigma_data = 0 -> one-hot std
   if prior == "empirical" and source.encoding is not None:
@@ -344,15 +348,18 @@ def diagnose(
   }
 
 
-def _from_workdir(workdir: str, params: str, overrides=(), gate: str = ""):
+def _from_workdir(workdir: str, params: str, overrides=(), gate: str = "", out: str = ""):
   """(config, (model, params), (schedule, state), step, source) of a run; `overrides` move its data
-  (DATA_LOCATION_KEYS), checked to load before the checkpoint is restored, as is a `gate`
-  given on the command line (its range is the run's noise range)."""
+  (DATA_LOCATION_KEYS), checked to load before the checkpoint is restored, as are a `gate`
+  given on the command line (its range is the run's noise range) and the output folder `out`
+  (not inside the run's data folder)."""
   from infonoise_jax import restore, resume
 
   config = restore.load_config(workdir, overrides)
   if gate:
     check_gate(gate, config)
+  if out:
+    check_outside_data(out, config.data.get("path", ""), "--out")
   step = restore.check_step(workdir)
   meta = restore.saved_meta(workdir, step)
   # the data is there, readable, of the run's vocabulary and shape, before the weights
@@ -456,7 +463,7 @@ def _command(args: argparse.Namespace) -> None:
   trained = run_state = source = None
   if args.workdir:
     config, trained, run_state, step, source = _from_workdir(
-      args.workdir, args.params, args.set, args.gate
+      args.workdir, args.params, args.set, args.gate, args.out
     )
     print(f"restored {args.workdir} at step {step}", flush=True)
   else:

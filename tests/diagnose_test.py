@@ -312,3 +312,29 @@ def test_out_defaults_to_the_runs_diagnose_folder_and_is_needed_with_a_config(tm
   with pytest.raises(SystemExit) as e:
     diagnose.parse([f"--config={TEST_CONFIG}"])
   assert e.value.code == 2 and "--config needs --out=<folder>" in capsys.readouterr().err
+
+
+def test_out_inside_the_data_folder_is_refused_before_the_data_is_read(tmp_path, monkeypatch):
+  """--out inside data.path put diagnose.png and profile.npz among the training images: the
+  next run on that folder, or a resume, failed on them as images of another size."""
+  from PIL import Image
+
+  imgs = tmp_path / "imgs"
+  imgs.mkdir()
+  Image.fromarray(np.zeros((8, 8), np.uint8)).save(imgs / "a.png")
+  monkeypatch.setattr(diagnose, "load_source", lambda c: pytest.fail("the data was read"))
+  flags = ["--config=configs/test.py", "--set=data.name=images", f"--set=data.path={imgs}"]
+  with pytest.raises(ValueError, match=r"--out=.*imgs/diag lies inside the data folder"):
+    diagnose.main([*flags, f"--out={imgs / 'diag'}", "--debug"])
+  assert sorted(p.name for p in imgs.iterdir()) == ["a.png"]
+  # a run's: refused before its checkpoint is restored
+  from infonoise_jax import restore
+
+  config = load_config_file(TEST_CONFIG)
+  config.data.update({"name": "images", "path": str(imgs)})
+  (tmp_path / "run").mkdir()
+  (tmp_path / "run" / "config.json").write_text(config.to_json())
+  monkeypatch.setattr(restore, "check_step", lambda *a, **k: pytest.fail("restored"))
+  with pytest.raises(ValueError, match=r"--out=.*imgs/diag lies inside the data folder"):
+    diagnose.main([f"--workdir={tmp_path / 'run'}", f"--out={imgs / 'diag'}", "--debug"])
+  assert sorted(p.name for p in imgs.iterdir()) == ["a.png"]
