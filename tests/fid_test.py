@@ -213,6 +213,16 @@ def _projection_extractor(images_NHWC: np.ndarray) -> np.ndarray:
   return flat @ w / 255.0
 
 
+def _counting_extractor(calls: list):
+  """`_projection_extractor` that appends the size of each batch it is given to `calls`."""
+
+  def extractor(images_NHWC):
+    calls.append(len(images_NHWC))
+    return _projection_extractor(images_NHWC)
+
+  return extractor
+
+
 def test_fid_of_batches_equals_fid_of_the_concatenated_features():
   rng = np.random.default_rng(0)
   ref = fid.stats_of_features(_projection_extractor(rng.integers(0, 256, (200, 4, 4, 1))))
@@ -291,10 +301,7 @@ def test_fashion_mnist_reference_of_other_files_is_not_another_folders(tmp_path)
   from infonoise_jax.validation import default_config
 
   calls = []
-
-  def extractor(images_NHWC):
-    calls.append(len(images_NHWC))
-    return _projection_extractor(images_NHWC)
+  extractor = _counting_extractor(calls)
 
   def reference(local_dir):
     config = default_config()
@@ -337,10 +344,7 @@ def test_a_tfds_set_in_another_folder_has_its_own_reference(tmp_path):
   from infonoise_jax.validation import default_config
 
   calls = []
-
-  def extractor(images_NHWC):
-    calls.append(len(images_NHWC))
-    return _projection_extractor(images_NHWC)
+  extractor = _counting_extractor(calls)
 
   def reference(folder):
     config = default_config()
