@@ -20,7 +20,8 @@ with a learned profile, the FD of each (solver, grid) at those level counts on t
 models; `--save_samples` writes the final samples as uint8 for Inception FID elsewhere
 (experiments/fid_of_samples.py): the evaluation's own samples, or `--save_num` samples drawn
 apart with their own seeds (e.g. 10k for Inception FID beside 1k for the cheap curve), at the
-last step or at each of `--save_steps`, into `--samples_dir` (default --out); with
+last step or at each of `--save_steps`, into `--samples_dir` (default --out; each file
+records the data it was trained on, which fid_of_samples.py checks against its reference); with
 `--grid_steps` also the grid study's `--grid_samples` per setting (grid_<data>_<arm>.npz, each
 setting scored as an arm named <arm>@<solver>-<grid>-<levels>). One process with
 the seeds vmapped (`--workers=1`) is the measured choice on a GPU (experiments/RESULTS.md
@@ -78,7 +79,7 @@ import numpy as np
 from infonoise_jax import checkpointing, multirun, paths, train
 from infonoise_jax import workdir as workdir_lib
 from infonoise_jax.data import load_source
-from infonoise_jax.data.sources import DATA_PATH_KEYS, TOKEN_NAMES
+from infonoise_jax.data.sources import DATA_PATH_KEYS, SAMPLES_DATA_KEY, TOKEN_NAMES, data_identity
 from infonoise_jax.data.tokens import onehot_std
 from infonoise_jax.evaluation import fid, plots, report
 from infonoise_jax.evaluation.images import to_uint8
@@ -376,6 +377,7 @@ def grid_study(args, mr, state, data, arm_name, h, done, ref) -> None:
   seeds = grid_seeds(args)
   keep = args.save_samples and mr.source.is_image  # for Inception FID (fid_of_samples.py)
   have = saved_keys(args, data, arm_name, "grid") if keep else set()
+  identity = data_identity(mr.config.data) if keep else None
   for method in dict.fromkeys(m for m, _ in GRID_SETTINGS):
     for n in steps_list:
       cfg = sampler_config(mr.config, num_steps=n, method=method)
@@ -390,7 +392,8 @@ def grid_study(args, mr, state, data, arm_name, h, done, ref) -> None:
           sigmas = sampler.sigmas(run.schedule_state, sampler_config(cfg, grid=grid))
           x = sampler.draw_all(run.ema_params, sigmas, args.grid_samples, 20_000 + seed)
           if keep and key not in have:
-            save_final_samples(args, data, arm_name, {key: samples_uint8(mr.source, x)}, "grid")
+            x_u8 = {key: samples_uint8(mr.source, x)}
+            save_final_samples(args, data, arm_name, x_u8, "grid", identity)
             have.add(key)
           if evaluated:
             continue
@@ -437,17 +440,57 @@ def samples_uint8(source, x: np.ndarray) -> np.ndarray:
   return to_uint8(np.where(x > 0, sc, -sc) if source.binarized else x, (-sc, sc))
 
 
-def save_final_samples(args, data: str, arm_name: str, final: dict, kind: str = "final") -> None:
+def saved_identity(path: str) -> dict | None:
+  """The data record (sources.data_identity) of a samples file; None if it has none."""
+  if not os.path.exists(path):
+    return None
+  with np.load(path) as z:
+    return json.loads(str(z[SAMPLES_DATA_KEY][()])) if SAMPLES_DATA_KEY in z.files else None
+
+
+def same_data(a: dict, b: dict) -> bool:
+  """Two data records name the same data: name, binarization and digest (own images: or
+  their names and sizes, which a copy elsewhere keeps); where they were read may differ."""
+  if (a.get("data"), a.get("binarized")) != (b.get("data"), b.get("binarized")):
+    return False
+  listing = a.get("listing")
+  return a.get("reference_data") == b.get("reference_data") or (
+    listing is not None and listing == b.get("listing")
+  )
+
+
+def check_saved_identity(args, data: str, arm_name: str, identity: dict) -> None:
+  """Refuses, before training, to add samples to a file that records other data."""
+  for kind in ("final", "grid"):
+    path = samples_path(args, data, arm_name, kind)
+    old = saved_identity(path)
+    if old is not None and not same_data(old, identity):
+      raise ValueError(
+        f"{path} holds samples of other data ({old}), this run trains on {identity}: give "
+        "another --samples_dir (or --out)"
+      )
+
+
+def save_final_samples(
+  args, data: str, arm_name: str, final: dict, kind: str = "final", identity: dict | None = None
+) -> None:
   """final_<data>_<arm>.npz: uint8 samples per run (key <arm>__seed<k>__step<N>), for FID
   with the Inception network elsewhere (experiments/fid_of_samples.py). Appends to the file;
   written to a temporary name first, so a kill mid-write never loses the earlier arrays.
   kind="grid": the grid study's samples, key <arm>@<solver>-<grid>-<levels>__seed<k>__step<N>
-  (fid_of_samples.py scores each setting as an arm of that name)."""
+  (fid_of_samples.py scores each setting as an arm of that name). `identity`
+  (sources.data_identity of the run's data) is recorded as JSON under SAMPLES_DATA_KEY, so
+  fid_of_samples.py refuses to score the samples against other data; a file written before
+  it was recorded keeps none (its arrays' data is not known)."""
   path = samples_path(args, data, arm_name, kind)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   old = dict(np.load(path)) if os.path.exists(path) else {}
+  record = old.pop(SAMPLES_DATA_KEY, None)
+  if identity is not None and (record is not None or not old):
+    record = np.array(json.dumps(identity, sort_keys=True))
+  entries = {**old, **final, **({SAMPLES_DATA_KEY: record} if record is not None else {})}
   tmp = path + ".tmp.npz"
-  np.savez_compressed(tmp, **old, **final)
+  np.savez_compressed(tmp, **entries)
   os.replace(tmp, path)
 
 
@@ -507,6 +550,10 @@ def train_group(args, data: str, arm_name: str, config, wgrad: str | None, path:
   resolved = json.loads(config.to_json_best_effort())  # what `h` hashes (MultiRun copies it)
   state, bad = mr.init()
   have = saved_keys(args, data, arm_name)
+  identity = None  # the data the saved samples record (fid_of_samples.py checks it)
+  if args.save_samples and mr.source.is_image:
+    identity = data_identity(mr.config.data)
+    check_saved_identity(args, data, arm_name, identity)
   train_s, last = 0.0, 0  # train_s: training wall time, evaluations excluded
   kept = KeptState(args, data, arm_name, h, seeds) if args.state_dir else None
   if kept is not None:
@@ -569,7 +616,7 @@ def train_group(args, data: str, arm_name: str, config, wgrad: str | None, path:
           x = mr.samples(state, r, args.save_num or args.num_samples, 2_000_000 + step)
         final[key] = samples_uint8(mr.source, x)
       if final:
-        save_final_samples(args, data, arm_name, final)
+        save_final_samples(args, data, arm_name, final, identity=identity)
         have.update(final)
 
   # A state kept at `last` whose records were cut off (the kept state is written before a

@@ -25,6 +25,17 @@ trainer's FID cache's, from the files' names, sizes and modification times):
   python experiments/fid_of_samples.py --samples=final_continuous_lognormal.npz \
       --reference=images --data_path=my_images/ --reference_num=5000 --out=fid.jsonl
 
+Each samples file records what its samples were trained on (compare_schedules since
+2026-12-06: `sources.data_identity` as JSON under the entry `__data__`, which is not scored):
+data.name, binarized or not, and the digest this script's reference is keyed by. A file whose
+data is not the reference asked for (--reference, --data_dir / --data_path, --binarize) is
+refused before the network is built or any image read, with an error naming both and the
+flags that score it (e.g. samples of your own images given without --reference=images, or a
+binarized run's without --binarize); samples of data it has no reference for (digits, tfds,
+...) likewise. Your own images copied to another folder or machine (another digest, which
+hashes the folder and file times) pass if their names and sizes match. Files without the
+record (earlier runs, experiments/results/) are scored as asked, with an info line.
+
 --out gets JSON lines, append-only:
   kind=fid    one per array: samples (file name), key, arm, seed, step, num, fid, seconds, ...
   kind=floor  one per sample count `num`: FID of `num` real training images outside the
@@ -68,13 +79,20 @@ import jax
 import numpy as np
 
 from infonoise_jax.data import load_source
-from infonoise_jax.data.sources import OWN_IMAGES, fashion_mnist_fingerprint, own_images_fingerprint
+from infonoise_jax.data.sources import (
+  OWN_IMAGES,
+  SAMPLES_DATA_KEY,
+  fashion_mnist_fingerprint,
+  own_images_fingerprint,
+  own_images_listing,
+)
 from infonoise_jax.evaluation import fid, images, inception, report
 from infonoise_jax.mesh import configure_compilation_cache
 from infonoise_jax.validation import DEFAULT_CONFIG_PATH, load_config_file
 
 # --reference -> variant of configs/default.py; `images`: your own at --data_path (data.name)
 REFERENCES = {"fashion": "fashion", OWN_IMAGES: ""}
+DATA_REFERENCE = {"fashion_mnist_local": "fashion", OWN_IMAGES: OWN_IMAGES}  # data.name -> it
 SUBSET_SEED = 0  # permutation of the train split: reference subset first, floor images next
 KEY_RE = re.compile(r"^(?P<arm>.+?)__seed(?P<seed>\d+)__step(?P<step>\d+)$")
 ID_FIELDS = (
@@ -123,6 +141,75 @@ def reference_data(reference: str, data_dir: str = "", data_path: str = "") -> s
   if reference == OWN_IMAGES:
     return own_images_fingerprint(data_path)
   return fashion_mnist_fingerprint(reference_config(reference, False, data_dir).data.local_dir)
+
+
+def read_samples(path: str) -> tuple[dict[str, np.ndarray], dict | None]:
+  """(arrays by name, the data record compare_schedules wrote or None for older files)."""
+  with np.load(os.path.expanduser(path)) as f:
+    arrays = {k: f[k] for k in f.files if k != SAMPLES_DATA_KEY}
+    record = json.loads(str(f[SAMPLES_DATA_KEY][()])) if SAMPLES_DATA_KEY in f.files else None
+  return arrays, record
+
+
+def describe_data(reference: str, binarize: bool, where: str = "", digest: str = "") -> str:
+  what = "Fashion-MNIST" if reference == "fashion" else f"your own images ({OWN_IMAGES})"
+  what += f" at {where}" if where else ""
+  what += f" (digest {digest})" if digest else ""
+  return what + (", binarized" if binarize else ", not binarized")
+
+
+def fix_flags(reference: str, binarize: bool, where: str) -> str:
+  if reference == OWN_IMAGES:
+    flags = f"--reference=images --data_path={where or '<the run data.path>'}"
+  else:
+    flags = "--reference=fashion" + (f" --data_dir={where}" if where else "")
+  return flags + (" --binarize" if binarize else " (without --binarize)")
+
+
+def check_samples_data(
+  path: str,
+  record: dict | None,
+  reference: str,
+  data_digest: str,
+  binarize: bool,
+  listing: str = "",
+  log: Callable[[str], None] = print,
+) -> None:
+  """Refuses samples whose recorded data (sources.data_identity, written by compare_schedules
+  --save_samples) is not the reference asked for: data set, its digest, binarization. The
+  same own images at another folder or machine (another own_images_fingerprint, as it hashes
+  the folder and modification times) pass on their names and sizes (`listing`). Files
+  without a record (written before 2026-12-06) are scored as asked, with an info line."""
+  asked = describe_data(reference, binarize, digest=data_digest)
+  if record is None:
+    log(
+      f"info: {path} does not record the data its samples were trained on (written before "
+      f"2026-12-06); scored against {asked} as asked: check --reference and --binarize"
+    )
+    if ("binarized" in os.path.basename(path)) != binarize:
+      log(f"warning: {path} scored with --binarize={binarize}; check the flag")
+    return
+  ref = DATA_REFERENCE.get(record.get("data"))
+  if ref is None:
+    raise ValueError(
+      f"{path}: its samples were trained on data.name={record.get('data')!r}; fid_of_samples "
+      "has references for fashion_mnist_local (--reference=fashion) and your own images "
+      "(data.name='images': --reference=images --data_path=<data.path>) only"
+    )
+  trained, same = record.get("binarized", False), record.get("reference_data") == data_digest
+  if ref == reference and not same and listing and record.get("listing") == listing:
+    log(
+      f"{path}: its images' digest {record.get('reference_data')} differs (folder or file "
+      "times); their names and sizes match those at --data_path: scored against them"
+    )
+    same = True
+  if ref != reference or not same or trained != binarize:
+    where = record.get("where", "")
+    raise ValueError(
+      f"{path}: its samples were trained on "
+      f"{describe_data(ref, trained, where, record.get('reference_data') or '')}, but the "
+      f"reference asked for is {asked}; score them with {fix_flags(ref, trained, where)}"
+    )
 
 
 def train_images(
@@ -192,21 +279,24 @@ def score(
   num: int = 0,
   batch_size: int = 50,
   log: Callable[[str], None] = print,
+  listing: str = "",
 ) -> list[dict]:
   """Appends to `out` the fid line of every array in `sample_paths` and the floor line of
   every sample count that are not there yet; returns the new lines.
 
   `make_extractor_fn()` (the feature function) and `load_train_fn()` (the reference's train
   split, uint8 NHWC) are only called when something is left to compute; `data_digest`
-  identifies the files that split is read from (`reference_data`).
+  identifies the files that split is read from (`reference_data`). A samples file that
+  records other data than this reference is refused first (`check_samples_data`; `listing`:
+  own_images_listing of --data_path).
   """
   tag = {"reference": reference, "reference_data": data_digest}
   tag |= {"reference_num": reference_num, "binarize": binarize}
   done = {record_id(r): r for r in report.read_records(out)}
   todo, counts, skipped = [], set(), 0  # todo: (record without fid, images)
   for path in sample_paths:
-    with np.load(os.path.expanduser(path)) as f:
-      arrays = {k: f[k] for k in f.files}
+    arrays, record = read_samples(path)
+    check_samples_data(path, record, reference, data_digest, binarize, listing, log)
     bad = [k for k in arrays if not KEY_RE.match(k)]
     if bad:
       raise ValueError(f"{path}: array names {bad} are not '<arm>__seed<k>__step<N>'")
@@ -322,9 +412,7 @@ def main(argv=None) -> list[dict]:
   paths = [s for s in args.samples.split(",") if s]
   config = load_config_file(str(DEFAULT_CONFIG_PATH))
   configure_compilation_cache(config.system)
-  for path in paths:
-    if ("binarized" in os.path.basename(path)) != args.binarize:
-      print(f"warning: {path} scored with --binarize={args.binarize}; check the flag")
+  listing = own_images_listing(args.data_path) if args.reference == OWN_IMAGES else ""
   return score(
     paths,
     args.out,
@@ -336,6 +424,7 @@ def main(argv=None) -> list[dict]:
     binarize=args.binarize,
     num=args.num,
     batch_size=args.batch_size,
+    listing=listing,
   )
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from infonoise_jax import multirun, train
+from infonoise_jax.data.sources import SAMPLES_DATA_KEY
 from infonoise_jax.data.tokens import TokenEncoding
 from infonoise_jax.models import unet_layers
 from infonoise_jax.validation import load_config_file
@@ -582,16 +583,20 @@ def test_grid_study_and_final_samples_are_recorded_once(tmp_path):
   assert len(grid) == len(compare_schedules.GRID_SETTINGS) * 2
   assert {r["nfe"] for r in grid} == {5, 7}
   assert all(np.isfinite(r["fd"]) for r in grid)
+  digits = {"data": "digits", "binarized": False, "reference_data": None}
   for arm in ("lognormal", "infonoise"):
-    with np.load(os.path.join(out, f"final_continuous_{arm}.npz")) as z:
-      (key,) = z.files
+    path = os.path.join(out, f"final_continuous_{arm}.npz")
+    with np.load(path) as z:
+      (key,) = set(z.files) - {SAMPLES_DATA_KEY}
       assert key == f"{arm}__seed0__step4"
       assert z[key].dtype == np.uint8 and z[key].shape[0] == 32
+    assert compare_schedules.saved_identity(path) == digits  # fid_of_samples checks it
   # The grid study's samples are kept too (for Inception FID), one array per setting and seed,
   # named so that fid_of_samples.py scores each setting as an arm of its own.
   grid_file = os.path.join(out, "grid_continuous_infonoise.npz")
+  assert compare_schedules.saved_identity(grid_file) == digits
   with np.load(grid_file) as z:
-    keys = set(z.files)
+    keys = set(z.files) - {SAMPLES_DATA_KEY}
     assert all(z[k].dtype == np.uint8 and z[k].shape[0] == 16 for k in keys)
   want = {
     f"infonoise@{m}-{g}-{n}__seed0__step4"
@@ -726,7 +731,7 @@ def test_saved_samples_at_chosen_steps_with_their_own_count(tmp_path):
   compare_schedules.main(args)
   path = os.path.join(keep, "final_continuous_lognormal.npz")
   with np.load(path) as z:
-    got = {k: z[k] for k in z.files}
+    got = {k: z[k] for k in z.files if k != SAMPLES_DATA_KEY}
   assert set(got) == {f"lognormal__seed{s}__step{t}" for s in (0, 1) for t in (1, 4)}
   assert all(v.dtype == np.uint8 and v.shape[0] == 12 for v in got.values())
   # the two seeds' models differ, and so do a model's samples at steps 1 and 4
@@ -736,6 +741,40 @@ def test_saved_samples_at_chosen_steps_with_their_own_count(tmp_path):
   mtime = os.path.getmtime(path)
   compare_schedules.main(args)  # complete: nothing redrawn or rewritten
   assert os.path.getmtime(path) == mtime
+
+
+def test_saved_samples_record_their_data_and_other_datas_file_is_refused(tmp_path):
+  """The samples file records the data its samples were trained on (fid_of_samples refuses
+  to score them against another reference): a binarized run's says so. Samples of this run
+  are not added to a file that records other data, and that is found before training; a file
+  without the record (an older run's) gets its new arrays and stays without one."""
+  keep = tmp_path / "keep"
+  args = [*_args(str(tmp_path / "out")), "--arms=lognormal", "--seeds=0", "--save_samples"]
+  args += ["--data=binarized", "--steps=2", f"--samples_dir={keep}"]
+  compare_schedules.main(args)
+  path = keep / "final_binarized_lognormal.npz"
+  assert compare_schedules.saved_identity(str(path)) == {
+    "data": "digits",
+    "binarized": True,
+    "reference_data": None,
+  }
+  with np.load(path) as z:
+    x = {k: z[k] for k in z.files if k != SAMPLES_DATA_KEY}
+  other = json.dumps({"data": "images", "binarized": True, "reference_data": "abc"})
+  np.savez_compressed(path, **x, **{SAMPLES_DATA_KEY: np.array(other)})
+  with pytest.raises(ValueError, match="holds samples of other data"):
+    compare_schedules.main([*args, "--steps=4"])
+  with open(tmp_path / "out" / "results.jsonl") as f:
+    assert all(json.loads(line).get("step", 0) <= 2 for line in f)  # nothing trained
+  np.savez_compressed(path, **x)  # as an older run wrote it
+  compare_schedules.main([*args, "--steps=4"])
+  with np.load(path) as z:
+    assert set(z.files) == {*x, "lognormal__seed0__step4"}  # no record claimed for old arrays
+  # Own images read from another folder (another digest) are the same data by their listing.
+  own = {"data": "images", "binarized": False, "reference_data": "a1", "listing": "L", "where": "x"}
+  assert compare_schedules.same_data(own, {**own, "reference_data": "b2", "where": "/y"})
+  assert not compare_schedules.same_data(own, {**own, "reference_data": "b2", "listing": "M"})
+  assert not compare_schedules.same_data(own, {**own, "binarized": True})
 
 
 @pytest.mark.parametrize("draw", ["fixed", "per_step"])

@@ -16,6 +16,7 @@ from flax import traverse_util
 
 from infonoise_jax.data import sources
 from infonoise_jax.evaluation import inception
+from infonoise_jax.validation import load_config_file
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
@@ -261,3 +262,93 @@ def test_samples_of_own_images_are_scored_against_those_images(tmp_path, monkeyp
               ["--reference=images", f"--data_path={tmp_path / 'gone.npy'}"]):  # fmt: skip
     with pytest.raises(SystemExit):
       fid_of_samples.parse([*argv, *bad])
+
+
+def _save_as_the_harness(folder, data_config, arrays: dict) -> str:
+  """A samples file as compare_schedules --save_samples writes it, with its data record."""
+  import types
+
+  import compare_schedules
+
+  args = types.SimpleNamespace(samples_dir=str(folder), out=str(folder))
+  identity = sources.data_identity(data_config)
+  compare_schedules.save_final_samples(args, "continuous", "x", arrays, identity=identity)
+  return compare_schedules.samples_path(args, "continuous", "x")
+
+
+def test_samples_of_other_data_are_refused_before_any_work(tmp_path, monkeypatch, capsys):
+  """The samples file did not say what its samples were trained on: forgetting
+  --reference=images scored a run on your own 28x28 gray images against Fashion-MNIST, and
+  binarized samples scored without --binarize (or the reverse) went through, without a word.
+  compare_schedules now records the data (sources.data_identity); a mismatch with the
+  reference asked for is refused, naming both and the flags, before the extractor is built
+  or any image read; files without the record are scored as before."""
+  work = {"extractors": 0, "loads": 0}
+
+  def extractor(*_):
+    work["extractors"] += 1
+    return _projection
+
+  real_train_images = fid_of_samples.train_images
+
+  def train_images(*a):
+    work["loads"] += 1
+    return real_train_images(*a)
+
+  monkeypatch.setattr(fid_of_samples, "make_extractor", extractor)
+  monkeypatch.setattr(fid_of_samples, "train_images", train_images)
+  fashion, other, mine, copy = (tmp_path / k for k in ("fashion", "other", "mine", "copy"))
+  for f in (fashion, other, mine, copy):
+    f.mkdir()
+  train = _fake_fashion(fashion, 40)
+  _write_idx(other / "train-images-idx3-ubyte.gz", np.full((40, 28, 28), 7, np.uint8))
+  _write_idx(other / "train-labels-idx1-ubyte.gz", np.zeros(40, np.uint8))
+  own = np.random.default_rng(3).integers(0, 99, (40, 28, 28, 1), np.uint8)  # 28x28 gray
+  np.save(mine / "own.npy", own)
+  out = tmp_path / "fid.jsonl"
+  argv = lambda path, *flags: [f"--samples={path}", f"--out={out}", "--reference_num=20", *flags]
+  fashion_cfg = fid_of_samples.reference_config("fashion", False, str(fashion)).data
+  own_cfg = fid_of_samples.reference_config("images", False, data_path=str(mine / "own.npy")).data
+  binarized_cfg = fid_of_samples.reference_config("fashion", True, str(fashion)).data
+
+  refused = [  # (samples' data, flags, what the error names)
+    (own_cfg, [f"--data_dir={fashion}"], ["your own images", "--reference=images", "own.npy"]),
+    (fashion_cfg, ["--reference=images", f"--data_path={mine / 'own.npy'}"],
+     ["Fashion-MNIST", f"--reference=fashion --data_dir={fashion}"]),
+    (binarized_cfg, [f"--data_dir={fashion}"], ["binarized", "--binarize"]),
+    (fashion_cfg, [f"--data_dir={fashion}", "--binarize"], ["not binarized", "without --binarize"]),
+    (fashion_cfg, [f"--data_dir={other}"], [f"--data_dir={fashion}", "digest"]),
+  ]  # fmt: skip
+  for i, (cfg, flags, names) in enumerate(refused):
+    path = _save_as_the_harness(tmp_path / f"s{i}", cfg, {"x__seed0__step1": train[:8]})
+    with pytest.raises(ValueError, match="trained on") as e:
+      fid_of_samples.main(argv(path, *flags))
+    assert all(n in str(e.value) for n in names), (str(e.value), names)
+  data_cfg = load_config_file(str(fid_of_samples.DEFAULT_CONFIG_PATH)).data  # digits
+  path = _save_as_the_harness(tmp_path / "digits", data_cfg, {"x__seed0__step1": train[:8]})
+  with pytest.raises(ValueError, match="data.name='digits'"):
+    fid_of_samples.main(argv(path, f"--data_dir={fashion}"))
+  assert work == {"extractors": 0, "loads": 0} and not out.exists()
+
+  # The matching flags score them; so do the same own images copied elsewhere (another
+  # folder and file times, so another digest: matched by name and size).
+  ok = [
+    (own_cfg, ["--reference=images", f"--data_path={mine / 'own.npy'}"]),
+    (binarized_cfg, [f"--data_dir={fashion}", "--binarize"]),
+    (fashion_cfg, [f"--data_dir={fashion}"]),
+  ]
+  for i, (cfg, flags) in enumerate(ok):
+    path = _save_as_the_harness(tmp_path / f"ok{i}", cfg, {"x__seed0__step1": train[:8]})
+    assert [r["kind"] for r in fid_of_samples.main(argv(path, *flags))] == ["floor", "fid"]
+  np.save(copy / "own.npy", own)
+  os.utime(copy / "own.npy", ns=(1, 1))
+  path = _save_as_the_harness(tmp_path / "ok3", own_cfg, {"x__seed0__step1": own[:8]})
+  new = fid_of_samples.main(argv(path, "--reference=images", f"--data_path={copy / 'own.npy'}"))
+  assert [r["kind"] for r in new] == ["floor", "fid"]
+  assert "names and sizes match" in capsys.readouterr().out
+
+  # A file without the record (written before it was kept) is scored as asked, with a word.
+  old = tmp_path / "final_continuous_old.npz"
+  np.savez_compressed(old, x__seed0__step1=own[:8])
+  assert len(fid_of_samples.main(argv(old, f"--data_dir={fashion}"))) == 1  # floor done
+  assert "does not record the data" in capsys.readouterr().out

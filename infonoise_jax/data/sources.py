@@ -674,6 +674,39 @@ def own_images_fingerprint(path: str) -> str:
   return h.hexdigest()[:12]
 
 
+SAMPLES_DATA_KEY = "__data__"  # saved samples' .npz: data_identity as a JSON string
+
+
+def own_images_listing(path: str) -> str:
+  """A short hash of what data.path holds by relative name and size alone (no folder, no
+  modification time, unlike own_images_fingerprint): the same images copied to another folder
+  or machine keep it, so saved samples can be matched to their data there."""
+  path = os.path.abspath(os.path.expanduser(path))
+  files, h = [path], hashlib.sha256()
+  if os.path.isdir(path):
+    files = folders.files_under(path, lambda p: p.lower().endswith(IMAGE_SUFFIXES))[0]
+  for f in files:
+    name = os.path.relpath(f, path) if f != path else os.path.basename(f)
+    h.update(f"{name}|{os.path.getsize(f)}".encode())
+  return h.hexdigest()[:12]
+
+
+def data_identity(d) -> dict:
+  """What identifies the data a config trains on, as saved samples record it for FID
+  elsewhere (experiments/fid_of_samples.py checks it against its reference): data.name,
+  binarized or not, and for the data the FID tools have a reference for, the reference
+  cache's digest (`reference_data`: fashion_mnist_fingerprint of data.local_dir,
+  own_images_fingerprint of data.path, which also get own_images_listing as `listing`) and
+  where it was read (`where`, for messages)."""
+  rec = {"data": d.name, "binarized": bool(d.get("binarize", False)), "reference_data": None}
+  if d.name == "fashion_mnist_local":
+    rec |= {"reference_data": fashion_mnist_fingerprint(d.local_dir), "where": d.local_dir}
+  elif d.name == OWN_IMAGES:
+    rec |= {"reference_data": own_images_fingerprint(d.path), "where": d.path}
+    rec["listing"] = own_images_listing(d.path)
+  return rec
+
+
 def _prepare_command(name: str, data_dir: str) -> str:
   return (
     'python -c "import tensorflow_datasets as tfds; '
