@@ -54,6 +54,7 @@ import numpy as np
 
 from infonoise_jax import multirun
 from infonoise_jax.data import load_source
+from infonoise_jax.data.sources import SAMPLES_DATA_KEY
 from infonoise_jax.evaluation import images, report
 from infonoise_jax.models import unet_layers
 
@@ -123,6 +124,8 @@ def kept_table(paths, source, ref, num: int, results: str = "") -> list[dict]:
   for path in paths:
     z = np.load(path)
     for key in z.files:
+      if key == SAMPLES_DATA_KEY:  # the record of the data they were trained on, no samples
+        continue
       m = KEPT_KEY.match(key)
       if m is None:
         raise ValueError(

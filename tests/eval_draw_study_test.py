@@ -57,8 +57,9 @@ def test_the_script_trains_and_scores_every_run_under_every_draw(tmp_path, monke
 
 def test_kept_samples_score_in_chunks_real_data_near_the_floor_noise_far(tmp_path):
   """--kept on constructed sample files of the digits data (binarized, as the harness keeps
-  them: decoded to the two levels, uint8): real images score near the FD of real images, noise
-  far above; every whole chunk is scored; the harness's records of the same run join the row."""
+  them: decoded to the two levels, uint8, with the record of their data): real images score
+  near the FD of real images, noise far above; every whole chunk is scored; the harness's
+  records of the same run join the row."""
   from infonoise_jax.data import load_source
   from infonoise_jax.evaluation import images
 
@@ -73,7 +74,10 @@ def test_kept_samples_score_in_chunks_real_data_near_the_floor_noise_far(tmp_pat
   noise = np.where(rng.random(real.shape) > 0.5, sc, -sc)
   kept = {"a__seed0__step5": images.to_uint8(real, (-sc, sc))}
   kept["a__seed1__step5"] = images.to_uint8(noise, (-sc, sc))
-  np.savez(tmp_path / "final_binarized_a.npz", **kept)
+  from infonoise_jax.data.sources import SAMPLES_DATA_KEY, data_identity
+
+  record = np.array(json.dumps(data_identity(config.data)))  # as the harness writes its files
+  np.savez(tmp_path / "final_binarized_a.npz", **kept, **{SAMPLES_DATA_KEY: record})
   results = tmp_path / "results.jsonl"
   rec = {"kind": "eval", "arm": "a", "seed": 0, "step": 5, "fd": 9.0, "fd_decoded": 1.5}
   results.write_text(json.dumps(rec | {"resample": False}) + "\n")
