@@ -58,7 +58,8 @@ def add_checkpoint_command_flags(p: argparse.ArgumentParser) -> None:
     metavar="KEY=VALUE",
     help="a sampler setting (repeatable), e.g. --set sampler.s_churn=40 --set sampler.s_tmin=0.05 "
     "for EDM's stochastic sampler (--method=stochastic); or where the run's data now lies: "
-    "--set data.path=<new place> (also data.local_dir, data.tfds_data_dir)",
+    "--set data.path=<new place> (also data.local_dir, data.tfds_data_dir); evaluate on token "
+    "runs: the domain metrics' settings, e.g. --set seq_metrics.ngram_sizes=1,2,3",
   )
   p.add_argument("--debug", action="store_true", help="show the traceback of an error")
   p.add_argument(

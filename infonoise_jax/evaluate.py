@@ -25,7 +25,11 @@ of them, default the run's train.eval_num_samples, as its TensorBoard domain/ cu
 as many held-out windows of the run's data files (config.json's data.path; they must give the
 checkpoint's vocabulary), with the metrics' floor (--num other held-out windows: a perfect
 model's score at this sample count) and the mean over seed sets of the `primary` metric, the
-one to rank by (lower is better). --ref_stats and --weights are FID's and refused here.
+one to rank by (lower is better). --ref_stats and --weights are FID's and refused here. The
+metrics' own settings are evaluation settings, not the model's: `--set seq_metrics.<key>=<value>`
+changes them for this evaluation (e.g. --set seq_metrics.ngram_sizes=1,2,3 for a run on 3-token
+windows), checked as the trainer checks them before the weights are restored; each result
+records them (`seq_metrics`), so evaluations under other settings are kept side by side.
 """
 
 import argparse
@@ -38,7 +42,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from infonoise_jax import cli, restore, resume, solvers
+from infonoise_jax import cli, restore, resume, solvers, validation
 from infonoise_jax.data import load_source
 from infonoise_jax.data.sources import data_location_items
 from infonoise_jax.evaluation import fid, model_fid, sequence_eval
@@ -68,11 +72,14 @@ def evaluate(
   """FID of the run's EMA model (min over `seed_sets` seed sets); returns it and adds it to
   fid.json (`store_result`: earlier evaluations are kept).
   A token run is scored by `evaluate_tokens` instead (domain_metrics.json; no --ref_stats,
-  --weights). `overrides`: `sampler.key=value` items (`model_sampler.sampler_config`).
+  --weights). `overrides`: `sampler.key=value` items (`model_sampler.sampler_config`), on
+  token runs also `seq_metrics.key=value` items (`evaluate_tokens`).
 
   `report(line)` receives progress lines (the command prints them on process 0).
   """
   config = restore.load_config(workdir, overrides)  # --set data.path=...: the data moved
+  metric_items = seq_metrics_items(overrides)  # the token runs' metric settings
+  overrides = [o for o in overrides if o not in metric_items]
   solvers.check_grid(config, grid)  # before loading weights or restoring
   run_config = sampler_config(config, grid, num_steps, method, overrides)
   solvers.validate_sampler_config(run_config)
@@ -80,7 +87,12 @@ def evaluate(
   if meta.get("vocab"):  # token data: its domain metrics, not FID
     _refuse_fid_flags(config, ref_stats, weights)
     args = (workdir, num, seed_sets, grid, num_steps, step, batch, devices, report, method)
-    return evaluate_tokens(*args, overrides=overrides)
+    return evaluate_tokens(*args, overrides=[*overrides, *metric_items])
+  if metric_items:
+    raise ValueError(
+      f"--set {metric_items[0]}: seq_metrics.* are the settings of token runs' domain metrics, "
+      f"but this run is on images (data.name={config.data.name!r}), scored by FID; leave it out"
+    )
   stored_results(run_path(workdir) / FID_FILE)  # an unreadable one is named before any work
   num = IMAGES_NUM if num is None else num
   _check_counts(num, seed_sets)
@@ -144,8 +156,13 @@ def evaluate_tokens(
   to domain_metrics.json (`store_result`). The data, its vocabulary and the held-out windows
   are checked and the reference models built before the weights are restored or anything is
   sampled. `num` defaults to the run's train.eval_num_samples, so the numbers compare with its
-  TensorBoard domain/ curves (those use seed config.seed, these seed sets 0..S-1)."""
+  TensorBoard domain/ curves (those use seed config.seed, these seed sets 0..S-1).
+  `overrides`: as `evaluate`'s, and `seq_metrics.key=value` items: the metrics' settings for
+  this evaluation (checked as the trainer checks them; recorded in the result)."""
   config = restore.load_config(workdir, overrides)
+  metric_items = seq_metrics_items(overrides)
+  overrides = [o for o in overrides if o not in metric_items]
+  apply_seq_metrics(config, metric_items)
   stored_results(run_path(workdir) / TOKENS_FILE)  # an unreadable one is named before any work
   num = int(config.train.eval_num_samples) if num is None else num
   _check_counts(num, seed_sets)
@@ -201,6 +218,7 @@ def evaluate_tokens(
     "checkpoint_step": run.step,
     "sampler": _sampler_settings(run_config),
     "reference": {"data_path": d.path, "held_out_windows": num},
+    "seq_metrics": _metric_settings(data),
   }
   if jax.process_index() == 0:
     store_result(run_path(workdir) / TOKENS_FILE, result)
@@ -208,7 +226,8 @@ def evaluate_tokens(
 
 
 # What makes two evaluations the same one: a result file keeps one entry per value of these.
-RESULT_KEY = ("checkpoint_step", "num_samples", "seeds", "sampler", "reference")
+# (seq_metrics: token runs' metric settings; results written before it was recorded have none.)
+RESULT_KEY = ("checkpoint_step", "num_samples", "seeds", "sampler", "reference", "seq_metrics")
 
 
 def result_key(result: dict) -> str:
@@ -251,6 +270,20 @@ def store_result(path, result: dict) -> None:
   tmp.replace(path)
 
 
+def seq_metrics_items(overrides: Sequence[str]) -> list[str]:
+  """The `seq_metrics.key=value` items of `overrides`: the domain metrics' own settings."""
+  return [o for o in overrides if o.split("=", 1)[0].strip().startswith("seq_metrics.")]
+
+
+def apply_seq_metrics(config: ml_collections.ConfigDict, items: Sequence[str]) -> None:
+  """Applies `seq_metrics.key=value` items to `config` in place, checked as the trainer
+  checks them (known key, type, whole-number sizes; the sizes' range and lm_order are checked
+  by SequenceEvaluator, which comes before the weights are restored)."""
+  if items:
+    validation.apply_overrides(config, items)
+    validation.check_whole_number_tuples(config, validation.default_config())
+
+
 def _check_counts(num: int, seed_sets: int) -> None:
   if seed_sets < 1:
     raise ValueError(f"--seed_sets must be >= 1, got {seed_sets}")
@@ -270,6 +303,15 @@ def _refuse_fid_flags(config: ml_collections.ConfigDict, ref_stats, weights) -> 
 
 def _floats(values: dict) -> dict[str, float]:
   return {k: float(v) for k, v in values.items()}
+
+
+def _metric_settings(config: ml_collections.ConfigDict) -> dict:
+  """The seq_metrics settings the metrics of `config.data.name` read (as JSON values)."""
+  s = config.seq_metrics
+  if config.data.name == "dna":
+    sizes, width, steps = [int(k) for k in s.kmer_sizes], s.classifier_width, s.classifier_steps
+    return {"kmer_sizes": sizes, "classifier_width": width, "classifier_steps": steps}
+  return {"ngram_sizes": [int(n) for n in s.ngram_sizes], "lm_order": int(s.lm_order)}
 
 
 def _sampler_settings(config: ml_collections.ConfigDict) -> dict:

@@ -66,7 +66,8 @@ def sampler_config(
     raise ValueError(
       f"--set {other[0]}: the sample and evaluate commands change sampler.* keys (e.g. --set "
       f"sampler.s_churn=40) and where the run's data now lies ({', '.join(DATA_LOCATION_KEYS)});"
-      " the rest of a run's config is its own"
+      " evaluate on token runs also seq_metrics.* (the domain metrics' settings); the rest of a "
+      "run's config is its own"
     )
   apply_overrides(config, [o for o in overrides if o not in moved])
   return config

@@ -184,7 +184,7 @@ def _is_whole(v) -> bool:
   return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _check_whole_number_tuples(
+def check_whole_number_tuples(
   config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict
 ) -> None:
   """A tuple key whose default holds whole numbers (widths, multipliers, resolutions, k-mer
@@ -227,7 +227,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   defaults = default_config()
   check_keys(config, defaults)
   _check_no_nan(config)
-  _check_whole_number_tuples(config, defaults)
+  check_whole_number_tuples(config, defaults)
   d = config.data
   _check_data_keys_apply(d, defaults.data)
   _require(0 < d.scale < math.inf, "data.scale", f"must be a finite number > 0, got {d.scale}")

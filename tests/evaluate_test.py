@@ -255,5 +255,7 @@ def test_workdir_step_and_ref_stats_are_checked_before_weights(fid_run, tmp_path
   (empty / "config.json").write_text(pathlib.Path(workdir, "config.json").read_text())
   with pytest.raises(FileNotFoundError, match="No checkpoint"):
     evaluate.evaluate(str(empty), num=N, weights=missing)
+  with pytest.raises(ValueError, match=r"--set seq_metrics.kmer_sizes=3: .* on images .* leave"):
+    evaluate.evaluate(workdir, num=N, weights=missing, overrides=["seq_metrics.kmer_sizes=3"])
   with pytest.raises(FileNotFoundError, match="missing_weights"):  # all good: now the weights
     evaluate.evaluate(workdir, num=N, weights=missing)

@@ -159,3 +159,38 @@ def test_num_defaults_to_the_runs_eval_num_samples(dna_run):
   """Without --num a token run is scored on train.eval_num_samples samples (its TensorBoard
   domain/ curves' count), not FID's 50,000."""
   assert evaluate.evaluate(dna_run, seed_sets=1)["num_samples"] == N
+
+
+def test_metric_settings_are_set_at_evaluation_and_recorded(tmp_path, monkeypatch):
+  """seq_metrics.* are evaluation settings: a run on 3-token windows, trained without
+  evaluation, is scored with --set seq_metrics.ngram_sizes=1,2,3 (the default's 4-grams do not
+  fit, as the error says); bad values are refused before the weights are restored; each result
+  records its settings, and results under other settings are kept side by side."""
+  rng = np.random.default_rng(0)
+  text = tmp_path / "text.txt"
+  text.write_text("".join(rng.choice(list("abcdefg "), 2000)))
+  c = _tiny("text", text, tmp_path / "clf")
+  c.data.seq_len = 3
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(c, workdir)
+  with monkeypatch.context() as m:
+    _no_sampling(m)
+    says = r"\(1, 2, 3, 4\): .* --set seq_metrics.ngram_sizes=1,2,3 in evaluate"
+    with pytest.raises(ValueError, match=says):
+      evaluate.evaluate(workdir, num=N)
+    for item, says in [
+      ("seq_metrics.ngram_sizes=(1,2.5)", "whole numbers"),
+      ("seq_metrics.lm_order=0", "lm_order must be >= 1"),
+      ("seq_metrics.ngram_size=2", "no such config key"),
+    ]:
+      with pytest.raises(ValueError, match=says):
+        evaluate.evaluate(workdir, num=N, overrides=["seq_metrics.ngram_sizes=1,2,3", item])
+  flags = [f"--workdir={workdir}", f"--num={N}", "--seed_sets=1"]
+  evaluate.main([*flags, "--set", "seq_metrics.ngram_sizes=1,2,3"])
+  result = evaluate.evaluate(workdir, num=N, seed_sets=1, overrides=["seq_metrics.ngram_sizes=2"])
+  assert result["seq_metrics"] == {"ngram_sizes": [2], "lm_order": 4}
+  assert result["primary"] == "ngram_js_2" and "ngram_js_3" not in result["metrics"][0]
+  stored = json.loads(pathlib.Path(workdir, "domain_metrics.json").read_text())["results"]
+  assert [r["seq_metrics"]["ngram_sizes"] for r in stored] == [[1, 2, 3], [2]]
+  assert stored[0]["primary"] == "ngram_js_3"
+  assert stored[1]["metrics"][0]["ngram_js_2"] == stored[0]["metrics"][0]["ngram_js_2"]

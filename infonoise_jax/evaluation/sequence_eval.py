@@ -82,7 +82,7 @@ class SequenceEvaluator:
       fix = ",".join(map(str, fit))
       raise ValueError(
         f"{key}={tuple(sizes)}: sizes must lie in [1, data.seq_len={length}]; use "
-        f"--config.{key}={fix} (--set {key}={fix} where a command takes --set)"
+        f"--config.{key}={fix} in training, --set {key}={fix} in evaluate"
       )
     self.sizes = tuple(int(k) for k in sizes)
     test = held_out_source(config)
