@@ -18,12 +18,17 @@ data.binarize's rule) and quantized like the samples. Their statistics are cache
 the train images file (`sources.fashion_mnist_fingerprint` of --data_dir, else the config's
 data.local_dir, as the trainer's reference cache names it); a second run on the same files
 reads them, wherever they lie. Samples of a run on your own images (data.name='images') are
-scored against those images with `--reference=images --data_path=<the run's data.path>` (at
-their native size, as the trainer reads them without data.image_size; their digest is the
-trainer's FID cache's, from the files' names, sizes and modification times):
+scored against those images with `--reference=images --data_path=<the run's data.path>` (their
+digest is the trainer's FID cache's, from the files' names, sizes and modification times):
 
   python experiments/fid_of_samples.py --samples=final_continuous_lognormal.npz \
       --reference=images --data_path=my_images/ --reference_num=5000 --out=fid.jsonl
+
+The reference is read at its native size; a run trained with data.image_size=S (the loader's
+box averaging) is scored with `--image_size=S`, which resizes the reference through the same
+loader (the cached statistics' name and every line get `image_size`). Samples whose height is
+not --image_size (or, without it, whose file records another data.image_size) are refused
+before the reference is read or the network built, naming the --image_size that fits.
 
 Each samples file records what its samples were trained on (compare_schedules since
 2026-12-06: `sources.data_identity` as JSON under the entry `__data__`, which is not scored):
@@ -97,6 +102,7 @@ SUBSET_SEED = 0  # permutation of the train split: reference subset first, floor
 KEY_RE = re.compile(r"^(?P<arm>.+?)__seed(?P<seed>\d+)__step(?P<step>\d+)$")
 ID_FIELDS = (
   "kind", "samples", "key", "reference", "reference_data", "reference_num", "binarize", "num",
+  "image_size",
 )  # fmt: skip
 
 
@@ -121,12 +127,15 @@ def content_hash(x: np.ndarray) -> str:
   return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
 
 
-def reference_config(reference: str, binarize: bool, data_dir: str = "", data_path: str = ""):
+def reference_config(
+  reference: str, binarize: bool, data_dir: str = "", data_path: str = "", image_size: int = 0
+):
   """The data config the reference is read with (--data_dir: its IDX files' folder;
-  --data_path: the file or folder of your own images, --reference=images)."""
+  --data_path: the file or folder of your own images, --reference=images; --image_size:
+  data.image_size, 0 = native)."""
   variant = ",".join(filter(None, (REFERENCES[reference], "binarized" if binarize else "")))
   config = load_config_file(str(DEFAULT_CONFIG_PATH), variant)
-  config.data.split = "train"
+  config.data.split, config.data.image_size = "train", image_size
   if reference == OWN_IMAGES:
     config.data.update({"name": OWN_IMAGES, "path": data_path})
   elif data_dir:
@@ -158,11 +167,12 @@ def describe_data(reference: str, binarize: bool, where: str = "", digest: str =
   return what + (", binarized" if binarize else ", not binarized")
 
 
-def fix_flags(reference: str, binarize: bool, where: str) -> str:
+def fix_flags(reference: str, binarize: bool, where: str, image_size: int = 0) -> str:
   if reference == OWN_IMAGES:
     flags = f"--reference=images --data_path={where or '<the run data.path>'}"
   else:
     flags = "--reference=fashion" + (f" --data_dir={where}" if where else "")
+  flags += f" --image_size={image_size}" if image_size else ""
   return flags + (" --binarize" if binarize else " (without --binarize)")
 
 
@@ -174,9 +184,11 @@ def check_samples_data(
   binarize: bool,
   listing: str = "",
   log: Callable[[str], None] = print,
+  image_size: int = 0,
 ) -> None:
   """Refuses samples whose recorded data (sources.data_identity, written by compare_schedules
-  --save_samples) is not the reference asked for: data set, its digest, binarization. The
+  --save_samples) is not the reference asked for: data set, its digest, binarization, image
+  size (--image_size; records written before they held data.image_size are not checked). The
   same own images at another folder or machine (another own_images_fingerprint, as it hashes
   the folder and modification times) pass on their names and sizes (`listing`). Files
   without a record (written before 2026-12-06) are scored as asked, with an info line."""
@@ -203,20 +215,23 @@ def check_samples_data(
       "times); their names and sizes match those at --data_path: scored against them"
     )
     same = True
-  if ref != reference or not same or trained != binarize:
+  size = record.get("image_size", image_size)  # (not recorded before 2026-12-06 evening)
+  if ref != reference or not same or trained != binarize or size != image_size:
     where = record.get("where", "")
+    at = lambda s: f" at data.image_size={s}" if s else " at their native size"
+    trained_on = describe_data(ref, trained, where, record.get("reference_data") or "")
     raise ValueError(
-      f"{path}: its samples were trained on "
-      f"{describe_data(ref, trained, where, record.get('reference_data') or '')}, but the "
-      f"reference asked for is {asked}; score them with {fix_flags(ref, trained, where)}"
+      f"{path}: its samples were trained on {trained_on}{at(size)}, but the reference asked "
+      f"for is {asked}{at(image_size)}; score them with {fix_flags(ref, trained, where, size)}"
     )
 
 
 def train_images(
-  reference: str, binarize: bool, data_dir: str = "", data_path: str = ""
+  reference: str, binarize: bool, data_dir: str = "", data_path: str = "", image_size: int = 0
 ) -> np.ndarray:
-  """The reference's train split as uint8 NHWC, through the training data loader."""
-  source = load_source(reference_config(reference, binarize, data_dir, data_path))
+  """The reference's train split as uint8 NHWC, through the training data loader (resized to
+  `image_size` as data.image_size resizes training data)."""
+  source = load_source(reference_config(reference, binarize, data_dir, data_path, image_size))
   return images.to_uint8(source.array, (-source.scale, source.scale))
 
 
@@ -280,6 +295,7 @@ def score(
   batch_size: int = 50,
   log: Callable[[str], None] = print,
   listing: str = "",
+  image_size: int = 0,
 ) -> list[dict]:
   """Appends to `out` the fid line of every array in `sample_paths` and the floor line of
   every sample count that are not there yet; returns the new lines.
@@ -288,15 +304,16 @@ def score(
   split, uint8 NHWC) are only called when something is left to compute; `data_digest`
   identifies the files that split is read from (`reference_data`). A samples file that
   records other data than this reference is refused first (`check_samples_data`; `listing`:
-  own_images_listing of --data_path).
+  own_images_listing of --data_path), then images whose height is not `image_size` (if set).
   """
   tag = {"reference": reference, "reference_data": data_digest}
   tag |= {"reference_num": reference_num, "binarize": binarize}
+  tag |= {"image_size": image_size} if image_size else {}  # (lines of native size: as before)
   done = {record_id(r): r for r in report.read_records(out)}
   todo, counts, skipped = [], set(), 0  # todo: (record without fid, images)
   for path in sample_paths:
     arrays, record = read_samples(path)
-    check_samples_data(path, record, reference, data_digest, binarize, listing, log)
+    check_samples_data(path, record, reference, data_digest, binarize, listing, log, image_size)
     bad = [k for k in arrays if not KEY_RE.match(k)]
     if bad:
       raise ValueError(f"{path}: array names {bad} are not '<arm>__seed<k>__step<N>'")
@@ -305,6 +322,12 @@ def score(
         raise ValueError(
           f"{path}:{key}: expected uint8 images (N, H, W, 1 or 3) as images.to_uint8 writes, "
           f"got {x.dtype} {x.shape}"
+        )
+      if image_size and x.shape[1] != image_size:
+        raise ValueError(
+          f"{path}:{key}: images of height {x.shape[1]}, but --image_size={image_size}: give "
+          f"the run's data.image_size (--image_size={x.shape[1]} if it was set, else leave "
+          "--image_size out)"
         )
       x = x[:num] if num else x
       if len(x) < 2:
@@ -346,12 +369,14 @@ def score(
     if x.shape[1:] != train_u8.shape[1:]:
       raise ValueError(
         f"{rec['samples']}:{rec['key']}: images of shape {x.shape[1:]}, reference images "
-        f"{train_u8.shape[1:]}"
+        f"{train_u8.shape[1:]}; a run trained with data.image_size set is scored with "
+        f"--image_size=<it> (here --image_size={x.shape[1]}?)"
       )
 
   extractor = TimedExtractor(make_extractor_fn())
   cache_dir = os.path.dirname(os.path.abspath(out))
   name = f"fid_ref_{reference}_{data_digest}_train_{reference_num}"
+  name += f"_size{image_size}" if image_size else ""
   name += "_binarized" if binarize else ""
   where = fid.reference_stats_path(cache_dir, name)
   cached = os.path.exists(where)
@@ -394,6 +419,13 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument(
     "--data_path", default="", help="--reference=images: your .npy / .npz or folder of images"
   )
+  p.add_argument(
+    "--image_size",
+    type=int,
+    default=0,
+    help="the run's data.image_size: the reference resized as the trainer's loader does; 0 = "
+    "native size",
+  )
   args = p.parse_args(argv)
   if (args.reference == OWN_IMAGES) != bool(args.data_path):
     p.error(
@@ -402,8 +434,8 @@ def parse(argv=None) -> argparse.Namespace:
     )
   if args.data_path and not os.path.exists(os.path.expanduser(args.data_path)):
     p.error(f"--data_path={args.data_path} does not exist")
-  if args.num < 0 or args.batch_size < 1:
-    p.error("--num must be >= 0 and --batch_size >= 1")
+  if args.num < 0 or args.batch_size < 1 or args.image_size < 0:
+    p.error("--num and --image_size must be >= 0 and --batch_size >= 1")
   return args
 
 
@@ -417,7 +449,9 @@ def main(argv=None) -> list[dict]:
     paths,
     args.out,
     lambda: make_extractor(args.weights, args.batch_size),
-    lambda: train_images(args.reference, args.binarize, args.data_dir, args.data_path),
+    lambda: train_images(
+      args.reference, args.binarize, args.data_dir, args.data_path, args.image_size
+    ),
     reference_data(args.reference, args.data_dir, args.data_path),
     reference=args.reference,
     reference_num=args.reference_num,
@@ -425,6 +459,7 @@ def main(argv=None) -> list[dict]:
     num=args.num,
     batch_size=args.batch_size,
     listing=listing,
+    image_size=args.image_size,
   )
 
 

@@ -583,7 +583,7 @@ def test_grid_study_and_final_samples_are_recorded_once(tmp_path):
   assert len(grid) == len(compare_schedules.GRID_SETTINGS) * 2
   assert {r["nfe"] for r in grid} == {5, 7}
   assert all(np.isfinite(r["fd"]) for r in grid)
-  digits = {"data": "digits", "binarized": False, "reference_data": None}
+  digits = {"data": "digits", "binarized": False, "reference_data": None, "image_size": 0}
   for arm in ("lognormal", "infonoise"):
     path = os.path.join(out, f"final_continuous_{arm}.npz")
     with np.load(path) as z:
@@ -757,6 +757,7 @@ def test_saved_samples_record_their_data_and_other_datas_file_is_refused(tmp_pat
     "data": "digits",
     "binarized": True,
     "reference_data": None,
+    "image_size": 0,
   }
   with np.load(path) as z:
     x = {k: z[k] for k in z.files if k != SAMPLES_DATA_KEY}

@@ -352,3 +352,51 @@ def test_samples_of_other_data_are_refused_before_any_work(tmp_path, monkeypatch
   np.savez_compressed(old, x__seed0__step1=own[:8])
   assert len(fid_of_samples.main(argv(old, f"--data_dir={fashion}"))) == 1  # floor done
   assert "does not record the data" in capsys.readouterr().out
+
+
+def test_samples_of_a_resized_run_are_scored_with_image_size(tmp_path, monkeypatch):
+  """A run trained with data.image_size set (its loader box-averages the images) could not be
+  scored: the reference was read at native size and refused on the shape. --image_size
+  resizes the reference through the same loader (its cache and lines record it); a size that
+  does not fit the samples is refused before the reference is read or the network built,
+  naming the --image_size that fits (from the file's data record, or the samples' height)."""
+  work = {"extractors": 0, "loads": 0}
+
+  def extractor(*_):
+    work["extractors"] += 1
+    return _projection
+
+  real_train_images = fid_of_samples.train_images
+
+  def train_images(*a):
+    work["loads"] += 1
+    return real_train_images(*a)
+
+  monkeypatch.setattr(fid_of_samples, "make_extractor", extractor)
+  monkeypatch.setattr(fid_of_samples, "train_images", train_images)
+  own = np.random.default_rng(3).integers(0, 256, (40, 28, 28, 1), np.uint8)
+  np.save(tmp_path / "own.npy", own)
+  data = ["--reference=images", f"--data_path={tmp_path / 'own.npy'}"]
+  resized = real_train_images("images", False, "", str(tmp_path / "own.npy"), 14)
+  assert resized.shape == (40, 14, 14, 1)  # the loader's box average
+  cfg = fid_of_samples.reference_config("images", False, data_path=str(tmp_path / "own.npy"))
+  cfg.data.image_size = 14
+  path = _save_as_the_harness(tmp_path / "s", cfg.data, {"x__seed0__step1": resized[:8]})
+  out = tmp_path / "fid.jsonl"
+  argv = lambda path, *flags: [f"--samples={path}", f"--out={out}", "--reference_num=20", *flags]
+  with pytest.raises(ValueError, match=r"at data.image_size=14, .* native size; .*--image_size=14"):
+    fid_of_samples.main(argv(path, *data))
+  old = tmp_path / "final_continuous_old.npz"  # no data record: the samples' height tells
+  np.savez_compressed(old, x__seed0__step1=resized[:8])
+  with pytest.raises(ValueError, match=r"height 14, but --image_size=7: .*\(--image_size=14 if"):
+    fid_of_samples.main(argv(old, *data, "--image_size=7"))
+  assert work == {"extractors": 0, "loads": 0} and not out.exists()
+  with pytest.raises(ValueError, match=r"reference images \(28, 28, 1\); .* --image_size=14"):
+    fid_of_samples.main(argv(old, *data))
+  assert work == {"extractors": 0, "loads": 1}
+
+  new = fid_of_samples.main(argv(path, *data, "--image_size=14"))
+  assert [(r["kind"], r["image_size"]) for r in new] == [("floor", 14), ("fid", 14)]
+  digest = sources.own_images_fingerprint(str(tmp_path / "own.npy"))
+  assert (tmp_path / f"fid_ref_images_{digest}_train_20_size14.npz").exists()
+  assert fid_of_samples.main(argv(old, *data, "--image_size=14"))[0]["fid"] == new[1]["fid"]

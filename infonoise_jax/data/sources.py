@@ -694,11 +694,13 @@ def own_images_listing(path: str) -> str:
 def data_identity(d) -> dict:
   """What identifies the data a config trains on, as saved samples record it for FID
   elsewhere (experiments/fid_of_samples.py checks it against its reference): data.name,
-  binarized or not, and for the data the FID tools have a reference for, the reference
-  cache's digest (`reference_data`: fashion_mnist_fingerprint of data.local_dir,
-  own_images_fingerprint of data.path, which also get own_images_listing as `listing`) and
-  where it was read (`where`, for messages)."""
+  binarized or not, data.image_size (`image_size`, 0: native; older records lack it), and
+  for the data the FID tools have a reference for, the reference cache's digest
+  (`reference_data`: fashion_mnist_fingerprint of data.local_dir, own_images_fingerprint of
+  data.path, which also get own_images_listing as `listing`) and where it was read (`where`,
+  for messages)."""
   rec = {"data": d.name, "binarized": bool(d.get("binarize", False)), "reference_data": None}
+  rec["image_size"] = int(d.get("image_size", 0) or 0)
   if d.name == "fashion_mnist_local":
     rec |= {"reference_data": fashion_mnist_fingerprint(d.local_dir), "where": d.local_dir}
   elif d.name == OWN_IMAGES:
