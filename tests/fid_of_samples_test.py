@@ -276,20 +276,15 @@ def _save_as_the_harness(folder, data_config, arrays: dict) -> str:
   return compare_schedules.samples_path(args, "continuous", "x")
 
 
-def test_samples_of_other_data_are_refused_before_any_work(tmp_path, monkeypatch, capsys):
-  """The samples file did not say what its samples were trained on: forgetting
-  --reference=images scored a run on your own 28x28 gray images against Fashion-MNIST, and
-  binarized samples scored without --binarize (or the reverse) went through, without a word.
-  compare_schedules now records the data (sources.data_identity); a mismatch with the
-  reference asked for is refused, naming both and the flags, before the extractor is built
-  or any image read; files without the record are scored as before."""
+def _count_work(monkeypatch) -> dict:
+  """Counts the extractors built and the reference images read (the work a refusal must come
+  before); the extractor is the cheap projection, the images are read for real."""
   work = {"extractors": 0, "loads": 0}
+  real_train_images = fid_of_samples.train_images
 
   def extractor(*_):
     work["extractors"] += 1
     return _projection
-
-  real_train_images = fid_of_samples.train_images
 
   def train_images(*a):
     work["loads"] += 1
@@ -297,6 +292,17 @@ def test_samples_of_other_data_are_refused_before_any_work(tmp_path, monkeypatch
 
   monkeypatch.setattr(fid_of_samples, "make_extractor", extractor)
   monkeypatch.setattr(fid_of_samples, "train_images", train_images)
+  return work
+
+
+def test_samples_of_other_data_are_refused_before_any_work(tmp_path, monkeypatch, capsys):
+  """The samples file did not say what its samples were trained on: forgetting
+  --reference=images scored a run on your own 28x28 gray images against Fashion-MNIST, and
+  binarized samples scored without --binarize (or the reverse) went through, without a word.
+  compare_schedules now records the data (sources.data_identity); a mismatch with the
+  reference asked for is refused, naming both and the flags, before the extractor is built
+  or any image read; files without the record are scored as before."""
+  work = _count_work(monkeypatch)
   fashion, other, mine, copy = (tmp_path / k for k in ("fashion", "other", "mine", "copy"))
   for f in (fashion, other, mine, copy):
     f.mkdir()
@@ -360,20 +366,8 @@ def test_samples_of_a_resized_run_are_scored_with_image_size(tmp_path, monkeypat
   resizes the reference through the same loader (its cache and lines record it); a size that
   does not fit the samples is refused before the reference is read or the network built,
   naming the --image_size that fits (from the file's data record, or the samples' height)."""
-  work = {"extractors": 0, "loads": 0}
-
-  def extractor(*_):
-    work["extractors"] += 1
-    return _projection
-
-  real_train_images = fid_of_samples.train_images
-
-  def train_images(*a):
-    work["loads"] += 1
-    return real_train_images(*a)
-
-  monkeypatch.setattr(fid_of_samples, "make_extractor", extractor)
-  monkeypatch.setattr(fid_of_samples, "train_images", train_images)
+  real_train_images = fid_of_samples.train_images  # uncounted
+  work = _count_work(monkeypatch)
   own = np.random.default_rng(3).integers(0, 256, (40, 28, 28, 1), np.uint8)
   np.save(tmp_path / "own.npy", own)
   data = ["--reference=images", f"--data_path={tmp_path / 'own.npy'}"]
