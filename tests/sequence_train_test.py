@@ -183,7 +183,8 @@ def test_n_gram_sizes_past_the_window_name_the_override_that_fixes_them(tmp_path
       train.train_and_evaluate(config, str(tmp_path / "bad"))
     assert not (tmp_path / "bad" / "checkpoints").exists()
     override = f"--config.seq_metrics.ngram_sizes={sizes}"
-    assert f"use {override} (--set seq_metrics.ngram_sizes={sizes} " in str(e.value)
+    fix = f"use {override} in training, --set seq_metrics.ngram_sizes={sizes} in evaluate"
+    assert fix in str(e.value)
   # the override at data.seq_len=3 (at 1 every held-out letter is a training window's)
   argv = ["main", f"--config={ROOT}/configs/text.py:cpu", "--config.data.seq_len=3", override]
   monkeypatch.setattr(sys, "argv", argv)  # the trainer's flags (infonoise_jax.main) read it
