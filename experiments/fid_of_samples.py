@@ -84,13 +84,7 @@ import jax
 import numpy as np
 
 from infonoise_jax.data import load_source
-from infonoise_jax.data.sources import (
-  OWN_IMAGES,
-  SAMPLES_DATA_KEY,
-  fashion_mnist_fingerprint,
-  own_images_fingerprint,
-  own_images_listing,
-)
+from infonoise_jax.data.sources import OWN_IMAGES, SAMPLES_DATA_KEY, data_identity
 from infonoise_jax.evaluation import fid, images, inception, report
 from infonoise_jax.mesh import configure_compilation_cache
 from infonoise_jax.validation import DEFAULT_CONFIG_PATH, load_config_file
@@ -143,13 +137,17 @@ def reference_config(
   return config
 
 
+def reference_identity(reference: str, data_dir: str = "", data_path: str = "") -> dict:
+  """sources.data_identity of the reference's data, as compare_schedules records it with
+  saved samples: `reference_data`, the digest the trainer's reference cache names the data by
+  (Fashion-MNIST's train images file; your own images' names, sizes and times), so other files
+  never share statistics or records, and for your own images `listing` (names and sizes)."""
+  return data_identity(reference_config(reference, False, data_dir, data_path).data)
+
+
 def reference_data(reference: str, data_dir: str = "", data_path: str = "") -> str:
-  """A digest of the train images file the reference reads (the trainer's reference cache
-  names Fashion-MNIST by it; your own images by their files' names, sizes and times, as the
-  trainer's cache does): other files never share statistics or records."""
-  if reference == OWN_IMAGES:
-    return own_images_fingerprint(data_path)
-  return fashion_mnist_fingerprint(reference_config(reference, False, data_dir).data.local_dir)
+  """The digest of the reference's data (`reference_identity`)."""
+  return reference_identity(reference, data_dir, data_path)["reference_data"]
 
 
 def read_samples(path: str) -> tuple[dict[str, np.ndarray], dict | None]:
@@ -444,7 +442,7 @@ def main(argv=None) -> list[dict]:
   paths = [s for s in args.samples.split(",") if s]
   config = load_config_file(str(DEFAULT_CONFIG_PATH))
   configure_compilation_cache(config.system)
-  listing = own_images_listing(args.data_path) if args.reference == OWN_IMAGES else ""
+  identity = reference_identity(args.reference, args.data_dir, args.data_path)
   return score(
     paths,
     args.out,
@@ -452,13 +450,13 @@ def main(argv=None) -> list[dict]:
     lambda: train_images(
       args.reference, args.binarize, args.data_dir, args.data_path, args.image_size
     ),
-    reference_data(args.reference, args.data_dir, args.data_path),
+    identity["reference_data"],
     reference=args.reference,
     reference_num=args.reference_num,
     binarize=args.binarize,
     num=args.num,
     batch_size=args.batch_size,
-    listing=listing,
+    listing=identity.get("listing", ""),
     image_size=args.image_size,
   )
 

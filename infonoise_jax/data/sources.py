@@ -660,13 +660,19 @@ def own_images_source(d, max_bytes: int = MAX_IN_MEMORY_BYTES) -> Source:
   return _image_source(f"images ({path})", u_NHWC, max_value, d)
 
 
+def _own_image_files(path: str) -> tuple[str, list[str]]:
+  """(data.path made absolute, the image files the source reads there: the file itself, or
+  a folder's image files in reading order; it has warned about the others)."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.isdir(path):
+    return path, [path]
+  return path, folders.files_under(path, lambda p: p.lower().endswith(IMAGE_SUFFIXES))[0]
+
+
 def own_images_fingerprint(path: str) -> str:
   """A short hash of what data.path holds by name, size and modification time (a file, or
   every image file of a folder): the FID reference cache's name for data.name='images'."""
-  path = os.path.abspath(os.path.expanduser(path))
-  files = [path]
-  if os.path.isdir(path):  # the files the source reads (it has warned about the others)
-    files = folders.files_under(path, lambda p: p.lower().endswith(IMAGE_SUFFIXES))[0]
+  path, files = _own_image_files(path)
   h = hashlib.sha256(path.encode())
   for f in files:
     st = os.stat(f)
@@ -681,10 +687,7 @@ def own_images_listing(path: str) -> str:
   """A short hash of what data.path holds by relative name and size alone (no folder, no
   modification time, unlike own_images_fingerprint): the same images copied to another folder
   or machine keep it, so saved samples can be matched to their data there."""
-  path = os.path.abspath(os.path.expanduser(path))
-  files, h = [path], hashlib.sha256()
-  if os.path.isdir(path):
-    files = folders.files_under(path, lambda p: p.lower().endswith(IMAGE_SUFFIXES))[0]
+  (path, files), h = _own_image_files(path), hashlib.sha256()
   for f in files:
     name = os.path.relpath(f, path) if f != path else os.path.basename(f)
     h.update(f"{name}|{os.path.getsize(f)}".encode())
