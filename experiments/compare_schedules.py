@@ -79,7 +79,13 @@ import numpy as np
 from infonoise_jax import checkpointing, multirun, paths, train
 from infonoise_jax import workdir as workdir_lib
 from infonoise_jax.data import load_source
-from infonoise_jax.data.sources import DATA_PATH_KEYS, SAMPLES_DATA_KEY, TOKEN_NAMES, data_identity
+from infonoise_jax.data.sources import (
+  DATA_PATH_KEYS,
+  SAMPLES_DATA_KEY,
+  TOKEN_NAMES,
+  data_identity,
+  same_data,
+)
 from infonoise_jax.data.tokens import onehot_std
 from infonoise_jax.evaluation import fid, plots, report
 from infonoise_jax.evaluation.images import to_uint8
@@ -446,17 +452,6 @@ def saved_identity(path: str) -> dict | None:
     return None
   with np.load(path) as z:
     return json.loads(str(z[SAMPLES_DATA_KEY][()])) if SAMPLES_DATA_KEY in z.files else None
-
-
-def same_data(a: dict, b: dict) -> bool:
-  """Two data records name the same data: name, binarization and digest (own images: or
-  their names and sizes, which a copy elsewhere keeps); where they were read may differ."""
-  if (a.get("data"), a.get("binarized")) != (b.get("data"), b.get("binarized")):
-    return False
-  listing = a.get("listing")
-  return a.get("reference_data") == b.get("reference_data") or (
-    listing is not None and listing == b.get("listing")
-  )
 
 
 def check_saved_identity(args, data: str, arm_name: str, identity: dict) -> None:

@@ -84,7 +84,7 @@ import jax
 import numpy as np
 
 from infonoise_jax.data import load_source
-from infonoise_jax.data.sources import OWN_IMAGES, SAMPLES_DATA_KEY, data_identity
+from infonoise_jax.data.sources import OWN_IMAGES, SAMPLES_DATA_KEY, data_identity, same_data
 from infonoise_jax.evaluation import fid, images, inception, report
 from infonoise_jax.mesh import configure_compilation_cache
 from infonoise_jax.validation import DEFAULT_CONFIG_PATH, load_config_file
@@ -92,6 +92,7 @@ from infonoise_jax.validation import DEFAULT_CONFIG_PATH, load_config_file
 # --reference -> variant of configs/default.py; `images`: your own at --data_path (data.name)
 REFERENCES = {"fashion": "fashion", OWN_IMAGES: ""}
 DATA_REFERENCE = {"fashion_mnist_local": "fashion", OWN_IMAGES: OWN_IMAGES}  # data.name -> it
+DATA_NAME = {ref: name for name, ref in DATA_REFERENCE.items()}  # --reference -> data.name
 SUBSET_SEED = 0  # permutation of the train split: reference subset first, floor images next
 KEY_RE = re.compile(r"^(?P<arm>.+?)__seed(?P<seed>\d+)__step(?P<step>\d+)$")
 ID_FIELDS = (
@@ -206,15 +207,16 @@ def check_samples_data(
       "has references for fashion_mnist_local (--reference=fashion) and your own images "
       "(data.name='images': --reference=images --data_path=<data.path>) only"
     )
-  trained, same = record.get("binarized", False), record.get("reference_data") == data_digest
-  if ref == reference and not same and listing and record.get("listing") == listing:
+  trained = record.get("binarized", False)
+  asked_data = {"data": DATA_NAME[reference], "binarized": binarize, "reference_data": data_digest}
+  same = same_data(record, asked_data | ({"listing": listing} if listing else {}))
+  if same and record.get("reference_data") != data_digest:  # matched on names and sizes
     log(
       f"{path}: its images' digest {record.get('reference_data')} differs (folder or file "
       "times); their names and sizes match those at --data_path: scored against them"
     )
-    same = True
   size = record.get("image_size", image_size)  # (not recorded before 2026-12-06 evening)
-  if ref != reference or not same or trained != binarize or size != image_size:
+  if not same or size != image_size:
     where = record.get("where", "")
     at = lambda s: f" at data.image_size={s}" if s else " at their native size"
     trained_on = describe_data(ref, trained, where, record.get("reference_data") or "")

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from infonoise_jax import multirun, train
-from infonoise_jax.data.sources import SAMPLES_DATA_KEY
+from infonoise_jax.data.sources import SAMPLES_DATA_KEY, same_data
 from infonoise_jax.data.tokens import TokenEncoding
 from infonoise_jax.models import unet_layers
 from infonoise_jax.validation import load_config_file
@@ -773,9 +773,9 @@ def test_saved_samples_record_their_data_and_other_datas_file_is_refused(tmp_pat
     assert set(z.files) == {*x, "lognormal__seed0__step4"}  # no record claimed for old arrays
   # Own images read from another folder (another digest) are the same data by their listing.
   own = {"data": "images", "binarized": False, "reference_data": "a1", "listing": "L", "where": "x"}
-  assert compare_schedules.same_data(own, {**own, "reference_data": "b2", "where": "/y"})
-  assert not compare_schedules.same_data(own, {**own, "reference_data": "b2", "listing": "M"})
-  assert not compare_schedules.same_data(own, {**own, "binarized": True})
+  assert same_data(own, {**own, "reference_data": "b2", "where": "/y"})
+  assert not same_data(own, {**own, "reference_data": "b2", "listing": "M"})
+  assert not same_data(own, {**own, "binarized": True})
 
 
 @pytest.mark.parametrize("draw", ["fixed", "per_step"])

@@ -712,6 +712,18 @@ def data_identity(d) -> dict:
   return rec
 
 
+def same_data(a: dict, b: dict) -> bool:
+  """Two data records (`data_identity`) name the same data: name, binarization and digest
+  (own images: or their names and sizes, which a copy elsewhere keeps); where they were read
+  may differ."""
+  if (a.get("data"), a.get("binarized")) != (b.get("data"), b.get("binarized")):
+    return False
+  listing = a.get("listing")
+  return a.get("reference_data") == b.get("reference_data") or (
+    listing is not None and listing == b.get("listing")
+  )
+
+
 def _prepare_command(name: str, data_dir: str) -> str:
   return (
     'python -c "import tensorflow_datasets as tfds; '
