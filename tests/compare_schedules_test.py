@@ -761,10 +761,12 @@ def test_saved_samples_record_their_data_and_other_datas_file_is_refused(tmp_pat
   }
   with np.load(path) as z:
     x = {k: z[k] for k in z.files if k != SAMPLES_DATA_KEY}
+  resized = {**compare_schedules.saved_identity(str(path)), "image_size": 16}
   other = json.dumps({"data": "images", "binarized": True, "reference_data": "abc"})
-  np.savez_compressed(path, **x, **{SAMPLES_DATA_KEY: np.array(other)})
-  with pytest.raises(ValueError, match="holds samples of other data"):
-    compare_schedules.main([*args, "--steps=4"])
+  for record in (json.dumps(resized), other):  # the same data at another size, other data
+    np.savez_compressed(path, **x, **{SAMPLES_DATA_KEY: np.array(record)})
+    with pytest.raises(ValueError, match="holds samples of other data"):
+      compare_schedules.main([*args, "--steps=4"])
   with open(tmp_path / "out" / "results.jsonl") as f:
     assert all(json.loads(line).get("step", 0) <= 2 for line in f)  # nothing trained
   np.savez_compressed(path, **x)  # as an older run wrote it
@@ -776,6 +778,9 @@ def test_saved_samples_record_their_data_and_other_datas_file_is_refused(tmp_pat
   assert same_data(own, {**own, "reference_data": "b2", "where": "/y"})
   assert not same_data(own, {**own, "reference_data": "b2", "listing": "M"})
   assert not same_data(own, {**own, "binarized": True})
+  # The same files at another data.image_size are other images (older records lack the size).
+  assert not same_data({**own, "image_size": 0}, {**own, "image_size": 16})
+  assert same_data({**own, "image_size": 16}, own) and same_data(own, {**own, "image_size": 16})
 
 
 @pytest.mark.parametrize("draw", ["fixed", "per_step"])

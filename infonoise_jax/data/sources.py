@@ -713,11 +713,13 @@ def data_identity(d) -> dict:
 
 
 def same_data(a: dict, b: dict) -> bool:
-  """Two data records (`data_identity`) name the same data: name, binarization and digest
-  (own images: or their names and sizes, which a copy elsewhere keeps); where they were read
-  may differ."""
+  """Two data records (`data_identity`) name the same data: name, binarization, image size
+  (where both record it: records before 2026-12-06 evening lack it) and digest (own images: or
+  their names and sizes, which a copy elsewhere keeps); where they were read may differ."""
   if (a.get("data"), a.get("binarized")) != (b.get("data"), b.get("binarized")):
     return False
+  if "image_size" in a and "image_size" in b and a["image_size"] != b["image_size"]:
+    return False  # the same files resized otherwise: other images
   listing = a.get("listing")
   return a.get("reference_data") == b.get("reference_data") or (
     listing is not None and listing == b.get("listing")
