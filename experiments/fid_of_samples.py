@@ -24,6 +24,13 @@ digest is the trainer's FID cache's, from the files' names, sizes and modificati
   python experiments/fid_of_samples.py --samples=final_continuous_lognormal.npz \
       --reference=images --data_path=my_images/ --reference_num=5000 --out=fid.jsonl
 
+Samples of a run on a tfds image set (data.name='tfds:<name>') are scored against that set,
+read lazily from the tfds folder the run read (--data_dir: its data.tfds_data_dir; '' = tfds's
+default; --image_key: another image feature), keyed by that folder's digest:
+
+  python experiments/fid_of_samples.py --samples=final_continuous_lognormal.npz \
+      --reference=tfds:cifar10 --out=fid.jsonl
+
 The reference is read at its native size; a run trained with data.image_size=S (the loader's
 box averaging) is scored with `--image_size=S`, which resizes the reference through the same
 loader (the cached statistics' name and every line get `image_size`). Samples whose height is
@@ -36,8 +43,8 @@ data.name, binarized or not, and the digest this script's reference is keyed by.
 data is not the reference asked for (--reference, --data_dir / --data_path, --binarize) is
 refused before the network is built or any image read, with an error naming both and the
 flags that score it (e.g. samples of your own images given without --reference=images, or a
-binarized run's without --binarize); samples of data it has no reference for (digits, tfds,
-...) likewise. Your own images copied to another folder or machine (another digest, which
+binarized run's without --binarize); samples of data it has no reference for (digits, Gaussian
+mixtures, ...) likewise. Your own images copied to another folder or machine (another digest, which
 hashes the folder and file times) pass if their names and sizes match. Files without the
 record (earlier runs, experiments/results/) are scored as asked, with an info line.
 
@@ -84,15 +91,38 @@ import jax
 import numpy as np
 
 from infonoise_jax.data import load_source
-from infonoise_jax.data.sources import OWN_IMAGES, SAMPLES_DATA_KEY, data_identity, same_data
+from infonoise_jax.data.sources import (
+  OWN_IMAGES,
+  SAMPLES_DATA_KEY,
+  Source,
+  data_identity,
+  same_data,
+  tfds_source,
+)
 from infonoise_jax.evaluation import fid, images, inception, report
 from infonoise_jax.mesh import configure_compilation_cache
 from infonoise_jax.validation import DEFAULT_CONFIG_PATH, load_config_file
 
-# --reference -> variant of configs/default.py; `images`: your own at --data_path (data.name)
+# --reference -> variant of configs/default.py; `images`: your own at --data_path (data.name);
+# besides these, any tfds image set as `tfds:<name>` (its data.name), read from --data_dir
 REFERENCES = {"fashion": "fashion", OWN_IMAGES: ""}
 DATA_REFERENCE = {"fashion_mnist_local": "fashion", OWN_IMAGES: OWN_IMAGES}  # data.name -> it
 DATA_NAME = {ref: name for name, ref in DATA_REFERENCE.items()}  # --reference -> data.name
+
+
+def is_tfds(reference: str) -> bool:
+  return reference.startswith("tfds:") and len(reference) > len("tfds:")
+
+
+def reference_of(data_name: str | None) -> str | None:
+  """The --reference that scores samples trained with data.name=`data_name`; None: none."""
+  return data_name if is_tfds(data_name or "") else DATA_REFERENCE.get(data_name)
+
+
+def data_name_of(reference: str) -> str:
+  return reference if is_tfds(reference) else DATA_NAME[reference]
+
+
 SUBSET_SEED = 0  # permutation of the train split: reference subset first, floor images next
 KEY_RE = re.compile(r"^(?P<arm>.+?)__seed(?P<seed>\d+)__step(?P<step>\d+)$")
 ID_FIELDS = (
@@ -123,27 +153,39 @@ def content_hash(x: np.ndarray) -> str:
 
 
 def reference_config(
-  reference: str, binarize: bool, data_dir: str = "", data_path: str = "", image_size: int = 0
+  reference: str,
+  binarize: bool,
+  data_dir: str = "",
+  data_path: str = "",
+  image_size: int = 0,
+  image_key: str = "image",
 ):
-  """The data config the reference is read with (--data_dir: its IDX files' folder;
-  --data_path: the file or folder of your own images, --reference=images; --image_size:
-  data.image_size, 0 = native)."""
-  variant = ",".join(filter(None, (REFERENCES[reference], "binarized" if binarize else "")))
+  """The data config the reference is read with (--data_dir: Fashion-MNIST's IDX files'
+  folder, or the tfds data_dir of --reference=tfds:<name>, '' = tfds's default; --data_path:
+  the file or folder of your own images, --reference=images; --image_size: data.image_size,
+  0 = native; --image_key: a tfds set's image feature)."""
+  variant = ",".join(filter(None, (REFERENCES.get(reference, ""), "binarized" if binarize else "")))
   config = load_config_file(str(DEFAULT_CONFIG_PATH), variant)
   config.data.split, config.data.image_size = "train", image_size
   if reference == OWN_IMAGES:
     config.data.update({"name": OWN_IMAGES, "path": data_path})
+  elif is_tfds(reference):
+    config.data.update({"name": reference, "tfds_data_dir": data_dir, "image_key": image_key})
   elif data_dir:
     config.data.local_dir = data_dir
   return config
 
 
-def reference_identity(reference: str, data_dir: str = "", data_path: str = "") -> dict:
+def reference_identity(
+  reference: str, data_dir: str = "", data_path: str = "", image_key: str = "image"
+) -> dict:
   """sources.data_identity of the reference's data, as compare_schedules records it with
   saved samples: `reference_data`, the digest the trainer's reference cache names the data by
-  (Fashion-MNIST's train images file; your own images' names, sizes and times), so other files
-  never share statistics or records, and for your own images `listing` (names and sizes)."""
-  return data_identity(reference_config(reference, False, data_dir, data_path).data)
+  (Fashion-MNIST's train images file; your own images' names, sizes and times; a tfds set's
+  resolved folder), so other files never share statistics or records, for your own images
+  `listing` (names and sizes), for a tfds set's other image feature `image_key`."""
+  config = reference_config(reference, False, data_dir, data_path, image_key=image_key)
+  return data_identity(config.data)
 
 
 def reference_data(reference: str, data_dir: str = "", data_path: str = "") -> str:
@@ -161,17 +203,21 @@ def read_samples(path: str) -> tuple[dict[str, np.ndarray], dict | None]:
 
 def describe_data(reference: str, binarize: bool, where: str = "", digest: str = "") -> str:
   what = "Fashion-MNIST" if reference == "fashion" else f"your own images ({OWN_IMAGES})"
+  what = f"the tfds set {reference[5:]}" if is_tfds(reference) else what
   what += f" at {where}" if where else ""
   what += f" (digest {digest})" if digest else ""
   return what + (", binarized" if binarize else ", not binarized")
 
 
-def fix_flags(reference: str, binarize: bool, where: str, image_size: int = 0) -> str:
+def fix_flags(
+  reference: str, binarize: bool, where: str, image_size: int = 0, image_key: str = "image"
+) -> str:
   if reference == OWN_IMAGES:
     flags = f"--reference=images --data_path={where or '<the run data.path>'}"
   else:
-    flags = "--reference=fashion" + (f" --data_dir={where}" if where else "")
+    flags = f"--reference={reference}" + (f" --data_dir={where}" if where else "")
   flags += f" --image_size={image_size}" if image_size else ""
+  flags += f" --image_key={image_key}" if image_key != "image" else ""
   return flags + (" --binarize" if binarize else " (without --binarize)")
 
 
@@ -184,10 +230,12 @@ def check_samples_data(
   listing: str = "",
   log: Callable[[str], None] = print,
   image_size: int = 0,
+  image_key: str = "image",
 ) -> None:
   """Refuses samples whose recorded data (sources.data_identity, written by compare_schedules
   --save_samples) is not the reference asked for: data set, its digest, binarization, image
-  size (--image_size; records written before they held data.image_size are not checked). The
+  size (--image_size; records written before they held data.image_size are not checked), a
+  tfds set's image feature (--image_key). The
   same own images at another folder or machine (another own_images_fingerprint, as it hashes
   the folder and modification times) pass on their names and sizes (`listing`). Files
   without a record (written before 2026-12-06) are scored as asked, with an info line."""
@@ -200,15 +248,18 @@ def check_samples_data(
     if ("binarized" in os.path.basename(path)) != binarize:
       log(f"warning: {path} scored with --binarize={binarize}; check the flag")
     return
-  ref = DATA_REFERENCE.get(record.get("data"))
+  ref = reference_of(record.get("data"))
   if ref is None:
     raise ValueError(
       f"{path}: its samples were trained on data.name={record.get('data')!r}; fid_of_samples "
-      "has references for fashion_mnist_local (--reference=fashion) and your own images "
-      "(data.name='images': --reference=images --data_path=<data.path>) only"
+      "has references for fashion_mnist_local (--reference=fashion), your own images "
+      "(data.name='images': --reference=images --data_path=<data.path>) and tfds image sets "
+      "(data.name='tfds:<name>': --reference=tfds:<name> --data_dir=<data.tfds_data_dir>) only"
     )
   trained = record.get("binarized", False)
-  asked_data = {"data": DATA_NAME[reference], "binarized": binarize, "reference_data": data_digest}
+  asked_data = {"data": data_name_of(reference), "binarized": binarize}
+  asked_data["reference_data"] = data_digest
+  asked_data |= {"image_key": image_key} if image_key != "image" else {}
   same = same_data(record, asked_data | ({"listing": listing} if listing else {}))
   if same and record.get("reference_data") != data_digest:  # matched on names and sizes
     log(
@@ -222,16 +273,41 @@ def check_samples_data(
     trained_on = describe_data(ref, trained, where, record.get("reference_data") or "")
     raise ValueError(
       f"{path}: its samples were trained on {trained_on}{at(size)}, but the reference asked "
-      f"for is {asked}{at(image_size)}; score them with {fix_flags(ref, trained, where, size)}"
+      f"for is {asked}{at(image_size)}; score them with "
+      + fix_flags(ref, trained, where, size, record.get("image_key", "image"))
     )
 
 
+class SourceImages:
+  """A data source's images as uint8 NHWC by index (`len`, `shape`, `[indices]`), read when
+  indexed: a tfds set is read lazily, only the reference subset and floor images."""
+
+  def __init__(self, source: Source):
+    self.source, self.shape = source, (source.num_examples, *source.shape)
+
+  def __len__(self) -> int:
+    return self.source.num_examples
+
+  def __getitem__(self, indices: np.ndarray) -> np.ndarray:
+    x = self.source.get(np.asarray(indices))
+    return images.to_uint8(x, (-self.source.scale, self.source.scale))
+
+
 def train_images(
-  reference: str, binarize: bool, data_dir: str = "", data_path: str = "", image_size: int = 0
-) -> np.ndarray:
+  reference: str,
+  binarize: bool,
+  data_dir: str = "",
+  data_path: str = "",
+  image_size: int = 0,
+  image_key: str = "image",
+) -> np.ndarray | SourceImages:
   """The reference's train split as uint8 NHWC, through the training data loader (resized to
-  `image_size` as data.image_size resizes training data)."""
-  source = load_source(reference_config(reference, binarize, data_dir, data_path, image_size))
+  `image_size` as data.image_size resizes training data): in memory, but for a tfds set,
+  whose images are read when indexed (SourceImages)."""
+  config = reference_config(reference, binarize, data_dir, data_path, image_size, image_key)
+  if is_tfds(reference):
+    return SourceImages(tfds_source(reference[5:], config.data, in_memory=False))
+  source = load_source(config)
   return images.to_uint8(source.array, (-source.scale, source.scale))
 
 
@@ -286,7 +362,7 @@ def score(
   sample_paths: list[str],
   out: str,
   make_extractor_fn: Callable[[], fid.FeatureFn],
-  load_train_fn: Callable[[], np.ndarray],
+  load_train_fn: Callable[[], np.ndarray | SourceImages],
   data_digest: str,
   reference: str = "fashion",
   reference_num: int = 10000,
@@ -296,24 +372,29 @@ def score(
   log: Callable[[str], None] = print,
   listing: str = "",
   image_size: int = 0,
+  image_key: str = "image",
 ) -> list[dict]:
   """Appends to `out` the fid line of every array in `sample_paths` and the floor line of
   every sample count that are not there yet; returns the new lines.
 
   `make_extractor_fn()` (the feature function) and `load_train_fn()` (the reference's train
-  split, uint8 NHWC) are only called when something is left to compute; `data_digest`
-  identifies the files that split is read from (`reference_data`). A samples file that
-  records other data than this reference is refused first (`check_samples_data`; `listing`:
-  own_images_listing of --data_path), then images whose height is not `image_size` (if set).
+  split, uint8 NHWC: an array or SourceImages) are only called when something is left to
+  compute; `data_digest` identifies the files that split is read from (`reference_data`). A
+  samples file that records other data than this reference is refused first
+  (`check_samples_data`; `listing`: own_images_listing of --data_path; `image_key`: a tfds
+  set's image feature), then images whose height is not `image_size` (if set).
   """
   tag = {"reference": reference, "reference_data": data_digest}
   tag |= {"reference_num": reference_num, "binarize": binarize}
   tag |= {"image_size": image_size} if image_size else {}  # (lines of native size: as before)
+  tag |= {"image_key": image_key} if image_key != "image" else {}
   done = {record_id(r): r for r in report.read_records(out)}
   todo, counts, skipped = [], set(), 0  # todo: (record without fid, images)
   for path in sample_paths:
     arrays, record = read_samples(path)
-    check_samples_data(path, record, reference, data_digest, binarize, listing, log, image_size)
+    check_samples_data(
+      path, record, reference, data_digest, binarize, listing, log, image_size, image_key
+    )
     bad = [k for k in arrays if not KEY_RE.match(k)]
     if bad:
       raise ValueError(f"{path}: array names {bad} are not '<arm>__seed<k>__step<N>'")
@@ -377,6 +458,7 @@ def score(
   cache_dir = os.path.dirname(os.path.abspath(out))
   name = f"fid_ref_{reference}_{data_digest}_train_{reference_num}"
   name += f"_size{image_size}" if image_size else ""
+  name += f"_{image_key}" if image_key != "image" else ""
   name += "_binarized" if binarize else ""
   where = fid.reference_stats_path(cache_dir, name)
   cached = os.path.exists(where)
@@ -409,13 +491,24 @@ def parse(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--samples", required=True, help="comma list of .npz files of uint8 arrays")
   p.add_argument("--out", required=True, help="JSON lines file, appended to")
-  p.add_argument("--reference", default="fashion", choices=sorted(REFERENCES))
+  p.add_argument(
+    "--reference",
+    default="fashion",
+    help="fashion (Fashion-MNIST's IDX files), images (your own, --data_path) or tfds:<name> (a "
+    "prepared tfds image set)",
+  )
   p.add_argument("--reference_num", type=int, default=10000, help="reference subset size")
   p.add_argument("--binarize", action="store_true", help="binarized reference (data.binarize)")
   p.add_argument("--num", type=int, default=0, help="first num samples of each array; 0 = all")
   p.add_argument("--batch_size", type=int, default=50, help="images per Inception call")
   p.add_argument("--weights", default=inception.DEFAULT_WEIGHTS_PATH, help="converted .npz")
-  p.add_argument("--data_dir", default="", help="IDX files; '' = config data.local_dir")
+  p.add_argument(
+    "--data_dir",
+    default="",
+    help="fashion: the IDX files' folder, '' = config data.local_dir; tfds:<name>: the tfds "
+    "data_dir (the run's data.tfds_data_dir), '' = tfds's default",
+  )
+  p.add_argument("--image_key", default="image", help="tfds:<name>: the image feature")
   p.add_argument(
     "--data_path", default="", help="--reference=images: your .npy / .npz or folder of images"
   )
@@ -427,6 +520,13 @@ def parse(argv=None) -> argparse.Namespace:
     "native size",
   )
   args = p.parse_args(argv)
+  if args.reference not in REFERENCES and not is_tfds(args.reference):
+    p.error(
+      f"--reference={args.reference}: give fashion, images (with --data_path) or "
+      "tfds:<name> for a tfds image set (e.g. tfds:cifar10)"
+    )
+  if args.image_key != "image" and not is_tfds(args.reference):
+    p.error("--image_key names a tfds set's image feature: it needs --reference=tfds:<name>")
   if (args.reference == OWN_IMAGES) != bool(args.data_path):
     p.error(
       "--reference=images scores against your own images at --data_path (the trainer's "
@@ -444,13 +544,13 @@ def main(argv=None) -> list[dict]:
   paths = [s for s in args.samples.split(",") if s]
   config = load_config_file(str(DEFAULT_CONFIG_PATH))
   configure_compilation_cache(config.system)
-  identity = reference_identity(args.reference, args.data_dir, args.data_path)
+  identity = reference_identity(args.reference, args.data_dir, args.data_path, args.image_key)
   return score(
     paths,
     args.out,
     lambda: make_extractor(args.weights, args.batch_size),
     lambda: train_images(
-      args.reference, args.binarize, args.data_dir, args.data_path, args.image_size
+      args.reference, args.binarize, args.data_dir, args.data_path, args.image_size, args.image_key
     ),
     identity["reference_data"],
     reference=args.reference,
@@ -460,6 +560,7 @@ def main(argv=None) -> list[dict]:
     batch_size=args.batch_size,
     listing=identity.get("listing", ""),
     image_size=args.image_size,
+    image_key=args.image_key,
   )
 
 

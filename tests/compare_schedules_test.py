@@ -781,6 +781,10 @@ def test_saved_samples_record_their_data_and_other_datas_file_is_refused(tmp_pat
   # The same files at another data.image_size are other images (older records lack the size).
   assert not same_data({**own, "image_size": 0}, {**own, "image_size": 16})
   assert same_data({**own, "image_size": 16}, own) and same_data(own, {**own, "image_size": 16})
+  # A tfds set read through another image feature is other images.
+  tfds_set = {"data": "tfds:x", "binarized": False, "reference_data": "d", "image_size": 0}
+  assert not same_data(tfds_set, {**tfds_set, "image_key": "depth"})
+  assert same_data(tfds_set, {**tfds_set, "image_key": "image", "where": "elsewhere"})
 
 
 @pytest.mark.parametrize("draw", ["fixed", "per_step"])

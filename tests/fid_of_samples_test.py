@@ -15,7 +15,7 @@ import pytest
 from flax import traverse_util
 
 from infonoise_jax.data import sources
-from infonoise_jax.evaluation import inception
+from infonoise_jax.evaluation import fid, inception
 from infonoise_jax.validation import load_config_file
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -394,3 +394,46 @@ def test_samples_of_a_resized_run_are_scored_with_image_size(tmp_path, monkeypat
   digest = sources.own_images_fingerprint(str(tmp_path / "own.npy"))
   assert (tmp_path / f"fid_ref_images_{digest}_train_20_size14.npz").exists()
   assert fid_of_samples.main(argv(old, *data, "--image_size=14"))[0]["fid"] == new[1]["fid"]
+
+
+def test_samples_of_a_tfds_set_are_scored_against_that_set(tmp_path, monkeypatch):
+  """A run on a tfds image set (data.name='tfds:<name>') had no reference: its samples were
+  refused. --reference=tfds:<name> reads the set through the trainer's loader, lazily (only the
+  reference subset and the floor images), keyed by the digest of the tfds folder the run read
+  (--data_dir, its data.tfds_data_dir); samples of the set in another folder are refused with
+  the flags that score them."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  monkeypatch.setattr(fid_of_samples, "make_extractor", lambda *_: _projection)
+  with tfds.testing.mock_data(num_examples=30, policy=tfds.testing.MockPolicy.USE_CODE):
+    split = tfds.data_source("mnist", split="train", download=False)
+    raw = np.stack([split[i]["image"] for i in range(30)])
+    lazy = fid_of_samples.train_images("tfds:mnist", False)
+    assert isinstance(lazy, fid_of_samples.SourceImages) and lazy.shape == (30, 28, 28, 1)
+    np.testing.assert_array_equal(lazy[np.array([3, 1])], raw[[3, 1]])
+    cfg = fid_of_samples.reference_config("tfds:mnist", False)
+    path = _save_as_the_harness(tmp_path / "s", cfg.data, {"x__seed0__step1": raw[:8]})
+    out = tmp_path / "fid.jsonl"
+    argv = [f"--samples={path}", f"--out={out}", "--reference_num=12"]
+    with pytest.raises(ValueError, match=r"tfds set mnist.* with --reference=tfds:mnist"):
+      fid_of_samples.main(argv)  # the default reference, Fashion-MNIST
+    new = fid_of_samples.main([*argv, "--reference=tfds:mnist"])
+    digest = sources.tfds_dir_fingerprint("")
+    assert [(r["kind"], r["reference"], r["reference_data"]) for r in new] == [
+      (kind, "tfds:mnist", digest) for kind in ("floor", "fid")
+    ]
+    ref_idx, rest_idx = fid_of_samples.split_indices(30, 12)
+    stats = lambda x: fid.compute_stats([x], _projection)
+    ref = stats(raw[np.sort(ref_idx)])
+    want = [fid.frechet_distance(stats(x), ref) for x in (raw[rest_idx[:8]], raw[:8])]
+    np.testing.assert_allclose([r["fid"] for r in new], want, rtol=1e-6)
+    assert [p.name for p in tmp_path.glob("fid_ref_*")] == [
+      f"fid_ref_tfds_mnist_{digest}_train_12.npz"
+    ]
+    other = tmp_path / "other_tfds"
+    cfg.data.tfds_data_dir = str(other)
+    path = _save_as_the_harness(tmp_path / "o", cfg.data, {"x__seed0__step1": raw[:8]})
+    with pytest.raises(ValueError, match=f"--reference=tfds:mnist --data_dir={other} "):
+      fid_of_samples.main([f"--samples={path}", f"--out={out}", "--reference=tfds:mnist"])
+  for bad in (["--reference=cifar10"], ["--image_key=pixels"]):
+    with pytest.raises(SystemExit):
+      fid_of_samples.parse(["--samples=x.npz", "--out=o.jsonl", *bad])

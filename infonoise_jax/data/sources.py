@@ -700,12 +700,17 @@ def data_identity(d) -> dict:
   binarized or not, data.image_size (`image_size`, 0: native; older records lack it), and
   for the data the FID tools have a reference for, the reference cache's digest
   (`reference_data`: fashion_mnist_fingerprint of data.local_dir, own_images_fingerprint of
-  data.path, which also get own_images_listing as `listing`) and where it was read (`where`,
-  for messages)."""
+  data.path, which also get own_images_listing as `listing`; tfds_dir_fingerprint of
+  data.tfds_data_dir for a tfds set, with its image feature as `image_key` when not 'image')
+  and where it was read (`where`, for messages)."""
   rec = {"data": d.name, "binarized": bool(d.get("binarize", False)), "reference_data": None}
   rec["image_size"] = int(d.get("image_size", 0) or 0)
   if d.name == "fashion_mnist_local":
     rec |= {"reference_data": fashion_mnist_fingerprint(d.local_dir), "where": d.local_dir}
+  elif d.name.startswith("tfds:"):
+    rec |= {"reference_data": tfds_dir_fingerprint(d.tfds_data_dir), "where": d.tfds_data_dir}
+    if d.get("image_key", "image") != "image":
+      rec["image_key"] = d.image_key
   elif d.name == OWN_IMAGES:
     rec |= {"reference_data": own_images_fingerprint(d.path), "where": d.path}
     rec["listing"] = own_images_listing(d.path)
@@ -714,12 +719,15 @@ def data_identity(d) -> dict:
 
 def same_data(a: dict, b: dict) -> bool:
   """Two data records (`data_identity`) name the same data: name, binarization, image size
-  (where both record it: records before 2026-12-06 evening lack it) and digest (own images: or
-  their names and sizes, which a copy elsewhere keeps); where they were read may differ."""
+  (where both record it: records before 2026-12-06 evening lack it), a tfds set's image feature
+  and digest (own images: or their names and sizes, which a copy elsewhere keeps); where they
+  were read may differ."""
   if (a.get("data"), a.get("binarized")) != (b.get("data"), b.get("binarized")):
     return False
   if "image_size" in a and "image_size" in b and a["image_size"] != b["image_size"]:
     return False  # the same files resized otherwise: other images
+  if a.get("image_key", "image") != b.get("image_key", "image"):
+    return False  # another image feature of one tfds set
   listing = a.get("listing")
   return a.get("reference_data") == b.get("reference_data") or (
     listing is not None and listing == b.get("listing")
