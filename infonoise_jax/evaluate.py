@@ -33,6 +33,8 @@ records them (`seq_metrics`), so evaluations under other settings are kept side 
 """
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import sys
@@ -48,7 +50,7 @@ from infonoise_jax.data.sources import data_location_items
 from infonoise_jax.evaluation import fid, model_fid, sequence_eval
 from infonoise_jax.mesh import initialize_distributed, make_mesh
 from infonoise_jax.model_sampler import Sampler, sampler_config
-from infonoise_jax.paths import run_path
+from infonoise_jax.paths import is_remote, run_path
 
 IMAGES_NUM = 50_000  # default samples per FID seed set (EDM's protocol)
 FID_FILE, TOKENS_FILE = "fid.json", "domain_metrics.json"  # what images / token runs write
@@ -263,11 +265,18 @@ def stored_results(path) -> list[dict]:
 
 def store_result(path, result: dict) -> None:
   """Adds `result` to the result file at `path` (`merge_results`), written atomically: a
-  stopped write leaves the earlier file whole."""
-  content = merge_results(stored_results(path), result)
-  tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(json.dumps(content, indent=2))
-  tmp.replace(path)
+  stopped write leaves the earlier file whole. On a local disk the read, merge and write hold
+  an exclusive lock on `<file>.lock` beside it, so evaluations of one run finishing at once
+  (two --method values on two GPUs) all stay; a remote workdir (gs://) has no such lock: run
+  its evaluations one after another."""
+  with contextlib.ExitStack() as stack:
+    if not is_remote(path):
+      lock = stack.enter_context(open(f"{path}.lock", "a"))
+      fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+    content = merge_results(stored_results(path), result)
+    tmp = path.parent / f"{path.name}.{os.getpid()}.tmp"  # one per writer
+    tmp.write_text(json.dumps(content, indent=2))
+    tmp.replace(path)
 
 
 def seq_metrics_items(overrides: Sequence[str]) -> list[str]:

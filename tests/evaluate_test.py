@@ -259,3 +259,28 @@ def test_workdir_step_and_ref_stats_are_checked_before_weights(fid_run, tmp_path
     evaluate.evaluate(workdir, num=N, weights=missing, overrides=["seq_metrics.kmer_sizes=3"])
   with pytest.raises(FileNotFoundError, match="missing_weights"):  # all good: now the weights
     evaluate.evaluate(workdir, num=N, weights=missing)
+
+
+def test_results_stored_at_once_are_all_kept(tmp_path):
+  """Evaluations of one run that finish at once (two --method values on two GPUs, each its
+  own process) each read, merged and rewrote fid.json: the later write dropped the other's
+  result. The read-merge-write holds an exclusive lock, so every result stays."""
+  import threading
+
+  path = pathlib.Path(tmp_path, "fid.json")
+  writers, each = 4, 25
+
+  def store(w: int) -> None:  # flock excludes other open files in this process too
+    for i in range(each):
+      evaluate.store_result(path, {"checkpoint_step": i, "seeds": [w], "fid": float(w + i)})
+
+  threads = [threading.Thread(target=store, args=(w,)) for w in range(writers)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  results = json.loads(path.read_text())["results"]
+  assert sorted((r["seeds"][0], r["checkpoint_step"]) for r in results) == [
+    (w, i) for w in range(writers) for i in range(each)
+  ]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["fid.json", "fid.json.lock"]
