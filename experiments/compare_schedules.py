@@ -85,6 +85,7 @@ from infonoise_jax.data.sources import (
   TOKEN_NAMES,
   data_identity,
   same_data,
+  samples_data_record,
 )
 from infonoise_jax.data.tokens import onehot_std
 from infonoise_jax.evaluation import fid, plots, report
@@ -451,7 +452,7 @@ def saved_identity(path: str) -> dict | None:
   if not os.path.exists(path):
     return None
   with np.load(path) as z:
-    return json.loads(str(z[SAMPLES_DATA_KEY][()])) if SAMPLES_DATA_KEY in z.files else None
+    return samples_data_record(z)
 
 
 def check_saved_identity(args, data: str, arm_name: str, identity: dict) -> None:

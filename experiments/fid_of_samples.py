@@ -97,6 +97,7 @@ from infonoise_jax.data.sources import (
   Source,
   data_identity,
   same_data,
+  samples_data_record,
   tfds_source,
 )
 from infonoise_jax.evaluation import fid, images, inception, report
@@ -197,7 +198,7 @@ def read_samples(path: str) -> tuple[dict[str, np.ndarray], dict | None]:
   """(arrays by name, the data record compare_schedules wrote or None for older files)."""
   with np.load(os.path.expanduser(path)) as f:
     arrays = {k: f[k] for k in f.files if k != SAMPLES_DATA_KEY}
-    record = json.loads(str(f[SAMPLES_DATA_KEY][()])) if SAMPLES_DATA_KEY in f.files else None
+    record = samples_data_record(f)
   return arrays, record
 
 

@@ -31,6 +31,7 @@ import dataclasses
 import gzip
 import hashlib
 import importlib.util
+import json
 import math
 import os
 import zlib
@@ -683,6 +684,12 @@ def own_images_fingerprint(path: str) -> str:
 SAMPLES_DATA_KEY = "__data__"  # saved samples' .npz: data_identity as a JSON string
 
 
+def samples_data_record(npz) -> dict | None:
+  """The data record (`data_identity`) of a saved samples file opened with np.load; None for
+  a file written before it was recorded."""
+  return json.loads(str(npz[SAMPLES_DATA_KEY][()])) if SAMPLES_DATA_KEY in npz.files else None
+
+
 def own_images_listing(path: str) -> str:
   """A short hash of what data.path holds by relative name and size alone (no folder, no
   modification time, unlike own_images_fingerprint): the same images copied to another folder
@@ -694,6 +701,20 @@ def own_images_listing(path: str) -> str:
   return h.hexdigest()[:12]
 
 
+def reference_digest(d) -> str | None:
+  """The digest the FID reference caches name data config `d`'s images by, for data read from
+  a place the user chooses: fashion_mnist_fingerprint of data.local_dir, own_images_fingerprint
+  of data.path, tfds_dir_fingerprint of data.tfds_data_dir; None for built-in data (digits,
+  synthetic sets), which cannot differ between machines."""
+  if d.name == "fashion_mnist_local":
+    return fashion_mnist_fingerprint(d.local_dir)
+  if d.name.startswith("tfds:"):
+    return tfds_dir_fingerprint(d.tfds_data_dir)
+  if d.name == OWN_IMAGES:
+    return own_images_fingerprint(d.path)
+  return None
+
+
 def data_identity(d) -> dict:
   """What identifies the data a config trains on, as saved samples record it for FID
   elsewhere (experiments/fid_of_samples.py checks it against its reference): data.name,
@@ -703,17 +724,16 @@ def data_identity(d) -> dict:
   data.path, which also get own_images_listing as `listing`; tfds_dir_fingerprint of
   data.tfds_data_dir for a tfds set, with its image feature as `image_key` when not 'image')
   and where it was read (`where`, for messages)."""
-  rec = {"data": d.name, "binarized": bool(d.get("binarize", False)), "reference_data": None}
-  rec["image_size"] = int(d.get("image_size", 0) or 0)
+  rec = {"data": d.name, "binarized": bool(d.get("binarize", False))}
+  rec |= {"reference_data": reference_digest(d), "image_size": int(d.get("image_size", 0) or 0)}
   if d.name == "fashion_mnist_local":
-    rec |= {"reference_data": fashion_mnist_fingerprint(d.local_dir), "where": d.local_dir}
+    rec["where"] = d.local_dir
   elif d.name.startswith("tfds:"):
-    rec |= {"reference_data": tfds_dir_fingerprint(d.tfds_data_dir), "where": d.tfds_data_dir}
+    rec["where"] = d.tfds_data_dir
     if d.get("image_key", "image") != "image":
       rec["image_key"] = d.image_key
   elif d.name == OWN_IMAGES:
-    rec |= {"reference_data": own_images_fingerprint(d.path), "where": d.path}
-    rec["listing"] = own_images_listing(d.path)
+    rec |= {"where": d.path, "listing": own_images_listing(d.path)}
   return rec
 
 

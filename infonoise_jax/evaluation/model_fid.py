@@ -19,12 +19,7 @@ import numpy as np
 from absl import logging
 
 from infonoise_jax.data import Source, load_source
-from infonoise_jax.data.sources import (
-  OWN_IMAGES,
-  fashion_mnist_fingerprint,
-  own_images_fingerprint,
-  tfds_dir_fingerprint,
-)
+from infonoise_jax.data.sources import reference_digest
 from infonoise_jax.evaluation import fid, images, inception
 
 
@@ -34,14 +29,10 @@ def reference_name(config: ml_collections.ConfigDict) -> str:
   (data.name='images', 'fashion_mnist_local'), also a digest of those files, and for a tfds set
   a digest of the resolved folder it is read from (data.tfds_data_dir)."""
   d = config.data
-  name = f"{d.name}_train"
-  if d.name == OWN_IMAGES:  # the user's own images: named by what data.path holds
-    name = f"{d.name}_{own_images_fingerprint(d.path)}_train"
-  if d.name == "fashion_mnist_local":  # named by the IDX file data.local_dir holds
-    name = f"{d.name}_{fashion_mnist_fingerprint(d.local_dir)}_train"
-  if d.name.startswith("tfds:"):  # named by the folder data.tfds_data_dir resolves to
-    name = f"{d.name}_{tfds_dir_fingerprint(d.tfds_data_dir)}_train"
-    name += f"_{d.image_key}" if d.image_key != "image" else ""  # another feature of the set
+  digest = reference_digest(d)  # the files (or tfds folder) the data is read from, if chosen
+  name = f"{d.name}_{digest}_train" if digest else f"{d.name}_train"
+  if d.name.startswith("tfds:") and d.image_key != "image":  # another feature of the set
+    name += f"_{d.image_key}"
   if d.image_size:
     name += f"_{d.image_size}px"
   return name + ("_binarized" if d.binarize else "")
