@@ -81,15 +81,15 @@ def evaluate(
   """
   config = restore.load_config(workdir, overrides)  # --set data.path=...: the data moved
   metric_items = seq_metrics_items(overrides)  # the token runs' metric settings
-  overrides = [o for o in overrides if o not in metric_items]
+  sampler_items = [o for o in overrides if o not in metric_items]
   solvers.check_grid(config, grid)  # before loading weights or restoring
-  run_config = sampler_config(config, grid, num_steps, method, overrides)
+  run_config = sampler_config(config, grid, num_steps, method, sampler_items)
   solvers.validate_sampler_config(run_config)
   meta = restore.saved_meta(workdir, step)  # the checkpoint and step, before the weights
   if meta.get("vocab"):  # token data: its domain metrics, not FID
     _refuse_fid_flags(config, ref_stats, weights)
     args = (workdir, num, seed_sets, grid, num_steps, step, batch, devices, report, method)
-    return evaluate_tokens(*args, overrides=[*overrides, *metric_items])
+    return evaluate_tokens(*args, overrides=overrides)
   if metric_items:
     raise ValueError(
       f"--set {metric_items[0]}: seq_metrics.* are the settings of token runs' domain metrics, "
