@@ -294,20 +294,13 @@ class SourceImages:
     return images.to_uint8(x, (-self.source.scale, self.source.scale))
 
 
-def train_images(
-  reference: str,
-  binarize: bool,
-  data_dir: str = "",
-  data_path: str = "",
-  image_size: int = 0,
-  image_key: str = "image",
-) -> np.ndarray | SourceImages:
-  """The reference's train split as uint8 NHWC, through the training data loader (resized to
-  `image_size` as data.image_size resizes training data): in memory, but for a tfds set,
-  whose images are read when indexed (SourceImages)."""
-  config = reference_config(reference, binarize, data_dir, data_path, image_size, image_key)
-  if is_tfds(reference):
-    return SourceImages(tfds_source(reference[5:], config.data, in_memory=False))
+def train_images(config) -> np.ndarray | SourceImages:
+  """The train split of `config`'s data (`reference_config`) as uint8 NHWC, through the
+  training data loader (resized to data.image_size as training data is): in memory, but for a
+  tfds set, whose images are read when indexed (SourceImages)."""
+  d = config.data
+  if is_tfds(d.name):
+    return SourceImages(tfds_source(d.name[len("tfds:") :], d, in_memory=False))
   source = load_source(config)
   return images.to_uint8(source.array, (-source.scale, source.scale))
 
@@ -551,7 +544,14 @@ def main(argv=None) -> list[dict]:
     args.out,
     lambda: make_extractor(args.weights, args.batch_size),
     lambda: train_images(
-      args.reference, args.binarize, args.data_dir, args.data_path, args.image_size, args.image_key
+      reference_config(
+        args.reference,
+        args.binarize,
+        args.data_dir,
+        args.data_path,
+        args.image_size,
+        args.image_key,
+      )
     ),
     identity["reference_data"],
     reference=args.reference,

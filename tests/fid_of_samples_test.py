@@ -50,6 +50,9 @@ class Counting:
     return extract
 
 
+_config = fid_of_samples.reference_config  # the data config a reference is read with
+
+
 def _lines(path) -> list[dict]:
   with open(path) as f:
     return [json.loads(line) for line in f]
@@ -163,8 +166,10 @@ def _fake_fashion(folder, n: int) -> np.ndarray:
 
 def test_binarized_reference_is_the_data_rule(tmp_path):
   raw = _fake_fashion(tmp_path, 7)
-  np.testing.assert_array_equal(fid_of_samples.train_images("fashion", False, str(tmp_path)), raw)
-  binarized = fid_of_samples.train_images("fashion", True, str(tmp_path))
+  np.testing.assert_array_equal(
+    fid_of_samples.train_images(_config("fashion", False, str(tmp_path))), raw
+  )
+  binarized = fid_of_samples.train_images(_config("fashion", True, str(tmp_path)))
   np.testing.assert_array_equal(binarized, np.where(raw > 127.5, 255, 0))  # data.binarize
 
 
@@ -371,7 +376,7 @@ def test_samples_of_a_resized_run_are_scored_with_image_size(tmp_path, monkeypat
   own = np.random.default_rng(3).integers(0, 256, (40, 28, 28, 1), np.uint8)
   np.save(tmp_path / "own.npy", own)
   data = ["--reference=images", f"--data_path={tmp_path / 'own.npy'}"]
-  resized = real_train_images("images", False, "", str(tmp_path / "own.npy"), 14)
+  resized = real_train_images(_config("images", False, "", str(tmp_path / "own.npy"), 14))
   assert resized.shape == (40, 14, 14, 1)  # the loader's box average
   cfg = fid_of_samples.reference_config("images", False, data_path=str(tmp_path / "own.npy"))
   cfg.data.image_size = 14
@@ -407,7 +412,7 @@ def test_samples_of_a_tfds_set_are_scored_against_that_set(tmp_path, monkeypatch
   with tfds.testing.mock_data(num_examples=30, policy=tfds.testing.MockPolicy.USE_CODE):
     split = tfds.data_source("mnist", split="train", download=False)
     raw = np.stack([split[i]["image"] for i in range(30)])
-    lazy = fid_of_samples.train_images("tfds:mnist", False)
+    lazy = fid_of_samples.train_images(_config("tfds:mnist", False))
     assert isinstance(lazy, fid_of_samples.SourceImages) and lazy.shape == (30, 28, 28, 1)
     np.testing.assert_array_equal(lazy[np.array([3, 1])], raw[[3, 1]])
     cfg = fid_of_samples.reference_config("tfds:mnist", False)
