@@ -107,6 +107,11 @@ def test_self_fid_zero_floor_cache_and_append_only(tmp_path):
   assert r["reference_data"] == "abc"
   assert os.path.exists(tmp_path / "fid_ref_fashion_abc_train_60.npz")
   assert c.images == 60 + 60 + 60 + 60  # reference, floor, two arrays
+  # Each set's two halves scored too (its draw noise, docs/fid.md), as computed directly.
+  ref = fid.stats_of_features(_projection(train[np.sort(ref_idx)]))
+  halves = [fid.stats_of_features(_projection(x)) for x in (noisy[:30], noisy[30:])]
+  np.testing.assert_allclose(n["fid_halves"], [fid.frechet_distance(h, ref) for h in halves])
+  assert len(r["fid_halves"]) == len(f["fid_halves"]) == 2
 
   # Rerun: nothing to compute, nothing loaded or appended.
   assert fid_of_samples.score([str(samples)], out, c.make_extractor, c.load, **kw) == []

@@ -235,6 +235,44 @@ def test_fid_of_batches_equals_fid_of_the_concatenated_features():
     model_fid.fid_of_batches(iter([samples[:1]]), 0.5, ref, _projection_extractor)
 
 
+def test_stats_and_halves_split_the_features_whatever_the_batches():
+  rng = np.random.default_rng(5)
+  feats = rng.normal(size=(21, 3)) * [1.0, 2.0, 0.5] + 4.0
+  batches = [feats[i : i + 4] for i in range(0, 21, 4)]  # a batch straddles the middle
+  whole, a, b = fid.compute_stats_and_halves(iter(batches), lambda f: f, 21)
+  ref = fid.compute_stats(iter(batches), lambda f: f)
+  np.testing.assert_array_equal(whole.mu_D, ref.mu_D)  # accumulated as compute_stats does
+  np.testing.assert_array_equal(whole.sigma_DD, ref.sigma_DD)
+  for half, rows in ((a, feats[:10]), (b, feats[10:20])):  # the odd last row in neither
+    assert half.n == 10
+    np.testing.assert_allclose(half.mu_D, rows.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(half.sigma_DD, np.cov(rows, rowvar=False), rtol=1e-10)
+  assert fid.compute_stats_and_halves(iter([feats[:3]]), lambda f: f, 3)[1:] == (None, None)
+  with pytest.raises(ValueError, match="told 5 images, got 3"):
+    fid.compute_stats_and_halves(iter([feats[:3]]), lambda f: f, 5)
+
+
+@pytest.mark.parametrize("shift, low, high", [(0.5, 0.85, 1.15), (0.0, 1.1, 1.6)])
+def test_two_halves_measure_the_draw_noise_of_the_whole_set(shift, low, high):
+  """|FID(half 1) - FID(half 2)| / sqrt(2) against the |difference| of two independent draws
+  of the whole set (Monte Carlo, Gaussian features): equal where the FID is well above its
+  floor (the mean error dominates, noise ~ 1 / sqrt(n)); near the floor the quadratic terms
+  dominate (noise ~ 1 / n) and the halves overstate it, by up to sqrt(2)."""
+  rng = np.random.default_rng(0)
+  d, n = 16, 2000
+  ref = fid.stats_of_features(rng.normal(size=(200_000, d)))
+  scale = np.ones(d)
+  scale[0] += shift
+  draw = lambda: rng.normal(size=(n, d)) * scale + shift / np.sqrt(d)
+  fd = lambda x: fid.frechet_distance(fid.stats_of_features(x), ref)
+  from_halves, between_draws = [], []
+  for _ in range(150):
+    x = draw()
+    from_halves.append(abs(fd(x[: n // 2]) - fd(x[n // 2 :])) / np.sqrt(2))
+    between_draws.append(abs(fd(x) - fd(draw())))
+  assert low < np.mean(from_halves) / np.mean(between_draws) < high
+
+
 def test_reference_stats_cached_by_dataset_name(tmp_path):
   calls = []
   rng = np.random.default_rng(4)

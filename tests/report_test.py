@@ -137,6 +137,34 @@ def test_inception_section_from_fid_of_samples_lines():
   assert text.index("| info@heun-karras-4 |") > text.index("| info | not reached")
 
 
+def test_inception_draw_noise_from_the_halves_is_the_tolerance():
+  """Sets scored with their two halves give the draw noise |h1 - h2| / sqrt(2), averaged over
+  the sets: the speedup's tolerance and the flattening's noise (unmeasured without halves)."""
+
+  def line(arm, step, value, halves=None):
+    rec = {"kind": "fid", "samples": f"final_d_{arm}.npz", "key": "k", "arm": arm, "seed": 0}
+    rec |= {"step": step, "num": 100, "fid": value}
+    return rec | ({"fid_halves": halves} if halves else {})
+
+  plain = [line("ln", 10, 3.0), line("ln", 20, 2.05), line("ln", 30, 2.0), line("in", 10, 2.1)]
+  text = "\n".join(
+    report.inception_section(report.inception_records(plain), "d", ["ln", "in"], "ln")
+  )
+  assert "| in | not reached" in text and "none reads as flat" in text
+  noisy = [line(a, st, v, [v + 0.1, v - 0.1 + 0.2 * (a == "in")]) for a, st, v in
+           (("ln", 10, 3.0), ("ln", 20, 2.05), ("ln", 30, 2.0), ("in", 10, 2.1))]  # fmt: skip
+  recs = report.inception_records(noisy)
+  noise = np.mean([0.2, 0.2, 0.2, 0.0]) / np.sqrt(2)
+  assert report.inception_noise(recs, "d") == pytest.approx(noise)
+  assert report.inception_noise(report.inception_records(plain), "d") is None
+  text = "\n".join(report.inception_section(recs, "d", ["ln", "in"], "ln"))
+  assert f"two halves: {noise:.4g}" in text
+  # ln comes within 0.106 of 2.0 at 19.4 (crossing between scored steps), in at 10: 1.94x;
+  # ln's last change (0.05) reads as flat
+  assert "| in | 1.94x |" in text
+  assert "| ln | 20-30 |" in text and "flat: within the" in text
+
+
 def test_a_zero_floor_is_reported_not_taken_for_none(tmp_path):
   """A set no larger than the sample count scores 0 against itself: still a floor."""
   recs = [{**_eval("lognormal", 0, s, 1.0 / s), "config": {"train": {"batch_size": 8},

@@ -159,6 +159,30 @@ def compute_stats(images_iter: Iterable[np.ndarray], extractor: FeatureFn) -> St
   return finalize_stats(acc)
 
 
+def compute_stats_and_halves(
+  images_iter: Iterable[np.ndarray], extractor: FeatureFn, n: int
+) -> tuple[Stats, Stats | None, Stats | None]:
+  """`compute_stats` of all `n` images (accumulated exactly as it does), and of the first n // 2
+  and the next n // 2 apart (None when n < 4): the FIDs of the two halves differ by the noise
+  of drawing n / 2 samples, which is how one scored set measures its own draw noise."""
+  acc, halves, seen, m = init_stats(), [init_stats(), init_stats()], 0, n // 2
+  for images_NHWC in images_iter:
+    f_ND = np.asarray(extractor(images_NHWC))
+    acc = update_stats(acc, f_ND)
+    idx_N = np.arange(seen, seen + len(f_ND))
+    seen += len(f_ND)
+    if m >= 2:
+      halves = [
+        update_stats(h, f_ND[(idx_N >= lo) & (idx_N < lo + m)])
+        for h, lo in zip(halves, (0, m), strict=True)
+      ]
+  if seen != n:
+    raise ValueError(f"compute_stats_and_halves: told {n} images, got {seen}")
+  if m < 2:
+    return finalize_stats(acc), None, None
+  return finalize_stats(acc), finalize_stats(halves[0]), finalize_stats(halves[1])
+
+
 def save_stats(path: str, stats: Stats) -> None:
   path = os.path.expanduser(path)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -409,7 +409,10 @@ def inception_records(lines: list[dict]) -> list[dict]:
   """fid_of_samples.py lines as report records: `kind == "fid"` -> an eval record with metric
   `fid` (data and arm from the samples file: `final_<data>_<arm>.npz`, or the grid study's
   `grid_<data>_<arm>.npz`, whose arms are `<arm>@<solver>-<grid>-<levels>`), `kind ==
-  "floor"` -> a floor per sample count. Lines of other files or kinds are left out."""
+  "floor"` -> a floor per sample count. Lines of other files or kinds are left out. A line with
+  the FIDs of its set's two halves (`fid_halves`) gives its eval record `fid_draw_noise`, the
+  expected |FID difference| between two draws of the whole set: |half 1 - half 2| / sqrt(2),
+  since a FID's draw noise scales as 1 / sqrt(count) (docs/fid.md)."""
   out = []
   for r in lines:
     if r.get("kind") == "fid":
@@ -420,10 +423,11 @@ def inception_records(lines: list[dict]) -> list[dict]:
       if prefix is None or not name.endswith(suffix):
         continue
       data = name[len(prefix) : -len(suffix)]
-      out.append(
-        {"kind": "eval", "data": data, "arm": r["arm"], "seed": r["seed"], "step": r["step"]}
-        | {"fid": r["fid"], "metric": "fid", "num_samples": r["num"], "resample": False}
-      )
+      rec = {"kind": "eval", "data": data, "arm": r["arm"], "seed": r["seed"], "step": r["step"]}
+      rec |= {"fid": r["fid"], "metric": "fid", "num_samples": r["num"], "resample": False}
+      if r.get("fid_halves"):
+        rec["fid_draw_noise"] = abs(r["fid_halves"][0] - r["fid_halves"][1]) / np.sqrt(2.0)
+      out.append(rec)
     elif r.get("kind") == "floor":
       floor = {"kind": "fid_floor", "num_samples": r["num"], "fid": r["fid"]}
       out.append(floor | ({"binarize": bool(r["binarize"])} if "binarize" in r else {}))
@@ -439,12 +443,25 @@ def inception_floor(fid_recs: list[dict], num: int, binarized: bool | None = Non
   return floors[-1]["fid"] if floors else None
 
 
+def inception_noise(fid_recs: list[dict], data: str) -> float | None:
+  """The Inception FID's draw noise for `data`: the mean `fid_draw_noise` of its scored sets
+  (None when no set was scored with its halves). Where the sets share one draw of sampler
+  seeds, part of that noise moves every model alike, so as a tolerance it is on the safe side."""
+  noise = [
+    r["fid_draw_noise"]
+    for r in fid_recs
+    if r["kind"] == "eval" and r["data"] == data and "fid_draw_noise" in r
+  ]
+  return float(np.mean(noise)) if noise else None
+
+
 def inception_section(
   fid_recs: list[dict], data: str, arms: Sequence[str], baseline: str, binarized=None
 ) -> list[str]:
   """Markdown: Inception FID per arm and step (seed mean, min..max at the last step), the
-  floor at the same sample count, and the speedup to `baseline`'s final FID (tolerance 0:
-  one draw per model, its noise not measured)."""
+  floor at the same sample count, and the speedup to `baseline`'s final FID and each arm's
+  flattening against the draw noise (`inception_noise`; unmeasured for sets scored without
+  their halves: tolerance 0, and none reads as flat)."""
   curves = curves_by_arm(fid_recs, data, "fid")
   if not curves:
     return []
@@ -455,12 +472,19 @@ def inception_section(
   floors = {n: inception_floor(fid_recs, n, binarized) for n in nums}
   known = [f"{floors[n]:.4g} at {n}" for n in nums if floors[n] is not None]
   md.append(f"Floor (real images, same count): {', '.join(known)}." if known else "No floor.")
+  noise = inception_noise(fid_recs, data)
   if baseline in curves and set(arms) & set(curves) - {baseline}:
-    why = "none, the noise of one draw per model not measured:"
-    md += ["", *speedup_lines(curves, baseline, [a for a in arms if a in curves], 0.0, why)]
+    why = (
+      "none, the noise of one draw per model not measured:"
+      if noise is None
+      else "draw noise, from each scored set's two halves:"
+    )
+    tolerance = 0.0 if noise is None else noise
+    arms_in = [a for a in arms if a in curves]
+    md += ["", *speedup_lines(curves, baseline, arms_in, tolerance, why)]
   # scored at a few uneven steps: the last interval alone (a line through three points
   # would reach back over much of the budget)
-  md += ["", *flattening_lines(curves, main, None, "noise of one draw per model", window=2)]
+  md += ["", *flattening_lines(curves, main, noise, "noise of one draw per model", window=2)]
   others = sorted(set(curves) - set(main))  # the grid study's settings (<arm>@<setting>)
   if others:
     md += ["", "Inception FID of the grid study's settings:", "", table(curves, others)]
