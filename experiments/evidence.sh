@@ -187,7 +187,8 @@ case "$MODE" in
       --out="$DATA/bundle"
     ;;
   unbundle)
-    need "$DATA/bundle" "run 'bash experiments/evidence.sh bundle' where the data is, and carry $DATA/bundle"
+    need "$DATA/bundle" \
+      "run 'bash experiments/evidence.sh bundle' where the data is, and carry $DATA/bundle"
     "$PY" experiments/one_call_bundle.py unpack --bundle="$DATA/bundle" \
       --data_dir="$DATA/fm_two_level" --weights="$WEIGHTS"
     ;;

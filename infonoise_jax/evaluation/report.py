@@ -446,7 +446,8 @@ def inception_floor(fid_recs: list[dict], num: int, binarized: bool | None = Non
 def inception_noise(fid_recs: list[dict], data: str) -> float | None:
   """The Inception FID's draw noise for `data`: the mean `fid_draw_noise` of its scored sets
   (None when no set was scored with its halves). Where the sets share one draw of sampler
-  seeds, part of that noise moves every model alike, so as a tolerance it is on the safe side."""
+  seeds, part of that noise moves every model alike, so it overstates the noise between two
+  models' values; near the floor the halves overstate it too (docs/fid.md)."""
   noise = [
     r["fid_draw_noise"]
     for r in fid_recs
