@@ -165,6 +165,26 @@ def test_inception_draw_noise_from_the_halves_is_the_tolerance():
   assert "| ln | 20-30 |" in text and "flat: within the" in text
 
 
+def test_inception_curves_never_mix_sample_counts():
+  """An arm scored at two counts (fid_of_samples --num) is shown at its largest: the smaller
+  count's values (biased higher) are named, not mixed into the curve or its draw noise."""
+
+  def line(arm, num, value, halves):
+    name = f"grid_d_{arm.split('@')[0]}.npz" if "@" in arm else f"final_d_{arm}.npz"
+    rec = {"kind": "fid", "samples": name, "key": "k", "arm": arm, "seed": 0}
+    return rec | {"step": 10, "num": num, "fid": value, "fid_halves": halves}
+
+  lines = [line("ln", 100, 2.0, [2.1, 1.9]), line("ln", 20, 5.0, [6.0, 3.0])]
+  lines.append(line("ln@heun-karras-6", 20, 4.0, [4.0, 4.0]))  # a grid setting: its own count
+  recs = report.inception_records(lines)
+  text = "\n".join(report.inception_section(recs, "d", ["ln"], "ln"))
+  assert "| ln | 1 | 2 (2..2) |" in text and "5 (5..5)" not in text
+  assert "Also scored at other sample counts (not shown): ln at 20." in text
+  assert "| ln@heun-karras-6 | 1 | 4 (4..4) |" in text  # shown at its only count
+  # the draw noise of ln's shown set only: |2.1 - 1.9| / sqrt(2)
+  assert f"{0.2 / np.sqrt(2):.4g} (within it: flat)" in text
+
+
 def test_a_zero_floor_is_reported_not_taken_for_none(tmp_path):
   """A set no larger than the sample count scores 0 against itself: still a floor."""
   recs = [{**_eval("lognormal", 0, s, 1.0 / s), "config": {"train": {"batch_size": 8},

@@ -462,18 +462,29 @@ def inception_section(
   """Markdown: Inception FID per arm and step (seed mean, min..max at the last step), the
   floor at the same sample count, and the speedup to `baseline`'s final FID and each arm's
   flattening against the draw noise (`inception_noise`; unmeasured for sets scored without
-  their halves: tolerance 0, and none reads as flat)."""
-  curves = curves_by_arm(fid_recs, data, "fid")
+  their halves: tolerance 0, and none reads as flat). Each arm at the largest sample count it
+  was scored with (FIDs of other counts differ by their bias, so one curve never mixes them;
+  the grid study's settings may have their own count); the counts left out are named."""
+  evals = [r for r in fid_recs if r["kind"] == "eval" and r["data"] == data]
+  largest = {}
+  for r in evals:
+    largest[r["arm"]] = max(largest.get(r["arm"], 0), r["num_samples"])
+  shown = [r for r in evals if r["num_samples"] == largest[r["arm"]]]
+  curves = curves_by_arm(shown, data, "fid")
   if not curves:
     return []
-  nums = sorted({r["num_samples"] for r in fid_recs if r["kind"] == "eval" and r["data"] == data})
+  nums = sorted({r["num_samples"] for r in shown})
   md = ["", f"Inception FID ({'/'.join(map(str, nums))} samples per model):", ""]
   main = [a for a in arms if a in curves] or sorted(curves)
   md.append(table(curves, main))
   floors = {n: inception_floor(fid_recs, n, binarized) for n in nums}
   known = [f"{floors[n]:.4g} at {n}" for n in nums if floors[n] is not None]
   md.append(f"Floor (real images, same count): {', '.join(known)}." if known else "No floor.")
-  noise = inception_noise(fid_recs, data)
+  left = sorted({(r["arm"], r["num_samples"]) for r in evals} - {(a, largest[a]) for a in largest})
+  if left:
+    names = ", ".join(f"{a} at {n}" for a, n in left)
+    md.append(f"Also scored at other sample counts (not shown): {names}.")
+  noise = inception_noise([r for r in shown if r["arm"] in main], data)
   if baseline in curves and set(arms) & set(curves) - {baseline}:
     why = (
       "none, the noise of one draw per model not measured:"
