@@ -98,6 +98,7 @@ from infonoise_jax.data.sources import (
   data_identity,
   same_data,
   samples_data_record,
+  tfds_set,
   tfds_source,
 )
 from infonoise_jax.evaluation import fid, images, inception, report
@@ -112,7 +113,7 @@ DATA_NAME = {ref: name for name, ref in DATA_REFERENCE.items()}  # --reference -
 
 
 def is_tfds(reference: str) -> bool:
-  return reference.startswith("tfds:") and len(reference) > len("tfds:")
+  return tfds_set(reference) is not None
 
 
 def reference_of(data_name: str | None) -> str | None:
@@ -204,7 +205,7 @@ def read_samples(path: str) -> tuple[dict[str, np.ndarray], dict | None]:
 
 def describe_data(reference: str, binarize: bool, where: str = "", digest: str = "") -> str:
   what = "Fashion-MNIST" if reference == "fashion" else f"your own images ({OWN_IMAGES})"
-  what = f"the tfds set {reference[5:]}" if is_tfds(reference) else what
+  what = f"the tfds set {tfds_set(reference)}" if is_tfds(reference) else what
   what += f" at {where}" if where else ""
   what += f" (digest {digest})" if digest else ""
   return what + (", binarized" if binarize else ", not binarized")
@@ -300,7 +301,7 @@ def train_images(config) -> np.ndarray | SourceImages:
   tfds set, whose images are read when indexed (SourceImages)."""
   d = config.data
   if is_tfds(d.name):
-    return SourceImages(tfds_source(d.name[len("tfds:") :], d, in_memory=False))
+    return SourceImages(tfds_source(tfds_set(d.name), d, in_memory=False))
   source = load_source(config)
   return images.to_uint8(source.array, (-source.scale, source.scale))
 

@@ -156,6 +156,13 @@ def resolve_sigma_data(
   config.edm.sigma_data = encoding.sigma_data
 
 
+def tfds_set(name: str) -> str | None:
+  """The tfds set a data.name reads ('tfds:<set>' -> '<set>'); None when it names no tfds set."""
+  if not name.startswith("tfds:"):
+    return None
+  return name[len("tfds:") :] or None
+
+
 def load_source(config: ml_collections.ConfigDict) -> Source:
   """Builds the training `Source` from `config.data`; fails fast with the offending key."""
   d = config.data
@@ -168,8 +175,8 @@ def load_source(config: ml_collections.ConfigDict) -> Source:
       f"file or folder add --config.data.name={OWN_IMAGES} (images) or dna / text (sequences), "
       "or leave data.path empty"
     )
-  if name.startswith("tfds:") and len(name) > 5:
-    return tfds_source(name[5:], d)
+  if tfds_set(name):
+    return tfds_source(tfds_set(name), d)
   if name in TOKEN_NAMES:
     return token_source(d)
   if name == OWN_IMAGES:
@@ -708,7 +715,7 @@ def reference_digest(d) -> str | None:
   synthetic sets), which cannot differ between machines."""
   if d.name == "fashion_mnist_local":
     return fashion_mnist_fingerprint(d.local_dir)
-  if d.name.startswith("tfds:"):
+  if tfds_set(d.name):
     return tfds_dir_fingerprint(d.tfds_data_dir)
   if d.name == OWN_IMAGES:
     return own_images_fingerprint(d.path)
@@ -728,7 +735,7 @@ def data_identity(d) -> dict:
   rec |= {"reference_data": reference_digest(d), "image_size": int(d.get("image_size", 0) or 0)}
   if d.name == "fashion_mnist_local":
     rec["where"] = d.local_dir
-  elif d.name.startswith("tfds:"):
+  elif tfds_set(d.name):
     rec["where"] = d.tfds_data_dir
     if d.get("image_key", "image") != "image":
       rec["image_key"] = d.image_key

@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 
 from infonoise_jax.data import Source, load_source
-from infonoise_jax.data.sources import reference_digest
+from infonoise_jax.data.sources import reference_digest, tfds_set
 from infonoise_jax.evaluation import fid, images, inception
 
 
@@ -31,7 +31,7 @@ def reference_name(config: ml_collections.ConfigDict) -> str:
   d = config.data
   digest = reference_digest(d)  # the files (or tfds folder) the data is read from, if chosen
   name = f"{d.name}_{digest}_train" if digest else f"{d.name}_train"
-  if d.name.startswith("tfds:") and d.image_key != "image":  # another feature of the set
+  if tfds_set(d.name) and d.image_key != "image":  # another feature of the set
     name += f"_{d.image_key}"
   if d.image_size:
     name += f"_{d.image_size}px"
