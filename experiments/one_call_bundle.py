@@ -36,12 +36,10 @@ if not __package__:  # run as a script: make the repository root importable
 
 from infonoise_jax.data import sources  # noqa: E402
 
-IMAGES = "train-images-idx3-ubyte.gz"
-LABELS = "train-labels-idx1-ubyte.gz"
+IMAGES, LABELS = sources.fashion_mnist_names("train")
 TWO_LEVEL_IMAGES = "train-images-two-level.idx.xz"
 WEIGHTS = "inception_int16.npz.xz"
 MARKER = "TWO_LEVEL"
-_IDX_HEADER = 16  # magic (4 bytes) + 3 dimensions (4 bytes each) of an IDX image file
 
 
 def two_level(u: np.ndarray) -> np.ndarray:
@@ -59,12 +57,11 @@ def pack(data_dir: str, weights: str, out: str) -> dict[str, int]:
                     (weights, "bash experiments/evidence.sh prepare writes it")):  # fmt: skip
     if not os.path.exists(path):
       raise SystemExit(f"one_call_bundle pack: missing {path} ({fix})")
-  with gzip.open(images, "rb") as f:
-    raw = f.read()
   u = sources.read_idx(images)  # checks the header and the size
+  header = bytes([0, 0, 8, u.ndim]) + np.array(u.shape, ">u4").tobytes()  # IDX, unsigned bytes
   os.makedirs(out, exist_ok=True)
   with lzma.open(os.path.join(out, TWO_LEVEL_IMAGES), "wb", preset=9) as f:
-    f.write(raw[:_IDX_HEADER] + two_level(u).tobytes())
+    f.write(header + two_level(u).tobytes())
   shutil.copyfile(os.path.join(data_dir, LABELS), os.path.join(out, LABELS))
   with open(weights, "rb") as src, lzma.open(os.path.join(out, WEIGHTS), "wb", preset=6) as dst:
     shutil.copyfileobj(src, dst, 1 << 20)

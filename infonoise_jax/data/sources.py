@@ -317,12 +317,15 @@ def read_idx(path: str) -> np.ndarray:
   return data.reshape(dims)
 
 
+def fashion_mnist_names(split: str) -> tuple[str, str]:
+  """(images, labels): the IDX file names of a Fashion-MNIST split."""
+  images, labels = (_FASHION_FILES[split].format(k, n) for k, n in (("images", 3), ("labels", 1)))
+  return images, labels
+
+
 def _fashion_mnist_files(local_dir: str, split: str) -> tuple[str, str]:
   """(images, labels): the IDX files of a Fashion-MNIST split in `local_dir`, which must exist."""
-  image_file, label_file = (
-    os.path.join(local_dir, _FASHION_FILES[split].format(kind, n))
-    for kind, n in (("images", 3), ("labels", 1))
-  )
+  image_file, label_file = (os.path.join(local_dir, n) for n in fashion_mnist_names(split))
   for path in (image_file, label_file):
     if not os.path.exists(path):
       raise FileNotFoundError(
