@@ -154,15 +154,18 @@ def read_arrays(workdir: str, step: int) -> dict[str, np.ndarray]:
   """Every leaf of a saved state as a host array by its path ("params/...", "step"), without a
   config or template, whatever wrote it (one process packed, several array by array)."""
   item = checkpoint_dir(workdir) / str(step)
+  # Each Orbax checkpointer is closed when read (its threads end here, not at exit).
   if _is_packed(item):
-    layout = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(item / "layout")
-    packed = ocp.StandardCheckpointer().restore(item / "packed")
+    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as json_reader:
+      layout = json_reader.restore(item / "layout")
+    with ocp.StandardCheckpointer() as reader:
+      packed = reader.restore(item / "packed")
     return dict(zip((p for p, _, _ in layout["leaves"]), _split(packed, layout), strict=True))
-  checkpointer = ocp.StandardCheckpointer()
-  tree = checkpointer.metadata(item / "state").item_metadata.tree
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
-  state = checkpointer.restore(item / "state", abstract)
+  with ocp.StandardCheckpointer() as reader:
+    tree = reader.metadata(item / "state").item_metadata.tree
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shapes = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+    state = reader.restore(item / "state", shapes)
   return {_path(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(state)[0]}
 
 
