@@ -18,8 +18,9 @@ one call.
 The unpacked folder trains and scores binarized runs exactly as the original does: the loader
 returns the same arrays (tests/one_call_bundle_test.py), so results agree with runs on the
 original files; only the folder's digest, which names the FID reference statistics, differs.
-It is not Fashion-MNIST for continuous runs: it holds a TWO_LEVEL file, and evidence.sh refuses
-a continuous run on such a folder.
+It is not Fashion-MNIST for continuous runs: it holds a TWO_LEVEL file
+(`sources.TWO_LEVEL_MARKER`), and the loader refuses the folder unless data.binarize is on
+(evidence.sh refuses a continuous run on it before starting Python).
 """
 
 import argparse
@@ -39,7 +40,7 @@ from infonoise_jax.data import sources  # noqa: E402
 IMAGES, LABELS = sources.fashion_mnist_names("train")
 TWO_LEVEL_IMAGES = "train-images-two-level.idx.xz"
 WEIGHTS = "inception_int16.npz.xz"
-MARKER = "TWO_LEVEL"
+MARKER = sources.TWO_LEVEL_MARKER
 
 
 def two_level(u: np.ndarray) -> np.ndarray:

@@ -75,8 +75,11 @@ def test_bundle_and_unbundle_give_binarized_runs_the_same_data_and_the_weights(t
   np.testing.assert_array_equal(a.labels, b.labels)
   assert (a.shape, a.scale, a.binarized) == (b.shape, b.scale, b.binarized)
   assert set(np.unique(sources.read_idx(str(copy / "train-images-idx3-ubyte.gz")))) == {0, 255}
-  # Continuous, the copy is other data: the loader would see two levels, so evidence.sh refuses.
-  assert not np.array_equal(_load(data / "fm", False).array, _load(copy, False).array)
+  # Continuous, the copy is other data (two levels), so the loader and evidence.sh refuse it.
+  original = sources.read_idx(str(data / "fm" / "train-images-idx3-ubyte.gz"))
+  assert not np.array_equal(original, sources.read_idx(str(copy / "train-images-idx3-ubyte.gz")))
+  with pytest.raises(ValueError, match=r"two-level copy.*data\.binarize=True"):
+    _load(copy, False)
   r = _evidence(data, "fashion", "continuous", "lognormal", FM=str(copy))
   assert r.returncode == 2 and "two-level" in r.stderr and "FM" in r.stderr, r.stderr
   r = _evidence(data, "fashion", "binarized", "lognormal", FM=str(copy), PYTHON="echo")

@@ -62,6 +62,9 @@ VALID_NAMES = (
 )
 _SYNTHETIC_SEEDS = {"train": 0, "test": 1}
 _FASHION_FILES = {"train": "train-{}-idx{}-ubyte.gz", "test": "t10k-{}-idx{}-ubyte.gz"}
+# A Fashion-MNIST folder holding this file keeps only which side of the binarization threshold
+# each pixel lies on (experiments/one_call_bundle.py): the data for data.binarize runs only.
+TWO_LEVEL_MARKER = "TWO_LEVEL"
 
 
 def _count(n: int, noun: str) -> str:
@@ -175,8 +178,8 @@ def load_source(config: ml_collections.ConfigDict) -> Source:
       f"file or folder add --config.data.name={OWN_IMAGES} (images) or dna / text (sequences), "
       "or leave data.path empty"
     )
-  if tfds_set(name):
-    return tfds_source(tfds_set(name), d)
+  if tfds_name := tfds_set(name):
+    return tfds_source(tfds_name, d)
   if name in TOKEN_NAMES:
     return token_source(d)
   if name == OWN_IMAGES:
@@ -361,6 +364,13 @@ def tfds_dir_fingerprint(tfds_data_dir: str) -> str:
 
 def _fashion_mnist_local(d) -> Source:
   image_file, label_file = _fashion_mnist_files(d.local_dir, d.split)
+  if not d.binarize and os.path.exists(os.path.join(d.local_dir, TWO_LEVEL_MARKER)):
+    raise ValueError(
+      f"data.local_dir={d.local_dir!r} holds a two-level copy of Fashion-MNIST (its "
+      f"{TWO_LEVEL_MARKER} file; experiments/one_call_bundle.py), the same data as the original "
+      "for data.binarize=True runs only: point data.local_dir at the original Fashion-MNIST "
+      "files for this run, or set --config.data.binarize=True"
+    )
   u_NHWC = read_idx(image_file)[..., None]
   labels_N = read_idx(label_file).astype(np.int32)
   return _image_source("fashion_mnist_local", u_NHWC, 255.0, d, labels_N)
