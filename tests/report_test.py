@@ -284,6 +284,22 @@ def test_speedup_table_names_runs_cut_short_and_keeps_their_steps_apart():
   assert row.endswith("| 2 (2 of 3 seeds) vs 6 (better) |")
 
 
+def test_arms_run_on_other_seeds_get_a_pooled_speedup_and_no_per_seed_pairs():
+  """Runs gathered from several calls into one report can carry other seeds per arm (here the
+  baseline seed 2, the candidate seed 1): the report pairs nothing by seed and says so, and
+  still gives the pooled speedup of the seed-mean curves (baseline reaches its final 6 at step
+  30, the candidate at 20 + 10 * 1 / 4 = 22.5: 30 / 22.5 = 1.33x), instead of stopping on the
+  per-seed pairing."""
+  recs = []
+  for step, base, cand in ((10, 10.0, 9.0), (20, 8.0, 7.0), (30, 6.0, 3.0)):
+    recs += [_eval("base", 2, step, base), _eval("cand", 1, step, cand)]
+  curves = {a: report.curves_by_arm(recs, "d")[a] for a in ("base", "cand")}
+  row = report.speedup_lines(curves, "base", ["base", "cand"], 0.0)[-1]
+  assert row.startswith("| cand | 1.33x | no seed in common (seeds [1], `base` [2]) |")
+  found = report.speedups(curves, "base", ["base", "cand"], 0.0)
+  assert found["cand"][1] == {} and report.speedup_plot(found, "base", "d").ndim == 3
+
+
 def test_final_values_of_arms_trained_to_different_steps_are_compared_where_both_ran():
   """`long` trains to step 40 where `base` stopped at 30 (a time limit): the finals are set
   side by side at step 30, 4 vs 6 (better), not long's step-40 value 1 against base's 6; the

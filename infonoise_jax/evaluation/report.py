@@ -144,11 +144,15 @@ def seed_values(runs: dict[int, speedup.Curve]) -> dict[float, list[float]]:
 
 def speedups(curves, baseline: str, arms: Sequence[str], tolerance: float, tail: int = 1) -> dict:
   """{arm: (pooled, {seed: per-seed})} speedups over `baseline` (speedup.pooled / per_seed) for
-  every arm other than the baseline that has curves: computed once for the table and the plot."""
+  every arm other than the baseline that has curves: computed once for the table and the plot.
+  Arms whose seeds the baseline does not share (runs of other seeds gathered into one report)
+  get no per-seed entries: the table says so."""
   return {
     a: (
       speedup.pooled(curves[baseline], curves[a], tolerance, tail),
-      speedup.per_seed(curves[baseline], curves[a], tolerance, tail),
+      speedup.per_seed(curves[baseline], curves[a], tolerance, tail)
+      if set(curves[baseline]) & set(curves[a])
+      else {},
     )
     for a in arms
     if a != baseline and a in curves
@@ -185,7 +189,7 @@ def speedup_lines(
       f"{s}: {v.describe()}"
       + (f" (run ends at {v.candidate_last_step:g})" if v.candidate_last_step < last else "")
       for s, v in per.items()
-    )
+    ) or (f"no seed in common (seeds {sorted(curves[a])}, `{baseline}` {sorted(curves[baseline])})")
     pooled = pool.describe()
     cut = [
       f"`{arm}` to {ends:g}"
