@@ -477,7 +477,7 @@ def score(
     new.append(rec)
   if extractor.rate() is not None:
     log(
-      f"CPU rate: {extractor.rate():.2f} images/s through the feature extractor "
+      f"Feature-extractor rate: {extractor.rate():.2f} images/s "
       f"({extractor.images} images in {extractor.seconds:.1f} s, first call excluded; "
       f"batch {batch_size}, {jax.device_count()} {jax.default_backend()} device(s))"
     )

@@ -241,7 +241,7 @@ def test_command_line_with_random_inception(tmp_path, capsys):
   assert all(np.isfinite(r["fid"]) and r["fid"] >= 0 for r in new)
   digest = fid_of_samples.reference_data("fashion", str(tmp_path))
   assert os.path.exists(tmp_path / f"fid_ref_fashion_{digest}_train_6.npz")
-  assert "CPU rate:" in capsys.readouterr().out
+  assert "Feature-extractor rate:" in capsys.readouterr().out
   assert fid_of_samples.main(argv) == [] and len(_lines(out)) == 3
 
 
