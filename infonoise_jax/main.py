@@ -19,7 +19,7 @@ from ml_collections import config_flags
 
 from infonoise_jax import cli, train
 from infonoise_jax.mesh import configure_compilation_cache, initialize_distributed
-from infonoise_jax.validation import resolve_config_path
+from infonoise_jax.validation import did_you_mean, flat_keys, load_config_file, resolve_config_path
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -95,7 +95,9 @@ def _flag_error(e: Exception, argv: list[str]) -> str:
     key = guess.group(2) if guess else next(iter(re.findall(r"\w+", text)), "?")
     given = [a.split("=")[0] for a in argv if re.match(rf"--config\.(\w+\.)*{key}(\.|=|$)", a)]
     where = given[0] if given else f"--config override {key!r}"
-    hint = f' Did you mean "{guess.group(1)}"?' if guess else ""
+    hint = _nearest_key_hint(where.removeprefix("--config."), argv) if given else ""
+    if not hint and guess:
+      hint = f' Did you mean "{guess.group(1)}"?'
     return f"{where}: no such config key.{hint} Every key is defined in configs/default.py."
   if "Traceback (most recent call last)" in text:  # the config file's own error, e.g. a variant
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -104,6 +106,21 @@ def _flag_error(e: Exception, argv: list[str]) -> str:
     return f"{flag}: {cause}"
   extra = " (--helpshort lists the flags)" if isinstance(e, flags.UnrecognizedFlagError) else ""
   return cli.one_line(e) + extra
+
+
+def _nearest_key_hint(key: str, argv: list[str]) -> str:
+  """validation.did_you_mean for a mistyped dotted `key`, against the keys of the config file
+  the command line names (loaded again: its flag failed to parse); "" when that cannot load."""
+  given = [a.removeprefix("--config=") for a in argv if a.startswith("--config=")]
+  given += [b for a, b in zip(argv, argv[1:], strict=False) if a == "--config"]
+  if not given:
+    return ""
+  path, sep, variant = given[-1].partition(":")
+  try:
+    config = load_config_file(path, variant if sep else None)
+  except Exception:  # the file's own error is not this line's to report
+    return ""
+  return did_you_mean(flat_keys(config), key)
 
 
 def _check_no_repeated_override(argv: list[str]) -> None:

@@ -81,13 +81,12 @@ def apply_overrides(config: ml_collections.ConfigDict, items, flag: str = "--set
 def update_checked(config: ml_collections.ConfigDict, flat: dict, flag: str = "--set") -> None:
   """`config.update_from_flattened_dict(flat)`, one key at a time: an unknown key (with the
   closest known one) or a value of the wrong type is a ValueError naming `flag` and the key."""
-  known = _flat_keys(config)
+  known = flat_keys(config)
   for key, value in flat.items():
     if key not in known:
-      close = difflib.get_close_matches(key, sorted(known), n=1)
-      hint = f' Did you mean "{close[0]}"?' if close else ""
       raise ValueError(
-        f"{flag} {key}=...: no such config key.{hint} Every key is defined in configs/default.py"
+        f"{flag} {key}=...: no such config key.{did_you_mean(known, key)} Every key is defined "
+        "in configs/default.py"
       )
     node = config
     for part in key.split(".")[:-1]:
@@ -126,11 +125,48 @@ def default_config(variant: str = "") -> ml_collections.ConfigDict:
   return load_config_file(DEFAULT_CONFIG_PATH, variant)
 
 
-def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
+def nearest_keys(known, key: str) -> list[str]:
+  """The known dotted config keys a mistyped `key` most likely meant (at most three, closest
+  first; none when nothing is near): a whole key a letter or two away (`trian.num_steps` ->
+  `train.num_steps`); else keys in other sections with `key`'s last part (`train.lr` ->
+  `optim.lr`); else the whole key closest by spelling; else keys whose last part is spelled
+  close to `key`'s or abbreviates it by its words' initials (`train.learning_rate` ->
+  `optim.lr`)."""
+  # closest whole key first in each tier (`train.bs`: train.batch_size before fid.batch_size)
+  known = sorted(known, key=lambda k: -difflib.SequenceMatcher(None, k, key).ratio())
+  leaf = key.rsplit(".", 1)[-1]
+
+  def initials(name: str) -> str:
+    return "".join(w[0] for w in name.split("_") if w)
+
+  if known and difflib.SequenceMatcher(None, known[0], key).ratio() >= 0.9:
+    return known[:1]  # one swapped or missing letter
+  same = [k for k in known if k.rsplit(".", 1)[-1] == leaf]
+  if same:
+    return same[:3]
+  close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+  if close:
+    return close
+  return [
+    k
+    for k in known
+    if difflib.SequenceMatcher(None, other := k.rsplit(".", 1)[-1], leaf).ratio() >= 0.8
+    or (len(other) > 1 and other == initials(leaf))
+    or (len(leaf) > 1 and leaf == initials(other))
+  ][:3]
+
+
+def did_you_mean(known, key: str) -> str:
+  """' Did you mean "a.b"?' (several joined by "or") for `nearest_keys`, or ""."""
+  close = nearest_keys(known, key)
+  return " Did you mean " + " or ".join(f'"{k}"' for k in close) + "?" if close else ""
+
+
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
   keys = set()
   for k, v in config.items():
     if isinstance(v, ml_collections.ConfigDict):
-      keys |= _flat_keys(v, f"{prefix}{k}.")
+      keys |= flat_keys(v, f"{prefix}{k}.")
     else:
       keys.add(f"{prefix}{k}")
   return keys
@@ -140,7 +176,7 @@ def unknown_keys(
   config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict | None = None
 ) -> list[str]:
   """The keys of `config` that configs/default.py (`defaults`, if loaded) does not define."""
-  return sorted(_flat_keys(config) - _flat_keys(defaults or default_config()))
+  return sorted(flat_keys(config) - flat_keys(defaults or default_config()))
 
 
 def check_keys(
@@ -149,11 +185,10 @@ def check_keys(
   """Every key must be one that configs/default.py defines (catches typos); `defaults`: that
   config, if the caller has it loaded."""
   defaults = defaults or default_config()  # loaded once for the check and the hints
-  known = _flat_keys(defaults)
+  known = flat_keys(defaults)
   unknown = unknown_keys(config, defaults)
   if unknown:
-    close = {k: difflib.get_close_matches(k, sorted(known), n=1) for k in unknown}
-    hints = "".join(f' Did you mean "{c[0]}" for {k}?' for k, c in close.items() if c)
+    hints = "".join(f"{hint[:-1]} for {k}?" for k in unknown if (hint := did_you_mean(known, k)))
     raise ValueError(
       f"Unknown config key(s) {unknown}: every key must be defined in configs/default.py.{hints} "
       "Check the spelling, or add the key there with its units."
@@ -173,7 +208,7 @@ def _value(config: ml_collections.ConfigDict, key: str):
 
 def _check_no_nan(config: ml_collections.ConfigDict) -> None:
   """No float setting may be NaN (a NaN compares False with every bound below)."""
-  for key in sorted(_flat_keys(config)):
+  for key in sorted(flat_keys(config)):
     value = _value(config, key)
     values = value if isinstance(value, tuple | list) else (value,)
     bad = any(isinstance(v, float) and math.isnan(v) for v in values)
@@ -190,7 +225,7 @@ def check_whole_number_tuples(
   """A tuple key whose default holds whole numbers (widths, multipliers, resolutions, k-mer
   sizes) must hold whole numbers: on the command line a malformed tuple such as (1,2,x) is
   read as one string, 64.7 would be truncated and True would be a width of 1."""
-  for key in sorted(_flat_keys(config)):
+  for key in sorted(flat_keys(config)):
     default, value = _value(defaults, key), _value(config, key)
     if isinstance(default, tuple) and default and all(map(_is_whole, default)):
       ok = isinstance(value, tuple | list) and all(map(_is_whole, value))

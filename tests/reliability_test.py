@@ -162,9 +162,9 @@ def test_config_sections_name_exactly_the_schedule_sections_a_schedule_reads():
 
 
 def test_resumable_keys_exist_in_the_default_config():
-  from infonoise_jax.validation import DEFAULT_CONFIG_PATH, _flat_keys
+  from infonoise_jax.validation import DEFAULT_CONFIG_PATH, flat_keys
 
-  keys = _flat_keys(load_config_file(DEFAULT_CONFIG_PATH))
+  keys = flat_keys(load_config_file(DEFAULT_CONFIG_PATH))
   for entry in resume.RESUMABLE:
     assert any(k == entry or (entry.endswith(".") and k.startswith(entry)) for k in keys), entry
 

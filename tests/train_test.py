@@ -358,6 +358,29 @@ def test_a_workdir_that_cannot_be_made_is_named_before_the_data_loads(tmp_path, 
     workdir_lib.check_is_directory(str(tmp_path / "config.json" / "sub" / "run"))
 
 
+@pytest.mark.parametrize(
+  "typed, meant",
+  [
+    ("train.num_stpes", ["train.num_steps"]),  # letters swapped
+    ("trian.num_steps", ["train.num_steps"]),  # in the section's name
+    ("train.lr", ["optim.lr"]),  # the right name in another section
+    ("train.bs", ["train.batch_size", "fid.batch_size"]),  # initials; the same section first
+    ("train.learning_rate", ["optim.lr"]),  # spelled out: lr is its initials
+    ("model.channels", ["model.model_channels"]),
+    ("train.zzzz_qqqq", []),  # nothing near: no guess
+  ],
+)
+def test_a_mistyped_key_is_matched_to_the_keys_a_user_meant(typed, meant):
+  from infonoise_jax.validation import default_config, did_you_mean, flat_keys, nearest_keys
+
+  known = flat_keys(default_config())
+  assert typed not in known and set(meant) <= known
+  assert nearest_keys(known, typed) == meant
+  assert did_you_mean(known, typed) == (
+    " Did you mean " + " or ".join(f'"{k}"' for k in meant) + "?" if meant else ""
+  )
+
+
 def test_an_unknown_key_in_a_config_file_names_the_closest_known_one():
   """The command line suggested the key meant; a key added in a config file got no hint."""
   from infonoise_jax.validation import check_keys
@@ -419,9 +442,16 @@ def test_unknown_config_key_is_rejected(tmp_path):
   [
     (
       ["--config.train.num_stpes=3"],
-      '--config.train.num_stpes: no such config key. Did you mean "num_steps"?',
+      '--config.train.num_stpes: no such config key. Did you mean "train.num_steps"?',
     ),
-    (["--config.trian.num_steps=3"], "--config.trian.num_steps: no such config key"),
+    (
+      ["--config.trian.num_steps=3"],
+      '--config.trian.num_steps: no such config key. Did you mean "train.num_steps"?',
+    ),
+    (
+      ["--config.train.learning_rate=1e-3"],
+      '--config.train.learning_rate: no such config key. Did you mean "optim.lr"?',
+    ),
     (["--config.train.num_steps=abc"], "--config.train.num_steps=abc"),
     (["--config=configs/default.py:bogus"], "Unknown config variant 'bogus'"),
     (["--config=configs/no_such.py"], "Config file 'configs/no_such.py' not found"),
