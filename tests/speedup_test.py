@@ -38,6 +38,28 @@ def test_crossing_is_interpolated_between_evaluations():
   assert speedup.steps_to_reach(c, 0.5) is None
 
 
+def test_a_crossing_at_a_curves_first_evaluation_is_reported_as_a_bound():
+  """Scored from step 1000 on (a few late checkpoints), a curve already at the target at its
+  first evaluation may have been there earlier: the candidate's side makes the ratio a lower
+  bound, the baseline's an upper bound, both sides no measurement; the ratio itself is still
+  the interpolation rule's (3000 / 1000 and 1000 / 2000 here)."""
+  late = np.arange(1000, 4001, 1000)
+  base = speedup.Curve.of(late, [4.0, 3.0, 2.0, 2.0])  # at its final 2.0 from 3000
+  early = speedup.Curve.of(late, [1.9, 1.8, 1.7, 1.6])  # below 2.0 already at 1000
+  s = speedup.speedup(base, early)
+  assert (s.ratio, s.baseline_at_first, s.candidate_at_first) == (3.0, False, True)
+  assert s.describe() == "at least 3.00x (there at its first evaluation)"
+  flat = speedup.Curve.of(late, [2.0, 2.0, 2.0, 2.0])  # at its final value from its first step
+  s = speedup.speedup(flat, speedup.Curve.of(late, [5.0, 2.0, 1.0, 1.0]))
+  assert (
+    s.ratio == 0.5 and s.describe() == "at most 0.50x (the baseline there at its first evaluation)"
+  )
+  s = speedup.speedup(flat, early)
+  assert s.describe() == "1.00x, not measured (both there at their first evaluations)"
+  # from step 0 on, as the ramps above: an interpolated crossing is a measurement
+  assert speedup.speedup(ramp(2000), ramp(1000)).describe() == "2.00x"
+
+
 def test_not_reached_is_reported_not_a_number():
   base = ramp(2000, end=1.0)
   cand = ramp(1000, end=1.5)  # plateaus above the baseline's final value

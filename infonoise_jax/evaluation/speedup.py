@@ -15,7 +15,9 @@ Choices (ours, documented here because every result table depends on them):
   for beating the target by less than the noise.
 * **Crossing step.** Linear interpolation between the evaluation before and the one at the
   crossing; a curve already at the target at its first evaluation reaches it at that step
-  (we cannot know earlier).
+  (we cannot know earlier), and the ratio is then a bound, said as such: "at least" when the
+  candidate was there at its first evaluation, "at most" when the baseline was, "not measured"
+  when both were (common where only a few late steps are scored, e.g. Inception FID).
 * **Not reached.** A candidate that never reaches the target has no step count and no ratio:
   `Speedup.ratio` is None and `describe()` says "not reached" with the upper bound
   baseline_steps / candidate's last step. It is never reported as a number.
@@ -69,6 +71,8 @@ class Speedup:
   baseline_steps: float | None
   candidate_steps: float | None
   candidate_last_step: float
+  baseline_at_first: bool = False  # reached at the curve's first evaluation: maybe earlier
+  candidate_at_first: bool = False
 
   @property
   def reached(self) -> bool:
@@ -87,6 +91,12 @@ class Speedup:
     if self.candidate_steps is None:
       bound = self.baseline_steps / self.candidate_last_step
       return f"not reached (< {bound:.2f}x)"
+    if self.baseline_at_first and self.candidate_at_first:
+      return f"{self.ratio:.2f}x, not measured (both there at their first evaluations)"
+    if self.candidate_at_first:
+      return f"at least {self.ratio:.2f}x (there at its first evaluation)"
+    if self.baseline_at_first:
+      return f"at most {self.ratio:.2f}x (the baseline there at its first evaluation)"
     return f"{self.ratio:.2f}x"
 
 
@@ -110,12 +120,17 @@ def steps_to_reach(curve: Curve, target: float, tolerance: float = 0.0) -> float
 def speedup(baseline: Curve, candidate: Curve, tolerance: float = 0.0, tail: int = 1) -> Speedup:
   """Speedup of `candidate` over `baseline` to the baseline's own final quality."""
   target = baseline.final(tail)
+  base = steps_to_reach(baseline, target, tolerance)
+  cand = steps_to_reach(candidate, target, tolerance)
   return Speedup(
     target=target,
     tolerance=tolerance,
-    baseline_steps=steps_to_reach(baseline, target, tolerance),
-    candidate_steps=steps_to_reach(candidate, target, tolerance),
+    baseline_steps=base,
+    candidate_steps=cand,
     candidate_last_step=candidate.steps[-1],
+    # a one-evaluation baseline is its own final value: only the candidate's side can say more
+    baseline_at_first=base == baseline.steps[0] and len(baseline.steps) > 1,
+    candidate_at_first=cand == candidate.steps[0],
   )
 
 
