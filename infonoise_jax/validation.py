@@ -140,7 +140,7 @@ def nearest_keys(known, key: str) -> list[str]:
     return "".join(w[0] for w in name.split("_") if w)
 
   if known and difflib.SequenceMatcher(None, known[0], key).ratio() >= 0.9:
-    return known[:1]  # one swapped or missing letter
+    return known[:1]  # a letter or two away
   same = [k for k in known if k.rsplit(".", 1)[-1] == leaf]
   if same:
     return same[:3]
@@ -163,6 +163,7 @@ def did_you_mean(known, key: str) -> str:
 
 
 def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
+  """Every leaf key of `config` as a dotted path ("train.num_steps")."""
   keys = set()
   for k, v in config.items():
     if isinstance(v, ml_collections.ConfigDict):
