@@ -58,6 +58,17 @@ def test_a_crossing_at_a_curves_first_evaluation_is_reported_as_a_bound():
   assert s.describe() == "1.00x, not measured (both there at their first evaluations)"
   # from step 0 on, as the ramps above: an interpolated crossing is a measurement
   assert speedup.speedup(ramp(2000), ramp(1000)).describe() == "2.00x"
+  # a candidate at the target before training (evaluated at step 0): no division by zero
+  s = speedup.speedup(ramp(2000), speedup.Curve.of(STEPS, np.ones(len(STEPS))))
+  assert s.ratio == np.inf and s.describe() == "no steps needed (there at step 0)"
+  flat = speedup.Curve.of(STEPS, np.ones(len(STEPS)))
+  both = speedup.speedup(flat, flat)
+  assert both.ratio == 1.0 and both.describe().endswith(
+    "not measured (both there at their first evaluations)"
+  )
+  from infonoise_jax.evaluation import report
+
+  assert report.speedup_plot({"c": (s, {0: s, 1: both})}, "b", "t").ndim == 3  # inf: not drawn
 
 
 def test_not_reached_is_reported_not_a_number():

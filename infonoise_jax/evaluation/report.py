@@ -363,7 +363,7 @@ def curves_plot(
 
 def speedup_plot(found: dict, baseline: str, title: str):
   """Per-seed (dots) and pooled (bar) speedups over the baseline (`found`: `speedups(...)`);
-  'not reached' at 0."""
+  'not reached' at 0; a candidate already there at step 0 is named, not drawn."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
@@ -372,11 +372,13 @@ def speedup_plot(found: dict, baseline: str, title: str):
   ax = fig.add_subplot()
   others = list(found)
   for i, (pooled, per) in enumerate(found.values()):
-    pool = pooled.ratio
+    pool = pooled.ratio if pooled.ratio is not None and np.isfinite(pooled.ratio) else None
     ax.bar(i, pool or 0.0, color=f"C{i}", alpha=0.5)
     if pool is None:
-      ax.text(i, 0.02, "not reached", ha="center", rotation=90, fontsize="small")
-    ys = [v.ratio if v.ratio is not None else 0.0 for v in per.values()]
+      what = "not reached" if pooled.ratio is None else "at step 0"
+      ax.text(i, 0.02, what, ha="center", rotation=90, fontsize="small")
+    ys = [0.0 if v.ratio is None else v.ratio for v in per.values()]
+    ys = [y for y in ys if np.isfinite(y)]  # a candidate there at step 0 has no bar height
     ax.scatter([i] * len(ys), ys, color="k", s=12, zorder=3)
   ax.axhline(1.0, color="k", lw=0.8)
   ax.set_xticks(range(len(others)), others, rotation=20, fontsize="small")

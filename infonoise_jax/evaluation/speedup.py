@@ -80,9 +80,12 @@ class Speedup:
 
   @property
   def ratio(self) -> float | None:
-    """baseline_steps / candidate_steps; None when either never reached the target."""
+    """baseline_steps / candidate_steps; None when either never reached the target; inf when
+    only the candidate was there at step 0 (before training), 1 when both were."""
     if self.baseline_steps is None or self.candidate_steps is None:
       return None
+    if self.candidate_steps == 0:
+      return 1.0 if self.baseline_steps == 0 else float("inf")
     return self.baseline_steps / self.candidate_steps
 
   def describe(self) -> str:
@@ -91,6 +94,8 @@ class Speedup:
     if self.candidate_steps is None:
       bound = self.baseline_steps / self.candidate_last_step
       return f"not reached (< {bound:.2f}x)"
+    if self.candidate_steps == 0 and self.baseline_steps > 0:
+      return "no steps needed (there at step 0)"
     if self.baseline_at_first and self.candidate_at_first:
       return f"{self.ratio:.2f}x, not measured (both there at their first evaluations)"
     if self.candidate_at_first:
