@@ -132,21 +132,21 @@ def nearest_keys(known, key: str) -> list[str]:
   `optim.lr`); else the whole key closest by spelling; else keys whose last part is spelled
   close to `key`'s or abbreviates it by its words' initials (`train.learning_rate` ->
   `optim.lr`)."""
+  score = {k: difflib.SequenceMatcher(None, k, key).ratio() for k in known}
   # closest whole key first in each tier (`train.bs`: train.batch_size before fid.batch_size)
-  known = sorted(known, key=lambda k: -difflib.SequenceMatcher(None, k, key).ratio())
+  known = sorted(known, key=lambda k: -score[k])
   leaf = key.rsplit(".", 1)[-1]
 
   def initials(name: str) -> str:
     return "".join(w[0] for w in name.split("_") if w)
 
-  if known and difflib.SequenceMatcher(None, known[0], key).ratio() >= 0.9:
+  if known and score[known[0]] >= 0.9:
     return known[:1]  # a letter or two away
   same = [k for k in known if k.rsplit(".", 1)[-1] == leaf]
   if same:
     return same[:3]
-  close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
-  if close:
-    return close
+  if known and score[known[0]] >= 0.75:
+    return known[:1]
   return [
     k
     for k in known

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from infonoise_jax.evaluation import speedup
+from infonoise_jax.evaluation import report, speedup
 
 STEPS = np.arange(0, 4001, 100)
 
@@ -66,8 +66,6 @@ def test_a_crossing_at_a_curves_first_evaluation_is_reported_as_a_bound():
   assert both.ratio == 1.0 and both.describe().endswith(
     "not measured (both there at their first evaluations)"
   )
-  from infonoise_jax.evaluation import report
-
   assert report.speedup_plot({"c": (s, {0: s, 1: both})}, "b", "t").ndim == 3  # inf: not drawn
 
 
