@@ -54,7 +54,8 @@ Writes, under --out: results.jsonl (append-only, one line per evaluation with th
 config and its hash, and the run's mean training loss, mean and largest gradient norm over the
 `train_steps` steps since its previous evaluation, `multirun.IntervalStats`; a rerun with the
 same arguments skips every evaluation already there, so it never duplicates one), summary.md
-(tables, speedups and each arm's end-of-budget slope, report.flattening_lines) and
+(tables, speedups on the primary metric and on every other one the evaluations carry,
+report.other_metric_speedup_lines, and each arm's end-of-budget slope, report.flattening_lines) and
 curves_<data>.png, speedup_<data>.png (and inception_<data>.png with --fid_records).
 `--conv_wgrad` picks how the U-Net's weight gradients are computed (same values; recorded per
 line, not in the config hash).

@@ -430,3 +430,37 @@ def test_log_axes_are_labelled_with_plain_numbers(limits, majors, minors):
     assert shown == []  # over two decades the minor ticks would crowd the axis
   if limits == (0.4, 30.0):
     assert "3" not in shown and "7" not in shown
+
+
+def test_the_other_metrics_get_their_own_speedups_with_their_own_noise(tmp_path):
+  """Sequence evaluations carry several metrics besides the primary one: each lower-is-better
+  one gets a speedup row (the same rule as the primary table) with its own resample noise as
+  the tolerance; families sort by size (k = 3 before k = 10), and the signed gc_mean_diff and
+  bookkeeping numbers (train_loss) are left out. Here on kmer_js_3 the baseline reaches its
+  final 0.2 (+ noise 0.02 = 0.22) at step 20 + 10 * (0.4 - 0.22) / (0.4 - 0.2) = 29, the
+  candidate at 10 + 10 * (0.3 - 0.22) / (0.3 - 0.1) = 14: 29 / 14 = 2.07x."""
+  cfg = {"train": {"batch_size": 8}}
+  recs = []
+  for step, b, c in ((10, 0.6, 0.3), (20, 0.4, 0.1), (30, 0.2, 0.1)):
+    for arm, v in (("ln", b), ("in", c)):
+      recs.append(
+        {**_eval(arm, 0, step, 1.0), "metric": "fd", "config": cfg}
+        | {"kmer_js_3": v, "kmer_js_10": v, "gc_mean_diff": -v, "train_loss": v}
+      )
+  for arm, v in (("ln", 0.2), ("in", 0.1)):  # one resampled evaluation each: |d| = 0.02
+    recs.append({**_eval(arm, 0, 30, 1.0, resample=True), "kmer_js_3": v + 0.02})
+  assert report.other_metrics(recs, "d", "fd") == ["kmer_js_3", "kmer_js_10"]
+  lines = report.other_metric_speedup_lines(recs, "d", "fd", "ln", ["ln", "in"])
+  assert lines[0].startswith("The other metrics: speedup to the final value of `ln`")
+  assert lines[4] == "| in | `kmer_js_3` | 0.02 | 2.07x | 0: 2.07x |"
+  # no resample of kmer_js_10: tolerance 0, the baseline at 0.2 at step 30, the candidate at
+  # 10 + 10 * 0.1 / 0.2 = 15: 2.00x
+  assert lines[5] == "| in | `kmer_js_10` | 0 (noise not measured) | 2.00x | 0: 2.00x |"
+  assert report.other_metric_speedup_lines(recs, "d", "fd", "nobody", ["in"]) == []
+  plain = [{k: v for k, v in r.items() if not k.startswith("kmer")} for r in recs]
+  assert report.other_metric_speedup_lines(plain, "d", "fd", "ln", ["ln", "in"]) == []
+  # in the written report, after the primary speedup table, with the fixed schedules' baseline
+  recs = [r | {"config": {**cfg, "schedule": {"name": r["arm"].replace("ln", "lognormal")}}}
+          for r in recs]  # fmt: skip
+  text = report.write_report(str(tmp_path), recs, ["ln", "in"])
+  assert text.index("Speedup to the final value of `ln`") < text.index("The other metrics")

@@ -218,6 +218,64 @@ def speedup_lines(
   return lines
 
 
+# Metrics besides the primary one whose speedups the report also gives: every one where lower is
+# better (sequence_metrics' divergences and distances, the decoded binarized FD). A key ending
+# in a number is a family (kmer_js_3, kmer_js_4, ...). gc_mean_diff is signed: not a metric here.
+OTHER_METRICS = ("fd", "fd_decoded", "frechet", "kmer_js_", "ngram_js_", "gc_w1", "nll_per_char")
+
+
+def other_metrics(records, data: str, primary: str) -> list[str]:
+  """The OTHER_METRICS that every (first-draw) evaluation of `data` carries, less the primary
+  one, in OTHER_METRICS' order (families by size)."""
+  evals = [
+    r for r in records if r.get("kind") == "eval" and r["data"] == data and not r.get("resample")
+  ]
+  if not evals:
+    return []
+  keys = set.intersection(*(set(r) for r in evals)) - {primary}
+
+  def rank(k: str) -> tuple[int, int]:
+    for i, m in enumerate(OTHER_METRICS):
+      if k == m:
+        return i, 0
+      if m.endswith("_") and k.startswith(m) and k[len(m) :].isdigit():
+        return i, int(k[len(m) :])
+    return -1, 0
+
+  return sorted((k for k in keys if rank(k)[0] >= 0), key=rank)
+
+
+def other_metric_speedup_lines(
+  records, data: str, primary: str, baseline: str, arms: Sequence[str], tail: int = 1
+) -> list[str]:
+  """Speedup to the baseline's final value on each of the other metrics the evaluations carry
+  (other_metrics), the same rule as the primary table (per seed and pooled, first crossing,
+  bounds named), each with its own noise as tolerance: whether the primary metric's verdict
+  holds on the rest (RESULTS.md section 47: DNA's short k-mer counts). [] when there are none."""
+  rows = []
+  for metric in other_metrics(records, data, primary):
+    curves = curves_by_arm(records, data, metric)
+    if baseline not in curves:
+      continue
+    noise = metric_noise(records, data, metric)
+    tol = noise if np.isfinite(noise) else 0.0
+    for a, (pool, per) in speedups(curves, baseline, arms, tol, tail).items():
+      cells = ", ".join(f"{s}: {v.describe()}" for s, v in per.items()) or "no seed in common"
+      tol_cell = f"{tol:.3g}" if np.isfinite(noise) else "0 (noise not measured)"
+      rows.append(f"| {a} | `{metric}` | {tol_cell} | {pool.describe()} | {cells} |")
+  if not rows:
+    return []
+  what = "final value" if tail == 1 else f"mean of the last {tail} evaluations"
+  return [
+    f"The other metrics: speedup to the {what} of `{baseline}` on each (tolerance = its own "
+    "metric noise):",
+    "",
+    "| arm | metric | tolerance | pooled | per seed |",
+    "|---|---|---|---|---|",
+    *rows,
+  ]
+
+
 FLAT_WINDOW = 3  # the last evaluations an arm's end-of-budget slope is fitted through
 
 
@@ -576,6 +634,8 @@ def write_report(
     if base in curves and set(arms) & set(curves) - {base}:  # a baseline alone has no table
       found = speedups(curves, base, arms, noise, tail)
       md += ["", *speedup_lines(curves, base, arms, noise, tail=tail, found=found)]
+      others = other_metric_speedup_lines(records, data, metric, base, arms, tail)
+      md += ["", *others] if others else []
       img = speedup_plot(found, base, f"{data}: speedup over {base}")
       plots.save_png(os.path.join(out, f"speedup_{data}.png"), img)
     md += ["", *flattening_lines(curves, arms, noise if measured else None)]
