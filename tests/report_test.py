@@ -450,6 +450,11 @@ def test_the_other_metrics_get_their_own_speedups_with_their_own_noise(tmp_path)
   for arm, v in (("ln", 0.2), ("in", 0.1)):  # one resampled evaluation each: |d| = 0.02
     recs.append({**_eval(arm, 0, 30, 1.0, resample=True), "kmer_js_3": v + 0.02})
   assert report.other_metrics(recs, "d", "fd") == ["kmer_js_3", "kmer_js_10"]
+  # a metric some evaluation could not compute (nan) gets no row rather than stopping the report
+  with_gc = [{**r, "gc_w1": 0.1} for r in recs]
+  assert report.other_metrics(with_gc, "d", "fd") == ["kmer_js_3", "kmer_js_10", "gc_w1"]
+  with_gc[1]["gc_w1"] = float("nan")
+  assert report.other_metrics(with_gc, "d", "fd") == ["kmer_js_3", "kmer_js_10"]
   lines = report.other_metric_speedup_lines(recs, "d", "fd", "ln", ["ln", "in"])
   assert lines[0].startswith("The other metrics: speedup to the final value of `ln`")
   assert lines[4] == "| in | `kmer_js_3` | 0.02 | 2.07x | 0: 2.07x |"

@@ -225,8 +225,8 @@ OTHER_METRICS = ("fd", "fd_decoded", "frechet", "kmer_js_", "ngram_js_", "gc_w1"
 
 
 def other_metrics(records, data: str, primary: str) -> list[str]:
-  """The OTHER_METRICS that every (first-draw) evaluation of `data` carries, less the primary
-  one, in OTHER_METRICS' order (families by size)."""
+  """The OTHER_METRICS that every (first-draw) evaluation of `data` carries as a finite number,
+  less the primary one, in OTHER_METRICS' order (families by size)."""
   evals = [
     r for r in records if r.get("kind") == "eval" and r["data"] == data and not r.get("resample")
   ]
@@ -242,7 +242,10 @@ def other_metrics(records, data: str, primary: str) -> list[str]:
         return i, int(k[len(m) :])
     return -1, 0
 
-  return sorted((k for k in keys if rank(k)[0] >= 0), key=rank)
+  def finite(k: str) -> bool:  # a curve needs finite values (speedup.Curve)
+    return all(isinstance(r[k], (int, float)) and np.isfinite(r[k]) for r in evals)
+
+  return sorted((k for k in keys if rank(k)[0] >= 0 and finite(k)), key=rank)
 
 
 def other_metric_speedup_lines(
