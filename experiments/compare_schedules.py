@@ -354,10 +354,20 @@ def frechet(x_ND: np.ndarray, ref: fid.Stats) -> float:
   return fid.frechet_distance(fid.stats_of_features(x_ND.reshape(len(x_ND), -1)), ref)
 
 
-def eval_metrics(x_NX: np.ndarray, source, ref) -> dict:
+def eval_metrics(x_NX: np.ndarray, source, ref, where: str = "samples") -> dict:
   """Images: FD in pixel space (binarized data also of samples decoded to the two levels);
   token data (`ref` a SequenceEvaluator): the domain metrics. `metric` names the one the
-  report ranks by."""
+  report ranks by. Samples that are not finite stop the command, naming `where` (the arm,
+  seed and step): no metric of them means anything, and the records already written and the
+  state kept (--state_dir) stay as they are."""
+  bad_N = ~np.isfinite(np.asarray(x_NX, np.float64).reshape(len(x_NX), -1)).all(axis=1)
+  if bad_N.any():
+    raise FloatingPointError(
+      f"{where}: {int(bad_N.sum())} of {len(x_NX)} samples are not finite (nan or inf) although "
+      "training's loss was: the model or the sampler diverged. The records before this one are "
+      "in results.jsonl (and the state of this step in --state_dir, if set); try a smaller "
+      "learning rate or another sampler/grid for this arm"
+    )
   if isinstance(ref, SequenceEvaluator):
     return {**ref.metrics(x_NX), "metric": ref.primary}
   out = {"fd": frechet(x_NX.astype(np.float64), ref), "metric": "fd"}
@@ -415,7 +425,9 @@ def grid_study(args, mr, state, data, arm_name, h, done, ref) -> None:
             "grid": grid,
             "levels": n,
             "nfe": 2 * n - 1,
-            **eval_metrics(x, mr.source, ref),
+            **eval_metrics(
+              x, mr.source, ref, f"{arm_name} seed {seed}, {method}, {grid} grid, {n} levels"
+            ),
             "x_absmax": float(np.abs(x).max()),
             "num_samples": args.grid_samples,
             "config_hash": h,
@@ -575,7 +587,7 @@ def train_group(args, data: str, arm_name: str, config, wgrad: str | None, path:
           "step": step,
           "images_seen": step * config.train.batch_size,
           "resample": resample,
-          **eval_metrics(x, mr.source, ref),
+          **eval_metrics(x, mr.source, ref, f"{arm_name} seed {seed}, step {step}"),
           "num_samples": args.num_samples,
           "eval_draw": args.eval_draw,
           "train_wall_s": round(train_s, 2),

@@ -1050,3 +1050,13 @@ def test_token_records_from_before_the_config_copy_match_the_command():
     got = compare_schedules.read_records("unused")
   assert got[0]["config_hash"] == h
   assert got[1]["config_hash"] == compare_schedules.config_hash(set_by_hand) != h
+
+
+def test_samples_that_are_not_finite_stop_the_evaluation_naming_the_run():
+  """A sampler or model that diverged while training's loss stayed finite: the evaluation
+  names the arm, seed and step and how many samples are bad instead of scoring them (pixel FD
+  would fail in the eigen-solver, token metrics would decode garbage)."""
+  x = np.zeros((6, 2, 2, 1), np.float32)
+  x[4, 0, 1, 0] = np.nan
+  with pytest.raises(FloatingPointError, match=r"^infonoise seed 1, step 300: 1 of 6 samples"):
+    compare_schedules.eval_metrics(x, None, None, "infonoise seed 1, step 300")

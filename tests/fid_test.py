@@ -157,6 +157,16 @@ def test_stats_accumulate_like_numpy_cov():
   np.testing.assert_allclose(stats.sigma_DD, np.cov(f64, rowvar=False), rtol=1e-7, atol=1e-9)
 
 
+def test_features_that_are_not_finite_are_named_not_turned_into_a_linalg_error():
+  """A nan or inf row (samples of a diverged model) stops the statistics with the count of
+  bad rows, where the eigen-solver would fail later with 'did not converge'."""
+  feats = np.random.default_rng(0).normal(size=(50, 4))
+  feats[[3, 7], 1] = [np.nan, np.inf]
+  with pytest.raises(ValueError, match=r"2 of 50 feature vectors are not finite"):
+    fid.stats_of_features(feats)
+  fid.stats_of_features(feats[8:])  # the finite rows alone are fine
+
+
 @pytest.mark.parametrize("method", ["eigh", "sqrtm"])
 def test_frechet_distance_closed_form_diagonal(method):
   # Diagonal covariances: FID = |mu1 - mu2|^2 + sum_i (sqrt(a_i) - sqrt(b_i))^2.

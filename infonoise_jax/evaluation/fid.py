@@ -54,6 +54,13 @@ def update_stats(acc: StatsAccumulator, feats_ND: np.ndarray) -> StatsAccumulato
   f_ND = np.asarray(feats_ND, np.float64)
   if f_ND.shape[0] == 0:
     return acc
+  bad_N = ~np.isfinite(f_ND).all(axis=1)
+  if bad_N.any():  # else a nan mean and covariance, and a LinAlgError far from the cause
+    raise ValueError(
+      f"{int(bad_N.sum())} of {len(f_ND)} feature vectors are not finite (nan or inf): "
+      "their statistics would mean nothing; check the samples they came from (a model or "
+      "sampler that diverged)"
+    )
   shift_D = f_ND.mean(axis=0) if acc.shift_D is None else acc.shift_D
   d_ND = f_ND - shift_D
   sum_D, sum_DD = d_ND.sum(axis=0), d_ND.T @ d_ND
