@@ -245,6 +245,23 @@ def test_fid_of_batches_equals_fid_of_the_concatenated_features():
     model_fid.fid_of_batches(iter([samples[:1]]), 0.5, ref, _projection_extractor)
 
 
+def test_fid_of_samples_with_nan_pixels_is_scored_and_the_bad_samples_counted(caplog):
+  """nan pixels quantize to mid-grey (images.to_uint8), so the FID is the one of those images,
+  and a warning counts the samples that had any (two here, one of them with two nan pixels)."""
+  rng = np.random.default_rng(1)
+  ref = fid.stats_of_features(_projection_extractor(rng.integers(0, 256, (200, 4, 4, 1))))
+  samples = rng.uniform(-0.5, 0.5, (30, 4, 4, 1)).astype(np.float32)
+  samples[3, 0, 0, 0] = samples[3, 1, 1, 0] = samples[17, 2, 0, 0] = np.nan
+  with caplog.at_level("WARNING"):
+    got = model_fid.fid_of_batches(
+      iter([samples[:10], samples[10:]]), 0.5, ref, _projection_extractor
+    )
+  grey = np.nan_to_num(samples)
+  want = model_fid.fid_of_batches(iter([grey]), 0.5, ref, _projection_extractor)
+  np.testing.assert_allclose(got, want)
+  assert "FID: 2 of 30 samples had nan or inf pixels" in caplog.text
+
+
 def test_stats_and_halves_split_the_features_whatever_the_batches():
   rng = np.random.default_rng(5)
   feats = rng.normal(size=(21, 3)) * [1.0, 2.0, 0.5] + 4.0

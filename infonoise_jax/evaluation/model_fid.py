@@ -118,12 +118,25 @@ def load_reference(
 def fid_of_batches(
   batches: Iterable[np.ndarray], scale: float, ref: fid.Stats, extractor: fid.FeatureFn
 ) -> float:
-  """FID of the samples in `batches` (floats in [-scale, scale], NHWC) against `ref`."""
-  acc = fid.init_stats()
+  """FID of the samples in `batches` (floats in [-scale, scale], NHWC) against `ref`.
+  Samples with nan or inf pixels are scored as images.to_uint8 quantizes them (nan mid-grey,
+  inf the range's ends) and counted in a warning: a model or sampler that diverged shows as a
+  large FID and a named count, not as a number alone."""
+  acc, bad = fid.init_stats(), 0
   for x in batches:
+    x = np.asarray(x)
+    if x.dtype != np.uint8:
+      bad += int((~np.isfinite(x)).reshape(len(x), -1).any(axis=1).sum())
     acc = fid.update_stats(acc, extractor(images.to_uint8(x, (-scale, scale))))
   if acc.n < 2:
     raise ValueError(f"FID needs at least 2 samples, got {acc.n}")
+  if bad:
+    logging.warning(
+      "FID: %d of %d samples had nan or inf pixels (quantized as mid-grey or the range's ends "
+      "and scored so): the model or the sampler diverged",
+      bad,
+      acc.n,
+    )
   return fid.frechet_distance(fid.finalize_stats(acc), ref)
 
 
