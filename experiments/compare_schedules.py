@@ -360,7 +360,7 @@ def eval_metrics(x_NX: np.ndarray, source, ref, where: str = "samples") -> dict:
   report ranks by. Samples that are not finite stop the command, naming `where` (the arm,
   seed and step): no metric of them means anything, and the records already written and the
   state kept (--state_dir) stay as they are."""
-  bad_N = ~np.isfinite(np.asarray(x_NX, np.float64).reshape(len(x_NX), -1)).all(axis=1)
+  bad_N = ~np.isfinite(np.asarray(x_NX, np.float32).reshape(len(x_NX), -1)).all(axis=1)
   if bad_N.any():
     raise FloatingPointError(
       f"{where}: {int(bad_N.sum())} of {len(x_NX)} samples are not finite (nan or inf) although "
