@@ -147,12 +147,22 @@ def parse_arms(spec: str, extra) -> dict[str, dict]:
   for name in filter(None, spec.split(",")):
     if name not in known:
       raise ValueError(f"--arms: unknown arm {name!r}; known: {', '.join(known)} (or use --arm)")
+    if name in arms:
+      raise ValueError(f"--arms: arm {name!r} given twice")
     arms[name] = known[name]
   for item in extra or []:
     name, sep, body = item.partition(":")
     if not sep or not name or not body.strip(";"):
       raise ValueError(f"--arm expects 'name:key=value;...', got {item!r}")
+    if name in arms:  # its records would carry the name of another arm's settings
+      where = "--arms" if name in known and name in spec.split(",") else "another --arm"
+      raise ValueError(
+        f"--arm {name}: the name is already given by {where}; name this arm differently "
+        f"(e.g. --arm {name}_2:{body})"
+      )
     arms[name] = parse_overrides(filter(None, body.split(";")), flag=f"--arm {name}:")
+  if not arms:
+    raise ValueError("--arms is empty and no --arm is given: name at least one arm")
   return arms
 
 
@@ -169,9 +179,26 @@ def load_for_data(path: str, variant: str, data: str):
   return load_config_file(path, variant) if variant else load_config_file(path)
 
 
+# Config keys the harness sets itself from its own flags: a --set or --arm of one would be
+# overwritten without a word, so it is refused, naming the flag.
+HARNESS_KEYS = {
+  "train.num_steps": "--steps",
+  "seed": "--seeds (each run's seed; arms share them)",
+  "train.eval_num_samples": "--num_samples",
+}
+
+
 def make_config(args, data: str, arm: dict, name: str = ""):
   """The config of one arm on one data kind (`name`: the arm's, for errors); an unknown key
-  or a value of the wrong type is a ValueError naming --set or --arm and the key."""
+  or a value of the wrong type is a ValueError naming --set or --arm and the key, and a key
+  the harness sets from its flags (HARNESS_KEYS) one naming that flag."""
+  given = {o.partition("=")[0].strip(): "--set" for o in args.set or []}
+  given |= {k: f"--arm {name}:" if name else "--arm" for k in arm if k != FAIR}
+  for key, flag in given.items():
+    if key in HARNESS_KEYS:
+      raise ValueError(
+        f"{flag} {key}=...: the harness sets {key} from its own flag; use {HARNESS_KEYS[key]}"
+      )
   path, _, variant = args.config.partition(":")
   c = load_for_data(path, variant, data)
   arm = dict(arm)
@@ -259,7 +286,10 @@ def read_records(path: str) -> list[dict]:
   resolved config an evaluation carries, and for records without one (grids) through the
   hash an evaluation of the same file stored beside its config. Records written before a
   change to the hashed keys then still match the config they were run with."""
-  records = report.read_records(path)
+  try:
+    records = report.read_records(path)
+  except report.RecordsError as e:  # one line, not a traceback, before any work
+    raise SystemExit(f"error: {e}") from None
   new = {r["config_hash"]: config_hash(_command_config(r)) for r in records if "config" in r}
   for r in records:
     if r.get("config_hash") in new:
@@ -273,16 +303,6 @@ def floor_hash(config, num_samples: int) -> str:
   data = resolved_data_paths(config.data.to_dict())
   key = json.dumps({"data": data, "num_samples": num_samples}, sort_keys=True)
   return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-def describe_setting(setting: tuple) -> str:
-  """(config or floor hash, sample count or None, evaluation draw or None) as words."""
-  h, num, draw = setting
-  return (
-    f"hash {h}"
-    + ("" if num is None else f", {num} samples")
-    + ("" if draw is None else f", {draw} draw")
-  )
 
 
 def record_setting(r: dict) -> tuple:
@@ -300,18 +320,59 @@ def sample_seed(args, step: int, resample: bool) -> int:
   return 10_000 + (step if args.eval_draw == "per_step" else 0) + (1_000_000 if resample else 0)
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+  """{dotted key: leaf value} of a nested dict (a record's resolved "config")."""
+  out = {}
+  for k, v in d.items():
+    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+  return out
+
+
+def setting_differences(theirs: tuple, recs: list[dict], mine: tuple, config: dict | None) -> str:
+  """What sets records of setting `theirs` apart from this command's `mine` (record_setting
+  tuples), in words: the sample count, the draw rule and the config keys that differ (from the
+  records' resolved config against this command's, `config`; the hash alone where a record
+  carries none, or where the keys agree and only the hashing differs, as with older code)."""
+  parts = []
+  if theirs[1] != mine[1]:
+    parts.append(f"{theirs[1]} samples per evaluation (this command: {mine[1]})")
+  if theirs[2] != mine[2]:
+    parts.append(f"{theirs[2]} draw (this command: {mine[2]})")
+  cfg = next((r["config"] for r in recs if isinstance(r.get("config"), dict)), None)
+  if theirs[0] != mine[0]:
+    diff = []
+    if cfg is not None and config is not None:
+      a, b = _flat(cfg), _flat(config)
+      skip = set(EXECUTION_KEYS)
+      diff = [k for k in sorted(set(a) | set(b)) if k not in skip and a.get(k) != b.get(k)]
+    if diff:
+      shown = ", ".join(f"{k}={a.get(k, '(none)')!r} (this command: {b.get(k, '(none)')!r})"
+                        for k in diff[:3])  # fmt: skip
+      parts.append(f"config {shown}" + (f" and {len(diff) - 3} more keys" if len(diff) > 3 else ""))
+    else:
+      parts.append(f"config hash {theirs[0]} (this command: {mine[0]})")
+  return "; ".join(parts) or "the same setting"
+
+
 def current_records(args, records: list[dict]) -> tuple[list[dict], list[str]]:
   """(records of this command's data kinds and arms, notes). One --out may hold runs of other
   settings under the same arm name (another dataset, step budget or sample count): where an
   arm's records have this command's config hash and sample count, only those are kept; where
   they have one other setting alone (e.g. records written by older code, read again with
   --report_only) they are kept with a note; several other settings are left out with a note,
-  never averaged together. Floors likewise, by the data settings and sample count."""
+  never averaged together. Floors likewise, by the data settings and sample count. An arm whose
+  only records were scored with another sample count is left out (pixel FD and the sequence
+  metrics are biased by the count, so set beside this command's arms it would rank by the
+  count, not the schedule); the note names the count to rerun --report_only with. Every note
+  says what differs (setting_differences) and how many records it concerns."""
   mine = {}  # (kind, data, arm) -> the setting this command's records carry
+  configs = {}  # (kind, data, arm) -> this command's resolved config
   for d, a, arm in groups(args):
-    h = config_hash(make_config(args, d, arm))
+    c = make_config(args, d, arm)
+    h = config_hash(c)
     mine[("eval", d, a)] = (h, args.num_samples, args.eval_draw)
     mine[("grid", d, a)] = (h, args.grid_samples, None)
+    configs[("eval", d, a)] = configs[("grid", d, a)] = json.loads(c.to_json_best_effort())
   for d in dict.fromkeys(d for d, _, _ in groups(args)):
     mine[("floor", d, "")] = (floor_hash(make_config(args, d, {}), args.num_samples), None, None)
   by_group = collections.defaultdict(lambda: collections.defaultdict(list))
@@ -323,17 +384,29 @@ def current_records(args, records: list[dict]) -> tuple[list[dict], list[str]]:
   out, notes = [], []
   for (kind, data, arm), settings in sorted(by_group.items()):
     what = f"{data}/{arm or 'floor'} ({kind})"
-    if mine[(kind, data, arm)] in settings:
-      out += settings[mine[(kind, data, arm)]]
-      if len(settings) > 1:
-        notes.append(f"{what}: records of other settings left out")
+    want, config = mine[(kind, data, arm)], configs.get((kind, data, arm))
+    if want in settings:
+      out += settings[want]
+      for theirs, recs in settings.items():
+        if theirs != want:
+          notes.append(
+            f"{what}: {len(recs)} records of another setting left out "
+            f"({setting_differences(theirs, recs, want, config)})"
+          )
     elif len(settings) == 1:
       ((theirs, recs),) = settings.items()
+      differs = setting_differences(theirs, recs, want, config)
+      if kind != "floor" and theirs[1] != want[1]:
+        notes.append(
+          f"{what}: its {len(recs)} records were scored with another sample count ({differs}); "
+          "the metrics depend on it, so they are not set beside this command's: left out "
+          f"(--num_samples={theirs[1]} --report_only reports them)"
+        )
+        continue
       out += recs
       notes.append(
-        f"{what}: made with other settings than this command's ({describe_setting(theirs)}; "
-        f"this command: {describe_setting(mine[(kind, data, arm)])}), e.g. by older code or "
-        "other arguments; kept"
+        f"{what}: {len(recs)} records made with other settings than this command's ({differs}), "
+        "e.g. by older code or other arguments; kept"
       )
     else:
       notes.append(f"{what}: {len(settings)} other settings, none this command's; left out")
@@ -969,6 +1042,29 @@ def parse(argv=None) -> argparse.Namespace:
       p.error(f"--data: unknown {d!r}; known: {', '.join(DATA)}")
   if args.steps < 1 or args.eval_every < 1 or args.workers < 1 or args.speedup_tail < 1:
     p.error("--steps, --eval_every, --workers and --speedup_tail must be >= 1")
+  if args.num_samples < 2 or args.grid_samples < 2:
+    p.error(
+      f"--num_samples={args.num_samples} and --grid_samples={args.grid_samples} must be >= 2: "
+      "a Frechet distance needs a covariance of at least two samples"
+    )
+  for flag, low, allow_empty in (
+    ("seeds", 0, False),
+    ("grid_seeds", 0, True),
+    ("grid_steps", 2, True),
+  ):
+    items = getattr(args, flag).split(",") if getattr(args, flag) else []
+    if not all(t.strip().isdigit() and int(t) >= low for t in items) or not (items or allow_empty):
+      p.error(
+        f"--{flag}={getattr(args, flag)!r}: expected a comma list of whole numbers >= {low}, "
+        "e.g. " + {"seeds": "0,1,2", "grid_seeds": "0,1", "grid_steps": "6,10,18"}[flag]
+      )
+    if len(set(map(int, items))) < len(items):
+      p.error(f"--{flag}={getattr(args, flag)!r}: a value is given twice")
+  if args.grid_steps and not set(grid_seeds(args)) & {int(t) for t in args.seeds.split(",")}:
+    p.error(
+      f"--grid_seeds={args.grid_seeds} names none of --seeds={args.seeds}: the grid study runs on "
+      "the final models of those seeds, so it would not run; give seeds that train"
+    )
   gpus = worker_gpus(args)
   if gpus and (args.workers < 2 or not all(g.isdigit() for g in gpus)):
     p.error(
@@ -1061,7 +1157,47 @@ def parse(argv=None) -> argparse.Namespace:
         "state back into --state_dir, give another --out, or pass --restart_lost_state to "
         "train again from step 0 anyway"
       )
+    ahead = orphan_states(args, gs)
+    if ahead:
+      p.error(
+        f"--state_dir={args.state_dir} keeps "
+        + ", ".join(
+          f"{k} at step {kept} (no evaluation of step {', '.join(map(str, missing[:4]))}"
+          + ("..." if len(missing) > 4 else "")
+          + ")"
+          for k, (kept, missing) in sorted(ahead.items())
+        )
+        + f" in {os.path.join(args.out, 'results.jsonl')}: going on from there would leave "
+        "those evaluations out of the curve for good. Give the --out (and --eval_every) the "
+        "state was kept with, or another --state_dir to train from step 0"
+      )
   return args
+
+
+def orphan_states(args, gs) -> dict[str, tuple[int, list[int]]]:
+  """{data/arm: (kept step, evaluation steps before it missing from --out)} for this command's
+  arms whose --state_dir state is ahead of their recorded curve (a new --out, or a finer
+  --eval_every, given with the --state_dir of an earlier run): a resumed run never evaluates
+  the steps it skips. A state one step of evaluations ahead is normal (kept before its records,
+  then stopped): its own step is evaluated on resume, so only earlier steps count."""
+  if not args.state_dir:
+    return {}
+  path = os.path.join(args.out, "results.jsonl")
+  records = read_records(path) if os.path.exists(path) else []
+  seeds = [int(s) for s in args.seeds.split(",")]
+  out = {}
+  for d, a, arm in gs:
+    h = config_hash(make_config(args, d, arm))
+    kept = checkpointing.saved_steps(KeptState.folder(args, d, a, h, seeds))
+    if not kept:
+      continue
+    have = {(r.get("seed"), r["step"]) for r in arm_evals(args, records, d, a, h)}
+    missing = [
+      t for t in eval_steps(args) if t < kept[-1] and any((s, t) not in have for s in seeds)
+    ]
+    if missing:
+      out[f"{d}/{a}"] = (kept[-1], missing)
+  return out
 
 
 def other_draws(args, gs) -> dict[str, str]:

@@ -439,6 +439,27 @@ def test_a_newly_registered_schedule_is_an_arm_of_its_name(monkeypatch):
     (["--arm", "u:model.name=unett"], "arm 'u' (--data=continuous): config.model.name='unett'"),
     (["--arm", "u:model.name=unet;model.attn_resolutions=(3,)"], "not among this image's U-Net"),
     (["--baseline=foo"], "--baseline='foo' is not one of this command's arms"),
+    # lists and counts: tracebacks after the floor was written (2026-12-07 probe)
+    (["--seeds=0,x"], "--seeds='0,x': expected a comma list of whole numbers >= 0"),
+    (["--seeds=0,,1"], "--seeds='0,,1': expected a comma list"),
+    (["--seeds=0,0"], "--seeds='0,0': a value is given twice"),
+    (["--arms="], "--arms is empty and no --arm is given"),
+    (["--arms=lognormal,lognormal"], "--arms: arm 'lognormal' given twice"),
+    (["--set=seed=5"], "--set seed=...: the harness sets seed from its own flag; use --seeds"),
+    (
+      ["--set=train.num_steps=50"],
+      "the harness sets train.num_steps from its own flag; use --steps",
+    ),
+    (["--arm", "x:train.num_steps=50"], "--arm x: train.num_steps=...: the harness sets"),
+    (["--num_samples=1"], "--num_samples=1 and --grid_samples=1000 must be >= 2"),
+    (["--grid_steps=abc"], "--grid_steps='abc': expected a comma list of whole numbers >= 2"),
+    (["--grid_steps=1"], "--grid_steps='1': expected a comma list of whole numbers >= 2"),
+    (["--grid_steps=6", "--grid_seeds=5"], "--grid_seeds=5 names none of --seeds=0,1"),
+    # an --arm named like an --arms arm relabelled another setting as that arm
+    (
+      ["--arm", "lognormal:schedule.name=cosine"],
+      "--arm lognormal: the name is already given by --arms",
+    ),
   ],
 )
 def test_every_arms_config_is_checked_before_the_first_arm_trains(tmp_path, capsys, flags, message):
@@ -915,6 +936,25 @@ def test_a_kill_while_evaluating_loses_no_training_and_the_rerun_fills_the_gap(
     np.testing.assert_allclose(r["fd"], want[key(r)], rtol=1e-6)
 
 
+def test_a_kept_state_ahead_of_the_recorded_curve_stops_before_any_work(tmp_path, capsys):
+  """The other way round: a --state_dir kept at step 3 given with a new --out (or a finer
+  --eval_every) would resume at 3 and never evaluate step 2 (or 1): refused in parse, naming
+  the arm, the kept step and the missing evaluations; the --out it was kept with goes on."""
+  out, kept = str(tmp_path / "out"), str(tmp_path / "kept")
+  args = [*_args(out), "--arms=lognormal", f"--state_dir={kept}"]
+  compare_schedules.main([*args, "--stop_at=3"])
+  compare_schedules.parse(args)  # the evaluation of step 2 is there, step 3's comes on resume
+  for other in ([f"--out={tmp_path / 'new'}"], ["--eval_every=1"]):
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+      compare_schedules.parse([*args, *other])
+    err = capsys.readouterr().err
+    assert "keeps continuous/lognormal at step 3 (no evaluation of step " in err
+    assert "another --state_dir" in err
+  assert not os.path.exists(tmp_path / "new")  # nothing created before the error
+  compare_schedules.parse([*args, f"--out={tmp_path / 'new'}", f"--state_dir={tmp_path / 's2'}"])
+
+
 def test_time_limit_stops_at_a_kept_step_and_the_rerun_goes_on(tmp_path, monkeypatch, capsys):
   """--time_limit stops each arm at the first kept step from which the next stretch (timed as
   the longest so far) would end past it, state kept and no report; an arm that would start
@@ -1032,6 +1072,21 @@ def test_report_keeps_each_arms_own_settings_apart(tmp_path):
   args2 = compare_schedules.parse([*_args(str(tmp_path)), "--arms=vdmpp"])
   kept, notes = compare_schedules.current_records(args2, mixed)
   assert kept == [] and "2 other settings" in notes[0]
+  # an arm scored only with another sample count is not set beside the others (the metric is
+  # biased by the count): left out, the note naming the count to report it with
+  kept, notes = compare_schedules.current_records(args, [ev("infonoise", 0, "x", n=128)])
+  assert kept == [] and "128 samples per evaluation (this command: 32)" in notes[0]
+  assert "--num_samples=128 --report_only" in notes[0]
+  # records that carry their resolved config: the note names the keys that differ and counts
+  arms = {a: arm for _, a, arm in compare_schedules.groups(args)}
+  cfg = json.loads(
+    compare_schedules.make_config(args, "continuous", arms["infonoise"]).to_json_best_effort()
+  )
+  cfg["optim"]["lr"] = 0.5
+  older = [ev("infonoise", s, "older_code") | {"config": cfg} for s in (0, 1)]
+  kept, notes = compare_schedules.current_records(args, older)
+  assert len(kept) == 2 and notes[0].startswith("continuous/infonoise (eval): 2 records made")
+  assert "config optim.lr=0.5 (this command: " in notes[0] and notes[0].endswith("kept")
 
 
 def test_token_records_from_before_the_config_copy_match_the_command():

@@ -469,3 +469,26 @@ def test_the_other_metrics_get_their_own_speedups_with_their_own_noise(tmp_path)
           for r in recs]  # fmt: skip
   text = report.write_report(str(tmp_path), recs, ["ln", "in"])
   assert text.index("Speedup to the final value of `ln`") < text.index("The other metrics")
+
+
+def test_a_cut_off_last_line_is_left_out_and_the_next_record_starts_a_new_line(tmp_path, capsys):
+  """A hard kill or a full disk mid-write leaves a last line without its newline: reading
+  leaves it out with a warning (its evaluation is then done again), and the next append
+  starts on a line of its own instead of gluing onto it. A damaged line elsewhere is an
+  error naming the file and line."""
+  path = str(tmp_path / "results.jsonl")
+  report.append_record(path, {"step": 1})
+  with open(path, "a") as f:
+    f.write('{"step": 2, "fd": 1.')  # cut off
+  assert report.read_records(path) == [{"step": 1}]
+  assert "its last line (20 characters, no newline) is cut off" in capsys.readouterr().err
+  report.append_record(path, {"step": 2, "fd": 1.5})
+  report.append_record(path, {"step": 3})
+  with pytest.raises(report.RecordsError, match=r"results.jsonl, line 2: not a JSON record"):
+    report.read_records(path)
+  with open(path) as f:
+    lines = f.read().splitlines()
+  assert lines[0] == '{"step": 1}' and lines[2:] == ['{"step": 2, "fd": 1.5}', '{"step": 3}']
+  with open(path, "w") as f:
+    f.write("\n".join(lines[:1] + lines[2:]) + "\n")  # the damaged line removed
+  assert report.read_records(path) == [{"step": 1}, {"step": 2, "fd": 1.5}, {"step": 3}]

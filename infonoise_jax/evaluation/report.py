@@ -16,6 +16,7 @@ import collections
 import fcntl
 import json
 import os
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,19 +27,51 @@ from infonoise_jax.schedules import FIXED
 FIXED_SCHEDULES = FIXED  # the fixed laws (schedules registry)
 
 
+class RecordsError(ValueError):
+  """A results file holds a line that is not a JSON record (other than a cut-off last line)."""
+
+
 def read_records(path: str) -> list[dict]:
-  """The JSON lines of a results file (none when it does not exist yet)."""
+  """The JSON lines of a results file (none when it does not exist yet). A last line without
+  its newline that does not parse is a write cut off (a hard kill, a full disk): it is left
+  out with a warning on stderr, and its evaluation, missing from the records, is done again
+  by a rerun. Any other line that does not parse is a RecordsError naming the file and line."""
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = f.read().split("\n")  # the last item is "" when the file ends in a newline
+  out = []
+  for i, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      out.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if i == len(lines):
+        print(
+          f"warning: {path}: its last line ({len(line)} characters, no newline) is cut off, a "
+          "write interrupted by a kill or a full disk; read without it (the next record "
+          "starts on a new line)",
+          file=sys.stderr,
+        )
+        continue
+      raise RecordsError(
+        f"{path}, line {i}: not a JSON record ({e.msg}); a record there was damaged: remove or "
+        "repair that line (the evaluation it held is then done again by a rerun)"
+      ) from None
+  return out
 
 
 def append_record(path: str, rec: dict) -> None:
-  """One JSON line, under an exclusive lock (several processes may append to one file)."""
-  with open(path, "a") as f:
+  """One JSON line, under an exclusive lock (several processes may append to one file), on a
+  line of its own even after a write that was cut off (read_records leaves that line out)."""
+  with open(path, "ab+") as f:
     fcntl.flock(f, fcntl.LOCK_EX)
-    f.write(json.dumps(rec) + "\n")
+    cut = False
+    if f.seek(0, os.SEEK_END) > 0:
+      f.seek(-1, os.SEEK_END)
+      cut = f.read(1) != b"\n"
+    f.write((("\n" if cut else "") + json.dumps(rec) + "\n").encode())
     f.flush()
     fcntl.flock(f, fcntl.LOCK_UN)
 
