@@ -51,6 +51,23 @@ def test_metric_noise_of_one_shared_draw_leaves_out_what_moves_every_run_alike()
   assert math.isclose(report.metric_noise(recs[:2], "d"), 2.0 + e[0, 0] - e[1, 0])  # one run
 
 
+def test_runs_that_are_one_model_up_to_rounding_are_a_tie_not_worse():
+  """Two arms that are the same model (an adaptive arm in its warm-up beside its base law)
+  differ in the 8th digit under a shared draw, so the spread of their gaps is ~1e-8 and such a
+  tolerance called one of them "worse" and "not reached": the noise is floored at 1e-6 of the
+  metric's median, and the verdict is a tie at 1.00x."""
+  recs = []
+  for arm, eps in (("base", 0.0), ("same", 2e-7)):
+    for step, v in ((10, 20.0), (20, 12.2772896)):
+      recs.append({**_eval(arm, 0, step, v + eps), "eval_draw": "fixed"})
+    recs.append({**_eval(arm, 0, 20, 12.3 + eps, True), "eval_draw": "fixed"})
+  noise = report.metric_noise(recs, "d")
+  assert math.isclose(noise, 1e-6 * np.median([20.0, 12.2772896, 20.0, 12.2772898]))
+  curves = report.curves_by_arm(recs, "d")
+  row = report.speedup_lines(curves, "base", ["base", "same"], noise)[-1]
+  assert row.startswith("| same | 1.00x |") and row.endswith("(tie) |")
+
+
 def test_table_shows_every_evaluated_step_and_dashes_where_an_arm_has_none():
   """Arms evaluated at different steps (a run scored only at its end beside one scored along
   the way) keep all their columns; the range is at each arm's own last step."""
@@ -492,3 +509,52 @@ def test_a_cut_off_last_line_is_left_out_and_the_next_record_starts_a_new_line(t
   with open(path, "w") as f:
     f.write("\n".join(lines[:1] + lines[2:]) + "\n")  # the damaged line removed
   assert report.read_records(path) == [{"step": 1}, {"step": 2, "fd": 1.5}, {"step": 3}]
+
+
+def test_arms_of_other_batch_sizes_are_plotted_by_their_own_images_and_noted(tmp_path):
+  """Each arm's curve is at steps x its own batch size (the plot took the first record's for
+  every arm), and the report says that its tables count steps."""
+  recs = []
+  for arm, bs in (("ln", 128), ("big", 512)):
+    cfg = {"train": {"batch_size": bs}, "schedule": {"name": "lognormal"}}
+    recs += [{**_eval(arm, 0, s, 1.0 / s), "config": cfg} for s in (2, 4)]
+  sizes = report.batch_sizes(recs)
+  assert (sizes["ln"], sizes["big"], sizes["absent"]) == (128, 512, 128)
+  text = report.write_report(str(tmp_path), recs, ["ln", "big"])
+  assert "Batch sizes differ (ln 128, big 512): the tables and speedups count steps" in text
+  curves = report.curves_by_arm(recs, "d")
+  one = report.curves_plot({"big": curves["big"]}, ["big"], "t", None, 512)
+  assert np.array_equal(report.curves_plot({"big": curves["big"]}, ["big"], "t", None, sizes), one)
+  assert not np.array_equal(
+    report.curves_plot({"big": curves["big"]}, ["big"], "t", None, 128), one
+  )
+  same = [{**r, "config": {**r["config"], "train": {"batch_size": 128}}} for r in recs]
+  assert "Batch sizes differ" not in report.write_report(str(tmp_path), same, ["ln", "big"])
+
+
+def test_a_missing_baseline_is_said_not_left_to_an_absent_table(tmp_path):
+  """A --baseline without evaluations, or arms none of which is a fixed schedule, give no
+  speedup table: the report says why instead of leaving it out silently."""
+  recs = [
+    {**_eval(arm, 0, s, v / s), "config": {"train": {"batch_size": 8}, "schedule": {"name": arm}}}
+    for arm, v in (("infonoise", 1.0), ("vdmpp", 2.0))
+    for s in (2, 4)
+  ]
+  text = report.write_report(str(tmp_path), recs, ["infonoise", "vdmpp"])
+  assert "No speedup table: no arm has a fixed schedule to be the baseline; give --baseline" in text
+  text = report.write_report(str(tmp_path), recs, ["lognormal", "infonoise", "vdmpp"], "lognormal")
+  assert "No speedup table: the baseline `lognormal` has no evaluations here." in text
+  text = report.write_report(str(tmp_path), recs, ["infonoise", "vdmpp"], "vdmpp")
+  assert "No speedup table" not in text and "Speedup to the final value of `vdmpp`" in text
+
+
+def test_a_tail_longer_than_the_baseline_curve_is_said():
+  """--speedup_tail=10 on 3 evaluations averages the whole curve into the target: said above
+  the table; a tail that fits says nothing."""
+  recs = [_eval(a, 0, t, v / t) for a, v in (("b", 6.0), ("c", 3.0)) for t in (1, 2, 3)]
+  curves = report.curves_by_arm(recs, "d")
+  lines = report.speedup_lines(curves, "b", ["b", "c"], 0.0, tail=10)
+  assert "The tail (10) is longer than a `b` run's 3 evaluations" in lines[2]
+  assert not any(
+    "longer than" in x for x in report.speedup_lines(curves, "b", ["b", "c"], 0.0, tail=3)
+  )

@@ -17,7 +17,7 @@ import fcntl
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -107,8 +107,16 @@ def metric_noise(records, data: str, metric: str = "fd") -> float:
   if not len(d):
     return float("nan")
   if not fixed_draw(records, data) or len(d) == 1:
-    return float(np.mean(np.abs(d)))
-  return float(np.sqrt(len(d) / (len(d) - 1)) * np.mean(np.abs(d - d.mean())))
+    noise = float(np.mean(np.abs(d)))
+  else:
+    noise = float(np.sqrt(len(d) / (len(d) - 1)) * np.mean(np.abs(d - d.mean())))
+  # Never below float rounding of the metric's size: runs that are one model (an adaptive arm
+  # still in its warm-up beside its base law) differ in the 8th digit, and a tolerance of
+  # that order called the same model "worse" (2026-12-07 probe).
+  return max(noise, ROUNDING * float(np.median(np.abs(list(first.values())))))
+
+
+ROUNDING = 1e-6  # metric_noise's floor, relative to the metric's median value
 
 
 def eval_draw(record: dict) -> str:
@@ -210,9 +218,15 @@ def speedup_lines(
   `found`: `speedups(...)` of the same arguments, when the caller has it already."""
   found = speedups(curves, baseline, arms, tolerance, tail) if found is None else found
   what = "final value" if tail == 1 else f"mean of the last {tail} evaluations"
-  lines = [
-    f"Speedup to the {what} of `{baseline}` (tolerance = {why} {tolerance:.4g}):",
-    "",
+  lines = [f"Speedup to the {what} of `{baseline}` (tolerance = {why} {tolerance:.4g}):", ""]
+  shortest = min(len(c.steps) for c in curves[baseline].values())
+  if tail > shortest:  # speedup.Curve.final then averages the whole curve
+    lines += [
+      f"The tail ({tail}) is longer than a `{baseline}` run's {shortest} evaluations: its target "
+      "is the mean of all of them, early ones included; give a smaller --speedup_tail.",
+      "",
+    ]
+  lines += [
     f"| arm | pooled | per seed | final (seed mean) vs `{baseline}`'s |",
     "|---|---|---|---|",
   ]
@@ -419,11 +433,17 @@ def plain_log_ticks(axis) -> None:
 
 
 def curves_plot(
-  curves, arms: Sequence[str], title: str, floor: float | None, batch: int, metric: str = "fd"
+  curves,
+  arms: Sequence[str],
+  title: str,
+  floor: float | None,
+  batch: int | Mapping[str, int],
+  metric: str = "fd",
 ):
-  """Metric against training images seen: seed mean line, min..max band, at every step any
-  seed evaluated (as the table); an open marker where some seeds have no value (a run cut
-  short), so a late point of fewer seeds is shown and told apart. (H, W, 3) uint8."""
+  """Metric against training images seen (steps x the arm's batch size: `batch`, one for all
+  or {arm: batch size}): seed mean line, min..max band, at every step any seed evaluated (as
+  the table); an open marker where some seeds have no value (a run cut short), so a late
+  point of fewer seeds is shown and told apart. (H, W, 3) uint8."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
@@ -433,7 +453,7 @@ def curves_plot(
   for i, a in enumerate(x for x in arms if x in curves):
     at = seed_values(curves[a])
     vals = list(at.values())
-    kimg = np.asarray(list(at)) * batch / 1000.0
+    kimg = np.asarray(list(at)) * (batch[a] if isinstance(batch, Mapping) else batch) / 1000.0
     mean = np.array([np.mean(v) for v in vals])
     label = f"{a} ({len(curves[a])} seeds)"  # markers: the evaluated steps, lines between them
     ax.plot(kimg, mean, color=f"C{i}", label=label, lw=1.8, marker="o", ms=3)
@@ -603,7 +623,9 @@ def inception_section(
   return md
 
 
-def inception_plot(fid_recs: list[dict], data: str, arms: Sequence[str], binarized, batch: int):
+def inception_plot(
+  fid_recs: list[dict], data: str, arms: Sequence[str], binarized, batch: int | Mapping[str, int]
+):
   """The arms' Inception FID curves at the largest sample count any of them was scored with,
   with the floor at that count (None when no arm was scored)."""
   scored = [r for r in fid_recs if r["kind"] == "eval" and r["data"] == data and r["arm"] in arms]
@@ -613,6 +635,27 @@ def inception_plot(fid_recs: list[dict], data: str, arms: Sequence[str], binariz
   curves = curves_by_arm([r for r in scored if r["num_samples"] == n], data, "fid")
   title = f"{data}: Inception FID, {n} samples per model"
   return curves_plot(curves, arms, title, inception_floor(fid_recs, n, binarized), batch, "fid")
+
+
+class _BatchSizes(dict):
+  """{arm: batch size} that answers the first record's batch size for an arm it lacks."""
+
+  def __init__(self, sizes: dict, default: int):
+    super().__init__(sizes)
+    self.default = default
+
+  def __missing__(self, arm):
+    return self.default
+
+
+def batch_sizes(evals: list[dict]) -> Mapping[str, int]:
+  """Each arm's training batch size, from its evaluations' resolved configs (records without
+  one take the first record's): the curves' x axis is images seen, steps x this."""
+  sizes = {}
+  for r in evals:
+    if "config" in r:
+      sizes.setdefault(r["arm"], int(r["config"]["train"]["batch_size"]))
+  return _BatchSizes(sizes, next(iter(sizes.values()), 1))
 
 
 def write_report(
@@ -644,8 +687,16 @@ def write_report(
     measured = np.isfinite(noise)
     noise = noise if measured else 0.0  # the speedup's tolerance
     evals = [r for r in records if r.get("kind") == "eval" and r["data"] == data]  # the curves' own
-    batch = evals[0]["config"]["train"]["batch_size"]
+    batch = batch_sizes(evals)
     md += [f"## {data}", "", f"Metric: `{metric}` (lower is better).", "", table(curves, arms), ""]
+    sizes = {a: batch[a] for a in arms if a in curves}
+    if len(set(sizes.values())) > 1:
+      md += [
+        "Batch sizes differ ("
+        + ", ".join(f"{a} {b}" for a, b in sizes.items())
+        + "): the tables and speedups count steps, the curves plot training images seen.",
+        "",
+      ]
     known = floor is not None  # 0.0 is a floor (every image of a small set against itself)
     drawn = evals[0].get("num_samples")  # each evaluation's sample count
     whole = known and drawn and floors[0].get("num_samples", drawn) < drawn
@@ -667,11 +718,20 @@ def write_report(
       md.append(table(curves_by_arm(records, data, "fd_decoded"), arms))
     fixed = [a for a in curves if schedule_of(records, a) in FIXED_SCHEDULES]
     base = baseline or (speedup.best_arm({a: curves[a] for a in fixed}) if fixed else "")
-    if base in curves and set(arms) & set(curves) - {base}:  # a baseline alone has no table
+    others = set(arms) & set(curves) - {base}
+    if others and base not in curves:  # said, not left to an absent table
+      md += [
+        "",
+        f"No speedup table: the baseline `{base}` has no evaluations here."
+        if base
+        else "No speedup table: no arm has a fixed schedule to be the baseline; give "
+        "--baseline=<arm>.",
+      ]
+    if base in curves and others:  # a baseline alone has no table
       found = speedups(curves, base, arms, noise, tail)
       md += ["", *speedup_lines(curves, base, arms, noise, tail=tail, found=found)]
-      others = other_metric_speedup_lines(records, data, metric, base, arms, tail)
-      md += ["", *others] if others else []
+      more = other_metric_speedup_lines(records, data, metric, base, arms, tail)
+      md += ["", *more] if more else []
       img = speedup_plot(found, base, f"{data}: speedup over {base}")
       plots.save_png(os.path.join(out, f"speedup_{data}.png"), img)
     md += ["", *flattening_lines(curves, arms, noise if measured else None)]
