@@ -1151,7 +1151,16 @@ def parse(argv=None) -> argparse.Namespace:
     if lost:
       p.error(
         f"--state_dir={args.state_dir} holds no kept state for "
-        + ", ".join(f"{k} (evaluated to step {v})" for k, v in sorted(lost.items()))
+        + ", ".join(
+          f"{k} (evaluated to step {v}"
+          + (
+            f"; kept for --seeds={' or '.join(other)} only"
+            if (other := kept_seed_lists(args, k))
+            else ""
+          )
+          + ")"
+          for k, v in sorted(lost.items())
+        )
         + f" in {os.path.join(args.out, 'results.jsonl')}: going on would train from step 0 "
         "again and append evaluations of a new model to the recorded curve. Copy the kept "
         "state back into --state_dir, give another --out, or pass --restart_lost_state to "
@@ -1216,6 +1225,22 @@ def other_draws(args, gs) -> dict[str, str]:
       if (h, num) == (mine[key], args.num_samples) and draw != args.eval_draw:
         out["/".join(key)] = draw
   return out
+
+
+def kept_seed_lists(args, data_arm: str) -> list[str]:
+  """The --seeds (as typed, "0,1") that --state_dir keeps a state for under this data/arm and
+  this command's config: a rerun with other --seeds looks in another folder (KeptState.folder)."""
+  d, a = data_arm.split("/", 1)
+  arm = dict((name, spec) for _, name, spec in groups(args))[a]
+  prefix = f"{d}_{a}_{config_hash(make_config(args, d, arm))}_seeds"
+  root = paths.run_path(args.state_dir)
+  if not root.is_dir():
+    return []
+  return sorted(
+    q.name[len(prefix) :].replace("-", ",")
+    for q in root.iterdir()
+    if q.name.startswith(prefix) and checkpointing.saved_steps(str(q))
+  )
 
 
 def lost_states(args, gs) -> dict[str, int]:
@@ -1336,4 +1361,12 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except KeyboardInterrupt:  # Ctrl-C: what is kept and how to go on, not a traceback
+    print(
+      "\ninterrupted: the evaluations made so far are in --out's results.jsonl (and each arm's "
+      "state at its last kept step in --state_dir, if given); the same command goes on",
+      file=sys.stderr,
+    )
+    sys.exit(130)

@@ -533,6 +533,16 @@ def parse(argv=None) -> argparse.Namespace:
     p.error(f"--data_path={args.data_path} does not exist")
   if args.num < 0 or args.batch_size < 1 or args.image_size < 0:
     p.error("--num and --image_size must be >= 0 and --batch_size >= 1")
+  given = [s for s in args.samples.split(",") if s]
+  missing = [s for s in given if not os.path.isfile(s)]
+  if not given or missing:
+    p.error(f"--samples: no such file {', '.join(missing) or '(none given)'}")
+  other = [s for s in given if not s.endswith(".npz")]
+  if other:
+    p.error(
+      f"--samples: {', '.join(other)} is not an .npz of samples (compare_schedules.py "
+      "--save_samples writes final_<data>_<arm>.npz; the trainer's samples.npz)"
+    )
   return args
 
 

@@ -893,6 +893,10 @@ def test_a_lost_kept_state_stops_before_training_from_step_0_again(tmp_path, cap
   err = capsys.readouterr().err
   assert "continuous/lognormal (evaluated to step 2)" in err and "--restart_lost_state" in err
   assert not os.path.exists(empty)  # nothing created before the error
+  with pytest.raises(SystemExit):  # other --seeds look in another folder: said so
+    compare_schedules.parse([*args, f"--state_dir={kept}", "--seeds=0"])
+  err = capsys.readouterr().err
+  assert "continuous/lognormal (evaluated to step 2; kept for --seeds=0,1 only)" in err
   compare_schedules.parse([*args, f"--state_dir={empty}", "--restart_lost_state"])
   compare_schedules.parse([*args, f"--state_dir={empty}", "--arms=infonoise"])  # no records
   compare_schedules.parse([*args, f"--state_dir={empty}", "--num_samples=16"])  # other setting

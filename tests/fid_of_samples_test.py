@@ -447,3 +447,18 @@ def test_samples_of_a_tfds_set_are_scored_against_that_set(tmp_path, monkeypatch
   for bad in (["--reference=cifar10"], ["--image_key=pixels"]):
     with pytest.raises(SystemExit):
       fid_of_samples.parse(["--samples=x.npz", "--out=o.jsonl", *bad])
+
+
+def test_samples_that_are_missing_or_not_npz_are_named_in_parse(tmp_path, capsys):
+  """A mistyped --samples path (a FileNotFoundError traceback) or the harness's results.jsonl
+  given as samples ("contains pickled (object) data") is one line before any work."""
+  rec = tmp_path / "results.jsonl"
+  rec.write_text("{}\n")
+  for given, says in (
+    (str(tmp_path / "final_x.npz"), "--samples: no such file"),
+    (str(rec), "is not an .npz of samples"),
+    ("", "--samples: no such file (none given)"),
+  ):
+    with pytest.raises(SystemExit):
+      fid_of_samples.parse([f"--samples={given}", f"--out={tmp_path / 'o.jsonl'}"])
+    assert says in capsys.readouterr().err

@@ -313,7 +313,10 @@ def test_arms_run_on_other_seeds_get_a_pooled_speedup_and_no_per_seed_pairs():
     recs += [_eval("base", 2, step, base), _eval("cand", 1, step, cand)]
   curves = {a: report.curves_by_arm(recs, "d")[a] for a in ("base", "cand")}
   row = report.speedup_lines(curves, "base", ["base", "cand"], 0.0)[-1]
-  assert row.startswith("| cand | 1.33x | no seed in common (seeds [1], `base` [2]) |")
+  assert row.startswith(
+    "| cand | 1.33x (seed means of seeds [1] against `base`'s [2]) | no seed in common (seeds "
+    "[1], `base` [2]) |"
+  )
   found = report.speedups(curves, "base", ["base", "cand"], 0.0)
   assert found["cand"][1] == {} and report.speedup_plot(found, "base", "d").ndim == 3
 
@@ -346,6 +349,7 @@ def test_a_baseline_alone_gets_no_speedup_table_or_plot(tmp_path):
     for s in (2, 4)
     for seed in (0, 1)
   ]
+  (tmp_path / "speedup_d.png").write_bytes(b"an earlier report's")  # not left as if current
   text = report.write_report(str(tmp_path), recs, ["ln"], fid_lines=fid_lines)
   assert "Inception FID (100 samples per model)" in text and "Speedup" not in text
   assert not (tmp_path / "speedup_d.png").exists()

@@ -245,6 +245,11 @@ def speedup_lines(
     ]
     if cut:  # speedup.mean_curve keeps the steps every seed has
       pooled += f" (seed means over the steps all seeds have: {', '.join(cut)})"
+    if set(curves[a]) != set(curves[baseline]):
+      pooled += (
+        f" (seed means of seeds {sorted(curves[a])} against `{baseline}`'s "
+        f"{sorted(curves[baseline])})"
+      )
     upto = _common_last_step(curves[a], curves[baseline])
     mine, my_seeds = _final(curves[a], tail, upto)
     theirs, their_seeds = _final(curves[baseline], tail, upto)
@@ -727,6 +732,9 @@ def write_report(
         else "No speedup table: no arm has a fixed schedule to be the baseline; give "
         "--baseline=<arm>.",
       ]
+    for stale in (f"speedup_{data}.png", f"inception_{data}.png"):  # an earlier report's,
+      if os.path.exists(os.path.join(out, stale)):  # drawn again below if still due
+        os.remove(os.path.join(out, stale))
     if base in curves and others:  # a baseline alone has no table
       found = speedups(curves, base, arms, noise, tail)
       md += ["", *speedup_lines(curves, base, arms, noise, tail=tail, found=found)]
