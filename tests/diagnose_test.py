@@ -185,6 +185,19 @@ def test_onehot_prior_on_token_data_matches_the_closed_form(tmp_path, capsys):
   printed = capsys.readouterr()
   assert "denoiser: onehot" in printed.out and '"pivot": 0.2' in printed.out
   assert "warning" not in printed.err
+  # the recipe's pinned pivot whatever the schedule: a log-normal arm of the same recipe is
+  # diagnosed against the same target (it got the onset rule's c, about 0.007, 2026-12-07)
+  diagnose.main(
+    [
+      "--config=configs/dna.py:cpu",
+      f"--set=data.path={tmp_path / 'seq.fa'}",
+      "--set=schedule.name=lognormal",
+      f"--out={tmp_path / 'diag_lognormal'}",
+      "--num_heldout=64",
+      "--grid_points=8",
+    ]
+  )
+  assert '"pivot": 0.2' in capsys.readouterr().out
   prof = np.load(out / "profile.npz")
   sigma_G = jnp.asarray(np.exp(prof["log_sigma"]), jnp.float32)
   exact_G = np.asarray(profiles.onehot_mmse(jax.random.key(1), sigma_G, probs, 1.0, 4096))
