@@ -16,7 +16,12 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from infonoise_jax import paths, steps
-from infonoise_jax.checkpointing import Checkpointer, checkpoint_dir, saved_steps
+from infonoise_jax.checkpointing import (
+  Checkpointer,
+  CorruptCheckpointError,
+  checkpoint_dir,
+  saved_steps,
+)
 from infonoise_jax.data.sources import data_location_items, resolve_data_paths
 from infonoise_jax.mesh import make_mesh
 from infonoise_jax.models import make_model
@@ -179,6 +184,14 @@ def restore_run(
     optimizer = make_optimizer(config)
     init = lambda: steps.init_state(model, schedule, optimizer, data_shape, config.seed)
     state, meta = ckpt.restore(abstract_state(init, NamedSharding(mesh, P())), step)
+  except CorruptCheckpointError as e:  # the trainer falls back by itself; a command is told how
+    others = [s for s in ckpt.all_steps() if s != e.step]
+    hint = (
+      f"; the other saved steps are {others}: --step={others[-1]} uses the newest of them"
+      if others
+      else "; no other checkpoint is saved"
+    )
+    raise CorruptCheckpointError(f"{e}{hint}", e.step) from e
   finally:
     ckpt.close()
   return RestoredRun(config, model, schedule, mesh, data_shape, state, step, meta)

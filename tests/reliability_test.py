@@ -446,6 +446,20 @@ def test_corrupt_latest_step_is_moved_aside_and_the_previous_one_resumes(
     np.testing.assert_array_equal(a, b)
 
 
+def test_sample_on_a_corrupt_latest_checkpoint_names_the_steps_it_can_use(trained8, tmp_path):
+  """The trainer goes on from the newest good checkpoint by itself; `sample` / `evaluate` /
+  `diagnose` restore one step, so their error lists the other saved steps and the --step to
+  give (it named only the corrupt one)."""
+  from infonoise_jax import restore
+
+  workdir = _copy(trained8, tmp_path)
+  _truncate_largest_array_file(workdir / "checkpoints" / "8")
+  with pytest.raises(checkpointing.CorruptCheckpointError, match="8 is corrupt or incomplete") as e:
+    restore.restore_run(str(workdir))
+  assert str(e.value).endswith("the other saved steps are [4]: --step=4 uses the newest of them")
+  assert restore.restore_run(str(workdir), 4).step == 4
+
+
 def test_every_checkpoint_corrupt_is_one_clear_error(trained8, tmp_path):
   workdir = _copy(trained8, tmp_path)
   for step in (4, 8):
