@@ -194,3 +194,19 @@ def test_metric_settings_are_set_at_evaluation_and_recorded(tmp_path, monkeypatc
   assert [r["seq_metrics"]["ngram_sizes"] for r in stored] == [[1, 2, 3], [2]]
   assert stored[0]["primary"] == "ngram_js_3"
   assert stored[1]["metrics"][0]["ngram_js_2"] == stored[0]["metrics"][0]["ngram_js_2"]
+
+
+def test_too_little_held_out_text_to_score_at_all_says_so(tmp_path):
+  """With fewer than 4 held-out windows no --num can be scored (2 samples and 2 floor windows
+  at least): the error says the data is too small, instead of advising '--num=0 or fewer',
+  which then failed on 'at least 2 samples'. With 4 or more it names the --num that fits."""
+  from infonoise_jax.evaluation import sequence_eval
+
+  rng = np.random.default_rng(0)
+  for n, says in ((900, "this data is too small to score"), (3000, "use --num=2 or fewer")):
+    path = tmp_path / f"t{n}.txt"
+    path.write_text("".join(rng.choice(list("abcd "), n)))
+    cfg = load_config_file(ROOT / "configs" / "text.py", "cpu")
+    cfg.data.path = str(path)
+    with pytest.raises(ValueError, match=says):
+      sequence_eval.check_held_out(cfg, 8, "--num")

@@ -47,11 +47,16 @@ def check_held_out(config: ml_collections.ConfigDict, num: int, flag: str) -> No
   `flag` and the count that fits, before any model or sample is made."""
   have, d = held_out_source(config).num_examples, config.data
   if have < 2 * num:
+    fix = (
+      f"use {flag}={have // 2} or fewer"
+      if have >= 4  # 2 samples at least: a covariance and a spread need two
+      else "this data is too small to score: use more text or a larger data.val_fraction "
+      "(a training setting: it takes a new run)"
+    )
     raise ValueError(
       f"{flag}={num}: scoring token data needs 2 x {num} held-out windows ({num} to score the "
       f"samples against, {num} others for the floor), but data.name={d.name!r} with "
-      f"data.path={d.path!r} gives {have} (data.val_fraction={d.val_fraction}); use "
-      f"{flag}={have // 2} or fewer"
+      f"data.path={d.path!r} gives {have} (data.val_fraction={d.val_fraction}); {fix}"
     )
 
 
