@@ -379,11 +379,13 @@ def _command(a: argparse.Namespace) -> None:
     initialize_distributed(restore.load_config(a.workdir))
   report = (lambda line: print(line, flush=True)) if jax.process_index() == 0 else None
   args = (a.workdir, a.num, a.seed_sets, a.ref_stats, a.grid, a.steps, a.step, a.weights)
+  had = {n for n in (FID_FILE, TOKENS_FILE) if os.path.exists(os.path.join(a.workdir, n))}
   result = evaluate(*args, a.batch, report=report, method=a.method, overrides=a.set)
   if jax.process_index() == 0:
     print(json.dumps(result, indent=2), flush=True)
     name = FID_FILE if "fid" in result else TOKENS_FILE
-    print(f"written to {os.path.join(a.workdir, name)} (earlier results kept)", flush=True)
+    kept = " (earlier results kept)" if name in had else ""
+    print(f"written to {os.path.join(a.workdir, name)}{kept}", flush=True)
 
 
 if __name__ == "__main__":

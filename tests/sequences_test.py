@@ -116,6 +116,30 @@ def test_user_fasta_unknown_policies_and_counts(tmp_path):
   assert counts["replace"] == 4 * 6 and counts["drop"] == 4 * 6 - 1
 
 
+def test_losing_many_windows_to_unknown_letters_is_warned_with_the_fix(tmp_path, caplog):
+  """Scattered N runs can drop most windows (two thirds in the 2026-12-07 probe) with only an
+  info line: above a quarter lost, a warning names the share, the letters and the two fixes;
+  a few windows lost (the test above) stay quiet."""
+  rng = np.random.default_rng(0)
+  seqs = []
+  for _ in range(10):
+    s = list(rng.choice(list("ACGT"), 300))
+    for at in (40, 140, 240):  # an N in 3 of the 6 windows of 50
+      s[at] = "N"
+    seqs.append("".join(s))
+  path = os.path.join(tmp_path, "n.fa")
+  _write_fasta(path, [(f"r{i}", s) for i, s in enumerate(seqs)])
+  with caplog.at_level("WARNING"):
+    src = load_source(_config("dna", path=path, seq_len=50))
+  assert src.stats.dropped_windows == 27 and src.num_examples == 27  # 9 training records
+  assert "27 of the 54 windows of the 'train' split (50%) are dropped" in caplog.text
+  assert "'N' 27" in caplog.text and "unknown_policy=replace" in caplog.text
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    load_source(_config("dna", path=path, seq_len=50, unknown_policy="replace"))
+  assert "dropped" not in caplog.text
+
+
 def test_gzipped_fasta_and_genbank_read_like_plain_ones(tmp_path):
   import gzip
   import shutil

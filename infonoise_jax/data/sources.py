@@ -1039,6 +1039,9 @@ def _check_windows_fit(d, parts: list[list[tuple[str, str]]]) -> None:
     )
 
 
+DROPPED_WINDOWS_WARNING = 0.25  # share of a split's windows lost to unknown letters; warned above
+
+
 def token_source(d) -> Source:
   """Windows of one split of a token source (module docstring of data/sequences.py)."""
   _check_token_keys(d)
@@ -1055,6 +1058,17 @@ def token_source(d) -> Source:
   foreign = foreign_letters_message(d, stats, encoding.vocab) if d.name == "dna" else None
   if foreign:
     raise ValueError(foreign)
+  lost = stats.dropped_windows / max(stats.dropped_windows + len(ids_NL), 1)
+  if d.unknown_policy == "drop" and lost > DROPPED_WINDOWS_WARNING:  # said, not only counted
+    unknown = [(c, n) for c, n in stats.letter_counts if c not in encoding.vocab]
+    shown = ", ".join(f"{c!r} {n}" for c, n in unknown[:6]) + (", ..." if len(unknown) > 6 else "")
+    logging.warning(
+      "data.path=%r: %d of the %d windows of the %r split (%.0f%%) are dropped for letters "
+      "outside the vocabulary %r (%s); keep them with --config.data.unknown_policy=replace, or "
+      "model those letters by adding them to --config.data.vocab",
+      d.path, stats.dropped_windows, stats.dropped_windows + len(ids_NL), d.split,
+      100 * lost, encoding.vocab, shown,
+    )  # fmt: skip
   if d.split == "test":  # no held-out window equals a training window
     ids_NL, dup = sequences.drop_seen(ids_NL, cut("train")[0])
     stats = dataclasses.replace(stats, windows=len(ids_NL), duplicate_windows=dup)
