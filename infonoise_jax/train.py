@@ -789,13 +789,20 @@ def _final_outputs_missing(workdir: str, step: int) -> bool:
 
 def _write_final_outputs(run: Run, workdir: str, state: TrainState) -> TrainState:
   step = int(state.step)
+  images = os.path.join(workdir, "images")
+  earlier = os.path.isdir(images) and any(
+    n.startswith("loss_by_log_sigma") for n in os.listdir(images)
+  )
   logging.warning(
     "%s: the final checkpoint (step %d) is saved but the final samples are not (the run was "
     "stopped while writing them): writing them now. The loss-by-noise and schedule-history "
-    "plots are made from the stopped process's training windows and are not rewritten; their "
-    "last versions are those of the run's last sample grid (images/, TensorBoard)",
+    "plots are made from the stopped process's training windows and cannot be made again; %s",
     workdir,
     step,
+    "their last versions are those of the run's last sample grid (images/, TensorBoard)"
+    if earlier
+    else "this run wrote no earlier ones (no sample grid before the end, e.g. "
+    "train.sample_every=0), so it has none: a rerun with --fresh makes them",
   )
   writer = metrics.create_writer(os.path.join(workdir, "tensorboard"), jax.process_index() > 0)
   try:
