@@ -62,6 +62,20 @@ def test_batch_matches_reference_stream_of_epoch_permutations():
     np.testing.assert_array_equal(_ids(pipe.batch(step)), stream[step * b : (step + 1) * b])
 
 
+def test_a_batch_larger_than_the_data_is_warned_and_still_cycles_the_stream(caplog):
+  """batch_size 25 on 10 examples (a tiny own file): legal, each example 2-3 times per batch,
+  but rarely meant, so a warning names the sizes; a batch that fits says nothing."""
+  with caplog.at_level("WARNING"):
+    pipe = Pipeline(_indexed_source(10), 25, seed=0)
+  assert "train.batch_size=25 is larger than the 10 training examples" in caplog.text
+  assert "2.5 epochs per step" in caplog.text
+  assert np.array_equal(np.bincount(_ids(pipe.batch(0)), minlength=10) >= 2, np.ones(10, bool))
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    Pipeline(_indexed_source(10), 10, seed=0)
+  assert caplog.text == ""
+
+
 def test_every_epoch_visits_every_example_once():
   n, b = 48, 8
   pipe = Pipeline(_indexed_source(n), b, seed=0)

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 
 import numpy as np
+from absl import logging
 
 from infonoise_jax.data.sources import Source
 
@@ -72,6 +73,13 @@ class Pipeline:
       raise ValueError(f"process_index={process_index} not in [0, {process_count})")
     if random_flip and not source.is_image:
       raise ValueError(f"data.random_flip needs images; {source.name} holds vectors")
+    if global_batch_size > source.num_examples:  # legal (the stream wraps), rarely meant
+      logging.warning(
+        "train.batch_size=%d is larger than the %d training examples of %s: every batch holds "
+        "each example more than once (%.1f epochs per step); a batch of at most %d avoids that",
+        global_batch_size, source.num_examples, source.name,
+        global_batch_size / source.num_examples, source.num_examples,
+      )  # fmt: skip
     self.source = source
     self.global_batch_size = global_batch_size
     self.local_batch_size = global_batch_size // process_count
