@@ -642,17 +642,6 @@ def inception_plot(
   return curves_plot(curves, arms, title, inception_floor(fid_recs, n, binarized), batch, "fid")
 
 
-class _BatchSizes(dict):
-  """{arm: batch size} that answers the first record's batch size for an arm it lacks."""
-
-  def __init__(self, sizes: dict, default: int):
-    super().__init__(sizes)
-    self.default = default
-
-  def __missing__(self, arm):
-    return self.default
-
-
 def batch_sizes(evals: list[dict]) -> Mapping[str, int]:
   """Each arm's training batch size, from its evaluations' resolved configs (records without
   one take the first record's): the curves' x axis is images seen, steps x this."""
@@ -660,7 +649,8 @@ def batch_sizes(evals: list[dict]) -> Mapping[str, int]:
   for r in evals:
     if "config" in r:
       sizes.setdefault(r["arm"], int(r["config"]["train"]["batch_size"]))
-  return _BatchSizes(sizes, next(iter(sizes.values()), 1))
+  first = next(iter(sizes.values()), 1)
+  return collections.defaultdict(lambda: first, sizes)
 
 
 def write_report(
