@@ -952,7 +952,9 @@ def _no_window_message(d, groups, stats, encoding) -> str:
   if stats.duplicate_windows:  # windows were cut, and every one was a training window's
     fixes.append(
       f"a longer --config.data.seq_len (all {stats.duplicate_windows} held-out windows equal "
-      "training windows, and those are dropped so that no held-out window was trained on)"
+      "training windows, and those are dropped so that no held-out window was trained on; "
+      "text that repeats itself, e.g. one phrase over and over, stays so at any length: then "
+      "only other data helps)"
     )
   if d.split == "test":
     named = ", ".join(f"{n!r} {len(q)} letters" for n, q in groups[:5])
