@@ -8,7 +8,10 @@
 #   TPU=... ZONE=... bash experiments/tpu_pod.sh logs      # last lines of every worker's log
 #
 # Every worker runs the same command, detached (nohup), with its own log file
-# ~/infonoise_<command>_<host>.log on that worker; `logs` prints their tails. All three
+# ~/infonoise_<command>_<host>.log on that worker (appended, each attempt under a dated line);
+# `logs` prints their tails. The workers run this checkout's HEAD commit (uncommitted edits are
+# warned about and left out); a config file that is not the commit's own (yours, anywhere, or
+# an edited one) is copied to ~/infonoise_configs/ on every worker and read from there. All three
 # commands start multi-host JAX the same way (jax.distributed.initialize, which auto-detects
 # the coordinator, process count and ids on Cloud TPU): training with
 # --config.system.distributed=True, sample and evaluate with --distributed. Each host reads
@@ -47,15 +50,42 @@ case "$MODE" in
   train)
     CONFIG=${1:?usage: tpu_pod.sh train <config.py> [overrides...]}
     shift
-    CMD="python -m infonoise_jax.main --config=$CONFIG --workdir=$WORKDIR --config.system.distributed=True" ;;
+    CONFIG_FILE=${CONFIG%%:*}
+    VARIANT=${CONFIG#"$CONFIG_FILE"}  # ":variant" or ""
+    if [ ! -f "$CONFIG_FILE" ]; then
+      echo "error: config file $CONFIG_FILE not found (relative to $PWD)" >&2
+      exit 2
+    fi
+    CONFIG_ABS=$(cd "$(dirname "$CONFIG_FILE")" && pwd)/$(basename "$CONFIG_FILE")
+    CMD="python -m infonoise_jax.main --config=@CONFIG@ --workdir=$WORKDIR --config.system.distributed=True" ;;
   sample) CMD="python -m infonoise_jax.sample --workdir=$WORKDIR --distributed" ;;
   evaluate) CMD="python -m infonoise_jax.evaluate --workdir=$WORKDIR --distributed" ;;
   *) echo "unknown command $MODE: train | sample | evaluate | logs" >&2; exit 2 ;;
 esac
 CMD="$CMD$(printf ' %q' "$@")"
 # Ship this checkout's HEAD to every worker (no repository hosting assumed).
-cd "$(git rev-parse --show-toplevel)"
+cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"  # this script's checkout, from anywhere
 COMMIT=$(git rev-parse --short=12 HEAD)
+if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
+  echo "warning: this checkout has uncommitted changes to tracked files; the workers get commit" \
+    "$COMMIT without them (git archive HEAD): commit them to run them" >&2
+fi
+if [ "$MODE" = train ]; then
+  # The commit's own config file (unchanged) is read from the commit's folder; any other (one
+  # of your own outside the repository, or an edited one) is copied to every worker.
+  REL=${CONFIG_ABS#"$PWD"/}
+  if [ "$REL" != "$CONFIG_ABS" ] && git ls-files --error-unmatch -- "$REL" > /dev/null 2>&1 \
+    && git diff --quiet HEAD -- "$REL"; then
+    WORKER_CONFIG=$(printf '%q' "$REL$VARIANT")
+  else
+    ssh_all "mkdir -p ~/infonoise_configs"
+    gcloud compute tpus tpu-vm scp "$CONFIG_ABS" "$TPU":~/infonoise_configs/ --zone "$ZONE" \
+      --worker=all
+    WORKER_CONFIG="\$HOME/infonoise_configs/$(printf '%q' "$(basename "$CONFIG_ABS")$VARIANT")"
+    echo "copied $CONFIG_ABS to ~/infonoise_configs/ on every worker" >&2
+  fi
+  CMD=${CMD/@CONFIG@/$WORKER_CONFIG}
+fi
 git archive --format=tar.gz -o "/tmp/infonoise_jax_$COMMIT.tgz" HEAD
 gcloud compute tpus tpu-vm scp "/tmp/infonoise_jax_$COMMIT.tgz" "$TPU":~/ --zone "$ZONE" --worker=all
 if [ "$MODE" = evaluate ]; then
@@ -85,6 +115,8 @@ ssh_all "
     touch \$VENV/.installed_$COMMIT
   fi
   cd \$CODE
-  nohup \$VENV/bin/$CMD > ~/infonoise_${MODE}_\$(hostname).log 2>&1 < /dev/null &
+  LOG=~/infonoise_${MODE}_\$(hostname).log  # appended: a requeue keeps the earlier attempts
+  echo \"== \$(date -u) commit $COMMIT\" >> \$LOG
+  nohup \$VENV/bin/$CMD >> \$LOG 2>&1 < /dev/null &
   echo \"\$(hostname): started ($COMMIT), log ~/infonoise_${MODE}_\$(hostname).log\"
 "

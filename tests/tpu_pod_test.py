@@ -29,7 +29,7 @@ def _executable(path: pathlib.Path, text: str) -> None:
   path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
-def _launch(tmp: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
+def _launch(tmp: pathlib.Path, *args: str, cwd=ROOT, script=SCRIPT) -> subprocess.CompletedProcess:
   env = {
     **os.environ,
     "PATH": f"{tmp / 'bin'}:{os.environ['PATH']}",
@@ -40,7 +40,7 @@ def _launch(tmp: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
     "HOME": str(tmp / "local"),
   }
   return subprocess.run(
-    ["bash", str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    ["bash", str(script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
   )
 
 
@@ -85,3 +85,58 @@ def test_help_needs_no_settings_and_evaluate_warns_without_weights(tmp_path):
   _executable(tmp_path / "bin" / "gcloud", "#!/usr/bin/env bash\nexit 0\n")
   result = _launch(tmp_path, "evaluate")
   assert result.returncode == 0 and "no FID Inception weights at" in result.stderr
+
+
+def _worker_with_stub_venv(tmp_path: pathlib.Path) -> pathlib.Path:
+  (tmp_path / "bin").mkdir()
+  _executable(tmp_path / "bin" / "gcloud", GCLOUD)
+  worker = tmp_path / "worker"
+  venv = worker / "infonoise_venv" / "bin"
+  venv.mkdir(parents=True)
+  _executable(venv / "pip", "#!/usr/bin/env bash\n")
+  _executable(venv / "python", f'#!/usr/bin/env bash\necho "$*" >> {worker}/commands\necho ran\n')
+  return worker
+
+
+def _commands(worker: pathlib.Path, n: int) -> list[str]:
+  deadline = time.time() + 30
+  while time.time() < deadline:  # started detached (nohup ... &)
+    if (worker / "commands").exists() and len((worker / "commands").read_text().splitlines()) >= n:
+      break
+    time.sleep(0.1)
+  return (worker / "commands").read_text().splitlines()
+
+
+def test_a_config_of_your_own_or_an_edited_one_is_copied_to_the_workers(tmp_path):
+  """The workers get the commit (git archive HEAD): a config file outside the repository (the
+  README: "a config file of your own can live anywhere") is copied to every worker and read
+  from there, with its variant; an uncommitted edit is warned about, and an edited config of
+  the repository is copied as edited. Each worker's log is appended to, attempt by attempt."""
+  worker = _worker_with_stub_venv(tmp_path)
+  own = tmp_path / "my configs" / "mine.py"
+  own.parent.mkdir()
+  own.write_text((ROOT / "configs" / "test.py").read_text())
+  first = _launch(tmp_path, "train", f"{own}:cpu", "--config.seed=3", cwd=tmp_path)
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert (worker / "infonoise_configs" / "mine.py").read_text() == own.read_text()
+  (command,) = _commands(worker, 1)
+  assert command.startswith(
+    f"-m infonoise_jax.main --config={worker}/infonoise_configs/mine.py:cpu "
+  )
+  # a clone with an uncommitted edit to one of its configs
+  clone = tmp_path / "clone"
+  subprocess.run(["git", "clone", "-q", "--depth=1", f"file://{ROOT}", str(clone)], check=True)
+  (clone / "experiments" / "tpu_pod.sh").write_text(SCRIPT.read_text())  # this checkout's
+  edited = clone / "configs" / "test.py"
+  edited.write_text(edited.read_text() + "\n# edited\n")
+  second = _launch(
+    tmp_path, "train", "configs/test.py", cwd=clone, script=clone / "experiments" / "tpu_pod.sh"
+  )
+  assert second.returncode == 0, second.stderr[-2000:]
+  assert "uncommitted changes to tracked files" in second.stderr
+  assert (worker / "infonoise_configs" / "test.py").read_text().endswith("# edited\n")
+  assert _commands(worker, 2)[1].startswith(
+    f"-m infonoise_jax.main --config={worker}/infonoise_configs/test.py "
+  )
+  (log,) = worker.glob("infonoise_train_*.log")
+  assert log.read_text().count("== ") == 2 and log.read_text().count("ran") == 2  # appended
