@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 
 from infonoise_jax import cli, restore, resume, solvers, validation
 from infonoise_jax.data import load_source
@@ -107,6 +108,9 @@ def evaluate(
   given_stats = fid.load_stats(given) if given else None  # read (and checked) once, early
   extractor = model_fid.make_extractor(config, make_mesh(devices), weights)  # missing: fail here
   run = restore.restore_run(workdir, step, devices)
+  if not data_location_items(overrides) and not given:
+    for note in resume.data_changes_since(workdir, run.step):
+      logging.warning("%s", note)
   sampler = Sampler(run_config, run.model, run.schedule, run.mesh, run.data_shape)
   model_fid.check_images(sampler.data_shape, "the model")
   if given_stats is not None:
@@ -187,6 +191,9 @@ def evaluate_tokens(
   evaluator = sequence_eval.SequenceEvaluator(data, source)  # DNA: trains or loads its classifier
   primary, floor = evaluator.primary, _floats(evaluator.floor())
   run = restore.restore_run(workdir, step, devices)
+  if not data_location_items(overrides):
+    for note in resume.data_changes_since(workdir, run.step):
+      logging.warning("%s", note)
   sampler = Sampler(run_config, run.model, run.schedule, run.mesh, run.data_shape)
   sampler.warn_if_profile_unlearned(run.state.schedule_state, run.step)
   sigmas = sampler.sigmas(run.state.schedule_state)

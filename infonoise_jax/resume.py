@@ -184,6 +184,35 @@ def check(
   return diff
 
 
+DATA_LOCATION = ("data.path", "data.local_dir", "data.tfds_data_dir")
+
+
+def data_changes_since(workdir: str, step: int) -> list[str]:
+  """The data-location changes recorded at a resume at or after `step` (HISTORY_FILE), in
+  words: the checkpoint of `step` was trained on the data before them, while `sample` /
+  `evaluate` read config.json, which names the data after them. [] when there are none."""
+  history = paths.run_path(workdir) / HISTORY_FILE
+  if not history.exists():
+    return []
+  out = []
+  for line in history.read_text().splitlines():
+    try:
+      entry = json.loads(line)
+    except ValueError:
+      continue  # a damaged history line costs this notice, never the command
+    if not isinstance(entry, dict) or entry.get("resumed_at_step", -1) < step:
+      continue
+    for key, change in sorted(entry.get("changes", {}).items()):
+      if key in DATA_LOCATION:
+        out.append(
+          f"step {step} was trained on {key}={change['from']!r}, changed to {change['to']!r} "
+          f"when the run resumed at step {entry['resumed_at_step']} ({HISTORY_FILE}): it is "
+          f"scored against the run's current data; --set {key}={change['from']} scores it "
+          "against the data it trained on"
+        )
+  return out
+
+
 def record(
   config: ml_collections.ConfigDict, workdir: str, step: int, accepted: dict[str, tuple]
 ) -> None:

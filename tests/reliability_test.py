@@ -1204,3 +1204,21 @@ def test_the_divergence_warning_is_logged_at_the_end_of_a_run(tmp_path, monkeypa
     train.train_and_evaluate(_config(**overrides), str(tmp_path / "b"))
   said = [r.getMessage() for r in caplog.records if "probably diverged" in r.getMessage()]
   assert len(said) == 1 and "of this run's 4 log windows" in said[0]
+
+
+def test_a_step_trained_before_the_data_moved_is_named_when_scored(tmp_path):
+  """A resume may move a run to other data (data.path, recorded in config_history.jsonl);
+  `evaluate --step` of a checkpoint from before that reads config.json, the data after it, so
+  it says which data that step trained on and the --set that scores it against that data."""
+  history = [
+    {"resumed_at_step": 100, "changes": {"train.num_steps": {"from": 100, "to": 200}}},
+    {"resumed_at_step": 200, "changes": {"data.path": {"from": "/a", "to": "/b"}}},
+  ]
+  text = "\n".join(json.dumps(h) for h in history) + "\n{damaged\n"
+  (tmp_path / resume.HISTORY_FILE).write_text(text)
+  (note,) = resume.data_changes_since(str(tmp_path), 150)
+  assert note.startswith("step 150 was trained on data.path='/a', changed to '/b' when the run")
+  assert note.endswith("--set data.path=/a scores it against the data it trained on")
+  assert len(resume.data_changes_since(str(tmp_path), 200)) == 1  # the checkpoint at the resume
+  assert resume.data_changes_since(str(tmp_path), 201) == []
+  assert resume.data_changes_since(str(tmp_path / "no_history"), 1) == []
