@@ -7,6 +7,7 @@ entropy-rate profile, each normalized on the grid so they can be compared.
 """
 
 import os
+import shlex
 
 import jax
 import jax.numpy as jnp
@@ -151,7 +152,7 @@ def write_final(run, state, writer, workdir: str, step: int, log=None) -> None:
   lines = [
     f"Finished {step} steps. Outputs in {run_path(workdir)}:",
     f"  TensorBoard logs : {os.path.join(workdir, 'tensorboard')}  "
-    f"(tensorboard --logdir {os.path.join(workdir, 'tensorboard')})",
+    f"(tensorboard --logdir {shlex.quote(os.path.join(workdir, 'tensorboard'))})",
     f"  checkpoints      : {os.path.join(workdir, 'checkpoints')}",
     f"  samples (.npz)   : {npz}",
   ]

@@ -12,6 +12,7 @@ import functools
 import gc
 import json
 import os
+import shlex
 import threading
 import time
 from concurrent.futures import Future
@@ -917,7 +918,9 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
   if jax.process_index() == 0:  # where to point TensorBoard while the run goes on
     # the run's own logs: the workdir also holds the logs an earlier attempt moved aside
     # (tensorboard.before-* / after-*), which TensorBoard would show as more runs
-    logging.info("TensorBoard: tensorboard --logdir %s", os.path.join(workdir, "tensorboard"))
+    logging.info(  # quoted: a workdir with spaces pastes as one argument
+      "TensorBoard: tensorboard --logdir %s", shlex.quote(os.path.join(workdir, "tensorboard"))
+    )
   log = _WindowLogger(run, writer, ckpt, step)
   batches = run.device_batches(step, data_workers(config, run.source))
   in_flight = _InFlight(steps_in_flight(run))

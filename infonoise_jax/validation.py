@@ -231,7 +231,8 @@ def check_whole_number_tuples(
     if isinstance(default, tuple) and default and all(map(_is_whole, default)):
       ok = isinstance(value, tuple | list) and all(map(_is_whole, value))
       example = "(" + ",".join(map(str, default)) + ")"
-      _require(ok, key, f"must be a tuple of whole numbers, e.g. '{example}'; got {value!r}")
+      none = " or '()' for none" if key.endswith("attn_resolutions") else ""  # attention off
+      _require(ok, key, f"must be a tuple of whole numbers, e.g. '{example}'{none}; got {value!r}")
 
 
 # data.* keys only some sources read (the image keys on token data are refused by the token

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import pathlib
+import shlex
 import sys
 
 import jax
@@ -215,7 +216,9 @@ def test_digits_end_to_end_leaves_logs_checkpoint_and_images(tmp_path, caplog, m
   # One short progress line per log window (8 steps, log_every 2), the per-bin losses not.
   # where to point TensorBoard is said before the first step, not only at the end
   messages = [r.getMessage() for r in caplog.records]
-  said = messages.index(f"TensorBoard: tensorboard --logdir {workdir / 'tensorboard'}")
+  said = messages.index(
+    f"TensorBoard: tensorboard --logdir {shlex.quote(str(workdir / 'tensorboard'))}"
+  )
   assert said < min(i for i, m in enumerate(messages) if m.startswith("step "))
   progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
   assert [line.split(" | ")[0] for line in progress] == [f"step {s}/8" for s in (2, 4, 6, 8)]
@@ -338,6 +341,21 @@ def test_bad_config_fails_before_compiling_naming_the_key(tmp_path, overrides, k
   with pytest.raises(ValueError, match=key.replace(".", r"\.")):
     train.train_and_evaluate(_config(**overrides), str(tmp_path / "bad"))
   assert not (tmp_path / "bad").exists()  # not even an empty workdir
+
+
+def test_an_empty_attention_flag_is_told_how_to_turn_attention_off():
+  """--config.model.attn_resolutions= (meant: no attention) is read as a string; the error
+  gives '()', the value that turns attention off."""
+  import ml_collections
+
+  from infonoise_jax import validation
+
+  given = ml_collections.ConfigDict({"model": {"attn_resolutions": ""}})  # as the flag gives it
+  with pytest.raises(ValueError) as e:
+    validation.check_whole_number_tuples(given, validation.default_config())
+  assert "model.attn_resolutions" in str(e.value) and "or '()' for none" in str(e.value)
+  off = ml_collections.ConfigDict({"model": {"attn_resolutions": ()}})
+  validation.check_whole_number_tuples(off, validation.default_config())
 
 
 def test_a_workdir_that_cannot_be_made_is_named_before_the_data_loads(tmp_path, monkeypatch):
