@@ -18,7 +18,7 @@ from absl import logging
 from infonoise_jax import edm, log_sigma
 from infonoise_jax.evaluation import plots, sequence_eval
 from infonoise_jax.paths import run_path
-from infonoise_jax.sample_files import write_samples, write_texts
+from infonoise_jax.sample_files import data_record, write_samples, write_texts
 from infonoise_jax.schedules import HasLossWeights, has_profile, weighted_density
 
 
@@ -146,6 +146,7 @@ def write_final(run, state, writer, workdir: str, step: int, log=None) -> None:
     num_steps=s.num_steps,
     method=s.name,
     **extra,
+    **(data_record(run.config.data) if run.source.is_image else {}),
   )
   npz = written["npz"]
   logging.info("Done at step %d.", step)

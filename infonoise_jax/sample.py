@@ -31,7 +31,13 @@ from infonoise_jax.mesh import initialize_distributed
 from infonoise_jax.model_sampler import Sampler, sampler_config
 from infonoise_jax.paths import is_remote, run_path
 from infonoise_jax.resume import CONFIG_FILE
-from infonoise_jax.sample_files import GRID_IMAGES, samples_step, write_samples, write_texts
+from infonoise_jax.sample_files import (
+  GRID_IMAGES,
+  data_record,
+  samples_step,
+  write_samples,
+  write_texts,
+)
 
 
 class Drawn(NamedTuple):
@@ -75,6 +81,8 @@ def sample_run(
     vocab = run.meta.get("vocab", "")  # token data: the run's vocabulary, for decoding
     if vocab:
       meta.update(tokens=TokenEncoding(vocab).decode(samples), vocab=vocab)
+    if sampler.is_image:  # what the samples are of, for fid_of_samples.py's check
+      meta.update(data_record(config.data))
     paths = write_samples(out, samples, config.data.scale, sampler.is_image, **meta)
     if vocab:  # DNA as FASTA (samples.fa), text as samples.txt
       dna = config.data.name == "dna"

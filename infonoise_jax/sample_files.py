@@ -2,21 +2,37 @@
 
 `<out>/samples.npz`: `samples` (float32 model output divided by data.scale, so the data range
 is [-1, 1]), `data_scale` and the sampling settings; for images also `uint8` (EDM's
-quantization, `images.to_uint8`) and `<out>/samples.png`, a grid of the first (up to) 64; for
+quantization, `images.to_uint8`), the data record `__data__` (`data_record`, as the harness's
+saved samples have it) and `<out>/samples.png`, a grid of the first (up to) 64; for
 token data `tokens` and `vocab` (passed as meta) and the decoded samples (`write_texts`):
 `<out>/samples.txt` for text, `<out>/samples.fa` (FASTA) for DNA.
 """
 
 import io
+import json
 import zipfile
 
 import numpy as np
+from absl import logging
 
+from infonoise_jax.data.sources import SAMPLES_DATA_KEY, data_identity
 from infonoise_jax.data.tokens import TokenEncoding
 from infonoise_jax.evaluation import images, plots
 from infonoise_jax.paths import run_path
 
 GRID_IMAGES = 64  # images in samples.png
+
+
+def data_record(data_config) -> dict:
+  """{SAMPLES_DATA_KEY: the data's identity as JSON} for samples.npz: the record the harness's
+  saved samples carry, by which experiments/fid_of_samples.py checks the reference it scores
+  them against (data, binarized, image size, the files' digest). {} when the data cannot be
+  identified here (a remote folder unreachable now): the samples are still written."""
+  try:
+    return {SAMPLES_DATA_KEY: json.dumps(data_identity(data_config))}
+  except (OSError, ValueError) as e:
+    logging.warning("samples.npz without the data record (%s): %s", SAMPLES_DATA_KEY, e)
+    return {}
 
 
 def write_samples(out: str, samples: np.ndarray, scale: float, is_image: bool, **meta) -> dict:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from infonoise_jax import restore, sample, solvers, train
+from infonoise_jax.data.sources import samples_data_record
 from infonoise_jax.evaluation import images
 from infonoise_jax.model_sampler import Sampler, sampler_config
 from infonoise_jax.schedules import make_schedule
@@ -84,6 +85,10 @@ def test_command_writes_requested_samples_and_grid(trained, command_samples):
   with np.load(pathlib.Path(trained[0]) / "samples.npz") as f:  # the trainer's: one format
     assert set(f.files) == command_keys
     assert f["samples"].dtype == np.float32 and str(f["method"]) == "heun"
+    # what they are samples of, as the harness records it (fid_of_samples.py checks it)
+    assert samples_data_record(f) == {
+      "data": "digits", "binarized": False, "reference_data": None, "image_size": 0
+    }  # fmt: skip
     np.testing.assert_array_equal(f["uint8"], images.to_uint8(f["samples"]))
   assert x.shape == (10, 8, 8, 1) and x.dtype == np.float32 and np.all(np.isfinite(x))
   np.testing.assert_array_equal(u8, images.to_uint8(x))
