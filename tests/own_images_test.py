@@ -290,8 +290,9 @@ def test_bad_folders_and_settings_are_named(tmp_path):
     load_source(_config(tmp_path))
   _write_folder(tmp_path, _pixels(2))
   Image.fromarray(_pixels(1, 16)[0]).save(tmp_path / "big.png")
-  with pytest.raises(ValueError, match="big.png is 16x16 .* resize the images"):
+  with pytest.raises(ValueError, match="big.png is 16x16 .* resize the images") as e:
     load_source(_config(tmp_path))
+  assert "data.image_size scales a folder whose images share one size" in str(e.value)
   (tmp_path / "big.png").write_bytes(b"not a png")
   with pytest.raises(ValueError, match="cannot read .*big.png as an image"):
     load_source(_config(tmp_path))

@@ -444,7 +444,9 @@ def _read_image_folder(folder: str, max_bytes: int) -> np.ndarray:
     elif size != size0:
       raise ValueError(
         f"data.path={folder!r}: {f} is {size[1]}x{size[0]} (height x width, upright) but "
-        f"{files[0]} is {size0[1]}x{size0[0]}; resize the images to one size first"
+        f"{files[0]} is {size0[1]}x{size0[0]}; resize the images to one size first "
+        "(data.image_size scales a folder whose images share one size; it does not make "
+        "mixed sizes one)"
       )
     colour |= mode not in gray and not (palette is not None and _is_gray_palette(palette))
   c = 3 if colour else 1
