@@ -99,6 +99,7 @@ from infonoise_jax.schedules import SCHEDULES, has_profile, make_schedule
 from infonoise_jax.validation import (
   DEFAULT_CONFIG_PATH,
   apply_overrides,
+  flat_items,
   load_config_file,
   parse_overrides,
   update_checked,
@@ -320,14 +321,6 @@ def sample_seed(args, step: int, resample: bool) -> int:
   return 10_000 + (step if args.eval_draw == "per_step" else 0) + (1_000_000 if resample else 0)
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-  """{dotted key: leaf value} of a nested dict (a record's resolved "config")."""
-  out = {}
-  for k, v in d.items():
-    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-  return out
-
-
 def setting_differences(theirs: tuple, recs: list[dict], mine: tuple, config: dict | None) -> str:
   """What sets records of setting `theirs` apart from this command's `mine` (record_setting
   tuples), in words: the sample count, the draw rule and the config keys that differ (from the
@@ -342,7 +335,7 @@ def setting_differences(theirs: tuple, recs: list[dict], mine: tuple, config: di
   if theirs[0] != mine[0]:
     diff = []
     if cfg is not None and config is not None:
-      a, b = _flat(cfg), _flat(config)
+      a, b = flat_items(cfg), flat_items(config)
       skip = set(EXECUTION_KEYS)
       diff = [k for k in sorted(set(a) | set(b)) if k not in skip and a.get(k) != b.get(k)]
     if diff:
@@ -1147,26 +1140,22 @@ def parse(argv=None) -> argparse.Namespace:
         " (the rule before RESULTS.md section 28 is per_step); go on with them with that "
         "--eval_draw, or give another --out for a new run"
       )
-    lost = {} if args.restart_lost_state else lost_states(args, gs)
+    lost, ahead = kept_states_off_the_curve(args, gs)
+    lost = {} if args.restart_lost_state else lost
     if lost:
       p.error(
         f"--state_dir={args.state_dir} holds no kept state for "
         + ", ".join(
-          f"{k} (evaluated to step {v}"
-          + (
-            f"; kept for --seeds={' or '.join(other)} only"
-            if (other := kept_seed_lists(args, k))
-            else ""
-          )
+          f"{k} (evaluated to step {last}"
+          + (f"; kept for --seeds={' or '.join(other)} only" if other else "")
           + ")"
-          for k, v in sorted(lost.items())
+          for k, (last, other) in sorted(lost.items())
         )
         + f" in {os.path.join(args.out, 'results.jsonl')}: going on would train from step 0 "
         "again and append evaluations of a new model to the recorded curve. Copy the kept "
         "state back into --state_dir, give another --out, or pass --restart_lost_state to "
         "train again from step 0 anyway"
       )
-    ahead = orphan_states(args, gs)
     if ahead:
       p.error(
         f"--state_dir={args.state_dir} keeps "
@@ -1181,32 +1170,6 @@ def parse(argv=None) -> argparse.Namespace:
         "state was kept with, or another --state_dir to train from step 0"
       )
   return args
-
-
-def orphan_states(args, gs) -> dict[str, tuple[int, list[int]]]:
-  """{data/arm: (kept step, evaluation steps before it missing from --out)} for this command's
-  arms whose --state_dir state is ahead of their recorded curve (a new --out, or a finer
-  --eval_every, given with the --state_dir of an earlier run): a resumed run never evaluates
-  the steps it skips. A state one step of evaluations ahead is normal (kept before its records,
-  then stopped): its own step is evaluated on resume, so only earlier steps count."""
-  if not args.state_dir:
-    return {}
-  path = os.path.join(args.out, "results.jsonl")
-  records = read_records(path) if os.path.exists(path) else []
-  seeds = [int(s) for s in args.seeds.split(",")]
-  out = {}
-  for d, a, arm in gs:
-    h = config_hash(make_config(args, d, arm))
-    kept = checkpointing.saved_steps(KeptState.folder(args, d, a, h, seeds))
-    if not kept:
-      continue
-    have = {(r.get("seed"), r["step"]) for r in arm_evals(args, records, d, a, h)}
-    missing = [
-      t for t in eval_steps(args) if t < kept[-1] and any((s, t) not in have for s in seeds)
-    ]
-    if missing:
-      out[f"{d}/{a}"] = (kept[-1], missing)
-  return out
 
 
 def other_draws(args, gs) -> dict[str, str]:
@@ -1227,45 +1190,45 @@ def other_draws(args, gs) -> dict[str, str]:
   return out
 
 
-def kept_seed_lists(args, data_arm: str) -> list[str]:
-  """The --seeds (as typed, "0,1") that --state_dir keeps a state for under this data/arm and
-  this command's config: a rerun with other --seeds looks in another folder (KeptState.folder)."""
-  d, a = data_arm.split("/", 1)
-  arm = dict((name, spec) for _, name, spec in groups(args))[a]
-  prefix = f"{d}_{a}_{config_hash(make_config(args, d, arm))}_seeds"
-  root = paths.run_path(args.state_dir)
-  if not root.is_dir():
-    return []
-  return sorted(
-    q.name[len(prefix) :].replace("-", ",")
-    for q in root.iterdir()
-    if q.name.startswith(prefix) and checkpointing.saved_steps(str(q))
-  )
-
-
-def lost_states(args, gs) -> dict[str, int]:
-  """{data/arm: step} for this command's arms whose evaluations in --out reach `step`, with
-  evaluations still to come, but whose --state_dir holds no kept state (the machine that kept
-  it is gone, or another --state_dir was given): going on would train from step 0 again, spend
-  those steps before recording anything, and append evaluations of another model than the one
-  recorded (GPU training is not bit-reproducible)."""
+def kept_states_off_the_curve(args, gs) -> tuple[dict, dict]:
+  """(lost, ahead): where this command's arms' kept state (--state_dir) and their recorded
+  curve in --out disagree, read in one pass (read_records rehashes every record).
+  lost: {data/arm: (last evaluated step, the --seeds other kept states are for)} for arms
+  evaluated to a step, with evaluations still to come, but no kept state (the machine that kept
+  it is gone, another --state_dir, or other --seeds): going on would train from step 0 again
+  and append evaluations of another model than the one recorded (GPU training is not
+  bit-reproducible).
+  ahead: {data/arm: (kept step, evaluation steps before it missing from --out)} for arms whose
+  kept state is ahead of the curve (a new --out, or a finer --eval_every, with an earlier run's
+  --state_dir): a resumed run never evaluates the steps it skips. A state one evaluation ahead
+  is normal (kept before its records, then stopped): its own step is evaluated on resume."""
+  if not args.state_dir:
+    return {}, {}
   path = os.path.join(args.out, "results.jsonl")
-  if not args.state_dir or not os.path.exists(path):
-    return {}
+  records = read_records(path) if os.path.exists(path) else []
   seeds = [int(s) for s in args.seeds.split(",")]
-  records = read_records(path)  # once: it rehashes every record
-  reached = {}
+  root = paths.run_path(args.state_dir)
+  lost, ahead = {}, {}
   for d, a, arm in gs:
     h = config_hash(make_config(args, d, arm))
-    steps = {r["step"] for r in arm_evals(args, records, d, a, h) if r.get("seed") in seeds}
-    last = max(steps, default=0)
-    if (
-      last
-      and last < args.steps
-      and not checkpointing.saved_steps(KeptState.folder(args, d, a, h, seeds))
-    ):
-      reached[f"{d}/{a}"] = last
-  return reached
+    have = {(r["seed"], r["step"]) for r in arm_evals(args, records, d, a, h) if r["seed"] in seeds}
+    kept = checkpointing.saved_steps(KeptState.folder(args, d, a, h, seeds))
+    last = max((t for _, t in have), default=0)
+    if not kept and last and last < args.steps:
+      prefix = f"{d}_{a}_{h}_seeds"  # KeptState.folder's name for other --seeds
+      other = sorted(
+        q.name[len(prefix) :].replace("-", ",")
+        for q in (root.iterdir() if root.is_dir() else [])
+        if q.name.startswith(prefix) and checkpointing.saved_steps(str(q))
+      )
+      lost[f"{d}/{a}"] = (last, other)
+    elif kept:
+      missing = [
+        t for t in eval_steps(args) if t < kept[-1] and any((s, t) not in have for s in seeds)
+      ]
+      if missing:
+        ahead[f"{d}/{a}"] = (kept[-1], missing)
+  return lost, ahead
 
 
 def arm_evals(args, records: list[dict], data: str, arm_name: str, h: str) -> list[dict]:

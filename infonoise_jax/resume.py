@@ -19,6 +19,8 @@ import ml_collections
 from absl import logging
 
 from infonoise_jax import paths, restore, schedules
+from infonoise_jax.data.sources import DATA_LOCATION_KEYS
+from infonoise_jax.validation import flat_items
 
 # Keys (or whole sections, ending in ".") a resume may change.
 RESUMABLE = (
@@ -104,16 +106,6 @@ def refused(config: ml_collections.ConfigDict, diff: dict[str, tuple]) -> dict[s
   return {k: v for k, v in diff.items() if not is_resumable(k) and k not in unread}
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def _as_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())
 
@@ -137,10 +129,10 @@ def changes(
       path,
       meta.get("step"),
     )
-    saved = _flat(restore.migrate_config(json.loads(json.dumps(meta["config"])), str(path)))
+    saved = flat_items(restore.migrate_config(json.loads(json.dumps(meta["config"])), str(path)))
     return _differences(saved, config)
   try:
-    saved = _flat(restore.migrate_config(json.loads(path.read_text()), str(path)))
+    saved = flat_items(restore.migrate_config(json.loads(path.read_text()), str(path)))
   except (OSError, ValueError) as e:
     raise ValueError(
       f"{path} is unreadable ({e}); restore it from a backup, or start a new --workdir"
@@ -149,7 +141,7 @@ def changes(
 
 
 def _differences(saved: dict, config: ml_collections.ConfigDict) -> dict[str, tuple]:
-  new = _flat(_as_json(config))
+  new = flat_items(_as_json(config))
   dump = lambda v: json.dumps(v, sort_keys=True)
   return {
     k: (saved[k], new[k])
@@ -184,9 +176,6 @@ def check(
   return diff
 
 
-DATA_LOCATION = ("data.path", "data.local_dir", "data.tfds_data_dir")
-
-
 def data_changes_since(workdir: str, step: int) -> list[str]:
   """The data-location changes recorded at a resume at or after `step` (HISTORY_FILE), in
   words: the checkpoint of `step` was trained on the data before them, while `sample` /
@@ -203,7 +192,7 @@ def data_changes_since(workdir: str, step: int) -> list[str]:
     if not isinstance(entry, dict) or entry.get("resumed_at_step", -1) < step:
       continue
     for key, change in sorted(entry.get("changes", {}).items()):
-      if key in DATA_LOCATION:
+      if key in DATA_LOCATION_KEYS:
         out.append(
           f"step {step} was trained on {key}={change['from']!r}, changed to {change['to']!r} "
           f"when the run resumed at step {entry['resumed_at_step']} ({HISTORY_FILE}): it is "

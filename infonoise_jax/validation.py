@@ -173,6 +173,15 @@ def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
   return keys
 
 
+def flat_items(tree: dict, prefix: str = "") -> dict:
+  """{dotted key: leaf value} of a nested dict (a config as JSON: config.json, a record's
+  resolved "config"), the values `flat_keys` names."""
+  out = {}
+  for k, v in tree.items():
+    out.update(flat_items(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+  return out
+
+
 def unknown_keys(
   config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict | None = None
 ) -> list[str]:
