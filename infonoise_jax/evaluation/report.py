@@ -88,6 +88,9 @@ def curves_by_arm(records, data: str, metric: str = "fd") -> dict[str, dict[int,
   return dict(out)
 
 
+ROUNDING = 1e-6  # metric_noise's floor, relative to the metric's median value
+
+
 def metric_noise(records, data: str, metric: str = "fd") -> float:
   """The metric's noise between two models' evaluations: the mean |metric - metric of a
   resampled evaluation| at the same (arm, seed, step); nan when no run has a resampled
@@ -114,9 +117,6 @@ def metric_noise(records, data: str, metric: str = "fd") -> float:
   # still in its warm-up beside its base law) differ in the 8th digit, and a tolerance of
   # that order called the same model "worse" (2026-12-07 probe).
   return max(noise, ROUNDING * float(np.median(np.abs(list(first.values())))))
-
-
-ROUNDING = 1e-6  # metric_noise's floor, relative to the metric's median value
 
 
 def eval_draw(record: dict) -> str:
@@ -217,8 +217,10 @@ def speedup_lines(
   seed-mean curve ends, and the finals average the runs at the arm's last step ("k of n seeds").
   `found`: `speedups(...)` of the same arguments, when the caller has it already."""
   found = speedups(curves, baseline, arms, tolerance, tail) if found is None else found
-  what = "final value" if tail == 1 else f"mean of the last {tail} evaluations"
-  lines = [f"Speedup to the {what} of `{baseline}` (tolerance = {why} {tolerance:.4g}):", ""]
+  lines = [
+    f"Speedup to the {_target(tail)} of `{baseline}` (tolerance = {why} {tolerance:.4g}):",
+    "",
+  ]
   shortest = min(len(c.steps) for c in curves[baseline].values())
   if tail > shortest:  # speedup.Curve.final then averages the whole curve
     lines += [
@@ -231,12 +233,7 @@ def speedup_lines(
     "|---|---|---|---|",
   ]
   for a, (pool, per) in found.items():
-    last = _last_step(curves[a])
-    cells = ", ".join(
-      f"{s}: {v.describe()}"
-      + (f" (run ends at {v.candidate_last_step:g})" if v.candidate_last_step < last else "")
-      for s, v in per.items()
-    ) or (f"no seed in common (seeds {sorted(curves[a])}, `{baseline}` {sorted(curves[baseline])})")
+    cells = _seed_cells(per, curves, a, baseline)
     pooled = pool.describe()
     cut = [
       f"`{arm}` to {ends:g}"
@@ -268,6 +265,22 @@ def speedup_lines(
       f"({verdict}) |"
     )
   return lines
+
+
+def _target(tail: int) -> str:
+  """The speedup's target in words (speedup.Curve.final's `tail`)."""
+  return "final value" if tail == 1 else f"mean of the last {tail} evaluations"
+
+
+def _seed_cells(per: dict, curves, arm: str, baseline: str) -> str:
+  """The per-seed cell of a speedup row: each seed's speedup, with where a run cut short ends;
+  which seeds each side has when they share none."""
+  last = _last_step(curves[arm])
+  return ", ".join(
+    f"{s}: {v.describe()}"
+    + (f" (run ends at {v.candidate_last_step:g})" if v.candidate_last_step < last else "")
+    for s, v in per.items()
+  ) or (f"no seed in common (seeds {sorted(curves[arm])}, `{baseline}` {sorted(curves[baseline])})")
 
 
 # Metrics besides the primary one whose speedups the report also gives: every one where lower is
@@ -315,15 +328,14 @@ def other_metric_speedup_lines(
     noise = metric_noise(records, data, metric)
     tol = noise if np.isfinite(noise) else 0.0
     for a, (pool, per) in speedups(curves, baseline, arms, tol, tail).items():
-      cells = ", ".join(f"{s}: {v.describe()}" for s, v in per.items()) or "no seed in common"
+      cells = _seed_cells(per, curves, a, baseline)
       tol_cell = f"{tol:.3g}" if np.isfinite(noise) else "0 (noise not measured)"
       rows.append(f"| {a} | `{metric}` | {tol_cell} | {pool.describe()} | {cells} |")
   if not rows:
     return []
-  what = "final value" if tail == 1 else f"mean of the last {tail} evaluations"
   return [
-    f"The other metrics: speedup to the {what} of `{baseline}` on each (tolerance = its own "
-    "metric noise):",
+    f"The other metrics: speedup to the {_target(tail)} of `{baseline}` on each (tolerance = "
+    "its own metric noise):",
     "",
     "| arm | metric | tolerance | pooled | per seed |",
     "|---|---|---|---|---|",
