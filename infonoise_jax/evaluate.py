@@ -108,9 +108,8 @@ def evaluate(
   given_stats = fid.load_stats(given) if given else None  # read (and checked) once, early
   extractor = model_fid.make_extractor(config, make_mesh(devices), weights)  # missing: fail here
   run = restore.restore_run(workdir, step, devices)
-  if not data_location_items(overrides) and not given:
-    for note in resume.data_changes_since(workdir, run.step):
-      logging.warning("%s", note)
+  if not given:  # given statistics: not the run's data
+    _warn_if_trained_on_other_data(workdir, run.step, overrides)
   sampler = Sampler(run_config, run.model, run.schedule, run.mesh, run.data_shape)
   model_fid.check_images(sampler.data_shape, "the model")
   if given_stats is not None:
@@ -191,9 +190,7 @@ def evaluate_tokens(
   evaluator = sequence_eval.SequenceEvaluator(data, source)  # DNA: trains or loads its classifier
   primary, floor = evaluator.primary, _floats(evaluator.floor())
   run = restore.restore_run(workdir, step, devices)
-  if not data_location_items(overrides):
-    for note in resume.data_changes_since(workdir, run.step):
-      logging.warning("%s", note)
+  _warn_if_trained_on_other_data(workdir, run.step, overrides)
   sampler = Sampler(run_config, run.model, run.schedule, run.mesh, run.data_shape)
   sampler.warn_if_profile_unlearned(run.state.schedule_state, run.step)
   sigmas = sampler.sigmas(run.state.schedule_state)
@@ -298,6 +295,14 @@ def apply_seq_metrics(config: ml_collections.ConfigDict, items: Sequence[str]) -
   if items:
     validation.apply_overrides(config, items)
     validation.check_whole_number_tuples(config, validation.default_config())
+
+
+def _warn_if_trained_on_other_data(workdir: str, step: int, overrides: Sequence[str]) -> None:
+  """A checkpoint trained before a resume moved the data is scored against the data of
+  config.json: said, unless --set names the data for this evaluation."""
+  if not data_location_items(overrides):
+    for note in resume.data_changes_since(workdir, step):
+      logging.warning("%s", note)
 
 
 def _check_counts(num: int, seed_sets: int) -> None:

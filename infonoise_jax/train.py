@@ -31,6 +31,7 @@ from infonoise_jax import (
   diagnostics,
   flops,
   metrics,
+  paths,
   resume,
   sample_files,
   step_executables,
@@ -790,9 +791,9 @@ def _final_outputs_missing(workdir: str, step: int) -> bool:
 
 def _write_final_outputs(run: Run, workdir: str, state: TrainState) -> TrainState:
   step = int(state.step)
-  images = os.path.join(workdir, "images")
-  earlier = os.path.isdir(images) and any(
-    n.startswith("loss_by_log_sigma") for n in os.listdir(images)
+  images = paths.run_path(workdir) / "images"  # gs:// too
+  earlier = images.is_dir() and any(
+    p.name.startswith("loss_by_log_sigma") for p in images.iterdir()
   )
   logging.warning(
     "%s: the final checkpoint (step %d) is saved but the final samples are not (the run was "
