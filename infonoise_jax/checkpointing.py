@@ -41,6 +41,38 @@ def saved_steps(workdir: str) -> list[int]:
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
+UNFINISHED_MARK = ".orbax-checkpoint-tmp"  # in the name of a save Orbax has not finalized
+
+
+def remove_unfinished_saves(directory: str) -> list[str]:
+  """Removes the folders of saves that never finished (a process killed mid-save, e.g. when
+  SIGTERM's grace period ran out): Orbax finalizes a save by renaming its temporary folder,
+  and removes a leftover only when the same step is saved again, which a resume seldom does,
+  so each kill would otherwise leave a full-size copy of the state behind. Only the run that
+  holds the workdir's lock may call this (a reader could remove a live save). Returns the
+  names removed."""
+  root = epath.Path(directory)
+  if not root.is_dir():
+    return []
+  removed = []
+  for path in sorted(root.iterdir()):
+    if UNFINISHED_MARK in path.name:
+      if path.is_dir():
+        path.rmtree()
+      else:
+        path.unlink()
+      removed.append(path.name)
+  if removed:
+    logging.warning(
+      "Removed %d unfinished checkpoint save(s) left by an earlier attempt that was killed "
+      "while saving: %s (in %s)",
+      len(removed),
+      ", ".join(removed),
+      directory,
+    )
+  return removed
+
+
 class CheckpointError(RuntimeError):
   """A checkpoint could not be written or read; the message names the folder and the cause."""
 
@@ -193,10 +225,13 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: str, keep: int, create: bool = True):
-    """`create=False` for readers (sample, evaluate): a missing folder is not made."""
+    """`create=False` for readers (sample, evaluate): a missing folder is not made, and
+    unfinished saves are left alone (the trainer, which holds the lock, removes them)."""
     run = paths.run_path(workdir)  # remote URLs (gs://...) kept as they are
     self.workdir = str(run)
     self.directory = str(checkpoint_dir(workdir))
+    if create and jax.process_index() == 0:
+      remove_unfinished_saves(self.directory)
     self.corrupt_directory = str(run / workdir_lib.CORRUPT_CHECKPOINTS)
     self.keep = keep
     options = ocp.CheckpointManagerOptions(max_to_keep=None, create=create)

@@ -1,21 +1,26 @@
 """One run per workdir, and the workdir states a run must not start in (docs/reliability.md).
 
-The lock is `<workdir>/run.lock`, a JSON file naming its holder (host, pid, start time),
+The lock is `<workdir>/run.lock`, a JSON file naming its holder (host, pid, start time) and
+its heartbeat (a time the holder rewrites every HEARTBEAT_S from a thread of its own),
 created exclusively (O_EXCL) by process 0 before anything is written and removed when the
-run ends. A second run on the same workdir is refused with the holder's name. A lock left
-by a process that died on this host (its pid no longer runs) is stale and taken over with a
-warning; a lock held from another host cannot be checked from here and is reported, with
-the command to remove it once that run is known to be gone. On `gs://` (and other object
-stores) creation is check-then-write, not atomic: two runs started within the same second
-can both proceed, and staleness is never assumed.
+run ends. A second run on the same workdir is refused with the holder's name. A lock is
+stale, and taken over with a warning, when its pid no longer runs on this host, or when its
+heartbeat is older than STALE_AFTER_S: a run killed outright (SIGKILL, out of memory, a lost
+VM) on another host or on `gs://`, where no pid can be checked, so that re-running the same
+command after a hard preemption resumes instead of waiting for someone to remove the file.
+A lock written without a heartbeat (by older code) is stale only by its pid. On `gs://`
+(and other object stores) creation is check-then-write, not atomic: two runs started within
+the same second can both proceed.
 """
 
+import contextlib
 import datetime
 import json
 import os
 import socket
 import struct
 import tempfile
+import threading
 import time
 
 import jax
@@ -26,6 +31,8 @@ from etils import epath
 from infonoise_jax.paths import is_remote, run_path
 
 LOCK_FILE = "run.lock"
+HEARTBEAT_S = 60.0  # how often the holder rewrites its lock's heartbeat
+STALE_AFTER_S = 600.0  # a heartbeat this old means the holder is gone (10 missed beats)
 TENSORBOARD = "tensorboard"
 CORRUPT_CHECKPOINTS = "checkpoints_corrupt"  # unreadable steps, moved aside (checkpointing.py)
 
@@ -259,7 +266,13 @@ def check_not_past(workdir: str, step: int, num_steps: int) -> None:
 
 def _holder() -> dict:
   now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-  return {"host": socket.gethostname(), "pid": os.getpid(), "started": now}
+  return {"host": socket.gethostname(), "pid": os.getpid(), "started": now, "beat": time.time()}
+
+
+def _same_holder(a: dict | None, b: dict | None) -> bool:
+  """One run's lock whatever its heartbeat says."""
+  keys = ("host", "pid", "started")
+  return a is not None and b is not None and all(a.get(k) == b.get(k) for k in keys)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -275,15 +288,47 @@ def _pid_alive(pid: int) -> bool:
 class Lock:
   """`with Lock(workdir):` holds the workdir for one run (see the module docstring)."""
 
-  def __init__(self, workdir: str):
+  def __init__(
+    self, workdir: str, heartbeat_s: float = HEARTBEAT_S, stale_after_s: float = STALE_AFTER_S
+  ):
     self.workdir = workdir
     self.path = os.path.join(workdir, LOCK_FILE)
+    self.heartbeat_s = heartbeat_s
+    self.stale_after_s = stale_after_s
     self._mine: dict | None = None
+    self._io = threading.Lock()  # the heartbeat's rewrite against release
+    self._stop = threading.Event()
+    self._beater: threading.Thread | None = None
 
   def _describe(self, holder: dict | None) -> str:
     if not holder:
       return f"an unreadable lock file {self.path}"
-    return f"pid {holder.get('pid')} on host {holder.get('host')} (since {holder.get('started')})"
+    text = f"pid {holder.get('pid')} on host {holder.get('host')} (since {holder.get('started')}"
+    age = self._beat_age(holder)
+    if age is not None:
+      text += f"; heartbeat {age:.0f} s ago"
+    return text + ")"
+
+  @staticmethod
+  def _beat_age(holder: dict | None) -> float | None:
+    beat = (holder or {}).get("beat")
+    if isinstance(beat, int | float) and not isinstance(beat, bool):
+      return max(0.0, time.time() - beat)
+    return None
+
+  def _stale(self, holder: dict | None) -> str | None:
+    """Why `holder`'s lock is stale, or None if it may still be held."""
+    if holder is None:
+      return None
+    pid = holder.get("pid")
+    if holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
+      return "its process no longer runs on this host"
+    age = self._beat_age(holder)
+    if age is not None and age > self.stale_after_s:
+      return (
+        f"its heartbeat stopped {age:.0f} s ago (a live run renews it every {self.heartbeat_s:g} s)"
+      )
+    return None
 
   def _read(self) -> dict | None:
     try:
@@ -295,15 +340,44 @@ class Lock:
       return None
 
   def _refuse(self, holder: dict | None) -> WorkdirLockedError:
+    after = ""
+    if self._beat_age(holder) is not None:
+      after = (
+        f" (a lock is taken over by itself once its heartbeat is {self.stale_after_s:.0f} s old)"
+      )
     return WorkdirLockedError(
       f"{self.workdir} is in use by another run: {self._describe(holder)}. Wait for it to "
-      f"end, use another --workdir, or, if that run is gone, remove {self.path}"
+      f"end, use another --workdir, or, if that run is gone, remove {self.path}{after}"
     )
+
+  def _take_over(self, holder: dict | None, why: str) -> None:
+    logging.warning(
+      "Taking over the stale lock of %s (%s): %s", self._describe(holder), self.path, why
+    )
+
+  def _write(self, holder: dict) -> None:
+    """Replaces the lock file's content at once (a reader never sees it half written)."""
+    if is_remote(self.path):
+      epath.Path(self.path).write_text(json.dumps(holder))
+      return
+    fd, tmp = tempfile.mkstemp(prefix=".run.lock.", dir=os.path.dirname(self.path) or ".")
+    try:
+      with os.fdopen(fd, "w") as f:
+        json.dump(holder, f)
+      os.replace(tmp, self.path)
+    except BaseException:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(tmp)
+      raise
 
   def _acquire_remote(self) -> None:
     path = epath.Path(self.path)
     if path.exists():
-      raise self._refuse(self._read())
+      holder = self._read()
+      why = self._stale(holder)
+      if why is None:
+        raise self._refuse(holder)
+      self._take_over(holder, why)
     path.parent.mkdir(parents=True, exist_ok=True)
     self._mine = _holder()
     path.write_text(json.dumps(self._mine))
@@ -318,15 +392,10 @@ class Lock:
         if holder is None:  # another run may be between creating its lock and writing it
           time.sleep(0.2)
           holder = self._read()
-        stale = (
-          holder is not None
-          and holder.get("host") == socket.gethostname()
-          and isinstance(holder.get("pid"), int)
-          and not _pid_alive(holder["pid"])
-        )
-        if not stale:
+        why = self._stale(holder)
+        if why is None:
           raise self._refuse(holder) from None
-        logging.warning("Taking over the stale lock of %s (%s)", self._describe(holder), self.path)
+        self._take_over(holder, why)
         try:
           os.remove(self.path)
         except FileNotFoundError:
@@ -359,19 +428,50 @@ class Lock:
         error = WorkdirLockedError(f"{self.workdir} is in use by another run (see process 0)")
     if error is not None:
       raise error
+    if self._mine is not None:
+      self._stop.clear()
+      self._beater = threading.Thread(target=self._beat, name="run.lock heartbeat", daemon=True)
+      self._beater.start()
+
+  def _beat(self) -> None:
+    """Rewrites the lock's heartbeat every `heartbeat_s` until release, unless another run
+    has taken the lock over (then says so once and stops)."""
+    while not self._stop.wait(self.heartbeat_s):
+      with self._io:
+        if self._mine is None:
+          return
+        try:
+          holder = self._read()
+          if not _same_holder(holder, self._mine):
+            logging.warning(
+              "%s was taken over by %s while this run held it; this run no longer renews it",
+              self.path,
+              self._describe(holder),
+            )
+            return
+          mine = {**self._mine, "beat": time.time()}
+          self._write(mine)
+          self._mine = mine
+        except OSError as e:  # a full disk or a lost bucket: the run itself decides
+          logging.warning("Could not renew the heartbeat of %s: %s", self.path, e)
 
   def release(self) -> None:
-    if self._mine is None:
-      return
-    if self._read() == self._mine:  # never remove a lock another run has taken over
-      if is_remote(self.path):
-        epath.Path(self.path).unlink(missing_ok=True)
-      else:
-        try:
-          os.remove(self.path)
-        except FileNotFoundError:
-          pass
-    self._mine = None
+    self._stop.set()
+    if self._beater is not None:
+      self._beater.join(timeout=30)
+      self._beater = None
+    with self._io:
+      if self._mine is None:
+        return
+      if _same_holder(self._read(), self._mine):  # never remove a lock another run took over
+        if is_remote(self.path):
+          epath.Path(self.path).unlink(missing_ok=True)
+        else:
+          try:
+            os.remove(self.path)
+          except FileNotFoundError:
+            pass
+      self._mine = None
 
   def __enter__(self) -> "Lock":
     self.acquire()

@@ -98,6 +98,25 @@ def test_save_restore_round_trip_with_meta_and_retention(tmp_path):
   reader.close()
 
 
+def test_a_save_killed_before_it_finished_is_removed_by_the_next_trainer(tmp_path):
+  """A process killed mid-save leaves Orbax's temporary folder (a full-size copy of the
+  state) that no later save of another step removes: the trainer's Checkpointer does, a
+  reader's does not (it could be a live save), and the finished steps stay readable."""
+  import shutil
+
+  ckpt = checkpointing.Checkpointer(str(tmp_path), keep=3)
+  ckpt.save(2, _tiny_state(2), meta={"step": 2}, force=True)
+  ckpt.close()
+  root = tmp_path / "checkpoints"
+  shutil.copytree(root / "2", root / "4.orbax-checkpoint-tmp")  # what a SIGKILL leaves
+  checkpointing.Checkpointer(str(tmp_path), keep=3, create=False).close()
+  assert (root / "4.orbax-checkpoint-tmp").is_dir()
+  ckpt = checkpointing.Checkpointer(str(tmp_path), keep=3)
+  assert sorted(p.name for p in root.iterdir()) == ["2"]
+  assert ckpt.all_steps() == [2] and ckpt.restore_meta(2) == {"step": 2}
+  ckpt.close()
+
+
 def test_a_schedule_state_saved_without_its_update_counter_is_migrated(tmp_path):
   # InfoNoise's state before `update` stopped taking the optimizer step had no num_updates.
   new = _tiny_state(7)

@@ -85,6 +85,23 @@ def test_config_history_samples_images_and_events_land_in_the_bucket(gcs):
   assert "tfevents" in events and gcs.cat_file(events)
 
 
+def test_a_bucket_lock_is_refused_while_its_heartbeat_lives_and_taken_over_after(gcs):
+  """On gs:// no pid can be checked: a lock left by a run killed outright used to block every
+  requeue until removed by hand; now only while its heartbeat is fresh."""
+  import json
+  import time
+
+  fresh = {"host": "another-vm", "pid": 999999, "started": "then", "beat": time.time()}
+  gcs.pipe_file(f"{RUN}/run.lock", json.dumps(fresh).encode())
+  with pytest.raises(workdir_lib.WorkdirLockedError, match="pid 999999 on host another-vm"):
+    workdir_lib.Lock(RUN).acquire()
+  stale = {**fresh, "beat": time.time() - workdir_lib.STALE_AFTER_S - 1}
+  gcs.pipe_file(f"{RUN}/run.lock", json.dumps(stale).encode())
+  with workdir_lib.Lock(RUN):
+    assert json.loads(gcs.cat_file(f"{RUN}/run.lock"))["pid"] != 999999
+  assert not gcs.exists(f"{RUN}/run.lock")
+
+
 def test_checkpoint_directory_stays_remote(gcs, monkeypatch):
   assert checkpointing.saved_steps(RUN) == []
   gcs.mkdir(f"{RUN}/checkpoints/4")
@@ -99,6 +116,10 @@ def test_checkpoint_directory_stays_remote(gcs, monkeypatch):
   )
   ckpt = checkpointing.Checkpointer(RUN, keep=3, create=False)
   assert ckpt.directory == given[0] == f"{RUN}/checkpoints"
+  assert gcs.exists(f"{RUN}/checkpoints/8.orbax-checkpoint-tmp/marker")  # a reader leaves it
+  checkpointing.Checkpointer(RUN, keep=3)  # the trainer removes a killed save's leftover
+  assert not gcs.exists(f"{RUN}/checkpoints/8.orbax-checkpoint-tmp/marker")
+  assert gcs.exists(f"{RUN}/checkpoints/4/marker")
 
 
 def test_an_earlier_attempts_logs_are_cut_and_moved_aside_in_the_bucket(gcs, tmp_path):

@@ -369,6 +369,32 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(trained, tmp_path):
   assert not (workdir / "run.lock").exists()
 
 
+def test_a_lock_whose_heartbeat_stopped_is_taken_over_from_any_host(tmp_path):
+  """A run killed outright on another host (a lost VM, SIGKILL) cannot be checked by pid: its
+  lock is stale once its heartbeat is older than STALE_AFTER_S, and a live one, renewed by
+  its holder's thread, is refused with the heartbeat's age and when it would be taken over."""
+  import time
+
+  lock_file = tmp_path / "run.lock"
+  beat = time.time() - workdir_lib.STALE_AFTER_S - 5
+  lock_file.write_text(json.dumps({"host": "gone-vm", "pid": 1, "started": "then", "beat": beat}))
+  with workdir_lib.Lock(str(tmp_path)):
+    assert json.loads(lock_file.read_text())["host"] != "gone-vm"
+  assert not lock_file.exists()
+
+  holder = workdir_lib.Lock(str(tmp_path), heartbeat_s=0.05)
+  holder.acquire()
+  try:
+    first = json.loads(lock_file.read_text())["beat"]
+    time.sleep(0.4)
+    assert json.loads(lock_file.read_text())["beat"] > first  # renewed while held
+    with pytest.raises(workdir_lib.WorkdirLockedError, match=r"heartbeat \d+ s ago.*600 s old"):
+      workdir_lib.Lock(str(tmp_path)).acquire()
+  finally:
+    holder.release()
+  assert not lock_file.exists()
+
+
 def test_a_declined_save_is_an_error(trained, tmp_path, monkeypatch):
   import orbax.checkpoint as ocp
 
