@@ -19,7 +19,13 @@ from ml_collections import config_flags
 
 from infonoise_jax import cli, train
 from infonoise_jax.mesh import configure_compilation_cache, initialize_distributed
-from infonoise_jax.validation import did_you_mean, flat_keys, load_config_file, resolve_config_path
+from infonoise_jax.validation import (
+  config_dir,
+  did_you_mean,
+  flat_keys,
+  load_config_file,
+  resolve_config_path,
+)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -69,6 +75,14 @@ def _resolve_config_arg(argv: list[str]) -> list[str]:
 
   def resolve(value: str) -> str:
     path, sep, variant = value.partition(":")
+    if path.endswith(".json"):  # a run's config.json: read by the shipped configs/run_json.py
+      given = os.path.abspath(os.path.expanduser(path))
+      if sep or not os.path.isfile(given):
+        why = "takes no ':variant'" if sep else "not found"
+        raise app.UsageError(
+          f"--config={value}: {why} (a run's config.json, e.g. runs/a/config.json)"
+        )
+      return f"{config_dir() / 'run_json.py'}:{given}"
     try:
       return f"{resolve_config_path(path)}{sep}{variant}"
     except FileNotFoundError as e:
@@ -89,6 +103,14 @@ def _resolve_config_arg(argv: list[str]) -> list[str]:
 def _flag_error(e: Exception, argv: list[str]) -> str:
   """One line for a command line that cannot be parsed, naming the flag or key."""
   text = str(e)
+  if isinstance(e, AttributeError) and "get_config" in text:  # a .py file that is no config
+    given = [a.removeprefix("--config=") for a in argv if a.startswith("--config=")]
+    return (
+      f"--config={given[-1] if given else '...'}: the file defines no get_config(). A config is a "
+      "Python file whose get_config() returns a ConfigDict (start from "
+      "`from infonoise_jax.validation import default_config`, as configs/*.py do), or a run's "
+      "config.json"
+    )
   if isinstance(e, KeyError | AttributeError):  # an override of a key the config lacks
     # ml_collections' text: 'num_stepz' [Did you mean "num_steps" instead of "num_stepz"?]
     guess = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', text)
@@ -126,7 +148,11 @@ def _nearest_key_hint(key: str, argv: list[str]) -> str:
 def _check_no_repeated_override(argv: list[str]) -> None:
   """A `--config.KEY` given twice is refused: absl keeps the last value of most keys but joins
   the values of a list-valued one (hidden_dims (256, 256) then (128, 128) trained a
-  [256, 256, 128, 128] network, silently)."""
+  [256, 256, 128, 128] network, silently). `--config` itself twice is refused too: the
+  second file was not read (ml_collections kept the first one's config)."""
+  files = [a for a in argv[1:] if a == "--config" or a.startswith("--config=")]
+  if len(files) > 1:
+    raise app.UsageError(f"--config is given {len(files)} times: give one config file")
   keys = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
   repeated = sorted({k for k in keys if keys.count(k) > 1})
   if repeated:

@@ -5,7 +5,6 @@ Used by the sample, evaluate and diagnose commands and by resume's config compar
 checkpoint itself is read through `checkpointing.Checkpointer`.
 """
 
-import json
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -27,43 +26,7 @@ from infonoise_jax.mesh import make_mesh
 from infonoise_jax.models import make_model
 from infonoise_jax.schedules import Schedule, make_schedule
 from infonoise_jax.train_state import TrainState, abstract_state, make_optimizer
-from infonoise_jax.validation import apply_overrides, unknown_keys
-
-
-def _tuples(value):
-  """JSON lists -> tuples (config.json stores the config's tuples as lists)."""
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value
-
-
-def migrate_config(d: dict, path: str = "config.json") -> dict:
-  """Brings a config.json written by an older version to the current keys (in place).
-
-  * `schedule.infonoise.sigma_min/sigma_max` (until the sigma range became the one setting
-    `edm.sigma_min/sigma_max`): dropped when equal to the edm range (every run made with the
-    defaults); a run whose InfoNoise grid differed from its edm range cannot be expressed
-    any more and is an error naming both.
-  * `fid.seed_sets` (read by nothing; the evaluate command has --seed_sets): dropped.
-  * `optim.flat_update` (absent before the flat optimizer layout): False, the leaf-by-leaf
-    layout those runs trained with (either would restore: `Checkpointer.restore` converts).
-  """
-  d.get("fid", {}).pop("seed_sets", None)
-  if "optim" in d:
-    d["optim"].setdefault("flat_update", False)
-  info, edm = d.get("schedule", {}).get("infonoise", {}), d.get("edm", {})
-  for key in ("sigma_min", "sigma_max"):
-    if key in info:
-      old = info.pop(key)
-      if old != edm.get(key):
-        raise ValueError(
-          f"{path}: schedule.infonoise.{key} = {old} differs from edm.{key} = {edm.get(key)}; "
-          "the InfoNoise grid now spans the edm range (one setting), so this run's schedule "
-          f"cannot be rebuilt. Set edm.{key} to {old} in {path} to read it on that range."
-        )
-  return d
+from infonoise_jax.validation import apply_overrides, config_from_json
 
 
 def load_config(workdir: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
@@ -76,16 +39,7 @@ def load_config(workdir: str, overrides: Sequence[str] = ()) -> ml_collections.C
       f"{path} not found: --workdir must be a training run directory (the --workdir given "
       "to python -m infonoise_jax.main)"
     )
-  config = ml_collections.ConfigDict(
-    _tuples(migrate_config(json.loads(path.read_text()), str(path)))
-  )
-  unknown = unknown_keys(config)
-  if unknown:  # not a typo of the user's: the run was made by other code
-    raise ValueError(
-      f"{path} holds config key(s) {unknown} that this checkout's configs/default.py does not "
-      "define: the run was made by code with a schedule or setting since removed or renamed. "
-      "Read it with that code, or delete those keys from the file if the run never used them."
-    )
+  config = config_from_json(path)
   moved = data_location_items(overrides or ())
   if moved:
     apply_overrides(config, moved)

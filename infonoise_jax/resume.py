@@ -18,9 +18,9 @@ import os
 import ml_collections
 from absl import logging
 
-from infonoise_jax import paths, restore, schedules
+from infonoise_jax import paths, schedules
 from infonoise_jax.data.sources import DATA_LOCATION_KEYS
-from infonoise_jax.validation import flat_items
+from infonoise_jax.validation import flat_items, migrate_config
 
 # Keys (or whole sections, ending in ".") a resume may change.
 RESUMABLE = (
@@ -129,10 +129,10 @@ def changes(
       path,
       meta.get("step"),
     )
-    saved = flat_items(restore.migrate_config(json.loads(json.dumps(meta["config"])), str(path)))
+    saved = flat_items(migrate_config(json.loads(json.dumps(meta["config"])), str(path)))
     return _differences(saved, config)
   try:
-    saved = flat_items(restore.migrate_config(json.loads(path.read_text()), str(path)))
+    saved = flat_items(migrate_config(json.loads(path.read_text()), str(path)))
   except (OSError, ValueError) as e:
     raise ValueError(
       f"{path} is unreadable ({e}); restore it from a backup, or start a new --workdir"

@@ -9,11 +9,13 @@ config fails with the key's name instead of being silently ignored.
 import ast
 import difflib
 import importlib.util
+import json
 import math
 import pathlib
 
 import jax
 import ml_collections
+from etils import epath
 
 from infonoise_jax import log_sigma, solvers
 from infonoise_jax.data.sources import TOKEN_NAMES
@@ -48,12 +50,79 @@ def resolve_config_path(path: str | pathlib.Path) -> pathlib.Path:
 
 def load_config_file(path: str | pathlib.Path, arg: str | None = None) -> ml_collections.ConfigDict:
   """Loads `get_config(arg)` from a config file by path (as ml_collections' flags do); a path
-  that does not exist is looked up among the shipped configs (`resolve_config_path`)."""
+  that does not exist is looked up among the shipped configs (`resolve_config_path`). A run's
+  `config.json` (a `.json` path) is read as that run's config (`config_from_json`)."""
+  if str(path).endswith(".json"):
+    if arg:
+      raise ValueError(f"{path}:{arg}: a run's config.json takes no ':variant'")
+    if not pathlib.Path(path).expanduser().is_file():
+      raise FileNotFoundError(
+        f"Config file {str(path)!r} not found (relative to {pathlib.Path.cwd()})"
+      )
+    return config_from_json(pathlib.Path(path).expanduser())
   path = resolve_config_path(path)
   spec = importlib.util.spec_from_file_location(path.stem, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def _tuples(value):
+  """JSON lists -> tuples (config.json stores the config's tuples as lists)."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def migrate_config(d: dict, path: str = "config.json") -> dict:
+  """Brings a config.json written by an older version to the current keys (in place).
+
+  * `schedule.infonoise.sigma_min/sigma_max` (until the sigma range became the one setting
+    `edm.sigma_min/sigma_max`): dropped when equal to the edm range (every run made with the
+    defaults); a run whose InfoNoise grid differed from its edm range cannot be expressed
+    any more and is an error naming both.
+  * `fid.seed_sets` (read by nothing; the evaluate command has --seed_sets): dropped.
+  * `optim.flat_update` (absent before the flat optimizer layout): False, the leaf-by-leaf
+    layout those runs trained with (either would restore: `Checkpointer.restore` converts).
+  """
+  d.get("fid", {}).pop("seed_sets", None)
+  if "optim" in d:
+    d["optim"].setdefault("flat_update", False)
+  info, edm = d.get("schedule", {}).get("infonoise", {}), d.get("edm", {})
+  for key in ("sigma_min", "sigma_max"):
+    if key in info:
+      old = info.pop(key)
+      if old != edm.get(key):
+        raise ValueError(
+          f"{path}: schedule.infonoise.{key} = {old} differs from edm.{key} = {edm.get(key)}; "
+          "the InfoNoise grid now spans the edm range (one setting), so this run's schedule "
+          f"cannot be rebuilt. Set edm.{key} to {old} in {path} to read it on that range."
+        )
+  return d
+
+
+def config_from_json(path) -> ml_collections.ConfigDict:
+  """The config a run wrote to its `config.json` (a local path, or an epath for gs://),
+  migrated to the current keys (`migrate_config`); keys configs/default.py does not define
+  are an error naming them (the run was made by other code)."""
+  path = epath.Path(path)
+  try:
+    d = json.loads(path.read_text())
+  except ValueError as e:
+    raise ValueError(f"{path} is not a run's config.json: {e}") from None
+  if not isinstance(d, dict):
+    raise ValueError(f"{path} is not a run's config.json: its JSON is not an object of keys")
+  config = ml_collections.ConfigDict(_tuples(migrate_config(d, str(path))))
+  unknown = unknown_keys(config)
+  if unknown:  # not a typo of the user's: the run was made by other code
+    raise ValueError(
+      f"{path} holds config key(s) {unknown} that this checkout's configs/default.py does not "
+      "define: the run was made by code with a schedule or setting since removed or renamed. "
+      "Read it with that code, or delete those keys from the file if the run never used them."
+    )
+  return config
 
 
 def parse_overrides(items, flag: str = "--set") -> dict:

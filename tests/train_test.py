@@ -447,6 +447,30 @@ def test_no_event_writer_fails_before_data_or_compile_naming_the_fix(tmp_path, m
   assert not (tmp_path / "nowriter").exists() or not any((tmp_path / "nowriter").iterdir())
 
 
+def test_a_runs_config_json_as_config_trains_that_run_again(tmp_path):
+  """`--config=<run>/config.json` (read by configs/run_json.py) is the run's config: a new
+  workdir trained from it ends in the same state, and overrides apply on top."""
+  import subprocess
+
+  train.train_and_evaluate(_config(**{"train.num_steps": 4}), str(tmp_path / "a"))
+  cmd = [sys.executable, "-m", "infonoise_jax.main", f"--config={tmp_path / 'a' / 'config.json'}"]
+  cmd += [f"--workdir={tmp_path / 'b'}", "--config.train.keep_checkpoints=5"]
+  result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  original = json.loads((tmp_path / "a" / "config.json").read_text())
+  written = json.loads((tmp_path / "b" / "config.json").read_text())
+  assert written["train"].pop("keep_checkpoints") == 5 != original["train"].pop("keep_checkpoints")
+  assert written == original
+  # the same run (this process compiles with the test session's settings, the command with
+  # its own: equal to float rounding; two commands give equal bits)
+  _assert_trees_equal(
+    checkpointing.read_arrays(str(tmp_path / "b"), 4),
+    checkpointing.read_arrays(str(tmp_path / "a"), 4),
+    rtol=1e-3,
+    atol=1e-7,
+  )
+
+
 def test_unknown_config_key_is_rejected(tmp_path):
   config = _config()
   config.unlock()
@@ -473,6 +497,12 @@ def test_unknown_config_key_is_rejected(tmp_path):
     (["--config.train.num_steps=abc"], "--config.train.num_steps=abc"),
     (["--config=configs/default.py:bogus"], "Unknown config variant 'bogus'"),
     (["--config=configs/no_such.py"], "Config file 'configs/no_such.py' not found"),
+    (["--config=configs/__init__.py"], "the file defines no get_config()"),
+    (
+      ["--config=configs/test.py", "--config=configs/default.py"],
+      "--config is given 2 times: give one config file",
+    ),
+    (["--config=runs/none/config.json"], "--config=runs/none/config.json: not found"),
     (["--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
     (["--workdir="], "--workdir is empty"),
     (
@@ -487,7 +517,9 @@ def test_a_bad_command_line_is_one_error_line_naming_the_flag(tmp_path, args, sa
   import subprocess
   import sys
 
-  cmd = [sys.executable, "-m", "infonoise_jax.main", "--config=configs/test.py"]
+  cmd = [sys.executable, "-m", "infonoise_jax.main"]
+  if not any(a.startswith("--config=") for a in args):
+    cmd.append("--config=configs/test.py")
   cmd += [f"--workdir={tmp_path / 'run'}", *args]
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   env.pop("INFONOISE_DEBUG", None)
