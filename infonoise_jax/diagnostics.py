@@ -6,6 +6,7 @@ draws: VDM++ and iDDPM by base/pi, EDM2 by exp(-u)) and (for InfoNoise) the esti
 entropy-rate profile, each normalized on the grid so they can be compared.
 """
 
+import io
 import os
 import shlex
 
@@ -52,6 +53,39 @@ HISTORY_POINTS = 128  # ln-sigma grid of the schedule-history heatmap
 def history_grid(config: ml_collections.ConfigDict) -> np.ndarray:
   lo, hi = np.log(log_sigma.sigma_range(config))
   return np.linspace(lo, hi, HISTORY_POINTS)
+
+
+HISTORY_FILE = "schedule_history.npz"  # the heatmap's rows so far, kept across resumes
+
+
+def save_history(workdir: str, history: list[tuple[int, np.ndarray]], upto: int) -> None:
+  """Writes the schedule-history rows of steps <= `upto` (a checkpoint's step) to
+  `<workdir>/schedule_history.npz` (process 0; one piece, so gs:// works too): a resume from
+  that checkpoint reads them back (`load_history`) and its heatmap keeps the steps before."""
+  rows = [(s, c) for s, c in history if s <= upto]
+  if not rows or jax.process_index() != 0:
+    return
+  buf = io.BytesIO()
+  np.savez(buf, steps=np.array([s for s, _ in rows]), curves=np.stack([c for _, c in rows]))
+  (run_path(workdir) / HISTORY_FILE).write_bytes(buf.getvalue())
+
+
+def load_history(workdir: str, upto: int) -> list[tuple[int, np.ndarray]]:
+  """The rows `save_history` kept, of steps <= `upto` (the step resumed from; rows an earlier
+  attempt kept past it are dropped); [] when there are none, or, with a warning, when the
+  file cannot be read or has another grid (the heatmap then starts at the resume)."""
+  path = run_path(workdir) / HISTORY_FILE
+  if upto <= 0 or not path.exists():
+    return []
+  try:
+    with np.load(io.BytesIO(path.read_bytes())) as z:
+      steps, curves = z["steps"], z["curves"]
+    if curves.ndim != 2 or curves.shape != (len(steps), HISTORY_POINTS):
+      raise ValueError(f"rows of shape {curves.shape}, not (n, {HISTORY_POINTS})")
+  except Exception as e:  # a damaged file costs the heatmap's past, never the run
+    logging.warning("%s not read (%s): the schedule-history plot starts at step %d", path, e, upto)
+    return []
+  return [(int(s), c) for s, c in zip(steps, curves, strict=True) if s <= upto]
 
 
 def history_curve(run, schedule_state) -> jax.Array:

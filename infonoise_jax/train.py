@@ -156,7 +156,8 @@ class _WindowLogger:
     self._waits: dict[int, tuple[float, float, float]] = {}
     self.loss_by_log_sigma = None  # the latest window's per-bin mean loss (for the plots)
     self.window_losses = []  # (mean loss, end step) of every window written
-    self.history: list[tuple[int, np.ndarray]] = []  # (step, schedule curve) per window
+    # (step, schedule curve) per window; a resume starts from the rows its checkpoint kept
+    self.history = diagnostics.load_history(ckpt.workdir, start)
     self._history_curve = run.history_curve
     self.unit = metrics.example_unit(run.source.encoding)  # img, or seq for DNA and text
     self._checkpoint_seconds: dict[int, float] = {}
@@ -501,6 +502,7 @@ def _finish_save(run: Run, ckpt, log: _WindowLogger, pending: _PendingSave) -> N
     metrics.check_finite(host_window, (pending.window[0], step), log.last_good())
   _check_guard(host, step, log.last_good())
   _save(run, ckpt, step, pending.snapshot, background=True)  # the loop goes on meanwhile
+  diagnostics.save_history(ckpt.workdir, log.history, step)
 
 
 class _AheadStep(NamedTuple):
@@ -1014,6 +1016,7 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
         writer.flush()  # the windows up to the step are on disk before the step is
         check_before_save(run, train_step, state, step, log.last_good())
         _save(run, ckpt, step, state)
+        diagnostics.save_history(ckpt.workdir, log.history, step)
         log.add_checkpoint_time(time.monotonic() - saving)
       if stop:
         ckpt.wait()

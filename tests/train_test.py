@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from infonoise_jax import checkpointing, restore, train, train_state
+from infonoise_jax import checkpointing, diagnostics, restore, train, train_state
 from infonoise_jax.validation import load_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -55,16 +55,21 @@ def stepped():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  """configs/test.py trained straight through by the trainer: the final state, on the host.
-  Shared by the tests that compare another way to train with it (module scope: set up before
-  the autouse fixture that keeps the step store off, so it is kept off here too)."""
+def trained_run(tmp_path_factory):
+  """configs/test.py trained straight through by the trainer: (its workdir, the final state on
+  the host). Shared by the tests that compare another way to train with it (module scope: set
+  up before the autouse fixture that keeps the step store off, so it is kept off here too)."""
   from infonoise_jax import step_executables
 
   with pytest.MonkeyPatch.context() as m:
     m.setattr(step_executables, "folder", lambda: None)
     workdir = str(tmp_path_factory.mktemp("trained") / "straight")
-    return jax.device_get(train.train_and_evaluate(_config(), workdir))
+    return workdir, jax.device_get(train.train_and_evaluate(_config(), workdir))
+
+
+@pytest.fixture(scope="module")
+def trained(trained_run):
+  return trained_run[1]
 
 
 def test_one_device_and_eight_devices_give_the_same_state(stepped):
@@ -89,6 +94,19 @@ def test_resume_is_bit_identical(resumed, trained):
   assert int(resumed["half"].step) == 4
   assert int(resumed["state"].step) == _config().train.num_steps
   _assert_trees_equal(trained, resumed["state"])
+
+
+def test_the_schedule_history_spans_a_resume(resumed, trained_run):
+  """The schedule-history heatmap's rows are kept with each checkpoint
+  (<workdir>/schedule_history.npz): the resumed run's rows are the uninterrupted run's, the
+  steps before the resume included (they were lost with the process before)."""
+  straight = diagnostics.load_history(trained_run[0], 8)
+  kept = diagnostics.load_history(resumed["workdir"], 8)
+  assert [s for s, _ in resumed["history_at_4"]] == [2, 4]
+  assert [s for s, _ in kept] == [s for s, _ in straight] == [2, 4, 6, 8]
+  for (_, a), (_, b) in zip(kept, straight, strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert [s for s, _ in diagnostics.load_history(resumed["workdir"], 5)] == [2, 4]  # from 5
 
 
 def test_a_leafwise_run_resumes_with_the_flat_optimizer(tmp_path):
@@ -157,7 +175,9 @@ def resumed(tmp_path_factory):
       out[key] = jax.device_get(train.train_and_evaluate(config, workdir))
 
     out["fresh"] = _count_compiles(lambda: run("half", _config(**{"train.num_steps": 4})))
+    out["history_at_4"] = diagnostics.load_history(workdir, 4)
     out["resumed"] = _count_compiles(lambda: run("state", _config()))
+    out["workdir"] = workdir
   return out
 
 
