@@ -387,6 +387,13 @@ def score(
   todo, counts, skipped = [], set(), 0  # todo: (record without fid, images)
   for path in sample_paths:
     arrays, record = read_samples(path)
+    if "samples" in arrays and "data_scale" in arrays:  # sample_files.write_samples' format
+      raise ValueError(
+        f"{path} is the samples.npz of a run or of `python -m infonoise_jax.sample`, not a "
+        "compare_schedules --save_samples file (arrays '<arm>__seed<k>__step<N>'): score a "
+        "run's model with `python -m infonoise_jax.evaluate --workdir=<the run>`, which draws "
+        "the samples and takes the reference (data, image size, binarization) from the run"
+      )
     check_samples_data(
       path, record, reference, data_digest, binarize, listing, log, image_size, image_key
     )
@@ -579,4 +586,6 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-  main()
+  from infonoise_jax import cli
+
+  cli.run_command(main)  # a user error is one `error:` line (INFONOISE_DEBUG=1: the traceback)

@@ -109,8 +109,13 @@ def quiet_closed_event_loops(unraisable) -> None:
   sys.__unraisablehook__(unraisable)
 
 
-def run_command(fn: Callable[[], object], debug: bool = False) -> None:
-  """Runs a command's body; ends the process as the module docstring says."""
+SET_HINT = " (this command takes config keys as --set KEY=VALUE)"
+
+
+def run_command(fn: Callable[[], object], debug: bool = False, takes_set: bool = False) -> None:
+  """Runs a command's body; ends the process as the module docstring says. `takes_set`: the
+  command sets config keys with `--set KEY=VALUE` (sample, evaluate, diagnose), so an error
+  that names the trainer's `--config.KEY` spelling (shared checks) says so (SET_HINT)."""
   debug = debug_requested(debug)
   if not debug:
     quiet = QuietLibraryErrors()
@@ -132,7 +137,10 @@ def run_command(fn: Callable[[], object], debug: bool = False) -> None:
     if debug or (isinstance(e, ImportError) and not is_missing_package(e)):
       raise
     hint = f"(--debug or {DEBUG_ENV}=1 shows the traceback)"
-    print(f"error: {one_line(e)} {hint}", file=sys.stderr, flush=True)
+    text = one_line(e)
+    if takes_set and "--config." in text:
+      text += SET_HINT
+    print(f"error: {text} {hint}", file=sys.stderr, flush=True)
     if isinstance(e, SaveFailedError):
       # Orbax's writer threads of the failed save can stay blocked (on the part that failed)
       # and print a traceback each at interpreter shutdown: everything of ours is closed and

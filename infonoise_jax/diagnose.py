@@ -457,7 +457,7 @@ def parse(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
   args = parse(argv)
-  cli.run_command(lambda: _command(args), args.debug)
+  cli.run_command(lambda: _command(args), args.debug, takes_set=True)
 
 
 def _command(args: argparse.Namespace) -> None:

@@ -106,6 +106,8 @@ def evaluate(
     source = load_source(config)
     restore.check_data_shape(workdir, config, source.shape, meta["data_shape"])
   given_stats = fid.load_stats(given) if given else None  # read (and checked) once, early
+  if not given:  # the reference's images (too few: said before the weights are loaded)
+    source = model_fid.reference_source(config, source)
   extractor = model_fid.make_extractor(config, make_mesh(devices), weights)  # missing: fail here
   run = restore.restore_run(workdir, step, devices)
   if not given:  # given statistics: not the run's data
@@ -383,7 +385,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
   a = _parse(argv)
-  cli.run_command(lambda: _command(a), a.debug)
+  cli.run_command(lambda: _command(a), a.debug, takes_set=True)
 
 
 def _command(a: argparse.Namespace) -> None:

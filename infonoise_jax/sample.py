@@ -137,7 +137,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
   a = _parse(argv)
-  cli.run_command(lambda: _command(a), a.debug)
+  cli.run_command(lambda: _command(a), a.debug, takes_set=True)
 
 
 def _command(a: argparse.Namespace) -> None:

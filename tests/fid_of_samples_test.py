@@ -344,6 +344,15 @@ def test_samples_of_other_data_are_refused_before_any_work(tmp_path, monkeypatch
   path = _save_as_the_harness(tmp_path / "digits", data_cfg, {"x__seed0__step1": train[:8]})
   with pytest.raises(ValueError, match="data.name='digits'"):
     fid_of_samples.main(argv(path, f"--data_dir={fashion}"))
+  # The samples.npz of a run or of the sample command (sample_files.write_samples, with its
+  # data record): pointed at evaluate, not a chain of flag fixes ending in bad array names.
+  from infonoise_jax.sample_files import data_record, write_samples
+
+  write_samples(
+    str(tmp_path / "sampled"), train[:8] / 127.5 - 1, 1.0, True, step=4, **data_record(fashion_cfg)
+  )
+  with pytest.raises(ValueError, match=r"samples.npz of a run or of .*infonoise_jax.evaluate"):
+    fid_of_samples.main(argv(tmp_path / "sampled" / "samples.npz", f"--data_dir={fashion}"))
   assert work == {"extractors": 0, "loads": 0} and not out.exists()
 
   # The matching flags score them; so do the same own images copied elsewhere (another

@@ -221,7 +221,12 @@ def _huge_npz(path):
     (lambda d: np.save(d / "x.npy", _pixels()[0, 0]), "must be an array (N, H, W)"),
     (  # rows of flattened images (MNIST's 784 values, CIFAR-10's 3072 channel-first)
       lambda d: np.save(d / "x.npy", _pixels(channels=1).reshape(12, 64)),
-      "got shape (12, 64); rows of flattened images: save x.reshape(-1, 8, 8)",
+      "got shape (12, 64); if it is one grayscale image of 12x64, save x[None] (one image is "
+      "too few to learn from: give many); if rows of flattened images, save x.reshape(-1, 8, 8)",
+    ),
+    (  # one grayscale image without its N axis: not read as 16 images of 4x4
+      lambda d: np.save(d / "x.npy", _pixels(1, 16, 1)[0, :, :, 0]),
+      "got shape (16, 16); if it is one grayscale image of 16x16, save x[None]",
     ),
     (
       lambda d: np.save(d / "x.npy", _pixels().transpose(0, 3, 1, 2).reshape(12, 192)),
@@ -497,3 +502,23 @@ def test_a_workdir_inside_the_data_folder_is_refused_before_anything_is_written(
   beside = tmp_path / "imgs_run"  # a sibling whose name starts the same is not inside
   workdir_lib.check_outside_data(str(beside), str(tmp_path / "imgs"))
   workdir_lib.check_outside_data(str(tmp_path / "imgs" / "run"), str(tmp_path / "x.npy"))
+
+
+def test_fid_on_one_image_is_refused_before_the_weights_load(tmp_path, monkeypatch):
+  """FID on a data set of one image ended, after the Inception weights loaded and the
+  reference was computed (a minute on 2 cores), in 'need at least 2 feature vectors'. It is
+  now refused before the weights are touched, naming the count and the ways out."""
+  from infonoise_jax.data.sources import load_source
+  from infonoise_jax.evaluation import model_fid
+  from infonoise_jax.mesh import make_mesh
+
+  np.save(tmp_path / "one.npy", _pixels(n=1))
+  config = _config(tmp_path / "one.npy")
+  config.train.fid_every = 4
+  monkeypatch.setattr(model_fid, "make_extractor", lambda *a, **k: pytest.fail("weights loaded"))
+  with pytest.raises(
+    ValueError, match=r"1 image, and a Frechet distance needs at least 2.*fid_every=0"
+  ):
+    model_fid.PeriodicFID(config, make_mesh(), load_source(config))
+  np.save(tmp_path / "two.npy", _pixels(n=2))
+  assert model_fid.reference_source(_config(tmp_path / "two.npy")).num_examples == 2

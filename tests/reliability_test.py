@@ -955,6 +955,12 @@ def test_a_missing_optional_package_is_one_line_and_a_broken_import_a_traceback(
   with pytest.raises(SystemExit):
     cli.run_command(raise_(noted))
   assert "Close names: plain, mnist_like" in capsys.readouterr().err
+  # A shared check names the trainer's --config.KEY; sample/evaluate/diagnose take --set.
+  shared = ValueError("fixes: a shorter --config.data.seq_len")
+  for takes_set, says in ((True, cli.SET_HINT), (False, "")):
+    with pytest.raises(SystemExit):
+      cli.run_command(raise_(shared), takes_set=takes_set)
+    assert f"seq_len{says} (--debug" in capsys.readouterr().err
 
 
 def test_a_ctrl_c_that_stops_at_once_is_one_line(capsys, monkeypatch):

@@ -463,7 +463,8 @@ def _read_image_folder(folder: str, max_bytes: int) -> np.ndarray:
       raise ValueError(
         f"data.path: {f} has transparent pixels (alpha < 255), and the model sees no alpha: "
         "flatten the images onto a background first (e.g. with PIL, Image.alpha_composite("
-        "Image.new('RGBA', im.size, 'white'), im.convert('RGBA')).convert('RGB'))"
+        "Image.new('RGBA', im.size, 'white'), im.convert('RGBA')).convert(m), m 'RGB' for "
+        "colour images, 'L' for grayscale ones)"
       )
     out[i] = pixels.reshape(out.shape[1:])
   return out
@@ -604,10 +605,15 @@ def _as_nhwc(x: np.ndarray, path: str) -> np.ndarray:
 
 
 def _flat_fix(shape: tuple[int, ...]) -> str:
-  """For rows of flattened square images (MNIST as 784 values, CIFAR-10's 3072 stored
-  channel-first), the reshape that makes them images; '' for other shapes."""
+  """For a 2-D array: one grayscale image (x[None]), or rows of flattened square images (MNIST
+  as 784 values, CIFAR-10's 3072 stored channel-first) and the reshape that makes them
+  images; '' for other shapes."""
   if len(shape) != 2:
     return ""
+  one = (
+    f"; if it is one grayscale image of {shape[0]}x{shape[1]}, save x[None] (one image is "
+    "too few to learn from: give many)"
+  )
   rgb = shape[1] // 3 if shape[1] % 3 == 0 else 0
   s, s3 = (math.isqrt(n) if math.isqrt(n) ** 2 == n else 0 for n in (shape[1], rgb))
   hints = [f"x.reshape(-1, {s}, {s})" + (" if they are gray" if s3 else "")] if s else []
@@ -616,7 +622,7 @@ def _flat_fix(shape: tuple[int, ...]) -> str:
       f"x.reshape(-1, 3, {s3}, {s3}).transpose(0, 2, 3, 1) if they are RGB stored channel-first "
       f"(CIFAR-10's layout; x.reshape(-1, {s3}, {s3}, 3) if channel-last)"
     )
-  return "; rows of flattened images: save " + ", or ".join(hints) if hints else ""
+  return one + ("; if rows of flattened images, save " + ", or ".join(hints) if hints else "")
 
 
 def _pixel_range(x: np.ndarray, path: str) -> float:

@@ -89,6 +89,25 @@ def make_extractor(
   return global_features(extractor)
 
 
+def reference_source(config: ml_collections.ConfigDict, source: Source | None = None) -> Source:
+  """The images FID's reference statistics are computed from: `source`, else the run's train
+  split (loaded here), checked to be images, at least 2 of them (a covariance), before any
+  Inception weights are loaded."""
+  if source is None:
+    train_config = config.copy_and_resolve_references()
+    train_config.data.split = "train"
+    source = load_source(train_config)
+  check_images(source.shape, source.name)
+  if source.num_examples < 2:
+    raise ValueError(
+      f"FID's reference is {source.describe()}: {source.num_examples} image, and a Frechet "
+      "distance needs at least 2 (a covariance; thousands for a meaningful one). Point the "
+      "data at more images, give reference statistics (fid.ref_stats, or evaluate's "
+      "--ref_stats), or leave FID out (train.fid_every=0)"
+    )
+  return source
+
+
 def load_reference(
   config: ml_collections.ConfigDict,
   extractor: fid.FeatureFn,
@@ -103,11 +122,7 @@ def load_reference(
   path = ref_stats or config.fid.ref_stats
   if path:
     return fid.load_stats(path), path  # not statistics of Inception features: named
-  if source is None:
-    train_config = config.copy_and_resolve_references()
-    train_config.data.split = "train"
-    source = load_source(train_config)
-  check_images(source.shape, source.name)
+  source = reference_source(config, source)
   name = reference_name(config)
   where = fid.reference_stats_path(config.fid.cache_dir, name)
   logging.info("FID reference statistics of %s: %s", source.describe(), where)
@@ -181,8 +196,10 @@ class PeriodicFID:
       raise ValueError(f"train.fid_num_samples must be >= 2, got {config.train.fid_num_samples}")
     self.num = int(config.train.fid_num_samples)
     self.scale = float(config.data.scale)
-    self.extractor = extractor or make_extractor(config, mesh)
     train_source = source if config.data.split == "train" else None  # else: load train
+    if not config.fid.ref_stats:  # too few images: said before the weights are loaded
+      train_source = reference_source(config, train_source)
+    self.extractor = extractor or make_extractor(config, mesh)
     self.ref, self.ref_path = load_reference(config, self.extractor, source=train_source)
     for note in fid_notes(self.num, self.ref.n, "train.fid_num_samples"):
       logging.warning("train.fid_every: %s", note)
