@@ -81,6 +81,22 @@ class SaveFailedError(CheckpointError):
   pass
 
 
+# How a collective of several processes reports a peer that is gone (Gloo on CPU hosts, the
+# coordination service and NCCL/ICI elsewhere), lower-cased.
+PEER_LOST_SIGNS = (
+  "gloo",
+  "connection reset",
+  "connection refused",
+  "connection closed",
+  "socket closed",
+  "coordination service",
+  "heartbeat",
+  "deadline_exceeded",
+  "barrier timed out",
+  "task has died",
+)
+
+
 class CorruptCheckpointError(CheckpointError):
   def __init__(self, message: str, step: int):
     super().__init__(message)
@@ -270,6 +286,13 @@ class Checkpointer:
     self._failed, self._pending = True, None
     cause = _cause(e) if e is not None else "the save ended without writing the step"
     kept = [s for s in saved_steps(self.workdir) if s != step]
+    if jax.process_count() > 1 and any(sign in cause.lower() for sign in PEER_LOST_SIGNS):
+      return PeerLostError(
+        f"Saving checkpoint step {step} failed because another process of this run is gone "
+        f"({cause}); the folder is fine and earlier checkpoints are kept ({kept or 'none'}). "
+        f"Restart every process with the same command to resume (exit code "
+        f"{PeerLostError.exit_code}, as a preemption)"
+      )
     return SaveFailedError(
       f"Saving checkpoint step {step} in {self.directory} failed: {cause}. Earlier "
       f"checkpoints are kept ({kept or 'none'}); fix the folder (space, permissions) and "
@@ -539,6 +562,14 @@ class Checkpointer:
 
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: saved and stopped early; requeue the same command
+
+
+class PeerLostError(SaveFailedError):
+  """A save of a run of several processes failed because another process of the run is gone
+  (a lost host: its collective connection reset, timed out or refused): nothing is wrong with
+  the folder, and the run is to be requeued like a preemption."""
+
+  exit_code = PREEMPTED_EXIT_CODE
 
 
 class Preempted(Exception):

@@ -379,7 +379,10 @@ def non_finite_error(
   good checkpoint `checkpoint_path` (None: none saved yet)."""
   what = ", ".join(f"{name} became {kind}" for name, kind in bad.items())
   where = (
-    f"last good checkpoint is kept at {checkpoint_path}"
+    f"last good checkpoint is kept at {checkpoint_path} (a rerun of the same command repeats "
+    "the same steps, and a resume may not change optim.* or the model: train again in a new "
+    "--workdir with a lower optim.lr, a longer optim.warmup_steps or a lower optim.grad_clip; "
+    "this workdir's checkpoints stay for sample/evaluate)"
     if checkpoint_path
     else "no checkpoint was saved before it (fix the setting and rerun with --fresh: this "
     "attempt's logs are then moved aside)"

@@ -352,13 +352,15 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   n_proc = jax.process_count()
   _require(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
   down = t.batch_size // n_dev * n_dev  # the multiples of the device count around the batch
+  fit = max(d for d in range(1, n_dev + 1) if t.batch_size % d == 0) if t.batch_size >= 1 else 1
   _require(
     t.batch_size % n_dev == 0,
     "train.batch_size",
     f"global batch {t.batch_size} is not divisible by the {n_dev} devices; use a multiple, "
     f"e.g. --config.train.batch_size={down + n_dev}{f' (or {down})' if down else ''}; a "
     f"resumed run keeps its batch: run it on a device count that divides {t.batch_size} (e.g. "
-    f"{max(d for d in range(1, n_dev + 1) if t.batch_size % d == 0)})",
+    f"{fit}: on a GPU host CUDA_VISIBLE_DEVICES={','.join(map(str, range(fit)))}, on a CPU "
+    f"host JAX_NUM_CPU_DEVICES={fit})",
   )
   _require(t.batch_size % n_proc == 0, "train.batch_size", f"not divisible by {n_proc} processes")
   _require(t.num_steps >= 1, "train.num_steps", f"must be >= 1, got {t.num_steps}")

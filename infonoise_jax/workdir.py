@@ -15,6 +15,7 @@ the same second can both proceed.
 
 import contextlib
 import datetime
+import errno
 import json
 import os
 import socket
@@ -32,6 +33,7 @@ from infonoise_jax.paths import is_remote, run_path
 
 LOCK_FILE = "run.lock"
 HEARTBEAT_S = 60.0  # how often the holder rewrites its lock's heartbeat
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 STALE_AFTER_S = 600.0  # a heartbeat this old means the holder is gone (10 missed beats)
 TENSORBOARD = "tensorboard"
 CORRUPT_CHECKPOINTS = "checkpoints_corrupt"  # unreadable steps, moved aside (checkpointing.py)
@@ -382,8 +384,20 @@ class Lock:
     self._mine = _holder()
     path.write_text(json.dumps(self._mine))
 
+  def _not_writable(self, e: OSError) -> WorkdirError:
+    return WorkdirError(
+      f"--workdir={self.workdir} cannot be written ({e.strerror}: {e.filename}): a run writes "
+      "its lock, checkpoints and logs there. Make it writable, or copy the run to a writable "
+      "--workdir to go on training (sample and evaluate read it where it is)"
+    )
+
   def _acquire_local(self) -> None:
-    os.makedirs(self.workdir, exist_ok=True)
+    try:
+      os.makedirs(self.workdir, exist_ok=True)
+    except OSError as e:
+      if e.errno in NOT_WRITABLE:
+        raise self._not_writable(e) from None
+      raise
     for _ in range(3):
       try:
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -401,6 +415,10 @@ class Lock:
         except FileNotFoundError:
           pass  # another run took it over first; the next O_EXCL decides
         continue
+      except OSError as e:  # a read-only file system or folder: said as such
+        if e.errno in NOT_WRITABLE:
+          raise self._not_writable(e) from None
+        raise
       holder = _holder()
       try:
         with os.fdopen(fd, "w") as f:

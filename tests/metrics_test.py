@@ -380,9 +380,11 @@ def test_check_finite_passes_finite_and_non_numeric():
 def test_check_finite_names_metric_steps_and_checkpoint():
   with pytest.raises(metrics.NonFiniteError) as info:
     metrics.check_finite({"loss": float("nan"), "lr": 1e-3}, (1200, 1300), "/ckpt/1000")
-  assert str(info.value) == (
+  assert str(info.value).startswith(
     "loss became NaN between steps 1200 and 1300; last good checkpoint is kept at /ckpt/1000"
   )
+  # a rerun repeats the steps and a resume refuses optim.*: the way on is a new workdir
+  assert "train again in a new --workdir with a lower optim.lr" in str(info.value)
   assert isinstance(info.value, FloatingPointError)
   assert info.value.step_range == (1200, 1300)
 

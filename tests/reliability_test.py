@@ -369,6 +369,27 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(trained, tmp_path):
   assert not (workdir / "run.lock").exists()
 
 
+def test_a_read_only_workdir_is_named_as_such(tmp_path, monkeypatch):
+  """A resume on a read-only copy of a run said only "[Errno 30] Read-only file system:
+  '.../run.lock'"; now the workdir, the cause and the ways on."""
+  import errno
+  import os
+
+  real_open = os.open
+
+  def read_only(path, *args, **kwargs):
+    if str(path).endswith("run.lock"):
+      raise OSError(errno.EROFS, "Read-only file system", str(path))
+    return real_open(path, *args, **kwargs)
+
+  monkeypatch.setattr(workdir_lib.os, "open", read_only)
+  with pytest.raises(workdir_lib.WorkdirError, match=r"cannot be written \(Read-only file sys"):
+    workdir_lib.Lock(str(tmp_path)).acquire()
+  assert "copy the run to a writable --workdir" in str(
+    pytest.raises(workdir_lib.WorkdirError, workdir_lib.Lock(str(tmp_path)).acquire).value
+  )
+
+
 def test_a_lock_whose_heartbeat_stopped_is_taken_over_from_any_host(tmp_path):
   """A run killed outright on another host (a lost VM, SIGKILL) cannot be checked by pid: its
   lock is stale once its heartbeat is older than STALE_AFTER_S, and a live one, renewed by
@@ -393,6 +414,34 @@ def test_a_lock_whose_heartbeat_stopped_is_taken_over_from_any_host(tmp_path):
   finally:
     holder.release()
   assert not lock_file.exists()
+
+
+def test_a_save_that_lost_another_process_is_a_requeue_not_a_bad_folder(tmp_path, monkeypatch):
+  """Two processes, one killed: the survivor's save failed in its collective ("Gloo AllGather
+  failed ... Connection reset by peer") and was reported as a folder problem, exit code 1, so
+  a scheduler that requeues on 75 let the run die. With several processes such a cause is a
+  PeerLostError (exit 75, the folder called fine); one process keeps the folder message."""
+  from infonoise_jax import checkpointing, cli
+
+  ckpt = checkpointing.Checkpointer(str(tmp_path), keep=1)
+  lost = RuntimeError("UNKNOWN: Gloo AllGather failed: Connection reset by peer")
+  assert type(ckpt._save_failed(8, lost)) is checkpointing.SaveFailedError  # one process
+  monkeypatch.setattr(checkpointing.jax, "process_count", lambda: 2)
+  error = ckpt._save_failed(8, lost)
+  assert isinstance(error, checkpointing.PeerLostError)
+  assert "another process of this run is gone" in str(error) and "folder is fine" in str(error)
+  assert type(ckpt._save_failed(8, OSError(28, "No space left"))) is checkpointing.SaveFailedError
+  ckpt.close()
+
+  def fail():
+    raise error
+
+  exits = []
+  monkeypatch.setattr(cli.os, "_exit", lambda code: exits.append(code) or sys.exit(code))
+  monkeypatch.setattr(cli.logging_lib, "shutdown", lambda: None)  # this process goes on
+  with pytest.raises(SystemExit):
+    cli.run_command(fail)
+  assert exits == [checkpointing.PREEMPTED_EXIT_CODE]
 
 
 def test_a_declined_save_is_an_error(trained, tmp_path, monkeypatch):

@@ -440,10 +440,11 @@ def test_an_indivisible_batch_names_both_fixes():
   count that divides the batch too."""
   from infonoise_jax.validation import validate_config
 
-  want = r"batch_size=16 \(or 8\); a resumed run .* divides 12 \(e.g. 6\)"
+  want = r"batch_size=16 \(or 8\); a resumed run .* divides 12 \(e.g. 6: on a GPU host "
+  want += r"CUDA_VISIBLE_DEVICES=0,1,2,3,4,5, on a CPU host JAX_NUM_CPU_DEVICES=6\)"
   with pytest.raises(ValueError, match=want):
     validate_config(_config(**{"train.batch_size": 12}), num_devices=8)
-  with pytest.raises(ValueError, match=r"batch_size=8; a resumed run .* divides 5 \(e.g. 5\)"):
+  with pytest.raises(ValueError, match=r"batch_size=8; a resumed run .* divides 5 \(e.g. 5:"):
     validate_config(_config(**{"train.batch_size": 5}), num_devices=8)
 
 
