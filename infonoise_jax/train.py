@@ -1012,6 +1012,8 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
       elif checkpoint:  # no next step follows: probe one on a copy, and save now
         jax.block_until_ready(state)  # the steps queued until now are training time
         saving = time.monotonic()
+        if stop and log.window is not None:  # a preemption mid-window: its steps are logged
+          log.end_window(step, state)
         log.flush(step)  # a NaN state is never saved over a good checkpoint
         writer.flush()  # the windows up to the step are on disk before the step is
         check_before_save(run, train_step, state, step, log.last_good())

@@ -1303,3 +1303,37 @@ def test_a_step_trained_before_the_data_moved_is_named_when_scored(tmp_path):
   assert len(resume.data_changes_since(str(tmp_path), 200)) == 1  # the checkpoint at the resume
   assert resume.data_changes_since(str(tmp_path), 201) == []
   assert resume.data_changes_since(str(tmp_path / "no_history"), 1) == []
+
+
+def test_a_preemption_mid_window_logs_the_steps_it_took(tmp_path, monkeypatch):
+  """SIGTERM at step 3 of a 4-step log window: the window's 3 steps were never logged (the
+  stopped attempt's loss ended at the window before). They are now logged at the stopped step
+  and kept across the resume, whose first window is the rest of the interval."""
+  import os
+  import signal
+
+  from tensorboard.backend.event_processing import event_accumulator
+
+  from infonoise_jax import diagnostics
+
+  real = diagnostics.write_images
+
+  def signalled(run, state, writer, workdir, step, log):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real(run, state, writer, workdir, step, log)
+
+  monkeypatch.setattr(diagnostics, "write_images", signalled)
+  overrides = {"train.num_steps": 8, "train.log_every": 4, "train.sample_every": 3}
+  overrides["train.checkpoint_every"] = 100
+  workdir = tmp_path / "run"
+  with pytest.raises(checkpointing.Preempted, match="step 3 saved"):
+    train.train_and_evaluate(_config(**overrides), str(workdir))
+  monkeypatch.setattr(diagnostics, "write_images", real)
+  train.train_and_evaluate(_config(**overrides), str(workdir))
+  steps = []
+  for events in sorted((workdir / "tensorboard").glob("events.out.tfevents.*")):
+    acc = event_accumulator.EventAccumulator(str(events))
+    acc.Reload()
+    steps += [e.step for e in acc.Scalars("loss")] if "loss" in acc.Tags()["scalars"] else []
+  assert sorted(steps) == [3, 4, 8]
+  assert [s for s, _ in diagnostics.load_history(str(workdir), 8)] == [3, 4, 8]
