@@ -15,10 +15,12 @@ import sys
 
 import jax
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 
 from infonoise_jax import cli, train
 from infonoise_jax.mesh import configure_compilation_cache, initialize_distributed
+from infonoise_jax.paths import is_remote
 from infonoise_jax.validation import (
   config_dir,
   did_you_mean,
@@ -74,15 +76,16 @@ def _resolve_config_arg(argv: list[str]) -> list[str]:
   `resolve_config_path`, so the shipped configs are found from any directory."""
 
   def resolve(value: str) -> str:
-    path, sep, variant = value.partition(":")
-    if path.endswith(".json"):  # a run's config.json: read by the shipped configs/run_json.py
-      given = os.path.abspath(os.path.expanduser(path))
-      if sep or not os.path.isfile(given):
-        why = "takes no ':variant'" if sep else "not found"
+    if value.endswith(".json"):  # a run's config.json (local or gs://): configs/run_json.py
+      given = value if is_remote(value) else os.path.abspath(os.path.expanduser(value))
+      if not epath.Path(given).is_file():
         raise app.UsageError(
-          f"--config={value}: {why} (a run's config.json, e.g. runs/a/config.json)"
+          f"--config={value}: not found (a run's config.json, e.g. runs/a/config.json)"
         )
       return f"{config_dir() / 'run_json.py'}:{given}"
+    path, sep, variant = value.partition(":")
+    if path.endswith(".json"):
+      raise app.UsageError(f"--config={value}: a run's config.json takes no ':variant'")
     try:
       return f"{resolve_config_path(path)}{sep}{variant}"
     except FileNotFoundError as e:

@@ -11,6 +11,7 @@ import difflib
 import importlib.util
 import json
 import math
+import os
 import pathlib
 
 import jax
@@ -52,14 +53,15 @@ def load_config_file(path: str | pathlib.Path, arg: str | None = None) -> ml_col
   """Loads `get_config(arg)` from a config file by path (as ml_collections' flags do); a path
   that does not exist is looked up among the shipped configs (`resolve_config_path`). A run's
   `config.json` (a `.json` path) is read as that run's config (`config_from_json`)."""
-  if str(path).endswith(".json"):
+  if str(path).endswith(".json"):  # local or gs://
     if arg:
       raise ValueError(f"{path}:{arg}: a run's config.json takes no ':variant'")
-    if not pathlib.Path(path).expanduser().is_file():
+    given = epath.Path(os.path.expanduser(str(path)))
+    if not given.is_file():
       raise FileNotFoundError(
         f"Config file {str(path)!r} not found (relative to {pathlib.Path.cwd()})"
       )
-    return config_from_json(pathlib.Path(path).expanduser())
+    return config_from_json(given)
   path = resolve_config_path(path)
   spec = importlib.util.spec_from_file_location(path.stem, path)
   module = importlib.util.module_from_spec(spec)

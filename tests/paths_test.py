@@ -102,6 +102,19 @@ def test_a_bucket_lock_is_refused_while_its_heartbeat_lives_and_taken_over_after
   assert not gcs.exists(f"{RUN}/run.lock")
 
 
+def test_a_runs_config_json_in_the_bucket_is_a_config(gcs):
+  """--config=gs://.../config.json: the path is not split at its scheme's colon, and the
+  file is read from the bucket."""
+  from infonoise_jax import main
+  from infonoise_jax.validation import load_config_file
+
+  config = default_config("lognormal")
+  gcs.pipe_file(f"{RUN}/config.json", config.to_json_best_effort().encode())
+  resolved = main._resolve_config_arg(["main", f"--config={RUN}/config.json"])[1]
+  assert resolved.endswith(f"run_json.py:{RUN}/config.json")
+  assert load_config_file(f"{RUN}/config.json").to_dict() == config.to_dict()
+
+
 def test_checkpoint_directory_stays_remote(gcs, monkeypatch):
   assert checkpointing.saved_steps(RUN) == []
   gcs.mkdir(f"{RUN}/checkpoints/4")
