@@ -2,13 +2,12 @@
 
 A bad file, key, value, data set, checkpoint or workdir, a failed save, a NaN and missing
 weights end the process with `error: <what happened and the fix>` on stderr and exit code 1;
-a preempted run that saved its checkpoint, or one stopped by SIGTERM before its first step
-(nothing to save), or a save of several processes that failed because another process of
-the run is gone (a lost host), exits with PREEMPTED_EXIT_CODE (75) so a scheduler requeues it;
-a Ctrl-C
-that stops at once (a training run's second one) says so in one line, exit code 130. `--debug`
-or INFONOISE_DEBUG=1 shows the full traceback instead (and the libraries' own error logs);
-anything else (a bug) always shows it.
+a preempted run that saved its checkpoint, one stopped by SIGTERM before its first step
+(nothing to save), or a save of several processes that failed because another process of the
+run is gone (a lost host), exits with PREEMPTED_EXIT_CODE (75) so a scheduler requeues it; a
+Ctrl-C that stops at once (a training run's second one) says so in one line, exit code 130.
+`--debug` or INFONOISE_DEBUG=1 shows the full traceback instead (and the libraries' own error
+logs); anything else (a bug) always shows it.
 """
 
 import argparse
