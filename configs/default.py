@@ -9,6 +9,8 @@ download), a few minutes on a 2-core CPU.
 
 import ml_collections
 
+VARIANTS = ("binarized", "mlp", "fashion")  # the variant words besides the schedule names
+
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   """The default config; `variant` is a comma list from `configs/default.py:<variant>`.
@@ -37,7 +39,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     else:
       raise ValueError(
         f"Unknown config variant {token!r} (of the variants {variant!r}). "
-        f"Valid: {', '.join(SCHEDULES)}, binarized, mlp, fashion."
+        f"Valid: {', '.join(SCHEDULES)}, {', '.join(VARIANTS)}."
       )
   if c.data.name == "fashion_mnist_local" and not c.data.binarize:
     c.schedule.infonoise.update(FASHION_CONTINUOUS_INFONOISE)

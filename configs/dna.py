@@ -25,6 +25,9 @@ default = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(default)
 
 
+VARIANTS = ("cpu",)  # the variant words besides the schedule names
+
+
 def token_config(data_name: str, seq_len: int, variant: str) -> ml_collections.ConfigDict:
   """The token-data recipe shared by configs/dna.py and configs/text.py."""
   from infonoise_jax.schedules import SCHEDULES  # the one list of schedule names
@@ -66,7 +69,9 @@ def token_config(data_name: str, seq_len: int, variant: str) -> ml_collections.C
       c.sampler.num_steps = 16
       c.seq_metrics.classifier_steps = 200
     else:
-      raise ValueError(f"Unknown config variant {token!r}; valid: {', '.join(SCHEDULES)}, cpu")
+      raise ValueError(
+        f"Unknown config variant {token!r}; valid: {', '.join(SCHEDULES)}, {', '.join(VARIANTS)}"
+      )
   return c
 
 

@@ -414,6 +414,8 @@ def test_a_newly_registered_schedule_is_an_arm_of_its_name(monkeypatch):
   }
   with pytest.raises(ValueError, match="known: .*my_law"):
     compare_schedules.parse_arms("my_lw", None)
+  # a named arm of the same name would silently take the schedule's place (named_arms)
+  assert not set(compare_schedules.ARMS) & set(schedules.SCHEDULES), "rename the arm"
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,10 @@ CASES = {
   "laplace": ("laplace", {"schedule.laplace.mu": 1.0, "schedule.laplace.b": 0.7}),
   "cosine": ("cosine", {}),
   "cosine_shifted": ("cosine", {"schedule.cosine.shift": 1.5}),
+  # every registered fixed law at configs/default.py's values, so that one added as
+  # docs/schedules.md says is checked too (a density that does not integrate to 1, a sampler
+  # that disagrees with it) without an entry here
+  **{f"{name}_defaults": (name, {}) for name in schedules.FIXED},
 }
 
 
@@ -129,6 +133,24 @@ def test_registry_builds_every_name_and_its_config_variant():
     assert get_config(name).schedule.name == name  # `configs/default.py:<name>`
 
 
+def test_schedule_names_clash_with_nothing_else_read_in_their_place():
+  """A schedule registered under a word read another way where schedule names go shadows it,
+  or is shadowed, silently (probe of docs/schedules.md, 2026-12-07): 'mlp' made
+  `configs/default.py:fashion,mlp` a U-Net, 'run' broke `diagnose --schedules=run`, and
+  'cosine' replaced the built-in cosine law (its own KS case then passed)."""
+  from configs import default, dna
+  from infonoise_jax.schedules import adaptive, infonoise
+
+  reserved = {*default.VARIANTS, *dna.VARIANTS, "run"}  # config variants, diagnose's run
+  assert not reserved & set(schedules.SCHEDULES), "rename the schedule"
+  builtin = {
+    "infonoise": infonoise.InfoNoise, "lognormal": fixed.LogNormal, "loguniform": fixed.LogUniform,
+    "logitnormal": fixed.LogitNormal, "laplace": fixed.Laplace, "cosine": fixed.Cosine,
+    "cdcd": adaptive.CDCD, "vdmpp": adaptive.VDMPP, "iddpm": adaptive.IDDPM, "edm2": adaptive.EDM2,
+  }  # fmt: skip
+  assert {name: schedules.SCHEDULES.get(name) for name in builtin} == builtin
+
+
 @pytest.mark.parametrize("name", sorted(schedules.SCHEDULES))
 def test_dataclass_defaults_equal_the_default_config(name):
   # A schedule built in code with no arguments is the one `configs/default.py` builds.
@@ -146,6 +168,20 @@ def test_profile_capability_is_declared_not_guessed():
   for name, cls in schedules.SCHEDULES.items():
     schedule = schedules.make_schedule(_config(**{"schedule.name": name}))
     assert schedules.has_profile(schedule) == schedules.has_profile(name) == hasattr(cls, "profile")
+
+
+def test_a_schedule_registered_without_its_config_section_is_named(monkeypatch):
+  """docs/schedules.md's step 2 half done (registered, no `c.schedule.<name>` section): the
+  command line showed an AttributeError traceback; now one ValueError naming the section."""
+
+  class Mine(fixed.LogNormal):
+    config_sections = ("mine",)
+
+  monkeypatch.setitem(schedules.SCHEDULES, "mine", Mine)
+  config = _config()
+  config.schedule.name = "mine"
+  with pytest.raises(ValueError, match=r"reads schedule\.mine, which the config does not define"):
+    schedules.make_schedule(config)
 
 
 def test_unknown_name_lists_valid_names():

@@ -57,6 +57,13 @@ def make_schedule(config: ml_collections.ConfigDict) -> Schedule:
   name = config.schedule.name
   if name not in SCHEDULES:
     raise ValueError(f"schedule.name must be one of {', '.join(sorted(SCHEDULES))}; got {name!r}")
+  missing = [s for s in config_sections(name) or () if s not in config.schedule]
+  if missing:  # a schedule registered without its keys: said, not an AttributeError traceback
+    sections = ", ".join(f"schedule.{s}" for s in missing)
+    raise ValueError(
+      f"schedule.name={name!r} reads {sections}, which the config does not define: add the "
+      "section with its keys to configs/default.py (docs/schedules.md, step 2)"
+    )
   return SCHEDULES[name].from_config(config)
 
 
