@@ -34,7 +34,10 @@ TOTAL_IMAGES = 200_000_000  # EDM --duration=200 (Mimg)
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   """EDM CIFAR-10; `variant` is '' / 'ddpmpp' or 'ncsnpp'."""
   if variant not in ("", "ddpmpp", "ncsnpp"):
-    raise ValueError(f"Unknown variant {variant!r} for configs/cifar10_edm.py: ddpmpp | ncsnpp")
+    raise ValueError(
+      f"Unknown variant {variant!r} of the CIFAR-10 configs: ddpmpp | ncsnpp (the architecture; "
+      "the schedule is --config.schedule.name, e.g. =lognormal)"
+    )
   c = default.get_config()
   c.data.name = "tfds:cifar10"
   c.data.split = "train"
