@@ -157,7 +157,9 @@ def test_config_sections_name_exactly_the_schedule_sections_a_schedule_reads():
     for section in declared:
       without = config.copy_and_resolve_references()
       del without.schedule[section]
-      with pytest.raises((AttributeError, KeyError)):
+      with pytest.raises((AttributeError, KeyError)):  # the class itself reads it
+        schedules.SCHEDULES[name].from_config(without)
+      with pytest.raises(ValueError, match=f"reads schedule.{section},? "):  # said so by name
         schedules.make_schedule(without)
 
 
