@@ -103,6 +103,7 @@ from infonoise_jax.data.sources import (
 )
 from infonoise_jax.evaluation import fid, images, inception, report
 from infonoise_jax.mesh import configure_compilation_cache
+from infonoise_jax.sample_files import written_by_write_samples
 from infonoise_jax.validation import DEFAULT_CONFIG_PATH, load_config_file
 
 # --reference -> variant of configs/default.py; `images`: your own at --data_path (data.name);
@@ -387,7 +388,7 @@ def score(
   todo, counts, skipped = [], set(), 0  # todo: (record without fid, images)
   for path in sample_paths:
     arrays, record = read_samples(path)
-    if "samples" in arrays and "data_scale" in arrays:  # sample_files.write_samples' format
+    if written_by_write_samples(arrays):
       raise ValueError(
         f"{path} is the samples.npz of a run or of `python -m infonoise_jax.sample`, not a "
         "compare_schedules --save_samples file (arrays '<arm>__seed<k>__step<N>'): score a "

@@ -51,6 +51,12 @@ def write_samples(out: str, samples: np.ndarray, scale: float, is_image: bool, *
   return written
 
 
+def written_by_write_samples(names) -> bool:
+  """Whether an .npz's array `names` are `write_samples`' format (a run's or the sample
+  command's samples.npz), e.g. to refuse it where another format is read."""
+  return {"samples", "data_scale"} <= set(names)
+
+
 def samples_step(out: str) -> int | None:
   """The `step` recorded in `out`'s samples.npz (written last of a run's final outputs), or
   None if there is none or it cannot be read (a run killed while writing it leaves it cut

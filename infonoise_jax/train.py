@@ -402,10 +402,16 @@ def check_before_save(
 
 
 def _save(
-  run: Run, ckpt: checkpointing.Checkpointer, step: int, state: TrainState, background=False
+  run: Run,
+  ckpt: checkpointing.Checkpointer,
+  step: int,
+  state: TrainState,
+  history: list,
+  background=False,
 ) -> None:
   """Starts Orbax's save of `state` with the metadata that sample/evaluate need
-  (`background`: on the checkpointer's thread, for a state copy nothing else touches)."""
+  (`background`: on the checkpointer's thread, for a state copy nothing else touches), and
+  writes the schedule-history rows up to `step` beside it (a resume from it reads them)."""
   # The example shape lets sample/evaluate rebuild the model without the data; the config is
   # in <workdir>/config.json, and a copy here lets a resume check a workdir that lost it.
   meta = {"step": step, "data_shape": list(run.source.shape), "config": run.config_json}
@@ -413,6 +419,7 @@ def _save(
     meta["vocab"] = run.source.encoding.vocab
     meta["held_out"] = run.source.stats.held_out_digest  # resume / evaluate compare it
   (ckpt.save_in_background if background else ckpt.save)(step, state, meta=meta, force=True)
+  diagnostics.save_history(ckpt.workdir, history, step)
 
 
 CPU_COLLECTIVE_STEPS_IN_FLIGHT = 8  # at most, on several CPU devices (steps_in_flight)
@@ -501,8 +508,7 @@ def _finish_save(run: Run, ckpt, log: _WindowLogger, pending: _PendingSave) -> N
   if host_window is not None:
     metrics.check_finite(host_window, (pending.window[0], step), log.last_good())
   _check_guard(host, step, log.last_good())
-  _save(run, ckpt, step, pending.snapshot, background=True)  # the loop goes on meanwhile
-  diagnostics.save_history(ckpt.workdir, log.history, step)
+  _save(run, ckpt, step, pending.snapshot, log.history, background=True)  # the loop goes on
 
 
 class _AheadStep(NamedTuple):
@@ -1017,8 +1023,7 @@ def _loop(run: Run, workdir: str, ckpt, state: TrainState, periodic_fid, seq_eva
         log.flush(step)  # a NaN state is never saved over a good checkpoint
         writer.flush()  # the windows up to the step are on disk before the step is
         check_before_save(run, train_step, state, step, log.last_good())
-        _save(run, ckpt, step, state)
-        diagnostics.save_history(ckpt.workdir, log.history, step)
+        _save(run, ckpt, step, state, log.history)
         log.add_checkpoint_time(time.monotonic() - saving)
       if stop:
         ckpt.wait()
