@@ -821,9 +821,9 @@ def test_every_window_up_to_a_saved_step_is_on_disk_before_the_step(tmp_path, mo
   on_disk = {}
   real = train._save
 
-  def save(run, ckpt, step, state, background=False):
+  def save(run, ckpt, step, state, history, background=False):
     on_disk[step] = logged_loss_steps(workdir)
-    return real(run, ckpt, step, state, background=background)
+    return real(run, ckpt, step, state, history, background=background)
 
   monkeypatch.setattr(train, "_save", save)
   config = _config(**{"train.num_steps": 24, "train.log_every": 4, "train.checkpoint_every": 8})
@@ -1063,9 +1063,9 @@ def test_a_periodic_save_starts_within_half_an_interval_with_many_steps_in_fligh
     dispatched.append(1)
     return add(self, step_metrics)
 
-  def recorded(run, ckpt, step, state, background=False):
+  def recorded(run, ckpt, step, state, history, background=False):
     saves.append((step, len(dispatched)))
-    return save(run, ckpt, step, state, background)
+    return save(run, ckpt, step, state, history, background)
 
   monkeypatch.setattr(train._WindowLogger, "add", counted)
   monkeypatch.setattr(train, "_save", recorded)
