@@ -88,9 +88,12 @@ def test_trainer_bench_reads_the_trainers_window_throughput(tmp_path):
   assert r["steps_per_s"] > 0 and r["seconds"] > 0 and r["wall_s"] > r["seconds"]
   assert [w[0] for w in r["windows"]] == [2, 4, 6, 8]  # (end step, steps/s, seconds, ...)
   assert all(w[1] > 0 and w[2] > 0 and min(w[3:]) >= 0 for w in r["windows"])
-  # the window's seconds are its steps at its rate; the loop's waits fit inside them
+  # the window's seconds are its steps at its rate
   assert [w[2] for w in r["windows"]][1:] == pytest.approx([2 / w[1] for w in r["windows"]][1:])
-  assert all(sum(w[4:]) <= w[2] + 1e-3 for w in r["windows"])  # the first: no compile in it
+  # the loop's waits are host time, a window's seconds device time (finish to finish): a host
+  # running ahead can wait in one window for steps the device finished in the one before, so
+  # only the run's total bounds them
+  assert sum(sum(w[4:]) for w in r["windows"]) <= r["wall_s"]
   run = train.Run(config, str(tmp_path / "unused"))
   bare = trainer_bench.bare_step(run, iters=2, repeats=2)
   assert bare["step_s"] > 0 and len(bare["rounds_s"]) == 2 and bare["flops"].flops > 0
