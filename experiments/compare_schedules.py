@@ -109,7 +109,8 @@ from infonoise_jax.validation import (
 # Adaptive peers on InfoNoise's terms (issue 12 item 4): an arm with FAIR set takes the resolved
 # config's InfoNoise warm-up, bin count and memory (its EMA of beta per refresh of M steps is
 # beta^(1/M) per step). The peers still update every step (as in their papers) and keep their
-# uniform floor (VDM++ / iDDPM importance weights need p > 0). EDM2 has no bins or warm-up (it
+# uniform floor (VDM++ / iDDPM importance weights need p > 0; for CDCD, which has no importance
+# weights, the floor is part of the objective: docs/schedules.md). EDM2 has no bins or warm-up (it
 # learns a weight with its own Adam from step 0), so it has no fair variant.
 FAIR = "fair"
 # Named arms beyond the one per registered schedule that `named_arms` adds under its name.

@@ -102,7 +102,8 @@ class Sampler:
 
   def warn_if_profile_unlearned(self, schedule_state, step: int) -> None:
     """InfoGrid on a checkpoint whose InfoNoise profile was never estimated (0 refreshes: the
-    run stopped inside the warm-up) follows the schedule's initial density, not the data's."""
+    run stopped inside the warm-up) follows the estimator's initial profile (m = 1, so
+    q = 1 / sigma^2 under the gate), not the data's."""
     refreshes = schedule_state.get("refreshes") if isinstance(schedule_state, dict) else None
     if self.config.sampler.grid.startswith("infogrid") and refreshes is not None:
       if int(np.max(np.asarray(refreshes))) == 0:
@@ -110,7 +111,8 @@ class Sampler:
         logging.warning(
           "sampler.grid=%s: the checkpoint of step %d has no learned profile (the first "
           "refresh comes after schedule.infonoise.warmup_steps=%d), so this grid follows the "
-          "schedule's initial density; use a later checkpoint or --grid=karras",
+          "estimator's initial profile (1 / sigma^2 under the gate), not the data's; use a "
+          "later checkpoint or --grid=karras",
           self.config.sampler.grid, step, warmup,
         )  # fmt: skip
 

@@ -299,3 +299,32 @@ def test_warmup_samples_the_base_then_the_table():
 def test_invalid_values_name_the_key(key, value, cls):
   with pytest.raises(ValueError, match=rf"schedule\.adaptive\.{key}"):
     cls.from_config(_config(**{key: value}))
+
+
+def test_cdcd_floor_dominates_its_effective_allocation_at_low_noise():
+  """CDCD has no importance weights, so its uniform floor is part of the objective: on bits
+  (mmse closed form) its few draws below sigma = 0.01 carry most of pi * w, since the EDM
+  weight grows like 1 / sigma^2 there; with a negligible floor they carry almost none
+  (docs/schedules.md, under the table)."""
+  from infonoise_jax import edm, profiles
+  from infonoise_jax.schedules.base import weighted_density
+
+  sigma_data = 0.5
+  grid_G = jnp.linspace(math.log(0.002), math.log(80.0), 2001)
+  sigma_G = np.exp(np.asarray(grid_G))
+
+  def feed(l_B, key):
+    err_B = profiles.binary_mmse(jnp.exp(l_B), 0.5)
+    return err_B, err_B
+
+  shares = {}
+  for floor in (0.01, 1e-6):
+    schedule = adaptive.CDCD.from_config(_config(floor=floor))
+    state = _run(schedule, feed)
+    density_G = np.asarray(weighted_density(schedule, state, grid_G), np.float64)
+    phi_G = density_G * np.asarray(edm.loss_weight(jnp.asarray(sigma_G), sigma_data))
+    low = sigma_G < 0.01
+    shares[floor] = (density_G[low].sum() / density_G.sum(), phi_G[low].sum() / phi_G.sum())
+  draws, allocation = shares[0.01]
+  assert draws < 0.01 and allocation > 0.5
+  assert shares[1e-6][1] < 0.05
