@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU evidence of experiments/RESULTS.md (sections 14-37) on one GPU, step by step. To repeat a
+# The GPU evidence of experiments/RESULTS.md (sections 14-49) on one GPU, step by step. To repeat a
 # section before 28 add --eval_draw=per_step; before 25 also --set=schedule.infonoise.warmup_steps=500.
 #
 #   bash experiments/evidence.sh prepare                    # offline data + int16 FID weights

