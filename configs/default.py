@@ -20,12 +20,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   continuous images with InfoNoise's setting `FASHION_CONTINUOUS_INFONOISE`, while
   `fashion,binarized` keeps the library's InfoNoise setting).
   """
-  from infonoise_jax.schedules import SCHEDULES  # the one list of schedule names
+  from infonoise_jax.schedules import SCHEDULES, variant_schedule  # the one list of names
 
   c = _base_config()
+  c.schedule.name = variant_schedule(variant) or c.schedule.name
   for token in filter(None, (t.strip() for t in variant.split(","))):
     if token in SCHEDULES:
-      c.schedule.name = token
+      continue  # set above
     elif token == "binarized":
       c.data.binarize = True
       c.data.scale = 0.5  # docs/method.md's binarized data: {-0.5, +0.5}

@@ -30,7 +30,7 @@ VARIANTS = ("cpu",)  # the variant words besides the schedule names
 
 def token_config(data_name: str, seq_len: int, variant: str) -> ml_collections.ConfigDict:
   """The token-data recipe shared by configs/dna.py and configs/text.py."""
-  from infonoise_jax.schedules import SCHEDULES  # the one list of schedule names
+  from infonoise_jax.schedules import SCHEDULES, variant_schedule  # the one list of names
 
   c = default.get_config()
   c.data.name = data_name
@@ -56,9 +56,10 @@ def token_config(data_name: str, seq_len: int, variant: str) -> ml_collections.C
   c.train.eval_every = 1000
   c.train.eval_num_samples = 1024
   c.sampler.num_steps = 32
+  c.schedule.name = variant_schedule(variant) or c.schedule.name
   for token in filter(None, (t.strip() for t in variant.split(","))):
     if token in SCHEDULES:
-      c.schedule.name = token
+      continue  # set above
     elif token == "cpu":
       c.model.width, c.model.depth, c.model.num_heads = 64, 2, 4
       c.model.dtype = "float32"

@@ -201,6 +201,12 @@ def make_config(args, data: str, arm: dict, name: str = ""):
       raise ValueError(
         f"{flag} {key}=...: the harness sets {key} from its own flag; use {HARNESS_KEYS[key]}"
       )
+  named = [o.strip() for o in args.set or [] if o.partition("=")[0].strip() == "schedule.name"]
+  if named and "schedule.name" in arm:
+    raise ValueError(  # the arm's name won in silence, so a typo in it was never checked
+      f"--set {named[-1]} and arm {name or '?'} both set schedule.name (the arm's "
+      f"{arm['schedule.name']!r}); choose schedules with --arms, not --set"
+    )
   path, _, variant = args.config.partition(":")
   c = load_for_data(path, variant, data)
   arm = dict(arm)

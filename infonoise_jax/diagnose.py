@@ -58,7 +58,7 @@ from infonoise_jax.data.sources import (
 )
 from infonoise_jax.evaluation import plots
 from infonoise_jax.schedules import FIXED, SCHEDULES, make_schedule, weighted_density
-from infonoise_jax.validation import apply_overrides, load_config_file
+from infonoise_jax.validation import apply_overrides, load_config_file, validate_config
 from infonoise_jax.workdir import check_outside_data
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x_BX, sigma_B) -> E[x0 | x]
@@ -471,6 +471,7 @@ def _command(args: argparse.Namespace) -> None:
     path, _, variant = args.config.partition(":")
     config = load_config_file(path, variant) if variant else load_config_file(path)
     apply_overrides(config, args.set)
+    validate_config(config)  # as training does: a bad key named before any work
   tokens = config.data.name in TOKEN_NAMES
   prior = args.prior or ("model" if args.workdir else "onehot" if tokens else "empirical")
   gate = args.gate

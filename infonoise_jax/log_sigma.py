@@ -30,6 +30,11 @@ def check_range(sigma_min: float, sigma_max: float, keys=("sigma_min", "sigma_ma
     raise ValueError(f"{hi_key} must be finite and > {lo_key} = {sigma_min!r}, got {sigma_max!r}")
 
 
+# Most bins of a binned estimator (InfoNoise, the adaptive peers): their refresh builds K x K
+# tables (InfoNoise's smoothing, the isotonic fit), which at 10^5 bins need tens of GiB.
+MAX_BINS = 4096
+
+
 def sigma_range(config: ml_collections.ConfigDict) -> tuple[float, float]:
   """The validated (edm.sigma_min, edm.sigma_max): the one noise range of a run."""
   lo, hi = float(config.edm.sigma_min), float(config.edm.sigma_max)

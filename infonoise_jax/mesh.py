@@ -9,6 +9,7 @@ import os
 from collections.abc import Sequence
 
 import jax
+from absl import logging
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
@@ -23,6 +24,11 @@ def initialize_distributed(config) -> None:
   s = config.system
   if not s.distributed:
     return
+  if s.num_processes > 0 and s.process_id >= s.num_processes:
+    raise ValueError(
+      f"system.process_id={s.process_id} with system.num_processes={s.num_processes}: process "
+      f"ids run from 0 to {s.num_processes - 1}"
+    )
   if jax.config.jax_platforms in (None, "", "cpu") and s.coordinator_address:
     # CPU collectives across processes (used by the localhost multi-process test).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -33,6 +39,17 @@ def initialize_distributed(config) -> None:
     kwargs["num_processes"] = s.num_processes
   if s.process_id >= 0:
     kwargs["process_id"] = s.process_id
+  # initialize() waits for every process in silence (minutes): say what it waits for first.
+  where = s.coordinator_address or "the coordinator the platform names (TPU VM, Slurm, ...)"
+  who = f"process {s.process_id}" if s.process_id >= 0 else "this process"
+  of = f" of {s.num_processes}" if s.num_processes > 0 else ""
+  logging.info(
+    "Multi-host start-up: %s%s connecting to %s; it waits until every process has joined (a "
+    "wrong system.coordinator_address or a process that never starts shows as a wait here).",
+    who,
+    of,
+    where,
+  )
   jax.distributed.initialize(**kwargs)
 
 

@@ -186,15 +186,22 @@ def validate_sampler_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"sampler.num_steps must be an int >= 1, got {s.num_steps!r}")
   checks = [
     ("sampler.rho", s.rho > 0, s.rho, "> 0"),
-    ("sampler.s_churn", s.s_churn >= 0, s.s_churn, ">= 0"),
-    ("sampler.s_noise", s.s_noise >= 0, s.s_noise, ">= 0"),
+    ("sampler.s_churn", 0 <= s.s_churn < math.inf, s.s_churn, "a finite number >= 0"),
+    ("sampler.s_noise", 0 <= s.s_noise < math.inf, s.s_noise, "a finite number >= 0"),
     ("sampler.s_tmin", 0 <= s.s_tmin <= s.s_tmax, s.s_tmin, ">= 0 and <= sampler.s_tmax"),
   ]
   for name, ok, value, want in checks:
     if not ok:
       raise ValueError(f"{name} must be {want}, got {value!r}")
-  log_sigma.sigma_range(config)
+  lo, hi = log_sigma.sigma_range(config)
   check_grid(config)
+  if s.grid == "karras":  # rho near 0 overflowed sigma^(1/rho) only when sampling, after training
+    grid = np.asarray(karras_sigmas(s.num_steps, lo, hi, s.rho))
+    if not (np.all(np.isfinite(grid)) and np.all(np.diff(grid) < 0)):
+      raise ValueError(
+        f"sampler.rho={s.rho!r} gives a Karras grid that overflows float32 (sigma^(1/rho) for "
+        f"sigma in [{lo:g}, {hi:g}]); use rho >= 1 (EDM: 7)"
+      )
   if s.name == "stochastic" and s.s_churn == 0 and ("churn", "stochastic", 0) not in _warned:
     _warned.add(("churn", "stochastic", 0))
     logger.warning(

@@ -346,6 +346,29 @@ def warn_if_schedule_never_adapts(config: ml_collections.ConfigDict) -> None:
     )
 
 
+def warn_if_settings_outlast_run(config: ml_collections.ConfigDict, step: int) -> None:
+  """Says so when a step-counted setting cannot take effect in the steps this run trains:
+  the learning-rate warm-up never ends, or the device trace's start lies outside them."""
+  t, o = config.train, config.optim
+  if o.warmup_steps >= t.num_steps:
+    logging.warning(
+      "optim.warmup_steps=%d >= train.num_steps=%d: the learning rate is still warming up when "
+      "the run ends and never reaches optim.lr=%g. Lower --config.optim.warmup_steps or train "
+      "longer.",
+      o.warmup_steps,
+      t.num_steps,
+      o.lr,
+    )
+  if t.trace_start and not step <= t.trace_start < t.num_steps:
+    logging.warning(
+      "train.trace_start=%d is outside the steps this run trains (%d to %d), so no device "
+      "trace is written; set it inside them (or 0 = off).",
+      t.trace_start,
+      step,
+      t.num_steps,
+    )
+
+
 @jax.jit
 def _nonfinite_parts(state: TrainState) -> dict:
   """Per top-level field of the state: True where any float leaf holds NaN or Inf."""
@@ -767,6 +790,7 @@ def _train(run: Run, workdir: str, fresh: bool) -> TrainState:
     if jax.process_index() == 0:
       resume.record(config, workdir, step, accepted)
     warn_if_schedule_never_adapts(config)
+    warn_if_settings_outlast_run(config, step)
     warn_if_two_level_data_mismatches_sigma_data(config, run.source)
     return _loop(run, workdir, ckpt, state, periodic_fid, seq_eval)
   finally:

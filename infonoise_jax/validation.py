@@ -124,7 +124,16 @@ def config_from_json(path) -> ml_collections.ConfigDict:
       "define: the run was made by code with a schedule or setting since removed or renamed. "
       "Read it with that code, or delete those keys from the file if the run never used them."
     )
-  return config
+  # Keys added to the code since the run wrote the file take this checkout's defaults, as a
+  # resume of the run does (resume.changes): sample, evaluate, diagnose and --config=config.json
+  # failed on them with AttributeError / KeyError tracebacks (a 2026-11-27 run's
+  # schedule.infonoise.onset_refreshes, train.trace_start).
+  filled = default_config()
+  try:
+    filled.update_from_flattened_dict(flat_items(config.to_dict()))
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{path}: a value does not fit this checkout's config ({e})") from None
+  return filled
 
 
 def parse_overrides(items, flag: str = "--set") -> dict:
@@ -371,8 +380,23 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     "data.num_workers",
     f"must be >= 0, or -1 for auto, got {config.data.num_workers}",
   )
-  for key in ("log_every", "checkpoint_every", "keep_checkpoints", "num_samples", "profile_bins"):
+  for key in ("log_every", "checkpoint_every", "keep_checkpoints", "num_samples"):
     _require(t[key] >= 1, f"train.{key}", f"must be >= 1, got {t[key]}")
+  _require(  # one bin failed at the first log flush, after compiling and training
+    t.profile_bins >= 2,
+    "train.profile_bins",
+    f"must be >= 2 (bins of the loss-by-noise-level summary), got {t.profile_bins}",
+  )
+  _require(
+    isinstance(config.seed, int) and -(2**63) <= config.seed < 2**63,
+    "seed",
+    f"must be an integer that fits in 64 bits (jax.random.key), got {config.seed!r}",
+  )
+  _require(
+    config.seq_metrics.num_texts >= 0,
+    "seq_metrics.num_texts",
+    f"must be >= 0 (decoded samples logged as text; 0 = none), got {config.seq_metrics.num_texts}",
+  )
   for key in ("sample_every", "fid_every", "eval_every", "trace_start"):
     _require(t[key] >= 0, f"train.{key}", f"must be >= 0 (0 = off), got {t[key]}")
   _require(
@@ -403,9 +427,21 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     f"must be > 0 (Adam divides by sqrt(v) + eps; 0 gives NaN where a gradient is 0), got "
     f"{o.eps}; e.g. --config.optim.eps=1e-8",
   )
-  _require(o.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 = off), got {o.grad_clip}")
-  _require(o.ema_halflife_kimg > 0, "optim.ema_halflife_kimg", "must be > 0")
-  _require(o.ema_warmup_ratio >= 0, "optim.ema_warmup_ratio", "must be >= 0 (0 = off)")
+  _require(
+    0 <= o.grad_clip < math.inf,
+    "optim.grad_clip",
+    f"must be a finite number >= 0 (0 = off), got {o.grad_clip}",
+  )
+  _require(
+    0 < o.ema_halflife_kimg < math.inf,
+    "optim.ema_halflife_kimg",
+    f"must be a finite number > 0, got {o.ema_halflife_kimg}",
+  )
+  _require(
+    0 <= o.ema_warmup_ratio < math.inf,
+    "optim.ema_warmup_ratio",
+    f"must be a finite number >= 0 (0 = off), got {o.ema_warmup_ratio}",
+  )
   _require(
     0 <= e.sigma_data < math.inf,  # inf passed and turned the first step NaN
     "edm.sigma_data",
@@ -418,7 +454,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     f"must be 'float32' or 'bfloat16', got {config.model.dtype!r}",
   )
   _require(
-    config.system.peak_tflops >= 0,
+    0 <= config.system.peak_tflops < math.inf,
     "system.peak_tflops",
     f"must be >= 0 (0 = from the device table), got {config.system.peak_tflops}",
   )

@@ -453,6 +453,8 @@ def test_a_newly_registered_schedule_is_an_arm_of_its_name(monkeypatch):
       "the harness sets train.num_steps from its own flag; use --steps",
     ),
     (["--arm", "x:train.num_steps=50"], "--arm x: train.num_steps=...: the harness sets"),
+    # the arm's schedule won in silence, so the typo was never checked (2026-12-07 probe)
+    (["--set=schedule.name=lognormall"], "--set schedule.name=lognormall and arm lognormal"),
     (["--num_samples=1"], "--num_samples=1 and --grid_samples=1000 must be >= 2"),
     (["--grid_steps=abc"], "--grid_steps='abc': expected a comma list of whole numbers >= 2"),
     (["--grid_steps=1"], "--grid_steps='1': expected a comma list of whole numbers >= 2"),

@@ -1,5 +1,6 @@
 """The diagnostic against closed forms and against the estimator's own learned profile."""
 
+import os
 import re
 
 import jax
@@ -351,3 +352,14 @@ def test_out_inside_the_data_folder_is_refused_before_the_data_is_read(tmp_path,
   with pytest.raises(ValueError, match=r"--out=.*imgs/diag lies inside the data folder"):
     diagnose.main([f"--workdir={tmp_path / 'run'}", f"--out={imgs / 'diag'}", "--debug"])
   assert sorted(p.name for p in imgs.iterdir()) == ["a.png"]
+
+
+def test_a_bad_config_key_is_named_as_training_names_it(tmp_path, capsys):
+  """`diagnose --config=... --set edm.sigma_min=-1` printed 'math domain error' (2026-12-07
+  probe): the --config path validates the config as training does, before the data."""
+  out = str(tmp_path / "d")
+  with pytest.raises(SystemExit):
+    diagnose.main(["--config=configs/test.py", "--set", "edm.sigma_min=-1.0", f"--out={out}"])
+  err = capsys.readouterr().err
+  assert "edm.sigma_min must be finite and > 0, got -1.0" in err and "Traceback" not in err
+  assert not os.path.exists(out)

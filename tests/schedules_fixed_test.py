@@ -133,6 +133,17 @@ def test_registry_builds_every_name_and_its_config_variant():
     assert get_config(name).schedule.name == name  # `configs/default.py:<name>`
 
 
+def test_config_variants_naming_two_schedules_are_refused():
+  """`configs/default.py:fashion,lognormal,infonoise` trained the last one named, in silence."""
+  from configs import dna
+
+  for make in (get_config, dna.get_config):
+    with pytest.raises(ValueError, match="name two schedules .lognormal and infonoise."):
+      make("lognormal,infonoise")
+    assert make("lognormal,lognormal").schedule.name == "lognormal"
+  assert get_config("fashion,vdmpp").schedule.name == "vdmpp"
+
+
 def test_schedule_names_clash_with_nothing_else_read_in_their_place():
   """A schedule registered under a word read another way where schedule names go shadows it,
   or is shadowed, silently (probe of docs/schedules.md, 2026-12-07): 'mlp' made

@@ -8,6 +8,8 @@ import stat
 import subprocess
 import time
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "tpu_pod.sh"
 
@@ -140,3 +142,17 @@ def test_a_config_of_your_own_or_an_edited_one_is_copied_to_the_workers(tmp_path
   )
   (log,) = worker.glob("infonoise_train_*.log")
   assert log.read_text().count("== ") == 2 and log.read_text().count("ran") == 2  # appended
+
+
+def test_a_process_id_outside_the_process_count_is_refused_before_connecting(monkeypatch):
+  """A process id >= num_processes waited in initialize() (minutes) instead of being named."""
+  import jax
+  import ml_collections
+
+  from infonoise_jax import mesh
+
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **k: pytest.fail("connected"))
+  system = {"distributed": True, "coordinator_address": "host:1234", "num_processes": 2}
+  config = ml_collections.ConfigDict({"system": {**system, "process_id": 2}})
+  with pytest.raises(ValueError, match=r"process_id=2 with system.num_processes=2: .* 0 to 1"):
+    mesh.initialize_distributed(config)

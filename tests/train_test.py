@@ -309,6 +309,24 @@ def test_two_level_images_far_from_sigma_data_are_warned_about(caplog, tmp_path)
       assert std == pytest.approx(config.edm.sigma_data, rel=0.01)
 
 
+def test_warns_when_a_step_setting_cannot_act_in_this_run(caplog):
+  """The lr warm-up outlasting the run, and a device trace outside the steps trained, ended in
+  silence (2026-12-07 probe): lr 1e-6 at the end, or no trace."""
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    train.warn_if_settings_outlast_run(_config(**{"optim.warmup_steps": 8}), 0)  # 8 steps
+    assert "optim.warmup_steps=8 >= train.num_steps=8" in caplog.text
+    caplog.clear()
+    train.warn_if_settings_outlast_run(_config(**{"train.trace_start": 8}), 0)
+    assert "train.trace_start=8 is outside the steps this run trains (0 to 8)" in caplog.text
+    caplog.clear()
+    train.warn_if_settings_outlast_run(_config(**{"train.trace_start": 3}), 5)  # a resume past it
+    assert "train.trace_start=3 is outside" in caplog.text
+    caplog.clear()
+    train.warn_if_settings_outlast_run(_config(**{"train.trace_start": 5}), 5)
+    train.warn_if_settings_outlast_run(_config(**{"optim.warmup_steps": 7}), 0)
+    assert caplog.text == ""
+
+
 def test_warns_when_the_run_ends_before_the_schedule_adapts(caplog):
   with caplog.at_level(logging.WARNING, logger="absl"):
     train.warn_if_schedule_never_adapts(_config(**{"schedule.infonoise.warmup_steps": 8}))
@@ -355,6 +373,19 @@ def test_warns_when_the_run_ends_before_the_schedule_adapts(caplog):
     ({"model.hidden_dims": ("(64,x)",)}, "model.hidden_dims"),  # a typo'd tuple flag: a string
     ({"model.hidden_dims": (64.7, 32)}, "model.hidden_dims"),
     ({"model.channel_mult": (True, 2)}, "model.channel_mult"),
+    # 2026-12-07 probe: these failed after compiling (or training), or not at all
+    ({"train.profile_bins": 1}, "train.profile_bins: must be >= 2"),  # at the first log flush
+    ({"sampler.rho": 1e-9}, "sampler.rho=1e-09 gives a Karras grid that overflows"),  # sampling
+    ({"sampler.s_noise": float("inf")}, "sampler.s_noise must be a finite"),  # NaN samples
+    ({"seed": 2**70}, "seed: must be an integer that fits in 64 bits"),  # OverflowError
+    ({"seq_metrics.num_texts": -1}, "seq_metrics.num_texts"),  # logged all but one
+    ({"optim.grad_clip": float("inf")}, "optim.grad_clip"),
+    ({"schedule.infonoise.num_bins": 10**5}, r"num_bins = 100000 must be in \[2, 4096\]"),
+    ({"schedule.name": "cosine", "schedule.cosine.shift": 1e6}, "schedule.cosine.shift=1e"),
+    (
+      {"data.name": "gaussian_mixture", "data.num_examples": 10**12},
+      "data.num_examples=1000000000000 points of 16 dimensions need about",
+    ),  # a numpy MemoryError traceback
   ],
 )
 def test_bad_config_fails_before_compiling_naming_the_key(tmp_path, overrides, key):

@@ -200,12 +200,29 @@ def load_source(config: ml_collections.ConfigDict) -> Source:
       "data.binarize / data.random_flip False"
     )
   seed = _SYNTHETIC_SEEDS[d.split]
+  _check_synthetic_fits(d.num_examples, d.dim if base == "gaussian_mixture" else 2)
   if base == "gaussian_mixture":
     mixture = GaussianMixture.make(d.num_components, d.dim, d.scale, d.component_std)
     x_ND, k_N = mixture.draw(d.num_examples, seed)
     return Source(name, (d.dim,), d.num_examples, False, d.scale, False, x_ND, None, k_N, mixture)
   x_N2 = synthetic.toy2d(kind or "checkerboard", d.num_examples, seed) * np.float32(d.scale)
   return Source(name, (2,), d.num_examples, False, d.scale, array=x_N2)
+
+
+def _check_synthetic_fits(num_examples: int, dim: int) -> None:
+  """A synthetic set is drawn whole on the host (float64 draws, float32 points): one too big
+  for this machine's memory was a numpy MemoryError traceback."""
+  need = num_examples * dim * (8 + 4)
+  try:
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (AttributeError, ValueError, OSError):  # not on this platform: let numpy say it
+    return
+  if need > have:
+    raise ValueError(
+      f"data.num_examples={num_examples} points of {dim} dimensions need about "
+      f"{need / 2**30:.0f} GiB of host memory to draw, more than this machine's "
+      f"{have / 2**30:.0f} GiB; lower data.num_examples"
+    )
 
 
 def images_to_float(

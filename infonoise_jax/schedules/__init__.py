@@ -37,6 +37,18 @@ PROFILED = tuple(name for name, cls in SCHEDULES.items() if issubclass(cls, HasP
 FIXED = tuple(name for name, cls in SCHEDULES.items() if issubclass(cls, StatelessSchedule))
 
 
+def variant_schedule(variant: str) -> str | None:
+  """The schedule a config's comma list of variants names (`configs/default.py:fashion,vdmpp`),
+  or None; naming two is an error (the last one used to win in silence)."""
+  named = list(dict.fromkeys(t.strip() for t in variant.split(",") if t.strip() in SCHEDULES))
+  if len(named) > 1:
+    raise ValueError(
+      f"Config variants {variant!r} name two schedules ({' and '.join(named)}); a run trains "
+      "with one: keep one of them"
+    )
+  return named[0] if named else None
+
+
 def has_profile(schedule: Schedule | str) -> bool:
   """Whether a schedule (or the one registered under a name) learns a profile (`HasProfile`)."""
   if isinstance(schedule, str):

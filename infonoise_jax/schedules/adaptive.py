@@ -69,8 +69,11 @@ class Binned:
   def from_config(cls, config: ml_collections.ConfigDict, **extra) -> "Binned":
     a = config.schedule.adaptive
     lo, hi = log_sigma.sigma_range(config)
-    if int(a.num_bins) < 2:
-      raise ValueError(f"schedule.adaptive.num_bins must be >= 2, got {a.num_bins!r}")
+    if not 2 <= int(a.num_bins) <= log_sigma.MAX_BINS:
+      raise ValueError(
+        f"schedule.adaptive.num_bins must be in [2, {log_sigma.MAX_BINS}] (the refresh builds "
+        f"K x K tables), got {a.num_bins!r}"
+      )
     if not 0.0 <= a.ema_beta < 1.0:
       raise ValueError(f"schedule.adaptive.ema_beta must be in [0, 1), got {a.ema_beta!r}")
     if not 0.0 < a.floor <= 1.0:

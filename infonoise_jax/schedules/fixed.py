@@ -130,6 +130,9 @@ class Laplace(StatelessSchedule):
     return jnp.exp(-jnp.abs(-2.0 * log_sigma_G - self.mu) / self.b) / self.b
 
 
+COSINE_SHIFT_MARGIN = 5.0  # ln sigma units the cosine law's centre may lie outside the range
+
+
 @dataclasses.dataclass(frozen=True)
 class Cosine(StatelessSchedule):
   """sigma = e^shift tan(pi t / 2), t uniform, truncated to [sigma_min, sigma_max].
@@ -149,6 +152,16 @@ class Cosine(StatelessSchedule):
   def from_config(cls, config: ml_collections.ConfigDict) -> "Cosine":
     lo, hi = log_sigma.sigma_range(config)
     shift = finite(config.schedule.cosine.shift, "schedule.cosine.shift")
+    # Further out, t's range [t_lo, t_hi] shrinks below float32's resolution (near t = 1) or
+    # e^shift overflows: the truncated law degenerates to one end of the range.
+    low, high = math.log(lo) - COSINE_SHIFT_MARGIN, math.log(hi) + COSINE_SHIFT_MARGIN
+    if not low <= shift <= high:
+      raise ValueError(
+        f"schedule.cosine.shift={shift:g} puts the law's centre e^shift more than "
+        f"e^{COSINE_SHIFT_MARGIN:g} outside [edm.sigma_min, edm.sigma_max] = [{lo:g}, {hi:g}], "
+        f"where truncating it leaves almost nothing; use a shift in [{low:.2f}, {high:.2f}] "
+        "(0: iDDPM's cosine)"
+      )
     return cls(shift=shift, sigma_min=lo, sigma_max=hi)
 
   def _t_range(self) -> tuple[float, float]:

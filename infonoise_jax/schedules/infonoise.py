@@ -289,7 +289,11 @@ def _validate(s: InfoNoise) -> None:
   log_sigma.check_range(s.sigma_min, s.sigma_max, ("edm.sigma_min", "edm.sigma_max"))
   key = "schedule.infonoise."
   checks = [
-    ("num_bins", s.num_bins >= 2, "must be >= 2"),
+    (
+      "num_bins",
+      2 <= s.num_bins <= log_sigma.MAX_BINS,
+      f"must be in [2, {log_sigma.MAX_BINS}] (the refresh builds K x K tables)",
+    ),
     ("refresh_every", s.refresh_every >= 1, "must be >= 1"),
     ("warmup_steps", s.warmup_steps >= 0, "must be >= 0"),
     ("ema_beta", 0.0 <= s.ema_beta < 1.0, "must be in [0, 1)"),
