@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -506,7 +507,9 @@ class Checkpointer:
       except Exception:
         continue
       if old_sched:
-        counter = jax.device_put(state.step, sched["num_updates"].sharding)
+        # a copy: device_put to the step's own sharding returns the step's buffer, and the
+        # train step donates the state (the same buffer donated twice)
+        counter = jax.device_put(jnp.copy(state.step), sched["num_updates"].sharding)
         state = state.replace(schedule_state={**state.schedule_state, "num_updates": counter})
       if opt:
         shardings = jax.tree.map(lambda a: a.sharding, abstract)

@@ -168,12 +168,22 @@ def check(
   refused_changes = refused(config, diff)
   if refused_changes:
     listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused_changes.items())
+    keep = " ".join(f"--config.{k}={_flag_value(old)}" for k, (old, _) in refused_changes.items())
     raise ResumeRefusedError(
       f"Cannot resume {workdir} at step {step} with a changed {listed}: these keys fix what "
-      f"the saved state means. Resume with the saved values ({os.path.join(workdir, CONFIG_FILE)}"
-      "), or start a new --workdir to train with the new ones. Nothing was written."
+      f"the saved state means. To resume with the saved values add {keep} (a key you did not "
+      "set changed with this checkout's defaults or your config file since the run started), "
+      f"or pass --config={os.path.join(workdir, CONFIG_FILE)}; to train with the new ones, "
+      "start a new --workdir. Nothing was written."
     )
   return diff
+
+
+def _flag_value(value) -> str:
+  """A saved config value as a `--config.KEY=` flag takes it (tuples as '(1,2)')."""
+  if isinstance(value, list | tuple):
+    return "(" + ",".join(map(_flag_value, value)) + ("," if len(value) == 1 else "") + ")"
+  return str(value)
 
 
 def data_changes_since(workdir: str, step: int) -> list[str]:

@@ -52,6 +52,20 @@ def test_a_config_json_from_before_the_flat_optimizer_loads_leafwise(tmp_path):
   assert (3,) in shapes and (2,) in shapes and (5,) not in shapes  # moments leaf by leaf
 
 
+def test_a_config_json_without_keys_added_since_takes_their_defaults(tmp_path):
+  """sample / evaluate / diagnose / --config=config.json on a run from before a key existed
+  failed with AttributeError / KeyError tracebacks (2026-12-07 probe of 2026-11-27 runs)."""
+  d = json.loads(default.get_config().to_json_best_effort())
+  d["train"]["num_steps"] = 123
+  del d["train"]["trace_start"], d["schedule"]["infonoise"]["onset_refreshes"]
+  _write_config(tmp_path, d)
+  loaded = restore.load_config(str(tmp_path))
+  want = default.get_config()
+  assert loaded.train.trace_start == want.train.trace_start
+  assert loaded.schedule.infonoise.onset_refreshes == want.schedule.infonoise.onset_refreshes
+  assert loaded.train.num_steps == 123  # the saved values stay
+
+
 def test_load_config_errors_name_the_file(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.json not found"):
     restore.load_config(str(tmp_path))
@@ -128,6 +142,12 @@ def test_a_schedule_state_saved_without_its_update_counter_is_migrated(tmp_path)
   restored, _ = ckpt.restore(_abstract(new))
   assert int(restored.schedule_state["num_updates"]) == 7  # one update per step
   assert jax.tree.structure(restored) == jax.tree.structure(new)
+  # The counter is a buffer of its own: made from the step without a copy, it was the step's
+  # buffer, and the train step (which donates the state) failed with "Attempt to donate the
+  # same buffer twice" on resuming a 2026-11-27 run with its config.json (flat_update False,
+  # so no layout conversion made new buffers).
+  step = jax.jit(lambda s: jax.tree.map(lambda x: x + 0, s), donate_argnums=0)
+  step(restored)
   ckpt.close()
 
 

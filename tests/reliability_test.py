@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from infonoise_jax import checkpointing, resume, train
+from infonoise_jax import checkpointing, resume, train, validation
 from infonoise_jax import workdir as workdir_lib
 from infonoise_jax.validation import load_config_file
 
@@ -64,6 +64,10 @@ def test_refused_resume_writes_nothing(trained, tmp_path, overrides, key):
   with pytest.raises(resume.ResumeRefusedError, match=key.replace(".", r"\.")) as info:
     train.train_and_evaluate(_config(**overrides), str(workdir))
   assert "Nothing was written" in str(info.value)
+  # the flags that resume with the saved values, pasteable (a default that changed with a
+  # newer checkout is refused too: 2026-12-07 probe)
+  saved = validation.flat_items(_config().to_dict())[key]
+  assert f"--config.{key}={resume._flag_value(saved)}" in str(info.value)
   assert _snapshot(workdir) == before  # config.json, checkpoints and logs untouched
   assert "train.num_steps" not in str(info.value)  # an allowed change is not named as refused
 
