@@ -75,7 +75,15 @@ def load_history(workdir: str, upto: int) -> list[tuple[int, np.ndarray]]:
   attempt kept past it are dropped); [] when there are none, or, with a warning, when the
   file cannot be read or has another grid (the heatmap then starts at the resume)."""
   path = run_path(workdir) / HISTORY_FILE
-  if upto <= 0 or not path.exists():
+  if upto <= 0:
+    return []
+  if not path.exists():  # a run from before the rows were saved with its checkpoints
+    logging.info(
+      "%s is not there (a run started by older code): the schedule-history plot starts at "
+      "the resume, step %d; TensorBoard keeps the plots drawn before it",
+      path,
+      upto,
+    )
     return []
   try:
     with np.load(io.BytesIO(path.read_bytes())) as z:

@@ -300,7 +300,8 @@ def test_two_halves_measure_the_draw_noise_of_the_whole_set(shift, low, high):
   assert low < np.mean(from_halves) / np.mean(between_draws) < high
 
 
-def test_reference_stats_cached_by_dataset_name(tmp_path):
+def test_reference_stats_cached_by_dataset_name(tmp_path, caplog):
+  caplog.set_level("INFO")
   calls = []
   rng = np.random.default_rng(4)
   data = rng.integers(0, 256, (40, 4, 4, 3), dtype=np.uint8)
@@ -310,7 +311,11 @@ def test_reference_stats_cached_by_dataset_name(tmp_path):
     return iter([data[:25], data[25:]])
 
   first = fid.reference_stats("toy/train", images, _projection_extractor, str(tmp_path))
+  # a miss says what takes the time (minutes on a CPU printed nothing); a hit says nothing
+  assert "toy/train are not cached: computing them once" in caplog.text
+  caplog.clear()
   again = fid.reference_stats("toy/train", images, _projection_extractor, str(tmp_path))
+  assert "computing them once" not in caplog.text
   assert len(calls) == 1 and os.path.exists(fid.reference_stats_path(str(tmp_path), "toy/train"))
   np.testing.assert_array_equal(first.sigma_DD, again.sigma_DD)
   want = fid.stats_of_features(_projection_extractor(data))

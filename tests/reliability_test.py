@@ -1343,3 +1343,17 @@ def test_a_preemption_mid_window_logs_the_steps_it_took(tmp_path, monkeypatch):
     steps += [e.step for e in acc.Scalars("loss")] if "loss" in acc.Tags()["scalars"] else []
   assert sorted(steps) == [3, 4, 8]
   assert [s for s, _ in diagnostics.load_history(str(workdir), 8)] == [3, 4, 8]
+
+
+def test_a_resume_without_saved_history_rows_says_where_the_plot_starts(tmp_path, caplog):
+  """A run started by code from before the rows were saved resumed with a heatmap that began
+  at the resume, without a word (2026-12-07 probe)."""
+  from infonoise_jax import diagnostics
+
+  with caplog.at_level("INFO"):
+    assert diagnostics.load_history(str(tmp_path), 20) == []
+  assert "the schedule-history plot starts at the resume, step 20" in caplog.text
+  caplog.clear()
+  with caplog.at_level("INFO"):
+    assert diagnostics.load_history(str(tmp_path), 0) == []  # a new run: nothing to say
+  assert caplog.text == ""

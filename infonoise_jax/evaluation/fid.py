@@ -13,6 +13,7 @@ covariance are accumulated on the host in float64 (numpy). Images come in as uin
 import math
 import os
 import re
+import time
 import zipfile
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
@@ -20,6 +21,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 import scipy.linalg
+from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -248,7 +250,17 @@ def reference_stats(
   path = reference_stats_path(cache_dir, dataset_name)
   if os.path.exists(path):
     return load_stats(path, dim=None, fix="delete it, and it is computed again")
+  # Every reference image goes through the network once: minutes on a CPU, which printed
+  # nothing (a 2026-12-07 probe took it for a hang).
+  logging.info(
+    "FID reference statistics of %s are not cached: computing them once (every reference "
+    "image through the Inception network; minutes on a CPU), then cached as %s",
+    dataset_name,
+    path,
+  )
+  start = time.monotonic()
   stats = compute_stats(images_iter_fn(), extractor)
+  logging.info("FID reference statistics of %s took %.0f s", dataset_name, time.monotonic() - start)
   if jax.process_index() == 0:
     save_stats(path, stats)
   return stats
