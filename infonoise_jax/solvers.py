@@ -186,7 +186,8 @@ def validate_sampler_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"sampler.num_steps must be an int >= 1, got {s.num_steps!r}")
   checks = [
     ("sampler.rho", s.rho > 0, s.rho, "> 0"),
-    ("sampler.s_churn", 0 <= s.s_churn < math.inf, s.s_churn, "a finite number >= 0"),
+    # inf is EDM's largest churn, gamma = min(s_churn / N, sqrt(2) - 1)
+    ("sampler.s_churn", s.s_churn >= 0, s.s_churn, ">= 0"),
     ("sampler.s_noise", 0 <= s.s_noise < math.inf, s.s_noise, "a finite number >= 0"),
     ("sampler.s_tmin", 0 <= s.s_tmin <= s.s_tmax, s.s_tmin, ">= 0 and <= sampler.s_tmax"),
   ]

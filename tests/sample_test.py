@@ -224,7 +224,7 @@ def test_set_changes_sampler_keys_only_before_anything_is_restored(trained, tmp_
     sample.sample_run(workdir, 4, str(tmp_path), overrides=["model.channels=8"])
   with pytest.raises(ValueError, match='no such config key. Did you mean "sampler.s_churn"'):
     sample.sample_run(workdir, 4, str(tmp_path), overrides=["sampler.s_chrun=40"])
-  with pytest.raises(ValueError, match="sampler.s_churn must be a finite number >= 0"):
+  with pytest.raises(ValueError, match="sampler.s_churn must be >= 0"):
     sample.sample_run(workdir, 4, str(tmp_path), overrides=["sampler.s_churn=-1"])
   (tmp_path / "a_file").write_text("x")
   with pytest.raises(ValueError, match="is a file: give a folder"):
