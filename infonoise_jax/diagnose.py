@@ -471,7 +471,9 @@ def _command(args: argparse.Namespace) -> None:
     path, _, variant = args.config.partition(":")
     config = load_config_file(path, variant) if variant else load_config_file(path)
     apply_overrides(config, args.set)
-    validate_config(config)  # as training does: a bad key named before any work
+    # as training does: a bad key named before any work (one device: diagnose's own --batch,
+    # not train.batch_size, meets the devices)
+    validate_config(config, 1)
   tokens = config.data.name in TOKEN_NAMES
   prior = args.prior or ("model" if args.workdir else "onehot" if tokens else "empirical")
   gate = args.gate

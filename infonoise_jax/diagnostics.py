@@ -77,10 +77,11 @@ def load_history(workdir: str, upto: int) -> list[tuple[int, np.ndarray]]:
   path = run_path(workdir) / HISTORY_FILE
   if upto <= 0:
     return []
-  if not path.exists():  # a run from before the rows were saved with its checkpoints
+  if not path.exists():  # older code did not save the rows, or no log window had ended
     logging.info(
-      "%s is not there (a run started by older code): the schedule-history plot starts at "
-      "the resume, step %d; TensorBoard keeps the plots drawn before it",
+      "%s holds no rows up to step %d (a run started by older code, or checkpointed before "
+      "its first log window): the schedule-history plot starts at the resume; TensorBoard "
+      "keeps the plots drawn before it",
       path,
       upto,
     )

@@ -14,6 +14,7 @@ new values. See docs/reliability.md.
 import datetime
 import json
 import os
+import shlex
 
 import ml_collections
 from absl import logging
@@ -168,12 +169,15 @@ def check(
   refused_changes = refused(config, diff)
   if refused_changes:
     listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused_changes.items())
-    keep = " ".join(f"--config.{k}={_flag_value(old)}" for k, (old, _) in refused_changes.items())
+    keep = " ".join(
+      shlex.quote(f"--config.{k}={_flag_value(old)}") for k, (old, _) in refused_changes.items()
+    )
     raise ResumeRefusedError(
       f"Cannot resume {workdir} at step {step} with a changed {listed}: these keys fix what "
       f"the saved state means. To resume with the saved values add {keep} (a key you did not "
       "set changed with this checkout's defaults or your config file since the run started), "
-      f"or pass --config={os.path.join(workdir, CONFIG_FILE)}; to train with the new ones, "
+      f"or pass {shlex.quote('--config=' + os.path.join(workdir, CONFIG_FILE))}; to train with "
+      "the new ones, "
       "start a new --workdir. Nothing was written."
     )
   return diff

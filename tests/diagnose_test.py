@@ -363,3 +363,15 @@ def test_a_bad_config_key_is_named_as_training_names_it(tmp_path, capsys):
   err = capsys.readouterr().err
   assert "edm.sigma_min must be finite and > 0, got -1.0" in err and "Traceback" not in err
   assert not os.path.exists(out)
+
+
+def test_the_device_count_need_not_divide_the_training_batch(tmp_path, monkeypatch, capsys):
+  """diagnose batches by its own --batch: on 3 devices configs/test.py (train.batch_size 16)
+  was refused by training's divisibility check once --config was validated (review of
+  2026-12-07); the next check, the gate's range, is reached instead."""
+  monkeypatch.setattr(jax, "device_count", lambda *a: 3)
+  out = str(tmp_path / "d")
+  with pytest.raises(SystemExit):
+    diagnose.main(["--config=configs/test.py", "--gate=1000000.0", f"--out={out}"])
+  err = capsys.readouterr().err
+  assert "--gate=1000000.0 is outside the noise range" in err and "divisible" not in err

@@ -66,10 +66,28 @@ def test_refused_resume_writes_nothing(trained, tmp_path, overrides, key):
   assert "Nothing was written" in str(info.value)
   # the flags that resume with the saved values, pasteable (a default that changed with a
   # newer checkout is refused too: 2026-12-07 probe)
-  saved = validation.flat_items(_config().to_dict())[key]
-  assert f"--config.{key}={resume._flag_value(saved)}" in str(info.value)
+  _flags_resume_as_saved(str(info.value), overrides, key)
   assert _snapshot(workdir) == before  # config.json, checkpoints and logs untouched
   assert "train.num_steps" not in str(info.value)  # an allowed change is not named as refused
+
+
+def _flags_resume_as_saved(message: str, overrides: dict, key: str) -> None:
+  """The message's --config.KEY=VALUE words, split as a shell splits them (a tuple's '(' was a
+  bash syntax error unquoted) and applied over the refused command's config, give back the
+  saved values of the refused keys, `key` among them."""
+  import shlex
+
+  lexer = shlex.shlex(
+    message.partition(" add ")[2].partition(" (a key you")[0], posix=True, punctuation_chars=True
+  )  # '(' and ')' split words, as in bash
+  lexer.whitespace_split = True
+  words = list(lexer)
+  assert all(w.startswith("--config.") for w in words) and f"--config.{key}" in " ".join(words)
+  config = _config(**overrides)
+  validation.apply_overrides(config, [w.removeprefix("--config.") for w in words], "--config")
+  now, saved = (validation.flat_items(c.to_dict()) for c in (config, _config()))
+  for k in (w.removeprefix("--config.").partition("=")[0] for w in words):
+    assert now[k] == saved[k], (k, words)
 
 
 def test_allowed_resume_changes_are_recorded_in_the_history(trained, tmp_path, caplog):
@@ -1352,7 +1370,8 @@ def test_a_resume_without_saved_history_rows_says_where_the_plot_starts(tmp_path
 
   with caplog.at_level("INFO"):
     assert diagnostics.load_history(str(tmp_path), 20) == []
-  assert "the schedule-history plot starts at the resume, step 20" in caplog.text
+  assert "holds no rows up to step 20" in caplog.text
+  assert "the schedule-history plot starts at the resume" in caplog.text
   caplog.clear()
   with caplog.at_level("INFO"):
     assert diagnostics.load_history(str(tmp_path), 0) == []  # a new run: nothing to say

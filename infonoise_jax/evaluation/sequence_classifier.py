@@ -86,7 +86,7 @@ class FeatureClassifier:
 
   def _train(self, params, train_NL: np.ndarray, steps: int, seed: int):
     opt = optax.adam(3e-3)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed % 2**64)
 
     def loss_fn(p, x, y):
       logits = self.model.apply(p, x)[1]

@@ -38,7 +38,7 @@ def held_out(config: ml_collections.ConfigDict, num: int, test: Source | None = 
       f"train.eval_num_samples={num} exceeds the {len(ids_NL)} held-out windows of "
       f"data.name={config.data.name!r}; use at most that many (or raise data.val_fraction)"
     )
-  return ids_NL[np.random.default_rng(config.seed).permutation(len(ids_NL))[:num]]
+  return ids_NL[np.random.default_rng(config.seed % 2**64).permutation(len(ids_NL))[:num]]
 
 
 def check_held_out(config: ml_collections.ConfigDict, num: int, flag: str) -> None:

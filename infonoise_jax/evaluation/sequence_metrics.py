@@ -145,7 +145,7 @@ class NgramLM:
 
 def split_halves(ids_NL: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """Two disjoint random halves of a set of windows (for the metrics' floors)."""
-  perm = np.random.default_rng(seed).permutation(len(ids_NL))
+  perm = np.random.default_rng(seed % 2**64).permutation(len(ids_NL))
   half = len(ids_NL) // 2
   return ids_NL[perm[:half]], ids_NL[perm[half : 2 * half]]
 
