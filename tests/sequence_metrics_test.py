@@ -148,3 +148,13 @@ def test_gc_metrics_only_for_nucleotide_vocabularies():
     m = sm.dna_metrics(a, b, vocab, (1, 2))
     assert ({"gc_w1", "gc_mean_diff"} <= set(m)) == has_gc, vocab
     assert {"kmer_js_1", "kmer_js_2"} <= set(m), vocab
+
+
+def test_a_negative_seed_draws_halves_as_its_value_modulo_2_64():
+  """The trainer takes any 64-bit seed (jax.random.key(-1) works); numpy's RNG refused a
+  negative one unnamed when a token run built its evaluation (review of 2026-12-07)."""
+  ids_NL = np.arange(40).reshape(20, 2)
+  a, b = sm.split_halves(ids_NL, seed=-1)
+  want = sm.split_halves(ids_NL, seed=2**64 - 1)
+  np.testing.assert_array_equal(a, want[0])
+  np.testing.assert_array_equal(b, want[1])
