@@ -158,3 +158,15 @@ def test_a_negative_seed_draws_halves_as_its_value_modulo_2_64():
   want = sm.split_halves(ids_NL, seed=2**64 - 1)
   np.testing.assert_array_equal(a, want[0])
   np.testing.assert_array_equal(b, want[1])
+
+
+@pytest.mark.parametrize("v", [2, 4, 27, 3000, 46340, 46341, 47000])
+def test_largest_ngram_is_the_last_size_whose_codes_fit_int64(v):
+  """A CJK text (47,000 symbols) failed with '4-grams ... overflow int64 codes', naming no key;
+  the evaluator now names the keys and this size (2026-12-07 probe)."""
+  n = sm.largest_ngram(v)
+  assert v**n < 2**62 <= v ** (n + 1)  # exact integers: the bound is where the codes overflow
+  ids = np.full((1, n + 1), v - 1)
+  assert sm.ngram_codes(ids, n, v).max() == v**n - 1  # the largest code is exact
+  with pytest.raises(ValueError, match="overflow int64"):
+    sm.ngram_codes(ids, n + 1, v)

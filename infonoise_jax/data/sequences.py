@@ -419,6 +419,14 @@ def _read_text(path: str, mtime: float) -> tuple[tuple[str, str], ...]:
     # A work is named by its file, relative to the folder (sub/c for sub/c.txt), without .txt.
     names = [os.path.relpath(f, path) if f != path else os.path.basename(f) for f in files]
     raw = [(os.path.splitext(n)[0], _utf8_text(f)) for n, f in zip(names, files, strict=True)]
+  fasta = [n for n, t in raw if n.lower().endswith(FASTA_EXTS) or t.lstrip().startswith(">")]
+  if fasta:  # headers, '>' and the bases' case would all train as characters, in silence
+    logging.warning(
+      "data.name='text' reads %s as plain text, but it looks like FASTA (%s): its headers "
+      "and '>' lines become training text. For DNA use configs/dna.py (data.name=dna).",
+      path,
+      ", ".join(fasta[:3]) + (" ..." if len(fasta) > 3 else ""),
+    )
   groups = [(name, normalize_text(t)) for name, t in raw]
   groups = [(n, t) for n, t in groups if t]
   if not groups:

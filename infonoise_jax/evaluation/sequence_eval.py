@@ -90,6 +90,19 @@ class SequenceEvaluator:
         f"--config.{key}={fix} in training, --set {key}={fix} in evaluate"
       )
     self.sizes = tuple(int(k) for k in sizes)
+    # n-grams are counted as int64 codes V^n: a large alphabet (a CJK text) caps n; said with
+    # the keys to change, before any held-out data is read or classifier trained
+    most = sequence_metrics.largest_ngram(len(vocab))
+    orders = [(key, max(self.sizes))] + (
+      [] if self.is_dna else [("seq_metrics.lm_order", s.lm_order)]
+    )
+    for name, n in orders:
+      if n > most:
+        raise ValueError(
+          f"{name}: {n}-grams over this data's {len(vocab)} symbols overflow the int64 codes "
+          f"they are counted by; at most {most} fits: set --config.{name} (--set in evaluate) "
+          f"to sizes <= {most}"
+        )
     test = held_out_source(config)
     # What the metrics are scored against (the run's header describes the training split).
     logging.info("held-out split: %s", test.describe())

@@ -31,12 +31,20 @@ from infonoise_jax.data import sequences
 from infonoise_jax.evaluation import fid
 
 
+def largest_ngram(vocab_size: int) -> int:
+  """The largest n whose n-gram codes V^n fit `ngram_codes`'s int64 (V^n < 2^62)."""
+  n = 1
+  while float(vocab_size) ** (n + 1) < 2.0**62:
+    n += 1
+  return n
+
+
 def ngram_codes(ids_NL: np.ndarray, n: int, vocab_size: int) -> np.ndarray:
   """(N, L-n+1) int64 codes sum_j id_{t+j} V^(n-1-j) of the n-grams inside each window."""
   ids = np.asarray(ids_NL, np.int64)
   if n < 1 or n > ids.shape[1]:
     raise ValueError(f"n-gram size {n} must be in [1, window length {ids.shape[1]}]")
-  if float(vocab_size) ** n >= 2.0**62:
+  if n > largest_ngram(vocab_size):
     raise ValueError(f"{n}-grams over {vocab_size} symbols overflow int64 codes")
   codes = np.zeros((ids.shape[0], ids.shape[1] - n + 1), np.int64)
   for j in range(n):
