@@ -209,6 +209,9 @@ def test_line_breaks_of_every_convention_become_newlines():
     ("dna", dict(unknown_policy="skip"), ValueError, "data.unknown_policy"),
     ("dna", dict(vocab="A"), ValueError, "data.vocab"),
     ("dna", dict(vocab="acgtn"), ValueError, "data.vocab='acgtn': DNA is read in upper case"),
+    # a comma or blank is never read from FASTA, yet was a symbol to sample (2026-12-07 probe)
+    ("dna", dict(vocab="ACGT,"), ValueError, "never occur in the data"),
+    ("dna", dict(vocab="ACG T"), ValueError, "--config.data.vocab=ACGT"),
     ("dna", dict(val_fraction=1.0), ValueError, "data.val_fraction"),
     ("dna", dict(split="validation"), ValueError, "data.split"),
     ("text", dict(vocab="aa"), ValueError, "data.vocab"),

@@ -924,6 +924,14 @@ def _check_token_keys(d) -> None:
     "vocab",
     f"DNA is read in upper case (soft-masked lower-case bases too): use {d.vocab.upper()!r}",
   )
+  unreadable = sorted({c for c in d.vocab if not (c.isalpha() or c in "-.*")})
+  require(  # the reader strips blanks and reads letters and the gap / stop marks -.* only
+    d.name != "dna" or not unreadable,
+    "vocab",
+    f"a DNA sequence holds letters and the marks - . * only, so {unreadable} never occur in "
+    f"the data yet would be symbols the samples can spell: drop them "
+    f"(--config.data.vocab={''.join(c for c in d.vocab if c not in unreadable)})",
+  )
 
 
 def token_encoding(d, groups_train: list[tuple[str, str]] | None = None) -> TokenEncoding:

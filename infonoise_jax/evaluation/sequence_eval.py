@@ -36,7 +36,9 @@ def held_out(config: ml_collections.ConfigDict, num: int, test: Source | None = 
   if num > len(ids_NL):
     raise ValueError(
       f"train.eval_num_samples={num} exceeds the {len(ids_NL)} held-out windows of "
-      f"data.name={config.data.name!r}; use at most that many (or raise data.val_fraction)"
+      f"data.name={config.data.name!r}; use at most that many (or raise data.val_fraction; "
+      "where a warning above says held-out windows were dropped for symbols the training "
+      "split lacks, --config.data.unknown_policy=replace keeps them)"
     )
   return ids_NL[np.random.default_rng(config.seed % 2**64).permutation(len(ids_NL))[:num]]
 
