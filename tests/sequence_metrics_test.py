@@ -170,3 +170,20 @@ def test_largest_ngram_is_the_last_size_whose_codes_fit_int64(v):
   assert sm.ngram_codes(ids, n, v).max() == v**n - 1  # the largest code is exact
   with pytest.raises(ValueError, match="overflow int64"):
     sm.ngram_codes(ids, n + 1, v)
+
+
+def test_too_few_held_out_windows_name_both_ways_to_more():
+  """Held-out windows dropped for symbols the training split lacks left too few, and the error
+  offered only a larger val_fraction (2026-12-07 probe): it names unknown_policy too."""
+  import types
+
+  from infonoise_jax.evaluation import sequence_eval
+
+  config = default.get_config()
+  config.data.name = "text"
+  test = types.SimpleNamespace(token_ids=np.zeros((3, 8), np.int32))
+  with pytest.raises(ValueError) as e:
+    sequence_eval.held_out(config, 8, test)
+  assert "exceeds the 3 held-out windows" in str(e.value)
+  assert "data.val_fraction" in str(e.value) and "unknown_policy=replace" in str(e.value)
+  assert sequence_eval.held_out(config, 3, test).shape == (3, 8)
