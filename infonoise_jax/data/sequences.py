@@ -409,6 +409,7 @@ def text_groups(path: str) -> tuple[tuple[str, str], ...]:
 def _read_text(path: str, mtime: float) -> tuple[tuple[str, str], ...]:
   if path.endswith((".tar.gz", ".tgz", ".tar")):
     raw = _tar_texts(path)
+    labels = [n for n, _ in raw]
   else:
     files = [path]
     if os.path.isdir(path):
@@ -419,7 +420,12 @@ def _read_text(path: str, mtime: float) -> tuple[tuple[str, str], ...]:
     # A work is named by its file, relative to the folder (sub/c for sub/c.txt), without .txt.
     names = [os.path.relpath(f, path) if f != path else os.path.basename(f) for f in files]
     raw = [(os.path.splitext(n)[0], _utf8_text(f)) for n, f in zip(names, files, strict=True)]
-  fasta = [n for n, t in raw if n.lower().endswith(FASTA_EXTS) or t.lstrip().startswith(">")]
+    labels = names  # with their extensions
+  fasta = [
+    label
+    for label, (_, t) in zip(labels, raw, strict=True)
+    if label.lower().endswith(FASTA_EXTS) or t.lstrip().startswith(">")
+  ]
   if fasta:  # headers, '>' and the bases' case would all train as characters, in silence
     logging.warning(
       "data.name='text' reads %s as plain text, but it looks like FASTA (%s): its headers "
