@@ -177,8 +177,7 @@ def check(
       f"the saved state means. To resume with the saved values add {keep} (a key you did not "
       "set changed with this checkout's defaults or your config file since the run started), "
       f"or pass {shlex.quote('--config=' + os.path.join(workdir, CONFIG_FILE))}; to train with "
-      "the new ones, "
-      "start a new --workdir. Nothing was written."
+      "the new ones, start a new --workdir. Nothing was written."
     )
   return diff
 

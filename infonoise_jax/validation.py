@@ -456,6 +456,6 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   _require(
     0 <= config.system.peak_tflops < math.inf,
     "system.peak_tflops",
-    f"must be >= 0 (0 = from the device table), got {config.system.peak_tflops}",
+    f"must be a finite number >= 0 (0 = from the device table), got {config.system.peak_tflops}",
   )
   solvers.validate_sampler_config(config)  # used at the end of training: fail now, not then

