@@ -756,10 +756,10 @@ def _train(run: Run, workdir: str, fresh: bool) -> TrainState:
   meta = saved_meta(workdir, saved[-1]) if saved else None
   if meta:
     resume.check_same_vocabulary(config, run.source, workdir, saved[-1], meta)
-    resume.warn_if_held_out_changed(config, run.source, meta, workdir, saved[-1])
   accepted = resume.check(config, workdir, saved[-1], meta) if saved else {}
-  if meta:
+  if meta:  # after the config check: a refused change (data.val_fraction) gets no warning first
     resume.check_same_shape(config, run.source, workdir, saved[-1], meta)
+    resume.warn_if_held_out_changed(config, run.source, meta, workdir, saved[-1])
   periodic_fid = None  # built before anything is written: missing weights or non-images fail
   if config.train.fid_every:
     periodic_fid = model_fid.PeriodicFID(config, run.mesh, run.source)

@@ -298,6 +298,12 @@ def test_a_resume_or_evaluation_on_files_that_hold_out_other_sequences_says_so(t
   said = [r.getMessage() for r in caplog.records if "holds out other sequences" in r.getMessage()]
   assert len(said) == 1 and "genome.fa.gz" in said[0], said
   assert train.saved_meta(workdir, 8)["held_out"] == packed.stats.held_out_digest
+  # another held-out fraction is refused by the config check, without the warning before it
+  caplog.clear()
+  other = {**more, "train.num_steps": 12, "data.val_fraction": 0.3}
+  with caplog.at_level("WARNING"), pytest.raises(ValueError, match="data.val_fraction"):
+    train.train_and_evaluate(_config("dna", other), workdir)
+  assert not [r for r in caplog.records if "holds out other sequences" in r.getMessage()]
 
 
 def test_a_byte_order_mark_is_not_a_letter(tmp_path):
