@@ -527,3 +527,40 @@ def test_memory_floor_prints_its_table_and_defines_no_global_flags(capsys):
   out = capsys.readouterr().out
   assert "55,732,739 parameters" in out and "| **floor, all of it** |" in out
   from infonoise_jax import main  # noqa: F401  (defines --config: must not clash)
+
+
+def test_profile_hlo_traffic_counts_operands_and_results_of_each_instruction():
+  """Bytes per instruction from an optimized module: a fusion reading two bf16[8, 4] and
+  writing a bf16[16, 4] moves 64 + 64 + 128 bytes; a reduction to bf16[4] 64 + 64 + 8."""
+  f = jax.jit(lambda x, y: (jnp.sum(jnp.sin(x) * y, axis=0), jnp.concatenate([x, y], 0)))
+  x = jnp.ones((8, 4), jnp.bfloat16)
+  traffic = profile_step.hlo_traffic(f.lower(x, x).compile().as_text())
+  entry = [v for k, v in traffic.items() if "fusion" in k]
+  assert sorted(entry) == [64 + 64 + 8, 64 + 64 + 128]
+  assert profile_step.shape_bytes("(f32[2,3]{1,0}, bf16[5]{0}, u32[])") == 24 + 10 + 4
+
+
+def test_profile_matmul_flops_of_cudnn_convolutions_and_cublas_matmuls():
+  """A 3x3 convolution 256 -> 128 channels on 512 x 32 x 32 is 2 * 512 * 32 * 32 * 9 * 256 *
+  128 FLOPs forward, and the same for each gradient (XLA's backward calls hold the forward
+  roles as (dy, w) -> dx and (x, dy) -> dw); a 64 x 100 by 100 x 7 matmul 2 * 64 * 7 * 100."""
+  hlo = """
+  %x = bf16[512,32,32,256]{3,2,1,0} parameter(0)
+  %w = bf16[3,3,256,128]{3,2,1,0} parameter(1)
+  %y = (bf16[512,32,32,128]{3,2,1,0}, u8[0]{0}) custom-call(%x, %w), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f, custom_call_target="__cudnn$convForward"
+  %dy = bf16[512,32,32,128]{3,2,1,0} parameter(2)
+  %dw = (bf16[3,3,256,128]{3,2,1,0}, u8[0]{0}) custom-call(%x, %dy), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f, custom_call_target="__cudnn$convBackwardFilter"
+  %dx = (bf16[512,32,32,256]{3,2,1,0}, u8[0]{0}) custom-call(%dy, %w), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f, custom_call_target="__cudnn$convBackwardInput"
+  %a = bf16[64,100]{1,0} parameter(3)
+  %b = bf16[100,7]{1,0} parameter(4)
+  %g = (bf16[64,7]{1,0}, s8[0]{0}) custom-call(%a, %b), custom_call_target="__cublas$lt$matmul", backend_config={"gemm_backend_config":{"dot_dimension_numbers":{"lhs_contracting_dimensions":["1"],"rhs_contracting_dimensions":["0"]}}}
+  """  # noqa: E501
+  conv = 2 * 512 * 32 * 32 * 9 * 256 * 128
+  assert profile_step.matmul_flops(hlo) == {
+    "y": conv,
+    "dw": conv,
+    "dx": conv,
+    "g": 2 * 64 * 7 * 100,
+  }
+  traffic = profile_step.hlo_traffic(hlo)
+  assert traffic["y"] == 2 * (512 * 32 * 32 * (256 + 128) + 9 * 256 * 128)
