@@ -308,6 +308,27 @@ def warn_if_held_out_changed(config, source, meta: dict, workdir: str, step: int
   return True
 
 
+def warn_if_training_data_changed(config, source, meta: dict, workdir: str, step: int) -> bool:
+  """Token data: warns (and says True) when the files now hold other training sequences than
+  the checkpoint at `step` was trained on (records added, removed or edited; the held-out ones
+  unchanged, else `warn_if_held_out_changed` speaks). Training goes on with them, and the
+  domain metrics' reference models, fitted on the training windows, are fitted anew: their
+  curves may step at the resume. Checkpoints without the record (before 2026-12-07) are not
+  checked."""
+  saved, stats = meta.get("trained_on"), source.stats
+  if not saved or stats is None or stats.train_digest == saved:
+    return False
+  logging.warning(
+    "%s at step %d: data.path=%r now holds other training sequences than the run was trained "
+    "on (records added, removed or edited). Training goes on with them, and the reference "
+    "models of the domain metrics are fitted on the new training windows, so those metrics "
+    "may step here against the run's earlier ones. To go on with the same data, point "
+    "data.path at the files as they were.",
+    workdir, step, config.data.path,
+  )  # fmt: skip
+  return True
+
+
 def source_on_saved_vocabulary(config, vocab: str | None, workdir: str, step: int):
   """The data source a trained run's command (evaluate, diagnose) reads, on the vocabulary the
   checkpoint at `step` was trained on (`vocab`, from its metadata; None: not token data).

@@ -441,6 +441,7 @@ def _save(
   if run.source.encoding is not None:  # the run's fixed vocabulary, for decoding
     meta["vocab"] = run.source.encoding.vocab
     meta["held_out"] = run.source.stats.held_out_digest  # resume / evaluate compare it
+    meta["trained_on"] = run.source.stats.train_digest  # resume compares it
   (ckpt.save_in_background if background else ckpt.save)(step, state, meta=meta, force=True)
   diagnostics.save_history(ckpt.workdir, history, step)
 
@@ -759,7 +760,8 @@ def _train(run: Run, workdir: str, fresh: bool) -> TrainState:
   accepted = resume.check(config, workdir, saved[-1], meta) if saved else {}
   if meta:  # after the config check: a refused change (data.val_fraction) gets no warning first
     resume.check_same_shape(config, run.source, workdir, saved[-1], meta)
-    resume.warn_if_held_out_changed(config, run.source, meta, workdir, saved[-1])
+    if not resume.warn_if_held_out_changed(config, run.source, meta, workdir, saved[-1]):
+      resume.warn_if_training_data_changed(config, run.source, meta, workdir, saved[-1])
   periodic_fid = None  # built before anything is written: missing weights or non-images fail
   if config.train.fid_every:
     periodic_fid = model_fid.PeriodicFID(config, run.mesh, run.source)

@@ -318,3 +318,40 @@ def test_a_byte_order_mark_is_not_a_letter(tmp_path):
   assert sequences.text_groups(str(tmp_path / "bom")) == sequences.text_groups(
     str(tmp_path / "plain")
   )
+
+
+def test_a_resume_on_files_with_other_training_sequences_says_so(tmp_path, caplog):
+  """A record added to the files (landing in the training split, the held-out one unchanged)
+  changes what the run trains on and refits the domain metrics' reference models: the resume
+  says so once, and a resume on the same files says nothing."""
+  rng = np.random.default_rng(3)
+  records = [f">r{i}\n{''.join(rng.choice(list('ACGT'), 200))}\n" for i in range(19)]  # 2 held out, with one more too
+  tiny = {**_tiny(tmp_path / "cache"), "train.eval_every": 0, "train.num_steps": 4}
+  source = lambda path: train.load_source(
+    _config("dna", {**tiny, "data.path": str(path)}).copy_and_resolve_references()
+  )
+  (tmp_path / "a").mkdir()
+  (tmp_path / "a" / "g.fa").write_text("".join(records))
+  before = source(tmp_path / "a").stats
+  (tmp_path / "b").mkdir()
+  for i in range(100):  # a name the split puts in training, leaving the held-out ones alone
+    extra = f">new{i}\n{''.join(rng.choice(list('ACGT'), 200))}\n"
+    (tmp_path / "b" / "g.fa").write_text("".join(records) + extra)
+    after = source(tmp_path / "b").stats
+    if after.held_out_digest == before.held_out_digest:
+      break
+  assert after.held_out_digest == before.held_out_digest != ""
+  assert after.train_digest != before.train_digest != ""
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(_config("dna", {**tiny, "data.path": str(tmp_path / "a")}), workdir)
+  assert train.saved_meta(workdir, 4)["trained_on"] == before.train_digest
+  said = lambda: [r.getMessage() for r in caplog.records if "other training" in r.getMessage()]
+  with caplog.at_level("WARNING"):
+    same = {**tiny, "train.num_steps": 6, "data.path": str(tmp_path / "a")}
+    train.train_and_evaluate(_config("dna", same), workdir)
+    assert not said()
+    more = {**tiny, "train.num_steps": 8, "data.path": str(tmp_path / "b")}
+    assert int(train.train_and_evaluate(_config("dna", more), workdir).step) == 8
+  assert len(said()) == 1 and str(tmp_path / "b") in said()[0], said()
+  assert not [r for r in caplog.records if "holds out other sequences" in r.getMessage()]
+  assert train.saved_meta(workdir, 8)["trained_on"] == after.train_digest

@@ -83,6 +83,7 @@ class SplitStats:
   duplicate_windows: int = 0  # held-out windows dropped because a training window equals them
   letter_counts: tuple[tuple[str, int], ...] = ()  # (letter, count) of the split, most first
   held_out_digest: str = ""  # which sequences are held out (`split_digest`), in either split
+  train_digest: str = ""  # which sequences are trained on (`split_digest`), in either split
 
 
 # ------------------------------------------------------------------------------ readers
@@ -469,8 +470,8 @@ def split_groups(
 
 def split_digest(groups: list[tuple[str, str]]) -> str:
   """A short hash of which sequences a split holds, by content (not name or order): a checkpoint
-  records its held-out split's, so a resume or an evaluation can tell when renamed, compressed
-  or edited files now hold out other sequences."""
+  records both splits', so a resume or an evaluation can tell when renamed, compressed or
+  edited files now hold out, or train on, other sequences."""
   h = hashlib.sha256()
   for digest in sorted(hashlib.md5(q.encode()).hexdigest() for _, q in groups):
     h.update(digest.encode())

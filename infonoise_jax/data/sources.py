@@ -1090,7 +1090,11 @@ def token_source(d) -> Source:
     splits[split], encoding, d.seq_len, stride, d.unknown_policy
   )
   ids_NL, stats = cut(d.split)
-  stats = dataclasses.replace(stats, held_out_digest=sequences.split_digest(splits["test"]))
+  stats = dataclasses.replace(
+    stats,
+    held_out_digest=sequences.split_digest(splits["test"]),
+    train_digest=sequences.split_digest(splits["train"]),
+  )
   foreign = foreign_letters_message(d, stats, encoding.vocab) if d.name == "dna" else None
   if foreign:
     raise ValueError(foreign)
