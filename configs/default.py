@@ -111,6 +111,8 @@ def _base_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.0  # dropout probability in residual blocks
   c.model.embedding_type = ""  # positional | fourier; '' = arch default
   c.model.encoder_type = ""  # standard | residual; '' = arch default
+  c.model.remat_norm = False  # unet: recompute GroupNorm + SiLU (+ dropout) in the backward pass
+  #                            from the norm's input instead of storing the result (same values)
   c.model.hidden_dims = (512, 512, 512)  # mlp: hidden widths
   c.model.width = 256  # transformer: model width (features per position)
   c.model.depth = 4  # transformer: number of blocks

@@ -325,7 +325,8 @@ def test_a_resume_on_files_with_other_training_sequences_says_so(tmp_path, caplo
   changes what the run trains on and refits the domain metrics' reference models: the resume
   says so once, and a resume on the same files says nothing."""
   rng = np.random.default_rng(3)
-  records = [f">r{i}\n{''.join(rng.choice(list('ACGT'), 200))}\n" for i in range(19)]  # 2 held out, with one more too
+  # 19 records: 2 held out, and still 2 with one more
+  records = [f">r{i}\n{''.join(rng.choice(list('ACGT'), 200))}\n" for i in range(19)]
   tiny = {**_tiny(tmp_path / "cache"), "train.eval_every": 0, "train.num_steps": 4}
   source = lambda path: train.load_source(
     _config("dna", {**tiny, "data.path": str(path)}).copy_and_resolve_references()

@@ -294,6 +294,13 @@ def main():
   p.add_argument("--top", type=int, default=40)
   p.add_argument("--outdir", default="", help="keep the trace and the optimized HLO here")
   p.add_argument(
+    "--set",
+    nargs="*",
+    default=[],
+    metavar="KEY=VALUE",
+    help="config overrides, e.g. model.remat_norm=True",
+  )
+  p.add_argument(
     "--optimizer",
     default=None,
     choices=OPTIMIZERS,
@@ -303,7 +310,7 @@ def main():
   shape = tuple(int(s) for s in args.shape.split(","))
   print(f"{jax.device_count()} x {jax.devices()[0].device_kind}, jax {jax.__version__}")
   for dtype in args.dtypes.split(","):
-    config = config_for(args.config, dtype, args.batch_size)
+    config = config_for(args.config, dtype, args.batch_size, args.set)
     profile(config, shape, args.steps, args.outdir, args.top, args.optimizer)
 
 

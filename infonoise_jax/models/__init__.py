@@ -111,6 +111,7 @@ def _make_unet(m: Any, data_shape: tuple[int, ...]) -> SongUNet:
     channel_mult_noise=2 if emb == "fourier" else 1,  # EDM: NCSN++ 2, DDPM++ 1
     encoder_type=m.encoder_type or arch["encoder_type"],
     resample_filter=arch["resample_filter"],
+    remat_norm=bool(m.remat_norm),
     dtype=_DTYPES[m.dtype],
   )
 

@@ -117,7 +117,7 @@ class _Decoder(nn.Module):
         )
         x = block(x, emb_BE, train)
     tag = f"{res0}x{res0}"
-    x = nn.silu(L.group_norm(dt, f"{tag}_aux_norm")(x))
+    x = L.group_norm(dt, f"{tag}_aux_norm", silu=True, remat=kw["remat_norm"])(x)
     gain = kw["zero_init_scale"]
     return L.Conv2D(self.out_channels, 3, init_gain=gain, dtype=dt, name=f"{tag}_aux_conv")(x)
 
@@ -142,6 +142,7 @@ class SongUNet(nn.Module):
   resample_filter: tuple[int, ...] = (1, 1)
   augment_dim: int = 0
   zero_init_scale: float = 1e-5
+  remat_norm: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -158,6 +159,7 @@ class SongUNet(nn.Module):
       dropout=self.dropout,
       resample_filter=tuple(self.resample_filter),
       zero_init_scale=self.zero_init_scale,
+      remat_norm=self.remat_norm,
       dtype=dt,
     )
     common = dict(

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 Array = jax.Array
 Dtype = Any
@@ -42,51 +43,85 @@ def num_groups(channels: int) -> int:
   return min(32, channels // 4)
 
 
+# What the backward pass of a recomputed normalisation keeps (GroupNorm `remat`): the
+# per-(example, channel) affine map and the dropout mask, so that neither the statistics
+# pass nor the random draws are repeated.
+_REMAT_POLICY = jax.checkpoint_policies.save_only_these_names("norm_affine", "dropout_keep")
+
+
 class GroupNorm(nn.Module):
   """GroupNorm (EDM: min(32, C // 4) groups, epsilon 1e-6) from per-channel statistics.
 
-  `__call__(x_BHWC, shift_BC=None)` normalises x + shift (shift broadcast over H and W)
-  without materialising the sum. Statistics are sums of x and x^2 over H, W per (example,
-  channel) in float32, combined per group (var = E[x^2] - E[x]^2, like flax's default
-  `use_fast_variance`); the normalisation is then one per-channel affine map x a + b. On
-  GPU this keeps the reductions on contiguous channels and the backward pass to one
-  reduction and one elementwise pass (docs/design.md, "U-Net speed"). Parameters `scale`
-  and `bias` as in `flax.linen.GroupNorm`.
+  `__call__(x_BHWC, shift_BC=None, dropout_rate=0.0, dropout_rng=None)` normalises x + shift
+  (shift broadcast over H and W) without materialising the sum. Statistics are sums of x and
+  x^2 over H, W per (example, channel) in float32, combined per group (var = E[x^2] - E[x]^2,
+  like flax's default `use_fast_variance`); the normalisation is then one per-channel affine
+  map x a + b. On GPU this keeps the reductions on contiguous channels and the backward pass
+  to one reduction and one elementwise pass (docs/design.md, "U-Net speed"). Parameters
+  `scale` and `bias` as in `flax.linen.GroupNorm`.
+
+  `silu` applies SiLU to the result, then `dropout` (`dropout_rate` > 0) drops elements.
+  `remat` recomputes all of it in the backward pass from the input, keeping only the affine
+  map and the dropout mask: the normalised activation is neither stored for the backward
+  pass nor read back (model.remat_norm); the values are the same.
   """
 
   epsilon: float = 1e-6
   dtype: Dtype = jnp.float32
+  silu: bool = False
+  remat: bool = False
 
   @nn.compact
-  def __call__(self, x_BHWC: Array, shift_BC: Array | None = None) -> Array:
-    b, h, w, c = x_BHWC.shape
-    g = num_groups(c)
+  def __call__(
+    self,
+    x_BHWC: Array,
+    shift_BC: Array | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: Array | None = None,
+  ) -> Array:
+    c = x_BHWC.shape[-1]
     scale_C = self.param("scale", nn.initializers.ones_init(), (c,), jnp.float32)
     bias_C = self.param("bias", nn.initializers.zeros_init(), (c,), jnp.float32)
-    x32 = x_BHWC.astype(jnp.float32)
-    s1_BC = jnp.sum(x32, axis=(1, 2))
-    s2_BC = jnp.sum(jnp.square(x32), axis=(1, 2))
-    n = h * w
-    if shift_BC is not None:  # sums of (x + e): s2 + 2 e s1 + n e^2, s1 + n e
-      e_BC = shift_BC.astype(jnp.float32)
-      s2_BC = s2_BC + 2.0 * e_BC * s1_BC + n * jnp.square(e_BC)
-      s1_BC = s1_BC + n * e_BC
-    count = n * (c // g)
-    mean_BG = s1_BC.reshape(b, g, c // g).sum(-1) / count
-    var_BG = jnp.maximum(s2_BC.reshape(b, g, c // g).sum(-1) / count - jnp.square(mean_BG), 0.0)
-    rstd_BC = jnp.repeat(jax.lax.rsqrt(var_BG + self.epsilon), c // g, axis=1)
-    mean_BC = jnp.repeat(mean_BG, c // g, axis=1)
-    a_BC = rstd_BC * scale_C
-    b_BC = bias_C - mean_BC * a_BC
-    if shift_BC is not None:
-      b_BC = b_BC + e_BC * a_BC
-    y = x32 * a_BC[:, None, None, :] + b_BC[:, None, None, :]
-    return y.astype(self.dtype)
+    fn = functools.partial(
+      _group_norm, epsilon=self.epsilon, dtype=self.dtype, silu=self.silu, rate=dropout_rate
+    )
+    if self.remat:
+      fn = jax.checkpoint(fn, policy=_REMAT_POLICY)
+    return fn(x_BHWC, shift_BC, scale_C, bias_C, dropout_rng)
 
 
-def group_norm(dtype: Dtype, name: str) -> GroupNorm:
+def _group_norm(x_BHWC, shift_BC, scale_C, bias_C, rng, *, epsilon, dtype, silu, rate):
+  b, h, w, c = x_BHWC.shape
+  g = num_groups(c)
+  x32 = x_BHWC.astype(jnp.float32)
+  s1_BC = jnp.sum(x32, axis=(1, 2))
+  s2_BC = jnp.sum(jnp.square(x32), axis=(1, 2))
+  n = h * w
+  if shift_BC is not None:  # sums of (x + e): s2 + 2 e s1 + n e^2, s1 + n e
+    e_BC = shift_BC.astype(jnp.float32)
+    s2_BC = s2_BC + 2.0 * e_BC * s1_BC + n * jnp.square(e_BC)
+    s1_BC = s1_BC + n * e_BC
+  count = n * (c // g)
+  mean_BG = s1_BC.reshape(b, g, c // g).sum(-1) / count
+  var_BG = jnp.maximum(s2_BC.reshape(b, g, c // g).sum(-1) / count - jnp.square(mean_BG), 0.0)
+  rstd_BC = jnp.repeat(jax.lax.rsqrt(var_BG + epsilon), c // g, axis=1)
+  mean_BC = jnp.repeat(mean_BG, c // g, axis=1)
+  a_BC = rstd_BC * scale_C
+  b_BC = bias_C - mean_BC * a_BC
+  if shift_BC is not None:
+    b_BC = b_BC + e_BC * a_BC
+  a_BC, b_BC = checkpoint_name(a_BC, "norm_affine"), checkpoint_name(b_BC, "norm_affine")
+  y = (x32 * a_BC[:, None, None, :] + b_BC[:, None, None, :]).astype(dtype)
+  if silu:
+    y = nn.silu(y)
+  if rate > 0:
+    y = dropout(y, rate, rng)
+  return y
+
+
+def group_norm(dtype: Dtype, name: str, silu: bool = False, remat: bool = False) -> GroupNorm:
   """GroupNorm with EDM's SongUNet epsilon 1e-6; the groups follow the input's channels."""
-  return GroupNorm(epsilon=1e-6, dtype=dtype, name=name)
+  return GroupNorm(epsilon=1e-6, dtype=dtype, silu=silu, remat=remat, name=name)
 
 
 def dropout(x_BHWC: Array, rate: float, rng: Array) -> Array:
@@ -97,7 +132,8 @@ def dropout(x_BHWC: Array, rate: float, rng: Array) -> Array:
   for half the channels and kept in memory (optimization barrier), then split in two: one
   threefry hash per two elements instead of one per element, which is what made dropout
   the costliest elementwise work of the U-Net step on GPU (docs/design.md, "U-Net speed").
-  Threefry keeps the masks independent of how the batch is sharded.
+  Threefry keeps the masks independent of how the batch is sharded. The mask is named
+  "dropout_keep" for a recomputed GroupNorm to keep (`_REMAT_POLICY`).
   """
   *lead, c = x_BHWC.shape
   if c % 2:
@@ -106,7 +142,7 @@ def dropout(x_BHWC: Array, rate: float, rng: Array) -> Array:
   keep_prob = 1.0 - threshold / 2**16
   words = jax.lax.optimization_barrier(jax.random.bits(rng, (*lead, c // 2), jnp.uint32))
   bits = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(x_BHWC.shape)
-  keep = bits >= jnp.uint16(threshold)
+  keep = checkpoint_name(bits >= jnp.uint16(threshold), "dropout_keep")
   return jnp.where(keep, x_BHWC / jnp.asarray(keep_prob, x_BHWC.dtype), jnp.zeros((), x_BHWC.dtype))
 
 
@@ -301,21 +337,22 @@ class UNetBlock(nn.Module):
   dropout: float = 0.0
   resample_filter: tuple[int, ...] = (1, 1)
   zero_init_scale: float = 1e-5
+  remat_norm: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x_BHWC: Array, emb_BE: Array, train: bool) -> Array:
     c_in, c_out, dt = x_BHWC.shape[-1], self.out_channels, self.dtype
     resample = dict(up=self.up, down=self.down, resample_filter=self.resample_filter, dtype=dt)
-    h = nn.silu(group_norm(dt, "norm0")(x_BHWC))
+    h = group_norm(dt, "norm0", silu=True, remat=self.remat_norm)(x_BHWC)
     h, bias_C = Conv2D(c_out, 3, add_bias=False, name="conv0", **resample)(h)
     # norm1(h + bias + A emb) without materialising the sum: the bias and the embedding
     # enter as a per-(example, channel) shift, so their gradients come from the norm's
     # statistics instead of extra passes over h.
     shift_BC = dense(c_out, dt, "affine")(emb_BE).astype(jnp.float32) + bias_C
-    h = nn.silu(group_norm(dt, "norm1")(h, shift_BC))
-    if self.dropout > 0 and train:
-      h = dropout(h, self.dropout, self.make_rng("dropout"))
+    rate = self.dropout if train else 0.0
+    rng = self.make_rng("dropout") if rate > 0 else None
+    h = group_norm(dt, "norm1", silu=True, remat=self.remat_norm)(h, shift_BC, rate, rng)
     h = Conv2D(c_out, 3, init_gain=self.zero_init_scale, dtype=dt, name="conv1")(h)
     skip = x_BHWC.astype(dt)
     if c_out != c_in or self.up or self.down:
@@ -329,7 +366,7 @@ class UNetBlock(nn.Module):
     b, h, w, c = x_BHWC.shape
     dt = self.dtype
     qkv = Conv2D(3 * c, 1, init_gain=math.sqrt(0.2), dtype=dt, name="qkv")(
-      group_norm(dt, "norm2")(x_BHWC)
+      group_norm(dt, "norm2", remat=self.remat_norm)(x_BHWC)
     )
     # Channel o of the qkv projection is (feature c, role j) with o = 3 c + j, as in EDM.
     qkv_BNC3 = qkv.reshape(b, h * w, c, 3)
