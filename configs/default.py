@@ -112,7 +112,8 @@ def _base_config() -> ml_collections.ConfigDict:
   c.model.embedding_type = ""  # positional | fourier; '' = arch default
   c.model.encoder_type = ""  # standard | residual; '' = arch default
   c.model.remat_norm = False  # unet: recompute GroupNorm + SiLU (+ dropout) in the backward pass
-  #                            from the norm's input instead of storing the result (same values)
+  #                            from the norm's input instead of storing the result (same values;
+  #                            less memory, slower: docs/design.md "U-Net speed")
   c.model.hidden_dims = (512, 512, 512)  # mlp: hidden widths
   c.model.width = 256  # transformer: model width (features per position)
   c.model.depth = 4  # transformer: number of blocks

@@ -76,6 +76,8 @@ def test_profile_kernel_kinds():
   assert kind("input_transpose_fusion_8") == "copy / transpose"
   assert kind("Memset 3") == "copy / transpose"
   assert kind("something_else") == "other"
+  assert kind("loop_convert_fusion_14") == "elementwise / other fusion"  # not a convolution
+  assert kind("input_convert_reduce_fusion_24") == "reduction fusion"
 
 
 def test_trainer_bench_reads_the_trainers_window_throughput(tmp_path):

@@ -42,7 +42,7 @@ KINDS = (
 
 
 def kind_of(name: str) -> str:
-  low = name.lower()
+  low = name.lower().replace("convert", "cvt")  # an XLA convert fusion is not a convolution
   for kind, keys in KINDS:
     if any(k in low for k in keys):
       return kind
