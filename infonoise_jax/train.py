@@ -46,6 +46,7 @@ from infonoise_jax.data import (
   resolve_data_paths,
   resolve_sigma_data,
 )
+from infonoise_jax.data.sources import physical_memory_bytes
 from infonoise_jax.evaluation import model_fid, sequence_eval
 from infonoise_jax.mesh import make_mesh
 from infonoise_jax.model_sampler import Sampler
@@ -86,6 +87,7 @@ class Run:
       random_flip=config.data.random_flip,
     )
     self.abstract_state = abstract_state(self._init, self.replicated)
+    check_state_fits(config, self.abstract_state, self.mesh.devices.flat)
     # What `global_batch` makes (the pipeline's batches are float32): with the abstract state,
     # all the step's compile needs, so `CompileAhead` compiles it before the state or the
     # first batch exists.
@@ -128,6 +130,47 @@ class Run:
 
   def num_params(self, state: TrainState) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))
+
+
+# The model keys that size the network, per model.name (named when its state cannot fit).
+SIZE_KEYS = {
+  "unet": "model.model_channels, model.channel_mult or model.num_blocks",
+  "mlp": "model.hidden_dims",
+  "transformer": "model.width, model.depth or model.mlp_ratio",
+}
+
+
+def check_state_fits(config, state, devices) -> None:
+  """Refuses, before any compile or allocation, a model whose train state alone (parameters,
+  optimizer moments, EMA, schedule state; every device holds all of it) is larger than a
+  device's memory: the step's activations come on top, so such a run could only fail later
+  with an out-of-memory error. Devices that do not report their memory (CPU) share this
+  machine's: all of them together are held against it."""
+  devices = list(devices)
+  per_device = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(state))
+  try:
+    stats = devices[0].memory_stats() or {}
+  except Exception:  # noqa: BLE001  (a backend without memory statistics)
+    stats = {}
+  limit, need = stats.get("bytes_limit"), per_device
+  if limit:
+    where = f"the {limit / 2**30:.1f} GiB of one {devices[0].device_kind} device"
+  else:  # host memory, shared by every local device
+    limit = physical_memory_bytes()
+    local = [d for d in devices if d.process_index == jax.process_index()]
+    need = per_device * max(len(local), 1)
+    where = f"this machine's {(limit or 0) / 2**30:.1f} GiB of memory" + (
+      f" ({len(local)} devices each holding a copy)" if len(local) > 1 else ""
+    )
+  if not limit or need <= limit:
+    return
+  params = sum(a.size for a in jax.tree.leaves(state.params))
+  keys = SIZE_KEYS.get(config.model.name, "the model's size keys")
+  raise ValueError(
+    f"config.model: this {config.model.name} has {params:,} parameters, and its train state "
+    f"(parameters, Adam moments, EMA) takes {need / 2**30:.1f} GiB, more than {where}, "
+    f"before any activations. Use a smaller network ({keys}). Nothing was written."
+  )
 
 
 HISTORY = "schedule_history"  # the window's schedule curve (diagnostics.history_curve)

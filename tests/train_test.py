@@ -386,6 +386,10 @@ def test_warns_when_the_run_ends_before_the_schedule_adapts(caplog):
       {"data.name": "gaussian_mixture", "data.num_examples": 10**12},
       "data.num_examples=1000000000000 points of 16 dimensions need about",
     ),  # a numpy MemoryError traceback
+    (
+      {"model.name": "mlp", "model.hidden_dims": (10**5, 10**5)},
+      r"this mlp has [0-9,]+ parameters, and its train state [^$]+ network \(model.hidden_dims\)",
+    ),  # an out-of-memory error after the compile
   ],
 )
 def test_bad_config_fails_before_compiling_naming_the_key(tmp_path, overrides, key):
@@ -944,3 +948,32 @@ def test_periodic_saves_start_on_the_save_thread_final_save_on_the_loop(tmp_path
   assert threads[3].startswith("checkpoint_save") and threads[6].startswith("checkpoint_save")
   assert threads[8] == threading.main_thread().name
   assert checkpointing.saved_steps(str(tmp_path / "run"))[-1] == 8
+
+
+def test_a_train_state_larger_than_a_devices_memory_is_refused_naming_the_size_keys():
+  """Devices that report their memory (GPU, TPU) are held one by one against the state;
+  a state that fits passes."""
+  from typing import NamedTuple
+
+  class Device:
+    device_kind, process_index = "NVIDIA H100 80GB HBM3", 0
+
+    def __init__(self, limit):
+      self.limit = limit
+
+    def memory_stats(self):
+      return {"bytes_limit": self.limit}
+
+  class State(NamedTuple):  # what check_state_fits reads: leaves, and .params
+    params: dict
+    moments: list
+
+  n = 1000
+  leaf = jax.ShapeDtypeStruct((n,), np.float32)
+  state = State({"w": leaf}, [leaf] * 3)  # 4 x 4,000 bytes
+  config = _config(**{"model.name": "transformer"})
+  train.check_state_fits(config, state, [Device(16_000)] * 8)  # fits exactly
+  with pytest.raises(ValueError) as e:
+    train.check_state_fits(config, state, [Device(15_999)] * 8)
+  said = str(e.value)
+  assert "1,000 parameters" in said and "H100" in said and "model.width, model.depth" in said
