@@ -287,6 +287,13 @@ def check_same_vocabulary(config, source, workdir: str, step: int, meta: dict) -
   )
 
 
+def _split_changed(meta: dict, key: str, stats, attr: str) -> bool:
+  """Whether the checkpoint recorded a split's digest (`meta[key]`) that the files' (`attr`
+  of their stats) no longer match; checkpoints without the record are not checked."""
+  saved = meta.get(key)
+  return bool(saved) and stats is not None and getattr(stats, attr) != saved
+
+
 def warn_if_held_out_changed(config, source, meta: dict, workdir: str, step: int) -> bool:
   """Token data: warns (and says True) when the files now hold out other sequences than the
   checkpoint at `step` was trained with. The held-out records are picked by a hash of their
@@ -294,8 +301,7 @@ def warn_if_held_out_changed(config, source, meta: dict, workdir: str, step: int
   others: a resume then trains on windows its earlier evaluations held out, and an evaluation
   scores against windows the model may have trained on. Checkpoints without the record
   (before 2026-12-06) are not checked."""
-  saved, stats = meta.get("held_out"), source.stats
-  if not saved or stats is None or stats.held_out_digest == saved:
+  if not _split_changed(meta, "held_out", source.stats, "held_out_digest"):
     return False
   logging.warning(
     "%s at step %d: data.path=%r now holds out other sequences than the run was trained with "
@@ -315,8 +321,7 @@ def warn_if_training_data_changed(config, source, meta: dict, workdir: str, step
   domain metrics' reference models, fitted on the training windows, are fitted anew: their
   curves may step at the resume. Checkpoints without the record (before 2026-12-07) are not
   checked."""
-  saved, stats = meta.get("trained_on"), source.stats
-  if not saved or stats is None or stats.train_digest == saved:
+  if not _split_changed(meta, "trained_on", source.stats, "train_digest"):
     return False
   logging.warning(
     "%s at step %d: data.path=%r now holds other training sequences than the run was trained "
