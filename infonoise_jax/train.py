@@ -144,21 +144,21 @@ def check_state_fits(config, state, devices) -> None:
   """Refuses, before any compile or allocation, a model whose train state alone (parameters,
   optimizer moments, EMA, schedule state; every device holds all of it) is larger than a
   device's memory: the step's activations come on top, so such a run could only fail later
-  with an out-of-memory error. Devices that do not report their memory (CPU) share this
-  machine's: all of them together are held against it."""
-  devices = list(devices)
+  with an out-of-memory error. This process's devices are asked; CPU devices, which do not
+  report their memory, share this machine's: all of them together are held against it. An
+  accelerator that reports nothing is not checked."""
+  local = [d for d in devices if d.process_index == jax.process_index()] or list(devices)
   per_device = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(state))
   try:
-    stats = devices[0].memory_stats() or {}
+    stats = local[0].memory_stats() or {}
   except Exception:  # noqa: BLE001  (a backend without memory statistics)
     stats = {}
   limit, need = stats.get("bytes_limit"), per_device
   if limit:
-    where = f"the {limit / 2**30:.1f} GiB of one {devices[0].device_kind} device"
-  else:  # host memory, shared by every local device
+    where = f"the {limit / 2**30:.1f} GiB of one {local[0].device_kind} device"
+  elif local[0].platform == "cpu":  # host memory, shared by every local device
     limit = physical_memory_bytes()
-    local = [d for d in devices if d.process_index == jax.process_index()]
-    need = per_device * max(len(local), 1)
+    need = per_device * len(local)
     where = f"this machine's {(limit or 0) / 2**30:.1f} GiB of memory" + (
       f" ({len(local)} devices each holding a copy)" if len(local) > 1 else ""
     )

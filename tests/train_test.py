@@ -956,7 +956,7 @@ def test_a_train_state_larger_than_a_devices_memory_is_refused_naming_the_size_k
   from typing import NamedTuple
 
   class Device:
-    device_kind, process_index = "NVIDIA H100 80GB HBM3", 0
+    device_kind, process_index, platform = "NVIDIA H100 80GB HBM3", 0, "gpu"
 
     def __init__(self, limit):
       self.limit = limit
@@ -977,3 +977,10 @@ def test_a_train_state_larger_than_a_devices_memory_is_refused_naming_the_size_k
     train.check_state_fits(config, state, [Device(15_999)] * 8)
   said = str(e.value)
   assert "1,000 parameters" in said and "H100" in said and "model.width, model.depth" in said
+  # another host's devices are not asked (on a pod the mesh holds every host's)
+  remote = Device(1)
+  remote.process_index = 1
+  train.check_state_fits(config, state, [remote, Device(16_000)])
+  # an accelerator that reports no memory is not checked
+  silent = Device(0)
+  train.check_state_fits(config, state, [silent])
