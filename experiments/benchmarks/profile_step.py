@@ -64,6 +64,23 @@ def shape_bytes(shape: str) -> int:
   return total
 
 
+def _instructions(hlo_text: str):
+  """(name, result shape, opcode, operand names, rest of the line) of every instruction of an
+  HLO module's text, in order."""
+  for line in hlo_text.splitlines():
+    m = _INSTR.match(line)
+    if not m:
+      continue
+    name, shape, op, rest = m.groups()
+    depth, args = 1, []  # operands: the %names before the call's closing parenthesis
+    for i, ch in enumerate(rest):
+      depth += (ch == "(") - (ch == ")")
+      if depth == 0:
+        args = re.findall(r"%([\w.\-]+)", rest[:i])
+        break
+    yield name, shape, op, args, rest
+
+
 def hlo_traffic(hlo_text: str) -> dict[str, int]:
   """Bytes each instruction of an optimized HLO module reads and writes, as its operands'
   and result's sizes: `{instruction name: bytes}`.
@@ -72,25 +89,11 @@ def hlo_traffic(hlo_text: str) -> dict[str, int]:
   kernel's time is the bandwidth it reached. An upper bound on real traffic where a fusion
   reads only part of an operand (slices inside it) and a lower one where it reads one twice.
   """
-  shapes, operands = {}, {}
-  for line in hlo_text.splitlines():
-    m = _INSTR.match(line)
-    if not m:
-      continue
-    name, shape, _, rest = m.groups()
+  shapes, traffic = {}, {}
+  for name, shape, _, args, _ in _instructions(hlo_text):
     shapes[name] = shape
-    # operands: the %names before the closing parenthesis of the call
-    depth, args = 1, []
-    for i, ch in enumerate(rest):
-      depth += (ch == "(") - (ch == ")")
-      if depth == 0:
-        args = re.findall(r"%([\w.\-]+)", rest[:i])
-        break
-    operands[name] = args
-  return {
-    name: shape_bytes(shapes[name]) + sum(shape_bytes(shapes.get(a, "")) for a in args)
-    for name, args in operands.items()
-  }
+    traffic[name] = shape_bytes(shape) + sum(shape_bytes(shapes.get(a, "")) for a in args)
+  return traffic
 
 
 def _dims(shape: str) -> list[int]:
@@ -106,15 +109,10 @@ def matmul_flops(hlo_text: str) -> dict[str, int]:
   calls hold them as (dy, w) -> dx and (x, dy) -> dw. A matmul is 2 x (result elements) x
   (contracted size)."""
   shapes, flops = {}, {}
-  for line in hlo_text.splitlines():
-    m = _INSTR.match(line)
-    if not m:
-      continue
-    name, shape, op, rest = m.groups()
+  for name, shape, op, args, rest in _instructions(hlo_text):
     shapes[name] = shape
     if op != "custom-call":
       continue
-    args = re.findall(r"%([\w.\-]+)", rest.split(")", 1)[0])
     target = re.search(r'custom_call_target="([^"]+)"', rest)
     target = target.group(1) if target else ""
     arg_dims = [_dims(shapes.get(a, "")) for a in args]
@@ -146,9 +144,8 @@ def matmul_flops(hlo_text: str) -> dict[str, int]:
 def op_table(events, traffic: dict[str, int], steps: int, flops=None) -> list[tuple]:
   """Per HLO instruction of the trace's kernels: (op, kind of its costliest kernel, ms per
   step, MB read + written per call by `hlo_traffic`, GB/s, TFLOP/s by `matmul_flops` or 0),
-  costliest first. An op that runs
-  as several kernels (a cuDNN convolution's, a reduction's two passes) is charged with all of
-  them, and its bytes once per step."""
+  costliest first. An op that runs as several kernels (a cuDNN convolution's, a reduction's
+  two passes) is charged with all of them, and its bytes once per step."""
   ns, kinds = collections.Counter(), {}
   for name, hlo, _, dur in events:
     ns[hlo] += dur

@@ -212,10 +212,8 @@ def load_source(config: ml_collections.ConfigDict) -> Source:
 def _check_synthetic_fits(num_examples: int, dim: int) -> None:
   """A synthetic set is drawn whole on the host (float64 draws, float32 points): one too big
   for this machine's memory was a numpy MemoryError traceback."""
-  need = num_examples * dim * (8 + 4)
-  try:
-    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-  except (AttributeError, ValueError, OSError):  # not on this platform: let numpy say it
+  need, have = num_examples * dim * (8 + 4), physical_memory_bytes()
+  if have is None:  # not on this platform: let numpy say it
     return
   if need > have:
     raise ValueError(
